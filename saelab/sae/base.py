@@ -1,0 +1,197 @@
+"""One small base class for every dictionary: SAE (target = input) or transcoder (target = another site).
+
+Parameters follow the on-disk layout (SAELens-compatible): W_enc [d_in, d_sae], b_enc [d_sae],
+W_dec [d_sae, d_out], b_dec [d_out]. During training inputs and targets are scaled to mean
+squared norm d (`in_scale`, `out_scale`); the scales are folded into the weights when saving, so a
+saved dictionary works on raw activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .latents import Latents, decode_sparse, gather_preacts
+
+
+@dataclass
+class SaeConfig:
+    arch: str                          # topk | batchtopk | jumprelu | relu
+    d_in: int
+    d_sae: int
+    hookpoint: str                     # where the input is read (module name, optional `:input`)
+    d_out: int | None = None           # target width; defaults to d_in
+    out_hookpoint: str | None = None   # transcoder target site; None = reconstruct the input
+    k: int | None = None               # active latents per token (topk, batchtopk)
+    sparsity_coeff: float = 0.0        # L1 (relu) or L0 (jumprelu) penalty weight, relative to FVU
+    aux_k: int | None = None           # AuxK: latents used to model the residual (default d_in // 2)
+    aux_coeff: float = 1 / 32          # AuxK loss weight (Gao et al. 2024)
+    jumprelu_init_threshold: float = 0.001
+    jumprelu_bandwidth: float = 0.001
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.d_out is None:
+            self.d_out = self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.out_hookpoint is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SaeConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class SaeOutput(NamedTuple):
+    recon: torch.Tensor           # [rows, d_out], in the (scaled) training space
+    latents: Latents
+    sparsity_loss: torch.Tensor   # scalar (0 when sparsity is fixed by k)
+    aux_loss: torch.Tensor        # scalar AuxK loss (0 when no latent is dead)
+
+
+class SparseCoder(nn.Module):
+    """Subclasses implement `encode` (-> Latents + sparsity loss); decoding is shared."""
+
+    uses_unit_norm_decoder = True
+
+    def __init__(self, cfg: SaeConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_out))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.register_buffer("in_scale", torch.ones(()))
+        self.register_buffer("out_scale", torch.ones(()))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------ init
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_out, generator=generator)
+        w /= w.norm(dim=1, keepdim=True)
+        with torch.no_grad():
+            self.W_dec.copy_(w)
+            if self.cfg.is_transcoder:
+                enc = torch.randn(self.cfg.d_in, self.cfg.d_sae, generator=generator)
+                self.W_enc.copy_(enc / enc.norm(dim=0, keepdim=True))
+            else:
+                self.W_enc.copy_(w.t())  # tied init (Conerly et al. 2024; Gao et al. 2024)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, y: torch.Tensor, bias_init: str = "median") -> None:
+        """Scales from the data (E||x||^2 = d) and b_dec at the targets' geometric median or mean."""
+        self.in_scale.fill_((self.cfg.d_in / x.pow(2).sum(-1).mean()).sqrt().item())
+        self.out_scale.fill_((self.cfg.d_out / y.pow(2).sum(-1).mean()).sqrt().item())
+        ys = y * self.out_scale
+        center = geometric_median(ys) if bias_init == "median" else ys.mean(0)
+        self.b_dec.copy_(center)
+
+    # ------------------------------------------------------------ forward
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled input, centred by b_dec for an SAE (SAELens `apply_b_dec_to_input`)."""
+        x = x * self.in_scale
+        return x if self.cfg.is_transcoder else x - self.b_dec
+
+    def preacts(self, x_in: torch.Tensor) -> torch.Tensor:
+        return x_in @ self.W_enc + self.b_enc
+
+    def encode(self, x_in: torch.Tensor) -> tuple[Latents, torch.Tensor, torch.Tensor]:
+        """-> (latents, sparsity loss, pre-activations [rows, d_sae] without grad)."""
+        raise NotImplementedError
+
+    def decode(self, lat: Latents) -> torch.Tensor:
+        return decode_sparse(lat, self.W_dec) + self.b_dec
+
+    def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None, target: torch.Tensor | None = None) -> SaeOutput:
+        """x: raw activations [rows, d_in]. `dead` [d_sae] bool enables AuxK; `target` is the
+        scaled target (needed only for AuxK)."""
+        x_in = self.encoder_input(x)
+        lat, sparsity, pre = self.encode(x_in)
+        recon = self.decode(lat)
+        aux = recon.new_zeros(())
+        if dead is not None and target is not None and bool(dead.any()):
+            aux = self.auxk_loss(x_in, pre, target - recon.detach(), dead)
+        return SaeOutput(recon, lat, sparsity, aux)
+
+    def auxk_loss(self, x_in: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """Let the top dead latents model the reconstruction error (Gao et al. 2024, AuxK)."""
+        k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, int(dead.sum()))
+        with torch.no_grad():
+            idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1).indices
+        rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k_aux)
+        vals = gather_preacts(x_in, self.W_enc, self.b_enc, pre, rows, idx.reshape(-1)).relu()
+        lat = Latents(vals.view(-1, k_aux), idx, None, x_in.shape[0], self.cfg.d_sae)
+        pred = decode_sparse(lat, self.W_dec)
+        denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return self.cfg.aux_coeff * (pred - residual).pow(2).sum() / denom
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw-space reconstruction (or transcoder prediction) of raw activations x [..., d_in]."""
+        shape = x.shape
+        out = self.decode(self.encode(self.encoder_input(x.reshape(-1, shape[-1])))[0]) / self.out_scale
+        return out.reshape(*shape[:-1], self.cfg.d_out)
+
+    @torch.no_grad()
+    def encode_raw(self, x: torch.Tensor) -> Latents:
+        return self.encode(self.encoder_input(x.reshape(-1, x.shape[-1])))[0]
+
+    # ------------------------------------------------------------ decoder norm
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        if self.uses_unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient along each unit decoder row, so the step keeps norms ~1."""
+        if self.uses_unit_norm_decoder and self.W_dec.grad is not None:
+            g = self.W_dec.grad
+            g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+
+    # ------------------------------------------------------------ folding for save
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        """Weights that act on raw activations (scales folded in), SAELens names."""
+        s_in, s_out = self.in_scale.item(), self.out_scale.item()
+        W_enc = self.W_enc.detach() * s_in
+        b_dec = self.b_dec.detach() / s_out
+        # The SAE centres its (scaled) input by b_dec; in raw space that is b_dec / s_in = b_dec / s_out.
+        out = {"W_enc": W_enc, "b_enc": self.b_enc.detach().clone(), "W_dec": self.W_dec.detach() / s_out, "b_dec": b_dec}
+        out.update(self.extra_state_tensors())
+        return out
+
+    def extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_folded(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of folded_state: load raw-space weights with unit scales."""
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(self, name).copy_(tensors[name])
+            self.in_scale.fill_(1.0)
+            self.out_scale.fill_(1.0)
+        self.load_extra_tensors(tensors)
+
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iters: int = 30, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to the rows of x."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() < eps * m.norm().clamp_min(1.0):
+            return new
+        m = new
+    return m

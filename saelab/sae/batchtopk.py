@@ -1,0 +1,53 @@
+"""BatchTopK SAE (Bussmann et al. 2024): keep the k x rows largest activations of the whole batch.
+
+Tokens get a variable number of latents (k on average). For inference the batch dependence is
+replaced by one threshold, a running mean of the smallest kept activation during training; the
+saved SAE is then a JumpReLU with that threshold for every latent (how SAELens loads it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SparseCoder
+from .latents import Latents, gather_preacts
+
+
+class BatchTopKSae(SparseCoder):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))
+
+    def encode(self, x_in):
+        n, d_sae = x_in.shape[0], self.cfg.d_sae
+        with torch.no_grad():
+            pre = self.preacts(x_in)
+        if self.training:
+            with torch.no_grad():
+                flat = pre.relu().reshape(-1)
+                top = flat.topk(min(self.cfg.k * n, flat.numel()), sorted=False)
+                keep = top.indices[top.values > 0].sort().values
+                if keep.numel():
+                    # running mean of the smallest kept activation: the inference threshold
+                    lo = flat[keep].min()
+                    self.threshold_steps += 1
+                    self.threshold += (lo - self.threshold) / self.threshold_steps.clamp_max(1000)
+            rows, cols = keep // d_sae, keep % d_sae
+        else:
+            rows, cols = (pre > self.threshold).nonzero(as_tuple=True)
+        if torch.is_grad_enabled():
+            vals = gather_preacts(x_in, self.W_enc, self.b_enc, pre, rows, cols).relu()
+        else:
+            vals = pre[rows, cols].relu()
+        counts = torch.bincount(rows, minlength=n)
+        lat = Latents(vals, cols, torch.cumsum(counts, 0) - counts, n, d_sae)
+        return lat, x_in.new_zeros(()), pre
+
+    def extra_state_tensors(self):
+        return {"threshold": self.threshold.expand(self.cfg.d_sae).clone()}
+
+    def load_extra_tensors(self, tensors):
+        t = tensors.get("threshold")
+        if t is not None:
+            self.threshold.fill_(float(t.reshape(-1)[0]))

@@ -1,0 +1,23 @@
+"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations per token, ReLU them."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SparseCoder
+from .latents import Latents, gather_preacts
+
+
+class TopKSae(SparseCoder):
+    def encode(self, x_in):
+        k = self.cfg.k
+        with torch.no_grad():
+            pre = self.preacts(x_in)
+            idx = pre.topk(k, dim=-1, sorted=False).indices
+        rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k)
+        if torch.is_grad_enabled():
+            vals = gather_preacts(x_in, self.W_enc, self.b_enc, pre, rows, idx.reshape(-1)).relu()
+        else:
+            vals = pre.gather(1, idx).relu_()
+        lat = Latents(vals.view(-1, k), idx, None, x_in.shape[0], self.cfg.d_sae)
+        return lat, x_in.new_zeros(()), pre

@@ -1,0 +1,58 @@
+"""Checkpoints: every SAE's weights, optimiser moments and dead-latent counters in one
+safetensors file (atomic rename), with the run position as JSON metadata. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..errors import UserError
+from ..storage import read_tensors, write_tensors
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def save_checkpoint(folder: Path, members: list, meta: dict) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    for m in members:
+        for k, v in m.sae.state_dict().items():
+            tensors[f"{m.name}/sae/{k}"] = v
+        for i, p in enumerate(m.sae.parameters()):
+            st = m.opt.state.get(p, {})
+            for k, v in st.items():
+                tensors[f"{m.name}/opt/{i}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors[f"{m.name}/since_fired"] = m.since_fired
+    path = Path(folder) / CHECKPOINT
+    write_tensors(path, tensors, metadata={"saelab": json.dumps(meta)})
+    return path
+
+
+def read_checkpoint_meta(folder: Path) -> dict:
+    path = Path(folder) / CHECKPOINT
+    if not path.exists():
+        raise UserError(f"--resume: no checkpoint in {folder} (nothing to resume; drop --resume to start fresh)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["saelab"])
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({e}); delete it to start over") from e
+
+
+def load_checkpoint(folder: Path, members: list) -> None:
+    tensors = read_tensors(Path(folder) / CHECKPOINT)
+    for m in members:
+        prefix = f"{m.name}/sae/"
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not sd:
+            raise UserError(f"checkpoint has no state for SAE {m.name}: it was written by a different configuration")
+        m.sae.load_state_dict(sd)
+        for i, p in enumerate(m.sae.parameters()):
+            pre = f"{m.name}/opt/{i}/"
+            st = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+            if st:
+                m.opt.state[p] = st
+        m.since_fired.copy_(tensors[f"{m.name}/since_fired"])

@@ -1,0 +1,85 @@
+"""The training configuration: one dataclass that is also the command line (see cli.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..errors import UserError
+from ..sae import ARCHITECTURES
+
+
+@dataclass
+class TrainConfig:
+    out: str                                           # run folder: one SAE folder per trained SAE
+    hookpoints: list[str] = field(default_factory=lambda: ["model.layers.6"])
+    model: str = "embedded"                            # embedded | local folder | .gguf | hub id
+    corpus: str = "builtin"                            # builtin | file/folder | .npy | hf:NAME
+    text_field: str = "text"
+    arch: str = "topk"                                 # topk | batchtopk | jumprelu | relu
+    latents: int = 4608                                # dictionary size
+    k: list[int] = field(default_factory=lambda: [32])  # one SAE per k (topk / batchtopk)
+    sparsity_coeff: list[float] = field(default_factory=lambda: [0.0])  # one SAE per coeff (relu/jumprelu)
+    tokens: int = 1_000_000                            # training tokens (LM positions, before sink masking)
+    batch_tokens: int = 4096                           # tokens per optimiser step
+    context: int = 256
+    buffer_batches: int = 8                            # LM batches mixed in the shuffling buffer
+    lr: float | None = None                            # default 2e-4 / sqrt(latents / 2^14)
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.2                        # linear decay to 0 over the last fraction
+    aux_coeff: float = 1 / 32
+    dead_tokens: int | None = None                     # a latent is dead after this many tokens unfired
+    bias_init: str = "median"                          # median | mean
+    sink_first_positions: int = 1
+    sink_norm_factor: float = 5.0
+    mask_special: bool = True
+    heldout_fraction: float = 0.05
+    checkpoint_every: int = 250_000                    # tokens between checkpoints
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    wandb: str | None = None                           # wandb project name (needs wandb installed)
+    resume: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.latents / 2**14)
+
+    def sweep_values(self) -> list[tuple[int | None, float]]:
+        """(k, sparsity_coeff) per SAE trained at each hookpoint."""
+        if self.arch in ("topk", "batchtopk"):
+            return [(k, 0.0) for k in self.k]
+        return [(None, c) for c in self.sparsity_coeff]
+
+    def validate(self) -> None:
+        """Everything that can be checked before the model loads."""
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        if self.latents < 1:
+            raise UserError("--latents must be positive")
+        if self.arch in ("topk", "batchtopk"):
+            if not self.k or any(k < 1 for k in self.k):
+                raise UserError("--k needs positive values")
+            bad = [k for k in self.k if k > self.latents]
+            if bad:
+                raise UserError(f"k={bad[0]} is larger than the dictionary (--latents {self.latents})")
+        elif any(c < 0 for c in self.sparsity_coeff):
+            raise UserError("--sparsity-coeff must be >= 0")
+        if self.context < 2:
+            raise UserError("--context must be at least 2")
+        if self.batch_tokens < self.context:
+            raise UserError(f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})")
+        if self.tokens < self.batch_tokens:
+            raise UserError(f"--tokens ({self.tokens}) is smaller than one batch (--batch-tokens {self.batch_tokens})")
+        if not self.hookpoints:
+            raise UserError("give at least one --hookpoints entry")
+        if self.bias_init not in ("median", "mean"):
+            raise UserError("--bias-init must be median or mean")
+        if not 0 < self.heldout_fraction < 1:
+            raise UserError("--heldout-fraction must be between 0 and 1")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other")
