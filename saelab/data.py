@@ -87,8 +87,10 @@ def _hf_texts(name: str, text_field: str, split: str = "train") -> Iterator[str]
         import datasets
     except ImportError as e:
         raise UserError("loading a Hugging Face dataset needs `pip install datasets`") from e
-    parts = name.removeprefix("hf:").split(":")
-    ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split=split, streaming=True)
+    # hf:NAME, hf:NAME:CONFIG, or hf:/local/dataset/folder (same code path, no hub needed)
+    name = name.removeprefix("hf:")
+    path, _, config = (name, "", "") if Path(name).exists() else name.partition(":")
+    ds = datasets.load_dataset(path, config or None, split=split, streaming=True)
     for rec in ds:
         yield rec[text_field]
 

@@ -7,7 +7,7 @@ with `:input` (`model.layers.6.mlp.down_proj:input`) meaning its first positiona
 from __future__ import annotations
 
 import difflib
-import fnmatch
+import re
 import importlib.util
 import os
 import shutil
@@ -68,7 +68,9 @@ def _embedded_folder() -> Path:
 def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """`spec` is `embedded`, a local folder, a `.gguf` file, or a Hugging Face hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     spec = str(spec)
     kwargs: dict = {}
     if spec == EMBEDDED:
@@ -106,10 +108,9 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def _site_kind(layer_prefix: str, name: str) -> str | None:
-    rest = name[len(layer_prefix):].lstrip(".").split(".", 1)
-    if len(rest) == 1:
+    sub = name[len(layer_prefix):].lstrip(".")
+    if not sub:
         return "resid_post"
-    sub = rest[1]
     if sub in ("self_attn", "attn", "attention"):
         return "attn_out"
     if sub in ("mlp", "feed_forward"):
@@ -145,8 +146,9 @@ def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[str]:
     candidates = [n for n, _ in candidate_hookpoints(model)]
     out: list[str] = []
     for pat in patterns:
-        if any(c in pat for c in "*?["):
-            hits = [c for c in candidates if fnmatch.fnmatchcase(c, pat)]
+        if any(c in pat for c in "*?"):
+            rx = _glob_regex(pat)
+            hits = [c for c in candidates if rx.fullmatch(c)]
             if not hits:
                 raise UserError(f"hookpoint pattern {pat!r} matches nothing; try `saelab hookpoints` to list them")
         else:
@@ -158,6 +160,22 @@ def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[str]:
             hits = [pat]
         out += [h for h in hits if h not in out]
     return out
+
+
+def _glob_regex(pat: str) -> "re.Pattern":
+    """`*` matches within one dotted segment (`model.layers.*` = the blocks, not their children);
+    `**` crosses dots; `?` is one character."""
+    out, i = "", 0
+    while i < len(pat):
+        if pat.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pat[i] == "*":
+            out, i = out + "[^.]*", i + 1
+        elif pat[i] == "?":
+            out, i = out + "[^.]", i + 1
+        else:
+            out, i = out + re.escape(pat[i]), i + 1
+    return re.compile(out)
 
 
 def layer_index(model: nn.Module, hookpoint: str) -> int:

@@ -24,7 +24,7 @@ class TrainConfig:
     batch_tokens: int = 4096                           # tokens per optimiser step
     context: int = 256
     buffer_batches: int = 8                            # LM batches mixed in the shuffling buffer
-    lr: float | None = None                            # default 2e-4 / sqrt(latents / 2^14)
+    lr: list[float] | None = None                      # one SAE per value; default 2e-4 / sqrt(latents / 2^14)
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.2                        # linear decay to 0 over the last fraction
     aux_coeff: float = 1 / 32
@@ -46,14 +46,15 @@ class TrainConfig:
         return asdict(self)
 
     @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.latents / 2**14)
+    def learning_rates(self) -> list[float]:
+        if isinstance(self.lr, (int, float)):
+            return [float(self.lr)]
+        return list(self.lr) if self.lr else [2e-4 / math.sqrt(self.latents / 2**14)]
 
-    def sweep_values(self) -> list[tuple[int | None, float]]:
-        """(k, sparsity_coeff) per SAE trained at each hookpoint."""
-        if self.arch in ("topk", "batchtopk"):
-            return [(k, 0.0) for k in self.k]
-        return [(None, c) for c in self.sparsity_coeff]
+    def sweep_values(self) -> list[tuple[int | None, float, float]]:
+        """(k, sparsity_coeff, lr) per SAE trained at each hookpoint."""
+        firsts = [(k, 0.0) for k in self.k] if self.arch in ("topk", "batchtopk") else [(None, c) for c in self.sparsity_coeff]
+        return [(k, c, lr) for k, c in firsts for lr in self.learning_rates]
 
     def validate(self) -> None:
         """Everything that can be checked before the model loads."""
@@ -81,5 +82,7 @@ class TrainConfig:
             raise UserError("--bias-init must be median or mean")
         if not 0 < self.heldout_fraction < 1:
             raise UserError("--heldout-fraction must be between 0 and 1")
+        if any(lr <= 0 for lr in self.learning_rates):
+            raise UserError("--lr must be positive")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other")

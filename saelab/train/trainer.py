@@ -41,6 +41,7 @@ class Member:
     sae: SparseCoder
     opt: torch.optim.Optimizer
     since_fired: torch.Tensor                 # [d_sae] tokens since each latent last fired
+    lr: float
     stats: dict = field(default_factory=dict)  # exponential moving averages for the progress bar
 
 
@@ -53,9 +54,9 @@ def parse_sites(patterns: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def sae_name(site: str, out_site: str | None, arch: str, k: int | None, coeff: float) -> str:
+def sae_name(site: str, out_site: str | None, arch: str, k: int | None, coeff: float, lr: float | None = None) -> str:
     base = site.replace(":", "_") + (f"__to__{out_site.replace(':', '_')}" if out_site else "")
-    return f"{base}-{arch}-" + (f"k{k}" if k is not None else f"c{coeff:g}")
+    return f"{base}-{arch}-" + (f"k{k}" if k is not None else f"c{coeff:g}") + (f"-lr{lr:g}" if lr else "")
 
 
 def _precheck_depth(cfg: TrainConfig, sites) -> None:
@@ -118,15 +119,15 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.members: list[Member] = []
         for a, b in sites:
-            for k, coeff in cfg.sweep_values():
+            for k, coeff, lr in cfg.sweep_values():
                 sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
                                d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
                                aux_coeff=cfg.aux_coeff)
                 sae = build_sae(sc).to(cfg.device)
                 sae.reset_parameters(gen)
-                opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-                self.members.append(Member(sae_name(a, b, cfg.arch, k, coeff), sae, opt,
-                                           torch.zeros(cfg.latents, dtype=torch.long)))
+                opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+                name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)
+                self.members.append(Member(name, sae, opt, torch.zeros(cfg.latents, dtype=torch.long), lr))
         self.sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
         self.stream = ActivationStream(model, self.rows, self.hookpoints, cfg.context, cfg.batch_tokens,
                                        cfg.buffer_batches, cfg.tokens, cfg.seed, self.sink,
@@ -144,7 +145,7 @@ class Trainer:
         return fingerprint(c, [m.name for m in self.members], self.rows.fingerprint)
 
     # ------------------------------------------------------------ one step
-    def _step(self, m: Member, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict:
+    def _step(self, m: Member, x: torch.Tensor, y: torch.Tensor, lr_factor: float) -> dict:
         sae = m.sae
         target = y * sae.out_scale
         dead = m.since_fired >= self.dead_tokens
@@ -155,9 +156,9 @@ class Trainer:
         if not torch.isfinite(loss) or loss.item() > 1e4:
             raise TrainingDiverged(
                 f"{m.name}: loss became {loss.item():.3g}; stopped. The last good checkpoint in {self.out} is kept; "
-                f"lower --lr (now {self.cfg.learning_rate:.2g}) and rerun with --resume or from scratch")
+                f"lower --lr (now {m.lr:.2g}) and rerun with --resume or from scratch")
         for g in m.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = m.lr * lr_factor
         m.opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_decoder_grad()
@@ -199,11 +200,11 @@ class Trainer:
             n_batches = max(1, math.ceil(n / cfg.batch_tokens))
             for b in range(n_batches):
                 progress = (lm_seen + chunk.lm_tokens * b / n_batches) / total_lm
-                lr = cfg.learning_rate * lr_factor(progress, cfg.warmup_fraction, cfg.decay_fraction)
+                factor = lr_factor(progress, cfg.warmup_fraction, cfg.decay_fraction)
                 sl = slice(b * cfg.batch_tokens, (b + 1) * cfg.batch_tokens)
                 for m in self.members:
                     c = m.sae.cfg
-                    s = self._step(m, chunk.acts[c.hookpoint][sl], chunk.acts[c.out_hookpoint or c.hookpoint][sl], lr)
+                    s = self._step(m, chunk.acts[c.hookpoint][sl], chunk.acts[c.out_hookpoint or c.hookpoint][sl], factor)
                     for key, v in s.items():
                         m.stats[key] = v if key not in m.stats else 0.9 * m.stats[key] + 0.1 * v
                 steps += 1
@@ -222,6 +223,7 @@ class Trainer:
                                                          "lm_tokens": lm_seen, "steps": steps,
                                                          "wall_s": time.time() - t0})
                 next_ckpt = (lm_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                _maybe_die_for_test()
         bar.close()
         wall = time.time() - t0
         return self._save(lm_seen, steps, wall, excluded, time.time() - t_bar)
@@ -231,7 +233,7 @@ class Trainer:
         cfg = self.cfg
         folders = []
         for m in self.members:
-            extra = {"loss": "local", "model_spec": cfg.model, "training_tokens": lm_seen, "steps": steps, "seed": cfg.seed,
+            extra = {"loss": "local", "model_spec": cfg.model, "lr": m.lr, "training_tokens": lm_seen, "steps": steps, "seed": cfg.seed,
                      "sink": vars(self.sink), "corpus": cfg.corpus, "data_fingerprint": self.rows.fingerprint,
                      "train_stats": m.stats}
             folders.append(save_sae(m.sae, self.out / m.name, self.lm.name, cfg.context, extra))
@@ -251,6 +253,15 @@ class Trainer:
         if ckpt.exists():
             ckpt.unlink()
         return folders
+
+
+def _maybe_die_for_test() -> None:
+    """Tests set SAELAB_KILL_AFTER_CHECKPOINT to SIGKILL the run right after a checkpoint."""
+    import os
+    import signal
+
+    if os.environ.get("SAELAB_KILL_AFTER_CHECKPOINT"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _versions() -> dict:

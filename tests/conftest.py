@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny randomly initialised Llama (built from a config, saved as a local
+model folder with the embedded tokenizer) and a small local text corpus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SAELAB_CACHE", str(ROOT / ".cache"))
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def embedded_folder() -> Path:
+    from saelab.models import _embedded_folder
+
+    return _embedded_folder()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_folder) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded_folder / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """~150k tokens of English prose from the standard library's pydoc topics."""
+    from pydoc_data import topics
+
+    p = tmp_path_factory.mktemp("corpus") / "topics.txt"
+    p.write_text("\n\n".join(topics.topics[k] for k in sorted(topics.topics)))
+    return p
+
+
+def train_cfg(out, model, corpus, **kw):
+    from saelab.train.config import TrainConfig
+
+    base = dict(out=str(out), model=str(model), corpus=str(corpus), hookpoints=["model.layers.1"], latents=256,
+                k=[8], tokens=16384, batch_tokens=512, context=64, buffer_batches=4, checkpoint_every=4096,
+                lr=[2e-3], threads=2)
+    base.update(kw)
+    return TrainConfig(**base)

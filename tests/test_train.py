@@ -1,0 +1,140 @@
+"""Training on a tiny random Llama: it learns, trains many SAEs per forward, resumes exactly,
+and refuses bad input before doing expensive work."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import train_cfg
+from saelab.data import load_token_rows
+from saelab.errors import UserError
+from saelab.evaluate import EvalBudget, reconstruction_metrics
+from saelab.models import load_model
+from saelab.sae import SaeConfig, build_sae
+from saelab.sae.folder import load_sae
+from saelab.storage import read_json
+from saelab.train.trainer import Trainer, TrainingDiverged
+
+
+def _heldout_fvu(model_dir, corpus, saes):
+    lm = load_model(str(model_dir))
+    rows = load_token_rows(str(corpus), lm.tokenizer, 64)
+    res, _ = reconstruction_metrics(lm.model, lm.tokenizer, [(s, {}) for s in saes], rows, EvalBudget(tokens=4096))
+    return [r["fvu"] for r in res]
+
+
+def test_trained_saes_beat_random_and_share_one_forward(tmp_path, tiny_model_dir, text_corpus):
+    cfg = train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, k=[4, 16], hookpoints=["model.layers.*"],
+                    tokens=32768)
+    folders = Trainer(cfg).run()
+    assert len(folders) == 8  # 4 layers x 2 values of k, all from the same forward passes
+    trained = [load_sae(f)[0] for f in folders if "layers.1-" in f.name]
+    rand = build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint="model.layers.1", k=16))
+    fvu4, fvu16, fvu_rand = _heldout_fvu(tiny_model_dir, text_corpus, trained + [rand])
+    assert fvu16 < fvu4 < 0.6 * fvu_rand
+    assert fvu16 < 0.35
+    manifest = read_json(tmp_path / "run" / "manifest.json")
+    assert manifest["seed"] == 0 and manifest["data"]["fingerprint"] and len(manifest["saes"]) == 8
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_transcoder_learns_mlp_map(tmp_path, tiny_model_dir, text_corpus):
+    site = "model.layers.1.post_attention_layernorm->model.layers.1.mlp"
+    cfg = train_cfg(tmp_path / "tc", tiny_model_dir, text_corpus, hookpoints=[site], k=[16], tokens=32768)
+    (folder,) = Trainer(cfg).run()
+    tc, c = load_sae(folder)
+    assert tc.cfg.is_transcoder and c["metadata"]["hook_name_out"] == "model.layers.1.mlp"
+    rand = build_sae(tc.cfg)
+    fvu, fvu_rand = _heldout_fvu(tiny_model_dir, text_corpus, [tc, rand])
+    assert fvu < 0.5 * fvu_rand
+
+
+@pytest.mark.parametrize("arch,extra", [("batchtopk", {}), ("jumprelu", {"sparsity_coeff": [0.01]}),
+                                        ("relu", {"sparsity_coeff": [0.05]})])
+def test_other_architectures_learn(tmp_path, tiny_model_dir, text_corpus, arch, extra):
+    cfg = train_cfg(tmp_path / arch, tiny_model_dir, text_corpus, arch=arch, **extra)
+    (folder,) = Trainer(cfg).run()
+    sae, _ = load_sae(folder)
+    rand = build_sae(sae.cfg)
+    fvu, fvu_rand = _heldout_fvu(tiny_model_dir, text_corpus, [sae, rand])
+    assert fvu < 0.6 * fvu_rand
+
+
+def _cli(args, env=None):
+    return subprocess.run([sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_corpus):
+    common = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--hookpoints", "model.layers.2",
+              "--latents", "256", "--k", "8", "--tokens", "16384", "--batch-tokens", "512", "--context", "64",
+              "--buffer-batches", "4", "--checkpoint-every", "6000", "--lr", "2e-3", "--threads", "1"]
+    full = _cli(common + ["--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    killed = _cli(common + ["--out", str(tmp_path / "res")], env={"SAELAB_KILL_AFTER_CHECKPOINT": "1"})
+    assert killed.returncode == -9  # SIGKILL right after the first checkpoint
+    assert (tmp_path / "res" / "checkpoint.safetensors").exists()
+    assert not list((tmp_path / "res").glob("*/cfg.json"))
+    resumed = _cli(common + ["--out", str(tmp_path / "res"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at" in resumed.stdout
+    name = "model.layers.2-topk-k8"
+    a, _ = load_sae(tmp_path / "full" / name)
+    b, _ = load_sae(tmp_path / "res" / name)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+    # and it really trained (a run that learned nothing would also "match")
+    assert read_json(tmp_path / "res" / "manifest.json")["saes"][name]["final"]["fvu"] < 0.8
+
+
+def test_bad_config_fails_before_model_loads(tmp_path, monkeypatch):
+    import saelab.train.trainer as tr
+
+    monkeypatch.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(UserError, match="larger than the dictionary"):
+        Trainer(train_cfg(tmp_path / "a", "x", "y", k=[300], latents=256))
+    with pytest.raises(UserError, match="unknown --arch"):
+        Trainer(train_cfg(tmp_path / "b", "x", "y", arch="magic"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("precious")
+    with pytest.raises(UserError, match="already exists"):
+        Trainer(train_cfg(tmp_path / "c", "x", "y"))
+    assert (tmp_path / "c" / "keep.txt").read_text() == "precious"
+    with pytest.raises(UserError, match="no checkpoint"):
+        Trainer(train_cfg(tmp_path / "d", "x", "y", resume=True))
+
+
+def test_too_deep_hookpoint_and_unknown_names(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
+    import saelab.train.trainer as tr
+
+    with monkeypatch.context() as m:
+        m.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+        with pytest.raises(UserError, match="deeper than the model: it has 4 layers"):
+            Trainer(train_cfg(tmp_path / "deep", tiny_model_dir, text_corpus, hookpoints=["model.layers.9"]))
+    with pytest.raises(UserError, match=r"closest valid names: model\.layers\.1\.mlp"):
+        Trainer(train_cfg(tmp_path / "typo", tiny_model_dir, text_corpus, hookpoints=["model.layers.1.mlpp"])).run()
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
+    import saelab.train.trainer as tr
+
+    real_step = tr.Trainer._step
+    calls = {"n": 0}
+
+    def poisoned(self, m, x, y, lr):
+        calls["n"] += 1
+        if calls["n"] > 12:  # after the first checkpoint (8 steps per 4096-token chunk)
+            x = x * float("nan")
+        return real_step(self, m, x, y, lr)
+
+    monkeypatch.setattr(tr.Trainer, "_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        Trainer(train_cfg(tmp_path / "nan", tiny_model_dir, text_corpus)).run()
+    ckpt = tmp_path / "nan" / "checkpoint.safetensors"
+    assert ckpt.exists()
+    from saelab.storage import read_tensors
+    assert all(torch.isfinite(t.float()).all() for t in read_tensors(ckpt).values())
