@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import json
 import re
+import types
 import tomllib
 import typing
 from pathlib import Path
@@ -28,6 +29,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
             continue
         opt = "--" + f.name.replace("_", "-")
         t = hints[f.name]
+        if typing.get_origin(t) in (typing.Union, types.UnionType):  # Optional[X] -> X
+            t = next(a for a in typing.get_args(t) if a is not type(None))
         origin, args = typing.get_origin(t), typing.get_args(t)
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -41,8 +44,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         elif origin is list:
             parser.add_argument(opt, nargs="+", type=args[0], default=None, help=h)
         else:
-            base = next((a for a in args if a is not type(None)), t) if args else t
-            parser.add_argument(opt, type=base, default=None, help=h)
+            parser.add_argument(opt, type=t, default=None, help=h)
 
 
 def build_config(cls, ns: argparse.Namespace, config_file: str | None, **fixed):
