@@ -96,12 +96,19 @@ class SparseCoder(nn.Module):
 
     # ------------------------------------------------------------ forward
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled input, centred by b_dec for an SAE (SAELens `apply_b_dec_to_input`)."""
-        x = x * self.in_scale
-        return x if self.cfg.is_transcoder else x - self.b_dec
+        """Scaled input. (An SAE also centres it by b_dec; that is folded into `encoder_bias`.)"""
+        return x * self.in_scale
 
-    def preacts(self, x_in: torch.Tensor) -> torch.Tensor:
-        return x_in @ self.W_enc + self.b_enc
+    def encoder_bias(self) -> torch.Tensor:
+        """b_enc - b_dec @ W_enc for an SAE (SAELens `apply_b_dec_to_input`), b_enc for a transcoder.
+
+        (x - b_dec) @ W_enc + b_enc == x @ W_enc + encoder_bias(): centring through the bias keeps
+        the input out of autograd, so b_dec's gradient costs a [d_in, d_sae] product per step
+        instead of a [rows, d_in] one through the sparse encoder."""
+        return self.b_enc if self.cfg.is_transcoder else self.b_enc - self.b_dec @ self.W_enc
+
+    def preacts(self, x_in: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.addmm(self.encoder_bias() if bias is None else bias, x_in, self.W_enc)
 
     def encode(self, x_in: torch.Tensor) -> tuple[Latents, torch.Tensor, torch.Tensor]:
         """-> (latents, sparsity loss, pre-activations [rows, d_sae] without grad)."""
@@ -127,7 +134,7 @@ class SparseCoder(nn.Module):
         with torch.no_grad():
             idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1).indices
         rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k_aux)
-        vals = gather_preacts(x_in, self.W_enc, self.b_enc, pre, rows, idx.reshape(-1)).relu()
+        vals = gather_preacts(x_in, self.W_enc, self.encoder_bias(), pre, rows, idx.reshape(-1)).relu()
         lat = Latents(vals.view(-1, k_aux), idx, None, x_in.shape[0], self.cfg.d_sae)
         pred = decode_sparse(lat, self.W_dec)
         denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)

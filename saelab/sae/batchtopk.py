@@ -21,8 +21,9 @@ class BatchTopKSae(SparseCoder):
 
     def encode(self, x_in):
         n, d_sae = x_in.shape[0], self.cfg.d_sae
+        bias = self.encoder_bias()
         with torch.no_grad():
-            pre = self.preacts(x_in)
+            pre = self.preacts(x_in, bias)
         if self.training:
             with torch.no_grad():
                 flat = pre.relu().reshape(-1)
@@ -37,7 +38,7 @@ class BatchTopKSae(SparseCoder):
         else:
             rows, cols = (pre > self.threshold).nonzero(as_tuple=True)
         if torch.is_grad_enabled():
-            vals = gather_preacts(x_in, self.W_enc, self.b_enc, pre, rows, cols).relu()
+            vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, cols).relu()
         else:
             vals = pre[rows, cols].relu()
         counts = torch.bincount(rows, minlength=n)

@@ -81,14 +81,15 @@ class _GatherPreacts(torch.autograd.Function):
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
         if ctx.needs_input_grad[1]:
             s = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (d_sae, n), check_invariants=False)
-            grad_W = torch.sparse.mm(s, x).t()
+            grad_W = torch.sparse.mm(s, x).t().contiguous()  # contiguous keeps Adam's update fast
         if ctx.needs_input_grad[0]:
             s = torch.sparse_coo_tensor(torch.stack([rows, cols]), grad, (n, d_sae), check_invariants=False)
-            grad_x = torch.sparse.mm(s, W_enc.t())
+            grad_x = torch.sparse.mm(s, W_enc.t().contiguous())
         return grad_x, grad_W, grad_b, None, None, None
 
 
 def gather_preacts(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre: torch.Tensor,
                    rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Selected entries of `pre` (= x @ W_enc + b_enc, computed without grad) with sparse grads."""
+    """Selected entries of `pre` (= x @ W_enc + b_enc, computed without grad) with sparse grads.
+    `b_enc` may be any differentiable [d_sae] bias (e.g. one that folds in input centring)."""
     return _GatherPreacts.apply(x, W_enc, b_enc, rows, cols, pre[rows, cols])

@@ -11,12 +11,13 @@ from .latents import Latents, gather_preacts
 class TopKSae(SparseCoder):
     def encode(self, x_in):
         k = self.cfg.k
+        bias = self.encoder_bias()
         with torch.no_grad():
-            pre = self.preacts(x_in)
+            pre = self.preacts(x_in, bias)
             idx = pre.topk(k, dim=-1, sorted=False).indices
         rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k)
         if torch.is_grad_enabled():
-            vals = gather_preacts(x_in, self.W_enc, self.b_enc, pre, rows, idx.reshape(-1)).relu()
+            vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, idx.reshape(-1)).relu()
         else:
             vals = pre.gather(1, idx).relu_()
         lat = Latents(vals.view(-1, k), idx, None, x_in.shape[0], self.cfg.d_sae)

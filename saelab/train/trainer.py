@@ -6,6 +6,7 @@ Read top to bottom: prepare (validate, load, build) -> resume -> loop over chunk
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import shutil
@@ -215,6 +216,10 @@ class Trainer:
             bar.set_postfix_str(f"fvu {head['fvu']:.3f} l0 {head['l0']:.1f} dead {100 * head['dead']:.1f}% "
                                 f"excl {100 * chunk.excluded / chunk.lm_tokens:.2f}%"
                                 + (f" (+{len(self.members) - 1} SAEs)" if len(self.members) > 1 else ""))
+            record = {"tokens": lm_seen, "steps": steps, "wall_s": round(time.time() - t0, 2),
+                      "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in self.members}}
+            with open(self.out / "train_log.jsonl", "a") as f:  # per-chunk curves, one JSON line each
+                f.write(json.dumps(record) + "\n")
             if logger:
                 logger.log({f"{m.name}/{k}": v for m in self.members for k, v in m.stats.items()} | {"tokens": lm_seen})
             last = chunk.index == self.stream.n_chunks - 1
