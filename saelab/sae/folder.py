@@ -60,7 +60,8 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SparseCoder, dict]:
     cfg = read_json(folder / CFG)
     ours = cfg.get("saelab")
     if not ours or "config" not in ours:
-        raise UserError(f"{folder / CFG} has no `saelab` block: not written by saelab (foreign formats: see docs/FORMATS.md)")
+        from ..interop import load_foreign  # SAELens / sparsify folders (docs/SCALE.md)
+        return load_foreign(folder, device)
     if ours.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{folder} uses SAE format version {ours['format_version']}; this saelab reads up to {FORMAT_VERSION}")
     sae_cfg = SaeConfig.from_dict(ours["config"])
