@@ -5,4 +5,5 @@ To add a command group, write a module with `register` and list it in COMMAND_MO
 COMMAND_MODULES = [
     "saelab.commands.core",
     "saelab.commands.scale",
+    "saelab.commands.interpret",
 ]
