@@ -34,13 +34,17 @@ def spliced(model, sae: SparseCoder, keep: torch.Tensor | None = None, error_ter
             with torch.no_grad():
                 lat = sae.encode_raw(flat_x)
                 dense = lat.to_dense()
-                base = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale
-                new = base
-                if edit is not None:
-                    dense = edit(dense.view(*shape[:-1], -1)).reshape(-1, cfg.d_sae)
-                    new = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale
                 if error_term:
-                    new = new + (act.reshape(-1, shape[-1]) - base)
+                    # act + (edited - clean) decode: bitwise the model's own activation wherever
+                    # the edit leaves the latents unchanged (and exactly act when edit is None).
+                    new = act.reshape(-1, shape[-1]).to(flat_x.dtype)
+                    if edit is not None:
+                        edited = edit(dense.view(*shape[:-1], -1).clone()).reshape(-1, cfg.d_sae)
+                        new = new + ((edited - dense) @ sae.W_dec) / sae.out_scale
+                else:
+                    if edit is not None:
+                        dense = edit(dense.view(*shape[:-1], -1)).reshape(-1, cfg.d_sae)
+                    new = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale
         new = new.reshape(shape).to(act.dtype)
         if keep is not None:
             k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)

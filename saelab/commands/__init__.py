@@ -6,4 +6,5 @@ COMMAND_MODULES = [
     "saelab.commands.core",
     "saelab.commands.scale",
     "saelab.commands.interpret",
+    "saelab.commands.view",
 ]

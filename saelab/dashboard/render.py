@@ -1,0 +1,131 @@
+"""HTML for feature pages and the index, shared by the static dashboards and the web app.
+
+Jinja2 with autoescaping on for every template: model text, tokens and explanations are data,
+never markup (a `<script>` token shows as the text `<script>`). Pages are self-contained (inline
+CSS, inline SVG histogram), so a dashboard folder opens offline from the disk.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jinja2 import DictLoader, Environment, select_autoescape
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.4em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left;vertical-align:top;font-size:.92em}
+tr:nth-child(even){background:#f6f6f6}
+.tok{font-family:ui-monospace,monospace;white-space:pre;border-radius:2px;padding:0 1px}
+.peak{outline:1px solid #c33}
+.ex{margin:3px 0;line-height:1.7;font-size:.9em}
+.val{display:inline-block;width:4.5em;color:#666;font-family:ui-monospace,monospace}
+.muted{color:#777} .expl{font-size:1.1em;background:#eef5ff;padding:.4em .6em;border-radius:4px}
+.cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}
+.pill{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre}
+input,textarea,select,button{font-size:1em} textarea{width:100%}
+.bar{height:8px;background:#e99}
+"""
+
+FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{{ f.sae }} feature {{ f.id }}</title><style>{{ css }}</style></head><body>
+<p><a href="{{ home }}" id="home">&larr; index</a></p>
+<h1 id="title">{{ f.sae }} &middot; feature {{ f.id }}</h1>
+<p class="muted">hookpoint {{ f.hookpoint }} &middot; {{ f.d_sae }} features</p>
+{% if f.explanation %}<p class="expl" id="explanation">{{ f.explanation }}</p>
+{% else %}<p class="muted" id="explanation">no explanation yet</p>{% endif %}
+{% if f.scores %}<table id="scores">{% for k, v in f.scores.items() %}<tr><td>{{ k }}</td><td>{{ "%.3f"|format(v) }}</td></tr>{% endfor %}</table>{% endif %}
+<div class="cols"><div>
+<h2>Activation density</h2>
+<p id="density">fires on {{ f.fires }} of {{ f.n_positions }} positions
+ ({{ "%.4g"|format(100 * f.density) }}%{% if f.density > 0 %}, log10 {{ "%.2f"|format(log10(f.density)) }}{% endif %});
+ max {{ "%.3g"|format(f.max_act) }}, mean {{ "%.3g"|format(f.mean_act) }}</p>
+{{ hist_svg(f.hist) | safe }}
+</div><div>
+<h2>Promoted tokens</h2>
+{% if f.promoted %}<div id="promoted">{% for t in f.promoted %}<span class="pill" title="{{ '%.2f'|format(t.logit) }}">{{ t.token }}</span> {% endfor %}</div>
+<h2>Suppressed tokens</h2>
+<div id="suppressed">{% for t in f.suppressed %}<span class="pill" title="{{ '%.2f'|format(t.logit) }}">{{ t.token }}</span> {% endfor %}</div>
+<p class="muted">decoder direction through the final norm and unembedding</p>
+{% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
+</div><div>
+<h2>Nearest features</h2>
+<table id="nearest">{% for n in f.nearest %}<tr><td><a href="{{ link(n.id) }}">{{ n.id }}</a></td><td>{{ "%.3f"|format(n.cos) }}</td>
+<td>{{ n.explanation or "" }}{% for t in n.top_tokens %} <span class="pill">{{ t }}</span>{% endfor %}</td></tr>{% endfor %}</table>
+<p class="muted">cosine of decoder directions</p>
+</div></div>
+<h2>Top activations</h2>
+<div id="top">{% for e in f.top %}{{ example(e, f.max_act) }}{% else %}<p class="muted">this feature never fired on the cached tokens</p>{% endfor %}</div>
+{% for r in f.ranges %}{% if r.examples %}
+<h2>Activations in ({{ "%.3g"|format(r.lo) }}, {{ "%.3g"|format(r.hi) }}] &middot; {{ r.count }} positions</h2>
+<div class="range">{% for e in r.examples %}{{ example(e, f.max_act) }}{% endfor %}</div>
+{% endif %}{% endfor %}
+</body></html>"""
+
+MACROS = """{% macro example(e, mx) -%}
+<div class="ex"><span class="val">{{ "%.2f"|format(e.value) }}</span>{% for t in e.tokens -%}
+<span class="tok{% if loop.index0 == e.peak %} peak{% endif %}" title="{{ '%.3f'|format(e.acts[loop.index0]) }}" style="background:rgba(255,120,0,{{ '%.2f'|format(shade(e.acts[loop.index0], mx)) }})">{{ visible(t) }}</span>
+{%- endfor %}</div>
+{%- endmacro %}"""
+
+INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ name }} features</title>
+<style>{{ css }}</style></head><body>
+<h1>{{ name }}</h1>
+<p class="muted">{{ d_sae }} features at {{ hookpoint }} &middot; {{ n_positions }} cached positions &middot; {{ n_explained }} explained</p>
+<img src="density.png" alt="feature density histogram" style="max-width:520px">
+<p><input id="q" placeholder="filter by explanation or token" size="40"></p>
+<table id="features"><thead><tr><th>feature</th><th>density</th><th>max</th><th>explanation</th><th>top tokens</th></tr></thead><tbody>
+{% for s in rows %}<tr><td><a href="features/{{ s.id }}.html">{{ s.id }}</a></td><td>{{ "%.3g"|format(s.density) }}</td><td>{{ "%.3g"|format(s.max_act) }}</td>
+<td>{{ s.explanation or "" }}</td><td>{% for t in s.top_tokens %}<span class="pill">{{ t }}</span>{% endfor %}</td></tr>
+{% endfor %}</tbody></table>
+<script>
+document.getElementById('q').addEventListener('input', e => {
+  const q = e.target.value.toLowerCase();
+  for (const tr of document.querySelectorAll('#features tbody tr'))
+    tr.style.display = tr.textContent.toLowerCase().includes(q) ? '' : 'none';
+});
+</script></body></html>"""
+
+
+def visible(t: str) -> str:
+    """Whitespace a reader can see: newlines and tabs as symbols (still escaped by Jinja)."""
+    return t.replace("\n", "\u21b5").replace("\t", "\u21e5")
+
+
+def shade(v: float, mx: float) -> float:
+    return 0.0 if mx <= 0 or v <= 0 else min(1.0, 0.1 + 0.9 * v / mx)
+
+
+def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
+    """Inline SVG bar chart of an activation histogram (numbers only go in; no user text)."""
+    counts, edges = h["counts"], h["edges"]
+    if not counts or max(counts) == 0:
+        return '<p class="muted">no activations</p>'
+    top = max(counts)
+    bw = width / len(counts)
+    bars = "".join(f'<rect x="{i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
+                   f'height="{height * c / top:.1f}" fill="#e8743b"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
+                   for i, c in enumerate(counts))
+    return (f'<svg id="histogram" width="{width}" height="{height + 16}" role="img" aria-label="activation histogram">{bars}'
+            f'<text x="0" y="{height + 13}" font-size="11">0</text>'
+            f'<text x="{width}" y="{height + 13}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text></svg>')
+
+
+def _env() -> Environment:
+    env = Environment(loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env.globals.update(css=CSS, visible=visible, shade=shade, hist_svg=hist_svg, log10=math.log10)
+    return env
+
+
+ENV = _env()
+
+
+def feature_page(view: dict, link, home: str) -> str:
+    """`link(j)` -> URL of feature j's page; `home` -> URL of the index."""
+    return ENV.get_template("feature.html").render(f=view, link=link, home=home)
+
+
+def index_page(name: str, d_sae: int, hookpoint: str, n_positions: int, rows: list[dict], n_explained: int) -> str:
+    return ENV.get_template("index.html").render(name=name, d_sae=d_sae, hookpoint=hookpoint,
+                                                 n_positions=n_positions, rows=rows, n_explained=n_explained)
