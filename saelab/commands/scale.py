@@ -18,7 +18,26 @@ def cmd_export(a) -> None:
         print(f)
 
 
+def cmd_cache(a) -> None:
+    from ..cli_args import build_config
+    from ..train.from_cache import CacheConfig, cache_summary, write_cache
+
+    cfg = build_config(CacheConfig, a, a.config)
+    print(cache_summary(write_cache(cfg)))
+
+
 def register(sub) -> None:
+    from ..cli_args import add_dataclass_options
+    from ..train.from_cache import CacheConfig
+
+    c = sub.add_parser("cache-activations", help="run the LM once and store hookpoint activations on disk",
+                       description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
+                                   "out as in training) and manifest.json. Train from it with "
+                                   "`saelab train --from-activations DIR` (no LM needed).")
+    c.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
+    add_dataclass_options(c, CacheConfig)
+    c.set_defaults(fn=cmd_cache)
+
     i = sub.add_parser("import", help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders",
                        description="SRC is a SAELens folder (cfg.json + sae_weights.safetensors), a sparsify folder "
                                    "(cfg.json + sae.safetensors) or a folder of such folders, or a Hugging Face hub "

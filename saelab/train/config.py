@@ -15,6 +15,7 @@ class TrainConfig:
     hookpoints: list[str] = field(default_factory=lambda: ["model.layers.6"])
     model: str = "embedded"                            # embedded | local folder | .gguf | hub id
     corpus: str = "builtin"                            # builtin | file/folder | .npy | hf:NAME
+    from_activations: str | None = None                # activation cache folder (`saelab cache-activations`): train without the LM
     text_field: str = "text"
     arch: str = "topk"                                 # topk | batchtopk | jumprelu | relu
     latents: int = 4608                                # dictionary size

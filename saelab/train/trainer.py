@@ -99,6 +99,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.from_activations:  # activation cache on disk instead of the LM (from_cache.py)
+            from .from_cache import setup_from_cache
+            return setup_from_cache(self)
         self.lm = load_model(cfg.model, device=cfg.device)
         model = self.lm.model
         sites = []
