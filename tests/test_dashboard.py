@@ -1,0 +1,128 @@
+"""Dashboards: every number on a feature page checked against an independent recomputation
+(examples, density, promoted tokens, nearest features), explanations read and escaped, one file
+per feature, and the `saelab dashboard` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.cache import build_latent_cache
+from saelab.cli import main
+from saelab.dashboard.features import FeatureStore, load_explanations
+from saelab.dashboard.static import parse_latents, write_dashboard
+from saelab.errors import UserError
+from saelab.models import collect_activations, load_model
+from saelab.sae.folder import load_sae
+from view_helpers import make_sae_folder
+
+XSS = "<script>window.__pwned=1</script> cats & dogs"
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model_dir, text_corpus, tmp_path_factory):
+    folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "dash_sae", tiny_model_dir, text_corpus)
+    (folder / "explanations.jsonl").write_text(
+        json.dumps({"latent": 0, "explanation": XSS, "scores": {"detection": {"auc": 0.75}, "embedding_auc": 0.6}}) + "\n"
+        + json.dumps({"latent": 2, "explanation": "the word about"}) + "\n" + '{"latent": 3, "explanat')  # cut line
+    lm = load_model(str(tiny_model_dir))
+    return FeatureStore.build(folder, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, progress=False)
+
+
+def test_examples_match_a_recomputation(store):
+    tokens = store.cache.tokens
+    checked = 0
+    for i in range(store.d_sae):
+        v = store.view(i)
+        if not v["top"]:
+            continue
+        vals = [e.value for e in v["top"]]
+        assert vals == sorted(vals, reverse=True)
+        assert vals[0] == pytest.approx(float(store.max_act[i]))
+        assert v["fires"] == int(store.cache.fire_counts(store.dict_name)[i])
+        assert v["density"] == pytest.approx(v["fires"] / store.n_positions)
+        assert sum(v["hist"]["counts"]) == v["fires"]
+        if checked < 3:  # recompute the top example's window with the model and the SAE
+            rows, pos, val = store.cache.latent_records(store.dict_name, i)
+            j = int(np.argmax(val))
+            r, p = int(rows[j]), int(pos[j])
+            ids = torch.from_numpy(np.asarray(tokens[r:r + 1], dtype=np.int64))
+            act = collect_activations(store.model, ids, ["model.layers.1"])["model.layers.1"][0]
+            dense = store.sae.encode_raw(act).to_dense()[:, i]
+            ex = v["top"][0]
+            a = p - ex.peak
+            want = dense[a:a + len(ex.acts)].numpy()
+            excl = store.cache.excluded[r, a:a + len(ex.acts)]
+            want[excl] = 0.0  # sink positions are never recorded
+            np.testing.assert_allclose(ex.acts, want, rtol=1e-4, atol=1e-5)
+            assert ex.tokens == [store.tok.decode([int(t)]) for t in tokens[r, a:a + len(ex.acts)]]
+            checked += 1
+        for rg in v["ranges"]:
+            for e in rg["examples"]:
+                assert rg["lo"] < e.value <= rg["hi"] + 1e-6
+    assert checked == 3
+
+
+def test_promoted_tokens_and_nearest_features(store):
+    g = store.model.model.norm.weight
+    U = store.model.lm_head.weight
+    i = 7
+    logits = (store.sae.W_dec[i] * g) @ U.T
+    v = store.view(i)
+    assert [t["token"] for t in v["promoted"]] == [store.tok.decode([int(t)]) for t in logits.topk(10).indices]
+    assert [t["token"] for t in v["suppressed"]] == [store.tok.decode([int(t)]) for t in (-logits).topk(10).indices]
+    W = torch.nn.functional.normalize(store.sae.W_dec.detach(), dim=1)
+    cos = W @ W[i]
+    cos[i] = -2
+    assert [n["id"] for n in v["nearest"]] == cos.topk(6).indices.tolist()
+    assert v["nearest"][0]["cos"] == pytest.approx(float(cos.max()), abs=1e-5)
+
+
+def test_explanations_and_search(store):
+    assert store.explanation(0) == XSS and store.view(0)["scores"] == {"detection.auc": 0.75, "embedding_auc": 0.6}
+    assert 3 not in store.explanations  # a line cut by a crash is skipped
+    assert [r["id"] for r in store.search("cats dogs")] == [0]
+    assert [r["id"] for r in store.search("ABOUT")] == [2]
+    assert store.search("elephants") == []
+    tok = store.top_tokens[5][0]
+    assert 5 in [r["id"] for r in store.search(tok, by="token")]
+    with pytest.raises(UserError):
+        store.search("x", by="nonsense")
+    assert load_explanations(None) == {}
+
+
+def test_static_dashboard_escapes_and_writes_one_file_per_feature(store, tmp_path):
+    out = write_dashboard(store, tmp_path / "dash", progress=False)
+    pages = sorted(out.glob("features/*.html"))
+    assert len(pages) == store.d_sae
+    assert (out / "density.png").stat().st_size > 1000
+    page0 = (out / "features" / "0.html").read_text()
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt; cats &amp; dogs" in page0
+    assert "<script>window" not in page0
+    assert "detection.auc" in page0 and 'id="histogram"' in page0
+    index = (out / "index.html").read_text()
+    assert "&lt;script&gt;window.__pwned" in index and index.count('href="features/') == store.d_sae
+    rows = json.loads((out / "features.json").read_text())
+    assert [r["id"] for r in rows] == list(range(store.d_sae))
+    with pytest.raises(UserError, match="overwrite"):
+        write_dashboard(store, out, progress=False)
+
+
+def test_given_cache_is_used(store, tmp_path, tiny_model_dir):
+    cache = build_latent_cache([store.sae_dir], 2048, tmp_path / "cache", progress=False)
+    s2 = FeatureStore.build(store.sae_dir, cache=cache, model=store.model, tokenizer=store.tok, progress=False)
+    assert s2.cache.path == cache and s2.n_positions < store.n_positions
+
+
+def test_dashboard_command(store, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["dashboard", str(store.sae_dir), "--out", str(out), "--tokens", "4096", "--latents", "0-3,9"]) == 0
+    assert sorted(p.name for p in (out / "features").iterdir()) == ["0.html", "1.html", "2.html", "3.html", "9.html"]
+    assert main(["dashboard", str(store.sae_dir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["dashboard", str(store.sae_dir), "--out", str(tmp_path / "e"), "--latents", "0-999"]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert parse_latents("1,3-4", 10) == [1, 3, 4]
+    with pytest.raises(UserError):
+        parse_latents("a-b", 10)
