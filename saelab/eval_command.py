@@ -55,7 +55,8 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     for (sae, cfgj), d, target, r in zip(loaded, sae_dirs, targets, results):
         freq = r.pop("_freq")
         png = target.with_name(target.stem + "_density.png")
-        density_plot(freq, png, f"{Path(d).name}: latent firing frequency")
+        density_plot(freq, png, f"{Path(d).name}: latent firing frequency",
+                     (r["l0_histogram"], r["l0_histogram_edges"]))
         write_json(target, {"sae": str(d), "model": model_spec, "corpus": corpus, "data_fingerprint": rows.fingerprint,
                             "split": "heldout", "wall_s": wall, "metrics": r, "descriptions": DESCRIPTIONS,
                             "density_plot": png.name})

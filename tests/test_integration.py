@@ -59,3 +59,11 @@ def test_train_and_eval_on_the_real_model(tmp_path):
     # keeping the sink clean is what keeps the model working
     assert m["ce_increase"] < m["ce_increase_all_positions"]
     assert "sinks kept clean" in r.stdout
+
+
+def test_gguf_file_loads_directly_and_matches_the_cached_model(smol):
+    from saelab.models import embedded_gguf_path
+
+    direct = load_model(str(embedded_gguf_path()))
+    ids = torch.tensor([[1, 504, 3575, 282, 4521, 314]])
+    torch.testing.assert_close(direct.model(input_ids=ids).logits, smol.model(input_ids=ids).logits)
