@@ -39,9 +39,17 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
+    distributed: str = "data"                          # torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split)
+    dist_timeout: float = 300.0                        # torchrun jobs: seconds to wait for a stalled or dead rank before failing
     wandb: str | None = None                           # wandb project name (needs wandb installed)
     resume: bool = False
     overwrite: bool = False
+    loss: str = "local"                                # local | e2e | e2e+ds (end-to-end losses: docs/E2E.md)
+    kl_coeff: float = 0.5                              # e2e, e2e+ds: weight of KL(p_clean || p_spliced), nats/token
+    downstream_coeff: float = 2.5                      # e2e+ds: total weight of the later-layer MSE, split equally over the layers
+    downstream_layers: list[int] | None = None         # e2e+ds: blocks whose output is matched (default: every later block)
+    e2e_micro_rows: int | None = None                  # e2e: rows per forward/backward, gradients accumulated (default: min(rows per batch, 8))
+    e2e_recompute: bool = False                        # e2e: activation checkpointing of later blocks and logits (less memory, more compute)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,3 +95,5 @@ class TrainConfig:
             raise UserError("--lr must be positive")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other")
+        from .e2e import validate_e2e_options
+        validate_e2e_options(self)

@@ -141,6 +141,10 @@ class Trainer:
                   f"--tokens {cfg.tokens:,} repeats it {self.stream.epochs:.1f} times", flush=True)
         self.dead_tokens = cfg.dead_tokens or max(cfg.batch_tokens, min(10_000_000, cfg.tokens // 10))
 
+    def _checkpoint(self, meta: dict) -> None:
+        """Write the resumable state (distributed.py overrides it: rank 0 writes every SAE)."""
+        save_checkpoint(self.out, self.members, meta)
+
     def _identity(self) -> str:
         """What must match for a checkpoint to be resumable by this configuration."""
         c = self.cfg.to_dict()
@@ -177,6 +181,9 @@ class Trainer:
     # ------------------------------------------------------------ loop
     def run(self) -> list[Path]:
         cfg = self.cfg
+        if cfg.loss != "local":  # e2e / e2e+ds train on token rows, not shuffled activations
+            from .e2e import run_e2e
+            return run_e2e(self)
         logger = _wandb(cfg)
         self.setup()
         start_chunk, lm_seen, steps, t_prev = 0, 0, 0, 0.0
@@ -227,9 +234,8 @@ class Trainer:
                 logger.log({f"{m.name}/{k}": v for m in self.members for k, v in m.stats.items()} | {"tokens": lm_seen})
             last = chunk.index == self.stream.n_chunks - 1
             if lm_seen >= next_ckpt and not last:
-                save_checkpoint(self.out, self.members, {"identity": self._identity(), "next_chunk": chunk.index + 1,
-                                                         "lm_tokens": lm_seen, "steps": steps,
-                                                         "wall_s": time.time() - t0})
+                self._checkpoint({"identity": self._identity(), "next_chunk": chunk.index + 1,
+                                  "lm_tokens": lm_seen, "steps": steps, "wall_s": time.time() - t0})
                 next_ckpt = (lm_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                 _maybe_die_for_test()
         bar.close()
@@ -241,7 +247,7 @@ class Trainer:
         cfg = self.cfg
         folders = []
         for m in self.members:
-            extra = {"loss": "local", "model_spec": cfg.model, "lr": m.lr, "training_tokens": lm_seen, "steps": steps, "seed": cfg.seed,
+            extra = {"loss": cfg.loss, **getattr(self, "loss_extra", {}), "model_spec": cfg.model, "lr": m.lr, "training_tokens": lm_seen, "steps": steps, "seed": cfg.seed,
                      "sink": vars(self.sink), "corpus": cfg.corpus, "data_fingerprint": self.rows.fingerprint,
                      "train_stats": m.stats}
             folders.append(save_sae(m.sae, self.out / m.name, self.lm.name, cfg.context, extra))
