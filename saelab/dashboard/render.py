@@ -18,7 +18,7 @@ table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left;vertical-a
 tr:nth-child(even){background:#f6f6f6}
 .tok{font-family:ui-monospace,monospace;white-space:pre;border-radius:2px;padding:0 1px}
 .peak{outline:1px solid #c33}
-.ex{margin:3px 0;line-height:1.7;font-size:.9em}
+.ex{margin:3px 0;line-height:1.7;font-size:.9em;white-space:nowrap;overflow-x:auto}
 .val{display:inline-block;width:4.5em;color:#666;font-family:ui-monospace,monospace}
 .muted{color:#777} .expl{font-size:1.1em;background:#eef5ff;padding:.4em .6em;border-radius:4px}
 .cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}

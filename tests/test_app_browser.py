@@ -1,0 +1,289 @@
+"""The web app over a real uvicorn server on loopback: HTTP behaviour (4xx on bad input, no path
+traversal, jobs, responsiveness during a generation), then a real headless Chromium driven by
+Playwright: search, open a feature, fire-on-text, steering playground, and escaping.
+
+Browser tests need Debian's chromium (`apt-get install -y chromium chromium-driver`) and
+`pip install playwright` (never `playwright install`: it downloads a browser). They skip, saying
+why, only when /usr/bin/chromium is absent. Screenshots go to the test's tmp folder and to
+$SAELAB_SCREENSHOTS when set.
+"""
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from saelab.app.server import create_app
+from saelab.dashboard.features import FeatureStore
+from saelab.models import load_model
+from saelab.steer import encode_prompt, generate
+from view_helpers import make_sae_folder
+
+CHROMIUM = "/usr/bin/chromium"
+XSS_EXPL = "<script>window.__pwned=1</script>cats and dogs"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, text_corpus, tmp_path_factory):
+    import uvicorn
+
+    folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "app_sae", tiny_model_dir, text_corpus)
+    (folder / "explanations.jsonl").write_text(json.dumps({"latent": 2, "explanation": XSS_EXPL}) + "\n")
+    lm = load_model(str(tiny_model_dir))
+    store = FeatureStore.build(folder, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app([store]), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", store
+    srv.should_exit = True
+    th.join(timeout=10)
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _post(url, obj):
+    req = urllib.request.Request(url, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _wait_job(base, job):
+    for _ in range(600):
+        _, body = _get(f"{base}/api/jobs/{job}")
+        j = json.loads(body)
+        if j["status"] in ("done", "error"):
+            return j
+        time.sleep(0.1)
+    raise AssertionError("job did not finish")
+
+
+def test_bad_input_gets_clear_4xx(server):
+    base, store = server
+    code, body = _get(f"{base}/sae/nope/feature/1")
+    assert code == 404 and "unknown SAE 'nope'" in body
+    code, body = _get(f"{base}/sae/app_sae/feature/abc")
+    assert code == 422 and "Traceback" not in body
+    code, body = _get(f"{base}/sae/app_sae/feature/{store.d_sae}")
+    assert code == 404 and f"0..{store.d_sae - 1}" in body
+    code, body = _get(f"{base}/sae/app_sae/feature/-1")
+    assert code == 404
+    code, body = _post(f"{base}/api/fire", {"sae": "app_sae", "text": "x" * 5000})
+    assert code == 422
+    code, body = _post(f"{base}/api/fire", {"sae": "app_sae", "text": "word " * 700})
+    assert code == 400 and "limit is 256" in body["detail"]
+    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "edits": [{"latent": 10**6, "value": 1}]})
+    assert code == 400 and "does not exist" in body["detail"]
+    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "max_new_tokens": 10**6,
+                                             "edits": [{"latent": 1, "value": 1}]})
+    assert code == 422
+    code, body = _get(f"{base}/api/search?sae=app_sae&q=x&by=sql")
+    assert code == 422
+    code, body = _get(f"{base}/api/jobs/999999")
+    assert code == 404
+
+
+def test_no_path_traversal(server, tmp_path):
+    base, _ = server
+    secret = Path(__file__).resolve()
+    for path in ["/../../etc/passwd", "/sae/..%2F..%2Fetc%2Fpasswd/feature/0", "/static/../../etc/passwd",
+                 "/sae/app_sae/feature/0/../../../../etc/passwd", f"/{secret}", "/%2e%2e/%2e%2e/etc/passwd"]:
+        code, body = _get(base + path)
+        assert code == 404, path
+        assert "root:" not in body and "def test_no_path_traversal" not in body
+
+
+def test_fire_search_and_feature_json(server):
+    base, store = server
+    code, body = _post(f"{base}/api/fire", {"sae": "app_sae", "text": "The cat sat on the mat."})
+    assert code == 200
+    toks = body["tokens"]
+    assert "".join(t["token"] for t in toks) == "The cat sat on the mat."
+    assert all(len(t["features"]) == 5 for t in toks)  # k=8 latents fire on every token; top 5 shown
+    acts = [f["act"] for f in toks[1]["features"]]
+    assert acts == sorted(acts, reverse=True)
+    code, body = _get(f"{base}/api/search?sae=app_sae&q=cats%20dogs")
+    assert code == 200 and [r["id"] for r in json.loads(body)["results"]] == [2]
+    code, body = _get(f"{base}/api/sae/app_sae/feature/2")
+    v = json.loads(body)
+    assert v["explanation"] == XSS_EXPL and v["max_act"] == pytest.approx(float(store.max_act[2]))
+
+
+def test_steering_job_matches_library_and_server_stays_responsive(server):
+    base, store = server
+    prompt = "Once upon a time"
+    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": prompt, "max_new_tokens": 200,
+                                             "edits": [{"latent": 3, "op": "clamp", "value": 20}]})
+    assert code == 202
+    job = body["job"]
+    # While the 400-forward job runs, a search, a feature page and a fire request are answered.
+    assert _get(f"{base}/api/search?sae=app_sae&q=about")[0] == 200
+    assert _get(f"{base}/sae/app_sae/feature/1")[0] == 200
+    assert _post(f"{base}/api/fire", {"sae": "app_sae", "text": "hello there"})[0] == 200
+    mid = json.loads(_get(f"{base}/api/jobs/{job}")[1])
+    assert mid["status"] in ("queued", "running") and mid["done"] < mid["total"] == 400
+    j = _wait_job(base, job)
+    assert j["status"] == "done" and j["done"] == j["total"]
+    ids = encode_prompt(store.tok, prompt)
+    clean = store.tok.decode(generate(store.model, store.tok, ids, 200), skip_special_tokens=True)
+    assert j["result"]["unsteered"] == clean and j["result"]["steered"] != clean
+
+
+# ---------------------------------------------------------------- the real browser
+
+def _browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install -y chromium chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    return sync_playwright()
+
+
+def _shot(page, tmp_path, name):
+    p = tmp_path / f"{name}.png"
+    page.screenshot(path=str(p), full_page=True)
+    keep = os.environ.get("SAELAB_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, Path(keep) / p.name)
+    assert p.stat().st_size > 2000  # a real rendered page
+
+
+def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
+    base, store = server
+    with _browser() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/")
+        page.wait_for_selector("#sae option", state="attached")
+        assert page.locator("#saeinfo").inner_text().startswith(f"{store.d_sae} features")
+
+        # search by explanation, open the hit
+        page.fill("#q", "cats dogs")
+        page.click("#searchbtn")
+        page.wait_for_selector("#results a.result")
+        row = page.locator("#results tbody tr").first.inner_text()
+        assert "<script>window.__pwned=1</script>cats and dogs" in row  # shown as text
+        _shot(page, tmp_path, "search")
+        page.click("#results a.result")
+        page.wait_for_selector("#title")
+        assert page.locator("#title").inner_text().endswith("feature 2")
+        assert page.locator("#explanation").inner_text() == XSS_EXPL
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+        assert page.locator("#top .ex").count() == min(10, int(store.cache.fire_counts(store.dict_name)[2]))
+        assert page.locator("#histogram rect").count() == 24
+        _shot(page, tmp_path, "feature")
+        page.click("#nearest a >> nth=0")
+        page.wait_for_selector("#title")
+        assert page.locator("#title").inner_text() == f"app_sae · feature {store.view(2)['nearest'][0]['id']}"
+
+        # fire on text containing markup: shown, not executed
+        page.goto(base + "/")
+        page.wait_for_selector("#sae option", state="attached")
+        page.fill("#firetext", "<script>window.__xss=1</script> <img src=x onerror=window.__xss=2> hello")
+        page.click("#firebtn")
+        page.wait_for_selector("#firetokens .fire")
+        shown = "".join(page.locator("#firetokens .fire").all_inner_texts())
+        assert shown.startswith("<script>window.__xss=1</script>") and "<img src=x" in shown
+        assert page.evaluate("typeof window.__xss") == "undefined"
+        assert page.locator("#firetokens img").count() == 0
+        _shot(page, tmp_path, "fire")
+
+        # steering playground: both outputs appear, the unsteered one is the model's own
+        page.fill("#prompt", "Once upon a time")
+        page.fill("#latent", "3")
+        page.select_option("#op", "clamp")
+        page.fill("#value", "20")
+        page.uncheck("#relative")
+        page.fill("#ntok", "12")
+        page.click("#steerbtn")
+        page.wait_for_function("document.getElementById('steered').textContent.length > 0", timeout=60000)
+        ids = encode_prompt(store.tok, "Once upon a time")
+        clean = store.tok.decode(generate(store.model, store.tok, ids, 12), skip_special_tokens=True)
+        assert page.locator("#unsteered").text_content() == clean
+        assert page.locator("#steered").text_content() != clean
+        assert page.locator("#steerstatus").inner_text() == "done: 24/24 tokens"
+        _shot(page, tmp_path, "steer")
+
+        # a bad request shows the server's message
+        page.fill("#latent", "99999")
+        page.click("#steerbtn")
+        page.wait_for_function("document.getElementById('steererr').textContent.length > 0")
+        assert "does not exist" in page.locator("#steererr").inner_text()
+        assert errors == []
+        browser.close()
+
+
+def test_static_dashboard_opens_offline_in_the_browser(server, tmp_path):
+    from saelab.dashboard.static import write_dashboard
+
+    _, store = server
+    out = write_dashboard(store, tmp_path / "dash", latents=list(range(8)), progress=False)
+    with _browser() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto((out / "index.html").as_uri())
+        assert page.locator("#features tbody tr").count() == 8
+        page.fill("#q", "cats")
+        assert page.locator("#features tbody tr:visible").count() == 1
+        page.click("#features a >> text=2")
+        page.wait_for_selector("#title")
+        assert page.locator("#explanation").inner_text() == XSS_EXPL
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+        _shot(page, tmp_path, "static_feature")
+        browser.close()
+
+
+def test_serve_command_starts_and_answers(server, tmp_path):
+    """`saelab serve` as a user runs it: a real process on loopback."""
+    import subprocess
+    import sys
+
+    _, store = server
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "saelab.cli", "serve", str(store.sae_dir), "--tokens", "4096",
+                             "--port", str(port), "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        body = None
+        for _ in range(600):
+            if proc.poll() is not None:
+                break
+            try:
+                code, body = _get(f"http://127.0.0.1:{port}/api/saes")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        assert body is not None, proc.stdout.read() if proc.poll() is not None else "server did not start"
+        assert json.loads(body) == [{"name": "app_sae", "d_sae": store.d_sae, "hookpoint": "model.layers.1", "n_explained": 1}]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
