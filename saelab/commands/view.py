@@ -157,6 +157,11 @@ def run_dashboard(args) -> None:
 
 
 def run_serve(args) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("`saelab serve` needs the web extras: pip install 'saelab[view]' (fastapi, uvicorn)") from None
     from ..app.server import serve
     from ..dashboard.features import FeatureStore
     from ..models import load_model
