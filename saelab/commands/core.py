@@ -22,11 +22,11 @@ def cmd_hookpoints(a) -> None:
 
 def cmd_train(a) -> None:
     from ..train.config import TrainConfig
-    from ..train.trainer import Trainer
+    from ..train.distributed import make_trainer
 
     cfg = build_config(TrainConfig, a, a.config)
     t = time.time()
-    folders = Trainer(cfg).run()
+    folders = make_trainer(cfg).run()  # a DistributedTrainer under torchrun
     print(f"\ntrained {len(folders)} SAE(s) in {time.time() - t:.0f} s; run manifest: {Path(cfg.out) / 'manifest.json'}")
     for f in folders:
         print(f"  {f}")

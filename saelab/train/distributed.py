@@ -1,0 +1,290 @@
+"""Distributed training with torch.distributed (`torchrun --nproc_per_node N -m saelab.cli train ...`).
+
+Two ways to share the work (`--distributed data | modules`):
+
+data     Every rank trains every SAE. The LM forward of each chunk is split by batches over the
+         ranks and the activations are all-gathered, so every rank holds the same chunk that a
+         single process would; each optimiser batch is then split by rows, each rank back-props
+         its rows, and the gradients are all-reduced. Each rank's gradient is weighted by
+         (its rows' target variance / the batch's), which makes the summed gradient exactly the
+         single-process gradient of the FVU loss. (The AuxK and sparsity terms get the same
+         weights, which is exact only when their normalisers split like the FVU's; see docs/SCALE.md.)
+modules  The SAEs are divided among the ranks (round-robin); the activations of each chunk are
+         computed once (split by batches) and exchanged, and each rank trains its own SAEs on
+         full batches: no gradient traffic at all.
+
+Both write one checkpoint and one manifest and the SAE folders from rank 0 (in `modules` mode the
+SAEs are gathered there first), in the single-process layout. A rank that dies or hangs makes the others fail with a clear
+message after at most `--dist-timeout` seconds (gloo on CPU, nccl on GPU), never a silent hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+from ..models import collect_activations
+from ..sinks import excluded_positions
+from .activations import ActivationStream, Chunk
+from .trainer import Member, Trainer
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_trainer(cfg) -> Trainer:
+    """A plain Trainer, or a DistributedTrainer when started by torchrun with more than one process."""
+    return DistributedTrainer(cfg) if world_size() > 1 else Trainer(cfg)
+
+
+class RankFailure(UserError):
+    pass
+
+
+class Comm:
+    """The process group, and every collective the trainer uses, with errors that say what happened."""
+
+    def __init__(self, timeout_s: float, device: str):
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":  # one GPU per rank
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", self.rank)))
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        self.timeout_s = timeout_s
+        self.is_main = self.rank == 0
+
+    def _call(self, what: str, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except (RuntimeError, dist.DistBackendError, ConnectionError) as e:  # peer died, timed out, or reset
+            raise RankFailure(f"distributed training: rank {self.rank}/{self.world} lost the other ranks during "
+                              f"{what} ({str(e).splitlines()[0][:200]}). A rank died or stalled for more than "
+                              f"--dist-timeout {self.timeout_s:g} s; see the first failing rank's log. The last "
+                              f"checkpoint is kept: rerun with --resume and the same number of processes.") from e
+
+    def all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM, what: str = "all_reduce") -> torch.Tensor:
+        self._call(what, dist.all_reduce, t, op=op)
+        return t
+
+    def all_gather_object(self, obj, what: str = "all_gather") -> list:
+        out = [None] * self.world
+        self._call(what, dist.all_gather_object, out, obj)
+        return out
+
+    def all_gather_rows(self, t: torch.Tensor, what: str = "activation exchange") -> list[torch.Tensor]:
+        """Gather [n_r, d] tensors of different n_r from every rank -> list by rank."""
+        n = torch.tensor([t.shape[0]], dtype=torch.long)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        self._call(what, dist.all_gather, sizes, n)
+        m = int(max(s.item() for s in sizes))
+        pad = torch.zeros(m, *t.shape[1:], dtype=t.dtype, device=t.device)
+        pad[:t.shape[0]] = t
+        bufs = [torch.empty_like(pad) for _ in range(self.world)]
+        self._call(what, dist.all_gather, bufs, pad)
+        return [b[:int(s.item())] for b, s in zip(bufs, sizes)]
+
+    def barrier(self) -> None:
+        self._call("barrier", dist.barrier)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class DistributedActivationStream(ActivationStream):
+    """ActivationStream whose LM batches are split over the ranks and exchanged: every rank ends
+    with the chunk a single process computes (same batches, same order, same shuffle)."""
+
+    def __init__(self, base: ActivationStream, comm: Comm):
+        self.__dict__.update(base.__dict__)
+        self.comm = comm
+
+    @torch.no_grad()
+    def chunk(self, c: int) -> Chunk:
+        sel = self.order[c * self.rows_per_chunk:(c + 1) * self.rows_per_chunk]
+        starts = list(range(0, len(sel), self.rows_per_batch))
+        mine = starts[self.comm.rank::self.comm.world]
+        parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hookpoints}
+        counts, lm_tokens, excluded = [], 0, 0
+        for i in mine:  # the same batches a single process runs, each on one rank
+            ids = torch.from_numpy(np.asarray(self.rows.tokens[np.sort(sel[i:i + self.rows_per_batch])], dtype=np.int64)).to(self.device)
+            acts = collect_activations(self.model, ids, self.hookpoints)
+            drop = excluded_positions(list(acts.values()), ids, self.sink, self.special)
+            for h, a in acts.items():
+                parts[h].append(a[~drop].float())
+            counts.append(int((~drop).sum()))
+            lm_tokens += ids.numel()
+            excluded += int(drop.sum())
+        meta = self.comm.all_gather_object((counts, lm_tokens, excluded), "activation exchange")
+        full: dict[str, torch.Tensor] = {}
+        for h in self.hookpoints:
+            local = torch.cat(parts[h]) if parts[h] else torch.zeros(0, self._width(h), device=self.device)
+            by_rank = [g.split(cs) if cs else () for g, (cs, _, _) in zip(self.comm.all_gather_rows(local), meta)]
+            ordered = [by_rank[j % self.comm.world][j // self.comm.world] for j in range(len(starts))]
+            full[h] = torch.cat(ordered)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
+        n = full[self.hookpoints[0]].shape[0]
+        perm = torch.randperm(n, generator=g).to(self.device)
+        return Chunk(c, {h: a[perm] for h, a in full.items()}, sum(m[1] for m in meta), sum(m[2] for m in meta))
+
+    def _width(self, h: str) -> int:
+        from ..models import hookpoint_widths
+        return hookpoint_widths(self.model, [h])[h]
+
+
+class DistributedTrainer(Trainer):
+    """Trainer + torch.distributed; the loop, the step and the saving are the single-process ones."""
+
+    def __init__(self, cfg):
+        if cfg.distributed not in ("data", "modules"):
+            raise UserError(f"--distributed must be data or modules, not {cfg.distributed!r}")
+        if getattr(cfg, "loss", "local") != "local":
+            raise UserError("torchrun training supports the local loss only; run e2e losses in one process")
+        super().__init__(cfg)
+        self.comm = Comm(cfg.dist_timeout, cfg.device)
+        self.mode = cfg.distributed
+        if not self.comm.is_main:
+            os.environ["TQDM_DISABLE"] = "1"
+        if self.resume_meta:
+            saved = (self.resume_meta.get("world_size", 1), self.resume_meta.get("distributed"))
+            if saved != (self.comm.world, self.mode):
+                raise UserError(f"--resume: the checkpoint in {self.out} was written by {saved[0]} process(es) "
+                                f"({saved[1] or 'single process'}); this run has {self.comm.world} ({self.mode}). "
+                                f"Resume with the same torchrun --nproc_per_node and --distributed")
+
+    # ------------------------------------------------------------ setup
+    def setup(self) -> None:
+        super().setup()
+        if self.lm.model is not None:  # streaming from the LM: split its forwards, exchange activations
+            self.stream = DistributedActivationStream(self.stream, self.comm)
+        self.all_names = [m.name for m in self.members]
+        if self.mode == "modules":
+            if len(self.members) < self.comm.world:
+                raise UserError(f"--distributed modules: {len(self.members)} SAE(s) for {self.comm.world} ranks; "
+                                f"use --distributed data or fewer processes")
+            self.members = self.members[self.comm.rank::self.comm.world]
+        else:
+            for m in self.members:  # all-reduce right before each optimiser step
+                m.opt.register_step_pre_hook(lambda opt, args, kwargs, m=m: self.reduce_grads(m))
+        self._weights: dict[str, float] = {}
+
+    def _identity(self) -> str:
+        from ..storage import fingerprint
+        names = getattr(self, "all_names", None)
+        if names is not None:  # the identity of the whole job, the same on every rank
+            saved, self.members = self.members, [Member(n, None, None, None, 0.0) for n in names]
+            try:
+                return fingerprint(super()._identity(), self.comm.world, self.mode)
+            finally:
+                self.members = saved
+        return fingerprint(super()._identity(), self.comm.world, self.mode)
+
+    # ------------------------------------------------------------ data-parallel step
+    def _step(self, m: Member, x: torch.Tensor, y: torch.Tensor, lr_factor: float) -> dict:
+        _maybe_die_for_test(self.comm.rank)
+        if self.mode == "modules":
+            return super()._step(m, x, y, lr_factor)
+        n = x.shape[0]
+        xs, ys = x.tensor_split(self.comm.world)[self.comm.rank], y.tensor_split(self.comm.world)[self.comm.rank]
+        with torch.no_grad():  # weight = this rank's share of the batch's target variance
+            t = ys * m.sae.out_scale
+            local = (t - t.mean(0)).pow(2).sum()
+            stats = torch.cat([t.new_tensor([t.shape[0]]), t.sum(0), t.pow(2).sum().reshape(1)]).double()
+            self.comm.all_reduce(stats, what="variance reduction")
+            N, s1, s2 = stats[0], stats[1:-1], stats[-1]
+            total = (s2 - s1.pow(2).sum() / N).clamp_min(1e-12)
+            self._weights[m.name] = float(local.double() / total)
+        before = m.since_fired.clone()
+        out = super()._step(m, xs, ys, lr_factor)
+        fired = m.since_fired == 0                      # fired on this rank's rows
+        fired = self.comm.all_reduce(fired.to(torch.int32), dist.ReduceOp.MAX, "dead-latent sync").bool()
+        m.since_fired.copy_(before + n)
+        m.since_fired[fired] = 0
+        return out
+
+    def reduce_grads(self, m: Member) -> None:
+        """Weighted sum of every rank's gradients (one flat buffer), and shared buffers averaged."""
+        params = [p for p in m.sae.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params]) * self._weights[m.name]
+        self.comm.all_reduce(flat, what="gradient all-reduce")
+        i = 0
+        for p in params:
+            p.grad.copy_(flat[i:i + p.numel()].view_as(p.grad))
+            i += p.numel()
+        for name, b in m.sae.named_buffers():
+            if b.is_floating_point() and name not in ("in_scale", "out_scale"):  # BatchTopK threshold
+                self.comm.all_reduce(b, what="buffer sync").div_(self.comm.world)
+
+    # ------------------------------------------------------------ checkpoints and saving
+    def _gather_members(self) -> list[Member] | None:
+        """modules: every SAE's state on rank 0 (None elsewhere); data: the local members (rank 0)."""
+        if self.mode == "data":
+            return self.members if self.comm.is_main else None
+        mine = {m.name: (m.sae.cfg.to_dict(), {k: v.cpu() for k, v in m.sae.state_dict().items()},
+                         [dict(s) for s in m.opt.state.values()], m.since_fired, m.lr, m.stats) for m in self.members}
+        gathered = self.comm.all_gather_object(mine, "gathering SAEs")
+        if not self.comm.is_main:
+            return None
+        from ..sae import SaeConfig, build_sae
+        merged = {k: v for g in gathered for k, v in g.items()}
+        out = []
+        for name in self.all_names:
+            cfg, sd, opt_states, since, lr, stats = merged[name]
+            sae = build_sae(SaeConfig.from_dict(cfg))
+            sae.load_state_dict(sd)
+            opt = torch.optim.Adam(sae.parameters(), lr=lr)
+            for p, st in zip(sae.parameters(), opt_states):
+                opt.state[p] = st
+            out.append(Member(name, sae, opt, since, lr, stats))
+        return out
+
+    def _checkpoint(self, meta: dict) -> None:
+        from .checkpoint import save_checkpoint
+        members = self._gather_members()
+        if members is not None:
+            save_checkpoint(self.out, members, meta | {"world_size": self.comm.world, "distributed": self.mode})
+        self.comm.barrier()
+
+    def _save(self, lm_seen, steps, wall, excluded, loop_s):
+        members = self._gather_members()
+        folders = []
+        if members is not None:
+            mine, self.members = self.members, members
+            try:
+                folders = super()._save(lm_seen, steps, wall, excluded, loop_s)
+            finally:
+                self.members = mine
+            import json
+            manifest = self.out / "manifest.json"
+            data = json.loads(manifest.read_text())
+            data["distributed"] = {"world_size": self.comm.world, "mode": self.mode}
+            from ..storage import write_json
+            write_json(manifest, data)
+        self.comm.barrier()
+        self.comm.close()
+        return folders or [self.out / n for n in self.all_names]
+
+
+_steps_seen = 0
+
+
+def _maybe_die_for_test(rank: int) -> None:
+    """Tests set SAELAB_DIE_RANK=r:n to SIGKILL rank r at its n-th SAE step (a crashed worker), or
+    r:n:stall to make it hang there (a stuck worker: the others must time out)."""
+    global _steps_seen
+    spec = os.environ.get("SAELAB_DIE_RANK")
+    if spec:
+        r, n, *how = spec.split(":")
+        _steps_seen += 1
+        if int(r) == rank and _steps_seen >= int(n):
+            if how == ["stall"]:
+                import time
+                time.sleep(3600)
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)

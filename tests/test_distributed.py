@@ -1,0 +1,97 @@
+"""torchrun with 2 gloo processes on the tiny model: data-parallel and module-parallel training give
+the single-process weights, a killed job resumes distributed, a resume with another world size is
+refused, and a rank that dies ends the job with a clear message instead of a hang."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from saelab.sae.folder import load_sae
+
+COMMON = ["--latents", "256", "--k", "8", "--tokens", "8192", "--batch-tokens", "512", "--context", "64",
+          "--buffer-batches", "4", "--lr", "2e-3", "--threads", "1", "--checkpoint-every", "4096",
+          "--dead-tokens", "1000000000"]
+
+
+def _run(args, nproc=1, env=None, timeout=400):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "saelab.cli"] if nproc > 1 else [sys.executable, "-m", "saelab.cli"]
+    return subprocess.run(launcher + args, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _weights(folder):
+    return load_sae(folder)[0].folded_state()
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir, text_corpus):
+    return ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus)] + COMMON
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, base):
+    out = tmp_path_factory.mktemp("single") / "run"
+    r = _run(base + ["--hookpoints", "model.layers.1", "model.layers.2", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _compare(a, b, atol):
+    for name in ("model.layers.1-topk-k8", "model.layers.2-topk-k8"):
+        wa, wb = _weights(a / name), _weights(b / name)
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=atol, msg=f"{name}/{k}")
+
+
+def test_data_parallel_matches_single_process(tmp_path, base, single):
+    out = tmp_path / "dp"
+    r = _run(base + ["--hookpoints", "model.layers.1", "model.layers.2", "--out", str(out)], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _compare(single, out, atol=2e-4)
+    from saelab.storage import read_json
+    m = read_json(out / "manifest.json")
+    assert m["distributed"] == {"world_size": 2, "mode": "data"} and m["lm_tokens"] == 8192
+    assert len(m["saes"]) == 2
+
+
+def test_module_parallel_matches_single_process(tmp_path, base, single):
+    out = tmp_path / "mp"
+    r = _run(base + ["--hookpoints", "model.layers.1", "model.layers.2", "--distributed", "modules",
+                     "--out", str(out)], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _compare(single, out, atol=1e-5)
+
+
+def test_killed_distributed_run_resumes_and_world_size_is_checked(tmp_path, base):
+    args = base + ["--hookpoints", "model.layers.1", "--out", str(tmp_path / "full")]
+    assert _run(args, nproc=2).returncode == 0
+    killed = base + ["--hookpoints", "model.layers.1", "--out", str(tmp_path / "res")]
+    r = _run(killed, nproc=2, env={"SAELAB_KILL_AFTER_CHECKPOINT": "1"})
+    assert r.returncode != 0 and (tmp_path / "res" / "checkpoint.safetensors").exists()
+    r = _run(killed + ["--resume"], nproc=1)
+    assert r.returncode == 2 and "different configuration" in r.stderr
+    r = _run(killed + ["--resume", "--distributed", "modules"], nproc=2)
+    assert r.returncode != 0 and "--nproc_per_node" in r.stderr
+    r = _run(killed + ["--resume"], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _weights(tmp_path / "full" / "model.layers.1-topk-k8"), _weights(tmp_path / "res" / "model.layers.1-topk-k8")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["", ":stall"])
+def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, how):
+    t = time.time()
+    r = _run(base + ["--hookpoints", "model.layers.1", "--dist-timeout", "15", "--out", str(tmp_path / "d")], nproc=2,
+             env={"SAELAB_DIE_RANK": "1:3" + how}, timeout=300)
+    assert r.returncode != 0
+    assert time.time() - t < 200  # bounded by --dist-timeout, not a hang
+    if how:  # the waiting rank times out and says what happened; torchrun then stops the stuck one
+        assert "lost the other ranks" in r.stderr and "--dist-timeout 15" in r.stderr, r.stderr[-3000:]
+    else:  # torchrun sees the dead rank and stops the others, naming the root cause
+        assert "rank      : 1" in r.stderr and "SIGKILL" in r.stderr, r.stderr[-3000:]
