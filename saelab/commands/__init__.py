@@ -7,4 +7,5 @@ COMMAND_MODULES = [
     "saelab.commands.scale",
     "saelab.commands.interpret",
     "saelab.commands.view",
+    "saelab.commands.e2e",
 ]

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..sinks import excluded_positions, special_ids
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .e2e_forward import CleanPass, SitePlan, check_head, clean_pass, kl_to_clean, layer_name, plan_site, spliced_pass
 from .schedule import lr_factor
 
@@ -49,6 +49,9 @@ def validate_e2e_options(cfg) -> None:
         raise UserError("--downstream-layers only applies to --loss e2e+ds")
     if cfg.e2e_micro_rows is not None and cfg.e2e_micro_rows < 1:
         raise UserError("--e2e-micro-rows must be positive")
+    if cfg.loss != "local" and getattr(cfg, "from_activations", None):
+        raise UserError(f"--loss {cfg.loss} needs the model's forward pass; it cannot train from an activation cache "
+                        f"(--from-activations)")
 
 
 def plan_members(model, members, cfg) -> tuple[list[SitePlan], list[tuple[int, ...]]]:
@@ -108,6 +111,9 @@ def run_e2e(trainer) -> list:
     from .trainer import TrainingDiverged, _maybe_die_for_test, _wandb
 
     cfg = trainer.cfg
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise UserError(f"--loss {cfg.loss} trains in one process; distributed e2e training is not implemented "
+                        f"(run it without torchrun)")
     logger = _wandb(cfg)
     trainer.setup()
     model = trainer.lm.model
@@ -190,7 +196,7 @@ def run_e2e(trainer) -> list:
         if logger:
             logger.log({f"{m.name}/{k}": v for m in trainer.members for k, v in m.stats.items()} | {"tokens": lm_seen})
         if lm_seen >= next_ckpt and step < n_steps - 1:
-            save_checkpoint(trainer.out, trainer.members, {"identity": trainer._identity(), "next_step": step + 1,
+            trainer._checkpoint({"identity": trainer._identity(), "next_step": step + 1,
                                                            "lm_tokens": lm_seen, "steps": step + 1, "excluded": excluded,
                                                            "wall_s": time.time() - t0})
             next_ckpt = (lm_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
