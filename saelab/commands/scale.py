@@ -26,9 +26,30 @@ def cmd_cache(a) -> None:
     print(cache_summary(write_cache(cfg)))
 
 
+def cmd_scaling(a) -> None:
+    from ..cli_args import build_config
+    from ..scaling import ScalingConfig, run_scaling
+
+    cfg = build_config(ScalingConfig, a, a.config)
+    r = run_scaling(cfg)
+    for name, f in r["fits"].items():
+        if f["alpha"] is not None:
+            print(f"{name}: FVU = {f['a']:.4g} * x^-{f['alpha']:.4f}  (r2 {f['r2']:.3f}, {f['points']} points)")
+    print(f"{cfg.out}/scaling.json, {cfg.out}/scaling.png")
+
+
 def register(sub) -> None:
     from ..cli_args import add_dataclass_options
+    from ..scaling import ScalingConfig
     from ..train.from_cache import CacheConfig
+
+    s = sub.add_parser("scaling", help="scaling laws: train a latents x tokens grid, fit FVU power laws, plot",
+                       description="Caches the activations once, trains one TopK SAE per (latents, tokens) grid point "
+                                   "from the cache, evaluates held-out FVU in one pass, fits FVU power laws in "
+                                   "latents, tokens and compute (frontier), writes scaling.json and scaling.png.")
+    s.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
+    add_dataclass_options(s, ScalingConfig)
+    s.set_defaults(fn=cmd_scaling)
 
     c = sub.add_parser("cache-activations", help="run the LM once and store hookpoint activations on disk",
                        description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
