@@ -131,7 +131,15 @@ def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = F
 
 
 def evaluate_run(folder: Path, tokens: int, ce_tokens: int, threads: int | None = None) -> None:
-    """`saelab eval` on every SAE of a run, plus alive latents and later-layer FVU in metrics.json."""
+    """Evaluate every SAE of a training run (its manifest lists them)."""
+    manifest = read_json(Path(folder) / "manifest.json")
+    evaluate_saes([v["folder"] for v in manifest["saes"].values()], tokens, ce_tokens, threads)
+
+
+def evaluate_saes(dirs: list[str], tokens: int, ce_tokens: int, threads: int | None = None,
+                  overwrite: bool = True) -> list[dict]:
+    """`saelab eval` on SAE folders, plus what Braun et al. report beside it: alive latents and the
+    FVU of every later block's output with the SAE spliced in (added to each metrics.json)."""
     from .data import load_token_rows
     from .eval_command import run_eval
     from .evaluate import EvalBudget
@@ -139,20 +147,22 @@ def evaluate_run(folder: Path, tokens: int, ce_tokens: int, threads: int | None 
     from .models import load_model
     from .sae.folder import load_sae
 
-    manifest = read_json(folder / "manifest.json")
-    dirs = [v["folder"] for v in manifest["saes"].values()]
-    results = run_eval(dirs, tokens=tokens, ce_tokens=ce_tokens, threads=threads, overwrite=True, quiet=True)
-    cfg = manifest["config"]
-    lm = load_model(cfg["model"])
-    rows = load_token_rows(cfg["corpus"], lm.tokenizer, cfg["context"], vocab_size=lm.model.config.vocab_size)
+    if ce_tokens < 1:
+        raise UserError("--ce-tokens must be positive: later-layer FVU and CE increase need full forwards")
+    results = run_eval(dirs, tokens=tokens, ce_tokens=ce_tokens, threads=threads, overwrite=overwrite, quiet=True)
     loaded = [load_sae(Path(d)) for d in dirs]
+    ours = loaded[0][1]["saelab"]
+    lm = load_model(ours.get("model_spec", "embedded"))
+    rows = load_token_rows(ours.get("corpus", "builtin"), lm.tokenizer, loaded[0][1]["metadata"]["context_size"],
+                           vocab_size=lm.model.config.vocab_size)
     later = later_layer_fvu(lm.model, lm.tokenizer, loaded, rows, EvalBudget(ce_tokens=ce_tokens))
     for d, (sae, _), r, lf in zip(dirs, loaded, results, later):
         p = Path(d) / "metrics.json"
         m = read_json(p)
-        m["metrics"]["alive"] = int(round(sae.cfg.d_sae * (1 - r["dead_fraction"])))
-        m["metrics"]["later_fvu"] = lf
-        m["metrics"]["later_fvu_mean"] = sum(lf.values()) / max(len(lf), 1)
+        r["alive"] = m["metrics"]["alive"] = int(round(sae.cfg.d_sae * (1 - r["dead_fraction"])))
+        r["later_fvu"] = m["metrics"]["later_fvu"] = lf
+        r["later_fvu_mean"] = m["metrics"]["later_fvu_mean"] = sum(lf.values()) / max(len(lf), 1)
         m["descriptions"]["alive"] = "latents that fired at least once on the held-out reconstruction tokens"
         m["descriptions"]["later_fvu"] = DESCRIPTION
         write_json(p, m)
+    return results

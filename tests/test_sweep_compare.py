@@ -124,3 +124,14 @@ def test_max_cosines_excludes_self():
     x = torch.eye(4)
     x[3] = torch.tensor([1.0, 1.0, 0, 0]) / 2 ** 0.5
     assert max_cosines(x).tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5, 0.0, 2 ** -0.5])
+
+
+def test_eval_e2e_adds_alive_and_later_layer_fvu(tmp_path, tiny_model_dir, text_corpus):
+    from test_eval import exact_sae
+
+    folder = save_sae(exact_sae(64, "model.layers.1"), tmp_path / "exact", str(tiny_model_dir), 64,
+                      {"model_spec": str(tiny_model_dir), "corpus": str(text_corpus)})
+    assert main(["eval-e2e", str(folder), "--tokens", "512", "--ce-tokens", "128"]) == 0
+    m = read_json(folder / "metrics.json")["metrics"]
+    assert max(m["later_fvu"].values()) < 1e-6 and list(m["later_fvu"]) == ["model.layers.2", "model.layers.3"]
+    assert m["alive"] == round(128 * (1 - m["dead_fraction"])) and m["alive"] > 100

@@ -43,6 +43,15 @@ def cmd_compare(a) -> None:
     print(f"alive: A {r['alive_a']}/{r['d_sae_a']}, B {r['alive_b']}/{r['d_sae_b']}")
 
 
+def cmd_eval_e2e(a) -> None:
+    from ..sweep import evaluate_saes
+
+    for d, r in zip(a.sae_dirs, evaluate_saes(a.sae_dirs, a.tokens, a.ce_tokens, a.threads, a.overwrite)):
+        later = "  ".join(f"{k.rsplit('.', 1)[-1]}:{v:.3f}" for k, v in r["later_fvu"].items())
+        print(f"{d}\n  L0 {r['l0']:.1f}  alive {r['alive']}  FVU {r['fvu']:.4f}  KL {r['kl']:.4f}  "
+              f"CE +{r['ce_increase']:.4f}\n  later-layer FVU (block:FVU) {later}")
+
+
 def register(sub) -> None:
     from ..train.config import TrainConfig
 
@@ -57,6 +66,14 @@ def register(sub) -> None:
     s.add_argument("--eval-ce-tokens", type=int, default=8192, help="held-out tokens for KL / CE / later-layer FVU")
     add_dataclass_options(s, TrainConfig, skip=("loss", "resume", "overwrite"))
     s.set_defaults(fn=cmd_sweep)
+
+    e = sub.add_parser("eval-e2e", help="saelab eval + alive latents + FVU at every later layer (SAE spliced in)")
+    e.add_argument("sae_dirs", nargs="+", help="SAE folders of one model and corpus")
+    e.add_argument("--tokens", type=int, default=50_000, help="held-out tokens for FVU / L0 / alive")
+    e.add_argument("--ce-tokens", type=int, default=8192, help="held-out tokens for KL / CE / later-layer FVU")
+    e.add_argument("--threads", type=int)
+    e.add_argument("--overwrite", action="store_true", help="replace existing metrics.json files")
+    e.set_defaults(fn=cmd_eval_e2e)
 
     p = sub.add_parser("pareto", help="L0 / alive latents vs CE loss increase, one curve per loss type (PNG + CSV)")
     p.add_argument("folders", nargs="+", help="sweep folders or SAE folders with metrics.json")
