@@ -98,7 +98,7 @@ def load_foreign(folder: Path, device: str = "cpu", norm_scaling_factor: float |
     folder = Path(folder)
     fmt = detect_format(folder)
     if fmt == "saelens":
-        sae, meta = _load_saelens(folder, norm_scaling_factor)
+        sae, meta = _load_saelens(folder, norm_scaling_factor, prefix)
     elif fmt == "sparsify":
         sae, meta = _load_sparsify(folder, prefix)
     else:
@@ -149,6 +149,21 @@ def saelens_meta(cfg: dict) -> dict:
     return meta
 
 
+_TL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)$")
+
+
+def tl_to_module(hook: str, prefix: str = SPARSIFY_PREFIX) -> str:
+    """TransformerLens hook names (what most SAELens releases use) -> our module names for
+    Llama-style models: blocks.6.hook_resid_post -> model.layers.6, hook_resid_pre -> its input,
+    hook_resid_mid -> the post-attention norm's input, hook_mlp_out / hook_attn_out -> mlp / self_attn."""
+    m = _TL_HOOK.match(hook or "")
+    if not m:
+        return hook
+    layer = f"{prefix}layers.{m.group(1)}"
+    return {"resid_pre": f"{layer}:input", "resid_post": layer, "resid_mid": f"{layer}.post_attention_layernorm:input",
+            "mlp_out": f"{layer}.mlp", "attn_out": f"{layer}.self_attn"}[m.group(2)]
+
+
 def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
     arch = cfg.get("architecture", "standard")
     fn = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
@@ -167,7 +182,7 @@ def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
                     f"saelab reads standard, topk and jumprelu")
 
 
-def _load_saelens(folder: Path, norm_scaling_factor: float | None) -> tuple[SparseCoder, dict]:
+def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) -> tuple[SparseCoder, dict]:
     path = folder / CFG
     cfg = read_json(path)
     arch, k = _saelens_arch(cfg, path)
@@ -176,9 +191,9 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None) -> tuple[Spar
         raise UserError(f"{path}: hook_z reshaping / per-head SAEs are not supported")
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     d_out = int(cfg.get("d_out") or d_in)
-    hook = meta.get("hook_name")
-    if not hook:
+    if not meta.get("hook_name"):
         raise UserError(f"{path} names no hook_name (neither metadata.hook_name nor top-level hook_name)")
+    hook = tl_to_module(meta["hook_name"], prefix)
     t = _f32(read_tensors(folder / SAELENS_WEIGHTS))
     wpath = folder / SAELENS_WEIGHTS
     _need(t, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}, wpath)
@@ -206,7 +221,7 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None) -> tuple[Spar
     if transcoder and cfg.get("apply_b_dec_to_input"):
         raise UserError(f"{path}: a transcoder that subtracts its output bias from its input is not supported")
     sc = SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hook, d_out=d_out,
-                   out_hookpoint=meta.get("hook_name_out") if transcoder else None, k=k)
+                   out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix) if transcoder else None, k=k)
     sae = build_sae(sc)
     tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if arch == "jumprelu":

@@ -104,6 +104,16 @@ def test_saelens_without_b_dec_centering_and_with_norm_factor(tmp_path):
     torch.testing.assert_close(sae.reconstruct(X), _saelens_forward(t, X, "jumprelu", scale=0.37), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tl,ours", [("blocks.4.hook_resid_post", "model.layers.4"),
+                                     ("blocks.4.hook_resid_pre", "model.layers.4:input"),
+                                     ("blocks.4.hook_mlp_out", "model.layers.4.mlp"),
+                                     ("blocks.4.hook_resid_mid", "model.layers.4.post_attention_layernorm:input")])
+def test_transformerlens_hook_names_map_to_modules(tmp_path, tl, ours):
+    _saelens_folder(tmp_path / "a", "topk", v6=False, extra_cfg={"hook_name": tl})
+    sae, cfg = load_sae(tmp_path / "a")
+    assert sae.cfg.hookpoint == ours and cfg["saelab"]["imported_from"]["cfg"]["hook_name"] == tl
+
+
 def test_saelens_rescale_acts_by_decoder_norm_is_folded(tmp_path):
     t, _ = _saelens_folder(tmp_path / "a", "topk", extra_cfg={"rescale_acts_by_decoder_norm": True})
     sae, _ = load_sae(tmp_path / "a")
