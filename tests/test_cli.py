@@ -37,4 +37,4 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
 def test_default_learning_rate_scales_with_dictionary_size():
     a = TrainConfig(out="x", latents=2**14).learning_rates[0]
     b = TrainConfig(out="x", latents=2**16).learning_rates[0]
-    assert a == 2e-4 and abs(b - 1e-4) < 1e-12
+    assert a == 2e-3 and abs(b - 1e-3) < 1e-12
