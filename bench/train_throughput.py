@@ -2,8 +2,9 @@
 several SAEs per forward, quality at 1M tokens, and peak memory. All in one process so the
 ratios compare like with like on a shared machine.
 
-    python bench/train_throughput.py --out runs/bench            # the full spec (~20 min on 2 cores)
-    python bench/train_throughput.py --tokens 131072 --out runs/b  # a quick look
+    python bench/train_throughput.py --out runs/bench                     # everything (~25 min on 2 quiet cores)
+    python bench/train_throughput.py --part throughput --out runs/bench   # ratios only; needs a quiet machine
+    python bench/train_throughput.py --part quality --out runs/bench      # the 1M-token run + evaluation
 
 Writes runs/bench/bench.json and prints a Markdown table for docs/BENCHMARKS.md.
 """
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +52,8 @@ def train(out: Path, tokens: int, ks: list[int], lrs: list[float] | None) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--part", choices=["all", "throughput", "quality"], default="all",
+                    help="throughput: bare forward vs 1 and 4 SAEs (needs a quiet machine); quality: the 1M-token run + eval")
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--multi-tokens", type=int, default=131_072, help="budget of the 1-vs-4 SAE cost comparison")
     ap.add_argument("--eval-tokens", type=int, default=100_000)
@@ -59,26 +64,30 @@ def main() -> None:
     out = Path(a.out)
     lm = load_model("embedded")
     rows = load_token_rows("builtin", lm.tokenizer, 256)
-    res: dict = {"machine": {"platform": platform.platform(), "threads": 2, "cpu_count": __import__("os").cpu_count()}}
-    fwd_before = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
-    one = train(out / "one", a.multi_tokens, [32], None)
-    four = train(out / "four", a.multi_tokens, [16, 32, 64, 128], None)
-    main_run = train(out / "main", a.tokens, [32], a.lr)
-    fwd_after = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
-    fwd = (fwd_before + fwd_after) / 2
-    res.update({
-        "bare_forward_tokens_per_s": {"before": fwd_before, "after": fwd_after, "mean": fwd},
-        "train_tokens_per_s": main_run["tokens_per_s"], "train_over_forward": main_run["tokens_per_s"] / fwd,
-        "one_sae_tokens_per_s": one["tokens_per_s"], "four_saes_tokens_per_s": four["tokens_per_s"],
-        "four_over_one_cost": one["tokens_per_s"] / four["tokens_per_s"],
-        "train_wall_s": main_run["wall_s"],
-    })
-    folder = out / "main" / "model.layers.6-topk-k32"
-    (m,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
-    m.pop("l0_histogram", None), m.pop("l0_histogram_edges", None)
-    res["quality"] = m
+    res: dict = {"machine": {"platform": platform.platform(), "threads": 2, "cpu_count": os.cpu_count()},
+                 "command": " ".join(sys.argv)}
+    if a.part in ("all", "throughput"):
+        fwd_before = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
+        one = train(out / "one", a.multi_tokens, [32], None)
+        four = train(out / "four", a.multi_tokens, [16, 32, 64, 128], None)
+        fwd_after = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
+        fwd = (fwd_before + fwd_after) / 2
+        res.update({
+            "bare_forward_tokens_per_s": {"before": fwd_before, "after": fwd_after, "mean": fwd},
+            "one_sae_tokens_per_s": one["tokens_per_s"], "one_sae_over_forward": one["tokens_per_s"] / fwd,
+            "four_saes_tokens_per_s": four["tokens_per_s"],
+            "four_over_one_cost": one["tokens_per_s"] / four["tokens_per_s"],
+        })
+    if a.part in ("all", "quality"):
+        main_run = train(out / "main", a.tokens, [32], a.lr)
+        res.update({"train_tokens_per_s": main_run["tokens_per_s"], "train_wall_s": main_run["wall_s"],
+                    "train_peak_rss_mb": main_run["peak_rss_mb"]})
+        folder = out / "main" / "model.layers.6-topk-k32"
+        (m,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+        m.pop("l0_histogram", None), m.pop("l0_histogram_edges", None)
+        res["quality"] = m
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    write_json(out / "bench.json", res)
+    write_json(out / f"bench_{a.part}.json", res)
     print(json.dumps(res, indent=2, default=str))
 
 
