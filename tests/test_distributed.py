@@ -95,3 +95,18 @@ def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, ho
         assert "lost the other ranks" in r.stderr and "--dist-timeout 15" in r.stderr, r.stderr[-3000:]
     else:  # torchrun sees the dead rank and stops the others, naming the root cause
         assert "rank      : 1" in r.stderr and "SIGKILL" in r.stderr, r.stderr[-3000:]
+
+
+def test_data_parallel_from_the_activation_cache(tmp_path, tiny_model_dir, text_corpus):
+    r = _run(["cache-activations", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--hookpoints",
+              "model.layers.1", "--tokens", "8192", "--context", "64", "--batch-tokens", "512", "--threads", "1",
+              "--out", str(tmp_path / "cache")])
+    assert r.returncode == 0, r.stderr
+    args = ["train", "--from-activations", str(tmp_path / "cache"), "--model", str(tiny_model_dir),
+            "--hookpoints", "model.layers.1"] + COMMON
+    assert _run(args + ["--out", str(tmp_path / "one")]).returncode == 0
+    r = _run(args + ["--out", str(tmp_path / "two")], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _weights(tmp_path / "one" / "model.layers.1-topk-k8"), _weights(tmp_path / "two" / "model.layers.1-topk-k8")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-4, rtol=2e-4)

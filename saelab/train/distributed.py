@@ -191,6 +191,9 @@ class DistributedTrainer(Trainer):
         if self.mode == "modules":
             return super()._step(m, x, y, lr_factor)
         n = x.shape[0]
+        if n < 4 * self.comm.world:  # a tiny last batch: every rank takes all of it, gradients averaged
+            self._weights[m.name] = 1.0 / self.comm.world
+            return super()._step(m, x, y, lr_factor)
         xs, ys = x.tensor_split(self.comm.world)[self.comm.rank], y.tensor_split(self.comm.world)[self.comm.rank]
         with torch.no_grad():  # weight = this rank's share of the batch's target variance
             t = ys * m.sae.out_scale
