@@ -22,6 +22,68 @@ def cmd_cache(a) -> None:
                        shard_size=a.shard_size, sink=sink, split=a.split, threads=a.threads, overwrite=a.overwrite)
 
 
+def _client_opts(a) -> dict:
+    return {"concurrency": a.concurrency, "timeout": a.timeout, "max_retries": a.max_retries,
+            "price_in": a.price_in, "price_out": a.price_out}
+
+
+def _add_client_options(p) -> None:
+    g = p.add_argument_group("LLM client")
+    g.add_argument("--client", default="local", help="local (a HF chat model in-process) | openai (any OpenAI-compatible "
+                                                     "server) | anthropic (default: local)")
+    g.add_argument("--llm", dest="llm_model", help="model: for local a model spec (default embedded), for openai/anthropic "
+                                                   "the served model name")
+    g.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (or $OPENAI_BASE_URL)")
+    g.add_argument("--concurrency", type=int, default=4, help="parallel requests to an HTTP server (default 4)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (default 60)")
+    g.add_argument("--max-retries", type=int, default=4, help="retries with exponential backoff (default 4)")
+    g.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens, for cost accounting")
+    g.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
+    g.add_argument("--threads", type=int, help="torch threads for local models")
+
+
+def cmd_explain(a) -> None:
+    from ..interpret.examples import ExampleConfig
+    from ..interpret.pipeline import run_explain
+
+    ecfg = ExampleConfig(window=a.window, peak_index=a.peak_index, n_explain=a.n_explain,
+                         explain_sampling=a.explain_sampling, n_score_activating=a.n_score_activating,
+                         n_score_random=a.n_score_random, n_score_hard=a.n_score_hard, seed=a.seed)
+    from ..errors import UserError
+
+    if a.explain_sampling not in ("top", "quantiles"):
+        raise UserError("--explain-sampling must be top or quantiles")
+    run_explain(a.cache, a.out, dictionary=a.dictionary, latents=a.latents, n_latents=a.n_latents,
+                explainer=a.explainer, client=a.client, model=a.llm_model, base_url=a.base_url, example_cfg=ecfg,
+                show_activations=a.show_activations, batch_latents=a.batch_latents, seed=a.seed,
+                overwrite=a.overwrite, label=a.label, client_opts=_client_opts(a), threads=a.threads)
+
+
+def cmd_score(a) -> None:
+    from ..interpret.pipeline import run_score
+
+    n = run_score(a.run, a.scorers, client=a.client, model=a.llm_model, base_url=a.base_url, judge_mode=a.judge_mode,
+                  batch_examples=a.batch_examples, steer_scale=a.steer_scale, latents=a.latents,
+                  client_opts=_client_opts(a), threads=a.threads)
+    print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")
+
+
+def cmd_report(a) -> None:
+    from ..interpret.report import report
+
+    report(a.runs, a.out)
+
+
+def cmd_serve(a) -> None:
+    from ..interpret.server import serve
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    serve(a.model, a.host, a.port, a.batch_size, a.batch_wait)
+
+
 def register(sub) -> None:
     c = sub.add_parser("cache", help="cache the active latents of SAEs (and/or MLP neurons) over N tokens",
                        description="Run the model once over --tokens tokens and store every active latent sparsely "
@@ -47,3 +109,60 @@ def register(sub) -> None:
     c.add_argument("--threads", type=int)
     c.add_argument("--overwrite", action="store_true", help="replace a cache made with other arguments")
     c.set_defaults(fn=cmd_cache)
+
+    from ..interpret.scorers import SCORERS
+
+    e = sub.add_parser("explain", help="explain latents of a cached dictionary with an LLM (or the statistical baseline)",
+                       description="Draw examples for each latent from a latent cache, explain it, and append one record "
+                                   "per latent to OUT/explanations.jsonl (a rerun skips latents already done).")
+    e.add_argument("cache", help="latent cache folder (saelab cache)")
+    e.add_argument("--out", required=True, help="run folder")
+    e.add_argument("--dictionary", help="which dictionary of the cache (needed when it holds several)")
+    e.add_argument("--latents", type=int, nargs="+", help="latent indices (default: --n-latents chosen at random)")
+    e.add_argument("--n-latents", type=int, default=200, help="random latents to explain (default 200)")
+    e.add_argument("--explainer", default="llm", help="llm | stats (top tokens and contexts, no LLM) (default llm)")
+    e.add_argument("--show-activations", action="store_true", help="show activation levels 1-9 after marked tokens")
+    e.add_argument("--batch-latents", type=int, default=4, help="latents explained per generation batch (default 4)")
+    e.add_argument("--window", type=int, default=32, help="tokens per example (default 32)")
+    e.add_argument("--peak-index", type=int, help="position of the peak in the window (default window*3//4)")
+    e.add_argument("--n-explain", type=int, default=40, help="examples shown to the explainer (default 40)")
+    e.add_argument("--explain-sampling", default="top", help="top | quantiles (default top)")
+    e.add_argument("--n-score-activating", type=int, default=50, help="activating scoring examples (default 50)")
+    e.add_argument("--n-score-random", type=int, default=25, help="random non-activating scoring examples (default 25)")
+    e.add_argument("--n-score-hard", type=int, default=25, help="hard-negative scoring examples (default 25)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--label", help="name of this run in reports (default: the folder name)")
+    e.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
+    _add_client_options(e)
+    e.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("score", help="score the explanations of a run",
+                       description="Score each explained latent with each scorer; one record per latent is appended to "
+                                   "RUN/scores_SCORER.jsonl (a rerun skips latents already scored).")
+    s.add_argument("run", help="run folder (saelab explain)")
+    s.add_argument("--scorers", nargs="+", default=["embedding", "surprisal"], help=f"any of {' '.join(SCORERS)} "
+                                                                                    f"(default: embedding surprisal)")
+    s.add_argument("--judge-mode", default="auto", help="detection/fuzzing: logprob (P(Yes), one prompt per example) | "
+                                                        "generate (a parsed 0/1 list per prompt) | auto (default)")
+    s.add_argument("--batch-examples", type=int, default=10, help="examples per prompt in generate mode (default 10)")
+    s.add_argument("--steer-scale", type=float, default=2.0, help="intervention: steering = scale x max activation x "
+                                                                  "decoder row (default 2)")
+    s.add_argument("--latents", type=int, nargs="+", help="only these latents")
+    _add_client_options(s)
+    s.set_defaults(fn=cmd_score)
+
+    r = sub.add_parser("report", help="summarise and compare interpretation runs (table + PNG plots)")
+    r.add_argument("runs", nargs="+", help="run folders; with several, the first is compared with each other one")
+    r.add_argument("--out", help="report folder (default: the run folder, or RUN1/compare)")
+    r.set_defaults(fn=cmd_report)
+
+    v = sub.add_parser("serve-llm", help="serve a local chat model through an OpenAI-compatible HTTP API",
+                       description="POST /v1/chat/completions (with logprobs/top_logprobs), GET /v1/models. Concurrent "
+                                   "requests are batched. Binds to loopback by default.")
+    v.add_argument("--model", default="embedded", help="embedded | local folder | .gguf | hub id (default embedded)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed)")
+    v.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    v.add_argument("--batch-wait", type=float, default=0.01, help="seconds to wait for more requests to batch")
+    v.add_argument("--threads", type=int)
+    v.set_defaults(fn=cmd_serve)

@@ -1,0 +1,166 @@
+"""`saelab report RUN [RUN ...]`: score distributions per scorer (table + PNG histograms),
+explanation failures and costs, and, for several runs (e.g. SAE latents vs neurons), a side-by-side
+comparison with the difference of means and its 95% bootstrap interval."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..storage import write_json
+from .records import Run, load_run
+from .scorers.base import DESCRIPTIONS, PRIMARY
+
+
+def _stats(vals: list[float]) -> dict:
+    v = np.array([x for x in vals if x is not None and not math.isnan(x)], float)
+    if len(v) == 0:
+        return {"n": 0, "mean": float("nan"), "sem": float("nan"), "median": float("nan")}
+    return {"n": int(len(v)), "mean": float(v.mean()), "sem": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0,
+            "median": float(np.median(v))}
+
+
+def summarise(run: Run) -> dict:
+    latents = run.manifest.get("latents") or sorted(run.explanations)
+    recs = [run.explanations.get(j) for j in latents]
+    status = [r["status"] if r else "missing" for r in recs]
+    ok = [r for r in recs if r and r["status"] == "ok"]
+    out = {"run": str(run.path), "label": run.name, "dictionary": run.manifest.get("dictionary"),
+           "explainer": run.manifest.get("explainer", {}), "latents": len(latents),
+           "explained": status.count("ok"), "explain_failed": status.count("failed"),
+           "skipped_too_few_examples": status.count("skipped"), "missing": status.count("missing"),
+           "explain_seconds_per_latent": _stats([r["seconds"] for r in ok])["mean"],
+           "explain_failures": sorted({(r.get("error") or "")[:80] for r in recs if r and r["status"] == "failed"}),
+           "scorers": {}}
+    for s, by in run.scores.items():
+        res = [by[j] for j in latents if j in by]
+        good = [r for r in res if r["ok"]]
+        metrics = sorted({m for r in good for m in r["metrics"]}, key=lambda m: (m not in PRIMARY.get(s, []), m))
+        out["scorers"][s] = {
+            "scored": len(good), "failed": len(res) - len(good),
+            "modes": sorted({r.get("mode", "") for r in res}),
+            "seconds_per_latent": _stats([r["seconds"] for r in good])["mean"],
+            "failed_examples": int(sum(r.get("n_failed_examples", 0) for r in res)),
+            "metrics": {m: _stats([r["metrics"].get(m) for r in good]) for m in metrics},
+            "values": {m: [r["metrics"].get(m) for r in good] for m in PRIMARY.get(s, [])},
+            "latents": [r["latent"] for r in good],
+        }
+    return out
+
+
+def _bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    a = np.array([x for x in a if x is not None and not math.isnan(x)])
+    b = np.array([x for x in b if x is not None and not math.isnan(x)])
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    d = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(n)]
+    return float(a.mean() - b.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def _fmt(x: float, p: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{p}f}"
+
+
+def _plots(summaries: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    scorers = sorted({s for sm in summaries for s in sm["scorers"]})
+    for s in scorers:
+        for m in PRIMARY.get(s, []):
+            series = [(sm["label"], [v for v in sm["scorers"].get(s, {}).get("values", {}).get(m, [])
+                                     if v is not None and not math.isnan(v)]) for sm in summaries]
+            series = [(n, v) for n, v in series if v]
+            if not series:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            lo = min(min(v) for _, v in series)
+            hi = max(max(v) for _, v in series)
+            bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 21)
+            for n, v in series:
+                ax.hist(v, bins=bins, alpha=0.5, label=f"{n} (mean {np.mean(v):.3f}, n={len(v)})")
+            if m in ("auc", "balanced_accuracy"):
+                ax.axvline(0.5, color="k", lw=0.8, ls="--")
+            ax.set_xlabel(f"{s} {m}")
+            ax.set_ylabel("latents")
+            ax.legend(fontsize=7)
+            ax.set_title(f"{s}: {m}", fontsize=9)
+            fig.tight_layout()
+            name = f"hist_{s}_{m}.png"
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            files.append(name)
+    return files
+
+
+def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -> str:
+    L = ["# Interpretation report", ""]
+    L.append("| run | dictionary | explainer | latents | explained | failed | too few examples | s/latent (explain) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for sm in summaries:
+        e = sm["explainer"]
+        who = e.get("explainer", "?") + (f" ({e.get('client')}: {e.get('model') or e.get('model_name') or ''})"
+                                         if e.get("explainer") == "llm" else "")
+        L.append(f"| {sm['label']} | {sm['dictionary']} | {who} | {sm['latents']} | {sm['explained']} | "
+                 f"{sm['explain_failed']} | {sm['skipped_too_few_examples']} | {_fmt(sm['explain_seconds_per_latent'], 2)} |")
+    L += ["", "## Scores (mean ± standard error over latents; median)", ""]
+    L.append("| run | scorer | mode | metric | mean ± sem | median | latents | failed latents | failed examples | s/latent |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for sm in summaries:
+        for s, d in sorted(sm["scorers"].items()):
+            for m, st in d["metrics"].items():
+                if m not in PRIMARY.get(s, []) and m not in ("f1", "precision", "recall", "auc_hard",
+                                                            "mean_gain_activating", "mean_gain_negative"):
+                    continue
+                L.append(f"| {sm['label']} | {s} | {'/'.join(d['modes'])} | {m} | {_fmt(st['mean'])} ± {_fmt(st['sem'])} | "
+                         f"{_fmt(st['median'])} | {st['n']} | {d['failed']} | {d['failed_examples']} | "
+                         f"{_fmt(d['seconds_per_latent'], 2)} |")
+    if comparisons:
+        L += ["", "## Comparison (difference of means, 95% bootstrap interval)", ""]
+        L.append("| scorer | metric | A | B | mean A - mean B | 95% interval | A higher? |")
+        L.append("|---|---|---|---|---|---|---|")
+        for c in comparisons:
+            verdict = "yes" if c["lo"] > 0 else ("no (B higher)" if c["hi"] < 0 else "not significant")
+            L.append(f"| {c['scorer']} | {c['metric']} | {c['a']} | {c['b']} | {_fmt(c['diff'])} | "
+                     f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {verdict} |")
+    fails = [(sm["label"], f) for sm in summaries for f in sm["explain_failures"]]
+    if fails:
+        L += ["", "## Explanation failures (distinct reasons)", ""] + [f"- {n}: {f}" for n, f in fails]
+    L += ["", "## Metrics", ""] + [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
+    if plots:
+        L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(L) + "\n"
+
+
+def report(runs: list, out=None, quiet: bool = False) -> Path:
+    if not runs:
+        raise UserError("give at least one run folder")
+    loaded = [load_run(r) for r in runs]
+    out = Path(out) if out else (loaded[0].path if len(loaded) == 1 else loaded[0].path / "compare")
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = [summarise(r) for r in loaded]
+    comparisons = []
+    if len(summaries) >= 2:
+        a = summaries[0]
+        for b in summaries[1:]:
+            for s in sorted(set(a["scorers"]) & set(b["scorers"])):
+                for m in PRIMARY.get(s, []):
+                    d, lo, hi = _bootstrap_diff(a["scorers"][s]["values"].get(m, []), b["scorers"][s]["values"].get(m, []))
+                    comparisons.append({"scorer": s, "metric": m, "a": a["label"], "b": b["label"], "diff": d,
+                                        "lo": lo, "hi": hi})
+    plots = _plots(summaries, out)
+    md = markdown(summaries, comparisons, plots)
+    (out / "report.md").write_text(md)
+    write_json(out / "report.json", {"runs": [{k: v for k, v in s.items()} for s in summaries],
+                                     "comparisons": comparisons, "plots": plots})
+    if not quiet:
+        print(md)
+        print(f"saelab: report written to {out / 'report.md'}")
+    return out
