@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
-from .storage import refuse_overwrite, write_json
+from .storage import read_json, refuse_overwrite, write_json
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ScalingConfig:
     batch_tokens: int = 4096
     eval_tokens: int = 16384                                    # held-out tokens for the FVU of every grid point
     lr: float | None = None                                     # default: the trainer's 2e-4 / sqrt(latents / 2^14)
+    cache: str | None = None                                    # reuse this activation cache (same model, hookpoint, context; >= max tokens)
     seed: int = 0
     threads: int | None = None
     overwrite: bool = False
@@ -119,7 +120,7 @@ def run_scaling(cfg: ScalingConfig) -> dict:
     from .models import load_model
     from .sae.folder import load_sae
     from .train.config import TrainConfig
-    from .train.from_cache import CacheConfig, write_cache
+    from .train.from_cache import CacheConfig, read_manifest, write_cache
     from .train.trainer import Trainer
 
     if len(cfg.latents) < 2 or len(cfg.tokens) < 2:
@@ -131,20 +132,30 @@ def run_scaling(cfg: ScalingConfig) -> dict:
     out = Path(cfg.out)
     refuse_overwrite(out, cfg.overwrite, "--out")
     t0 = time.time()
-    cache = out / "activations"
-    write_cache(CacheConfig(out=str(cache), hookpoints=[cfg.hookpoint], model=cfg.model, corpus=cfg.corpus,
-                            tokens=max(cfg.tokens), context=cfg.context, batch_tokens=cfg.batch_tokens,
-                            seed=cfg.seed, threads=cfg.threads, overwrite=cfg.overwrite))
+    if cfg.cache:
+        cache = Path(cfg.cache)
+        m = read_manifest(cache)
+        if m["lm_tokens"] < max(cfg.tokens):
+            raise UserError(f"--cache {cache} holds {m['lm_tokens']:,} tokens; the grid needs {max(cfg.tokens):,}")
+    else:
+        cache = out / "activations"
+        write_cache(CacheConfig(out=str(cache), hookpoints=[cfg.hookpoint], model=cfg.model, corpus=cfg.corpus,
+                                tokens=max(cfg.tokens), context=cfg.context, batch_tokens=cfg.batch_tokens,
+                                seed=cfg.seed, threads=cfg.threads, overwrite=cfg.overwrite))
+    # the trainer rounds --tokens up to whole chunks: make one chunk no larger than the smallest budget
+    buffer_batches = max(1, min(8, min(cfg.tokens) // cfg.batch_tokens))
     runs = []
     for n in sorted(cfg.latents):
         for d in sorted(cfg.tokens):
             run = out / f"n{n}-d{d}"
             tc = TrainConfig(out=str(run), hookpoints=[cfg.hookpoint], model=cfg.model, corpus=cfg.corpus,
                              from_activations=str(cache), latents=n, k=[cfg.k], tokens=d, context=cfg.context,
-                             batch_tokens=cfg.batch_tokens, lr=[cfg.lr] if cfg.lr else None, seed=cfg.seed,
+                             batch_tokens=cfg.batch_tokens, buffer_batches=buffer_batches,
+                             lr=[cfg.lr] if cfg.lr else None, seed=cfg.seed,
                              threads=cfg.threads, checkpoint_every=10**15, overwrite=cfg.overwrite)
             (folder,) = Trainer(tc).run()
-            runs.append((n, d, folder))
+            trained = read_json(run / "manifest.json")["lm_tokens"]  # what the trainer actually ran
+            runs.append((n, trained, folder))
     lm = load_model(cfg.model)
     rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, vocab_size=lm.model.config.vocab_size)
     saes = [load_sae(f) for _, _, f in runs]

@@ -27,7 +27,8 @@ def test_small_grid_on_the_tiny_model(tmp_path, tiny_model_dir, text_corpus):
                         eval_tokens=4096, lr=2e-3, threads=2)
     r = run_scaling(cfg)
     pts = {(p["latents"], p["tokens"]): p["fvu"] for p in r["points"]}
-    assert len(pts) == 4 and all(0 < v < 1 for v in pts.values())
+    assert set(pts) == {(64, 4096), (64, 16384), (256, 4096), (256, 16384)}  # budgets as trained (not rounded up)
+    assert all(0 < v < 1 for v in pts.values()) and pts[(64, 4096)] != pts[(64, 16384)]
     assert pts[(256, 16384)] < pts[(64, 4096)]       # more latents and more tokens: lower held-out FVU
     assert r["fits"]["fvu_vs_latents"]["alpha"] > 0
     assert (tmp_path / "s" / "scaling.png").stat().st_size > 10_000
