@@ -90,7 +90,7 @@ class LatentCache:
         self.tokens = np.load(self.path / "tokens.npy", mmap_mode="r")      # int32 [rows, ctx]
         self.excluded = np.load(self.path / "excluded.npy", mmap_mode="r")  # bool [rows, ctx]
         self.sae_names = list(manifest["dictionaries"])
-        self._shards: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self._shards: dict[tuple[str, int], tuple] = {}
         self._stats: dict[str, dict[str, torch.Tensor]] = {}
 
     @classmethod
@@ -120,12 +120,23 @@ class LatentCache:
         return self.path / "dicts" / dict_dirname(name)
 
     # ------------------------------------------------------------ records
-    def _shard(self, name: str, s: int) -> dict[str, torch.Tensor]:
+    def _shard(self, name: str, s: int):
+        """An open safetensors handle and the latent offsets of one shard (records are read lazily,
+        so memory stays bounded by the records asked for, whatever the cache size)."""
+        from safetensors import SafetensorError, safe_open
+
         key = (name, s)
         if key not in self._shards:
-            if len(self._shards) >= 4:  # keep memory bounded: a few shards at a time
+            if len(self._shards) >= 8:
                 self._shards.pop(next(iter(self._shards)))
-            self._shards[key] = read_tensors(self._dir(name) / f"shard_{s:05d}.safetensors")
+            path = self._dir(name) / f"shard_{s:05d}.safetensors"
+            if not path.exists():
+                raise UserError(f"{path} is missing: the cache {self.path} is incomplete")
+            try:
+                h = safe_open(str(path), "pt")
+                self._shards[key] = (h, h.get_tensor("latent_offsets"))
+            except (SafetensorError, OSError) as e:
+                raise UserError(f"{path} is not a readable safetensors file ({e})") from e
         return self._shards[key]
 
     def latent_records(self, name: str, latent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,11 +145,11 @@ class LatentCache:
         if not 0 <= latent < info["d_sae"]:
             raise UserError(f"latent {latent} is outside 0..{info['d_sae'] - 1} for {name}")
         size = info["shard_size"]
-        sh = self._shard(name, latent // size)
+        h, off = self._shard(name, latent // size)
         i = latent % size
-        a, b = int(sh["latent_offsets"][i]), int(sh["latent_offsets"][i + 1])
-        return (sh["row"][a:b].numpy().astype(np.int64), sh["pos"][a:b].numpy().astype(np.int64),
-                sh["value"][a:b].numpy().astype(np.float32))
+        a, b = int(off[i]), int(off[i + 1])
+        return (h.get_slice("row")[a:b].numpy().astype(np.int64), h.get_slice("pos")[a:b].numpy().astype(np.int64),
+                h.get_slice("value")[a:b].numpy().astype(np.float32))
 
     def _stat(self, name: str, key: str) -> np.ndarray:
         self._check(name)

@@ -146,6 +146,10 @@ def report(runs: list, out=None, quiet: bool = False) -> Path:
     out = Path(out) if out else (loaded[0].path if len(loaded) == 1 else loaded[0].path / "compare")
     out.mkdir(parents=True, exist_ok=True)
     summaries = [summarise(r) for r in loaded]
+    labels = [s["label"] for s in summaries]
+    for sm, r in zip(summaries, loaded):  # two runs with one label (e.g. a copied run): add the folder
+        if labels.count(sm["label"]) > 1:
+            sm["label"] = f"{sm['label']} ({r.path.name})"
     comparisons = []
     if len(summaries) >= 2:
         a = summaries[0]
