@@ -321,3 +321,20 @@ def test_bad_input(cache, tmp_path):
         run_score(tmp_path / "a", ["vibes"])
     with pytest.raises(UserError, match="not an interpretation run"):
         run_score(tmp_path / "nothing", ["embedding"])
+
+
+def test_cli_explain_score_report(cache, tmp_path, capsys):
+    from saelab.cli import main
+
+    name = cache.sae_names[0]
+    run = tmp_path / "cli"
+    lat = [str(j) for j in _active_latents(cache, name, 2)]
+    assert main(["explain", str(cache.path), "--dictionary", name, "--latents", *lat, "--explainer", "stats",
+                 "--window", "16", "--n-explain", "8", "--n-score-activating", "10", "--n-score-random", "5",
+                 "--n-score-hard", "5", "--out", str(run)]) == 0
+    assert main(["score", str(run), "--scorers", "embedding"]) == 0
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "2 explained" in out and "| embedding | embedding | auc |" in out.replace(f"| {run.name} ", "| ")
+    assert main(["explain", str(cache.path), "--out", str(tmp_path / "x"), "--explainer", "stats"]) == 2  # ambiguous
+    assert "several dictionaries" in capsys.readouterr().err

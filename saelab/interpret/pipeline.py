@@ -53,8 +53,9 @@ def _pick_latents(d_sae: int, latents: list[int] | None, n_latents: int, seed: i
         return list(dict.fromkeys(int(j) for j in latents))
     if n_latents < 1:
         raise UserError("--n-latents must be positive")
-    rng = np.random.default_rng(seed)
-    return sorted(int(j) for j in rng.choice(d_sae, size=min(n_latents, d_sae), replace=False))
+    # a prefix of one fixed permutation: asking for more latents later extends the same sample
+    perm = np.random.default_rng(seed).permutation(d_sae)
+    return sorted(int(j) for j in perm[:n_latents])
 
 
 class _Models:
