@@ -144,3 +144,50 @@ def test_anthropic_client_needs_a_key(monkeypatch):
         make_client("anthropic")
     with pytest.raises(UserError, match="unknown --client"):
         make_client("carrier-pigeon")
+
+
+def test_rate_limit_is_retried_with_backoff():
+    """A loopback server that answers 429 twice, then a completion: the client retries and succeeds;
+    one that always answers 429 ends in a recorded failure after the retries."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from saelab.interpret.clients import OpenAIClient
+
+    hits = {"n": 0}
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            hits["n"] += 1
+            if hits["n"] <= 2 or self.path.startswith("/always"):
+                code, body = 429, {"error": {"message": "slow down", "type": "rate_limit_error"}}
+            else:
+                code, body = 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": "[1, 0]"}}],
+                                   "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        c = OpenAIClient(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=3, backoff=0.01,
+                         price_in=1.0, price_out=2.0)
+        r = c.generate(_prompts(1), max_tokens=5)[0]
+        assert r.ok and r.text == "[1, 0]" and c.usage.retries == 2
+        assert c.usage.cost_usd == pytest.approx((7 * 1.0 + 3 * 2.0) / 1e6)
+        c2 = OpenAIClient(model="m", base_url=f"http://127.0.0.1:{port}/always", max_retries=2, backoff=0.01)
+        r2 = c2.generate(_prompts(1), max_tokens=5)[0]
+        assert r2.text is None and "RateLimitError" in r2.error and c2.usage.failures == 1
+    finally:
+        srv.shutdown()
