@@ -195,6 +195,11 @@ class FeatureStore:
                 if len(seen) >= 5:
                     break
             self.top_tokens.append(seen)
+        # Lower-cased, stripped token lists for search by token (built once; a search is one scan).
+        prom = self.promoted[0] if self.promoted is not None else None
+        self._search_top = [[t.strip().lower() for t in toks] for toks in self.top_tokens]
+        self._search_prom = ([[self.token_str(int(t)).strip().lower() for t in prom[i, :5]] for i in range(self.d_sae)]
+                             if prom is not None else [[] for _ in range(self.d_sae)])
 
     # ------------------------------------------------------------ helpers
     def token_str(self, tid: int) -> str:
@@ -279,13 +284,11 @@ class FeatureStore:
                 if e and all(w in e for w in words) and 0 <= i < self.d_sae:
                     hits.append((0 if self.freq[i] > 0 else 1, -e.count(words[0]), i))
         elif by == "token":
-            prom = self.promoted[0] if self.promoted is not None else None
             for i in range(self.d_sae):
-                toks = [t.strip().lower() for t in self.top_tokens[i]]
+                toks, ptoks = self._search_top[i], self._search_prom[i]
                 rank = next((r for r, t in enumerate(toks) if t == q), None)
-                if rank is None and prom is not None:
-                    ptoks = [self.token_str(int(t)).strip().lower() for t in prom[i, :5]]
-                    rank = 10 + ptoks.index(q) if q in ptoks else None
+                if rank is None and q in ptoks:
+                    rank = 10 + ptoks.index(q)
                 if rank is None:
                     rank = next((20 + r for r, t in enumerate(toks) if q in t), None)
                 if rank is not None:
