@@ -90,3 +90,12 @@ def test_geometric_median_ignores_outliers():
     pts = torch.cat([torch.randn(99, 3) * 0.01, torch.tensor([[1000.0, 0, 0]])])
     assert geometric_median(pts).norm() < 0.1
     assert pts.mean(0).norm() > 5
+
+
+def test_batchtopk_finalize_calibrates_threshold_to_k():
+    torch.manual_seed(0)
+    sae = build_sae(SaeConfig("batchtopk", d_in=16, d_sae=64, hookpoint="h", k=5))
+    x = torch.randn(2048, 16)
+    sae.finalize(x)
+    sae.eval()
+    assert sae.encode_raw(torch.randn(2048, 16)).l0_per_row().float().mean().item() == pytest.approx(5, rel=0.1)

@@ -56,12 +56,17 @@ def test_transcoder_learns_mlp_map(tmp_path, tiny_model_dir, text_corpus):
 @pytest.mark.parametrize("arch,extra", [("batchtopk", {}), ("jumprelu", {"sparsity_coeff": [0.01]}),
                                         ("relu", {"sparsity_coeff": [0.05]})])
 def test_other_architectures_learn(tmp_path, tiny_model_dir, text_corpus, arch, extra):
-    cfg = train_cfg(tmp_path / arch, tiny_model_dir, text_corpus, arch=arch, **extra)
+    cfg = train_cfg(tmp_path / arch, tiny_model_dir, text_corpus, arch=arch, tokens=32768, **extra)
     (folder,) = Trainer(cfg).run()
     sae, _ = load_sae(folder)
     rand = build_sae(sae.cfg)
     fvu, fvu_rand = _heldout_fvu(tiny_model_dir, text_corpus, [sae, rand])
     assert fvu < 0.6 * fvu_rand
+    if arch == "batchtopk":  # the calibrated inference threshold keeps k latents per token on average
+        lm = load_model(str(tiny_model_dir))
+        rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
+        (r,), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {})], rows, EvalBudget(tokens=4096))
+        assert r["l0"] == pytest.approx(8, rel=0.15)
 
 
 def _cli(args, env=None):

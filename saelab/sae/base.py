@@ -151,6 +151,11 @@ class SparseCoder(nn.Module):
     def encode_raw(self, x: torch.Tensor) -> Latents:
         return self.encode(self.encoder_input(x.reshape(-1, x.shape[-1])))[0]
 
+    @torch.no_grad()
+    def finalize(self, x: torch.Tensor) -> None:
+        """Called once after training with recent raw inputs [rows, d_in]: architectures whose
+        inference rule differs from training (BatchTopK) calibrate it here."""
+
     # ------------------------------------------------------------ decoder norm
     @torch.no_grad()
     def normalize_decoder(self) -> None:

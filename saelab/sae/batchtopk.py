@@ -45,6 +45,17 @@ class BatchTopKSae(SparseCoder):
         lat = Latents(vals, cols, torch.cumsum(counts, 0) - counts, n, d_sae)
         return lat, x_in.new_zeros(()), pre
 
+    @torch.no_grad()
+    def finalize(self, x):
+        """Set the inference threshold so that, on these inputs, it keeps exactly the k x rows
+        activations that batch selection keeps (the running mean lags behind a short run)."""
+        pre = self.preacts(self.encoder_input(x)).relu().reshape(-1)
+        n_keep = min(self.cfg.k * x.shape[0], pre.numel())
+        kept = pre.topk(n_keep, sorted=False).values
+        kept = kept[kept > 0]
+        if kept.numel():
+            self.threshold.fill_(kept.min().item())
+
     def extra_state_tensors(self):
         return {"threshold": self.threshold.expand(self.cfg.d_sae).clone()}
 

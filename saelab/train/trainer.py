@@ -239,6 +239,8 @@ class Trainer:
                 next_ckpt = (lm_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                 _maybe_die_for_test()
         bar.close()
+        for m in self.members:  # e.g. BatchTopK's inference threshold, from the last chunk's inputs
+            m.sae.finalize(chunk.acts[m.sae.cfg.hookpoint][:16384])
         wall = time.time() - t0
         return self._save(lm_seen, steps, wall, excluded, time.time() - t_bar)
 
