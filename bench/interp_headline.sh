@@ -42,6 +42,6 @@ saelab report "$OUT/sae_llm" "$OUT/neurons_llm" --out "$OUT/report_llm"
 #    log-probabilities: a copy of the run, so the two modes are compared on identical examples
 rm -rf "$OUT/sae_llm_generate" && mkdir -p "$OUT/sae_llm_generate"
 cp "$OUT/sae_llm/manifest.json" "$OUT/sae_llm/explanations.jsonl" "$OUT/sae_llm_generate/"
-FIRST=$(python -c "import json,sys; r=[json.loads(l) for l in open('$OUT/sae_llm/explanations.jsonl')]; print(' '.join(str(x['latent']) for x in r if x['status']=='ok'][:${NGEN:-3}]))")
+FIRST=$(python -c "import json,sys; r=[json.loads(l) for l in open('$OUT/sae_llm/explanations.jsonl')]; print(' '.join([str(x['latent']) for x in r if x['status']=='ok'][:${NGEN:-3}]))")
 saelab score "$OUT/sae_llm_generate" --scorers detection --judge-mode generate --latents $FIRST --threads "$T"
 saelab report "$OUT/sae_llm" "$OUT/sae_llm_generate" --out "$OUT/report_logprob_vs_generate"

@@ -235,9 +235,11 @@ class LocalClient(LLMClient):
                     cache = copy.deepcopy(prefix_cache)
                     cache.batch_repeat_interleave(len(batch))
                     kw = {**cache_kw(model, cache), "use_cache": True}
-                logits = model(input_ids=x, attention_mask=mask, **kw).logits  # [B, n, vocab]
                 last = torch.tensor([len(s) - 1 for s in suf])
-                lp = torch.log_softmax(logits[torch.arange(len(batch)), last].float(), dim=-1)  # [B, vocab]
+                # the LM head only at the positions read (not at every suffix position)
+                keep, where = torch.unique(last, return_inverse=True)
+                logits = model(input_ids=x, attention_mask=mask, logits_to_keep=keep, **kw).logits  # [B, k, vocab]
+                lp = torch.log_softmax(logits[torch.arange(len(batch)), where].float(), dim=-1)  # [B, vocab]
                 for r, i in enumerate(batch):
                     out[i] = {name: float(torch.logsumexp(lp[r, ids], 0)) if ids else -math.inf
                               for name, ids in cids.items()}
