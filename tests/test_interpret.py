@@ -150,6 +150,9 @@ def test_parse_explanation():
     assert parse_explanation("", True) == (None, "empty reply")
     assert parse_explanation("[EXPLANATION]:  \n ...", False)[0] is None
     assert parse_explanation("x" * 300, True)[1].startswith("explanation longer")
+    lead = "\n\nThe marked tokens have the following common features:\n\n1. **Multi-line comments**: in code\n2. x"
+    assert parse_explanation(lead, True) == ("Multi-line comments: in code", None)
+    assert parse_explanation("The marked tokens have the following features:", True)[1].startswith("only a lead-in")
 
 
 def test_parse_binary_list():

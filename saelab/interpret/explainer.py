@@ -58,7 +58,8 @@ class TokenText:
 
 def parse_explanation(reply: str | None, prefilled: bool) -> tuple[str | None, str | None]:
     """-> (explanation, error). Takes the text after the last `[EXPLANATION]:` (or the whole reply
-    when the marker was prefilled), first non-empty line, stripped of quotes."""
+    when the marker was prefilled), first non-empty line, stripped of quotes and markdown; a first
+    line ending in ':' is a lead-in, so the next line (without its list marker) is used instead."""
     if reply is None or not reply.strip():
         return None, "empty reply"
     m = list(re.finditer(r"\[?EXPLANATION\]?\s*:", reply, re.I))
@@ -71,7 +72,12 @@ def parse_explanation(reply: str | None, prefilled: bool) -> tuple[str | None, s
     lines = [ln.strip() for ln in body.strip().splitlines() if ln.strip()]
     if not lines:
         return None, "empty explanation"
-    text = lines[0].strip().strip("\"'`*").strip()
+    text = lines[0]
+    if text.endswith(":"):  # a lead-in ("The marked tokens have the following features:"): use what follows
+        if len(lines) < 2:
+            return None, "only a lead-in line, no explanation after it"
+        text = re.sub(r"^(\d+[.)]|[-*•])\s*", "", lines[1])
+    text = text.replace("**", "").strip().strip("\"'`*").strip()
     if not text or not re.search(r"[A-Za-z0-9]", text):
         return None, "empty explanation"
     if len(text) > MAX_EXPLANATION_CHARS:
