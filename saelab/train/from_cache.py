@@ -265,9 +265,8 @@ def open_cache(cfg, patterns: list[tuple[str, str | None]]):
 
 def setup_from_cache(trainer) -> None:
     """Trainer.setup when --from-activations is given: the same members, no LM, a cache stream."""
-    from ..sae import SaeConfig, build_sae
     from ..sinks import SinkConfig
-    from .trainer import Member, sae_name
+    from .trainer import build_members
 
     cfg = trainer.cfg
     trainer.lm, sites, trainer.hookpoints, widths, trainer.rows, m = open_cache(cfg, trainer.sites)
@@ -276,19 +275,7 @@ def setup_from_cache(trainer) -> None:
         import shutil
         shutil.rmtree(trainer.out)
     trainer.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    trainer.members = []
-    for a, b in sites:  # as Trainer.setup
-        for k, coeff, lr in cfg.sweep_values():
-            sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
-                           d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
-                           aux_coeff=cfg.aux_coeff)
-            sae = build_sae(sc).to(cfg.device)
-            sae.reset_parameters(gen)
-            opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-            name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)
-            trainer.members.append(Member(name, sae, opt, torch.zeros(cfg.latents, dtype=torch.long), lr))
+    trainer.members = build_members(cfg, sites, widths)
     trainer.sink = SinkConfig(**m["sink"])  # as the cache was made (sinks already left out)
     trainer.stream = CachedActivationStream(Path(cfg.from_activations), m, trainer.hookpoints, cfg.context,
                                             cfg.batch_tokens, cfg.buffer_batches, cfg.tokens, cfg.seed, cfg.device)

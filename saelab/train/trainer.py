@@ -83,6 +83,24 @@ def _precheck_depth(cfg: TrainConfig, sites) -> None:
                 raise UserError(f"hookpoint {s!r} is deeper than the model: it has {n} layers (0..{n - 1})")
 
 
+def build_members(cfg: TrainConfig, sites: list[tuple[str, str | None]], widths: dict[str, int]) -> list[Member]:
+    """One freshly initialised SAE + optimiser per (site, k or coefficient, lr), seeded by cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    members = []
+    for a, b in sites:
+        for k, coeff, lr in cfg.sweep_values():
+            sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
+                           d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
+                           aux_coeff=cfg.aux_coeff)
+            sae = build_sae(sc).to(cfg.device)
+            sae.reset_parameters(gen)
+            opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+            name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)
+            members.append(Member(name, sae, opt, torch.zeros(cfg.latents, dtype=torch.long), lr))
+    return members
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
@@ -119,19 +137,7 @@ class Trainer:
         if cfg.overwrite and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        self.members: list[Member] = []
-        for a, b in sites:
-            for k, coeff, lr in cfg.sweep_values():
-                sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
-                               d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
-                               aux_coeff=cfg.aux_coeff)
-                sae = build_sae(sc).to(cfg.device)
-                sae.reset_parameters(gen)
-                opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-                name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)
-                self.members.append(Member(name, sae, opt, torch.zeros(cfg.latents, dtype=torch.long), lr))
+        self.members = build_members(cfg, sites, widths)
         self.sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
         self.stream = ActivationStream(model, self.rows, self.hookpoints, cfg.context, cfg.batch_tokens,
                                        cfg.buffer_batches, cfg.tokens, cfg.seed, self.sink,
