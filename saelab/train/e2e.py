@@ -146,6 +146,7 @@ def run_e2e(trainer) -> list:
     bar = tqdm(total=total, initial=lm_seen, unit="tok", unit_scale=True, desc=f"train ({cfg.loss})",
                smoothing=0.05, dynamic_ncols=True)
     t_loop = time.time()
+    last_inputs: dict[int, torch.Tensor] = {}  # recent raw SAE inputs, for `finalize` (BatchTopK threshold)
     for step in range(step, n_steps):
         sel = np.sort(order[step * rows_per_batch:(step + 1) * rows_per_batch])
         ids_all = torch.from_numpy(np.asarray(trainer.rows.tokens[sel], dtype=np.int64)).to(cfg.device)
@@ -166,6 +167,7 @@ def run_e2e(trainer) -> list:
                                           ids, trainer.sink, special)
                 if i == 0:
                     excluded += int(drop.sum())
+                last_inputs[i] = clean.acts[c.hookpoint][~drop].float()[:16384]
                 loss, s, lat = e2e_loss(model, m.sae, clean, plan, drop, ds_layers[i], cfg.kl_coeff,
                                         cfg.downstream_coeff, cfg.e2e_recompute)
                 if not math.isfinite(s["loss"]) or s["loss"] > 1e4:
@@ -202,6 +204,9 @@ def run_e2e(trainer) -> list:
             next_ckpt = (lm_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
             _maybe_die_for_test()
     bar.close()
+    for i, m in enumerate(trainer.members):
+        if i in last_inputs:
+            m.sae.finalize(last_inputs[i])
     return trainer._save(lm_seen, n_steps, time.time() - t0, excluded, time.time() - t_loop)
 
 
