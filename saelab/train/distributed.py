@@ -149,6 +149,7 @@ class DistributedTrainer(Trainer):
         super().__init__(cfg)
         self.comm = Comm(cfg.dist_timeout, cfg.device)
         self.mode = cfg.distributed
+        self.is_main = self.comm.is_main  # only rank 0 appends to train_log.jsonl
         if not self.comm.is_main:
             os.environ["TQDM_DISABLE"] = "1"
         if self.resume_meta:

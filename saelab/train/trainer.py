@@ -102,6 +102,8 @@ def build_members(cfg: TrainConfig, sites: list[tuple[str, str | None]], widths:
 
 
 class Trainer:
+    is_main = True  # the process that writes shared files (DistributedTrainer: rank 0 only)
+
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
@@ -234,8 +236,9 @@ class Trainer:
                                 + (f" (+{len(self.members) - 1} SAEs)" if len(self.members) > 1 else ""))
             record = {"tokens": lm_seen, "steps": steps, "wall_s": round(time.time() - t0, 2),
                       "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in self.members}}
-            with open(self.out / "train_log.jsonl", "a") as f:  # per-chunk curves, one JSON line each
-                f.write(json.dumps(record) + "\n")
+            if self.is_main:
+                with open(self.out / "train_log.jsonl", "a") as f:  # per-chunk curves, one JSON line each
+                    f.write(json.dumps(record) + "\n")
             if logger:
                 logger.log({f"{m.name}/{k}": v for m in self.members for k, v in m.stats.items()} | {"tokens": lm_seen})
             last = chunk.index == self.stream.n_chunks - 1
