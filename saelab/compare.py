@@ -16,7 +16,7 @@ import torch
 
 from .errors import UserError
 from .sae import SparseCoder
-from .storage import write_json
+from .storage import write_figure, write_json
 
 
 def unit_decoder(sae: SparseCoder) -> torch.Tensor:
@@ -119,7 +119,4 @@ def _histograms(cross: torch.Tensor, within: torch.Tensor, path: Path, name_a: s
         ax.set_title(t, fontsize=8)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    write_figure(path, fig)

@@ -26,6 +26,7 @@ from .models import _first_tensor, _module, collect_activations, splice
 from .sae import SparseCoder
 from .sinks import SinkConfig, excluded_positions, special_ids
 from .splice import spliced
+from .storage import write_figure
 
 DESCRIPTIONS = {
     "fvu": "fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (lower is better)",
@@ -245,7 +246,4 @@ def density_plot(freq: torch.Tensor, path: Path, title: str, l0_hist: tuple[list
         ax.set_ylabel("tokens")
         ax.set_title("L0 per token", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    write_figure(path, fig)

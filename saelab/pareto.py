@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .storage import read_json, write_json
+from .storage import read_json, write_figure, write_json
 
 COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60"}
 FIELDS = ["loss", "arch", "k", "sparsity_coeff", "l0", "alive", "d_sae", "ce_increase", "kl", "fvu",
@@ -143,7 +143,4 @@ def plot(cs: dict[str, list[dict]], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    write_figure(path, fig)

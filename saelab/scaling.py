@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
-from .storage import read_json, refuse_overwrite, write_json
+from .storage import read_json, refuse_overwrite, write_figure, write_json
 
 
 @dataclass
@@ -108,10 +108,7 @@ def plot(points: list[dict], fits: dict, path: Path, title: str) -> None:
     ax2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    write_figure(path, fig)
 
 
 def run_scaling(cfg: ScalingConfig) -> dict:

@@ -62,6 +62,14 @@ def _json_default(o):
     raise TypeError(f"cannot serialise {type(o)}")
 
 
+def write_figure(path: Path, fig, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+
+
 def read_json(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
