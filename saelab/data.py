@@ -151,6 +151,19 @@ def tokenize_stream(texts: Iterator[str], tokenizer, context: int, max_rows: int
     return arr
 
 
+def check_source(source: str) -> None:
+    """Cheap checks of a corpus before any model loads: it exists and is not empty."""
+    if source == BUILTIN or source.startswith("hf:"):
+        return
+    p = Path(source)
+    if p.is_file() and p.stat().st_size == 0:
+        raise UserError(f"corpus {p} is empty")
+    if p.is_dir() and not any(f.suffix in TEXT_SUFFIXES and f.stat().st_size for f in p.rglob("*")):
+        raise UserError(f"corpus folder {p} holds no non-empty {'/'.join(TEXT_SUFFIXES)} files")
+    if not p.exists() and (source.startswith((".", "/")) or p.suffix in TEXT_SUFFIXES + (".npy",)):
+        raise UserError(f"corpus {source!r} does not exist")
+
+
 def _split(n_rows: int, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(SPLIT_SEED).permutation(n_rows)
     n_held = max(1, int(round(n_rows * heldout_fraction))) if n_rows > 1 else 0

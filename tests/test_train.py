@@ -111,6 +111,11 @@ def test_bad_config_fails_before_model_loads(tmp_path, monkeypatch):
     assert (tmp_path / "c" / "keep.txt").read_text() == "precious"
     with pytest.raises(UserError, match="no checkpoint"):
         Trainer(train_cfg(tmp_path / "d", "x", "y", resume=True))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UserError, match="is empty"):
+        Trainer(train_cfg(tmp_path / "e", "x", str(tmp_path / "empty.txt")))
+    with pytest.raises(UserError, match="does not exist"):
+        Trainer(train_cfg(tmp_path / "f", "x", str(tmp_path / "missing.jsonl")))
 
 
 def test_too_deep_hookpoint_and_unknown_names(tmp_path, tiny_model_dir, text_corpus, monkeypatch):

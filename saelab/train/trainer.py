@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import load_token_rows
+from ..data import check_source, load_token_rows
 from ..errors import UserError
 from ..models import hookpoint_widths, layer_index, load_model, resolve_hookpoints
 from ..sae import SaeConfig, SparseCoder, build_sae
@@ -112,6 +112,8 @@ class Trainer:
             refuse_overwrite(self.out, cfg.overwrite, "--out")
         self.sites = parse_sites(cfg.hookpoints)
         _precheck_depth(cfg, self.sites)
+        if not cfg.from_activations:
+            check_source(cfg.corpus)
         self.resume_meta = read_checkpoint_meta(self.out) if cfg.resume else None
 
     # ------------------------------------------------------------ setup
