@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=100_000)
     ap.add_argument("--ce-tokens", type=int, default=16_384)
     ap.add_argument("--lr", type=float, nargs="+", default=None)
+    ap.add_argument("--multi-k", type=int, nargs="+", default=[16, 32, 64, 128], help="the k of the four SAEs")
+    ap.add_argument("--multi-lr", type=float, nargs="+", default=None,
+                    help="instead of --multi-k: four k=32 SAEs that differ only in learning rate")
     a = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(a.out)
@@ -69,7 +72,8 @@ def main() -> None:
     if a.part in ("all", "throughput"):
         fwd_before = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
         one = train(out / "one", a.multi_tokens, [32], None)
-        four = train(out / "four", a.multi_tokens, [16, 32, 64, 128], None)
+        four = (train(out / "four", a.multi_tokens, [32], a.multi_lr) if a.multi_lr
+                else train(out / "four", a.multi_tokens, a.multi_k, None))
         fwd_after = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
         fwd = (fwd_before + fwd_after) / 2
         res.update({
