@@ -62,6 +62,14 @@ def sink_config_of(cfg_json: dict) -> SinkConfig:
     return SinkConfig(**s) if s else SinkConfig()
 
 
+def sae_sink_mask(sae: SparseCoder, cfg_json: dict, acts: dict[str, torch.Tensor], ids: torch.Tensor,
+                  special: list[int]) -> torch.Tensor:
+    """Bool [batch, seq]: sink/outlier positions at this SAE's site(s), by the rule it was trained with."""
+    c = sae.cfg
+    sites = [acts[c.hookpoint]] + ([acts[c.out_hookpoint]] if c.out_hookpoint else [])
+    return excluded_positions(sites, ids, sink_config_of(cfg_json), special)
+
+
 def _rows(rows: TokenRows, tokens: int, context: int) -> np.ndarray:
     held = rows.heldout_rows
     n = min(len(held), max(1, math.ceil(tokens / context)))
@@ -90,8 +98,7 @@ def reconstruction_metrics(model, tokenizer, saes: list[tuple[SparseCoder, dict]
         acts = collect_activations(model, ids, hooks)
         for i, (sae, cfgj) in enumerate(saes):
             c = sae.cfg
-            drop = excluded_positions([acts[c.hookpoint]] + ([acts[c.out_hookpoint]] if c.out_hookpoint else []),
-                                      ids, sink_config_of(cfgj), special)
+            drop = sae_sink_mask(sae, cfgj, acts, ids, special)
             keep = ~drop
             x = acts[c.hookpoint][keep].float()
             y = acts[c.out_hookpoint or c.hookpoint][keep].float()
@@ -179,8 +186,7 @@ def downstream_metrics(model, tokenizer, saes: list[tuple[SparseCoder, dict]], r
         masks = {}
         for i, (sae, cfgj) in enumerate(saes):
             c = sae.cfg
-            drop = excluded_positions([store[c.hookpoint]] + ([store[c.out_hookpoint]] if c.out_hookpoint else []),
-                                      ids, sink_config_of(cfgj), special)
+            drop = sae_sink_mask(sae, cfgj, store, ids, special)
             masks.setdefault(c.out_hookpoint or c.hookpoint, drop)
             for key, keep in (("", drop), ("_all", None)):
                 with spliced(model, sae, keep=keep):

@@ -12,10 +12,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import TokenRows
-from .evaluate import EvalBudget, _batches, _rows, sink_config_of
+from .evaluate import EvalBudget, _batches, _rows, sae_sink_mask
 from .models import collect_activations, decoder_layers, layer_index
 from .sae import SparseCoder
-from .sinks import excluded_positions, special_ids
+from .sinks import special_ids
 from .splice import spliced
 
 DESCRIPTION = ("later_fvu: FVU of each later block's output (residual stream) with the SAE spliced in, sinks kept "
@@ -44,9 +44,7 @@ def later_layer_fvu(model, tokenizer, saes: list[tuple[SparseCoder, dict]], rows
     for ids in tqdm(list(_batches(rows, sel, budget.ce_batch_rows, device)), desc="eval: later layers", leave=False):
         clean = collect_activations(model, ids, wanted)
         for i, (sae, cfgj) in enumerate(saes):
-            c = sae.cfg
-            drop = excluded_positions([clean[c.hookpoint]] + ([clean[c.out_hookpoint]] if c.out_hookpoint else []),
-                                      ids, sink_config_of(cfgj), special)
+            drop = sae_sink_mask(sae, cfgj, clean, ids, special)
             keep = ~drop
             with spliced(model, sae, keep=drop):
                 after = collect_activations(model, ids, blocks[i])
