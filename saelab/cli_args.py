@@ -47,6 +47,15 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
             parser.add_argument(opt, type=t, default=None, help=h)
 
 
+def add_config_command(sub, name: str, cls, fn, help: str, description: str | None = None):
+    """A subcommand whose options are the fields of `cls`, plus `--config FILE` (see build_config)."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
+    add_dataclass_options(p, cls)
+    p.set_defaults(fn=fn)
+    return p
+
+
 def build_config(cls, ns: argparse.Namespace, config_file: str | None, **fixed):
     """Defaults < config file < command line."""
     values: dict = {}

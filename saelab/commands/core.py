@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..cli_args import add_dataclass_options, build_config
+from ..cli_args import add_config_command, build_config
 
 
 def cmd_hookpoints(a) -> None:
@@ -46,13 +46,10 @@ def register(sub) -> None:
     h.add_argument("--model", default="embedded", help="embedded | local folder | .gguf file | hub id")
     h.set_defaults(fn=cmd_hookpoints)
 
-    t = sub.add_parser("train", help="train SAEs/transcoders on a model's activations",
+    add_config_command(sub, "train", TrainConfig, cmd_train, help="train SAEs/transcoders on a model's activations",
                        description="Train one SAE per (hookpoint, k or sparsity value, lr) from one LM forward. "
                                    "A hookpoint 'A->B' trains a transcoder from site A to site B. Globs: '*' "
                                    "matches within one dotted name segment, '**' across segments.")
-    t.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
-    add_dataclass_options(t, TrainConfig)
-    t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate SAE folders on held-out tokens")
     e.add_argument("sae_dirs", nargs="+", help="SAE folders (saelab format); several share the clean passes")

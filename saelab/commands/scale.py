@@ -39,25 +39,19 @@ def cmd_scaling(a) -> None:
 
 
 def register(sub) -> None:
-    from ..cli_args import add_dataclass_options
+    from ..cli_args import add_config_command
     from ..scaling import ScalingConfig
     from ..train.from_cache import CacheConfig
 
-    s = sub.add_parser("scaling", help="scaling laws: train a latents x tokens grid, fit FVU power laws, plot",
+    add_config_command(sub, "scaling", ScalingConfig, cmd_scaling, help="scaling laws: train a latents x tokens grid, fit FVU power laws, plot",
                        description="Caches the activations once, trains one TopK SAE per (latents, tokens) grid point "
                                    "from the cache, evaluates held-out FVU in one pass, fits FVU power laws in "
                                    "latents, tokens and compute (frontier), writes scaling.json and scaling.png.")
-    s.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
-    add_dataclass_options(s, ScalingConfig)
-    s.set_defaults(fn=cmd_scaling)
 
-    c = sub.add_parser("cache-activations", help="run the LM once and store hookpoint activations on disk",
+    add_config_command(sub, "cache-activations", CacheConfig, cmd_cache, help="run the LM once and store hookpoint activations on disk",
                        description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
                                    "out as in training) and manifest.json. Train from it with "
                                    "`saelab train --from-activations DIR` (no LM needed).")
-    c.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
-    add_dataclass_options(c, CacheConfig)
-    c.set_defaults(fn=cmd_cache)
 
     i = sub.add_parser("import", help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders",
                        description="SRC is a SAELens folder (cfg.json + sae_weights.safetensors), a sparsify folder "
