@@ -341,3 +341,38 @@ def test_cli_explain_score_report(cache, tmp_path, capsys):
     assert "2 explained" in out and "| embedding | embedding | auc |" in out.replace(f"| {run.name} ", "| ")
     assert main(["explain", str(cache.path), "--out", str(tmp_path / "x"), "--explainer", "stats"]) == 2  # ambiguous
     assert "several dictionaries" in capsys.readouterr().err
+
+
+def test_run_scores_without_its_cache(cache, tmp_path):
+    """examples.jsonl makes a run self-contained: copied to a machine without the latent cache (here:
+    the manifest points at a cache that does not exist), it scores to the same numbers; the
+    intervention scorer, which needs the decoder, says the cache is missing."""
+    from saelab.interpret.examples import ExampleSampler, LatentExamples
+    from saelab.interpret.pipeline import run_explain, run_score
+    from saelab.interpret.records import load_run, read_jsonl
+
+    name = cache.sae_names[0]
+    lat = _active_latents(cache, name, 2)
+    run = tmp_path / "run"
+    run_explain(cache.path, run, dictionary=name, latents=lat, explainer="stats", example_cfg=_small_cfg(),
+                progress=False)
+    stored = {d["latent"]: d for d in read_jsonl(run / "examples.jsonl")}
+    sampler = ExampleSampler(cache, name, _small_cfg())
+    for j in lat:   # the stored examples are the sampled ones (ids, tokens, activations)
+        a, b = LatentExamples.from_dict(stored[j]), sampler.sample(j)
+        assert a.ids() == b.ids() and [e.tokens for e in a.scoring] == [e.tokens for e in b.scoring]
+        assert np.allclose([x for e in a.scoring for x in e.acts], [x for e in b.scoring for x in e.acts], rtol=1e-5)
+    run_score(run, ["embedding"], progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    for f in moved.glob("scores_*.jsonl"):
+        f.unlink()
+    m = json.loads((moved / "manifest.json").read_text())
+    m["cache"] = str(tmp_path / "no-such-cache")
+    (moved / "manifest.json").write_text(json.dumps(m))
+    assert run_score(moved, ["embedding"], progress=False) == {"embedding": 2}
+    for j in lat:
+        assert load_run(moved).scores["embedding"][j]["metrics"]["auc"] == \
+            pytest.approx(load_run(run).scores["embedding"][j]["metrics"]["auc"])
+    with pytest.raises(UserError, match="cache .* is missing"):
+        run_score(moved, ["intervention"], progress=False)

@@ -40,6 +40,7 @@ def _add_client_options(p) -> None:
     g.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens, for cost accounting")
     g.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
     g.add_argument("--threads", type=int, help="torch threads for local models")
+    g.add_argument("--device", default="cpu", help="where local models run: cpu | cuda | cuda:N (default cpu)")
 
 
 def cmd_explain(a) -> None:
@@ -56,7 +57,8 @@ def cmd_explain(a) -> None:
     run_explain(a.cache, a.out, dictionary=a.dictionary, latents=a.latents, n_latents=a.n_latents,
                 explainer=a.explainer, client=a.client, model=a.llm_model, base_url=a.base_url, example_cfg=ecfg,
                 show_activations=a.show_activations, batch_latents=a.batch_latents, seed=a.seed,
-                overwrite=a.overwrite, label=a.label, client_opts=_client_opts(a), threads=a.threads)
+                overwrite=a.overwrite, label=a.label, client_opts=_client_opts(a), threads=a.threads,
+                device=a.device)
 
 
 def cmd_score(a) -> None:
@@ -64,7 +66,7 @@ def cmd_score(a) -> None:
 
     n = run_score(a.run, a.scorers, client=a.client, model=a.llm_model, base_url=a.base_url, judge_mode=a.judge_mode,
                   batch_examples=a.batch_examples, steer_scale=a.steer_scale, latents=a.latents,
-                  client_opts=_client_opts(a), threads=a.threads)
+                  client_opts=_client_opts(a), threads=a.threads, device=a.device)
     print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")
 
 

@@ -111,11 +111,13 @@ class LocalClient(LLMClient):
     name = "local"
     supports_logprobs = True
 
-    def __init__(self, model: str = "embedded", batch_size: int = 8, max_context: int | None = None, lm=None):
+    def __init__(self, model: str = "embedded", batch_size: int = 8, max_context: int | None = None, lm=None,
+                 device: str = "cpu"):
         super().__init__()
         from ..models import load_model
 
-        self.lm = lm or load_model(model)
+        self.lm = lm or load_model(model, device=device)
+        self.device = next(self.lm.model.parameters()).device  # inputs are built on the CPU, then moved here
         self.model_spec = model
         self.tok = self.lm.tokenizer
         if getattr(self.tok, "chat_template", None) is None:
@@ -164,7 +166,8 @@ class LocalClient(LLMClient):
             else:
                 kw.update(temperature=None, top_p=None, top_k=None)
             with self._infer_lock:
-                gen = model.generate(input_ids=input_ids, attention_mask=mask, **kw)[:, n:]
+                gen = model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                     **kw)[:, n:].cpu()
             for r, (i, ids) in enumerate(batch):
                 seq = gen[r].tolist()
                 if self.tok.eos_token_id in seq:
@@ -216,7 +219,7 @@ class LocalClient(LLMClient):
             prefix_cache = None
             if lcp >= 8 and len(ok) > 1:
                 prefix_cache = DynamicCache()
-                model(input_ids=torch.tensor([first[:lcp]]), **cache_kw(model, prefix_cache), use_cache=True,
+                model(input_ids=torch.tensor([first[:lcp]], device=self.device), **cache_kw(model, prefix_cache), use_cache=True,
                       logits_to_keep=1)
             else:
                 lcp = 0
@@ -238,8 +241,9 @@ class LocalClient(LLMClient):
                 last = torch.tensor([len(s) - 1 for s in suf])
                 # the LM head only at the positions read (not at every suffix position)
                 keep, where = torch.unique(last, return_inverse=True)
-                logits = model(input_ids=x, attention_mask=mask, logits_to_keep=keep, **kw).logits  # [B, k, vocab]
-                lp = torch.log_softmax(logits[torch.arange(len(batch)), where].float(), dim=-1)  # [B, vocab]
+                logits = model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
+                               logits_to_keep=keep.to(self.device), **kw).logits  # [B, k, vocab]
+                lp = torch.log_softmax(logits[torch.arange(len(batch)), where.to(self.device)].float(), dim=-1).cpu()
                 for r, i in enumerate(batch):
                     out[i] = {name: float(torch.logsumexp(lp[r, ids], 0)) if ids else -math.inf
                               for name, ids in cids.items()}
@@ -260,7 +264,7 @@ class LocalClient(LLMClient):
                 x = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
                 for r, i in enumerate(batch):
                     x[r, : len(ids_list[i])] = torch.tensor(ids_list[i])
-                logits = self.lm.model(input_ids=x).logits
+                logits = self.lm.model(input_ids=x.to(self.device)).logits.cpu()
                 last = torch.tensor([len(ids_list[i]) - 1 for i in batch])
                 lp = torch.log_softmax(logits[torch.arange(len(batch)), last].float(), dim=-1)
                 vals, idx = lp.topk(k, dim=-1)
@@ -446,10 +450,10 @@ class AnthropicClient(_RemoteClient):
 
 def make_client(kind: str = "local", model: str | None = None, base_url: str | None = None,
                 concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4, batch_size: int = 8,
-                price_in: float = 0.0, price_out: float = 0.0, lm=None) -> LLMClient:
+                price_in: float = 0.0, price_out: float = 0.0, lm=None, device: str = "cpu") -> LLMClient:
     """kind: local | openai | anthropic (one option switches the whole pipeline to a strong model)."""
     if kind == "local":
-        return LocalClient(model or "embedded", batch_size=batch_size, lm=lm)
+        return LocalClient(model or "embedded", batch_size=batch_size, lm=lm, device=device)
     remote = dict(concurrency=concurrency, timeout=timeout, max_retries=max_retries, price_in=price_in,
                   price_out=price_out)
     if kind == "openai":

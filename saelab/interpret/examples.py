@@ -96,7 +96,25 @@ class LatentExamples:
         return self.activating + self.negatives
 
     def ids(self) -> dict[str, list[str]]:
-        return {k: [e.id for e in getattr(self, k)] for k in ("explain", "activating", "random", "hard")}
+        return {k: [e.id for e in getattr(self, k)] for k in SETS}
+
+    def to_dict(self) -> dict:
+        """Compact JSON form (activations to 6 significant digits) stored in RUN/examples.jsonl, so a
+        run can be scored on a machine without its latent cache."""
+        d = {"latent": self.latent, "n_windows": self.n_windows}
+        for k in SETS:
+            d[k] = [[e.row, e.start, e.tokens, [float(f"{a:.6g}") for a in e.acts], e.peak, e.quantile]
+                    for e in getattr(self, k)]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatentExamples":
+        sets = {k: [Example(row, start, tokens, acts, peak, k, quantile)
+                    for row, start, tokens, acts, peak, quantile in d[k]] for k in SETS}
+        return cls(d["latent"], n_windows=d["n_windows"], **sets)
+
+
+SETS = ("explain", "activating", "random", "hard")
 
 
 def _window_start(peak_pos: int, ctx: int, cfg: ExampleConfig) -> int:

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from ..cache import LatentCache
 from ..errors import UserError
 from ..storage import read_json, write_json
-from .examples import ExampleConfig, ExampleSampler
-from .records import (EXPLANATIONS, ExplanationRecord, append_jsonl, by_latent, read_jsonl, repair_truncated,
+from .examples import ExampleConfig, ExampleSampler, LatentExamples
+from .records import (EXAMPLES, EXPLANATIONS, ExplanationRecord, append_jsonl, by_latent, read_jsonl, repair_truncated,
                       scores_path)
 from .scorers import JUDGED, SCORERS
 
@@ -61,15 +61,15 @@ def _pick_latents(d_sae: int, latents: list[int] | None, n_latents: int, seed: i
 class _Models:
     """Loads the subject model once and shares it with a local client on the same model."""
 
-    def __init__(self, spec: str):
-        self.spec, self._lm = spec, None
+    def __init__(self, spec: str, device: str = "cpu"):
+        self.spec, self.device, self._lm = spec, device, None
 
     @property
     def lm(self):
         if self._lm is None:
             from ..models import load_model
 
-            self._lm = load_model(self.spec)
+            self._lm = load_model(self.spec, device=self.device)
         return self._lm
 
     def client(self, kind: str, model: str | None, **kw):
@@ -77,14 +77,15 @@ class _Models:
 
         if kind == "local" and (model or "embedded") == self.spec:
             return make_client("local", model, lm=self.lm, **kw)
-        return make_client(kind, model, **kw)
+        return make_client(kind, model, device=self.device, **kw)
 
 
 def run_explain(cache_path, out, dictionary: str | None = None, latents: list[int] | None = None,
                 n_latents: int = 200, explainer: str = "llm", client: str = "local", model: str | None = None,
                 base_url: str | None = None, example_cfg: ExampleConfig | None = None, show_activations: bool = False,
                 batch_latents: int = 4, seed: int = 0, overwrite: bool = False, label: str | None = None,
-                client_opts: dict | None = None, threads: int | None = None, progress: bool = True) -> Path:
+                client_opts: dict | None = None, threads: int | None = None, progress: bool = True,
+                device: str = "cpu") -> Path:
     if explainer not in ("llm", "stats"):
         raise UserError(f"--explainer must be llm or stats, not {explainer!r}")
     if batch_latents < 1:
@@ -119,7 +120,7 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
                      "model_spec": cache.manifest["model_spec"], "examples": cfg.to_dict(), "versions": _versions()})
     write_json(mpath, manifest)
 
-    models = _Models(cache.manifest["model_spec"])
+    models = _Models(cache.manifest["model_spec"], device)
     tok = models.lm.tokenizer
     if explainer == "llm":
         from .explainer import LLMExplainer
@@ -134,8 +135,9 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
     write_json(mpath, manifest)
 
     sampler = ExampleSampler(cache, name, cfg)
-    path = out / EXPLANATIONS
+    path, ex_path = out / EXPLANATIONS, out / EXAMPLES
     repair_truncated(path)
+    repair_truncated(ex_path)
     done = by_latent(read_jsonl(path))
     todo = [j for j in chosen if j not in done]
     fires, vmax = cache.fire_counts(name), cache.max_activation(name)
@@ -153,6 +155,7 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
             if ex.skip_reason:
                 rec = ExplanationRecord(status="skipped", error=ex.skip_reason, **base)
             else:
+                append_jsonl(ex_path, ex.to_dict())  # before the explanation: an explained latent has its examples
                 r = res[ex.latent]
                 rec = ExplanationRecord(status="ok" if r.explanation else "failed", explanation=r.explanation,
                                         error=r.error, raw=r.raw, seconds=r.seconds, prompt_tokens=r.prompt_tokens,
@@ -197,7 +200,7 @@ def build_scorer(kind: str, models: _Models, cache: LatentCache, dictionary: str
 def run_score(run, scorers: list[str], client: str = "local", model: str | None = None, base_url: str | None = None,
               judge_mode: str = "auto", batch_examples: int = 10, steer_scale: float = 2.0,
               latents: list[int] | None = None, client_opts: dict | None = None, threads: int | None = None,
-              progress: bool = True) -> dict[str, int]:
+              progress: bool = True, device: str = "cpu") -> dict[str, int]:
     """Score every explained latent of a run with each scorer; returns {scorer: latents scored now}."""
     run = Path(run)
     bad = [s for s in scorers if s not in SCORERS]
@@ -209,14 +212,22 @@ def run_score(run, scorers: list[str], client: str = "local", model: str | None 
     if not mpath.exists():
         raise UserError(f"{run} is not an interpretation run (no manifest.json); make one with `saelab explain`")
     manifest = read_json(mpath)
-    cache = LatentCache.open(manifest["cache"])
     name = manifest["dictionary"]
     cfg = ExampleConfig(**manifest["examples"])
     expl = by_latent(read_jsonl(run / EXPLANATIONS))
     todo_latents = [j for j in sorted(expl) if expl[j]["status"] == "ok" and (not latents or j in latents)]
     if threads:
         torch.set_num_threads(threads)
-    models = _Models(cache.manifest["model_spec"])
+    stored = {j: d for j, d in by_latent(read_jsonl(run / EXAMPLES)).items()} if (run / EXAMPLES).exists() else {}
+    # the latent cache is needed only for runs made before examples were stored, and for intervention
+    # (the decoder); a run moved to another machine is scored from its own examples.jsonl
+    need_cache = "intervention" in scorers or any(j not in stored for j in todo_latents)
+    if need_cache and not Path(manifest["cache"]).exists():
+        raise UserError(f"the latent cache {manifest['cache']} of this run is missing; it is needed for "
+                        + ("the intervention scorer" if "intervention" in scorers else "latents without stored "
+                           "examples") + "; score the others with --scorers detection fuzzing embedding surprisal")
+    cache = LatentCache.open(manifest["cache"]) if need_cache else None
+    models = _Models(manifest["model_spec"], device)
     judge = None
     if JUDGED & set(scorers):
         judge = models.client(client, model, base_url=base_url, **(client_opts or {}))
@@ -231,12 +242,12 @@ def run_score(run, scorers: list[str], client: str = "local", model: str | None 
     for s in scorers:
         repair_truncated(scores_path(run, s))
         done[s] = set(by_latent(read_jsonl(scores_path(run, s))))
-    sampler = ExampleSampler(cache, name, cfg)
+    sampler = ExampleSampler(cache, name, cfg) if cache is not None else None
     scored = {s: 0 for s in scorers}
     work = [j for j in todo_latents if any(j not in done[s] for s in scorers)]
     bar = tqdm(work, desc=f"score {run.name}", unit="latent", disable=not progress)
     for j in bar:
-        ex = sampler.sample(j)
+        ex = LatentExamples.from_dict(stored[j]) if j in stored else sampler.sample(j)
         if ex.ids() != expl[j]["example_ids"]:
             raise UserError(f"latent {j}: the examples drawn now differ from those recorded at explanation time; "
                             f"the cache {manifest['cache']} changed since `saelab explain` ran")

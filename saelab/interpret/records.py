@@ -23,6 +23,7 @@ from ..storage import read_json
 
 RECORD_VERSION = 1
 EXPLANATIONS = "explanations.jsonl"
+EXAMPLES = "examples.jsonl"   # the examples of each explained latent, so scoring needs no cache
 
 
 def scores_path(run: Path, scorer: str) -> Path:

@@ -49,7 +49,8 @@ class InterventionScorer:
         x = torch.zeros(len(seqs), n, dtype=torch.long)
         for r, (p, f) in enumerate(seqs):
             x[r, : len(p) + len(f)] = torch.tensor(p + f)
-        lp = torch.log_softmax(self.lm.model(input_ids=x).logits.float(), -1)  # [S, n, vocab]
+        dev = next(self.lm.model.parameters()).device
+        lp = torch.log_softmax(self.lm.model(input_ids=x.to(dev)).logits.float(), -1).cpu()  # [S, n, vocab]
         vals = np.zeros((len(prompts), len(phrases)))
         for r, (p, f) in enumerate(seqs):
             idx = torch.arange(len(p) - 1, len(p) + len(f) - 1)
@@ -71,7 +72,7 @@ class InterventionScorer:
 
         def add(x):
             x = x.clone()
-            x[:, 1:] += vec.to(x.dtype)
+            x[:, 1:] += vec.to(x.device, x.dtype)
             return x
 
         with splice(self.lm.model, self.hook, add):
