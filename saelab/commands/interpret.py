@@ -23,7 +23,7 @@ def cmd_cache(a) -> None:
 
 
 def _client_opts(a) -> dict:
-    return {"concurrency": a.concurrency, "timeout": a.timeout, "max_retries": a.max_retries,
+    return {"concurrency": a.concurrency, "timeout": a.timeout, "max_retries": a.max_retries, "batch_size": a.batch_size,
             "price_in": a.price_in, "price_out": a.price_out}
 
 
@@ -41,6 +41,8 @@ def _add_client_options(p) -> None:
     g.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
     g.add_argument("--threads", type=int, help="torch threads for local models")
     g.add_argument("--device", default="cpu", help="where local models run: cpu | cuda | cuda:N (default cpu)")
+    g.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the local client (default 8; "
+                                                             "64 or more on a GPU)")
 
 
 def cmd_explain(a) -> None:

@@ -20,12 +20,12 @@ def save_checkpoint(folder: Path, members: list, meta: dict) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     for m in members:
         for k, v in m.sae.state_dict().items():
-            tensors[f"{m.name}/sae/{k}"] = v
+            tensors[f"{m.name}/sae/{k}"] = v.detach().cpu()
         for i, p in enumerate(m.sae.parameters()):
             st = m.opt.state.get(p, {})
             for k, v in st.items():
-                tensors[f"{m.name}/opt/{i}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        tensors[f"{m.name}/since_fired"] = m.since_fired
+                tensors[f"{m.name}/opt/{i}/{k}"] = v.detach().cpu() if torch.is_tensor(v) else torch.tensor(v)
+        tensors[f"{m.name}/since_fired"] = m.since_fired.cpu()
     path = Path(folder) / CHECKPOINT
     write_tensors(path, tensors, metadata={"saelab": json.dumps(meta)})
     return path
@@ -53,6 +53,6 @@ def load_checkpoint(folder: Path, members: list) -> None:
         for i, p in enumerate(m.sae.parameters()):
             pre = f"{m.name}/opt/{i}/"
             st = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
-            if st:
-                m.opt.state[p] = st
+            if st:  # Adam keeps `step` on the CPU and its moments beside the parameter
+                m.opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
         m.since_fired.copy_(tensors[f"{m.name}/since_fired"])

@@ -97,7 +97,7 @@ def build_members(cfg: TrainConfig, sites: list[tuple[str, str | None]], widths:
             sae.reset_parameters(gen)
             opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
             name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)
-            members.append(Member(name, sae, opt, torch.zeros(cfg.latents, dtype=torch.long), lr))
+            members.append(Member(name, sae, opt, torch.zeros(cfg.latents, dtype=torch.long, device=cfg.device), lr))
     return members
 
 

@@ -1,0 +1,6 @@
+"""`python -m saelab ...` = the `saelab` command (for machines where the package is on PYTHONPATH, not installed)."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
