@@ -41,7 +41,8 @@ d = max(float((a[k] - b[k]).abs().max()) for k in a)
 print(f"resumed vs uninterrupted on the device: max |diff| {d:.2e}")
 PY
 $SL train $C --tokens 8192 --loss e2e+ds --device "$DEV" --out "$W/e2e"
-$SL eval "$W/local/model.layers.1-topk-k8" --tokens 8192 --ce-tokens 2048
+$SL eval "$W/local/model.layers.1-topk-k8" --tokens 8192 --ce-tokens 2048 --device "$DEV"
+$SL sweep $C --tokens 4096 --losses local e2e --device "$DEV" --eval-tokens 2048 --eval-ce-tokens 512 --out "$W/sweep"
 $SL cache "$W/local/model.layers.1-topk-k8" --tokens 16384 --out "$W/cache"
 $SL explain "$W/cache" --n-latents 6 --n-explain 10 --n-score-activating 10 --n-score-random 5 --n-score-hard 5 \
   --device "$DEV" --batch-size 64 --out "$W/run"

@@ -24,10 +24,10 @@ def _common(values: list, what: str, dirs) -> str:
 
 def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384, out: str | None = None,
              corpus: str | None = None, model: str | None = None, threads: int | None = None,
-             overwrite: bool = False, quiet: bool = False) -> list[dict]:
+             overwrite: bool = False, quiet: bool = False, device: str = "cpu") -> list[dict]:
     if tokens < 1 or ce_tokens < 0:
         raise UserError("--tokens must be positive and --ce-tokens non-negative")
-    loaded = [load_sae(Path(d)) for d in sae_dirs]  # corrupt/missing files fail here, before the model loads
+    loaded = [load_sae(Path(d), device) for d in sae_dirs]  # corrupt/missing files fail here, before the model loads
     targets = [Path(out)] if out else [Path(d) / "metrics.json" for d in sae_dirs]
     if out and len(sae_dirs) > 1:
         raise UserError("--out names one metrics file; with several SAEs leave it out (each gets metrics.json)")
@@ -40,7 +40,7 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     context = _common([c["metadata"]["context_size"] for _, c in loaded], "context", sae_dirs)
     if threads:
         torch.set_num_threads(threads)
-    lm = load_model(model_spec)
+    lm = load_model(model_spec, device=device)
     for (sae, _), d in zip(loaded, sae_dirs):
         sites = [sae.cfg.hookpoint] + ([sae.cfg.out_hookpoint] if sae.cfg.out_hookpoint else [])
         resolve_hookpoints(lm.model, sites)
@@ -50,7 +50,8 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
                             f"{sae.cfg.hookpoint} ({w[sae.cfg.hookpoint]})")
     rows = load_token_rows(corpus, lm.tokenizer, context, vocab_size=lm.model.config.vocab_size)
     t0 = time.time()
-    results = evaluate(lm.model, lm.tokenizer, loaded, rows, EvalBudget(tokens=tokens, ce_tokens=ce_tokens))
+    results = evaluate(lm.model, lm.tokenizer, loaded, rows, EvalBudget(tokens=tokens, ce_tokens=ce_tokens),
+                       device)
     wall = time.time() - t0
     for (sae, cfgj), d, target, r in zip(loaded, sae_dirs, targets, results):
         freq = r.pop("_freq")

@@ -88,7 +88,7 @@ def reconstruction_metrics(model, tokenizer, saes: list[tuple[SparseCoder, dict]
     hooks = sorted({h for s, _ in saes for h in (s.cfg.hookpoint, s.cfg.out_hookpoint) if h})
     special = special_ids(tokenizer)
     context = rows.tokens.shape[1]
-    acc = [dict(err=0.0, var_sum=0.0, sq=torch.zeros(0), n=0, cos=0.0, l0=[], fires=torch.zeros(s.cfg.d_sae),
+    acc = [dict(err=0.0, var_sum=0.0, sq=torch.zeros(0), n=0, cos=0.0, l0=[], fires=torch.zeros(s.cfg.d_sae, device=device),
                 sum_y=None, sumsq_y=0.0, elems=0) for s, _ in saes]
     site_sum: dict[str, torch.Tensor] = {}
     site_n: dict[str, int] = {}
@@ -125,8 +125,8 @@ def reconstruction_metrics(model, tokenizer, saes: list[tuple[SparseCoder, dict]
         n = max(a["n"], 1)
         mean = a["sum_y"] / n
         var_sum = a["sumsq_y"] - n * mean.pow(2).sum().item()
-        l0 = torch.cat(a["l0"]).float()
-        freq = a["fires"] / n
+        l0 = torch.cat(a["l0"]).float().cpu()
+        freq = (a["fires"] / n).cpu()
         results.append({
             "fvu": a["err"] / max(var_sum, 1e-12),
             "mse": a["err"] / max(a["elems"], 1),

@@ -36,7 +36,7 @@ def cmd_eval(a) -> None:
     from ..eval_command import run_eval
 
     run_eval(a.sae_dirs, tokens=a.tokens, ce_tokens=a.ce_tokens, out=a.out, corpus=a.corpus, model=a.model,
-             threads=a.threads, overwrite=a.overwrite)
+             threads=a.threads, overwrite=a.overwrite, device=a.device)
 
 
 def register(sub) -> None:
@@ -59,5 +59,6 @@ def register(sub) -> None:
     e.add_argument("--corpus", help="override the corpus recorded in the SAE folder")
     e.add_argument("--model", help="override the model recorded in the SAE folder")
     e.add_argument("--threads", type=int)
+    e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
     e.set_defaults(fn=cmd_eval)

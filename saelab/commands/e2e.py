@@ -46,7 +46,8 @@ def cmd_compare(a) -> None:
 def cmd_eval_e2e(a) -> None:
     from ..sweep import evaluate_saes
 
-    for d, r in zip(a.sae_dirs, evaluate_saes(a.sae_dirs, a.tokens, a.ce_tokens, a.threads, a.overwrite)):
+    for d, r in zip(a.sae_dirs, evaluate_saes(a.sae_dirs, a.tokens, a.ce_tokens, a.threads, a.overwrite,
+                                                        a.device)):
         later = "  ".join(f"{k.rsplit('.', 1)[-1]}:{v:.3f}" for k, v in r["later_fvu"].items())
         print(f"{d}\n  L0 {r['l0']:.1f}  alive {r['alive']}  FVU {r['fvu']:.4f}  KL {r['kl']:.4f}  "
               f"CE +{r['ce_increase']:.4f}\n  later-layer FVU (block:FVU) {later}")
@@ -72,6 +73,7 @@ def register(sub) -> None:
     e.add_argument("--tokens", type=int, default=50_000, help="held-out tokens for FVU / L0 / alive")
     e.add_argument("--ce-tokens", type=int, default=8192, help="held-out tokens for KL / CE / later-layer FVU")
     e.add_argument("--threads", type=int)
+    e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     e.add_argument("--overwrite", action="store_true", help="replace existing metrics.json files")
     e.set_defaults(fn=cmd_eval_e2e)
 

@@ -154,7 +154,7 @@ def run_e2e(trainer) -> list:
         for m in trainer.members:
             m.opt.zero_grad(set_to_none=True)
         sums = [dict() for _ in trainer.members]
-        fired = [torch.zeros(m.sae.cfg.d_sae, dtype=torch.bool, device=cfg.device) for m in trainer.members]
+        fired = [torch.zeros(m.sae.cfg.d_sae, dtype=torch.bool) for m in trainer.members]
         for r in range(0, len(sel), micro):
             ids = ids_all[r:r + micro]
             weight = ids.shape[0] / len(sel)
