@@ -29,7 +29,8 @@ print("tiny model ->", out)
 PY
 C="--model $W/model --corpus builtin --hookpoints model.layers.1 --latents 256 --k 8 --batch-tokens 1024 --context 64"
 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/local"
-# resume: a run stopped after its first checkpoint, continued on the device
+# resume: a run stopped after its first checkpoint, continued on the device (SKIP_RESUME=1 skips it)
+if [ -z "${SKIP_RESUME:-}" ]; then
 SAELAB_KILL_AFTER_CHECKPOINT=1 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/resumed" || true
 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/resumed" --resume
 python - "$W" <<'PY'
@@ -40,6 +41,7 @@ b = load_file(f"{sys.argv[1]}/resumed/model.layers.1-topk-k8/sae_weights.safeten
 d = max(float((a[k] - b[k]).abs().max()) for k in a)
 print(f"resumed vs uninterrupted on the device: max |diff| {d:.2e}")
 PY
+fi
 $SL train $C --tokens 8192 --loss e2e+ds --device "$DEV" --out "$W/e2e"
 $SL eval "$W/local/model.layers.1-topk-k8" --tokens 8192 --ce-tokens 2048 --device "$DEV"
 $SL sweep $C --tokens 4096 --losses local e2e --device "$DEV" --eval-tokens 2048 --eval-ce-tokens 512 --out "$W/sweep"
