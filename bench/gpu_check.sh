@@ -47,7 +47,7 @@ $SL eval "$W/local/model.layers.1-topk-k8" --tokens 8192 --ce-tokens 2048 --devi
 $SL sweep $C --tokens 4096 --losses local e2e --device "$DEV" --eval-tokens 2048 --eval-ce-tokens 512 --out "$W/sweep"
 $SL cache "$W/local/model.layers.1-topk-k8" --tokens 16384 --out "$W/cache"
 $SL explain "$W/cache" --n-latents 6 --n-explain 10 --n-score-activating 10 --n-score-random 5 --n-score-hard 5 \
-  --device "$DEV" --batch-size 64 --out "$W/run"
-$SL score "$W/run" --scorers detection fuzzing surprisal intervention --device "$DEV" --batch-size 64
+  --llm "$W/model" --device "$DEV" --batch-size 64 --out "$W/run"
+$SL score "$W/run" --scorers detection fuzzing surprisal intervention --llm "$W/model" --device "$DEV" --batch-size 64
 $SL report "$W/run" --out "$W/report"
 echo "GPU CHECK PASSED on $DEV"
