@@ -96,3 +96,16 @@ def test_hf_dataset_loading_from_local_files(tmp_path, tok):
     assert list(data.source_texts(f"hf:{folder}")) == docs
     rows = load_token_rows(f"hf:{folder}", tok, 32)
     assert rows.tokens.shape[1] == 32 and len(rows.tokens) > 10
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from saelab.storage import write_json
+
+    p = tmp_path / "m.json"
+    write_json(p, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
