@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cost per latent with the embedded model on this machine: explain (40 examples of 32 tokens) and
 # each scorer (50 activating + 25 random + 25 hard-negative examples), then detection again by
-# parsing generated answers (10 excerpts per prompt) on the same latents and examples.
+# parsing generated answers (10 excerpts per prompt) on the same latents and examples; last, a
+# judge check: the statistical explanations of the same latents (they name the exact tokens)
+# judged the same way, to tell a weak explainer from a weak judge.
 # Usage: bash bench/interp_cost.sh [N_LATENTS]   (CACHE: a latent cache made by `saelab cache`)
 # Prints seconds per latent per stage (the `seconds` of each record); writes $OUT/report/.
 set -euo pipefail
@@ -18,6 +20,10 @@ mkdir -p "$OUT/generate"
 cp "$OUT/logprob/"{manifest.json,explanations.jsonl,examples.jsonl} "$OUT/generate/"
 saelab score "$OUT/generate" --scorers detection --judge-mode generate --threads "$T"
 saelab report "$OUT/logprob" "$OUT/generate" --out "$OUT/report" > /dev/null
+LAT=$(python -c "import json; print(' '.join(str(json.loads(l)['latent']) for l in open('$OUT/logprob/explanations.jsonl')))")
+saelab explain "$CACHE" --dictionary "$DICT" --latents $LAT --explainer stats --threads "$T" --out "$OUT/stats"
+saelab score "$OUT/stats" --scorers detection fuzzing embedding --judge-mode logprob --threads "$T"
+saelab report "$OUT/stats" "$OUT/logprob" --out "$OUT/report_stats_vs_llm" | grep -E "^\| (stats|logprob) \| (detection|fuzzing|embedding) .*\| auc \|"
 python - "$OUT" <<'PY'
 import json, statistics, sys
 from pathlib import Path
