@@ -46,8 +46,19 @@ $SL train $C --tokens 8192 --loss e2e+ds --device "$DEV" --out "$W/e2e"
 $SL eval "$W/local/model.layers.1-topk-k8" --tokens 8192 --ce-tokens 2048 --device "$DEV"
 $SL sweep $C --tokens 4096 --losses local e2e --device "$DEV" --eval-tokens 2048 --eval-ce-tokens 512 --out "$W/sweep"
 $SL cache "$W/local/model.layers.1-topk-k8" --tokens 16384 --out "$W/cache"
+# generation on the device (a random model's replies do not parse: recorded failures are fine)
 $SL explain "$W/cache" --n-latents 6 --n-explain 10 --n-score-activating 10 --n-score-random 5 --n-score-hard 5 \
-  --llm "$W/model" --device "$DEV" --batch-size 64 --out "$W/run"
+  --llm "$W/model" --device "$DEV" --batch-size 64 --out "$W/run_llm"
+# judged and LM scorers on the device, on statistical explanations
+$SL explain "$W/cache" --n-latents 6 --n-explain 10 --n-score-activating 10 --n-score-random 5 --n-score-hard 5 \
+  --explainer stats --out "$W/run"
 $SL score "$W/run" --scorers detection fuzzing surprisal intervention --llm "$W/model" --device "$DEV" --batch-size 64
 $SL report "$W/run" --out "$W/report"
+python - "$W/run" <<'PY'
+import json, sys
+for s in ("detection", "fuzzing", "surprisal", "intervention"):
+    rs = [json.loads(l) for l in open(f"{sys.argv[1]}/scores_{s}.jsonl")]
+    assert rs and all(r["ok"] for r in rs), (s, [r.get("error") for r in rs])
+print("scored on the device:", len(rs), "latents x 4 scorers")
+PY
 echo "GPU CHECK PASSED on $DEV"
