@@ -135,6 +135,13 @@ def test_e2e_training_lowers_kl_and_records_the_loss(tmp_path, setup, tiny_model
                              EvalBudget(tokens=1024, ce_tokens=1024))
     assert after["kl"] < 0.7 * before["kl"], (after["kl"], before["kl"])  # measured: 0.57x after 16 steps
     assert after["l0"] == pytest.approx(16, abs=0.01)
+    # the training curve: one line per optimiser step, the smoothed KL falls
+    import json
+
+    log = [json.loads(line) for line in (tmp_path / "e2e" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in log] == list(range(1, 17)) and log[-1]["tokens"] == 8192
+    kl = [r["saes"][folder.name]["kl"] for r in log]
+    assert kl[-1] < kl[0]
 
 
 def test_e2e_ds_trains_and_later_layer_fvu_is_reported(tmp_path, setup, tiny_model_dir, text_corpus):

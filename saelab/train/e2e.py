@@ -195,6 +195,7 @@ def run_e2e(trainer) -> list:
         bar.set_postfix_str(f"kl {head['kl']:.4f}" + (f" ds {head['ds_mse']:.3g}" if ds_layers[0] else "")
                             + f" fvu {head['fvu']:.3f} l0 {head['l0']:.1f} dead {100 * head['dead']:.1f}%"
                             + (f" (+{len(trainer.members) - 1} SAEs)" if len(trainer.members) > 1 else ""))
+        trainer.append_log(lm_seen, step + 1, time.time() - t0)  # kl, ds_mse, fvu, l0, dead per step
         if logger:
             logger.log({f"{m.name}/{k}": v for m in trainer.members for k, v in m.stats.items()} | {"tokens": lm_seen})
         if lm_seen >= next_ckpt and step < n_steps - 1:

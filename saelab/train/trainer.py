@@ -236,11 +236,7 @@ class Trainer:
             bar.set_postfix_str(f"fvu {head['fvu']:.3f} l0 {head['l0']:.1f} dead {100 * head['dead']:.1f}% "
                                 f"excl {100 * chunk.excluded / chunk.lm_tokens:.2f}%"
                                 + (f" (+{len(self.members) - 1} SAEs)" if len(self.members) > 1 else ""))
-            record = {"tokens": lm_seen, "steps": steps, "wall_s": round(time.time() - t0, 2),
-                      "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in self.members}}
-            if self.is_main:
-                with open(self.out / "train_log.jsonl", "a") as f:  # per-chunk curves, one JSON line each
-                    f.write(json.dumps(record) + "\n")
+            self.append_log(lm_seen, steps, time.time() - t0)
             if logger:
                 logger.log({f"{m.name}/{k}": v for m in self.members for k, v in m.stats.items()} | {"tokens": lm_seen})
             last = chunk.index == self.stream.n_chunks - 1
@@ -254,6 +250,14 @@ class Trainer:
             m.sae.finalize(chunk.acts[m.sae.cfg.hookpoint][:16384])
         wall = time.time() - t0
         return self._save(lm_seen, steps, wall, excluded, time.time() - t_bar)
+
+    def append_log(self, lm_seen: int, steps: int, wall_s: float) -> None:
+        """One JSON line of every SAE's smoothed training stats (train_log.jsonl: the curves)."""
+        record = {"tokens": lm_seen, "steps": steps, "wall_s": round(wall_s, 2),
+                  "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in self.members}}
+        if self.is_main:
+            with open(self.out / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------ save
     def _save(self, lm_seen: int, steps: int, wall: float, excluded: int, loop_s: float) -> list[Path]:
