@@ -142,6 +142,8 @@ def test_e2e_training_lowers_kl_and_records_the_loss(tmp_path, setup, tiny_model
     assert [r["steps"] for r in log] == list(range(1, 17)) and log[-1]["tokens"] == 8192
     kl = [r["saes"][folder.name]["kl"] for r in log]
     assert kl[-1] < kl[0]
+    png = (tmp_path / "e2e" / "train_curves.png").read_bytes()  # drawn from that log at the end of training
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
 def test_e2e_ds_trains_and_later_layer_fvu_is_reported(tmp_path, setup, tiny_model_dir, text_corpus):

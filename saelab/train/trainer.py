@@ -28,6 +28,7 @@ from ..storage import fingerprint, refuse_overwrite, write_json
 from .activations import ActivationStream
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
+from .curves import plot_train_log
 from .schedule import lr_factor
 
 
@@ -280,6 +281,7 @@ class Trainer:
                                                     for m, f in zip(self.members, folders)},
         }
         write_json(self.out / "manifest.json", manifest)
+        plot_train_log(self.out)
         ckpt = self.out / "checkpoint.safetensors"
         if ckpt.exists():
             ckpt.unlink()
