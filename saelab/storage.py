@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,24 @@ def refuse_overwrite(path: Path, overwrite: bool, what: str = "output") -> None:
             f"{what} folder {path} already exists and is not empty; pass --overwrite to replace it "
             f"(or --resume to continue a run)"
         )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file ([] when missing); a truncated last line (the line in flight
+    when a run was killed) is skipped with a warning, any other bad line is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # the line in flight when a run was killed
+                warnings.warn(f"{path}: ignoring a truncated last line (a run was interrupted)")
+                continue
+            raise UserError(f"{path}:{i + 1} is not valid JSON; the file is corrupt")
+    return out

@@ -37,6 +37,20 @@ def tiny_model_dir(tmp_path_factory, embedded_folder) -> Path:
     return folder
 
 
+def make_chat_model(tmp_path_factory, tiny_model_dir, embedded_folder, context: int) -> Path:
+    """A copy of the tiny random Llama with the embedded model's chat template and `context` positions
+    (what the local LLM client needs: a chat template and a context length to check prompts against)."""
+    import json
+
+    d = tmp_path_factory.mktemp(f"tiny-chat-{context}") / "model"
+    shutil.copytree(tiny_model_dir, d)
+    shutil.copy(embedded_folder / "chat_template.jinja", d / "chat_template.jinja")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["max_position_embeddings"] = context
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Path:
     """~150k tokens of English prose from the standard library's pydoc topics."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_chat_model
 from saelab.errors import UserError
 
 CTX = 64
@@ -19,14 +20,8 @@ CTX = 64
 
 @pytest.fixture(scope="module")
 def chat_model_dir(tmp_path_factory, tiny_model_dir, embedded_folder):
-    """The tiny random Llama with the embedded model's chat template and a 1024-token context."""
-    d = tmp_path_factory.mktemp("tiny-chat") / "model"
-    shutil.copytree(tiny_model_dir, d)
-    shutil.copy(embedded_folder / "chat_template.jinja", d / "chat_template.jinja")
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["max_position_embeddings"] = 1024
-    (d / "config.json").write_text(json.dumps(cfg))
-    return d
+    """The tiny random Llama as a chat model with a 1024-token context."""
+    return make_chat_model(tmp_path_factory, tiny_model_dir, embedded_folder, 1024)
 
 
 @pytest.fixture(scope="module")

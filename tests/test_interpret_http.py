@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,17 +15,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import make_chat_model
 
 
 @pytest.fixture(scope="module")
 def chat_model_dir(tmp_path_factory, tiny_model_dir, embedded_folder):
-    d = tmp_path_factory.mktemp("tiny-chat-http") / "model"
-    shutil.copytree(tiny_model_dir, d)
-    shutil.copy(embedded_folder / "chat_template.jinja", d / "chat_template.jinja")
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["max_position_embeddings"] = 512
-    (d / "config.json").write_text(json.dumps(cfg))
-    return d
+    """512 positions, so that a 600-word prompt is too long."""
+    return make_chat_model(tmp_path_factory, tiny_model_dir, embedded_folder, 512)
 
 
 @pytest.fixture(scope="module")

@@ -384,7 +384,7 @@ class OpenAIClient(_RemoteClient):
                 out = {name: _logsumexp([table[v] for v in variants if v in table])
                        for name, variants in choices.items()}
             except (AttributeError, IndexError, TypeError):
-                err = "reply has no log-probabilities"
+                pass  # a reply without log-probabilities: out stays None, counted as a failure below
         self._account(pt, ct, failed=out is None, retries=retries, cost=self._cost(pt, ct))
         return out
 

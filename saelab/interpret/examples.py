@@ -28,6 +28,9 @@ import numpy as np
 from ..cache import LatentCache
 
 
+SETS = ("explain", "activating", "random", "hard")  # the example sets of a latent, in record order
+
+
 @dataclass
 class ExampleConfig:
     window: int = 32                   # tokens per example
@@ -113,8 +116,6 @@ class LatentExamples:
                     for row, start, tokens, acts, peak, quantile in d[k]] for k in SETS}
         return cls(d["latent"], n_windows=d["n_windows"], **sets)
 
-
-SETS = ("explain", "activating", "random", "hard")
 
 
 def _window_start(peak_pos: int, ctx: int, cfg: ExampleConfig) -> int:

@@ -218,7 +218,7 @@ def run_score(run, scorers: list[str], client: str = "local", model: str | None 
     todo_latents = [j for j in sorted(expl) if expl[j]["status"] == "ok" and (not latents or j in latents)]
     if threads:
         torch.set_num_threads(threads)
-    stored = {j: d for j, d in by_latent(read_jsonl(run / EXAMPLES)).items()} if (run / EXAMPLES).exists() else {}
+    stored = by_latent(read_jsonl(run / EXAMPLES))
     # the latent cache is needed only for runs made before examples were stored, and for intervention
     # (the decoder); a run moved to another machine is scored from its own examples.jsonl
     need_cache = "intervention" in scorers or any(j not in stored for j in todo_latents)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..storage import read_json
+from ..storage import read_json, read_jsonl  # noqa: F401  (read_jsonl: part of this module's API)
 
 RECORD_VERSION = 1
 EXPLANATIONS = "explanations.jsonl"
@@ -56,25 +55,6 @@ def append_jsonl(path: Path, obj: dict) -> None:
         f.write(json.dumps(obj, default=float) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # the line in flight when a run was killed
-                warnings.warn(f"{path}: ignoring a truncated last line (a run was interrupted)")
-                continue
-            raise UserError(f"{path}:{i + 1} is not valid JSON; the file is corrupt")
-    return out
 
 
 def by_latent(records: list[dict]) -> dict[int, dict]:

@@ -6,25 +6,13 @@ researcher sees at a glance whether the run converged or is still improving."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..storage import write_figure
+from ..storage import read_jsonl, write_figure
 
 LOG = "train_log.jsonl"
 FIGURE = "train_curves.png"
 LOG_SCALE = {"kl", "ds_mse", "loss", "fvu", "aux"}  # losses span decades early in training
-
-
-def read_log(run: Path) -> list[dict]:
-    """The log's records; a truncated last line (a killed run) is skipped."""
-    out = []
-    for line in (Path(run) / LOG).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def plot_train_log(run: Path) -> Path | None:
@@ -35,9 +23,7 @@ def plot_train_log(run: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     run = Path(run)
-    if not (run / LOG).exists():
-        return None
-    records = read_log(run)
+    records = read_jsonl(run / LOG)
     if not records:
         return None
     names = list(records[-1]["saes"])

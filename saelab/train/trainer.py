@@ -28,7 +28,7 @@ from ..storage import fingerprint, refuse_overwrite, write_json
 from .activations import ActivationStream
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
-from .curves import plot_train_log
+from .curves import LOG, plot_train_log
 from .schedule import lr_factor
 
 
@@ -257,7 +257,7 @@ class Trainer:
         record = {"tokens": lm_seen, "steps": steps, "wall_s": round(wall_s, 2),
                   "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in self.members}}
         if self.is_main:
-            with open(self.out / "train_log.jsonl", "a") as f:
+            with open(self.out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------ save
