@@ -15,8 +15,8 @@ from pathlib import Path
 
 from saelab.storage import read_json
 from saelab.train.config import TrainConfig
-from saelab.train.from_cache import CacheConfig, write_cache
-from saelab.train.trainer import Trainer
+from saelab.activations.disk_cache import CacheConfig, write_cache
+from saelab.train.loop import train
 
 
 def main() -> None:
@@ -32,13 +32,13 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     common = dict(hookpoints=[a.hookpoint], model=a.model, latents=a.latents, k=[32], tokens=a.tokens,
                   batch_tokens=4096, context=256, threads=a.threads, checkpoint_every=10**12)
-    Trainer(TrainConfig(out=str(out / "stream"), **common)).run()
+    train(TrainConfig(out=str(out / "stream"), **common))
     t = time.time()
     write_cache(CacheConfig(out=str(out / "cache"), hookpoints=[a.hookpoint], model=a.model, tokens=a.tokens,
                             context=256, batch_tokens=4096, threads=a.threads))
     cache_wall = time.time() - t
     t = time.time()
-    Trainer(TrainConfig(out=str(out / "cached"), from_activations=str(out / "cache"), **common)).run()
+    train(TrainConfig(out=str(out / "cached"), from_activations=str(out / "cache"), **common))
     cached_wall = time.time() - t
     s, c, m = read_json(out / "stream/manifest.json"), read_json(out / "cached/manifest.json"), read_json(out / "cache/manifest.json")
     res = {"tokens": a.tokens, "hookpoint": a.hookpoint, "latents": a.latents, "threads": a.threads,

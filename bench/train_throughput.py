@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from saelab.data import load_token_rows
-from saelab.eval_command import run_eval
+from saelab.evaluate.run import run_eval
 from saelab.models import collect_activations, load_model
 from saelab.storage import read_json, write_json
 from saelab.train.config import TrainConfig
-from saelab.train.trainer import Trainer
+from saelab.train.loop import train as train_saes
 
 
 def bare_forward_tps(model, rows, n_tokens: int, batch_rows: int, hook: str) -> float:
@@ -45,7 +45,7 @@ def bare_forward_tps(model, rows, n_tokens: int, batch_rows: int, hook: str) -> 
 def train(out: Path, tokens: int, ks: list[int], lrs: list[float] | None) -> dict:
     cfg = TrainConfig(out=str(out), hookpoints=["model.layers.6"], arch="topk", latents=4608, k=ks, lr=lrs,
                       tokens=tokens, batch_tokens=4096, context=256, threads=2, overwrite=True)
-    Trainer(cfg).run()
+    train_saes(cfg)
     return read_json(out / "manifest.json")
 
 

@@ -58,9 +58,9 @@ def main():
 
     import uvicorn
 
-    from saelab.app.server import create_app
-    from saelab.dashboard.features import FeatureStore
-    from saelab.dashboard.static import write_dashboard
+    from saelab.view.web_app import create_app
+    from saelab.view.feature_store import FeatureStore
+    from saelab.view.static_site import write_dashboard
     from saelab.models import load_model
     from saelab.sae import SaeConfig, build_sae
     from saelab.sae.folder import load_sae, save_sae
@@ -85,7 +85,7 @@ def main():
     with open(wide_dir / "explanations.jsonl", "w") as f:
         for i in range(wide_store.d_sae):
             f.write(json.dumps({"latent": i, "explanation": "tokens " + " ".join(t.strip() for t in wide_store.top_tokens[i])}) + "\n")
-    from saelab.dashboard.features import load_explanations
+    from saelab.view.feature_store import load_explanations
 
     wide_store.explanations = load_explanations(wide_dir / "explanations.jsonl")
 

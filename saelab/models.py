@@ -147,7 +147,7 @@ def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[str]:
     out: list[str] = []
     for pat in patterns:
         if any(c in pat for c in "*?"):
-            rx = _glob_regex(pat)
+            rx = glob_regex(pat)
             hits = [c for c in candidates if rx.fullmatch(c)]
             if not hits:
                 raise UserError(f"hookpoint pattern {pat!r} matches nothing; try `saelab hookpoints` to list them")
@@ -162,7 +162,7 @@ def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[str]:
     return out
 
 
-def _glob_regex(pat: str) -> "re.Pattern":
+def glob_regex(pat: str) -> "re.Pattern":
     """`*` matches within one dotted segment (`model.layers.*` = the blocks, not their children);
     `**` crosses dots; `?` is one character."""
     out, i = "", 0
@@ -186,11 +186,11 @@ def layer_index(model: nn.Module, hookpoint: str) -> int:
     return -1
 
 
-def _module(model: nn.Module, hookpoint: str) -> nn.Module:
+def module_at(model: nn.Module, hookpoint: str) -> nn.Module:
     return model.get_submodule(hookpoint.removesuffix(":input"))
 
 
-def _first_tensor(out):
+def first_tensor(out):
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -221,11 +221,11 @@ def collect_activations(model: nn.Module, input_ids: torch.Tensor, hookpoints: l
         return fn
 
     for h in hookpoints:
-        mod, rec = _module(model, h), record(h)
+        mod, rec = module_at(model, h), record(h)
         if h.endswith(":input"):
             handles.append(mod.register_forward_pre_hook(lambda m, args, rec=rec: rec(args[0])))
         else:
-            handles.append(mod.register_forward_hook(lambda m, args, out, rec=rec: rec(_first_tensor(out))))
+            handles.append(mod.register_forward_hook(lambda m, args, out, rec=rec: rec(first_tensor(out))))
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
@@ -240,9 +240,9 @@ def collect_activations(model: nn.Module, input_ids: torch.Tensor, hookpoints: l
 
 
 @contextmanager
-def splice(model: nn.Module, hookpoint: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def patch_activation(model: nn.Module, hookpoint: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Replace the activation at `hookpoint` by fn(activation) for every forward inside the block."""
-    mod = _module(model, hookpoint)
+    mod = module_at(model, hookpoint)
     if hookpoint.endswith(":input"):
         handle = mod.register_forward_pre_hook(lambda m, args: (fn(args[0]),) + tuple(args[1:]))
     else:

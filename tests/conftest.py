@@ -69,3 +69,55 @@ def train_cfg(out, model, corpus, **kw):
                 lr=[2e-3], threads=2)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (from /proc: children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_when_checkpointed(cmd: list[str], run_dir, env: dict | None = None, timeout: float = 600,
+                           pick_pid=None, sig: int = 9) -> int:
+    """Start `cmd` in its own process group and, as soon as a checkpoint appears in `run_dir`, send
+    `sig` (SIGKILL) to the whole group, or to the one process `pick_pid(launcher_pid)` names: a crash
+    from outside, so production code carries no test hooks. -> the launcher's return code."""
+    import signal
+    import subprocess
+    import time
+
+    ckpt = Path(run_dir) / "checkpoint.safetensors"
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    t0 = time.time()
+    while not ckpt.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("no checkpoint appeared")
+        time.sleep(0.002)
+    if pick_pid:
+        os.kill(pick_pid(proc.pid), sig)
+    else:  # torchrun's workers may sit in their own process groups: signal every descendant
+        for pid in [proc.pid] + descendants(proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    out, err = proc.communicate(timeout=timeout)
+    kill_when_checkpointed.stderr = err
+    return proc.returncode

@@ -17,10 +17,10 @@ from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.models import load_model
 from saelab.sinks import SinkConfig, special_ids
-from saelab.train import trainer as trainer_mod
-from saelab.train.activations import ActivationStream
-from saelab.train.from_cache import CacheConfig, CachedActivationStream, read_manifest, shard_path, write_cache
-from saelab.train.trainer import Trainer
+from saelab.train import sources as trainer_mod
+from saelab.activations.stream import ActivationStream
+from saelab.activations.disk_cache import CacheConfig, CachedActivationStream, read_manifest, shard_path, write_cache
+from saelab.train.loop import TrainingRun
 
 HOOKS = ["model.layers.1", "model.layers.2"]
 
@@ -40,7 +40,7 @@ def test_cache_holds_the_training_stream(cache, tiny_model_dir, text_corpus):
     lm = load_model(str(tiny_model_dir))
     rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
     assert m["data"]["fingerprint"] == rows.fingerprint
-    stream = ActivationStream(lm.model, rows, HOOKS, 64, 512, 4, 16384, 0, SinkConfig(), special_ids(lm.tokenizer))
+    stream = ActivationStream(lm.model, rows, HOOKS, 64, 8, 4, 256, 0, SinkConfig(), special_ids(lm.tokenizer))  # 8 rows x 64 per batch, 256 rows
     for c in (0, 3):
         ref = stream.chunk(c)
         for h in HOOKS:
@@ -55,7 +55,7 @@ def test_cache_holds_the_training_stream(cache, tiny_model_dir, text_corpus):
 def test_cached_stream_visits_every_vector_once_per_epoch(cache):
     m = read_manifest(cache)
     total = m["lm_tokens"]
-    st = CachedActivationStream(cache, m, HOOKS, 64, 512, 2, total, seed=3)
+    st = CachedActivationStream(cache, m, HOOKS, 64, 8, 2, total // 64, seed=3)
     got = {h: torch.cat([c.acts[h] for c in st.chunks()]) for h in HOOKS}
     ref = {h: torch.from_numpy(np.concatenate([np.load(shard_path(cache, s["index"], h)) for s in m["shards"]]))
            for h in HOOKS}
@@ -68,7 +68,7 @@ def test_cached_stream_visits_every_vector_once_per_epoch(cache):
     pairs_got = Counter(zip(key(got[HOOKS[0]][:k]).tolist(), key(got[HOOKS[1]][:k]).tolist()))
     assert all(pairs_ref[p] >= c for p, c in pairs_got.items())  # (identical prefixes give identical vectors)
     assert not torch.equal(got[HOOKS[0]][:k], ref[HOOKS[0]][:k])  # shuffled
-    again = CachedActivationStream(cache, m, HOOKS, 64, 512, 2, total, seed=3).chunk(5)
+    again = CachedActivationStream(cache, m, HOOKS, 64, 8, 2, total // 64, seed=3).chunk(5)
     assert torch.equal(again.acts[HOOKS[1]], list(st.chunks(5))[0].acts[HOOKS[1]])  # resumable: chunk c is fixed
 
 
@@ -84,7 +84,7 @@ def test_training_from_the_cache_learns_without_the_lm(tmp_path, cache, tiny_mod
     monkeypatch.setattr(trainer_mod, "load_model", no_lm)
     cfg = train_cfg(tmp_path / "run", tiny_model_dir, "ignored", from_activations=str(cache), k=[4, 16],
                     tokens=32768)  # 2 epochs of the 16k-token cache
-    folders = Trainer(cfg).run()
+    folders = TrainingRun(cfg).run()
     monkeypatch.undo()
     assert len(folders) == 2
     saes = [load_sae(f) for f in folders]
@@ -96,7 +96,7 @@ def test_training_from_the_cache_learns_without_the_lm(tmp_path, cache, tiny_mod
 def test_a_cache_that_does_not_fit_is_refused(tmp_path, cache, tiny_model_dir, embedded_folder):
     def run(**kw):
         base = dict(from_activations=str(cache), hookpoints=["model.layers.1"])
-        Trainer(train_cfg(tmp_path / "out", kw.pop("model", tiny_model_dir), "x", **(base | kw))).run()
+        TrainingRun(train_cfg(tmp_path / "out", kw.pop("model", tiny_model_dir), "x", **(base | kw))).run()
 
     with pytest.raises(UserError, match="made with model"):
         run(model="embedded")

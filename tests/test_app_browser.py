@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from saelab.app.server import create_app
-from saelab.dashboard.features import FeatureStore
+from saelab.view.web_app import create_app
+from saelab.view.feature_store import FeatureStore
 from saelab.models import load_model
-from saelab.steer import encode_prompt, generate
+from saelab.features.steer import encode_prompt, generate
 from view_helpers import make_sae_folder
 
 CHROMIUM = "/usr/bin/chromium"
@@ -240,7 +240,7 @@ def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
 
 
 def test_static_dashboard_opens_offline_in_the_browser(server, tmp_path):
-    from saelab.dashboard.static import write_dashboard
+    from saelab.view.static_site import write_dashboard
 
     _, store = server
     out = write_dashboard(store, tmp_path / "dash", latents=list(range(8)), progress=False)

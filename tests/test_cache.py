@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.cache import LatentCache, build_latent_cache
+from saelab.features.latent_cache import LatentCache, build_latent_cache
 from saelab.errors import UserError
 
 CTX = 64

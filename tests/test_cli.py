@@ -3,14 +3,14 @@
 import json
 
 from saelab.cli import main
-from saelab.cli_args import build_config
+from saelab.options import build_config
 from saelab.train.config import TrainConfig
 
 
 def test_config_file_then_command_line(tmp_path):
     import argparse
 
-    from saelab.cli_args import add_dataclass_options
+    from saelab.options import add_dataclass_options
 
     (tmp_path / "c.toml").write_text('out = "runs/x"\nk = [8, 16]\nlatents = 512\nlr = [0.001]\n')
     p = argparse.ArgumentParser()

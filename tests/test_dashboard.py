@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.cache import build_latent_cache
+from saelab.features.latent_cache import build_latent_cache
 from saelab.cli import main
-from saelab.dashboard.features import FeatureStore, load_explanations
-from saelab.dashboard.static import parse_latents, write_dashboard
+from saelab.view.feature_store import FeatureStore, load_explanations
+from saelab.view.static_site import parse_latents, write_dashboard
 from saelab.errors import UserError
 from saelab.models import collect_activations, load_model
 from saelab.sae.folder import load_sae

@@ -10,6 +10,8 @@ import time
 import pytest
 import torch
 
+from conftest import descendants, kill_when_checkpointed
+
 from saelab.sae.folder import load_sae
 
 COMMON = ["--latents", "256", "--k", "8", "--tokens", "8192", "--batch-tokens", "512", "--context", "64",
@@ -17,10 +19,25 @@ COMMON = ["--latents", "256", "--k", "8", "--tokens", "8192", "--batch-tokens", 
           "--dead-tokens", "1000000000"]
 
 
+def _launcher(nproc):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "saelab.cli"] if nproc > 1 else [sys.executable, "-m", "saelab.cli"]
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int:
+    """The worker process of `rank` among the launcher's descendants (its environment says RANK=r)."""
+    for pid in descendants(launcher_pid):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and f"LOCAL_RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no worker of rank {rank} found")
+
+
 def _run(args, nproc=1, env=None, timeout=400):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "saelab.cli"] if nproc > 1 else [sys.executable, "-m", "saelab.cli"]
-    return subprocess.run(launcher + args, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(_launcher(nproc) + args, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
@@ -71,10 +88,10 @@ def test_killed_distributed_run_resumes_and_world_size_is_checked(tmp_path, base
     args = base + ["--hookpoints", "model.layers.1", "--out", str(tmp_path / "full")]
     assert _run(args, nproc=2).returncode == 0
     killed = base + ["--hookpoints", "model.layers.1", "--out", str(tmp_path / "res")]
-    r = _run(killed, nproc=2, env={"SAELAB_KILL_AFTER_CHECKPOINT": "1"})
-    assert r.returncode != 0 and (tmp_path / "res" / "checkpoint.safetensors").exists()
+    rc = kill_when_checkpointed(_launcher(2) + killed, tmp_path / "res", env={"OMP_NUM_THREADS": "1"})
+    assert rc != 0 and (tmp_path / "res" / "checkpoint.safetensors").exists()
     r = _run(killed + ["--resume"], nproc=1)
-    assert r.returncode == 2 and "different configuration" in r.stderr
+    assert r.returncode == 2 and "written by 2 processes" in r.stderr and "--nproc_per_node" in r.stderr
     r = _run(killed + ["--resume", "--distributed", "modules"], nproc=2)
     assert r.returncode != 0 and "--nproc_per_node" in r.stderr
     r = _run(killed + ["--resume"], nproc=2)
@@ -86,15 +103,20 @@ def test_killed_distributed_run_resumes_and_world_size_is_checked(tmp_path, base
 
 @pytest.mark.parametrize("how", ["", ":stall"])
 def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, how):
-    t = time.time()
-    r = _run(base + ["--hookpoints", "model.layers.1", "--dist-timeout", "15", "--out", str(tmp_path / "d")], nproc=2,
-             env={"SAELAB_DIE_RANK": "1:3" + how}, timeout=300)
-    assert r.returncode != 0
+    import signal
+
+    t = time.time()  # rank 1 is killed (or frozen) from outside once the first checkpoint is written
+    rc = kill_when_checkpointed(_launcher(2) + base + ["--hookpoints", "model.layers.1", "--dist-timeout", "15",
+                                                       "--tokens", "65536", "--out", str(tmp_path / "d")],
+                                tmp_path / "d", env={"OMP_NUM_THREADS": "1"}, timeout=300,
+                                pick_pid=lambda pid: _rank_pid(pid, 1), sig=signal.SIGSTOP if how else signal.SIGKILL)
+    stderr = kill_when_checkpointed.stderr
+    assert rc != 0
     assert time.time() - t < 200  # bounded by --dist-timeout, not a hang
     if how:  # the waiting rank times out and says what happened; torchrun then stops the stuck one
-        assert "lost the other ranks" in r.stderr and "--dist-timeout 15" in r.stderr, r.stderr[-3000:]
+        assert "lost the other ranks" in stderr and "--dist-timeout 15" in stderr, stderr[-3000:]
     else:  # torchrun sees the dead rank and stops the others, naming the root cause
-        assert "rank      : 1" in r.stderr and "SIGKILL" in r.stderr, r.stderr[-3000:]
+        assert "rank      : 1" in stderr and "SIGKILL" in stderr, stderr[-3000:]
 
 
 def test_data_parallel_from_the_activation_cache(tmp_path, tiny_model_dir, text_corpus):

@@ -11,16 +11,16 @@ import torch
 from conftest import train_cfg
 from saelab.data import load_token_rows
 from saelab.errors import UserError
-from saelab.evaluate import EvalBudget, evaluate
-from saelab.evaluate_later import later_layer_fvu
+from saelab.evaluate.metrics import EvalBudget, evaluate
+from saelab.evaluate.later_layers import later_layer_fvu
 from saelab.models import collect_activations, load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import load_sae
 from saelab.sinks import SinkConfig, excluded_positions
-from saelab.splice import spliced
-from saelab.train.e2e import e2e_loss
+from saelab.sae.splice import spliced
+from saelab.train.objectives import e2e_loss
 from saelab.train.e2e_forward import clean_pass, plan_site, spliced_pass
-from saelab.train.trainer import Trainer
+from saelab.train.loop import TrainingRun
 from test_eval import exact_sae
 
 
@@ -72,8 +72,8 @@ def _reference_loss(lm, sae, ids, drop, site, ds):
         out["r"] = rec
         return act.index_put((keep,), rec)
 
-    from saelab.models import splice
-    with splice(model, site, fn):
+    from saelab.models import patch_activation
+    with patch_activation(model, site, fn):
         logp = model(input_ids=ids).logits.float().log_softmax(-1)
     for h in handles:
         h.remove()
@@ -121,7 +121,7 @@ def test_e2e_training_lowers_kl_and_records_the_loss(tmp_path, setup, tiny_model
     lm, rows, _ = setup
     cfg = train_cfg(tmp_path / "e2e", tiny_model_dir, text_corpus, loss="e2e", k=[16], latents=128, tokens=8192,
                     batch_tokens=512, lr=[1e-2], checkpoint_every=10**9)
-    (folder,) = Trainer(cfg).run()
+    (folder,) = TrainingRun(cfg).run()
     trained, cj = load_sae(folder)
     assert cj["saelab"]["loss"] == "e2e" and cj["saelab"]["kl_coeff"] == 0.5
     # the same SAE before training: same seed and init, scales from data
@@ -150,7 +150,7 @@ def test_e2e_ds_trains_and_later_layer_fvu_is_reported(tmp_path, setup, tiny_mod
     lm, rows, _ = setup
     cfg = train_cfg(tmp_path / "ds", tiny_model_dir, text_corpus, loss="e2e+ds", k=[4, 16], latents=128,
                     tokens=4096, batch_tokens=512, lr=[3e-3], downstream_layers=[2, 3], e2e_micro_rows=3)
-    folders = Trainer(cfg).run()
+    folders = TrainingRun(cfg).run()
     assert len(folders) == 2  # two SAEs trained from one clean pass per batch
     saes = [load_sae(f) for f in folders]
     assert saes[0][1]["saelab"]["downstream_layers"] == ["model.layers.2", "model.layers.3"]
@@ -163,10 +163,10 @@ def test_e2e_ds_trains_and_later_layer_fvu_is_reported(tmp_path, setup, tiny_mod
 
 
 def test_e2e_resume_gives_the_same_weights(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
-    import saelab.train.trainer as tr
+    import saelab.train.loop as loop
 
     kw = dict(loss="e2e", k=[4], latents=128, tokens=4096, batch_tokens=512, lr=[3e-3], checkpoint_every=2048)
-    (full,) = Trainer(train_cfg(tmp_path / "full", tiny_model_dir, text_corpus, **kw)).run()
+    (full,) = TrainingRun(train_cfg(tmp_path / "full", tiny_model_dir, text_corpus, **kw)).run()
 
     class Killed(Exception):
         pass
@@ -174,31 +174,37 @@ def test_e2e_resume_gives_the_same_weights(tmp_path, tiny_model_dir, text_corpus
     def die():
         raise Killed
 
+    real = loop.TrainingRun._checkpoint
+
+    def checkpoint_then_die(self, members, pos):  # a crash right after the first checkpoint
+        real(self, members, pos)
+        die()
+
     with monkeypatch.context() as m:
-        m.setattr(tr, "_maybe_die_for_test", die)
+        m.setattr(loop.TrainingRun, "_checkpoint", checkpoint_then_die)
         with pytest.raises(Killed):
-            Trainer(train_cfg(tmp_path / "res", tiny_model_dir, text_corpus, **kw)).run()
-    (res,) = Trainer(train_cfg(tmp_path / "res", tiny_model_dir, text_corpus, resume=True, **kw)).run()
+            TrainingRun(train_cfg(tmp_path / "res", tiny_model_dir, text_corpus, **kw)).run()
+    (res,) = TrainingRun(train_cfg(tmp_path / "res", tiny_model_dir, text_corpus, resume=True, **kw)).run()
     a, b = load_sae(full)[0], load_sae(res)[0]
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
 
 
 def test_bad_e2e_input_fails_before_training(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
-    import saelab.train.trainer as tr
+    import saelab.train.sources as tr
 
     with monkeypatch.context() as m:
         m.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
         with pytest.raises(UserError, match="unknown --loss"):
-            Trainer(train_cfg(tmp_path / "a", "x", "y", loss="e3e"))
+            TrainingRun(train_cfg(tmp_path / "a", "x", "y", loss="e3e"))
         with pytest.raises(UserError, match="only applies to --loss e2e\\+ds"):
-            Trainer(train_cfg(tmp_path / "b", "x", "y", loss="e2e", downstream_layers=[2]))
-    import saelab.train.e2e as e2e
+            TrainingRun(train_cfg(tmp_path / "b", "x", "y", loss="e2e", downstream_layers=[2]))
+    import saelab.train.objectives as e2e
 
     monkeypatch.setattr(e2e, "e2e_loss", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(UserError, match="has no later layers"):
-        Trainer(train_cfg(tmp_path / "c", tiny_model_dir, text_corpus, loss="e2e", hookpoints=["model.layers.3"])).run()
+        TrainingRun(train_cfg(tmp_path / "c", tiny_model_dir, text_corpus, loss="e2e", hookpoints=["model.layers.3"])).run()
     with pytest.raises(UserError, match="block 0 is not after hookpoint 'model.layers.1'"):
-        Trainer(train_cfg(tmp_path / "d", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[0])).run()
+        TrainingRun(train_cfg(tmp_path / "d", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[0])).run()
     with pytest.raises(UserError, match="the model has 4 blocks"):
-        Trainer(train_cfg(tmp_path / "e", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[2, 7])).run()
+        TrainingRun(train_cfg(tmp_path / "e", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[2, 7])).run()

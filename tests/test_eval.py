@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from saelab.data import load_token_rows
-from saelab.eval_command import run_eval
+from saelab.evaluate.run import run_eval
 from saelab.errors import UserError
-from saelab.evaluate import EvalBudget, evaluate
+from saelab.evaluate.metrics import EvalBudget, evaluate
 from saelab.models import load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import save_sae

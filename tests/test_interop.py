@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saelab.errors import UserError
-from saelab.interop import export_saelens, export_sparsify, load_foreign, resolve_source
+from saelab.sae.foreign import export_saelens, export_sparsify, load_foreign, resolve_source
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import load_sae, save_sae
 

@@ -26,7 +26,7 @@ def chat_model_dir(tmp_path_factory, tiny_model_dir, embedded_folder):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, chat_model_dir, text_corpus):
-    from saelab.cache import LatentCache, build_latent_cache
+    from saelab.features.latent_cache import LatentCache, build_latent_cache
     from saelab.models import collect_activations, load_model
     from saelab.sae import SaeConfig, build_sae
     from saelab.sae.folder import save_sae

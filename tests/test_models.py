@@ -5,7 +5,7 @@ import torch
 
 from saelab.errors import UserError
 from saelab.models import (candidate_hookpoints, collect_activations, hookpoint_widths, layer_index, load_model,
-                           resolve_hookpoints, splice)
+                           resolve_hookpoints, patch_activation)
 from saelab.sinks import SinkConfig, excluded_positions
 
 
@@ -50,9 +50,9 @@ def test_forward_stops_after_deepest_hook(tiny):
 def test_splice_identity_is_exact_and_zero_changes_output(tiny):
     ids = torch.randint(0, 1000, (1, 8))
     clean = tiny.model(input_ids=ids).logits
-    with splice(tiny.model, "model.layers.1", lambda a: a.clone()):
+    with patch_activation(tiny.model, "model.layers.1", lambda a: a.clone()):
         same = tiny.model(input_ids=ids).logits
-    with splice(tiny.model, "model.layers.1", torch.zeros_like):
+    with patch_activation(tiny.model, "model.layers.1", torch.zeros_like):
         zero = tiny.model(input_ids=ids).logits
     torch.testing.assert_close(same, clean)
     assert (zero - clean).abs().max() > 1e-3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from saelab.errors import UserError
-from saelab.scaling import ScalingConfig, fit, frontier, power_law, run_scaling
+from saelab.study.scaling import ScalingConfig, fit, frontier, power_law, run_scaling
 
 
 def test_power_law_recovers_exponents():

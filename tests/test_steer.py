@@ -11,8 +11,8 @@ from saelab.cli import main
 from saelab.errors import UserError
 from saelab.models import load_model
 from saelab.sae.folder import load_sae
-from saelab.splice import spliced
-from saelab.steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, direction_steer, encode_prompt,
+from saelab.sae.splice import spliced
+from saelab.features.steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, direction_steer, encode_prompt,
                           generate, parse_edit, steer_compare, steering_context)
 from view_helpers import make_sae_folder
 

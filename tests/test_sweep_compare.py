@@ -10,13 +10,13 @@ import torch
 
 from conftest import train_cfg
 from saelab.cli import main
-from saelab.compare import compare, max_cosines
+from saelab.study.compare import compare, max_cosines
 from saelab.errors import UserError
-from saelab.pareto import matched, run_pareto
+from saelab.study.pareto import matched, run_pareto
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import save_sae
 from saelab.storage import read_json
-from saelab.sweep import run_sweep
+from saelab.study.sweep import run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +44,9 @@ def test_sweep_trains_and_evaluates_every_point(sweep_dir):
 
 def test_sweep_resumes_without_retraining_and_refuses_mixed_folders(sweep_dir, monkeypatch, tiny_model_dir):
     out, base = sweep_dir
-    import saelab.train.trainer as tr
-    import saelab.sweep as sw
+    import saelab.study.sweep as sw
 
-    monkeypatch.setattr(tr.Trainer, "run", lambda self: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(sw, "train", lambda cfg: pytest.fail("a finished run was trained again"))
     monkeypatch.setattr(sw, "evaluate_run", lambda *a, **k: pytest.fail("a finished run was evaluated again"))
     run_sweep(base, str(out), ["local", "e2e"], eval_tokens=1024, eval_ce_tokens=256)
     import dataclasses

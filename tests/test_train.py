@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import train_cfg
+from conftest import kill_when_checkpointed, train_cfg
 from saelab.data import load_token_rows
 from saelab.errors import UserError
-from saelab.evaluate import EvalBudget, reconstruction_metrics
+from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
 from saelab.models import load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import load_sae
 from saelab.storage import read_json
-from saelab.train.trainer import Trainer, TrainingDiverged
+from saelab.train.loop import TrainingDiverged, TrainingRun
 
 
 def _heldout_fvu(model_dir, corpus, saes):
@@ -30,7 +30,7 @@ def _heldout_fvu(model_dir, corpus, saes):
 def test_trained_saes_beat_random_and_share_one_forward(tmp_path, tiny_model_dir, text_corpus):
     cfg = train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, k=[4, 16], hookpoints=["model.layers.*"],
                     tokens=32768)
-    folders = Trainer(cfg).run()
+    folders = TrainingRun(cfg).run()
     assert len(folders) == 8  # 4 layers x 2 values of k, all from the same forward passes
     trained = [load_sae(f)[0] for f in folders if "layers.1-" in f.name]
     rand = build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint="model.layers.1", k=16))
@@ -45,7 +45,7 @@ def test_trained_saes_beat_random_and_share_one_forward(tmp_path, tiny_model_dir
 def test_transcoder_learns_mlp_map(tmp_path, tiny_model_dir, text_corpus):
     site = "model.layers.1.post_attention_layernorm->model.layers.1.mlp"
     cfg = train_cfg(tmp_path / "tc", tiny_model_dir, text_corpus, hookpoints=[site], k=[16], tokens=32768)
-    (folder,) = Trainer(cfg).run()
+    (folder,) = TrainingRun(cfg).run()
     tc, c = load_sae(folder)
     assert tc.cfg.is_transcoder and c["metadata"]["hook_name_out"] == "model.layers.1.mlp"
     rand = build_sae(tc.cfg)
@@ -57,7 +57,7 @@ def test_transcoder_learns_mlp_map(tmp_path, tiny_model_dir, text_corpus):
                                         ("relu", {"sparsity_coeff": [0.05]})])
 def test_other_architectures_learn(tmp_path, tiny_model_dir, text_corpus, arch, extra):
     cfg = train_cfg(tmp_path / arch, tiny_model_dir, text_corpus, arch=arch, tokens=32768, **extra)
-    (folder,) = Trainer(cfg).run()
+    (folder,) = TrainingRun(cfg).run()
     sae, _ = load_sae(folder)
     rand = build_sae(sae.cfg)
     fvu, fvu_rand = _heldout_fvu(tiny_model_dir, text_corpus, [sae, rand])
@@ -80,8 +80,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_c
               "--buffer-batches", "4", "--checkpoint-every", "6000", "--lr", "2e-3", "--threads", "1"]
     full = _cli(common + ["--out", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr
-    killed = _cli(common + ["--out", str(tmp_path / "res")], env={"SAELAB_KILL_AFTER_CHECKPOINT": "1"})
-    assert killed.returncode == -9  # SIGKILL right after the first checkpoint
+    killed = kill_when_checkpointed([sys.executable, "-m", "saelab", *common, "--out", str(tmp_path / "res")],
+                                    tmp_path / "res")
+    assert killed == -9  # SIGKILL from outside as soon as the first checkpoint is on disk
     assert (tmp_path / "res" / "checkpoint.safetensors").exists()
     assert not list((tmp_path / "res").glob("*/cfg.json"))
     resumed = _cli(common + ["--out", str(tmp_path / "res"), "--resume"])
@@ -93,57 +94,75 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_c
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
     # and it really trained (a run that learned nothing would also "match")
-    assert read_json(tmp_path / "res" / "manifest.json")["saes"][name]["final"]["fvu"] < 0.8
+    final = {r: read_json(tmp_path / r / "manifest.json")["saes"][name]["final"] for r in ("full", "res")}
+    assert final["res"]["fvu"] < 0.8
+    # the smoothed statistics are checkpointed: the resumed run reports what the uninterrupted one does
+    assert final["res"].keys() == final["full"].keys()
+    for k in final["full"]:
+        assert final["res"][k] == pytest.approx(final["full"][k], rel=1e-3, abs=1e-5), k
+
+
+@pytest.mark.parametrize("loss", ["local", "e2e"])
+def test_token_budget_is_a_contract(tmp_path, tiny_model_dir, text_corpus, loss):
+    # 10,000 tokens in batches of 8 rows x 64 = 512 tokens: 19 whole batches = 9,728 tokens, never a
+    # whole extra chunk (buffer_batches 4 = 2,048 tokens would round up to 10,240)
+    cfg = train_cfg(tmp_path / loss, tiny_model_dir, text_corpus, tokens=10_000, loss=loss)
+    (folder,) = TrainingRun(cfg).run()
+    manifest = read_json(tmp_path / loss / "manifest.json")
+    assert manifest["lm_tokens"] == 9_728 and manifest["requested_tokens"] == 10_000
+    assert load_sae(folder)[1]["saelab"]["training_tokens"] == 9_728
+    if loss == "e2e":
+        assert manifest["steps"] == 19
 
 
 def test_bad_config_fails_before_model_loads(tmp_path, monkeypatch):
-    import saelab.train.trainer as tr
+    import saelab.train.sources as tr
 
     monkeypatch.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(UserError, match="larger than the dictionary"):
-        Trainer(train_cfg(tmp_path / "a", "x", "y", k=[300], latents=256))
+        TrainingRun(train_cfg(tmp_path / "a", "x", "y", k=[300], latents=256))
     with pytest.raises(UserError, match="unknown --arch"):
-        Trainer(train_cfg(tmp_path / "b", "x", "y", arch="magic"))
+        TrainingRun(train_cfg(tmp_path / "b", "x", "y", arch="magic"))
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "keep.txt").write_text("precious")
     with pytest.raises(UserError, match="already exists"):
-        Trainer(train_cfg(tmp_path / "c", "x", "y"))
+        TrainingRun(train_cfg(tmp_path / "c", "x", "y"))
     assert (tmp_path / "c" / "keep.txt").read_text() == "precious"
     with pytest.raises(UserError, match="no checkpoint"):
-        Trainer(train_cfg(tmp_path / "d", "x", "y", resume=True))
+        TrainingRun(train_cfg(tmp_path / "d", "x", "y", resume=True))
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(UserError, match="is empty"):
-        Trainer(train_cfg(tmp_path / "e", "x", str(tmp_path / "empty.txt")))
+        TrainingRun(train_cfg(tmp_path / "e", "x", str(tmp_path / "empty.txt")))
     with pytest.raises(UserError, match="does not exist"):
-        Trainer(train_cfg(tmp_path / "f", "x", str(tmp_path / "missing.jsonl")))
+        TrainingRun(train_cfg(tmp_path / "f", "x", str(tmp_path / "missing.jsonl")))
 
 
 def test_too_deep_hookpoint_and_unknown_names(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
-    import saelab.train.trainer as tr
+    import saelab.train.sources as tr
 
     with monkeypatch.context() as m:
         m.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
         with pytest.raises(UserError, match="deeper than the model: it has 4 layers"):
-            Trainer(train_cfg(tmp_path / "deep", tiny_model_dir, text_corpus, hookpoints=["model.layers.9"]))
+            TrainingRun(train_cfg(tmp_path / "deep", tiny_model_dir, text_corpus, hookpoints=["model.layers.9"]))
     with pytest.raises(UserError, match=r"closest valid names: model\.layers\.1\.mlp"):
-        Trainer(train_cfg(tmp_path / "typo", tiny_model_dir, text_corpus, hookpoints=["model.layers.1.mlpp"])).run()
+        TrainingRun(train_cfg(tmp_path / "typo", tiny_model_dir, text_corpus, hookpoints=["model.layers.1.mlpp"])).run()
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
-    import saelab.train.trainer as tr
+    from saelab.train.objectives import LocalObjective
 
-    real_step = tr.Trainer._step
+    real_loss = LocalObjective.loss
     calls = {"n": 0}
 
-    def poisoned(self, m, x, y, lr):
+    def poisoned(self, m, part, shared, dead):
         calls["n"] += 1
         if calls["n"] > 12:  # after the first checkpoint (8 steps per 4096-token chunk)
-            x = x * float("nan")
-        return real_step(self, m, x, y, lr)
+            part = type(part)(acts={h: a * float("nan") for h, a in part.acts.items()})
+        return real_loss(self, m, part, shared, dead)
 
-    monkeypatch.setattr(tr.Trainer, "_step", poisoned)
+    monkeypatch.setattr(LocalObjective, "loss", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        Trainer(train_cfg(tmp_path / "nan", tiny_model_dir, text_corpus)).run()
+        TrainingRun(train_cfg(tmp_path / "nan", tiny_model_dir, text_corpus)).run()
     ckpt = tmp_path / "nan" / "checkpoint.safetensors"
     assert ckpt.exists()
     from saelab.storage import read_tensors

@@ -3,9 +3,9 @@
 To add a command group, write a module with `register` and list it in COMMAND_MODULES."""
 
 COMMAND_MODULES = [
-    "saelab.commands.core",
-    "saelab.commands.scale",
+    "saelab.commands.train",
+    "saelab.commands.interop",
     "saelab.commands.interpret",
     "saelab.commands.view",
-    "saelab.commands.e2e",
+    "saelab.commands.study",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def cmd_cache(a) -> None:
-    from ..cache import build_latent_cache
+    from ..features.latent_cache import build_latent_cache
     from ..errors import UserError
     from ..sinks import SinkConfig
 
@@ -79,7 +79,7 @@ def cmd_report(a) -> None:
 
 
 def cmd_serve(a) -> None:
-    from ..interpret.server import serve
+    from ..interpret.llm_server import serve
 
     if a.threads:
         import torch

@@ -83,7 +83,7 @@ def run_steer(args) -> None:
 
     from ..models import load_model, resolve_hookpoints
     from ..sae.folder import load_sae
-    from ..steer import FeatureSteer, check_edits, contrastive_direction, direction_steer, parse_edit, steer_compare
+    from ..features.steer import FeatureSteer, check_edits, contrastive_direction, direction_steer, parse_edit, steer_compare
 
     _threads(args.threads)
     if args.max_new_tokens < 1:
@@ -107,7 +107,7 @@ def run_steer(args) -> None:
     model_spec = args.model or (cfg_json["saelab"].get("model_spec", "embedded") if cfg_json else "embedded")
     max_acts = None
     if any(e.relative for e in edits):
-        from ..dashboard.features import ensure_cache
+        from ..view.feature_store import ensure_cache
 
         lc, name = ensure_cache(Path(args.sae), sae.cfg.d_sae, args.cache, args.stats_tokens)
         max_acts = torch.from_numpy(lc.max_activation(name).copy())
@@ -140,8 +140,8 @@ def run_steer(args) -> None:
 
 
 def run_dashboard(args) -> None:
-    from ..dashboard.features import FeatureStore
-    from ..dashboard.static import parse_latents, write_dashboard
+    from ..view.feature_store import FeatureStore
+    from ..view.static_site import parse_latents, write_dashboard
     from ..sae.folder import load_sae
 
     _threads(args.threads)
@@ -161,8 +161,8 @@ def run_serve(args) -> None:
         import uvicorn  # noqa: F401
     except ImportError:
         raise UserError("`saelab serve` needs the web extras: pip install 'saelab[view]' (fastapi, uvicorn)") from None
-    from ..app.server import serve
-    from ..dashboard.features import FeatureStore
+    from ..view.web_app import serve
+    from ..view.feature_store import FeatureStore
     from ..models import load_model
     from ..sae.folder import load_sae
 

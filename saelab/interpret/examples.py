@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..cache import LatentCache
+from ..features.latent_cache import LatentCache
 
 
 SETS = ("explain", "activating", "random", "hard")  # the example sets of a latent, in record order

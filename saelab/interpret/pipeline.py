@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cache import LatentCache
+from ..features.latent_cache import LatentCache
 from ..errors import UserError
 from ..storage import read_json, write_json
 from .examples import ExampleConfig, ExampleSampler, LatentExamples

@@ -1,23 +1,14 @@
-"""Dictionaries: one base class (`SparseCoder`), one file per architecture, a loader for folders."""
+"""Dictionaries: one base class (`SparseCoder`), one file per architecture (registry.py names
+them), the SAE folder on disk (folder.py, layout.py), foreign formats (foreign.py, convert.py),
+and the splice of a dictionary into a model (splice.py)."""
 
 from .base import SaeConfig, SaeOutput, SparseCoder
 from .batchtopk import BatchTopKSae
 from .jumprelu import JumpReLUSae
 from .latents import Latents
+from .registry import ARCHITECTURES, build_sae
 from .relu import ReluSae
 from .topk import TopKSae
-
-ARCHITECTURES: dict[str, type[SparseCoder]] = {
-    "topk": TopKSae,
-    "batchtopk": BatchTopKSae,
-    "jumprelu": JumpReLUSae,
-    "relu": ReluSae,
-}
-
-
-def build_sae(cfg: SaeConfig) -> SparseCoder:
-    return ARCHITECTURES[cfg.arch](cfg)
-
 
 __all__ = ["ARCHITECTURES", "BatchTopKSae", "JumpReLUSae", "Latents", "ReluSae", "SaeConfig", "SaeOutput",
            "SparseCoder", "TopKSae", "build_sae"]

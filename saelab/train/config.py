@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UserError
 from ..sae import ARCHITECTURES
 
+LOSSES = ("local", "e2e", "e2e+ds")  # objectives: train/objectives.py
+
 
 @dataclass
 class TrainConfig:
@@ -98,5 +100,19 @@ class TrainConfig:
             raise UserError("--lr must be positive")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other")
-        from .e2e import validate_e2e_options
-        validate_e2e_options(self)
+        self._validate_objective()
+
+    def _validate_objective(self) -> None:
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.kl_coeff <= 0:
+            raise UserError("--kl-coeff must be positive")
+        if self.downstream_coeff < 0:
+            raise UserError("--downstream-coeff must be >= 0")
+        if self.downstream_layers is not None and self.loss != "e2e+ds":
+            raise UserError("--downstream-layers only applies to --loss e2e+ds")
+        if self.e2e_micro_rows is not None and self.e2e_micro_rows < 1:
+            raise UserError("--e2e-micro-rows must be positive")
+        if self.loss != "local" and self.from_activations:
+            raise UserError(f"--loss {self.loss} needs the model's forward pass; it cannot train from an activation "
+                            f"cache (--from-activations)")

@@ -1,4 +1,5 @@
-"""Distributed training with torch.distributed (`torchrun --nproc_per_node N -m saelab.cli train ...`).
+"""Distributed training with torch.distributed (`torchrun --nproc_per_node N -m saelab.cli train ...`):
+the `Parallel` strategy that the one training loop (loop.py) calls at fixed points.
 
 Two ways to share the work (`--distributed data | modules`):
 
@@ -14,32 +15,36 @@ modules  The SAEs are divided among the ranks (round-robin); the activations of 
          full batches: no gradient traffic at all.
 
 Both write one checkpoint and one manifest and the SAE folders from rank 0 (in `modules` mode the
-SAEs are gathered there first), in the single-process layout. A rank that dies or hangs makes the others fail with a clear
-message after at most `--dist-timeout` seconds (gloo on CPU, nccl on GPU), never a silent hang.
+SAEs are gathered there first), in the single-process layout. A rank that dies or hangs makes the
+others fail with a clear message after at most `--dist-timeout` seconds (gloo on CPU, nccl on
+GPU), never a silent hang.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..activations.stream import ActivationStream, Chunk
 from ..errors import UserError
 from ..models import collect_activations
+from ..sae import SaeConfig, build_sae
 from ..sinks import excluded_positions
-from .activations import ActivationStream, Chunk
-from .trainer import Member, Trainer
+from .members import Member, new_member
+from .parallel import SingleProcess
 
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_trainer(cfg) -> Trainer:
-    """A plain Trainer, or a DistributedTrainer when started by torchrun with more than one process."""
-    return DistributedTrainer(cfg) if world_size() > 1 else Trainer(cfg)
+def parallel_for(cfg):
+    """One process, or this rank's share of a torchrun job with more than one process."""
+    return Distributed(cfg) if world_size() > 1 else SingleProcess()
 
 
 class RankFailure(UserError):
@@ -47,7 +52,7 @@ class RankFailure(UserError):
 
 
 class Comm:
-    """The process group, and every collective the trainer uses, with errors that say what happened."""
+    """The process group, and every collective training uses, with errors that say what happened."""
 
     def __init__(self, timeout_s: float, device: str):
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -113,7 +118,7 @@ class DistributedActivationStream(ActivationStream):
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hookpoints}
         counts, lm_tokens, excluded = [], 0, 0
         for i in mine:  # the same batches a single process runs, each on one rank
-            ids = torch.from_numpy(np.asarray(self.rows.tokens[np.sort(sel[i:i + self.rows_per_batch])], dtype=np.int64)).to(self.device)
+            ids = self.batch_ids(sel[i:i + self.rows_per_batch])
             acts = collect_activations(self.model, ids, self.hookpoints)
             drop = excluded_positions(list(acts.values()), ids, self.sink, self.special)
             for h, a in acts.items():
@@ -124,79 +129,68 @@ class DistributedActivationStream(ActivationStream):
         meta = self.comm.all_gather_object((counts, lm_tokens, excluded), "activation exchange")
         full: dict[str, torch.Tensor] = {}
         for h in self.hookpoints:
-            local = torch.cat(parts[h]) if parts[h] else torch.zeros(0, self._width(h), device=self.device)
+            local = torch.cat(parts[h]) if parts[h] else torch.zeros(0, self.widths[h], device=self.device)
             by_rank = [g.split(cs) if cs else () for g, (cs, _, _) in zip(self.comm.all_gather_rows(local), meta)]
             ordered = [by_rank[j % self.comm.world][j // self.comm.world] for j in range(len(starts))]
             full[h] = torch.cat(ordered)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
-        n = full[self.hookpoints[0]].shape[0]
-        perm = torch.randperm(n, generator=g).to(self.device)
-        return Chunk(c, {h: a[perm] for h, a in full.items()}, sum(m[1] for m in meta), sum(m[2] for m in meta))
-
-    def _width(self, h: str) -> int:
-        from ..models import hookpoint_widths
-        return hookpoint_widths(self.model, [h])[h]
+        return self.shuffled(c, full, sum(m[1] for m in meta), sum(m[2] for m in meta))
 
 
-class DistributedTrainer(Trainer):
-    """Trainer + torch.distributed; the loop, the step and the saving are the single-process ones."""
+class Distributed(SingleProcess):
+    """This rank's part of a torchrun job (see the module docstring)."""
 
     def __init__(self, cfg):
         if cfg.distributed not in ("data", "modules"):
             raise UserError(f"--distributed must be data or modules, not {cfg.distributed!r}")
-        if getattr(cfg, "loss", "local") != "local":
-            raise UserError("torchrun training supports the local loss only; run e2e losses in one process")
-        super().__init__(cfg)
-        self.comm = Comm(cfg.dist_timeout, cfg.device)
+        if cfg.loss != "local":
+            raise UserError(f"--loss {cfg.loss}: torchrun training supports the local loss only; run e2e losses in "
+                            f"one process (without torchrun)")
         self.mode = cfg.distributed
-        self.is_main = self.comm.is_main  # only rank 0 appends to train_log.jsonl
-        if not self.comm.is_main:
+        self.comm = Comm(cfg.dist_timeout, cfg.device)
+        self.is_main = self.comm.is_main
+        if not self.is_main:
             os.environ["TQDM_DISABLE"] = "1"
-        if self.resume_meta:
-            saved = (self.resume_meta.get("world_size", 1), self.resume_meta.get("distributed"))
-            if saved != (self.comm.world, self.mode):
-                raise UserError(f"--resume: the checkpoint in {self.out} was written by {saved[0]} process(es) "
-                                f"({saved[1] or 'single process'}); this run has {self.comm.world} ({self.mode}). "
-                                f"Resume with the same torchrun --nproc_per_node and --distributed")
-
-    # ------------------------------------------------------------ setup
-    def setup(self) -> None:
-        super().setup()
-        if self.lm.model is not None:  # streaming from the LM: split its forwards, exchange activations
-            self.stream = DistributedActivationStream(self.stream, self.comm)
-        self.all_names = [m.name for m in self.members]
-        if self.mode == "modules":
-            if len(self.members) < self.comm.world:
-                raise UserError(f"--distributed modules: {len(self.members)} SAE(s) for {self.comm.world} ranks; "
-                                f"use --distributed data or fewer processes")
-            self.members = self.members[self.comm.rank::self.comm.world]
-        else:
-            for m in self.members:  # all-reduce right before each optimiser step
-                m.opt.register_step_pre_hook(lambda opt, args, kwargs, m=m: self.reduce_grads(m))
+        self._names: list[str] = []
         self._weights: dict[str, float] = {}
 
-    def _identity(self) -> str:
-        from ..storage import fingerprint
-        names = getattr(self, "all_names", None)
-        if names is not None:  # the identity of the whole job, the same on every rank
-            saved, self.members = self.members, [Member(n, None, None, None, 0.0) for n in names]
-            try:
-                return fingerprint(super()._identity(), self.comm.world, self.mode)
-            finally:
-                self.members = saved
-        return fingerprint(super()._identity(), self.comm.world, self.mode)
+    def describe(self) -> dict:
+        return {"world_size": self.comm.world, "distributed": self.mode}
+
+    def check_resume(self, meta: dict, out) -> None:
+        saved = (meta.get("world_size", 1), meta.get("distributed"))
+        if saved != (self.comm.world, self.mode):
+            raise UserError(f"--resume: the checkpoint in {out} was written by {saved[0]} process(es) "
+                            f"({saved[1] or 'single process'}); this run has {self.comm.world} ({self.mode}). "
+                            f"Resume with the same torchrun --nproc_per_node and --distributed")
+
+    def wrap_stream(self, stream):
+        return DistributedActivationStream(stream, self.comm)
+
+    def own(self, members: list[Member]) -> list[Member]:
+        self._names = [m.name for m in members]
+        if self.mode == "data":
+            return members
+        if len(members) < self.comm.world:
+            raise UserError(f"--distributed modules: {len(members)} SAE(s) for {self.comm.world} ranks; "
+                            f"use --distributed data or fewer processes")
+        return members[self.comm.rank::self.comm.world]
+
+    def all_names(self, members) -> list[str]:
+        return self._names
 
     # ------------------------------------------------------------ data-parallel step
-    def _step(self, m: Member, x: torch.Tensor, y: torch.Tensor, lr_factor: float) -> dict:
-        _maybe_die_for_test(self.comm.rank)
-        if self.mode == "modules":
-            return super()._step(m, x, y, lr_factor)
+    def attach(self, objective) -> None:
+        if self.mode == "data":
+            objective.shard = self.shard
+
+    def shard(self, m: Member, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of a batch, and its gradient weight (its share of the target variance)."""
         n = x.shape[0]
         if n < 4 * self.comm.world:  # a tiny last batch: every rank takes all of it, gradients averaged
             self._weights[m.name] = 1.0 / self.comm.world
-            return super()._step(m, x, y, lr_factor)
+            return x, y
         xs, ys = x.tensor_split(self.comm.world)[self.comm.rank], y.tensor_split(self.comm.world)[self.comm.rank]
-        with torch.no_grad():  # weight = this rank's share of the batch's target variance
+        with torch.no_grad():
             t = ys * m.sae.out_scale
             local = (t - t.mean(0)).pow(2).sum()
             stats = torch.cat([t.new_tensor([t.shape[0]]), t.sum(0), t.pow(2).sum().reshape(1)]).double()
@@ -204,16 +198,12 @@ class DistributedTrainer(Trainer):
             N, s1, s2 = stats[0], stats[1:-1], stats[-1]
             total = (s2 - s1.pow(2).sum() / N).clamp_min(1e-12)
             self._weights[m.name] = float(local.double() / total)
-        before = m.since_fired.clone()
-        out = super()._step(m, xs, ys, lr_factor)
-        fired = m.since_fired == 0                      # fired on this rank's rows
-        fired = self.comm.all_reduce(fired.to(torch.int32), dist.ReduceOp.MAX, "dead-latent sync").bool()
-        m.since_fired.copy_(before + n)
-        m.since_fired[fired] = 0
-        return out
+        return xs, ys
 
     def reduce_grads(self, m: Member) -> None:
         """Weighted sum of every rank's gradients (one flat buffer), and shared buffers averaged."""
+        if self.mode != "data":
+            return
         params = [p for p in m.sae.parameters() if p.grad is not None]
         flat = torch.cat([p.grad.reshape(-1) for p in params]) * self._weights[m.name]
         self.comm.all_reduce(flat, what="gradient all-reduce")
@@ -225,70 +215,36 @@ class DistributedTrainer(Trainer):
             if b.is_floating_point() and name not in ("in_scale", "out_scale"):  # BatchTopK threshold
                 self.comm.all_reduce(b, what="buffer sync").div_(self.comm.world)
 
+    def sync_fired(self, fired: torch.Tensor) -> torch.Tensor:
+        if self.mode != "data":
+            return fired
+        return self.comm.all_reduce(fired.to(torch.int32), dist.ReduceOp.MAX, "dead-latent sync").bool()
+
     # ------------------------------------------------------------ checkpoints and saving
-    def _gather_members(self) -> list[Member] | None:
+    def gather(self, members: list[Member]) -> list[Member] | None:
         """modules: every SAE's state on rank 0 (None elsewhere); data: the local members (rank 0)."""
         if self.mode == "data":
-            return self.members if self.comm.is_main else None
+            return members if self.comm.is_main else None
         mine = {m.name: (m.sae.cfg.to_dict(), {k: v.cpu() for k, v in m.sae.state_dict().items()},
-                         [dict(s) for s in m.opt.state.values()], m.since_fired, m.lr, m.stats) for m in self.members}
+                         [dict(s) for s in m.opt.state.values()], m.since_fired.cpu(), m.lr, m.stats) for m in members}
         gathered = self.comm.all_gather_object(mine, "gathering SAEs")
         if not self.comm.is_main:
             return None
-        from ..sae import SaeConfig, build_sae
         merged = {k: v for g in gathered for k, v in g.items()}
         out = []
-        for name in self.all_names:
+        for name in self._names:
             cfg, sd, opt_states, since, lr, stats = merged[name]
             sae = build_sae(SaeConfig.from_dict(cfg))
             sae.load_state_dict(sd)
-            opt = torch.optim.Adam(sae.parameters(), lr=lr)
+            m = new_member(name, sae, lr, stats=stats)
             for p, st in zip(sae.parameters(), opt_states):
-                opt.state[p] = st
-            out.append(Member(name, sae, opt, since, lr, stats))
+                m.opt.state[p] = st
+            m.since_fired.copy_(since)
+            out.append(m)
         return out
 
-    def _checkpoint(self, meta: dict) -> None:
-        from .checkpoint import save_checkpoint
-        members = self._gather_members()
-        if members is not None:
-            save_checkpoint(self.out, members, meta | {"world_size": self.comm.world, "distributed": self.mode})
+    def barrier(self) -> None:
         self.comm.barrier()
 
-    def _save(self, lm_seen, steps, wall, excluded, loop_s):
-        members = self._gather_members()
-        folders = []
-        if members is not None:
-            mine, self.members = self.members, members
-            try:
-                folders = super()._save(lm_seen, steps, wall, excluded, loop_s)
-            finally:
-                self.members = mine
-            import json
-            manifest = self.out / "manifest.json"
-            data = json.loads(manifest.read_text())
-            data["distributed"] = {"world_size": self.comm.world, "mode": self.mode}
-            from ..storage import write_json
-            write_json(manifest, data)
-        self.comm.barrier()
+    def close(self) -> None:
         self.comm.close()
-        return folders or [self.out / n for n in self.all_names]
-
-
-_steps_seen = 0
-
-
-def _maybe_die_for_test(rank: int) -> None:
-    """Tests set SAELAB_DIE_RANK=r:n to SIGKILL rank r at its n-th SAE step (a crashed worker), or
-    r:n:stall to make it hang there (a stuck worker: the others must time out)."""
-    global _steps_seen
-    spec = os.environ.get("SAELAB_DIE_RANK")
-    if spec:
-        r, n, *how = spec.split(":")
-        _steps_seen += 1
-        if int(r) == rank and _steps_seen >= int(n):
-            if how == ["stall"]:
-                import time
-                time.sleep(3600)
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from ..models import _first_tensor, _module, decoder_layers, layer_index, splice
+from ..models import first_tensor, module_at, decoder_layers, layer_index, patch_activation
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,11 @@ def clean_pass(model: nn.Module, ids: torch.Tensor, sites: list[str], plans: lis
     handles = []
     try:
         for s in sites:
-            mod = _module(model, s)
+            mod = module_at(model, s)
             if s.endswith(":input"):
                 handles.append(mod.register_forward_pre_hook(lambda m, a, s=s: store.__setitem__(s, a[0])))
             else:
-                handles.append(mod.register_forward_hook(lambda m, a, o, s=s: store.__setitem__(s, _first_tensor(o))))
+                handles.append(mod.register_forward_hook(lambda m, a, o, s=s: store.__setitem__(s, first_tensor(o))))
         for p in plans:
             if p.resume_key and not p.block_output:
                 handles.append(layers[p.block].register_forward_pre_hook(_record_input(store, p.resume_key),
@@ -142,7 +142,7 @@ def clean_pass(model: nn.Module, ids: torch.Tensor, sites: list[str], plans: lis
             def fn(m, a, o):
                 kinds.append(isinstance(o, tuple))
                 if j in later_blocks:
-                    later[j] = _first_tensor(o)
+                    later[j] = first_tensor(o)
             return fn
 
         for j, layer in enumerate(layers):
@@ -185,7 +185,7 @@ class _Later(nn.Module):
             out = checkpoint(self.layer, *args, use_reentrant=False, **kwargs)
         else:
             out = self.layer(*args, **kwargs)
-        self.store[self.j] = _first_tensor(out)
+        self.store[self.j] = first_tensor(out)
         return out
 
 
@@ -222,7 +222,7 @@ def spliced_pass(model: nn.Module, clean: CleanPass, plan: SitePlan, replacement
         new[j] = _Later(layers[j], j, outs, recompute)
     with ExitStack() as stack:
         if not plan.block_output:  # hook the site's module before the blocks are wrapped
-            stack.enter_context(splice(model, plan.site, _const(replacement)))
+            stack.enter_context(patch_activation(model, plan.site, _const(replacement)))
         stack.enter_context(_swapped(layers, new))
         hidden = base(input_ids=clean.ids, use_cache=False).last_hidden_state
     return hidden, {j: outs[j] for j in plan.later}

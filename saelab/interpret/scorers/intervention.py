@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from ...models import splice
+from ...models import patch_activation
 from ..examples import LatentExamples
 from .base import ScoreResult
 
@@ -75,7 +75,7 @@ class InterventionScorer:
             x[:, 1:] += vec.to(x.device, x.dtype)
             return x
 
-        with splice(self.lm.model, self.hook, add):
+        with patch_activation(self.lm.model, self.hook, add):
             steered = self._mean_lp(prompts, phrases)
         delta = steered - clean
         metrics = {"score": float(delta[0] - delta[1:].mean()), "delta_explanation": float(delta[0]),

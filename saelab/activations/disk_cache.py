@@ -1,0 +1,246 @@
+"""Activation cache on disk (`saelab cache-activations`): run the LM once, train many SAEs (a
+hyperparameter sweep) without it. Not to be confused with the latent cache (features/latent_cache.py).
+
+`write_cache` runs the same `ActivationStream` as training (same row order, same sink/outlier
+exclusion), and writes each chunk as one shard per hookpoint: `shard_00000.<hook>.npy`, float32
+[valid tokens, d], readable as a memory map. `manifest.json` (written last, after every shard)
+records model, hookpoints and widths, context, corpus and its fingerprint, sink settings, and the
+shards with their row counts; a cache without `complete: true` is refused.
+
+`CachedActivationStream` has ActivationStream's interface (total_lm_tokens, epochs,
+lm_tokens_before(c), chunks(start) -> Chunk), so training reads it through the same source. Chunk c reads `blocks` of
+BLOCK consecutive vectors chosen by a permutation seeded by (seed, epoch) over the whole cache,
+then shuffles them together: random reads, memory bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import UserError
+from ..data import load_token_rows
+from ..models import glob_regex, hookpoint_widths, layer_index, load_model, resolve_hookpoints
+from ..sinks import SinkConfig, special_ids
+from ..storage import read_json, refuse_overwrite, write_json
+from .stream import ActivationStream, Chunk, lm_rows_for
+
+MANIFEST = "manifest.json"
+CACHE_FORMAT = 1
+BLOCK = 256  # vectors read contiguously from one shard
+
+
+@dataclass
+class CacheConfig:
+    out: str                                           # cache folder (shards + manifest.json)
+    hookpoints: list[str]                              # module names or globs (as in `train`)
+    model: str = "embedded"                            # embedded | local folder | .gguf | hub id
+    corpus: str = "builtin"                            # builtin | file/folder | .npy | hf:NAME
+    text_field: str = "text"
+    tokens: int = 1_000_000                            # LM positions to run (before sink masking)
+    context: int = 256
+    batch_tokens: int = 4096                           # LM tokens per forward batch
+    shard_batches: int = 8                             # LM batches per shard
+    sink_first_positions: int = 1
+    sink_norm_factor: float = 5.0
+    mask_special: bool = True
+    heldout_fraction: float = 0.05
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    overwrite: bool = False
+
+
+def _safe(h: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", h)
+
+
+def shard_path(folder: Path, i: int, hook: str) -> Path:
+    return Path(folder) / f"shard_{i:05d}.{_safe(hook)}.npy"
+
+
+def _write_npy(path: Path, a: np.ndarray) -> None:
+    """Atomic: write to a temporary name, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, a)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_cache(cfg: CacheConfig) -> Path:
+    """LM forward over `cfg.tokens` training positions -> sharded activations + manifest."""
+    if cfg.tokens < cfg.context or cfg.batch_tokens < cfg.context or cfg.shard_batches < 1:
+        raise UserError("--tokens and --batch-tokens must hold at least one --context row; --shard-batches >= 1")
+    out = Path(cfg.out)
+    refuse_overwrite(out, cfg.overwrite, "--out")
+    lm = load_model(cfg.model, device=cfg.device)
+    hooks = resolve_hookpoints(lm.model, [p for pat in cfg.hookpoints for p in pat.split("->") if p.strip()])
+    hooks = sorted(set(hooks), key=lambda h: layer_index(lm.model, h))
+    widths = hookpoint_widths(lm.model, hooks)
+    rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field,
+                           vocab_size=lm.model.config.vocab_size)
+    sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
+    rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
+    stream = ActivationStream(lm.model, rows, hooks, cfg.context, rows_per_batch, cfg.shard_batches, n_rows,
+                              cfg.seed, sink, special_ids(lm.tokenizer), cfg.device)
+    if cfg.overwrite and out.exists():
+        for p in out.iterdir():
+            if p.name.startswith("shard_") or p.name == MANIFEST:
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"kind": "saelab activation cache", "format_version": CACHE_FORMAT, "saelab_version": __version__,
+                "model": {"spec": cfg.model, "name": lm.name}, "hookpoints": hooks, "widths": widths,
+                "context": cfg.context, "dtype": "float32", "sink": vars(sink), "seed": cfg.seed,
+                "data": {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
+                         "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)),
+                         "train_rows": int(len(rows.train_rows)), "heldout_rows": int(len(rows.heldout_rows)),
+                         "split": "train", "epochs": stream.epochs},
+                "config": asdict(cfg), "shards": [], "complete": False}
+    t0 = time.time()
+    bar = tqdm(total=stream.total_lm_tokens, unit="tok", unit_scale=True, desc="cache")
+    for chunk in stream.chunks():
+        for h, a in chunk.acts.items():
+            _write_npy(shard_path(out, chunk.index, h), a.cpu().numpy().astype(np.float32, copy=False))
+        manifest["shards"].append({"index": chunk.index, "vectors": int(chunk.acts[hooks[0]].shape[0]),
+                                   "lm_tokens": chunk.lm_tokens, "excluded": chunk.excluded})
+        bar.update(chunk.lm_tokens)
+    bar.close()
+    wall = time.time() - t0
+    lm_tokens = sum(s["lm_tokens"] for s in manifest["shards"])
+    manifest |= {"complete": True, "lm_tokens": lm_tokens, "vectors": sum(s["vectors"] for s in manifest["shards"]),
+                 "wall_s": wall, "tokens_per_s": lm_tokens / max(wall, 1e-9),
+                 "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy"))}
+    write_json(out / MANIFEST, manifest)
+    return out
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        raise UserError(f"{folder} is not an activation cache (no {MANIFEST}; make one with `saelab cache-activations`)")
+    m = read_json(folder / MANIFEST)
+    if m.get("kind") != "saelab activation cache":
+        raise UserError(f"{folder / MANIFEST} is not an activation-cache manifest")
+    if m.get("format_version", 0) > CACHE_FORMAT:
+        raise UserError(f"{folder} uses cache format {m['format_version']}; this saelab reads up to {CACHE_FORMAT}")
+    if not m.get("complete"):
+        raise UserError(f"activation cache {folder} is incomplete (the writing run stopped early); rebuild it")
+    return m
+
+
+def same_model(spec: str, m: dict) -> bool:
+    cached = m["model"]["spec"]
+    if spec == cached:
+        return True
+    a, b = Path(spec), Path(cached)
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+class CachedActivationStream:
+    """ActivationStream's interface over a cache folder: chunks of shuffled activation vectors."""
+
+    def __init__(self, folder: Path, manifest: dict, hookpoints: list[str], context: int, rows_per_batch: int,
+                 buffer_batches: int, n_rows: int, seed: int, device: str = "cpu"):
+        self.folder, self.m, self.hookpoints, self.device, self.seed = Path(folder), manifest, hookpoints, device, seed
+        self.context, self.n_rows = context, n_rows
+        self.rows_per_chunk = rows_per_batch * buffer_batches
+        self.n_chunks = -(-n_rows // self.rows_per_chunk)
+        self.total_lm_tokens = n_rows * context
+        shards = manifest["shards"]
+        lm_total, vec_total = sum(s["lm_tokens"] for s in shards), sum(s["vectors"] for s in shards)
+        self.valid_fraction = vec_total / max(1, lm_total)
+        self.epochs = self.total_lm_tokens / max(1, lm_total)
+        # blocks: (shard, start, stop) spans of <= BLOCK vectors
+        self.blocks = np.array([(s["index"], a, min(a + BLOCK, s["vectors"])) for s in shards
+                                for a in range(0, s["vectors"], BLOCK)], dtype=np.int64)
+        self.vectors_per_chunk = max(1, round(self.rows_per_chunk * context * self.valid_fraction))
+        self._maps: dict[tuple[int, str], np.ndarray] = {}
+
+    def _map(self, shard: int, hook: str) -> np.ndarray:
+        key = (shard, hook)
+        if key not in self._maps:
+            p = shard_path(self.folder, shard, hook)
+            if not p.exists():
+                raise UserError(f"activation cache {self.folder} lacks {p.name}; the cache is damaged, rebuild it")
+            self._maps[key] = np.load(p, mmap_mode="r")
+        return self._maps[key]
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+
+    def lm_tokens_before(self, c: int) -> int:
+        return c * self.rows_per_chunk * self.context
+
+    def chunk(self, c: int) -> Chunk:
+        """Vectors [c * V, c * V + v) of the block-permuted stream (V = vectors per full chunk; the
+        last chunk, with fewer LM rows, takes its proportional share v)."""
+        rows = min(self.rows_per_chunk, self.n_rows - c * self.rows_per_chunk)
+        lm_tokens = rows * self.context
+        want = self.vectors_per_chunk if rows == self.rows_per_chunk else max(1, round(lm_tokens * self.valid_fraction))
+        start = c * self.vectors_per_chunk
+        parts: dict[str, list[np.ndarray]] = {h: [] for h in self.hookpoints}
+        per_epoch = int(self.blocks[:, 2].sum() - self.blocks[:, 1].sum())
+        got = 0
+        epoch, pos = divmod(start, per_epoch)
+        while got < want:
+            order = self._epoch_order(epoch)
+            lens = (self.blocks[order, 2] - self.blocks[order, 1])
+            ends = np.cumsum(lens)
+            b = int(np.searchsorted(ends, pos, side="right"))
+            while b < len(order) and got < want:
+                shard, lo, hi = self.blocks[order[b]]
+                lo = lo + (pos - (ends[b] - lens[b]))
+                take = min(hi - lo, want - got)
+                for h in self.hookpoints:
+                    parts[h].append(np.asarray(self._map(int(shard), h)[lo:lo + take]))
+                got, pos, b = got + take, pos + take, b + 1
+            epoch, pos = epoch + 1, 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
+        perm = torch.randperm(want, generator=g)
+        acts = {h: torch.from_numpy(np.concatenate(p))[perm].to(self.device) for h, p in parts.items()}
+        return Chunk(c, acts, lm_tokens, max(0, lm_tokens - want))
+
+    def chunks(self, start: int = 0) -> Iterator[Chunk]:
+        for c in range(start, self.n_chunks):
+            yield self.chunk(c)
+
+
+def cache_sites(folder: Path, m: dict, patterns: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """Training sites (input, transcoder output) from hookpoint patterns, resolved against the cache."""
+    cached = m["hookpoints"]
+
+    def resolve(p: str) -> list[str]:
+        hits = [h for h in cached if glob_regex(p).fullmatch(h)] if any(c in p for c in "*?") else \
+            [p] if p in cached else []
+        if not hits:
+            raise UserError(f"hookpoint {p!r} is not in activation cache {folder} (it holds {', '.join(cached)})")
+        return hits
+
+    sites = []
+    for a, b in patterns:
+        ra = resolve(a)
+        rb = resolve(b) if b else [None] * len(ra)
+        if len(ra) != len(rb):
+            raise UserError(f"transcoder {a}->{b}: patterns match {len(ra)} and {len(rb)} sites")
+        sites += list(zip(ra, rb))
+    return sites
+
+
+def cache_summary(folder: Path) -> str:
+    m = read_manifest(folder)
+    gb = m.get("bytes", 0) / 2**30
+    return (f"{folder}: {m['lm_tokens']:,} LM tokens -> {m['vectors']:,} vectors x {len(m['hookpoints'])} hookpoints "
+            f"({gb:.2f} GiB) from {m['model']['spec']}; {m['tokens_per_s']:.0f} tok/s")
+
+

@@ -1,1 +1,0 @@
-"""Feature dashboards: per-feature data (features.py), HTML (render.py), static export (static.py)."""

@@ -1,0 +1,62 @@
+"""Reconstruction error of the residual stream at every block after an SAE's site, with the SAE
+spliced in (what Braun et al. 2024 report next to CE loss increase): an SAE that keeps the
+model's output right may still send later layers elsewhere, and e2e+ds is meant to prevent it.
+
+FVU_j = sum ||h_j spliced - h_j clean||^2 / sum ||h_j clean - mean||^2 over held-out non-sink
+positions (sinks kept clean at the site, as in `evaluate`), using `ce_tokens` of the budget.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import TokenRows
+from .metrics import EvalBudget, _batches, _rows, sae_sink_mask
+from ..models import collect_activations, decoder_layers, layer_index
+from ..sae import SparseCoder
+from ..sinks import special_ids
+from ..sae.splice import spliced
+
+DESCRIPTION = ("later_fvu: FVU of each later block's output (residual stream) with the SAE spliced in, sinks kept "
+               "clean; later_fvu_mean: their mean")
+
+
+def later_blocks(model, site: str) -> list[str]:
+    """Names of the blocks whose output comes after `site` (its own block too if the site is inside it)."""
+    prefix, layers = decoder_layers(model)
+    i = layer_index(model, site)
+    first = i + 1 if site == f"{prefix}.{i}" else max(i, 0)
+    return [f"{prefix}.{j}" for j in range(first, len(layers))]
+
+
+@torch.no_grad()
+def later_layer_fvu(model, tokenizer, saes: list[tuple[SparseCoder, dict]], rows: TokenRows, budget: EvalBudget,
+                    device: str = "cpu") -> list[dict[str, float]]:
+    """Per SAE: {block name: FVU of that block's output with the SAE spliced in}."""
+    special = special_ids(tokenizer)
+    sel = _rows(rows, budget.ce_tokens, rows.tokens.shape[1])
+    blocks = [later_blocks(model, s.cfg.out_hookpoint or s.cfg.hookpoint) for s, _ in saes]
+    needed = sorted({b for bl in blocks for b in bl}, key=lambda b: layer_index(model, b))
+    acc = [{b: {"err": 0.0, "n": 0, "s": 0.0, "sq": 0.0} for b in bl} for bl in blocks]
+    sites = sorted({h for s, _ in saes for h in (s.cfg.hookpoint, s.cfg.out_hookpoint) if h})
+    wanted = sorted(set(needed) | set(sites), key=lambda h: layer_index(model, h))
+    for ids in tqdm(list(_batches(rows, sel, budget.ce_batch_rows, device)), desc="eval: later layers", leave=False):
+        clean = collect_activations(model, ids, wanted)
+        for i, (sae, cfgj) in enumerate(saes):
+            drop = sae_sink_mask(sae, cfgj, clean, ids, special)
+            keep = ~drop
+            with spliced(model, sae, keep=drop):
+                after = collect_activations(model, ids, blocks[i])
+            for b in blocks[i]:
+                ref = clean[b][keep].float()
+                a = acc[i][b]
+                a["err"] += (after[b][keep].float() - ref).pow(2).sum().item()
+                a["n"] += ref.shape[0]
+                a["s"] = a["s"] + ref.sum(0)
+                a["sq"] += ref.pow(2).sum().item()
+    out = []
+    for per in acc:
+        out.append({b: a["err"] / max(a["sq"] - (a["s"] * a["s"]).sum().item() / max(a["n"], 1), 1e-12)
+                    for b, a in per.items()})
+    return out

@@ -1,0 +1,47 @@
+"""`saelab import` / `saelab export`: convert SAELens and sparsify folders into saelab folders and back.
+The format readers and writers live in foreign.py; this module only moves folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from ..storage import refuse_overwrite
+from .folder import Provenance, open_sae, save_sae
+from .foreign import SPARSIFY_PREFIX, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
+
+
+def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_factor: float | None = None,
+                prefix: str = SPARSIFY_PREFIX, model: str | None = None, context: int | None = None) -> list[Path]:
+    """Convert every SAE under `src` (folder or hub id) into saelab folders under `out`."""
+    root = resolve_source(src)
+    folders = sae_folders(root)
+    out = Path(out)
+    refuse_overwrite(out, overwrite, "--out")
+    loaded = [(f, *load_foreign(f, norm_scaling_factor=norm_scaling_factor, prefix=prefix)) for f in folders]
+    written = []
+    for f, sae, cfg in loaded:  # all parsed before anything is written
+        prov = Provenance.from_cfg(cfg)
+        prov.model_spec = model or prov.model_spec
+        prov.model_name = prov.model_name or prov.model_spec
+        prov.context = context or cfg["metadata"]["context_size"] or 256
+        target = out if len(loaded) == 1 else out / f.name
+        written.append(save_sae(sae, target, prov, {"imported_from": cfg["saelab"]["imported_from"]}))
+    return written
+
+
+def export_saes(sae_dirs: list[str], fmt: str, out: Path, overwrite: bool = False, prefix: str = SPARSIFY_PREFIX) -> list[Path]:
+    if fmt not in ("saelens", "sparsify"):
+        raise UserError(f"--format must be saelens or sparsify, not {fmt!r}")
+    out = Path(out)
+    refuse_overwrite(out, overwrite, "--out")
+    loaded = [open_sae(Path(d)) for d in sae_dirs]
+    written = []
+    for f in loaded:
+        if fmt == "sparsify":
+            written.append(export_sparsify(f.sae, out, prefix))
+        else:
+            p = f.provenance
+            target = out if len(loaded) == 1 else out / f.name
+            written.append(export_saelens(f.sae, target, p.model_name, p.context, p.corpus))
+    return written

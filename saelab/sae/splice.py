@@ -1,0 +1,68 @@
+"""Put a dictionary into the model's forward pass.
+
+`spliced(model, sae, keep)` replaces the activation at the SAE's output site by its
+reconstruction (an SAE) or prediction (a transcoder, which reads its input site during the same
+forward). Positions where `keep` is True (sinks, outliers) keep their clean activation. With
+`error_term=True` the reconstruction error is added back, so the output is exactly the model's
+own until a feature is edited (`edit` gets and returns dense latents) - what steering uses.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from ..models import first_tensor, module_at, patch_activation
+from . import SparseCoder
+
+
+@contextmanager
+def spliced(model, sae: SparseCoder, keep: torch.Tensor | None = None, error_term: bool = False,
+            edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[None]:
+    cfg = sae.cfg
+    captured: dict[str, torch.Tensor] = {}
+
+    def replace(act: torch.Tensor) -> torch.Tensor:
+        x = captured.pop("x") if cfg.is_transcoder else act
+        shape = act.shape
+        flat_x = x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
+        if edit is None and not error_term:
+            new = sae.reconstruct(flat_x)
+        else:
+            with torch.no_grad():
+                lat = sae.encode_raw(flat_x)
+                dense = lat.to_dense()
+                if error_term:
+                    # act + (edited - clean) decode: bitwise the model's own activation wherever
+                    # the edit leaves the latents unchanged (and exactly act when edit is None).
+                    new = act.reshape(-1, shape[-1]).to(flat_x.dtype)
+                    if edit is not None:
+                        edited = edit(dense.view(*shape[:-1], -1).clone()).reshape(-1, cfg.d_sae)
+                        new = new + ((edited - dense) @ sae.W_dec) / sae.out_scale
+                else:
+                    if edit is not None:
+                        dense = edit(dense.view(*shape[:-1], -1)).reshape(-1, cfg.d_sae)
+                    new = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale
+        new = new.reshape(shape).to(act.dtype)
+        if keep is not None:
+            k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)
+            new = torch.where(k, act, new)
+        return new
+
+    with ExitStack() as stack:
+        if cfg.is_transcoder:
+            src = module_at(model, cfg.hookpoint)
+            if cfg.hookpoint.endswith(":input"):
+                h = src.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
+            else:
+                h = src.register_forward_hook(lambda m, a, out: captured.__setitem__("x", first_tensor(out)))
+            stack.callback(h.remove)
+        stack.enter_context(patch_activation(model, cfg.out_hookpoint or cfg.hookpoint, replace))
+        yield
+
+
+def _broadcast_keep(keep: torch.Tensor, shape) -> torch.Tensor:
+    """A [batch, seq] mask for a KV-cached step whose activation is [batch, new_seq, d]."""
+    return keep[:, -shape[1]:, None]

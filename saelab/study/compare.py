@@ -1,0 +1,122 @@
+"""`saelab compare A B`: decoder geometry of two dictionaries at the same site (Braun et al. 2024,
+section 3.3): for each alive decoder direction of A, its max cosine similarity to B's alive
+directions (cross) and to A's other alive directions (within A), with summary statistics and
+histograms. Comparing two seeds of one setting gives the baseline for "the same features".
+
+Alive = fired at least once on `tokens` held-out positions (sinks excluded), measured with the
+truncated forward; `tokens=0` skips the model and uses every latent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..sae import SparseCoder
+from ..storage import write_figure, write_json
+
+
+def unit_decoder(sae: SparseCoder) -> torch.Tensor:
+    """Decoder rows as unit vectors [d_sae, d_out] (saved weights are in raw activation space)."""
+    w = sae.W_dec.detach().float()
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def max_cosines(a: torch.Tensor, b: torch.Tensor | None = None, block: int = 4096) -> torch.Tensor:
+    """For each row of a [n, d]: max cosine to the rows of b [m, d] (or to the other rows of a)."""
+    same = b is None
+    b = a if same else b
+    out = torch.empty(a.shape[0])
+    for s in range(0, a.shape[0], block):
+        sim = a[s:s + block] @ b.T
+        if same:
+            idx = torch.arange(s, min(s + block, a.shape[0]))
+            sim[idx - s, idx] = -2.0
+        out[s:s + block] = sim.max(1).values
+    return out
+
+
+def summary(x: torch.Tensor) -> dict:
+    v = x.numpy()
+    return {"n": int(v.size), "mean": float(v.mean()), "median": float(np.median(v)), "p10": float(np.quantile(v, 0.1)),
+            "p90": float(np.quantile(v, 0.9)), "frac_above_0.9": float((v > 0.9).mean()),
+            "frac_above_0.7": float((v > 0.7).mean()), "frac_below_0.5": float((v < 0.5).mean())}
+
+
+@torch.no_grad()
+def firing(saes: list[SparseCoder], cfgs: list[dict], model_spec: str, corpus: str, context: int, tokens: int,
+           threads: int | None = None) -> list[torch.Tensor]:
+    """Per SAE, bool [d_sae]: fired at least once on `tokens` held-out non-sink positions."""
+    from ..data import load_token_rows
+    from ..evaluate.metrics import EvalBudget, reconstruction_metrics
+    from ..models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    lm = load_model(model_spec)
+    rows = load_token_rows(corpus, lm.tokenizer, context, vocab_size=lm.model.config.vocab_size)
+    res, _ = reconstruction_metrics(lm.model, lm.tokenizer, list(zip(saes, cfgs)), rows, EvalBudget(tokens=tokens))
+    return [r["_freq"] > 0 for r in res]
+
+
+def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000, model: str | None = None,
+            corpus: str | None = None, threads: int | None = None, overwrite: bool = False) -> dict:
+    from ..sae.folder import load_sae
+
+    (a, ca), (b, cb) = load_sae(Path(a_dir)), load_sae(Path(b_dir))
+    site_a = a.cfg.out_hookpoint or a.cfg.hookpoint
+    site_b = b.cfg.out_hookpoint or b.cfg.hookpoint
+    if site_a != site_b or a.cfg.d_out != b.cfg.d_out:
+        raise UserError(f"{a_dir} writes {site_a} (width {a.cfg.d_out}) but {b_dir} writes {site_b} (width "
+                        f"{b.cfg.d_out}); decoder directions are comparable only at the same site")
+    ma, mb = ca["metadata"]["model_name"], cb["metadata"]["model_name"]
+    if ma != mb:
+        raise UserError(f"{a_dir} belongs to {ma} and {b_dir} to {mb}; compare dictionaries of one model")
+    out_dir = Path(out) if out else Path(a_dir) / f"compare_{Path(b_dir).name}"
+    if (out_dir / "compare.json").exists() and not overwrite:
+        raise UserError(f"{out_dir / 'compare.json'} exists; pass --overwrite to replace it")
+    if tokens < 0:
+        raise UserError("--tokens must be >= 0")
+    if tokens:
+        oa = ca["saelab"]
+        spec = model or oa.get("model_spec", "embedded")
+        alive_a, alive_b = firing([a, b], [ca, cb], spec, corpus or oa.get("corpus", "builtin"),
+                                  ca["metadata"]["context_size"], tokens, threads)
+    else:
+        alive_a, alive_b = torch.ones(a.cfg.d_sae, dtype=torch.bool), torch.ones(b.cfg.d_sae, dtype=torch.bool)
+    if alive_a.sum() < 2 or alive_b.sum() < 1:
+        raise UserError("too few alive latents to compare (A needs 2, B needs 1)")
+    da, db = unit_decoder(a)[alive_a], unit_decoder(b)[alive_b]
+    cross, within = max_cosines(da, db), max_cosines(da)
+    result = {"a": str(a_dir), "b": str(b_dir), "site": site_a, "model": ma, "alive_tokens": tokens,
+              "alive_a": int(alive_a.sum()), "alive_b": int(alive_b.sum()), "d_sae_a": a.cfg.d_sae, "d_sae_b": b.cfg.d_sae,
+              "cross_max_cosine": summary(cross), "within_a_max_cosine": summary(within),
+              "descriptions": {"cross_max_cosine": "per alive decoder direction of A: max cosine to B's alive directions",
+                               "within_a_max_cosine": "per alive decoder direction of A: max cosine to A's other alive directions"}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _histograms(cross, within, out_dir / "compare.png", Path(a_dir).name, Path(b_dir).name)
+    result["plot"] = "compare.png"
+    write_json(out_dir / "compare.json", result)
+    return result
+
+
+def _histograms(cross: torch.Tensor, within: torch.Tensor, path: Path, name_a: str, name_b: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
+    bins = np.linspace(-0.2, 1.0, 61)
+    for ax, v, t in ((axes[0], cross, f"A={name_a} to B={name_b}"), (axes[1], within, f"within A={name_a}")):
+        ax.hist(v.numpy(), bins=bins, color="#3b6ea8")
+        ax.axvline(float(v.median()), color="k", ls="--", lw=1, label=f"median {float(v.median()):.3f}")
+        ax.set_xlabel("max cosine similarity of each alive decoder direction")
+        ax.set_ylabel("latents")
+        ax.set_title(t, fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_figure(path, fig)

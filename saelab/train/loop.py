@@ -1,0 +1,244 @@
+"""The one training loop: every objective (local, e2e, e2e+ds), every source (LM stream, activation
+cache), one process or many. It owns resume, checkpoints, progress, the log, the divergence stop
+and the save; objectives (objectives.py) and sources (sources.py) are small pieces behind it, and
+distributed training (distributed.py) is a `Parallel` strategy handed in, not a different loop.
+
+Read top to bottom: check (before any weights load) -> open inputs -> build SAEs -> resume ->
+for each batch: one step for every SAE -> finalize -> save.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..sae.folder import Provenance, save_sae
+from ..storage import fingerprint, refuse_overwrite
+from .checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .config import TrainConfig
+from .curves import LOG, plot_train_log
+from .distributed import parallel_for
+from .manifest import write_manifest
+from .members import Member, build_members, parse_sites
+from .objectives import make_objective
+from .parallel import SingleProcess
+from .schedule import lr_factor
+from .sources import Batch, TrainingInputs, open_inputs, precheck
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+@dataclass
+class Position:
+    """Where a run is; checkpointed, so a resumed run continues exactly."""
+    cursor: int = 0        # the source's resume position (next chunk / next e2e step)
+    lm_tokens: int = 0     # LM positions consumed
+    steps: int = 0         # optimiser steps taken
+    excluded: int = 0      # sink/outlier positions left out
+    wall_s: float = 0.0
+
+
+class TrainingRun:
+    def __init__(self, cfg: TrainConfig, parallel=None):
+        cfg.validate()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.parallel = parallel or SingleProcess()
+        self.parallel.check(cfg)
+        if not cfg.resume:
+            refuse_overwrite(self.out, cfg.overwrite, "--out")
+        self.patterns = parse_sites(cfg.hookpoints)
+        precheck(cfg, self.patterns)
+        self.resume_meta = read_checkpoint_meta(self.out) if cfg.resume else None
+        if self.resume_meta:
+            self.parallel.check_resume(self.resume_meta, self.out)
+
+    # ------------------------------------------------------------ the run
+    def run(self) -> list[Path]:
+        cfg, par = self.cfg, self.parallel
+        logger = _wandb(cfg) if par.is_main else None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        inputs = open_inputs(cfg, self.patterns, par.wrap_stream)
+        if par.is_main:
+            if cfg.overwrite and self.out.exists():
+                shutil.rmtree(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+        par.barrier()
+        everyone = build_members(cfg, inputs.sites, inputs.widths)
+        self.identity = self._identity([m.name for m in everyone], inputs.data["fingerprint"])
+        members = par.own(everyone)
+        objective = make_objective(cfg, inputs.lm.model if inputs.lm else None, members, inputs.sink, inputs.special)
+        par.attach(objective)
+        pos = self._resume(members)
+        dead_tokens = cfg.dead_tokens or max(cfg.batch_tokens, min(10_000_000, cfg.tokens // 10))
+        source = inputs.source
+        t0 = time.time() - pos.wall_s
+        next_ckpt = (pos.lm_tokens // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        bar = tqdm(total=source.total_lm_tokens, initial=pos.lm_tokens, unit="tok", unit_scale=True,
+                   desc="train" if cfg.loss == "local" else f"train ({cfg.loss})", smoothing=0.05, dynamic_ncols=True,
+                   disable=not par.is_main)
+        t_loop = time.time()
+        last_inputs: dict[str, torch.Tensor] = {}  # recent raw SAE inputs, for `finalize` (BatchTopK threshold)
+        for batch in source.batches(pos.cursor):
+            excluded = self._step(members, objective, batch, pos.steps == 0, dead_tokens, last_inputs)
+            pos.steps += 1
+            pos.excluded += batch.excluded + excluded
+            if not batch.lm_tokens:
+                continue
+            pos.lm_tokens += batch.lm_tokens
+            bar.update(batch.lm_tokens)
+            bar.set_postfix_str(_postfix(members, batch))
+            self._append_log(members, pos, time.time() - t0)
+            if logger:
+                logger.log({f"{m.name}/{k}": v for m in members for k, v in m.stats.items()} | {"tokens": pos.lm_tokens})
+            if pos.lm_tokens >= next_ckpt and pos.lm_tokens < source.total_lm_tokens:
+                pos.cursor, pos.wall_s = batch.cursor, time.time() - t0
+                self._checkpoint(members, pos)
+                next_ckpt = (pos.lm_tokens // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        bar.close()
+        for m in members:
+            if m.name in last_inputs:
+                m.sae.finalize(last_inputs[m.name])
+        pos.wall_s = time.time() - t0
+        return self._save(members, pos, inputs, objective.record(), time.time() - t_loop)
+
+    # ------------------------------------------------------------ one step
+    def _step(self, members: list[Member], objective, batch: Batch, first: bool, dead_tokens: int,
+              last_inputs: dict) -> int:
+        """One optimiser step of every SAE on `batch`; returns positions the objective left out."""
+        cfg = self.cfg
+        factor = lr_factor(batch.progress, cfg.warmup_fraction, cfg.decay_fraction)
+        fired = {m.name: torch.zeros(m.sae.cfg.d_sae, dtype=torch.bool, device=m.since_fired.device) for m in members}
+        sums: dict[str, dict[str, float]] = {m.name: {} for m in members}
+        excluded = 0
+        for part, weight in objective.split(batch):
+            shared = objective.shared(part)
+            for i, m in enumerate(members):
+                x, y = objective.io(m, batch.sample or part, shared)  # a chunk's sample, or this part
+                if first:  # scales and decoder bias from the first batch's data
+                    m.sae.init_from_data(x[:16384], y[:16384], cfg.bias_init)
+                last_inputs[m.name] = x[:16384]
+                r = objective.loss(m, part, shared, m.since_fired >= dead_tokens)
+                if not torch.isfinite(r.loss) or r.loss.item() > 1e4:
+                    raise TrainingDiverged(
+                        f"{m.name}: loss became {r.loss.item():.3g}; stopped. The last good checkpoint in {self.out} "
+                        f"is kept; lower --lr (now {m.lr:.2g}) and rerun with --resume or from scratch")
+                (r.loss * weight).backward()
+                fired[m.name] |= r.fired.to(fired[m.name].device)
+                for key, v in r.stats.items():
+                    sums[m.name][key] = sums[m.name].get(key, 0.0) + v * weight
+                excluded += r.excluded if i == 0 else 0
+            first = False
+        for m in members:
+            self.parallel.reduce_grads(m)
+            for g in m.opt.param_groups:
+                g["lr"] = m.lr * factor
+            m.sae.remove_parallel_decoder_grad()
+            m.opt.step()
+            m.opt.zero_grad(set_to_none=True)
+            m.sae.normalize_decoder()
+            m.since_fired += batch.positions
+            m.since_fired[self.parallel.sync_fired(fired[m.name])] = 0
+            sums[m.name]["dead"] = (m.since_fired >= dead_tokens).float().mean().item()
+            m.smooth(sums[m.name])
+        return excluded
+
+    # ------------------------------------------------------------ resume, checkpoints, log
+    def _identity(self, names: list[str], data_fingerprint: str) -> str:
+        """What must match for a checkpoint to be resumable by this configuration."""
+        c = self.cfg.to_dict()
+        for k in ("resume", "overwrite", "threads", "checkpoint_every", "wandb", "device", "dist_timeout"):
+            c.pop(k)
+        return fingerprint(c, names, data_fingerprint, self.parallel.describe())
+
+    def _resume(self, members: list[Member]) -> Position:
+        meta = self.resume_meta
+        if not meta:
+            return Position()
+        if meta.get("identity") != self.identity or "position" not in meta:
+            raise UserError(f"--resume: the checkpoint in {self.out} was written by a different configuration "
+                            f"(model, data, SAEs, loss or hyperparameters changed); start a new --out instead")
+        load_checkpoint(self.out, members)
+        for m in members:  # the smoothed statistics continue too, so the manifest matches an uninterrupted run
+            m.stats = dict(meta.get("stats", {}).get(m.name, {}))
+        pos = Position(**meta["position"])
+        print(f"saelab: resuming at {pos.lm_tokens:,} tokens (step {pos.steps})", flush=True)
+        return pos
+
+    def _checkpoint(self, members: list[Member], pos: Position) -> None:
+        gathered = self.parallel.gather(members)
+        if gathered is not None:
+            meta = {"identity": self.identity, "position": asdict(pos), "stats": {m.name: m.stats for m in gathered}}
+            save_checkpoint(self.out, gathered, meta | self.parallel.describe())
+        self.parallel.barrier()
+
+    def _append_log(self, members: list[Member], pos: Position, wall_s: float) -> None:
+        """One JSON line of every SAE's smoothed training stats (train_log.jsonl: the curves)."""
+        if not self.parallel.is_main:
+            return
+        record = {"tokens": pos.lm_tokens, "steps": pos.steps, "wall_s": round(wall_s, 2),
+                  "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in members}}
+        with open(self.out / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------ save
+    def _save(self, members: list[Member], pos: Position, inputs: TrainingInputs, objective: dict,
+              loop_s: float) -> list[Path]:
+        cfg, par = self.cfg, self.parallel
+        gathered = par.gather(members)
+        folders = [self.out / n for n in par.all_names(members)]
+        if gathered is not None:
+            folders = []
+            for m in gathered:
+                prov = Provenance(model_spec=cfg.model, model_name=inputs.model_name, corpus=inputs.data["source"],
+                                  text_field=inputs.data["text_field"], context=cfg.context,
+                                  heldout_fraction=inputs.data["heldout_fraction"],
+                                  data_fingerprint=inputs.data["fingerprint"], sink=inputs.sink,
+                                  training_tokens=pos.lm_tokens, objective=objective)
+                extra = {"lr": m.lr, "steps": pos.steps, "seed": cfg.seed, "train_stats": m.stats}
+                if "activation_cache" in inputs.data:
+                    extra["activation_cache"] = inputs.data["activation_cache"]
+                folders.append(save_sae(m.sae, self.out / m.name, prov, extra))
+            write_manifest(self.out, cfg, inputs.data, pos, loop_s, {m.name: (f, m.stats) for m, f in zip(gathered, folders)},
+                           par.describe())
+            plot_train_log(self.out)
+            (self.out / CHECKPOINT).unlink(missing_ok=True)
+        par.barrier()
+        par.close()
+        print(f"saelab: trained {pos.lm_tokens:,} tokens ({pos.steps:,} steps)"
+              + (f"; --tokens {cfg.tokens:,} rounded down to whole batches" if pos.lm_tokens != cfg.tokens else ""),
+              flush=True) if par.is_main else None
+        return folders
+
+
+def train(cfg: TrainConfig) -> list[Path]:
+    """Train every SAE of `cfg` (in this process, or as one rank of a torchrun job) -> SAE folders."""
+    return TrainingRun(cfg, parallel_for(cfg)).run()
+
+
+def _postfix(members: list[Member], batch: Batch) -> str:
+    s = members[0].stats
+    parts = [f"{k} {s[k]:.4f}" if k == "kl" else f"{k} {s[k]:.3g}" for k in ("kl", "ds_mse") if s.get(k)]
+    parts += [f"fvu {s['fvu']:.3f}", f"l0 {s['l0']:.1f}", f"dead {100 * s['dead']:.1f}%"]
+    if batch.excluded:
+        parts.append(f"excl {100 * batch.excluded / max(1, batch.lm_tokens):.2f}%")
+    return " ".join(parts) + (f" (+{len(members) - 1} SAEs)" if len(members) > 1 else "")
+
+
+def _wandb(cfg: TrainConfig):
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError as e:
+        raise UserError("--wandb needs `pip install wandb`") from e
+    return wandb.init(project=cfg.wandb, config=cfg.to_dict())

@@ -1,0 +1,195 @@
+"""Where training batches come from, behind one interface: `batches(cursor) -> Iterator[Batch]`.
+
+  ChunkedSource    optimiser batches cut from shuffled chunks of activations, streamed from the
+                   LM (`activations.stream.ActivationStream`) or read from an activation cache on
+                   disk (`activations.disk_cache.CachedActivationStream`): the local objective.
+  TokenRowSource   whole token rows, for objectives that run the model themselves (e2e).
+
+A batch that ends a resumable unit (a chunk, an e2e step) carries `cursor`: the position a resumed
+run starts from, so a resumed run sees exactly the data an uninterrupted one would.
+
+The token budget is a contract: a run trains on `--tokens` rounded down to whole LM batches
+(`rows_per_batch * context` positions), never more.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..activations.disk_cache import CachedActivationStream, cache_sites, read_manifest, same_model
+from ..activations.stream import ActivationStream, row_order
+from ..data import check_source, load_token_rows
+from ..errors import UserError
+from ..models import EMBEDDED, LoadedModel, hookpoint_widths, layer_index, load_model, resolve_hookpoints
+from ..sinks import SinkConfig, special_ids
+from ..storage import cache_dir, fingerprint
+
+
+@dataclass
+class Batch:
+    """One optimiser step's data."""
+    acts: dict[str, torch.Tensor] | None = None   # hookpoint -> [n, d] raw non-sink activations, shuffled
+    ids: torch.Tensor | None = None               # token rows [rows, context]
+    positions: int = 0                            # positions that count towards the dead-latent counters
+    progress: float = 0.0                         # fraction of the run's LM tokens consumed before it
+    lm_tokens: int = 0                            # LM positions completed with this batch (chunk end, e2e step)
+    excluded: int = 0                             # sink/outlier positions left out with this batch
+    cursor: int | None = None                     # set when a run may checkpoint after it: where to resume
+    sample: "Batch | None" = None                 # more of the same data (its chunk's first 16,384 vectors):
+                                                  # for data-dependent init and finalize, steadier than one batch
+
+
+def lm_rows_for(tokens: int, batch_tokens: int, context: int) -> tuple[int, int]:
+    """(rows per LM batch, LM rows of the run): the token budget rounded down to whole batches."""
+    rows_per_batch = max(1, batch_tokens // context)
+    return rows_per_batch, (tokens // (rows_per_batch * context)) * rows_per_batch
+
+
+class ChunkedSource:
+    def __init__(self, stream, batch_tokens: int):
+        self.stream, self.batch_tokens = stream, batch_tokens
+        self.total_lm_tokens = stream.total_lm_tokens
+        self.epochs = stream.epochs
+
+    def batches(self, cursor: int = 0) -> Iterator[Batch]:
+        for chunk in self.stream.chunks(cursor):
+            n = next(iter(chunk.acts.values())).shape[0]
+            n_batches = max(1, math.ceil(n / self.batch_tokens))
+            before = self.stream.lm_tokens_before(chunk.index)
+            sample = Batch(acts={h: a[:16384] for h, a in chunk.acts.items()})
+            for b in range(n_batches):
+                last = b == n_batches - 1
+                sl = slice(b * self.batch_tokens, (b + 1) * self.batch_tokens)
+                acts = {h: a[sl] for h, a in chunk.acts.items()}
+                yield Batch(acts=acts, positions=next(iter(acts.values())).shape[0],
+                            progress=(before + chunk.lm_tokens * b / n_batches) / self.total_lm_tokens,
+                            lm_tokens=chunk.lm_tokens if last else 0, excluded=chunk.excluded if last else 0,
+                            cursor=chunk.index + 1 if last else None, sample=sample)
+
+
+class TokenRowSource:
+    """Batches of whole training rows in a seeded order (the order an activation stream would visit)."""
+
+    def __init__(self, rows, rows_per_batch: int, n_rows: int, seed: int, device: str = "cpu"):
+        train = rows.train_rows
+        self.rows, self.rows_per_batch, self.device = rows, rows_per_batch, device
+        self.order = train[row_order(len(train), n_rows, seed)]
+        self.n_steps = n_rows // rows_per_batch
+        self.total_lm_tokens = n_rows * rows.tokens.shape[1]
+        self.epochs = n_rows / max(1, len(train))
+
+    def batches(self, cursor: int = 0) -> Iterator[Batch]:
+        for step in range(cursor, self.n_steps):
+            sel = np.sort(self.order[step * self.rows_per_batch:(step + 1) * self.rows_per_batch])
+            ids = torch.from_numpy(np.asarray(self.rows.tokens[sel], dtype=np.int64)).to(self.device)
+            yield Batch(ids=ids, positions=ids.numel(), progress=step / self.n_steps, lm_tokens=ids.numel(),
+                        cursor=step + 1)
+
+
+@dataclass
+class TrainingInputs:
+    """Everything a run trains on, whether it streams from the LM or reads an activation cache."""
+    source: ChunkedSource | TokenRowSource
+    sites: list[tuple[str, str | None]]          # (input site, transcoder output site or None)
+    widths: dict[str, int]
+    model_name: str                              # for cfg.json metadata.model_name
+    sink: SinkConfig
+    data: dict                                   # corpus provenance: source, text_field, heldout_fraction, fingerprint, rows
+    lm: LoadedModel | None = None                # None when training from an activation cache
+    special: list[int] = field(default_factory=list)
+
+
+def precheck_depth(model_spec: str, sites: list[tuple[str, str | None]]) -> None:
+    """A hookpoint deeper than the model fails before any weights load (when the config is local)."""
+    try:
+        from transformers import AutoConfig
+
+        src = cache_dir() / "models" / "SmolLM2-135M-Instruct" if model_spec == EMBEDDED else Path(model_spec)
+        if not (Path(src) / "config.json").exists():
+            return
+        n = AutoConfig.from_pretrained(src).num_hidden_layers
+    except Exception:  # noqa: BLE001 - the post-load check still runs
+        return
+    for a, b in sites:
+        for s in (a, b):
+            m = re.search(r"layers\.(\d+)", s or "")
+            if m and int(m.group(1)) >= n:
+                raise UserError(f"hookpoint {s!r} is deeper than the model: it has {n} layers (0..{n - 1})")
+
+
+def precheck(cfg, sites) -> None:
+    """Checks of the data and sites that need no model weights."""
+    if cfg.from_activations:
+        read_manifest(Path(cfg.from_activations))
+    else:
+        check_source(cfg.corpus)
+        precheck_depth(cfg.model, sites)
+
+
+def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda s: s) -> TrainingInputs:
+    """The model (or activation cache), the concrete sites, the data and the batch source of a run.
+    `wrap_stream` lets distributed training split the LM forwards over its ranks."""
+    if cfg.from_activations:
+        return _open_cache(cfg, patterns)
+    lm = load_model(cfg.model, device=cfg.device)
+    model = lm.model
+    sites = []
+    for a, b in patterns:
+        ra = resolve_hookpoints(model, [a])
+        rb = resolve_hookpoints(model, [b]) if b else [None] * len(ra)
+        if b and len(ra) != len(rb):
+            raise UserError(f"transcoder {a}->{b}: patterns match {len(ra)} and {len(rb)} sites")
+        sites += list(zip(ra, rb))
+    hookpoints = sorted({h for s in sites for h in s if h}, key=lambda h: layer_index(model, h))
+    rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field,
+                           vocab_size=model.config.vocab_size)
+    sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
+    special = special_ids(lm.tokenizer)
+    rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
+    if cfg.loss == "local":
+        stream = ActivationStream(model, rows, hookpoints, cfg.context, rows_per_batch, cfg.buffer_batches, n_rows,
+                                  cfg.seed, sink, special, cfg.device)
+        source = ChunkedSource(wrap_stream(stream), cfg.batch_tokens)
+    else:
+        source = TokenRowSource(rows, rows_per_batch, n_rows, cfg.seed, cfg.device)
+    if source.epochs > 1:
+        print(f"saelab: the corpus has {len(rows.train_rows) * cfg.context:,} training tokens; "
+              f"--tokens {cfg.tokens:,} repeats it {source.epochs:.1f} times", flush=True)
+    data = {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
+            "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)), "train_rows": int(len(rows.train_rows)),
+            "heldout_rows": int(len(rows.heldout_rows)), "epochs": source.epochs}
+    return TrainingInputs(source, sites, hookpoint_widths(model, hookpoints), lm.name, sink, data, lm, special)
+
+
+def _open_cache(cfg, patterns) -> TrainingInputs:
+    """An activation cache made by `saelab cache-activations`, checked against the run's options."""
+    folder = Path(cfg.from_activations)
+    m = read_manifest(folder)
+    if not same_model(cfg.model, m):
+        raise UserError(f"activation cache {folder} was made with model {m['model']['spec']!r}, not {cfg.model!r}; "
+                        f"pass --model {m['model']['spec']} or build a cache for this model")
+    if cfg.context != m["context"]:
+        raise UserError(f"activation cache {folder} has context {m['context']}; pass --context {m['context']}")
+    sites = cache_sites(folder, m, patterns)
+    hooks = [h for h in m["hookpoints"] if any(h in s for s in sites)]
+    rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
+    stream = CachedActivationStream(folder, m, hooks, cfg.context, rows_per_batch, cfg.buffer_batches, n_rows,
+                                    cfg.seed, cfg.device)
+    if stream.epochs > 1:
+        print(f"saelab: the cache holds {sum(x['lm_tokens'] for x in m['shards']):,} LM tokens; --tokens "
+              f"{cfg.tokens:,} reads it {stream.epochs:.1f} times", flush=True)
+    d = m["data"]
+    data = {"source": d["source"], "text_field": d.get("text_field", "text"),
+            "heldout_fraction": d.get("heldout_fraction", 0.05), "fingerprint": d["fingerprint"],
+            "rows": d["rows"], "train_rows": d["train_rows"], "heldout_rows": d["heldout_rows"],
+            "epochs": stream.epochs, "activation_cache": str(folder),
+            "activation_cache_fingerprint": fingerprint(d["fingerprint"], "cache", m["shards"], m["hookpoints"])}
+    return TrainingInputs(ChunkedSource(stream, cfg.batch_tokens), sites, {h: m["widths"][h] for h in hooks},
+                          m["model"]["name"], SinkConfig(**m["sink"]), data)

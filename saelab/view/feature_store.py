@@ -1,0 +1,325 @@
+"""Everything a feature dashboard shows, for one SAE, computed once and served per feature.
+
+`FeatureStore.build(sae_dir, cache=..., tokens=...)` reads the latent cache (saelab/cache.py)
+when one is given; without one it builds a small cache itself with the cache builder over
+`tokens` held-out tokens (kept under $SAELAB_CACHE/view_caches, reused on the next run), so an
+SAE with no cache and no explanations still gets full dashboards.
+
+Per feature (`view(i)`): firing density, activation histogram, top activating examples and
+examples from equal-width activation ranges (tokens with this feature's activation at each
+position), the tokens its decoder direction most promotes / suppresses through the final norm
+and the unembedding, the explanation and scores when an interpretation record exists, and the
+nearest features by decoder cosine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..features.latent_cache import LatentCache, build_latent_cache
+from ..errors import UserError
+from ..sae.folder import load_sae
+from ..storage import cache_dir, fingerprint
+
+N_TOP = 10            # top activating examples
+N_RANGES = 4          # activation ranges (equal width in (0, max])
+N_PER_RANGE = 3
+WINDOW_BEFORE, WINDOW_AFTER = 20, 6
+N_LOGITS = 10
+N_NEAREST = 6
+HIST_BINS = 24
+
+
+@dataclass
+class Example:
+    tokens: list[str]       # window of token strings
+    acts: list[float]       # this feature's activation at each token of the window
+    peak: int               # index of the example's own position inside the window
+    value: float
+
+
+def load_explanations(path: Path | None, dict_name: str | None = None) -> dict[int, dict]:
+    """latent -> {"explanation": str, "scores": {name: number}} from JSONL interpretation records.
+
+    Lenient about the record layout (one JSON object per line): the latent id is `latent`
+    (or `latent_id` / `feature`); `dictionary`/`sae`, when present, must match `dict_name`;
+    scores are the numbers found in `scores` (nested dicts flattened with '.'). A file that is
+    a folder means every *.jsonl inside it."""
+    if path is None:
+        return {}
+    path = Path(path)
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    if not path.exists():
+        raise UserError(f"explanations {path} do not exist")
+    out: dict[int, dict] = {}
+    for f in files:
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: the records format is append-only
+            if not isinstance(rec, dict):
+                continue
+            lat = next((rec[k] for k in ("latent", "latent_id", "feature") if k in rec), None)
+            owner = rec.get("dictionary", rec.get("sae"))
+            if not isinstance(lat, int) or (dict_name and owner and str(owner) != dict_name):
+                continue
+            expl = rec.get("explanation")
+            if isinstance(expl, dict):
+                expl = expl.get("text") or expl.get("explanation")
+            scores = _flat_numbers(rec.get("scores", {}))
+            out[lat] = {"explanation": expl if isinstance(expl, str) else None, "scores": scores}
+    return out
+
+
+def _flat_numbers(d, prefix: str = "") -> dict[str, float]:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[key] = float(v)
+            elif isinstance(v, dict):
+                out.update(_flat_numbers(v, key + "."))
+    return out
+
+
+def final_norm_and_unembed(model) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """(final norm weight [d] or None, unembedding [vocab, d]) of a HF causal LM, if found."""
+    emb = model.get_output_embeddings()
+    if emb is None:
+        return None
+    norm = None
+    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm"):
+        try:
+            norm = model.get_submodule(path)
+            break
+        except AttributeError:
+            continue
+    w = getattr(norm, "weight", None) if norm is not None else None
+    return (w.detach() if w is not None else None), emb.weight.detach()
+
+
+class FeatureStore:
+    """Dashboard data of one SAE (`name`), backed by a LatentCache."""
+
+    def __init__(self, name: str, sae_dir: Path, sae, cfg_json: dict, cache: LatentCache, dict_name: str,
+                 tokenizer, model, explanations: dict[int, dict]):
+        self.name, self.sae_dir, self.sae, self.cfg_json = name, Path(sae_dir), sae, cfg_json
+        self.cache, self.dict_name, self.tok, self.model = cache, dict_name, tokenizer, model
+        self.explanations = explanations
+        self.d_sae = sae.cfg.d_sae
+        self.freq = cache.firing_frequency(dict_name).astype(np.float64)      # [d_sae]
+        self.max_act = cache.max_activation(dict_name).astype(np.float32)    # [d_sae]
+        self.n_positions = int(cache.manifest["n_positions"])
+        self._tokstr: dict[int, str] = {}
+        self._logits()
+        self._nearest()
+        self._top_tokens()
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, sae_dir, cache: str | Path | None = None, tokens: int = 16_384, explanations=None,
+              model=None, tokenizer=None, name: str | None = None, progress: bool = True) -> "FeatureStore":
+        sae_dir = Path(sae_dir)
+        sae, cfg_json = load_sae(sae_dir)
+        lc, dict_name = ensure_cache(sae_dir, sae.cfg.d_sae, cache, tokens, progress)
+        cache = lc.path
+        if model is None or tokenizer is None:
+            from ..models import load_model
+
+            lm = load_model(cfg_json["saelab"].get("model_spec", "embedded"))
+            model, tokenizer = lm.model, lm.tokenizer
+        if explanations is None:
+            for cand in (sae_dir / "explanations.jsonl", Path(cache) / "explanations.jsonl"):
+                if cand.exists():
+                    explanations = cand
+                    break
+        return cls(name or sae_dir.name, sae_dir, sae, cfg_json, lc, dict_name, tokenizer, model,
+                   load_explanations(explanations, dict_name))
+
+    @torch.no_grad()
+    def _logits(self) -> None:
+        """Promoted / suppressed tokens of every decoder direction through final norm + unembedding."""
+        self.promoted = self.suppressed = None
+        found = final_norm_and_unembed(self.model)
+        W = self.sae.W_dec.detach()  # [d_sae, d_out]
+        if found is None or found[1].shape[1] != W.shape[1]:
+            return  # a site whose width is not the residual stream's: no logit lens
+        g, U = found
+        Wg = W * g if g is not None else W
+        top_v, top_i, bot_v, bot_i = [], [], [], []
+        for s in range(0, W.shape[0], 512):
+            lg = Wg[s:s + 512] @ U.T  # [chunk, vocab]
+            t = lg.topk(N_LOGITS, dim=1)
+            b = lg.topk(N_LOGITS, dim=1, largest=False)
+            top_v.append(t.values), top_i.append(t.indices), bot_v.append(b.values), bot_i.append(b.indices)
+        self.promoted = (torch.cat(top_i), torch.cat(top_v))
+        self.suppressed = (torch.cat(bot_i), torch.cat(bot_v))
+
+    @torch.no_grad()
+    def _nearest(self) -> None:
+        W = self.sae.W_dec.detach()
+        W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        ids, vals = [], []
+        k = min(N_NEAREST, W.shape[0] - 1)
+        for s in range(0, W.shape[0], 1024):
+            sim = W[s:s + 1024] @ W.T  # [chunk, d_sae]
+            sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
+            t = sim.topk(k, dim=1)
+            ids.append(t.indices), vals.append(t.values)
+        self.nearest = (torch.cat(ids), torch.cat(vals))
+
+    def _top_tokens(self) -> None:
+        """The distinct tokens of each feature's strongest activations (for search by token)."""
+        self.top_tokens: list[list[str]] = []
+        toks = self.cache.tokens
+        for j in range(self.d_sae):
+            rows, pos, val = self.cache.latent_records(self.dict_name, j)
+            order = np.argsort(-val)[:50]
+            seen: list[str] = []
+            for r, p in zip(rows[order], pos[order]):
+                s = self.token_str(int(toks[r, p]))
+                if s not in seen:
+                    seen.append(s)
+                if len(seen) >= 5:
+                    break
+            self.top_tokens.append(seen)
+        # Lower-cased, stripped token lists for search by token (built once; a search is one scan).
+        prom = self.promoted[0] if self.promoted is not None else None
+        self._search_top = [[t.strip().lower() for t in toks] for toks in self.top_tokens]
+        self._search_prom = ([[self.token_str(int(t)).strip().lower() for t in prom[i, :5]] for i in range(self.d_sae)]
+                             if prom is not None else [[] for _ in range(self.d_sae)])
+
+    # ------------------------------------------------------------ helpers
+    def token_str(self, tid: int) -> str:
+        s = self._tokstr.get(tid)
+        if s is None:
+            s = self.tok.decode([tid])
+            self._tokstr[tid] = s
+        return s
+
+    def check_latent(self, i: int) -> int:
+        if not 0 <= i < self.d_sae:
+            raise UserError(f"feature {i} does not exist: {self.name} has features 0..{self.d_sae - 1}")
+        return i
+
+    def explanation(self, i: int) -> str | None:
+        return self.explanations.get(i, {}).get("explanation")
+
+    def summary(self, i: int) -> dict:
+        """One row of the index / search results."""
+        return {"id": i, "density": float(self.freq[i]), "max_act": float(self.max_act[i]),
+                "explanation": self.explanation(i), "top_tokens": self.top_tokens[i],
+                "promoted": self._token_list(self.promoted, i, 5)}
+
+    def _token_list(self, pair, i: int, n: int = N_LOGITS) -> list[dict]:
+        if pair is None:
+            return []
+        ids, vals = pair
+        return [{"token": self.token_str(int(t)), "logit": float(v)} for t, v in zip(ids[i, :n], vals[i, :n])]
+
+    def _example(self, rows, pos, vals, r: int, p: int, v: float) -> Example:
+        ctx = self.cache.tokens.shape[1]
+        a, b = max(0, p - WINDOW_BEFORE), min(ctx, p + WINDOW_AFTER + 1)
+        lo, hi = np.searchsorted(rows, r, "left"), np.searchsorted(rows, r, "right")  # records sorted by (row, pos)
+        acts = np.zeros(b - a, dtype=np.float32)
+        for pp, vv in zip(pos[lo:hi], vals[lo:hi]):
+            if a <= pp < b:
+                acts[pp - a] = vv
+        toks = [self.token_str(int(t)) for t in self.cache.tokens[r, a:b]]
+        return Example(toks, acts.tolist(), p - a, float(v))
+
+    # ------------------------------------------------------------ the page
+    def view(self, i: int) -> dict:
+        i = self.check_latent(i)
+        rows, pos, vals = self.cache.latent_records(self.dict_name, i)
+        top = np.argsort(-vals, kind="stable")[:N_TOP]
+        examples = [self._example(rows, pos, vals, int(rows[j]), int(pos[j]), float(vals[j])) for j in top]
+        ranges = []
+        mx = float(vals.max()) if len(vals) else 0.0
+        rng = np.random.default_rng(i)
+        for b in range(N_RANGES - 1, -1, -1):
+            lo, hi = mx * b / N_RANGES, mx * (b + 1) / N_RANGES
+            sel = np.nonzero((vals > lo) & (vals <= hi))[0]
+            pick = rng.choice(sel, size=min(N_PER_RANGE, len(sel)), replace=False) if len(sel) else []
+            ranges.append({"lo": lo, "hi": hi, "count": int(len(sel)),
+                           "examples": [self._example(rows, pos, vals, int(rows[j]), int(pos[j]), float(vals[j])) for j in pick]})
+        counts, edges = np.histogram(vals, bins=HIST_BINS, range=(0.0, mx if mx > 0 else 1.0))
+        near_i, near_v = self.nearest
+        expl = self.explanations.get(i, {})
+        return {
+            "sae": self.name, "id": i, "d_sae": self.d_sae, "hookpoint": self.sae.cfg.hookpoint,
+            "density": float(self.freq[i]), "fires": int(len(vals)), "n_positions": self.n_positions,
+            "max_act": mx, "mean_act": float(vals.mean()) if len(vals) else 0.0,
+            "hist": {"counts": counts.tolist(), "edges": edges.tolist()},
+            "top": examples, "ranges": ranges,
+            "promoted": self._token_list(self.promoted, i), "suppressed": self._token_list(self.suppressed, i),
+            "explanation": expl.get("explanation"), "scores": expl.get("scores", {}),
+            "nearest": [{"id": int(j), "cos": float(c), "explanation": self.explanation(int(j)),
+                         "top_tokens": self.top_tokens[int(j)][:3]} for j, c in zip(near_i[i], near_v[i])],
+        }
+
+    def search(self, query: str, by: str = "text", limit: int = 50) -> list[dict]:
+        """Features whose explanation contains every word of `query` (by=text), or whose top
+        activating / promoted tokens contain `query` (by=token); strongest matches first."""
+        q = query.strip().lower()
+        if not q:
+            return []
+        hits = []
+        if by == "text":
+            words = q.split()
+            for i, rec in self.explanations.items():
+                e = (rec.get("explanation") or "").lower()
+                if e and all(w in e for w in words) and 0 <= i < self.d_sae:
+                    hits.append((0 if self.freq[i] > 0 else 1, -e.count(words[0]), i))
+        elif by == "token":
+            for i in range(self.d_sae):
+                toks, ptoks = self._search_top[i], self._search_prom[i]
+                rank = next((r for r, t in enumerate(toks) if t == q), None)
+                if rank is None and q in ptoks:
+                    rank = 10 + ptoks.index(q)
+                if rank is None:
+                    rank = next((20 + r for r, t in enumerate(toks) if q in t), None)
+                if rank is not None:
+                    hits.append((rank, -float(self.max_act[i]), i))
+        else:
+            raise UserError(f"search by {by!r}: use 'text' or 'token'")
+        hits.sort()
+        return [self.summary(i) for *_, i in hits[:limit]]
+
+
+def ensure_cache(sae_dir: Path, d_sae: int, cache=None, tokens: int = 16_384,
+                 progress: bool = True) -> tuple[LatentCache, str]:
+    """The given latent cache, or one built once over `tokens` held-out tokens with the cache
+    builder (kept under $SAELAB_CACHE/view_caches and reused) -> (cache, dictionary name)."""
+    sae_dir = Path(sae_dir)
+    if cache is None:
+        if tokens < 1:
+            raise UserError("--tokens must be positive")
+        fp = fingerprint(str(sae_dir.resolve()), (sae_dir / "sae_weights.safetensors").stat().st_mtime_ns, tokens)
+        cache = cache_dir() / "view_caches" / fp
+        build_latent_cache([sae_dir], tokens, cache, progress=progress, batch_rows=8)
+    lc = LatentCache.open(cache)
+    return lc, _find_dict(lc, sae_dir, d_sae)
+
+
+def _find_dict(cache: LatentCache, sae_dir: Path, d_sae: int) -> str:
+    want = str(sae_dir.resolve())
+    for n in cache.sae_names:
+        info = cache.info(n)
+        if info.get("kind") == "sae" and str(Path(info.get("source", "")).resolve()) == want:
+            return n
+    if sae_dir.name in cache.sae_names and cache.d_sae(sae_dir.name) == d_sae:
+        return sae_dir.name
+    raise UserError(f"cache {cache.path} has no dictionary for {sae_dir} (it holds {cache.sae_names})")
