@@ -31,7 +31,10 @@ C="--model $W/model --corpus builtin --hookpoints model.layers.1 --latents 256 -
 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/local"
 # resume: a run stopped after its first checkpoint, continued on the device (SKIP_RESUME=1 skips it)
 if [ -z "${SKIP_RESUME:-}" ]; then
-SAELAB_KILL_AFTER_CHECKPOINT=1 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/resumed" || true
+$SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/resumed" & PID=$!
+# killed from outside (SIGKILL) as soon as its first checkpoint is on disk
+while [ ! -e "$W/resumed/checkpoint.safetensors" ] && kill -0 $PID 2>/dev/null; do sleep 0.01; done
+kill -9 $PID 2>/dev/null || true; wait $PID || true
 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/resumed" --resume
 python - "$W" <<'PY'
 import sys, torch

@@ -50,7 +50,7 @@ def cached() -> float:
     out = tempfile.mkdtemp()
     shutil.rmtree(out)
     t = time.time()
-    build_latent_cache([a.sae], a.tokens, out, neurons=a.neurons, progress=False, threads=a.threads)
+    build_latent_cache([a.sae], a.tokens, out, neurons=a.neurons, progress=False)
     tps = toks.numel() / (time.time() - t)
     shutil.rmtree(out)
     return tps

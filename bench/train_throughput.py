@@ -87,7 +87,8 @@ def main() -> None:
         res.update({"train_tokens_per_s": main_run["tokens_per_s"], "train_wall_s": main_run["wall_s"],
                     "train_peak_rss_mb": main_run["peak_rss_mb"]})
         folder = out / "main" / "model.layers.6-topk-k32"
-        (m,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+        (metrics,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+        m = metrics.to_dict()
         m.pop("l0_histogram", None), m.pop("l0_histogram_edges", None)
         res["quality"] = m
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

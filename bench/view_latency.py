@@ -63,7 +63,7 @@ def main():
     from saelab.view.static_site import write_dashboard
     from saelab.models import load_model
     from saelab.sae import SaeConfig, build_sae
-    from saelab.sae.folder import load_sae, save_sae
+    from saelab.sae.folder import load_sae, open_sae, save_sae
 
     sae, cfg = load_sae(Path(args.sae))
     lm = load_model(cfg["saelab"].get("model_spec", "embedded"))
@@ -77,8 +77,7 @@ def main():
     wide.reset_parameters(torch.Generator().manual_seed(0))
     with torch.no_grad():
         wide.b_dec.copy_(sae.b_dec)
-    save_sae(wide.eval(), wide_dir, cfg["metadata"]["model_name"], cfg["metadata"]["context_size"],
-             extra={k: cfg["saelab"][k] for k in ("model_spec", "corpus", "sink") if k in cfg["saelab"]})
+    save_sae(wide.eval(), wide_dir, open_sae(Path(args.sae)).provenance)  # same model, corpus, split, sinks
     t0 = time.perf_counter()
     wide_store = FeatureStore.build(wide_dir, tokens=args.tokens, model=lm.model, tokenizer=lm.tokenizer, progress=False)
     wide_build_s = time.perf_counter() - t0

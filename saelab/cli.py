@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):  # every command with --threads: set once, here
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.fn(args)
     except UserError as e:

@@ -16,7 +16,8 @@ CTX = 64
 @pytest.fixture(scope="module")
 def sae_dir(tmp_path_factory, tiny_model_dir, text_corpus):
     from saelab.sae import SaeConfig, build_sae
-    from saelab.sae.folder import save_sae
+    from saelab.sae.folder import Provenance, save_sae
+    from saelab.sinks import SinkConfig
 
     from saelab.models import collect_activations, load_model
 
@@ -29,8 +30,8 @@ def sae_dir(tmp_path_factory, tiny_model_dir, text_corpus):
         sae.b_dec.copy_(x.mean(0))
         sae.W_enc.copy_(torch.randn(64, 96) / x.std(0).mean())
     folder = tmp_path_factory.mktemp("sae") / "tiny_sae"
-    save_sae(sae, folder, "tiny", CTX, {"model_spec": str(tiny_model_dir), "corpus": str(text_corpus),
-                                         "sink": {"first_positions": 1, "mask_special": True, "norm_factor": 5.0}})
+    save_sae(sae, folder, Provenance(model_spec=str(tiny_model_dir), model_name="tiny", corpus=str(text_corpus),
+                                     context=CTX, sink=SinkConfig(first_positions=1, mask_special=True, norm_factor=5.0)))
     return folder
 
 
@@ -100,7 +101,7 @@ def test_neurons_are_topk_positive_values(cache, sae_dir, tiny_model_dir):
 
 
 def test_killed_run_resumes_to_the_same_cache(tmp_path, sae_dir, cache, monkeypatch):
-    import saelab.cache as mod
+    import saelab.features.latent_cache as mod
 
     real, calls = mod._write_chunk, {"n": 0}
 

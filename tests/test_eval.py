@@ -1,15 +1,22 @@
-"""Evaluation math: an exact dictionary scores perfectly, ablations hurt, plots and files appear."""
+"""Evaluation math: an exact dictionary scores perfectly, ablations hurt, plots and files appear;
+evaluation reopens the model and held-out split an SAE was trained with, and says when it cannot."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from conftest import train_cfg
 from saelab.data import load_token_rows
-from saelab.evaluate.run import run_eval
 from saelab.errors import UserError
 from saelab.evaluate.metrics import EvalBudget, evaluate
+from saelab.evaluate.run import run_eval
 from saelab.models import load_model
 from saelab.sae import SaeConfig, build_sae
-from saelab.sae.folder import save_sae
+from saelab.sae.folder import Provenance, open_sae, save_sae
+from saelab.storage import read_json
+from saelab.train.loop import TrainingRun
 
 
 def exact_sae(d: int, hookpoint: str):
@@ -22,6 +29,10 @@ def exact_sae(d: int, hookpoint: str):
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     return sae.eval()
+
+
+def _prov(model_dir, corpus, **kw) -> Provenance:
+    return Provenance(model_spec=str(model_dir), model_name=str(model_dir), corpus=str(corpus), context=64, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +59,7 @@ def test_exact_dictionary_has_zero_error_and_zero_kl(setup):
 
 def test_eval_command_writes_metrics_and_plot_and_refuses_overwrite(tmp_path, tiny_model_dir, text_corpus):
     sae = exact_sae(64, "model.layers.1")
-    folder = save_sae(sae, tmp_path / "exact", str(tiny_model_dir), 64,
-                      {"model_spec": str(tiny_model_dir), "corpus": str(text_corpus)})
+    folder = save_sae(sae, tmp_path / "exact", _prov(tiny_model_dir, text_corpus))
     (r,) = run_eval([str(folder)], tokens=1024, ce_tokens=256, quiet=True)
     assert (folder / "metrics.json").exists() and (folder / "metrics_density.png").stat().st_size > 1000
     assert r["fvu"] < 1e-6
@@ -59,11 +69,65 @@ def test_eval_command_writes_metrics_and_plot_and_refuses_overwrite(tmp_path, ti
 
 def test_eval_rejects_width_mismatch_and_corrupt_files(tmp_path, tiny_model_dir, text_corpus):
     sae = exact_sae(32, "model.layers.1")
-    folder = save_sae(sae, tmp_path / "narrow", str(tiny_model_dir), 64,
-                      {"model_spec": str(tiny_model_dir), "corpus": str(text_corpus)})
+    folder = save_sae(sae, tmp_path / "narrow", _prov(tiny_model_dir, text_corpus))
     with pytest.raises(UserError, match="does not match"):
         run_eval([str(folder)], tokens=512, ce_tokens=0)
     w = folder / "sae_weights.safetensors"
     w.write_bytes(w.read_bytes()[:100])
     with pytest.raises(UserError, match="corrupt or truncated"):
         run_eval([str(folder)], tokens=512, ce_tokens=0)
+
+
+def test_eval_uses_the_heldout_split_the_sae_was_trained_with(tmp_path, tiny_model_dir, text_corpus, capsys):
+    """Trained with --heldout-fraction 0.01, an SAE is evaluated on exactly that 1%: the default 5%
+    would include rows it trained on."""
+    cfg = train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, heldout_fraction=0.01, tokens=2048,
+                    checkpoint_every=10**9)
+    (folder,) = TrainingRun(cfg).run()
+    f = open_sae(folder)  # the seam: what training wrote is what evaluation reads
+    assert (f.provenance.model_spec, f.provenance.corpus, f.provenance.context) == (str(tiny_model_dir),
+                                                                                  str(text_corpus), 64)
+    assert f.provenance.heldout_fraction == 0.01 and f.provenance.data_fingerprint
+    data = f.open_data()
+    lm, rows = data
+    ours = load_token_rows(str(text_corpus), lm.tokenizer, 64, heldout_fraction=0.01)
+    default = load_token_rows(str(text_corpus), lm.tokenizer, 64)
+    assert np.array_equal(rows.heldout_rows, ours.heldout_rows) and np.array_equal(rows.train_rows, ours.train_rows)
+    assert not set(rows.heldout_rows) & set(ours.train_rows)
+    assert set(default.heldout_rows) & set(ours.train_rows)  # what evaluating with the defaults would leak
+    assert data.matches == [True] and data.matches_training is True
+
+    # every held-out row evaluated (a budget larger than the split): 1% of the rows, not 5%
+    run_eval([str(folder)], tokens=10**7, ce_tokens=64, quiet=True)
+    m = read_json(folder / "metrics.json")
+    assert m["heldout_fraction"] == 0.01 and m["data_matches_training"] is True
+    assert m["data_fingerprint"] == f.provenance.data_fingerprint and m["corpus"] == str(text_corpus)
+    assert 0 < m["metrics"]["eval_tokens"] <= len(ours.heldout_rows) * 64 < len(default.heldout_rows) * 64
+
+    # another corpus: evaluated on it when asked, with a note, and recorded as not the training data
+    other = tmp_path / "other.txt"
+    other.write_text(" ".join(reversed(text_corpus.read_text().split()))[:60_000])
+    capsys.readouterr()
+    run_eval([str(folder)], tokens=1024, ce_tokens=0, corpus=str(other), out=str(tmp_path / "other.json"), quiet=True)
+    assert "different corpus" in capsys.readouterr().err
+    m2 = read_json(tmp_path / "other.json")
+    assert m2["corpus"] == str(other) and m2["data_matches_training"] is False
+
+    # the recorded corpus, but its rows changed since training: a warning, and recorded as such
+    cfg_p = folder / "cfg.json"
+    c = json.loads(cfg_p.read_text())
+    c["saelab"]["data_fingerprint"] = "0123456789abcdef"
+    cfg_p.write_text(json.dumps(c))
+    assert open_sae(folder).open_data().matches == [False]
+    assert "saelab: warning" in capsys.readouterr().err
+
+
+def test_folders_evaluated_together_must_share_their_data(tmp_path, tiny_model_dir, text_corpus):
+    sae = exact_sae(64, "model.layers.1")
+    a = save_sae(sae, tmp_path / "a", _prov(tiny_model_dir, text_corpus, heldout_fraction=0.01))
+    b = save_sae(sae, tmp_path / "b", _prov(tiny_model_dir, text_corpus))
+    with pytest.raises(UserError, match="disagree on heldout fraction: 0.01 .*0.05"):
+        run_eval([str(a), str(b)], tokens=512, ce_tokens=0)
+    c = save_sae(sae, tmp_path / "c", _prov(tiny_model_dir, tmp_path / "elsewhere.txt", heldout_fraction=0.01))
+    with pytest.raises(UserError, match="disagree on corpus.*or pass --corpus"):
+        run_eval([str(a), str(c)], tokens=512, ce_tokens=0)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from saelab.errors import UserError
 from saelab.sae.foreign import export_saelens, export_sparsify, load_foreign, resolve_source
 from saelab.sae import SaeConfig, build_sae
-from saelab.sae.folder import load_sae, save_sae
+from saelab.sae.folder import Provenance, load_sae, save_sae
 
 D, S, K = 16, 48, 5
 
@@ -185,7 +185,7 @@ def test_ours_roundtrip_through_both_formats(tmp_path):
         sae.init_from_data(X, X)                        # non-unit scales: folding must be exact
         if arch == "batchtopk":
             sae.threshold.fill_(0.25)
-        save_sae(sae, tmp_path / arch, "tiny", 64, {"model_spec": "x"})
+        save_sae(sae, tmp_path / arch, Provenance(model_spec="x", model_name="tiny", context=64))
         mine, _ = load_sae(tmp_path / arch)
         export_saelens(mine, tmp_path / f"{arch}-sl", "tiny", 64)
         back, cfg = load_sae(tmp_path / f"{arch}-sl")

@@ -29,7 +29,7 @@ def cache(tmp_path_factory, chat_model_dir, text_corpus):
     from saelab.features.latent_cache import LatentCache, build_latent_cache
     from saelab.models import collect_activations, load_model
     from saelab.sae import SaeConfig, build_sae
-    from saelab.sae.folder import save_sae
+    from saelab.sae.folder import Provenance, save_sae
 
     lm = load_model(str(chat_model_dir))
     ids = lm.tokenizer(text_corpus.read_text()[:4000], return_tensors="pt").input_ids[:, :256]
@@ -40,7 +40,8 @@ def cache(tmp_path_factory, chat_model_dir, text_corpus):
         sae.b_dec.copy_(x.mean(0))
         sae.W_enc.copy_(torch.randn(64, 48) / x.std(0).mean())
     folder = tmp_path_factory.mktemp("sae") / "sae"
-    save_sae(sae, folder, "tiny", CTX, {"model_spec": str(chat_model_dir), "corpus": str(text_corpus)})
+    save_sae(sae, folder, Provenance(model_spec=str(chat_model_dir), model_name="tiny", corpus=str(text_corpus),
+                                     context=CTX))
     out = build_latent_cache([folder], tokens=CTX * 40, out=tmp_path_factory.mktemp("c") / "cache", progress=False,
                              neurons="model.layers.1.mlp.down_proj:input", neuron_k=4)
     return LatentCache.open(out)

@@ -6,7 +6,7 @@ import torch
 
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.base import geometric_median
-from saelab.sae.folder import load_sae, save_sae
+from saelab.sae.folder import Provenance, load_sae, save_sae
 from saelab.sae.latents import decode_sparse, gather_preacts
 
 
@@ -50,7 +50,7 @@ def test_save_folds_scaling_and_roundtrips(tmp_path, arch):
     sae.eval()
     x2 = torch.randn(64, 8) * 37 + 5  # fresh data: none sits exactly on a learned threshold
     before = sae.reconstruct(x2)
-    folder = save_sae(sae, tmp_path / arch, "m", 64)
+    folder = save_sae(sae, tmp_path / arch, Provenance(model_name="m", context=64))
     loaded, cfg = load_sae(folder)
     torch.testing.assert_close(loaded.reconstruct(x2), before, rtol=1e-4, atol=1e-3)
     assert cfg["d_in"] == 8 and cfg["d_sae"] == 32 and cfg["metadata"]["hook_name"] == "model.layers.0"

@@ -14,7 +14,7 @@ from saelab.study.compare import compare, max_cosines
 from saelab.errors import UserError
 from saelab.study.pareto import matched, run_pareto
 from saelab.sae import SaeConfig, build_sae
-from saelab.sae.folder import save_sae
+from saelab.sae.folder import Provenance, save_sae
 from saelab.storage import read_json
 from saelab.study.sweep import run_sweep
 
@@ -92,7 +92,8 @@ def _sae(tmp_path, name, w_dec, model_dir, corpus, b_enc=None, site="model.layer
         sae.W_enc.copy_(w_dec.T)
         if b_enc is not None:
             sae.b_enc.copy_(b_enc)
-    return save_sae(sae, tmp_path / name, str(model_dir), 64, {"model_spec": str(model_dir), "corpus": str(corpus)})
+    return save_sae(sae, tmp_path / name, Provenance(model_spec=str(model_dir), model_name=str(model_dir),
+                                                     corpus=str(corpus), context=64))
 
 
 def test_compare_geometry(tmp_path, tiny_model_dir, text_corpus):
@@ -128,8 +129,9 @@ def test_max_cosines_excludes_self():
 def test_eval_e2e_adds_alive_and_later_layer_fvu(tmp_path, tiny_model_dir, text_corpus):
     from test_eval import exact_sae
 
-    folder = save_sae(exact_sae(64, "model.layers.1"), tmp_path / "exact", str(tiny_model_dir), 64,
-                      {"model_spec": str(tiny_model_dir), "corpus": str(text_corpus)})
+    folder = save_sae(exact_sae(64, "model.layers.1"), tmp_path / "exact",
+                      Provenance(model_spec=str(tiny_model_dir), model_name=str(tiny_model_dir),
+                                 corpus=str(text_corpus), context=64))
     assert main(["eval-e2e", str(folder), "--tokens", "512", "--ce-tokens", "128"]) == 0
     m = read_json(folder / "metrics.json")["metrics"]
     assert max(m["later_fvu"].values()) < 1e-6 and list(m["later_fvu"]) == ["model.layers.2", "model.layers.3"]

@@ -30,6 +30,7 @@ from .. import __version__
 from ..errors import UserError
 from ..data import load_token_rows
 from ..models import glob_regex, hookpoint_widths, layer_index, load_model, resolve_hookpoints
+from ..options import opt
 from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, refuse_overwrite, write_json
 from .stream import ActivationStream, Chunk, lm_rows_for
@@ -41,23 +42,23 @@ BLOCK = 256  # vectors read contiguously from one shard
 
 @dataclass
 class CacheConfig:
-    out: str                                           # cache folder (shards + manifest.json)
-    hookpoints: list[str]                              # module names or globs (as in `train`)
-    model: str = "embedded"                            # embedded | local folder | .gguf | hub id
-    corpus: str = "builtin"                            # builtin | file/folder | .npy | hf:NAME
-    text_field: str = "text"
-    tokens: int = 1_000_000                            # LM positions to run (before sink masking)
-    context: int = 256
-    batch_tokens: int = 4096                           # LM tokens per forward batch
-    shard_batches: int = 8                             # LM batches per shard
-    sink_first_positions: int = 1
-    sink_norm_factor: float = 5.0
-    mask_special: bool = True
-    heldout_fraction: float = 0.05
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
-    overwrite: bool = False
+    out: str = opt(help="cache folder (shards + manifest.json)")
+    hookpoints: list[str] = opt(help="module names or globs (as in `train`)")
+    model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
+    corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
+    text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
+    tokens: int = opt(1_000_000, "LM positions to run (before sink masking)")
+    context: int = opt(256, "tokens per row fed to the LM")
+    batch_tokens: int = opt(4096, "LM tokens per forward batch")
+    shard_batches: int = opt(8, "LM batches per shard")
+    sink_first_positions: int = opt(1, "positions at the start of each row left out")
+    sink_norm_factor: float = opt(5.0, "leave out positions with norm > factor x median norm (0: off)")
+    mask_special: bool = opt(True, "leave out BOS/EOS/pad positions")
+    heldout_fraction: float = opt(0.05, "fraction of corpus rows held out (not cached)")
+    seed: int = opt(0, "random seed (row order)")
+    threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
+    device: str = opt("cpu", "cpu | cuda | cuda:N")
+    overwrite: bool = opt(False, "replace an existing cache folder")
 
 
 def _safe(h: str) -> str:

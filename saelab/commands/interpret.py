@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..options import THREADS_HELP
+
 
 def cmd_cache(a) -> None:
     from ..features.latent_cache import build_latent_cache
@@ -19,7 +21,7 @@ def cmd_cache(a) -> None:
                           d.mask_special, a.sink_norm_factor if a.sink_norm_factor is not None else d.norm_factor)
     build_latent_cache(a.sae_dirs, a.tokens, a.out, neurons=a.neurons, neuron_k=a.neuron_k, model=a.model,
                        corpus=a.corpus, context=a.context, batch_rows=a.batch_rows, chunk_rows=a.chunk_rows,
-                       shard_size=a.shard_size, sink=sink, split=a.split, threads=a.threads, overwrite=a.overwrite)
+                       shard_size=a.shard_size, sink=sink, split=a.split, overwrite=a.overwrite)
 
 
 def _client_opts(a) -> dict:
@@ -39,7 +41,7 @@ def _add_client_options(p) -> None:
     g.add_argument("--max-retries", type=int, default=4, help="retries with exponential backoff (default 4)")
     g.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens, for cost accounting")
     g.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
-    g.add_argument("--threads", type=int, help="torch threads for local models")
+    g.add_argument("--threads", type=int, help=THREADS_HELP)
     g.add_argument("--device", default="cpu", help="where local models run: cpu | cuda | cuda:N (default cpu)")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the local client (default 8; "
                                                              "64 or more on a GPU)")
@@ -59,8 +61,7 @@ def cmd_explain(a) -> None:
     run_explain(a.cache, a.out, dictionary=a.dictionary, latents=a.latents, n_latents=a.n_latents,
                 explainer=a.explainer, client=a.client, model=a.llm_model, base_url=a.base_url, example_cfg=ecfg,
                 show_activations=a.show_activations, batch_latents=a.batch_latents, seed=a.seed,
-                overwrite=a.overwrite, label=a.label, client_opts=_client_opts(a), threads=a.threads,
-                device=a.device)
+                overwrite=a.overwrite, label=a.label, client_opts=_client_opts(a), device=a.device)
 
 
 def cmd_score(a) -> None:
@@ -68,7 +69,7 @@ def cmd_score(a) -> None:
 
     n = run_score(a.run, a.scorers, client=a.client, model=a.llm_model, base_url=a.base_url, judge_mode=a.judge_mode,
                   batch_examples=a.batch_examples, steer_scale=a.steer_scale, latents=a.latents,
-                  client_opts=_client_opts(a), threads=a.threads, device=a.device)
+                  client_opts=_client_opts(a), device=a.device)
     print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")
 
 
@@ -81,10 +82,6 @@ def cmd_report(a) -> None:
 def cmd_serve(a) -> None:
     from ..interpret.llm_server import serve
 
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     serve(a.model, a.host, a.port, a.batch_size, a.batch_wait)
 
 
@@ -110,7 +107,7 @@ def register(sub) -> None:
     c.add_argument("--sink-first-positions", type=int, help="leading positions never recorded (default: the SAE's)")
     c.add_argument("--sink-norm-factor", type=float, help="skip positions with norm > factor x median (0 = off)")
     c.add_argument("--no-sinks", action="store_true", help="record every position, sinks included")
-    c.add_argument("--threads", type=int)
+    c.add_argument("--threads", type=int, help=THREADS_HELP)
     c.add_argument("--overwrite", action="store_true", help="replace a cache made with other arguments")
     c.set_defaults(fn=cmd_cache)
 
@@ -134,7 +131,7 @@ def register(sub) -> None:
     e.add_argument("--n-score-activating", type=int, default=50, help="activating scoring examples (default 50)")
     e.add_argument("--n-score-random", type=int, default=25, help="random non-activating scoring examples (default 25)")
     e.add_argument("--n-score-hard", type=int, default=25, help="hard-negative scoring examples (default 25)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seed for latent and example sampling (default 0)")
     e.add_argument("--label", help="name of this run in reports (default: the folder name)")
     e.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
     _add_client_options(e)
@@ -164,9 +161,9 @@ def register(sub) -> None:
                        description="POST /v1/chat/completions (with logprobs/top_logprobs), GET /v1/models. Concurrent "
                                    "requests are batched. Binds to loopback by default.")
     v.add_argument("--model", default="embedded", help="embedded | local folder | .gguf | hub id (default embedded)")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed)")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
+    v.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed; default 8000)")
     v.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     v.add_argument("--batch-wait", type=float, default=0.01, help="seconds to wait for more requests to batch")
-    v.add_argument("--threads", type=int)
+    v.add_argument("--threads", type=int, help=THREADS_HELP)
     v.set_defaults(fn=cmd_serve)

@@ -1,10 +1,10 @@
-"""End-to-end SAE commands: sweep (grid of loss type x k / coefficient), pareto (the plots of
-Braun et al. 2024 from evaluated folders), compare (decoder geometry of two dictionaries).
-Training itself is `saelab train --loss local|e2e|e2e+ds` (commands/core.py)."""
+"""Study commands over many SAEs: sweep (grid of loss type x k / coefficient), pareto (the plots of
+Braun et al. 2024 from evaluated folders), compare (decoder geometry of two dictionaries), scaling
+(latents x tokens grid with power-law fits). Training itself is `saelab train` (commands/train.py)."""
 
 from __future__ import annotations
 
-from ..options import add_dataclass_options, build_config
+from ..options import THREADS_HELP, add_config_command, add_dataclass_options, build_config
 
 
 def cmd_sweep(a) -> None:
@@ -34,7 +34,7 @@ def cmd_pareto(a) -> None:
 def cmd_compare(a) -> None:
     from ..study.compare import compare
 
-    r = compare(a.a, a.b, out=a.out, tokens=a.tokens, model=a.model, corpus=a.corpus, threads=a.threads,
+    r = compare(a.a, a.b, out=a.out, tokens=a.tokens, model=a.model, corpus=a.corpus,
                 overwrite=a.overwrite)
     for key in ("cross_max_cosine", "within_a_max_cosine"):
         s = r[key]
@@ -43,24 +43,26 @@ def cmd_compare(a) -> None:
     print(f"alive: A {r['alive_a']}/{r['d_sae_a']}, B {r['alive_b']}/{r['d_sae_b']}")
 
 
-def cmd_eval_e2e(a) -> None:
-    from ..study.sweep import evaluate_saes
+def cmd_scaling(a) -> None:
+    from ..study.scaling import ScalingConfig, run_scaling
 
-    for d, r in zip(a.sae_dirs, evaluate_saes(a.sae_dirs, a.tokens, a.ce_tokens, a.threads, a.overwrite,
-                                                        a.device)):
-        later = "  ".join(f"{k.rsplit('.', 1)[-1]}:{v:.3f}" for k, v in r["later_fvu"].items())
-        print(f"{d}\n  L0 {r['l0']:.1f}  alive {r['alive']}  FVU {r['fvu']:.4f}  KL {r['kl']:.4f}  "
-              f"CE +{r['ce_increase']:.4f}\n  later-layer FVU (block:FVU) {later}")
+    cfg = build_config(ScalingConfig, a, a.config)
+    r = run_scaling(cfg)
+    for name, f in r["fits"].items():
+        if f["alpha"] is not None:
+            print(f"{name}: FVU = {f['a']:.4g} * x^-{f['alpha']:.4f}  (r2 {f['r2']:.3f}, {f['points']} points)")
+    print(f"{cfg.out}/scaling.json, {cfg.out}/scaling.png")
 
 
 def register(sub) -> None:
+    from ..study.scaling import ScalingConfig
     from ..train.config import TrainConfig
 
     s = sub.add_parser("sweep", help="train + evaluate a grid of loss types x k (or sparsity coefficient); resumable",
                        description="One training run per loss type (its values of --k / --sparsity-coeff share each "
                                    "forward; --separate: one run per point), then held-out evaluation with alive "
                                    "latents and later-layer FVU. Rerun the same command to resume.")
-    s.add_argument("--config", help="JSON or TOML file with option values (command line wins)")
+    s.add_argument("--config", help="JSON or TOML file with option values (command line wins; default: none)")
     s.add_argument("--losses", nargs="+", default=["local", "e2e", "e2e+ds"], help="loss types (default: all three)")
     s.add_argument("--separate", action="store_true", help="one run folder per grid point (no shared forwards)")
     s.add_argument("--eval-tokens", type=int, default=50_000, help="held-out tokens for FVU / L0 / alive")
@@ -68,20 +70,11 @@ def register(sub) -> None:
     add_dataclass_options(s, TrainConfig, skip=("loss", "resume", "overwrite"))
     s.set_defaults(fn=cmd_sweep)
 
-    e = sub.add_parser("eval-e2e", help="saelab eval + alive latents + FVU at every later layer (SAE spliced in)")
-    e.add_argument("sae_dirs", nargs="+", help="SAE folders of one model and corpus")
-    e.add_argument("--tokens", type=int, default=50_000, help="held-out tokens for FVU / L0 / alive")
-    e.add_argument("--ce-tokens", type=int, default=8192, help="held-out tokens for KL / CE / later-layer FVU")
-    e.add_argument("--threads", type=int)
-    e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    e.add_argument("--overwrite", action="store_true", help="replace existing metrics.json files")
-    e.set_defaults(fn=cmd_eval_e2e)
-
     p = sub.add_parser("pareto", help="L0 / alive latents vs CE loss increase, one curve per loss type (PNG + CSV)")
     p.add_argument("folders", nargs="+", help="sweep folders or SAE folders with metrics.json")
     p.add_argument("--out", help="output folder (default: FIRST/pareto)")
-    p.add_argument("--title")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--title", help="plot title (default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pareto.png / pareto.csv")
     p.set_defaults(fn=cmd_pareto)
 
     c = sub.add_parser("compare", help="decoder geometry of SAE A against SAE B (max cosine per alive latent)")
@@ -91,6 +84,11 @@ def register(sub) -> None:
     c.add_argument("--tokens", type=int, default=50_000, help="held-out tokens to find alive latents (0: all latents)")
     c.add_argument("--model", help="override the model recorded in A")
     c.add_argument("--corpus", help="override the corpus recorded in A")
-    c.add_argument("--threads", type=int)
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--threads", type=int, help=THREADS_HELP)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing compare.json")
     c.set_defaults(fn=cmd_compare)
+
+    add_config_command(sub, "scaling", ScalingConfig, cmd_scaling, help="scaling laws: train a latents x tokens grid, fit FVU power laws, plot",
+                       description="Caches the activations once, trains one TopK SAE per (latents, tokens) grid point "
+                                   "from the cache, evaluates held-out FVU in one pass, fits FVU power laws in "
+                                   "latents, tokens and compute (frontier), writes scaling.json and scaling.png.")

@@ -1,4 +1,4 @@
-"""Core commands: hookpoints, train, eval."""
+"""Training-stage commands: hookpoints, train, cache-activations."""
 
 from __future__ import annotations
 
@@ -32,14 +32,15 @@ def cmd_train(a) -> None:
         print(f"  {f}")
 
 
-def cmd_eval(a) -> None:
-    from ..evaluate.run import run_eval
+def cmd_cache(a) -> None:
+    from ..activations.disk_cache import CacheConfig, cache_summary, write_cache
 
-    run_eval(a.sae_dirs, tokens=a.tokens, ce_tokens=a.ce_tokens, out=a.out, corpus=a.corpus, model=a.model,
-             threads=a.threads, overwrite=a.overwrite, device=a.device)
+    cfg = build_config(CacheConfig, a, a.config)
+    print(cache_summary(write_cache(cfg)))
 
 
 def register(sub) -> None:
+    from ..activations.disk_cache import CacheConfig
     from ..train.config import TrainConfig
 
     h = sub.add_parser("hookpoints", help="list the hookable sites of a model with their widths")
@@ -51,14 +52,7 @@ def register(sub) -> None:
                                    "A hookpoint 'A->B' trains a transcoder from site A to site B. Globs: '*' "
                                    "matches within one dotted name segment, '**' across segments.")
 
-    e = sub.add_parser("eval", help="evaluate SAE folders on held-out tokens")
-    e.add_argument("sae_dirs", nargs="+", help="SAE folders (saelab format); several share the clean passes")
-    e.add_argument("--tokens", type=int, default=100_000, help="held-out tokens for reconstruction metrics")
-    e.add_argument("--ce-tokens", type=int, default=16_384, help="held-out tokens for KL / CE metrics (full forwards)")
-    e.add_argument("--out", help="metrics file (default: metrics.json inside each SAE folder)")
-    e.add_argument("--corpus", help="override the corpus recorded in the SAE folder")
-    e.add_argument("--model", help="override the model recorded in the SAE folder")
-    e.add_argument("--threads", type=int)
-    e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
-    e.set_defaults(fn=cmd_eval)
+    add_config_command(sub, "cache-activations", CacheConfig, cmd_cache, help="run the LM once and store hookpoint activations on disk",
+                       description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
+                                   "out as in training) and manifest.json. Train from it with "
+                                   "`saelab train --from-activations DIR` (no LM needed).")

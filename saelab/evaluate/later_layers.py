@@ -12,14 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import TokenRows
-from .metrics import EvalBudget, _batches, _rows, sae_sink_mask
 from ..models import collect_activations, decoder_layers, layer_index
-from ..sae import SparseCoder
-from ..sinks import special_ids
 from ..sae.splice import spliced
-
-DESCRIPTION = ("later_fvu: FVU of each later block's output (residual stream) with the SAE spliced in, sinks kept "
-               "clean; later_fvu_mean: their mean")
+from ..sinks import special_ids
+from .metrics import EvalBudget, Sinked, batches, heldout_selection, sae_sink_mask
+from .results import LaterLayers, SaeMetrics
 
 
 def later_blocks(model, site: str) -> list[str]:
@@ -31,20 +28,20 @@ def later_blocks(model, site: str) -> list[str]:
 
 
 @torch.no_grad()
-def later_layer_fvu(model, tokenizer, saes: list[tuple[SparseCoder, dict]], rows: TokenRows, budget: EvalBudget,
+def later_layer_fvu(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
                     device: str = "cpu") -> list[dict[str, float]]:
     """Per SAE: {block name: FVU of that block's output with the SAE spliced in}."""
     special = special_ids(tokenizer)
-    sel = _rows(rows, budget.ce_tokens, rows.tokens.shape[1])
+    sel = heldout_selection(rows, budget.ce_tokens)
     blocks = [later_blocks(model, s.cfg.out_hookpoint or s.cfg.hookpoint) for s, _ in saes]
     needed = sorted({b for bl in blocks for b in bl}, key=lambda b: layer_index(model, b))
     acc = [{b: {"err": 0.0, "n": 0, "s": 0.0, "sq": 0.0} for b in bl} for bl in blocks]
     sites = sorted({h for s, _ in saes for h in (s.cfg.hookpoint, s.cfg.out_hookpoint) if h})
     wanted = sorted(set(needed) | set(sites), key=lambda h: layer_index(model, h))
-    for ids in tqdm(list(_batches(rows, sel, budget.ce_batch_rows, device)), desc="eval: later layers", leave=False):
+    for ids in tqdm(list(batches(rows, sel, budget.ce_batch_rows, device)), desc="eval: later layers", leave=False):
         clean = collect_activations(model, ids, wanted)
-        for i, (sae, cfgj) in enumerate(saes):
-            drop = sae_sink_mask(sae, cfgj, clean, ids, special)
+        for i, (sae, sink) in enumerate(saes):
+            drop = sae_sink_mask(sae, sink, clean, ids, special)
             keep = ~drop
             with spliced(model, sae, keep=drop):
                 after = collect_activations(model, ids, blocks[i])
@@ -59,4 +56,14 @@ def later_layer_fvu(model, tokenizer, saes: list[tuple[SparseCoder, dict]], rows
     for per in acc:
         out.append({b: a["err"] / max(a["sq"] - (a["s"] * a["s"]).sum().item() / max(a["n"], 1), 1e-12)
                     for b, a in per.items()})
+    return out
+
+
+def later_layer_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
+                        metrics: list[SaeMetrics], device: str = "cpu") -> list[LaterLayers]:
+    """Per SAE: alive latents (from its reconstruction metrics) and the later-layer FVU."""
+    out = []
+    for (sae, _), m, lf in zip(saes, metrics, later_layer_fvu(model, tokenizer, saes, rows, budget, device)):
+        out.append(LaterLayers(alive=round(sae.cfg.d_sae * (1 - m.dead_fraction)), later_fvu=lf,
+                               later_fvu_mean=sum(lf.values()) / max(len(lf), 1)))
     return out

@@ -1,81 +1,59 @@
-"""`saelab eval`: load SAE folders, check they fit the model, evaluate, write metrics + plots."""
+"""Evaluate SAE folders: `saelab eval`, `saelab eval-e2e` and the sweep's evaluation all call `run_eval`.
+
+It opens the folders, then their model and token rows once (`open_shared_data`: the model, corpus,
+context, held-out fraction and text field they were trained with, unless overridden), checks they
+fit the model, measures every SAE on the held-out rows in shared passes (with `later_layers`, also
+alive latents and the FVU of every later block), and writes each metrics.json once, with its
+density plot, recording whether the rows were the ones the SAE was trained on.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import torch
-
-from ..data import load_token_rows
 from ..errors import UserError
-from .metrics import DESCRIPTIONS, EvalBudget, density_plot, evaluate
-from ..models import hookpoint_widths, load_model, resolve_hookpoints
-from ..sae.folder import load_sae
+from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
-
-
-def _common(values: list, what: str, dirs) -> str:
-    if len(set(values)) > 1:
-        raise UserError(f"these SAEs disagree on {what} ({sorted(set(map(str, values)))}); evaluate them separately "
-                        f"or pass --{what}")
-    return values[0]
+from .later_layers import later_layer_metrics
+from .metrics import EvalBudget, measure
+from .plots import density_plot
+from .results import SaeMetrics, format_report
 
 
 def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384, out: str | None = None,
-             corpus: str | None = None, model: str | None = None, threads: int | None = None,
-             overwrite: bool = False, quiet: bool = False, device: str = "cpu") -> list[dict]:
+             corpus: str | None = None, model: str | None = None, overwrite: bool = False, quiet: bool = False,
+             device: str = "cpu", later_layers: bool = False) -> list[SaeMetrics]:
+    """Evaluate SAE folders on their held-out rows; write `out` (one folder) or each folder's
+    metrics.json and metrics_density.png; print a report per SAE unless `quiet`."""
     if tokens < 1 or ce_tokens < 0:
         raise UserError("--tokens must be positive and --ce-tokens non-negative")
-    loaded = [load_sae(Path(d), device) for d in sae_dirs]  # corrupt/missing files fail here, before the model loads
-    targets = [Path(out)] if out else [Path(d) / "metrics.json" for d in sae_dirs]
+    if later_layers and ce_tokens < 1:
+        raise UserError("--ce-tokens must be positive: later-layer FVU and CE increase need full forwards")
     if out and len(sae_dirs) > 1:
         raise UserError("--out names one metrics file; with several SAEs leave it out (each gets metrics.json)")
+    folders = [open_sae(Path(d), device) for d in sae_dirs]  # corrupt/missing files fail here, before the model loads
+    targets = [Path(out)] if out else [Path(d) / "metrics.json" for d in sae_dirs]
     for t in targets:
         if t.exists() and not overwrite:
             raise UserError(f"{t} exists; pass --overwrite to replace it")
-    ours = [c["saelab"] for _, c in loaded]
-    model_spec = model or _common([o.get("model_spec", "embedded") for o in ours], "model", sae_dirs)
-    corpus = corpus or _common([o.get("corpus", "builtin") for o in ours], "corpus", sae_dirs)
-    context = _common([c["metadata"]["context_size"] for _, c in loaded], "context", sae_dirs)
-    if threads:
-        torch.set_num_threads(threads)
-    lm = load_model(model_spec, device=device)
-    for (sae, _), d in zip(loaded, sae_dirs):
-        sites = [sae.cfg.hookpoint] + ([sae.cfg.out_hookpoint] if sae.cfg.out_hookpoint else [])
-        resolve_hookpoints(lm.model, sites)
-        w = hookpoint_widths(lm.model, sites)
-        if w[sae.cfg.hookpoint] != sae.cfg.d_in or w[sae.cfg.out_hookpoint or sae.cfg.hookpoint] != sae.cfg.d_out:
-            raise UserError(f"{d}: SAE width {sae.cfg.d_in}->{sae.cfg.d_out} does not match the model's "
-                            f"{sae.cfg.hookpoint} ({w[sae.cfg.hookpoint]})")
-    rows = load_token_rows(corpus, lm.tokenizer, context, vocab_size=lm.model.config.vocab_size)
+    data = open_shared_data(folders, device, model, corpus)
+    lm, rows, prov = data.lm, data.rows, data.provenance
+    saes = [(f.sae, f.provenance.sink) for f in folders]
+    budget = EvalBudget(tokens=tokens, ce_tokens=ce_tokens)
     t0 = time.time()
-    results = evaluate(lm.model, lm.tokenizer, loaded, rows, EvalBudget(tokens=tokens, ce_tokens=ce_tokens),
-                       device)
+    results, firing = measure(lm.model, lm.tokenizer, saes, rows, budget, device)
+    if later_layers:
+        for m, later in zip(results, later_layer_metrics(lm.model, lm.tokenizer, saes, rows, budget, results, device)):
+            m.later = later
     wall = time.time() - t0
-    for (sae, cfgj), d, target, r in zip(loaded, sae_dirs, targets, results):
-        freq = r.pop("_freq")
+    for d, f, target, m, freq, match in zip(sae_dirs, folders, targets, results, firing, data.matches):
         png = target.with_name(target.stem + "_density.png")
-        density_plot(freq, png, f"{Path(d).name}: latent firing frequency",
-                     (r["l0_histogram"], r["l0_histogram_edges"]))
-        write_json(target, {"sae": str(d), "model": model_spec, "corpus": corpus, "data_fingerprint": rows.fingerprint,
-                            "split": "heldout", "wall_s": wall, "metrics": r, "descriptions": DESCRIPTIONS,
-                            "density_plot": png.name})
+        density_plot(freq, png, f"{f.name}: latent firing frequency", (m.l0_histogram, m.l0_histogram_edges))
+        write_json(target, {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus,
+                            "data_fingerprint": rows.fingerprint, "heldout_fraction": prov.heldout_fraction,
+                            "data_matches_training": match, "split": "heldout", "wall_s": wall,
+                            "metrics": m.to_dict(), "descriptions": m.descriptions(), "density_plot": png.name})
         if not quiet:
-            print(format_report(Path(d).name, r, target))
+            print(format_report(f.name, m, target))
     return results
-
-
-def format_report(name: str, r: dict, path: Path) -> str:
-    lines = [f"\n{name}",
-             f"  FVU {r['fvu']:.4f}   cosine {r['cosine']:.4f}   MSE {r['mse']:.4g}   L0 {r['l0']:.1f}",
-             f"  dead {100 * r['dead_fraction']:.2f}%   dense {100 * r['dense_fraction']:.2f}%   "
-             f"sink/outlier positions {100 * r['excluded_fraction']:.2f}%  ({r['eval_tokens']:,} tokens)"]
-    if "kl" in r:
-        lines += [f"  sinks kept clean: KL {r['kl']:.4f}   CE +{r['ce_increase']:.4f} nats/token "
-                  f"(clean {r['ce_clean']:.3f})   CE recovered {100 * r['ce_recovered_zero']:.1f}% vs zero, "
-                  f"{100 * r['ce_recovered_mean']:.1f}% vs mean",
-                  f"  every position spliced: KL {r['kl_all_positions']:.4f}   CE +{r['ce_increase_all_positions']:.4f}"
-                  f"  ({r['ce_eval_tokens']:,} tokens)"]
-    lines.append(f"  metrics: {path}")
-    return "\n".join(lines)

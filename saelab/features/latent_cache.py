@@ -28,7 +28,8 @@ Python API (stable; other modules and the dashboards read caches only through it
 
 On-disk format (version 1; safetensors and .npy only, never pickle):
 
-    CACHE/manifest.json   {format_version, model_spec, model_name, corpus, context, n_rows, n_tokens,
+    CACHE/manifest.json   {format_version, model_spec, model_name, corpus, data_fingerprint, heldout_fraction,
+                           data_matches_training (rows the SAEs trained on? null: unknown), context, n_rows, n_tokens,
                            n_positions (non-excluded), sink{first_positions, mask_special, norm_factor},
                            chunk_rows, chunks_done, n_chunks, complete, dictionaries{name: info}, ...}
     CACHE/tokens.npy      int32 [rows, ctx]   the token ids (row r of the cache)
@@ -61,6 +62,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models import LoadedModel
+from ..sae.folder import Provenance, open_sae, open_shared_data, shared_provenance
 from ..storage import fingerprint, read_json, read_tensors, write_json, write_tensors
 
 FORMAT_VERSION = 1
@@ -297,21 +300,22 @@ def _write_chunk(path: Path, rows, pos, lat, val, d_sae: int, shard_size: int) -
 def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = None, neuron_k: int = 32,
                        model: str | None = None, corpus: str | None = None, context: int | None = None,
                        batch_rows: int = 16, chunk_rows: int = 256, shard_size: int = 1024, sink=None,
-                       split: str = "heldout-first", threads: int | None = None, overwrite: bool = False,
-                       progress: bool = True) -> Path:
+                       split: str = "heldout-first", overwrite: bool = False,
+                       progress: bool = True, loaded_model: LoadedModel | None = None) -> Path:
     """Cache the active latents of each SAE folder (and optionally the neurons at `neurons`) over
     `tokens` tokens of the corpus. See the module docstring for the format. Returns the folder.
 
-    Rows come from the corpus in a fixed order: its held-out rows first, then its training rows
-    (`split="heldout-first"`), or only `heldout` / `train` rows. Rerunning with the same arguments
-    resumes an interrupted run; different arguments on an existing folder need `overwrite=True`."""
+    Model, corpus, context, held-out fraction and text field are the ones the SAE folders record
+    (`open_shared_data`; `model`, `corpus`, `context` override them), so held-out rows are rows the
+    SAEs never trained on. Rows come in a fixed order: the held-out rows first, then the training
+    rows (`split="heldout-first"`), or only `heldout` / `train` rows. Rerunning with the same arguments
+    resumes an interrupted run; different arguments on an existing folder need `overwrite=True`.
+    `loaded_model`: that model, already loaded (then it is not loaded again)."""
     from tqdm import tqdm
 
     from .. import __version__
-    from ..data import load_token_rows
-    from ..models import collect_activations, hookpoint_widths, layer_index, load_model, resolve_hookpoints
-    from ..sae.folder import load_sae
-    from ..sinks import SinkConfig, excluded_positions, special_ids
+    from ..models import collect_activations, layer_index, resolve_hookpoints
+    from ..sinks import excluded_positions, special_ids
 
     out = Path(out)
     sae_dirs = [Path(d) for d in (sae_dirs or [])]
@@ -321,21 +325,20 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
         raise UserError("--tokens, --batch-rows, --chunk-rows and --shard-size must be positive")
     if split not in ("heldout-first", "heldout", "train"):
         raise UserError(f"--split must be heldout-first, heldout or train, not {split!r}")
-    loaded = [load_sae(d) for d in sae_dirs]  # bad folders fail here, before the model loads
-    cfgs = [c for _, c in loaded]
-    ours = [c["saelab"] for c in cfgs]
-    model_spec = model or _agree([o.get("model_spec", "embedded") for o in ours], "model") or "embedded"
-    corpus = corpus or _agree([o.get("corpus", "builtin") for o in ours], "corpus") or "builtin"
-    context = context or _agree([c["metadata"]["context_size"] for c in cfgs], "context") or 256
+    folders = [open_sae(d) for d in sae_dirs]  # bad folders fail here, before the model loads
+    prov = shared_provenance(folders, model, corpus, context)
+    model_spec, corpus, context = prov.model_spec, prov.corpus, prov.context
     if sink is None:
-        sinks = [o.get("sink") for o in ours if o.get("sink")]
-        sink = SinkConfig(**sinks[0]) if sinks else SinkConfig()
+        sink = prov.sink  # the first folder's (SinkConfig() without folders)
     names = _unique_names([d.name for d in sae_dirs])
 
     request = {"sae_dirs": [str(d.resolve()) for d in sae_dirs], "names": names, "tokens": tokens,
                "neurons": neurons, "neuron_k": neuron_k if neurons else None, "model_spec": model_spec,
                "corpus": corpus, "context": context, "chunk_rows": chunk_rows, "shard_size": shard_size,
                "sink": asdict(sink), "split": split}
+    # rows of another split or text field make another cache (absent at the defaults: identities of older caches hold)
+    request |= {k: v for k, v in (("heldout_fraction", prov.heldout_fraction), ("text_field", prov.text_field))
+                if v != getattr(Provenance(), k)}
     ident = fingerprint(request)
     mpath = out / MANIFEST
     if out.exists() and any(out.iterdir()):
@@ -350,23 +353,14 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
             if progress:
                 print(f"saelab: {out} is already a complete cache for these arguments; nothing to do")
             return out
-    if threads:
-        torch.set_num_threads(threads)
-
-    lm = load_model(model_spec)
-    hookpoints = resolve_hookpoints(lm.model, [s.cfg.hookpoint for s, _ in loaded] + ([neurons] if neurons else []))
-    dicts: list[_Dictionary] = []
-    for d, name, (sae, _) in zip(sae_dirs, names, loaded):
-        dic = _sae_dictionary(d, name, sae)
-        w = hookpoint_widths(lm.model, [dic.hookpoint])[dic.hookpoint]
-        if w != sae.cfg.d_in:
-            raise UserError(f"{d}: SAE input width {sae.cfg.d_in} does not match {dic.hookpoint} ({w})")
-        dicts.append(dic)
+    data = open_shared_data(folders, model=model, corpus=corpus, context=context, loaded_model=loaded_model)
+    lm, rows_all = data.lm, data.rows  # the SAEs' sites and widths are checked against the model there
+    hookpoints = resolve_hookpoints(lm.model, [f.sae.cfg.hookpoint for f in folders] + ([neurons] if neurons else []))
+    dicts = [_sae_dictionary(d, name, f.sae) for d, name, f in zip(sae_dirs, names, folders)]
     if neurons:
         dicts.append(_neuron_dictionary(lm.model, neurons, neuron_k))
     hookpoints = sorted(set(hookpoints), key=lambda h: layer_index(lm.model, h))
 
-    rows_all = load_token_rows(corpus, lm.tokenizer, context, vocab_size=lm.model.config.vocab_size)
     order = {"heldout-first": np.concatenate([rows_all.heldout_rows, rows_all.train_rows]),
              "heldout": rows_all.heldout_rows, "train": rows_all.train_rows}[split]
     n_rows = max(1, tokens // context)
@@ -384,7 +378,8 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
         _save_npy(out / "row_ids.npy", row_ids)
         manifest = {"format_version": FORMAT_VERSION, "saelab_version": __version__, "identity": ident,
                     "request": request, "model_spec": model_spec, "model_name": lm.name, "corpus": corpus,
-                    "data_fingerprint": rows_all.fingerprint, "context": context, "n_rows": n_rows,
+                    "data_fingerprint": rows_all.fingerprint, "heldout_fraction": prov.heldout_fraction,
+                    "data_matches_training": data.matches_training, "context": context, "n_rows": n_rows,
                     "n_tokens": n_rows * context, "sink": asdict(sink), "hookpoints": hookpoints,
                     "chunk_rows": chunk_rows, "n_chunks": n_chunks, "chunks_done": 0, "complete": False,
                     "n_positions": 0, "wall_s": 0.0,
@@ -456,13 +451,6 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
         print(f"saelab: cached {len(dicts)} dictionar{'y' if len(dicts) == 1 else 'ies'} over {manifest['n_tokens']:,} "
               f"tokens ({manifest['tokens_per_s']:.0f} tokens/s) in {out}")
     return out
-
-
-def _agree(values: list, what: str):
-    if len(set(map(str, values))) > 1:
-        raise UserError(f"these SAEs disagree on {what} ({sorted(set(map(str, values)))}); cache them separately "
-                        f"or pass --{what}")
-    return values[0] if values else None
 
 
 def _unique_names(names: list[str]) -> list[str]:

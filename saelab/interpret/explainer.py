@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .clients import LLMClient
+from .client_base import LLMClient
 from .examples import Example, LatentExamples
 from .prompts import EXPLANATION_PREFILL, explain_messages, render
 

@@ -27,7 +27,7 @@ import uuid
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .clients import LocalClient
+from .local_client import LocalClient
 
 
 class BadRequest(Exception):

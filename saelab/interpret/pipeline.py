@@ -84,7 +84,7 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
                 n_latents: int = 200, explainer: str = "llm", client: str = "local", model: str | None = None,
                 base_url: str | None = None, example_cfg: ExampleConfig | None = None, show_activations: bool = False,
                 batch_latents: int = 4, seed: int = 0, overwrite: bool = False, label: str | None = None,
-                client_opts: dict | None = None, threads: int | None = None, progress: bool = True,
+                client_opts: dict | None = None, progress: bool = True,
                 device: str = "cpu") -> Path:
     if explainer not in ("llm", "stats"):
         raise UserError(f"--explainer must be llm or stats, not {explainer!r}")
@@ -111,8 +111,6 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not an interpretation run; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
     manifest = read_json(mpath) if mpath.exists() else {"identity": identity, "latents": [], "wall_s": 0.0}
     manifest["latents"] = sorted(set(manifest["latents"]) | set(chosen))
     manifest.update({"kind": "saelab-interpretation-run", "label": label or manifest.get("label") or out.name,
@@ -199,7 +197,7 @@ def build_scorer(kind: str, models: _Models, cache: LatentCache, dictionary: str
 
 def run_score(run, scorers: list[str], client: str = "local", model: str | None = None, base_url: str | None = None,
               judge_mode: str = "auto", batch_examples: int = 10, steer_scale: float = 2.0,
-              latents: list[int] | None = None, client_opts: dict | None = None, threads: int | None = None,
+              latents: list[int] | None = None, client_opts: dict | None = None,
               progress: bool = True, device: str = "cpu") -> dict[str, int]:
     """Score every explained latent of a run with each scorer; returns {scorer: latents scored now}."""
     run = Path(run)
@@ -216,8 +214,6 @@ def run_score(run, scorers: list[str], client: str = "local", model: str | None 
     cfg = ExampleConfig(**manifest["examples"])
     expl = by_latent(read_jsonl(run / EXPLANATIONS))
     todo_latents = [j for j in sorted(expl) if expl[j]["status"] == "ok" and (not latents or j in latents)]
-    if threads:
-        torch.set_num_threads(threads)
     stored = by_latent(read_jsonl(run / EXAMPLES))
     # the latent cache is needed only for runs made before examples were stored, and for intervention
     # (the decoder); a run moved to another machine is scored from its own examples.jsonl

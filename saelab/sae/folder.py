@@ -9,19 +9,25 @@ heldout_fraction, data_fingerprint, sink, training_tokens, loss and its coeffici
 details (lr, steps, seed, train_stats) and the format version. SAELens and sparsify folders load
 through the same `open_sae` (foreign.py converts them).
 
-Why the provenance: every command that needs the SAE's model and held-out data (eval, cache,
-dashboard, serve, steer, compare, ...) reopens them with `SaeFolder.open_data`, so an SAE is
-evaluated on exactly the rows it never trained on, and on another corpus only when asked.
+Why the provenance: every command that needs the SAE's model and held-out data (eval, eval-e2e,
+sweep, compare, scaling, cache, dashboard, serve, steer) reopens them with `SaeFolder.open_data`
+(several folders at once: `open_shared_data`, which refuses folders that disagree), so an SAE is
+evaluated on exactly the rows it never trained on, and on another corpus only when asked. The rows'
+fingerprint is compared with the recorded one: another corpus prints a note, changed rows of the
+same corpus a warning, and `SaeData.matches` says which (metrics.json: `data_matches_training`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from ..data import TokenRows, load_token_rows
 from ..errors import UserError
+from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoints
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
@@ -82,6 +88,15 @@ class SaeFolder:
         c = self.sae.cfg
         return [c.hookpoint] + ([c.out_hookpoint] if c.out_hookpoint else [])
 
+    def open_model(self, device: str = "cpu", model: str | None = None) -> LoadedModel:
+        """The model it was trained on (or `model`), without data (for commands that need only the model)."""
+        return load_model(model or self.provenance.model_spec, device=device)
+
+    def open_data(self, device: str = "cpu", model: str | None = None, corpus: str | None = None) -> SaeData:
+        """Its model and token rows, split with the recorded context, held-out fraction and text field,
+        so `rows.heldout_rows` are rows it never trained on; see `open_shared_data`."""
+        return open_shared_data([self], device, model, corpus)
+
 
 def save_sae(sae: SparseCoder, folder: Path, provenance: Provenance, extra: dict | None = None) -> Path:
     """Write the folder (weights with the input scaling folded in, then cfg.json, each atomically)."""
@@ -125,3 +140,111 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SparseCoder, dict]:
     """(dictionary, cfg.json) of a folder: `open_sae` for callers that need only these two."""
     f = open_sae(folder, device)
     return f.sae, f.cfg
+
+
+# ---------------------------------------------------------------- the model and data of SAE folders
+
+
+@dataclass
+class SaeData:
+    """What `open_data` / `open_shared_data` open: `lm, rows = folder.open_data()` unpacks the two."""
+    lm: LoadedModel
+    rows: TokenRows
+    provenance: Provenance           # the values used: the folders' records, overrides applied
+    matches: list[bool | None]       # per folder: True = the rows it trained on (held-out rows unseen),
+                                     # False = another corpus or changed rows, None = unknown (nothing recorded)
+
+    def __iter__(self):
+        return iter((self.lm, self.rows))
+
+    @property
+    def matches_training(self) -> bool | None:
+        """One answer for all folders: False if any differs, None if any is unknown, else True."""
+        if any(m is False for m in self.matches):
+            return False
+        return None if not self.matches or None in self.matches else True
+
+
+_OVERRIDABLE = {"model_spec": "--model", "corpus": "--corpus", "context": "--context"}
+
+
+def _agreed(folders: list[SaeFolder], key: str):
+    values = [getattr(f.provenance, key) for f in folders]
+    if len({str(v) for v in values}) > 1:
+        seen: dict[str, str] = {}
+        for f, v in zip(folders, values):
+            seen.setdefault(str(v), f"{v!r} ({f.path})")
+        what = ", ".join(seen.values())
+        flag = _OVERRIDABLE.get(key)
+        raise UserError(f"these SAE folders disagree on {key.replace('_', ' ')}: {what}; use them separately"
+                        + (f" or pass {flag}" if flag else ""))
+    return values[0]
+
+
+def shared_provenance(folders: list[SaeFolder], model: str | None = None, corpus: str | None = None,
+                      context: int | None = None) -> Provenance:
+    """The model, corpus, context, held-out fraction and text field the folders all record (defaults
+    when there are none), with overrides applied; a UserError names a value they disagree on."""
+    if not folders:
+        base = Provenance()
+    else:
+        keys = ("heldout_fraction", "text_field") + tuple(k for k, v in (("model_spec", model), ("corpus", corpus),
+                                                                        ("context", context)) if v is None)
+        base = replace(folders[0].provenance, **{k: _agreed(folders, k) for k in keys})
+        fps = {f.provenance.data_fingerprint for f in folders}
+        base.data_fingerprint = fps.pop() if len(fps) == 1 else None
+    return replace(base, model_spec=str(model or base.model_spec), model_name="" if model else base.model_name,
+                   corpus=str(corpus or base.corpus), context=int(context or base.context))
+
+
+def _same_source(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def check_fits(folders: list[SaeFolder], model) -> None:
+    """Every folder's site(s) exist in `model` with the SAE's widths."""
+    for f in folders:
+        c = f.sae.cfg
+        resolve_hookpoints(model, f.sites)
+        w = hookpoint_widths(model, f.sites)
+        out = c.out_hookpoint or c.hookpoint
+        if w[c.hookpoint] != c.d_in or w[out] != c.d_out:
+            got = f"{w[c.hookpoint]}" + (f"->{w[out]}" if c.out_hookpoint else "")
+            raise UserError(f"{f.path}: SAE width {c.d_in}->{c.d_out} does not match the model's {c.hookpoint}"
+                            + (f"->{out}" if c.out_hookpoint else "") + f" ({got})")
+
+
+def open_shared_data(folders: list[SaeFolder], device: str = "cpu", model: str | None = None,
+                     corpus: str | None = None, context: int | None = None,
+                     loaded_model: LoadedModel | None = None) -> SaeData:
+    """One model and one set of token rows for several SAE folders (`shared_provenance` says which),
+    checked against what each folder trained on: a corpus override prints a note, and rows of the
+    recorded corpus whose fingerprint changed (the file changed on disk, another tokenizer) a warning.
+    `loaded_model`: an already loaded model to use instead of loading it again."""
+    prov = shared_provenance(folders, model, corpus, context)
+    other_model = [f for f in folders if str(f.provenance.model_spec) != prov.model_spec]
+    if model and other_model:
+        print(f"saelab: note: using model {prov.model_spec!r}; {other_model[0].path} was trained on "
+              f"{other_model[0].provenance.model_spec!r}", file=sys.stderr)
+    lm = loaded_model or load_model(prov.model_spec, device=device)
+    if folders:
+        check_fits(folders, lm.model)
+    rows = load_token_rows(prov.corpus, lm.tokenizer, prov.context, prov.heldout_fraction, prov.text_field,
+                           vocab_size=lm.model.config.vocab_size)
+    matches: list[bool | None] = []
+    for f in folders:
+        rec = f.provenance
+        if not _same_source(prov.corpus, rec.corpus):
+            matches.append(False)
+            print(f"saelab: note: {f.name}: using corpus {prov.corpus!r}, a different corpus than the one it was "
+                  f"trained on ({rec.corpus!r})", file=sys.stderr)
+        elif rec.data_fingerprint is None:
+            matches.append(None)
+        elif rec.data_fingerprint == rows.fingerprint:
+            matches.append(True)
+        else:
+            matches.append(False)
+            print(f"saelab: warning: {f.name}: the token rows of {prov.corpus!r} differ from the ones it was trained "
+                  f"on (fingerprint {rows.fingerprint}, recorded {rec.data_fingerprint}): the corpus changed on disk "
+                  f"or the tokenizer differs, so its held-out rows may include rows it trained on", file=sys.stderr)
+    return SaeData(lm, rows, prov, matches)

@@ -4,7 +4,9 @@ directions (cross) and to A's other alive directions (within A), with summary st
 histograms. Comparing two seeds of one setting gives the baseline for "the same features".
 
 Alive = fired at least once on `tokens` held-out positions (sinks excluded), measured with the
-truncated forward; `tokens=0` skips the model and uses every latent.
+truncated forward on the model and held-out rows both SAEs were trained with (`open_shared_data`:
+they must agree unless --model / --corpus say otherwise); `tokens=0` skips the model and uses
+every latent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..evaluate.metrics import EvalBudget, reconstruction_metrics
 from ..sae import SparseCoder
+from ..sae.folder import SaeFolder, open_sae, open_shared_data
 from ..storage import write_figure, write_json
 
 
@@ -47,32 +51,26 @@ def summary(x: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def firing(saes: list[SparseCoder], cfgs: list[dict], model_spec: str, corpus: str, context: int, tokens: int,
-           threads: int | None = None) -> list[torch.Tensor]:
-    """Per SAE, bool [d_sae]: fired at least once on `tokens` held-out non-sink positions."""
-    from ..data import load_token_rows
-    from ..evaluate.metrics import EvalBudget, reconstruction_metrics
-    from ..models import load_model
-
-    if threads:
-        torch.set_num_threads(threads)
-    lm = load_model(model_spec)
-    rows = load_token_rows(corpus, lm.tokenizer, context, vocab_size=lm.model.config.vocab_size)
-    res, _ = reconstruction_metrics(lm.model, lm.tokenizer, list(zip(saes, cfgs)), rows, EvalBudget(tokens=tokens))
-    return [r["_freq"] > 0 for r in res]
+def firing(folders: list[SaeFolder], tokens: int, model: str | None = None,
+           corpus: str | None = None) -> tuple[list[torch.Tensor], bool | None]:
+    """Per SAE, bool [d_sae]: fired at least once on `tokens` held-out non-sink positions; and
+    whether those rows are the held-out rows of the data they trained on (None: unknown)."""
+    data = open_shared_data(folders, model=model, corpus=corpus)
+    saes = [(f.sae, f.provenance.sink) for f in folders]
+    _, stats = reconstruction_metrics(data.lm.model, data.lm.tokenizer, saes, data.rows, EvalBudget(tokens=tokens))
+    return [f > 0 for f in stats.firing], data.matches_training
 
 
 def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000, model: str | None = None,
-            corpus: str | None = None, threads: int | None = None, overwrite: bool = False) -> dict:
-    from ..sae.folder import load_sae
-
-    (a, ca), (b, cb) = load_sae(Path(a_dir)), load_sae(Path(b_dir))
+            corpus: str | None = None, overwrite: bool = False) -> dict:
+    fa, fb = open_sae(Path(a_dir)), open_sae(Path(b_dir))
+    a, b = fa.sae, fb.sae
     site_a = a.cfg.out_hookpoint or a.cfg.hookpoint
     site_b = b.cfg.out_hookpoint or b.cfg.hookpoint
     if site_a != site_b or a.cfg.d_out != b.cfg.d_out:
         raise UserError(f"{a_dir} writes {site_a} (width {a.cfg.d_out}) but {b_dir} writes {site_b} (width "
                         f"{b.cfg.d_out}); decoder directions are comparable only at the same site")
-    ma, mb = ca["metadata"]["model_name"], cb["metadata"]["model_name"]
+    ma, mb = fa.provenance.model_name, fb.provenance.model_name
     if ma != mb:
         raise UserError(f"{a_dir} belongs to {ma} and {b_dir} to {mb}; compare dictionaries of one model")
     out_dir = Path(out) if out else Path(a_dir) / f"compare_{Path(b_dir).name}"
@@ -80,11 +78,9 @@ def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000
         raise UserError(f"{out_dir / 'compare.json'} exists; pass --overwrite to replace it")
     if tokens < 0:
         raise UserError("--tokens must be >= 0")
+    matches = None
     if tokens:
-        oa = ca["saelab"]
-        spec = model or oa.get("model_spec", "embedded")
-        alive_a, alive_b = firing([a, b], [ca, cb], spec, corpus or oa.get("corpus", "builtin"),
-                                  ca["metadata"]["context_size"], tokens, threads)
+        (alive_a, alive_b), matches = firing([fa, fb], tokens, model, corpus)
     else:
         alive_a, alive_b = torch.ones(a.cfg.d_sae, dtype=torch.bool), torch.ones(b.cfg.d_sae, dtype=torch.bool)
     if alive_a.sum() < 2 or alive_b.sum() < 1:
@@ -92,6 +88,7 @@ def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000
     da, db = unit_decoder(a)[alive_a], unit_decoder(b)[alive_b]
     cross, within = max_cosines(da, db), max_cosines(da)
     result = {"a": str(a_dir), "b": str(b_dir), "site": site_a, "model": ma, "alive_tokens": tokens,
+              "data_matches_training": matches,
               "alive_a": int(alive_a.sum()), "alive_b": int(alive_b.sum()), "d_sae_a": a.cfg.d_sae, "d_sae_b": b.cfg.d_sae,
               "cross_max_cosine": summary(cross), "within_a_max_cosine": summary(within),
               "descriptions": {"cross_max_cosine": "per alive decoder direction of A: max cosine to B's alive directions",

@@ -15,33 +15,34 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..errors import UserError
+from ..options import opt
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 
 @dataclass
 class ScalingConfig:
-    out: str                                                    # folder for the grid's runs, scaling.json and scaling.png
-    hookpoint: str = "model.layers.6"                           # one site (module name)
-    latents: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096])  # dictionary sizes of the grid
-    tokens: list[int] = field(default_factory=lambda: [16384, 32768, 65536])     # training-token budgets of the grid
-    k: int = 32                                                 # TopK active latents (the same for every grid point)
-    model: str = "embedded"                                     # embedded | local folder | .gguf | hub id
-    corpus: str = "builtin"                                     # builtin | file/folder | .npy | hf:NAME
-    context: int = 256
-    batch_tokens: int = 4096
-    eval_tokens: int = 16384                                    # held-out tokens for the FVU of every grid point
-    lr: float | None = None                                     # default: training's 2e-3 / sqrt(latents / 2^14)
-    cache: str | None = None                                    # reuse this activation cache (same model, hookpoint, context; >= max tokens)
-    seed: int = 0
-    threads: int | None = None
-    overwrite: bool = False
+    out: str = opt(help="folder for the grid's runs, scaling.json and scaling.png")
+    hookpoint: str = opt("model.layers.6", "one site (module name)")
+    latents: list[int] = opt(default_factory=lambda: [512, 1024, 2048, 4096], help="dictionary sizes of the grid")
+    tokens: list[int] = opt(default_factory=lambda: [16384, 32768, 65536], help="training-token budgets of the grid")
+    k: int = opt(32, "TopK active latents (the same for every grid point)")
+    model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
+    corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
+    context: int = opt(256, "tokens per row fed to the LM")
+    batch_tokens: int = opt(4096, "tokens per optimiser step (and per LM forward batch)")
+    eval_tokens: int = opt(16384, "held-out tokens for the FVU of every grid point")
+    lr: float | None = opt(None, "learning rate (none: training's 2e-3 / sqrt(latents / 2^14))")
+    cache: str | None = opt(None, "reuse this activation cache (same model, hookpoint, context; >= max tokens)")
+    seed: int = opt(0, "random seed (data order, initialisation)")
+    threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
+    overwrite: bool = opt(False, "replace an existing output folder")
 
 
 def power_law(x, y) -> dict:
@@ -112,10 +113,8 @@ def plot(points: list[dict], fits: dict, path: Path, title: str) -> None:
 
 
 def run_scaling(cfg: ScalingConfig) -> dict:
-    from ..data import load_token_rows
     from ..evaluate.metrics import EvalBudget, reconstruction_metrics
-    from ..models import load_model
-    from ..sae.folder import load_sae
+    from ..sae.folder import open_sae, open_shared_data
     from ..train.config import TrainConfig
     from ..activations.disk_cache import CacheConfig, read_manifest, write_cache
     from ..train.loop import train
@@ -151,18 +150,19 @@ def run_scaling(cfg: ScalingConfig) -> dict:
             (folder,) = train(tc)
             trained = read_json(run / "manifest.json")["lm_tokens"]  # the budget rounded down to whole batches
             runs.append((n, trained, folder))
-    lm = load_model(cfg.model)
-    rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, vocab_size=lm.model.config.vocab_size)
-    saes = [load_sae(f) for _, _, f in runs]
-    metrics, _ = reconstruction_metrics(lm.model, lm.tokenizer, saes, rows, EvalBudget(tokens=cfg.eval_tokens))
-    d_in = saes[0][0].cfg.d_in
-    points = [{"latents": n, "tokens": d, "compute": 6.0 * d * n * d_in, "fvu": m["fvu"], "l0": m.get("l0"),
-               "dead_fraction": m.get("dead_fraction"), "folder": str(f)}
+    folders = [open_sae(f) for _, _, f in runs]
+    data = open_shared_data(folders)  # the model and held-out rows of the activation cache they trained from
+    lm, rows = data.lm, data.rows
+    metrics, _ = reconstruction_metrics(lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in folders], rows,
+                                        EvalBudget(tokens=cfg.eval_tokens))
+    d_in = folders[0].sae.cfg.d_in
+    points = [{"latents": n, "tokens": d, "compute": 6.0 * d * n * d_in, "fvu": m.fvu, "l0": m.l0,
+               "dead_fraction": m.dead_fraction, "folder": str(f)}
               for (n, d, f), m in zip(runs, metrics)]
     fits = fit(points)
     result = {"command": "scaling", "config": asdict(cfg), "saelab_version": __version__, "model": lm.name,
               "d_in": d_in, "points": points, "fits": fits, "wall_s": time.time() - t0,
-              "data_fingerprint": rows.fingerprint}
+              "data_fingerprint": rows.fingerprint, "data_matches_training": data.matches_training}
     write_json(out / "scaling.json", result)
     plot(points, fits, out / "scaling.png", f"{lm.name} {cfg.hookpoint}, TopK k={cfg.k}, held-out FVU on "
                                              f"{cfg.eval_tokens:,} tokens")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..evaluate.run import run_eval
 from ..storage import read_json, write_json
 from ..train.config import TrainConfig
 from ..train.loop import train
@@ -124,47 +125,15 @@ def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = F
             train(cfg)
             status = "trained"
         if status == "trained":
-            evaluate_run(r.folder, eval_tokens, eval_ce_tokens, base.threads, base.device)
+            evaluate_run(r.folder, eval_tokens, eval_ce_tokens, device=base.device)
         record["runs"][name] = {"loss": r.loss, "values": r.values, "folder": str(r.folder), "status": "done",
                                 "wall_s_this_invocation": time.time() - t}
         write_json(out / SWEEP_FILE, record)
     return record
 
 
-def evaluate_run(folder: Path, tokens: int, ce_tokens: int, threads: int | None = None, device: str = "cpu") -> None:
-    """Evaluate every SAE of a training run (its manifest lists them)."""
+def evaluate_run(folder: Path, tokens: int, ce_tokens: int, device: str = "cpu") -> None:
+    """Evaluate every SAE of a training run (its manifest lists them), later-layer metrics included."""
     manifest = read_json(Path(folder) / "manifest.json")
-    evaluate_saes([v["folder"] for v in manifest["saes"].values()], tokens, ce_tokens, threads, device=device)
-
-
-def evaluate_saes(dirs: list[str], tokens: int, ce_tokens: int, threads: int | None = None,
-                  overwrite: bool = True, device: str = "cpu") -> list[dict]:
-    """`saelab eval` on SAE folders, plus what Braun et al. report beside it: alive latents and the
-    FVU of every later block's output with the SAE spliced in (added to each metrics.json)."""
-    from ..data import load_token_rows
-    from ..evaluate.run import run_eval
-    from ..evaluate.metrics import EvalBudget
-    from ..evaluate.later_layers import DESCRIPTION, later_layer_fvu
-    from ..models import load_model
-    from ..sae.folder import load_sae
-
-    if ce_tokens < 1:
-        raise UserError("--ce-tokens must be positive: later-layer FVU and CE increase need full forwards")
-    results = run_eval(dirs, tokens=tokens, ce_tokens=ce_tokens, threads=threads, overwrite=overwrite, quiet=True,
-                       device=device)
-    loaded = [load_sae(Path(d), device) for d in dirs]
-    ours = loaded[0][1]["saelab"]
-    lm = load_model(ours.get("model_spec", "embedded"), device=device)
-    rows = load_token_rows(ours.get("corpus", "builtin"), lm.tokenizer, loaded[0][1]["metadata"]["context_size"],
-                           vocab_size=lm.model.config.vocab_size)
-    later = later_layer_fvu(lm.model, lm.tokenizer, loaded, rows, EvalBudget(ce_tokens=ce_tokens), device)
-    for d, (sae, _), r, lf in zip(dirs, loaded, results, later):
-        p = Path(d) / "metrics.json"
-        m = read_json(p)
-        r["alive"] = m["metrics"]["alive"] = int(round(sae.cfg.d_sae * (1 - r["dead_fraction"])))
-        r["later_fvu"] = m["metrics"]["later_fvu"] = lf
-        r["later_fvu_mean"] = m["metrics"]["later_fvu_mean"] = sum(lf.values()) / max(len(lf), 1)
-        m["descriptions"]["alive"] = "latents that fired at least once on the held-out reconstruction tokens"
-        m["descriptions"]["later_fvu"] = DESCRIPTION
-        write_json(p, m)
-    return results
+    run_eval([v["folder"] for v in manifest["saes"].values()], tokens=tokens, ce_tokens=ce_tokens, overwrite=True,
+             quiet=True, device=device, later_layers=True)

@@ -1,11 +1,12 @@
-"""The training configuration: one dataclass that is also the command line (see cli.py)."""
+"""The training configuration: one dataclass that is also the command line (see options.py)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..errors import UserError
+from ..options import opt
 from ..sae import ARCHITECTURES
 
 LOSSES = ("local", "e2e", "e2e+ds")  # objectives: train/objectives.py
@@ -13,45 +14,50 @@ LOSSES = ("local", "e2e", "e2e+ds")  # objectives: train/objectives.py
 
 @dataclass
 class TrainConfig:
-    out: str                                           # run folder: one SAE folder per trained SAE
-    hookpoints: list[str] = field(default_factory=lambda: ["model.layers.6"])
-    model: str = "embedded"                            # embedded | local folder | .gguf | hub id
-    corpus: str = "builtin"                            # builtin | file/folder | .npy | hf:NAME
-    from_activations: str | None = None                # activation cache folder (`saelab cache-activations`): train without the LM
-    text_field: str = "text"
-    arch: str = "topk"                                 # topk | batchtopk | jumprelu | relu
-    latents: int = 4608                                # dictionary size
-    k: list[int] = field(default_factory=lambda: [32])  # one SAE per k (topk / batchtopk)
-    sparsity_coeff: list[float] = field(default_factory=lambda: [0.0])  # one SAE per coeff (relu/jumprelu)
-    tokens: int = 1_000_000                            # training tokens (LM positions, before sink masking)
-    batch_tokens: int = 4096                           # tokens per optimiser step
-    context: int = 256
-    buffer_batches: int = 8                            # LM batches mixed in the shuffling buffer
-    lr: list[float] | None = None                      # one SAE per value; default 2e-3 / sqrt(latents / 2^14)
-    warmup_fraction: float = 0.05
-    decay_fraction: float = 0.2                        # linear decay to 0 over the last fraction
-    aux_coeff: float = 1 / 32
-    dead_tokens: int | None = None                     # a latent is dead after this many tokens unfired
-    bias_init: str = "median"                          # median | mean
-    sink_first_positions: int = 1
-    sink_norm_factor: float = 5.0
-    mask_special: bool = True
-    heldout_fraction: float = 0.05
-    checkpoint_every: int = 250_000                    # tokens between checkpoints
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
-    distributed: str = "data"                          # torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split)
-    dist_timeout: float = 300.0                        # torchrun jobs: seconds to wait for a stalled or dead rank before failing
-    wandb: str | None = None                           # wandb project name (needs wandb installed)
-    resume: bool = False
-    overwrite: bool = False
-    loss: str = "local"                                # local | e2e | e2e+ds (end-to-end losses: docs/E2E.md)
-    kl_coeff: float = 0.5                              # e2e, e2e+ds: weight of KL(p_clean || p_spliced), nats/token
-    downstream_coeff: float = 2.5                      # e2e+ds: total weight of the later-layer MSE, split equally over the layers
-    downstream_layers: list[int] | None = None         # e2e+ds: blocks whose output is matched (default: every later block)
-    e2e_micro_rows: int | None = None                  # e2e: rows per forward/backward, gradients accumulated (default: min(rows per batch, 8))
-    e2e_recompute: bool = False                        # e2e: activation checkpointing of later blocks and logits (less memory, more compute)
+    out: str = opt(help="run folder: one SAE folder per trained SAE")
+    hookpoints: list[str] = opt(default_factory=lambda: ["model.layers.6"],
+                                help="module names or globs ('A->B': a transcoder from site A to site B)")
+    model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
+    corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
+    from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
+    text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
+    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu")
+    latents: int = opt(4608, "dictionary size")
+    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk)")
+    sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
+                                      help="sparsity penalty; one SAE per coeff (relu / jumprelu)")
+    tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
+    batch_tokens: int = opt(4096, "tokens per optimiser step")
+    context: int = opt(256, "tokens per row fed to the LM")
+    buffer_batches: int = opt(8, "LM batches mixed in the shuffling buffer")
+    lr: list[float] | None = opt(None, "learning rates, one SAE per value (none: 2e-3 / sqrt(latents / 2^14))")
+    warmup_fraction: float = opt(0.05, "fraction of steps with linear learning-rate warmup")
+    decay_fraction: float = opt(0.2, "linear decay to 0 over the last fraction of steps")
+    aux_coeff: float = opt(1 / 32, "weight of the auxiliary loss that revives dead latents")
+    dead_tokens: int | None = opt(None, "a latent is dead after this many tokens unfired "
+                                        "(none: tokens / 10, at least one batch, at most 10M)")
+    bias_init: str = opt("median", "decoder bias init from the first batch: median | mean")
+    sink_first_positions: int = opt(1, "positions at the start of each row left out of training")
+    sink_norm_factor: float = opt(5.0, "leave out positions with norm > factor x median norm (0: off)")
+    mask_special: bool = opt(True, "leave out BOS/EOS/pad positions")
+    heldout_fraction: float = opt(0.05, "fraction of corpus rows held out for evaluation")
+    checkpoint_every: int = opt(250_000, "tokens between checkpoints")
+    seed: int = opt(0, "random seed (data order, initialisation)")
+    threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
+    device: str = opt("cpu", "cpu | cuda | cuda:N")
+    distributed: str = opt("data", "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split)")
+    dist_timeout: float = opt(300.0, "torchrun jobs: seconds to wait for a stalled or dead rank before failing")
+    wandb: str | None = opt(None, "wandb project name (needs wandb installed)")
+    resume: bool = opt(False, "continue an interrupted run in --out from its last checkpoint")
+    overwrite: bool = opt(False, "replace an existing run folder")
+    loss: str = opt("local", "local | e2e | e2e+ds (end-to-end losses: docs/E2E.md)")
+    kl_coeff: float = opt(0.5, "e2e, e2e+ds: weight of KL(p_clean || p_spliced), nats/token")
+    downstream_coeff: float = opt(2.5, "e2e+ds: total weight of the later-layer MSE, split equally over the layers")
+    downstream_layers: list[int] | None = opt(None, "e2e+ds: blocks whose output is matched (none: every later block)")
+    e2e_micro_rows: int | None = opt(None, "e2e: rows per forward/backward, gradients accumulated "
+                                           "(none: min(rows per batch, 8))")
+    e2e_recompute: bool = opt(False, "e2e: activation checkpointing of later blocks and logits "
+                                     "(less memory, more compute)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import os
 
-import numpy as np
 import torch
 import torch.distributed as dist
 

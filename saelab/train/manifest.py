@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import resource
-from dataclasses import asdict
 from pathlib import Path
 
 import torch

@@ -1,6 +1,6 @@
 """Everything a feature dashboard shows, for one SAE, computed once and served per feature.
 
-`FeatureStore.build(sae_dir, cache=..., tokens=...)` reads the latent cache (saelab/cache.py)
+`FeatureStore.build(sae_dir, cache=..., tokens=...)` reads the latent cache (features/latent_cache.py)
 when one is given; without one it builds a small cache itself with the cache builder over
 `tokens` held-out tokens (kept under $SAELAB_CACHE/view_caches, reused on the next run), so an
 SAE with no cache and no explanations still gets full dashboards.
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features.latent_cache import LatentCache, build_latent_cache
 from ..errors import UserError
-from ..sae.folder import load_sae
+from ..features.latent_cache import LatentCache, build_latent_cache
+from ..models import LoadedModel
+from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
 
 N_TOP = 10            # top activating examples
@@ -132,14 +133,15 @@ class FeatureStore:
     def build(cls, sae_dir, cache: str | Path | None = None, tokens: int = 16_384, explanations=None,
               model=None, tokenizer=None, name: str | None = None, progress: bool = True) -> "FeatureStore":
         sae_dir = Path(sae_dir)
-        sae, cfg_json = load_sae(sae_dir)
-        lc, dict_name = ensure_cache(sae_dir, sae.cfg.d_sae, cache, tokens, progress)
-        cache = lc.path
-        if model is None or tokenizer is None:
-            from ..models import load_model
-
-            lm = load_model(cfg_json["saelab"].get("model_spec", "embedded"))
-            model, tokenizer = lm.model, lm.tokenizer
+        folder = open_sae(sae_dir)
+        sae, cfg_json = folder.sae, folder.cfg
+        lm = LoadedModel(model, tokenizer, folder.provenance.model_name) if model is not None and tokenizer is not None \
+            else None
+        if cache is None:  # a cache gets built: with the model the pages use, loaded once
+            lm = lm or folder.open_model()
+        lc, dict_name = ensure_cache(sae_dir, sae.cfg.d_sae, cache, tokens, progress, loaded_model=lm)
+        lm = lm or folder.open_model()  # a given cache is checked before the model loads
+        model, tokenizer, cache = lm.model, lm.tokenizer, lc.path
         if explanations is None:
             for cand in (sae_dir / "explanations.jsonl", Path(cache) / "explanations.jsonl"):
                 if cand.exists():
@@ -299,17 +301,18 @@ class FeatureStore:
         return [self.summary(i) for *_, i in hits[:limit]]
 
 
-def ensure_cache(sae_dir: Path, d_sae: int, cache=None, tokens: int = 16_384,
-                 progress: bool = True) -> tuple[LatentCache, str]:
+def ensure_cache(sae_dir: Path, d_sae: int, cache=None, tokens: int = 16_384, progress: bool = True,
+                 loaded_model: LoadedModel | None = None) -> tuple[LatentCache, str]:
     """The given latent cache, or one built once over `tokens` held-out tokens with the cache
-    builder (kept under $SAELAB_CACHE/view_caches and reused) -> (cache, dictionary name)."""
+    builder (kept under $SAELAB_CACHE/view_caches and reused) -> (cache, dictionary name). The
+    builder opens the SAE's own model (`loaded_model`: it, already loaded) and held-out rows."""
     sae_dir = Path(sae_dir)
     if cache is None:
         if tokens < 1:
             raise UserError("--tokens must be positive")
         fp = fingerprint(str(sae_dir.resolve()), (sae_dir / "sae_weights.safetensors").stat().st_mtime_ns, tokens)
         cache = cache_dir() / "view_caches" / fp
-        build_latent_cache([sae_dir], tokens, cache, progress=progress, batch_rows=8)
+        build_latent_cache([sae_dir], tokens, cache, progress=progress, batch_rows=8, loaded_model=loaded_model)
     lc = LatentCache.open(cache)
     return lc, _find_dict(lc, sae_dir, d_sae)
 

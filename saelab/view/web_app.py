@@ -34,7 +34,8 @@ from .feature_store import FeatureStore
 from .render import feature_page
 from ..errors import UserError
 from ..models import collect_activations
-from ..features.steer import FeatureEdit, FeatureSteer, check_edits, encode_prompt, steer_compare
+from ..features.steer import FeatureEdit, encode_prompt
+from ..features.steering import SteeringRequest, run_steering, sink_positions
 from .app_page import APP_HTML
 
 MAX_TEXT_CHARS = 4000
@@ -96,7 +97,7 @@ class App:
         return self.locks[id(s.model)]
 
     def skip_first(self, s: FeatureStore) -> int:
-        return int(s.cfg_json.get("saelab", {}).get("sink", {}).get("first_positions", 1))
+        return sink_positions(s.cfg_json)
 
     # ------------------------------------------------------------ fire
     @torch.no_grad()
@@ -118,8 +119,10 @@ class App:
     # ------------------------------------------------------------ steering jobs
     def start_steer(self, req: SteerRequest) -> Job:
         s = self.store(req.sae)
-        edits = [FeatureEdit(e.latent, e.op, e.value, e.relative) for e in req.edits]
-        check_edits(edits, s.d_sae)
+        steering = SteeringRequest([req.prompt], [FeatureEdit(e.latent, e.op, e.value, e.relative) for e in req.edits],
+                                   max_new_tokens=req.max_new_tokens, temperature=req.temperature, seed=req.seed)
+        steering.check()
+        steering.check_sae(s.sae)
         encode_prompt(s.tok, req.prompt)  # too long / empty prompts fail now, as a 4xx
         job = Job(id=str(next(self.ids)), total=2 * req.max_new_tokens)
         self.jobs[job.id] = job
@@ -129,13 +132,12 @@ class App:
         def run():
             job.status, job.started = "running", time.time()
             try:
-                steer = FeatureSteer(edits, torch.from_numpy(s.max_act), skip_first=self.skip_first(s))
-
                 def progress(done, total):
                     job.done, job.total = done, total
 
-                job.result = steer_compare(s.model, s.tok, s.sae, req.prompt, steer, req.max_new_tokens,
-                                           req.temperature, 0, req.seed, lock=self.lock(s), on_token=progress)
+                (r,) = run_steering(steering, s.model, s.tok, s.sae, torch.from_numpy(s.max_act), self.skip_first(s),
+                                    lock=self.lock(s), on_token=progress).results
+                job.result = {"unsteered": r["unsteered"], "steered": r["steered"]}
                 job.result["wall_s"] = time.time() - job.started
                 job.done = job.total
                 job.status = "done"

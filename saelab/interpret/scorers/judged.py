@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from ..clients import YES_NO, LLMClient, normalised_yes
+from ..client_base import YES_NO, LLMClient, normalised_yes
 from ..examples import Example, LatentExamples
 from ..explainer import TokenText
 from ..prompts import judge_batch_messages, judge_messages, render

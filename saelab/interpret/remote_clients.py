@@ -1,0 +1,184 @@
+"""HTTP LLM clients: any OpenAI-compatible server, and Anthropic (see client_base.py for the interface)."""
+
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+from ..errors import UserError
+
+
+from .client_base import YES_NO, Completion, LLMClient
+
+
+class _RemoteClient(LLMClient):
+    """Shared by the HTTP clients: a thread pool, retries with exponential backoff, accounting."""
+
+    retryable: tuple = ()
+
+    def __init__(self, model: str, concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4,
+                 backoff: float = 1.0, price_in: float = 0.0, price_out: float = 0.0):
+        super().__init__()
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise UserError("--concurrency must be >= 1, --max-retries >= 0 and --timeout > 0")
+        self.model, self.concurrency, self.timeout = model, concurrency, timeout
+        self.max_retries, self.backoff = max_retries, backoff
+        self.price_in, self.price_out = price_in, price_out  # USD per million tokens
+
+    def _cost(self, pt: int, ct: int) -> float:
+        return (pt * self.price_in + ct * self.price_out) / 1e6
+
+    def _with_retries(self, fn):
+        """-> (result or None, error or None, retries)."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return fn(), None, attempt
+            except self.retryable as e:  # connection errors, timeouts, 429, 5xx
+                err = f"{type(e).__name__}: {e}"
+                if attempt < self.max_retries:
+                    time.sleep(self.backoff * (2 ** attempt) * (0.5 + random.random()))
+            except Exception as e:  # bad request (e.g. context too long), malformed reply: no retry
+                return None, f"{type(e).__name__}: {e}", attempt
+        return None, f"gave up after {self.max_retries + 1} tries: {err}", self.max_retries
+
+    def _map(self, fn, items):
+        if len(items) <= 1 or self.concurrency == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(fn, items))
+
+
+class OpenAIClient(_RemoteClient):
+    """Any OpenAI-compatible chat server: vLLM, llama.cpp server, OpenRouter, OpenAI, `saelab serve-llm`."""
+
+    name = "openai"
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
+                 logprobs: bool = True, **kw):
+        try:
+            import openai
+        except ImportError as e:
+            raise UserError("the openai client needs `pip install openai` (or `pip install saelab[interpret]`)") from e
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        super().__init__(model or os.environ.get("SAELAB_LLM_MODEL", "default"), **kw)
+        self.base_url = base_url
+        key = api_key or os.environ.get("OPENAI_API_KEY") or ("none" if base_url else None)
+        if key is None:
+            raise UserError("the openai client needs --base-url (a local server) or OPENAI_API_KEY")
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=self.timeout, max_retries=0)
+        self.retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+                          openai.InternalServerError)
+        self.supports_logprobs = logprobs
+
+    def describe(self) -> dict:
+        return {"client": "openai", "model": self.model, "base_url": self.base_url}
+
+    def _one(self, messages, max_tokens, temperature) -> Completion:
+        def call():
+            return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
+                                                       temperature=temperature)
+
+        r, err, retries = self._with_retries(call)
+        pt = ct = 0
+        text = None
+        if r is not None:
+            pt = getattr(r.usage, "prompt_tokens", 0) or 0 if r.usage else 0
+            ct = getattr(r.usage, "completion_tokens", 0) or 0 if r.usage else 0
+            try:
+                text = r.choices[0].message.content
+            except (AttributeError, IndexError, TypeError):
+                err = "malformed reply (no choices)"
+            if err is None and not (text or "").strip():
+                err = "empty reply"
+        self._account(pt, ct, failed=err is not None, retries=retries, cost=self._cost(pt, ct))
+        return Completion(text, pt, ct, err)
+
+    def generate(self, prompts, max_tokens=64, temperature=0.0, prefill=None) -> list[Completion]:
+        # prefill is not part of the OpenAI chat API: the explainer's parser does not rely on it
+        return self._map(lambda m: self._one(m, max_tokens, temperature), prompts)
+
+    def _one_lp(self, messages, choices) -> dict | None:
+        def call():
+            return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=1,
+                                                       temperature=0.0, logprobs=True, top_logprobs=20)
+
+        r, err, retries = self._with_retries(call)
+        out, pt, ct = None, 0, 0
+        if r is not None:
+            pt = (r.usage.prompt_tokens or 0) if r.usage else 0
+            ct = (r.usage.completion_tokens or 0) if r.usage else 0
+            try:
+                top = r.choices[0].logprobs.content[0].top_logprobs
+                table = {}
+                for t in top:
+                    table[t.token] = max(table.get(t.token, -math.inf), t.logprob)
+                out = {name: _logsumexp([table[v] for v in variants if v in table])
+                       for name, variants in choices.items()}
+            except (AttributeError, IndexError, TypeError):
+                pass  # a reply without log-probabilities: out stays None, counted as a failure below
+        self._account(pt, ct, failed=out is None, retries=retries, cost=self._cost(pt, ct))
+        return out
+
+    def choice_logprobs(self, prompts, choices=YES_NO) -> list[dict | None]:
+        return self._map(lambda m: self._one_lp(m, choices), prompts)
+
+
+def _logsumexp(xs: list[float]) -> float:
+    if not xs:
+        return -math.inf
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+class AnthropicClient(_RemoteClient):
+    """Claude via the `anthropic` package (needs ANTHROPIC_API_KEY; no log-probabilities, so the
+    judged scorers parse generated answers)."""
+
+    name = "anthropic"
+    supports_logprobs = False
+
+    def __init__(self, model: str | None = None, api_key: str | None = None, base_url: str | None = None, **kw):
+        try:
+            import anthropic
+        except ImportError as e:
+            raise UserError("the anthropic client needs `pip install anthropic`") from e
+        super().__init__(model or os.environ.get("SAELAB_LLM_MODEL", "claude-3-5-haiku-latest"), **kw)
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not key:
+            raise UserError("the anthropic client needs ANTHROPIC_API_KEY in the environment")
+        self.client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=self.timeout, max_retries=0)
+        self.retryable = (anthropic.APIConnectionError, anthropic.APITimeoutError, anthropic.RateLimitError,
+                          anthropic.InternalServerError)
+
+    def describe(self) -> dict:
+        return {"client": "anthropic", "model": self.model}
+
+    def _one(self, messages, max_tokens, temperature, prefill) -> Completion:
+        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        msgs = [m for m in messages if m["role"] != "system"]
+        if prefill:
+            msgs = msgs + [{"role": "assistant", "content": prefill}]
+
+        def call():
+            return self.client.messages.create(model=self.model, system=system or None, messages=msgs,
+                                               max_tokens=max_tokens, temperature=temperature)
+
+        r, err, retries = self._with_retries(call)
+        text, pt, ct = None, 0, 0
+        if r is not None:
+            pt, ct = r.usage.input_tokens or 0, r.usage.output_tokens or 0
+            text = "".join(getattr(b, "text", "") for b in r.content)
+            if not text.strip():
+                err = "empty reply"
+            elif prefill:
+                text = prefill + text
+        self._account(pt, ct, failed=err is not None, retries=retries, cost=self._cost(pt, ct))
+        return Completion(text, pt, ct, err)
+
+    def generate(self, prompts, max_tokens=64, temperature=0.0, prefill=None) -> list[Completion]:
+        return self._map(lambda m: self._one(m, max_tokens, temperature, prefill), prompts)
