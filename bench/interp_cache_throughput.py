@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from saelab.features.latent_cache import build_latent_cache
+from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.data import load_token_rows
 from saelab.models import collect_activations, load_model
 from saelab.sae.folder import load_sae

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.features.latent_cache import LatentCache, build_latent_cache
+from saelab.features.latent_cache import LatentCache
+from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.errors import UserError
 
 CTX = 64
@@ -101,7 +102,7 @@ def test_neurons_are_topk_positive_values(cache, sae_dir, tiny_model_dir):
 
 
 def test_killed_run_resumes_to_the_same_cache(tmp_path, sae_dir, cache, monkeypatch):
-    import saelab.features.latent_cache as mod
+    import saelab.features.latent_cache_writer as mod
 
     real, calls = mod._write_chunk, {"n": 0}
 

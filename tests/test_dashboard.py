@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.features.latent_cache import build_latent_cache
+from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.cli import main
 from saelab.view.feature_store import FeatureStore, load_explanations
 from saelab.view.static_site import parse_latents, write_dashboard

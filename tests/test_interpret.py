@@ -26,7 +26,8 @@ def chat_model_dir(tmp_path_factory, tiny_model_dir, embedded_folder):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, chat_model_dir, text_corpus):
-    from saelab.features.latent_cache import LatentCache, build_latent_cache
+    from saelab.features.latent_cache import LatentCache
+    from saelab.features.latent_cache_writer import build_latent_cache
     from saelab.models import collect_activations, load_model
     from saelab.sae import SaeConfig, build_sae
     from saelab.sae.folder import Provenance, save_sae

@@ -6,7 +6,7 @@ from ..options import THREADS_HELP
 
 
 def cmd_cache(a) -> None:
-    from ..features.latent_cache import build_latent_cache
+    from ..features.latent_cache_writer import build_latent_cache
     from ..errors import UserError
     from ..sinks import SinkConfig
 

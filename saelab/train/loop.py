@@ -114,13 +114,17 @@ class TrainingRun:
     # ------------------------------------------------------------ one step
     def _step(self, members: list[Member], objective, batch: Batch, first: bool, dead_tokens: int,
               last_inputs: dict) -> int:
-        """One optimiser step of every SAE on `batch`; returns positions the objective left out."""
+        """One optimiser step of every SAE on `batch`; returns positions the objective left out.
+
+        Gradients accumulate over the batch's parts (e2e micro-batches); each SAE steps right after
+        its backward on the last part, so only one SAE's gradients are alive at a time (local)."""
         cfg = self.cfg
         factor = lr_factor(batch.progress, cfg.warmup_fraction, cfg.decay_fraction)
         fired = {m.name: torch.zeros(m.sae.cfg.d_sae, dtype=torch.bool, device=m.since_fired.device) for m in members}
         sums: dict[str, dict[str, float]] = {m.name: {} for m in members}
         excluded = 0
-        for part, weight in objective.split(batch):
+        parts = objective.split(batch)
+        for j, (part, weight) in enumerate(parts):
             shared = objective.shared(part)
             for i, m in enumerate(members):
                 x, y = objective.io(m, batch.sample or part, shared)  # a chunk's sample, or this part
@@ -137,20 +141,25 @@ class TrainingRun:
                 for key, v in r.stats.items():
                     sums[m.name][key] = sums[m.name].get(key, 0.0) + v * weight
                 excluded += r.excluded if i == 0 else 0
+                if j == len(parts) - 1:
+                    self._optimise(m, factor, batch.positions, fired[m.name], dead_tokens, sums[m.name])
             first = False
-        for m in members:
-            self.parallel.reduce_grads(m)
-            for g in m.opt.param_groups:
-                g["lr"] = m.lr * factor
-            m.sae.remove_parallel_decoder_grad()
-            m.opt.step()
-            m.opt.zero_grad(set_to_none=True)
-            m.sae.normalize_decoder()
-            m.since_fired += batch.positions
-            m.since_fired[self.parallel.sync_fired(fired[m.name])] = 0
-            sums[m.name]["dead"] = (m.since_fired >= dead_tokens).float().mean().item()
-            m.smooth(sums[m.name])
         return excluded
+
+    def _optimise(self, m: Member, factor: float, positions: int, fired: torch.Tensor, dead_tokens: int,
+                  stats: dict) -> None:
+        """One optimiser step of one SAE, then its dead-latent counters and smoothed statistics."""
+        self.parallel.reduce_grads(m)
+        for g in m.opt.param_groups:
+            g["lr"] = m.lr * factor
+        m.sae.remove_parallel_decoder_grad()
+        m.opt.step()
+        m.opt.zero_grad(set_to_none=True)
+        m.sae.normalize_decoder()
+        m.since_fired += positions
+        m.since_fired[self.parallel.sync_fired(fired)] = 0
+        stats["dead"] = (m.since_fired >= dead_tokens).float().mean().item()
+        m.smooth(stats)
 
     # ------------------------------------------------------------ resume, checkpoints, log
     def _identity(self, names: list[str], data_fingerprint: str) -> str:

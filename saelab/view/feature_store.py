@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..features.latent_cache import LatentCache, build_latent_cache
+from ..features.latent_cache import LatentCache
+from ..features.latent_cache_writer import build_latent_cache
 from ..models import LoadedModel
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
@@ -38,7 +39,9 @@ HIST_BINS = 24
 
 
 @dataclass
-class Example:
+class ShownExample:
+    """One activating window as a feature page shows it, as token strings (interpret.examples.Example
+    is the same window by cache position, for explaining and scoring)."""
     tokens: list[str]       # window of token strings
     acts: list[float]       # this feature's activation at each token of the window
     peak: int               # index of the example's own position inside the window
@@ -231,7 +234,7 @@ class FeatureStore:
         ids, vals = pair
         return [{"token": self.token_str(int(t)), "logit": float(v)} for t, v in zip(ids[i, :n], vals[i, :n])]
 
-    def _example(self, rows, pos, vals, r: int, p: int, v: float) -> Example:
+    def _example(self, rows, pos, vals, r: int, p: int, v: float) -> ShownExample:
         ctx = self.cache.tokens.shape[1]
         a, b = max(0, p - WINDOW_BEFORE), min(ctx, p + WINDOW_AFTER + 1)
         lo, hi = np.searchsorted(rows, r, "left"), np.searchsorted(rows, r, "right")  # records sorted by (row, pos)
@@ -240,7 +243,7 @@ class FeatureStore:
             if a <= pp < b:
                 acts[pp - a] = vv
         toks = [self.token_str(int(t)) for t in self.cache.tokens[r, a:b]]
-        return Example(toks, acts.tolist(), p - a, float(v))
+        return ShownExample(toks, acts.tolist(), p - a, float(v))
 
     # ------------------------------------------------------------ the page
     def view(self, i: int) -> dict:
