@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from .commands import COMMAND_MODULES
+from .commands import COMMAND_MODULES, parse_args
 from .errors import UserError
 
 
@@ -22,12 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):  # every command with --threads: set once, here
-        import torch
-
-        torch.set_num_threads(args.threads)
+    args = parse_args(build_parser(), argv)  # positionals after a multi-value option are not swallowed
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None and threads < 1:
+            raise UserError(f"option --threads must be >= 1, got {threads}")
+        if threads:  # every command with --threads: set once, here
+            import torch
+
+            torch.set_num_threads(threads)
         args.fn(args)
     except UserError as e:
         print(f"saelab: error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import sysconfig
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import UserError
-from .storage import cache_dir, fingerprint
+from .storage import cache_dir, fingerprint, read_npy
 
 BUILTIN = "builtin"
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
@@ -61,7 +62,7 @@ def builtin_texts() -> Iterator[str]:
 
 def _file_texts(path: Path, text_field: str) -> Iterator[str]:
     if path.suffix in (".txt", ".md"):
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield _utf8_text(path)
     elif path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f):
@@ -80,6 +81,34 @@ def _file_texts(path: Path, text_field: str) -> Iterator[str]:
         if text_field not in table.column_names:
             raise UserError(f"{path} has no column {text_field!r}; columns: {table.column_names}")
         yield from table.column(text_field).to_pylist()
+
+
+def _utf8_text(path: Path) -> str:
+    """A text file's contents; a binary file (NUL bytes, or over 1% of it not UTF-8) is refused."""
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    nul = b"\x00" in data
+    if nul or bad > 0.01 * max(len(text), 1):
+        raise UserError(f"corpus file {path} is not UTF-8 text ({bad} undecodable byte sequence(s)"
+                        f"{', NUL bytes' if nul else ''}); is it a binary file?")
+    return text
+
+
+def _open_rows(path: Path) -> np.ndarray:
+    """A token-row .npy as a read-only memmap; a truncated or damaged file is a UserError."""
+    tokens = read_npy(path)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise UserError(f"{path} must hold integer token ids shaped [rows, context], got {tokens.dtype} {tokens.shape}")
+    return tokens
+
+
+def tokenizer_id(tokenizer) -> str:
+    """What a tokenizer does, not where it lives: moving the cache (the embedded model's folder)
+    keeps the token cache valid."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return fingerprint(type(tokenizer).__name__, spec, tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer))
 
 
 def _hf_texts(name: str, text_field: str, split: str = "train") -> Iterator[str]:
@@ -177,27 +206,34 @@ def load_token_rows(source: str, tokenizer=None, context: int = 256, heldout_fra
         p = Path(source)
         if not p.exists():
             raise UserError(f"token file {p} does not exist")
-        tokens = np.load(p, mmap_mode="r")
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise UserError(f"{p} must hold integer token ids shaped [rows, context], got {tokens.dtype} {tokens.shape}")
+        tokens = _open_rows(p)
         if tokens.shape[1] != context:
             raise UserError(f"{p} has rows of {tokens.shape[1]} tokens but --context is {context}")
-        if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
+        if not tokens.size:
+            raise UserError(f"{p} holds no token rows")
+        if int(tokens.min()) < 0:
+            raise UserError(f"{p} holds token id {int(tokens.min())}; token ids must be >= 0")
+        if vocab_size is not None and int(tokens.max()) >= vocab_size:
             raise UserError(f"{p} holds token id {int(tokens.max())}, outside the model's vocabulary of {vocab_size}")
         fp = fingerprint("npy", str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
     else:
         if tokenizer is None:
             raise UserError("tokenising text needs a tokenizer")
-        tok_id = getattr(tokenizer, "name_or_path", "") + str(len(tokenizer))
-        fp = fingerprint("text", source, tok_id, context, text_field, max_rows, _source_stamp(source))
+        fp = fingerprint("text", source, tokenizer_id(tokenizer), context, text_field, max_rows, _source_stamp(source))
         path = cache_dir() / "tokens" / f"{fp}.npy"
+        if path.exists():
+            try:
+                tokens = _open_rows(path)
+            except UserError as e:  # a damaged cache file (disk full, copied half): rebuild it
+                warnings.warn(f"{e}; re-tokenising")
+                path.unlink()
         if not path.exists():
             arr = tokenize_stream(source_texts(source, text_field), tokenizer, context, max_rows)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}.npy")
             np.save(tmp, arr)
             tmp.replace(path)
-        tokens = np.load(path, mmap_mode="r")
+        tokens = _open_rows(path)
     train, held = _split(len(tokens), heldout_fraction)
     return TokenRows(tokens, train, held, fp, source)
 

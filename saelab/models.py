@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .options import check_dtype
 from .storage import cache_dir
 
 EMBEDDED = "embedded"
@@ -65,8 +66,12 @@ def _embedded_folder() -> Path:
     return folder
 
 
-def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """`spec` is `embedded`, a local folder, a `.gguf` file, or a Hugging Face hub id."""
+def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """`spec` is `embedded`, a local folder, a `.gguf` file, or a Hugging Face hub id; `dtype` the
+    precision of the weights and activations (float32 | bfloat16 | float16, refused if `device`
+    cannot run it)."""
+    if not isinstance(dtype, torch.dtype):
+        dtype = check_dtype(dtype, device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -86,6 +91,8 @@ def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: torch.dtype = t
             raise UserError(f"{spec} is a folder but has no config.json: not a Hugging Face model folder")
     else:
         source, name = spec, spec  # hub id: needs internet unless already in the HF cache
+    if "gguf_file" not in kwargs:
+        _check_causal(spec, source)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -93,6 +100,21 @@ def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: torch.dtype = t
         raise UserError(f"could not load model {spec!r}: {e}") from e
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model, tok, name)
+
+
+def _check_causal(spec: str, source) -> None:
+    """Refuse, from config.json alone, a model that is not a decoder-only causal LM."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        cfg = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not read the config of model {spec!r}: {e}") from e
+    if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(cfg, "is_encoder_decoder", False):
+        raise UserError(f"{spec!r} is a {cfg.model_type} model: not a causal language model (saelab needs a "
+                        f"decoder-only LM that AutoModelForCausalLM loads, e.g. GPT-2, GPT-NeoX, Gemma, Llama, "
+                        f"Mistral, Qwen)")
 
 
 # ---------------------------------------------------------------- hookpoints
@@ -104,35 +126,45 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and (n is None or len(mod) == n):
             return name, mod
-    raise UserError("could not find the model's list of transformer blocks")
+    raise UserError(f"{type(model).__name__}: could not find the model's list of transformer blocks (a ModuleList "
+                    f"of config.num_hidden_layers blocks); this architecture is not supported")
 
 
-def _site_kind(layer_prefix: str, name: str) -> str | None:
-    sub = name[len(layer_prefix):].lstrip(".")
-    if not sub:
-        return "resid_post"
-    if sub in ("self_attn", "attn", "attention"):
-        return "attn_out"
-    if sub in ("mlp", "feed_forward"):
-        return "mlp_out"
-    if sub in ("post_attention_layernorm", "ln_2"):
-        return "mlp_in"
-    if sub in ("mlp.down_proj:input", "mlp.c_proj:input"):
-        return "mlp_neurons"
-    return None
+# sub-module of a block (`:input` = its first input) -> kind; what is added to the residual stream
+# is `attn_out` / `mlp_out`, what the MLP reads is `mlp_in`, its hidden activation `mlp_neurons`.
+_KINDS = {
+    "": "resid_post",
+    "self_attn": "attn_out", "attn": "attn_out", "attention": "attn_out",
+    "mlp": "mlp_out", "feed_forward": "mlp_out",
+    "post_attention_layernorm": "mlp_in", "ln_2": "mlp_in",
+    "mlp.down_proj:input": "mlp_neurons", "mlp.c_proj:input": "mlp_neurons", "mlp.dense_4h_to_h:input": "mlp_neurons",
+}
+# blocks with a norm after attention and after the MLP (Gemma 2/3 "sandwich" norms): the residual
+# stream receives the post-norm outputs, and `post_attention_layernorm` normalises attention's output.
+_SANDWICH_KINDS = {
+    **_KINDS,
+    "self_attn": "attn_out_prenorm", "post_attention_layernorm": "attn_out",
+    "pre_feedforward_layernorm": "mlp_in", "mlp": "mlp_out_prenorm", "post_feedforward_layernorm": "mlp_out",
+}
+_KIND_ORDER = ["attn_out_prenorm", "attn_out", "mlp_in", "mlp_neurons", "mlp_out_prenorm", "mlp_out", "resid_post"]
+
+
+def block_kinds(layer: nn.Module) -> dict[str, str]:
+    """The kind table for this block's family."""
+    names = {n for n, _ in layer.named_modules()}
+    return _SANDWICH_KINDS if "pre_feedforward_layernorm" in names and "post_feedforward_layernorm" in names else _KINDS
 
 
 def candidate_hookpoints(model: nn.Module) -> list[tuple[str, str]]:
-    """(name, kind) of the usual hook sites, in forward order."""
+    """(name, kind) of the usual hook sites, block by block in forward order."""
     prefix, layers = decoder_layers(model)
     out = []
     for i, layer in enumerate(layers):
-        lp = f"{prefix}.{i}"
-        for sub, _ in layer.named_modules():
-            for name in ([f"{lp}.{sub}" if sub else lp] + ([f"{lp}.{sub}:input"] if sub.endswith(("down_proj", "c_proj")) and "mlp" in sub else [])):
-                kind = _site_kind(lp, name)
-                if kind:
-                    out.append((name, kind))
+        kinds, lp = block_kinds(layer), f"{prefix}.{i}"
+        subs = [n for n, _ in layer.named_modules()]
+        subs += [f"{n}:input" for n in subs if n.startswith("mlp.")]
+        found = [(f"{lp}.{sub}".rstrip("."), kinds[sub]) for sub in subs if sub in kinds]
+        out += sorted(found, key=lambda nk: _KIND_ORDER.index(nk[1]))
     return out
 
 
@@ -188,6 +220,17 @@ def layer_index(model: nn.Module, hookpoint: str) -> int:
 
 def module_at(model: nn.Module, hookpoint: str) -> nn.Module:
     return model.get_submodule(hookpoint.removesuffix(":input"))
+
+
+def input_unit_directions(mod: nn.Module, width: int) -> torch.Tensor | None:
+    """[width, d_out]: row j = what input unit j of a linear map adds to its output (a Linear's
+    weight column; GPT-2's Conv1D stores the weight transposed). None for any other module."""
+    w = getattr(mod, "weight", None)
+    if isinstance(mod, nn.Linear) and mod.in_features == width:
+        return w.detach().t().contiguous().float()
+    if type(mod).__name__ == "Conv1D" and w is not None and w.dim() == 2 and w.shape[0] == width:
+        return w.detach().contiguous().float()
+    return None
 
 
 def first_tensor(out):

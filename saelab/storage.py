@@ -58,6 +58,28 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic(path, w)
 
 
+def write_text(path: Path, text: str) -> None:
+    """A text file (HTML, Markdown), atomically."""
+    def w(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic(path, w)
+
+
+def refuse_replacing(folder: Path, names, overwrite: bool, what: str) -> None:
+    """Before any work: a command that writes `names` into an existing `folder` (a run folder, say)
+    must not replace any of them without --overwrite."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file, not a folder; choose another path")
+    there = [n for n in names if (folder / n).exists()]
+    if there and not overwrite:
+        raise UserError(f"{folder} already holds {', '.join(there)}; pass --overwrite to replace the {what}")
+
+
 def _json_default(o):
     if isinstance(o, Path):
         return str(o)
@@ -86,6 +108,24 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({e}); the file is corrupt or truncated") from e
 
 
+def read_npy(path: Path, shape: tuple | None = None):
+    """A .npy as a read-only memory map (never pickle); a truncated or damaged file, or one whose
+    shape is not `shape` (None entries: any size), is a UserError naming it."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npy file ({e}); it is corrupt or truncated") from e
+    if shape is not None and (a.ndim != len(shape) or any(w is not None and w != n for w, n in zip(shape, a.shape))):
+        raise UserError(f"{path} has shape {tuple(a.shape)}, expected {tuple('*' if w is None else w for w in shape)}; "
+                        f"it is corrupt or truncated")
+    return a
+
+
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -109,7 +149,13 @@ def fingerprint(*parts: Any) -> str:
 
 
 def refuse_overwrite(path: Path, overwrite: bool, what: str = "output") -> None:
+    """Before any work: the output folder must be a folder we can write, and empty unless --overwrite."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; choose another path")
+    parent = next((q for q in (path, *path.parents) if q.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {parent} is not a writable folder (read-only or no permission)")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise UserError(
             f"{what} folder {path} already exists and is not empty; pass --overwrite to replace it "
@@ -136,3 +182,24 @@ def read_jsonl(path: Path) -> list[dict]:
                 continue
             raise UserError(f"{path}:{i + 1} is not valid JSON; the file is corrupt")
     return out
+
+
+def trim_jsonl(path: Path, keep) -> int:
+    """Rewrite a JSON-lines log (atomically) with only the records `keep(record)` accepts, dropping
+    unreadable lines (a line cut by a kill): what a resumed run does before it appends again, so
+    the log has neither a broken line nor the lines of steps it redoes. Returns lines dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and keep(rec):
+            kept.append(line)
+    if len(kept) != len(lines):
+        _atomic(path, lambda tmp: Path(tmp).write_text("".join(x + "\n" for x in kept), encoding="utf-8"))
+    return len(lines) - len(kept)

@@ -8,6 +8,7 @@ why, only when /usr/bin/chromium is absent. Screenshots go to the test's tmp fol
 $SAELAB_SCREENSHOTS when set.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,33 +25,54 @@ from saelab.view.web_app import create_app
 from saelab.view.feature_store import FeatureStore
 from saelab.models import load_model
 from saelab.features.steer import encode_prompt, generate
-from view_helpers import make_sae_folder
+from view_helpers import make_interpretation_run, make_sae_folder
 
 CHROMIUM = "/usr/bin/chromium"
 XSS_EXPL = "<script>window.__pwned=1</script>cats and dogs"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, text_corpus, tmp_path_factory):
+@contextlib.contextmanager
+def _uvicorn(stores):
+    """A real uvicorn server on a free loopback port over `stores` -> its base URL."""
     import uvicorn
 
-    folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "app_sae", tiny_model_dir, text_corpus)
-    (folder / "explanations.jsonl").write_text(json.dumps({"latent": 2, "explanation": XSS_EXPL}) + "\n")
-    lm = load_model(str(tiny_model_dir))
-    store = FeatureStore.build(folder, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, progress=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app([store]), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(stores), host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     for _ in range(200):
         if srv.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store
-    srv.should_exit = True
-    th.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, text_corpus, tmp_path_factory):
+    folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "app_sae", tiny_model_dir, text_corpus)
+    (folder / "explanations.jsonl").write_text(json.dumps({"latent": 2, "explanation": XSS_EXPL}) + "\n")
+    lm = load_model(str(tiny_model_dir))
+    store = FeatureStore.build(folder, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, progress=False)
+    with _uvicorn([store]) as base:
+        yield base, store
+
+
+@pytest.fixture(scope="module")
+def run_server(server, tmp_path_factory):
+    """The same SAE served with an interpretation run made by the CLI (explain --explainer stats, score
+    --scorers embedding) as its --explanations."""
+    _, store = server
+    cache, run, _, lat = make_interpretation_run(store.sae_dir, tmp_path_factory.mktemp("interp"))
+    s2 = FeatureStore.build(store.sae_dir, cache=cache, explanations=run, model=store.model, tokenizer=store.tok,
+                            name="run_sae", progress=False)
+    with _uvicorn([s2]) as base:
+        yield base, s2, run, lat
 
 
 def _get(url):
@@ -70,11 +92,11 @@ def _post(url, obj):
         return e.code, json.loads(e.read())
 
 
-def _wait_job(base, job):
+def _wait_job(base, job, until=("done", "error")):
     for _ in range(600):
         _, body = _get(f"{base}/api/jobs/{job}")
         j = json.loads(body)
-        if j["status"] in ("done", "error"):
+        if j["status"] in until:
             return j
         time.sleep(0.1)
     raise AssertionError("job did not finish")
@@ -103,6 +125,63 @@ def test_bad_input_gets_clear_4xx(server):
     assert code == 422
     code, body = _get(f"{base}/api/jobs/999999")
     assert code == 404
+    for bad in ({"strengths": []}, {"strengths": [1] * 9}, {"seed": -1}, {"edits": [{"latent": -1, "value": 1}]}):
+        code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "edits": [{"latent": 1, "value": 1}],
+                                                 **bad})
+        assert code == 422, bad
+    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "strengths": [1e9],
+                                             "edits": [{"latent": 1, "value": 1}]})
+    assert code == 400 and "strength" in body["detail"]
+
+
+def test_request_size_is_checked_before_the_body_is_read(server):
+    import http.client
+
+    base, _ = server
+    host, port = base.removeprefix("http://").split(":")
+    big = json.dumps({"sae": "app_sae", "text": "x" * 70_000}).encode()
+    code, body = _post(f"{base}/api/fire", {"sae": "app_sae", "text": "x" * 70_000})
+    assert code == 413 and "bytes" in body["detail"]
+    # a declared length over the limit is refused without sending the body at all
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    c.putrequest("POST", "/api/steer")
+    c.putheader("Content-Type", "application/json")
+    c.putheader("Content-Length", str(10**9))
+    c.endheaders()
+    r = c.getresponse()
+    assert r.status == 413
+    c.close()
+    # a chunked body (no Content-Length) is cut off at the limit: 413, not a 500
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    c.request("POST", "/api/fire", body=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
+              headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = c.getresponse()
+    assert r.status == 413, r.read()
+    c.close()
+
+
+def test_steering_queue_is_bounded_and_jobs_can_be_cancelled(server):
+    from saelab.view.web_app import MAX_PENDING
+
+    base, _ = server
+    req = {"sae": "app_sae", "prompt": "Once upon a time", "max_new_tokens": 200, "strengths": [1, 2, 3, 4, 5, 6, 7, 8],
+           "edits": [{"latent": 3, "op": "clamp", "value": 20}]}
+    jobs = []
+    for _ in range(MAX_PENDING):
+        code, body = _post(f"{base}/api/steer", req)
+        assert code == 202
+        jobs.append(body["job"])
+    code, body = _post(f"{base}/api/steer", req)
+    assert code == 429 and "already queued or running" in body["detail"]
+    for job in jobs:
+        assert _post(f"{base}/api/jobs/{job}/cancel", {})[0] == 200
+    for job in jobs:
+        j = _wait_job(base, job, until=("cancelled",))
+        assert j["result"] is None
+    # finished jobs stay until fetched; the queue has room again
+    code, body = _post(f"{base}/api/steer", {**req, "max_new_tokens": 2, "strengths": [1]})
+    assert code == 202 and _wait_job(base, body["job"])["status"] == "done"
+    assert _post(f"{base}/api/jobs/nope/cancel", {})[0] == 404
 
 
 def test_no_path_traversal(server, tmp_path):
@@ -143,9 +222,11 @@ def test_steering_job_matches_library_and_server_stays_responsive(server):
     assert _get(f"{base}/sae/app_sae/feature/1")[0] == 200
     assert _post(f"{base}/api/fire", {"sae": "app_sae", "text": "hello there"})[0] == 200
     mid = json.loads(_get(f"{base}/api/jobs/{job}")[1])
-    assert mid["status"] in ("queued", "running") and mid["done"] < mid["total"] == 400
+    assert mid["status"] in ("queued", "running") and mid["generation"] < mid["generations"] == 2
+    assert mid["max_tokens"] == 200 and mid["tokens"] <= 200
     j = _wait_job(base, job)
-    assert j["status"] == "done" and j["done"] == j["total"]
+    assert j["status"] == "done" and j["generation"] == j["generations"] and j["result"]["prompt"] == prompt
+    assert j["result"]["sweep"][0]["edits"] == [{"latent": 3, "op": "clamp", "value": 20.0}]
     ids = encode_prompt(store.tok, prompt)
     clean = store.tok.decode(generate(store.model, store.tok, ids, 200), skip_special_tokens=True)
     assert j["result"]["unsteered"] == clean and j["result"]["steered"] != clean
@@ -214,7 +295,8 @@ def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
         assert page.locator("#firetokens img").count() == 0
         _shot(page, tmp_path, "fire")
 
-        # steering playground: both outputs appear, the unsteered one is the model's own
+        # steering playground: a sweep of 4 strengths next to the unsteered text, the prompt echoed,
+        # newlines visible, the clamped values shown; the unsteered text is the model's own
         page.fill("#prompt", "Once upon a time")
         page.fill("#latent", "3")
         page.select_option("#op", "clamp")
@@ -222,12 +304,17 @@ def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
         page.uncheck("#relative")
         page.fill("#ntok", "12")
         page.click("#steerbtn")
-        page.wait_for_function("document.getElementById('steered').textContent.length > 0", timeout=60000)
+        page.wait_for_function("document.getElementById('steerstatus').textContent.startsWith('done')", timeout=60000)
         ids = encode_prompt(store.tok, "Once upon a time")
         clean = store.tok.decode(generate(store.model, store.tok, ids, 12), skip_special_tokens=True)
-        assert page.locator("#unsteered").text_content() == clean
-        assert page.locator("#steered").text_content() != clean
-        assert page.locator("#steerstatus").inner_text() == "done: 24/24 tokens"
+        unsteered = page.locator("#unsteered .cont").text_content()
+        assert unsteered.replace("\u21b5", "") == clean and unsteered.count("\u21b5") == clean.count("\n")
+        assert page.locator("#unsteered .prompt").text_content() == "Once upon a time"
+        assert page.locator("#steered .cont").text_content().replace("\u21b5", "") != clean
+        heads = page.locator(".variant h3").all_inner_texts()
+        assert heads == [f"\u00d7{x}: clamp 3 \u2192 {v}" for x, v in (("0.5", "10.0"), ("1", "20.0"), ("2", "40.0"),
+                                                                          ("4", "80.0"))]
+        assert page.locator("#steerstatus").inner_text().startswith("done: 5 generations of up to 12 tokens")
         _shot(page, tmp_path, "steer")
 
         # a bad request shows the server's message
@@ -235,6 +322,8 @@ def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
         page.click("#steerbtn")
         page.wait_for_function("document.getElementById('steererr').textContent.length > 0")
         assert "does not exist" in page.locator("#steererr").inner_text()
+        assert page.locator("#steerstatus").inner_text() == "error"  # no stale "done" from the last run
+        assert page.locator("#outputs pre").count() == 0
         assert errors == []
         browser.close()
 
@@ -287,3 +376,42 @@ def test_serve_command_starts_and_answers(server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _columns_side_by_side(page) -> None:
+    """The feature page's three columns (density | logit effects | nearest) share one row: the CSS
+    rule `.cols>div` reaches the browser unescaped (escaped to `.cols&gt;div` they stack)."""
+    boxes = [page.locator(".cols > div").nth(k).bounding_box() for k in range(3)]
+    assert boxes[0]["y"] == boxes[1]["y"] == boxes[2]["y"], boxes
+    assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"], boxes
+
+
+def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
+    """cache -> explain -> score -> serve / dashboard: the explanation text and the embedding AUC with its
+    chance level are on the feature page in Chromium, and the page's columns are laid out side by side."""
+    from saelab.interpret.records import load_run
+    from saelab.view.static_site import write_dashboard
+
+    base, store, run, lat = run_server
+    recs = load_run(run)
+    j = lat[0]
+    want_text = recs.explanations[j]["explanation"]
+    want_auc = f'{recs.scores["embedding"][j]["metrics"]["auc"]:.3f}'
+    out = write_dashboard(store, tmp_path / "dash", latents=lat, progress=False)
+    with _browser() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        for url in (f"{base}/sae/run_sae/feature/{j}", (out / "features" / f"{j}.html").as_uri()):
+            page.goto(url)
+            page.wait_for_selector("#title")
+            assert page.locator("#explanation").inner_text() == want_text
+            row = page.locator("#scores tr.score").first.inner_text()
+            assert row.split("\t")[:4] == ["embedding", "auc", want_auc, "0.50"], row
+            _columns_side_by_side(page)
+        _shot(page, tmp_path, "feature_with_run")
+        page.goto(base + "/")
+        page.wait_for_selector("#sae option", state="attached")
+        page.wait_for_function("document.getElementById('saeinfo').textContent.length > 0")
+        assert page.locator("#saeinfo").inner_text().endswith(f"{len(lat)} explained")
+        browser.close()

@@ -141,3 +141,20 @@ def test_bad_input(tmp_path, sae_dir, cache):
         cache.fire_counts("nope")
     with pytest.raises(UserError, match="rows"):
         _build(tmp_path / "big", sae_dir, tokens=10**9)
+
+
+def test_truncated_tokens_npy_is_not_a_complete_cache(tmp_path, sae_dir, cache):
+    """A cache copied half (tokens.npy cut short) is refused where it is read, and rerunning the
+    command says it is damaged instead of 'already a complete cache'; --overwrite rebuilds it."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(cache.path, out)
+    tokens = out / "tokens.npy"
+    tokens.write_bytes(tokens.read_bytes()[: tokens.stat().st_size - 64])
+    with pytest.raises(UserError, match="tokens.npy .*corrupt or truncated"):
+        LatentCache.open(out)
+    with pytest.raises(UserError, match="damaged; pass --overwrite"):
+        _build(out, sae_dir)
+    rebuilt = LatentCache.open(_build(out, sae_dir, overwrite=True))
+    np.testing.assert_array_equal(np.asarray(rebuilt.tokens), np.asarray(cache.tokens))

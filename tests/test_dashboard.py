@@ -10,12 +10,13 @@ import torch
 
 from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.cli import main
-from saelab.view.feature_store import FeatureStore, load_explanations
-from saelab.view.static_site import parse_latents, write_dashboard
+from saelab.view.feature_store import FeatureStore
+from saelab.commands import latent_list
+from saelab.view.static_site import write_dashboard
 from saelab.errors import UserError
 from saelab.models import collect_activations, load_model
 from saelab.sae.folder import load_sae
-from view_helpers import make_sae_folder
+from view_helpers import make_interpretation_run, make_sae_folder
 
 XSS = "<script>window.__pwned=1</script> cats & dogs"
 
@@ -80,7 +81,7 @@ def test_promoted_tokens_and_nearest_features(store):
 
 
 def test_explanations_and_search(store):
-    assert store.explanation(0) == XSS and store.view(0)["scores"] == {"detection.auc": 0.75, "embedding_auc": 0.6}
+    assert store.explanation(0) == XSS and store.view(0)["scores"] == []  # a plain JSONL file carries no scorer results
     assert 3 not in store.explanations  # a line cut by a crash is skipped
     assert [r["id"] for r in store.search("cats dogs")] == [0]
     assert [r["id"] for r in store.search("ABOUT")] == [2]
@@ -89,7 +90,6 @@ def test_explanations_and_search(store):
     assert 5 in [r["id"] for r in store.search(tok, by="token")]
     with pytest.raises(UserError):
         store.search("x", by="nonsense")
-    assert load_explanations(None) == {}
 
 
 def test_static_dashboard_escapes_and_writes_one_file_per_feature(store, tmp_path):
@@ -100,13 +100,31 @@ def test_static_dashboard_escapes_and_writes_one_file_per_feature(store, tmp_pat
     page0 = (out / "features" / "0.html").read_text()
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt; cats &amp; dogs" in page0
     assert "<script>window" not in page0
-    assert "detection.auc" in page0 and 'id="histogram"' in page0
+    assert 'id="histogram"' in page0
+    assert ".cols>div" in page0 and "&gt;" not in page0.split("</style>")[0]  # the stylesheet is not escaped
     index = (out / "index.html").read_text()
     assert "&lt;script&gt;window.__pwned" in index and index.count('href="features/') == store.d_sae
     rows = json.loads((out / "features.json").read_text())
     assert [r["id"] for r in rows] == list(range(store.d_sae))
     with pytest.raises(UserError, match="overwrite"):
         write_dashboard(store, out, progress=False)
+
+
+def test_dashboard_never_replaces_what_it_did_not_write(store, tmp_path, capsys):
+    """A run folder's manifest.json is not a dashboard's: refused with and without --overwrite, before
+    any work; an earlier dashboard is replaced only with --overwrite."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"kind": "a training run"}\n')
+    for extra in ([], ["--overwrite"]):
+        assert main(["dashboard", str(store.sae_dir), "--out", str(run), "--tokens", "4096", *extra]) == 2
+        assert "manifest.json" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]
+    assert (run / "manifest.json").read_text() == '{"kind": "a training run"}\n'
+    out = write_dashboard(store, tmp_path / "d", latents=[0], progress=False)
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "saelab dashboard"
+    write_dashboard(store, out, latents=[1], overwrite=True, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["n_features"] == 1
 
 
 def test_given_cache_is_used(store, tmp_path, tiny_model_dir):
@@ -123,6 +141,69 @@ def test_dashboard_command(store, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["dashboard", str(store.sae_dir), "--out", str(tmp_path / "e"), "--latents", "0-999"]) == 2
     assert "outside" in capsys.readouterr().err
-    assert parse_latents("1,3-4", 10) == [1, 3, 4]
-    with pytest.raises(UserError):
-        parse_latents("a-b", 10)
+    # a subset links only to pages it wrote
+    import re
+    for page in (out / "features").iterdir():
+        for href in re.findall(r'href="([^"]+)"', page.read_text()):
+            assert (page.parent / href).exists(), (page.name, href)
+    # one latent-list syntax: ranges and lists, comma or space separated
+    assert main(["dashboard", str(store.sae_dir), "--out", str(tmp_path / "f"), "--tokens", "4096",
+                 "--latents", "1", "3-4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "f" / "features").iterdir()) == ["1.html", "3.html", "4.html"]
+    assert latent_list("1,3-4", 10) == latent_list(["1", "3", "4"]) == latent_list(["1,3", "4"]) == [1, 3, 4]
+    assert latent_list(None) is None
+    for bad in ("a-b", "4-2", ",", "1.5"):
+        with pytest.raises(UserError, match="--latents"):
+            latent_list(bad, 10)
+
+
+# ---------------------------------------------------------------- interpretation runs on the page
+
+@pytest.fixture(scope="module")
+def run_of_store(store, tmp_path_factory):
+    return make_interpretation_run(store.sae_dir, tmp_path_factory.mktemp("interp"))
+
+
+def test_run_explanations_and_scores_reach_the_page(store, run_of_store, tmp_path):
+    from saelab.interpret.records import load_run
+
+    cache, run, nrun, lat = run_of_store
+    recs = load_run(run)
+    # examples.jsonl and scores_embedding.jsonl also carry `latent`: they must not replace the explanations
+    assert (run / "examples.jsonl").exists() and (run / "scores_embedding.jsonl").exists()
+    s2 = FeatureStore.build(store.sae_dir, cache=cache, explanations=run, model=store.model, tokenizer=store.tok,
+                            progress=False)
+    for j in lat:
+        want = recs.explanations[j]["explanation"]
+        assert want and s2.explanation(j) == want
+        (sc,) = s2.view(j)["scores"]
+        auc = recs.scores["embedding"][j]["metrics"]["auc"]
+        assert sc["scorer"] == "embedding" and sc["metric"] == "auc" and sc["chance"] == 0.5
+        assert sc["value"] == pytest.approx(auc)
+    out = tmp_path / "dash"
+    assert main(["dashboard", str(store.sae_dir), "--out", str(out), "--cache", str(cache), "--explanations", str(run),
+                 "--latents", ",".join(map(str, lat))]) == 0
+    page = (out / "features" / f"{lat[0]}.html").read_text()
+    from markupsafe import escape
+    assert str(escape(recs.explanations[lat[0]]["explanation"])) in page
+    assert f'{recs.scores["embedding"][lat[0]]["metrics"]["auc"]:.3f}' in page and "embedding" in page
+    # the explanations.jsonl file of a run means the run (with its scores)
+    s3 = FeatureStore.build(store.sae_dir, cache=cache, explanations=run / "explanations.jsonl", model=store.model,
+                            tokenizer=store.tok, progress=False)
+    assert s3.view(lat[0])["scores"][0]["value"] == pytest.approx(recs.scores["embedding"][lat[0]]["metrics"]["auc"])
+
+
+def test_a_run_of_another_dictionary_is_refused(store, run_of_store, tmp_path, tiny_model_dir, text_corpus, capsys):
+    from view_helpers import make_interpretation_run, make_sae_folder
+
+    cache, run, nrun, _ = run_of_store
+    with pytest.raises(UserError, match="neurons"):  # a neurons run attached to the SAE's features
+        FeatureStore.build(store.sae_dir, cache=cache, explanations=nrun, model=store.model, tokenizer=store.tok,
+                           progress=False)
+    other = make_sae_folder(tmp_path / "other_sae", tiny_model_dir, text_corpus, seed=1)
+    assert main(["dashboard", str(other), "--out", str(tmp_path / "d"), "--tokens", "1024",
+                 "--explanations", str(run)]) == 2
+    assert "not for the SAE" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not an interpretation run"):
+        FeatureStore.build(store.sae_dir, cache=cache, explanations=tmp_path, model=store.model, tokenizer=store.tok,
+                           progress=False)

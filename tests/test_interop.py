@@ -269,3 +269,14 @@ def test_import_export_commands_on_a_real_model(tmp_path, tiny_model_dir):
         assert all(torch.equal(a[k], b[k]) for k in a)
     r = _cli(["export", str(tmp_path / "ours" / "layers.1"), "--format", "sparsify", "--out", str(tmp_path / "again")])
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_import_refuses_nan_weights_and_writes_nothing(tmp_path):
+    from saelab.sae.convert import import_saes
+
+    folder, t, _ = _sparsify_folder(tmp_path / "src")
+    t["W_dec"][2, 3] = float("nan")
+    save_file(t, str(folder / "sae.safetensors"))
+    with pytest.raises(UserError, match="W_dec holds 1 NaN/inf"):
+        import_saes(str(tmp_path / "src"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -274,6 +274,11 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     out = report([run], quiet=True)
     md = (out / "report.md").read_text()
     assert "embedding" in md and "| 3 |" in md and (out / "hist_embedding_auc.png").exists()
+    (out / "report.md").write_text("my notes\n")  # an existing report is never replaced without overwrite
+    with pytest.raises(UserError, match="report.md.*--overwrite"):
+        report([run], quiet=True)
+    assert (out / "report.md").read_text() == "my notes\n"
+    assert "embedding" in (report([run], quiet=True, overwrite=True) / "report.md").read_text()
 
     # a second run (neurons) and the comparison
     run2 = tmp_path / "neurons"
@@ -336,6 +341,8 @@ def test_cli_explain_score_report(cache, tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert "2 explained" in out and "| embedding | embedding | auc |" in out.replace(f"| {run.name} ", "| ")
+    assert main(["report", str(run)]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["report", str(run), "--overwrite"]) == 0
     assert main(["explain", str(cache.path), "--out", str(tmp_path / "x"), "--explainer", "stats"]) == 2  # ambiguous
     assert "several dictionaries" in capsys.readouterr().err
 

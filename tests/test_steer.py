@@ -163,3 +163,36 @@ def test_steer_command(setup, tmp_path, capsys):
     assert "nothing to steer" in capsys.readouterr().err
     assert main(["steer", "--prompt", "x", "--positive", "a", "--negative", "b"]) == 2
     assert "--hookpoint" in capsys.readouterr().err
+
+
+def test_strength_sweep_same_seed_values_progress_and_cancel(setup):
+    """A sweep gives one steered text per strength with the same seed: the 1x text is the plain
+    steered text, each records the value actually clamped, progress counts generations and tokens
+    of each (never more than asked), and a set cancel event stops before the first forward."""
+    import threading
+
+    from saelab.features.steer import Cancelled, degenerate
+    from saelab.features.steering import SteeringRequest, run_steering
+
+    lm, sae, _ = setup
+    seen = []
+    req = SteeringRequest([PROMPT], [FeatureEdit(3, "clamp", 20.0)], max_new_tokens=6, temperature=1.0, seed=3,
+                          strengths=[0.5, 1.0, 2.0])
+    (r,) = run_steering(req, lm.model, lm.tokenizer, sae, on_token=lambda *a: seen.append(a)).results
+    assert [v["strength"] for v in r["sweep"]] == [0.5, 1.0, 2.0]
+    assert [v["edits"] for v in r["sweep"]] == [[{"latent": 3, "op": "clamp", "value": v}] for v in (10.0, 20.0, 40.0)]
+    one = steer_compare(lm.model, lm.tokenizer, sae, PROMPT, FeatureSteer([FeatureEdit(3, "clamp", 20.0)]), 6,
+                        temperature=1.0, seed=3)
+    assert r["unsteered"] == one["unsteered"] and r["sweep"][1]["text"] == one["steered"] == r["sweep"][1]["text"]
+    assert r["steered"] == r["sweep"][0]["text"]
+    assert {g for g, n, k, m in seen} == {0, 1, 2, 3} and all(n == 4 and 1 <= k <= m == 6 for g, n, k, m in seen)
+    assert seen == sorted(seen)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        run_steering(req, lm.model, lm.tokenizer, sae, cancel=stop)
+    with pytest.raises(UserError, match="strengths"):
+        run_steering(SteeringRequest([PROMPT], [FeatureEdit(3, "clamp", 1.0)], strengths=[]), lm.model, lm.tokenizer, sae)
+    assert degenerate("\n\n\n") == "empty (only whitespace)" and degenerate("") == "empty"
+    assert degenerate(" ... !!") == "no letters or digits" and degenerate("a b " * 8).startswith("repetitive")
+    assert degenerate("The server sends the reply to the client.") is None

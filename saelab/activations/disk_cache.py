@@ -30,7 +30,7 @@ from .. import __version__
 from ..errors import UserError
 from ..data import load_token_rows
 from ..models import glob_regex, hookpoint_widths, layer_index, load_model, resolve_hookpoints
-from ..options import opt
+from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
 from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, refuse_overwrite, write_json
 from .stream import ActivationStream, Chunk, lm_rows_for
@@ -58,7 +58,45 @@ class CacheConfig:
     seed: int = opt(0, "random seed (row order)")
     threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
     device: str = opt("cpu", "cpu | cuda | cuda:N")
+    dtype: str = opt("float32", "the LM's precision: float32 | bfloat16 | float16")
+    store_dtype: str = opt("float32", "precision of the stored vectors: float32 | float16 | bfloat16 (half the disk; "
+                                      "read back as float32)")
     overwrite: bool = opt(False, "replace an existing cache folder")
+
+    def validate(self) -> None:
+        """Types and ranges, before the model loads."""
+        check_types(self)
+        need_at_least(self, 1, "tokens", "batch_tokens", "shard_batches", "threads")
+        need_at_least(self, 2, "context")
+        need_at_least(self, 0, "sink_first_positions", "seed", "sink_norm_factor")
+        need_fraction(self, "heldout_fraction")
+        if not self.hookpoints or not 0 < self.heldout_fraction < 1:
+            raise UserError("give at least one --hookpoints entry; --heldout-fraction must be between 0 and 1")
+        if self.tokens < self.context or self.batch_tokens < self.context:
+            raise UserError("--tokens and --batch-tokens must hold at least one --context row")
+        if self.sink_first_positions >= self.context:
+            raise UserError(f"--sink-first-positions ({self.sink_first_positions}) leaves nothing of a --context "
+                            f"{self.context} row")
+        check_device(self.device)
+        need_choice(self, "store_dtype", STORE_DTYPES)
+        check_dtype(self.dtype, self.device)
+
+
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def to_stored(a: torch.Tensor, dtype: str) -> np.ndarray:
+    """float32 vectors -> what a shard holds: float32 / float16 as such, bfloat16 as its raw 16 bits
+    (numpy has no bfloat16; the manifest's `dtype` says how to read them)."""
+    if dtype == "bfloat16":
+        return a.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy()
+    return a.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def from_stored(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """A shard's array -> float32 vectors (the dictionary's maths runs in float32)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return (t.view(torch.bfloat16) if dtype == "bfloat16" else t).float()
 
 
 def _safe(h: str) -> str:
@@ -81,11 +119,10 @@ def _write_npy(path: Path, a: np.ndarray) -> None:
 
 def write_cache(cfg: CacheConfig) -> Path:
     """LM forward over `cfg.tokens` training positions -> sharded activations + manifest."""
-    if cfg.tokens < cfg.context or cfg.batch_tokens < cfg.context or cfg.shard_batches < 1:
-        raise UserError("--tokens and --batch-tokens must hold at least one --context row; --shard-batches >= 1")
+    cfg.validate()
     out = Path(cfg.out)
     refuse_overwrite(out, cfg.overwrite, "--out")
-    lm = load_model(cfg.model, device=cfg.device)
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hooks = resolve_hookpoints(lm.model, [p for pat in cfg.hookpoints for p in pat.split("->") if p.strip()])
     hooks = sorted(set(hooks), key=lambda h: layer_index(lm.model, h))
     widths = hookpoint_widths(lm.model, hooks)
@@ -102,7 +139,7 @@ def write_cache(cfg: CacheConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"kind": "saelab activation cache", "format_version": CACHE_FORMAT, "saelab_version": __version__,
                 "model": {"spec": cfg.model, "name": lm.name}, "hookpoints": hooks, "widths": widths,
-                "context": cfg.context, "dtype": "float32", "sink": vars(sink), "seed": cfg.seed,
+                "context": cfg.context, "dtype": cfg.store_dtype, "sink": vars(sink), "seed": cfg.seed,
                 "data": {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
                          "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)),
                          "train_rows": int(len(rows.train_rows)), "heldout_rows": int(len(rows.heldout_rows)),
@@ -112,7 +149,7 @@ def write_cache(cfg: CacheConfig) -> Path:
     bar = tqdm(total=stream.total_lm_tokens, unit="tok", unit_scale=True, desc="cache")
     for chunk in stream.chunks():
         for h, a in chunk.acts.items():
-            _write_npy(shard_path(out, chunk.index, h), a.cpu().numpy().astype(np.float32, copy=False))
+            _write_npy(shard_path(out, chunk.index, h), to_stored(a, cfg.store_dtype))
         manifest["shards"].append({"index": chunk.index, "vectors": int(chunk.acts[hooks[0]].shape[0]),
                                    "lm_tokens": chunk.lm_tokens, "excluded": chunk.excluded})
         bar.update(chunk.lm_tokens)
@@ -209,7 +246,8 @@ class CachedActivationStream:
             epoch, pos = epoch + 1, 0
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
         perm = torch.randperm(want, generator=g)
-        acts = {h: torch.from_numpy(np.concatenate(p))[perm].to(self.device) for h, p in parts.items()}
+        dtype = self.m.get("dtype", "float32")
+        acts = {h: from_stored(np.concatenate(p), dtype)[perm].to(self.device) for h, p in parts.items()}
         return Chunk(c, acts, lm_tokens, max(0, lm_tokens - want))
 
     def chunks(self, start: int = 0) -> Iterator[Chunk]:

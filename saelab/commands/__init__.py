@@ -11,3 +11,67 @@ COMMAND_MODULES = [
     "saelab.commands.interpret",
     "saelab.commands.view",
 ]
+
+LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted)"
+
+
+def latent_list(values, d_sae: int | None = None) -> list[int] | None:
+    """The one latent-list syntax of every command: `--latents 0-9,12` and `--latents 0 1 2` (and a mix)
+    -> sorted distinct ids (None -> None: the command's default); checked against d_sae when given."""
+    from ..errors import UserError
+
+    if not values:
+        return None
+    text = ",".join([values] if isinstance(values, str) else values)
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.replace(" ", ",").split(","))):
+        a, dash, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise UserError(f"--latents {part!r}: expected ids and ranges like 0-9,12 or 0 1 2") from None
+        if lo > hi:
+            raise UserError(f"--latents {part!r}: a range runs low-high")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise UserError("--latents: no latent ids given")
+    bad = [i for i in sorted(out) if d_sae is not None and not 0 <= i < d_sae]
+    if bad:
+        raise UserError(f"--latents: {bad[:5]} outside 0..{d_sae - 1}")
+    return sorted(out)
+
+
+def parse_args(parser, argv: list[str] | None = None):
+    """`parser.parse_args`, except that positional arguments written after a multi-value option are not
+    swallowed by it: `saelab serve --cache C SAE` reads as `saelab serve --cache C -- SAE`. When the
+    plain parse fails, the fewest trailing values that make it succeed are taken as positionals; when
+    none does, the plain parse's own error is shown."""
+    import contextlib
+    import io
+    import sys
+
+    def attempt(args):
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                ns = parser.parse_args(args)
+        except SystemExit as e:
+            if e.code == 0:  # --help
+                raise
+            return None
+        sys.stderr.write(err.getvalue())  # warnings of a parse that worked (e.g. a deprecated spelling)
+        return ns
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        ns = attempt(argv)
+        if ns is not None:
+            return ns
+        for k in range(1, len(argv)):
+            head, tail = argv[:-k], argv[-k:]
+            if head[-1].startswith("-") or any(t.startswith("-") for t in tail):
+                break  # an option's only value, or past another option
+            ns = attempt(head + ["--"] + tail)
+            if ns is not None:
+                return ns
+    return parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..options import THREADS_HELP
+from ..options import DTYPE_HELP, DTYPES, THREADS_HELP
+from . import LATENTS_HELP, latent_list
 
 
 def cmd_cache(a) -> None:
@@ -21,7 +22,7 @@ def cmd_cache(a) -> None:
                           d.mask_special, a.sink_norm_factor if a.sink_norm_factor is not None else d.norm_factor)
     build_latent_cache(a.sae_dirs, a.tokens, a.out, neurons=a.neurons, neuron_k=a.neuron_k, model=a.model,
                        corpus=a.corpus, context=a.context, batch_rows=a.batch_rows, chunk_rows=a.chunk_rows,
-                       shard_size=a.shard_size, sink=sink, split=a.split, overwrite=a.overwrite)
+                       shard_size=a.shard_size, sink=sink, split=a.split, overwrite=a.overwrite, dtype=a.dtype)
 
 
 def _client_opts(a) -> dict:
@@ -58,7 +59,7 @@ def cmd_explain(a) -> None:
 
     if a.explain_sampling not in ("top", "quantiles"):
         raise UserError("--explain-sampling must be top or quantiles")
-    run_explain(a.cache, a.out, dictionary=a.dictionary, latents=a.latents, n_latents=a.n_latents,
+    run_explain(a.cache, a.out, dictionary=a.dictionary, latents=latent_list(a.latents), n_latents=a.n_latents,
                 explainer=a.explainer, client=a.client, model=a.llm_model, base_url=a.base_url, example_cfg=ecfg,
                 show_activations=a.show_activations, batch_latents=a.batch_latents, seed=a.seed,
                 overwrite=a.overwrite, label=a.label, client_opts=_client_opts(a), device=a.device)
@@ -68,7 +69,7 @@ def cmd_score(a) -> None:
     from ..interpret.pipeline import run_score
 
     n = run_score(a.run, a.scorers, client=a.client, model=a.llm_model, base_url=a.base_url, judge_mode=a.judge_mode,
-                  batch_examples=a.batch_examples, steer_scale=a.steer_scale, latents=a.latents,
+                  batch_examples=a.batch_examples, steer_scale=a.steer_scale, latents=latent_list(a.latents),
                   client_opts=_client_opts(a), device=a.device)
     print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")
 
@@ -76,7 +77,7 @@ def cmd_score(a) -> None:
 def cmd_report(a) -> None:
     from ..interpret.report import report
 
-    report(a.runs, a.out)
+    report(a.runs, a.out, overwrite=a.overwrite)
 
 
 def cmd_serve(a) -> None:
@@ -108,6 +109,7 @@ def register(sub) -> None:
     c.add_argument("--sink-norm-factor", type=float, help="skip positions with norm > factor x median (0 = off)")
     c.add_argument("--no-sinks", action="store_true", help="record every position, sinks included")
     c.add_argument("--threads", type=int, help=THREADS_HELP)
+    c.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     c.add_argument("--overwrite", action="store_true", help="replace a cache made with other arguments")
     c.set_defaults(fn=cmd_cache)
 
@@ -119,7 +121,7 @@ def register(sub) -> None:
     e.add_argument("cache", help="latent cache folder (saelab cache)")
     e.add_argument("--out", required=True, help="run folder")
     e.add_argument("--dictionary", help="which dictionary of the cache (needed when it holds several)")
-    e.add_argument("--latents", type=int, nargs="+", help="latent indices (default: --n-latents chosen at random)")
+    e.add_argument("--latents", nargs="+", help=LATENTS_HELP + " (default: --n-latents chosen at random)")
     e.add_argument("--n-latents", type=int, default=200, help="random latents to explain (default 200)")
     e.add_argument("--explainer", default="llm", help="llm | stats (top tokens and contexts, no LLM) (default llm)")
     e.add_argument("--show-activations", action="store_true", help="show activation levels 1-9 after marked tokens")
@@ -148,13 +150,14 @@ def register(sub) -> None:
     s.add_argument("--batch-examples", type=int, default=10, help="examples per prompt in generate mode (default 10)")
     s.add_argument("--steer-scale", type=float, default=2.0, help="intervention: steering = scale x max activation x "
                                                                   "decoder row (default 2)")
-    s.add_argument("--latents", type=int, nargs="+", help="only these latents")
+    s.add_argument("--latents", nargs="+", help=LATENTS_HELP + " (default: every explained latent)")
     _add_client_options(s)
     s.set_defaults(fn=cmd_score)
 
     r = sub.add_parser("report", help="summarise and compare interpretation runs (table + PNG plots)")
     r.add_argument("runs", nargs="+", help="run folders; with several, the first is compared with each other one")
     r.add_argument("--out", help="report folder (default: the run folder, or RUN1/compare)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing report.md / report.json in --out")
     r.set_defaults(fn=cmd_report)
 
     v = sub.add_parser("serve-llm", help="serve a local chat model through an OpenAI-compatible HTTP API",

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import THREADS_HELP
+from ..options import DTYPE_HELP, DTYPES, THREADS_HELP
+from . import LATENTS_HELP, latent_list
 
 STEER_HELP = """Generate from a prompt with features clamped or added, next to the unsteered model (same seed).
 Examples:
@@ -36,7 +37,11 @@ def register(sub) -> None:
     p.add_argument("--positive", nargs="+", help="contrastive baseline: prompts of the concept (default: none)")
     p.add_argument("--negative", nargs="+", help="contrastive baseline: prompts without it (default: none)")
     p.add_argument("--scale", type=float, default=4.0, help="contrastive baseline: multiplier of the direction (default 4)")
+    p.add_argument("--strengths", nargs="+", type=float, default=[1.0], metavar="X",
+                   help="multiply every edit value (or --scale) by each X: one steered text per X, same seed (default 1)")
+    p.add_argument("--sweep", action="store_true", help="same as --strengths 0.5 1 2 4 (default: off)")
     p.add_argument("--json", help="also write the outputs to this JSON file (default: none)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(fn=run_steer)
 
@@ -46,7 +51,7 @@ def register(sub) -> None:
     d.add_argument("--cache", help="latent cache from `saelab cache` (default: build one over --tokens)")
     d.add_argument("--tokens", type=int, default=16384, help="held-out tokens to cache when there is no --cache")
     d.add_argument("--explanations", help="interpretation records (JSONL file or folder)")
-    d.add_argument("--latents", help="which features, e.g. 0-99,120 (default: all)")
+    d.add_argument("--latents", nargs="+", help=LATENTS_HELP + " (default: all)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing dashboard in --out")
     d.add_argument("--threads", type=int, help=THREADS_HELP)
     d.set_defaults(fn=run_dashboard)
@@ -58,6 +63,7 @@ def register(sub) -> None:
     s.add_argument("--explanations", nargs="+", help="interpretation records per SAE (JSONL file or folder)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    s.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     s.add_argument("--threads", type=int, help=THREADS_HELP)
     s.set_defaults(fn=run_serve)
 
@@ -76,11 +82,12 @@ def run_steer(args) -> None:
     import torch
 
     from ..models import load_model
-    from ..sae.folder import open_sae
+    from ..sae.folder import check_fits, open_sae
     from ..features.steer import parse_edit
-    from ..features.steering import SteeringRequest, run_steering, sink_positions
+    from ..features.steering import SWEEP, SteeringRequest, run_steering, sink_positions
 
-    req = SteeringRequest(prompts=args.prompt, edits=[parse_edit(e, "clamp") for e in args.clamp]
+    req = SteeringRequest(strengths=list(SWEEP) if args.sweep else args.strengths,
+                          prompts=args.prompt, edits=[parse_edit(e, "clamp") for e in args.clamp]
                           + [parse_edit(e, "add") for e in args.add], positive=args.positive or [],
                           negative=args.negative or [], hookpoint=args.hookpoint, scale=args.scale,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -97,13 +104,19 @@ def run_steer(args) -> None:
         from ..view.feature_store import ensure_cache
 
         if args.cache is None and not args.model:  # the cache is built with the SAE's own model: load it once
-            lm = folder.open_model()
+            lm = folder.open_model(dtype=args.dtype)
         lc, name = ensure_cache(Path(args.sae), sae.cfg.d_sae, args.cache, args.stats_tokens, loaded_model=lm)
         max_acts = torch.from_numpy(lc.max_activation(name).copy())
-    lm = lm or (folder.open_model(model=args.model) if folder else load_model(model_spec))
+    if lm is None:
+        lm = folder.open_model(model=args.model, dtype=args.dtype) if folder else load_model(model_spec, dtype=args.dtype)
+    if folder:
+        check_fits([folder], lm.model)  # a 512-wide SAE on a 576-wide site (another --model): a clear error
 
     def show(what: str, r: dict) -> None:
-        print(f"\nprompt: {r['prompt']!r}\n--- unsteered ---\n{r['unsteered']}\n--- steered ({what}) ---\n{r['steered']}")
+        print(f"\nprompt: {r['prompt']!r}\n--- unsteered ---\n{r['unsteered']}")
+        for v in r["sweep"]:
+            flag = f"   [degenerate: {v['degenerate']}]" if v["degenerate"] else ""
+            print(f"--- steered ({v['steering']}){flag} ---\n{v['text']}")
 
     res = run_steering(req, lm.model, lm.tokenizer, sae, max_acts, sink_positions(cfg_json), on_result=show)
     if args.json:
@@ -116,17 +129,16 @@ def run_steer(args) -> None:
 
 def run_dashboard(args) -> None:
     from ..view.feature_store import FeatureStore
-    from ..view.static_site import parse_latents, write_dashboard
+    from ..view.static_site import check_out, write_dashboard
     from ..sae.folder import open_sae
 
     out = Path(args.out)
-    if (out / "index.html").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds a dashboard; pass --overwrite to replace it")
+    check_out(out, args.overwrite)
     sae = open_sae(Path(args.sae)).sae
-    latents = parse_latents(args.latents, sae.cfg.d_sae)  # bad --latents fail before any model work
+    latents = latent_list(args.latents, sae.cfg.d_sae)  # bad --latents fail before any model work
     store = FeatureStore.build(args.sae, cache=args.cache, tokens=args.tokens, explanations=args.explanations)
     write_dashboard(store, out, latents, overwrite=args.overwrite)
-    print(f"saelab: wrote {len(latents)} feature pages; open {out / 'index.html'}")
+    print(f"saelab: wrote {len(latents or range(sae.cfg.d_sae))} feature pages; open {out / 'index.html'}")
 
 
 def run_serve(args) -> None:
@@ -149,7 +161,7 @@ def run_serve(args) -> None:
     for d, c, e, folder in zip(args.sae, caches, expls, folders):
         spec = folder.provenance.model_spec
         if spec not in models:
-            models[spec] = folder.open_model()
+            models[spec] = folder.open_model(dtype=args.dtype)
         lm = models[spec]
         name = Path(d).name
         while name in names:

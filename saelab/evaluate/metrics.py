@@ -194,7 +194,7 @@ def downstream_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, me
         for h in sites:
             drop = masks[h][..., None]
             for name, value in (("zero", 0.0), ("mean", means[h])):
-                fn = (lambda a, v=value, d=drop: torch.where(d, a, torch.zeros_like(a) + v))
+                fn = (lambda a, v=value, d=drop: torch.where(d, a, (torch.zeros_like(a) + v).to(a.dtype)))
                 with patch_activation(model, h, fn):
                     ce_a, _, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, None)
                 site_sums[h][name] += ce_a

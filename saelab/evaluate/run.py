@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..options import check_dtype
 from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
 from .later_layers import later_layer_metrics
@@ -23,7 +24,7 @@ from .results import SaeMetrics, format_report
 
 def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384, out: str | None = None,
              corpus: str | None = None, model: str | None = None, overwrite: bool = False, quiet: bool = False,
-             device: str = "cpu", later_layers: bool = False) -> list[SaeMetrics]:
+             device: str = "cpu", later_layers: bool = False, dtype: str = "float32") -> list[SaeMetrics]:
     """Evaluate SAE folders on their held-out rows; write `out` (one folder) or each folder's
     metrics.json and metrics_density.png; print a report per SAE unless `quiet`."""
     if tokens < 1 or ce_tokens < 0:
@@ -32,12 +33,13 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
         raise UserError("--ce-tokens must be positive: later-layer FVU and CE increase need full forwards")
     if out and len(sae_dirs) > 1:
         raise UserError("--out names one metrics file; with several SAEs leave it out (each gets metrics.json)")
+    check_dtype(dtype, device)
     folders = [open_sae(Path(d), device) for d in sae_dirs]  # corrupt/missing files fail here, before the model loads
     targets = [Path(out)] if out else [Path(d) / "metrics.json" for d in sae_dirs]
     for t in targets:
         if t.exists() and not overwrite:
             raise UserError(f"{t} exists; pass --overwrite to replace it")
-    data = open_shared_data(folders, device, model, corpus)
+    data = open_shared_data(folders, device, model, corpus, dtype=dtype)
     lm, rows, prov = data.lm, data.rows, data.provenance
     saes = [(f.sae, f.provenance.sink) for f in folders]
     budget = EvalBudget(tokens=tokens, ce_tokens=ce_tokens)

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..storage import read_json, read_tensors
+from ..storage import read_json, read_npy, read_tensors
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -79,14 +79,20 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
 # ====================================================================== reading
 
 
+def check_files(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    """tokens.npy and excluded.npy of a complete cache, checked against the manifest's rows and
+    context (a truncated copy is an error, never 'a complete cache')."""
+    shape = (int(manifest["n_rows"]), int(manifest["context"]))
+    return read_npy(Path(path) / "tokens.npy", shape), read_npy(Path(path) / "excluded.npy", shape)
+
+
 class LatentCache:
     """Read access to a finished cache folder (see the module docstring for the format)."""
 
     def __init__(self, path: Path, manifest: dict):
         self.path = Path(path)
         self.manifest = manifest
-        self.tokens = np.load(self.path / "tokens.npy", mmap_mode="r")      # int32 [rows, ctx]
-        self.excluded = np.load(self.path / "excluded.npy", mmap_mode="r")  # bool [rows, ctx]
+        self.tokens, self.excluded = check_files(self.path, manifest)  # int32, bool [rows, ctx]
         self.sae_names = list(manifest["dictionaries"])
         self._shards: dict[tuple[str, int], tuple] = {}
         self._stats: dict[str, dict[str, torch.Tensor]] = {}

@@ -14,8 +14,8 @@ import torch
 from ..errors import UserError
 from ..models import LoadedModel
 from ..sae.folder import Provenance, open_sae, open_shared_data, shared_provenance
-from ..storage import fingerprint, read_json, write_json, write_tensors
-from .latent_cache import FORMAT_VERSION, MANIFEST, dict_dirname, save_npy
+from ..storage import fingerprint, read_json, read_npy, write_json, write_tensors
+from .latent_cache import FORMAT_VERSION, MANIFEST, check_files, dict_dirname, save_npy
 
 
 # ====================================================================== dictionaries
@@ -51,19 +51,18 @@ def _sae_dictionary(folder: Path, name: str, sae) -> _Dictionary:
 def _neuron_dictionary(model, hookpoint: str, k: int) -> _Dictionary:
     """The units at `hookpoint` as a dictionary: top-k per token (k=0: every positive value).
 
-    For `X:input` with X a Linear (e.g. `mlp.down_proj:input`), neuron j's output direction is
+    For `X:input` with X a Linear or Conv1D (e.g. `mlp.down_proj:input`), neuron j's output direction is
     column j of X.weight, added at X's output: that is the 'decoder' used for hard negatives and
     for the intervention scorer."""
-    from ..models import hookpoint_widths
+    from ..models import hookpoint_widths, input_unit_directions
 
     d = hookpoint_widths(model, [hookpoint])[hookpoint]
     if k < 0 or k > d:
         raise UserError(f"--neuron-k must be between 0 and the width of {hookpoint} ({d})")
     decoder, steer = None, None
     if hookpoint.endswith(":input"):
-        mod = model.get_submodule(hookpoint.removesuffix(":input"))
-        if isinstance(mod, torch.nn.Linear) and mod.in_features == d:
-            decoder = mod.weight.detach().t().contiguous().float()  # [d_mlp, d_model]
+        decoder = input_unit_directions(model.get_submodule(hookpoint.removesuffix(":input")), d)  # [d_mlp, d_model]
+        if decoder is not None:
             steer = hookpoint.removesuffix(":input")
 
     def encode(x):  # x [N, d]
@@ -139,7 +138,7 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
                        model: str | None = None, corpus: str | None = None, context: int | None = None,
                        batch_rows: int = 16, chunk_rows: int = 256, shard_size: int = 1024, sink=None,
                        split: str = "heldout-first", overwrite: bool = False,
-                       progress: bool = True, loaded_model: LoadedModel | None = None) -> Path:
+                       progress: bool = True, loaded_model: LoadedModel | None = None, dtype: str = "float32") -> Path:
     """Cache the active latents of each SAE folder (and optionally the neurons at `neurons`) over
     `tokens` tokens of the corpus. See the module docstring for the format. Returns the folder.
 
@@ -187,11 +186,16 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
             raise UserError(f"{out} already holds something else (a cache made with other arguments, or other "
                             f"files); pass --overwrite to replace it, or choose another --out")
         elif old.get("complete"):
+            try:
+                check_files(out, old)
+            except UserError as e:
+                raise UserError(f"{e}. The cache in {out} is damaged; pass --overwrite to rebuild it") from e
             shutil.rmtree(out / "chunks", ignore_errors=True)
             if progress:
                 print(f"saelab: {out} is already a complete cache for these arguments; nothing to do")
             return out
-    data = open_shared_data(folders, model=model, corpus=corpus, context=context, loaded_model=loaded_model)
+    data = open_shared_data(folders, model=model, corpus=corpus, context=context, loaded_model=loaded_model,
+                            dtype=dtype)
     lm, rows_all = data.lm, data.rows  # the SAEs' sites and widths are checked against the model there
     hookpoints = resolve_hookpoints(lm.model, [f.sae.cfg.hookpoint for f in folders] + ([neurons] if neurons else []))
     dicts = [_sae_dictionary(d, name, f.sae) for d, name, f in zip(sae_dirs, names, folders)]
@@ -227,7 +231,7 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
             if d.decoder is not None:
                 write_tensors(out / "dicts" / dict_dirname(d.name) / "decoder.safetensors", {"W_dec": d.decoder})
         write_json(mpath, manifest)
-    toks = np.load(out / "tokens.npy", mmap_mode="r")
+    toks = read_npy(out / "tokens.npy", (n_rows, context))
     specials = special_ids(lm.tokenizer)
     excl_dir = out / "chunks" / "_excluded"
     excl_dir.mkdir(parents=True, exist_ok=True)

@@ -127,6 +127,10 @@ def steering_context(model, sae: SparseCoder | None, steer) -> Callable:
     return lambda: spliced(model, sae, error_term=True, edit=steer)
 
 
+class Cancelled(Exception):
+    """A generation stopped because its `cancel` event was set."""
+
+
 @dataclass
 class Generation:
     prompt: str
@@ -155,9 +159,11 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False, max_tokens: int = 
 @torch.no_grad()
 def generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int = 40, temperature: float = 0.0,
              top_k: int = 0, seed: int = 0, context: Callable = nullcontext, lock: threading.Lock | None = None,
-             on_token: Callable[[int, int], None] | None = None, reset: Callable[[], None] | None = None) -> list[int]:
+             on_token: Callable[[int, int], None] | None = None, reset: Callable[[], None] | None = None,
+             cancel: threading.Event | None = None) -> list[int]:
     """KV-cached sampling of one row. `context()` is entered around every forward (the steering
-    hook); `lock` is held only during a forward. Returns the new token ids."""
+    hook); `lock` is held only during a forward; `cancel` set -> `Cancelled` before the next forward.
+    Returns the new token ids."""
     if reset:
         reset()
     gen = torch.Generator().manual_seed(seed)
@@ -167,6 +173,8 @@ def generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int = 40, temp
     eos = tokenizer.eos_token_id
     key = _cache_kwarg(model)
     for step in range(max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
         with lock, context():
             out = model(input_ids=cur, use_cache=True, **({key: past} if past is not None else {}))
         past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -195,19 +203,42 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def generate_variants(model, tokenizer, sae: SparseCoder | None, prompt: str, steers: list, max_new_tokens: int = 40,
+                      temperature: float = 0.0, top_k: int = 0, seed: int = 0, chat: bool = False,
+                      lock: threading.Lock | None = None, cancel: threading.Event | None = None,
+                      on_token: Callable[[int, int, int, int], None] | None = None) -> list[str]:
+    """The continuation of `prompt` under each steer (None: the clean model), all with the same seed.
+    `on_token(generation, n_generations, tokens_done, max_new_tokens)` after every token."""
+    ids = encode_prompt(tokenizer, prompt, chat)
+    out = []
+    for i, s in enumerate(steers):
+        cb = (lambda k, n, i=i: on_token(i, len(steers), k, n)) if on_token else None
+        new = generate(model, tokenizer, ids, max_new_tokens, temperature, top_k, seed,
+                       steering_context(model, sae, s), lock, cb, getattr(s, "reset", None), cancel)
+        out.append(tokenizer.decode(new, skip_special_tokens=True))
+    return out
+
+
 def steer_compare(model, tokenizer, sae: SparseCoder | None, prompt: str, steer, max_new_tokens: int = 40,
                   temperature: float = 0.0, top_k: int = 0, seed: int = 0, chat: bool = False,
-                  lock: threading.Lock | None = None, on_token: Callable[[int, int], None] | None = None) -> dict:
+                  lock: threading.Lock | None = None) -> dict:
     """Unsteered and steered continuations of `prompt` with the same seed -> {"unsteered", "steered"}."""
-    ids = encode_prompt(tokenizer, prompt, chat)
-    out = {}
-    total = 2 * max_new_tokens
-    for i, (name, s) in enumerate((("unsteered", None), ("steered", steer))):
-        cb = (lambda k, n, i=i: on_token(i * max_new_tokens + k, total)) if on_token else None
-        new = generate(model, tokenizer, ids, max_new_tokens, temperature, top_k, seed,
-                       steering_context(model, sae, s), lock, cb, getattr(s, "reset", None))
-        out[name] = tokenizer.decode(new, skip_special_tokens=True)
-    return out
+    clean, steered = generate_variants(model, tokenizer, sae, prompt, [None, steer], max_new_tokens, temperature, top_k,
+                                       seed, chat, lock)
+    return {"unsteered": clean, "steered": steered}
+
+
+def degenerate(text: str) -> str | None:
+    """Why a continuation is not usable text (empty, only whitespace/punctuation, or one short pattern
+    repeated), or None. Shown next to steered outputs so a too-strong edit is flagged, not trusted."""
+    words = text.split()
+    if not words:
+        return "empty (only whitespace)" if text else "empty"
+    if not any(ch.isalnum() for ch in text):
+        return "no letters or digits"
+    if len(words) >= 8 and len(set(words)) / len(words) < 0.3:
+        return f"repetitive ({len(set(words))} distinct words of {len(words)})"
+    return None
 
 
 @torch.no_grad()

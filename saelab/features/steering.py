@@ -4,11 +4,14 @@ A `SteeringRequest` steers either by SAE feature edits (clamp / add, absolute or
 latent's max activation) or by a contrastive direction (mean activation of positive prompts minus
 negative prompts, added at a hookpoint x `scale`), never both. `run_steering` builds the steer,
 describes it, and generates the unsteered and steered continuations of every prompt with the same
-seed. Loading the SAE, the model and the max activations is the caller's (steer.py has the parts).
+seed. `strengths` multiplies every edit value (or the contrastive scale): several give a sweep,
+side by side, same seed. Each steered text carries the actual values used and a `degenerate` flag.
+Loading the SAE, the model and the max activations is the caller's (steer.py has the parts).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +21,12 @@ import torch
 from ..errors import UserError
 from ..models import resolve_hookpoints
 from ..sae import SparseCoder
-from .steer import FeatureEdit, FeatureSteer, check_edits, contrastive_direction, direction_steer, steer_compare
+from .steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, degenerate, direction_steer,
+                    generate_variants)
+
+DEFAULT_STRENGTH = 2.0             # clamp to 2 x max activation: docs/VIEW.md "Steering defaults"
+SWEEP = (0.5, 1.0, 2.0, 4.0)        # the strength sweep of the web app and `saelab steer --sweep`
+MAX_STRENGTHS = 8
 
 
 @dataclass
@@ -34,6 +42,7 @@ class SteeringRequest:
     top_k: int = 0                                           # 0: every token
     seed: int = 0
     chat: bool = False
+    strengths: list[float] = field(default_factory=lambda: [1.0])  # multipliers of every edit / the scale
 
     @property
     def contrastive(self) -> bool:
@@ -53,6 +62,11 @@ class SteeringRequest:
                             "(--positive/--negative), not both")
         if not self.contrastive and not self.edits:
             raise UserError("nothing to steer: give --clamp/--add edits, or --positive and --negative prompts")
+        if not 1 <= len(self.strengths) <= MAX_STRENGTHS:
+            raise UserError(f"give 1 to {MAX_STRENGTHS} strengths, not {len(self.strengths)}")
+        bad = [x for x in self.strengths if not (math.isfinite(x) and abs(x) <= 100)]
+        if bad:
+            raise UserError(f"strength {bad[0]} is not a finite multiplier in [-100, 100]")
 
     def check_sae(self, sae: SparseCoder | None) -> None:
         """What needs the SAE (None: steering without one)."""
@@ -77,30 +91,44 @@ def sink_positions(cfg_json: dict | None) -> int:
 
 def run_steering(request: SteeringRequest, model, tokenizer, sae: SparseCoder | None = None,
                  max_acts: torch.Tensor | None = None, skip_first: int = 1, lock: threading.Lock | None = None,
-                 on_token: Callable[[int, int], None] | None = None,
-                 on_result: Callable[[str, dict], None] | None = None) -> SteeringResult:
-    """Unsteered and steered continuations of each prompt (same seed). `max_acts` [d_sae]: the latents'
-    max activations, needed for relative edits; `lock` is held per forward; `on_token(done, total)`
-    reports progress within a prompt, `on_result(steering, result)` each prompt as it finishes."""
+                 on_token: Callable[[int, int, int, int], None] | None = None,
+                 on_result: Callable[[str, dict], None] | None = None,
+                 cancel: threading.Event | None = None) -> SteeringResult:
+    """Unsteered and steered continuations of each prompt (same seed), one steered text per strength.
+    `max_acts` [d_sae]: the latents' max activations, needed for relative edits; `lock` is held per
+    forward; `on_token(generation, n_generations, tokens_done, max_new_tokens)` reports progress
+    within a prompt, `on_result(steering, result)` each prompt as it finishes; `cancel` stops it.
+    A result: {prompt, unsteered, steered (the first strength's text), sweep: [{strength, edits:
+    [{latent, op, value}], text, degenerate}]}."""
     request.check()
     request.check_sae(sae)
+    variants = []  # (strength, steer, [{latent, op, value}], words)
     if request.contrastive:
         hp = request.hookpoint or sae.cfg.out_hookpoint or sae.cfg.hookpoint
         resolve_hookpoints(model, [hp])
         direction = contrastive_direction(model, tokenizer, hp, request.positive, request.negative, skip_first)
-        steer = direction_steer(hp, direction, request.scale, skip_first)
-        what = f"contrastive direction at {hp} (norm {float(direction.norm()):.2f}) x {request.scale}"
+        for x in request.strengths:
+            st = direction_steer(hp, direction, request.scale * x, skip_first)
+            variants.append((x, st, [], f"contrastive direction at {hp} (norm {float(direction.norm()):.2f}) "
+                                        f"x {request.scale * x:.3g}"))
         sae = None
     else:
-        steer = FeatureSteer(request.edits, max_acts, skip_first)
-        what = ", ".join(f"{e.op} {e.latent} {'+' if e.op == 'add' else '->'} {v:.3g}"
-                         + (f" ({e.value}x max)" if e.relative else "")
-                         for e, (_, _, v) in zip(request.edits, steer.edits))
+        for x in request.strengths:
+            edits = [FeatureEdit(e.latent, e.op, e.value * x, e.relative) for e in request.edits]
+            st = FeatureSteer(edits, max_acts, skip_first)
+            used = [{"latent": lat, "op": op, "value": v} for lat, op, v in st.edits]
+            variants.append((x, st, used, ", ".join(
+                f"{e.op} {e.latent} {'+' if e.op == 'add' else '->'} {v:.3g}" + (f" ({e.value}x max)" if e.relative else "")
+                for e, (_, _, v) in zip(edits, st.edits))))
+    what = variants[0][3] if len(variants) == 1 else "; ".join(f"x{x:g}: {w}" for x, _, _, w in variants)
     out = SteeringResult(what)
     for prompt in request.prompts:
-        r = {"prompt": prompt, **steer_compare(model, tokenizer, sae, prompt, steer, request.max_new_tokens,
-                                               request.temperature, request.top_k, request.seed, chat=request.chat,
-                                               lock=lock, on_token=on_token)}
+        texts = generate_variants(model, tokenizer, sae, prompt, [None] + [v[1] for v in variants],
+                                  request.max_new_tokens, request.temperature, request.top_k, request.seed,
+                                  chat=request.chat, lock=lock, cancel=cancel, on_token=on_token)
+        sweep = [{"strength": x, "edits": used, "steering": w, "text": t, "degenerate": degenerate(t)}
+                 for (x, _, used, w), t in zip(variants, texts[1:])]
+        r = {"prompt": prompt, "unsteered": texts[0], "steered": texts[1], "sweep": sweep}
         out.results.append(r)
         if on_result:
             on_result(what, r)

@@ -80,6 +80,24 @@ class LLMClient:
         return {"client": self.name}
 
 
+CHARS_PER_TOKEN_CAP = 16   # a reply longer than 16 characters per requested token ignored max_tokens
+MIN_REPLY_CAP = 4096
+
+
+def checked_reply(text: str | None, err: str | None, max_tokens: int) -> tuple[str | None, str | None]:
+    """A reply's text and error after the checks every client applies: an empty reply and one far
+    longer than `max_tokens` allows (a server that ignores it: 5 MB) are failures; an over-long
+    reply is kept cut to the cap, as the raw text of that failure."""
+    if err is not None:
+        return text, err
+    if not (text or "").strip():
+        return text, "empty reply"
+    cap = max(MIN_REPLY_CAP, CHARS_PER_TOKEN_CAP * max_tokens)
+    if len(text) > cap:
+        return text[:cap], f"reply of {len(text):,} characters is over the cap of {cap:,} for max_tokens {max_tokens}"
+    return text, None
+
+
 def normalised_yes(lp: dict | None, yes: str = "yes", no: str = "no") -> float | None:
     """P(yes) / (P(yes) + P(no)) from choice log-probabilities (None when both are missing)."""
     if lp is None:

@@ -136,8 +136,8 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
     path, ex_path = out / EXPLANATIONS, out / EXAMPLES
     repair_truncated(path)
     repair_truncated(ex_path)
-    done = by_latent(read_jsonl(path))
-    todo = [j for j in chosen if j not in done]
+    done = {j: r for j, r in by_latent(read_jsonl(path)).items() if r.get("status") != "failed"}
+    todo = [j for j in chosen if j not in done]  # failed latents (an LLM outage, a bad reply) are tried again
     fires, vmax = cache.fire_counts(name), cache.max_activation(name)
     t0 = time.time()
     bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc=f"explain {name}", unit="latent",
@@ -160,6 +160,7 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
                                         completion_tokens=r.completion_tokens, **base)
             append_jsonl(path, rec.to_dict())
             bar.update(1)
+        stop_if_down(cl, "explain", bar)
     bar.close()
     manifest["wall_s"] = manifest.get("wall_s", 0.0) + time.time() - t0
     if cl is not None:
@@ -171,6 +172,16 @@ def run_explain(cache_path, out, dictionary: str | None = None, latents: list[in
         print(f"saelab: {counts['ok']} explained, {counts['failed']} failed, {counts['skipped']} skipped (too few "
               f"examples) -> {path}")
     return out
+
+
+def stop_if_down(client, what: str, bar) -> None:
+    """A server that is down (the HTTP clients' `down`) ends the run with a clear message; what was
+    recorded stays, and a rerun tries the failed latents again."""
+    down = getattr(client, "down", None)
+    if down:
+        bar.close()
+        raise UserError(f"{what} stopped early: {down}. Records so far are kept; start the server (or fix "
+                        f"--base-url) and rerun the same command: failed latents are tried again")
 
 
 def build_scorer(kind: str, models: _Models, cache: LatentCache, dictionary: str, judge=None, judge_mode="auto",
@@ -235,9 +246,9 @@ def run_score(run, scorers: list[str], client: str = "local", model: str | None 
                                   "judge": judge.describe() if (judge is not None and s in JUDGED) else None}
     write_json(mpath, manifest)
     done = {}
-    for s in scorers:
+    for s in scorers:  # a failed result (an LLM outage, unusable replies) is scored again
         repair_truncated(scores_path(run, s))
-        done[s] = set(by_latent(read_jsonl(scores_path(run, s))))
+        done[s] = {j for j, r in by_latent(read_jsonl(scores_path(run, s))).items() if r.get("ok")}
     sampler = ExampleSampler(cache, name, cfg) if cache is not None else None
     scored = {s: 0 for s in scorers}
     work = [j for j in todo_latents if any(j not in done[s] for s in scorers)]
@@ -260,6 +271,7 @@ def run_score(run, scorers: list[str], client: str = "local", model: str | None 
                 r = ScoreResult.failure(s, j, f"{type(e).__name__}: {e}")
             append_jsonl(scores_path(run, s), r.to_dict())
             scored[s] += 1
+        stop_if_down(judge, "score", bar)
     if judge is not None:
         manifest = read_json(mpath)
         manifest["judge_usage"] = judge.usage.to_dict()

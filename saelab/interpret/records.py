@@ -8,17 +8,23 @@ RUN/scores_SCORER.jsonl    one ScoreResult (scorers/base.py) per latent and scor
 A crash loses at most the latent in flight: a truncated last line is ignored when reading, and a
 rerun skips every latent that already has a record. `load_run(run).latent(j)` merges the files into
 one record per latent: the explanation, its example ids and every scorer's result.
+
+The views read runs only through `interpretations(path, sae_dir, d_sae)`: typed `Interpretation`s
+(explanation + each scorer's headline metric with its chance level), after checking that the run
+was made for that dictionary. examples.jsonl and scores_*.jsonl are never read as explanations.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 from ..storage import read_json, read_jsonl  # noqa: F401  (read_jsonl: part of this module's API)
+from .scorers.base import PRIMARY
 
 RECORD_VERSION = 1
 EXPLANATIONS = "explanations.jsonl"
@@ -97,3 +103,85 @@ class Run:
 
 def load_run(path) -> Run:
     return Run(Path(path))
+
+
+CHANCE = {"auc": 0.5, "balanced_accuracy": 0.5, "score": 0.0}  # a metric's value for an explanation that says nothing
+
+
+@dataclass
+class ScoreSummary:
+    """One scorer's result for one latent, as a page shows it."""
+    scorer: str
+    ok: bool
+    metric: str | None = None        # the scorer's headline metric (scorers/base.py PRIMARY)
+    value: float | None = None
+    chance: float | None = None      # the metric's chance level (AUC 0.5)
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Interpretation:
+    """Everything an interpretation run holds about one latent."""
+    latent: int
+    status: str                       # ok | failed | skipped | missing
+    explanation: str | None = None
+    explainer: str = ""
+    scores: list[ScoreSummary] = field(default_factory=list)
+    run: str = ""                     # the run's label
+
+
+def summarise_score(scorer: str, rec: dict) -> ScoreSummary:
+    metrics = {k: float(v) for k, v in (rec.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    metric = next((m for m in PRIMARY.get(scorer, []) + sorted(metrics) if m in metrics), None)
+    return ScoreSummary(scorer, bool(rec.get("ok")) and metric is not None, metric,
+                        metrics.get(metric) if metric else None, CHANCE.get(metric), metrics, rec.get("error"))
+
+
+def check_dictionary(run: Run, sae_dir: Path, d_sae: int) -> None:
+    """UserError unless `run` explained the latents of the SAE in `sae_dir` (not neurons, not another SAE)."""
+    info = run.manifest.get("dictionary_info") or {}
+    made_for = f"{run.manifest.get('dictionary')!r} ({info.get('kind', '?')} from {info.get('source', '?')})"
+    if info.get("kind") not in (None, "sae") or (info.get("d_sae") is not None and int(info["d_sae"]) != d_sae):
+        raise UserError(f"interpretation run {run.path} was made for {made_for}, not for the SAE {sae_dir}")
+    src = info.get("source")
+    if src and Path(src).resolve() != Path(sae_dir).resolve():
+        raise UserError(f"interpretation run {run.path} was made for {made_for}, not for the SAE {sae_dir}; "
+                        f"point --explanations at a run of this SAE")
+
+
+def _run_folder(path: Path) -> Path | None:
+    if path.is_dir():
+        return path
+    if path.name == EXPLANATIONS and (path.parent / "manifest.json").exists():
+        return path.parent
+    return None
+
+
+def interpretations(path, sae_dir: Path, d_sae: int) -> dict[int, Interpretation]:
+    """latent -> Interpretation, from an interpretation run folder (checked against the SAE) or from
+    one JSONL file of {"latent": j, "explanation": text} records (other keys ignored; a record with a
+    `dictionary` naming another SAE folder is refused)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"explanations {path} do not exist")
+    folder = _run_folder(path)
+    if folder is not None:
+        run = load_run(folder)
+        check_dictionary(run, sae_dir, d_sae)
+        return {j: Interpretation(j, r.get("status", "missing"), r.get("explanation"), r.get("explainer", ""),
+                                  [summarise_score(s, by[j]) for s, by in sorted(run.scores.items()) if j in by], run.name)
+                for j, r in run.explanations.items() if 0 <= j < d_sae}
+    out = {}
+    for rec in read_jsonl(path):
+        if not isinstance(rec, dict):
+            continue
+        lat, text = rec.get("latent"), rec.get("explanation")
+        if not isinstance(lat, int) or not 0 <= lat < d_sae or not isinstance(text, str):
+            continue
+        owner = rec.get("dictionary")
+        if owner and owner != Path(sae_dir).name and Path(str(owner)).resolve() != Path(sae_dir).resolve():
+            raise UserError(f"{path}: latent {lat} is explained for dictionary {owner!r}, not for {sae_dir}")
+        out[lat] = Interpretation(lat, "ok", text, rec.get("explainer", ""), run=path.stem)
+    return out

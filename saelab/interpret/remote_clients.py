@@ -13,38 +13,63 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import UserError
 
 
-from .client_base import YES_NO, Completion, LLMClient
+from .client_base import YES_NO, Completion, LLMClient, checked_reply
 
 
 class _RemoteClient(LLMClient):
-    """Shared by the HTTP clients: a thread pool, retries with exponential backoff, accounting."""
+    """Shared by the HTTP clients: a thread pool, retries with exponential backoff, accounting, and
+    two bounds per run: at most `retry_budget` retries in all, and after `outage_after` requests in a
+    row that failed every try the server counts as down (`self.down`): later requests fail at once
+    and the pipeline stops the run with a clear message instead of sending thousands more."""
 
     retryable: tuple = ()
 
     def __init__(self, model: str, concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4,
-                 backoff: float = 1.0, price_in: float = 0.0, price_out: float = 0.0):
+                 backoff: float = 1.0, price_in: float = 0.0, price_out: float = 0.0, retry_budget: int = 100,
+                 outage_after: int = 3):
         super().__init__()
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise UserError("--concurrency must be >= 1, --max-retries >= 0 and --timeout > 0")
         self.model, self.concurrency, self.timeout = model, concurrency, timeout
         self.max_retries, self.backoff = max_retries, backoff
         self.price_in, self.price_out = price_in, price_out  # USD per million tokens
+        self.retry_budget, self.outage_after = retry_budget, outage_after
+        self._retries_used = self._gave_up_in_a_row = 0
+        self.down: str | None = None  # why the server counts as down
 
     def _cost(self, pt: int, ct: int) -> float:
         return (pt * self.price_in + ct * self.price_out) / 1e6
 
+    def _may_retry(self) -> bool:
+        with self._lock:
+            if self.down or self._retries_used >= self.retry_budget:
+                return False
+            self._retries_used += 1
+            return True
+
     def _with_retries(self, fn):
         """-> (result or None, error or None, retries)."""
+        if self.down:
+            return None, f"not sent: {self.down}", 0
         for attempt in range(self.max_retries + 1):
             try:
-                return fn(), None, attempt
+                r = fn()
+                with self._lock:
+                    self._gave_up_in_a_row = 0
+                return r, None, attempt
             except self.retryable as e:  # connection errors, timeouts, 429, 5xx
                 err = f"{type(e).__name__}: {e}"
-                if attempt < self.max_retries:
-                    time.sleep(self.backoff * (2 ** attempt) * (0.5 + random.random()))
+                if attempt == self.max_retries or not self._may_retry():
+                    break
+                time.sleep(self.backoff * (2 ** attempt) * (0.5 + random.random()))
             except Exception as e:  # bad request (e.g. context too long), malformed reply: no retry
                 return None, f"{type(e).__name__}: {e}", attempt
-        return None, f"gave up after {self.max_retries + 1} tries: {err}", self.max_retries
+        with self._lock:
+            self._gave_up_in_a_row += 1
+            if self._gave_up_in_a_row >= self.outage_after and not self.down:
+                self.down = (f"the server failed {self._gave_up_in_a_row} requests in a row, every retry included "
+                             f"(last: {err})")
+        return None, f"gave up after {attempt + 1} tries: {err}", attempt
 
     def _map(self, fn, items):
         if len(items) <= 1 or self.concurrency == 1:
@@ -87,14 +112,14 @@ class OpenAIClient(_RemoteClient):
         pt = ct = 0
         text = None
         if r is not None:
-            pt = getattr(r.usage, "prompt_tokens", 0) or 0 if r.usage else 0
-            ct = getattr(r.usage, "completion_tokens", 0) or 0 if r.usage else 0
+            pt, ct = _usage(r, "prompt_tokens"), _usage(r, "completion_tokens")
             try:
                 text = r.choices[0].message.content
-            except (AttributeError, IndexError, TypeError):
-                err = "malformed reply (no choices)"
-            if err is None and not (text or "").strip():
-                err = "empty reply"
+                if text is not None and not isinstance(text, str):
+                    raise TypeError(type(text).__name__)
+            except (AttributeError, IndexError, TypeError, KeyError):  # e.g. a 200 with a non-JSON body
+                text, err = None, f"malformed reply (not a chat completion: {str(r)[:200]!r})"
+            text, err = checked_reply(text, err, max_tokens)
         self._account(pt, ct, failed=err is not None, retries=retries, cost=self._cost(pt, ct))
         return Completion(text, pt, ct, err)
 
@@ -110,8 +135,7 @@ class OpenAIClient(_RemoteClient):
         r, err, retries = self._with_retries(call)
         out, pt, ct = None, 0, 0
         if r is not None:
-            pt = (r.usage.prompt_tokens or 0) if r.usage else 0
-            ct = (r.usage.completion_tokens or 0) if r.usage else 0
+            pt, ct = _usage(r, "prompt_tokens"), _usage(r, "completion_tokens")
             try:
                 top = r.choices[0].logprobs.content[0].top_logprobs
                 table = {}
@@ -126,6 +150,11 @@ class OpenAIClient(_RemoteClient):
 
     def choice_logprobs(self, prompts, choices=YES_NO) -> list[dict | None]:
         return self._map(lambda m: self._one_lp(m, choices), prompts)
+
+
+def _usage(r, key: str) -> int:
+    v = getattr(getattr(r, "usage", None), key, 0)
+    return v if isinstance(v, int) else 0
 
 
 def _logsumexp(xs: list[float]) -> float:
@@ -171,11 +200,13 @@ class AnthropicClient(_RemoteClient):
         r, err, retries = self._with_retries(call)
         text, pt, ct = None, 0, 0
         if r is not None:
-            pt, ct = r.usage.input_tokens or 0, r.usage.output_tokens or 0
-            text = "".join(getattr(b, "text", "") for b in r.content)
-            if not text.strip():
-                err = "empty reply"
-            elif prefill:
+            pt, ct = _usage(r, "input_tokens"), _usage(r, "output_tokens")
+            try:
+                text = "".join(getattr(b, "text", "") or "" for b in r.content)
+            except (AttributeError, TypeError):
+                text, err = None, "malformed reply (no content)"
+            text, err = checked_reply(text, err, max_tokens)
+            if err is None and prefill:
                 text = prefill + text
         self._account(pt, ct, failed=err is not None, retries=retries, cost=self._cost(pt, ct))
         return Completion(text, pt, ct, err)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..storage import write_json
+from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
 from .scorers.base import DESCRIPTIONS, PRIMARY
 
@@ -94,8 +94,7 @@ def _plots(summaries: list[dict], out: Path) -> list[str]:
             ax.set_title(f"{s}: {m}", fontsize=9)
             fig.tight_layout()
             name = f"hist_{s}_{m}.png"
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
+            write_figure(out / name, fig)
             files.append(name)
     return files
 
@@ -139,11 +138,14 @@ def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -
     return "\n".join(L) + "\n"
 
 
-def report(runs: list, out=None, quiet: bool = False) -> Path:
+def report(runs: list, out=None, quiet: bool = False, overwrite: bool = False) -> Path:
+    """report.md, report.json and hist_*.png in `out`; an existing report there is replaced only with
+    `overwrite` (checked before any work)."""
     if not runs:
         raise UserError("give at least one run folder")
     loaded = [load_run(r) for r in runs]
     out = Path(out) if out else (loaded[0].path if len(loaded) == 1 else loaded[0].path / "compare")
+    refuse_replacing(out, ("report.md", "report.json"), overwrite, "report")
     out.mkdir(parents=True, exist_ok=True)
     summaries = [summarise(r) for r in loaded]
     labels = [s["label"] for s in summaries]
@@ -161,7 +163,7 @@ def report(runs: list, out=None, quiet: bool = False) -> Path:
                                         "lo": lo, "hi": hi})
     plots = _plots(summaries, out)
     md = markdown(summaries, comparisons, plots)
-    (out / "report.md").write_text(md)
+    write_text(out / "report.md", md)
     write_json(out / "report.json", {"runs": [{k: v for k, v in s.items()} for s in summaries],
                                      "comparisons": comparisons, "plots": plots})
     if not quiet:

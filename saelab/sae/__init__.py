@@ -4,11 +4,13 @@ and the splice of a dictionary into a model (splice.py)."""
 
 from .base import SaeConfig, SaeOutput, SparseCoder
 from .batchtopk import BatchTopKSae
+from .gated import GatedSae
 from .jumprelu import JumpReLUSae
 from .latents import Latents
-from .registry import ARCHITECTURES, build_sae
+from .matryoshka import MatryoshkaSae
+from .registry import ARCHITECTURES, build_sae, uses_k
 from .relu import ReluSae
 from .topk import TopKSae
 
-__all__ = ["ARCHITECTURES", "BatchTopKSae", "JumpReLUSae", "Latents", "ReluSae", "SaeConfig", "SaeOutput",
-           "SparseCoder", "TopKSae", "build_sae"]
+__all__ = ["ARCHITECTURES", "BatchTopKSae", "GatedSae", "JumpReLUSae", "Latents", "MatryoshkaSae", "ReluSae", "SaeConfig", "SaeOutput",
+           "SparseCoder", "TopKSae", "build_sae", "uses_k"]

@@ -19,7 +19,7 @@ from .latents import Latents, decode_sparse, gather_preacts
 
 @dataclass
 class SaeConfig:
-    arch: str                          # topk | batchtopk | jumprelu | relu
+    arch: str                          # an --arch name (registry.py)
     d_in: int
     d_sae: int
     hookpoint: str                     # where the input is read (module name, optional `:input`)
@@ -31,6 +31,7 @@ class SaeConfig:
     aux_coeff: float = 1 / 32          # AuxK loss weight (Gao et al. 2024)
     jumprelu_init_threshold: float = 0.001
     jumprelu_bandwidth: float = 0.001
+    groups: list[int] | None = None    # matryoshka: latent group sizes (prefixes), summing to d_sae
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -55,12 +56,16 @@ class SaeOutput(NamedTuple):
     latents: Latents
     sparsity_loss: torch.Tensor   # scalar (0 when sparsity is fixed by k)
     aux_loss: torch.Tensor        # scalar AuxK loss (0 when no latent is dead)
+    extra_loss: torch.Tensor | None = None  # architecture's own reconstruction terms in FVU units
+                                            # (matryoshka prefixes, gated auxiliary); needs the target
 
 
 class SparseCoder(nn.Module):
     """Subclasses implement `encode` (-> Latents + sparsity loss); decoding is shared."""
 
     uses_unit_norm_decoder = True
+    uses_k = False               # sparsity set by k (--k sweeps) rather than a penalty (--sparsity-coeff)
+    local_only = False           # its extra_loss needs the target: trains with --loss local only
 
     def __init__(self, cfg: SaeConfig):
         super().__init__()
@@ -123,10 +128,16 @@ class SparseCoder(nn.Module):
         x_in = self.encoder_input(x)
         lat, sparsity, pre = self.encode(x_in)
         recon = self.decode(lat)
-        aux = recon.new_zeros(())
+        aux = extra = recon.new_zeros(())
         if dead is not None and target is not None and bool(dead.any()):
             aux = self.auxk_loss(x_in, pre, target - recon.detach(), dead)
-        return SaeOutput(recon, lat, sparsity, aux)
+        if target is not None:
+            extra = self.extra_loss(x_in, lat, recon, target)
+        return SaeOutput(recon, lat, sparsity, aux, extra)
+
+    def extra_loss(self, x_in: torch.Tensor, lat: Latents, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Architecture-specific reconstruction terms (FVU units) added to the local objective's loss."""
+        return recon.new_zeros(())
 
     def auxk_loss(self, x_in: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """Let the top dead latents model the reconstruction error (Gao et al. 2024, AuxK)."""

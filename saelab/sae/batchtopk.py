@@ -14,6 +14,8 @@ from .latents import Latents, gather_preacts
 
 
 class BatchTopKSae(SparseCoder):
+    uses_k = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(()))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..storage import refuse_overwrite
-from .folder import Provenance, open_sae, save_sae
+from .folder import Provenance, open_sae, refuse_non_finite, save_sae
 from .foreign import SPARSIFY_PREFIX, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
 
 
@@ -19,6 +19,8 @@ def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_facto
     out = Path(out)
     refuse_overwrite(out, overwrite, "--out")
     loaded = [(f, *load_foreign(f, norm_scaling_factor=norm_scaling_factor, prefix=prefix)) for f in folders]
+    for f, sae, _ in loaded:
+        refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported
     written = []
     for f, sae, cfg in loaded:  # all parsed before anything is written
         prov = Provenance.from_cfg(cfg)

@@ -27,13 +27,14 @@ import torch
 
 from ..data import TokenRows, load_token_rows
 from ..errors import UserError
+from ..options import check_types
 from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoints
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
 from .foreign import load_foreign
 from .layout import CFG, FORMAT_VERSION, WEIGHTS, cfg_json
-from .registry import build_sae
+from .registry import ARCHITECTURES, build_sae
 
 DEFAULT_HELDOUT_FRACTION = 0.05  # what folders written before provenance was recorded were trained with
 
@@ -88,9 +89,9 @@ class SaeFolder:
         c = self.sae.cfg
         return [c.hookpoint] + ([c.out_hookpoint] if c.out_hookpoint else [])
 
-    def open_model(self, device: str = "cpu", model: str | None = None) -> LoadedModel:
+    def open_model(self, device: str = "cpu", model: str | None = None, dtype: str = "float32") -> LoadedModel:
         """The model it was trained on (or `model`), without data (for commands that need only the model)."""
-        return load_model(model or self.provenance.model_spec, device=device)
+        return load_model(model or self.provenance.model_spec, device=device, dtype=dtype)
 
     def open_data(self, device: str = "cpu", model: str | None = None, corpus: str | None = None) -> SaeData:
         """Its model and token rows, split with the recorded context, held-out fraction and text field,
@@ -114,15 +115,19 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     if not folder.is_dir():
         raise UserError(f"{folder} is not an SAE folder (expected a folder with {CFG} and {WEIGHTS})")
     cfg = read_json(folder / CFG)
+    if not isinstance(cfg, dict):
+        raise UserError(f"{folder / CFG} must hold an object, not a {type(cfg).__name__}")
     ours = cfg.get("saelab")
-    if not ours or "config" not in ours:  # SAELens / sparsify folders (docs/SCALE.md)
+    if not ours or not isinstance(ours, dict) or "config" not in ours:  # SAELens / sparsify folders (docs/SCALE.md)
         sae, cfg = load_foreign(folder, device)
+        refuse_non_finite(folder / WEIGHTS, sae.state_dict())
         return SaeFolder(folder, sae, Provenance.from_cfg(cfg), cfg)
     if ours.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{folder} uses SAE format version {ours['format_version']}; this saelab reads up to {FORMAT_VERSION}")
-    sae_cfg = SaeConfig.from_dict(ours["config"])
+    sae_cfg = _sae_config(folder / CFG, cfg)
     sae = build_sae(sae_cfg)
     tensors = read_tensors(folder / WEIGHTS)
+    refuse_non_finite(folder / WEIGHTS, tensors)
     expected = {"W_enc": (sae_cfg.d_in, sae_cfg.d_sae), "b_enc": (sae_cfg.d_sae,),
                 "W_dec": (sae_cfg.d_sae, sae_cfg.d_out), "b_dec": (sae_cfg.d_out,)}
     for name, shape in expected.items():
@@ -130,10 +135,48 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
             raise UserError(f"{folder / WEIGHTS} lacks tensor {name!r}")
         if tuple(tensors[name].shape) != shape:
             raise UserError(f"{folder / WEIGHTS}: {name} has shape {tuple(tensors[name].shape)}, cfg.json says {shape}")
-    if sae_cfg.arch in ("jumprelu", "batchtopk") and "threshold" not in tensors:
-        raise UserError(f"{folder / WEIGHTS} lacks the `threshold` tensor a {sae_cfg.arch} SAE needs")
+    missing = sorted(set(sae.extra_state_tensors()) - set(tensors))
+    if missing:
+        raise UserError(f"{folder / WEIGHTS} lacks the {', '.join(f'`{m}`' for m in missing)} tensor(s) a {sae_cfg.arch} SAE needs")
     sae.load_folded({k: v.to(torch.float32) for k, v in tensors.items()})
     return SaeFolder(folder, sae.to(device).eval(), Provenance.from_cfg(cfg), cfg)
+
+
+def _sae_config(path: Path, cfg: dict) -> SaeConfig:
+    """saelab.config of a cfg.json, typed and consistent (arch known, sizes positive, k <= d_sae, the
+    SAELens keys d_in / d_sae agreeing with it), or a UserError naming the key."""
+    d = cfg["saelab"]["config"]
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: saelab.config must be an object, not a {type(d).__name__}")
+    missing = [k for k in ("arch", "d_in", "d_sae", "hookpoint") if k not in d]
+    if missing:
+        raise UserError(f"{path}: saelab.config lacks {', '.join(missing)}")
+    c = SaeConfig.from_dict(d)
+    check_types(c, where=f"{path}: saelab.config")
+    if c.arch not in ARCHITECTURES:
+        raise UserError(f"{path}: unknown architecture {c.arch!r} (saelab.config.arch); "
+                        f"this saelab knows {', '.join(ARCHITECTURES)}")
+    for key in ("d_in", "d_sae", "d_out"):
+        if getattr(c, key) < 1:
+            raise UserError(f"{path}: saelab.config.{key} must be positive, got {getattr(c, key)}")
+        if key in cfg and cfg[key] != getattr(c, key):
+            raise UserError(f"{path}: {key} {cfg[key]!r} contradicts saelab.config.{key} {getattr(c, key)}")
+    if not c.is_transcoder and c.d_out != c.d_in:
+        raise UserError(f"{path}: saelab.config.d_out {c.d_out} differs from d_in {c.d_in} but there is no out_hookpoint")
+    if c.k is not None and not 1 <= c.k <= c.d_sae:
+        raise UserError(f"{path}: k={c.k} must be between 1 and d_sae={c.d_sae}")
+    if ARCHITECTURES[c.arch].uses_k and c.k is None:
+        raise UserError(f"{path}: a {c.arch} SAE needs k in saelab.config")
+    return c
+
+
+def refuse_non_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """NaN or inf weights are refused at load, naming the tensor (training stops on NaN itself)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{path}: tensor {name} holds {n} NaN/inf value(s); the weights are corrupt "
+                            f"(or training diverged)")
 
 
 def load_sae(folder: Path, device: str = "cpu") -> tuple[SparseCoder, dict]:
@@ -216,17 +259,17 @@ def check_fits(folders: list[SaeFolder], model) -> None:
 
 def open_shared_data(folders: list[SaeFolder], device: str = "cpu", model: str | None = None,
                      corpus: str | None = None, context: int | None = None,
-                     loaded_model: LoadedModel | None = None) -> SaeData:
+                     loaded_model: LoadedModel | None = None, dtype: str = "float32") -> SaeData:
     """One model and one set of token rows for several SAE folders (`shared_provenance` says which),
     checked against what each folder trained on: a corpus override prints a note, and rows of the
     recorded corpus whose fingerprint changed (the file changed on disk, another tokenizer) a warning.
-    `loaded_model`: an already loaded model to use instead of loading it again."""
+    `loaded_model`: an already loaded model to use instead of loading it again; `dtype`: the model's precision."""
     prov = shared_provenance(folders, model, corpus, context)
     other_model = [f for f in folders if str(f.provenance.model_spec) != prov.model_spec]
     if model and other_model:
         print(f"saelab: note: using model {prov.model_spec!r}; {other_model[0].path} was trained on "
               f"{other_model[0].provenance.model_spec!r}", file=sys.stderr)
-    lm = loaded_model or load_model(prov.model_spec, device=device)
+    lm = loaded_model or load_model(prov.model_spec, device=device, dtype=dtype)
     if folders:
         check_fits(folders, lm.model)
     rows = load_token_rows(prov.corpus, lm.tokenizer, prov.context, prov.heldout_fraction, prov.text_field,

@@ -5,8 +5,9 @@ Everything converts to one in-memory `SparseCoder` acting on RAW activations, so
 saelab (evaluate, splice, latent cache) never sees a foreign layout.
 
 SAELens folder (v5 and v6): `cfg.json` + `sae_weights.safetensors`
-  tensors  W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae] (jumprelu)
-  cfg      architecture standard | topk | jumprelu (v5: standard + activation_fn_str "topk" and
+  tensors  W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae] (jumprelu);
+           gated: b_gate (our b_enc), r_mag, b_mag [d_sae]
+  cfg      architecture standard | topk | jumprelu | gated (v5: standard + activation_fn_str "topk" and
            activation_fn_kwargs.k), d_in, d_sae, dtype, apply_b_dec_to_input, normalize_activations,
            k (topk), rescale_acts_by_decoder_norm (topk, v6), hook_name / model_name / context_size
            either at top level (v5) or under `metadata` (v6).
@@ -34,7 +35,7 @@ from ..errors import UserError
 from .base import SaeConfig, SparseCoder
 from .registry import build_sae
 from ..storage import read_json, read_tensors, write_json, write_tensors
-from .layout import CFG, SAELENS_ARCH, WEIGHTS, cfg_json
+from .layout import CFG, SAELENS_ARCH, SAELENS_TENSOR_NAMES, WEIGHTS, cfg_json
 
 SAELENS_WEIGHTS = WEIGHTS
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -158,10 +159,10 @@ def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
         return "topk", int(k)
     if arch == "standard" and fn == "relu":
         return "relu", None
-    if arch == "jumprelu":
-        return "jumprelu", None
+    if arch in ("jumprelu", "gated"):
+        return arch, None
     raise UserError(f"{path}: SAELens architecture {arch!r} (activation {fn!r}) is not supported; "
-                    f"saelab reads standard, topk and jumprelu")
+                    f"saelab reads standard, topk, jumprelu and gated")
 
 
 def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) -> tuple[SparseCoder, dict]:
@@ -178,11 +179,16 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     hook = tl_to_module(meta["hook_name"], prefix)
     t = _f32(read_tensors(folder / SAELENS_WEIGHTS))
     wpath = folder / SAELENS_WEIGHTS
+    for ours, theirs in SAELENS_TENSOR_NAMES.get(arch, {}).items():  # gated: b_gate is our b_enc
+        if theirs in t:
+            t[ours] = t.pop(theirs)
     _need(t, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}, wpath)
     if arch == "jumprelu":
         if "threshold" not in t and "log_threshold" in t:
             t["threshold"] = t.pop("log_threshold").exp()
         _need(t, {"threshold": (d_sae,)}, wpath)
+    if arch == "gated":
+        _need(t, {"r_mag": (d_sae,), "b_mag": (d_sae,)}, wpath)
     W_enc, b_enc, W_dec, b_dec = t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]
     norm = cfg.get("normalize_activations") or "none"
     if norm == "expected_average_only_in":
@@ -200,15 +206,16 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     transcoder = d_out != d_in or bool(meta.get("hook_name_out"))
     if not transcoder and cfg.get("apply_b_dec_to_input") is False:
         b_enc = b_enc + b_dec @ W_enc                            # we always centre an SAE's input by b_dec
+        if arch == "gated":                                      # ... both of a gated SAE's paths
+            t["b_mag"] = t["b_mag"] + (b_dec @ W_enc) * t["r_mag"].exp()
     if transcoder and cfg.get("apply_b_dec_to_input"):
         raise UserError(f"{path}: a transcoder that subtracts its output bias from its input is not supported")
     sc = SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hook, d_out=d_out,
                    out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix) if transcoder else None, k=k)
     sae = build_sae(sc)
-    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
-    if arch == "jumprelu":
-        tensors["threshold"] = t["threshold"]
-    sae.load_folded(tensors)
+    extra = sae.extra_state_tensors()                            # jumprelu: threshold; gated: r_mag, b_mag
+    _need(t, {n: tuple(v.shape) for n, v in extra.items()}, wpath)
+    sae.load_folded({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec} | {n: t[n] for n in extra})
     return sae, meta
 
 
@@ -256,10 +263,9 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
     if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
-    state = sae.folded_state()
-    keep = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
+    names = SAELENS_TENSOR_NAMES.get(c.arch, {})                 # gated: b_enc goes out as b_gate
     out = Path(out)
-    write_tensors(out / SAELENS_WEIGHTS, {k: state[k] for k in keep})
+    write_tensors(out / SAELENS_WEIGHTS, {names.get(k, k): v for k, v in sae.folded_state().items()})
     write_json(out / CFG, cfg)
     return out
 

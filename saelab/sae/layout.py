@@ -9,8 +9,12 @@ from .base import SparseCoder
 FORMAT_VERSION = 1
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
-# BatchTopK is saved as a JumpReLU with one shared threshold, as SAELens does.
-SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}
+# BatchTopK (and Matryoshka BatchTopK, its inference form) is saved as a JumpReLU with one shared
+# threshold, as SAELens does.
+SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard",
+                "matryoshka": "jumprelu", "gated": "gated"}
+# Tensors SAELens names differently (ours -> SAELens): a gated SAE's gate bias is b_gate.
+SAELENS_TENSOR_NAMES = {"gated": {"b_enc": "b_gate"}}
 
 
 def cfg_json(sae: SparseCoder, model_name: str, context: int, saelab: dict) -> dict:

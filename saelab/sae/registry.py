@@ -2,7 +2,9 @@
 
 from .base import SaeConfig, SparseCoder
 from .batchtopk import BatchTopKSae
+from .gated import GatedSae
 from .jumprelu import JumpReLUSae
+from .matryoshka import MatryoshkaSae
 from .relu import ReluSae
 from .topk import TopKSae
 
@@ -11,7 +13,15 @@ ARCHITECTURES: dict[str, type[SparseCoder]] = {
     "batchtopk": BatchTopKSae,
     "jumprelu": JumpReLUSae,
     "relu": ReluSae,
+    "matryoshka": MatryoshkaSae,
+    "gated": GatedSae,
 }
+
+
+def uses_k(arch: str) -> bool:
+    """Whether `arch` fixes sparsity by k (one SAE per --k) rather than by a penalty (--sparsity-coeff)."""
+    cls = ARCHITECTURES.get(arch)
+    return bool(cls and cls.uses_k)
 
 
 def build_sae(cfg: SaeConfig) -> SparseCoder:

@@ -9,6 +9,8 @@ from .latents import Latents, gather_preacts
 
 
 class TopKSae(SparseCoder):
+    uses_k = True
+
     def encode(self, x_in):
         k = self.cfg.k
         bias = self.encoder_bias()

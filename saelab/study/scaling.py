@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..options import opt
+from ..options import check_types, need_at_least, opt
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 
@@ -43,6 +43,23 @@ class ScalingConfig:
     seed: int = opt(0, "random seed (data order, initialisation)")
     threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
     overwrite: bool = opt(False, "replace an existing output folder")
+
+    def validate(self) -> None:
+        """Types and ranges, before anything runs."""
+        check_types(self)
+        need_at_least(self, 1, "latents", "tokens", "k", "batch_tokens", "eval_tokens", "threads")
+        need_at_least(self, 2, "context")
+        need_at_least(self, 0, "seed")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError("--lr must be positive")
+        if len(self.latents) < 2 or len(self.tokens) < 2:
+            raise UserError("a scaling grid needs at least two --latents and two --tokens values")
+        if any(n < self.k for n in self.latents):
+            raise UserError(f"every --latents value must be >= --k {self.k}")
+        if self.batch_tokens < self.context:
+            raise UserError(f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})")
+        if any(d < self.batch_tokens for d in self.tokens):
+            raise UserError(f"every --tokens value must be >= --batch-tokens {self.batch_tokens}")
 
 
 def power_law(x, y) -> dict:
@@ -119,12 +136,7 @@ def run_scaling(cfg: ScalingConfig) -> dict:
     from ..activations.disk_cache import CacheConfig, read_manifest, write_cache
     from ..train.loop import train
 
-    if len(cfg.latents) < 2 or len(cfg.tokens) < 2:
-        raise UserError("a scaling grid needs at least two --latents and two --tokens values")
-    if any(n < cfg.k for n in cfg.latents):
-        raise UserError(f"every --latents value must be >= --k {cfg.k}")
-    if any(d < cfg.batch_tokens for d in cfg.tokens):
-        raise UserError(f"every --tokens value must be >= --batch-tokens {cfg.batch_tokens}")
+    cfg.validate()
     out = Path(cfg.out)
     refuse_overwrite(out, cfg.overwrite, "--out")
     t0 = time.time()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..evaluate.run import run_eval
+from ..sae.registry import uses_k
 from ..storage import read_json, write_json
 from ..train.config import TrainConfig
 from ..train.loop import train
@@ -40,7 +41,7 @@ class SweepRun:
 
 
 def plan_runs(base: TrainConfig, out: Path, losses: list[str], separate: bool) -> list[SweepRun]:
-    per_k = base.arch in ("topk", "batchtopk")
+    per_k = uses_k(base.arch)
     values = list(base.k if per_k else base.sparsity_coeff)
     runs = []
     for loss in losses:
@@ -52,7 +53,7 @@ def plan_runs(base: TrainConfig, out: Path, losses: list[str], separate: bool) -
 
 
 def run_config(base: TrainConfig, run: SweepRun) -> TrainConfig:
-    per_k = base.arch in ("topk", "batchtopk")
+    per_k = uses_k(base.arch)
     kw = {"k": run.values} if per_k else {"sparsity_coeff": run.values}
     ds = base.downstream_layers if run.loss == "e2e+ds" else None
     return dataclasses.replace(base, out=str(run.folder), loss=run.loss, resume=False, overwrite=False,
@@ -108,7 +109,7 @@ def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = F
 
     record = {"command": "sweep", "fixed": _fixed(base), "losses": losses, "separate": separate,
               "values": runs[0].values if not separate else sorted({v for r in runs for v in r.values}),
-              "axis": "k" if base.arch in ("topk", "batchtopk") else "sparsity_coeff",
+              "axis": "k" if uses_k(base.arch) else "sparsity_coeff",
               "eval": {"tokens": eval_tokens, "ce_tokens": eval_ce_tokens}, "versions": versions(),
               "runs": dict((old or {}).get("runs", {}))}
     out.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..errors import UserError
-from ..options import opt
-from ..sae import ARCHITECTURES
+from ..options import (check_device, check_dtype, check_types, memory_bytes, need_at_least, need_choice, need_fraction,
+                       need_positive, opt)
+from ..sae import ARCHITECTURES, uses_k
 
 LOSSES = ("local", "e2e", "e2e+ds")  # objectives: train/objectives.py
 
@@ -21,11 +22,13 @@ class TrainConfig:
     corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
-    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu")
+    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated (docs/ARCHITECTURES.md)")
     latents: int = opt(4608, "dictionary size")
-    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk)")
+    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk / matryoshka)")
+    groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
+                                         "(none: prefixes at latents/16, /8, /4, /2, 1)")
     sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
-                                      help="sparsity penalty; one SAE per coeff (relu / jumprelu)")
+                                      help="sparsity penalty; one SAE per coeff (relu / jumprelu / gated)")
     tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
     batch_tokens: int = opt(4096, "tokens per optimiser step")
     context: int = opt(256, "tokens per row fed to the LM")
@@ -45,6 +48,7 @@ class TrainConfig:
     seed: int = opt(0, "random seed (data order, initialisation)")
     threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
     device: str = opt("cpu", "cpu | cuda | cuda:N")
+    dtype: str = opt("float32", "the LM's precision: float32 | bfloat16 | float16 (the dictionary trains in float32)")
     distributed: str = opt("data", "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split)")
     dist_timeout: float = opt(300.0, "torchrun jobs: seconds to wait for a stalled or dead rank before failing")
     wandb: str | None = opt(None, "wandb project name (needs wandb installed)")
@@ -73,16 +77,31 @@ class TrainConfig:
 
     def sweep_values(self) -> list[tuple[int | None, float, float]]:
         """(k, sparsity_coeff, lr) per SAE trained at each hookpoint."""
-        firsts = [(k, 0.0) for k in self.k] if self.arch in ("topk", "batchtopk") else [(None, c) for c in self.sparsity_coeff]
+        firsts = [(k, 0.0) for k in self.k] if uses_k(self.arch) else [(None, c) for c in self.sparsity_coeff]
         return [(k, c, lr) for k, c in firsts for lr in self.learning_rates]
 
     def validate(self) -> None:
-        """Everything that can be checked before the model loads."""
+        """Everything that can be checked before the model loads: types, then ranges."""
+        check_types(self)
+        need_at_least(self, 1, "latents", "tokens", "batch_tokens", "buffer_batches", "checkpoint_every", "threads",
+                      "dead_tokens")
+        need_at_least(self, 0, "sink_first_positions", "seed", "downstream_layers")
+        need_at_least(self, 0.0, "sink_norm_factor", "aux_coeff")
+        need_positive(self, "dist_timeout")
+        need_fraction(self, "warmup_fraction", "decay_fraction")
+        if self.warmup_fraction + self.decay_fraction > 1:
+            raise UserError("--warmup-fraction + --decay-fraction must be <= 1")
+        if self.sink_first_positions >= self.context:
+            raise UserError(f"--sink-first-positions ({self.sink_first_positions}) leaves nothing of a --context "
+                            f"{self.context} row")
+        need_choice(self, "distributed", ("data", "modules"))
+        check_device(self.device)
+        check_dtype(self.dtype, self.device)
         if self.arch not in ARCHITECTURES:
             raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
         if self.latents < 1:
             raise UserError("--latents must be positive")
-        if self.arch in ("topk", "batchtopk"):
+        if uses_k(self.arch):
             if not self.k or any(k < 1 for k in self.k):
                 raise UserError("--k needs positive values")
             bad = [k for k in self.k if k > self.latents]
@@ -90,6 +109,7 @@ class TrainConfig:
                 raise UserError(f"k={bad[0]} is larger than the dictionary (--latents {self.latents})")
         elif any(c < 0 for c in self.sparsity_coeff):
             raise UserError("--sparsity-coeff must be >= 0")
+        self._validate_arch_options()
         if self.context < 2:
             raise UserError("--context must be at least 2")
         if self.batch_tokens < self.context:
@@ -107,6 +127,32 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other")
         self._validate_objective()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Up front, before any weights load: one batch's encoder activations ([batch_tokens, latents]
+        float32 per SAE per hookpoint pattern, a lower bound of what training holds) must fit the device."""
+        need = 4 * self.batch_tokens * self.latents * len(self.sweep_values()) * len(self.hookpoints)
+        have = memory_bytes(self.device)
+        if have and need > have:
+            raise UserError(f"--batch-tokens {self.batch_tokens} needs at least {need / 2**30:.1f} GiB for one batch of "
+                            f"encoder activations ({len(self.sweep_values()) * len(self.hookpoints)} SAE(s) x "
+                            f"{self.latents} latents x 4 bytes per token); {self.device} has {have / 2**30:.1f} GiB. "
+                            f"Lower --batch-tokens (or --latents)")
+
+    def _validate_arch_options(self) -> None:
+        """An architecture's own options, refused for the others."""
+        if self.groups is not None:
+            if self.arch != "matryoshka":
+                raise UserError(f"--groups applies to --arch matryoshka only, not {self.arch}")
+            if not self.groups or any(g < 1 for g in self.groups):
+                raise UserError("--groups needs positive group sizes")
+            if sum(self.groups) != self.latents:
+                raise UserError(f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, "
+                                f"not --latents {self.latents}")
+        if ARCHITECTURES[self.arch].local_only and self.loss != "local":
+            raise UserError(f"--arch {self.arch} trains with --loss local only (its own loss terms reconstruct the "
+                            f"target: docs/ARCHITECTURES.md); --loss {self.loss} is not supported")
 
     def _validate_objective(self) -> None:
         if self.loss not in LOSSES:

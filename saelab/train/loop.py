@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..sae.folder import Provenance, save_sae
-from ..storage import fingerprint, refuse_overwrite
+from ..storage import fingerprint, refuse_overwrite, trim_jsonl
 from .checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
 from .curves import LOG, plot_train_log
@@ -180,6 +180,8 @@ class TrainingRun:
         for m in members:  # the smoothed statistics continue too, so the manifest matches an uninterrupted run
             m.stats = dict(meta.get("stats", {}).get(m.name, {}))
         pos = Position(**meta["position"])
+        if self.parallel.is_main:  # the log continues from the checkpoint: no cut line, no repeated steps
+            trim_jsonl(self.out / LOG, lambda r: isinstance(r.get("tokens"), int) and r["tokens"] <= pos.lm_tokens)
         print(f"saelab: resuming at {pos.lm_tokens:,} tokens (step {pos.steps})", flush=True)
         return pos
 

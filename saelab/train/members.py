@@ -48,7 +48,7 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
         for k, coeff, lr in cfg.sweep_values():
             sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
                            d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
-                           aux_coeff=cfg.aux_coeff)
+                           aux_coeff=cfg.aux_coeff, groups=list(cfg.groups) if cfg.groups else None)
             sae = build_sae(sc).to(cfg.device)
             sae.reset_parameters(gen)
             name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)

@@ -8,7 +8,7 @@ An objective turns one batch into, per SAE, a differentiable loss and its statis
     loss(member, part, shared, dead) -> StepLoss
 
 Objectives:
-  local    FVU of the reconstruction (+ the SAE's sparsity penalty + AuxK on dead latents)
+  local    FVU of the reconstruction (+ the SAE's sparsity penalty + AuxK on dead latents + its extra_loss)
   e2e      kl_coeff * KL(p_clean || p_spliced) (nats/token) + sparsity penalty / d_in  (Braun et al. 2024)
   e2e+ds   e2e + downstream_coeff / |D| * sum_{j in D} MSE(h_j spliced, h_j clean)
 
@@ -73,9 +73,11 @@ class LocalObjective:
         out = sae(x, dead=dead, target=target)
         err = (out.recon - target).pow(2).sum()
         fvu = err / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
-        loss = fvu + out.sparsity_loss + out.aux_loss
+        loss = fvu + out.sparsity_loss + out.aux_loss + out.extra_loss
         l0 = out.latents.values.gt(0).sum().item() / x.shape[0]
         stats = {"fvu": fvu.item(), "l0": l0, "aux": out.aux_loss.item(), "loss": loss.item()}
+        if out.extra_loss.requires_grad:  # matryoshka prefixes, gated auxiliary
+            stats["arch_loss"] = out.extra_loss.item()
         return StepLoss(loss, stats, out.latents.fire_counts() > 0)
 
 

@@ -138,7 +138,7 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     `wrap_stream` lets distributed training split the LM forwards over its ranks."""
     if cfg.from_activations:
         return _open_cache(cfg, patterns)
-    lm = load_model(cfg.model, device=cfg.device)
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     model = lm.model
     sites = []
     for a, b in patterns:

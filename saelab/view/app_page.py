@@ -4,6 +4,7 @@ All data from the server is put into the page with `textContent` / DOM nodes, ne
 so tokens, model text and explanations cannot become markup.
 """
 
+from ..features.steering import DEFAULT_STRENGTH, SWEEP
 from .render import CSS
 
 APP_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
@@ -12,7 +13,8 @@ APP_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>
 #progress{width:300px;height:10px;background:#eee;display:inline-block;vertical-align:middle}
 #progressbar{height:10px;width:0;background:#3b8ee8}
 .fire{display:inline-block;margin:2px;padding:2px 3px;border-radius:3px;cursor:default}
-.outputs{display:flex;gap:1em} .outputs>div{flex:1} .outputs pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;min-height:3em}
+.outputs{display:flex;gap:1em} .outputs>div{flex:1;min-width:0} .outputs pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;min-height:3em}
+.prompt{color:#777} .nl{color:#aaa} .warn{color:#b60;font-size:.9em}
 .err{color:#b00}
 </style></head><body>
 <h1>saelab</h1>
@@ -32,11 +34,12 @@ APP_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>
 <div class="panel"><h2>Steering playground</h2>
 <p>Prompt <input id="prompt" size="60" value="My favourite thing is"></p>
 <p>Feature <input id="latent" size="6" value="0"> <select id="op"><option value="clamp">clamp to</option><option value="add">add</option></select>
-<input id="value" size="6" value="4"> <label><input type="checkbox" id="relative" checked> &times; max activation</label>
+<input id="value" size="6" value="@DEFAULT@"> <label><input type="checkbox" id="relative" checked> &times; max activation</label>
+<label title="one steered text per multiple of the value, same seed"><input type="checkbox" id="sweep" checked> sweep @SWEEP_TEXT@</label>
 tokens <input id="ntok" size="4" value="30"> temperature <input id="temp" size="4" value="0"> seed <input id="seed" size="4" value="0">
-<button id="steerbtn">Generate</button></p>
+<button id="steerbtn">Generate</button> <button id="cancelbtn" disabled>Cancel</button></p>
 <p><span id="progress"><span id="progressbar" style="display:block"></span></span> <span id="steerstatus" class="muted"></span> <span id="steererr" class="err"></span></p>
-<div class="outputs"><div><h3>unsteered</h3><pre id="unsteered"></pre></div><div><h3>steered</h3><pre id="steered"></pre></div></div></div>
+<div class="outputs" id="outputs"></div></div>
 
 <script>
 const $ = id => document.getElementById(id);
@@ -93,28 +96,56 @@ async function fire() {
   } catch (e) { $('fireerr').textContent = e.message; }
 }
 
+const SWEEP = [@SWEEP@];
+let currentJob = null;
+function showText(pre, prompt, text) {  // the prompt echoed (muted), newlines visible as a symbol
+  pre.replaceChildren(el('span', prompt, 'prompt'));
+  const cont = el('span', undefined, 'cont');
+  text.split('\\n').forEach((part, k) => { if (k) { cont.appendChild(el('span', '\\u21b5', 'nl')); cont.appendChild(document.createTextNode('\\n')); } cont.appendChild(document.createTextNode(part)); });
+  pre.appendChild(cont);
+}
+function output(title, id) {
+  const d = el('div'); d.appendChild(el('h3', title)); const pre = el('pre'); if (id) pre.id = id; d.appendChild(pre);
+  $('outputs').appendChild(d); return [d, pre];
+}
 async function steer() {
-  $('steererr').textContent = ''; $('unsteered').textContent = ''; $('steered').textContent = '';
+  $('steererr').textContent = ''; $('steerstatus').textContent = ''; $('outputs').replaceChildren();
   $('progressbar').style.width = '0'; $('steerbtn').disabled = true;
   try {
     const req = {sae: sae(), prompt: $('prompt').value, max_new_tokens: parseInt($('ntok').value), seed: parseInt($('seed').value),
-                 temperature: parseFloat($('temp').value),
+                 temperature: parseFloat($('temp').value), strengths: $('sweep').checked ? SWEEP : [1],
                  edits: [{latent: parseInt($('latent').value), op: $('op').value, value: parseFloat($('value').value), relative: $('relative').checked}]};
     const {job} = await api('/api/steer', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(req)});
+    currentJob = job; $('cancelbtn').disabled = false;
     while (true) {
       const j = await api('/api/jobs/' + job);
-      $('progressbar').style.width = (300 * j.done / Math.max(1, j.total)) + 'px';
-      $('steerstatus').textContent = `${j.status}: ${j.done}/${j.total} tokens`;
-      if (j.status === 'done') { $('unsteered').textContent = j.result.unsteered; $('steered').textContent = j.result.steered; break; }
+      const frac = (j.generation + (j.status === 'running' ? j.tokens / Math.max(1, j.max_tokens) : 0)) / Math.max(1, j.generations);
+      $('progressbar').style.width = Math.min(300, 300 * frac) + 'px';
+      $('steerstatus').textContent = j.status === 'running' ? `running: generation ${Math.min(j.generation + 1, j.generations)}/${j.generations}, token ${j.tokens}/${j.max_tokens}`
+        : j.status === 'done' ? `done: ${j.generations} generations of up to ${j.max_tokens} tokens in ${j.result.wall_s.toFixed(1)} s` : j.status;
+      if (j.status === 'done') {
+        showText(output('unsteered', 'unsteered')[1], j.result.prompt, j.result.unsteered);
+        j.result.sweep.forEach((v, k) => {
+          const used = v.edits.map(e => `${e.op} ${e.latent} ${e.op === 'add' ? '+' : '\\u2192'} ${e.value.toPrecision(3)}`).join(', ');
+          const [d, pre] = output(`\\u00d7${v.strength}: ${used}`, k === 0 ? 'steered' : undefined);
+          d.className = 'variant'; showText(pre, j.result.prompt, v.text);
+          if (v.degenerate) d.appendChild(el('p', 'degenerate: ' + v.degenerate, 'warn'));
+        });
+        break;
+      }
       if (j.status === 'error') throw new Error(j.error);
+      if (j.status === 'cancelled') break;
       await new Promise(r => setTimeout(r, 250));
     }
-  } catch (e) { $('steererr').textContent = e.message; }
-  $('steerbtn').disabled = false;
+  } catch (e) { $('steererr').textContent = e.message; $('steerstatus').textContent = 'error'; $('progressbar').style.width = '0'; }
+  currentJob = null; $('cancelbtn').disabled = true; $('steerbtn').disabled = false;
 }
+async function cancelSteer() { if (currentJob) await api('/api/jobs/' + currentJob + '/cancel', {method: 'POST'}).catch(() => {}); }
+$('cancelbtn').addEventListener('click', cancelSteer);
 $('searchbtn').addEventListener('click', search);
 $('q').addEventListener('keydown', e => { if (e.key === 'Enter') search(); });
 $('firebtn').addEventListener('click', fire);
 $('steerbtn').addEventListener('click', steer);
 loadSaes();
-</script></body></html>"""
+</script></body></html>""".replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}").replace(
+    "@SWEEP_TEXT@", " ".join(f"{x:g}&times;" for x in SWEEP)).replace("@SWEEP@", ", ".join(f"{x:g}" for x in SWEEP))

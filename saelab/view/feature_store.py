@@ -3,7 +3,8 @@
 `FeatureStore.build(sae_dir, cache=..., tokens=...)` reads the latent cache (features/latent_cache.py)
 when one is given; without one it builds a small cache itself with the cache builder over
 `tokens` held-out tokens (kept under $SAELAB_CACHE/view_caches, reused on the next run), so an
-SAE with no cache and no explanations still gets full dashboards.
+SAE with no cache and no explanations still gets full dashboards. Explanations and scores come from
+an interpretation run (interpret/records.py `interpretations`, checked against this SAE).
 
 Per feature (`view(i)`): firing density, activation histogram, top activating examples and
 examples from equal-width activation ranges (tokens with this feature's activation at each
@@ -14,9 +15,7 @@ nearest features by decoder cosine.
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from ..errors import UserError
 from ..features.latent_cache import LatentCache
 from ..features.latent_cache_writer import build_latent_cache
+from ..interpret.records import Interpretation, interpretations
 from ..models import LoadedModel
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
@@ -48,56 +48,6 @@ class ShownExample:
     value: float
 
 
-def load_explanations(path: Path | None, dict_name: str | None = None) -> dict[int, dict]:
-    """latent -> {"explanation": str, "scores": {name: number}} from JSONL interpretation records.
-
-    Lenient about the record layout (one JSON object per line): the latent id is `latent`
-    (or `latent_id` / `feature`); `dictionary`/`sae`, when present, must match `dict_name`;
-    scores are the numbers found in `scores` (nested dicts flattened with '.'). A file that is
-    a folder means every *.jsonl inside it."""
-    if path is None:
-        return {}
-    path = Path(path)
-    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
-    if not path.exists():
-        raise UserError(f"explanations {path} do not exist")
-    out: dict[int, dict] = {}
-    for f in files:
-        for n, line in enumerate(f.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: the records format is append-only
-            if not isinstance(rec, dict):
-                continue
-            lat = next((rec[k] for k in ("latent", "latent_id", "feature") if k in rec), None)
-            owner = rec.get("dictionary", rec.get("sae"))
-            if not isinstance(lat, int) or (dict_name and owner and str(owner) != dict_name):
-                continue
-            expl = rec.get("explanation")
-            if isinstance(expl, dict):
-                expl = expl.get("text") or expl.get("explanation")
-            scores = _flat_numbers(rec.get("scores", {}))
-            out[lat] = {"explanation": expl if isinstance(expl, str) else None, "scores": scores}
-    return out
-
-
-def _flat_numbers(d, prefix: str = "") -> dict[str, float]:
-    out = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, bool):
-                continue
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                out[key] = float(v)
-            elif isinstance(v, dict):
-                out.update(_flat_numbers(v, key + "."))
-    return out
-
-
 def final_norm_and_unembed(model) -> tuple[torch.Tensor | None, torch.Tensor] | None:
     """(final norm weight [d] or None, unembedding [vocab, d]) of a HF causal LM, if found."""
     emb = model.get_output_embeddings()
@@ -118,7 +68,7 @@ class FeatureStore:
     """Dashboard data of one SAE (`name`), backed by a LatentCache."""
 
     def __init__(self, name: str, sae_dir: Path, sae, cfg_json: dict, cache: LatentCache, dict_name: str,
-                 tokenizer, model, explanations: dict[int, dict]):
+                 tokenizer, model, explanations: dict[int, Interpretation]):
         self.name, self.sae_dir, self.sae, self.cfg_json = name, Path(sae_dir), sae, cfg_json
         self.cache, self.dict_name, self.tok, self.model = cache, dict_name, tokenizer, model
         self.explanations = explanations
@@ -145,13 +95,10 @@ class FeatureStore:
         lc, dict_name = ensure_cache(sae_dir, sae.cfg.d_sae, cache, tokens, progress, loaded_model=lm)
         lm = lm or folder.open_model()  # a given cache is checked before the model loads
         model, tokenizer, cache = lm.model, lm.tokenizer, lc.path
-        if explanations is None:
-            for cand in (sae_dir / "explanations.jsonl", Path(cache) / "explanations.jsonl"):
-                if cand.exists():
-                    explanations = cand
-                    break
+        if explanations is None and (sae_dir / "explanations.jsonl").exists():
+            explanations = sae_dir / "explanations.jsonl"  # a run written into the SAE folder, or a plain file
         return cls(name or sae_dir.name, sae_dir, sae, cfg_json, lc, dict_name, tokenizer, model,
-                   load_explanations(explanations, dict_name))
+                   interpretations(explanations, sae_dir, sae.cfg.d_sae) if explanations is not None else {})
 
     @torch.no_grad()
     def _logits(self) -> None:
@@ -220,7 +167,8 @@ class FeatureStore:
         return i
 
     def explanation(self, i: int) -> str | None:
-        return self.explanations.get(i, {}).get("explanation")
+        rec = self.explanations.get(i)
+        return rec.explanation if rec is not None else None
 
     def summary(self, i: int) -> dict:
         """One row of the index / search results."""
@@ -262,7 +210,7 @@ class FeatureStore:
                            "examples": [self._example(rows, pos, vals, int(rows[j]), int(pos[j]), float(vals[j])) for j in pick]})
         counts, edges = np.histogram(vals, bins=HIST_BINS, range=(0.0, mx if mx > 0 else 1.0))
         near_i, near_v = self.nearest
-        expl = self.explanations.get(i, {})
+        rec = self.explanations.get(i)
         return {
             "sae": self.name, "id": i, "d_sae": self.d_sae, "hookpoint": self.sae.cfg.hookpoint,
             "density": float(self.freq[i]), "fires": int(len(vals)), "n_positions": self.n_positions,
@@ -270,7 +218,8 @@ class FeatureStore:
             "hist": {"counts": counts.tolist(), "edges": edges.tolist()},
             "top": examples, "ranges": ranges,
             "promoted": self._token_list(self.promoted, i), "suppressed": self._token_list(self.suppressed, i),
-            "explanation": expl.get("explanation"), "scores": expl.get("scores", {}),
+            "explanation": self.explanation(i), "scores": [asdict(sc) for sc in rec.scores] if rec else [],
+            "explained_by": rec.run if rec else None,
             "nearest": [{"id": int(j), "cos": float(c), "explanation": self.explanation(int(j)),
                          "top_tokens": self.top_tokens[int(j)][:3]} for j, c in zip(near_i[i], near_v[i])],
         }
@@ -285,7 +234,7 @@ class FeatureStore:
         if by == "text":
             words = q.split()
             for i, rec in self.explanations.items():
-                e = (rec.get("explanation") or "").lower()
+                e = (rec.explanation or "").lower()
                 if e and all(w in e for w in words) and 0 <= i < self.d_sae:
                     hits.append((0 if self.freq[i] > 0 else 1, -e.count(words[0]), i))
         elif by == "token":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from jinja2 import DictLoader, Environment, select_autoescape
+from markupsafe import Markup
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -34,7 +35,10 @@ FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <p class="muted">hookpoint {{ f.hookpoint }} &middot; {{ f.d_sae }} features</p>
 {% if f.explanation %}<p class="expl" id="explanation">{{ f.explanation }}</p>
 {% else %}<p class="muted" id="explanation">no explanation yet</p>{% endif %}
-{% if f.scores %}<table id="scores">{% for k, v in f.scores.items() %}<tr><td>{{ k }}</td><td>{{ "%.3f"|format(v) }}</td></tr>{% endfor %}</table>{% endif %}
+{% if f.scores %}<table id="scores"><tr><th>scorer</th><th>metric</th><th>value</th><th>chance</th></tr>
+{% for s in f.scores %}<tr class="score"><td>{{ s.scorer }}</td>{% if s.ok %}<td>{{ s.metric }}</td><td class="scoreval">{{ "%.3f"|format(s.value) }}</td>
+<td class="muted">{{ "%.2f"|format(s.chance) if s.chance is not none else "" }}</td>{% else %}<td colspan="3" class="muted">failed: {{ s.error or "no result" }}</td>{% endif %}</tr>
+{% endfor %}</table>{% if f.explained_by %}<p class="muted">from interpretation run {{ f.explained_by }}</p>{% endif %}{% endif %}
 <div class="cols"><div>
 <h2>Activation density</h2>
 <p id="density">fires on {{ f.fires }} of {{ f.n_positions }} positions
@@ -50,7 +54,7 @@ FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 {% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
 </div><div>
 <h2>Nearest features</h2>
-<table id="nearest">{% for n in f.nearest %}<tr><td><a href="{{ link(n.id) }}">{{ n.id }}</a></td><td>{{ "%.3f"|format(n.cos) }}</td>
+<table id="nearest">{% for n in f.nearest %}{% set url = link(n.id) %}<tr><td>{% if url %}<a href="{{ url }}">{{ n.id }}</a>{% else %}<span title="not in this dashboard">{{ n.id }}</span>{% endif %}</td><td>{{ "%.3f"|format(n.cos) }}</td>
 <td>{{ n.explanation or "" }}{% for t in n.top_tokens %} <span class="pill">{{ t }}</span>{% endfor %}</td></tr>{% endfor %}</table>
 <p class="muted">cosine of decoder directions</p>
 </div></div>
@@ -114,7 +118,8 @@ def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
 def _env() -> Environment:
     env = Environment(loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
                       autoescape=select_autoescape(default=True, default_for_string=True))
-    env.globals.update(css=CSS, visible=visible, shade=shade, hist_svg=hist_svg, log10=math.log10)
+    env.globals.update(css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
+                        visible=visible, shade=shade, hist_svg=hist_svg, log10=math.log10)
     return env
 
 
@@ -122,7 +127,7 @@ ENV = _env()
 
 
 def feature_page(view: dict, link, home: str) -> str:
-    """`link(j)` -> URL of feature j's page; `home` -> URL of the index."""
+    """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index."""
     return ENV.get_template("feature.html").render(f=view, link=link, home=home)
 
 

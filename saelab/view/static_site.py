@@ -9,7 +9,6 @@ OUT/manifest.json          what was shown: SAE folder, cache, tokens, explanatio
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -17,15 +16,28 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..storage import write_json
+from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
 from .render import feature_page, index_page
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+OUTPUTS = ("index.html", "features", "density.png", "features.json", "manifest.json")
+KIND = "saelab dashboard"
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Before any work: never replace files the dashboard did not write (a run folder's manifest.json),
+    and replace an earlier dashboard only with --overwrite."""
+    out = Path(out)
+    refuse_replacing(out, OUTPUTS, overwrite, "dashboard")
+    m = out / "manifest.json"
+    if m.exists():
+        try:
+            info = read_json(m)
+        except UserError:
+            info = None
+        if not (isinstance(info, dict) and (info.get("kind") == KIND or {"cache_tokens", "n_features"} <= set(info))):
+            raise UserError(f"{m} belongs to something else (not a dashboard); write the dashboard to another --out")
 
 
 def density_png(freq: np.ndarray, path: Path, title: str) -> None:
@@ -46,40 +58,23 @@ def density_png(freq: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def parse_latents(spec: str | None, d_sae: int) -> list[int]:
-    """None -> all; `0-99,120,5` -> those (checked against d_sae)."""
-    if not spec:
-        return list(range(d_sae))
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            a, _, b = part.strip().partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise UserError(f"--latents {spec!r}: expected numbers and ranges like 0-99,120") from None
-    bad = [i for i in out if not 0 <= i < d_sae]
-    if bad:
-        raise UserError(f"--latents: {bad[:5]} outside 0..{d_sae - 1}")
-    return sorted(set(out))
-
-
 def write_dashboard(store: FeatureStore, out: Path, latents: list[int] | None = None, overwrite: bool = False,
                     progress: bool = True) -> Path:
     out = Path(out)
-    if (out / "index.html").exists() and not overwrite:
-        raise UserError(f"{out} already holds a dashboard; pass --overwrite to replace it")
+    check_out(out, overwrite)
     t0 = time.time()
     (out / "features").mkdir(parents=True, exist_ok=True)
     latents = list(range(store.d_sae)) if latents is None else latents
+    written = set(latents)  # a --latents subset links only to pages it writes (no dead links)
     for i in tqdm(latents, desc="pages", disable=not progress):
-        html = feature_page(store.view(i), link=lambda j: f"{j}.html", home="../index.html")
-        _write_text(out / "features" / f"{i}.html", html)
+        html = feature_page(store.view(i), link=lambda j: f"{j}.html" if j in written else None, home="../index.html")
+        write_text(out / "features" / f"{i}.html", html)
     rows = [store.summary(i) for i in latents]
-    _write_text(out / "index.html", index_page(store.name, store.d_sae, store.sae.cfg.hookpoint, store.n_positions,
+    write_text(out / "index.html", index_page(store.name, store.d_sae, store.sae.cfg.hookpoint, store.n_positions,
                                                rows, sum(1 for i in latents if store.explanation(i))))
     density_png(store.freq, out / "density.png", f"{store.name}: feature density")
     write_json(out / "features.json", rows)
-    write_json(out / "manifest.json", {"sae": str(store.sae_dir), "cache": str(store.cache.path),
+    write_json(out / "manifest.json", {"kind": KIND, "sae": str(store.sae_dir), "cache": str(store.cache.path),
                                        "cache_tokens": int(store.cache.manifest["n_tokens"]),
                                        "n_features": len(latents), "n_explained": rows and sum(1 for r in rows if r["explanation"]),
                                        "wall_s": time.time() - t0})

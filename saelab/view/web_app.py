@@ -7,13 +7,19 @@ Routes
   GET  /sae/{name}/feature/{i}           a feature's dashboard page (HTML)
   GET  /api/sae/{name}/feature/{i}       the same as JSON
   POST /api/fire {sae, text}             per token, the features that fire most
-  POST /api/steer {sae, prompt, edits,..} starts a steering job -> {"job": id} (202)
-  GET  /api/jobs/{id}                    progress (tokens done / total) and, when done, both outputs
+  POST /api/steer {sae, prompt, edits, strengths,..}  starts a steering job -> {"job": id} (202);
+                                         429 when MAX_PENDING jobs are already queued or running
+  GET  /api/jobs/{id}                    progress (generation i of n, token k of max) and, when done,
+                                         the unsteered text and one steered text per strength
+  POST /api/jobs/{id}/cancel             stops a queued or running job (status "cancelled")
 
 Why it stays responsive: generations run in a worker thread and take the model's lock only for
 one forward at a time, so searches never wait and a fire-on-text request waits at most one token.
 No route reads files: every page is built from in-memory stores, so no URL reaches the disk.
-Bad input -> 4xx with a one-line `detail`; an unexpected failure -> 500 without a traceback.
+Bad input -> 4xx with a one-line `detail`: a body over MAX_BODY_BYTES is refused (413) from its
+Content-Length before it is read (a chunked body is cut off at the limit); an unexpected failure
+-> 500 without a traceback. Jobs are kept until fetched once finished (then the oldest fetched go
+first beyond MAX_JOBS).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -34,14 +40,47 @@ from .feature_store import FeatureStore
 from .render import feature_page
 from ..errors import UserError
 from ..models import collect_activations
-from ..features.steer import FeatureEdit, encode_prompt
-from ..features.steering import SteeringRequest, run_steering, sink_positions
+from ..features.steer import Cancelled, FeatureEdit, encode_prompt
+from ..features.steering import MAX_STRENGTHS, SteeringRequest, run_steering, sink_positions
 from .app_page import APP_HTML
 
 MAX_TEXT_CHARS = 4000
 MAX_FIRE_TOKENS = 256
 MAX_NEW_TOKENS = 200
-MAX_JOBS = 64
+MAX_JOBS = 64          # finished jobs kept (unfetched ones are dropped last)
+MAX_PENDING = 4        # queued + running steering jobs; one more -> 429
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self):
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
+def limit_body(app, limit: int = MAX_BODY_BYTES):
+    """ASGI wrapper: 413 from Content-Length before any byte of the body is read; a body without one
+    (chunked) raises BodyTooLarge (-> 413) once it passes `limit`."""
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            body = b'{"detail":"request body over %d bytes"}' % limit
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge()
+            return msg
+
+        return await app(scope, counted, send)
+    return wrapped
 
 
 class FireRequest(BaseModel):
@@ -51,9 +90,9 @@ class FireRequest(BaseModel):
 
 
 class EditModel(BaseModel):
-    latent: int
+    latent: int = Field(ge=0)
     op: str = Field("clamp", pattern="^(clamp|add)$")
-    value: float
+    value: float = Field(allow_inf_nan=False)
     relative: bool = False
 
 
@@ -63,18 +102,31 @@ class SteerRequest(BaseModel):
     edits: list[EditModel] = Field(min_length=1, max_length=16)
     max_new_tokens: int = Field(30, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0.0, le=5.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    strengths: list[float] = Field([1.0], min_length=1, max_length=MAX_STRENGTHS)
 
 
 @dataclass
 class Job:
     id: str
-    status: str = "queued"   # queued | running | done | error
-    done: int = 0
-    total: int = 0
+    status: str = "queued"   # queued | running | done | error | cancelled
+    generation: int = 0      # generations finished (the unsteered one and one per strength)
+    generations: int = 0
+    tokens: int = 0          # tokens of the generation in progress
+    max_tokens: int = 0
     result: dict | None = None
     error: str | None = None
     started: float = 0.0
+    fetched: bool = False    # the finished state was read once
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "error", "cancelled")
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "status": self.status, "generation": self.generation, "generations": self.generations,
+                "tokens": self.tokens, "max_tokens": self.max_tokens, "result": self.result, "error": self.error}
 
 
 class App:
@@ -85,6 +137,7 @@ class App:
         self.locks: dict[int, threading.Lock] = {id(s.model): threading.Lock() for s in stores}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="saelab-job")
         self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.jobs_lock = threading.Lock()
         self.ids = itertools.count(1)
 
     def store(self, name: str) -> FeatureStore:
@@ -120,27 +173,35 @@ class App:
     def start_steer(self, req: SteerRequest) -> Job:
         s = self.store(req.sae)
         steering = SteeringRequest([req.prompt], [FeatureEdit(e.latent, e.op, e.value, e.relative) for e in req.edits],
-                                   max_new_tokens=req.max_new_tokens, temperature=req.temperature, seed=req.seed)
+                                   max_new_tokens=req.max_new_tokens, temperature=req.temperature, seed=req.seed,
+                                   strengths=req.strengths)
         steering.check()
         steering.check_sae(s.sae)
         encode_prompt(s.tok, req.prompt)  # too long / empty prompts fail now, as a 4xx
-        job = Job(id=str(next(self.ids)), total=2 * req.max_new_tokens)
-        self.jobs[job.id] = job
-        while len(self.jobs) > MAX_JOBS:
-            self.jobs.popitem(last=False)
+        with self.jobs_lock:
+            pending = sum(1 for j in self.jobs.values() if not j.finished)
+            if pending >= MAX_PENDING:
+                raise HTTPException(429, f"{pending} steering jobs are already queued or running; "
+                                         f"wait for one to finish or cancel one")
+            job = Job(id=str(next(self.ids)), generations=1 + len(req.strengths), max_tokens=req.max_new_tokens)
+            self.jobs[job.id] = job
+            self._prune()
 
         def run():
+            if job.cancel.is_set():
+                job.status = "cancelled"
+                return
             job.status, job.started = "running", time.time()
             try:
-                def progress(done, total):
-                    job.done, job.total = done, total
+                def progress(gen, n, k, m):
+                    job.generation, job.tokens = gen, k
 
                 (r,) = run_steering(steering, s.model, s.tok, s.sae, torch.from_numpy(s.max_act), self.skip_first(s),
-                                    lock=self.lock(s), on_token=progress).results
-                job.result = {"unsteered": r["unsteered"], "steered": r["steered"]}
-                job.result["wall_s"] = time.time() - job.started
-                job.done = job.total
-                job.status = "done"
+                                    lock=self.lock(s), on_token=progress, cancel=job.cancel).results
+                job.result = {**r, "wall_s": time.time() - job.started}
+                job.generation, job.status = job.generations, "done"
+            except Cancelled:
+                job.status = "cancelled"
             except UserError as e:
                 job.error, job.status = str(e), "error"
             except Exception as e:  # reported to the page, not as a traceback
@@ -149,11 +210,19 @@ class App:
         self.pool.submit(run)
         return job
 
+    def _prune(self) -> None:
+        """Keep at most MAX_JOBS finished jobs: the oldest already fetched go first, unfetched ones last."""
+        done = [j for j in self.jobs.values() if j.finished]
+        extra = len(done) - MAX_JOBS
+        for j in sorted(done, key=lambda j: not j.fetched)[:max(0, extra)]:
+            del self.jobs[j.id]
+
 
 def create_app(stores: list[FeatureStore]) -> FastAPI:
     state = App(stores)
     api = FastAPI(title="saelab", docs_url=None, redoc_url=None, openapi_url=None)
     api.state.saelab = state
+    api.add_middleware(limit_body)
 
     @api.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
@@ -170,7 +239,7 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
     @api.get("/api/saes")
     async def saes():
         return [{"name": s.name, "d_sae": s.d_sae, "hookpoint": s.sae.cfg.hookpoint,
-                 "n_explained": sum(1 for r in s.explanations.values() if r.get("explanation"))}
+                 "n_explained": sum(1 for r in s.explanations.values() if r.explanation)}
                 for s in state.stores.values()]
 
     @api.get("/api/search")
@@ -208,12 +277,24 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
     def steer(req: SteerRequest):
         return {"job": state.start_steer(req).id}
 
-    @api.get("/api/jobs/{job_id}")
-    async def job(job_id: str):
+    def _job(job_id: str) -> Job:
         j = state.jobs.get(job_id)
         if j is None:
-            raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept for the last {MAX_JOBS})")
-        return {"id": j.id, "status": j.status, "done": j.done, "total": j.total, "result": j.result, "error": j.error}
+            raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept until fetched, then the last {MAX_JOBS})")
+        return j
+
+    @api.get("/api/jobs/{job_id}")
+    async def job(job_id: str):
+        j = _job(job_id)
+        out = j.to_dict()
+        j.fetched = j.fetched or j.finished
+        return out
+
+    @api.post("/api/jobs/{job_id}/cancel")
+    async def cancel(job_id: str):
+        j = _job(job_id)
+        j.cancel.set()
+        return {"id": j.id, "status": j.status}
 
     return api
 

@@ -1,0 +1,58 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025; Nabeshima 2024): nested dictionaries.
+
+The latents are split into consecutive groups (`SaeConfig.groups`, sizes summing to d_sae). Every
+prefix (groups 0..g) must reconstruct the target on its own: the training loss is the sum over
+prefixes of their FVU (the full dictionary's FVU is the objective's own term; `extra_loss` adds the
+shorter prefixes). Early latents are thus pushed to general features, later ones to refinements,
+which reduces feature absorption and splitting at the same L0.
+
+Latent selection is BatchTopK over the whole dictionary (k x rows per batch); inference is the
+same single threshold, so the saved form is BatchTopK's (a JumpReLU with one shared threshold,
+how SAELens loads it). The groups matter for training only; they are kept in cfg.json.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SaeConfig
+from .batchtopk import BatchTopKSae
+from .latents import Latents, decode_sparse
+
+
+def default_groups(d_sae: int) -> list[int]:
+    """Prefix boundaries at d_sae/16, /8, /4, /2 and d_sae (at least one latent per group)."""
+    bounds = sorted({max(1, d_sae // 2**i) for i in range(4, -1, -1)})
+    return [b - a for a, b in zip([0] + bounds[:-1], bounds)]
+
+
+class MatryoshkaSae(BatchTopKSae):
+    local_only = True  # the prefix losses are reconstructions of the target
+
+    def __init__(self, cfg: SaeConfig):
+        super().__init__(cfg)
+        groups = cfg.groups or default_groups(cfg.d_sae)
+        if sum(groups) != cfg.d_sae or min(groups) < 1:
+            raise ValueError(f"matryoshka groups {groups} must be positive and sum to d_sae={cfg.d_sae}")
+        cfg.groups = list(groups)
+        self.register_buffer("bounds", torch.tensor(groups).cumsum(0), persistent=False)
+
+    def prefix_recons(self, lat: Latents) -> list[torch.Tensor]:
+        """Reconstruction by each prefix (groups 0..g), in the training space; the last is the full one."""
+        _, idx, vals = lat.flat()
+        group = torch.bucketize(idx, self.bounds, right=True)  # group of each active latent
+        offsets = lat.offsets if lat.offsets is not None else None
+        out, acc = [], self.b_dec.expand(lat.n_rows, -1)
+        for g in range(len(self.bounds)):
+            w = vals * (group == g).to(vals.dtype)
+            part = Latents(w.view_as(lat.values), lat.indices, offsets, lat.n_rows, lat.d_sae)
+            acc = acc + decode_sparse(part, self.W_dec)
+            out.append(acc)
+        return out
+
+    def extra_loss(self, x_in, lat, recon, target):
+        """Sum of the FVUs of every proper prefix (the full dictionary's is the objective's)."""
+        if len(self.bounds) < 2:
+            return recon.new_zeros(())
+        denom = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return sum((r - target).pow(2).sum() for r in self.prefix_recons(lat)[:-1]) / denom

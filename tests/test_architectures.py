@@ -1,0 +1,274 @@
+"""The newer dictionary types (docs/ARCHITECTURES.md): each is checked against the maths it claims,
+on synthetic data with planted features, through the same objective the training loop uses."""
+
+import pytest
+import torch
+
+from conftest import train_cfg
+from saelab.errors import UserError
+from saelab.sae import SaeConfig, build_sae
+from saelab.sae.folder import Provenance, load_sae, save_sae
+from saelab.sae.foreign import export_saelens
+from saelab.sae.matryoshka import default_groups
+from saelab.train.members import new_member
+from saelab.train.objectives import LocalObjective
+from saelab.train.sources import Batch
+
+D, N_FEAT = 32, 96
+HOOK = "model.layers.2"
+
+
+def planted(n: int, seed: int = 0) -> torch.Tensor:
+    """Rows that are sparse sums of N_FEAT unit features with Zipfian frequencies (a few common ones)."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(N_FEAT, D, generator=torch.Generator().manual_seed(123))
+    feats /= feats.norm(dim=1, keepdim=True)
+    p = 0.5 / torch.arange(1, N_FEAT + 1).float() ** 0.7
+    on = torch.rand(n, N_FEAT, generator=g) < p
+    mags = 1 + torch.rand(n, N_FEAT, generator=g)
+    return (on * mags) @ feats
+
+
+def train_local(sae, x: torch.Tensor, steps: int = 400, rows: int = 256, lr: float = 3e-3):
+    """The local objective's loss, optimised as the loop does (Adam, decoder kept at unit norm)."""
+    m = new_member("t", sae, lr)
+    obj = LocalObjective()
+    sae.init_from_data(x[:2048], x[:2048])
+    sae.train()
+    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    for s in range(steps):
+        xb = x[(s * rows) % (len(x) - rows):][:rows]
+        r = obj.loss(m, Batch(acts={HOOK: xb}), None, dead)
+        r.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        m.opt.step()
+        m.opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+    sae.finalize(x[:4096])
+    return sae.eval()
+
+
+def fvu(pred: torch.Tensor, x: torch.Tensor) -> float:
+    return ((pred - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+
+
+# ---------------------------------------------------------------- Matryoshka BatchTopK
+GROUPS = [8, 8, 16, 32]
+
+
+def _prefix_fvus(sae, x):
+    """FVU of each prefix alone, in raw space (latents beyond the prefix zeroed)."""
+    lat = sae.encode_raw(x)
+    dense = lat.to_dense()
+    out = []
+    for b in torch.tensor(GROUPS).cumsum(0).tolist():
+        z = dense.clone()
+        z[:, b:] = 0
+        out.append(fvu((z @ sae.W_dec + sae.b_dec) / sae.out_scale, x))
+    return out
+
+
+def test_matryoshka_prefixes_each_reconstruct_and_beat_batchtopk_prefixes():
+    x, held = planted(40_000), planted(4096, seed=1)
+    cfg = dict(d_in=D, d_sae=sum(GROUPS), hookpoint=HOOK, k=4)
+    torch.manual_seed(0)
+    mat = train_local(build_sae(SaeConfig("matryoshka", groups=GROUPS, **cfg)), x)
+    torch.manual_seed(0)
+    btk = train_local(build_sae(SaeConfig("batchtopk", **cfg)), x)
+    rand = build_sae(SaeConfig("matryoshka", groups=GROUPS, **cfg)).eval()
+    rand.init_from_data(x[:2048], x[:2048])
+    rand.finalize(x[:4096])
+    pm, pb = _prefix_fvus(mat, held), _prefix_fvus(btk, held)
+    # every prefix reconstructs on its own, better as it grows, and the full SAE beats a random one
+    assert all(a > b for a, b in zip(pm, pm[1:])), pm
+    assert pm[0] < 0.9 and pm[-1] < 0.5 * fvu(rand.reconstruct(held), held)
+    # a plain BatchTopK's first latents are not a dictionary on their own; Matryoshka's are
+    assert pm[0] < 0.85 * pb[0] and pm[1] < 0.85 * pb[1], (pm, pb)
+    # ... at a full-dictionary FVU within reach of BatchTopK's (the paper: a small cost)
+    assert pm[-1] < 1.5 * pb[-1] + 0.02, (pm, pb)
+
+
+def test_matryoshka_loss_is_the_sum_of_prefix_fvus():
+    x = planted(512)
+    sae = build_sae(SaeConfig("matryoshka", d_in=D, d_sae=64, hookpoint=HOOK, k=4, groups=GROUPS)).train()
+    sae.init_from_data(x, x)
+    r = LocalObjective().loss(new_member("t", sae, 1e-3), Batch(acts={HOOK: x}), None,
+                              torch.zeros(64, dtype=torch.bool))
+    target = x * sae.out_scale
+    dense = sae.encode(sae.encoder_input(x))[0].to_dense()
+    want = 0.0
+    for b in torch.tensor(GROUPS).cumsum(0).tolist():
+        z = dense.clone()
+        z[:, b:] = 0
+        want += fvu(z @ sae.W_dec + sae.b_dec, target)
+    assert r.loss.item() == pytest.approx(want, rel=1e-4)
+    assert r.stats["arch_loss"] == pytest.approx(want - r.stats["fvu"], rel=1e-4)
+
+
+def test_matryoshka_saves_in_inference_form_and_exports_to_saelens(tmp_path):
+    x = planted(1024)
+    sae = build_sae(SaeConfig("matryoshka", d_in=D, d_sae=64, hookpoint=HOOK, k=4, groups=GROUPS))
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    sae.init_from_data(x, x)
+    sae.finalize(x)
+    save_sae(sae, tmp_path / "m", Provenance(model_spec="x", model_name="tiny", context=64))
+    mine, cfg = load_sae(tmp_path / "m")
+    assert cfg["architecture"] == "jumprelu" and cfg["saelab"]["config"]["groups"] == GROUPS
+    assert mine.cfg.arch == "matryoshka" and mine.cfg.groups == GROUPS
+    torch.testing.assert_close(mine.reconstruct(x), sae.eval().reconstruct(x))
+    export_saelens(mine, tmp_path / "sl", "tiny", 64)
+    back, bcfg = load_sae(tmp_path / "sl")
+    assert bcfg["architecture"] == "jumprelu"
+    ref = mine.folded_state()
+    for name, v in back.folded_state().items():
+        torch.testing.assert_close(v, ref[name], rtol=1e-6, atol=0)
+    torch.testing.assert_close(back.reconstruct(x), mine.reconstruct(x))
+
+
+def test_default_groups_nest_to_the_dictionary():
+    assert default_groups(4608) == [288, 288, 576, 1152, 2304]
+    assert sum(default_groups(100)) == 100 and min(default_groups(3)) >= 1
+
+
+def test_arch_options_refused_before_model_loads(tmp_path):
+    bad = [(dict(arch="topk", groups=[128, 128]), "--groups applies to --arch matryoshka"),
+           (dict(arch="matryoshka", groups=[100, 100]), "sum to 200, not --latents 256"),
+           (dict(arch="matryoshka", groups=[256, 0]), "positive"),
+           (dict(arch="matryoshka", loss="e2e"), "--loss local only")]
+    for kw, msg in bad:
+        with pytest.raises(UserError, match=msg):
+            train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", **kw).validate()
+    train_cfg(tmp_path / "r", "m", "c", arch="matryoshka", groups=[64, 64, 128]).validate()
+
+
+# ---------------------------------------------------------------- Gated SAE
+def saelens_gated(t: dict, x: torch.Tensor, apply_b_dec: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated SAE's inference from the paper's equations (as SAELens' GatedSAE), on SAELens tensors."""
+    sae_in = x - t["b_dec"] if apply_b_dec else x
+    active = (sae_in @ t["W_enc"] + t["b_gate"] > 0).float()
+    mags = torch.relu(sae_in @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
+    f = active * mags
+    return f, f @ t["W_dec"] + t["b_dec"]
+
+
+def _random_gated(x, d_sae=64):
+    sae = build_sae(SaeConfig("gated", d_in=D, d_sae=d_sae, hookpoint=HOOK, sparsity_coeff=0.1))
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    sae.init_from_data(x, x)                                 # non-unit scales: the folding must be exact
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.r_mag.copy_(0.3 * torch.randn(d_sae, generator=g))
+        sae.b_mag.copy_(0.2 * torch.randn(d_sae, generator=g))
+        sae.b_enc.copy_(0.2 * torch.randn(d_sae, generator=g))
+    return sae.eval()
+
+
+def test_gated_inference_equals_saelens_equations_and_roundtrips_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    x = planted(512)
+    sae = _random_gated(x)
+    save_sae(sae, tmp_path / "g", Provenance(model_spec="x", model_name="tiny", context=64))
+    mine, cfg = load_sae(tmp_path / "g")
+    assert cfg["architecture"] == "gated" and mine.cfg.arch == "gated"
+    export_saelens(mine, tmp_path / "sl", "tiny", 64)
+    t = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
+    assert set(t) == {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}    # SAELens' gated names
+    f, recon = saelens_gated(t, x)
+    assert 0 < (f > 0).float().mean() < 1                                    # both paths matter here
+    torch.testing.assert_close(mine.encode_raw(x).to_dense(), f, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine.reconstruct(x), recon, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.reconstruct(x), recon, rtol=1e-5, atol=1e-5)
+    back, bcfg = load_sae(tmp_path / "sl")                                   # SAELens -> ours: exact
+    assert bcfg["saelab"]["imported_from"]["format"] == "saelens" and back.cfg.arch == "gated"
+    ref = mine.folded_state()
+    assert all(torch.equal(v, ref[n]) for n, v in back.folded_state().items())
+    export_saelens(back, tmp_path / "sl2", "tiny", 64)                        # and out again: identical
+    t2 = load_file(str(tmp_path / "sl2" / "sae_weights.safetensors"))
+    assert all(torch.equal(t2[n], t[n]) for n in t)
+
+
+def test_saelens_gated_without_input_centring_imports_exactly(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(2)
+    t = {"W_enc": torch.randn(D, 48, generator=g) / 4, "b_gate": torch.randn(48, generator=g) / 4,
+         "r_mag": torch.randn(48, generator=g) / 4, "b_mag": torch.randn(48, generator=g) / 4,
+         "W_dec": torch.randn(48, D, generator=g) / 4, "b_dec": torch.randn(D, generator=g)}
+    (tmp_path / "sl").mkdir()
+    save_file(t, str(tmp_path / "sl" / "sae_weights.safetensors"))
+    (tmp_path / "sl" / "cfg.json").write_text(json.dumps({
+        "architecture": "gated", "d_in": D, "d_sae": 48, "dtype": "float32", "apply_b_dec_to_input": False,
+        "normalize_activations": "none", "metadata": {"hook_name": "blocks.2.hook_resid_post", "model_name": "m"}}))
+    sae, _ = load_sae(tmp_path / "sl")
+    x = planted(256)
+    f, recon = saelens_gated(t, x, apply_b_dec=False)
+    torch.testing.assert_close(sae.encode_raw(x).to_dense(), f, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sae.reconstruct(x), recon, rtol=1e-4, atol=1e-5)
+    del t["r_mag"]
+    save_file(t, str(tmp_path / "sl" / "sae_weights.safetensors"))
+    with pytest.raises(UserError, match="r_mag"):
+        load_sae(tmp_path / "sl")
+
+
+def test_gated_auxiliary_loss_trains_the_gate_through_a_frozen_decoder():
+    x = planted(256)
+    sae = _random_gated(x).train()
+    target = x * sae.out_scale
+    out = sae(x, target=target)
+    gate = (sae.encoder_input(x) - sae.b_dec) @ sae.W_enc + sae.b_enc
+    via_gate = gate.relu() @ sae.W_dec + sae.b_dec
+    want = ((via_gate - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum()).item()
+    assert out.extra_loss.item() == pytest.approx(want, rel=1e-5)
+    out.extra_loss.backward()                    # the auxiliary term: gate path only, decoder frozen
+    assert sae.W_dec.grad is None and sae.r_mag.grad is None and sae.b_mag.grad is None
+    # (b_dec still learns here, as in SAELens, through the centring of the gate's input only)
+    torch.testing.assert_close(sae.b_dec.grad, -(sae.W_enc @ sae.b_enc.grad))
+    assert sae.b_enc.grad.abs().sum() > 0 and sae.W_enc.grad.abs().sum() > 0
+    sae.zero_grad(set_to_none=True)
+    out = sae(x, target=target)
+    (out.recon - target).pow(2).sum().backward()  # the reconstruction: no gradient through the gate
+    assert sae.b_enc.grad is None or sae.b_enc.grad.abs().sum() == 0
+    assert sae.r_mag.grad.abs().sum() > 0 and sae.b_mag.grad.abs().sum() > 0
+
+
+def test_gated_learns_planted_features():
+    x, held = planted(40_000), planted(4096, seed=1)
+    torch.manual_seed(0)
+    sae = train_local(build_sae(SaeConfig("gated", d_in=D, d_sae=64, hookpoint=HOOK, sparsity_coeff=0.1)), x)
+    rand = build_sae(sae.cfg).eval()
+    rand.init_from_data(x[:2048], x[:2048])
+    l0 = sae.encode_raw(held).l0_per_row().float().mean().item()
+    f, f_rand = fvu(sae.reconstruct(held), held), fvu(rand.reconstruct(held), held)
+    assert f < 0.35 * f_rand and f < 0.35, (f, f_rand)
+    assert 2 < l0 < 15, l0
+
+
+# ---------------------------------------------------------------- through the one loop, eval and the latent cache
+@pytest.mark.parametrize("arch,extra", [("matryoshka", {"groups": [32, 32, 64, 128]}),
+                                        ("gated", {"sparsity_coeff": [0.1]})])
+def test_new_types_train_in_the_loop_and_work_downstream(tmp_path, tiny_model_dir, text_corpus, arch, extra):
+    from saelab.data import load_token_rows
+    from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
+    from saelab.features.latent_cache import LatentCache
+    from saelab.features.latent_cache_writer import build_latent_cache
+    from saelab.models import load_model
+    from saelab.storage import read_json
+    from saelab.train.loop import TrainingRun
+
+    cfg = train_cfg(tmp_path / arch, tiny_model_dir, text_corpus, arch=arch, tokens=32768, **extra)
+    (folder,) = TrainingRun(cfg).run()
+    sae, c = load_sae(folder)
+    assert sae.cfg.arch == arch and c["saelab"]["config"]["groups"] == extra.get("groups")
+    assert "arch_loss" in read_json(tmp_path / arch / "manifest.json")["saes"][folder.name]["final"]
+    lm = load_model(str(tiny_model_dir))
+    rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
+    rand = build_sae(sae.cfg)
+    (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=4096))
+    assert r["fvu"] < 0.7 * rr["fvu"] and 0 < r["l0"] < 128, (r.fvu, r.l0, rr.fvu)
+    cache = LatentCache.open(build_latent_cache([folder], tokens=64 * 8, out=tmp_path / "cache", progress=False,
+                                                batch_rows=4, chunk_rows=8, shard_size=64))
+    (name,) = cache.sae_names
+    assert cache.d_sae(name) == sae.cfg.d_sae and cache.fire_counts(name).sum() > 0
