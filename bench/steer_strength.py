@@ -3,6 +3,7 @@ SAE to 0.5 / 1 / 2 / 4 x its max activation and count degenerate continuations (
 or repetitive; features/steer.py `degenerate`) and unchanged ones (steering did nothing).
 
     python bench/steer_strength.py --sae RUN/SAE [--features 8] [--tokens 8192] [--new-tokens 20] [--threads 1]
+    python bench/steer_strength.py --rescore RESULT.json    # recount a saved run with today's `degenerate`
 
 Greedy decoding, seed 0, the same three prompts for every feature. Prints one JSON object.
 """
@@ -27,12 +28,27 @@ def main() -> None:
     from saelab.view.feature_store import ensure_cache
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sae", required=True, help="SAE folder")
+    ap.add_argument("--sae", help="SAE folder (required unless --rescore)")
+    ap.add_argument("--rescore", help="a saved result: recount its samples with the current `degenerate` and print")
     ap.add_argument("--features", type=int, default=8, help="top-density features to steer (default 8)")
     ap.add_argument("--tokens", type=int, default=8192, help="held-out tokens for densities and max activations (default 8192)")
     ap.add_argument("--new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     a = ap.parse_args()
+    if a.rescore:
+        from saelab.features.steer import degenerate
+
+        d = json.loads(Path(a.rescore).read_text())
+        for x in SWEEP:
+            k = f"x{x:g}"
+            d["per_strength"][f"{x:g}x"] = {"degenerate": sum(degenerate(s[k]) is not None for s in d["samples"]),
+                                            "unchanged": sum(s[k] == s["unsteered"] for s in d["samples"]),
+                                            "n": len(d["samples"])}
+        d["unsteered_degenerate"] = sum(degenerate(s["unsteered"]) is not None for s in d["samples"])
+        print(json.dumps({k: v for k, v in d.items() if k != "samples"}, indent=1))
+        return
+    if not a.sae:
+        ap.error("--sae is required")
     torch.set_num_threads(a.threads)
     t0 = time.time()
     folder = open_sae(Path(a.sae))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--search-latents", type=int, default=5120)
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--render-before", help="a copy of an older saelab/view/render.py: also size its pages (before/after)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,9 +86,9 @@ def main():
     with open(wide_dir / "explanations.jsonl", "w") as f:
         for i in range(wide_store.d_sae):
             f.write(json.dumps({"latent": i, "explanation": "tokens " + " ".join(t.strip() for t in wide_store.top_tokens[i])}) + "\n")
-    from saelab.view.feature_store import load_explanations
+    from saelab.interpret.records import interpretations
 
-    wide_store.explanations = load_explanations(wide_dir / "explanations.jsonl")
+    wide_store.explanations = interpretations(wide_dir / "explanations.jsonl", wide_dir, wide_store.d_sae)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +117,35 @@ def main():
     res["fire_tokens"] = ntok
     res["fire_64_tokens"] = timed(lambda: post(f"{base}/api/fire", {"sae": name, "text": text64}), 20)
 
+    # a steering sweep: 4 strengths x 30 tokens (+ the unsteered 30), and a page load while it runs
+    from saelab.features.steering import SWEEP
+
+    top = int(store.freq.argmax())
+    t0 = time.perf_counter()
+    job = post(f"{base}/api/steer", {"sae": name, "prompt": "My favourite hobby is", "max_new_tokens": 30,
+                                     "strengths": list(SWEEP), "edits": [{"latent": top, "value": 1, "relative": True}]})["job"]
+    during = timed(lambda: get(f"{base}/sae/{name}/feature/{top}"), 5)
+    while json.loads(get(f"{base}/api/jobs/{job}"))["status"] not in ("done", "error", "cancelled"):
+        time.sleep(0.05)
+    res["steer_sweep_4x30_s"] = time.perf_counter() - t0
+    res["feature_page_server_during_sweep"] = during
+
     out = write_dashboard(store, Path(tempfile.mkdtemp()) / "dash", latents=list(range(50)), progress=False)
+    size = sum(p.stat().st_size for p in (out / "features").iterdir())
+    res["dashboard_feature_pages_mb_per_1000"] = size / 50 * 1000 / 1e6
+    if args.render_before:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("render_before", args.render_before)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        view = {}
+        for i in range(50):
+            view = store.view(i)
+            view["scores"] = {}  # the old page read scores as {name: number}
+        before = sum(len(old.feature_page(dict(store.view(i), scores={}), link=lambda j: f"{j}.html",
+                                          home="../index.html").encode()) for i in range(50))
+        res["dashboard_feature_pages_mb_per_1000_before"] = before / 50 * 1000 / 1e6
     try:
         from playwright.sync_api import sync_playwright
 
@@ -123,6 +153,7 @@ def main():
             b = pw.chromium.launch(executable_path="/usr/bin/chromium",
                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = b.new_page()
+            q = next(w for w in words if w.isalpha()) if any(w.isalpha() for w in words) else words[0]
 
             def load(url):
                 page.goto(url, wait_until="load")
@@ -133,6 +164,39 @@ def main():
                                 ("browser_app_home", lambda i: f"{base}/")):
                 ms = [load(urlf(i)) for i in range(1, 21)]
                 res[label] = {"median_ms": statistics.median(ms), "max_ms": max(ms), "n": len(ms)}
+
+            def ui(action, done_js, n=10):  # click -> result shown, in the page
+                ms = []
+                for _ in range(n):
+                    page.evaluate(action)
+                    t0 = time.perf_counter()
+                    page.wait_for_function(done_js, timeout=120000)
+                    ms.append(1000 * (time.perf_counter() - t0))
+                return {"median_ms": statistics.median(ms), "max_ms": max(ms), "n": n}
+
+            page.goto(f"{base}/")
+            page.wait_for_selector("#sae option", state="attached")
+            page.select_option("#sae", wname)
+            page.fill("#q", q)
+            res["browser_search_click_to_results"] = ui(
+                "document.getElementById('results').tBodies[0].replaceChildren(); document.getElementById('searchbtn').click()",
+                "document.querySelectorAll('#results tbody tr').length > 0")
+            page.select_option("#sae", name)
+            page.fill("#firetext", text64)
+            res["browser_fire_click_to_tokens"] = ui(
+                "document.getElementById('firetokens').replaceChildren(); document.getElementById('firebtn').click()",
+                "document.querySelectorAll('#firetokens .fire').length > 0")
+            page.fill("#latent", str(top))
+            page.fill("#value", "1")
+            page.fill("#ntok", "30")
+            res["browser_steer_sweep_4x30_click_to_outputs"] = ui(
+                "document.getElementById('steerbtn').click()",
+                "document.getElementById('steerstatus').textContent.startsWith('done')", n=2)
+            shots = os.environ.get("SAELAB_SCREENSHOTS")
+            if shots:
+                page.screenshot(path=str(Path(shots) / "app_steer_sweep.png"), full_page=True)
+                page.goto(f"{base}/sae/{name}/feature/{top}")
+                page.screenshot(path=str(Path(shots) / "feature_page.png"), full_page=True)
             b.close()
     except ImportError:
         res["browser"] = "playwright not installed"

@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from .commands import COMMAND_MODULES, parse_args
+from .commands import COMMAND_MODULES, parse_args, show_defaults
 from .errors import UserError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    show_defaults(p)
     return p
 
 

@@ -272,3 +272,143 @@ def test_new_types_train_in_the_loop_and_work_downstream(tmp_path, tiny_model_di
                                                 batch_rows=4, chunk_rows=8, shard_size=64))
     (name,) = cache.sae_names
     assert cache.d_sae(name) == sae.cfg.d_sae and cache.fire_counts(name).sum() > 0
+
+
+# ---------------------------------------------------------------- skip transcoder
+MLP_IN, MLP_OUT = "model.layers.1.post_attention_layernorm", "model.layers.1.mlp"
+
+
+@pytest.fixture(scope="module")
+def mlp_io(tiny_model_dir, text_corpus):
+    """(input, output) of the tiny Llama's layer-1 MLP on ~1.5k positions."""
+    from saelab.models import collect_activations, load_model
+
+    lm = load_model(str(tiny_model_dir))
+    ids = lm.tokenizer(text_corpus.read_text()[:20000], return_tensors="pt").input_ids[:, :1536].view(6, 256)
+    acts = collect_activations(lm.model, ids, [MLP_IN, MLP_OUT])
+    return acts[MLP_IN].reshape(-1, 64).float(), acts[MLP_OUT].reshape(-1, 64).float()
+
+
+def test_skip_initialised_to_the_best_linear_fit_beats_a_transcoder_at_init(mlp_io):
+    x, y = mlp_io
+    fit_x, fit_y, ev_x, ev_y = x[:1024], y[:1024], x[1024:], y[1024:]
+    out = {}
+    for skip in (False, True):
+        tc = build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint=MLP_IN, out_hookpoint=MLP_OUT, k=8, skip=skip))
+        tc.reset_parameters(torch.Generator().manual_seed(0))
+        tc.init_from_data(fit_x, fit_y, "mean")
+        out[skip] = fvu(tc.eval().reconstruct(ev_x), ev_y)
+        if not skip:  # the plain transcoder with the skip transcoder's quiet encoder, too
+            tc.W_enc.data *= 0.1
+            out["quiet"] = fvu(tc.reconstruct(ev_x), ev_y)
+    # the least-squares map alone, in raw space, for reference
+    xc, yc = fit_x - fit_x.mean(0), fit_y - fit_y.mean(0)
+    w = torch.linalg.lstsq(xc, yc).solution
+    lin = fvu((ev_x - fit_x.mean(0)) @ w + fit_y.mean(0), ev_y)
+    assert lin < 0.9                                   # the MLP has a linear part worth skipping
+    assert out[True] < min(out[False], out["quiet"]) - 0.08 and out[True] < lin + 0.05, (out, lin)
+
+
+def _skip_tc(x, arch="topk", k=8):
+    c = SaeConfig(arch, d_in=64, d_sae=128, hookpoint=f"{MLP_OUT}:input", out_hookpoint=MLP_OUT, k=k, skip=True)
+    tc = build_sae(c)
+    tc.reset_parameters(torch.Generator().manual_seed(0))
+    tc.init_from_data(x, x * 0.5 + 0.1)               # non-unit, different in/out scales: folding must be exact
+    with torch.no_grad():
+        tc.W_skip.add_(0.01 * torch.randn(tc.W_skip.shape, generator=torch.Generator().manual_seed(3)))
+    return tc.eval()
+
+
+def test_skip_transcoder_roundtrips_through_sparsify_exactly(tmp_path, mlp_io):
+    from safetensors.torch import load_file
+
+    from saelab.sae.foreign import export_sparsify
+
+    x = mlp_io[0]
+    tc = _skip_tc(x)
+    save_sae(tc, tmp_path / "tc", Provenance(model_spec="x", model_name="tiny", context=64))
+    mine, _ = load_sae(tmp_path / "tc")
+    export_sparsify(mine, tmp_path / "sp")
+    folder = tmp_path / "sp" / "layers.1.mlp"
+    t = load_file(str(folder / "sae.safetensors"))
+    # sparsify's forward: top-k of relu(x @ enc.T + b) decoded, plus x @ W_skip.T (x not centred: transcoder)
+    pre = (x @ t["encoder.weight"].t() + t["encoder.bias"]).relu()
+    v, i = pre.topk(8, dim=-1)
+    want = torch.zeros_like(pre).scatter(1, i, v) @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].t()
+    torch.testing.assert_close(mine.reconstruct(x), want, rtol=1e-4, atol=1e-5)
+    back, cfg = load_sae(folder)
+    assert back.cfg.skip and cfg["saelab"]["imported_from"]["cfg"]["skip_connection"] is True
+    ref = mine.folded_state()
+    assert set(back.folded_state()) == set(ref) and all(torch.equal(v, ref[n]) for n, v in back.folded_state().items())
+
+
+def test_skip_transcoder_roundtrips_through_saelens_exactly(tmp_path, mlp_io):
+    import json
+
+    from safetensors.torch import load_file
+
+    x = mlp_io[0]
+    tc = _skip_tc(x, arch="relu", k=None)
+    export_saelens(tc, tmp_path / "sl", "tiny", 64)
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    assert cfg["architecture"] == "skip_transcoder" and cfg["hook_name_out"] == MLP_OUT and cfg["d_out"] == 64
+    t = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
+    # SAELens SkipTranscoder: relu(x @ W_enc + b_enc) @ W_dec + b_dec + x @ W_skip.T
+    want = (x @ t["W_enc"] + t["b_enc"]).relu() @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].t()
+    torch.testing.assert_close(tc.reconstruct(x), want, rtol=1e-4, atol=1e-5)
+    back, _ = load_sae(tmp_path / "sl")
+    assert back.cfg.skip and back.cfg.out_hookpoint == MLP_OUT
+    ref = tc.folded_state()
+    assert all(torch.equal(v, ref[n]) for n, v in back.folded_state().items())
+    with pytest.raises(UserError, match="ReLU transcoders"):
+        export_saelens(_skip_tc(x), tmp_path / "bad")
+
+
+def test_skip_transcoder_trains_in_the_loop_and_beats_a_transcoder(tmp_path, tiny_model_dir, text_corpus):
+    from saelab.data import load_token_rows
+    from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
+    from saelab.models import load_model
+    from saelab.train.loop import TrainingRun
+
+    site = f"{MLP_IN}->{MLP_OUT}"
+    saes = []
+    for skip in (False, True):
+        cfg = train_cfg(tmp_path / f"s{skip}", tiny_model_dir, text_corpus, hookpoints=[site], tokens=16384, skip=skip)
+        (folder,) = TrainingRun(cfg).run()
+        assert folder.name.endswith("-topk-skip-k8" if skip else "-topk-k8")
+        saes.append(load_sae(folder)[0])
+    assert saes[1].cfg.skip and not saes[0].cfg.skip
+    lm = load_model(str(tiny_model_dir))
+    rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
+    (plain, skip), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(s, {}) for s in saes], rows,
+                                              EvalBudget(tokens=4096))
+    assert skip["fvu"] < 0.9 * plain["fvu"], (skip["fvu"], plain["fvu"])
+    with pytest.raises(UserError, match="--skip applies to transcoders"):
+        train_cfg(tmp_path / "x", "m", "c", skip=True).validate()
+
+
+# ---------------------------------------------------------------- data-parallel torchrun
+def test_gated_and_skip_data_parallel_match_one_process(tmp_path, tiny_model_dir, text_corpus):
+    """Their extra parameters (r_mag, b_mag, W_skip) are all-reduced like the others: 2 ranks = 1 process."""
+    import os
+    import subprocess
+    import sys
+
+    base = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--latents", "128",
+            "--tokens", "4096", "--batch-tokens", "512", "--context", "64", "--buffer-batches", "4", "--lr", "2e-3",
+            "--threads", "1", "--dead-tokens", "1000000000", "--arch", "gated", "--sparsity-coeff", "0.1", "--skip",
+            "--hookpoints", f"{MLP_IN}->{MLP_OUT}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = {}
+    for n in (1, 2):
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+                    if n > 1 else [sys.executable])
+        outs[n] = tmp_path / f"n{n}"
+        r = subprocess.run(launcher + ["-m", "saelab.cli", *base, "--out", str(outs[n])], capture_output=True,
+                           text=True, timeout=400, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+    (a,), (b,) = (sorted(p for p in o.iterdir() if p.is_dir()) for o in outs.values())
+    wa, wb = load_sae(a)[0].folded_state(), load_sae(b)[0].folded_state()
+    assert {"r_mag", "b_mag", "W_skip"} <= set(wa)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=2e-4, rtol=2e-4, msg=k)

@@ -101,7 +101,10 @@ def test_static_dashboard_escapes_and_writes_one_file_per_feature(store, tmp_pat
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt; cats &amp; dogs" in page0
     assert "<script>window" not in page0
     assert 'id="histogram"' in page0
-    assert ".cols>div" in page0 and "&gt;" not in page0.split("</style>")[0]  # the stylesheet is not escaped
+    assert '<link rel="stylesheet" href="../style.css">' in page0 and ".cols>div" in (out / "style.css").read_text()
+    from saelab.view.render import feature_page
+    inline = feature_page(store.view(0), link=str, home="/")  # the app's pages: inline and not escaped
+    assert ".cols>div" in inline and "&gt;" not in inline.split("</style>")[0]
     index = (out / "index.html").read_text()
     assert "&lt;script&gt;window.__pwned" in index and index.count('href="features/') == store.d_sae
     rows = json.loads((out / "features.json").read_text())

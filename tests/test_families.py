@@ -5,6 +5,7 @@ also through the e2e shared-prefix pass), a short e2e training, the latent cache
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -155,8 +156,6 @@ def test_short_e2e_training(fam, tmp_path, text_corpus):
     (out,) = TrainingRun(cfg).run()
     sae, cj = load_sae(out)
     assert cj["saelab"]["loss"] == "e2e" and sae.cfg.hookpoint == site
-    import json
-
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     kl = [r["saes"][out.name]["kl"] for r in log]
     assert len(kl) == 4 and all(np.isfinite(kl)) and kl[-1] > 0
@@ -216,3 +215,89 @@ def test_unsupported_families_are_named(tmp_path, embedded_folder):
     flat.config = T.PretrainedConfig()
     with pytest.raises(UserError, match="Sequential: could not find"):
         decoder_layers(flat)
+
+
+# ---------------------------------------------------------------- precision (--dtype, --store-dtype)
+
+
+def test_half_precision_model_with_float32_dictionary(tiny_model_dir, text_corpus, tmp_path):
+    from saelab.activations.disk_cache import CacheConfig, write_cache
+    from saelab.evaluate.run import run_eval
+
+    lm32, lm16 = load_model(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="bfloat16")
+    assert next(lm16.model.parameters()).dtype == torch.bfloat16
+    ids = torch.randint(3, 1000, (2, 16))
+    a32 = collect_activations(lm32.model, ids, ["model.layers.1"])["model.layers.1"]
+    a16 = collect_activations(lm16.model, ids, ["model.layers.1"])["model.layers.1"]
+    assert a16.dtype == torch.bfloat16 and ((a16.float() - a32).norm() / a32.norm()) < 0.05
+    # an exact dictionary (float32) spliced into the bfloat16 model leaves its logits bitwise unchanged
+    clean = lm16.model(input_ids=ids).logits
+    with spliced(lm16.model, exact_sae(D, "model.layers.1")):
+        assert torch.equal(lm16.model(input_ids=ids).logits, clean)
+    # training (local and e2e) with the model in bfloat16 keeps the dictionary in float32
+    for loss in ("local", "e2e"):
+        cfg = train_cfg(tmp_path / loss, tiny_model_dir, text_corpus, loss=loss, dtype="bfloat16", tokens=1024,
+                        checkpoint_every=10**9)
+        (folder,) = TrainingRun(cfg).run()
+        sae, _ = load_sae(folder)
+        assert sae.W_enc.dtype == torch.float32 and torch.isfinite(sae.W_enc).all()
+    m32, m16 = (run_eval([str(folder)], tokens=1024, ce_tokens=256, quiet=True, dtype=dt, out=str(tmp_path / f"{dt}.json"))[0]
+                for dt in ("float32", "bfloat16"))
+    assert abs(m16["fvu"] - m32["fvu"]) < 0.05 and np.isfinite(m16["ce_increase"])
+    # the activation cache stores half-precision vectors in half the bytes and reads them back as float32
+    sizes = {}
+    for store in ("float32", "float16", "bfloat16"):
+        out = write_cache(CacheConfig(out=str(tmp_path / f"acts_{store}"), hookpoints=["model.layers.1"],
+                                      model=str(tiny_model_dir), corpus=str(text_corpus), tokens=1024, context=64,
+                                      batch_tokens=512, dtype="bfloat16", store_dtype=store))
+        sizes[store] = sum(p.stat().st_size for p in out.glob("shard_*.npy"))
+        cfg = train_cfg(tmp_path / f"from_{store}", tiny_model_dir, text_corpus, from_activations=str(out),
+                        tokens=1024, checkpoint_every=10**9)
+        assert load_sae(TrainingRun(cfg).run()[0])[0].W_enc.isfinite().all()
+    assert sizes["float16"] == sizes["bfloat16"] < 0.52 * sizes["float32"]
+    # steering from the command line with the model in bfloat16
+    from saelab.cli import main
+
+    sae_dir = make_sae_folder(tmp_path / "sae", tiny_model_dir, text_corpus)
+    assert main(["steer", str(sae_dir), "--prompt", "Hello", "--clamp", "3=20", "--max-new-tokens", "3",
+                 "--dtype", "bfloat16", "--json", str(tmp_path / "steer.json")]) == 0
+    res = json.loads((tmp_path / "steer.json").read_text())["results"][0]
+    assert res["unsteered"] != res["sweep"][0]["text"]
+
+
+def test_stored_vectors_round_trip_at_their_precision():
+    from saelab.activations.disk_cache import from_stored, to_stored
+
+    x = torch.randn(50, 8) * 100
+    for store, t in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        back = from_stored(to_stored(x, store), store)
+        assert back.dtype == torch.float32 and torch.equal(back, x.to(t).float())
+
+
+def test_bad_precision_is_refused_before_the_model_loads(tmp_path, monkeypatch, tiny_model_dir, text_corpus):
+    from saelab.activations.disk_cache import CacheConfig
+    from saelab.cli import main
+    from saelab.options import check_dtype
+
+    with pytest.raises(UserError, match="unknown --dtype 'float64'"):
+        train_cfg(tmp_path / "r", "no-such-model", text_corpus, dtype="float64").validate()
+    with pytest.raises(UserError, match="unknown --store-dtype 'int8'"):
+        CacheConfig(out=str(tmp_path / "c"), hookpoints=["model.layers.1"], store_dtype="int8").validate()
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        main(["eval", str(tmp_path), "--dtype", "float8"])
+
+    def no_half(self, *a, **k):  # a device without float16 kernels
+        if self.dtype == torch.float16:
+            raise RuntimeError('"softmax_lastdim_kernel_impl" not implemented for \'Half\'')
+        return torch.Tensor.softmax.__wrapped__(self, *a, **k)
+
+    real = torch.Tensor.softmax
+    no_half.__wrapped__ = real
+    monkeypatch.setattr(torch.Tensor, "softmax", no_half)
+    with pytest.raises(UserError, match="--dtype float16 does not run on cpu"):
+        check_dtype("float16", "cpu")
+    loads = []
+    monkeypatch.setattr("saelab.models._check_causal", lambda *a: loads.append(a))
+    with pytest.raises(UserError, match="float16 does not run"):
+        load_model(str(tiny_model_dir), dtype="float16")
+    assert loads == []  # refused before anything was read

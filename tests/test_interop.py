@@ -125,7 +125,7 @@ def test_saelens_rescale_acts_by_decoder_norm_is_folded(tmp_path):
     torch.testing.assert_close(sae.reconstruct(X), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("bad,match", [({"architecture": "gated"}, "not supported"),
+@pytest.mark.parametrize("bad,match", [({"architecture": "temporal"}, "not supported"),
                                        ({"normalize_activations": "layer_norm"}, "layer_norm"),
                                        ({"d_sae": S + 1}, "shape")])
 def test_saelens_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, bad, match):

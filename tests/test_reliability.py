@@ -499,3 +499,102 @@ def test_explain_and_score_stop_on_a_dead_server_and_retry_failed_latents(fake_l
     fake_llm.mode, fake_llm.requests = "ok", 0
     assert main(score) == 0
     assert fake_llm.requests > 0 and len(load_run(run).scores["detection"]) == len(lat)
+
+
+# ---------------------------------------------------------------- serve-llm: bounded, 400 not 500
+@pytest.fixture(scope="module")
+def llm_server(chat_model_dir):
+    import threading
+
+    from saelab.interpret.llm_server import make_server
+    from saelab.interpret.local_client import LocalClient
+
+    client = LocalClient(str(chat_model_dir), batch_size=4)
+    srv = make_server(client=client, port=0, max_tokens_cap=900, max_body=64 * 1024)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv, client, srv.server_address[1]
+    srv.shutdown()
+
+
+def _raw(port, head: bytes, body: bytes = b"", timeout: float = 10) -> tuple[int, dict]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head_end = data.index(b"\r\n\r\n")
+        length = int(next(ln.split(b":")[1] for ln in data[:head_end].split(b"\r\n") if ln.lower().startswith(b"content-length")))
+        while len(data) < head_end + 4 + length:
+            data += s.recv(65536)
+    return int(data.split(b" ")[1]), json.loads(data[head_end + 4:head_end + 4 + length])
+
+
+def _post_json(port, obj) -> tuple[int, dict]:
+    body = json.dumps(obj).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return _raw(port, head, body)
+
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+@pytest.mark.parametrize("body,expect", [
+    ([1, 2], "must be a JSON object"), (None, "must be a JSON object"),
+    ({"messages": [{"role": "user", "content": 5}]}, "text content"),
+    ({"messages": MSG, "max_tokens": -5}, "between 1"), ({"messages": MSG, "max_tokens": "abc"}, "an integer"),
+    ({"messages": MSG, "max_tokens": 0}, "between 1"), ({"messages": MSG, "max_tokens": 2.5}, "an integer"),
+    ({"messages": MSG, "temperature": "hot"}, "a number"), ({"messages": MSG, "top_logprobs": 99}, "between 0 and 20"),
+    ({"messages": MSG, "logprobs": "yes"}, "true or false"),
+    ({"messages": MSG, "max_tokens": 901}, "over this server's cap of 900"),
+])
+def test_serve_llm_bad_bodies_are_400(llm_server, body, expect):
+    code, reply = _post_json(llm_server[2], body)
+    assert code == 400 and expect in reply["error"]["message"], reply
+
+
+def test_serve_llm_body_limits_are_checked_before_reading(llm_server):
+    import time
+
+    port = llm_server[2]
+    t = time.time()
+    for length in (10**11, 10 * 2**20):  # a fake 100 GB length, a real 10 MB one: refused from the header
+        code, reply = _raw(port, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+        assert code == 413 and "over this server's limit" in reply["error"]["message"]
+    for bad in ("-1", "lots"):
+        code, reply = _raw(port, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n".encode())
+        assert code == 400 and "not a byte count" in reply["error"]["message"]
+    code, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert code == 400 and "Content-Length" in reply["error"]["message"]
+    assert time.time() - t < 5
+    code, reply = _post_json(port, {"messages": MSG, "max_tokens": 2})
+    assert code == 200 and reply["usage"]["completion_tokens"] <= 2
+
+
+def test_serve_llm_stops_generating_when_the_client_leaves(llm_server):
+    import socket
+    import time
+
+    srv, client, port = llm_server
+    calls, tokens = client.usage.calls, client.usage.completion_tokens
+    body = json.dumps({"messages": MSG, "max_tokens": 900, "temperature": 1.0}).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    time.sleep(0.5)
+    s.close()  # the client gives up
+    deadline = time.time() + 60
+    while client.usage.calls == calls and time.time() < deadline:
+        time.sleep(0.05)
+    assert client.usage.calls == calls + 1
+    assert client.usage.completion_tokens - tokens < 900  # stopped early, not 900 tokens for nobody
+    code, reply = _post_json(port, {"messages": MSG, "max_tokens": 3})
+    assert code == 200
+
+
+def test_import_of_a_saelab_folder_says_so(tmp_path, capsys):
+    folder = _sae_folder(tmp_path / "sae")
+    assert main(["import", str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "already a saelab SAE folder" in err and "damaged" not in err and not (tmp_path / "out").exists()

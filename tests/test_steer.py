@@ -194,5 +194,10 @@ def test_strength_sweep_same_seed_values_progress_and_cancel(setup):
     with pytest.raises(UserError, match="strengths"):
         run_steering(SteeringRequest([PROMPT], [FeatureEdit(3, "clamp", 1.0)], strengths=[]), lm.model, lm.tokenizer, sae)
     assert degenerate("\n\n\n") == "empty (only whitespace)" and degenerate("") == "empty"
-    assert degenerate(" ... !!") == "no letters or digits" and degenerate("a b " * 8).startswith("repetitive")
-    assert degenerate("The server sends the reply to the client.") is None
+    assert degenerate(" ... !!") == "mostly symbols or digits" and degenerate("\n" * 19 + "ING") == "mostly whitespace"
+    assert degenerate(".com" * 10) == "repeats a 4-character pattern"
+    assert degenerate(" a snail" + "\n\nThe" * 6) == "repeats a 5-character pattern"
+    assert degenerate(" the world of" * 6).startswith("repetitive") and degenerate("(()" + "()" * 15) is not None
+    for fluent in ("The server sends the reply to the client.", " a mix of both.\n\nThe weather today is a mix of both.",
+                   " the best places to eat in the city of Paris. I'm not just talking about the famous E"):
+        assert degenerate(fluent) is None, fluent

@@ -75,3 +75,20 @@ def parse_args(parser, argv: list[str] | None = None):
             if ns is not None:
                 return ns
     return parser.parse_args(argv)
+
+
+def show_defaults(parser) -> None:
+    """Every option of every subcommand names its default in --help: those whose help does not say
+    it get `(default: X)` appended (options whose default is None / off need no mention)."""
+    import argparse
+
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        for sp in sub.choices.values():
+            for a in sp._actions:
+                d = a.default
+                if (not a.option_strings or a.help in (None, argparse.SUPPRESS) or d in (None, False, argparse.SUPPRESS)
+                        or d == [] or "default" in a.help.lower()):
+                    continue
+                shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else f"{d:,}" if isinstance(d, int) \
+                    and not isinstance(d, bool) else str(d)
+                a.help = f"{a.help} (default: {shown})"

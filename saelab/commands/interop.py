@@ -18,7 +18,36 @@ def cmd_export(a) -> None:
         print(f)
 
 
+def cmd_pull(a) -> None:
+    from ..sae.releases import find_release, pull
+
+    if a.list:
+        r = find_release(a.release)
+        print(f"# {r.name}: {r.repo} ({r.format}) for {r.model}; sae-ids"
+              + (f" matching {r.id_pattern}" if r.id_pattern else "") + ":")
+        for i in r.ids:
+            print(i)
+        return
+    if not a.sae_id or not a.out:
+        from ..errors import UserError
+
+        raise UserError("give --sae-id and --out (or --list to see the sae-ids)")
+    print(pull(a.release, a.sae_id, a.out, overwrite=a.overwrite, root=a.local))
+
+
 def register(sub) -> None:
+    p = sub.add_parser("pull", help="download one SAE of a public release (Gemma Scope, Llama Scope, SAELens, "
+                                    "EleutherAI sparsify) into a saelab folder",
+                       description="RELEASE is a name in saelab/sae/releases.json (repo, model, format, sae-ids, "
+                                   "hookpoints). Needs internet unless --local points at a copy of the repo.")
+    p.add_argument("release", help="release name, e.g. gemma-scope-2b-pt-res")
+    p.add_argument("--sae-id", help="which SAE of the release, e.g. layer_20/width_16k/average_l0_71")
+    p.add_argument("--out", help="saelab SAE folder to write")
+    p.add_argument("--list", action="store_true", help="list the release's sae-ids and exit")
+    p.add_argument("--local", help="a local copy of the release repo to read instead of downloading")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(fn=cmd_pull)
+
     i = sub.add_parser("import", help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders",
                        description="SRC is a SAELens folder (cfg.json + sae_weights.safetensors), a sparsify folder "
                                    "(cfg.json + sae.safetensors) or a folder of such folders, or a Hugging Face hub "

@@ -83,7 +83,7 @@ def cmd_report(a) -> None:
 def cmd_serve(a) -> None:
     from ..interpret.llm_server import serve
 
-    serve(a.model, a.host, a.port, a.batch_size, a.batch_wait)
+    serve(a.model, a.host, a.port, a.batch_size, a.batch_wait, max_tokens_cap=a.max_tokens_cap, max_body=a.max_body)
 
 
 def register(sub) -> None:
@@ -168,5 +168,9 @@ def register(sub) -> None:
     v.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed; default 8000)")
     v.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     v.add_argument("--batch-wait", type=float, default=0.01, help="seconds to wait for more requests to batch")
+    v.add_argument("--max-tokens-cap", type=int, default=1024,
+                   help="largest max_tokens a request may ask for; more is a 400 (default 1024)")
+    v.add_argument("--max-body", type=int, default=1 << 20,
+                   help="largest request body in bytes, refused with 413 before it is read (default 1048576)")
     v.add_argument("--threads", type=int, help=THREADS_HELP)
     v.set_defaults(fn=cmd_serve)

@@ -30,8 +30,10 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens, 0 = all (default 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for steered and unsteered (default 0)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (default: off)")
-    p.add_argument("--cache", help="latent cache with the features' max activations, for Vx values (default: build one over --stats-tokens)")
-    p.add_argument("--stats-tokens", type=int, default=16384, help="tokens for max activations when there is no --cache (default 16384)")
+    p.add_argument("--cache", help="latent cache with the features' max activations, for Vx values (default: build one over --tokens)")
+    p.add_argument("--tokens", "--stats-tokens", dest="tokens", type=int, default=16384,
+                   help="held-out tokens to cache for max activations when there is no --cache, as in dashboard/serve "
+                        "(--stats-tokens: the old spelling) (default 16384)")
     p.add_argument("--model", help="model (default: the SAE's own, else embedded)")
     p.add_argument("--hookpoint", help="contrastive baseline: where to add the direction (default: the SAE's site)")
     p.add_argument("--positive", nargs="+", help="contrastive baseline: prompts of the concept (default: none)")
@@ -50,7 +52,8 @@ def register(sub) -> None:
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--cache", help="latent cache from `saelab cache` (default: build one over --tokens)")
     d.add_argument("--tokens", type=int, default=16384, help="held-out tokens to cache when there is no --cache")
-    d.add_argument("--explanations", help="interpretation records (JSONL file or folder)")
+    d.add_argument("--explanations", help="interpretation run folder (`saelab explain --out`, with its scores) or a JSONL "
+                                          "file of {latent, explanation} (default: SAE/explanations.jsonl if present)")
     d.add_argument("--latents", nargs="+", help=LATENTS_HELP + " (default: all)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing dashboard in --out")
     d.add_argument("--threads", type=int, help=THREADS_HELP)
@@ -60,7 +63,8 @@ def register(sub) -> None:
     s.add_argument("sae", nargs="+", help="SAE folders")
     s.add_argument("--cache", nargs="+", help="latent caches (one per SAE, or one holding them all)")
     s.add_argument("--tokens", type=int, default=16384, help="held-out tokens to cache when there is no --cache")
-    s.add_argument("--explanations", nargs="+", help="interpretation records per SAE (JSONL file or folder)")
+    s.add_argument("--explanations", nargs="+", help="interpretation run folder or JSONL file, one per SAE (default: "
+                                                     "SAE/explanations.jsonl if present)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     s.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
@@ -105,7 +109,7 @@ def run_steer(args) -> None:
 
         if args.cache is None and not args.model:  # the cache is built with the SAE's own model: load it once
             lm = folder.open_model(dtype=args.dtype)
-        lc, name = ensure_cache(Path(args.sae), sae.cfg.d_sae, args.cache, args.stats_tokens, loaded_model=lm)
+        lc, name = ensure_cache(Path(args.sae), sae.cfg.d_sae, args.cache, args.tokens, loaded_model=lm)
         max_acts = torch.from_numpy(lc.max_activation(name).copy())
     if lm is None:
         lm = folder.open_model(model=args.model, dtype=args.dtype) if folder else load_model(model_spec, dtype=args.dtype)

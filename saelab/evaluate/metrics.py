@@ -110,7 +110,7 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
             x = acts[c.hookpoint][keep].float()
             y = acts[_out_site(sae)][keep].float()
             lat = sae.encode_raw(x)
-            y_hat = sae.decode(lat) / sae.out_scale
+            y_hat = sae.decode(lat) / sae.out_scale + sae.skip_raw(x)
             a["err"] += (y_hat - y).pow(2).sum().item()
             a["sum_y"] = a["sum_y"] + y.sum(0)
             a["sumsq_y"] += y.pow(2).sum().item()

@@ -20,6 +20,9 @@ def density_plot(freq: torch.Tensor, path: Path, title: str, l0_hist: tuple[list
 
     f = freq.numpy()
     n = max(1, int(f.size))
+    if l0_hist and int(np.count_nonzero(np.asarray(l0_hist[0]))) <= 1:
+        title += f"; L0 = {_single_l0(l0_hist)} on every token (TopK: no L0 panel)"
+        l0_hist = None  # one bar (TopK fixes L0 at k): a panel that says nothing
     fig, axes = plt.subplots(1, 2 if l0_hist else 1, figsize=(10 if l0_hist else 6, 3.5), squeeze=False)
     ax = axes[0, 0]
     ax.hist(np.log10(f[f > 0]), bins=50, color="#3b6ea8")
@@ -36,3 +39,9 @@ def density_plot(freq: torch.Tensor, path: Path, title: str, l0_hist: tuple[list
         ax.set_title("L0 per token", fontsize=9)
     fig.tight_layout()
     write_figure(path, fig)
+
+
+def _single_l0(l0_hist) -> str:
+    counts, edges = (np.asarray(x, float) for x in l0_hist)
+    nz = np.flatnonzero(counts)
+    return f"{(edges[nz[0]] + edges[nz[0] + 1]) / 2:g}" if len(nz) else "0"

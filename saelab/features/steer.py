@@ -229,13 +229,23 @@ def steer_compare(model, tokenizer, sae: SparseCoder | None, prompt: str, steer,
 
 
 def degenerate(text: str) -> str | None:
-    """Why a continuation is not usable text (empty, only whitespace/punctuation, or one short pattern
-    repeated), or None. Shown next to steered outputs so a too-strong edit is flagged, not trusted."""
-    words = text.split()
-    if not words:
+    """Why a continuation is not usable text, or None: empty; mostly whitespace (a run of newlines);
+    mostly symbols; one short pattern repeated (`.com.com.com`, `\\n\\nThe\\n\\nThe`); a few words
+    repeated. Shown next to steered outputs so a too-strong edit is flagged, not trusted."""
+    body = text.strip()
+    if not body:
         return "empty (only whitespace)" if text else "empty"
-    if not any(ch.isalnum() for ch in text):
-        return "no letters or digits"
+    if sum(ch.isspace() for ch in text) > 0.5 * len(text):
+        return "mostly whitespace"
+    visible = [ch for ch in text if not ch.isspace()]
+    if sum(ch.isalpha() for ch in visible) < 0.5 * len(visible):
+        return "mostly symbols or digits"
+    if len(text) >= 20:
+        for period in range(1, 13):
+            same = sum(text[i] == text[i + period] for i in range(len(text) - period))
+            if same >= 0.6 * (len(text) - period):
+                return f"repeats a {period}-character pattern"
+    words = text.split()
     if len(words) >= 8 and len(set(words)) / len(words) < 0.3:
         return f"repetitive ({len(set(words))} distinct words of {len(words)})"
     return None

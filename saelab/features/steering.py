@@ -24,7 +24,7 @@ from ..sae import SparseCoder
 from .steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, degenerate, direction_steer,
                     generate_variants)
 
-DEFAULT_STRENGTH = 2.0             # clamp to 2 x max activation: docs/VIEW.md "Steering defaults"
+DEFAULT_STRENGTH = 1.0             # clamp to 1 x max activation: docs/VIEW.md "Steering defaults"
 SWEEP = (0.5, 1.0, 2.0, 4.0)        # the strength sweep of the web app and `saelab steer --sweep`
 MAX_STRENGTHS = 8
 

@@ -14,19 +14,29 @@ Endpoints:
 Concurrent requests are queued and run in batches (up to --batch-size prompts per forward pass):
 a worker thread collects what arrived within --batch-wait seconds and groups it by request kind.
 Errors come back as OpenAI-style JSON ({"error": {"message", "type"}}) with 400 for a bad request
-(malformed JSON, no messages, a prompt longer than the model's context) and 500 otherwise.
+(malformed JSON, a body that is not an object, no messages, a content that is not text, max_tokens /
+temperature / top_logprobs of the wrong type or range, max_tokens over the server's cap
+--max-tokens-cap, a prompt longer than the model's context), 413 for a body over --max-body bytes
+(refused from its Content-Length, before it is read), and 500 only for the server's own faults.
+A request whose client disconnects is dropped from the queue, and a generation whose clients have
+all gone stops at the next token.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import queue
+import select
+import socket
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ..errors import UserError
 from .local_client import LocalClient
 
 
@@ -42,9 +52,10 @@ class _Batcher:
         self.q: queue.Queue = queue.Queue()
         threading.Thread(target=self._loop, daemon=True).start()
 
-    def submit(self, key: tuple, messages) -> Future:
+    def submit(self, key: tuple, messages, gone: threading.Event | None = None) -> Future:
+        """`gone`: set when the client disconnects; the request is skipped or its generation stopped."""
         f: Future = Future()
-        self.q.put((key, messages, f))
+        self.q.put((key, messages, f, gone or threading.Event()))
         return f
 
     def _loop(self):
@@ -58,24 +69,45 @@ class _Batcher:
                     break
             groups: dict[tuple, list] = {}
             for it in items:
-                groups.setdefault(it[0], []).append(it)
+                if it[3].is_set():  # its client left while it waited
+                    it[2].cancel()
+                else:
+                    groups.setdefault(it[0], []).append(it)
             for key, group in groups.items():
                 try:
-                    results = self._run(key, [m for _, m, _ in group])
-                    for (_, _, f), r in zip(group, results):
+                    results = self._run(key, [m for _, m, _, _ in group], [g for _, _, _, g in group])
+                    for (_, _, f, _), r in zip(group, results):
                         f.set_result(r)
                 except Exception as e:  # a failed batch fails its requests, never the server
-                    for _, _, f in group:
+                    for _, _, f, _ in group:
                         f.set_exception(e)
 
-    def _run(self, key, prompts):
+    def _run(self, key, prompts, gone: list[threading.Event]):
         kind, max_tokens, temperature, k = key
         if kind == "top":
             return self.client.top_logprobs(prompts, k)
-        return self.client.generate(prompts, max_tokens=max_tokens, temperature=temperature)
+        return self.client.generate(prompts, max_tokens=max_tokens, temperature=temperature,
+                                    stop=lambda: all(g.is_set() for g in gone))
 
 
-def make_handler(client: LocalClient, batcher: _Batcher, model_id: str):
+class ClientGone(Exception):
+    pass
+
+
+def _number(req: dict, key: str, kind, default, lo, hi):
+    """req[key] as `kind` within [lo, hi] (None / absent: default), else BadRequest."""
+    v = req.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (kind is int and v != int(v)):
+        raise BadRequest(f"`{key}` must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if not lo <= v <= hi:
+        raise BadRequest(f"`{key}` must be between {lo} and {hi}, got {v!r}")
+    return kind(v)
+
+
+def make_handler(client: LocalClient, batcher: _Batcher, model_id: str, max_tokens_cap: int = 1024,
+                 max_body: int = 1 << 20):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -106,34 +138,84 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str):
                 self._error(404, f"no route {self.path}")
                 return
             try:
-                n = int(self.headers.get("Content-Length", 0))
+                n = self._body_length()
+                if n > max_body:  # before reading it: a 100 MB body (or a fake length) costs nothing
+                    self.close_connection = True
+                    self._error(413, f"request body of {n:,} bytes is over this server's limit of {max_body:,} "
+                                     f"(--max-body)", "request_too_large")
+                    return
                 try:
                     req = json.loads(self.rfile.read(n) or b"{}")
-                except json.JSONDecodeError as e:
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise BadRequest(f"body is not valid JSON: {e}")
+                if not isinstance(req, dict):
+                    raise BadRequest(f"body must be a JSON object, not {type(req).__name__}")
                 self._send(200, self._complete(req))
             except BadRequest as e:
                 self._error(400, str(e))
+            except ClientGone:
+                self.close_connection = True
             except Exception as e:
                 self._error(500, f"{type(e).__name__}: {e}", "server_error")
 
+        def _body_length(self) -> int:
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                self.close_connection = True
+                raise BadRequest("a Content-Length header is required")
+            try:
+                n = int(raw)
+            except ValueError:
+                n = -1
+            if n < 0:
+                self.close_connection = True
+                raise BadRequest(f"Content-Length {raw!r} is not a byte count")
+            return n
+
+        def _client_gone(self) -> bool:
+            """The client closed its connection (readable with nothing to read)."""
+            try:
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return False
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
+        def _wait(self, future: Future, gone: threading.Event):
+            while True:
+                try:
+                    return future.result(timeout=0.2)
+                except FutureTimeout:
+                    if self._client_gone():
+                        gone.set()  # dropped from the queue, or its generation stops at the next token
+                        raise ClientGone()
+                except CancelledError:
+                    raise ClientGone()
+
         def _complete(self, req: dict) -> dict:
             msgs = req.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
-                raise BadRequest("`messages` must be a non-empty list of {role, content}")
+            if not isinstance(msgs, list) or not msgs or not all(
+                    isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role", "user"), str)
+                    for m in msgs):
+                raise BadRequest("`messages` must be a non-empty list of {role, content} with text content")
             if req.get("n", 1) != 1:
                 raise BadRequest("only n=1 is supported")
-            max_tokens = int(req.get("max_tokens") or req.get("max_completion_tokens") or 256)
-            temperature = float(req.get("temperature") or 0.0)
+            key = "max_tokens" if req.get("max_tokens") is not None else "max_completion_tokens"
+            max_tokens = _number(req, key, int, min(256, max_tokens_cap), 1, 10**9)
+            if max_tokens > max_tokens_cap:
+                raise BadRequest(f"`{key}` {max_tokens} is over this server's cap of {max_tokens_cap} (--max-tokens-cap)")
+            temperature = _number(req, "temperature", float, 0.0, 0.0, 2.0)
+            if not isinstance(req.get("logprobs", False), (bool, type(None))):
+                raise BadRequest(f"`logprobs` must be true or false, got {req['logprobs']!r}")
             want_lp = bool(req.get("logprobs"))
-            k = int(req.get("top_logprobs") or 1)
+            k = _number(req, "top_logprobs", int, 1, 0, 20)
             pt = client.prompt_tokens(msgs)
             if pt + max_tokens > client.max_context:
                 raise BadRequest(f"This model's maximum context length is {client.max_context} tokens; the prompt has "
                                  f"{pt} tokens and max_tokens is {max_tokens} (context_length_exceeded)")
-            logprobs = None
+            logprobs, gone = None, threading.Event()
             if want_lp:
-                top = batcher.submit(("top", 1, 0.0, max(1, min(k, 20))), msgs).result()
+                top = self._wait(batcher.submit(("top", 1, 0.0, max(1, k)), msgs, gone), gone)
                 first = top[0]
                 logprobs = {"content": [{"token": first[0], "logprob": first[1], "bytes": list(first[0].encode()),
                                          "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
@@ -141,7 +223,7 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str):
             if want_lp and max_tokens == 1:
                 text, ct, finish = top[0][0], 1, "length"
             else:
-                c = batcher.submit(("gen", max_tokens, temperature, 0), msgs).result()
+                c = self._wait(batcher.submit(("gen", max_tokens, temperature, 0), msgs, gone), gone)
                 if c.error and c.text is None:
                     raise BadRequest(c.error)
                 text, ct = c.text or "", c.completion_tokens
@@ -156,19 +238,22 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str):
 
 
 def make_server(model: str = "embedded", host: str = "127.0.0.1", port: int = 8000, batch_size: int = 8,
-                batch_wait: float = 0.01, client: LocalClient | None = None) -> ThreadingHTTPServer:
+                batch_wait: float = 0.01, client: LocalClient | None = None, max_tokens_cap: int = 1024,
+                max_body: int = 1 << 20) -> ThreadingHTTPServer:
+    if max_tokens_cap < 1 or max_body < 1 or batch_size < 1 or batch_wait < 0:
+        raise UserError("--max-tokens-cap, --max-body and --batch-size must be >= 1, --batch-wait >= 0")
     client = client or LocalClient(model, batch_size=batch_size)
     batcher = _Batcher(client, batch_size, batch_wait)
     model_id = client.lm.name
-    server = ThreadingHTTPServer((host, port), make_handler(client, batcher, model_id))
+    server = ThreadingHTTPServer((host, port), make_handler(client, batcher, model_id, max_tokens_cap, max_body))
     server.daemon_threads = True
     server.model_id = model_id  # type: ignore[attr-defined]
     return server
 
 
 def serve(model: str = "embedded", host: str = "127.0.0.1", port: int = 8000, batch_size: int = 8,
-          batch_wait: float = 0.01) -> None:
-    server = make_server(model, host, port, batch_size, batch_wait)
+          batch_wait: float = 0.01, max_tokens_cap: int = 1024, max_body: int = 1 << 20) -> None:
+    server = make_server(model, host, port, batch_size, batch_wait, max_tokens_cap=max_tokens_cap, max_body=max_body)
     h, p = server.server_address[:2]
     print(f"saelab: serving {server.model_id} (OpenAI-compatible) at http://{h}:{p}/v1  (Ctrl-C to stop)", flush=True)
     try:

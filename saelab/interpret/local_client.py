@@ -51,7 +51,9 @@ class LocalClient(LLMClient):
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, prompts, max_tokens=64, temperature=0.0, prefill=None) -> list[Completion]:
+    def generate(self, prompts, max_tokens=64, temperature=0.0, prefill=None, stop=None) -> list[Completion]:
+        """`stop()`: checked after every generated token; True ends the generation there (a server
+        whose clients have all disconnected)."""
         out: list[Completion | None] = [None] * len(prompts)
         encoded = []
         for i, p in enumerate(prompts):
@@ -72,6 +74,14 @@ class LocalClient(LLMClient):
                 input_ids[r, n - len(ids):] = torch.tensor(ids)
                 mask[r, n - len(ids):] = 1
             kw = dict(do_sample=temperature > 0, max_new_tokens=max_tokens, pad_token_id=self.pad_id)
+            if stop is not None:
+                from transformers import StoppingCriteria, StoppingCriteriaList
+
+                class _Stop(StoppingCriteria):
+                    def __call__(self, input_ids, scores, **_):
+                        return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+
+                kw["stopping_criteria"] = StoppingCriteriaList([_Stop()])
             if temperature > 0:
                 kw["temperature"] = temperature
             else:

@@ -4,7 +4,8 @@ behind `saelab explain` and `saelab score`).
     run_explain(cache, out, dictionary=None, latents=None, n_latents=200, explainer="llm", client="local", ...)
     run_score(run, scorers=["embedding", "surprisal", ...], client="local", ...)
 
-Both are resumable: a rerun with the same arguments skips latents that already have a record.
+Both are resumable: a rerun with the same arguments skips latents that already have a good record
+and tries failed ones again; a server that is down stops the run early (`stop_if_down`).
 The examples are re-drawn deterministically for scoring (same seed, same cache) and checked
 against the ids recorded at explanation time, so explanation and scoring examples stay disjoint.
 """

@@ -172,11 +172,16 @@ class AnthropicClient(_RemoteClient):
     supports_logprobs = False
 
     def __init__(self, model: str | None = None, api_key: str | None = None, base_url: str | None = None, **kw):
+        # no built-in model name: providers retire names, and a default that expires fails every latent
+        model = model or os.environ.get("SAELAB_LLM_MODEL")
+        if not model:
+            raise UserError("--client anthropic needs a model: pass --llm MODEL (a model id your Anthropic account "
+                            "serves today) or set $SAELAB_LLM_MODEL; there is no default, since model names are retired")
         try:
             import anthropic
         except ImportError as e:
             raise UserError("the anthropic client needs `pip install anthropic`") from e
-        super().__init__(model or os.environ.get("SAELAB_LLM_MODEL", "claude-3-5-haiku-latest"), **kw)
+        super().__init__(model, **kw)
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise UserError("the anthropic client needs ANTHROPIC_API_KEY in the environment")

@@ -32,6 +32,7 @@ class SaeConfig:
     jumprelu_init_threshold: float = 0.001
     jumprelu_bandwidth: float = 0.001
     groups: list[int] | None = None    # matryoshka: latent group sizes (prefixes), summing to d_sae
+    skip: bool = False                 # skip transcoder: + x @ W_skip.T (Paulo et al. 2025), W_skip [d_out, d_in]
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -74,6 +75,8 @@ class SparseCoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_out))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        if cfg.skip:  # SAELens / sparsify layout; initialised to the best linear fit in init_from_data
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in))
         self.register_buffer("in_scale", torch.ones(()))
         self.register_buffer("out_scale", torch.ones(()))
         self.reset_parameters()
@@ -86,7 +89,8 @@ class SparseCoder(nn.Module):
             self.W_dec.copy_(w)
             if self.cfg.is_transcoder:
                 enc = torch.randn(self.cfg.d_in, self.cfg.d_sae, generator=generator)
-                self.W_enc.copy_(enc / enc.norm(dim=0, keepdim=True))
+                # a skip transcoder starts as its skip (the best linear fit): quiet latents, 1/10 the encoder
+                self.W_enc.copy_(enc / enc.norm(dim=0, keepdim=True) * (0.1 if self.cfg.skip else 1.0))
             else:
                 self.W_enc.copy_(w.t())  # tied init (Conerly et al. 2024; Gao et al. 2024)
 
@@ -96,6 +100,11 @@ class SparseCoder(nn.Module):
         self.in_scale.fill_((self.cfg.d_in / x.pow(2).sum(-1).mean()).sqrt().item())
         self.out_scale.fill_((self.cfg.d_out / y.pow(2).sum(-1).mean()).sqrt().item())
         ys = y * self.out_scale
+        if self.cfg.skip:  # the skip starts as the least-squares linear map x -> y; latents model the rest
+            xs = x * self.in_scale
+            fit = torch.linalg.lstsq(xs - xs.mean(0), ys - ys.mean(0)).solution  # [d_in, d_out]
+            self.W_skip.copy_(fit.t())
+            ys = ys - xs @ fit
         center = geometric_median(ys) if bias_init == "median" else ys.mean(0)
         self.b_dec.copy_(center)
 
@@ -122,12 +131,21 @@ class SparseCoder(nn.Module):
     def decode(self, lat: Latents) -> torch.Tensor:
         return decode_sparse(lat, self.W_dec) + self.b_dec
 
+    def predict(self, x_in: torch.Tensor, lat: Latents) -> torch.Tensor:
+        """The output in the scaled space: the decoded latents, plus the skip of a skip transcoder."""
+        out = self.decode(lat)
+        return out + x_in @ self.W_skip.t() if self.cfg.skip else out
+
+    def skip_raw(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The skip term on raw activations (0 without a skip), for callers that decode latents themselves."""
+        return (x * self.in_scale) @ self.W_skip.t() / self.out_scale if self.cfg.skip else 0.0
+
     def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None, target: torch.Tensor | None = None) -> SaeOutput:
         """x: raw activations [rows, d_in]. `dead` [d_sae] bool enables AuxK; `target` is the
         scaled target (needed only for AuxK)."""
         x_in = self.encoder_input(x)
         lat, sparsity, pre = self.encode(x_in)
-        recon = self.decode(lat)
+        recon = self.predict(x_in, lat)
         aux = extra = recon.new_zeros(())
         if dead is not None and target is not None and bool(dead.any()):
             aux = self.auxk_loss(x_in, pre, target - recon.detach(), dead)
@@ -155,7 +173,8 @@ class SparseCoder(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Raw-space reconstruction (or transcoder prediction) of raw activations x [..., d_in]."""
         shape = x.shape
-        out = self.decode(self.encode(self.encoder_input(x.reshape(-1, shape[-1])))[0]) / self.out_scale
+        x_in = self.encoder_input(x.reshape(-1, shape[-1]))
+        out = self.predict(x_in, self.encode(x_in)[0]) / self.out_scale
         return out.reshape(*shape[:-1], self.cfg.d_out)
 
     @torch.no_grad()
@@ -188,6 +207,8 @@ class SparseCoder(nn.Module):
         b_dec = self.b_dec.detach() / s_out
         # The SAE centres its (scaled) input by b_dec; in raw space that is b_dec / s_in = b_dec / s_out.
         out = {"W_enc": W_enc, "b_enc": self.b_enc.detach().clone(), "W_dec": self.W_dec.detach() / s_out, "b_dec": b_dec}
+        if self.cfg.skip:
+            out["W_skip"] = self.W_skip.detach() * (s_in / s_out)
         out.update(self.extra_state_tensors())
         return out
 
@@ -197,7 +218,7 @@ class SparseCoder(nn.Module):
     def load_folded(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of folded_state: load raw-space weights with unit scales."""
         with torch.no_grad():
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if self.cfg.skip else ()):
                 getattr(self, name).copy_(tensors[name])
             self.in_scale.fill_(1.0)
             self.out_scale.fill_(1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..storage import refuse_overwrite
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
-from .foreign import SPARSIFY_PREFIX, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
+from .foreign import SPARSIFY_PREFIX, detect_format, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
 
 
 def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_factor: float | None = None,
@@ -18,6 +18,10 @@ def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_facto
     folders = sae_folders(root)
     out = Path(out)
     refuse_overwrite(out, overwrite, "--out")
+    ours = [f for f in folders if detect_format(f) == "saelab"]
+    if ours:
+        raise UserError(f"{ours[0]} is already a saelab SAE folder: every command reads it as it is (no import "
+                        f"needed; `saelab export` writes SAELens or sparsify)")
     loaded = [(f, *load_foreign(f, norm_scaling_factor=norm_scaling_factor, prefix=prefix)) for f in folders]
     for f, sae, _ in loaded:
         refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported

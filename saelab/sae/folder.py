@@ -1,7 +1,7 @@
 """The SAE folder: `cfg.json` + `sae_weights.safetensors`, laid out so SAELens can load it, and
 the typed object a loaded folder becomes (`SaeFolder`: the dictionary and how it was made).
 
-cfg.json keys: architecture (topk | jumprelu | standard), d_in, d_sae, k (topk), dtype,
+cfg.json keys: architecture (topk | jumprelu | standard | gated), d_in, d_sae, k (topk), dtype,
 normalize_activations ("none": our input scaling is folded into the weights),
 apply_b_dec_to_input, metadata{model_name, hook_name, context_size, prepend_bos}, and our own
 keys under `saelab`: config (the SaeConfig), the provenance (model_spec, corpus, text_field,
@@ -130,6 +130,8 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     refuse_non_finite(folder / WEIGHTS, tensors)
     expected = {"W_enc": (sae_cfg.d_in, sae_cfg.d_sae), "b_enc": (sae_cfg.d_sae,),
                 "W_dec": (sae_cfg.d_sae, sae_cfg.d_out), "b_dec": (sae_cfg.d_out,)}
+    if sae_cfg.skip:
+        expected["W_skip"] = (sae_cfg.d_out, sae_cfg.d_in)
     for name, shape in expected.items():
         if name not in tensors:
             raise UserError(f"{folder / WEIGHTS} lacks tensor {name!r}")

@@ -6,14 +6,16 @@ saelab (evaluate, splice, latent cache) never sees a foreign layout.
 
 SAELens folder (v5 and v6): `cfg.json` + `sae_weights.safetensors`
   tensors  W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae] (jumprelu);
-           gated: b_gate (our b_enc), r_mag, b_mag [d_sae]
-  cfg      architecture standard | topk | jumprelu | gated (v5: standard + activation_fn_str "topk" and
+           gated: b_gate (our b_enc), r_mag, b_mag [d_sae]; skip_transcoder: W_skip [d_out, d_in]
+  cfg      architecture standard | topk | jumprelu | gated | transcoder | skip_transcoder (ReLU; d_out,
+           hook_name_out at the top level, input never centred) (v5: standard + activation_fn_str "topk" and
            activation_fn_kwargs.k), d_in, d_sae, dtype, apply_b_dec_to_input, normalize_activations,
            k (topk), rescale_acts_by_decoder_norm (topk, v6), hook_name / model_name / context_size
            either at top level (v5) or under `metadata` (v6).
 sparsify folder: `cfg.json` + `sae.safetensors`; a run folder holds one such folder per hookpoint,
   named after the hookpoint relative to `model.base_model` ("layers.6" for a Llama's "model.layers.6").
-  tensors  encoder.weight [num_latents, d_in], encoder.bias [num_latents], W_dec [num_latents, d_in], b_dec [d_in]
+  tensors  encoder.weight [num_latents, d_in], encoder.bias [num_latents], W_dec [num_latents, d_in], b_dec [d_in],
+           W_skip [d_in, d_in] (skip_connection: + x @ W_skip.T, as ours and SAELens')
   cfg      activation (topk), k, num_latents (0 -> d_in * expansion_factor), expansion_factor, d_in,
            normalize_decoder, multi_topk, skip_connection, transcode (predict a module's output from its input).
 
@@ -39,6 +41,7 @@ from .layout import CFG, SAELENS_ARCH, SAELENS_TENSOR_NAMES, WEIGHTS, cfg_json
 
 SAELENS_WEIGHTS = WEIGHTS
 SPARSIFY_WEIGHTS = "sae.safetensors"
+SAELENS_TRANSCODERS = ("transcoder", "skip_transcoder")
 SPARSIFY_PREFIX = "model."   # sparsify names hookpoints relative to model.base_model ("model" for Llama)
 
 
@@ -161,6 +164,8 @@ def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
         return "relu", None
     if arch in ("jumprelu", "gated"):
         return arch, None
+    if arch in SAELENS_TRANSCODERS:                              # ReLU transcoders, W_skip for skip_transcoder
+        return "relu", None
     raise UserError(f"{path}: SAELens architecture {arch!r} (activation {fn!r}) is not supported; "
                     f"saelab reads standard, topk, jumprelu and gated")
 
@@ -208,13 +213,18 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
         b_enc = b_enc + b_dec @ W_enc                            # we always centre an SAE's input by b_dec
         if arch == "gated":                                      # ... both of a gated SAE's paths
             t["b_mag"] = t["b_mag"] + (b_dec @ W_enc) * t["r_mag"].exp()
-    if transcoder and cfg.get("apply_b_dec_to_input"):
+    skip = cfg.get("architecture") == "skip_transcoder"
+    if skip:
+        _need(t, {"W_skip": (d_out, d_in)}, wpath)
+    if transcoder and cfg.get("apply_b_dec_to_input") and cfg.get("architecture") not in SAELENS_TRANSCODERS:
         raise UserError(f"{path}: a transcoder that subtracts its output bias from its input is not supported")
     sc = SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hook, d_out=d_out,
-                   out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix) if transcoder else None, k=k)
+                   out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix) if transcoder else None, k=k,
+                   skip=skip)
     sae = build_sae(sc)
     extra = sae.extra_state_tensors()                            # jumprelu: threshold; gated: r_mag, b_mag
     _need(t, {n: tuple(v.shape) for n, v in extra.items()}, wpath)
+    extra |= {"W_skip": None} if skip else {}
     sae.load_folded({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec} | {n: t[n] for n in extra})
     return sae, meta
 
@@ -224,24 +234,26 @@ def _load_sparsify(folder: Path, prefix: str) -> tuple[SparseCoder, dict]:
     cfg = read_json(path)
     if cfg.get("activation", "topk") != "topk":
         raise UserError(f"{path}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
-    if cfg.get("skip_connection") or cfg.get("embed_skip") or cfg.get("gram_lookup"):
-        raise UserError(f"{path}: sparsify skip connections / embedding skips / n-gram lookups are not supported")
+    if cfg.get("embed_skip") or cfg.get("gram_lookup"):
+        raise UserError(f"{path}: sparsify embedding skips / n-gram lookups are not supported")
     if "d_in" not in cfg or "k" not in cfg:
         raise UserError(f"{path} lacks `d_in` or `k`: not a sparsify config")
     d_in, k = int(cfg["d_in"]), int(cfg["k"])
     d_sae = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
     wpath = folder / SPARSIFY_WEIGHTS
     t = _f32(read_tensors(wpath))
-    if "W_skip" in t:
-        raise UserError(f"{wpath} has a W_skip tensor (skip connection): not supported")
+    skip = bool(cfg.get("skip_connection"))                 # W_skip [d_in, d_in], added as x @ W_skip.T
+    if "W_skip" in t and not skip:
+        raise UserError(f"{wpath} has a W_skip tensor but {CFG} says skip_connection is false")
+    _need(t, {"W_skip": (d_in, d_in)} if skip else {}, wpath)
     _need(t, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, wpath)
     hook = prefix + folder.name
     transcode = bool(cfg.get("transcode"))
     sc = SaeConfig(arch="topk", d_in=d_in, d_sae=d_sae, hookpoint=f"{hook}:input" if transcode else hook,
-                   out_hookpoint=hook if transcode else None, k=k)
+                   out_hookpoint=hook if transcode else None, k=k, skip=skip)
     sae = build_sae(sc)
     sae.load_folded({"W_enc": t["encoder.weight"].t().contiguous(), "b_enc": t["encoder.bias"],
-                     "W_dec": t["W_dec"], "b_dec": t["b_dec"]})
+                     "W_dec": t["W_dec"], "b_dec": t["b_dec"]} | ({"W_skip": t["W_skip"]} if skip else {}))
     return sae, {"hook_name": hook}
 
 
@@ -251,10 +263,10 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
     """Write a clean SAELens v6 folder (no saelab keys). BatchTopK goes out as JumpReLU with its
     shared threshold, as SAELens stores it."""
     c = sae.cfg
-    if c.is_transcoder:
-        raise UserError("SAELens export of transcoders is not supported (SAELens transcoders use another layout); "
-                        "export it to sparsify if its input is its output module's input, or keep the saelab folder")
-    arch = SAELENS_ARCH[c.arch]
+    if c.is_transcoder and c.arch != "relu":
+        raise UserError(f"SAELens stores ReLU transcoders (`transcoder`, `skip_transcoder`); this one is {c.arch}: "
+                        "export it to sparsify if it is TopK, or keep the saelab folder")
+    arch = SAELENS_ARCH[c.arch] if not c.is_transcoder else SAELENS_TRANSCODERS[int(c.skip)]
     cfg = {"architecture": arch, "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
            "metadata": {"model_name": model_name, "hook_name": c.hookpoint, "hook_head_index": None,
@@ -263,6 +275,9 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
     if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
+    if c.is_transcoder:  # SAELens' TranscoderConfig keeps these at the top level; it never centres the input
+        cfg |= {"d_out": c.d_out, "hook_name_out": c.out_hookpoint, "apply_b_dec_to_input": False}
+        cfg["metadata"]["hook_name_out"] = c.out_hookpoint
     names = SAELENS_TENSOR_NAMES.get(c.arch, {})                 # gated: b_enc goes out as b_gate
     out = Path(out)
     write_tensors(out / SAELENS_WEIGHTS, {names.get(k, k): v for k, v in sae.folded_state().items()})
@@ -288,9 +303,9 @@ def export_sparsify(sae: SparseCoder, out_root: Path, prefix: str = SPARSIFY_PRE
     folder = Path(out_root) / name
     ef = c.d_sae // c.d_in if c.d_sae % c.d_in == 0 else 0
     cfg = {"activation": "topk", "expansion_factor": ef or 32, "normalize_decoder": True, "num_latents": c.d_sae,
-           "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": c.is_transcoder, "d_in": c.d_in}
+           "k": c.k, "multi_topk": False, "skip_connection": c.skip, "transcode": c.is_transcoder, "d_in": c.d_in}
     s = sae.folded_state()
     write_tensors(folder / SPARSIFY_WEIGHTS, {"encoder.weight": s["W_enc"].t().contiguous(), "encoder.bias": s["b_enc"],
-                                              "W_dec": s["W_dec"], "b_dec": s["b_dec"]})
+                                              "W_dec": s["W_dec"], "b_dec": s["b_dec"]} | {n: s[n] for n in ("W_skip",) if n in s})
     write_json(folder / CFG, cfg)
     return folder

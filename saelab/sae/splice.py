@@ -44,7 +44,7 @@ def spliced(model, sae: SparseCoder, keep: torch.Tensor | None = None, error_ter
                 else:
                     if edit is not None:
                         dense = edit(dense.view(*shape[:-1], -1)).reshape(-1, cfg.d_sae)
-                    new = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale
+                    new = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale + sae.skip_raw(flat_x)
         new = new.reshape(shape).to(act.dtype)
         if keep is not None:
             k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)

@@ -29,6 +29,8 @@ class TrainConfig:
                                          "(none: prefixes at latents/16, /8, /4, /2, 1)")
     sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
                                       help="sparsity penalty; one SAE per coeff (relu / jumprelu / gated)")
+    skip: bool = opt(False, "transcoders ('A->B'): add a linear skip x @ W_skip.T, initialised to the "
+                            "least-squares fit of B from A (Paulo et al. 2025)")
     tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
     batch_tokens: int = opt(4096, "tokens per optimiser step")
     context: int = opt(256, "tokens per row fed to the LM")
@@ -142,6 +144,8 @@ class TrainConfig:
 
     def _validate_arch_options(self) -> None:
         """An architecture's own options, refused for the others."""
+        if self.skip and not all("->" in h for h in self.hookpoints):
+            raise UserError("--skip applies to transcoders only: give every --hookpoints entry as 'A->B'")
         if self.groups is not None:
             if self.arch != "matryoshka":
                 raise UserError(f"--groups applies to --arch matryoshka only, not {self.arch}")

@@ -26,10 +26,19 @@ def plot_train_log(run: Path) -> Path | None:
     records = read_jsonl(run / LOG)
     if not records:
         return None
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
     names = list(records[-1]["saes"])
     keys = [k for k in records[-1]["saes"][names[0]] if k != "dead"] + ["dead"]
+    values = {k: {r["saes"][n][k] for r in records for n in names if k in r["saes"].get(n, {})} for k in keys}
+    constant = {k: next(iter(v)) for k, v in values.items() if len(v) == 1 and k != "dead"}  # TopK's l0 = k
+    keys = [k for k in keys if k not in constant]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    if constant:
+        fig.suptitle("constant, not drawn: " + ", ".join(f"{k} = {v:g}" for k, v in constant.items()), fontsize=8)
     for ax, key in zip(axes[0], keys):
+        ax.xaxis.set_major_locator(MaxNLocator(4))   # few ticks, short labels (150k, 1.2M): never run together
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         for name in names:
             pts = [(r["tokens"], r["saes"][name][key]) for r in records if key in r["saes"].get(name, {})]
             if pts:

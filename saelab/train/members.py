@@ -48,10 +48,11 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
         for k, coeff, lr in cfg.sweep_values():
             sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
                            d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
-                           aux_coeff=cfg.aux_coeff, groups=list(cfg.groups) if cfg.groups else None)
+                           aux_coeff=cfg.aux_coeff, groups=list(cfg.groups) if cfg.groups else None,
+                           skip=cfg.skip)
             sae = build_sae(sc).to(cfg.device)
             sae.reset_parameters(gen)
-            name = sae_name(a, b, cfg.arch, k, coeff, lr if len(cfg.learning_rates) > 1 else None)
+            name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None)
             members.append(new_member(name, sae, lr, cfg.device))
     return members
 

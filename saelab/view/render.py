@@ -19,7 +19,9 @@ table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left;vertical-a
 tr:nth-child(even){background:#f6f6f6}
 .tok{font-family:ui-monospace,monospace;white-space:pre;border-radius:2px;padding:0 1px}
 .peak{outline:1px solid #c33}
-.ex{margin:3px 0;line-height:1.7;font-size:.9em;white-space:nowrap;overflow-x:auto}
+.ex{margin:3px 0;line-height:1.7;font-size:.9em;white-space:pre;overflow-x:auto;font-family:ui-monospace,monospace}
+.ex b{font-weight:normal;border-radius:2px}
+""" + "".join(f".s{k}{{background:rgba(255,120,0,{0.1 + 0.9 * (k - 1) / 8:.2f})}}" for k in range(1, 10)) + """
 .val{display:inline-block;width:4.5em;color:#666;font-family:ui-monospace,monospace}
 .muted{color:#777} .expl{font-size:1.1em;background:#eef5ff;padding:.4em .6em;border-radius:4px}
 .cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}
@@ -29,7 +31,7 @@ input,textarea,select,button{font-size:1em} textarea{width:100%}
 """
 
 FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>{{ f.sae }} feature {{ f.id }}</title><style>{{ css }}</style></head><body>
+<title>{{ f.sae }} feature {{ f.id }}</title>{{ style() }}</head><body>
 <p><a href="{{ home }}" id="home">&larr; index</a></p>
 <h1 id="title">{{ f.sae }} &middot; feature {{ f.id }}</h1>
 <p class="muted">hookpoint {{ f.hookpoint }} &middot; {{ f.d_sae }} features</p>
@@ -68,12 +70,14 @@ FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 
 MACROS = """{% macro example(e, mx) -%}
 <div class="ex"><span class="val">{{ "%.2f"|format(e.value) }}</span>{% for t in e.tokens -%}
-<span class="tok{% if loop.index0 == e.peak %} peak{% endif %}" title="{{ '%.3f'|format(e.acts[loop.index0]) }}" style="background:rgba(255,120,0,{{ '%.2f'|format(shade(e.acts[loop.index0], mx)) }})">{{ visible(t) }}</span>
+{% set a = e.acts[loop.index0] %}{% set pk = loop.index0 == e.peak %}{% if a > 0 or pk -%}
+<b class="{% if a > 0 %}s{{ level(a, mx) }}{% endif %}{% if pk %} peak{% endif %}" title="{{ '%.3f'|format(a) }}">{{ visible(t) }}</b>
+{%- else %}{{ visible(t) }}{% endif %}
 {%- endfor %}</div>
 {%- endmacro %}"""
 
 INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ name }} features</title>
-<style>{{ css }}</style></head><body>
+{{ style() }}</head><body>
 <h1>{{ name }}</h1>
 <p class="muted">{{ d_sae }} features at {{ hookpoint }} &middot; {{ n_positions }} cached positions &middot; {{ n_explained }} explained</p>
 <img src="density.png" alt="feature density histogram" style="max-width:520px">
@@ -96,41 +100,57 @@ def visible(t: str) -> str:
     return t.replace("\n", "\u21b5").replace("\t", "\u21e5")
 
 
-def shade(v: float, mx: float) -> float:
-    return 0.0 if mx <= 0 or v <= 0 else min(1.0, 0.1 + 0.9 * v / mx)
+def level(v: float, mx: float) -> int:
+    """Shade class 1..9 of a positive activation on the feature's own scale (CSS .s1 .. .s9)."""
+    return 1 if mx <= 0 else 1 + min(8, int(8 * v / mx))
 
 
 def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
-    """Inline SVG bar chart of an activation histogram (numbers only go in; no user text)."""
+    """Inline SVG bar chart of an activation histogram with both axes: positions per bin (y, 0 to the
+    largest count) and activation (x, 0 to the max). Numbers only go in; no user text."""
     counts, edges = h["counts"], h["edges"]
     if not counts or max(counts) == 0:
         return '<p class="muted">no activations</p>'
-    top = max(counts)
+    top, left = max(counts), 40
     bw = width / len(counts)
-    bars = "".join(f'<rect x="{i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
+    bars = "".join(f'<rect x="{left + i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
                    f'height="{height * c / top:.1f}" fill="#e8743b"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
                    for i, c in enumerate(counts))
-    return (f'<svg id="histogram" width="{width}" height="{height + 16}" role="img" aria-label="activation histogram">{bars}'
-            f'<text x="0" y="{height + 13}" font-size="11">0</text>'
-            f'<text x="{width}" y="{height + 13}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text></svg>')
+    axes = (f'<path d="M{left - 2} 0V{height}H{left + width}" stroke="#999" fill="none"/>'
+            f'<text class="ycount" x="{left - 4}" y="9" font-size="10" text-anchor="end">{top:,}</text>'
+            f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
+            f'<text x="0" y="{height // 2 + 4}" font-size="10">count</text>'
+            f'<text x="{left}" y="{height + 13}" font-size="11">0</text>'
+            f'<text x="{left + width // 2}" y="{height + 13}" font-size="10" text-anchor="middle">activation</text>'
+            f'<text x="{left + width}" y="{height + 13}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>')
+    return (f'<svg id="histogram" width="{left + width}" height="{height + 16}" role="img" '
+            f'aria-label="activation histogram: positions per activation bin">{bars}{axes}</svg>')
 
 
 def _env() -> Environment:
     env = Environment(loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.globals.update(css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
-                        visible=visible, shade=shade, hist_svg=hist_svg, log10=math.log10)
+                        visible=visible, level=level, hist_svg=hist_svg, log10=math.log10)
     return env
 
 
 ENV = _env()
 
 
-def feature_page(view: dict, link, home: str) -> str:
-    """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index."""
-    return ENV.get_template("feature.html").render(f=view, link=link, home=home)
+def _style(css_href: str | None):
+    """A page's stylesheet: linked (the static dashboard's one shared style.css) or inline (the app)."""
+    return lambda: Markup('<link rel="stylesheet" href="%s">') % css_href if css_href else Markup("<style>") + \
+        Markup(CSS) + Markup("</style>")
 
 
-def index_page(name: str, d_sae: int, hookpoint: str, n_positions: int, rows: list[dict], n_explained: int) -> str:
-    return ENV.get_template("index.html").render(name=name, d_sae=d_sae, hookpoint=hookpoint,
-                                                 n_positions=n_positions, rows=rows, n_explained=n_explained)
+def feature_page(view: dict, link, home: str, css_href: str | None = None) -> str:
+    """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index;
+    `css_href`: URL of a shared stylesheet (None: inline)."""
+    return ENV.get_template("feature.html").render(f=view, link=link, home=home, style=_style(css_href))
+
+
+def index_page(name: str, d_sae: int, hookpoint: str, n_positions: int, rows: list[dict], n_explained: int,
+               css_href: str | None = None) -> str:
+    return ENV.get_template("index.html").render(name=name, d_sae=d_sae, hookpoint=hookpoint, n_positions=n_positions,
+                                                 rows=rows, n_explained=n_explained, style=_style(css_href))

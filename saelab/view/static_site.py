@@ -1,7 +1,9 @@
 """`saelab dashboard`: static HTML that opens offline from the disk.
 
 OUT/index.html             every feature (density, max, explanation, top tokens) with a filter box
-OUT/features/<i>.html      one self-contained page per feature (so 50,000 features never make one page)
+OUT/features/<i>.html      one page per feature (so 50,000 features never make one page); tokens with no
+                           activation are plain text, the others one <b> with a shade class
+OUT/style.css              the one stylesheet every page links (shared, not repeated per page)
 OUT/density.png            histogram of log10 firing density over features
 OUT/features.json          the index rows as data (id, density, max_act, explanation, top_tokens, promoted)
 OUT/manifest.json          what was shown: SAE folder, cache, tokens, explanations, wall time
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
-from .render import feature_page, index_page
+from .render import CSS, feature_page, index_page
 
 
 OUTPUTS = ("index.html", "features", "density.png", "features.json", "manifest.json")
@@ -67,11 +69,13 @@ def write_dashboard(store: FeatureStore, out: Path, latents: list[int] | None = 
     latents = list(range(store.d_sae)) if latents is None else latents
     written = set(latents)  # a --latents subset links only to pages it writes (no dead links)
     for i in tqdm(latents, desc="pages", disable=not progress):
-        html = feature_page(store.view(i), link=lambda j: f"{j}.html" if j in written else None, home="../index.html")
+        html = feature_page(store.view(i), link=lambda j: f"{j}.html" if j in written else None, home="../index.html",
+                            css_href="../style.css")
         write_text(out / "features" / f"{i}.html", html)
+    write_text(out / "style.css", CSS)
     rows = [store.summary(i) for i in latents]
     write_text(out / "index.html", index_page(store.name, store.d_sae, store.sae.cfg.hookpoint, store.n_positions,
-                                               rows, sum(1 for i in latents if store.explanation(i))))
+                                               rows, sum(1 for i in latents if store.explanation(i)), css_href="style.css"))
     density_png(store.freq, out / "density.png", f"{store.name}: feature density")
     write_json(out / "features.json", rows)
     write_json(out / "manifest.json", {"kind": KIND, "sae": str(store.sae_dir), "cache": str(store.cache.path),
