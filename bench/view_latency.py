@@ -139,10 +139,6 @@ def main():
         spec = importlib.util.spec_from_file_location("render_before", args.render_before)
         old = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(old)
-        view = {}
-        for i in range(50):
-            view = store.view(i)
-            view["scores"] = {}  # the old page read scores as {name: number}
         before = sum(len(old.feature_page(dict(store.view(i), scores={}), link=lambda j: f"{j}.html",
                                           home="../index.html").encode()) for i in range(50))
         res["dashboard_feature_pages_mb_per_1000_before"] = before / 50 * 1000 / 1e6

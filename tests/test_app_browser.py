@@ -415,3 +415,29 @@ def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
         page.wait_for_function("document.getElementById('saeinfo').textContent.length > 0")
         assert page.locator("#saeinfo").inner_text().endswith(f"{len(lat)} explained")
         browser.close()
+
+
+def test_browser_feature_navigation_and_html_404(server, tmp_path):
+    """Arrow keys move to the previous / next feature; a missing page is an HTML page for a browser
+    (JSON for the API); an empty search lists the densest features."""
+    base, store = server
+    code, body = _get(f"{base}/api/search?sae=app_sae&q=")
+    dens = [r["density"] for r in json.loads(body)["results"]]
+    assert code == 200 and len(dens) == min(50, store.d_sae) and dens == sorted(dens, reverse=True)
+    with _browser() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(f"{base}/sae/app_sae/feature/2")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("document.getElementById('title').textContent.endsWith('feature 3')")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function("document.getElementById('title').textContent.endsWith('feature 2')")
+        page.goto(f"{base}/sae/app_sae/feature/0")
+        assert page.locator("#prev").count() == 0 and page.locator("#next").count() == 1
+        r = page.goto(f"{base}/sae/app_sae/feature/{store.d_sae}")
+        assert r.status == 404 and page.locator("h1").inner_text() == "Not found"
+        assert f"0..{store.d_sae - 1}" in page.locator("#detail").inner_text()
+        r = page.goto(f"{base}/no/such/page")
+        assert r.status == 404 and page.locator("h1").inner_text() == "Not found"
+        browser.close()

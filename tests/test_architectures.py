@@ -389,14 +389,16 @@ def test_skip_transcoder_trains_in_the_loop_and_beats_a_transcoder(tmp_path, tin
 
 # ---------------------------------------------------------------- data-parallel torchrun
 def test_gated_and_skip_data_parallel_match_one_process(tmp_path, tiny_model_dir, text_corpus):
-    """Their extra parameters (r_mag, b_mag, W_skip) are all-reduced like the others: 2 ranks = 1 process."""
+    """Their extra parameters (r_mag, b_mag, W_skip) are all-reduced like the others: 2 ranks = 1 process.
+    (Coefficient 0: a rank weights its gradients by its share of the target variance, exact for FVU-type
+    terms such as the gated auxiliary loss, approximate for per-row penalties, as for relu / jumprelu.)"""
     import os
     import subprocess
     import sys
 
     base = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--latents", "128",
             "--tokens", "4096", "--batch-tokens", "512", "--context", "64", "--buffer-batches", "4", "--lr", "2e-3",
-            "--threads", "1", "--dead-tokens", "1000000000", "--arch", "gated", "--sparsity-coeff", "0.1", "--skip",
+            "--threads", "1", "--dead-tokens", "1000000000", "--arch", "gated", "--sparsity-coeff", "0", "--skip",
             "--hookpoints", f"{MLP_IN}->{MLP_OUT}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     outs = {}

@@ -38,7 +38,7 @@ def test_every_option_has_help_and_shows_its_default():
 def test_one_flag_per_destination_and_one_destination_per_flag():
     _, subs = _subparsers()
     flags, dests = collections.defaultdict(set), collections.defaultdict(set)
-    for name, sp in subs.items():
+    for sp in subs.values():
         for a in sp._actions:
             for o in a.option_strings:
                 if o.startswith("--") and not o.startswith("--no-"):

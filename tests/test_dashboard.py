@@ -86,6 +86,8 @@ def test_explanations_and_search(store):
     assert [r["id"] for r in store.search("cats dogs")] == [0]
     assert [r["id"] for r in store.search("ABOUT")] == [2]
     assert store.search("elephants") == []
+    dens = [r["density"] for r in store.search("", limit=20)]  # an empty query lists the densest features
+    assert len(dens) == 20 and dens == sorted(dens, reverse=True) and dens[0] == pytest.approx(float(store.freq.max()))
     tok = store.top_tokens[5][0]
     assert 5 in [r["id"] for r in store.search(tok, by="token")]
     with pytest.raises(UserError):
@@ -197,8 +199,6 @@ def test_run_explanations_and_scores_reach_the_page(store, run_of_store, tmp_pat
 
 
 def test_a_run_of_another_dictionary_is_refused(store, run_of_store, tmp_path, tiny_model_dir, text_corpus, capsys):
-    from view_helpers import make_interpretation_run, make_sae_folder
-
     cache, run, nrun, _ = run_of_store
     with pytest.raises(UserError, match="neurons"):  # a neurons run attached to the SAE's features
         FeatureStore.build(store.sae_dir, cache=cache, explanations=nrun, model=store.model, tokenizer=store.tok,

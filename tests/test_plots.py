@@ -47,5 +47,5 @@ def test_feature_histogram_has_a_count_axis():
 
     counts, edges = np.histogram([0.1, 0.2, 0.2, 0.9] * 300, bins=24, range=(0, 1.0))
     svg = hist_svg({"counts": counts.tolist(), "edges": edges.tolist()})
-    assert f'class="ycount"' in svg and f">{int(counts.max()):,}</text>" in svg and ">count</text>" in svg
+    assert 'class="ycount"' in svg and f">{int(counts.max()):,}</text>" in svg and ">count</text>" in svg
     assert svg.count("<rect") == 24 and ">activation</text>" in svg

@@ -156,7 +156,12 @@ def test_steer_command(setup, tmp_path, capsys):
     # relative values build a small latent cache for the max activations, then steer
     rc = main(["steer", str(folder), "--prompt", "Hello", "--clamp", "3=5x", "--max-new-tokens", "4", "--stats-tokens", "2048"])
     assert rc == 0 and "(5.0x max)" in capsys.readouterr().out
-    # bad input: clear errors, exit code 2, before any generation
+    # a sweep: one steered text per strength, each naming the value used
+    assert main(["steer", str(folder), "--prompt", PROMPT, "--clamp", "3=30", "--max-new-tokens", "3", "--sweep"]) == 0
+    printed = capsys.readouterr().out
+    for x, v in (("0.5", "15"), ("1", "30"), ("2", "60"), ("4", "120")):
+        assert f"--- steered x{x} (clamp 3 -> {v})" in printed
+        # bad input: clear errors, exit code 2, before any generation
     assert main(["steer", str(folder), "--prompt", "x", "--clamp", "999=1"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["steer", str(folder), "--prompt", "x"]) == 2

@@ -120,7 +120,7 @@ def run_steer(args) -> None:
         print(f"\nprompt: {r['prompt']!r}\n--- unsteered ---\n{r['unsteered']}")
         for v in r["sweep"]:
             flag = f"   [degenerate: {v['degenerate']}]" if v["degenerate"] else ""
-            print(f"--- steered ({v['steering']}){flag} ---\n{v['text']}")
+            print(f"--- steered x{v['strength']:g} ({v['steering']}){flag} ---\n{v['text']}")
 
     res = run_steering(req, lm.model, lm.tokenizer, sae, max_acts, sink_positions(cfg_json), on_result=show)
     if args.json:

@@ -109,8 +109,8 @@ def run_steering(request: SteeringRequest, model, tokenizer, sae: SparseCoder | 
         direction = contrastive_direction(model, tokenizer, hp, request.positive, request.negative, skip_first)
         for x in request.strengths:
             st = direction_steer(hp, direction, request.scale * x, skip_first)
-            variants.append((x, st, [], f"contrastive direction at {hp} (norm {float(direction.norm()):.2f}) "
-                                        f"x {request.scale * x:.3g}"))
+            words = f"contrastive direction at {hp} (norm {float(direction.norm()):.2f}) x {request.scale * x:.3g}"
+            variants.append((x, st, [], words))
         sae = None
     else:
         for x in request.strengths:

@@ -226,10 +226,13 @@ class FeatureStore:
 
     def search(self, query: str, by: str = "text", limit: int = 50) -> list[dict]:
         """Features whose explanation contains every word of `query` (by=text), or whose top
-        activating / promoted tokens contain `query` (by=token); strongest matches first."""
+        activating / promoted tokens contain `query` (by=token); strongest matches first. An empty
+        query lists the features by firing density, densest first."""
         q = query.strip().lower()
+        if by not in ("text", "token"):
+            raise UserError(f"search by {by!r}: use 'text' or 'token'")
         if not q:
-            return []
+            return [self.summary(int(i)) for i in np.argsort(-self.freq, kind="stable")[:limit]]
         hits = []
         if by == "text":
             words = q.split()

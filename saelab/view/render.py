@@ -32,7 +32,11 @@ input,textarea,select,button{font-size:1em} textarea{width:100%}
 
 FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{{ f.sae }} feature {{ f.id }}</title>{{ style() }}</head><body>
-<p><a href="{{ home }}" id="home">&larr; index</a></p>
+<p><a href="{{ home }}" id="home">&larr; index</a>{% set prev = link(f.id - 1) if f.id > 0 else none %}{% set next = link(f.id + 1) if f.id + 1 < f.d_sae else none %}
+{% if prev %} &middot; <a href="{{ prev }}" id="prev">&larr; feature {{ f.id - 1 }}</a>{% endif %}{% if next %} &middot; <a href="{{ next }}" id="next">feature {{ f.id + 1 }} &rarr;</a>{% endif %}
+<span class="muted">(arrow keys)</span></p>
+<script>document.addEventListener('keydown', e => { if (e.target.closest('input,textarea,select')) return;
+const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'ArrowRight' ? 'next' : ''); if (a) location.href = a.href; });</script>
 <h1 id="title">{{ f.sae }} &middot; feature {{ f.id }}</h1>
 <p class="muted">hookpoint {{ f.hookpoint }} &middot; {{ f.d_sae }} features</p>
 {% if f.explanation %}<p class="expl" id="explanation">{{ f.explanation }}</p>

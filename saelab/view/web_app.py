@@ -24,6 +24,7 @@ first beyond MAX_JOBS).
 
 from __future__ import annotations
 
+import html
 import itertools
 import threading
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field
 
 from .feature_store import FeatureStore
@@ -50,6 +52,8 @@ MAX_NEW_TOKENS = 200
 MAX_JOBS = 64          # finished jobs kept (unfetched ones are dropped last)
 MAX_PENDING = 4        # queued + running steering jobs; one more -> 429
 MAX_BODY_BYTES = 64 * 1024
+ERROR_PAGE = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab: @TITLE@</title></head><body>'
+              '<h1>@TITLE@</h1><p id="detail">@DETAIL@</p><p><a href="/">back to the app</a></p></body></html>')
 
 
 class BodyTooLarge(HTTPException):
@@ -252,6 +256,15 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
         if not 0 <= i < s.d_sae:
             raise HTTPException(404, f"feature {i} does not exist: {name} has features 0..{s.d_sae - 1}")
         return s, s.view(i)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """JSON for the API, a small HTML page for a person's browser (never a file, never a traceback)."""
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        title = "Not found" if exc.status_code == 404 else f"Error {exc.status_code}"
+        return HTMLResponse(ERROR_PAGE.replace("@TITLE@", title).replace("@DETAIL@", html.escape(str(exc.detail))),
+                            status_code=exc.status_code)
 
     @api.get("/sae/{name}/feature/{i}", response_class=HTMLResponse)
     def feature_html(name: str, i: int):
