@@ -221,9 +221,9 @@ def check_dtype(dtype: str, device: str = "cpu"):
     import torch
 
     t = getattr(torch, dtype)
+    check_device(device)  # every model load passes here: --device banana is a clear error in every command
     if dtype == "float32":
         return t
-    check_device(device)
     if device.startswith("cuda") and dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UserError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                         f"use --dtype float16 or float32")

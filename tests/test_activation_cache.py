@@ -134,3 +134,19 @@ def test_cache_and_train_commands(tmp_path, tiny_model_dir, text_corpus):
             "model.layers.1", "--tokens", "4096", "--context", "64", "--batch-tokens", "512", "--out",
             str(tmp_path / "c"))
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_a_cut_shard_is_refused_where_it_is_read(tmp_path, cache):
+    """A half-copied cache (one shard cut short) is a clear error when that shard is read, never
+    vectors read past its end."""
+    import shutil
+
+    copy = tmp_path / "acts"
+    shutil.copytree(cache, copy)
+    m = read_manifest(copy)
+    p = shard_path(copy, 1, HOOKS[0])
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    st = CachedActivationStream(copy, m, HOOKS, 64, 8, 2, m["lm_tokens"] // 64, seed=0)
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        for _ in st.chunks():
+            pass

@@ -441,3 +441,40 @@ def test_browser_feature_navigation_and_html_404(server, tmp_path):
         r = page.goto(f"{base}/no/such/page")
         assert r.status == 404 and page.locator("h1").inner_text() == "Not found"
         browser.close()
+
+
+def test_test_this_feature_on_your_own_text(server):
+    """The served feature page colours the user's text by this feature's own activation, the same
+    numbers as the SAE's encoder on the model's activations."""
+    from saelab.models import collect_activations
+
+    base, store = server
+    text = "The cat sat on the mat. The dog sat on the log."
+    code, body = _post(f"{base}/api/fire", {"sae": "app_sae", "text": text, "top": 1, "feature": 5})
+    assert code == 200 and body["max_act"] == pytest.approx(float(store.max_act[5]))
+    ids = encode_prompt(store.tok, text)
+    act = collect_activations(store.model, ids, ["model.layers.1"])["model.layers.1"][0]
+    want = store.sae.encode_raw(act).to_dense()[1:, 5]  # the sink position is left out
+    assert [t["act"] for t in body["tokens"]] == pytest.approx(want.tolist(), abs=1e-5)
+    assert _post(f"{base}/api/fire", {"sae": "app_sae", "text": text, "feature": store.d_sae})[0] == 400
+    with _browser() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{base}/sae/app_sae/feature/5")
+        page.fill("#trytext", text)
+        page.click("#trybtn")
+        page.wait_for_selector("#trytokens b")
+        titles = page.locator("#trytokens b").evaluate_all("bs => bs.map(b => parseFloat(b.title))")
+        assert titles == pytest.approx(want.tolist(), abs=2e-3)
+        assert "".join(page.locator("#trytokens b").all_inner_texts()) == text
+        # clicking a top example puts its text in the box and shows this feature's activations on it
+        ex = store.view(5)["top"][0]
+        page.locator("#top .ex").first.click()
+        page.wait_for_function("document.getElementById('trytext').value.length > 0 && "
+                               "document.querySelectorAll('#trytokens b').length > 0")
+        assert page.locator("#trytext").input_value() == "".join(ex.tokens)
+        assert errors == []
+        browser.close()

@@ -35,7 +35,7 @@ def test_every_option_has_help_and_shows_its_default():
     assert missing == []
 
 
-def test_one_flag_per_destination_and_one_destination_per_flag():
+def test_one_flag_per_destination_and_one_destination_per_flag(capsys):
     _, subs = _subparsers()
     flags, dests = collections.defaultdict(set), collections.defaultdict(set)
     for sp in subs.values():
@@ -51,6 +51,9 @@ def test_one_flag_per_destination_and_one_destination_per_flag():
     # the cache budget of steer is --tokens, as in dashboard and serve (old spelling kept)
     p, _ = _subparsers()
     assert parse_args(p, ["steer", "S", "--prompt", "x", "--stats-tokens", "99"]).tokens == 99
+    assert "--stats-tokens is an old spelling; use --tokens" in capsys.readouterr().err
+    assert parse_args(p, ["steer", "S", "--prompt", "x", "--tokens", "99"]).tokens == 99
+    assert capsys.readouterr().err == ""
 
 
 def test_every_latents_option_takes_both_list_syntaxes():
@@ -74,6 +77,10 @@ def test_positionals_after_a_multi_value_option_are_not_swallowed(capsys):
     assert ns.sae == ["SAE"] and ns.cache == ["C"]
     ns = parse_args(p, ["explain", "--out", "o", "--latents", "1", "2", "CACHE"])
     assert ns.cache == "CACHE" and ns.latents == ["1", "2"]
+    ns = parse_args(p, ["explain", "--latents", "1", "2", "CACHE", "--out", "o"])  # swallowed in the middle
+    assert ns.cache == "CACHE" and ns.latents == ["1", "2"] and ns.out == "o"
+    ns = parse_args(p, ["dashboard", "--latents", "0-3", "SAE", "--out", "d", "--tokens", "99"])
+    assert ns.sae == "SAE" and ns.latents == ["0-3"] and ns.out == "d" and ns.tokens == 99
     ns = parse_args(p, ["serve", "A", "B", "--cache", "C1", "C2"])  # nothing to fix: unchanged
     assert ns.sae == ["A", "B"] and ns.cache == ["C1", "C2"]
     with pytest.raises(SystemExit):  # no positional at all: argparse's own message

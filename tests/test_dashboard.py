@@ -15,7 +15,6 @@ from saelab.commands import latent_list
 from saelab.view.static_site import write_dashboard
 from saelab.errors import UserError
 from saelab.models import collect_activations, load_model
-from saelab.sae.folder import load_sae
 from view_helpers import make_interpretation_run, make_sae_folder
 
 XSS = "<script>window.__pwned=1</script> cats & dogs"

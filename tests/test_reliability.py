@@ -598,3 +598,33 @@ def test_import_of_a_saelab_folder_says_so(tmp_path, capsys):
     assert main(["import", str(folder), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "already a saelab SAE folder" in err and "damaged" not in err and not (tmp_path / "out").exists()
+
+
+def test_device_banana_in_any_command_that_loads_a_model(tmp_path, capsys):
+    from saelab.errors import UserError
+    from saelab.models import load_model
+
+    with pytest.raises(UserError, match="'banana' is not a device"):
+        load_model("embedded", device="banana")
+    folder = _sae_folder(tmp_path / "sae")
+    assert main(["eval", str(folder), "--device", "banana"]) == 2
+    assert "is not a device" in capsys.readouterr().err
+
+
+def test_train_overwrite_removes_only_what_training_writes(tmp_path, tiny_model_dir, text_corpus):
+    from conftest import train_cfg
+
+    from saelab.train.loop import TrainingRun
+
+    run = tmp_path / "run"
+    (run / "old-sae").mkdir(parents=True)
+    (run / "old-sae" / "cfg.json").write_text("{}")  # an SAE folder of the earlier run
+    (run / "manifest.json").write_text("{}")
+    (run / "train_log.jsonl").write_text('{"tokens": 1}\n')
+    (run / "notes.txt").write_text("mine")  # not the run's: kept
+    (run / "data").mkdir()
+    (run / "data" / "x.npy").write_bytes(b"keep")
+    TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, tokens=2048, overwrite=True)).run()
+    assert (run / "notes.txt").read_text() == "mine" and (run / "data" / "x.npy").read_bytes() == b"keep"
+    assert not (run / "old-sae").exists() and (run / "model.layers.1-topk-k8" / "cfg.json").exists()
+    assert '"tokens": 1}' not in (run / "train_log.jsonl").read_text()

@@ -32,7 +32,7 @@ from ..data import load_token_rows
 from ..models import glob_regex, hookpoint_widths, layer_index, load_model, resolve_hookpoints
 from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
 from ..sinks import SinkConfig, special_ids
-from ..storage import read_json, refuse_overwrite, write_json
+from ..storage import read_json, read_npy, refuse_overwrite, write_json
 from .stream import ActivationStream, Chunk, lm_rows_for
 
 MANIFEST = "manifest.json"
@@ -211,7 +211,9 @@ class CachedActivationStream:
             p = shard_path(self.folder, shard, hook)
             if not p.exists():
                 raise UserError(f"activation cache {self.folder} lacks {p.name}; the cache is damaged, rebuild it")
-            self._maps[key] = np.load(p, mmap_mode="r")
+            # a shard cut short (a half copy) is an error here, never vectors read past its end
+            vectors = next(s["vectors"] for s in self.m["shards"] if s["index"] == shard)
+            self._maps[key] = read_npy(p, (vectors, self.m.get("widths", {}).get(hook)))
         return self._maps[key]
 
     def _epoch_order(self, epoch: int) -> np.ndarray:

@@ -1,7 +1,18 @@
 """Subcommands of `saelab`, one module per stage (train, evaluate, study, interop, interpret, view); each
 module has `register(subparsers)` and adds its own commands.
 
-To add a command group, write a module with `register` and list it in COMMAND_MODULES."""
+To add a command group, write a module with `register` and list it in COMMAND_MODULES.
+
+The one CLI grammar every command shares lives here: `latent_list` (`--latents 0-9,12` or `0 1 2`),
+`parse_args` (positionals never swallowed by a multi-value option), `show_defaults` (every default
+in --help), `OldSpelling` (a renamed flag keeps working, with a notice). tests/test_cli_grammar.py."""
+
+import argparse as _argparse
+import contextlib
+import io
+import sys
+
+from ..errors import UserError
 
 COMMAND_MODULES = [
     "saelab.commands.train",
@@ -12,14 +23,22 @@ COMMAND_MODULES = [
     "saelab.commands.view",
 ]
 
+class OldSpelling(_argparse._StoreAction):
+    """A stored option whose later option strings are old spellings: they still work and print a
+    one-line notice naming the new one (`add_argument("--tokens", "--stats-tokens", action=OldSpelling)`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            print(f"saelab: {option_string} is an old spelling; use {self.option_strings[0]}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted)"
 
 
 def latent_list(values, d_sae: int | None = None) -> list[int] | None:
     """The one latent-list syntax of every command: `--latents 0-9,12` and `--latents 0 1 2` (and a mix)
     -> sorted distinct ids (None -> None: the command's default); checked against d_sae when given."""
-    from ..errors import UserError
-
     if not values:
         return None
     text = ",".join([values] if isinstance(values, str) else values)
@@ -44,12 +63,8 @@ def latent_list(values, d_sae: int | None = None) -> list[int] | None:
 def parse_args(parser, argv: list[str] | None = None):
     """`parser.parse_args`, except that positional arguments written after a multi-value option are not
     swallowed by it: `saelab serve --cache C SAE` reads as `saelab serve --cache C -- SAE`. When the
-    plain parse fails, the fewest trailing values that make it succeed are taken as positionals; when
-    none does, the plain parse's own error is shown."""
-    import contextlib
-    import io
-    import sys
-
+    plain parse fails, the fewest trailing values of an option (the last option first) that make it
+    succeed are taken as positionals; when none does, the plain parse's own error is shown."""
     def attempt(args):
         err = io.StringIO()
         try:
@@ -67,26 +82,30 @@ def parse_args(parser, argv: list[str] | None = None):
         ns = attempt(argv)
         if ns is not None:
             return ns
-        for k in range(1, len(argv)):
-            head, tail = argv[:-k], argv[-k:]
-            if head[-1].startswith("-") or any(t.startswith("-") for t in tail):
-                break  # an option's only value, or past another option
-            ns = attempt(head + ["--"] + tail)
-            if ns is not None:
-                return ns
+        # the value runs of options (an option and the plain words after it), last run first; from each,
+        # move its last k words (never all of them) behind a `--`: `--latents 1 2 CACHE --out R`
+        # -> `--latents 1 2 --out R -- CACHE`
+        starts = [i for i, t in enumerate(argv) if t.startswith("-")]
+        for i in reversed(starts):
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                j += 1
+            for k in range(1, j - i - 1):
+                moved = argv[j - k:j]
+                ns = attempt(argv[:j - k] + argv[j:] + ["--"] + moved)
+                if ns is not None:
+                    return ns
     return parser.parse_args(argv)
 
 
 def show_defaults(parser) -> None:
     """Every option of every subcommand names its default in --help: those whose help does not say
     it get `(default: X)` appended (options whose default is None / off need no mention)."""
-    import argparse
-
-    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+    for sub in (a for a in parser._actions if isinstance(a, _argparse._SubParsersAction)):
         for sp in sub.choices.values():
             for a in sp._actions:
                 d = a.default
-                if (not a.option_strings or a.help in (None, argparse.SUPPRESS) or d in (None, False, argparse.SUPPRESS)
+                if (not a.option_strings or a.help in (None, _argparse.SUPPRESS) or d in (None, False, _argparse.SUPPRESS)
                         or d == [] or "default" in a.help.lower()):
                     continue
                 shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else f"{d:,}" if isinstance(d, int) \

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..options import DTYPE_HELP, DTYPES, THREADS_HELP
-from . import LATENTS_HELP, latent_list
+from . import LATENTS_HELP, OldSpelling, latent_list
 
 STEER_HELP = """Generate from a prompt with features clamped or added, next to the unsteered model (same seed).
 Examples:
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for steered and unsteered (default 0)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (default: off)")
     p.add_argument("--cache", help="latent cache with the features' max activations, for Vx values (default: build one over --tokens)")
-    p.add_argument("--tokens", "--stats-tokens", dest="tokens", type=int, default=16384,
+    p.add_argument("--tokens", "--stats-tokens", dest="tokens", type=int, default=16384, action=OldSpelling,
                    help="held-out tokens to cache for max activations when there is no --cache, as in dashboard/serve "
                         "(--stats-tokens: the old spelling) (default 16384)")
     p.add_argument("--model", help="model (default: the SAE's own, else embedded)")

@@ -23,7 +23,7 @@ from ..sae.folder import Provenance, save_sae
 from ..storage import fingerprint, refuse_overwrite, trim_jsonl
 from .checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
-from .curves import LOG, plot_train_log
+from .curves import FIGURE, LOG, plot_train_log
 from .distributed import parallel_for
 from .manifest import write_manifest
 from .members import Member, build_members, parse_sites
@@ -70,7 +70,7 @@ class TrainingRun:
         inputs = open_inputs(cfg, self.patterns, par.wrap_stream)
         if par.is_main:
             if cfg.overwrite and self.out.exists():
-                shutil.rmtree(self.out)
+                _clear_run(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         par.barrier()
         everyone = build_members(cfg, inputs.sites, inputs.widths)
@@ -229,6 +229,13 @@ class TrainingRun:
               + (f"; --tokens {cfg.tokens:,} rounded down to whole batches" if pos.lm_tokens != cfg.tokens else ""),
               flush=True) if par.is_main else None
         return folders
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: remove what a training run writes (its files and SAE folders), nothing else."""
+    for p in out.iterdir():
+        if p.name in ("manifest.json", LOG, FIGURE, CHECKPOINT) or (p.is_dir() and (p / "cfg.json").exists()):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def train(cfg: TrainConfig) -> list[Path]:

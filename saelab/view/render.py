@@ -27,7 +27,7 @@ tr:nth-child(even){background:#f6f6f6}
 .cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}
 .pill{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre}
 input,textarea,select,button{font-size:1em} textarea{width:100%}
-.bar{height:8px;background:#e99}
+.bar{height:8px;background:#e99} .err{color:#b00}
 """
 
 FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -64,6 +64,32 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 <td>{{ n.explanation or "" }}{% for t in n.top_tokens %} <span class="pill">{{ t }}</span>{% endfor %}</td></tr>{% endfor %}</table>
 <p class="muted">cosine of decoder directions</p>
 </div></div>
+{% if live %}<h2>Test this feature on your own text</h2>
+<textarea id="trytext" rows="2">{{ f.top[0].tokens|join("") if f.top else "" }}</textarea><br><button id="trybtn">Show activations</button>
+<span id="tryerr" class="err"></span><div id="trytokens" class="ex"></div>
+<script>
+document.getElementById('trybtn').addEventListener('click', async () => {
+  const out = document.getElementById('trytokens'), err = document.getElementById('tryerr'); out.replaceChildren(); err.textContent = '';
+  const r = await fetch('/api/fire', {method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({sae: {{ f.sae|tojson }}, text: document.getElementById('trytext').value, top: 1, feature: {{ f.id }}})});
+  const body = await r.json().catch(() => ({detail: r.statusText}));
+  if (!r.ok) { err.textContent = typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail); return; }
+  const mx = Math.max(1e-9, body.max_act, ...body.tokens.map(t => t.act));  // this feature's own scale
+  for (const t of body.tokens) {
+    const b = document.createElement('b'); b.textContent = t.token.replace(/\\n/g, '\\u21b5'); b.title = t.act.toFixed(3);
+    if (t.act > 0) b.className = 's' + (1 + Math.min(8, Math.floor(8 * t.act / mx)));
+    out.appendChild(b);
+  }
+});
+addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, .range .ex').forEach(ex => {
+  ex.style.cursor = 'pointer'; ex.title = 'test this example as your own text';
+  ex.addEventListener('click', () => {  // an example opens in the box above, with this feature's activations
+    document.getElementById('trytext').value = [...ex.childNodes].slice(1).map(n => n.textContent).join('')
+      .replace(/\\u21b5/g, '\\n').replace(/\\u21e5/g, '\\t');
+    document.getElementById('trybtn').click(); document.getElementById('trytext').scrollIntoView();
+  });
+}));
+</script>{% endif %}
 <h2>Top activations</h2>
 <div id="top">{% for e in f.top %}{{ example(e, f.max_act) }}{% else %}<p class="muted">this feature never fired on the cached tokens</p>{% endfor %}</div>
 {% for r in f.ranges %}{% if r.examples %}
@@ -148,10 +174,11 @@ def _style(css_href: str | None):
         Markup(CSS) + Markup("</style>")
 
 
-def feature_page(view: dict, link, home: str, css_href: str | None = None) -> str:
+def feature_page(view: dict, link, home: str, css_href: str | None = None, live: bool = False) -> str:
     """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index;
-    `css_href`: URL of a shared stylesheet (None: inline)."""
-    return ENV.get_template("feature.html").render(f=view, link=link, home=home, style=_style(css_href))
+    `css_href`: URL of a shared stylesheet (None: inline); `live`: served by the web app (adds
+    "test this feature on your own text", which needs the model)."""
+    return ENV.get_template("feature.html").render(f=view, link=link, home=home, style=_style(css_href), live=live)
 
 
 def index_page(name: str, d_sae: int, hookpoint: str, n_positions: int, rows: list[dict], n_explained: int,

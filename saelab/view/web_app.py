@@ -91,6 +91,7 @@ class FireRequest(BaseModel):
     sae: str
     text: str = Field(max_length=MAX_TEXT_CHARS)
     top: int = Field(5, ge=1, le=20)
+    feature: int | None = Field(None, ge=0)   # also this feature's activation at every token
 
 
 class EditModel(BaseModel):
@@ -158,7 +159,7 @@ class App:
 
     # ------------------------------------------------------------ fire
     @torch.no_grad()
-    def fire(self, s: FeatureStore, text: str, top: int) -> dict:
+    def fire(self, s: FeatureStore, text: str, top: int, feature: int | None = None) -> dict:
         ids = encode_prompt(s.tok, text, max_tokens=MAX_FIRE_TOKENS)
         hp = s.sae.cfg.hookpoint
         with self.lock(s):
@@ -170,8 +171,11 @@ class App:
         for p in range(skip, ids.shape[1]):
             feats = [{"id": int(j), "act": float(v), "explanation": s.explanation(int(j))}
                      for v, j in zip(vals[p], idx[p]) if v > 0]
-            toks.append({"token": s.token_str(int(ids[0, p])), "features": feats})
-        return {"tokens": toks}
+            tok = {"token": s.token_str(int(ids[0, p])), "features": feats}
+            if feature is not None:
+                tok["act"] = float(dense[p, s.check_latent(feature)])
+            toks.append(tok)
+        return {"tokens": toks, "max_act": float(s.max_act[feature]) if feature is not None else None}
 
     # ------------------------------------------------------------ steering jobs
     def start_steer(self, req: SteerRequest) -> Job:
@@ -271,7 +275,7 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
         s, v = _view(name, i)
         from urllib.parse import quote
 
-        return feature_page(v, link=lambda j: f"/sae/{quote(name, safe='')}/feature/{j}", home="/")
+        return feature_page(v, link=lambda j: f"/sae/{quote(name, safe='')}/feature/{j}", home="/", live=True)
 
     @api.get("/api/sae/{name}/feature/{i}")
     def feature_json(name: str, i: int):
@@ -284,7 +288,7 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
 
     @api.post("/api/fire")
     def fire(req: FireRequest):
-        return state.fire(state.store(req.sae), req.text, req.top)
+        return state.fire(state.store(req.sae), req.text, req.top, req.feature)
 
     @api.post("/api/steer", status_code=202)
     def steer(req: SteerRequest):
