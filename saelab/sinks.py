@@ -45,6 +45,6 @@ def excluded_positions(acts: list[torch.Tensor], input_ids: torch.Tensor, cfg: S
         mask |= torch.isin(input_ids, torch.tensor(special, device=input_ids.device))
     if cfg.norm_factor > 0:
         for a in acts:
-            norms = a.norm(dim=-1)
+            norms = torch.linalg.vector_norm(a, dim=-1, dtype=torch.float32)  # half-precision models too
             mask |= norms > cfg.norm_factor * norms.median()
     return mask

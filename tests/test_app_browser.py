@@ -476,5 +476,19 @@ def test_test_this_feature_on_your_own_text(server):
         page.wait_for_function("document.getElementById('trytext').value.length > 0 && "
                                "document.querySelectorAll('#trytokens b').length > 0")
         assert page.locator("#trytext").input_value() == "".join(ex.tokens)
+        # steer with this feature from its page: the unsteered text and the default sweep, values shown
+        from saelab.features.steering import DEFAULT_STRENGTH, SWEEP
+
+        page.fill("#steerprompt", "Once upon a time")
+        page.click("#steerbtn")
+        page.wait_for_function(f"document.querySelectorAll('#steerout p.steered').length == {1 + len(SWEEP)}",
+                               timeout=120000)
+        rows = page.locator("#steerout p.steered").all_inner_texts()
+        clean = store.tok.decode(generate(store.model, store.tok, encode_prompt(store.tok, "Once upon a time"), 30),
+                                 skip_special_tokens=True)
+        assert rows[0] == "unsteered: Once upon a time" + clean.replace("\n", "\u21b5")
+        v1 = DEFAULT_STRENGTH * float(store.max_act[5])
+        assert rows[SWEEP.index(1.0) + 1].startswith(f"\u00d71: clamp \u2192 {float(f'{v1:.3g}'):g}"[:14])
+        assert page.locator("#steerstate").inner_text() == "done"
         assert errors == []
         browser.close()

@@ -12,6 +12,8 @@ import math
 from jinja2 import DictLoader, Environment, select_autoescape
 from markupsafe import Markup
 
+from ..features.steering import DEFAULT_STRENGTH, SWEEP
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.4em;border-bottom:1px solid #ddd}
@@ -67,6 +69,10 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 {% if live %}<h2>Test this feature on your own text</h2>
 <textarea id="trytext" rows="2">{{ f.top[0].tokens|join("") if f.top else "" }}</textarea><br><button id="trybtn">Show activations</button>
 <span id="tryerr" class="err"></span><div id="trytokens" class="ex"></div>
+<h2>Steer with this feature</h2>
+<p>Prompt <input id="steerprompt" size="50" value="My favourite thing is"> <button id="steerbtn">Generate</button>
+<span class="muted">clamp to {{ strength }} &times; max activation, and {{ sweep|join("×, ") }}× of that (same seed, 30 tokens)</span>
+<span id="steerstate" class="muted"></span></p><div id="steerout"></div>
 <script>
 document.getElementById('trybtn').addEventListener('click', async () => {
   const out = document.getElementById('trytokens'), err = document.getElementById('tryerr'); out.replaceChildren(); err.textContent = '';
@@ -80,6 +86,34 @@ document.getElementById('trybtn').addEventListener('click', async () => {
     if (t.act > 0) b.className = 's' + (1 + Math.min(8, Math.floor(8 * t.act / mx)));
     out.appendChild(b);
   }
+});
+document.getElementById('steerbtn').addEventListener('click', async () => {  // the app's steering job, this feature
+  const out = document.getElementById('steerout'), st = document.getElementById('steerstate'); out.replaceChildren(); st.textContent = '';
+  try {
+    const post = await fetch('/api/steer', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({
+      sae: {{ f.sae|tojson }}, prompt: document.getElementById('steerprompt').value, max_new_tokens: 30,
+      strengths: {{ sweep|tojson }}, edits: [{latent: {{ f.id }}, op: 'clamp', value: {{ strength|tojson }}, relative: true}]})});
+    const body = await post.json().catch(() => ({detail: post.statusText}));
+    if (!post.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
+    while (true) {
+      const j = await (await fetch('/api/jobs/' + body.job)).json();
+      st.textContent = j.status === 'running' ? `generation ${Math.min(j.generation + 1, j.generations)}/${j.generations}, token ${j.tokens}/${j.max_tokens}` : j.status;
+      if (j.status === 'error') throw new Error(j.error);
+      if (j.status === 'cancelled') return;
+      if (j.status === 'done') {
+        const rows = [['unsteered', j.result.unsteered]].concat(j.result.sweep.map(v =>
+          [`\\u00d7${v.strength}: clamp \\u2192 ${v.edits[0].value.toPrecision(3)}` + (v.degenerate ? ` (degenerate: ${v.degenerate})` : ''), v.text]));
+        for (const [head, text] of rows) {
+          const p = document.createElement('p'); p.className = 'steered';
+          const h = document.createElement('b'); h.textContent = head + ': '; p.appendChild(h);
+          const pr = document.createElement('span'); pr.className = 'muted'; pr.textContent = j.result.prompt; p.appendChild(pr);
+          p.appendChild(document.createTextNode(text.replace(/\\n/g, '\\u21b5'))); out.appendChild(p);
+        }
+        return;
+      }
+      await new Promise(r => setTimeout(r, 250));
+    }
+  } catch (e) { st.textContent = 'error: ' + e.message; }
 });
 addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, .range .ex').forEach(ex => {
   ex.style.cursor = 'pointer'; ex.title = 'test this example as your own text';
@@ -178,7 +212,8 @@ def feature_page(view: dict, link, home: str, css_href: str | None = None, live:
     """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index;
     `css_href`: URL of a shared stylesheet (None: inline); `live`: served by the web app (adds
     "test this feature on your own text", which needs the model)."""
-    return ENV.get_template("feature.html").render(f=view, link=link, home=home, style=_style(css_href), live=live)
+    return ENV.get_template("feature.html").render(f=view, link=link, home=home, style=_style(css_href), live=live,
+                                                   strength=DEFAULT_STRENGTH, sweep=list(SWEEP))
 
 
 def index_page(name: str, d_sae: int, hookpoint: str, n_positions: int, rows: list[dict], n_explained: int,
