@@ -135,8 +135,11 @@ def test_anthropic_client_needs_a_key(monkeypatch):
     from saelab.interpret.clients import make_client
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    with pytest.raises(UserError, match="ANTHROPIC_API_KEY"):
+    monkeypatch.delenv("SAELAB_LLM_MODEL", raising=False)
+    with pytest.raises(UserError, match="needs a model: pass --llm"):  # no default that a provider can retire
         make_client("anthropic")
+    with pytest.raises(UserError, match="ANTHROPIC_API_KEY"):
+        make_client("anthropic", model="some-model")
     with pytest.raises(UserError, match="unknown --client"):
         make_client("carrier-pigeon")
 
