@@ -242,6 +242,12 @@ def _browser():
     return sync_playwright()
 
 
+def _launch(pw):
+    """Debian's headless Chromium with the flags this offline machine needs."""
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
 def _shot(page, tmp_path, name):
     p = tmp_path / f"{name}.png"
     page.screenshot(path=str(p), full_page=True)
@@ -255,8 +261,7 @@ def _shot(page, tmp_path, name):
 def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
     base, store = server
     with _browser() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _launch(pw)
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -334,8 +339,7 @@ def test_static_dashboard_opens_offline_in_the_browser(server, tmp_path):
     _, store = server
     out = write_dashboard(store, tmp_path / "dash", latents=list(range(8)), progress=False)
     with _browser() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _launch(pw)
         page = browser.new_page()
         page.goto((out / "index.html").as_uri())
         assert page.locator("#features tbody tr").count() == 8
@@ -399,8 +403,7 @@ def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
     want_auc = f'{recs.scores["embedding"][j]["metrics"]["auc"]:.3f}'
     out = write_dashboard(store, tmp_path / "dash", latents=lat, progress=False)
     with _browser() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _launch(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         for url in (f"{base}/sae/run_sae/feature/{j}", (out / "features" / f"{j}.html").as_uri()):
             page.goto(url)
@@ -425,8 +428,7 @@ def test_browser_feature_navigation_and_html_404(server, tmp_path):
     dens = [r["density"] for r in json.loads(body)["results"]]
     assert code == 200 and len(dens) == min(50, store.d_sae) and dens == sorted(dens, reverse=True)
     with _browser() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _launch(pw)
         page = browser.new_page()
         page.goto(f"{base}/sae/app_sae/feature/2")
         page.keyboard.press("ArrowRight")
@@ -458,8 +460,7 @@ def test_test_this_feature_on_your_own_text(server):
     assert [t["act"] for t in body["tokens"]] == pytest.approx(want.tolist(), abs=1e-5)
     assert _post(f"{base}/api/fire", {"sae": "app_sae", "text": text, "feature": store.d_sae})[0] == 400
     with _browser() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _launch(pw)
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

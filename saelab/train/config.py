@@ -22,7 +22,7 @@ class TrainConfig:
     corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
-    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated (docs/ARCHITECTURES.md)")
+    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated (docs/DICTIONARIES.md)")
     latents: int = opt(4608, "dictionary size")
     k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk / matryoshka)")
     groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
@@ -156,7 +156,7 @@ class TrainConfig:
                                 f"not --latents {self.latents}")
         if ARCHITECTURES[self.arch].local_only and self.loss != "local":
             raise UserError(f"--arch {self.arch} trains with --loss local only (its own loss terms reconstruct the "
-                            f"target: docs/ARCHITECTURES.md); --loss {self.loss} is not supported")
+                            f"target: docs/DICTIONARIES.md); --loss {self.loss} is not supported")
 
     def _validate_objective(self) -> None:
         if self.loss not in LOSSES:

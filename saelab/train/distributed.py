@@ -46,6 +46,10 @@ def parallel_for(cfg):
     return Distributed(cfg) if world_size() > 1 else SingleProcess()
 
 
+# Dictionaries whose data-parallel step is not the single-process step (see Distributed.__init__).
+DATA_PARALLEL_INEXACT = ("batchtopk", "matryoshka", "gated")
+
+
 class RankFailure(UserError):
     pass
 
@@ -144,6 +148,14 @@ class Distributed(SingleProcess):
         if cfg.loss != "local":
             raise UserError(f"--loss {cfg.loss}: torchrun training supports the local loss only; run e2e losses in "
                             f"one process (without torchrun)")
+        inexact = [what for what, bad in ((f"--arch {cfg.arch}", cfg.arch in DATA_PARALLEL_INEXACT),
+                                          ("--skip", getattr(cfg, "skip", False))) if bad]
+        if cfg.distributed == "data" and inexact:
+            # Splitting a batch over ranks changes a batch-wide top-k, and these losses do not decompose
+            # into per-rank shares weighted by target variance: measured, the weights differ from one process.
+            raise UserError(f"{' and '.join(inexact)}: --distributed data would not give the single-process result "
+                            f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
+                            f"batches) or one process")
         self.mode = cfg.distributed
         self.comm = Comm(cfg.dist_timeout, cfg.device)
         self.is_main = self.comm.is_main
