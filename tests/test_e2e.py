@@ -17,7 +17,6 @@ from saelab.models import collect_activations, load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import load_sae
 from saelab.sinks import SinkConfig, excluded_positions
-from saelab.sae.splice import spliced
 from saelab.train.objectives import e2e_loss
 from saelab.train.e2e_forward import clean_pass, plan_site, spliced_pass
 from saelab.train.loop import TrainingRun

@@ -465,7 +465,7 @@ def test_a_dead_server_stops_the_client_early(fake_llm):
 def test_explain_and_score_stop_on_a_dead_server_and_retry_failed_latents(fake_llm, interp_cache, tmp_path, capsys):
     """An outage: explain stops early with a clear message (exit 2), its failed latents are tried
     again by the rerun against a working server; the same for score's judged scorers."""
-    from test_interpret import _active_latents, _small_cfg
+    from test_interpret import _active_latents
 
     from saelab.interpret.records import load_run
 
