@@ -1,9 +1,10 @@
 """2-process torchrun (gloo) training next to 1 process: tokens/s and the equality of the weights.
 
-    python bench/distributed_vs_single.py --tokens 16384 --out /tmp/dist-bench
+    python bench/distributed_vs_single.py --tokens 16384 --out /tmp/dist-bench [--modes latents]
 
-Runs `saelab train` four times on the same tokens: 1 process x 2 threads and 2 processes x 1
-thread, in data-parallel mode (1 SAE) and module-parallel mode (2 SAEs at two hookpoints).
+Runs `saelab train` twice per mode on the same tokens: 1 process x 2 threads and 2 processes x 1
+thread, in data-parallel mode (1 SAE), module-parallel mode (2 SAEs at two hookpoints) and
+latent-sharded mode (1 SAE, each process holding half of its latents; `--latents` must be even).
 Prints one JSON line; docs/SCALE.md quotes it.
 """
 
@@ -40,18 +41,22 @@ def main():
     p.add_argument("--model", default="embedded")
     p.add_argument("--latents", type=int, default=4608)
     p.add_argument("--out", default="/tmp/saelab-dist-bench")
+    p.add_argument("--modes", nargs="+", default=["data", "modules", "latents"], choices=["data", "modules", "latents"])
     a = p.parse_args()
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
     base = ["--model", a.model, "--latents", str(a.latents), "--k", "32", "--tokens", str(a.tokens),
             "--batch-tokens", "4096", "--context", "256", "--buffer-batches", "4", "--checkpoint-every", str(10**12)]
     res = {"tokens": a.tokens, "latents": a.latents, "model": a.model}
-    for mode, hooks in (("data", ["model.layers.6"]), ("modules", ["model.layers.3", "model.layers.6"])):
+    hookpoints = {"data": ["model.layers.6"], "modules": ["model.layers.3", "model.layers.6"], "latents": ["model.layers.6"]}
+    for mode in a.modes:
+        hooks = hookpoints[mode]
         args = base + ["--hookpoints", *hooks, "--distributed", mode]
         one = run(args, 1, 2, out / f"{mode}-1")
         two = run(args, 2, 1, out / f"{mode}-2")
         names = list(one["saes"])
-        res[mode] = {"saes": len(names), "tokens_per_s_1proc_2threads": round(one["tokens_per_s"]),
+        key = "sharded_latents" if mode == "latents" else mode  # "latents" is the dictionary size above
+        res[key] = {"saes": len(names), "tokens_per_s_1proc_2threads": round(one["tokens_per_s"]),
                      "tokens_per_s_2proc_1thread": round(two["tokens_per_s"]),
                      "max_abs_weight_diff": max(maxdiff(out / f"{mode}-1" / n, out / f"{mode}-2" / n) for n in names),
                      "final_fvu_1proc": [one["saes"][n]["final"]["fvu"] for n in names],

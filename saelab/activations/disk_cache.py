@@ -33,7 +33,7 @@ from ..models import glob_regex, hookpoint_widths, layer_index, load_model, reso
 from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
 from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, read_npy, refuse_overwrite, write_json
-from .stream import ActivationStream, Chunk, lm_rows_for
+from .stream import ActivationStream, Chunk, lm_rows_for, to_device
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
@@ -249,7 +249,8 @@ class CachedActivationStream:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
         perm = torch.randperm(want, generator=g)
         dtype = self.m.get("dtype", "float32")
-        acts = {h: from_stored(np.concatenate(p), dtype)[perm].to(self.device) for h, p in parts.items()}
+        perm = perm.to(self.device)  # shuffled on the device (pinned, asynchronous copy on CUDA)
+        acts = {h: to_device(from_stored(np.concatenate(p), dtype), self.device)[perm] for h, p in parts.items()}
         return Chunk(c, acts, lm_tokens, max(0, lm_tokens - want))
 
     def chunks(self, start: int = 0) -> Iterator[Chunk]:

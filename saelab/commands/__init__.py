@@ -17,10 +17,12 @@ from ..errors import UserError
 COMMAND_MODULES = [
     "saelab.commands.train",
     "saelab.commands.evaluate",
+    "saelab.commands.bench",
     "saelab.commands.study",
     "saelab.commands.interop",
     "saelab.commands.interpret",
     "saelab.commands.view",
+    "saelab.commands.synthetic",
 ]
 
 class OldSpelling(_argparse._StoreAction):

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..options import check_dtype
+from ..sae.crosscoder import is_crosscoder
 from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
+from .crosscoder import crosscoder_metrics
 from .later_layers import later_layer_metrics
 from .metrics import EvalBudget, measure
 from .plots import density_plot
@@ -39,8 +41,15 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     for t in targets:
         if t.exists() and not overwrite:
             raise UserError(f"{t} exists; pass --overwrite to replace it")
+    crosscoders = [f for f in folders if is_crosscoder(f.sae.cfg)]
+    if crosscoders and (len(crosscoders) < len(folders) or later_layers):
+        raise UserError("evaluate crosscoders on their own, without --later-layers (they report per-site FVU and "
+                        "the CE of splicing every site: docs/DICTIONARIES.md)")
     data = open_shared_data(folders, device, model, corpus, dtype=dtype)
     lm, rows, prov = data.lm, data.rows, data.provenance
+    if crosscoders:
+        _eval_crosscoders(sae_dirs, folders, targets, data, EvalBudget(tokens=tokens, ce_tokens=ce_tokens), device, quiet)
+        return []
     saes = [(f.sae, f.provenance.sink) for f in folders]
     budget = EvalBudget(tokens=tokens, ce_tokens=ce_tokens)
     t0 = time.time()
@@ -59,3 +68,20 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
         if not quiet:
             print(format_report(f.name, m, target))
     return results
+
+
+def _eval_crosscoders(sae_dirs, folders, targets, data, budget: EvalBudget, device: str, quiet: bool) -> None:
+    """metrics.json of each crosscoder (evaluate/crosscoder.py): per-site FVU, all sites spliced at once."""
+    prov, rows = data.provenance, data.rows
+    for d, f, target, match in zip(sae_dirs, folders, targets, data.matches):
+        t0 = time.time()
+        m = crosscoder_metrics(data.lm.model, data.lm.tokenizer, f.sae, f.provenance.sink, rows, budget, device)
+        write_json(target, {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus,
+                            "data_fingerprint": rows.fingerprint, "heldout_fraction": prov.heldout_fraction,
+                            "data_matches_training": match, "split": "heldout", "wall_s": time.time() - t0,
+                            "metrics": m})
+        if not quiet:
+            sites = ", ".join(f"{h} {v:.4f}" for h, v in m["fvu_per_site"].items())
+            ce = f"; all sites spliced: KL {m['kl']:.4f}, CE increase {m['ce_increase']:+.4f}" if "kl" in m else ""
+            print(f"{f.name}: FVU {m['fvu']:.4f} (per site: {sites}), L0 {m['l0']:.1f}{ce} -> {target}")
+

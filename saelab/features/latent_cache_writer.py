@@ -36,6 +36,12 @@ class _Dictionary:
                 "n_shards": (self.d_sae + shard_size - 1) // shard_size, "dir": dict_dirname(self.name), **self.extra}
 
 
+def _refuse_crosscoder(folder, sae) -> None:
+    if sae.cfg.arch == "crosscoder":  # no one site to record examples at or steer (docs/DICTIONARIES.md)
+        raise UserError(f"{folder}: a crosscoder reads several sites at once; the latent cache (and so explain, "
+                        f"dashboards and steering) records one site per dictionary and does not support it")
+
+
 def _sae_dictionary(folder: Path, name: str, sae) -> _Dictionary:
 
     def encode(x):  # x [N, d_in] raw -> flat (row, latent, value) with value > 0
@@ -163,6 +169,8 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
     if split not in ("heldout-first", "heldout", "train"):
         raise UserError(f"--split must be heldout-first, heldout or train, not {split!r}")
     folders = [open_sae(d) for d in sae_dirs]  # bad folders fail here, before the model loads
+    for d, f in zip(sae_dirs, folders):
+        _refuse_crosscoder(d, f.sae)
     prov = shared_provenance(folders, model, corpus, context)
     model_spec, corpus, context = prov.model_spec, prov.corpus, prov.context
     if sink is None:

@@ -32,6 +32,8 @@ from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoin
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
+from .crosscoder import is_crosscoder
+from .crosscoder import sites as crosscoder_sites
 from .foreign import load_foreign
 from .layout import CFG, FORMAT_VERSION, WEIGHTS, cfg_json
 from .registry import ARCHITECTURES, build_sae
@@ -250,6 +252,14 @@ def check_fits(folders: list[SaeFolder], model) -> None:
     """Every folder's site(s) exist in `model` with the SAE's widths."""
     for f in folders:
         c = f.sae.cfg
+        if is_crosscoder(c):  # one dictionary over several equal-width sites (sae/crosscoder.py)
+            names = crosscoder_sites(c)
+            resolve_hookpoints(model, names)
+            w = hookpoint_widths(model, names)
+            if any(w[h] * len(names) != c.d_in for h in names):
+                raise UserError(f"{f.path}: crosscoder width {c.d_in} is not {len(names)} x the model's site widths "
+                                f"({', '.join(f'{h}: {w[h]}' for h in names)})")
+            continue
         resolve_hookpoints(model, f.sites)
         w = hookpoint_widths(model, f.sites)
         out = c.out_hookpoint or c.hookpoint

@@ -263,6 +263,7 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
     """Write a clean SAELens v6 folder (no saelab keys). BatchTopK goes out as JumpReLU with its
     shared threshold, as SAELens stores it."""
     c = sae.cfg
+    _refuse_saelab_only(c, "SAELens")
     if c.is_transcoder and c.arch != "relu":
         raise UserError(f"SAELens stores ReLU transcoders (`transcoder`, `skip_transcoder`); this one is {c.arch}: "
                         "export it to sparsify if it is TopK, or keep the saelab folder")
@@ -288,6 +289,7 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
 def export_sparsify(sae: SparseCoder, out_root: Path, prefix: str = SPARSIFY_PREFIX) -> Path:
     """Write `out_root/<hookpoint relative to base_model>/{cfg.json, sae.safetensors}` as sparsify does."""
     c = sae.cfg
+    _refuse_saelab_only(c, "sparsify")
     if c.arch != "topk":
         raise UserError(f"sparsify stores TopK coders only; this SAE is {c.arch}")
     if c.is_transcoder:
@@ -309,3 +311,14 @@ def export_sparsify(sae: SparseCoder, out_root: Path, prefix: str = SPARSIFY_PRE
                                               "W_dec": s["W_dec"], "b_dec": s["b_dec"]} | {n: s[n] for n in ("W_skip",) if n in s})
     write_json(folder / CFG, cfg)
     return folder
+
+
+# Types neither SAELens nor sparsify has: exporting them would write a folder no reader understands.
+SAELAB_ONLY = {"codebook": "codebook features (binary code activations, codes chosen by cosine similarity)",
+               "crosscoder": "crosscoder (one dictionary over several hookpoints)"}
+
+
+def _refuse_saelab_only(c, fmt: str) -> None:
+    if c.arch in SAELAB_ONLY:
+        raise UserError(f"{fmt} has no {SAELAB_ONLY[c.arch]}: a --arch {c.arch} dictionary cannot be exported; "
+                        f"keep the saelab folder (every saelab command reads it)")

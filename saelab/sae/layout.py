@@ -12,7 +12,8 @@ WEIGHTS = "sae_weights.safetensors"
 # BatchTopK (and Matryoshka BatchTopK, its inference form) is saved as a JumpReLU with one shared
 # threshold, as SAELens does.
 SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard",
-                "matryoshka": "jumprelu", "gated": "gated"}
+                "matryoshka": "jumprelu", "gated": "gated",
+                "codebook": "codebook", "crosscoder": "crosscoder"}  # saelab only (no SAELens type: export refused)
 # Tensors SAELens names differently (ours -> SAELens): a gated SAE's gate bias is b_gate.
 SAELENS_TENSOR_NAMES = {"gated": {"b_enc": "b_gate"}}
 

@@ -2,6 +2,8 @@
 
 from .base import SaeConfig, SparseCoder
 from .batchtopk import BatchTopKSae
+from .codebook import CodebookSae
+from .crosscoder import CrosscoderSae
 from .gated import GatedSae
 from .jumprelu import JumpReLUSae
 from .matryoshka import MatryoshkaSae
@@ -15,6 +17,8 @@ ARCHITECTURES: dict[str, type[SparseCoder]] = {
     "relu": ReluSae,
     "matryoshka": MatryoshkaSae,
     "gated": GatedSae,
+    "codebook": CodebookSae,
+    "crosscoder": CrosscoderSae,
 }
 
 

@@ -10,7 +10,7 @@ from ..options import (check_device, check_dtype, check_types, memory_bytes, nee
                        need_positive, opt)
 from ..sae import ARCHITECTURES, uses_k
 
-LOSSES = ("local", "e2e", "e2e+ds")  # objectives: train/objectives.py
+LOSSES = ("local", "e2e", "e2e+ds", "kl+mse")  # objectives: train/objectives.py, kl+mse: train/finetune.py
 
 
 @dataclass
@@ -22,7 +22,7 @@ class TrainConfig:
     corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
-    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated (docs/DICTIONARIES.md)")
+    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated | codebook | crosscoder (docs/DICTIONARIES.md)")
     latents: int = opt(4608, "dictionary size")
     k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk / matryoshka)")
     groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
@@ -35,6 +35,8 @@ class TrainConfig:
     batch_tokens: int = opt(4096, "tokens per optimiser step")
     context: int = opt(256, "tokens per row fed to the LM")
     buffer_batches: int = opt(8, "LM batches mixed in the shuffling buffer")
+    lm_batch_tokens: int | None = opt(None, "tokens per LM forward (none: --batch-tokens); on a GPU a larger LM batch "
+                                            "keeps it busy while the SAE steps stay --batch-tokens. The data is the same")
     lr: list[float] | None = opt(None, "learning rates, one SAE per value (none: 2e-3 / sqrt(latents / 2^14))")
     warmup_fraction: float = opt(0.05, "fraction of steps with linear learning-rate warmup")
     decay_fraction: float = opt(0.2, "linear decay to 0 over the last fraction of steps")
@@ -51,12 +53,13 @@ class TrainConfig:
     threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
     device: str = opt("cpu", "cpu | cuda | cuda:N")
     dtype: str = opt("float32", "the LM's precision: float32 | bfloat16 | float16 (the dictionary trains in float32)")
-    distributed: str = opt("data", "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split)")
+    distributed: str = opt("data", "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split) | "
+                                   "latents (each SAE's latents split; topk; --latents divisible by the processes)")
     dist_timeout: float = opt(300.0, "torchrun jobs: seconds to wait for a stalled or dead rank before failing")
     wandb: str | None = opt(None, "wandb project name (needs wandb installed)")
     resume: bool = opt(False, "continue an interrupted run in --out from its last checkpoint")
     overwrite: bool = opt(False, "replace an existing run folder")
-    loss: str = opt("local", "local | e2e | e2e+ds (end-to-end losses: docs/E2E.md)")
+    loss: str = opt("local", "local | e2e | e2e+ds | kl+mse (end-to-end losses and the KL+MSE fine-tune: docs/E2E.md)")
     kl_coeff: float = opt(0.5, "e2e, e2e+ds: weight of KL(p_clean || p_spliced), nats/token")
     downstream_coeff: float = opt(2.5, "e2e+ds: total weight of the later-layer MSE, split equally over the layers")
     downstream_layers: list[int] | None = opt(None, "e2e+ds: blocks whose output is matched (none: every later block)")
@@ -64,6 +67,10 @@ class TrainConfig:
                                            "(none: min(rows per batch, 8))")
     e2e_recompute: bool = opt(False, "e2e: activation checkpointing of later blocks and logits "
                                      "(less memory, more compute)")
+    init_from: str | None = opt(None, "start from this SAE folder (saelab, SAELens or sparsify): its weights, arch, "
+                                      "latents, k / sparsity coeff, hookpoint and skip; no data-dependent init")
+    finetune_fraction: float | None = opt(None, "--loss local: train the last fraction of --tokens with the "
+                                                "kl+mse objective (e.g. 0.05; docs/E2E.md)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +103,7 @@ class TrainConfig:
         if self.sink_first_positions >= self.context:
             raise UserError(f"--sink-first-positions ({self.sink_first_positions}) leaves nothing of a --context "
                             f"{self.context} row")
-        need_choice(self, "distributed", ("data", "modules"))
+        need_choice(self, "distributed", ("data", "modules", "latents"))
         check_device(self.device)
         check_dtype(self.dtype, self.device)
         if self.arch not in ARCHITECTURES:
@@ -114,6 +121,9 @@ class TrainConfig:
         self._validate_arch_options()
         if self.context < 2:
             raise UserError("--context must be at least 2")
+        if self.lm_batch_tokens is not None and self.lm_batch_tokens < self.batch_tokens:
+            raise UserError(f"--lm-batch-tokens ({self.lm_batch_tokens}) must be at least --batch-tokens "
+                            f"({self.batch_tokens}): the LM batch holds whole SAE batches")
         if self.batch_tokens < self.context:
             raise UserError(f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})")
         if self.tokens < self.batch_tokens:
@@ -154,9 +164,20 @@ class TrainConfig:
             if sum(self.groups) != self.latents:
                 raise UserError(f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, "
                                 f"not --latents {self.latents}")
-        if ARCHITECTURES[self.arch].local_only and self.loss != "local":
+        if self.arch == "codebook":
+            if any("->" in h for h in self.hookpoints):
+                raise UserError("--arch codebook reconstructs its own site (codes are chosen by similarity to the "
+                                "input); transcoder sites 'A->B' are not supported")
+            if any(c != 0 for c in self.sparsity_coeff):
+                raise UserError("--sparsity-coeff does not apply to --arch codebook (its sparsity is --k codes per "
+                                "position)")
+        if self.arch == "crosscoder" and any("->" in h for h in self.hookpoints):
+            raise UserError("--arch crosscoder reconstructs the sites it reads; give them as --hookpoints "
+                            "'model.layers.{4,6,8}' (or several names), not transcoder sites 'A->B'")
+        if ARCHITECTURES[self.arch].local_only and (self.loss != "local" or self.finetune_fraction):
+            what = f"--loss {self.loss}" if self.loss != "local" else "--finetune-fraction (kl+mse)"
             raise UserError(f"--arch {self.arch} trains with --loss local only (its own loss terms reconstruct the "
-                            f"target: docs/DICTIONARIES.md); --loss {self.loss} is not supported")
+                            f"target: docs/DICTIONARIES.md); {what} is not supported")
 
     def _validate_objective(self) -> None:
         if self.loss not in LOSSES:
@@ -169,6 +190,15 @@ class TrainConfig:
             raise UserError("--downstream-layers only applies to --loss e2e+ds")
         if self.e2e_micro_rows is not None and self.e2e_micro_rows < 1:
             raise UserError("--e2e-micro-rows must be positive")
+        if self.finetune_fraction is not None:
+            if not 0 < self.finetune_fraction < 1:
+                raise UserError(f"--finetune-fraction must be between 0 and 1 (exclusive), got {self.finetune_fraction}")
+            if self.loss != "local":
+                raise UserError(f"--finetune-fraction switches a --loss local run to kl+mse; it does not combine "
+                                f"with --loss {self.loss} (use --loss kl+mse alone to fine-tune the whole run)")
+            if self.from_activations:
+                raise UserError("--finetune-fraction needs the model's forward pass (the KL term); it cannot train "
+                                "from an activation cache (--from-activations)")
         if self.loss != "local" and self.from_activations:
             raise UserError(f"--loss {self.loss} needs the model's forward pass; it cannot train from an activation "
                             f"cache (--from-activations)")

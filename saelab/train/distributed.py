@@ -1,7 +1,7 @@
 """Distributed training with torch.distributed (`torchrun --nproc_per_node N -m saelab.cli train ...`):
 the `Parallel` strategy that the one training loop (loop.py) calls at fixed points.
 
-Two ways to share the work (`--distributed data | modules`):
+Three ways to share the work (`--distributed data | modules | latents`):
 
 data     Every rank trains every SAE. The LM forward of each chunk is split by batches over the
          ranks and the activations are all-gathered, so every rank holds the same chunk that a
@@ -13,6 +13,9 @@ data     Every rank trains every SAE. The LM forward of each chunk is split by b
 modules  The SAEs are divided among the ranks (round-robin); the activations of each chunk are
          computed once (split by batches) and exchanged, and each rank trains its own SAEs on
          full batches: no gradient traffic at all.
+latents  Every SAE's latents are split into contiguous slices, one per rank; every rank sees every
+         batch, the top-k is global and exact, the reconstruction is the sum of the partial decodes
+         (latent_shard.py). For dictionaries too wide for one device.
 
 Both write one checkpoint and one manifest and the SAE folders from rank 0 (in `modules` mode the
 SAEs are gathered there first), in the single-process layout. A rank that dies or hangs makes the
@@ -30,9 +33,8 @@ import torch.distributed as dist
 
 from ..activations.stream import ActivationStream, Chunk
 from ..errors import UserError
-from ..models import collect_activations
 from ..sae import SaeConfig, build_sae
-from ..sinks import excluded_positions
+from .latent_shard import LATENT_DIM, check_latents_mode, gather_member, load_sharded, shard_member
 from .members import Member, new_member
 from .parallel import SingleProcess
 
@@ -80,6 +82,16 @@ class Comm:
         self._call(what, dist.all_reduce, t, op=op)
         return t
 
+    def all_gather(self, t: torch.Tensor, what: str = "all_gather") -> list[torch.Tensor]:
+        """Same-shaped tensors of every rank, by rank."""
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        self._call(what, dist.all_gather, out, t)
+        return out
+
+    def broadcast(self, t: torch.Tensor, what: str = "broadcast") -> torch.Tensor:
+        self._call(what, dist.broadcast, t, src=0)
+        return t
+
     def all_gather_object(self, obj, what: str = "all_gather") -> list:
         out = [None] * self.world
         self._call(what, dist.all_gather_object, out, obj)
@@ -115,26 +127,22 @@ class DistributedActivationStream(ActivationStream):
 
     @torch.no_grad()
     def chunk(self, c: int) -> Chunk:
-        sel = self.order[c * self.rows_per_chunk:(c + 1) * self.rows_per_chunk]
-        starts = list(range(0, len(sel), self.rows_per_batch))
-        mine = starts[self.comm.rank::self.comm.world]
+        batches = self.lm_batches(c)
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hookpoints}
         counts, lm_tokens, excluded = [], 0, 0
-        for i in mine:  # the same batches a single process runs, each on one rank
-            ids = self.batch_ids(sel[i:i + self.rows_per_batch])
-            acts = collect_activations(self.model, ids, self.hookpoints)
-            drop = excluded_positions(list(acts.values()), ids, self.sink, self.special)
+        for rows in batches[self.comm.rank::self.comm.world]:  # the same batches a single process runs, each on one rank
+            acts, n, ex = self.forward(rows)
             for h, a in acts.items():
-                parts[h].append(a[~drop].float())
-            counts.append(int((~drop).sum()))
-            lm_tokens += ids.numel()
-            excluded += int(drop.sum())
+                parts[h].append(a)
+            counts.append(next(iter(acts.values())).shape[0])
+            lm_tokens += n
+            excluded += ex
         meta = self.comm.all_gather_object((counts, lm_tokens, excluded), "activation exchange")
         full: dict[str, torch.Tensor] = {}
         for h in self.hookpoints:
             local = torch.cat(parts[h]) if parts[h] else torch.zeros(0, self.widths[h], device=self.device)
             by_rank = [g.split(cs) if cs else () for g, (cs, _, _) in zip(self.comm.all_gather_rows(local), meta)]
-            ordered = [by_rank[j % self.comm.world][j // self.comm.world] for j in range(len(starts))]
+            ordered = [by_rank[j % self.comm.world][j // self.comm.world] for j in range(len(batches))]
             full[h] = torch.cat(ordered)
         return self.shuffled(c, full, sum(m[1] for m in meta), sum(m[2] for m in meta))
 
@@ -143,11 +151,13 @@ class Distributed(SingleProcess):
     """This rank's part of a torchrun job (see the module docstring)."""
 
     def __init__(self, cfg):
-        if cfg.distributed not in ("data", "modules"):
-            raise UserError(f"--distributed must be data or modules, not {cfg.distributed!r}")
+        if cfg.distributed not in ("data", "modules", "latents"):
+            raise UserError(f"--distributed must be data, modules or latents, not {cfg.distributed!r}")
         if cfg.loss != "local":
             raise UserError(f"--loss {cfg.loss}: torchrun training supports the local loss only; run e2e losses in "
                             f"one process (without torchrun)")
+        if getattr(cfg, "finetune_fraction", None):
+            raise UserError("--finetune-fraction: its kl+mse phase runs in one process; train without torchrun")
         inexact = [what for what, bad in ((f"--arch {cfg.arch}", cfg.arch in DATA_PARALLEL_INEXACT),
                                           ("--skip", getattr(cfg, "skip", False))) if bad]
         if cfg.distributed == "data" and inexact:
@@ -156,7 +166,9 @@ class Distributed(SingleProcess):
             raise UserError(f"{' and '.join(inexact)}: --distributed data would not give the single-process result "
                             f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
                             f"batches) or one process")
-        self.mode = cfg.distributed
+        if cfg.distributed == "latents":  # before the process group and any model load
+            check_latents_mode(cfg, world_size())
+        self.mode, self.device = cfg.distributed, cfg.device
         self.comm = Comm(cfg.dist_timeout, cfg.device)
         self.is_main = self.comm.is_main
         if not self.is_main:
@@ -181,6 +193,8 @@ class Distributed(SingleProcess):
         self._names = [m.name for m in members]
         if self.mode == "data":
             return members
+        if self.mode == "latents":
+            return [shard_member(m, self.comm, self.device) for m in members]
         if len(members) < self.comm.world:
             raise UserError(f"--distributed modules: {len(members)} SAE(s) for {self.comm.world} ranks; "
                             f"use --distributed data or fewer processes")
@@ -213,6 +227,11 @@ class Distributed(SingleProcess):
 
     def reduce_grads(self, m: Member) -> None:
         """Weighted sum of every rank's gradients (one flat buffer), and shared buffers averaged."""
+        if self.mode == "latents":  # the replicated parameters (b_dec): each rank holds a share of the gradient
+            for name, p in m.sae.named_parameters():
+                if name not in LATENT_DIM and p.grad is not None:
+                    self.comm.all_reduce(p.grad, what="shared-parameter gradient sum")
+            return
         if self.mode != "data":
             return
         params = [p for p in m.sae.parameters() if p.grad is not None]
@@ -231,11 +250,25 @@ class Distributed(SingleProcess):
             return fired
         return self.comm.all_reduce(fired.to(torch.int32), dist.ReduceOp.MAX, "dead-latent sync").bool()
 
+    def sync_stats(self, stats: dict) -> None:
+        """latents: l0 counts this rank's latents (summed over ranks), `dead` its slice (averaged)."""
+        if self.mode == "latents":
+            t = self.comm.all_reduce(torch.tensor([stats["l0"], stats["dead"]], dtype=torch.float64), what="statistics")
+            stats["l0"], stats["dead"] = float(t[0]), float(t[1]) / self.comm.world
+
+    def load_checkpoint(self, out, members: list[Member]) -> None:
+        if self.mode == "latents":
+            return load_sharded(out, members, self.comm, self.device)
+        return super().load_checkpoint(out, members)
+
     # ------------------------------------------------------------ checkpoints and saving
     def gather(self, members: list[Member]) -> list[Member] | None:
         """modules: every SAE's state on rank 0 (None elsewhere); data: the local members (rank 0)."""
         if self.mode == "data":
             return members if self.comm.is_main else None
+        if self.mode == "latents":
+            full = [gather_member(m, self.comm) for m in members]
+            return full if self.comm.is_main else None
         mine = {m.name: (m.sae.cfg.to_dict(), {k: v.cpu() for k, v in m.sae.state_dict().items()},
                          [dict(s) for s in m.opt.state.values()], m.since_fired.cpu(), m.lr, m.stats) for m in members}
         gathered = self.comm.all_gather_object(mine, "gathering SAEs")

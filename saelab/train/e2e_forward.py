@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -241,19 +242,53 @@ def kl_to_clean(model: nn.Module, hidden: torch.Tensor, clean_logp: torch.Tensor
                 recompute: bool = False) -> torch.Tensor:
     """Sum over positions of KL(p_clean || p_spliced), computing logits `chunk` positions at a time.
 
-    hidden [B, T, d] (with grad), clean_logp [B, T, V]. With `recompute` each chunk's logits are
-    rebuilt in backward instead of kept, so memory stays at one chunk of logits."""
+    hidden [B, T, d] (with grad), clean_logp [B, T, V]. Memory is one chunk of logits: the gradient
+    with respect to `hidden` is computed chunk by chunk in the forward (`_HeadKL`), so no logits are
+    kept for backward and none are recomputed (`recompute` is accepted for the caller's symmetry)."""
+    _, head = _base_and_head(model)
+    if not isinstance(head, nn.Linear):
+        raise UserError(f"{type(model).__name__}: e2e training needs a linear output head, not {type(head).__name__}")
+    cap = float(getattr(model.config, "final_logit_softcapping", None) or 0.0)
     h = hidden.reshape(-1, hidden.shape[-1])
     c = clean_logp.reshape(-1, clean_logp.shape[-1])
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk):
-        if recompute and torch.is_grad_enabled():
-            total = total + checkpoint(_kl_sum, model, h[s:s + chunk], c[s:s + chunk], use_reentrant=False)
-        else:
-            total = total + _kl_sum(model, h[s:s + chunk], c[s:s + chunk])
-    return total
+    return _HeadKL.apply(h, head.weight, head.bias, c, cap, chunk)
 
 
-def _kl_sum(model: nn.Module, h: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    logp = logits_of(model, h).float().log_softmax(-1)
-    return (clean.exp() * (clean - logp)).sum()
+class _HeadKL(torch.autograd.Function):
+    """KL(p_clean || softmax(head(h))) summed over positions, with d/dh computed in the forward.
+
+    Why: the autograd version keeps [N, V] log-probs for backward and makes ~12 passes over them
+    (log_softmax, exp, sub, mul, sum and their backward); here each chunk of logits makes ~6 passes
+    and is dropped at once. Per position, with z the logits, p the clean probabilities, l = log p:
+        KL = sum_v p l  -  sum_v p z  +  logsumexp(z) * sum_v p,     dKL/dz = softmax(z) sum_v p - p,
+    and dKL/dh = dKL/dz @ W (through the soft-cap's tanh when the model has one). The head's weight
+    is frozen (e2e trains the SAE only), so it gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, clean_logp, cap, chunk):
+        want_grad = ctx.needs_input_grad[0]
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grads = []
+        for s in range(0, h.shape[0], chunk):
+            z = F.linear(h[s:s + chunk], weight, bias).float()
+            if cap:
+                t = torch.tanh(z / cap)
+                z = t * cap
+            lc = clean_logp[s:s + chunk].float()
+            p = lc.exp()
+            psum = p.sum(-1)
+            lse = torch.logsumexp(z, -1)
+            total += torch.dot(p.flatten(), (lc - z).flatten()) + torch.dot(lse, psum)
+            if want_grad:
+                g = z.sub_(lse[:, None]).exp_().mul_(psum[:, None]).sub_(p)
+                if cap:
+                    g.mul_(1 - t * t)
+                grads.append(g.to(weight.dtype) @ weight)
+        if want_grad:
+            ctx.save_for_backward(torch.cat(grads).to(h.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (g,) = ctx.saved_tensors
+        return g * grad_out.to(g.dtype), None, None, None, None, None

@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..sae.folder import Provenance, save_sae
 from ..storage import fingerprint, refuse_overwrite, trim_jsonl
-from .checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .checkpoint import CHECKPOINT, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
 from .curves import FIGURE, LOG, plot_train_log
 from .distributed import parallel_for
 from .manifest import write_manifest
 from .members import Member, build_members, parse_sites
-from .objectives import make_objective
+from .finetune import make_objective
+from .init_from import InitSource, adopt_dictionary, first_batch, members_from_dictionary
 from .parallel import SingleProcess
 from .schedule import lr_factor
 from .sources import Batch, TrainingInputs, open_inputs, precheck
@@ -50,6 +51,10 @@ class Position:
 class TrainingRun:
     def __init__(self, cfg: TrainConfig, parallel=None):
         cfg.validate()
+        # --init-from: the dictionary's own arch / latents / k / hookpoint replace the defaults (checked again)
+        self.init: InitSource | None = adopt_dictionary(cfg) if cfg.init_from else None
+        if self.init:
+            cfg.validate()
         self.cfg, self.out = cfg, Path(cfg.out)
         self.parallel = parallel or SingleProcess()
         self.parallel.check(cfg)
@@ -73,7 +78,8 @@ class TrainingRun:
                 _clear_run(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         par.barrier()
-        everyone = build_members(cfg, inputs.sites, inputs.widths)
+        everyone = (members_from_dictionary(cfg, self.init, inputs.sites, inputs.widths) if self.init
+                    else build_members(cfg, inputs.sites, inputs.widths))
         self.identity = self._identity([m.name for m in everyone], inputs.data["fingerprint"])
         members = par.own(everyone)
         objective = make_objective(cfg, inputs.lm.model if inputs.lm else None, members, inputs.sink, inputs.special)
@@ -128,7 +134,9 @@ class TrainingRun:
             shared = objective.shared(part)
             for i, m in enumerate(members):
                 x, y = objective.io(m, batch.sample or part, shared)  # a chunk's sample, or this part
-                if first:  # scales and decoder bias from the first batch's data
+                if first and self.init:  # a copied dictionary keeps its weights (only a free decoder's scale)
+                    first_batch(m.sae, x[:16384])
+                elif first:  # scales and decoder bias from the first batch's data
                     m.sae.init_from_data(x[:16384], y[:16384], cfg.bias_init)
                 last_inputs[m.name] = x[:16384]
                 r = objective.loss(m, part, shared, m.since_fired >= dead_tokens)
@@ -159,6 +167,7 @@ class TrainingRun:
         m.since_fired += positions
         m.since_fired[self.parallel.sync_fired(fired)] = 0
         stats["dead"] = (m.since_fired >= dead_tokens).float().mean().item()
+        self.parallel.sync_stats(stats)
         m.smooth(stats)
 
     # ------------------------------------------------------------ resume, checkpoints, log
@@ -176,7 +185,7 @@ class TrainingRun:
         if meta.get("identity") != self.identity or "position" not in meta:
             raise UserError(f"--resume: the checkpoint in {self.out} was written by a different configuration "
                             f"(model, data, SAEs, loss or hyperparameters changed); start a new --out instead")
-        load_checkpoint(self.out, members)
+        self.parallel.load_checkpoint(self.out, members)
         for m in members:  # the smoothed statistics continue too, so the manifest matches an uninterrupted run
             m.stats = dict(meta.get("stats", {}).get(m.name, {}))
         pos = Position(**meta["position"])
@@ -216,6 +225,8 @@ class TrainingRun:
                                   data_fingerprint=inputs.data["fingerprint"], sink=inputs.sink,
                                   training_tokens=pos.lm_tokens, objective=objective)
                 extra = {"lr": m.lr, "steps": pos.steps, "seed": cfg.seed, "train_stats": m.stats}
+                if self.init:
+                    extra["init_from"] = self.init.record
                 if "activation_cache" in inputs.data:
                     extra["activation_cache"] = inputs.data["activation_cache"]
                 folders.append(save_sae(m.sae, self.out / m.name, prov, extra))

@@ -3,10 +3,12 @@ its own optimiser, dead-latent counters and smoothed statistics."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..sae import SaeConfig, SparseCoder, build_sae
 
 
@@ -25,12 +27,26 @@ class Member:
             self.stats[key] = v if key not in self.stats else 0.9 * self.stats[key] + 0.1 * v
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion: 'model.layers.{4,6,8}' -> the three names (nested and repeated braces too)."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    if "," not in m.group(1):
+        raise UserError(f"hookpoint pattern {pattern!r}: braces need comma-separated alternatives, e.g. layers.{{4,6,8}}")
+    return [x for alt in m.group(1).split(",")
+            for x in expand_braces(pattern[:m.start()] + alt.strip() + pattern[m.end():])]
+
+
 def parse_sites(patterns: list[str]) -> list[tuple[str, str | None]]:
-    """`A` trains an SAE on A; `A->B` trains a transcoder from A to B."""
+    """`A` trains an SAE on A; `A->B` trains a transcoder from A to B; braces expand to several."""
     out = []
     for p in patterns:
         a, _, b = p.partition("->")
-        out.append((a.strip(), b.strip() or None))
+        ea, eb = expand_braces(a.strip()), expand_braces(b.strip()) if b.strip() else []
+        if eb and len(ea) != len(eb):
+            raise UserError(f"transcoder {p!r}: the braces give {len(ea)} inputs and {len(eb)} outputs")
+        out += list(zip(ea, eb)) if eb else [(x, None) for x in ea]
     return out
 
 

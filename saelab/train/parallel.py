@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .checkpoint import load_checkpoint
 
 
 class SingleProcess:
@@ -40,6 +41,12 @@ class SingleProcess:
 
     def sync_fired(self, fired: torch.Tensor) -> torch.Tensor:
         return fired
+
+    def sync_stats(self, stats: dict) -> None:
+        """Make one step's statistics of an SAE describe the whole SAE (latent sharding)."""
+
+    def load_checkpoint(self, out: Path, members: list) -> None:
+        load_checkpoint(out, members)
 
     def gather(self, members: list) -> list | None:
         """Every SAE of the run, on the process that writes files (None on the others)."""

@@ -28,8 +28,33 @@ from ..activations.stream import ActivationStream, row_order
 from ..data import check_source, load_token_rows
 from ..errors import UserError
 from ..models import EMBEDDED, LoadedModel, hookpoint_widths, layer_index, load_model, resolve_hookpoints
+from ..sae.crosscoder import SEP
 from ..sinks import SinkConfig, special_ids
 from ..storage import cache_dir, fingerprint
+
+
+class SiteActs(dict):
+    """hookpoint -> activations; a crosscoder's joined name ('A+B+C') reads as the sites side by side."""
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        if SEP not in key:
+            raise KeyError(key)
+        return torch.cat([self[h] for h in key.split(SEP)], dim=-1)
+
+
+def join_crosscoder_sites(cfg, sites: list[tuple[str, str | None]], widths: dict[str, int]):
+    """--arch crosscoder: every resolved site becomes one dictionary reading (and writing) all of them."""
+    if cfg.arch != "crosscoder":
+        return sites, widths
+    names = [a for a, _ in sites]
+    if len(names) < 2:
+        raise UserError(f"--arch crosscoder needs at least two hookpoints (e.g. 'model.layers.{{4,6,8}}'); "
+                        f"{', '.join(names)} is one")
+    if len({widths[h] for h in names}) > 1:
+        raise UserError("--arch crosscoder needs sites of one width; "
+                        + ", ".join(f"{h} has {widths[h]}" for h in names))
+    joined = SEP.join(names)
+    return [(joined, None)], widths | {joined: widths[names[0]] * len(names)}
 
 
 @dataclass
@@ -63,11 +88,11 @@ class ChunkedSource:
             n = next(iter(chunk.acts.values())).shape[0]
             n_batches = max(1, math.ceil(n / self.batch_tokens))
             before = self.stream.lm_tokens_before(chunk.index)
-            sample = Batch(acts={h: a[:16384] for h, a in chunk.acts.items()})
+            sample = Batch(acts=SiteActs({h: a[:16384] for h, a in chunk.acts.items()}))
             for b in range(n_batches):
                 last = b == n_batches - 1
                 sl = slice(b * self.batch_tokens, (b + 1) * self.batch_tokens)
-                acts = {h: a[sl] for h, a in chunk.acts.items()}
+                acts = SiteActs({h: a[sl] for h, a in chunk.acts.items()})
                 yield Batch(acts=acts, positions=next(iter(acts.values())).shape[0],
                             progress=(before + chunk.lm_tokens * b / n_batches) / self.total_lm_tokens,
                             lm_tokens=chunk.lm_tokens if last else 0, excluded=chunk.excluded if last else 0,
@@ -93,6 +118,32 @@ class TokenRowSource:
                         cursor=step + 1)
 
 
+class PhasedSource:
+    """`--finetune-fraction`: local batches (shuffled activations) for the first rows of the run, then
+    whole token rows (the kl+mse objective) for the last ones, from one visiting order, so the two
+    phases never share a row and the learning-rate schedule runs over the whole budget.
+
+    Cursors: phase 1 keeps its chunk cursors 1..n_chunks; phase-2 step s (0-based, from `start`)
+    ends at cursor n_chunks + s - start + 1, so one integer resumes either phase."""
+
+    def __init__(self, local: ChunkedSource, rows: TokenRowSource, local_rows: int):
+        self.local, self.rows = local, rows
+        self.start = local_rows // rows.rows_per_batch           # first fine-tune step
+        self.n_chunks = local.stream.n_chunks
+        self.total_lm_tokens = rows.total_lm_tokens
+        self.epochs = rows.epochs
+        self.share = local.total_lm_tokens / rows.total_lm_tokens  # of the run's progress in phase 1
+
+    def batches(self, cursor: int = 0) -> Iterator[Batch]:
+        if cursor < self.n_chunks:
+            for b in self.local.batches(cursor):
+                b.progress *= self.share
+                yield b
+        for b in self.rows.batches(self.start + max(0, cursor - self.n_chunks)):
+            b.cursor = self.n_chunks + b.cursor - self.start
+            yield b
+
+
 @dataclass
 class TrainingInputs:
     """Everything a run trains on, whether it streams from the LM or reads an activation cache."""
@@ -106,16 +157,25 @@ class TrainingInputs:
     special: list[int] = field(default_factory=list)
 
 
-def precheck_depth(model_spec: str, sites: list[tuple[str, str | None]]) -> None:
-    """A hookpoint deeper than the model fails before any weights load (when the config is local)."""
+def local_model_config(model_spec: str):
+    """The model's transformers config when it is on disk (embedded or a folder), else None: checks
+    that need no weights (depth, widths) use it before any model loads."""
     try:
         from transformers import AutoConfig
 
         src = cache_dir() / "models" / "SmolLM2-135M-Instruct" if model_spec == EMBEDDED else Path(model_spec)
         if not (Path(src) / "config.json").exists():
-            return
-        n = AutoConfig.from_pretrained(src).num_hidden_layers
-    except Exception:  # noqa: BLE001 - the post-load check still runs
+            return None
+        return AutoConfig.from_pretrained(src)
+    except Exception:  # noqa: BLE001 - the post-load checks still run
+        return None
+
+
+def precheck_depth(model_spec: str, sites: list[tuple[str, str | None]]) -> None:
+    """A hookpoint deeper than the model fails before any weights load (when the config is local)."""
+    conf = local_model_config(model_spec)
+    n = getattr(conf, "num_hidden_layers", None)
+    if n is None:
         return
     for a, b in sites:
         for s in (a, b):
@@ -154,9 +214,13 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     special = special_ids(lm.tokenizer)
     rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
     if cfg.loss == "local":
-        stream = ActivationStream(model, rows, hookpoints, cfg.context, rows_per_batch, cfg.buffer_batches, n_rows,
-                                  cfg.seed, sink, special, cfg.device)
+        local_rows = finetune_split(cfg, rows_per_batch, n_rows) if cfg.finetune_fraction else n_rows
+        stream = ActivationStream(model, rows, hookpoints, cfg.context, rows_per_batch, cfg.buffer_batches, local_rows,
+                                  cfg.seed, sink, special, cfg.device,
+                                  lm_rows=max(1, (cfg.lm_batch_tokens or cfg.batch_tokens) // cfg.context))
         source = ChunkedSource(wrap_stream(stream), cfg.batch_tokens)
+        if local_rows < n_rows:
+            source = PhasedSource(source, TokenRowSource(rows, rows_per_batch, n_rows, cfg.seed, cfg.device), local_rows)
     else:
         source = TokenRowSource(rows, rows_per_batch, n_rows, cfg.seed, cfg.device)
     if source.epochs > 1:
@@ -165,7 +229,19 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     data = {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
             "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)), "train_rows": int(len(rows.train_rows)),
             "heldout_rows": int(len(rows.heldout_rows)), "epochs": source.epochs}
-    return TrainingInputs(source, sites, hookpoint_widths(model, hookpoints), lm.name, sink, data, lm, special)
+    sites, widths = join_crosscoder_sites(cfg, sites, hookpoint_widths(model, hookpoints))
+    return TrainingInputs(source, sites, widths, lm.name, sink, data, lm, special)
+
+
+def finetune_split(cfg, rows_per_batch: int, n_rows: int) -> int:
+    """Rows of the local phase: the last `finetune_fraction` of the budget, in whole batches (at least one
+    each side), is the kl+mse fine-tune."""
+    steps = n_rows // rows_per_batch
+    ft = max(1, round(cfg.finetune_fraction * steps))
+    if ft >= steps:
+        raise UserError(f"--finetune-fraction {cfg.finetune_fraction} of {steps} batch(es) leaves no local "
+                        f"training; raise --tokens or lower the fraction")
+    return (steps - ft) * rows_per_batch
 
 
 def _open_cache(cfg, patterns) -> TrainingInputs:
@@ -191,5 +267,6 @@ def _open_cache(cfg, patterns) -> TrainingInputs:
             "rows": d["rows"], "train_rows": d["train_rows"], "heldout_rows": d["heldout_rows"],
             "epochs": stream.epochs, "activation_cache": str(folder),
             "activation_cache_fingerprint": fingerprint(d["fingerprint"], "cache", m["shards"], m["hookpoints"])}
-    return TrainingInputs(ChunkedSource(stream, cfg.batch_tokens), sites, {h: m["widths"][h] for h in hooks},
+    sites, widths = join_crosscoder_sites(cfg, sites, {h: m["widths"][h] for h in hooks})
+    return TrainingInputs(ChunkedSource(stream, cfg.batch_tokens), sites, widths,
                           m["model"]["name"], SinkConfig(**m["sink"]), data)

@@ -1,0 +1,50 @@
+"""Synthetic ground truth: `saelab synthetic` writes activations made from a known dictionary as an
+activation cache (train on it with `saelab train --from-activations`), `saelab synthetic-recovery`
+says how well trained dictionaries recover that truth (docs/EVAL.md, "Synthetic ground truth")."""
+
+from __future__ import annotations
+
+import json
+
+from ..options import add_config_command, build_config
+
+
+def cmd_synthetic(a) -> None:
+    from ..evaluate.synthetic_data import SyntheticConfig, synthetic_summary, write_synthetic
+
+    cfg = build_config(SyntheticConfig, a, a.config)
+    print(synthetic_summary(write_synthetic(cfg)))
+
+
+def cmd_recovery(a) -> None:
+    from ..evaluate.synthetic_recovery import recovery_report
+    from ..sae.folder import open_sae
+
+    for d in a.sae_dirs:
+        r = recovery_report(open_sae(d), cache=a.cache, samples=a.samples, threshold=a.threshold)
+        if a.json:
+            print(json.dumps({"sae": d} | r))
+            continue
+        ab = r["absorption"]
+        print(f"{d}\n  recovered {100 * r['recovered']:.1f}% at cos >= {r['threshold']}  MMCS truth {r['mmcs_truth']:.3f} "
+              f"decoder {r['mmcs_decoder']:.3f}  precision {r['latent_precision']:.3f}  recall {r['latent_recall']:.3f}  "
+              f"dead {100 * r['dead']:.1f}%  L0 {r['l0']:.1f} (true {r['true_l0']:.1f})  FVU {r['fvu']:.3f}"
+              + (f"\n  absorption {ab['rate']:.3f} ({ab['pairs_absorbed']}/{ab['pairs']} pairs absorbed)" if ab else ""))
+
+
+def register(sub) -> None:
+    from ..evaluate.synthetic_data import SyntheticConfig
+
+    add_config_command(sub, "synthetic", SyntheticConfig, cmd_synthetic,
+                       help="write synthetic activations from a known dictionary (an activation cache)",
+                       description="N unit-norm true features in d dims, Zipf-like firing, optional correlations and "
+                                   "a parent/child hierarchy; writes shards + manifest.json + truth.safetensors. "
+                                   "Train on it with `saelab train --from-activations DIR --model synthetic "
+                                   "--hookpoints synthetic --context C`.")
+    r = sub.add_parser("synthetic-recovery", help="how well SAEs trained on a synthetic cache recover its true features")
+    r.add_argument("sae_dirs", nargs="+", help="SAE folders trained with --from-activations on a `saelab synthetic` cache")
+    r.add_argument("--cache", help="the synthetic cache (default: the one recorded in each folder's cfg.json)")
+    r.add_argument("--samples", type=int, default=16384, help="fresh synthetic vectors for precision/recall/absorption")
+    r.add_argument("--threshold", type=float, default=0.9, help="decoder cosine at which a true feature counts as recovered")
+    r.add_argument("--json", action="store_true", help="print one JSON object per folder")
+    r.set_defaults(fn=cmd_recovery)

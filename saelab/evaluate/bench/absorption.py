@@ -1,0 +1,122 @@
+"""Feature absorption on the first-letter task (Chanin et al. 2024, "A is for Absorption"; SAEBench).
+
+Words: vocabulary tokens that are a space plus 3 or more ASCII letters (`Ġword` / `▁word`), at most
+PER_LETTER per first letter, letters with at least MIN_WORDS words, read at the word's position in
+the 2-token row [BOS, word]; split 70/30 by word (seed).
+
+1. Probe: a multinomial logistic regression for the first letter on the site activations; its held-out
+   accuracy says whether the model encodes first letters at this site at all (`weak` when < 0.5).
+2. Main latents of letter L (k-sparse probing): rank latents by class-mean difference (L vs other
+   letters, training words), add them one at a time while a balanced L-vs-rest probe's F1 on the
+   training words improves by more than F1_GAIN; their number is the letter's split-feature count.
+3. On held-out words of letter L that the probe classifies as L: with p = the probe's unit direction
+   for L and proj_j = code_j * (direction_j . p),
+   - absorption fraction: the share of the positive projection carried by latents outside the main
+     ones (only latents with cos(direction_j, p) >= MIN_COS count, so random directions, which have
+     cos ~ 1/sqrt(d), do not);
+   - absorbed: every main latent is silent (code 0) and one other latent with cos >= MIN_COS carries at
+     least CARRY of the word's own projection (x - mean) . p; the absorption rate is the fraction absorbed.
+Dense bases (neurons, residual, PCA) have no silent latents: the metric is marked not applicable.
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import torch
+
+from .logreg import Probe, accuracy, fit_logreg
+from .results import AbsorptionResult, LetterAbsorption
+
+PER_LETTER = 120
+MIN_WORDS = 40
+MAX_SPLIT = 5
+F1_GAIN = 0.03
+MIN_COS = 0.1
+CARRY = 0.4
+
+
+def vocabulary_words(tokenizer, seed: int = 0, per_letter: int = PER_LETTER) -> tuple[list[int], list[int], list[str]]:
+    """(token ids, letter index, letters) of the word tokens used, a fixed sample."""
+    by_letter: dict[str, list[int]] = {}
+    for tok, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        word = tok[1:] if tok[:1] in ("Ġ", "▁") else None
+        if word and len(word) >= 3 and word.isascii() and word.isalpha():
+            by_letter.setdefault(word[0].lower(), []).append(i)
+    rng = np.random.default_rng(seed)
+    letters = [c for c in string.ascii_lowercase if len(by_letter.get(c, [])) >= MIN_WORDS]
+    ids, labels = [], []
+    for li, c in enumerate(letters):
+        pool = by_letter[c]
+        for j in rng.permutation(len(pool))[:per_letter]:
+            ids.append(pool[j])
+            labels.append(li)
+    return ids, labels, letters
+
+
+def _f1(pred: torch.Tensor, y: torch.Tensor) -> float:
+    tp = float(((pred == 1) & (y == 1)).sum())
+    return 2 * tp / max(float((pred == 1).sum() + (y == 1).sum()), 1.0)
+
+
+def main_latents(z: torch.Tensor, is_letter: torch.Tensor, seed: int = 0) -> list[int]:
+    """k-sparse probing on training words: latents added while F1 improves by more than F1_GAIN."""
+    pos = torch.nonzero(is_letter).flatten()
+    neg = torch.nonzero(~is_letter).flatten()
+    neg = neg[torch.randperm(len(neg), generator=torch.Generator().manual_seed(seed))[: len(pos)]]
+    idx = torch.cat([pos, neg])
+    zz, yy = z[idx], is_letter[idx].long()
+    diff = zz[yy == 1].mean(0) - zz[yy == 0].mean(0)  # signed: latents that fire MORE on the letter
+    order = diff.topk(MAX_SPLIT).indices
+    best, chosen = -1.0, []
+    for k in range(1, MAX_SPLIT + 1):
+        cols = order[:k]
+        f1 = _f1(fit_logreg(zz[:, cols], yy).predict(zz[:, cols]), yy)
+        if k > 1 and f1 - best <= F1_GAIN:
+            break
+        best, chosen = f1, order[:k].tolist()
+    return chosen
+
+
+def letter_absorption(letter: str, main: list[int], x: torch.Tensor, z: torch.Tensor, p: torch.Tensor,
+                      directions: torch.Tensor, mean: torch.Tensor) -> LetterAbsorption:
+    """x, z: site activations and codes of held-out words of this letter that the probe gets right."""
+    cos = directions @ p                       # [d_lat]
+    aligned = cos >= MIN_COS
+    proj = (z * cos).clamp_min(0) * aligned    # [n, d_lat] positive projections of aligned latents
+    is_main = torch.zeros(z.shape[1], dtype=torch.bool)
+    is_main[main] = True
+    main_p, other_p = proj[:, is_main].sum(1), proj[:, ~is_main].sum(1)
+    total = main_p + other_p
+    frac = torch.where(total > 0, other_p / total.clamp_min(1e-12), torch.zeros_like(total))
+    own = ((x - mean) @ p).clamp_min(1e-12)
+    silent = (z[:, is_main] <= 0).all(1)
+    carried = proj[:, ~is_main].max(1).values >= CARRY * own if (~is_main).any() else torch.zeros_like(silent)
+    absorbed = silent & carried
+    n = len(x)
+    return LetterAbsorption(letter, n, len(main), main, float(absorbed.float().mean()) if n else 0.0,
+                            float(frac.mean()) if n else 0.0)
+
+
+def first_letter_probe(x_tr, y_tr, x_te, y_te, n_letters: int) -> tuple[Probe, float]:
+    probe = fit_logreg(x_tr, y_tr, n_classes=n_letters, l2=1e-3, iters=200)
+    return probe, accuracy(probe, x_te, y_te)
+
+
+def dictionary_absorption(name: str, kind: str, probe: Probe, letters: list[str], x_te: torch.Tensor,
+                          y_te: torch.Tensor, z_tr: torch.Tensor, y_tr: torch.Tensor, z_te: torch.Tensor,
+                          directions: torch.Tensor, mean: torch.Tensor, seed: int = 0) -> AbsorptionResult:
+    """Absorption of one sparse dictionary (codes z, unit decoder directions [d_lat, d])."""
+    dirs = probe.raw_directions()
+    dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    pred = probe.predict(x_te)
+    per = []
+    for li, c in enumerate(letters):
+        main = main_latents(z_tr, y_tr == li, seed)
+        right = (y_te == li) & (pred == li)
+        per.append(letter_absorption(c, main, x_te[right], z_te[right], dirs[li], directions, mean))
+    per_ok = [r for r in per if r.n_test]
+    mean_of = lambda f: float(np.mean([f(r) for r in per_ok])) if per_ok else None  # noqa: E731
+    return AbsorptionResult(name, kind, True, mean_of(lambda r: r.absorption_rate),
+                            mean_of(lambda r: r.absorption_fraction), mean_of(lambda r: r.split_features), per)

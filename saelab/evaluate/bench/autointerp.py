@@ -1,0 +1,22 @@
+"""The autointerp summary: an interpretation run (`saelab explain` / `saelab score` output) read with
+the interpret stage's own loader and summary (`records.load_run`, `report.summarise`), cut down to
+what the bench report shows: explained latents and each scorer's mean primary metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...interpret.records import load_run
+from ...interpret.report import summarise
+from ...interpret.scorers.base import PRIMARY
+
+
+def autointerp_summary(run_dir: str | Path) -> dict:
+    s = summarise(load_run(Path(run_dir)))
+    scorers = {}
+    for name, sc in s["scorers"].items():
+        prim = [m for m in PRIMARY.get(name, []) if m in sc["metrics"]] or list(sc["metrics"])[:1]
+        scorers[name] = {"scored": sc["scored"], "failed": sc["failed"],
+                         "primary": {m: sc["metrics"][m] for m in prim}}
+    return {"run": s["run"], "label": s["label"], "dictionary": s["dictionary"], "latents": s["latents"],
+            "explained": s["explained"], "explain_failed": s["explain_failed"], "scorers": scorers}

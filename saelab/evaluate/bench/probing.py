@@ -1,0 +1,83 @@
+"""Sparse probing (Gurnee et al. 2023; SAEBench, Karvonen et al. 2025).
+
+Per task and dictionary: on the training split, rank latents by the absolute difference of their
+class means (`top_mean_difference`), fit a logistic regression on the top k (k in KS) and report
+held-out accuracy; the ceiling is a logistic regression on the dictionary's whole site (the raw
+activations it reads). Multi-class tasks are scored one-vs-rest, as SAEBench does: per class a
+binary task with as many negatives (drawn evenly from the other classes, seed) as positives, so
+chance is 50% for every sub-task; the task's accuracy is the mean over classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .encode import Encoded
+from .dictionaries import Dictionary
+from .logreg import accuracy, fit_logreg, top_mean_difference
+from .results import ProbeTask, ProbingResult
+from .tasks import Task
+
+KS = (1, 2, 5, 10, 20)
+
+
+def subtasks(labels: np.ndarray, n_classes: int, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(class name index, example indices, binary labels) per sub-task: the task itself when binary,
+    else one balanced one-vs-rest task per class."""
+    if n_classes == 2:
+        return [("1", np.arange(len(labels)), labels.astype(int))]
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(n_classes):
+        pos = np.flatnonzero(labels == c)
+        neg = rng.permutation(np.flatnonzero(labels != c))[: len(pos)]
+        idx = np.concatenate([pos, neg])
+        out.append((str(c), idx, (labels[idx] == c).astype(int)))
+    return out
+
+
+def probe_codes(z: torch.Tensor, y: np.ndarray, train: np.ndarray, ks=KS) -> tuple[dict[str, float], list[int]]:
+    """Held-out accuracy of a probe on the top-k latents for each k, and the top 5 latents."""
+    yt = torch.from_numpy(y)
+    tr, te = torch.from_numpy(train), torch.from_numpy(~train)
+    order = top_mean_difference(z[tr], yt[tr], max(max(ks), 5))
+    acc = {}
+    for k in ks:
+        cols = order[:k]
+        p = fit_logreg(z[tr][:, cols], yt[tr])
+        acc[str(k)] = accuracy(p, z[te][:, cols], yt[te])
+    return acc, order[:5].tolist()
+
+
+def ceiling(x: torch.Tensor, y: np.ndarray, train: np.ndarray) -> float:
+    yt = torch.from_numpy(y)
+    tr, te = torch.from_numpy(train), torch.from_numpy(~train)
+    return accuracy(fit_logreg(x[tr], yt[tr], l2=1e-2), x[te], yt[te])
+
+
+def probe_task(task: Task, enc: Encoded, dicts: list[Dictionary], ks=KS, seed: int = 0) -> list[ProbeTask]:
+    """One ProbeTask per dictionary (same order as `dicts`)."""
+    labels, train = task.labels[enc.keep], task.train[enc.keep]
+    subs = subtasks(labels, len(task.classes), seed)
+    ceilings: dict[str, float] = {}
+    out = []
+    for d in dicts:
+        z = enc.codes[d.name]
+        accs, tops = [], {}
+        for cls, idx, y in subs:
+            a, top = probe_codes(z[torch.from_numpy(idx)], y, train[idx], ks)
+            accs.append(a)
+            tops[task.classes[int(cls)]] = top
+        if d.site not in ceilings:
+            ceilings[d.site] = float(np.mean([ceiling(enc.site[d.site][torch.from_numpy(idx)], y, train[idx])
+                                              for _, idx, y in subs]))
+        n_tr = int(np.mean([train[idx].sum() for _, idx, _ in subs]))
+        n_te = int(np.mean([(~train[idx]).sum() for _, idx, _ in subs]))
+        out.append(ProbeTask(task.name, task.level, task.classes, n_tr, n_te,
+                             {k: float(np.mean([a[k] for a in accs])) for k in accs[0]}, ceilings[d.site], tops))
+    return out
+
+
+def summarise(d: Dictionary, per_task: list[ProbeTask], ks=KS) -> ProbingResult:
+    mean = {str(k): float(np.mean([t.accuracy[str(k)] for t in per_task])) for k in ks}
+    return ProbingResult(d.name, d.kind, list(ks), per_task, mean, float(np.mean([t.ceiling for t in per_task])))

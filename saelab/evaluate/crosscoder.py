@@ -1,0 +1,96 @@
+"""Metrics of a crosscoder (sae/crosscoder.py) on held-out rows: what `saelab eval` reports for one.
+
+Reconstruction (over `tokens` non-sink positions, truncated forward to the deepest site): FVU per
+site and overall (total squared error over the sites' summed variance), cosine per site, L0,
+dead/dense fractions.
+
+Downstream (over `ce_tokens`): every site spliced at once. A crosscoder is acausal (the
+reconstruction at layer 4 reads layer 8), so it cannot be spliced within one forward: a clean
+forward records every site, the crosscoder reconstructs all of them from those clean activations,
+and a second forward replaces each site's output with its reconstruction (sink/outlier positions
+keep the spliced forward's own activation, the rule `saelab eval` applies to one-site SAEs). KL
+and CE increase are of that forward against the clean one.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..models import collect_activations, patch_activation
+from ..sae.crosscoder import CrosscoderSae, sites
+from ..sinks import SinkConfig, excluded_positions, special_ids
+from .metrics import EvalBudget, _ce_kl, _record, batches, heldout_selection
+
+
+@torch.no_grad()
+def crosscoder_metrics(model, tokenizer, sae: CrosscoderSae, sink: SinkConfig, rows, budget: EvalBudget,
+                       device: str = "cpu") -> dict:
+    names = sites(sae.cfg)
+    special = special_ids(tokenizer)
+    n_site = len(names)
+    err, sq, tot, cos = (torch.zeros(n_site, dtype=torch.float64) for _ in range(4))
+    s1 = torch.zeros(n_site, sae.d_site, dtype=torch.float64)
+    n, l0, fires, excluded, total = 0, 0.0, torch.zeros(sae.cfg.d_sae), 0, 0
+    for ids in tqdm(list(batches(rows, heldout_selection(rows, budget.tokens), budget.batch_rows, device)),
+                    desc="eval: crosscoder reconstruction", leave=False):
+        acts = collect_activations(model, ids, names)
+        drop = excluded_positions([acts[h] for h in names], ids, sink, special)
+        x = torch.cat([acts[h][~drop].float() for h in names], -1)
+        lat = sae.encode_raw(x)
+        y_hat = sae.split_sites(sae.decode(lat) / sae.out_scale)
+        for i, (h, yh) in enumerate(zip(names, y_hat)):
+            y = acts[h][~drop].float()
+            err[i] += (yh - y).pow(2).sum().item()
+            sq[i] += y.pow(2).sum().item()
+            s1[i] += y.sum(0).double()
+            cos[i] += F.cosine_similarity(yh, y, dim=-1).sum().item()
+        n += x.shape[0]
+        l0 += lat.l0_per_row().sum().item()
+        fires += lat.fire_counts().float()
+        excluded += int(drop.sum())
+        total += drop.numel()
+    n = max(n, 1)
+    var = sq - s1.pow(2).sum(1) / n                       # sum ||y - mean||^2 per site
+    freq = fires / n
+    out = {"sites": names, "fvu": (err.sum() / var.sum()).item(),
+           "fvu_per_site": {h: (err[i] / var[i]).item() for i, h in enumerate(names)},
+           "cosine_per_site": {h: (cos[i] / n).item() for i, h in enumerate(names)},
+           "l0": l0 / n, "dead_fraction": (freq == 0).float().mean().item(),
+           "dense_fraction": (freq > 0.1).float().mean().item(), "excluded_fraction": excluded / max(total, 1),
+           "eval_tokens": n}
+    if budget.ce_tokens > 0:
+        out |= _spliced_all_sites(model, sae, names, sink, special, rows, budget, device)
+    return out
+
+
+def _spliced_all_sites(model, sae, names, sink, special, rows, budget, device) -> dict:
+    clean_ce = spliced_ce = kl = 0.0
+    n_pred = 0
+    for ids in tqdm(list(batches(rows, heldout_selection(rows, budget.ce_tokens), budget.ce_batch_rows, device)),
+                    desc="eval: crosscoder splice / CE", leave=False):
+        store: dict[str, torch.Tensor] = {}
+        handles = [_record(model, h, store) for h in names]
+        try:
+            ce, _, clean_logp = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, None)
+        finally:
+            for hd in handles:
+                hd.remove()
+        drop = excluded_positions([store[h] for h in names], ids, sink, special)[..., None]
+        x = torch.cat([store[h].float() for h in names], -1)
+        recon = sae.split_sites(sae.reconstruct(x))
+        with ExitStack() as stack:
+            for h, r in zip(names, recon):
+                stack.enter_context(patch_activation(
+                    model, h, lambda a, r=r: torch.where(drop, a, r.to(a.dtype))))
+            ce_s, kl_s, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, clean_logp)
+        clean_ce += ce
+        spliced_ce += ce_s
+        kl += kl_s
+        n_pred += ids.shape[0] * (ids.shape[1] - 1)
+    n = max(n_pred, 1)
+    return {"kl": kl / n, "ce_clean": clean_ce / n, "ce_spliced": spliced_ce / n,
+            "ce_increase": (spliced_ce - clean_ce) / n, "ce_eval_tokens": n}

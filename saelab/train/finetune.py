@@ -1,0 +1,112 @@
+"""The KL+MSE fine-tune (Karvonen 2025, "Revisiting End-To-End Sparse Autoencoder Training: A Short
+Finetune Is All You Need"): a short phase that teaches a locally trained dictionary what the model
+downstream of its site needs, without forgetting how to reconstruct.
+
+    loss = KL(p_clean || p_spliced) + lambda * (FVU + sparsity penalty + AuxK)
+
+KL in nats per token, exactly as the e2e objective computes it (the clean pass, the spliced pass
+from the site, sink/outlier positions kept clean: `objectives.EndToEndObjective`, whose passes this
+class reuses). FVU is the local objective's normalised MSE at the replaced site; the sparsity
+penalty (ReLU, JumpReLU) and AuxK keep their weight relative to the FVU, so "k / sparsity
+unchanged" holds in the sense of the local run. k itself is the dictionary's.
+
+The balance lambda is set automatically so the two terms have the same magnitude (the paper's
+dynamic loss balancing): lambda = running KL / running FVU, the exponential moving averages the
+run keeps anyway (`Member.smooth`, factor 0.9, i.e. ~10 steps) up to the previous step. On the first
+fine-tune step (no running KL yet) it is this part's own KL / FVU. The running averages live in
+the checkpoint, so a resumed run uses the same lambda; the value used is logged as `mse_weight`.
+
+`--finetune-fraction F` on a local run switches to this objective for the last F of the token
+budget (`SwitchObjective` here, `sources.PhasedSource` for the data): one loop, one schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sinks import SinkConfig
+from .e2e_forward import kl_to_clean, spliced_pass
+from .members import Member
+from .objectives import EndToEndObjective, LocalObjective, StepLoss, make_objective as make_base_objective
+from .sources import Batch
+
+
+class KlMseObjective(EndToEndObjective):
+    """kl+mse: the e2e clean/spliced passes, plus the local FVU at the site, balanced automatically."""
+
+    def __init__(self, cfg, model, members: list[Member], sink: SinkConfig, special: list[int]):
+        super().__init__(cfg, model, members, sink, special)
+        self.name = "kl+mse"
+
+    def record(self) -> dict:
+        return {"loss": self.name, "mse_weight": "auto: running KL / running FVU (docs/E2E.md)"}
+
+    def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
+        clean, plan, sae = shared.clean, self.plans[m.name], m.sae
+        drop = self._drop(m, shared)
+        keep = ~drop
+        x = clean.acts[sae.cfg.hookpoint][keep].float()
+        site_clean = clean.acts[plan.site]
+        target = site_clean[keep].float() * sae.out_scale
+        out = sae(x, dead=dead, target=target)
+        recon = out.recon / sae.out_scale
+        replacement = site_clean.index_put((keep,), recon.to(site_clean.dtype))
+        hidden, _ = spliced_pass(self.model, clean, plan, replacement, self.recompute)
+        kl = kl_to_clean(self.model, hidden, clean.logp, recompute=self.recompute) / clean.ids.numel()
+        fvu = (out.recon - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+        weight = mse_weight(m.stats, kl.item(), fvu.item())
+        loss = kl + weight * (fvu + out.sparsity_loss + out.aux_loss)
+        stats = {"kl": kl.item(), "fvu": fvu.item(), "mse_weight": weight, "aux": out.aux_loss.item(),
+                 "l0": out.latents.values.gt(0).sum().item() / max(1, x.shape[0]), "loss": loss.item()}
+        return StepLoss(loss, stats, out.latents.fire_counts() > 0, int(drop.sum()))
+
+
+def mse_weight(running: dict, kl: float, fvu: float) -> float:
+    """lambda = running KL / running FVU (this part's values before any running KL exists)."""
+    if "kl" in running and running.get("fvu", 0.0) > 0:
+        kl, fvu = running["kl"], running["fvu"]
+    return kl / max(fvu, 1e-12)
+
+
+class SwitchObjective:
+    """--finetune-fraction: local on activation batches, kl+mse on token-row batches (the last phase)."""
+
+    def __init__(self, local: LocalObjective, finetune: KlMseObjective, fraction: float):
+        self.local, self.finetune, self.fraction = local, finetune, fraction
+        self.name = "local"
+
+    @property
+    def shard(self):
+        return self.local.shard
+
+    @shard.setter
+    def shard(self, fn) -> None:  # data-parallel training shards the local phase
+        self.local.shard = fn
+
+    def _of(self, batch: Batch):
+        return self.local if batch.ids is None else self.finetune
+
+    def record(self) -> dict:
+        return self.local.record() | {"finetune": self.finetune.name, "finetune_fraction": self.fraction}
+
+    def split(self, batch: Batch):
+        return self._of(batch).split(batch)
+
+    def shared(self, part: Batch):
+        return self._of(part).shared(part)
+
+    def io(self, m: Member, part: Batch, shared=None):
+        return self._of(part).io(m, part, shared)
+
+    def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
+        return self._of(part).loss(m, part, shared, dead)
+
+
+def make_objective(cfg, model, members: list[Member], sink: SinkConfig, special: list[int]):
+    """objectives.make_objective, plus kl+mse and the --finetune-fraction switch."""
+    if cfg.loss == "kl+mse":
+        return KlMseObjective(cfg, model, members, sink, special)
+    if cfg.finetune_fraction:
+        return SwitchObjective(LocalObjective(), KlMseObjective(cfg, model, members, sink, special),
+                               cfg.finetune_fraction)
+    return make_base_objective(cfg, model, members, sink, special)

@@ -1,0 +1,71 @@
+"""--distributed latents (latent-sharded training): 2 gloo processes, each holding half of the
+latents, give the single-process weights (AuxK on), write a checkpoint and SAE folder in the
+single-process layout, and resume; bad configurations are refused before any process group or
+model exists."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import kill_when_checkpointed, train_cfg
+
+from saelab.errors import UserError
+from saelab.sae.folder import load_sae
+from saelab.storage import read_json, read_tensors
+
+NAME = "model.layers.1-topk-k4"
+# 1,024 latents with k=4 on 512-token batches: many latents stay unfired, so with --dead-tokens 512
+# the AuxK term (its own global top-k over dead latents) is active from the second step on.
+ARGS = ["--latents", "1024", "--k", "4", "--tokens", "8192", "--batch-tokens", "512", "--context", "64",
+        "--buffer-batches", "4", "--lr", "2e-3", "--threads", "1", "--checkpoint-every", "4096",
+        "--dead-tokens", "512", "--hookpoints", "model.layers.1", "--distributed", "latents"]
+
+
+def _launch(nproc):
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+            if nproc > 1 else [sys.executable]) + ["-m", "saelab.cli"]
+
+
+def test_two_latent_shards_match_one_process_and_resume(tmp_path, tiny_model_dir, text_corpus):
+    args = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus)] + ARGS
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(_launch(1) + args + ["--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # 2 ranks, killed after the first checkpoint, then resumed: the result must still be the 1-process one
+    two = args + ["--out", str(tmp_path / "two")]
+    rc = kill_when_checkpointed(_launch(2) + two, tmp_path / "two", env={"OMP_NUM_THREADS": "1"})
+    assert rc != 0
+    ckpt = read_tensors(tmp_path / "two" / "checkpoint.safetensors")  # gathered: the single-process layout
+    assert ckpt[f"{NAME}/sae/W_enc"].shape == (64, 1024) and ckpt[f"{NAME}/since_fired"].shape == (1024,)
+    assert ckpt[f"{NAME}/opt/2/exp_avg_sq"].shape == (1024, 64)  # W_dec's Adam moment, both halves
+    r = subprocess.run(_launch(2) + two + ["--resume"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming at 4,096 tokens" in r.stdout + r.stderr
+    one, res = read_json(tmp_path / "one" / "manifest.json"), read_json(tmp_path / "two" / "manifest.json")
+    assert res["distributed"] == {"world_size": 2, "mode": "latents"}
+    f1, f2 = one["saes"][NAME]["final"], res["saes"][NAME]["final"]
+    assert f1["aux"] > 0.01 and f1["dead"] > 0.05  # AuxK really ran
+    for key in ("fvu", "aux", "l0", "dead"):  # statistics summed / averaged over the shards
+        assert f2[key] == pytest.approx(f1[key], rel=1e-4, abs=1e-6), key
+    sae2, _ = load_sae(tmp_path / "two" / NAME)  # one ordinary folder with all 1,024 latents
+    assert sae2.cfg.d_sae == 1024 and type(sae2).__name__ == "TopKSae"
+    a, b = load_sae(tmp_path / "one" / NAME)[0].folded_state(), sae2.folded_state()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=2e-4, msg=k)
+
+
+def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path):
+    from saelab.train.distributed import Distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")  # no RANK / MASTER_ADDR: reaching the process group would crash
+    cfg = train_cfg(tmp_path / "o", "embedded", "builtin", latents=1000, distributed="latents")
+    with pytest.raises(UserError, match="--latents 1000 is not divisible by the 3 processes; use a multiple of 3 "
+                                        r"\(e.g. 1002\)"):
+        Distributed(cfg)
+    for kw, msg in ((dict(arch="relu", sparsity_coeff=[1.0]), "--arch relu is not supported"),
+                    (dict(latents=30, k=[16]), "k=16 is larger than a rank's 10 latents")):
+        with pytest.raises(UserError, match=msg):
+            Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", **kw))
