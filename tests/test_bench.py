@@ -108,7 +108,7 @@ def test_bench_command_writes_a_report_that_shows_its_json(tmp_path, tiny_model_
                                [("The cat sat on the mat. ", "p"), ("def f(x): return x + 1\n", "c")] * 6))
     out = tmp_path / "report"
     res = run_bench([str(folder)], str(out), metrics=["core", "probing", "absorption"], baselines=["residual", "random"],
-                    tasks_file=str(tasks), core_tokens=512, ce_tokens=128, task_scale=0.05, fit_tokens=1024,
+                    tasks_file=str(tasks), core_tokens=512, ce_tokens=0, task_scale=0.05, fit_tokens=1024,
                     quiet=True)
     for name in ("core.json", "probing.json", "absorption.json", "bench.json", "report.md", "report.html", "bench.png"):
         assert (out / name).is_file(), name

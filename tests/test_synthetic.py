@@ -4,6 +4,10 @@ absorbing -> absorption detected, trained architectures -> most features recover
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +76,7 @@ def test_correlation_keeps_marginals_and_correlates_groups(tmp_path):
 def test_exact_dictionary_recovers_everything_and_random_nothing(tmp_path, cache):
     truth = load_truth(cache)
     dirs = truth.directions
-    r = recovery_report(planted(tmp_path, cache, dirs, torch.linalg.pinv(dirs), torch.full((N,), -0.05)))
+    r = recovery_report(planted(tmp_path, cache, dirs, torch.linalg.pinv(dirs), torch.full((N,), -0.05)), samples=4096)
     assert r["recovered"] == 1.0 and r["mmcs_truth"] > 0.9999 and r["mmcs_decoder"] > 0.9999
     assert r["latent_precision"] > 0.999 and r["latent_recall"] > 0.999 and r["feature_recall"] > 0.999
     assert r["dead"] == 0 and r["fvu"] < 0.01 and abs(r["l0"] - r["true_l0"]) < 1e-6
@@ -94,7 +98,7 @@ def test_absorbing_dictionary_is_detected(tmp_path, cache):
         p = int(truth.parent[c])
         dirs[c] = (truth.directions[c] + truth.directions[p]) / (truth.directions[c] + truth.directions[p]).norm()
         enc[:, p] -= 10 * torch.linalg.pinv(truth.directions)[:, c]
-    r = recovery_report(planted(tmp_path, cache, dirs, enc, torch.full((N,), -0.05)))
+    r = recovery_report(planted(tmp_path, cache, dirs, enc, torch.full((N,), -0.05)), samples=4096)
     ab = r["absorption"]
     assert ab["pairs"] == 6 and ab["child_events"] > 500
     assert ab["rate"] > 0.999 and ab["pairs_absorbed"] == 6 and ab["parent_miss"] > 0.999
@@ -134,8 +138,7 @@ def test_each_architecture_recovers_planted_features(tmp_path, arch_cache, arch,
     assert r["recovered"] >= floor and r["mmcs_truth"] > 0.9, r
     assert r["latent_precision"] > 0.6 and r["l0"] < 6, r
     untrained = build_sae(folder.sae.cfg)  # the same shape at its initialisation recovers nothing
-    assert recovery_report(folder._replace(sae=untrained) if hasattr(folder, "_replace") else
-                           type(folder)(folder.path, untrained, folder.provenance, folder.cfg), samples=512)["recovered"] < 0.1
+    assert recovery_report(dataclasses.replace(folder, sae=untrained), samples=512)["recovered"] < 0.1
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, cache):
@@ -157,3 +160,11 @@ def test_bad_input_is_refused_before_any_work(tmp_path, cache):
         recovery_report(folder)
     with pytest.raises(UserError, match="does not exist|not an activation cache"):
         recovery_report(folder, cache=tmp_path / "nowhere")
+    real = tmp_path / "real"  # an activation cache of a model (no truth): refused by name
+    shutil.copytree(cache, real)
+    m = json.loads((real / "manifest.json").read_text())
+    m.pop("synthetic")
+    m["model"]["spec"] = "embedded"
+    (real / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="not synthetic"):
+        recovery_report(folder, cache=real)

@@ -4,6 +4,8 @@ and the splice of a dictionary into a model (splice.py)."""
 
 from .base import SaeConfig, SaeOutput, SparseCoder
 from .batchtopk import BatchTopKSae
+from .codebook import CodebookSae
+from .crosscoder import CrosscoderSae
 from .gated import GatedSae
 from .jumprelu import JumpReLUSae
 from .latents import Latents
@@ -12,5 +14,5 @@ from .registry import ARCHITECTURES, build_sae, uses_k
 from .relu import ReluSae
 from .topk import TopKSae
 
-__all__ = ["ARCHITECTURES", "BatchTopKSae", "GatedSae", "JumpReLUSae", "Latents", "MatryoshkaSae", "ReluSae", "SaeConfig", "SaeOutput",
+__all__ = ["ARCHITECTURES", "BatchTopKSae", "CodebookSae", "CrosscoderSae", "GatedSae", "JumpReLUSae", "Latents", "MatryoshkaSae", "ReluSae", "SaeConfig", "SaeOutput",
            "SparseCoder", "TopKSae", "build_sae", "uses_k"]

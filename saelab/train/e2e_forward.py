@@ -258,9 +258,9 @@ class _HeadKL(torch.autograd.Function):
     """KL(p_clean || softmax(head(h))) summed over positions, with d/dh computed in the forward.
 
     Why: the autograd version keeps [N, V] log-probs for backward and makes ~12 passes over them
-    (log_softmax, exp, sub, mul, sum and their backward); here each chunk of logits makes ~6 passes
+    (log_softmax, exp, sub, mul, sum and their backward); here each chunk of logits makes ~7 passes
     and is dropped at once. Per position, with z the logits, p the clean probabilities, l = log p:
-        KL = sum_v p l  -  sum_v p z  +  logsumexp(z) * sum_v p,     dKL/dz = softmax(z) sum_v p - p,
+        KL = sum_v p (l - log q),  log q = z - logsumexp(z),     dKL/dz = q sum_v p - p,
     and dKL/dh = dKL/dz @ W (through the soft-cap's tanh when the model has one). The head's weight
     is frozen (e2e trains the SAE only), so it gets no gradient."""
 
@@ -277,10 +277,10 @@ class _HeadKL(torch.autograd.Function):
             lc = clean_logp[s:s + chunk].float()
             p = lc.exp()
             psum = p.sum(-1)
-            lse = torch.logsumexp(z, -1)
-            total += torch.dot(p.flatten(), (lc - z).flatten()) + torch.dot(lse, psum)
+            logq = z.sub_(torch.logsumexp(z, -1, keepdim=True))  # spliced log-probs, in place
+            total += torch.dot(p.flatten(), (lc - logq).flatten())  # small terms: no cancellation
             if want_grad:
-                g = z.sub_(lse[:, None]).exp_().mul_(psum[:, None]).sub_(p)
+                g = logq.exp_().mul_(psum[:, None]).sub_(p)
                 if cap:
                     g.mul_(1 - t * t)
                 grads.append(g.to(weight.dtype) @ weight)

@@ -100,7 +100,7 @@ def letter_absorption(letter: str, main: list[int], x: torch.Tensor, z: torch.Te
 
 
 def first_letter_probe(x_tr, y_tr, x_te, y_te, n_letters: int) -> tuple[Probe, float]:
-    probe = fit_logreg(x_tr, y_tr, n_classes=n_letters, l2=1e-3, iters=200)
+    probe = fit_logreg(x_tr, y_tr, n_classes=n_letters, l2=1e-3, iters=60)
     return probe, accuracy(probe, x_te, y_te)
 
 

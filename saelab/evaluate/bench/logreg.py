@@ -31,24 +31,27 @@ class Probe:
         return (self.W / self.std[:, None]).t()
 
 
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int = 2, l2: float = 1e-3, iters: int = 100) -> Probe:
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int = 2, l2: float = 1e-3, iters: int = 60) -> Probe:
     """Binary (n_classes = 2, y in {0, 1}): Newton's method (IRLS), a few solves of a (d+1)^2 system,
     far faster than a first-order method at the sizes probing uses. Multinomial: L-BFGS, full batch.
     The penalty is l2 * |W|^2 on standardised features (the bias is not penalised)."""
     x = x.float()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xs = (x - mean) / std
-    if n_classes == 2:
-        if x.shape[1] > 64:
-            return _newton(xs, y.float(), l2, mean, std)
-        # small systems: one thread (thread hand-offs cost more than the arithmetic, ~30x on a busy machine)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return _newton(xs, y.float(), l2, mean, std)
-        finally:
-            torch.set_num_threads(threads)
-    W = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    if n_classes == 2 and x.shape[1] > 64:
+        return _newton(xs, y.float(), l2, mean, std)
+    # small systems and the multinomial probe: one thread (thread hand-offs cost more than the
+    # arithmetic of these small products, ~30x on a busy machine)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _newton(xs, y.float(), l2, mean, std) if n_classes == 2 else _multinomial(xs, y, n_classes, l2, iters, mean, std)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _multinomial(xs, y, n_classes, l2, iters, mean, std) -> Probe:
+    W = torch.zeros(xs.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=iters, line_search_fn="strong_wolfe")
 

@@ -19,6 +19,7 @@ Examples are split into train/test by row (70/30, seed), so no context is shared
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import keyword
 import sysconfig
@@ -61,9 +62,10 @@ def split_rows(n_rows: int, seed: int, train_fraction: float = 0.7) -> np.ndarra
     return mask
 
 
-def _stdlib_files() -> list[Path]:
+@functools.lru_cache(maxsize=1)  # one walk of the stdlib per process (slow on a busy disk)
+def _stdlib_files() -> tuple[Path, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    return [p for p in sorted(root.rglob("*.py")) if not _SKIP & set(p.relative_to(root).parts)]
+    return tuple(p for p in sorted(root.rglob("*.py")) if not _SKIP & set(p.relative_to(root).parts))
 
 
 def _read(p: Path) -> str:
