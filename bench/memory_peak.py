@@ -34,20 +34,19 @@ print(json.dumps({{"base_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 def formula_mb(base_mb: float, latents: int, d: int, batch: int, buffer_batches: int, tokens: int,
                aux: bool) -> dict:
-    """docs/SCALE.md, memory: every term in MiB (float32 = 4 bytes)."""
+    """docs/SCALE.md, memory: the peak is the largest of three phases (MiB; float32 = 4 bytes).
+    P = 2 L d (W_enc, W_dec); the SAE's weights and Adam moments (3P) live all the time, the chunk
+    (C x d) while its batches train; pre-activations exist only in the forward, gradients (set to
+    None after each step) and the step's transient copy only in the backward."""
     mib = 2**20
-    chunk = min(buffer_batches * batch, tokens)
-    terms = {
-        "base (runtime + LM weights + one LM batch)": base_mb,
-        "shuffle buffer: 3 x chunk x d x 4 (parts, concatenation, shuffled copy)": 3 * chunk * d * 4 / mib,
-        "dictionary: 2 L d x 4 (W_enc, W_dec)": 2 * latents * d * 4 / mib,
-        "Adam moments: 2 x dictionary": 4 * latents * d * 4 / mib,
-        "gradients: 1 x dictionary": 2 * latents * d * 4 / mib,
-        "step transient: 1 x dictionary (W_enc^T copy / decoder-grad projection)": 2 * latents * d * 4 / mib,
-        "pre-activations: B x L x 4": batch * latents * 4 / mib,
-        "AuxK masked copy: B x L x 4 (only once latents are dead)": batch * latents * 4 / mib if aux else 0.0,
-    }
-    return {"terms_mb": {k: round(v) for k, v in terms.items()}, "total_mb": round(sum(terms.values()))}
+    chunk = min(buffer_batches * batch, tokens) * d * 4 / mib
+    P = 2 * latents * d * 4 / mib
+    pre = batch * latents * 4 / mib
+    phases = {"building a chunk: base + 3 x chunk (parts, concatenation, shuffled copy)": base_mb + 3 * chunk,
+              "SAE forward: base + chunk + 3P + B L (pre-activations) + B L (AuxK masked copy, once latents are dead)":
+                  base_mb + chunk + 3 * P + pre * (2 if aux else 1),
+              "SAE backward/step: base + chunk + 3P + P (gradients) + P (transient)": base_mb + chunk + 5 * P}
+    return {"phases_mb": {k: round(v) for k, v in phases.items()}, "total_mb": round(max(phases.values()))}
 
 
 def main() -> None:
@@ -77,7 +76,7 @@ def main() -> None:
         f = formula_mb(base, c["latents"], 576, c["batch_tokens"], c["buffer_batches"], c["tokens"], aux=steps > 1)
         res["runs"].append({"run": str(r), "latents": c["latents"], "tokens": m["lm_tokens"],
                             "tokens_per_s": round(m["tokens_per_s"], 1), "measured_peak_rss_mb": round(m["peak_rss_mb"]),
-                            "formula_mb": f["total_mb"], "terms_mb": f["terms_mb"]})
+                            "formula_mb": f["total_mb"], "phases_mb": f["phases_mb"]})
     print(json.dumps(res))
 
 

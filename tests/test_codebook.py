@@ -127,7 +127,7 @@ def test_codebook_trains_in_the_loop_and_works_downstream(tmp_path, tiny_model_d
     lm = load_model(str(tiny_model_dir))
     rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
     rand = build_sae(sae.cfg)
-    (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=4096))
+    (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=2048))
     assert r["fvu"] < 0.7 * rr["fvu"] and r["l0"] == pytest.approx(8), (r.fvu, r.l0, rr.fvu)
     cache = LatentCache.open(build_latent_cache([folder], tokens=64 * 8, out=tmp_path / "cache", progress=False,
                                                 batch_rows=4, chunk_rows=8, shard_size=64))

@@ -79,6 +79,8 @@ def test_exact_dictionary_recovers_everything_and_random_nothing(tmp_path, cache
     r = recovery_report(planted(tmp_path, cache, dirs, torch.linalg.pinv(dirs), torch.full((N,), -0.05)), samples=4096)
     assert r["recovered"] == 1.0 and r["mmcs_truth"] > 0.9999 and r["mmcs_decoder"] > 0.9999
     assert r["latent_precision"] > 0.999 and r["latent_recall"] > 0.999 and r["feature_recall"] > 0.999
+    assert [q["recovered"] for q in r["by_frequency"]] == [1.0] * 4
+    assert r["by_frequency"][0]["p_max"] == pytest.approx(float(truth.prob.max()))
     assert r["dead"] == 0 and r["fvu"] < 0.01 and abs(r["l0"] - r["true_l0"]) < 1e-6
     assert r["absorption"]["rate"] == 0 and r["absorption"]["parent_recall_alone"] > 0.999
     g = torch.Generator().manual_seed(0)
@@ -86,6 +88,7 @@ def test_exact_dictionary_recovers_everything_and_random_nothing(tmp_path, cache
     r = recovery_report(planted(tmp_path, cache, rand / rand.norm(dim=1, keepdim=True), torch.randn(D, N, generator=g),
                                 torch.zeros(N), "random"))
     assert r["recovered"] == 0.0 and r["mmcs_truth"] < 0.6 and r["latent_precision"] < 0.5
+    assert [q["recovered"] for q in r["by_frequency"]] == [0.0] * 4
 
 
 def test_absorbing_dictionary_is_detected(tmp_path, cache):
@@ -168,3 +171,19 @@ def test_bad_input_is_refused_before_any_work(tmp_path, cache):
     (real / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="not synthetic"):
         recovery_report(folder, cache=real)
+
+
+def test_synthetic_commands(tmp_path, cache, capsys):
+    from saelab.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["synthetic", "--out", str(out), "--features", "24", "--dim", "32", "--k-true", "3", "--tokens", "3000",
+                 "--context", "64", "--hierarchy", "3x2"]) == 0
+    assert "3,000 vectors of 24 true features in 32 dims" in capsys.readouterr().out
+    assert main(["synthetic", "--out", str(out), "--features", "24", "--dim", "32"]) == 2  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    dirs = load_truth(cache).directions
+    planted(tmp_path, cache, dirs, torch.linalg.pinv(dirs), torch.full((N,), -0.05))
+    assert main(["synthetic-recovery", str(tmp_path / "sae"), "--samples", "512", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["recovered"] == 1.0 and r["absorption"]["rate"] == 0.0 and r["samples"] == 512

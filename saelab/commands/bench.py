@@ -25,7 +25,7 @@ def register(sub) -> None:
     b.add_argument("--interp", help="an interpretation run (saelab explain/score output) to summarise")
     b.add_argument("--tasks", help="extra probing task: JSONL of {\"text\", \"label\"} records")
     b.add_argument("--tokens", type=int, default=20_000, help="held-out tokens for the core reconstruction metrics")
-    b.add_argument("--ce-tokens", type=int, default=4096, help="held-out tokens for core KL / CE (full forwards)")
+    b.add_argument("--ce-tokens", type=int, default=1024, help="held-out tokens for core KL / CE (full forwards)")
     b.add_argument("--task-scale", type=float, default=1.0, help="multiplies the examples of the built-in tasks")
     b.add_argument("--seed", type=int, default=0, help="seed of task sampling and splits")
     b.add_argument("--threads", type=int, help=THREADS_HELP)

@@ -29,6 +29,8 @@ def cmd_recovery(a) -> None:
         print(f"{d}\n  recovered {100 * r['recovered']:.1f}% at cos >= {r['threshold']}  MMCS truth {r['mmcs_truth']:.3f} "
               f"decoder {r['mmcs_decoder']:.3f}  precision {r['latent_precision']:.3f}  recall {r['latent_recall']:.3f}  "
               f"dead {100 * r['dead']:.1f}%  L0 {r['l0']:.1f} (true {r['true_l0']:.1f})  FVU {r['fvu']:.3f}"
+              + "\n  recovered by firing probability (quarters, most frequent first): "
+              + "  ".join(f"p {q['p_max']:.3g}..{q['p_min']:.3g}: {100 * q['recovered']:.0f}%" for q in r["by_frequency"])
               + (f"\n  absorption {ab['rate']:.3f} ({ab['pairs_absorbed']}/{ab['pairs']} pairs absorbed)" if ab else ""))
 
 

@@ -7,6 +7,9 @@ saelab.activation_cache, recorded by the training loop), reloads the true dictio
   mmcs_truth       mean over true features of the max cosine to any decoder row
   mmcs_decoder     mean over decoder rows of the max cosine to any true feature
   recovered        fraction of true features with a decoder row at cosine >= threshold (0.9)
+  by_frequency     `recovered` per quarter of the true features sorted by firing probability (most
+                   frequent first): [{p_max, p_min, recovered}]; rare features are learnt last, so
+                   this says whether a short run is limited by its budget
   latent_precision mean over latents that fire of P(its matched feature is active | latent fires)
   latent_recall    mean over latents that fire of P(latent fires | its matched feature is active)
   feature_recall   mean over true features that fire of P(its best latent fires | feature active)
@@ -60,6 +63,12 @@ def truth_of(folder: SaeFolder, cache: str | Path | None = None) -> tuple[Synthe
     if c.d_in != truth.directions.shape[1]:
         raise UserError(f"{folder.path} has d_in {c.d_in}; the synthetic truth in {cache} has {truth.directions.shape[1]} dims")
     return truth, Path(cache)
+
+
+def _by_frequency(prob: torch.Tensor, hit: torch.Tensor, parts: int = 4) -> list[dict]:
+    order = prob.argsort(descending=True)
+    return [{"p_max": float(prob[q[0]]), "p_min": float(prob[q[-1]]), "recovered": float(hit[q].float().mean())}
+            for q in order.tensor_split(parts) if len(q)]
 
 
 @torch.no_grad()
@@ -119,6 +128,7 @@ def recovery_report(folder: SaeFolder, cache: str | Path | None = None, samples:
         "cache": str(cache), "features": n, "latents": m, "samples": samples, "threshold": threshold,
         "mmcs_truth": float(best_lat_cos.mean()), "mmcs_decoder": float(best_feat_cos.mean()),
         "recovered": float((best_lat_cos >= threshold).float().mean()),
+        "by_frequency": _by_frequency(truth.prob, best_lat_cos >= threshold),
         "latent_precision": float((tp_lat[on] / lat_fires[on]).mean()) if on.any() else 0.0,
         "latent_recall": float((tp_lat[on] / feat_fires[best_feat[on]].clamp_min(1)).mean()) if on.any() else 0.0,
         "feature_recall": float((tp_feat[feat_on] / feat_fires[feat_on]).mean()) if feat_on.any() else 0.0,

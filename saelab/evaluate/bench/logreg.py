@@ -32,32 +32,36 @@ class Probe:
 
 
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int = 2, l2: float = 1e-3, iters: int = 60) -> Probe:
-    """Binary (n_classes = 2, y in {0, 1}): Newton's method (IRLS), a few solves of a (d+1)^2 system,
-    far faster than a first-order method at the sizes probing uses. Multinomial: L-BFGS, full batch.
+    """Binary (n_classes = 2, y in {0, 1}) or multinomial logistic regression, full batch.
     The penalty is l2 * |W|^2 on standardised features (the bias is not penalised)."""
     x = x.float()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xs = (x - mean) / std
-    if n_classes == 2 and x.shape[1] > 64:
-        return _newton(xs, y.float(), l2, mean, std)
-    # small systems and the multinomial probe: one thread (thread hand-offs cost more than the
-    # arithmetic of these small products, ~30x on a busy machine)
+    # one thread: thread hand-offs cost more than the arithmetic of these small products (~30x on a
+    # busy machine). Newton for small binary probes (exact, a handful of steps); L-BFGS when the
+    # (d+1)^2 Hessian would dominate (full-site ceilings: 576 or 1536 features) and for the multinomial probe
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _newton(xs, y.float(), l2, mean, std) if n_classes == 2 else _multinomial(xs, y, n_classes, l2, iters, mean, std)
+        if n_classes == 2 and x.shape[1] <= 256:
+            return _newton(xs, y.float(), l2, mean, std)
+        return _lbfgs(xs, y, n_classes, l2, iters, mean, std)
     finally:
         torch.set_num_threads(threads)
 
 
-def _multinomial(xs, y, n_classes, l2, iters, mean, std) -> Probe:
-    W = torch.zeros(xs.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
+def _lbfgs(xs, y, n_classes, l2, iters, mean, std) -> Probe:
+    out = 1 if n_classes == 2 else n_classes
+    W = torch.zeros(xs.shape[1], out, requires_grad=True)
+    b = torch.zeros(out, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=iters, line_search_fn="strong_wolfe")
+    target = y.float()[:, None] if out == 1 else y.long()
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xs @ W + b, y.long()) + l2 * W.pow(2).sum()
+        z = xs @ W + b
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, target) if out == 1
+                else torch.nn.functional.cross_entropy(z, target)) + l2 * W.pow(2).sum()
         loss.backward()
         return loss
 

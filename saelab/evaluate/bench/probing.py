@@ -40,12 +40,12 @@ def probe_codes(z: torch.Tensor, y: np.ndarray, train: np.ndarray, ks=KS) -> tup
     """Held-out accuracy of a probe on the top-k latents for each k, and the top 5 latents."""
     yt = torch.from_numpy(y)
     tr, te = torch.from_numpy(train), torch.from_numpy(~train)
-    order = top_mean_difference(z[tr], yt[tr], max(max(ks), 5))
+    z_tr, z_te, y_tr, y_te = z[tr], z[te], yt[tr], yt[te]
+    order = top_mean_difference(z_tr, y_tr, max(max(ks), 5))
     acc = {}
     for k in ks:
         cols = order[:k]
-        p = fit_logreg(z[tr][:, cols], yt[tr])
-        acc[str(k)] = accuracy(p, z[te][:, cols], yt[te])
+        acc[str(k)] = accuracy(fit_logreg(z_tr[:, cols], y_tr), z_te[:, cols], y_te)
     return acc, order[:5].tolist()
 
 

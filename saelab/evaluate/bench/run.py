@@ -94,7 +94,7 @@ def run_absorption(lm, dicts, site, sink, seed, device, scale: float = 1.0) -> A
 
 def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, baselines: list[str] = (),
               interp: str | None = None, tasks_file: str | None = None, device: str = "cpu",
-              overwrite: bool = False, core_tokens: int = 20_000, ce_tokens: int = 4096, task_scale: float = 1.0,
+              overwrite: bool = False, core_tokens: int = 20_000, ce_tokens: int = 1024, task_scale: float = 1.0,
               seed: int = 0, quiet: bool = False, fit_tokens: int = 16_384) -> dict:
     """Run the suite; returns {metric: its JSON dict} (and writes everything under `out`)."""
     t_start = time.time()

@@ -22,6 +22,7 @@ import ast
 import functools
 import io
 import keyword
+import os
 import sysconfig
 import tokenize
 from dataclasses import dataclass
@@ -64,8 +65,14 @@ def split_rows(n_rows: int, seed: int, train_fraction: float = 0.7) -> np.ndarra
 
 @functools.lru_cache(maxsize=1)  # one walk of the stdlib per process (slow on a busy disk)
 def _stdlib_files() -> tuple[Path, ...]:
+    """The stdlib's .py files outside _SKIP, sorted; skipped folders are never walked (site-packages
+    and test/ hold most of the files)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    return tuple(p for p in sorted(root.rglob("*.py")) if not _SKIP & set(p.relative_to(root).parts))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP]
+        out += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
+    return tuple(sorted(out))
 
 
 def _read(p: Path) -> str:
@@ -136,7 +143,7 @@ def stdlib_package(tokenizer, per_class: int = 120, seed: int = 0) -> Task:
             if len(windows) >= 3 * per_class:
                 break
             p = files[fi]
-            text = "\n".join(ln for ln in _read(p).splitlines() if pkg not in ln.lower())
+            text = "\n".join(ln for ln in _read(p)[:20000].splitlines() if pkg not in ln.lower())
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             for s in range(0, len(ids) - LENGTH, 4 * LENGTH):  # spaced windows: little overlap of contexts
                 windows.append([tokenizer.bos_token_id] + ids[s: s + LENGTH - 1])
