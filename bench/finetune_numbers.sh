@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The KL+MSE fine-tune measurement of docs/E2E.md ("KL+MSE fine-tuning"): for each shared baseline
 # dictionary (TopK 4608, k = 32, 1M local tokens), fine-tune with `--init-from ... --loss kl+mse`
-# on 5% extra tokens, then evaluate before and after on the same held-out tokens in one `saelab eval`
-# call (both folders share the clean passes). Prints the wall time of each fine-tune.
+# on 5% extra tokens, then evaluate before and after on the same held-out tokens (`saelab eval`,
+# results in $OUT/<name>.before.json / .after.json). Prints the wall time of each fine-tune.
 # Usage: OUT=runs/finetune TOKENS=50000 LR=1e-3 THREADS=2 bash bench/finetune_numbers.sh [SAE_DIR ...]
 # (default SAE_DIRs: the k = 32 folders of .cache/shared/l6_topk_1m and .cache/shared/l15_topk_1m)
 set -euo pipefail
@@ -23,5 +23,7 @@ for src in "${DIRS[@]}"; do
   echo "$name: fine-tune wall $((SECONDS - t0)) s"
   ft=$(ls -d "$OUT/$name"/*/ | head -1)
   # shellcheck disable=SC2086
-  saelab eval "$src" "$ft" $EVAL --threads "$T" --out "$OUT/$name.metrics.json" --overwrite
+  # same held-out tokens for both; --out keeps the shared baseline folder untouched
+  saelab eval "$src" $EVAL --threads "$T" --out "$OUT/$name.before.json" --overwrite
+  saelab eval "$ft" $EVAL --threads "$T" --out "$OUT/$name.after.json" --overwrite
 done

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "throughput", "quality"], default="all",
                     help="throughput: bare forward vs 1 and 4 SAEs (needs a quiet machine); quality: the 1M-token run + eval")
     ap.add_argument("--tokens", type=int, default=1_000_000)
+    ap.add_argument("--forward-tokens", type=int, default=32768, help="tokens of each bare-forward measurement")
     ap.add_argument("--multi-tokens", type=int, default=131_072, help="budget of the 1-vs-4 SAE cost comparison")
     ap.add_argument("--eval-tokens", type=int, default=100_000)
     ap.add_argument("--ce-tokens", type=int, default=16_384)
@@ -70,11 +71,11 @@ def main() -> None:
     res: dict = {"machine": {"platform": platform.platform(), "threads": 2, "cpu_count": os.cpu_count()},
                  "command": " ".join(sys.argv)}
     if a.part in ("all", "throughput"):
-        fwd_before = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
+        fwd_before = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, "model.layers.6")
         one = train(out / "one", a.multi_tokens, [32], None)
         four = (train(out / "four", a.multi_tokens, [32], a.multi_lr) if a.multi_lr
                 else train(out / "four", a.multi_tokens, a.multi_k, None))
-        fwd_after = bare_forward_tps(lm.model, rows, 32768, 16, "model.layers.6")
+        fwd_after = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, "model.layers.6")
         fwd = (fwd_before + fwd_after) / 2
         res.update({
             "bare_forward_tokens_per_s": {"before": fwd_before, "after": fwd_after, "mean": fwd},

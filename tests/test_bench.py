@@ -155,3 +155,21 @@ def test_bench_refuses_bad_input_before_the_model_loads(tmp_path, text_corpus):
     with pytest.raises(UserError, match="appears verbatim"):
         run_bench([str(a)], out, tasks_file=str(leak))
     assert open_sae(a).provenance.model_spec == str(missing_model)
+
+
+def test_autointerp_summary_is_folded_into_the_report_without_a_model(tmp_path, text_corpus):
+    run = tmp_path / "interp"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"label": "sae_llm", "latents": [0, 1, 2]}))
+    (run / "explanations.jsonl").write_text("\n".join(json.dumps(
+        {"latent": j, "status": "ok" if j < 2 else "failed", "seconds": 1.0, "explanation": "x"}) for j in range(3)))
+    (run / "scores_detection.jsonl").write_text("\n".join(json.dumps(
+        {"latent": j, "ok": True, "seconds": 1.0, "metrics": {"auc": a, "balanced_accuracy": 0.5}})
+        for j, a in ((0, 0.6), (1, 0.8))))
+    folder = _folder(tmp_path, tmp_path / "no-such-model", text_corpus)  # never loaded: autointerp needs no model
+    res = run_bench([str(folder)], str(tmp_path / "out"), interp=str(run), metrics=["autointerp"], quiet=True)
+    ai = res["autointerp"]
+    assert ai["explained"] == 2 and ai["latents"] == 3
+    assert ai["scorers"]["detection"]["primary"]["auc"]["mean"] == pytest.approx(0.7)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Autointerp (sae_llm: 2/3 latents explained)" in md and "| detection | 2 | auc | 0.700 |" in md

@@ -65,7 +65,6 @@ def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path)
     with pytest.raises(UserError, match="--latents 1000 is not divisible by the 3 processes; use a multiple of 3 "
                                         r"\(e.g. 1002\)"):
         Distributed(cfg)
-    for kw, msg in ((dict(arch="relu", sparsity_coeff=[1.0]), "--arch relu is not supported"),
-                    (dict(latents=30, k=[16]), "k=16 is larger than a rank's 10 latents")):
-        with pytest.raises(UserError, match=msg):
-            Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", **kw))
+    with pytest.raises(UserError, match="--arch relu is not supported"):
+        Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", arch="relu",
+                              sparsity_coeff=[1.0]))

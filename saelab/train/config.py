@@ -65,8 +65,8 @@ class TrainConfig:
     downstream_layers: list[int] | None = opt(None, "e2e+ds: blocks whose output is matched (none: every later block)")
     e2e_micro_rows: int | None = opt(None, "e2e: rows per forward/backward, gradients accumulated "
                                            "(none: min(rows per batch, 8))")
-    e2e_recompute: bool = opt(False, "e2e: activation checkpointing of later blocks and logits "
-                                     "(less memory, more compute)")
+    e2e_recompute: bool = opt(False, "e2e: activation checkpointing of later blocks (less memory, more "
+                                     "compute; logits are never kept, whatever this says)")
     init_from: str | None = opt(None, "start from this SAE folder (saelab, SAELens or sparsify): its weights, arch, "
                                       "latents, k / sparsity coeff, hookpoint and skip; no data-dependent init")
     finetune_fraction: float | None = opt(None, "--loss local: train the last fraction of --tokens with the "

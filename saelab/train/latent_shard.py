@@ -46,10 +46,6 @@ def check_latents_mode(cfg, world: int) -> None:
     if cfg.latents % world:
         raise UserError(f"--distributed latents: --latents {cfg.latents} is not divisible by the {world} processes; "
                         f"use a multiple of {world} (e.g. {cfg.latents - cfg.latents % world + world})")
-    bad = [k for k in cfg.k if k > cfg.latents // world]
-    if bad:
-        raise UserError(f"--distributed latents: k={bad[0]} is larger than a rank's {cfg.latents // world} latents; "
-                        f"use fewer processes")
 
 
 class ShardedTopK(TopKSae):
@@ -131,6 +127,9 @@ class ShardedTopK(TopKSae):
 def shard_member(m: Member, comm, device: str) -> Member:
     """This rank's slice of a full member: weights, Adam moments, dead-latent counters."""
     full = m.sae
+    if full.cfg.d_sae % comm.world:  # (--init-from sets the latent count after the first check)
+        raise UserError(f"--distributed latents: {m.name} has {full.cfg.d_sae} latents, not divisible by the "
+                        f"{comm.world} processes")
     per = full.cfg.d_sae // comm.world
     off = comm.rank * per
     cfg = dataclasses.replace(full.cfg, d_sae=per, extra=dict(full.cfg.extra))

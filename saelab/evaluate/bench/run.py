@@ -20,7 +20,7 @@ from ...storage import refuse_replacing, write_json
 from ..metrics import EvalBudget, batches, measure
 from ..results import DESCRIPTIONS
 from . import absorption as ab
-from .dictionaries import (Dictionary, check_baselines, neuron_dictionary, pca_dictionary, random_dictionary,
+from .dictionaries import (check_baselines, neuron_dictionary, pca_dictionary, random_dictionary,
                            residual_dictionary, sae_dictionary)
 from .encode import encode_task
 from .plots import bench_plot
