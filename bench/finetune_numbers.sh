@@ -4,7 +4,7 @@
 # on 5% extra tokens, then evaluate before and after on the same held-out tokens (`saelab eval`,
 # results in $OUT/<name>.before.json / .after.json). Prints the wall time of each fine-tune.
 # Usage: OUT=runs/finetune TOKENS=50000 LR=1e-3 THREADS=2 bash bench/finetune_numbers.sh [SAE_DIR ...]
-# (default SAE_DIRs: the k = 32 folders of .cache/shared/l6_topk_1m and .cache/shared/l15_topk_1m)
+# (default SAE_DIRs: the k = 32 folders of .cache/shared/l6_topk_1m and .cache/shared/l15_topk_*)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/finetune}
@@ -13,7 +13,7 @@ LR=${LR:-1e-3}
 T=${THREADS:-2}
 EVAL=${EVAL:-"--tokens 50000 --ce-tokens 8192"}
 DIRS=("$@")
-[ ${#DIRS[@]} -gt 0 ] || DIRS=(.cache/shared/l6_topk_1m/*k32* .cache/shared/l15_topk_1m/*k32*)
+[ ${#DIRS[@]} -gt 0 ] || DIRS=(.cache/shared/l6_topk_1m/*k32* .cache/shared/l15_topk_*/*k32*)
 mkdir -p "$OUT"
 for src in "${DIRS[@]}"; do
   name=$(basename "$(dirname "$src")")
