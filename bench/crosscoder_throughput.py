@@ -54,12 +54,15 @@ def main() -> None:
     fwd = (before + after) / 2
     from saelab.evaluate.run import run_eval
 
-    run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
     res = {"command": " ".join(sys.argv), "machine": {"platform": platform.platform(), "threads": 2,
                                                       "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()},
            "bare_forward_tokens_per_s": {"before": before, "after": after, "mean": fwd, "to": deepest},
            "crosscoder_tokens_per_s": man["tokens_per_s"], "crosscoder_over_forward": man["tokens_per_s"] / fwd,
-           "train_final": man["saes"][folder.name]["final"], "eval": read_json(folder / "metrics.json")["metrics"]}
+           "train_final": man["saes"][folder.name]["final"]}
+    write_json(out / "bench_crosscoder.json", res)  # the ratio survives an interrupted evaluation
+    print(json.dumps(res, indent=2, default=str), flush=True)
+    run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+    res["eval"] = read_json(folder / "metrics.json")["metrics"]
     write_json(out / "bench_crosscoder.json", res)
     print(json.dumps(res, indent=2, default=str))
 

@@ -16,6 +16,7 @@ from saelab.evaluate.bench.logreg import fit_logreg
 from saelab.evaluate.bench.probing import probe_codes
 from saelab.evaluate.bench.report import fmt
 from saelab.evaluate.bench.run import run_bench
+from saelab.interpret.bench_summary import autointerp_summary
 from saelab.evaluate.bench.tasks import split_rows
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, open_sae, save_sae
@@ -167,7 +168,8 @@ def test_autointerp_summary_is_folded_into_the_report_without_a_model(tmp_path, 
         {"latent": j, "ok": True, "seconds": 1.0, "metrics": {"auc": a, "balanced_accuracy": 0.5}})
         for j, a in ((0, 0.6), (1, 0.8))))
     folder = _folder(tmp_path, tmp_path / "no-such-model", text_corpus)  # never loaded: autointerp needs no model
-    res = run_bench([str(folder)], str(tmp_path / "out"), interp=str(run), metrics=["autointerp"], quiet=True)
+    res = run_bench([str(folder)], str(tmp_path / "out"), interp_summary=autointerp_summary(run), metrics=["autointerp"],
+                    quiet=True)
     ai = res["autointerp"]
     assert ai["explained"] == 2 and ai["latents"] == 3
     assert ai["scorers"]["detection"]["primary"]["auc"]["mean"] == pytest.approx(0.7)

@@ -8,8 +8,11 @@ from ..options import THREADS_HELP
 
 def cmd_bench(a) -> None:
     from ..evaluate.bench.run import run_bench
+    from ..interpret.bench_summary import autointerp_summary
 
-    run_bench(a.sae_dirs, a.out, metrics=a.metrics, baselines=a.baselines or [], interp=a.interp,
+    # read (and checked) before any model loads
+    summary = autointerp_summary(a.interp) if a.interp else None
+    run_bench(a.sae_dirs, a.out, metrics=a.metrics, baselines=a.baselines or [], interp_summary=summary,
               tasks_file=a.tasks, device=a.device, overwrite=a.overwrite, core_tokens=a.tokens,
               ce_tokens=a.ce_tokens, task_scale=a.task_scale, seed=a.seed)
 

@@ -93,18 +93,18 @@ def run_absorption(lm, dicts, site, sink, seed, device, scale: float = 1.0) -> A
 
 
 def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, baselines: list[str] = (),
-              interp: str | None = None, tasks_file: str | None = None, device: str = "cpu",
+              interp_summary: dict | None = None, tasks_file: str | None = None, device: str = "cpu",
               overwrite: bool = False, core_tokens: int = 20_000, ce_tokens: int = 1024, task_scale: float = 1.0,
               seed: int = 0, quiet: bool = False, fit_tokens: int = 16_384) -> dict:
-    """Run the suite; returns {metric: its JSON dict} (and writes everything under `out`)."""
+    """Run the suite; returns {metric: its JSON dict} (and writes everything under `out`).
+    `interp_summary` is an interpretation run already summarised by the interpret stage
+    (`interpret.bench_summary.autointerp_summary`): evaluation does not import a later stage."""
     t_start = time.time()
     metrics = check_metrics(list(metrics) if metrics else ["core", "probing", "absorption"]
-                            + (["autointerp"] if interp else []))
+                            + (["autointerp"] if interp_summary else []))
     baselines = check_baselines(list(baselines))
-    if "autointerp" in metrics and not interp:
+    if "autointerp" in metrics and interp_summary is None:
         raise UserError("metric autointerp needs --interp RUN_DIR (an `saelab explain` / `saelab score` run)")
-    if interp and not (Path(interp) / "manifest.json").is_file():
-        raise UserError(f"--interp {interp} is not an interpretation run (no manifest.json)")
     if core_tokens < 1 or ce_tokens < 0:
         raise UserError("--tokens must be positive and --ce-tokens non-negative")
     user_task = read_task_file(tasks_file) if tasks_file else None
@@ -185,10 +185,7 @@ def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, b
                              f"accuracy at {site}; the absorption numbers mean little there")
             done("absorption", {"metric": "absorption", **asdict(rep)}, t0)
     if "autointerp" in metrics:
-        from .autointerp import autointerp_summary
-
-        t0 = time.time()
-        done("autointerp", {"metric": "autointerp", **autointerp_summary(interp)}, t0)
+        done("autointerp", {"metric": "autointerp", **interp_summary}, time.time())
     if "synthetic" in metrics:
         t0 = time.time()
         # imported only here: the synthetic stage is optional for every other metric

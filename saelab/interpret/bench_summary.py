@@ -1,4 +1,4 @@
-"""The autointerp summary: an interpretation run (`saelab explain` / `saelab score` output) read with
+"""The autointerp summary that `saelab bench` folds into its report: an interpretation run (`saelab explain` / `saelab score` output) read with
 the interpret stage's own loader and summary (`records.load_run`, `report.summarise`), cut down to
 what the bench report shows: explained latents and each scorer's mean primary metric."""
 
@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...interpret.records import load_run
-from ...interpret.report import summarise
-from ...interpret.scorers.base import PRIMARY
+from ..errors import UserError
+from .records import load_run
+from .report import summarise
+from .scorers.base import PRIMARY
 
 
 def autointerp_summary(run_dir: str | Path) -> dict:
+    if not (Path(run_dir) / "manifest.json").is_file():
+        raise UserError(f"--interp {run_dir} is not an interpretation run (no manifest.json)")
     s = summarise(load_run(Path(run_dir)))
     scorers = {}
     for name, sc in s["scorers"].items():
