@@ -85,7 +85,7 @@ class TrainingRun:
         objective = make_objective(cfg, inputs.lm.model if inputs.lm else None, members, inputs.sink, inputs.special)
         par.attach(objective)
         pos = self._resume(members)
-        dead_tokens = cfg.dead_tokens or max(cfg.batch_tokens, min(10_000_000, cfg.tokens // 10))
+        dead_tokens = dead_horizon(cfg, self.init.folder.provenance.training_tokens if self.init else None)
         source = inputs.source
         t0 = time.time() - pos.wall_s
         next_ckpt = (pos.lm_tokens // cfg.checkpoint_every + 1) * cfg.checkpoint_every
@@ -271,3 +271,13 @@ def _wandb(cfg: TrainConfig):
     except ImportError as e:
         raise UserError("--wandb needs `pip install wandb`") from e
     return wandb.init(project=cfg.wandb, config=cfg.to_dict())
+
+
+def dead_horizon(cfg, start_tokens: int | None = None) -> int:
+    """Tokens a latent may stay unfired before it counts as dead (and AuxK works on it): a tenth of
+    the budget, at least one batch. A run that starts from a dictionary (--init-from) counts the
+    tokens that dictionary was trained on: a 50k-token fine-tune of a 1M-token SAE would otherwise
+    call every latent rarer than 1 in 5k tokens dead and spend AuxK reviving healthy rare features."""
+    budget = cfg.tokens + (start_tokens or 0)
+    return cfg.dead_tokens or max(cfg.batch_tokens, min(10_000_000, budget // 10))
+
