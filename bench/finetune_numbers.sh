@@ -3,13 +3,13 @@
 # dictionary (TopK 4608, k = 32, 1M local tokens), fine-tune with `--init-from ... --loss kl+mse`
 # on 5% extra tokens, then evaluate before and after on the same held-out tokens (`saelab eval`,
 # results in $OUT/<name>.before.json / .after.json). Prints the wall time of each fine-tune.
-# Usage: OUT=runs/finetune TOKENS=50000 LR=1e-3 THREADS=2 bash bench/finetune_numbers.sh [SAE_DIR ...]
+# Usage: OUT=runs/finetune TOKENS=50000 THREADS=2 bash bench/finetune_numbers.sh [SAE_DIR ...]
 # (default SAE_DIRs: the k = 32 folders of .cache/shared/l6_topk_1m and .cache/shared/l15_topk_*)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/finetune}
 TOKENS=${TOKENS:-50000}
-LR=${LR:-1e-3}
+LR=${LR:-}   # empty: the kl+mse default (a tenth of the scratch rate)
 T=${THREADS:-2}
 EVAL=${EVAL:-"--tokens 50000 --ce-tokens 8192"}
 DIRS=("$@")
@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 for src in "${DIRS[@]}"; do
   name=$(basename "$(dirname "$src")")
   t0=$SECONDS
-  saelab train --init-from "$src" --loss kl+mse --tokens "$TOKENS" --batch-tokens 1024 --lr "$LR" \
+  saelab train --init-from "$src" --loss kl+mse --tokens "$TOKENS" --batch-tokens 1024 ${LR:+--lr $LR} \
     --threads "$T" --out "$OUT/$name" --overwrite
   echo "$name: fine-tune wall $((SECONDS - t0)) s"
   ft=$(ls -d "$OUT/$name"/*/ | head -1)
