@@ -36,8 +36,10 @@ def _check(folder, reference, hookpoint):
     x = _x()
     want_lat, want_rec = reference(x)
     assert (want_lat > 0).any() and (want_lat == 0).any()  # the test exercises both sides of the threshold
-    torch.testing.assert_close(sae.encode_raw(x).to_dense(), want_lat, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sae.reconstruct(x), want_rec, atol=1e-5, rtol=1e-5)
+    # float32 sums over d_in in another order (the folded layout, the BLAS blocking of the thread count)
+    # differ by ~1e-5 at these magnitudes; a wrong layout or norm is off by orders more
+    torch.testing.assert_close(sae.encode_raw(x).to_dense(), want_lat, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sae.reconstruct(x), want_rec, atol=1e-4, rtol=1e-4)
     return cfg
 
 
