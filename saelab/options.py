@@ -37,6 +37,15 @@ def _show(v) -> str:
     return str(v)
 
 
+def field_default(f: dataclasses.Field):
+    """A dataclass field's default value (a fresh one from its factory), or _NO_DEFAULT when required."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _NO_DEFAULT
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -47,12 +56,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         if typing.get_origin(t) in (typing.Union, types.UnionType):  # Optional[X] -> X
             t = next(a for a in typing.get_args(t) if a is not type(None))
         origin, args = typing.get_origin(t), typing.get_args(t)
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = _NO_DEFAULT
+        default = field_default(f)
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help: declare it with opt(default, help)")
         h = f.metadata["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {_show(default)})")

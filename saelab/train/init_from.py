@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..options import field_default, flag as option_flag
 from ..sae import SparseCoder, build_sae, uses_k
 from ..sae.folder import SaeFolder, open_sae
 from ..sae.foreign import detect_format, resolve_source, sae_folders
@@ -63,15 +64,14 @@ def open_init_source(spec: str) -> InitSource:
 
 
 def _default(cfg, name: str):
-    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return field_default(next(f for f in dataclasses.fields(cfg) if f.name == name))
 
 
 def _adopt(cfg, name: str, value, src: Path) -> None:
     """Set cfg.<name> to the dictionary's value unless the user chose another one (refused)."""
     mine = getattr(cfg, name)
     if mine != value and mine != _default(cfg, name):
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         shown = " ".join(map(str, mine)) if isinstance(mine, list) else mine
         raise UserError(f"{flag} {shown} contradicts the dictionary in {src} ({name} = {value}); --init-from "
                         f"trains that dictionary as it is: drop {flag}")
