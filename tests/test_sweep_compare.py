@@ -12,7 +12,7 @@ from conftest import train_cfg
 from saelab.cli import main
 from saelab.study.compare import compare, max_cosines
 from saelab.errors import UserError
-from saelab.study.pareto import matched, run_pareto
+from saelab.study.pareto import collect_points, curves, matched, run_pareto
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, save_sae
 from saelab.storage import read_json
@@ -73,6 +73,34 @@ def test_pareto_writes_curves_and_refuses_mixed_sites(sweep_dir, tmp_path):
     cfg_p.write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="mix hookpoints"):
         run_pareto([str(mixed)], str(tmp_path / "p2"))
+
+
+def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_dir, tmp_path):
+    out, _ = sweep_dir
+    first = run_pareto([str(out / "local")], str(tmp_path / "first"))
+    # a fine-tuned run and an arch comparison, made by relabelling copies of the e2e folders
+    ft = tmp_path / "ft"
+    shutil.copytree(out / "e2e", ft)
+    for cfg_p in ft.rglob("cfg.json"):
+        cfg = json.loads(cfg_p.read_text())
+        cfg["saelab"]["loss"], cfg["saelab"]["config"]["finetune_fraction"] = "local", 0.05
+        cfg_p.write_text(json.dumps(cfg))
+    res = run_pareto([str(tmp_path / "first" / "pareto.json"), str(ft)], str(tmp_path / "both"))
+    by_curve = {(p["loss"], str(p["k"])): p for p in res["points"]}
+    assert set(by_curve) == {("local", "4"), ("local", "12"), ("local+ft", "4"), ("local+ft", "12")}
+    # the earlier points come back with the numbers they were written with
+    for p in first["points"]:
+        assert by_curve[("local", str(p["k"]))]["ce_increase"] == p["ce_increase"]
+    for cfg_p in ft.rglob("cfg.json"):
+        cfg = json.loads(cfg_p.read_text())
+        cfg["saelab"]["config"]["arch"], cfg["saelab"]["config"]["finetune_fraction"] = "batchtopk", 0.0
+        cfg_p.write_text(json.dumps(cfg))
+    cs = curves(collect_points([str(tmp_path / "first" / "pareto.json"), str(ft)]))
+    assert sorted(cs) == ["batchtopk", "topk"]   # one curve per architecture when several are compared
+    assert [p["k"] for p in cs["batchtopk"]] == sorted([4, 12], reverse=True)  # by CE increase: k=12 first
+    with pytest.raises(UserError, match="not a pareto.json"):
+        (tmp_path / "bad.json").write_text("{}")
+        run_pareto([str(tmp_path / "bad.json")], str(tmp_path / "bad"))
 
 
 def test_matched_table_interpolates_inside_every_curve():

@@ -1,7 +1,12 @@
 """`saelab pareto`: read evaluated SAE folders (a sweep folder or any folders holding them) and
 draw the two plots of Braun et al. 2024: L0 vs CE loss increase and alive latents vs CE loss
-increase, one curve per loss type; write every point as CSV and a table of L0 / alive at matched
+increase, one curve per training recipe (`curve_label`: the loss, "local+ft" for a local run with a
+KL+MSE fine-tune at its end, "kl+mse from <arch>" for a fine-tune of an existing SAE; the
+architecture when the folders hold several); write every point as CSV and a table of L0 / alive at matched
 CE loss increase (linear interpolation along each curve, only inside every curve's range).
+
+Sources are SAE folders or an earlier `pareto.json` (its points join the new ones as they are, so a
+curve trained later can be drawn beside curves whose folders are gone).
 
 Files: pareto.png (two panels), pareto.csv (one row per SAE), matched.csv (one row per target CE
 increase), pareto.json (the same numbers plus where they came from).
@@ -18,21 +23,43 @@ import numpy as np
 from ..errors import UserError
 from ..storage import read_json, write_figure, write_json
 
-COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60"}
+COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60", "local+ft": "#8e44ad", "kl+mse": "#d4a017"}
 FIELDS = ["loss", "arch", "k", "sparsity_coeff", "l0", "alive", "d_sae", "ce_increase", "kl", "fvu",
           "later_fvu_mean", "ce_recovered_zero", "training_tokens", "folder"]
 
 
+def recipe(ours: dict) -> str:
+    """How an SAE was trained, as a curve name: its loss, with a fine-tune at the end made visible."""
+    conf = ours.get("config", {})
+    loss = ours.get("loss", "local")
+    if conf.get("finetune_fraction"):
+        return f"{loss}+ft"
+    return loss
+
+
+def _earlier_points(path: Path) -> list[dict]:
+    """The points of an earlier `pareto.json`, with its model and hookpoint (their folders may be gone)."""
+    d = read_json(path)
+    if not {"model", "hookpoint", "points"} <= set(d):
+        raise UserError(f"{path} is not a pareto.json written by `saelab pareto` (needs model, hookpoint, points)")
+    return [{**p, "_model": d["model"], "_site": d["hookpoint"]} for p in d["points"]]
+
+
 def collect_points(paths: list[str]) -> list[dict]:
-    """One record per SAE folder (with cfg.json and metrics.json) under the given paths."""
+    """One record per SAE folder (with cfg.json and metrics.json) under the given paths, plus the
+    points of any earlier pareto.json given."""
     cfgs: list[Path] = []
+    earlier: list[dict] = []
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p} does not exist")
+        if p.is_file() and p.suffix == ".json":
+            earlier += _earlier_points(p)
+            continue
         cfgs += [p / "cfg.json"] if (p / "cfg.json").exists() else sorted(p.rglob("cfg.json"))
-    if not cfgs:
+    if not cfgs and not earlier:
         raise UserError(f"no SAE folders (cfg.json) under {', '.join(paths)}")
-    points, unevaluated = [], []
+    points, unevaluated = list(earlier), []
     for c in cfgs:
         folder = c.parent
         if not (folder / "metrics.json").exists():
@@ -45,7 +72,7 @@ def collect_points(paths: list[str]) -> list[dict]:
             unevaluated.append(str(folder))
             continue
         alive = m.get("alive", int(round(cj["d_sae"] * (1 - m["dead_fraction"]))))
-        points.append({"loss": ours.get("loss", "local"), "arch": conf.get("arch"), "k": conf.get("k"),
+        points.append({"loss": recipe(ours), "arch": conf.get("arch"), "k": conf.get("k"),
                        "sparsity_coeff": conf.get("sparsity_coeff"), "l0": m["l0"], "alive": alive,
                        "d_sae": cj["d_sae"], "ce_increase": m["ce_increase"], "kl": m["kl"], "fvu": m["fvu"],
                        "later_fvu_mean": m.get("later_fvu_mean", float("nan")),
@@ -66,9 +93,13 @@ def collect_points(paths: list[str]) -> list[dict]:
 
 
 def curves(points: list[dict]) -> dict[str, list[dict]]:
+    """Curve name -> its points by CE increase: the recipe, prefixed by the architecture when several
+    architectures are compared (an arch comparison: "gated local", or just "gated" if one recipe)."""
+    archs, recipes = {p["arch"] for p in points}, {p["loss"] for p in points}
     out: dict[str, list[dict]] = {}
     for p in points:
-        out.setdefault(p["loss"], []).append(p)
+        name = p["loss"] if len(archs) == 1 else p["arch"] if len(recipes) == 1 else f"{p['arch']} {p['loss']}"
+        out.setdefault(name, []).append(p)
     order = {k: i for i, k in enumerate(COLORS)}
     return {k: sorted(v, key=lambda p: p["ce_increase"]) for k, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 9))}
 
@@ -131,7 +162,7 @@ def plot(cs: dict[str, list[dict]], path: Path, title: str) -> None:
     for loss, c in cs.items():
         ce = [p["ce_increase"] for p in c]
         for ax, key in zip(axes, ("l0", "alive")):
-            ax.plot(ce, [p[key] for p in c], "o-", color=COLORS.get(loss, "#555555"), label=loss)
+            ax.plot(ce, [p[key] for p in c], "o-", color=COLORS.get(loss), label=loss)
             for p in c:
                 lab = f"k={p['k']}" if p["k"] is not None else f"c={p['sparsity_coeff']:g}"
                 ax.annotate(lab, (p["ce_increase"], p[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
