@@ -7,8 +7,11 @@ under a deadline; `--device cpu` with a small --tokens is the smoke test this CP
 Per dtype: (1) the bare forward, stopped after model.layers.6, over training rows in LM batches of
 --lm-batch-tokens (after a warm-up batch, CUDA synchronised); (2) `saelab train` (TopK, 4,608
 latents, k=32, SAE batch --batch-tokens, LM batch --lm-batch-tokens) for --tokens, its
-manifest's tokens/s (the training loop's wall time, model load excluded). Prints a table and
-one JSON line; writes OUT/gpu_bench.json.
+manifest's tokens/s (the training loop's wall time, model load excluded). With --compile, after
+every dtype's plain run, the same training with `--compile` (torch.compile of the dictionary's
+forward + loss): its loop time includes the compilation, so both runs also report the steady
+tok/s of their second half (train_log.jsonl). Prints a table and one JSON line; writes
+OUT/gpu_bench.json after every measurement, so a run cut by the deadline keeps what it measured.
 """
 
 from __future__ import annotations
@@ -62,17 +65,28 @@ def bare_forward(device: str, dtype: str, tokens: int, lm_batch_tokens: int) -> 
     return -(-n // per) * per * CONTEXT / dt
 
 
-def training(device: str, dtype: str, a, out: Path) -> dict:
+def training(device: str, dtype: str, a, out: Path, compile: bool = False) -> dict:
     cfg = TrainConfig(out=str(out), hookpoints=[HOOK], latents=a.latents, k=[32], tokens=a.tokens,
                       batch_tokens=a.batch_tokens, lm_batch_tokens=a.lm_batch_tokens, buffer_batches=a.buffer_batches,
                       context=CONTEXT, device=device, dtype=dtype, threads=a.threads, checkpoint_every=10**12,
-                      overwrite=True)
+                      overwrite=True, compile=compile)
     train(cfg)
     m = read_json(out / "manifest.json")
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {"tokens_per_s": m["tokens_per_s"], "fvu": m["saes"][next(iter(m["saes"]))]["final"]["fvu"]}
+    return {"tokens_per_s": m["tokens_per_s"], "steady_tokens_per_s": steady(out),
+            "fvu": m["saes"][next(iter(m["saes"]))]["final"]["fvu"]}
+
+
+def steady(out: Path) -> float | None:
+    """tok/s over the second half of the run's log (after warm-up and compilation)."""
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    if len(log) < 3:
+        return None
+    mid, last = log[len(log) // 2], log[-1]
+    dt = last["wall_s"] - mid["wall_s"]
+    return round((last["tokens"] - mid["tokens"]) / dt) if dt > 0 else None
 
 
 def main() -> None:
@@ -85,6 +99,7 @@ def main() -> None:
     p.add_argument("--buffer-batches", type=int, default=64, help="SAE batches per shuffled chunk")
     p.add_argument("--latents", type=int, default=4608)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="also train with --compile, after the plain runs")
     p.add_argument("--out", default="/tmp/saelab_gpu_bench")
     a = p.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -98,10 +113,19 @@ def main() -> None:
         fwd = bare_forward(a.device, dtype, a.tokens, a.lm_batch_tokens)
         tr = training(a.device, dtype, a, out / dtype)
         res["dtypes"][dtype] = {"bare_forward_tokens_per_s": round(fwd), "train_tokens_per_s": round(tr["tokens_per_s"]),
+                                "train_steady_tokens_per_s": tr["steady_tokens_per_s"],
                                 "ratio": round(tr["tokens_per_s"] / fwd, 3), "final_fvu": round(tr["fvu"], 4)}
         print(f"{dtype:>9}: train {tr['tokens_per_s']:>12,.0f} tok/s | bare forward {fwd:>12,.0f} tok/s | "
-              f"ratio {tr['tokens_per_s'] / fwd:.2f}", flush=True)
-    write_json(out / "gpu_bench.json", res)
+              f"ratio {tr['tokens_per_s'] / fwd:.2f} | steady {tr['steady_tokens_per_s']}", flush=True)
+        write_json(out / "gpu_bench.json", res)
+    for dtype in a.dtypes if a.compile else ():  # last: the plain numbers are written even if this runs out of time
+        tr = training(a.device, dtype, a, out / f"{dtype}_compiled", compile=True)
+        d = res["dtypes"][dtype]
+        d |= {"compiled_train_tokens_per_s": round(tr["tokens_per_s"]),
+              "compiled_steady_tokens_per_s": tr["steady_tokens_per_s"], "compiled_final_fvu": round(tr["fvu"], 4)}
+        print(f"{dtype:>9}: compiled train {tr['tokens_per_s']:>12,.0f} tok/s (compilation included) | steady "
+              f"{tr['steady_tokens_per_s']} vs {d['train_steady_tokens_per_s']} plain", flush=True)
+        write_json(out / "gpu_bench.json", res)
     print(json.dumps(res))
 
 

@@ -102,6 +102,19 @@ def load_model(spec: str = EMBEDDED, device: str = "cpu", dtype: str | torch.dty
     return LoadedModel(model, tok, name)
 
 
+def model_skeleton(config) -> nn.Module | None:
+    """The model's modules on the meta device, built from its config alone (no weights, no memory):
+    its hookpoint names and kinds, for checks that run before any model loads. None if transformers
+    cannot build it (the checks after loading still run)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - an unusual config: no early check, not a failed run
+        return None
+
+
 def _check_causal(spec: str, source) -> None:
     """Refuse, from config.json alone, a model that is not a decoder-only causal LM."""
     from transformers import AutoConfig
@@ -216,6 +229,13 @@ def layer_index(model: nn.Module, hookpoint: str) -> int:
     if hookpoint.startswith(prefix + "."):
         return int(hookpoint[len(prefix) + 1:].split(".")[0].split(":")[0])
     return -1
+
+
+def depth_order(model: nn.Module, hookpoints) -> list[str]:
+    """Distinct hookpoints by block, ties by name: the same list in every process. (A set's order
+    follows Python's per-process string hashing, so ranks of one torchrun job ordered two sites of
+    one block differently and swapped their activations in the exchange.)"""
+    return sorted(set(hookpoints), key=lambda h: (layer_index(model, h), h))
 
 
 def module_at(model: nn.Module, hookpoint: str) -> nn.Module:

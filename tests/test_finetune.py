@@ -230,3 +230,32 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, tiny_model_dir, text_c
     write_tensors(lens / "sae_weights.safetensors", {"W_enc": torch.zeros(64, 64)})
     with pytest.raises(UserError, match="not supported"):
         run(init_from=str(lens))
+
+
+def test_the_finetune_phase_starts_a_fresh_adam_at_a_tenth_of_the_rate(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
+    """--finetune-fraction trains its phase as --init-from ... --loss kl+mse would. With the local
+    phase's Adam moments carried over (FVU-scale second moments) and its decayed ~1e-3 rate, a 1M-token
+    layer-6 run's KL and FVU rose at every fine-tune step (docs/E2E.md)."""
+    import saelab.train.loop as loop
+
+    seen = []
+    real = loop.TrainingRun._optimise
+
+    def record(self, m, *a, **k):
+        real(self, m, *a, **k)
+        p = next(iter(m.opt.state.values()))
+        seen.append((m.opt.param_groups[0]["lr"], int(p["step"]), "kl" in m.stats))
+
+    monkeypatch.setattr(loop.TrainingRun, "_optimise", record)
+    kw = dict(k=[4], latents=128, tokens=2048, batch_tokens=256, lr=[3e-3], checkpoint_every=10**9,
+              finetune_fraction=0.5, warmup_fraction=0.0, decay_fraction=0.5)
+    TrainingRun(train_cfg(tmp_path / "r", tiny_model_dir, text_corpus, **kw)).run()
+    local = [s for s in seen if not s[2]]
+    tune = [s for s in seen if s[2]]
+    assert len(local) == 4 and len(tune) == 4
+    assert [s[1] for s in local] == [1, 2, 3, 4] and [s[1] for s in tune] == [1, 2, 3, 4]  # fresh moments
+    # the local phase runs the run's schedule (decay over the last half of the budget starts at the switch),
+    # the fine-tune its own at a tenth: full at its start, decaying to 0 over its own second half
+    assert local[-1][0] == pytest.approx(3e-3)
+    # (progress before each batch: phase 0, 1/4, 1/2, 3/4 -> factor 1, 1, 1, 1/2)
+    assert [s[0] for s in tune] == pytest.approx([3e-4, 3e-4, 3e-4, 1.5e-4])

@@ -1,6 +1,6 @@
 """--distributed latents (latent-sharded training): 2 gloo processes, each holding half of the
-latents, give the single-process weights (AuxK on), write a checkpoint and SAE folder in the
-single-process layout, and resume; bad configurations are refused before any process group or
+latents, give the single-process weights (AuxK on) for TopK, BatchTopK and Matryoshka, write a
+checkpoint and SAE folder in the single-process layout, and resume; bad configurations are refused before any process group or
 model exists."""
 
 import os
@@ -57,6 +57,55 @@ def test_two_latent_shards_match_one_process_and_resume(tmp_path, tiny_model_dir
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=2e-4, msg=k)
 
 
+def _run(nproc, args, out, env):
+    r = subprocess.run(_launch(nproc) + args + ["--out", str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_batchtopk_shards_match_one_process_at_the_checkpoint(tmp_path, tiny_model_dir, text_corpus):
+    """BatchTopK: the global (k x rows)-th largest value from per-rank candidates; after 8 steps (the
+    first checkpoint, gathered from 2 ranks) weights, Adam moments and the running inference threshold
+    equal one process's."""
+    args = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--arch", "batchtopk"] + ARGS
+    name = NAME.replace("topk", "batchtopk")
+    ckpts = []
+    for nproc in (1, 2):
+        rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(tmp_path / str(nproc))], tmp_path / str(nproc),
+                                    env={"OMP_NUM_THREADS": "1"})
+        assert rc != 0
+        ckpts.append(read_tensors(tmp_path / str(nproc) / "checkpoint.safetensors"))
+    one, two = ckpts
+    assert set(one) == set(two)
+    assert int(one[f"{name}/sae/threshold_steps"]) == 8 and float(one[f"{name}/sae/threshold"]) > 0
+    assert int(two[f"{name}/sae/threshold_steps"]) == 8
+    for key in one:
+        if one[key].is_floating_point():
+            torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=2e-4, msg=key)
+        else:
+            assert torch.equal(two[key], one[key]), key
+
+
+def test_matryoshka_shards_match_one_process(tmp_path, tiny_model_dir, text_corpus):
+    """Matryoshka (BatchTopK selection, prefix losses over groups that straddle the ranks): the final
+    folder of 2 processes, including the inference threshold set at the end, is one process's."""
+    args = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--arch", "matryoshka"] + ARGS
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _run(1, args, tmp_path / "one", env)
+    _run(2, args, tmp_path / "two", env)
+    name = NAME.replace("topk", "matryoshka")
+    f1 = read_json(tmp_path / "one" / "manifest.json")["saes"][name]["final"]
+    f2 = read_json(tmp_path / "two" / "manifest.json")["saes"][name]["final"]
+    assert f1["arch_loss"] > 0.1 and f1["aux"] > 0.01  # the prefix losses and AuxK really ran
+    for key in ("fvu", "arch_loss", "aux", "l0", "dead"):
+        assert f2[key] == pytest.approx(f1[key], rel=1e-4, abs=1e-6), key
+    sae2, _ = load_sae(tmp_path / "two" / name)
+    assert type(sae2).__name__ == "MatryoshkaSae" and sae2.cfg.groups == [64, 64, 128, 256, 512]
+    a, b = load_sae(tmp_path / "one" / name)[0].folded_state(), sae2.folded_state()
+    assert float(a["threshold"][0]) > 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=2e-4, msg=k)
+
+
 def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path):
     from saelab.train.distributed import Distributed
 
@@ -65,7 +114,7 @@ def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path)
     with pytest.raises(UserError, match="--latents 1000 is not divisible by the 3 processes; use a multiple of 3 "
                                         r"\(e.g. 1002\)"):
         Distributed(cfg)
-    with pytest.raises(UserError, match="--arch relu is not supported"):
+    with pytest.raises(UserError, match="--arch relu is not supported .*supported: topk, batchtopk, matryoshka"):
         Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", arch="relu",
                               sparsity_coeff=[1.0]))
 

@@ -9,7 +9,8 @@ reconstruction at layer 4 reads layer 8), so it cannot be spliced within one for
 forward records every site, the crosscoder reconstructs all of them from those clean activations,
 and a second forward replaces each site's output with its reconstruction (sink/outlier positions
 keep the spliced forward's own activation, the rule `saelab eval` applies to one-site SAEs). KL
-and CE increase are of that forward against the clean one.
+and CE increase are of that forward against the clean one. Model diffing (a `ModelPair`): the
+reconstruction is spliced into each model separately (`spliced_per_model`: model_a, model_b).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..model_pair import ModelPair
 from ..models import collect_activations, patch_activation
 from ..sae.crosscoder import CrosscoderSae, sites
 from ..sinks import SinkConfig, excluded_positions, special_ids
@@ -68,29 +70,49 @@ def crosscoder_metrics(model, tokenizer, sae: CrosscoderSae, sink: SinkConfig, r
 
 
 def _spliced_all_sites(model, sae, names, sink, special, rows, budget, device) -> dict:
-    clean_ce = spliced_ce = kl = 0.0
+    # A model pair (model diffing, model_pair.py) is spliced one model at a time: the crosscoder
+    # reconstructs every site of both from their clean forwards, then A runs with A's sites replaced
+    # and B with B's, each against its own clean distribution. One model: one part, every site.
+    pair = isinstance(model, ModelPair)
+    parts = model.parts(names) if pair else [("", model, names)]
+    sums = {tag: [0.0, 0.0, 0.0] for tag, _, _ in parts}   # clean CE, spliced CE, KL
     n_pred = 0
     for ids in tqdm(list(batches(rows, heldout_selection(rows, budget.ce_tokens), budget.ce_batch_rows, device)),
                     desc="eval: crosscoder splice / CE", leave=False):
         store: dict[str, torch.Tensor] = {}
-        handles = [_record(model, h, store) for h in names]
+        handles = [_record(model, h, store) for h in names]   # hooks found through the pair reach either model
         try:
-            ce, _, clean_logp = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, None)
+            clean = {tag: _ce_kl(m(input_ids=ids, use_cache=False).logits, ids, None) for tag, m, _ in parts}
         finally:
             for hd in handles:
                 hd.remove()
         drop = excluded_positions([store[h] for h in names], ids, sink, special)[..., None]
         x = torch.cat([store[h].float() for h in names], -1)
-        recon = sae.split_sites(sae.reconstruct(x))
-        with ExitStack() as stack:
-            for h, r in zip(names, recon):
-                stack.enter_context(patch_activation(
-                    model, h, lambda a, r=r: torch.where(drop, a, r.to(a.dtype))))
-            ce_s, kl_s, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, clean_logp)
-        clean_ce += ce
-        spliced_ce += ce_s
-        kl += kl_s
+        recon = dict(zip(names, sae.split_sites(sae.reconstruct(x))))
+        for tag, m, own in parts:
+            with ExitStack() as stack:
+                for h in own:
+                    stack.enter_context(patch_activation(
+                        model, h, lambda a, r=recon[h]: torch.where(drop, a, r.to(a.dtype))))
+                ce_s, kl_s, _ = _ce_kl(m(input_ids=ids, use_cache=False).logits, ids, clean[tag][2])
+            s = sums[tag]
+            s[0], s[1], s[2] = s[0] + clean[tag][0], s[1] + ce_s, s[2] + kl_s
         n_pred += ids.shape[0] * (ids.shape[1] - 1)
     n = max(n_pred, 1)
-    return {"kl": kl / n, "ce_clean": clean_ce / n, "ce_spliced": spliced_ce / n,
-            "ce_increase": (spliced_ce - clean_ce) / n, "ce_eval_tokens": n}
+    per = {tag: {"kl": kl / n, "ce_clean": ce / n, "ce_spliced": ce_s / n, "ce_increase": (ce_s - ce) / n,
+                 "ce_eval_tokens": n} for tag, (ce, ce_s, kl) in sums.items()}
+    return {"spliced_per_model": per} if pair else per[""]
+
+
+def crosscoder_report(name: str, m: dict, target) -> str:
+    """The line `saelab eval` prints for a crosscoder (and, model diffing, its per-model splices and latent counts)."""
+    sites = ", ".join(f"{h} {v:.4f}" for h, v in m["fvu_per_site"].items())
+    line = f"{name}: FVU {m['fvu']:.4f} (per site: {sites}), L0 {m['l0']:.1f}"
+    if "kl" in m:
+        line += f"; all sites spliced: KL {m['kl']:.4f}, CE increase {m['ce_increase']:+.4f}"
+    for tag, s in m.get("spliced_per_model", {}).items():
+        line += f"; {tag} spliced: KL {s['kl']:.4f}, CE increase {s['ce_increase']:+.4f}"
+    if "model_diff" in m:
+        d = m["model_diff"]
+        line += f"; latents A-only {d['a_only']}, B-only {d['b_only']}, shared {d['shared']}"
+    return line + f" -> {target}"

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..model_pair import load_pair
 from ..options import check_dtype
 from ..sae.crosscoder import is_crosscoder
 from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
-from .crosscoder import crosscoder_metrics
+from .crosscoder import crosscoder_metrics, crosscoder_report
 from .later_layers import later_layer_metrics
+from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .metrics import EvalBudget, measure
 from .plots import density_plot
 from .results import SaeMetrics, format_report
@@ -45,7 +47,8 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     if crosscoders and (len(crosscoders) < len(folders) or later_layers):
         raise UserError("evaluate crosscoders on their own, without --later-layers (they report per-site FVU and "
                         "the CE of splicing every site: docs/DICTIONARIES.md)")
-    data = open_shared_data(folders, device, model, corpus, dtype=dtype)
+    pair = _model_pair(folders, model, device, dtype)  # model diffing: both models, as one module
+    data = open_shared_data(folders, device, model, corpus, dtype=dtype, loaded_model=pair)
     lm, rows, prov = data.lm, data.rows, data.provenance
     if crosscoders:
         _eval_crosscoders(sae_dirs, folders, targets, data, EvalBudget(tokens=tokens, ce_tokens=ce_tokens), device, quiet)
@@ -70,18 +73,32 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     return results
 
 
+def _model_pair(folders, model: str | None, device: str, dtype: str):
+    """Model diffing folders (trained with --model-b) are evaluated on both models, as a ModelPair."""
+    diffs = [f for f in folders if f.provenance.model_b]
+    if not diffs:
+        return None
+    if len(folders) > 1:
+        raise UserError(f"{diffs[0].path} diffs two models (--model-b {diffs[0].provenance.model_b}); evaluate it on "
+                        f"its own")
+    return load_pair(model or diffs[0].provenance.model_spec, diffs[0].provenance.model_b, device, dtype)
+
+
 def _eval_crosscoders(sae_dirs, folders, targets, data, budget: EvalBudget, device: str, quiet: bool) -> None:
     """metrics.json of each crosscoder (evaluate/crosscoder.py): per-site FVU, all sites spliced at once."""
     prov, rows = data.provenance, data.rows
     for d, f, target, match in zip(sae_dirs, folders, targets, data.matches):
         t0 = time.time()
         m = crosscoder_metrics(data.lm.model, data.lm.tokenizer, f.sae, f.provenance.sink, rows, budget, device)
-        write_json(target, {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus,
-                            "data_fingerprint": rows.fingerprint, "heldout_fraction": prov.heldout_fraction,
-                            "data_matches_training": match, "split": "heldout", "wall_s": time.time() - t0,
-                            "metrics": m})
+        record = {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus}
+        if is_model_diff(f.sae):  # decoder norms per model (evaluate/model_diff.py) and their histograms
+            png = target.with_name(target.stem + "_model_diff.png")
+            m["model_diff"] = model_diff_analysis(f.sae)
+            model_diff_plot(f.sae, png, f"{f.name}: model A vs B")
+            record |= {"model_b": f.provenance.model_b, "model_diff_plot": png.name}
+        write_json(target, record | {"data_fingerprint": rows.fingerprint, "heldout_fraction": prov.heldout_fraction,
+                                     "data_matches_training": match, "split": "heldout", "wall_s": time.time() - t0,
+                                     "metrics": m})
         if not quiet:
-            sites = ", ".join(f"{h} {v:.4f}" for h, v in m["fvu_per_site"].items())
-            ce = f"; all sites spliced: KL {m['kl']:.4f}, CE increase {m['ce_increase']:+.4f}" if "kl" in m else ""
-            print(f"{f.name}: FVU {m['fvu']:.4f} (per site: {sites}), L0 {m['l0']:.1f}{ce} -> {target}")
+            print(crosscoder_report(f.name, m, target))
 

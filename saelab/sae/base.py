@@ -29,8 +29,11 @@ class SaeConfig:
     sparsity_coeff: float = 0.0        # L1 (relu) or L0 (jumprelu) penalty weight, relative to FVU
     aux_k: int | None = None           # AuxK: latents used to model the residual (default d_in // 2)
     aux_coeff: float = 1 / 32          # AuxK loss weight (Gao et al. 2024)
-    jumprelu_init_threshold: float = 0.001
-    jumprelu_bandwidth: float = 0.001
+    jumprelu_init_threshold: float = 0.001  # threshold before init_from_data (and its floor there)
+    jumprelu_bandwidth: float = 0.001  # STE kernel width for inputs of unit mean squared norm (the paper's
+                                       # constant); training inputs have mean squared norm d: x sqrt(d_in)
+    jumprelu_init_fire: float | None = 0.1  # init_from_data: each latent's threshold at this upper quantile
+                                            # of its first-batch pre-activations (None: keep the constant)
     groups: list[int] | None = None    # matryoshka: latent group sizes (prefixes), summing to d_sae
     skip: bool = False                 # skip transcoder: + x @ W_skip.T (Paulo et al. 2025), W_skip [d_out, d_in]
     extra: dict = field(default_factory=dict)

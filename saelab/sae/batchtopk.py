@@ -29,11 +29,15 @@ class BatchTopKSae(SparseCoder):
         if self.training:
             with torch.no_grad():
                 flat = pre.relu().reshape(-1)
-                top = flat.topk(min(self.cfg.k * n, flat.numel()), sorted=False)
-                keep = top.indices[top.values > 0].sort().values
-                if keep.numel():
+                # Keep every activation >= the (k x rows)-th largest: ties at the boundary are all kept,
+                # so the set does not depend on how topk orders equal values, and a latent-sharded run
+                # (which finds the same threshold from per-rank candidates) keeps exactly this set.
+                top = self.top_values(flat, self.cfg.k * n)
+                t = top.min() if top.numel() else flat.new_tensor(float("inf"))
+                keep = ((flat >= t) & (flat > 0)).nonzero().squeeze(1)  # ascending: rows sorted
+                lo = self.reduce_min(flat[keep].min() if keep.numel() else flat.new_tensor(float("inf")))
+                if torch.isfinite(lo):
                     # running mean of the smallest kept activation: the inference threshold
-                    lo = flat[keep].min()
                     self.threshold_steps += 1
                     self.threshold += (lo - self.threshold) / self.threshold_steps.clamp_max(1000)
             rows, cols = keep // d_sae, keep % d_sae
@@ -47,13 +51,20 @@ class BatchTopKSae(SparseCoder):
         lat = Latents(vals, cols, torch.cumsum(counts, 0) - counts, n, d_sae)
         return lat, x_in.new_zeros(()), pre
 
+    def top_values(self, flat: torch.Tensor, n: int) -> torch.Tensor:
+        """The n largest values of `flat` (latent sharding: of every rank's `flat` together)."""
+        return flat.topk(min(n, flat.numel()), sorted=False).values
+
+    def reduce_min(self, lo: torch.Tensor) -> torch.Tensor:
+        """The smallest kept activation of the batch (latent sharding: over every rank)."""
+        return lo
+
     @torch.no_grad()
     def finalize(self, x):
         """Set the inference threshold so that, on these inputs, it keeps exactly the k x rows
         activations that batch selection keeps (the running mean lags behind a short run)."""
         pre = self.preacts(self.encoder_input(x)).relu().reshape(-1)
-        n_keep = min(self.cfg.k * x.shape[0], pre.numel())
-        kept = pre.topk(n_keep, sorted=False).values
+        kept = self.top_values(pre, self.cfg.k * x.shape[0])
         kept = kept[kept > 0]
         if kept.numel():
             self.threshold.fill_(kept.min().item())

@@ -54,12 +54,14 @@ class Provenance:
     sink: SinkConfig = field(default_factory=SinkConfig)
     training_tokens: int | None = None           # None: not trained by saelab (imported)
     objective: dict = field(default_factory=lambda: {"loss": "local"})  # loss and its coefficients
+    model_b: str | None = None                   # model diffing: the second model (model_pair.py), as given to --model-b
 
     def to_block(self) -> dict:
         """The keys under cfg.json `saelab` (flat, as earlier versions wrote them)."""
         return {"model_spec": self.model_spec, "corpus": self.corpus, "text_field": self.text_field,
                 "heldout_fraction": self.heldout_fraction, "data_fingerprint": self.data_fingerprint,
-                "sink": asdict(self.sink), "training_tokens": self.training_tokens, **self.objective}
+                "sink": asdict(self.sink), "training_tokens": self.training_tokens, **self.objective,
+                **({"model_b": self.model_b} if self.model_b else {})}
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> "Provenance":
@@ -71,7 +73,8 @@ class Provenance:
                    heldout_fraction=float(ours.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION)),
                    data_fingerprint=ours.get("data_fingerprint"),
                    sink=SinkConfig(**ours["sink"]) if ours.get("sink") else SinkConfig(),
-                   training_tokens=ours.get("training_tokens"), objective=objective or {"loss": "local"})
+                   training_tokens=ours.get("training_tokens"), objective=objective or {"loss": "local"},
+                   model_b=ours.get("model_b"))
 
 
 @dataclass

@@ -1,7 +1,17 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024): z = pre * H(pre - theta), trained with an L0 penalty.
 
-The step function has zero gradient almost everywhere, so theta and the L0 penalty use a
-straight-through estimator with a rectangle kernel of width `jumprelu_bandwidth`.
+The step function has zero gradient almost everywhere, so theta and the L0 penalty use the paper's
+straight-through estimator with a rectangle kernel of width `jumprelu_bandwidth` (theta trained as
+log(theta), as in the paper and SAELens).
+
+Short runs (docs/EVAL.md "Each architecture on one setting"). The paper's constants, threshold 0.001
+and bandwidth 0.001, are for inputs of unit mean squared norm and 300k+ steps. Our training space has
+mean squared norm d, so pre-activations are ~sqrt(d) larger, and a run has a few hundred steps: Adam
+moves log(theta) by at most ~lr per step, and a 0.001-wide kernel almost never sees a pre-activation,
+so theta stayed near 0.001 and the dictionary stayed a dense ReLU (L0 140 of 256). Two changes fix
+that, both measured on the synthetic setting: theta starts from the data (each latent at the
+`jumprelu_init_fire` upper quantile of its pre-activations on the first batch), and the paper's
+bandwidth is scaled by sqrt(d_in) to our input scale (`bandwidth`).
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from torch import nn
 
 from .base import SparseCoder
 from .latents import from_dense
+
+INIT_ROWS = 4096  # first-batch rows used to place the initial thresholds (a quantile per latent)
 
 
 def _rect(x):
@@ -57,9 +69,28 @@ class JumpReLUSae(SparseCoder):
         super().__init__(cfg)
         self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
 
+    @torch.no_grad()
+    def init_from_data(self, x, y, bias_init="median"):
+        """Scales and b_dec as every SAE, then each latent's threshold at the upper `jumprelu_init_fire`
+        quantile of its pre-activations on the first batch: every latent starts firing on that fraction
+        of tokens (initial L0 = fraction x d_sae), and the L0 penalty moves it from there."""
+        super().init_from_data(x, y, bias_init)
+        frac = self.cfg.jumprelu_init_fire
+        if not frac:
+            return
+        pre = self.preacts(self.encoder_input(x[:INIT_ROWS]))
+        rank = min(pre.shape[0], max(1, math.ceil((1 - frac) * pre.shape[0])))
+        theta = pre.kthvalue(rank, dim=0).values  # kthvalue: torch.quantile refuses inputs over 2^24 values
+        self.log_threshold.copy_(theta.clamp_min(self.cfg.jumprelu_init_threshold).log())
+
+    def bandwidth(self) -> float:
+        """The kernel width in the training space: the paper's width is for unit mean squared norm, ours
+        is d_in, so pre-activations (and the width) are sqrt(d_in) times larger."""
+        return self.cfg.jumprelu_bandwidth * math.sqrt(self.cfg.d_in)
+
     def encode(self, x_in):
         pre = self.preacts(x_in)
-        bw = self.cfg.jumprelu_bandwidth
+        bw = self.bandwidth()
         acts = _JumpReLU.apply(pre, self.log_threshold, bw)
         sparsity = x_in.new_zeros(())
         if torch.is_grad_enabled() and self.cfg.sparsity_coeff:

@@ -9,8 +9,10 @@ from ..errors import UserError
 from ..options import (check_device, check_dtype, check_types, memory_bytes, need_at_least, need_choice, need_fraction,
                        need_positive, opt)
 from ..sae import ARCHITECTURES, uses_k
+from .compile_check import check_compile
 
 LOSSES = ("local", "e2e", "e2e+ds", "kl+mse")  # objectives: train/objectives.py, kl+mse: train/finetune.py
+FINETUNE_LR_SHARE = 0.1  # a KL+MSE fine-tune's learning rate, as a share of the scratch rate (learning_rates)
 
 
 @dataclass
@@ -19,6 +21,8 @@ class TrainConfig:
     hookpoints: list[str] = opt(default_factory=lambda: ["model.layers.6"],
                                 help="module names or globs ('A->B': a transcoder from site A to site B)")
     model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
+    model_b: str | None = opt(None, "model diffing (--arch crosscoder): a second model of the same tokenizer and "
+                                    "widths; the crosscoder reads --hookpoints in both, on the same tokens")
     corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
@@ -54,8 +58,11 @@ class TrainConfig:
     device: str = opt("cpu", "cpu | cuda | cuda:N")
     dtype: str = opt("float32", "the LM's precision: float32 | bfloat16 | float16 (the dictionary trains in float32)")
     distributed: str = opt("data", "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split) | "
-                                   "latents (each SAE's latents split; topk; --latents divisible by the processes)")
+                                   "latents (each SAE's latents split; topk, batchtopk, matryoshka; --latents "
+                                   "divisible by the processes)")
     dist_timeout: float = opt(300.0, "torchrun jobs: seconds to wait for a stalled or dead rank before failing")
+    compile: bool = opt(False, "torch.compile the dictionary's training forward and loss (not the LM); --loss local "
+                               "only; needs a C++ compiler on CPU, triton on CUDA (docs/SCALE.md)")
     wandb: str | None = opt(None, "wandb project name (needs wandb installed)")
     resume: bool = opt(False, "continue an interrupted run in --out from its last checkpoint")
     overwrite: bool = opt(False, "replace an existing run folder")
@@ -88,7 +95,7 @@ class TrainConfig:
         # A kl+mse run fine-tunes a trained dictionary: a tenth of the scratch rate. Measured on the
         # 1M-token layer-6 TopK k = 32 SAE, 49k fine-tune tokens (docs/E2E.md): lr 3e-4 cut the CE
         # increase by 28% (FVU +3.7%), 1e-4 by 18%, while 1e-3 made KL and FVU worse within 16k tokens.
-        return [scratch / 10 if self.loss == "kl+mse" else scratch]
+        return [scratch * FINETUNE_LR_SHARE if self.loss == "kl+mse" else scratch]
 
     def sweep_values(self) -> list[tuple[int | None, float, float]]:
         """(k, sparsity_coeff, lr) per SAE trained at each hookpoint."""
@@ -125,6 +132,7 @@ class TrainConfig:
         elif any(c < 0 for c in self.sparsity_coeff):
             raise UserError("--sparsity-coeff must be >= 0")
         self._validate_arch_options()
+        self._validate_model_b()
         if self.context < 2:
             raise UserError("--context must be at least 2")
         if self.lm_batch_tokens is not None and self.lm_batch_tokens < self.batch_tokens:
@@ -145,6 +153,8 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other")
         self._validate_objective()
+        if self.compile:
+            check_compile(self.device, self.loss, self.finetune_fraction)
         self._check_memory()
 
     def _check_memory(self) -> None:
@@ -184,6 +194,18 @@ class TrainConfig:
             what = f"--loss {self.loss}" if self.loss != "local" else "--finetune-fraction (kl+mse)"
             raise UserError(f"--arch {self.arch} trains with --loss local only (its own loss terms reconstruct the "
                             f"target: docs/DICTIONARIES.md); {what} is not supported")
+
+    def _validate_model_b(self) -> None:
+        """Model diffing: one crosscoder over the same sites of two models, both run on every batch."""
+        if self.model_b is None:
+            return
+        if self.arch != "crosscoder":
+            raise UserError(f"--model-b trains a crosscoder over --hookpoints in both models; add --arch crosscoder "
+                            f"(not {self.arch})")
+        for bad, what in ((self.from_activations, "--from-activations (an activation cache holds one model)"),
+                          (self.init_from, "--init-from")):
+            if bad:
+                raise UserError(f"--model-b runs both models' forwards on every batch; it does not combine with {what}")
 
     def _validate_objective(self) -> None:
         if self.loss not in LOSSES:

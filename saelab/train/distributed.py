@@ -125,6 +125,12 @@ class DistributedActivationStream(ActivationStream):
     def __init__(self, base: ActivationStream, comm: Comm):
         self.__dict__.update(base.__dict__)
         self.comm = comm
+        # the exchange gathers hookpoint by hookpoint: ranks that list them in different orders would
+        # silently swap two sites of one width (this happened: models.depth_order is now rank-independent)
+        orders = comm.all_gather_object(list(self.hookpoints), "hookpoint check")
+        if any(o != orders[0] for o in orders):
+            raise RuntimeError(f"distributed training: the ranks order the hookpoints differently ({orders}); "
+                               f"this is a bug in saelab, please report it")
 
     @torch.no_grad()
     def chunk(self, c: int) -> Chunk:
@@ -172,6 +178,10 @@ class Distributed(SingleProcess):
                             f"batches) or one process")
         if cfg.distributed == "latents":  # before the process group and any model load
             check_latents_mode(cfg, world_size())
+            if getattr(cfg, "compile", False):
+                raise UserError("--compile with --distributed latents is not supported: the sharded dictionary "
+                                "exchanges data between ranks inside its forward (untested under torch.compile); "
+                                "use --distributed data or modules, or drop --compile")
         self.mode, self.device = cfg.distributed, cfg.device
         self.comm = Comm(cfg.dist_timeout, cfg.device)
         self.is_main = self.comm.is_main

@@ -17,13 +17,21 @@ fine-tune step (no running KL yet) it is this part's own KL / FVU. The running a
 the checkpoint, so a resumed run uses the same lambda; the value used is logged as `mse_weight`.
 
 `--finetune-fraction F` on a local run switches to this objective for the last F of the token
-budget (`SwitchObjective` here, `sources.PhasedSource` for the data): one loop, one schedule.
+budget (`SwitchObjective` here, `sources.PhasedSource` for the data): one loop. The fine-tune phase
+trains exactly as `--init-from ... --loss kl+mse` would: fresh Adam moments (the local phase's
+second moments are those of FVU gradients, and with ~10 fine-tune steps Adam's 0.999 average never
+adapts to the KL's: measured, the carried-over state made KL and FVU *worse* step after step) and
+its own schedule at a tenth of the run's learning rate (the kl+mse default), warm-up and decay
+over the phase (the local phase's decayed rate, ~1e-3 at the switch, is what the lr sweep found
+too high for a fine-tune).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .config import FINETUNE_LR_SHARE
+from .schedule import lr_factor
 from ..sinks import SinkConfig
 from .e2e_forward import kl_to_clean, spliced_pass
 from .members import Member
@@ -86,6 +94,13 @@ class SwitchObjective:
     def _of(self, batch: Batch):
         return self.local if batch.ids is None else self.finetune
 
+    def lr_factor(self, batch: Batch, warmup: float, decay: float) -> float:
+        """The local phase follows the run's schedule; the fine-tune phase its own at FINETUNE_LR_SHARE."""
+        if batch.ids is None:
+            return lr_factor(batch.progress, warmup, decay)
+        phase = (batch.progress - (1 - self.fraction)) / self.fraction
+        return FINETUNE_LR_SHARE * lr_factor(phase, warmup, decay)
+
     def record(self) -> dict:
         return self.local.record() | {"finetune": self.finetune.name, "finetune_fraction": self.fraction}
 
@@ -99,6 +114,8 @@ class SwitchObjective:
         return self._of(part).io(m, part, shared)
 
     def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
+        if part.ids is not None and "kl" not in m.stats:  # the fine-tune's first step (resumes alike:
+            m.opt.state.clear()                           # the running KL is in the checkpoint)
         return self._of(part).loss(m, part, shared, dead)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..models import candidate_hookpoints, model_skeleton
 from ..options import field_default, flag as option_flag
 from ..sae import SparseCoder, build_sae, uses_k
 from ..sae.folder import SaeFolder, open_sae
@@ -106,11 +107,16 @@ def adopt_dictionary(cfg) -> InitSource:
 
 
 def _check_width_before_load(model_spec: str, c, path: Path) -> None:
-    """Residual-stream sites (`model.layers.N`) have the model's hidden size: checked from its config.json."""
+    """Block outputs (the residual stream) have the model's hidden size: checked from its config.json,
+    on the model's weightless skeleton, so the site is named as the model names its blocks."""
     conf = local_model_config(model_spec)
     hidden = getattr(conf, "hidden_size", None) if conf is not None else None
+    skeleton = model_skeleton(conf) if hidden else None
+    if skeleton is None:
+        return
+    kinds = dict(candidate_hookpoints(skeleton))
     for site, width in ((c.hookpoint, c.d_in), (c.out_hookpoint, c.d_out)):
-        if hidden and site and site.count(".") == 2 and site.startswith("model.layers.") and width != hidden:
+        if site and kinds.get(site) == "resid_post" and width != hidden:
             raise UserError(f"--init-from {path}: the dictionary's width at {site} is {width}, but model "
                             f"{model_spec!r} has hidden size {hidden} there")
 

@@ -1,17 +1,15 @@
 """Latent-sharded training (`--distributed latents`, as sparsify's --distribute_latents): each rank
 holds a contiguous slice of every SAE's latents (encoder columns, encoder bias, decoder rows and
-their Adam moments); the decoder bias b_dec is replicated. Every rank sees the whole batch.
+their Adam moments); the decoder bias b_dec and buffers (BatchTopK's threshold) are replicated.
+Every rank sees the whole batch.
 
 One step, on every rank:
   pre-activations of its own latents                     [rows, d_sae / world]   (local matmul)
-  its local top-k candidates, all-gathered               [rows, world * k]       -> the exact global top-k
+  its local candidates, all-gathered                     TopK [rows, world * k]; BatchTopK [world * k * rows]
+                                                         -> the exact global selection
   the partial decode of the selected latents it owns, all-reduced (sum)          -> the reconstruction
-The loss is then computed identically on every rank. Autograd flows only into the local partial
-decode (`_global`: value = the sum, gradient = the local part's), so each rank's gradients are the
-single-process gradients of its slice. b_dec is the one shared parameter: it enters the
-reconstruction once (on rank 0 only, so the direct term is counted once) and the encoder bias
-(b_enc - b_dec @ W_enc) on every rank through its slice; summing its gradient over the ranks gives
-the single-process gradient. AuxK selects its dead latents globally in the same way.
+The dictionaries that do this are in sharded_saes.py (TopK, BatchTopK, Matryoshka); this file
+checks a configuration, slices full members into shards and gathers them back.
 
 Saving and checkpoints gather the slices into one ordinary SAE (and Adam state) on rank 0, so the
 files are those of single-process training; resume slices the checkpoint again.
@@ -24,12 +22,12 @@ import dataclasses
 import torch
 
 from ..errors import UserError
-from ..sae import SaeConfig, SaeOutput, TopKSae, build_sae
-from ..sae.latents import Latents, decode_sparse, gather_preacts
+from ..sae import build_sae
 from .checkpoint import load_checkpoint
 from .members import Member, new_member
+from .sharded_saes import SHARDED
 
-SHARDABLE = ("topk",)
+SHARDABLE = tuple(SHARDED)
 # the dimension of each parameter (and its Adam moments) that indexes latents; others are replicated
 LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
@@ -48,81 +46,6 @@ def check_latents_mode(cfg, world: int) -> None:
                         f"use a multiple of {world} (e.g. {cfg.latents - cfg.latents % world + world})")
 
 
-class ShardedTopK(TopKSae):
-    """This rank's slice [offset, offset + d_sae) of a TopK SAE with `full_d_sae` latents."""
-
-    def __init__(self, cfg: SaeConfig, comm, offset: int, full_d_sae: int):
-        super().__init__(cfg)
-        self.comm, self.offset, self.full_d_sae = comm, offset, full_d_sae
-
-    # ------------------------------------------------------------ collectives
-    def _global(self, local: torch.Tensor, what: str) -> torch.Tensor:
-        """The sum over ranks of `local`, with autograd into the local term only."""
-        total = self.comm.all_reduce(local.detach().clone(), what=what)
-        return local + (total - local.detach())
-
-    def _global_topk(self, scores: torch.Tensor, k: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, local columns) of this rank's entries among each row's global top-k of `scores`."""
-        kk = min(k, scores.shape[1])
-        top = scores.topk(kk, dim=-1, sorted=False)
-        vals = torch.cat(self.comm.all_gather(top.values.contiguous(), what), 1)        # [rows, world * kk]
-        idx = torch.cat(self.comm.all_gather((top.indices + self.offset).contiguous(), what), 1)
-        best = vals.topk(k, dim=-1, sorted=False).indices
-        chosen, chosen_vals = idx.gather(1, best), vals.gather(1, best)                   # global latent ids
-        mine = (chosen >= self.offset) & (chosen < self.offset + self.cfg.d_sae) & torch.isfinite(chosen_vals)
-        rows, pos = mine.nonzero(as_tuple=True)                                           # row-major: rows sorted
-        return rows, chosen[rows, pos] - self.offset
-
-    def _latents(self, x_in, bias, pre, rows, cols) -> Latents:
-        n = x_in.shape[0]
-        if torch.is_grad_enabled():
-            vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, cols).relu()
-        else:
-            vals = pre[rows, cols].relu()
-        counts = torch.bincount(rows, minlength=n)
-        return Latents(vals, cols, torch.cumsum(counts, 0) - counts, n, self.cfg.d_sae)
-
-    # ------------------------------------------------------------ forward
-    def encode(self, x_in):
-        bias = self.encoder_bias()
-        with torch.no_grad():
-            pre = self.preacts(x_in, bias)
-            rows, cols = self._global_topk(pre, self.cfg.k, "global top-k")
-        return self._latents(x_in, bias, pre, rows, cols), x_in.new_zeros(()), pre
-
-    def decode(self, lat: Latents) -> torch.Tensor:
-        part = self._global(decode_sparse(lat, self.W_dec), "partial decode sum")
-        # b_dec is counted once: on the other ranks its direct term carries no gradient
-        return part + (self.b_dec if self.comm.rank == 0 else self.b_dec.detach())
-
-    def forward(self, x, dead=None, target=None):
-        x_in = self.encoder_input(x)
-        lat, sparsity, pre = self.encode(x_in)
-        recon = self.predict(x_in, lat)
-        aux = recon.new_zeros(())
-        if dead is not None and target is not None:  # every rank takes the AuxK branch, or none (collectives)
-            self._n_dead = int(self.comm.all_reduce(dead.sum().reshape(1).long(), what="dead-latent count").item())
-            if self._n_dead:
-                aux = self.auxk_loss(x_in, pre, target - recon.detach(), dead)
-        return SaeOutput(recon, lat, sparsity, aux, recon.new_zeros(()))
-
-    def auxk_loss(self, x_in, pre, residual, dead):
-        k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, self._n_dead)
-        bias = self.encoder_bias()
-        with torch.no_grad():
-            rows, cols = self._global_topk(pre.masked_fill(~dead, float("-inf")), k_aux, "AuxK top-k")
-        lat = self._latents(x_in, bias, pre, rows, cols)
-        pred = self._global(decode_sparse(lat, self.W_dec), "AuxK decode sum")
-        denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return self.cfg.aux_coeff * (pred - residual).pow(2).sum() / denom
-
-    @torch.no_grad()
-    def init_from_data(self, x, y, bias_init="median"):
-        super().init_from_data(x, y, bias_init)
-        for t in (self.in_scale, self.out_scale, self.b_dec):  # bitwise the same on every rank
-            self.comm.broadcast(t.data, "data-dependent init")
-
-
 # ------------------------------------------------------------ slicing and gathering members
 def shard_member(m: Member, comm, device: str) -> Member:
     """This rank's slice of a full member: weights, Adam moments, dead-latent counters."""
@@ -133,7 +56,7 @@ def shard_member(m: Member, comm, device: str) -> Member:
     per = full.cfg.d_sae // comm.world
     off = comm.rank * per
     cfg = dataclasses.replace(full.cfg, d_sae=per, extra=dict(full.cfg.extra))
-    sae = ShardedTopK(cfg, comm, off, full.cfg.d_sae).to(device)
+    sae = SHARDED[cfg.arch](cfg, comm, off, full.cfg.d_sae).to(device)
     sl = slice(off, off + per)
     sae.load_state_dict({k: _slice(k, v, sl) for k, v in full.state_dict().items()})
     out = new_member(m.name, sae, m.lr, device, m.stats)

@@ -27,7 +27,7 @@ from .curves import FIGURE, LOG, plot_train_log
 from .distributed import parallel_for
 from .manifest import write_manifest
 from .members import Member, build_members, parse_sites
-from .finetune import make_objective
+from .finetune import SwitchObjective, make_objective
 from .init_from import InitSource, adopt_dictionary, first_batch, members_from_dictionary
 from .parallel import SingleProcess
 from .schedule import lr_factor
@@ -94,6 +94,7 @@ class TrainingRun:
                    disable=not par.is_main)
         t_loop = time.time()
         last_inputs: dict[str, torch.Tensor] = {}  # recent raw SAE inputs, for `finalize` (BatchTopK threshold)
+        self._inputs_from = None  # the data last_inputs was read from (a chunk's sample serves all its batches)
         for batch in source.batches(pos.cursor):
             excluded = self._step(members, objective, batch, pos.steps == 0, dead_tokens, last_inputs)
             pos.steps += 1
@@ -125,20 +126,27 @@ class TrainingRun:
         Gradients accumulate over the batch's parts (e2e micro-batches); each SAE steps right after
         its backward on the last part, so only one SAE's gradients are alive at a time (local)."""
         cfg = self.cfg
-        factor = lr_factor(batch.progress, cfg.warmup_fraction, cfg.decay_fraction)
+        factor = (objective.lr_factor(batch, cfg.warmup_fraction, cfg.decay_fraction)
+                  if isinstance(objective, SwitchObjective) else
+                  lr_factor(batch.progress, cfg.warmup_fraction, cfg.decay_fraction))
         fired = {m.name: torch.zeros(m.sae.cfg.d_sae, dtype=torch.bool, device=m.since_fired.device) for m in members}
         sums: dict[str, dict[str, float]] = {m.name: {} for m in members}
         excluded = 0
         parts = objective.split(batch)
         for j, (part, weight) in enumerate(parts):
             shared = objective.shared(part)
+            data = batch.sample or part  # what init and finalize read: a chunk's sample, or this part
+            # io() does not depend on the SAEs' weights, and finalize reads only the last step's last part
+            # (or the last chunk's sample): read it there and for the init, not for every micro-batch
+            read = first or (j == len(parts) - 1 and data is not self._inputs_from)
             for i, m in enumerate(members):
-                x, y = objective.io(m, batch.sample or part, shared)  # a chunk's sample, or this part
-                if first and self.init:  # a copied dictionary keeps its weights (only a free decoder's scale)
-                    first_batch(m.sae, x[:16384])
-                elif first:  # scales and decoder bias from the first batch's data
-                    m.sae.init_from_data(x[:16384], y[:16384], cfg.bias_init)
-                last_inputs[m.name] = x[:16384]
+                if read:
+                    x, y = objective.io(m, data, shared)
+                    if first and self.init:  # a copied dictionary keeps its weights (only a free decoder's scale)
+                        first_batch(m.sae, x[:16384])
+                    elif first:  # scales and decoder bias from the first batch's data
+                        m.sae.init_from_data(x[:16384], y[:16384], cfg.bias_init)
+                    last_inputs[m.name] = x[:16384]
                 r = objective.loss(m, part, shared, m.since_fired >= dead_tokens)
                 if not torch.isfinite(r.loss) or r.loss.item() > 1e4:
                     raise TrainingDiverged(
@@ -151,6 +159,8 @@ class TrainingRun:
                 excluded += r.excluded if i == 0 else 0
                 if j == len(parts) - 1:
                     self._optimise(m, factor, batch.positions, fired[m.name], dead_tokens, sums[m.name])
+            if read:
+                self._inputs_from = data
             first = False
         return excluded
 
@@ -223,7 +233,7 @@ class TrainingRun:
                                   text_field=inputs.data["text_field"], context=cfg.context,
                                   heldout_fraction=inputs.data["heldout_fraction"],
                                   data_fingerprint=inputs.data["fingerprint"], sink=inputs.sink,
-                                  training_tokens=pos.lm_tokens, objective=objective)
+                                  training_tokens=pos.lm_tokens, objective=objective, model_b=cfg.model_b)
                 extra = {"lr": m.lr, "steps": pos.steps, "seed": cfg.seed, "train_stats": m.stats}
                 if self.init:
                     extra["init_from"] = self.init.record

@@ -50,8 +50,15 @@ class LocalObjective:
 
     name = "local"
 
-    def __init__(self):
+    def __init__(self, compile: bool = False):
         self.shard: Shard = lambda m, x, y: (x, y)  # data-parallel training takes this rank's rows
+        # --compile: the dictionary's forward and loss through torch.compile (inductor), never the LM.
+        # dynamic=True: batches lose a varying number of sink rows, so one graph serves every row count.
+        # What dynamo cannot trace (.item(), nonzero, the sparse backward of gather_preacts) stays eager.
+        self._loss = torch.compile(sae_loss, dynamic=True) if compile else sae_loss
+        if compile:  # a sweep (--k 16 32 64 x sites) compiles a graph per distinct SAE; past the limit
+            # dynamo would silently run the rest eager
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     def record(self) -> dict:
         return {"loss": self.name}
@@ -68,17 +75,21 @@ class LocalObjective:
 
     def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
         x, y = self.shard(m, *self.io(m, part))
-        sae = m.sae
-        target = y * sae.out_scale
-        out = sae(x, dead=dead, target=target)
-        err = (out.recon - target).pow(2).sum()
-        fvu = err / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
-        loss = fvu + out.sparsity_loss + out.aux_loss + out.extra_loss
+        loss, fvu, out = self._loss(m.sae, x, y, dead)
         l0 = out.latents.values.gt(0).sum().item() / x.shape[0]
         stats = {"fvu": fvu.item(), "l0": l0, "aux": out.aux_loss.item(), "loss": loss.item()}
         if out.extra_loss.requires_grad:  # matryoshka prefixes, gated auxiliary
             stats["arch_loss"] = out.extra_loss.item()
         return StepLoss(loss, stats, out.latents.fire_counts() > 0)
+
+
+def sae_loss(sae, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor):
+    """The local objective's hot function: (loss, FVU, SaeOutput) of one SAE on raw inputs x, targets y."""
+    target = y * sae.out_scale
+    out = sae(x, dead=dead, target=target)
+    err = (out.recon - target).pow(2).sum()
+    fvu = err / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return fvu + out.sparsity_loss + out.aux_loss + out.extra_loss, fvu, out
 
 
 @dataclass
@@ -188,4 +199,6 @@ def e2e_loss(model, sae, clean: CleanPass, plan: SitePlan, drop: torch.Tensor, d
 
 
 def make_objective(cfg, model, members: list[Member], sink: SinkConfig, special: list[int]):
-    return LocalObjective() if cfg.loss == "local" else EndToEndObjective(cfg, model, members, sink, special)
+    if cfg.loss == "local":
+        return LocalObjective(getattr(cfg, "compile", False))
+    return EndToEndObjective(cfg, model, members, sink, special)

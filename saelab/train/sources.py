@@ -27,7 +27,8 @@ from ..activations.disk_cache import CachedActivationStream, cache_sites, read_m
 from ..activations.stream import ActivationStream, row_order
 from ..data import check_source, load_token_rows
 from ..errors import UserError
-from ..models import EMBEDDED, LoadedModel, hookpoint_widths, layer_index, load_model, resolve_hookpoints
+from ..model_pair import check_b_widths, check_same_tokenizer, load_pair, with_b_sites
+from ..models import EMBEDDED, LoadedModel, depth_order, hookpoint_widths, load_model, resolve_hookpoints
 from ..sae.crosscoder import SEP
 from ..sinks import SinkConfig, special_ids
 from ..storage import cache_dir, fingerprint
@@ -191,6 +192,9 @@ def precheck(cfg, sites) -> None:
     else:
         check_source(cfg.corpus)
         precheck_depth(cfg.model, sites)
+    if cfg.model_b:
+        precheck_depth(cfg.model_b, sites)
+        check_same_tokenizer(cfg.model, cfg.model_b)
 
 
 def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda s: s) -> TrainingInputs:
@@ -198,7 +202,8 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     `wrap_stream` lets distributed training split the LM forwards over its ranks."""
     if cfg.from_activations:
         return _open_cache(cfg, patterns)
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    lm = (load_pair(cfg.model, cfg.model_b, cfg.device, cfg.dtype) if cfg.model_b
+          else load_model(cfg.model, device=cfg.device, dtype=cfg.dtype))
     model = lm.model
     sites = []
     for a, b in patterns:
@@ -207,7 +212,9 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
         if b and len(ra) != len(rb):
             raise UserError(f"transcoder {a}->{b}: patterns match {len(ra)} and {len(rb)} sites")
         sites += list(zip(ra, rb))
-    hookpoints = sorted({h for s in sites for h in s if h}, key=lambda h: layer_index(model, h))
+    if cfg.model_b:  # model diffing: the same sites in B (ModelPair names them model_b.<site>)
+        sites = with_b_sites(sites)
+    hookpoints = depth_order(model, [h for s in sites for h in s if h])
     rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field,
                            vocab_size=model.config.vocab_size)
     sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
@@ -229,7 +236,10 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     data = {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
             "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)), "train_rows": int(len(rows.train_rows)),
             "heldout_rows": int(len(rows.heldout_rows)), "epochs": source.epochs}
-    sites, widths = join_crosscoder_sites(cfg, sites, hookpoint_widths(model, hookpoints))
+    widths = hookpoint_widths(model, hookpoints)
+    if cfg.model_b:
+        check_b_widths(sites, widths, cfg.model, cfg.model_b)
+    sites, widths = join_crosscoder_sites(cfg, sites, widths)
     return TrainingInputs(source, sites, widths, lm.name, sink, data, lm, special)
 
 
