@@ -107,8 +107,8 @@ def main() -> None:
             write_json(result, res)  # what is measured survives an interrupted run
             print(f"{name}: {man['tokens_per_s']:,.0f} tok/s, forward {fwd:,.0f} -> {man['tokens_per_s'] / fwd:.2f}x",
                   flush=True)
-    finally:
-        shutil.rmtree(work / "run", ignore_errors=True)
+    finally:  # the trained dictionaries are not kept (only their numbers)
+        shutil.rmtree(work / "run" if result.parent == work else work, ignore_errors=True)
     res["machine"]["load_avg_end"] = os.getloadavg()
     res["wall_s"] = time.time() - t0
     write_json(result, res)

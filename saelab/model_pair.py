@@ -22,6 +22,7 @@ from .storage import cache_dir
 
 B = "model_b"
 B_PREFIX = B + "."
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def is_b_site(hookpoint: str) -> bool:
@@ -73,10 +74,23 @@ def _vocab_differs(tok_a, tok_b) -> str | None:
     return f"{len(va)} vs {len(vb)} tokens; e.g. {', '.join(f'{t!r}->{i}' for t, i in diff)} is in one only"
 
 
-def _local_tokenizer(spec: str):
-    """The tokenizer of a model on disk (a folder, or the embedded model once dequantised), else None."""
+def _tokenizer_folder(spec: str) -> Path | None:
+    """Where a model on disk keeps its tokenizer (a folder, or the embedded model once dequantised)."""
     folder = cache_dir() / "models" / EMBEDDED_NAME if spec == EMBEDDED else Path(spec)
-    if spec.endswith(".gguf") or not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if spec.endswith(".gguf") or not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    return folder
+
+
+def _same_files(a: Path | None, b: Path | None) -> bool:
+    """Byte-identical tokenizer files: the same tokenizer without loading either."""
+    return bool(a and b) and all((a / f).exists() == (b / f).exists() and
+                                 (not (a / f).exists() or (a / f).read_bytes() == (b / f).read_bytes())
+                                 for f in _TOKENIZER_FILES)
+
+
+def _local_tokenizer(folder: Path | None):
+    if folder is None:
         return None
     from transformers import AutoTokenizer
 
@@ -89,8 +103,10 @@ def _local_tokenizer(spec: str):
 def check_same_tokenizer(spec_a: str, spec_b: str, tok_a=None, tok_b=None) -> None:
     """Both models must read the same token ids: the crosscoder sees one token row through both.
     Before loading: the tokenizers of local models (skipped when either is not on disk)."""
-    tok_a = tok_a or _local_tokenizer(spec_a)
-    tok_b = tok_b or _local_tokenizer(spec_b)
+    if tok_a is None and _same_files(_tokenizer_folder(spec_a), _tokenizer_folder(spec_b)):
+        return
+    tok_a = tok_a if tok_a is not None else _local_tokenizer(_tokenizer_folder(spec_a))
+    tok_b = tok_b if tok_b is not None else _local_tokenizer(_tokenizer_folder(spec_b))
     if tok_a is None or tok_b is None:
         return
     why = _vocab_differs(tok_a, tok_b)

@@ -136,11 +136,14 @@ def test_arch_options_refused_before_model_loads(tmp_path):
     bad = [(dict(arch="topk", groups=[128, 128]), "--groups applies to --arch matryoshka"),
            (dict(arch="matryoshka", groups=[100, 100]), "sum to 200, not --latents 256"),
            (dict(arch="matryoshka", groups=[256, 0]), "positive"),
-           (dict(arch="matryoshka", loss="e2e"), "--loss local only")]
+           (dict(arch="matryoshka", loss="e2e"), "--loss local only"),
+           (dict(arch="topk", jumprelu_init_fire=0.05), "--jumprelu-init-fire applies to --arch jumprelu"),
+           (dict(arch="jumprelu", jumprelu_init_fire=1.0), "between 0 and 1")]
     for kw, msg in bad:
         with pytest.raises(UserError, match=msg):
             train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", **kw).validate()
     train_cfg(tmp_path / "r", "m", "c", arch="matryoshka", groups=[64, 64, 128]).validate()
+    train_cfg(tmp_path / "r", "m", "c", arch="jumprelu", jumprelu_init_fire=0.01).validate()
 
 
 # ---------------------------------------------------------------- Gated SAE

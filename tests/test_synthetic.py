@@ -113,11 +113,11 @@ def test_absorbing_dictionary_is_detected(tmp_path, cache):
 # 32 dims, 64 latents, 192 steps of 128 vectors. On this budget (seed 0, a different shard layout)
 # we measured recovered topk 1.00, batchtopk 1.00, relu 1.00, gated 0.97, matryoshka 0.78, and an
 # untrained dictionary 0; the floors below leave room for seeds, not for a broken architecture.
-# JumpReLU: before its thresholds started from the data (sae/jumprelu.py) it stayed a dense ReLU here
-# (L0 ~42 of 64) and recovered nothing.
+# JumpReLU (coefficient 0.003) measured 0.97 (L0 3.1, precision 0.94); before its thresholds started
+# from the data (sae/jumprelu.py) it stayed a dense ReLU here (L0 ~42 of 64) and recovered nothing.
 ARCH_RUNS = [("topk", {"k": [3]}, 0.9), ("batchtopk", {"k": [3]}, 0.9), ("matryoshka", {"k": [3]}, 0.6),
              ("relu", {"sparsity_coeff": [0.05]}, 0.9), ("gated", {"sparsity_coeff": [0.1]}, 0.85),
-             ("jumprelu", {"sparsity_coeff": [0.003]}, 0.5)]
+             ("jumprelu", {"sparsity_coeff": [0.003]}, 0.85)]
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,7 @@ class _GatherPreacts(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None, None
 
 
+@torch.compiler.disable  # --compile: dynamo cannot trace the sparse backward (sparse_coo_tensor); run it eager
 def gather_preacts(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre: torch.Tensor,
                    rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Selected entries of `pre` (= x @ W_enc + b_enc, computed without grad) with sparse grads.

@@ -33,6 +33,10 @@ class TrainConfig:
                                          "(none: prefixes at latents/16, /8, /4, /2, 1)")
     sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
                                       help="sparsity penalty; one SAE per coeff (relu / jumprelu / gated)")
+    jumprelu_init_fire: float | None = opt(None, "jumprelu: each latent's threshold starts at the quantile of its "
+                                                 "first-batch pre-activations above which it fires on this fraction "
+                                                 "of tokens: initial L0 = fraction x --latents (none: 0.1, "
+                                                 "docs/EVAL.md)")
     skip: bool = opt(False, "transcoders ('A->B'): add a linear skip x @ W_skip.T, initialised to the "
                             "least-squares fit of B from A (Paulo et al. 2025)")
     tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
@@ -172,6 +176,12 @@ class TrainConfig:
         """An architecture's own options, refused for the others."""
         if self.skip and not all("->" in h for h in self.hookpoints):
             raise UserError("--skip applies to transcoders only: give every --hookpoints entry as 'A->B'")
+        if self.jumprelu_init_fire is not None:
+            if self.arch != "jumprelu":
+                raise UserError(f"--jumprelu-init-fire applies to --arch jumprelu only, not {self.arch}")
+            if not 0 < self.jumprelu_init_fire < 1:
+                raise UserError(f"--jumprelu-init-fire is a fraction of tokens, between 0 and 1 (exclusive); "
+                                f"got {self.jumprelu_init_fire}")
         if self.groups is not None:
             if self.arch != "matryoshka":
                 raise UserError(f"--groups applies to --arch matryoshka only, not {self.arch}")

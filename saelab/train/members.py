@@ -66,6 +66,8 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
                            d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
                            aux_coeff=cfg.aux_coeff, groups=list(cfg.groups) if cfg.groups else None,
                            skip=cfg.skip)
+            if cfg.jumprelu_init_fire is not None:
+                sc.jumprelu_init_fire = cfg.jumprelu_init_fire
             sae = build_sae(sc).to(cfg.device)
             sae.reset_parameters(gen)
             name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None)
