@@ -1,7 +1,7 @@
 """--distributed latents (latent-sharded training): 2 gloo processes, each holding half of the
 latents, give the single-process weights (AuxK on) for TopK, BatchTopK and Matryoshka, write a
-checkpoint and SAE folder in the single-process layout, and resume; bad configurations are refused before any process group or
-model exists."""
+checkpoint and SAE folder in the single-process layout, and resume; bad configurations are refused
+before any process group or model exists."""
 
 import os
 import subprocess
@@ -70,8 +70,8 @@ def test_batchtopk_shards_match_one_process_at_the_checkpoint(tmp_path, tiny_mod
     name = NAME.replace("topk", "batchtopk")
     ckpts = []
     for nproc in (1, 2):
-        rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(tmp_path / str(nproc))], tmp_path / str(nproc),
-                                    env={"OMP_NUM_THREADS": "1"})
+        out = tmp_path / str(nproc)
+        rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(out)], out, env={"OMP_NUM_THREADS": "1"})
         assert rc != 0
         ckpts.append(read_tensors(tmp_path / str(nproc) / "checkpoint.safetensors"))
     one, two = ckpts

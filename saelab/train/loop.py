@@ -184,7 +184,7 @@ class TrainingRun:
     def _identity(self, names: list[str], data_fingerprint: str) -> str:
         """What must match for a checkpoint to be resumable by this configuration."""
         c = self.cfg.to_dict()
-        for k in ("resume", "overwrite", "threads", "checkpoint_every", "wandb", "device", "dist_timeout"):
+        for k in ("resume", "overwrite", "threads", "checkpoint_every", "wandb", "device", "dist_timeout", "compile"):
             c.pop(k)
         return fingerprint(c, names, data_fingerprint, self.parallel.describe())
 
