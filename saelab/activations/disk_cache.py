@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import UserError
 from ..data import load_token_rows
-from ..models import glob_regex, hookpoint_widths, layer_index, load_model, resolve_hookpoints
+from ..models import glob_regex, hookpoint_widths, depth_order, load_model, resolve_hookpoints
 from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
 from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, read_npy, refuse_overwrite, write_json
@@ -124,7 +124,7 @@ def write_cache(cfg: CacheConfig) -> Path:
     refuse_overwrite(out, cfg.overwrite, "--out")
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hooks = resolve_hookpoints(lm.model, [p for pat in cfg.hookpoints for p in pat.split("->") if p.strip()])
-    hooks = sorted(set(hooks), key=lambda h: layer_index(lm.model, h))
+    hooks = depth_order(lm.model, hooks)
     widths = hookpoint_widths(lm.model, hooks)
     rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field,
                            vocab_size=lm.model.config.vocab_size)

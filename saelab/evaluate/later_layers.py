@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import TokenRows
-from ..models import collect_activations, decoder_layers, layer_index
+from ..models import collect_activations, decoder_layers, depth_order, layer_index
 from ..sae.splice import spliced
 from ..sinks import special_ids
 from .metrics import EvalBudget, Sinked, batches, heldout_selection, sae_sink_mask
@@ -34,10 +34,10 @@ def later_layer_fvu(model, tokenizer, saes: list[Sinked], rows: TokenRows, budge
     special = special_ids(tokenizer)
     sel = heldout_selection(rows, budget.ce_tokens)
     blocks = [later_blocks(model, s.cfg.out_hookpoint or s.cfg.hookpoint) for s, _ in saes]
-    needed = sorted({b for bl in blocks for b in bl}, key=lambda b: layer_index(model, b))
+    needed = depth_order(model, [b for bl in blocks for b in bl])
     acc = [{b: {"err": 0.0, "n": 0, "s": 0.0, "sq": 0.0} for b in bl} for bl in blocks]
     sites = sorted({h for s, _ in saes for h in (s.cfg.hookpoint, s.cfg.out_hookpoint) if h})
-    wanted = sorted(set(needed) | set(sites), key=lambda h: layer_index(model, h))
+    wanted = depth_order(model, needed + sites)
     for ids in tqdm(list(batches(rows, sel, budget.ce_batch_rows, device)), desc="eval: later layers", leave=False):
         clean = collect_activations(model, ids, wanted)
         for i, (sae, sink) in enumerate(saes):

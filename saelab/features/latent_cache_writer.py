@@ -157,7 +157,7 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
     from tqdm import tqdm
 
     from .. import __version__
-    from ..models import collect_activations, layer_index, resolve_hookpoints
+    from ..models import collect_activations, depth_order, resolve_hookpoints
     from ..sinks import excluded_positions, special_ids
 
     out = Path(out)
@@ -209,7 +209,7 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
     dicts = [_sae_dictionary(d, name, f.sae) for d, name, f in zip(sae_dirs, names, folders)]
     if neurons:
         dicts.append(_neuron_dictionary(lm.model, neurons, neuron_k))
-    hookpoints = sorted(set(hookpoints), key=lambda h: layer_index(lm.model, h))
+    hookpoints = depth_order(lm.model, hookpoints)
 
     order = {"heldout-first": np.concatenate([rows_all.heldout_rows, rows_all.train_rows]),
              "heldout": rows_all.heldout_rows, "train": rows_all.train_rows}[split]
