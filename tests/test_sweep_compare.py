@@ -83,7 +83,8 @@ def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_d
     shutil.copytree(out / "e2e", ft)
     for cfg_p in ft.rglob("cfg.json"):
         cfg = json.loads(cfg_p.read_text())
-        cfg["saelab"]["loss"], cfg["saelab"]["config"]["finetune_fraction"] = "local", 0.05
+        # the keys a --finetune-fraction run writes (SwitchObjective.record)
+        cfg["saelab"].update(loss="local", finetune="kl+mse", finetune_fraction=0.05)
         cfg_p.write_text(json.dumps(cfg))
     res = run_pareto([str(tmp_path / "first" / "pareto.json"), str(ft)], str(tmp_path / "both"))
     by_curve = {(p["loss"], str(p["k"])): p for p in res["points"]}
@@ -93,7 +94,8 @@ def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_d
         assert by_curve[("local", str(p["k"]))]["ce_increase"] == p["ce_increase"]
     for cfg_p in ft.rglob("cfg.json"):
         cfg = json.loads(cfg_p.read_text())
-        cfg["saelab"]["config"]["arch"], cfg["saelab"]["config"]["finetune_fraction"] = "batchtopk", 0.0
+        cfg["saelab"]["config"]["arch"] = "batchtopk"
+        del cfg["saelab"]["finetune"], cfg["saelab"]["finetune_fraction"]
         cfg_p.write_text(json.dumps(cfg))
     cs = curves(collect_points([str(tmp_path / "first" / "pareto.json"), str(ft)]))
     assert sorted(cs) == ["batchtopk", "topk"]   # one curve per architecture when several are compared

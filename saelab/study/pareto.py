@@ -30,9 +30,8 @@ FIELDS = ["loss", "arch", "k", "sparsity_coeff", "l0", "alive", "d_sae", "ce_inc
 
 def recipe(ours: dict) -> str:
     """How an SAE was trained, as a curve name: its loss, with a fine-tune at the end made visible."""
-    conf = ours.get("config", {})
     loss = ours.get("loss", "local")
-    if conf.get("finetune_fraction"):
+    if ours.get("finetune_fraction"):   # written by finetune.SwitchObjective.record
         return f"{loss}+ft"
     return loss
 
