@@ -133,6 +133,8 @@ def run_pareto(paths: list[str], out: str, overwrite: bool = False, title: str |
     _write_csv(out_dir / "pareto.csv", [{k: p[k] for k in FIELDS} for c in cs.values() for p in c], FIELDS)
     if table:
         _write_csv(out_dir / "matched.csv", table, list(table[0]))
+    else:  # curves that do not overlap in CE increase: no table, and none left from an earlier run
+        (out_dir / "matched.csv").unlink(missing_ok=True)
     title = title or f"{points[0]['_model']} @ {points[0]['_site']}"
     plot(cs, out_dir / "pareto.png", title)
     result = {"model": points[0]["_model"], "hookpoint": points[0]["_site"], "sources": [str(p) for p in paths],
