@@ -35,7 +35,7 @@ from .schedule import lr_factor
 from ..sinks import SinkConfig
 from .e2e_forward import kl_to_clean, spliced_pass
 from .members import Member
-from .objectives import EndToEndObjective, LocalObjective, StepLoss, make_objective as make_base_objective
+from .objectives import EndToEndObjective, LocalObjective, RunSchedule, StepLoss, make_objective as make_base_objective
 from .sources import Batch
 
 
@@ -76,7 +76,7 @@ def mse_weight(running: dict, kl: float, fvu: float) -> float:
     return kl / max(fvu, 1e-12)
 
 
-class SwitchObjective:
+class SwitchObjective(RunSchedule):
     """--finetune-fraction: local on activation batches, kl+mse on token-row batches (the last phase)."""
 
     def __init__(self, local: LocalObjective, finetune: KlMseObjective, fraction: float):
@@ -97,7 +97,7 @@ class SwitchObjective:
     def lr_factor(self, batch: Batch, warmup: float, decay: float) -> float:
         """The local phase follows the run's schedule; the fine-tune phase its own at FINETUNE_LR_SHARE."""
         if batch.ids is None:
-            return lr_factor(batch.progress, warmup, decay)
+            return super().lr_factor(batch, warmup, decay)
         phase = (batch.progress - (1 - self.fraction)) / self.fraction
         return FINETUNE_LR_SHARE * lr_factor(phase, warmup, decay)
 

@@ -27,10 +27,9 @@ from .curves import FIGURE, LOG, plot_train_log
 from .distributed import parallel_for
 from .manifest import write_manifest
 from .members import Member, build_members, parse_sites
-from .finetune import SwitchObjective, make_objective
+from .finetune import make_objective
 from .init_from import InitSource, adopt_dictionary, first_batch, members_from_dictionary
 from .parallel import SingleProcess
-from .schedule import lr_factor
 from .sources import Batch, TrainingInputs, open_inputs, precheck
 
 
@@ -126,9 +125,7 @@ class TrainingRun:
         Gradients accumulate over the batch's parts (e2e micro-batches); each SAE steps right after
         its backward on the last part, so only one SAE's gradients are alive at a time (local)."""
         cfg = self.cfg
-        factor = (objective.lr_factor(batch, cfg.warmup_fraction, cfg.decay_fraction)
-                  if isinstance(objective, SwitchObjective) else
-                  lr_factor(batch.progress, cfg.warmup_fraction, cfg.decay_fraction))
+        factor = objective.lr_factor(batch, cfg.warmup_fraction, cfg.decay_fraction)
         fired = {m.name: torch.zeros(m.sae.cfg.d_sae, dtype=torch.bool, device=m.since_fired.device) for m in members}
         sums: dict[str, dict[str, float]] = {m.name: {} for m in members}
         excluded = 0

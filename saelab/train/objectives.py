@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..sinks import SinkConfig, excluded_positions
 from .e2e_forward import CleanPass, SitePlan, check_head, clean_pass, kl_to_clean, layer_name, plan_site, spliced_pass
 from .members import Member
+from .schedule import lr_factor
 from .sources import Batch
 
 
@@ -45,7 +46,15 @@ class StepLoss(NamedTuple):
 Shard = Callable[[Member, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class LocalObjective:
+class RunSchedule:
+    """Every objective's learning-rate factor for a batch: the run's schedule over its progress
+    (finetune.SwitchObjective gives its fine-tune phase a schedule of its own)."""
+
+    def lr_factor(self, batch: Batch, warmup: float, decay: float) -> float:
+        return lr_factor(batch.progress, warmup, decay)
+
+
+class LocalObjective(RunSchedule):
     """Reconstruct the target (the input, or the transcoder's output site) from shuffled activations."""
 
     name = "local"
@@ -98,7 +107,7 @@ class _Clean:
     drops: dict[str, torch.Tensor]   # member name -> [B, T] bool sink/outlier positions at its site(s)
 
 
-class EndToEndObjective:
+class EndToEndObjective(RunSchedule):
     """e2e / e2e+ds: the KL between the clean and the spliced model's next-token distributions."""
 
     def __init__(self, cfg, model, members: list[Member], sink: SinkConfig, special: list[int]):
@@ -200,5 +209,5 @@ def e2e_loss(model, sae, clean: CleanPass, plan: SitePlan, drop: torch.Tensor, d
 
 def make_objective(cfg, model, members: list[Member], sink: SinkConfig, special: list[int]):
     if cfg.loss == "local":
-        return LocalObjective(getattr(cfg, "compile", False))
+        return LocalObjective(cfg.compile)
     return EndToEndObjective(cfg, model, members, sink, special)
