@@ -166,3 +166,99 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir, text
     assert ckpt.exists()
     from saelab.storage import read_tensors
     assert all(torch.isfinite(t.float()).all() for t in read_tensors(ckpt).values())
+
+
+# ---------------------------------------------------------------- what --resume compares, and what it says
+def _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **kw):
+    """A run stopped (as by a kill) right after its first checkpoint; returns its folder."""
+    real = TrainingRun._checkpoint
+
+    def killed(self, members, pos):
+        real(self, members, pos)
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(TrainingRun, "_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, **kw)).run()
+    return run
+
+
+def _edit_checkpoint_meta(run, edit) -> None:
+    """Rewrite the checkpoint's stored meta (what an older saelab would have written)."""
+    import json
+
+    from saelab.storage import read_tensors, write_tensors
+    from saelab.train.checkpoint import CHECKPOINT, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(run)
+    edit(meta)
+    write_tensors(run / CHECKPOINT, read_tensors(run / CHECKPOINT), {"saelab": json.dumps(meta)})
+
+
+RESUME_KW = dict(tokens=8192, checkpoint_every=2048, buffer_batches=2)
+
+
+def test_resume_names_each_changed_option_before_the_model_loads(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
+    import saelab.train.sources as tr
+
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **RESUME_KW)
+    monkeypatch.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(UserError) as e:  # --threads may change: it says how fast, not what is computed
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, lr=[1e-3], k=[16], threads=1,
+                              **RESUME_KW))
+    msg = str(e.value)
+    assert f"the checkpoint in {run} was written with " in msg
+    assert "--lr [0.002] (now [0.001])" in msg and "--k [8] (now [16])" in msg
+    assert "threads" not in msg and "start a new --out or restore those options" in msg
+
+
+def test_resume_accepts_an_unrecorded_option_only_at_its_default(tmp_path, tiny_model_dir, text_corpus, monkeypatch,
+                                                                 capsys):
+    """A checkpoint written before an option existed has no value for it: it resumes while that option
+    is at its default (what the older saelab did), and is refused, with both values, otherwise."""
+    import saelab.train.sources as tr
+
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **RESUME_KW)
+    _edit_checkpoint_meta(run, lambda m: m["resume_identity"]["config"].pop("buffer_batches"))
+    with monkeypatch.context() as m:
+        m.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+        with pytest.raises(UserError, match=r"written with --buffer-batches not recorded \(an older saelab: resumes "
+                                            r"only at its default 8; now 2\); start a new --out"):
+            TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, **RESUME_KW))
+    _edit_checkpoint_meta(run, lambda m: m["resume_identity"]["config"].update(buffer_batches=2))
+    _edit_checkpoint_meta(run, lambda m: m["resume_identity"]["config"].pop("sink_norm_factor"))
+    with pytest.raises(UserError, match=r"--sink-norm-factor not recorded .*default 5\.0; now 4\.0"):
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, sink_norm_factor=4.0, **RESUME_KW))
+    capsys.readouterr()
+    TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, **RESUME_KW)).run()  # the default: resumes
+    assert "resuming at 2,048 tokens" in capsys.readouterr().out
+    assert read_json(run / "manifest.json")["lm_tokens"] == 8192
+
+
+def test_resume_of_a_checkpoint_with_only_the_old_hash(tmp_path, tiny_model_dir, text_corpus, monkeypatch, capsys):
+    """Checkpoints written before the options were stored hold one hash: equal resumes, unequal gets
+    the old message (the hash cannot say what differs)."""
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **RESUME_KW)
+    _edit_checkpoint_meta(run, lambda m: m.pop("resume_identity"))
+    with pytest.raises(UserError, match="written by a different configuration"):
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, lr=[1e-3], **RESUME_KW)).run()
+    capsys.readouterr()
+    TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, **RESUME_KW)).run()
+    assert "resuming at 2,048 tokens" in capsys.readouterr().out
+
+
+def test_resume_options_compare_as_json():
+    """Stored options come back from JSON: a tuple equals the list it was written as; a stored option
+    this saelab does not have cannot be honoured."""
+    from saelab.train.config import TrainConfig
+    from saelab.train.resume_identity import _json, option_differences, resume_options
+
+    stored = _json(resume_options(TrainConfig(out="o", k=[8, 16], hookpoints=["a", "b"])))
+    assert option_differences(stored, TrainConfig(out="o", k=(8, 16), hookpoints=("a", "b"))) == []
+    assert option_differences(stored, TrainConfig(out="o", k=[8, 16], hookpoints=["a", "b"], device="cuda")) == []
+    assert option_differences(stored | {"gone": 3}, TrainConfig(out="o", k=[8, 16], hookpoints=["a", "b"])) == [
+        "--gone 3 (an option this saelab no longer has)"]
+    assert option_differences(stored, TrainConfig(out="o", k=[8], hookpoints=["a", "b"], model_b="m")) == [
+        '--model-b none (now "m")', "--k [8, 16] (now [8])"]

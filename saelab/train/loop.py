@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..sae.folder import Provenance, save_sae
-from ..storage import fingerprint, refuse_overwrite, trim_jsonl
+from ..storage import refuse_overwrite, trim_jsonl
 from .checkpoint import CHECKPOINT, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
 from .curves import FIGURE, LOG, plot_train_log
@@ -30,6 +30,7 @@ from .members import Member, build_members, parse_sites
 from .finetune import make_objective
 from .init_from import InitSource, adopt_dictionary, first_batch, members_from_dictionary
 from .parallel import SingleProcess
+from .resume_identity import check_options, check_resume_identity, resume_identity
 from .sources import Batch, TrainingInputs, open_inputs, precheck
 
 
@@ -64,6 +65,7 @@ class TrainingRun:
         self.resume_meta = read_checkpoint_meta(self.out) if cfg.resume else None
         if self.resume_meta:
             self.parallel.check_resume(self.resume_meta, self.out)
+            check_options(self.resume_meta, cfg, self.out)  # a changed option, named, before the model loads
 
     # ------------------------------------------------------------ the run
     def run(self) -> list[Path]:
@@ -79,7 +81,7 @@ class TrainingRun:
         par.barrier()
         everyone = (members_from_dictionary(cfg, self.init, inputs.sites, inputs.widths) if self.init
                     else build_members(cfg, inputs.sites, inputs.widths))
-        self.identity = self._identity([m.name for m in everyone], inputs.data["fingerprint"])
+        self.identity = resume_identity(cfg, [m.name for m in everyone], inputs.data["fingerprint"], par.describe())
         members = par.own(everyone)
         objective = make_objective(cfg, inputs.lm.model if inputs.lm else None, members, inputs.sink, inputs.special)
         par.attach(objective)
@@ -178,20 +180,11 @@ class TrainingRun:
         m.smooth(stats)
 
     # ------------------------------------------------------------ resume, checkpoints, log
-    def _identity(self, names: list[str], data_fingerprint: str) -> str:
-        """What must match for a checkpoint to be resumable by this configuration."""
-        c = self.cfg.to_dict()
-        for k in ("resume", "overwrite", "threads", "checkpoint_every", "wandb", "device", "dist_timeout", "compile"):
-            c.pop(k)
-        return fingerprint(c, names, data_fingerprint, self.parallel.describe())
-
     def _resume(self, members: list[Member]) -> Position:
         meta = self.resume_meta
         if not meta:
             return Position()
-        if meta.get("identity") != self.identity or "position" not in meta:
-            raise UserError(f"--resume: the checkpoint in {self.out} was written by a different configuration "
-                            f"(model, data, SAEs, loss or hyperparameters changed); start a new --out instead")
+        check_resume_identity(meta, self.cfg, self.identity, self.out)
         self.parallel.load_checkpoint(self.out, members)
         for m in members:  # the smoothed statistics continue too, so the manifest matches an uninterrupted run
             m.stats = dict(meta.get("stats", {}).get(m.name, {}))
@@ -204,7 +197,8 @@ class TrainingRun:
     def _checkpoint(self, members: list[Member], pos: Position) -> None:
         gathered = self.parallel.gather(members)
         if gathered is not None:
-            meta = {"identity": self.identity, "position": asdict(pos), "stats": {m.name: m.stats for m in gathered}}
+            meta = {"identity": self.identity[0], "resume_identity": self.identity[1], "position": asdict(pos),
+                    "stats": {m.name: m.stats for m in gathered}}
             save_checkpoint(self.out, gathered, meta | self.parallel.describe())
         self.parallel.barrier()
 

@@ -1,0 +1,106 @@
+"""What a checkpoint must share with the run that resumes it, stored in full so --resume can say
+which option differs, and so a checkpoint written before an option existed still resumes while
+that option is at its default.
+
+Checkpoint meta holds both `identity` (one hash, what saelab wrote before this module; still written
+so older saelab versions keep reading new checkpoints) and `resume_identity` (the dict below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..errors import UserError
+from ..options import flag
+from ..storage import fingerprint
+
+# Options that may change between a run and its resume: where and how fast it runs, or how often it
+# checkpoints, never what it computes.
+FREE_OPTIONS = ("resume", "overwrite", "threads", "checkpoint_every", "wandb", "device", "dist_timeout", "compile")
+# The parts besides the options, with how the error names them.
+PARTS = {"members": "the SAEs", "data": "the data (fingerprint of corpus, tokenizer, context and held-out split)",
+         "parallel": "the process layout"}
+
+
+def _json(v):
+    """v as it reads back from the checkpoint's JSON: tuples become lists, paths strings."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def resume_options(cfg) -> dict:
+    c = cfg.to_dict()
+    for k in FREE_OPTIONS:
+        c.pop(k)
+    return c
+
+
+def resume_identity(cfg, names: list[str], data_fingerprint: str, parallel: dict) -> tuple[str, dict]:
+    """(the hash older checkpoints hold, the dict newer ones hold too)."""
+    c = resume_options(cfg)
+    return (fingerprint(c, names, data_fingerprint, parallel),
+            _json({"config": c, "members": names, "data": data_fingerprint, "parallel": parallel}))
+
+
+def _defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = _json(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _json(f.default_factory())
+    return out
+
+
+def _show(v) -> str:
+    return "none" if v is None else json.dumps(v)
+
+
+def option_differences(stored: dict, cfg) -> list[str]:
+    """Each resume-relevant option of `cfg` that differs from the checkpoint's `stored` options. An
+    option the checkpoint does not record (written by a saelab that lacked it) matches only at its
+    default; an option this saelab no longer has cannot be honoured, so it differs."""
+    now, defaults = _json(resume_options(cfg)), _defaults(type(cfg))
+    diffs = []
+    for name, value in now.items():
+        if name not in stored:
+            if name not in defaults or value != defaults[name]:
+                ok = f"resumes only at its default {_show(defaults[name])}" if name in defaults else "no default"
+                diffs.append(f"{flag(name)} not recorded (an older saelab: {ok}; now {_show(value)})")
+        elif stored[name] != value:
+            diffs.append(f"{flag(name)} {_show(stored[name])} (now {_show(value)})")
+    diffs += [f"{flag(name)} {_show(v)} (an option this saelab no longer has)" for name, v in stored.items()
+              if name not in now]
+    return diffs
+
+
+def check_options(meta: dict, cfg, out) -> None:
+    """Before any weights load: refuse a checkpoint whose options differ, naming each one. A checkpoint
+    with only the old hash is checked whole later (check_resume_identity)."""
+    stored = meta.get("resume_identity")
+    if stored is None:
+        return
+    diffs = option_differences(stored.get("config", {}), cfg)
+    if diffs:
+        raise UserError(f"--resume: the checkpoint in {out} was written with {', '.join(diffs)}; "
+                        f"start a new --out or restore those options")
+
+
+def check_resume_identity(meta: dict, cfg, identity: tuple[str, dict], out) -> None:
+    """Once the SAEs and the data are known: everything that must match, options first."""
+    old_message = (f"--resume: the checkpoint in {out} was written by a different configuration "
+                   f"(model, data, SAEs, loss or hyperparameters changed); start a new --out instead")
+    if "position" not in meta:
+        raise UserError(old_message)
+    stored = meta.get("resume_identity")
+    if stored is None:  # written before the options were stored: only the hash can say
+        if meta.get("identity") != identity[0]:
+            raise UserError(old_message)
+        return
+    check_options(meta, cfg, out)
+    now = identity[1]
+    diffs = [f"{what} {_show(stored.get(part))} (now {_show(now[part])})" for part, what in PARTS.items()
+             if stored.get(part) != now[part]]
+    if diffs:
+        raise UserError(f"--resume: the checkpoint in {out} was written with {', '.join(diffs)}; "
+                        f"start a new --out or restore them")
