@@ -41,7 +41,9 @@ from train_throughput import bare_forward_tps  # noqa: E402  (the same bare forw
 
 L6, MLP_IN, MLP_OUT = "model.layers.6", "model.layers.6.post_attention_layernorm", "model.layers.6.mlp"
 # penalty architectures: one coefficient each (their speed depends on L0, recorded next to it); the
-# values of docs/EVAL.md's architecture comparison
+# values of docs/EVAL.md's architecture comparison. Known to be far from L0 32 at 4,608 latents: after
+# 16 steps relu and gated were at L0 ~1,740 and jumprelu at 175 (docs/DICTIONARIES.md "throughput"),
+# which measures the dense-fallback regime, not the sparse one; better values are pending
 COEFFS = {"jumprelu": 0.3, "relu": 0.05, "gated": 0.1}
 # (name, training options, the hookpoint the bare forward stops after, target ratio)
 CASES = [(arch, {"arch": arch, "hookpoints": [L6]} | ({"sparsity_coeff": [COEFFS[arch]]} if arch in COEFFS else {}),

@@ -3,14 +3,69 @@
 Tokens get a variable number of latents (k on average). For inference the batch dependence is
 replaced by one threshold, a running mean of the smallest kept activation during training; the
 saved SAE is then a JumpReLU with that threshold for every latent (how SAELens loads it).
+
+The batch selection (`batch_select`) never ranks all rows x latents values at once: each row's
+top-m pre-activations are its candidates, the threshold is found among them, and the few rows that
+may hold more values above it than their m candidates (rows with many large activations) add all
+of theirs; the result is exactly the full-batch selection (see `batch_select`).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from .base import SparseCoder
 from .latents import Latents, gather_preacts
+
+CANDIDATES_PER_K = 2  # m = 2k candidates per row: at init on LM activations ~1 row in 9 needs more
+
+
+def batch_select(pre: torch.Tensor, n_keep: int, m: int,
+                 top_values: Callable[[torch.Tensor, int], torch.Tensor],
+                 any_rank: Callable[[bool], bool] = bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, values) of every entry v of relu(pre) [rows, d] with v >= t and v > 0, where t is
+    the n_keep-th largest value of relu(pre), in row-major order (rows, then columns, ascending).
+
+    Ties at t are all kept, so the set does not depend on how topk orders equal values. t is found
+    among candidates: each row's top-m, which give t_c <= t (a subset's n_keep-th largest). A row
+    whose smallest candidate is < t_c (or 0) has nothing left out that can reach t_c; a row whose
+    smallest candidate is >= t_c and > 0 is open and replaces its candidates by all its values
+    >= t_c. The candidates then hold every value >= t_c, at least n_keep of them, so their
+    n_keep-th largest is t: exact in one refinement. `top_values(values, n)` is the n largest of
+    `values` (latent sharding: over every rank's values) and `any_rank` ORs a flag over the ranks;
+    m >= n_keep / rows keeps every call to top_values at n_keep values on every rank."""
+    n, d = pre.shape
+    if m >= d or n == 0:  # every entry is a candidate
+        flat = pre.relu().reshape(-1)
+        top = top_values(flat, n_keep)
+        t = top.min() if top.numel() else flat.new_tensor(float("inf"))
+        keep = ((flat >= t) & (flat > 0)).nonzero().squeeze(1)  # ascending: rows sorted
+        return keep // d, keep % d, flat[keep]
+    if n_keep > n * m:
+        raise ValueError(f"batch_select: {m} candidates per row cannot hold {n_keep} values of {n} rows")
+    cand = pre.topk(m, dim=1, sorted=False)
+    cv, ci = cand.values.relu_(), cand.indices                    # [n, m]
+    t = top_values(cv.reshape(-1), n_keep).min()
+    smallest = cv.min(1).values
+    open_ = (smallest >= t) & (smallest > 0)
+    more = None
+    if any_rank(bool(open_.any())):
+        ur = open_.nonzero().squeeze(1)
+        sub = pre[ur]
+        r, c = ((sub >= t) & (sub > 0)).nonzero(as_tuple=True)
+        more_rows, more_cols, more_vals = ur[r], c, sub[r, c]
+        t = top_values(torch.cat([cv[~open_].reshape(-1), more_vals]), n_keep).min()
+        cv = cv.masked_fill(open_[:, None], 0.0)  # open rows' candidates are all in `more` (0: never kept)
+        sel = more_vals >= t
+        more = (more_rows[sel], more_cols[sel], more_vals[sel])
+    r, j = ((cv >= t) & (cv > 0)).nonzero(as_tuple=True)
+    rows, cols, vals = r, ci[r, j], cv[r, j]
+    if more is not None:
+        rows, cols, vals = torch.cat([rows, more[0]]), torch.cat([cols, more[1]]), torch.cat([vals, more[2]])
+    key, order = (rows * d + cols).sort()  # the full selection's order (embedding_bag sums in it)
+    return key // d, key % d, vals[order]
 
 
 class BatchTopKSae(SparseCoder):
@@ -28,19 +83,16 @@ class BatchTopKSae(SparseCoder):
             pre = self.preacts(x_in, bias)
         if self.training:
             with torch.no_grad():
-                flat = pre.relu().reshape(-1)
                 # Keep every activation >= the (k x rows)-th largest: ties at the boundary are all kept,
-                # so the set does not depend on how topk orders equal values, and a latent-sharded run
-                # (which finds the same threshold from per-rank candidates) keeps exactly this set.
-                top = self.top_values(flat, self.cfg.k * n)
-                t = top.min() if top.numel() else flat.new_tensor(float("inf"))
-                keep = ((flat >= t) & (flat > 0)).nonzero().squeeze(1)  # ascending: rows sorted
-                lo = self.reduce_min(flat[keep].min() if keep.numel() else flat.new_tensor(float("inf")))
+                # and a latent-sharded run (which finds the same threshold from per-rank candidates)
+                # keeps exactly this set.
+                k = self.cfg.k
+                rows, cols, kept = batch_select(pre, k * n, CANDIDATES_PER_K * k, self.top_values, self.any_rank)
+                lo = self.reduce_min(kept.min() if kept.numel() else pre.new_tensor(float("inf")))
                 if torch.isfinite(lo):
                     # running mean of the smallest kept activation: the inference threshold
                     self.threshold_steps += 1
                     self.threshold += (lo - self.threshold) / self.threshold_steps.clamp_max(1000)
-            rows, cols = keep // d_sae, keep % d_sae
         else:
             rows, cols = (pre > self.threshold).nonzero(as_tuple=True)
         if torch.is_grad_enabled():
@@ -58,6 +110,10 @@ class BatchTopKSae(SparseCoder):
     def reduce_min(self, lo: torch.Tensor) -> torch.Tensor:
         """The smallest kept activation of the batch (latent sharding: over every rank)."""
         return lo
+
+    def any_rank(self, flag: bool) -> bool:
+        """`flag` (latent sharding: true on any rank); batch_select's refinement is then collective."""
+        return flag
 
     @torch.no_grad()
     def finalize(self, x):

@@ -11,6 +11,11 @@ Training loss (the local objective's FVU + these terms, all in FVU units):
     auxiliary ||y - (relu(pi_gate) @ W_dec' + b_dec')||^2 / Var(y), W_dec' and b_dec' frozen (detached)
 The Heaviside gate passes no gradient; the gate path learns only through the two extra terms, the
 magnitude path only through the reconstruction. The decoder is kept at unit norm.
+
+Every gradient lives on the entries with pi_gate > 0, so training runs on those only, as TopK does:
+the shared product without grad, the selected entries gathered with a sparse backward, both paths,
+the L1 and the auxiliary decode (embedding_bag, frozen decoder) on them; the gradients equal the
+dense equations' (tests/test_sparse_penalty_paths.py).
 """
 
 from __future__ import annotations
@@ -19,48 +24,60 @@ import torch
 from torch import nn
 
 from .base import SparseCoder
-from .latents import from_dense
+from .latents import DENSE_BACKWARD_ABOVE, Latents, decode_sparse, gather_preacts, latents_of, weighted_l1
 
 
 class GatedSae(SparseCoder):
     local_only = True  # the gate path learns from the auxiliary reconstruction, a local loss
+    scales_initial_code = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self._gate_act: torch.Tensor | None = None  # relu(pi_gate) of the last training encode
-
-    def paths(self, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pi_gate, pi_mag) [rows, d_sae] of scaled inputs, one matmul shared by both paths."""
-        p = x_in @ self.W_enc
-        if not self.cfg.is_transcoder:  # centring by b_dec, through the bias (see encoder_bias)
-            p = p - self.b_dec @ self.W_enc
-        return p + self.b_enc, p * self.r_mag.exp() + self.b_mag
+        self._gate: Latents | None = None  # relu(pi_gate) on its active entries, of the last training encode
 
     def encode(self, x_in):
-        gate, mag = self.paths(x_in)
-        acts = (gate > 0).to(mag.dtype) * mag.relu()
+        n, d_sae, grad = x_in.shape[0], self.cfg.d_sae, torch.is_grad_enabled()
+        with torch.no_grad():  # the product both paths share, centred by b_dec through the bias (encoder_bias)
+            p = x_in @ self.W_enc
+            if not self.cfg.is_transcoder:
+                p = p - self.b_dec @ self.W_enc
+            gate = p + self.b_enc
+            rows, cols = (gate > 0).nonzero(as_tuple=True)
+        self._gate = None
+        if grad:
+            centring = p.new_zeros(d_sae) if self.cfg.is_transcoder else -(self.b_dec @ self.W_enc)
+            pe = gather_preacts(x_in, self.W_enc, centring, p, rows, cols, DENSE_BACKWARD_ABOVE)
+        else:
+            pe = p[rows, cols]
+        mag = (pe * self.r_mag.exp()[cols] + self.b_mag[cols]).relu()
+        keep = (mag > 0).nonzero().squeeze(1)  # f = 1[gate > 0] relu(mag): its non-zero entries
+        lat = latents_of(mag[keep], rows[keep], cols[keep], n, d_sae)
         sparsity = x_in.new_zeros(())
-        self._gate_act = None
-        if torch.is_grad_enabled():
-            self._gate_act = gate.relu()
+        if grad:
+            gate_act = pe + self.b_enc[cols]  # relu(pi_gate) on its non-zero entries
+            self._gate = latents_of(gate_act, rows, cols, n, d_sae)
             if self.cfg.sparsity_coeff:
-                sparsity = self.cfg.sparsity_coeff * (self._gate_act * self.W_dec.norm(dim=1)).sum(-1).mean()
-        return from_dense(acts), sparsity, gate.detach()
+                sparsity = self.cfg.sparsity_coeff * weighted_l1(gate_act, cols, self.W_dec, n)
+        return lat, sparsity, gate
 
     def forward(self, x, dead=None, target=None):
         try:
             return super().forward(x, dead, target)
         finally:
-            self._gate_act = None  # the stash lives for one forward only
+            self._gate = None  # the stash lives for one forward only
 
     def extra_loss(self, x_in, lat, recon, target):
         """The auxiliary reconstruction through the gate path with a frozen decoder."""
-        if self._gate_act is None:
+        if self._gate is None:
             return recon.new_zeros(())
-        via_gate = self._gate_act @ self.W_dec.detach() + self.b_dec.detach()
+        via_gate = decode_sparse(self._gate, self.W_dec.detach()) + self.b_dec.detach()
         return (via_gate - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+    def rescale_code(self, c):
+        super().rescale_code(c)  # the gate (sign unchanged) and the magnitude path's x @ W_enc scale by c
+        self.b_mag.mul_(c)
 
     def extra_state_tensors(self):
         return {"r_mag": self.r_mag.detach().clone(), "b_mag": self.b_mag.detach().clone()}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .base import SparseCoder
-from .latents import from_dense
+from .latents import DENSE_BACKWARD_ABOVE, gather_preacts, latents_of
 
 INIT_ROWS = 4096  # first-batch rows used to place the initial thresholds (a quantile per latent)
 
@@ -31,6 +31,9 @@ def _rect(x):
     return ((x > -0.5) & (x < 0.5)).to(x.dtype)
 
 
+# Both functions act elementwise on `pre` with `log_theta` broadcast against it: dense [rows, d_sae]
+# pre-activations with log_theta [d_sae], or gathered entries [nnz] with log_theta[cols] [nnz]; the
+# threshold gradient is summed back to log_theta's shape.
 class _JumpReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, log_theta, bw):
@@ -44,7 +47,7 @@ class _JumpReLU(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         bw = ctx.bw
         g_pre = g * (pre > theta)
-        g_theta = (-(theta / bw) * _rect((pre - theta) / bw) * g).sum(0)
+        g_theta = (-(theta / bw) * _rect((pre - theta) / bw) * g).sum_to_size(theta.shape)
         return g_pre, g_theta * theta, None  # chain rule through theta = exp(log_theta)
 
 
@@ -60,21 +63,22 @@ class _Step(torch.autograd.Function):
     def backward(ctx, g):
         pre, theta = ctx.saved_tensors
         bw = ctx.bw
-        g_theta = (-(1.0 / bw) * _rect((pre - theta) / bw) * g).sum(0)
+        g_theta = (-(1.0 / bw) * _rect((pre - theta) / bw) * g).sum_to_size(theta.shape)
         return None, g_theta * theta, None
 
 
 class JumpReLUSae(SparseCoder):
+    scales_initial_code = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
 
     @torch.no_grad()
-    def init_from_data(self, x, y, bias_init="median"):
-        """Scales and b_dec as every SAE, then each latent's threshold at the upper `jumprelu_init_fire`
-        quantile of its pre-activations on the first batch: every latent starts firing on that fraction
-        of tokens (initial L0 = fraction x d_sae), and the L0 penalty moves it from there."""
-        super().init_from_data(x, y, bias_init)
+    def init_code(self, x):
+        """Each latent's threshold at the upper `jumprelu_init_fire` quantile of its pre-activations on
+        the first batch: every latent starts firing on that fraction of tokens (initial L0 = fraction x
+        d_sae), and the L0 penalty moves it from there."""
         frac = self.cfg.jumprelu_init_fire
         if not frac:
             return
@@ -89,13 +93,32 @@ class JumpReLUSae(SparseCoder):
         return self.cfg.jumprelu_bandwidth * math.sqrt(self.cfg.d_in)
 
     def encode(self, x_in):
-        pre = self.preacts(x_in)
-        bw = self.bandwidth()
-        acts = _JumpReLU.apply(pre, self.log_threshold, bw)
+        """Training: the straight-through estimator's gradients are non-zero on every entry with
+        pre > theta - bw/2 (active, or inactive but inside the kernel window), so those entries are
+        gathered (sparse backward) and the two functions run on them with per-entry thresholds;
+        inactive ones carry the value 0 and still get d loss / d value from the sparse decode."""
+        n, bias, bw = x_in.shape[0], self.encoder_bias(), self.bandwidth()
+        grad = torch.is_grad_enabled()
+        with torch.no_grad():
+            pre = self.preacts(x_in, bias)
+            theta = self.log_threshold.exp()
+            # a slightly wider set than the window's float test (pre - theta) / bw > -0.5: an entry
+            # selected for nothing has value 0 and kernel 0, so it adds exactly nothing
+            lo = theta - 0.5 * bw - 1e-5 * (0.5 * bw + theta) if grad else theta
+            rows, cols = (pre > lo).nonzero(as_tuple=True)
         sparsity = x_in.new_zeros(())
-        if torch.is_grad_enabled() and self.cfg.sparsity_coeff:
-            sparsity = self.cfg.sparsity_coeff * _Step.apply(pre, self.log_threshold, bw).sum(-1).mean()
-        return from_dense(acts), sparsity, pre.detach()
+        if not grad:
+            return latents_of(pre[rows, cols], rows, cols, n, self.cfg.d_sae), sparsity, pre
+        p = gather_preacts(x_in, self.W_enc, bias, pre, rows, cols, DENSE_BACKWARD_ABOVE)
+        log_theta = self.log_threshold[cols]
+        vals = _JumpReLU.apply(p, log_theta, bw)
+        if self.cfg.sparsity_coeff:  # every active entry is selected: the sum is the batch's L0
+            sparsity = self.cfg.sparsity_coeff * _Step.apply(p, log_theta, bw).sum() / n
+        return latents_of(vals, rows, cols, n, self.cfg.d_sae), sparsity, pre
+
+    def rescale_code(self, c):
+        super().rescale_code(c)
+        self.log_threshold.add_(math.log(c))  # thresholds scale with the pre-activations: same active set
 
     def extra_state_tensors(self):
         return {"threshold": self.log_threshold.detach().exp()}

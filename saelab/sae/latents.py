@@ -5,7 +5,9 @@
 plus `offsets`, the start of each row).
 
 `gather_preacts` returns selected pre-activations with a backward that touches only the selected
-entries: the encoder gradient costs rows x k x d_in instead of rows x d_sae x d_in.
+entries: the encoder gradient costs rows x k x d_in instead of rows x d_sae x d_in. The penalty
+architectures (relu, jumprelu, gated) select a variable set per row (`latents_of`) and take their
+decoder-norm-weighted L1 on those entries only (`weighted_l1`).
 """
 
 from __future__ import annotations
@@ -52,9 +54,19 @@ class Latents(NamedTuple):
 def from_dense(acts: torch.Tensor) -> Latents:
     """Latents of a dense [rows, d_sae] activation matrix (values keep their autograd history)."""
     rows, idx = acts.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=acts.shape[0])
-    offsets = torch.cumsum(counts, 0) - counts
-    return Latents(acts[rows, idx], idx, offsets, acts.shape[0], acts.shape[1])
+    return latents_of(acts[rows, idx], rows, idx, acts.shape[0], acts.shape[1])
+
+
+def latents_of(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, d_sae: int) -> Latents:
+    """Variable-count Latents of (row, latent, value) entries whose rows are ascending (as `nonzero` gives)."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    return Latents(values, cols, torch.cumsum(counts, 0) - counts, n_rows, d_sae)
+
+
+def weighted_l1(values: torch.Tensor, cols: torch.Tensor, W_dec: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """sum_e values_e * ||W_dec[cols_e]|| / n_rows: the per-row mean of sum_j z_j ||W_dec_j|| taken over the
+    stored entries only (the others are 0), with its gradient w.r.t. the values and the decoder norms."""
+    return (values * W_dec.norm(dim=1)[cols]).sum() / n_rows
 
 
 def decode_sparse(lat: Latents, W_dec: torch.Tensor) -> torch.Tensor:
@@ -64,12 +76,21 @@ def decode_sparse(lat: Latents, W_dec: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(lat.indices, W_dec, lat.offsets, per_sample_weights=lat.values, mode="sum")
 
 
+# Above this fraction of rows x d_sae selected, a dense backward (scatter the gradients into a
+# [rows, d_sae] matrix, then BLAS) beats torch.sparse.mm: at 4,096 x 4,608 x 576 on the shared 2-core
+# CPU the two were about equal at 5% selected and dense 4-6x faster at 30-40% (noisy; re-measure with
+# bench/penalty_sparse_paths.py --density). A penalty architecture at an untuned coefficient starts
+# with L0 in the thousands.
+DENSE_BACKWARD_ABOVE = 1 / 16
+
+
 class _GatherPreacts(torch.autograd.Function):
     """values[e] = x[rows[e]] @ W_enc[:, cols[e]] + b_enc[cols[e]], with a sparse backward."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, rows, cols, values):
+    def forward(ctx, x, W_enc, b_enc, rows, cols, values, dense_above):
         ctx.save_for_backward(x, W_enc, rows, cols)
+        ctx.dense_above = dense_above
         return values.clone()
 
     @staticmethod
@@ -77,6 +98,10 @@ class _GatherPreacts(torch.autograd.Function):
         x, W_enc, rows, cols = ctx.saved_tensors
         n, d_sae = x.shape[0], W_enc.shape[1]
         grad_x = grad_W = grad_b = None
+        if rows.numel() > ctx.dense_above * n * d_sae:  # the same sums, by BLAS (accumulate: repeated pairs)
+            g = grad.new_zeros(n, d_sae).index_put_((rows, cols), grad, accumulate=True)
+            return (g @ W_enc.t() if ctx.needs_input_grad[0] else None, x.t() @ g if ctx.needs_input_grad[1] else None,
+                    g.sum(0) if ctx.needs_input_grad[2] else None, None, None, None, None)
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
         if ctx.needs_input_grad[1]:
@@ -85,12 +110,14 @@ class _GatherPreacts(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             s = torch.sparse_coo_tensor(torch.stack([rows, cols]), grad, (n, d_sae), check_invariants=False)
             grad_x = torch.sparse.mm(s, W_enc.t().contiguous())
-        return grad_x, grad_W, grad_b, None, None, None
+        return grad_x, grad_W, grad_b, None, None, None, None
 
 
 @torch.compiler.disable  # --compile: dynamo cannot trace the sparse backward (sparse_coo_tensor); run it eager
 def gather_preacts(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre: torch.Tensor,
-                   rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+                   rows: torch.Tensor, cols: torch.Tensor, dense_above: float = 1.0) -> torch.Tensor:
     """Selected entries of `pre` (= x @ W_enc + b_enc, computed without grad) with sparse grads.
-    `b_enc` may be any differentiable [d_sae] bias (e.g. one that folds in input centring)."""
-    return _GatherPreacts.apply(x, W_enc, b_enc, rows, cols, pre[rows, cols])
+    `b_enc` may be any differentiable [d_sae] bias (e.g. one that folds in input centring).
+    `dense_above`: the fraction of rows x d_sae selected above which the backward goes dense
+    (DENSE_BACKWARD_ABOVE for a variable selection; the default 1.0 never does)."""
+    return _GatherPreacts.apply(x, W_enc, b_enc, rows, cols, pre[rows, cols], dense_above)

@@ -38,15 +38,11 @@ class MatryoshkaSae(BatchTopKSae):
         self.register_buffer("bounds", torch.tensor(groups).cumsum(0), persistent=False)
 
     def prefix_recons(self, lat: Latents) -> list[torch.Tensor]:
-        """Reconstruction by each prefix (groups 0..g), in the training space; the last is the full one."""
-        _, idx, vals = lat.flat()
-        group = torch.bucketize(idx, self.bounds, right=True)  # group of each active latent
-        offsets = lat.offsets if lat.offsets is not None else None
+        """Reconstruction by each proper prefix (groups 0..g, g < last), in the training space."""
+        parts = group_decodes(lat, self.W_dec, self.bounds, len(self.bounds) - 1)
         out, acc = [], self.b_dec.expand(lat.n_rows, -1)
-        for g in range(len(self.bounds)):
-            w = vals * (group == g).to(vals.dtype)
-            part = Latents(w.view_as(lat.values), lat.indices, offsets, lat.n_rows, lat.d_sae)
-            acc = acc + decode_sparse(part, self.W_dec)
+        for part in parts.unbind(1):  # b_dec + group 0, + group 1, ...: the sums of a masked decode per prefix
+            acc = acc + part
             out.append(acc)
         return out
 
@@ -55,4 +51,25 @@ class MatryoshkaSae(BatchTopKSae):
         if len(self.bounds) < 2:
             return recon.new_zeros(())
         denom = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return sum((r - target).pow(2).sum() for r in self.prefix_recons(lat)[:-1]) / denom
+        return sum((r - target).pow(2).sum() for r in self.prefix_recons(lat)) / denom
+
+
+def group_decodes(lat: Latents, W_dec: torch.Tensor, bounds: torch.Tensor, n_groups: int,
+                  offset: int = 0) -> torch.Tensor:
+    """[rows, n_groups, d_out]: each row's decode by the latents of each of the first n_groups groups
+    (`bounds`: the groups' cumulative ends in global ids; latent i has global id i + offset).
+
+    One embedding_bag with a bag per (row, group) over the entries of those groups: the work of one
+    decode of those entries, where a masked decode per group costs a full decode each. Entries in
+    row-major, column-ascending order (BatchTopK's) are already grouped; others are sorted first."""
+    rows, idx, vals = lat.flat()
+    group = torch.bucketize(idx + offset, bounds, right=True)
+    sel = group < n_groups
+    rows, idx, vals, group = rows[sel], idx[sel], vals[sel], group[sel]
+    bag = rows * n_groups + group
+    if bag.numel() > 1 and bool((bag[1:] < bag[:-1]).any()):
+        bag, order = bag.sort(stable=True)
+        idx, vals = idx[order], vals[order]
+    counts = torch.bincount(bag, minlength=lat.n_rows * n_groups)
+    bags = Latents(vals, idx, torch.cumsum(counts, 0) - counts, lat.n_rows * n_groups, lat.d_sae)
+    return decode_sparse(bags, W_dec).view(lat.n_rows, n_groups, -1)

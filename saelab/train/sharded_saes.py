@@ -3,9 +3,10 @@ gathers them): each holds the slice [offset, offset + d_sae) of a dictionary wit
 latents and computes, with collectives, exactly what the whole dictionary computes in one process.
 
   TopK        each rank's top-k candidates per row (values, global ids) all-gathered -> the global top-k
-  BatchTopK   each rank's top-(k x rows) values of the batch all-gathered -> the global (k x rows)-th
-              largest value t; each rank keeps its own activations >= t (all ties kept, in one process
-              too), and the running inference threshold takes the all-reduced smallest kept value
+  BatchTopK   each rank's top-(k x rows) candidate values (batch_select: per-row top-2k, refined
+              where a row may hold more) all-gathered -> the global (k x rows)-th largest value t;
+              each rank keeps its own activations >= t (all ties kept, in one process too), and the
+              running inference threshold takes the all-reduced smallest kept value
   Matryoshka  BatchTopK's selection; each prefix's reconstruction is the sum of the partial decodes
 
 A latent in the global selection is in its rank's local candidates, so the selection is exact. The
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from ..sae import BatchTopKSae, MatryoshkaSae, SaeConfig, SaeOutput, TopKSae
 from ..sae.latents import Latents, decode_sparse, gather_preacts
+from ..sae.matryoshka import group_decodes
 
 
 class _Sharded:
@@ -117,6 +119,11 @@ class ShardedBatchTopK(_Sharded, BatchTopKSae):
     def reduce_min(self, lo: torch.Tensor) -> torch.Tensor:
         return self.comm.all_reduce(lo.reshape(1).clone(), dist.ReduceOp.MIN, "BatchTopK threshold")[0]
 
+    def any_rank(self, flag: bool) -> bool:
+        """A rank with rows whose candidates may miss the threshold refines; every rank takes part."""
+        t = torch.tensor([int(flag)], device=self.b_dec.device)
+        return bool(self.comm.all_reduce(t, dist.ReduceOp.MAX, "BatchTopK refinement")[0])
+
 
 class ShardedMatryoshka(ShardedBatchTopK):
     """Matryoshka on a slice: its groups are global latent ranges, so a local latent's group is that
@@ -129,14 +136,10 @@ class ShardedMatryoshka(ShardedBatchTopK):
     extra_loss = MatryoshkaSae.extra_loss
 
     def prefix_recons(self, lat: Latents) -> list[torch.Tensor]:
-        """Every proper prefix's reconstruction (the full one is `decode`'s; extra_loss drops it)."""
-        _, idx, vals = lat.flat()
-        group = torch.bucketize(idx + self.offset, self.bounds, right=True)
-        parts = torch.stack([decode_sparse(Latents((vals * (group == g).to(vals.dtype)).view_as(lat.values),
-                                                   lat.indices, lat.offsets, lat.n_rows, lat.d_sae), self.W_dec)
-                             for g in range(len(self.bounds) - 1)])
-        prefixes = self._global(parts, "matryoshka prefix decode sums").cumsum(0) + self._b_dec()
-        return list(prefixes) + [None]
+        """Every proper prefix's reconstruction (the full one is `decode`'s)."""
+        parts = group_decodes(lat, self.W_dec, self.bounds, len(self.bounds) - 1, self.offset)
+        prefixes = self._global(parts, "matryoshka prefix decode sums").cumsum(1) + self._b_dec()
+        return list(prefixes.unbind(1))
 
 
 SHARDED = {"topk": ShardedTopK, "batchtopk": ShardedBatchTopK, "matryoshka": ShardedMatryoshka}

@@ -1,0 +1,63 @@
+"""The penalty types' initial code is shrunk to its least-squares length (SparseCoder.fit_initial_scale).
+
+Without it a JumpReLU at layer 6 collapsed to L0 ~9 with a fifth of its latents dead at every penalty
+coefficient (docs/DICTIONARIES.md): the tied init's first reconstruction overshoots the input."""
+
+import pytest
+import torch
+
+from saelab.sae import SaeConfig, build_sae
+
+D, D_SAE, HOOK = 48, 384, "model.layers.2"
+
+
+def data(n=4096, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(64, D, generator=g)
+    on = torch.rand(n, 64, generator=g) < 0.08
+    return (on * (1 + torch.rand(n, 64, generator=g))) @ feats + 3.0  # an offset for b_dec to take
+
+
+def first_fvu(sae, x):
+    with torch.no_grad():
+        x_in = sae.encoder_input(x)
+        lat = sae.encode(x_in)[0]
+        target = x * sae.out_scale
+        return ((sae.decode(lat) - target).pow(2).sum() / (target - sae.b_dec).pow(2).sum()).item(), lat
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "relu", "gated"])
+def test_the_fit_keeps_the_active_set_and_brings_the_first_reconstruction_under_the_input(arch):
+    x = data()
+    extra = {"jumprelu_init_fire": 0.2} if arch == "jumprelu" else {}
+    fitted = build_sae(SaeConfig(arch, d_in=D, d_sae=D_SAE, hookpoint=HOOK, sparsity_coeff=0.01, **extra))
+    raw = build_sae(SaeConfig(arch, d_in=D, d_sae=D_SAE, hookpoint=HOOK, sparsity_coeff=0.01, **extra))
+    raw.load_state_dict(fitted.state_dict())
+    fitted.init_from_data(x, x)
+    raw.scales_initial_code = False  # the same init without the fit
+    raw.init_from_data(x, x)
+    fvu_raw, lat_raw = first_fvu(raw, x)
+    fvu_fit, lat_fit = first_fvu(fitted, x)
+    assert fvu_raw > 1.0  # the overshoot the fit is for
+    assert fvu_fit < 1.0  # the best scalar multiple is never worse than no code at all
+    d_raw, d_fit = lat_raw.to_dense(), lat_fit.to_dense()
+    # the same active latents: JumpReLU's thresholds sit on an observed pre-activation (a quantile),
+    # so at most that one entry per latent may flip by rounding once both sides are scaled by c
+    flips = ((d_raw > 0) != (d_fit > 0)).sum().item()
+    assert flips <= (D_SAE if arch == "jumprelu" else 0)
+    both = (d_raw > 0) & (d_fit > 0)
+    c = (d_fit[both].sum() / d_raw[both].sum()).item()
+    assert 0 < c < 1
+    torch.testing.assert_close(d_fit[both], d_raw[both] * c, rtol=1e-4, atol=1e-5)  # every activation times one c
+    # c is the least-squares scale: FVU is minimal there (a slightly larger or smaller c is worse)
+    target = x * fitted.out_scale - fitted.b_dec
+    rec = lambda s: ((d_raw * s) @ fitted.W_dec - target).pow(2).sum().item()  # noqa: E731
+    assert rec(c) <= min(rec(c * 0.9), rec(c * 1.1))
+
+
+def test_topk_is_left_alone():
+    x = data()
+    sae = build_sae(SaeConfig("topk", d_in=D, d_sae=D_SAE, hookpoint=HOOK, k=8))
+    w = sae.W_enc.detach().clone()
+    sae.init_from_data(x, x)
+    assert torch.equal(sae.W_enc, w)
