@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .base import SparseCoder
-from .latents import Latents, gather_preacts
+from .latents import gather_preacts, latents_of
 
 CANDIDATES_PER_K = 2  # m = 2k candidates per row: at init on LM activations ~1 row in 9 needs more
 
@@ -99,9 +99,7 @@ class BatchTopKSae(SparseCoder):
             vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, cols).relu()
         else:
             vals = pre[rows, cols].relu()
-        counts = torch.bincount(rows, minlength=n)
-        lat = Latents(vals, cols, torch.cumsum(counts, 0) - counts, n, d_sae)
-        return lat, x_in.new_zeros(()), pre
+        return latents_of(vals, rows, cols, n, d_sae), x_in.new_zeros(()), pre
 
     def top_values(self, flat: torch.Tensor, n: int) -> torch.Tensor:
         """The n largest values of `flat` (latent sharding: of every rank's `flat` together)."""

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..sae import BatchTopKSae, MatryoshkaSae, SaeConfig, SaeOutput, TopKSae
-from ..sae.latents import Latents, decode_sparse, gather_preacts
+from ..sae.latents import Latents, decode_sparse, gather_preacts, latents_of
 from ..sae.matryoshka import group_decodes
 
 
@@ -62,8 +62,7 @@ class _Sharded:
             vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, cols).relu()
         else:
             vals = pre[rows, cols].relu()
-        counts = torch.bincount(rows, minlength=n)
-        return Latents(vals, cols, torch.cumsum(counts, 0) - counts, n, self.cfg.d_sae)
+        return latents_of(vals, rows, cols, n, self.cfg.d_sae)
 
     # ------------------------------------------------------------ forward
     def decode(self, lat: Latents) -> torch.Tensor:
