@@ -68,7 +68,10 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLUSae(SparseCoder):
-    scales_initial_code = True
+    @property
+    def scales_initial_code(self) -> bool:
+        """Only with the data start: `jumprelu_init_fire` None keeps the paper's constant start as is."""
+        return bool(self.cfg.jumprelu_init_fire)
 
     def __init__(self, cfg):
         super().__init__(cfg)
