@@ -80,6 +80,11 @@ def test_kl_mse_loss_is_kl_plus_balanced_fvu(tmp_path, setup, tiny_model_dir, te
     assert r.loss.item() == pytest.approx(kl.item() + 0.5 * fvu.item(), rel=1e-4)
     r.loss.backward()
     assert m.sae.W_enc.grad.abs().sum() > 0 and all(p.grad is None for p in lm.model.parameters())
+    # --kl-coeff weighs the KL against the balanced MSE term (default 1 for kl+mse, not e2e's 0.5)
+    assert obj.kl_coeff == 1.0 and obj.record()["kl_coeff"] == 1.0
+    cfg2 = train_cfg(tmp_path / "r2", tiny_model_dir, text_corpus, loss="kl+mse", k=[4], kl_coeff=2.0)
+    r2 = KlMseObjective(cfg2, lm.model, [m], sink, [1, 2]).loss(m, part, shared, torch.zeros(256, dtype=torch.bool))
+    assert r2.loss.item() == pytest.approx(2 * kl.item() + 0.5 * fvu.item(), rel=1e-4)
 
 
 def _source(folder, arch, hook=SITE, out=None, skip=False, **kw):
@@ -209,6 +214,8 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, tiny_model_dir, text_c
         run(finetune_fraction=0.05, loss="e2e")
     with pytest.raises(UserError, match="activation cache"):
         run(finetune_fraction=0.05, from_activations=str(tmp_path))
+    with pytest.raises(UserError, match="a --loss local run has none"):
+        run(kl_coeff=2.0)
     with pytest.raises(UserError, match="--k 16 contradicts"):
         run(init_from=str(src), k=[16])
     with pytest.raises(UserError, match="sweep of several"):

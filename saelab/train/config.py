@@ -71,7 +71,9 @@ class TrainConfig:
     resume: bool = opt(False, "continue an interrupted run in --out from its last checkpoint")
     overwrite: bool = opt(False, "replace an existing run folder")
     loss: str = opt("local", "local | e2e | e2e+ds | kl+mse (end-to-end losses and the KL+MSE fine-tune: docs/E2E.md)")
-    kl_coeff: float = opt(0.5, "e2e, e2e+ds: weight of KL(p_clean || p_spliced), nats/token")
+    kl_coeff: float | None = opt(None, "weight of KL(p_clean || p_spliced), nats/token. e2e, e2e+ds: default 0.5 "
+                                       "(the paper's); kl+mse and --finetune-fraction: default 1, relative to the "
+                                       "automatically balanced MSE term (2 = the KL counts twice as much)")
     downstream_coeff: float = opt(2.5, "e2e+ds: total weight of the later-layer MSE, split equally over the layers")
     downstream_layers: list[int] | None = opt(None, "e2e+ds: blocks whose output is matched (none: every later block)")
     e2e_micro_rows: int | None = opt(None, "e2e: rows per forward/backward, gradients accumulated "
@@ -100,6 +102,13 @@ class TrainConfig:
         # 1M-token layer-6 TopK k = 32 SAE, 49k fine-tune tokens (docs/E2E.md): lr 3e-4 cut the CE
         # increase by 28% (FVU +3.7%), 1e-4 by 18%, while 1e-3 made KL and FVU worse within 16k tokens.
         return [scratch * FINETUNE_LR_SHARE if self.loss == "kl+mse" else scratch]
+
+    @property
+    def kl_weight(self) -> float:
+        """--kl-coeff, or its default: 0.5 for e2e (Braun et al.), 1 for kl+mse (KL and MSE terms equal)."""
+        if self.kl_coeff is not None:
+            return self.kl_coeff
+        return 1.0 if self.loss == "kl+mse" or self.finetune_fraction else 0.5
 
     def sweep_values(self) -> list[tuple[int | None, float, float]]:
         """(k, sparsity_coeff, lr) per SAE trained at each hookpoint."""
@@ -220,8 +229,11 @@ class TrainConfig:
     def _validate_objective(self) -> None:
         if self.loss not in LOSSES:
             raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        if self.kl_coeff <= 0:
+        if self.kl_coeff is not None and self.kl_coeff <= 0:
             raise UserError("--kl-coeff must be positive")
+        if self.kl_coeff is not None and self.loss == "local" and not self.finetune_fraction:
+            raise UserError("--kl-coeff weighs the KL term of --loss e2e, e2e+ds, kl+mse or --finetune-fraction; "
+                            "a --loss local run has none")
         if self.downstream_coeff < 0:
             raise UserError("--downstream-coeff must be >= 0")
         if self.downstream_layers is not None and self.loss != "e2e+ds":

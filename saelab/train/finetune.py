@@ -2,9 +2,9 @@
 Finetune Is All You Need"): a short phase that teaches a locally trained dictionary what the model
 downstream of its site needs, without forgetting how to reconstruct.
 
-    loss = KL(p_clean || p_spliced) + lambda * (FVU + sparsity penalty + AuxK)
+    loss = c * KL(p_clean || p_spliced) + lambda * (FVU + sparsity penalty + AuxK)
 
-KL in nats per token, exactly as the e2e objective computes it (the clean pass, the spliced pass
+c is --kl-coeff (default 1 here: the two terms weigh the same). KL in nats per token, exactly as the e2e objective computes it (the clean pass, the spliced pass
 from the site, sink/outlier positions kept clean: `objectives.EndToEndObjective`, whose passes this
 class reuses). FVU is the local objective's normalised MSE at the replaced site; the sparsity
 penalty (ReLU, JumpReLU) and AuxK keep their weight relative to the FVU, so "k / sparsity
@@ -47,7 +47,8 @@ class KlMseObjective(EndToEndObjective):
         self.name = "kl+mse"
 
     def record(self) -> dict:
-        return {"loss": self.name, "mse_weight": "auto: running KL / running FVU (docs/E2E.md)"}
+        return {"loss": self.name, "kl_coeff": self.kl_coeff,
+                "mse_weight": "auto: running KL / running FVU (docs/E2E.md)"}
 
     def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
         clean, plan, sae = shared.clean, self.plans[m.name], m.sae
@@ -63,7 +64,7 @@ class KlMseObjective(EndToEndObjective):
         kl = kl_to_clean(self.model, hidden, clean.logp, recompute=self.recompute) / clean.ids.numel()
         fvu = (out.recon - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
         weight = mse_weight(m.stats, kl.item(), fvu.item())
-        loss = kl + weight * (fvu + out.sparsity_loss + out.aux_loss)
+        loss = self.kl_coeff * kl + weight * (fvu + out.sparsity_loss + out.aux_loss)
         stats = {"kl": kl.item(), "fvu": fvu.item(), "mse_weight": weight, "aux": out.aux_loss.item(),
                  "l0": out.latents.values.gt(0).sum().item() / max(1, x.shape[0]), "loss": loss.item()}
         return StepLoss(loss, stats, out.latents.fire_counts() > 0, int(drop.sum()))
@@ -102,7 +103,8 @@ class SwitchObjective(RunSchedule):
         return FINETUNE_LR_SHARE * lr_factor(phase, warmup, decay)
 
     def record(self) -> dict:
-        return self.local.record() | {"finetune": self.finetune.name, "finetune_fraction": self.fraction}
+        return self.local.record() | {"finetune": self.finetune.name, "finetune_fraction": self.fraction,
+                                      "kl_coeff": self.finetune.kl_coeff}
 
     def split(self, batch: Batch):
         return self._of(batch).split(batch)

@@ -112,7 +112,7 @@ class EndToEndObjective(RunSchedule):
 
     def __init__(self, cfg, model, members: list[Member], sink: SinkConfig, special: list[int]):
         self.name, self.model, self.sink, self.special = cfg.loss, model, sink, special
-        self.kl_coeff, self.downstream_coeff, self.recompute = cfg.kl_coeff, cfg.downstream_coeff, cfg.e2e_recompute
+        self.kl_coeff, self.downstream_coeff, self.recompute = cfg.kl_weight, cfg.downstream_coeff, cfg.e2e_recompute
         rows_per_batch = max(1, cfg.batch_tokens // cfg.context)
         self.micro = cfg.e2e_micro_rows or min(rows_per_batch, 8)
         check_head(model, cfg.device)
