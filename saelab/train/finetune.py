@@ -4,11 +4,12 @@ downstream of its site needs, without forgetting how to reconstruct.
 
     loss = c * KL(p_clean || p_spliced) + lambda * (FVU + sparsity penalty + AuxK)
 
-c is --kl-coeff (default 1 here: the two terms weigh the same). KL in nats per token, exactly as
-the e2e objective computes it (the clean pass, the spliced pass from the site, sink/outlier
-positions kept clean: `objectives.EndToEndObjective`, whose passes this class reuses). FVU is the local objective's normalised MSE at the replaced site; the sparsity
-penalty (ReLU, JumpReLU) and AuxK keep their weight relative to the FVU, so "k / sparsity
-unchanged" holds in the sense of the local run. k itself is the dictionary's.
+c is --kl-coeff (default 1 here: the two terms weigh the same). KL in nats per token, exactly as the
+e2e objective computes it (the clean pass, the spliced pass from the site, sink/outlier positions
+kept clean: `objectives.EndToEndObjective`, whose passes this class reuses). FVU is the local
+objective's normalised MSE at the replaced site; the sparsity penalty (ReLU, JumpReLU) and AuxK keep
+their weight relative to the FVU, so "k / sparsity unchanged" holds in the sense of the local run. k
+itself is the dictionary's.
 
 The balance lambda is set automatically so the two terms have the same magnitude (the paper's
 dynamic loss balancing): lambda = running KL / running FVU, the exponential moving averages the
