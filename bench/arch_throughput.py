@@ -40,13 +40,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import bare_forward_tps  # noqa: E402  (the same bare forward as the other benchmarks)
 
 L6, MLP_IN, MLP_OUT = "model.layers.6", "model.layers.6.post_attention_layernorm", "model.layers.6.mlp"
-# penalty architectures: one coefficient each (their speed depends on L0, recorded next to it); the
-# values of docs/EVAL.md's architecture comparison. Known to be far from L0 32 at 4,608 latents: after
-# 16 steps relu and gated were at L0 ~1,740 and jumprelu at 175 (docs/DICTIONARIES.md "throughput"),
-# which measures the dense-fallback regime, not the sparse one; better values are pending
-COEFFS = {"jumprelu": 0.3, "relu": 0.05, "gated": 0.1}
+# penalty architectures: one setting each (their speed depends on L0, recorded next to it), near L0 32
+# at 1M tokens on layer 6 (docs/DICTIONARIES.md): jumprelu's L0 is set by its initial fire fraction,
+# gated's by its coefficient (0.012: L0 33). relu has no 1M-token calibration; 0.012 is a guess whose
+# L0 the result records. The first table (coefficients 0.3 / 0.05 / 0.1) measured L0 in the hundreds
+# to thousands after 16 steps: the dense-fallback regime, not the sparse one.
+COEFFS = {"jumprelu": 0.001, "relu": 0.012, "gated": 0.012}
+EXTRA = {"jumprelu": {"jumprelu_init_fire": 0.025}}
 # (name, training options, the hookpoint the bare forward stops after, target ratio)
-CASES = [(arch, {"arch": arch, "hookpoints": [L6]} | ({"sparsity_coeff": [COEFFS[arch]]} if arch in COEFFS else {}),
+CASES = [(arch, {"arch": arch, "hookpoints": [L6]} | EXTRA.get(arch, {})
+           | ({"sparsity_coeff": [COEFFS[arch]]} if arch in COEFFS else {}),
           L6, 0.7) for arch in ("topk", "batchtopk", "matryoshka", "jumprelu", "relu", "gated", "codebook")]
 CASES += [("skip transcoder (L6 MLP)", {"arch": "topk", "hookpoints": [f"{MLP_IN}->{MLP_OUT}"], "skip": True}, MLP_OUT, 0.7),
           ("crosscoder (L4, L6, L8)", {"arch": "crosscoder", "hookpoints": ["model.layers.{4,6,8}"]}, "model.layers.8", 0.5)]
@@ -89,7 +92,7 @@ def main() -> None:
            "machine": {"platform": platform.platform(), "threads": a.threads, "cpu_count": os.cpu_count(),
                        "load_avg_start": os.getloadavg()},
            "settings": {"tokens": a.tokens, "forward_tokens": a.forward_tokens, "batch_tokens": a.batch_tokens,
-                        "latents": a.latents, "k": a.k, "context": 256, "coefficients": COEFFS},
+                        "latents": a.latents, "k": a.k, "context": 256, "coefficients": COEFFS, "extra_options": EXTRA},
            "runs": []}
     t0 = time.time()
     fwd_hook, fwd_last = None, None  # the latest bare-forward measurement serves the runs on both sides of it
