@@ -31,13 +31,16 @@ def planted(n: int, seed: int = 0) -> torch.Tensor:
     return (on * mags) @ feats
 
 
-def train_local(sae, x: torch.Tensor, steps: int = 400, rows: int = 256, lr: float = 3e-3):
-    """The local objective's loss, optimised as the loop does (Adam, decoder kept at unit norm)."""
+def train_local(sae, x: torch.Tensor, steps: int = 400, rows: int = 256, lr: float = 3e-3,
+                dead: torch.Tensor | None = None, init: bool = True):
+    """The local objective's loss, optimised as the loop does (Adam, decoder kept at unit norm);
+    `dead` marks latents for AuxK (default none), `init=False` keeps the given weights."""
     m = new_member("t", sae, lr)
     obj = LocalObjective()
-    sae.init_from_data(x[:2048], x[:2048])
+    if init:
+        sae.init_from_data(x[:2048], x[:2048])
     sae.train()
-    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool) if dead is None else dead
     for s in range(steps):
         xb = x[(s * rows) % (len(x) - rows):][:rows]
         r = obj.loss(m, Batch(acts={HOOK: xb}), None, dead)

@@ -200,11 +200,14 @@ class SparseCoder(nn.Module):
         with torch.no_grad():
             idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1).indices
         rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k_aux)
-        vals = gather_preacts(x_in, self.W_enc, self.encoder_bias(), pre, rows, idx.reshape(-1)).relu()
-        lat = Latents(vals.view(-1, k_aux), idx, None, x_in.shape[0], self.cfg.d_sae)
-        pred = decode_sparse(lat, self.W_dec)
+        chosen = gather_preacts(x_in, self.W_enc, self.encoder_bias(), pre, rows, idx.reshape(-1))
+        pred = self.auxk_predict(chosen.view(-1, k_aux), idx, residual)
         denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         return self.cfg.aux_coeff * (pred - residual).pow(2).sum() / denom
+
+    def auxk_predict(self, chosen: torch.Tensor, idx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The dead latents' model of the residual from their chosen pre-activations [rows, k_aux]."""
+        return decode_sparse(Latents(chosen.relu(), idx, None, chosen.shape[0], self.cfg.d_sae), self.W_dec)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

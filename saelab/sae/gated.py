@@ -12,6 +12,16 @@ Training loss (the local objective's FVU + these terms, all in FVU units):
 The Heaviside gate passes no gradient; the gate path learns only through the two extra terms, the
 magnitude path only through the reconstruction. The decoder is kept at unit norm.
 
+Dead latents: a gated latent is dead when pi_gate <= 0 on every input, so AuxK's relu(pi_gate) is 0
+and passes no gradient (at 1M tokens a quarter of the latents died at L0 33). Revival here uses
+exp(pi_gate) instead, as ghost grads do (Jermyn & Templeton 2024): on each row's top dead latents
+(AuxK's selection) the values exp(pi_gate), rescaled per row so the revival's output has a tenth of
+the residual's norm, decode the residual; its gradient raises the gates of the dead latents whose
+decoder points along what the live ones miss, until they open. The row scale makes the term
+independent of the width and of how many latents are dead. Ghost grads' half of the residual's norm
+only raises a gate whose decoder has cosine > 1/2 with the residual: on planted data it pushed every
+shut gate further down (tests/test_gated_revival.py), a tenth opened all of them.
+
 Every gradient lives on the entries with pi_gate > 0, so training runs on those only, as TopK does:
 the shared product without grad, the selected entries gathered with a sparse backward, both paths,
 the L1 and the auxiliary decode (embedding_bag, frozen decoder) on them; the gradients equal the
@@ -74,6 +84,15 @@ class GatedSae(SparseCoder):
             return recon.new_zeros(())
         via_gate = decode_sparse(self._gate, self.W_dec.detach()) + self.b_dec.detach()
         return (via_gate - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+    def auxk_predict(self, chosen, idx, residual):
+        """exp(pi_gate) as the dead latents' values, each row scaled to a tenth of the residual's
+        norm (module docstring: dead latents)."""
+        n = chosen.shape[0]
+        pred = decode_sparse(Latents(chosen.clamp(max=20).exp(), idx, None, n, self.cfg.d_sae), self.W_dec)
+        with torch.no_grad():  # (the clamp only guards exp: the row's scale cancels it)
+            scale = residual.norm(dim=1) / (10 * pred.norm(dim=1)).clamp_min(1e-12)
+        return pred * scale[:, None]
 
     def rescale_code(self, c):
         super().rescale_code(c)  # the gate (sign unchanged) and the magnitude path's x @ W_enc scale by c
