@@ -71,7 +71,7 @@ def register(sub) -> None:
     s.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("pareto", help="L0 / alive latents vs CE loss increase, one curve per loss type (PNG + CSV)")
-    p.add_argument("folders", nargs="+", help="sweep folders or SAE folders with metrics.json")
+    p.add_argument("folders", nargs="+", help="sweep folders, SAE folders with metrics.json, or an earlier pareto.json")
     p.add_argument("--out", help="output folder (default: FIRST/pareto)")
     p.add_argument("--title", help="plot title (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing pareto.png / pareto.csv")
