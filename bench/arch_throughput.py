@@ -11,6 +11,8 @@ the measurements just before and just after it, at its own depth. Training tok/s
 (LM tokens / loop seconds: the LM forward, sinks, shuffle buffer and SAE steps; not the model load).
 
     python bench/arch_throughput.py            # ~6-8 min on a quiet 2-core CPU
+    python bench/arch_throughput.py --only jumprelu --steady-from RUN/model.layers.6-jumprelu-c0.001
+                                               # also: continue a trained SAE, its L0 settled
     python bench/arch_throughput.py --quick    # smoke run (tiny budgets; the ratios mean nothing)
 
 Writes bench/arch_throughput.result.json (--result) and prints a Markdown table.
@@ -32,6 +34,7 @@ import torch
 
 from saelab.data import load_token_rows
 from saelab.models import load_model
+from saelab.sae.folder import open_sae
 from saelab.storage import read_json, write_json
 from saelab.train.config import TrainConfig
 from saelab.train.loop import train
@@ -74,12 +77,18 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="+", default=None, help="case names to run (default: all)")
+    ap.add_argument("--steady-from", nargs="+", default=[], metavar="SAE_DIR",
+                    help="trained SAE folders: also time continuing each (--init-from), its L0 already settled; "
+                         "a penalty type trained from scratch spends these 65k tokens at an L0 in the hundreds")
     ap.add_argument("--result", default=None, help="JSON result (default bench/arch_throughput.result.json; "
                                                    "--quick: a temporary folder's)")
     a = ap.parse_args()
     a.tokens = a.tokens or (4096 if a.quick else 65_536)
     a.forward_tokens = a.forward_tokens or (1024 if a.quick else 16_384)
     cases = [c for c in CASES if not a.only or c[0] in a.only]
+    for d in a.steady_from:  # (after --only: these are asked for by name already)
+        c = open_sae(Path(d)).sae.cfg
+        cases.append((f"{c.arch} continued ({Path(d).parent.name})", {"init_from": d}, c.out_hookpoint or c.hookpoint, 0.7))
     if not cases:
         sys.exit(f"--only: no such case; the cases are: {', '.join(c[0] for c in CASES)}")
     torch.set_num_threads(a.threads)
