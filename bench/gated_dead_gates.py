@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from saelab.data import load_token_rows
-from saelab.models import load_model
+from saelab.models import collect_activations, load_model
 from saelab.sae.folder import open_sae
 
 
@@ -31,18 +31,14 @@ def main() -> None:
     lm = load_model(folders[0].provenance.model_spec)
     rows = load_token_rows("builtin", lm.tokenizer, 256)
     tokens = torch.as_tensor(rows.tokens[rows.heldout_rows[:a.rows]]).long()
+    with torch.no_grad():
+        acts = collect_activations(lm.model, tokens, sorted({f.sae.cfg.hookpoint for f in folders}))
     for f in folders:
         sae = f.sae
-        acts = {}
-        block = lm.model.get_submodule(sae.cfg.hookpoint)
-        h = block.register_forward_hook(lambda m, i, o: acts.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+        x = acts[sae.cfg.hookpoint][:, 1:].reshape(-1, sae.cfg.d_in)  # position 0 is the attention sink
         with torch.no_grad():
-            lm.model(tokens)
-        h.remove()
-        x = acts["x"][:, 1:].reshape(-1, sae.cfg.d_in)  # position 0 is the attention sink
-        with torch.no_grad():
-            p = sae.encoder_input(x) @ sae.W_enc - sae.b_dec @ sae.W_enc
-            gate, mag = p + sae.b_enc, p * sae.r_mag.exp() + sae.b_mag
+            gate = sae.preacts(sae.encoder_input(x))              # pi_gate
+            mag = (gate - sae.b_enc) * sae.r_mag.exp() + sae.b_mag   # pi_mag: the same product, its own scale and bias
             dead = ~((gate > 0) & (mag > 0)).any(0)
         opens = (gate[:, dead] > 0).any(0).float().mean().item() if dead.any() else float("nan")
         gap = gate[:, dead].max(0).values.median().item() if dead.any() else float("nan")

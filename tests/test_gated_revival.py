@@ -24,10 +24,7 @@ def _killed_gated(x: torch.Tensor, aux_coeff: float):
 
 def _fires(sae, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        lat = sae.encode_raw(x)
-    counts = torch.zeros(sae.cfg.d_sae)
-    counts.index_add_(0, lat.indices.reshape(-1), (lat.values.reshape(-1) > 0).float())
-    return counts[latents] > 0
+        return sae.encode_raw(x).fire_counts()[latents] > 0
 
 
 def test_dead_gated_latents_revive_through_the_gate():
