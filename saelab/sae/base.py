@@ -32,6 +32,7 @@ class SaeConfig:
     jumprelu_init_threshold: float = 0.001  # threshold before init_from_data (and its floor there)
     jumprelu_bandwidth: float = 0.001  # STE kernel width for inputs of unit mean squared norm (the paper's
                                        # constant); training inputs have mean squared norm d: x sqrt(d_in)
+    jumprelu_threshold_lr: float = 1.0  # the thresholds' learning rate as a multiple of the run's (training only)
     jumprelu_init_fire: float | None = 0.1  # init_from_data: each latent's threshold at this upper quantile
                                             # of its first-batch pre-activations (None: keep the constant)
     groups: list[int] | None = None    # matryoshka: latent group sizes (prefixes), summing to d_sae
@@ -225,6 +226,10 @@ class SparseCoder(nn.Module):
     def finalize(self, x: torch.Tensor) -> None:
         """Called once after training with recent raw inputs [rows, d_in]: architectures whose
         inference rule differs from training (BatchTopK) calibrate it here."""
+
+    def optimizer_groups(self) -> list[dict]:
+        """Adam's parameter groups; a group's `lr_scale` multiplies the run's scheduled rate (loop.py)."""
+        return [{"params": list(self.parameters())}]
 
     # ------------------------------------------------------------ decoder norm
     @torch.no_grad()

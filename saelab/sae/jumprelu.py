@@ -90,6 +90,16 @@ class JumpReLUSae(SparseCoder):
         theta = pre.kthvalue(rank, dim=0).values  # kthvalue: torch.quantile refuses inputs over 2^24 values
         self.log_threshold.copy_(theta.clamp_min(self.cfg.jumprelu_init_threshold).log())
 
+    def optimizer_groups(self) -> list[dict]:
+        """The thresholds in a group of their own when `jumprelu_threshold_lr` != 1 (one group otherwise,
+        so checkpoints written before the option load unchanged). log_threshold is the last parameter,
+        so the order of parameters is the same either way."""
+        scale = self.cfg.jumprelu_threshold_lr
+        if scale == 1:
+            return super().optimizer_groups()
+        rest = [p for p in self.parameters() if p is not self.log_threshold]
+        return [{"params": rest}, {"params": [self.log_threshold], "lr_scale": scale}]
+
     def bandwidth(self) -> float:
         """The kernel width in the training space: the paper's width is for unit mean squared norm, ours
         is d_in, so pre-activations (and the width) are sqrt(d_in) times larger."""

@@ -37,6 +37,10 @@ class TrainConfig:
                                                  "first-batch pre-activations above which it fires on this fraction "
                                                  "of tokens: initial L0 = fraction x --latents (none: 0.1, "
                                                  "docs/EVAL.md)")
+    jumprelu_threshold_lr: float | None = opt(None, "jumprelu: the thresholds' learning rate as a multiple of "
+                                                    "--lr (none: 1). Adam moves a log-threshold by about its lr "
+                                                    "per step, so short runs need > 1 to let --sparsity-coeff set "
+                                                    "the L0 (docs/DICTIONARIES.md)")
     skip: bool = opt(False, "transcoders ('A->B'): add a linear skip x @ W_skip.T, initialised to the "
                             "least-squares fit of B from A (Paulo et al. 2025)")
     tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
@@ -191,6 +195,11 @@ class TrainConfig:
             if not 0 < self.jumprelu_init_fire < 1:
                 raise UserError(f"--jumprelu-init-fire is a fraction of tokens, between 0 and 1 (exclusive); "
                                 f"got {self.jumprelu_init_fire}")
+        if self.jumprelu_threshold_lr is not None:
+            if self.arch != "jumprelu":
+                raise UserError(f"--jumprelu-threshold-lr applies to --arch jumprelu only, not {self.arch}")
+            if not self.jumprelu_threshold_lr > 0:
+                raise UserError(f"--jumprelu-threshold-lr is a positive multiple of --lr; got {self.jumprelu_threshold_lr}")
         if self.groups is not None:
             if self.arch != "matryoshka":
                 raise UserError(f"--groups applies to --arch matryoshka only, not {self.arch}")

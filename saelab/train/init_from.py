@@ -137,6 +137,8 @@ def members_from_dictionary(cfg, src: InitSource, sites, widths: dict[str, int])
     members = []
     for k, coeff, lr in cfg.sweep_values():
         sc = replace(src.folder.sae.cfg, aux_coeff=cfg.aux_coeff)
+        if cfg.jumprelu_threshold_lr is not None:
+            sc = replace(sc, jumprelu_threshold_lr=cfg.jumprelu_threshold_lr)
         sae = copy_dictionary(src.folder.sae, build_sae(sc)).to(cfg.device)
         name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff,
                         lr if len(cfg.learning_rates) > 1 else None)

@@ -168,7 +168,7 @@ class TrainingRun:
         """One optimiser step of one SAE, then its dead-latent counters and smoothed statistics."""
         self.parallel.reduce_grads(m)
         for g in m.opt.param_groups:
-            g["lr"] = m.lr * factor
+            g["lr"] = m.lr * factor * g.get("lr_scale", 1.0)  # lr_scale: SparseCoder.optimizer_groups
         m.sae.remove_parallel_decoder_grad()
         m.opt.step()
         m.opt.zero_grad(set_to_none=True)

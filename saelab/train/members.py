@@ -68,6 +68,8 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
                            skip=cfg.skip)
             if cfg.jumprelu_init_fire is not None:
                 sc.jumprelu_init_fire = cfg.jumprelu_init_fire
+            if cfg.jumprelu_threshold_lr is not None:
+                sc.jumprelu_threshold_lr = cfg.jumprelu_threshold_lr
             sae = build_sae(sc).to(cfg.device)
             sae.reset_parameters(gen)
             name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None)
@@ -76,6 +78,6 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
 
 
 def new_member(name: str, sae: SparseCoder, lr: float, device: str = "cpu", stats: dict | None = None) -> Member:
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.Adam(sae.optimizer_groups(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     since = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     return Member(name, sae, opt, since, lr, dict(stats or {}))
