@@ -24,7 +24,8 @@ CANDIDATES_PER_K = 2  # m = 2k candidates per row: at init on LM activations ~1 
 
 def batch_select(pre: torch.Tensor, n_keep: int, m: int,
                  top_values: Callable[[torch.Tensor, int], torch.Tensor],
-                 any_rank: Callable[[bool], bool] = bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 any_rank: Callable[[bool], bool] = bool,
+                 total_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, values) of every entry v of relu(pre) [rows, d] with v >= t and v > 0, where t is
     the n_keep-th largest value of relu(pre), in row-major order (rows, then columns, ascending).
 
@@ -35,7 +36,9 @@ def batch_select(pre: torch.Tensor, n_keep: int, m: int,
     >= t_c. The candidates then hold every value >= t_c, at least n_keep of them, so their
     n_keep-th largest is t: exact in one refinement. `top_values(values, n)` is the n largest of
     `values` (latent sharding: over every rank's values) and `any_rank` ORs a flag over the ranks;
-    m >= n_keep / rows keeps every call to top_values at n_keep values on every rank."""
+    m >= n_keep / rows keeps every call to top_values at n_keep values on every rank. Data-parallel:
+    `pre` holds this rank's share of the batch's `total_rows` rows, and `top_values` takes every
+    rank's candidates (their union holds total_rows x m >= n_keep values)."""
     n, d = pre.shape
     if m >= d or n == 0:  # every entry is a candidate
         flat = pre.relu().reshape(-1)
@@ -43,7 +46,7 @@ def batch_select(pre: torch.Tensor, n_keep: int, m: int,
         t = top.min() if top.numel() else flat.new_tensor(float("inf"))
         keep = ((flat >= t) & (flat > 0)).nonzero().squeeze(1)  # ascending: rows sorted
         return keep // d, keep % d, flat[keep]
-    if n_keep > n * m:
+    if n_keep > (total_rows or n) * m:
         raise ValueError(f"batch_select: {m} candidates per row cannot hold {n_keep} values of {n} rows")
     cand = pre.topk(m, dim=1, sorted=False)
     cv, ci = cand.values.relu_(), cand.indices                    # [n, m]
@@ -87,7 +90,9 @@ class BatchTopKSae(SparseCoder):
                 # and a latent-sharded run (which finds the same threshold from per-rank candidates)
                 # keeps exactly this set.
                 k = self.cfg.k
-                rows, cols, kept = batch_select(pre, k * n, CANDIDATES_PER_K * k, self.top_values, self.any_rank)
+                total = self.batch_rows(n)
+                rows, cols, kept = batch_select(pre, k * total, CANDIDATES_PER_K * k, self.top_values,
+                                                self.any_rank, total)
                 lo = self.reduce_min(kept.min() if kept.numel() else pre.new_tensor(float("inf")))
                 if torch.isfinite(lo):
                     # running mean of the smallest kept activation: the inference threshold
@@ -100,6 +105,12 @@ class BatchTopKSae(SparseCoder):
         else:
             vals = pre[rows, cols].relu()
         return latents_of(vals, rows, cols, n, d_sae), x_in.new_zeros(()), pre
+
+    # The batch-wide reductions, one process. Latent sharding (train/sharded_saes.py) and data-parallel
+    # training (train/row_split.py, where each rank holds a share of the batch's rows) make them global.
+    def batch_rows(self, n: int) -> int:
+        """The batch's rows, of which `n` are here (data-parallel: summed over the ranks)."""
+        return n
 
     def top_values(self, flat: torch.Tensor, n: int) -> torch.Tensor:
         """The n largest values of `flat` (latent sharding: of every rank's `flat` together)."""
@@ -118,7 +129,7 @@ class BatchTopKSae(SparseCoder):
         """Set the inference threshold so that, on these inputs, it keeps exactly the k x rows
         activations that batch selection keeps (the running mean lags behind a short run)."""
         pre = self.preacts(self.encoder_input(x)).relu().reshape(-1)
-        kept = self.top_values(pre, self.cfg.k * x.shape[0])
+        kept = self.top_values(pre, self.cfg.k * self.batch_rows(x.shape[0]))
         kept = kept[kept > 0]
         if kept.numel():
             self.threshold.fill_(kept.min().item())

@@ -10,6 +10,7 @@ data     Every rank trains every SAE. The LM forward of each chunk is split by b
          (its rows' target variance / the batch's), which makes the summed gradient exactly the
          single-process gradient of the FVU loss. (The AuxK and sparsity terms get the same
          weights, which is exact only when their normalisers split like the FVU's; see docs/SCALE.md.)
+         BatchTopK's and Matryoshka's batch-wide selection runs over every rank's rows (row_split.py).
 modules  The SAEs are divided among the ranks (round-robin); the activations of each chunk are
          computed once (split by batches) and exchanged, and each rank trains its own SAEs on
          full batches: no gradient traffic at all.
@@ -33,10 +34,11 @@ import torch.distributed as dist
 
 from ..activations.stream import ActivationStream, Chunk
 from ..errors import UserError
-from ..sae import SaeConfig, build_sae
+from ..sae import BatchTopKSae, SaeConfig, build_sae
 from .latent_shard import LATENT_DIM, check_latents_mode, gather_member, load_sharded, shard_member
 from .members import Member, new_member
 from .parallel import SingleProcess
+from .row_split import RowSplitSelection
 
 
 def world_size() -> int:
@@ -49,8 +51,9 @@ def parallel_for(cfg):
 
 
 # Dictionaries whose data-parallel step is not the single-process step (see Distributed.__init__):
-# measured for batchtopk, matryoshka and gated; not yet verified for codebook, so refused until it is.
-DATA_PARALLEL_INEXACT = ("batchtopk", "matryoshka", "gated", "codebook")
+# measured for gated; not yet verified for codebook, so refused until it is. BatchTopK and Matryoshka
+# select over the whole batch across the ranks (row_split.py) and match one process.
+DATA_PARALLEL_INEXACT = ("gated", "codebook")
 
 
 class RankFailure(UserError):
@@ -171,8 +174,8 @@ class Distributed(SingleProcess):
         inexact = [what for what, bad in ((f"--arch {cfg.arch}", cfg.arch in DATA_PARALLEL_INEXACT),
                                           ("--skip", getattr(cfg, "skip", False))) if bad]
         if cfg.distributed == "data" and inexact:
-            # Splitting a batch over ranks changes a batch-wide top-k, and these losses do not decompose
-            # into per-rank shares weighted by target variance: measured, the weights differ from one process.
+            # These losses do not decompose into per-rank shares weighted by target variance: measured
+            # for gated and the skip transcoder, the weights differ from one process.
             raise UserError(f"{' and '.join(inexact)}: --distributed data would not give the single-process result "
                             f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
                             f"batches) or one process")
@@ -189,6 +192,7 @@ class Distributed(SingleProcess):
             os.environ["TQDM_DISABLE"] = "1"
         self._names: list[str] = []
         self._weights: dict[str, float] = {}
+        self._row_split: dict[str, RowSplitSelection] = {}  # data mode: batch-wide selections (BatchTopK)
 
     def describe(self) -> dict:
         return {"world_size": self.comm.world, "distributed": self.mode}
@@ -206,6 +210,10 @@ class Distributed(SingleProcess):
     def own(self, members: list[Member]) -> list[Member]:
         self._names = [m.name for m in members]
         if self.mode == "data":
+            for m in members:
+                if isinstance(m.sae, BatchTopKSae):
+                    self._row_split[m.name] = RowSplitSelection(m.sae, self.comm)
+                    self._row_split[m.name].attach()
             return members
         if self.mode == "latents":
             return [shard_member(m, self.comm, self.device) for m in members]
@@ -225,7 +233,10 @@ class Distributed(SingleProcess):
     def shard(self, m: Member, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of a batch, and its gradient weight (its share of the target variance)."""
         n = x.shape[0]
-        if n < 4 * self.comm.world:  # a tiny last batch: every rank takes all of it, gradients averaged
+        split = n >= 4 * self.comm.world
+        if m.name in self._row_split:
+            self._row_split[m.name].split = split
+        if not split:  # a tiny last batch: every rank takes all of it, gradients averaged
             self._weights[m.name] = 1.0 / self.comm.world
             return x, y
         xs, ys = x.tensor_split(self.comm.world)[self.comm.rank], y.tensor_split(self.comm.world)[self.comm.rank]
@@ -269,6 +280,12 @@ class Distributed(SingleProcess):
         if self.mode == "latents":
             t = self.comm.all_reduce(torch.tensor([stats["l0"], stats["dead"]], dtype=torch.float64), what="statistics")
             stats["l0"], stats["dead"] = float(t[0]), float(t[1]) / self.comm.world
+
+    def finalize(self, member: Member, x: torch.Tensor) -> None:
+        """Every rank holds the same x here: a row-split selection stays local."""
+        if member.name in self._row_split:
+            self._row_split[member.name].split = False
+        super().finalize(member, x)
 
     def load_checkpoint(self, out, members: list[Member]) -> None:
         if self.mode == "latents":

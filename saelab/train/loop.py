@@ -115,7 +115,7 @@ class TrainingRun:
         bar.close()
         for m in members:
             if m.name in last_inputs:
-                m.sae.finalize(last_inputs[m.name])
+                par.finalize(m, last_inputs[m.name])
         pos.wall_s = time.time() - t0
         return self._save(members, pos, inputs, objective.record(), time.time() - t_loop)
 

@@ -48,6 +48,10 @@ class SingleProcess:
     def load_checkpoint(self, out: Path, members: list) -> None:
         load_checkpoint(out, members)
 
+    def finalize(self, member, x: torch.Tensor) -> None:
+        """The dictionary's end-of-training calibration on recent inputs x (the same on every rank)."""
+        member.sae.finalize(x)
+
     def gather(self, members: list) -> list | None:
         """Every SAE of the run, on the process that writes files (None on the others)."""
         return members
