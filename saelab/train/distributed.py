@@ -51,9 +51,10 @@ def parallel_for(cfg):
 
 
 # Dictionaries whose data-parallel step is not the single-process step (see Distributed.__init__):
-# measured for gated; not yet verified for codebook, so refused until it is. BatchTopK and Matryoshka
-# select over the whole batch across the ranks (row_split.py) and match one process.
-DATA_PARALLEL_INEXACT = ("gated", "codebook")
+# gated, whose L1 term is a mean over the rank's rows, not a share of the target variance (measured:
+# W_enc differs from one process). BatchTopK and Matryoshka select over the whole batch across the
+# ranks (row_split.py); they, codebook and skip transcoders match one process (tests/test_distributed.py).
+DATA_PARALLEL_INEXACT = ("gated",)
 
 
 class RankFailure(UserError):
@@ -171,12 +172,9 @@ class Distributed(SingleProcess):
         if cfg.arch == "crosscoder":
             raise UserError("--arch crosscoder trains in one process (without torchrun): the distributed activation "
                             "stream hands each SAE one site, a crosscoder needs all of them in one batch")
-        inexact = [what for what, bad in ((f"--arch {cfg.arch}", cfg.arch in DATA_PARALLEL_INEXACT),
-                                          ("--skip", getattr(cfg, "skip", False))) if bad]
-        if cfg.distributed == "data" and inexact:
-            # These losses do not decompose into per-rank shares weighted by target variance: measured
-            # for gated and the skip transcoder, the weights differ from one process.
-            raise UserError(f"{' and '.join(inexact)}: --distributed data would not give the single-process result "
+        if cfg.distributed == "data" and cfg.arch in DATA_PARALLEL_INEXACT:
+            # The loss does not decompose into per-rank shares weighted by target variance
+            raise UserError(f"--arch {cfg.arch}: --distributed data would not give the single-process result "
                             f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
                             f"batches) or one process")
         if cfg.distributed == "latents":  # before the process group and any model load
