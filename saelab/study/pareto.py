@@ -93,11 +93,17 @@ def collect_points(paths: list[str]) -> list[dict]:
 
 def curves(points: list[dict]) -> dict[str, list[dict]]:
     """Curve name -> its points by CE increase: the recipe, prefixed by the architecture when several
-    architectures are compared (an arch comparison: "gated local", or just "gated" if one recipe)."""
+    architectures are compared (an arch comparison: "gated local", or just "gated" if one recipe),
+    suffixed by the dictionary size when one architecture comes in several."""
     archs, recipes = {p["arch"] for p in points}, {p["loss"] for p in points}
+    sizes: dict[str, set] = {}
+    for p in points:
+        sizes.setdefault(p["arch"], set()).add(p["d_sae"])
     out: dict[str, list[dict]] = {}
     for p in points:
         name = p["loss"] if len(archs) == 1 else p["arch"] if len(recipes) == 1 else f"{p['arch']} {p['loss']}"
+        if len(sizes[p["arch"]]) > 1:  # one curve per dictionary size: a line across sizes means nothing
+            name += f" {p['d_sae']:,}"
         out.setdefault(name, []).append(p)
     order = {k: i for i, k in enumerate(COLORS)}
     return {k: sorted(v, key=lambda p: p["ce_increase"]) for k, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 9))}
