@@ -120,13 +120,14 @@ def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path)
 
 
 def test_torchrun_refuses_dictionaries_it_cannot_train_exactly(monkeypatch, tmp_path):
-    """Codebook (data mode not verified) and crosscoder (one site per SAE in the distributed stream)
-    are refused before any process group forms, with the way out named."""
+    """Gated in data mode (its L1 term does not split by target variance) and crosscoder (one site per
+    SAE in the distributed stream) are refused before any process group forms, with the way out named."""
     from saelab.train.distributed import Distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="--arch codebook: --distributed data would not give"):
-        Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="data", arch="codebook"))
+    with pytest.raises(UserError, match="--arch gated: --distributed data would not give.*--distributed modules"):
+        Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="data", arch="gated",
+                              sparsity_coeff=[0.01]))
     with pytest.raises(UserError, match="--arch crosscoder trains in one process"):
         Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="data", arch="crosscoder",
                               hookpoints=["model.layers.{4,6}"]))
