@@ -232,8 +232,8 @@ class Distributed(SingleProcess):
         """This rank's rows of a batch, and its gradient weight (its share of the target variance)."""
         n = x.shape[0]
         split = n >= 4 * self.comm.world
-        if m.name in self._row_split:
-            self._row_split[m.name].split = split
+        if m.name in self._row_split:  # the batch's rows, before this rank takes its share
+            self._row_split[m.name].total_rows = n if split else None
         if not split:  # a tiny last batch: every rank takes all of it, gradients averaged
             self._weights[m.name] = 1.0 / self.comm.world
             return x, y
@@ -282,7 +282,7 @@ class Distributed(SingleProcess):
     def finalize(self, member: Member, x: torch.Tensor) -> None:
         """Every rank holds the same x here: a row-split selection stays local."""
         if member.name in self._row_split:
-            self._row_split[member.name].split = False
+            self._row_split[member.name].total_rows = None
         super().finalize(member, x)
 
     def load_checkpoint(self, out, members: list[Member]) -> None:

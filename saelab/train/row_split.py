@@ -4,7 +4,7 @@ batch. The dictionary's four batch-wide reductions (`BatchTopKSae.batch_rows / t
 reduce_min / any_rank`) are made global here, as latent sharding does over latents
 (sharded_saes.py):
 
-  batch_rows   the batch's row count: this rank's rows summed over the ranks
+  batch_rows   the batch's row count, set by Distributed.shard before it splits the rows (no collective)
   top_values   each rank's n largest candidates (padded to n with -inf, so every rank sends one
                shape) all-gathered -> the n largest of the union: the single-process threshold
   reduce_min   the smallest kept activation over the ranks (the running inference threshold)
@@ -14,7 +14,7 @@ So each rank keeps exactly its rows' part of the single-process selection, and t
 variance-share weights (Distributed.shard) make the summed gradient the single-process one.
 
 When a batch is too small to split (every rank takes all rows, Distributed.shard) or at `finalize`
-(every rank holds the same inputs), the reductions stay local: the flag `split` says which.
+(every rank holds the same inputs), the reductions stay local: `total_rows` is None then.
 """
 
 from __future__ import annotations
@@ -30,21 +30,22 @@ class RowSplitSelection:
 
     def __init__(self, sae: BatchTopKSae, comm):
         self.sae, self.comm = sae, comm
-        self.split = True  # this step's rows are a share of the batch (False: every rank has them all)
+        self.total_rows: int | None = None  # this step's batch rows when split over the ranks, else None
 
     def attach(self) -> None:
         """Instance attributes shadow the class's one-process reductions (the weights are untouched)."""
         for name in ("batch_rows", "top_values", "reduce_min", "any_rank"):
             setattr(self.sae, name, getattr(self, name))
 
+    @property
+    def split(self) -> bool:
+        return self.total_rows is not None
+
     def batch_rows(self, n: int) -> int:
-        if not self.split:
-            return n
-        t = torch.tensor([n], dtype=torch.long, device=self.sae.b_dec.device)
-        return int(self.comm.all_reduce(t, what="BatchTopK batch rows")[0])
+        return self.total_rows if self.split else n
 
     def top_values(self, flat: torch.Tensor, n: int) -> torch.Tensor:
-        local = flat.topk(min(n, flat.numel()), sorted=False).values
+        local = BatchTopKSae.top_values(self.sae, flat, n)  # the class's own, shadowed by attach()
         if not self.split:
             return local
         padded = flat.new_full((n,), float("-inf"))
