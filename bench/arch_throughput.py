@@ -61,7 +61,7 @@ CASES += [("skip transcoder (L6 MLP)", {"arch": "topk", "hookpoints": [f"{MLP_IN
 def run_case(out: Path, opts: dict, a) -> dict:
     """Train one dictionary (k = 32 where the type takes a k) and return its manifest."""
     cfg = TrainConfig(out=str(out), latents=a.latents, k=[a.k], tokens=a.tokens, batch_tokens=a.batch_tokens,
-                      context=256, threads=a.threads, overwrite=True, **opts)
+                      context=256, threads=a.threads, overwrite=True, dead_tokens=a.dead_tokens, **opts)
     train(cfg)
     return read_json(out / "manifest.json")
 
@@ -76,6 +76,9 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=4608)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dead-tokens", type=int, default=None,
+                    help="train's --dead-tokens (default: the run's, a tenth of --tokens: AuxK starts on latents "
+                         "unfired for 6.5k tokens, which a 1M run would not call dead yet)")
     ap.add_argument("--only", nargs="+", default=None, help="case names to run (default: all)")
     ap.add_argument("--steady-from", nargs="+", default=[], metavar="SAE_DIR",
                     help="trained SAE folders: also time continuing each (--init-from), its L0 already settled; "
@@ -101,7 +104,7 @@ def main() -> None:
            "machine": {"platform": platform.platform(), "threads": a.threads, "cpu_count": os.cpu_count(),
                        "load_avg_start": os.getloadavg()},
            "settings": {"tokens": a.tokens, "forward_tokens": a.forward_tokens, "batch_tokens": a.batch_tokens,
-                        "latents": a.latents, "k": a.k, "context": 256, "coefficients": COEFFS, "extra_options": EXTRA},
+                        "latents": a.latents, "k": a.k, "context": 256, "dead_tokens": a.dead_tokens, "coefficients": COEFFS, "extra_options": EXTRA},
            "runs": []}
     t0 = time.time()
     fwd_hook, fwd_last = None, None  # the latest bare-forward measurement serves the runs on both sides of it
@@ -117,7 +120,8 @@ def main() -> None:
                                 "train_tokens_per_s": man["tokens_per_s"], "lm_tokens": man["lm_tokens"],
                                 "forward_tokens_per_s": {"before": before, "after": after, "mean": fwd},
                                 "ratio": man["tokens_per_s"] / fwd, "passes": man["tokens_per_s"] / fwd >= target,
-                                "l0": sae["final"].get("l0"), "fvu": sae["final"].get("fvu")})
+                                "l0": sae["final"].get("l0"), "fvu": sae["final"].get("fvu"),
+                                "dead": sae["final"].get("dead")})
             write_json(result, res)  # what is measured survives an interrupted run
             print(f"{name}: {man['tokens_per_s']:,.0f} tok/s, forward {fwd:,.0f} -> {man['tokens_per_s'] / fwd:.2f}x",
                   flush=True)
@@ -131,13 +135,14 @@ def main() -> None:
 
 
 def table(res: dict) -> str:
-    lines = ["| dictionary | train tok/s | bare forward tok/s (before / after) | ratio | target | L0 | FVU |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| dictionary | train tok/s | bare forward tok/s (before / after) | ratio | target | L0 | FVU | dead |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         f = r["forward_tokens_per_s"]
+        dead = f"{r['dead']:.1%}" if r.get("dead") is not None else ""  # (results before the column have none)
         lines.append(f"| {r['name']} | {r['train_tokens_per_s']:,.0f} | {f['mean']:,.0f} ({f['before']:,.0f} / "
                      f"{f['after']:,.0f}, to {r['forward_to']}) | **{r['ratio']:.2f}** | >= {r['target']} "
-                     f"{'(met)' if r['passes'] else '(missed)'} | {r['l0']:.1f} | {r['fvu']:.3f} |")
+                     f"{'(met)' if r['passes'] else '(missed)'} | {r['l0']:.1f} | {r['fvu']:.3f} | {dead} |")
     return "\n".join(lines)
 
 

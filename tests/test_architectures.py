@@ -141,12 +141,15 @@ def test_arch_options_refused_before_model_loads(tmp_path):
            (dict(arch="matryoshka", groups=[256, 0]), "positive"),
            (dict(arch="matryoshka", loss="e2e"), "--loss local only"),
            (dict(arch="topk", jumprelu_init_fire=0.05), "--jumprelu-init-fire applies to --arch jumprelu"),
-           (dict(arch="jumprelu", jumprelu_init_fire=1.0), "between 0 and 1")]
+           (dict(arch="jumprelu", jumprelu_init_fire=1.0), "between 0 and 1"),
+           (dict(arch="jumprelu", gated_init_fire=0.01), "--gated-init-fire applies to --arch gated"),
+           (dict(arch="gated", gated_init_fire=0.0), "between 0 and 1")]
     for kw, msg in bad:
         with pytest.raises(UserError, match=msg):
             train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", **kw).validate()
     train_cfg(tmp_path / "r", "m", "c", arch="matryoshka", groups=[64, 64, 128]).validate()
     train_cfg(tmp_path / "r", "m", "c", arch="jumprelu", jumprelu_init_fire=0.01).validate()
+    train_cfg(tmp_path / "r", "m", "c", arch="gated", gated_init_fire=0.01).validate()
 
 
 # ---------------------------------------------------------------- Gated SAE

@@ -57,6 +57,19 @@ def test_exact_dictionary_has_zero_error_and_zero_kl(setup):
     assert 0 <= noisy["dead_fraction"] <= 1
 
 
+def test_relative_reconstruction_bias_measures_shrinkage(setup):
+    """gamma = sum ||x_hat||^2 / sum <x_hat, x>: 1 for an exact dictionary, c for one whose output is
+    shrunk by c (the decoder scaled), whatever else the reconstruction gets wrong."""
+    lm, rows = setup
+    exact, shrunk = exact_sae(64, "model.layers.1"), exact_sae(64, "model.layers.1")
+    with torch.no_grad():
+        shrunk.W_dec.mul_(0.6)
+    a, b = evaluate(lm.model, lm.tokenizer, [(exact, {}), (shrunk, {})], rows, EvalBudget(tokens=1024, ce_tokens=0))
+    assert a["relative_reconstruction_bias"] == pytest.approx(1.0, abs=1e-5)
+    assert b["relative_reconstruction_bias"] == pytest.approx(0.6, abs=1e-5)
+    assert b["fvu"] > 0.1  # (the shrunk one is a poor reconstruction: FVU alone does not say why)
+
+
 def test_eval_command_writes_metrics_and_plot_and_refuses_overwrite(tmp_path, tiny_model_dir, text_corpus):
     sae = exact_sae(64, "model.layers.1")
     folder = save_sae(sae, tmp_path / "exact", _prov(tiny_model_dir, text_corpus))

@@ -220,6 +220,8 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, tiny_model_dir, text_c
         run(init_from=str(src), k=[16])
     with pytest.raises(UserError, match="sweep of several"):
         run(init_from=str(src), k=[8, 16])
+    with pytest.raises(UserError, match="--gated-init-fire sets how a new dictionary starts"):
+        run(init_from=str(src), gated_init_fire=0.01)
     with pytest.raises(UserError, match="--hookpoints model.layers.2 contradicts"):
         run(init_from=str(src), hookpoints=["model.layers.2"])
     with pytest.raises(UserError, match="--model .* contradicts"):  # a saelab folder names its model

@@ -57,6 +57,27 @@ def test_the_fit_keeps_the_active_set_and_brings_the_first_reconstruction_under_
     assert rec(c) <= min(rec(c * 0.9), rec(c * 1.1))
 
 
+@pytest.mark.parametrize("fire", [0.02, 0.1])
+def test_gated_init_fire_opens_each_gate_on_that_fraction_of_the_first_batch(fire):
+    """--gated-init-fire: every gate opens on `fire` of the first batch's rows (L0 = fire x d_sae), the
+    least-squares fit after it keeps that set, and the magnitudes are the pre-activations' (positive)."""
+    x = data()
+    sae = build_sae(SaeConfig("gated", d_in=D, d_sae=D_SAE, hookpoint=HOOK, sparsity_coeff=0.01, gated_init_fire=fire))
+    zero = build_sae(SaeConfig("gated", d_in=D, d_sae=D_SAE, hookpoint=HOOK, sparsity_coeff=0.01))
+    zero.load_state_dict(sae.state_dict())
+    sae.init_from_data(x, x)
+    zero.init_from_data(x, x)
+    with torch.no_grad():
+        gate = sae.encode(sae.encoder_input(x))[2]
+        open_share = (gate > 0).float().mean(0)  # per latent, over the first batch's rows
+        l0, l0_zero = (first_fvu(sae, x)[1].to_dense() > 0).sum(1).float().mean().item(), \
+            (first_fvu(zero, x)[1].to_dense() > 0).sum(1).float().mean().item()
+    # every gate opens on `fire` of the rows, up to the quantile's rank and ties (one row in 4,096)
+    assert (open_share - fire).abs().max().item() <= 2 / x.shape[0]
+    assert abs(l0 - fire * D_SAE) <= 0.02 * fire * D_SAE + 1  # the magnitudes are non-zero where a gate opens
+    assert l0_zero > 0.3 * D_SAE  # the zero-bias start opens about half of them: the dense regime
+
+
 def test_topk_is_left_alone():
     x = data()
     sae = build_sae(SaeConfig("topk", d_in=D, d_sae=D_SAE, hookpoint=HOOK, k=8))

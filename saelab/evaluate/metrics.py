@@ -95,7 +95,7 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
     """Per-SAE reconstruction/sparsity metrics over `budget.tokens` held-out non-sink positions."""
     hooks = _hooks(saes)
     special = special_ids(tokenizer)
-    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, sum_y=0.0, sumsq_y=0.0, l0=[], excluded=0, total=0,
+    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, yh_sq=0.0, yh_y=0.0, sum_y=0.0, sumsq_y=0.0, l0=[], excluded=0, total=0,
                 fires=torch.zeros(s.cfg.d_sae, device=device)) for s, _ in saes]
     site_sum: dict[str, torch.Tensor] = {}
     site_n: dict[str, int] = {}
@@ -112,6 +112,8 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
             lat = sae.encode_raw(x)
             y_hat = sae.decode(lat) / sae.out_scale + sae.skip_raw(x)
             a["err"] += (y_hat - y).pow(2).sum().item()
+            a["yh_sq"] += y_hat.pow(2).sum().item()
+            a["yh_y"] += (y_hat * y).sum().item()
             a["sum_y"] = a["sum_y"] + y.sum(0)
             a["sumsq_y"] += y.pow(2).sum().item()
             a["n"] += y.shape[0]
@@ -138,7 +140,8 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
             fvu=a["err"] / max(var_sum, 1e-12), mse=a["err"] / max(a["elems"], 1), cosine=a["cos"] / n,
             l0=l0.mean().item(), dead_fraction=(freq == 0).float().mean().item(),
             dense_fraction=(freq > 0.1).float().mean().item(), excluded_fraction=a["excluded"] / max(a["total"], 1),
-            eval_tokens=n, l0_histogram=counts.tolist(), l0_histogram_edges=edges.tolist()))
+            eval_tokens=n, l0_histogram=counts.tolist(), l0_histogram_edges=edges.tolist(),
+            relative_reconstruction_bias=a["yh_sq"] / a["yh_y"] if a["yh_y"] else None))
         firing.append(freq)
     return results, PassStats({h: site_sum[h] / site_n[h] for h in site_sum}, firing)
 

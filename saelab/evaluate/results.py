@@ -13,6 +13,8 @@ DESCRIPTIONS = {
     "fvu": "fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (lower is better)",
     "mse": "mean squared error per element",
     "cosine": "mean cosine similarity between x and x_hat",
+    "relative_reconstruction_bias": "gamma = sum ||x_hat||^2 / sum <x_hat, x> (Rajamanoharan et al. 2024): 1 = "
+                                    "unbiased, < 1 = reconstructions shrunk towards 0 (an L1 penalty's signature)",
     "l0": "mean number of active latents per token",
     "dead_fraction": "fraction of latents that never fired on the evaluation tokens",
     "dense_fraction": "fraction of latents firing on more than 10% of tokens",
@@ -73,6 +75,7 @@ class SaeMetrics:
     eval_tokens: int
     l0_histogram: list[int]
     l0_histogram_edges: list[float]
+    relative_reconstruction_bias: float | None = None  # (None: metrics.json written before it was measured)
     downstream: Downstream | None = None
     later: LaterLayers | None = None
 
@@ -96,7 +99,9 @@ class SaeMetrics:
 def format_report(name: str, m: SaeMetrics | dict, path: Path) -> str:
     r = m.to_dict() if isinstance(m, SaeMetrics) else m
     lines = [f"\n{name}",
-             f"  FVU {r['fvu']:.4f}   cosine {r['cosine']:.4f}   MSE {r['mse']:.4g}   L0 {r['l0']:.1f}",
+             f"  FVU {r['fvu']:.4f}   cosine {r['cosine']:.4f}   MSE {r['mse']:.4g}   L0 {r['l0']:.1f}"
+             + (f"   relative reconstruction bias {r['relative_reconstruction_bias']:.3f}"
+                if r.get("relative_reconstruction_bias") is not None else ""),
              f"  dead {100 * r['dead_fraction']:.2f}%   dense {100 * r['dense_fraction']:.2f}%   "
              f"sink/outlier positions {100 * r['excluded_fraction']:.2f}%  ({r['eval_tokens']:,} tokens)"]
     if "kl" in r:

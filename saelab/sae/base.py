@@ -8,6 +8,7 @@ saved dictionary works on raw activations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
 
@@ -35,6 +36,8 @@ class SaeConfig:
     jumprelu_threshold_lr: float = 1.0  # the thresholds' learning rate as a multiple of the run's (training only)
     jumprelu_init_fire: float | None = 0.1  # init_from_data: each latent's threshold at this upper quantile
                                             # of its first-batch pre-activations (None: keep the constant)
+    gated_init_fire: float | None = None  # init_from_data: each gate's bias set so it opens on this fraction
+                                          # of the first batch (None: zero gate biases, SAELens' start)
     groups: list[int] | None = None    # matryoshka: latent group sizes (prefixes), summing to d_sae
     skip: bool = False                 # skip transcoder: + x @ W_skip.T (Paulo et al. 2025), W_skip [d_out, d_in]
     extra: dict = field(default_factory=dict)
@@ -271,6 +274,16 @@ class SparseCoder(nn.Module):
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
+
+
+INIT_ROWS = 4096  # first-batch rows used to place data-dependent initial thresholds (a quantile per latent)
+
+
+def firing_thresholds(pre: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Per latent (column), the value its pre-activations exceed on `fraction` of the rows: a latent
+    whose threshold is this starts firing on that fraction of tokens (initial L0 = fraction x d_sae)."""
+    rank = min(pre.shape[0], max(1, math.ceil((1 - fraction) * pre.shape[0])))
+    return pre.kthvalue(rank, dim=0).values  # kthvalue: torch.quantile refuses inputs over 2^24 values
 
 
 @torch.no_grad()

@@ -21,11 +21,8 @@ import math
 import torch
 from torch import nn
 
-from .base import SparseCoder
+from .base import INIT_ROWS, SparseCoder, firing_thresholds
 from .latents import DENSE_BACKWARD_ABOVE, gather_preacts, latents_of
-
-INIT_ROWS = 4096  # first-batch rows used to place the initial thresholds (a quantile per latent)
-
 
 def _rect(x):
     return ((x > -0.5) & (x < 0.5)).to(x.dtype)
@@ -85,9 +82,7 @@ class JumpReLUSae(SparseCoder):
         frac = self.cfg.jumprelu_init_fire
         if not frac:
             return
-        pre = self.preacts(self.encoder_input(x[:INIT_ROWS]))
-        rank = min(pre.shape[0], max(1, math.ceil((1 - frac) * pre.shape[0])))
-        theta = pre.kthvalue(rank, dim=0).values  # kthvalue: torch.quantile refuses inputs over 2^24 values
+        theta = firing_thresholds(self.preacts(self.encoder_input(x[:INIT_ROWS])), frac)
         self.log_threshold.copy_(theta.clamp_min(self.cfg.jumprelu_init_threshold).log())
 
     def optimizer_groups(self) -> list[dict]:
