@@ -4,7 +4,8 @@ folders evaluated before the metric existed. Reads the folders only (no metrics.
 
     python bench/relative_bias.py RUN/model.layers.6-* ... [--tokens 32768] [--threads 2]
 
-gamma = sum ||x_hat||^2 / sum <x_hat, x>: 1 = unbiased, < 1 = reconstructions shrunk towards 0.
+gamma = sum ||x_hat - mean||^2 / sum <x_hat - mean, x - mean> (each side centred by its own mean;
+saelab/evaluate/metrics.py `_relative_bias` says why): 1 = unbiased, < 1 = reconstructions shrunk.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_exact_dictionary_has_zero_error_and_zero_kl(setup):
 
 
 def test_relative_reconstruction_bias_measures_shrinkage(setup):
-    """gamma = sum ||x_hat||^2 / sum <x_hat, x>: 1 for an exact dictionary, c for one whose output is
+    """gamma (both sides centred by their means): 1 for an exact dictionary, c for one whose output is
     shrunk by c (the decoder scaled), whatever else the reconstruction gets wrong."""
     lm, rows = setup
     exact, shrunk = exact_sae(64, "model.layers.1"), exact_sae(64, "model.layers.1")

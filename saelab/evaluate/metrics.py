@@ -95,7 +95,7 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
     """Per-SAE reconstruction/sparsity metrics over `budget.tokens` held-out non-sink positions."""
     hooks = _hooks(saes)
     special = special_ids(tokenizer)
-    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, yh_sq=0.0, yh_y=0.0, sum_y=0.0, sumsq_y=0.0, l0=[], excluded=0, total=0,
+    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, yh_sq=0.0, yh_y=0.0, sum_yh=0.0, sum_y=0.0, sumsq_y=0.0, l0=[], excluded=0, total=0,
                 fires=torch.zeros(s.cfg.d_sae, device=device)) for s, _ in saes]
     site_sum: dict[str, torch.Tensor] = {}
     site_n: dict[str, int] = {}
@@ -114,6 +114,7 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
             a["err"] += (y_hat - y).pow(2).sum().item()
             a["yh_sq"] += y_hat.pow(2).sum().item()
             a["yh_y"] += (y_hat * y).sum().item()
+            a["sum_yh"] = a["sum_yh"] + y_hat.double().sum(0)
             a["sum_y"] = a["sum_y"] + y.sum(0)
             a["sumsq_y"] += y.pow(2).sum().item()
             a["n"] += y.shape[0]
@@ -141,9 +142,21 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
             l0=l0.mean().item(), dead_fraction=(freq == 0).float().mean().item(),
             dense_fraction=(freq > 0.1).float().mean().item(), excluded_fraction=a["excluded"] / max(a["total"], 1),
             eval_tokens=n, l0_histogram=counts.tolist(), l0_histogram_edges=edges.tolist(),
-            relative_reconstruction_bias=a["yh_sq"] / a["yh_y"] if a["yh_y"] else None))
+            relative_reconstruction_bias=_relative_bias(a, n)))
         firing.append(freq)
     return results, PassStats({h: site_sum[h] / site_n[h] for h in site_sum}, firing)
+
+
+def _relative_bias(a: dict, n: int) -> float | None:
+    """gamma = sum ||x_hat - mean x_hat||^2 / sum <x_hat - mean x_hat, x - mean x> from running sums.
+    The paper's gamma (Rajamanoharan et al. 2024) uses raw vectors; on a residual stream whose mean is
+    large (the dictionary's b_dec carries it) that is ~1 for every dictionary (0.994-1.001 for TopK,
+    JumpReLU and gated at layer 6), so both sides are centred: gamma < 1 is the latents' part shrunk."""
+    if not torch.is_tensor(a["sum_yh"]):
+        return None
+    m_hat, m = a["sum_yh"] / n, a["sum_y"].double() / n
+    cov = a["yh_y"] - n * float(m_hat @ m)
+    return (a["yh_sq"] - n * float(m_hat @ m_hat)) / cov if cov else None
 
 
 def _ce_kl(logits: torch.Tensor, ids: torch.Tensor, clean_logp: torch.Tensor | None):

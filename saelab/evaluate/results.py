@@ -13,8 +13,9 @@ DESCRIPTIONS = {
     "fvu": "fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (lower is better)",
     "mse": "mean squared error per element",
     "cosine": "mean cosine similarity between x and x_hat",
-    "relative_reconstruction_bias": "gamma = sum ||x_hat||^2 / sum <x_hat, x> (Rajamanoharan et al. 2024): 1 = "
-                                    "unbiased, < 1 = reconstructions shrunk towards 0 (an L1 penalty's signature)",
+    "relative_reconstruction_bias": "gamma = sum ||x_hat - mean||^2 / sum <x_hat - mean, x - mean> (Rajamanoharan et "
+                                    "al. 2024, each side centred by its mean): 1 = unbiased, < 1 = reconstructions "
+                                    "shrunk (an L1 penalty's signature)",
     "l0": "mean number of active latents per token",
     "dead_fraction": "fraction of latents that never fired on the evaluation tokens",
     "dense_fraction": "fraction of latents firing on more than 10% of tokens",

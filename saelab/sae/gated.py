@@ -96,12 +96,14 @@ class GatedSae(SparseCoder):
         via_gate = decode_sparse(self._gate, self.W_dec.detach()) + self.b_dec.detach()
         return (via_gate - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
 
-    def auxk_predict(self, chosen, idx, residual):
-        """exp(pi_gate) as the dead latents' values, each row scaled to a tenth of the residual's
-        norm (module docstring: dead latents)."""
-        n = chosen.shape[0]
-        pred = decode_sparse(Latents(chosen.clamp(max=20).exp(), idx, None, n, self.cfg.d_sae), self.W_dec)
-        with torch.no_grad():  # (the clamp only guards exp: the row's scale cancels it)
+    def auxk_values(self, chosen):
+        """exp(pi_gate) as the dead latents' values (module docstring: dead latents). The clamp only
+        guards exp (auxk_rescale's row scale cancels it) and keeps masked entries finite."""
+        return chosen.clamp(max=20).exp()
+
+    def auxk_rescale(self, pred, residual):
+        """Each row's revival output scaled to a tenth of the residual's norm."""
+        with torch.no_grad():
             scale = residual.norm(dim=1) / (10 * pred.norm(dim=1)).clamp_min(1e-12)
         return pred * scale[:, None]
 
