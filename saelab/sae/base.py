@@ -203,10 +203,12 @@ class SparseCoder(nn.Module):
 
         Each row's k_aux dead latents with the highest pre-activations. While the dead are few (at most
         AUXK_DENSE_UP_TO x k_aux), all of their columns are computed densely, the unselected entries
-        masked to 0: BLAS products over [rows, dead] beat gathering and scattering rows x k_aux entries
-        (a TopK step with 5% of its latents dead took 2.5x as long as with none, 0.36 -> 0.91 s,
-        4,096 x 4,608 x 576: docs/DICTIONARIES.md). Same selection and maths either way
-        (tests/test_auxk_paths.py)."""
+        masked to 0: BLAS products over [rows, dead] beat gathering and scattering rows x k_aux entries.
+        One TopK step of 4,096 x 4,608 x 576 took 324 ms with no dead latents; with 5% dead 789 ms through
+        the gather, 408 ms dense; dense was faster at every share measured, up to 50% (8 x k_aux)
+        (`python bench/auxk_paths.py`, docs/DICTIONARIES.md). Same selection and maths either way
+        (tests/test_auxk_paths.py).
+        """
         cols = dead.nonzero().squeeze(1)
         k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, len(cols))
         if len(cols) <= AUXK_DENSE_UP_TO * k_aux:
@@ -299,7 +301,7 @@ class SparseCoder(nn.Module):
         pass
 
 
-AUXK_DENSE_UP_TO = 4  # AuxK goes dense over the dead columns while they number <= this x k_aux (auxk_loss)
+AUXK_DENSE_UP_TO = 8  # AuxK is dense over the dead columns while they number <= this x k_aux (measured up to 8)
 INIT_ROWS = 4096  # first-batch rows used to place data-dependent initial thresholds (a quantile per latent)
 
 

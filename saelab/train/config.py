@@ -12,6 +12,7 @@ from ..sae import ARCHITECTURES, uses_k
 from .compile_check import check_compile
 
 LOSSES = ("local", "e2e", "e2e+ds", "kl+mse")  # objectives: train/objectives.py, kl+mse: train/finetune.py
+GATED_INIT_FIRE = 0.01  # a new gated SAE's gates open on this share of the first batch (docs/DICTIONARIES.md)
 FINETUNE_LR_SHARE = 0.1  # a KL+MSE fine-tune's learning rate, as a share of the scratch rate (learning_rates)
 
 
@@ -38,8 +39,8 @@ class TrainConfig:
                                                  "of tokens: initial L0 = fraction x --latents (none: 0.1, "
                                                  "docs/EVAL.md)")
     gated_init_fire: float | None = opt(None, "gated: each gate's bias starts where the gate opens on this fraction "
-                                              "of the first batch: initial L0 = fraction x --latents (none: zero "
-                                              "biases, about half the gates open; docs/DICTIONARIES.md)")
+                                              "of the first batch: initial L0 = fraction x --latents (none: 0.01; "
+                                              "0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)")
     jumprelu_threshold_lr: float | None = opt(None, "jumprelu: the thresholds' learning rate as a multiple of "
                                                     "--lr (none: 1). Adam moves a log-threshold by about its lr "
                                                     "per step, so short runs need > 1 to let --sparsity-coeff set "

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import UserError
 from ..sae import SaeConfig, SparseCoder, build_sae
+from .config import GATED_INIT_FIRE
 
 
 @dataclass
@@ -68,8 +69,8 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
                            skip=cfg.skip)
             if cfg.jumprelu_init_fire is not None:
                 sc.jumprelu_init_fire = cfg.jumprelu_init_fire
-            if cfg.gated_init_fire is not None:
-                sc.gated_init_fire = cfg.gated_init_fire
+            if cfg.arch == "gated":
+                sc.gated_init_fire = cfg.gated_init_fire or GATED_INIT_FIRE
             if cfg.jumprelu_threshold_lr is not None:
                 sc.jumprelu_threshold_lr = cfg.jumprelu_threshold_lr
             sae = build_sae(sc).to(cfg.device)
