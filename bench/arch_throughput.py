@@ -44,12 +44,11 @@ from train_throughput import bare_forward_tps  # noqa: E402  (the same bare forw
 
 L6, MLP_IN, MLP_OUT = "model.layers.6", "model.layers.6.post_attention_layernorm", "model.layers.6.mlp"
 # penalty architectures: one setting each (their speed depends on L0, recorded next to it), near L0 32
-# at 1M tokens on layer 6 (docs/DICTIONARIES.md): jumprelu's L0 is set by its initial fire fraction,
-# gated's by its coefficient (0.009 with the default --gated-init-fire 0.01: L0 ~30). relu has no 1M-token calibration; 0.012 is a guess whose
-# L0 the result records. The first table (coefficients 0.3 / 0.05 / 0.1) measured L0 in the hundreds
-# to thousands after 16 steps: the dense-fallback regime, not the sparse one.
+# at 1M tokens on layer 6 (docs/DICTIONARIES.md): jumprelu's L0 is set by its coefficient with its
+# thresholds at 10x the rate (L0 32.5), gated's by its coefficient with the default sparse start
+# (0.009: L0 28.5). relu has no 1M-token calibration; 0.012 is a guess whose L0 the result records.
 COEFFS = {"jumprelu": 0.001, "relu": 0.012, "gated": 0.009}
-EXTRA = {"jumprelu": {"jumprelu_init_fire": 0.025}}
+EXTRA = {"jumprelu": {"jumprelu_init_fire": 0.01, "jumprelu_threshold_lr": 10.0}}  # L0 32.5 at 1M tokens
 # (name, training options, the hookpoint the bare forward stops after, target ratio)
 CASES = [(arch, {"arch": arch, "hookpoints": [L6]} | EXTRA.get(arch, {})
            | ({"sparsity_coeff": [COEFFS[arch]]} if arch in COEFFS else {}),

@@ -78,6 +78,19 @@ def test_gated_init_fire_opens_each_gate_on_that_fraction_of_the_first_batch(fir
     assert l0_zero > 0.3 * D_SAE  # the zero-bias start opens about half of them: the dense regime
 
 
+def test_firing_thresholds_leave_no_row_on_the_boundary():
+    """The threshold lies between two order statistics: exactly floor(fraction x rows) rows above it,
+    none on it, so scaling both sides (fit_initial_scale) cannot flip a row by rounding."""
+    from saelab.sae.base import firing_thresholds
+
+    pre = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
+    theta = firing_thresholds(pre, 0.1)
+    assert ((pre > theta).sum(0) == 409).all()  # 4096 - ceil(0.9 x 4096) = 409
+    assert not (pre == theta).any()
+    for c in (0.3, 0.123456, 0.7):
+        assert torch.equal((pre * c) > (theta * c), pre > theta)
+
+
 def test_topk_is_left_alone():
     x = data()
     sae = build_sae(SaeConfig("topk", d_in=D, d_sae=D_SAE, hookpoint=HOOK, k=8))

@@ -306,10 +306,15 @@ INIT_ROWS = 4096  # first-batch rows used to place data-dependent initial thresh
 
 
 def firing_thresholds(pre: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Per latent (column), the value its pre-activations exceed on `fraction` of the rows: a latent
-    whose threshold is this starts firing on that fraction of tokens (initial L0 = fraction x d_sae)."""
-    rank = min(pre.shape[0], max(1, math.ceil((1 - fraction) * pre.shape[0])))
-    return pre.kthvalue(rank, dim=0).values  # kthvalue: torch.quantile refuses inputs over 2^24 values
+    """Per latent (column), a value its pre-activations exceed on `fraction` of the rows: a latent
+    whose threshold is this starts firing on that fraction of tokens (initial L0 = fraction x d_sae).
+    The midpoint between two consecutive order statistics, not one of them: a row sitting exactly on
+    the threshold would fire or not by the rounding of whatever rescales it next (fit_initial_scale),
+    which made two runs on identical data diverge (module-parallel gated, tests/test_architectures.py)."""
+    n = pre.shape[0]
+    rank = min(n, max(1, math.ceil((1 - fraction) * n)))
+    below = pre.kthvalue(rank, dim=0).values  # kthvalue: torch.quantile refuses inputs over 2^24 values
+    return below if rank == n else (below + pre.kthvalue(rank + 1, dim=0).values) / 2
 
 
 @torch.no_grad()

@@ -193,23 +193,17 @@ class TrainConfig:
         """An architecture's own options, refused for the others."""
         if self.skip and not all("->" in h for h in self.hookpoints):
             raise UserError("--skip applies to transcoders only: give every --hookpoints entry as 'A->B'")
-        starts = [f for f, v in (("--jumprelu-init-fire", self.jumprelu_init_fire),
-                                 ("--gated-init-fire", self.gated_init_fire)) if v is not None]
-        if starts and self.init_from:
-            raise UserError(f"{starts[0]} sets how a new dictionary starts; --init-from copies {self.init_from} as "
-                            f"it is: drop {starts[0]}")
-        if self.jumprelu_init_fire is not None:
-            if self.arch != "jumprelu":
-                raise UserError(f"--jumprelu-init-fire applies to --arch jumprelu only, not {self.arch}")
-            if not 0 < self.jumprelu_init_fire < 1:
-                raise UserError(f"--jumprelu-init-fire is a fraction of tokens, between 0 and 1 (exclusive); "
-                                f"got {self.jumprelu_init_fire}")
-        if self.gated_init_fire is not None:
-            if self.arch != "gated":
-                raise UserError(f"--gated-init-fire applies to --arch gated only, not {self.arch}")
-            if not 0 < self.gated_init_fire < 1:
-                raise UserError(f"--gated-init-fire is a fraction of tokens, between 0 and 1 (exclusive); "
-                                f"got {self.gated_init_fire}")
+        for arch, flag, fire in (("jumprelu", "--jumprelu-init-fire", self.jumprelu_init_fire),
+                                 ("gated", "--gated-init-fire", self.gated_init_fire)):
+            if fire is None:
+                continue
+            if self.init_from:
+                raise UserError(f"{flag} sets how a new dictionary starts; --init-from copies {self.init_from} as "
+                                f"it is: drop {flag}")
+            if self.arch != arch:
+                raise UserError(f"{flag} applies to --arch {arch} only, not {self.arch}")
+            if not 0 < fire < 1:
+                raise UserError(f"{flag} is a fraction of tokens, between 0 and 1 (exclusive); got {fire}")
         if self.jumprelu_threshold_lr is not None:
             if self.arch != "jumprelu":
                 raise UserError(f"--jumprelu-threshold-lr applies to --arch jumprelu only, not {self.arch}")
