@@ -13,7 +13,8 @@ The Heaviside gate passes no gradient; the gate path learns only through the two
 magnitude path only through the reconstruction. The decoder is kept at unit norm.
 
 Dead latents: a gated latent is dead when pi_gate <= 0 on every input, so AuxK's relu(pi_gate) is 0
-and passes no gradient (at 1M tokens a quarter of the latents died at L0 33). Revival here uses
+and passes no gradient (at 1M tokens a quarter of the latents died at L0 33 from the zero-bias
+start; 4.8% at L0 28.5 from the sparse start, `gated_init_fire`). Revival here uses
 exp(pi_gate) instead, as ghost grads do (Jermyn & Templeton 2024): on each row's top dead latents
 (AuxK's selection) the values exp(pi_gate), rescaled per row so the revival's output has a tenth of
 the residual's norm, decode the residual; its gradient raises the gates of the dead latents whose
