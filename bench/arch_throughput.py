@@ -103,7 +103,8 @@ def main() -> None:
            "machine": {"platform": platform.platform(), "threads": a.threads, "cpu_count": os.cpu_count(),
                        "load_avg_start": os.getloadavg()},
            "settings": {"tokens": a.tokens, "forward_tokens": a.forward_tokens, "batch_tokens": a.batch_tokens,
-                        "latents": a.latents, "k": a.k, "context": 256, "dead_tokens": a.dead_tokens, "coefficients": COEFFS, "extra_options": EXTRA},
+                        "latents": a.latents, "k": a.k, "context": 256, "dead_tokens": a.dead_tokens,
+                        "coefficients": COEFFS, "extra_options": EXTRA},
            "runs": []}
     t0 = time.time()
     fwd_hook, fwd_last = None, None  # the latest bare-forward measurement serves the runs on both sides of it

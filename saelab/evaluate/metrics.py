@@ -95,8 +95,8 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
     """Per-SAE reconstruction/sparsity metrics over `budget.tokens` held-out non-sink positions."""
     hooks = _hooks(saes)
     special = special_ids(tokenizer)
-    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, yh_sq=0.0, yh_y=0.0, sum_yh=0.0, sum_y=0.0, sumsq_y=0.0, l0=[], excluded=0, total=0,
-                fires=torch.zeros(s.cfg.d_sae, device=device)) for s, _ in saes]
+    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, yh_sq=0.0, yh_y=0.0, sum_yh=0.0, sum_y=0.0, sumsq_y=0.0, l0=[],
+                excluded=0, total=0, fires=torch.zeros(s.cfg.d_sae, device=device)) for s, _ in saes]
     site_sum: dict[str, torch.Tensor] = {}
     site_n: dict[str, int] = {}
     sel = heldout_selection(rows, budget.tokens)
