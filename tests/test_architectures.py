@@ -131,7 +131,7 @@ def test_matryoshka_saves_in_inference_form_and_exports_to_saelens(tmp_path):
 
 
 def test_default_groups_nest_to_the_dictionary():
-    assert default_groups(4608) == [288, 288, 576, 1152, 2304]
+    assert default_groups(4608) == [1152, 1152, 2304]
     assert sum(default_groups(100)) == 100 and min(default_groups(3)) >= 1
 
 

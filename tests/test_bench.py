@@ -133,6 +133,29 @@ def test_bench_command_writes_a_report_that_shows_its_json(tmp_path, tiny_model_
         run_bench([str(folder)], str(out), metrics=["core"], quiet=True)
 
 
+def test_same_named_folders_keep_their_own_results(tmp_path, tiny_model_dir, text_corpus):
+    """Runs of one sweep share folder names (model.layers.6-topk-k32): benched together, each keeps the
+    numbers it gets alone (keyed by name, the second once overwrote the first and mixed their codes)."""
+    torch.manual_seed(1)
+    a = _folder(tmp_path / "run_a", tiny_model_dir, text_corpus)
+    torch.manual_seed(2)
+    b = _folder(tmp_path / "run_b", tiny_model_dir, text_corpus)
+    kw = dict(metrics=["core", "probing", "absorption"], core_tokens=512, ce_tokens=0, task_scale=0.05, quiet=True)
+    both = run_bench([str(a), str(b)], str(tmp_path / "both"), **kw)
+    alone = {n: run_bench([str(f)], str(tmp_path / n), **kw) for n, f in (("a", a), ("b", b))}
+
+    def rows(res, metric):
+        return {d["dictionary"]: d for d in json.loads(json.dumps(res[metric]))["dictionaries"]}
+
+    for metric in ("core", "probing", "absorption"):
+        together = rows(both, metric)
+        assert list(together) == ["sae", "sae_2"]
+        for name, solo in (("sae", "a"), ("sae_2", "b")):
+            assert {k: v for k, v in together[name].items() if k != "dictionary"} == \
+                {k: v for k, v in rows(alone[solo], metric)["sae"].items() if k != "dictionary"}, (metric, name)
+    assert rows(alone["a"], "core")["sae"]["fvu"] != rows(alone["b"], "core")["sae"]["fvu"]  # two different SAEs
+
+
 def test_bench_refuses_bad_input_before_the_model_loads(tmp_path, text_corpus):
     missing_model = tmp_path / "no-such-model"          # loading it would fail: every error below comes first
     a = _folder(tmp_path, missing_model, text_corpus, "a")

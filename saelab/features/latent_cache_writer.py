@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UserError
 from ..models import LoadedModel
-from ..sae.folder import Provenance, open_sae, open_shared_data, shared_provenance
+from ..sae.folder import Provenance, open_sae, open_shared_data, shared_provenance, unique_names
 from ..storage import fingerprint, read_json, read_npy, write_json, write_tensors
 from .latent_cache import FORMAT_VERSION, MANIFEST, check_files, dict_dirname, save_npy
 
@@ -175,7 +175,7 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
     model_spec, corpus, context = prov.model_spec, prov.corpus, prov.context
     if sink is None:
         sink = prov.sink  # the first folder's (SinkConfig() without folders)
-    names = _unique_names([d.name for d in sae_dirs])
+    names = unique_names([d.name for d in sae_dirs])
 
     request = {"sae_dirs": [str(d.resolve()) for d in sae_dirs], "names": names, "tokens": tokens,
                "neurons": neurons, "neuron_k": neuron_k if neurons else None, "model_spec": model_spec,
@@ -300,12 +300,4 @@ def build_latent_cache(sae_dirs: list, tokens: int, out, neurons: str | None = N
     if progress:
         print(f"saelab: cached {len(dicts)} dictionar{'y' if len(dicts) == 1 else 'ies'} over {manifest['n_tokens']:,} "
               f"tokens ({manifest['tokens_per_s']:.0f} tokens/s) in {out}")
-    return out
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    out, seen = [], {}
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
     return out

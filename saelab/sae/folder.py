@@ -104,6 +104,16 @@ class SaeFolder:
         return open_shared_data([self], device, model, corpus)
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Folder names made distinct in order (`NAME`, `NAME_2`, ...): runs of one sweep share names such as
+    model.layers.6-topk-k32, and the commands that key results by name must not merge two of them."""
+    out, seen = [], {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
 def save_sae(sae: SparseCoder, folder: Path, provenance: Provenance, extra: dict | None = None) -> Path:
     """Write the folder (weights with the input scaling folded in, then cfg.json, each atomically)."""
     folder = Path(folder)

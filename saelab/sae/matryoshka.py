@@ -21,8 +21,12 @@ from .latents import Latents, decode_sparse
 
 
 def default_groups(d_sae: int) -> list[int]:
-    """Prefix boundaries at d_sae/16, /8, /4, /2 and d_sae (at least one latent per group)."""
-    bounds = sorted({max(1, d_sae // 2**i) for i in range(4, -1, -1)})
+    """Prefix boundaries at d_sae/4, /2 and d_sae (at least one latent per group).
+
+    Three prefixes, not five (/16 and /8 too, the first default): on layer 6 of the embedded model
+    (4,608 latents, k = 32, 1M tokens) five cost +16.5% FVU over BatchTopK and three +9.0%, and on
+    planted parent/child features three absorbed less than five (docs/DICTIONARIES.md)."""
+    bounds = sorted({max(1, d_sae // 2**i) for i in range(2, -1, -1)})
     return [b - a for a, b in zip([0] + bounds[:-1], bounds)]
 
 

@@ -31,7 +31,7 @@ class TrainConfig:
     latents: int = opt(4608, "dictionary size")
     k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk / matryoshka)")
     groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
-                                         "(none: prefixes at latents/16, /8, /4, /2, 1)")
+                                         "(none: prefixes at latents/4, /2, 1)")
     sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
                                       help="sparsity penalty; one SAE per coeff (relu / jumprelu / gated)")
     jumprelu_init_fire: float | None = opt(None, "jumprelu: each latent's threshold starts at the quantile of its "

@@ -49,10 +49,11 @@ def _unit(w: torch.Tensor) -> torch.Tensor:
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def sae_dictionary(folder) -> Dictionary:
-    """A loaded SaeFolder as a dictionary (codes: `encode_raw`, densified)."""
+def sae_dictionary(folder, name: str | None = None) -> Dictionary:
+    """A loaded SaeFolder as a dictionary (codes: `encode_raw`, densified), named `name` (default: the
+    folder's name; the bench passes names made unique across its folders)."""
     sae = folder.sae
-    return Dictionary(folder.name, "sae", sae.cfg.hookpoint, sae.cfg.d_sae,
+    return Dictionary(name or folder.name, "sae", sae.cfg.hookpoint, sae.cfg.d_sae,
                       lambda x: sae.encode_raw(x.float()).to_dense(), _unit(sae.W_dec.detach().float()),
                       source=str(folder.path))
 

@@ -14,7 +14,7 @@ import torch
 
 from ...errors import UserError
 from ...models import collect_activations
-from ...sae.folder import open_sae, open_shared_data, shared_provenance
+from ...sae.folder import open_sae, open_shared_data, shared_provenance, unique_names
 from ...sinks import excluded_positions, special_ids
 from ...storage import refuse_replacing, write_json
 from ..metrics import EvalBudget, batches, measure
@@ -131,7 +131,8 @@ def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, b
         if not quiet:
             print(f"bench: {name} done in {wall[name]:.0f} s -> {out_dir / (name + '.json')}")
 
-    dicts = [sae_dictionary(f) for f in folders]
+    names = unique_names([f.name for f in folders])  # every result below is keyed by these
+    dicts = [sae_dictionary(f, n) for f, n in zip(folders, names)]
     l0: dict[str, float | None] = {}
     lm = None
     if NEEDS_MODEL & set(metrics):
@@ -155,10 +156,10 @@ def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, b
             t0 = time.time()
             res, _ = measure(lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in folders], rows,
                              EvalBudget(tokens=core_tokens, ce_tokens=ce_tokens), device)
-            for f, m in zip(folders, res):
-                l0[f.name] = m.l0
+            for n, m in zip(names, res):
+                l0[n] = m.l0
             done("core", {"metric": "core", "tokens": core_tokens, "ce_tokens": ce_tokens,
-                          "dictionaries": [{"dictionary": f.name, **m.to_dict()} for f, m in zip(folders, res)],
+                          "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(names, res)],
                           "descriptions": DESCRIPTIONS}, t0)
         if "probing" in metrics:
             t0 = time.time()
@@ -192,11 +193,11 @@ def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, b
         from ..synthetic_recovery import recovery_report
 
         rows_out = []
-        for f in folders:
+        for f, n in zip(folders, names):
             try:
-                rows_out.append({"dictionary": f.name, "report": recovery_report(f)})
+                rows_out.append({"dictionary": n, "report": recovery_report(f)})
             except UserError as e:
-                rows_out.append({"dictionary": f.name, "report": None, "error": str(e)})
+                rows_out.append({"dictionary": n, "report": None, "error": str(e)})
         done("synthetic", {"metric": "synthetic", "dictionaries": rows_out}, t0)
     wall["total"] = time.time() - t_start
     infos = [DictionaryInfo(d.name, d.kind, d.site, d.d_lat, d.source, l0.get(d.name)) for d in dicts]
