@@ -154,6 +154,9 @@ def test_same_named_folders_keep_their_own_results(tmp_path, tiny_model_dir, tex
             assert {k: v for k, v in together[name].items() if k != "dictionary"} == \
                 {k: v for k, v in rows(alone[solo], metric)["sae"].items() if k != "dictionary"}, (metric, name)
     assert rows(alone["a"], "core")["sae"]["fvu"] != rows(alone["b"], "core")["sae"]["fvu"]  # two different SAEs
+    listed = {r[0]: r[-1] for r in (ln.strip("|").split("|") for ln in (tmp_path / "both" / "report.md").read_text()
+                                       .split("\n\n")[2].splitlines()[2:])}
+    assert {k.strip(): v.strip() for k, v in listed.items()} == {"sae": str(a), "sae_2": str(b)}  # which is which
 
 
 def test_bench_refuses_bad_input_before_the_model_loads(tmp_path, text_corpus):

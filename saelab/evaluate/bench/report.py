@@ -78,8 +78,9 @@ def markdown(manifest: dict, results: dict[str, dict], plot: str | None) -> str:
     lines = [f"# saelab bench: {manifest['site']}", "",
              f"model `{manifest['model']}`, corpus `{manifest['corpus']}`; wall time "
              + ", ".join(f"{k} {v:.0f} s" for k, v in manifest["wall_s"].items()), ""]
-    lines += ["| dictionary | kind | site | latents | L0 |", "|---|---|---|---|---|"]
-    lines += [f"| {d['name']} | {d['kind']} | {d['site']} | {d['d_lat']} | {fmt(d['l0'])} |" for d in manifest["dictionaries"]]
+    lines += ["| dictionary | kind | site | latents | L0 | source |", "|---|---|---|---|---|---|"]
+    lines += [f"| {d['name']} | {d['kind']} | {d['site']} | {d['d_lat']} | {fmt(d['l0'])} | {d['source']} |"
+              for d in manifest["dictionaries"]]
     for title, header, rows in _tables(results):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
@@ -96,8 +97,8 @@ def html_page(manifest: dict, results: dict[str, dict], plot: str | None) -> str
              "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}</style>",
              f"<h1>saelab bench: {e(manifest['site'])}</h1><p>model <code>{e(manifest['model'])}</code></p>"]
-    tables = [("Dictionaries", ["dictionary", "kind", "site", "latents", "L0"],
-               [[d["name"], d["kind"], d["site"], d["d_lat"], d["l0"]] for d in manifest["dictionaries"]])]
+    tables = [("Dictionaries", ["dictionary", "kind", "site", "latents", "L0", "source"],
+               [[d["name"], d["kind"], d["site"], d["d_lat"], d["l0"], d["source"]] for d in manifest["dictionaries"]])]
     for title, header, rows in tables + _tables(results):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{e(fmt(v))}</td>" for v in row) + "</tr>" for row in rows]
