@@ -13,7 +13,6 @@ range over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import saelab.train.loop as loop
 from saelab.evaluate.synthetic_data import HOOK, SyntheticConfig, write_synthetic
 from saelab.evaluate.synthetic_recovery import recovery_report
 from saelab.sae.folder import open_sae
+from saelab.storage import read_json, write_json
 from saelab.train.config import TrainConfig
 
 COLUMNS = [("l0", "L0"), ("fvu", "FVU"), ("recovered", "recovered"), ("abs:rate", "absorption rate"),
@@ -52,9 +52,13 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     cache = out / "cache"
+    syn = SyntheticConfig(out=str(cache), features=a.features, dim=a.dim, k_true=a.k_true, tokens=a.tokens,
+                          hierarchy=a.hierarchy, child_prob=a.child_prob, context=64)
     if not (cache / "manifest.json").exists():
-        write_synthetic(SyntheticConfig(out=str(cache), features=a.features, dim=a.dim, k_true=a.k_true,
-                                        tokens=a.tokens, hierarchy=a.hierarchy, child_prob=a.child_prob, context=64))
+        write_synthetic(syn)
+    elif {k: v for k, v in read_json(cache / "manifest.json")["synthetic"]["config"].items() if k != "out"} != \
+            {k: v for k, v in vars(syn).items() if k != "out"}:  # a rerun reuses the cache only for the same data
+        raise SystemExit(f"{cache} holds another synthetic setting; use another --out")
     rows: dict[str, list[dict]] = {}
     for arch in a.archs:
         for seed in a.seeds:
@@ -65,7 +69,7 @@ def main() -> None:
             report = recovery_report(open_sae(loop.train(cfg)[0]))
             rows.setdefault(arch, []).append(report)
             print(arch, seed, {name: round(value(report, key), 3) for key, name in COLUMNS}, flush=True)
-    (out / "result.json").write_text(json.dumps({"args": vars(a), "reports": rows}, indent=1))
+    write_json(out / "result.json", {"args": vars(a), "reports": rows})
     print(f"\n{a.features} features in {a.dim} dims, hierarchy {a.hierarchy} (child prob {a.child_prob}), "
           f"{a.latents} latents, k = {a.k}, matryoshka groups {a.groups or 'default'}, {a.tokens:,} vectors, seeds {a.seeds}: mean (min-max)\n")
     print("| type | " + " | ".join(name for _, name in COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS))
