@@ -437,7 +437,13 @@ def test_hookpoint_order_is_rank_independent(tiny_model_dir):
 
 def test_gated_and_skip_train_module_parallel(tmp_path, tiny_model_dir, text_corpus):
     """Module-parallel torchrun (each rank trains whole SAEs on full batches) gives the single-process
-    weights, extra parameters (r_mag, b_mag, W_skip) included."""
+    weights, extra parameters (r_mag, b_mag, W_skip) included.
+
+    Compared by each tensor's relative error, not element by element: the two runs differ by float
+    rounding (~1e-7), and a gate whose pre-activation lies within that of zero opens in one run and
+    not the other. Measured: such a flip moved one W_enc entry by 2.5e-4 (a CI failure under the old
+    elementwise atol 2e-4) and W_enc by up to 7e-4 relative; the other SAE of the same run (another
+    lr, so the result of training on anything else) differs by 0.026 (b_dec) to 3.1 relative."""
     import subprocess
     import sys
 
@@ -456,7 +462,8 @@ def test_gated_and_skip_train_module_parallel(tmp_path, tiny_model_dir, text_cor
         wa, wb = (load_sae(outs[n] / name)[0].folded_state() for n in (1, 2))
         assert {"r_mag", "b_mag", "W_skip"} <= set(wa)
         for k in wa:
-            torch.testing.assert_close(wb[k], wa[k], atol=2e-4, rtol=2e-4, msg=lambda m, k=k: f"{k}: {m}")
+            rel = ((wb[k] - wa[k]).norm() / wa[k].norm()).item()
+            assert rel < 5e-3, f"{name} {k}: relative error {rel:.2e} between 1 and 2 ranks"
 
 
 # ---------------------------------------------------------------- JumpReLU's start (short runs)
