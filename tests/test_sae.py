@@ -98,4 +98,6 @@ def test_batchtopk_finalize_calibrates_threshold_to_k():
     x = torch.randn(2048, 16)
     sae.finalize(x)
     sae.eval()
+    # on the inputs it calibrated on it keeps exactly k x rows (on the smallest kept value it kept one fewer)
+    assert int(sae.encode_raw(x).l0_per_row().sum()) == 5 * 2048
     assert sae.encode_raw(torch.randn(2048, 16)).l0_per_row().float().mean().item() == pytest.approx(5, rel=0.1)

@@ -74,7 +74,7 @@ class SparseCoder(nn.Module):
     uses_unit_norm_decoder = True
     uses_k = False               # sparsity set by k (--k sweeps) rather than a penalty (--sparsity-coeff)
     local_only = False           # its extra_loss needs the target: trains with --loss local only
-    scales_initial_code = False  # variable L0: fit_initial_scale shrinks the first code (penalty types)
+    scales_initial_code = False  # variable L0: fit_initial_scale shrinks the first code (penalty types, BatchTopK)
 
     def __init__(self, cfg: SaeConfig):
         super().__init__()
@@ -123,13 +123,15 @@ class SparseCoder(nn.Module):
 
     @torch.no_grad()
     def fit_initial_scale(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Penalty types (`scales_initial_code`): shrink the initial code to the least-squares scale.
+        """Variable-L0 types (`scales_initial_code`): shrink the initial code to the least-squares scale.
 
         With the tied init a row's code is its many largest projections on random unit directions,
         whose sum overshoots the input (first-batch FVU > 1 at layer 6). Gradient descent then pushes
         the pre-activations of active latents down and a JumpReLU / gated / ReLU code collapses before
         the decoder has learnt anything (JumpReLU, layer 6, 250k tokens: L0 9, 21% dead at every
-        penalty coefficient from 0.001 to 0.1; docs/DICTIONARIES.md). Scaling the encoder by the
+        penalty coefficient from 0.001 to 0.1; docs/DICTIONARIES.md). BatchTopK's batch-wide selection
+        gives the largest-norm rows hundreds of latents, so its first code overshoots too (16,384
+        latents at layer 6: training FVU 8.6 after 8 steps, docs/DICTIONARIES.md). Scaling the encoder by the
         best scalar c = <code recon, target> / <code recon, code recon> keeps the active set and
         starts the reconstruction at its best length. Returns c (1.0 when not applied)."""
         if not self.scales_initial_code:
@@ -138,7 +140,7 @@ class SparseCoder(nn.Module):
         target = y * self.out_scale - self.b_dec
         if self.cfg.skip:
             target = target - x_in @ self.W_skip.t()
-        recon = decode_sparse(self.encode(x_in)[0], self.W_dec)
+        recon = self.decode(self.encode(x_in)[0]) - self.b_dec  # decode: summed over a latent-sharded run's ranks
         c = float((recon * target).sum() / (recon * recon).sum().clamp_min(1e-12))
         c = min(max(c, 1e-3), 1.0)  # only shrink: a short code is left alone
         self.rescale_code(c)

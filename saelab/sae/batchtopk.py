@@ -73,6 +73,7 @@ def batch_select(pre: torch.Tensor, n_keep: int, m: int,
 
 class BatchTopKSae(SparseCoder):
     uses_k = True
+    scales_initial_code = True  # the selection is a ranking, unchanged by the fit's positive scale
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -125,14 +126,28 @@ class BatchTopKSae(SparseCoder):
         return flag
 
     @torch.no_grad()
+    def fit_initial_scale(self, x, y):
+        c = super().fit_initial_scale(x, y)
+        # the fit's own encode entered its unscaled smallest kept value into the running threshold
+        self.threshold.zero_()
+        self.threshold_steps.zero_()
+        return c
+
+    @torch.no_grad()
     def finalize(self, x):
         """Set the inference threshold so that, on these inputs, it keeps exactly the k x rows
-        activations that batch selection keeps (the running mean lags behind a short run)."""
+        activations that batch selection keeps (the running mean lags behind a short run).
+
+        The midpoint between the smallest kept value and the next one down (as `firing_thresholds`):
+        on the smallest kept value itself, `pre > threshold` dropped that entry, and a saved and
+        reloaded copy (whose folded weights round differently) could keep it."""
         pre = self.preacts(self.encoder_input(x)).relu().reshape(-1)
-        kept = self.top_values(pre, self.cfg.k * self.batch_rows(x.shape[0]))
-        kept = kept[kept > 0]
+        n_keep = self.cfg.k * self.batch_rows(x.shape[0])
+        top = self.top_values(pre, n_keep + 1).sort(descending=True).values
+        kept = top[:n_keep][top[:n_keep] > 0]
         if kept.numel():
-            self.threshold.fill_(kept.min().item())
+            below = top[n_keep].clamp_min(0) if top.numel() > n_keep else kept.new_zeros(())
+            self.threshold.fill_(((kept.min() + below) / 2).item())
 
     def extra_state_tensors(self):
         return {"threshold": self.threshold.expand(self.cfg.d_sae).clone()}
