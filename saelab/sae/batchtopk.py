@@ -1,8 +1,10 @@
 """BatchTopK SAE (Bussmann et al. 2024): keep the k x rows largest activations of the whole batch.
 
 Tokens get a variable number of latents (k on average). For inference the batch dependence is
-replaced by one threshold, a running mean of the smallest kept activation during training; the
-saved SAE is then a JumpReLU with that threshold for every latent (how SAELens loads it).
+replaced by one threshold (a running mean of the smallest kept activation during training, set by
+`finalize` on the last batch at the end); the saved SAE is then a JumpReLU with that threshold for
+every latent (how SAELens loads it). The first code is scaled to its least-squares length
+(`fit_initial_scale`): the batch-wide selection otherwise overshoots the input at the start.
 
 The batch selection (`batch_select`) never ranks all rows x latents values at once: each row's
 top-m pre-activations are its candidates, the threshold is found among them, and the few rows that
