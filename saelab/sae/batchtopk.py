@@ -145,11 +145,12 @@ class BatchTopKSae(SparseCoder):
         reloaded copy (whose folded weights round differently) could keep it."""
         pre = self.preacts(self.encoder_input(x)).relu().reshape(-1)
         n_keep = self.cfg.k * self.batch_rows(x.shape[0])
-        top = self.top_values(pre, n_keep + 1).sort(descending=True).values
-        kept = top[:n_keep][top[:n_keep] > 0]
+        top = self.top_values(pre, n_keep + 1).sort(descending=True).values  # pre is relu'd: all >= 0
+        kept = top[:n_keep]
+        kept = kept[kept > 0]
         if kept.numel():
-            below = top[n_keep].clamp_min(0) if top.numel() > n_keep else kept.new_zeros(())
-            self.threshold.fill_(((kept.min() + below) / 2).item())
+            below = top[n_keep].item() if top.numel() > n_keep else 0.0
+            self.threshold.fill_((kept.min().item() + below) / 2)
 
     def extra_state_tensors(self):
         return {"threshold": self.threshold.expand(self.cfg.d_sae).clone()}
