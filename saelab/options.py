@@ -29,6 +29,42 @@ def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT):
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
 
 
+# ---------------------------------------------------------------- options every stage shares, declared once
+# A stage's config dataclass writes `threads: int | None = threads_option()`; the flag, its default and its
+# help are then the same in every command (and in the Python API, which takes the same dataclasses).
+MODEL_HELP = "embedded | local folder | .gguf | hub id"
+CORPUS_HELP = "builtin | file/folder | .npy | hf:NAME"
+
+
+def out_option(what: str = "output folder"):
+    """--out, required: `what` says what the folder holds."""
+    return opt(help=what)
+
+
+def overwrite_option(what: str = "an existing output folder"):
+    return opt(False, f"replace {what}")
+
+
+def threads_option():
+    return opt(None, "torch CPU threads, set once for the whole command (none: torch's choice)")
+
+
+def device_option():
+    return opt("cpu", "cpu | cuda | cuda:N | mps")
+
+
+def dtype_option():
+    return opt("float32", "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32")
+
+
+def model_option():
+    return opt("embedded", MODEL_HELP)
+
+
+def corpus_option():
+    return opt("builtin", CORPUS_HELP)
+
+
 def _show(v) -> str:
     if v is None:
         return "none"

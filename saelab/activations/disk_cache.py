@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..data import load_token_rows
 from ..models import glob_regex, hookpoint_widths, depth_order, load_model, resolve_hookpoints
 from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
+from ..options import corpus_option, device_option, dtype_option, model_option, overwrite_option, threads_option
 from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, read_npy, refuse_overwrite, write_json
 from .stream import ActivationStream, Chunk, lm_rows_for, to_device
@@ -44,8 +45,8 @@ BLOCK = 256  # vectors read contiguously from one shard
 class CacheConfig:
     out: str = opt(help="cache folder (shards + manifest.json)")
     hookpoints: list[str] = opt(help="module names or globs (as in `train`)")
-    model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
-    corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
+    model: str = model_option()
+    corpus: str = corpus_option()
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
     tokens: int = opt(1_000_000, "LM positions to run (before sink masking)")
     context: int = opt(256, "tokens per row fed to the LM")
@@ -56,12 +57,12 @@ class CacheConfig:
     mask_special: bool = opt(True, "leave out BOS/EOS/pad positions")
     heldout_fraction: float = opt(0.05, "fraction of corpus rows held out (not cached)")
     seed: int = opt(0, "random seed (row order)")
-    threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
-    device: str = opt("cpu", "cpu | cuda | cuda:N")
-    dtype: str = opt("float32", "the LM's precision: float32 | bfloat16 | float16")
+    threads: int | None = threads_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
     store_dtype: str = opt("float32", "precision of the stored vectors: float32 | float16 | bfloat16 (half the disk; "
                                       "read back as float32)")
-    overwrite: bool = opt(False, "replace an existing cache folder")
+    overwrite: bool = overwrite_option("an existing cache folder")
 
     def validate(self) -> None:
         """Types and ranges, before the model loads."""

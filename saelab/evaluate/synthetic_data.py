@@ -36,7 +36,7 @@ from .. import __version__
 from ..activations.disk_cache import CACHE_FORMAT, MANIFEST, STORE_DTYPES, _write_npy, read_manifest, shard_path, \
     to_stored
 from ..errors import UserError
-from ..options import check_types, need_at_least, need_choice, opt
+from ..options import check_types, need_at_least, need_choice, opt, overwrite_option
 from ..sinks import SinkConfig
 from ..storage import fingerprint, read_tensors, refuse_overwrite, write_json, write_tensors
 
@@ -64,7 +64,7 @@ class SyntheticConfig:
     shard_vectors: int = opt(65536, "vectors per shard file")
     store_dtype: str = opt("float32", "precision of the stored vectors: float32 | float16 | bfloat16")
     seed: int = opt(0, "random seed (truth and samples)")
-    overwrite: bool = opt(False, "replace an existing cache folder")
+    overwrite: bool = overwrite_option("an existing cache folder")
 
     def validate(self) -> None:
         check_types(self)

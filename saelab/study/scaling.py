@@ -23,6 +23,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..options import check_types, need_at_least, opt
+from ..options import corpus_option, model_option, overwrite_option, threads_option
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 
@@ -33,16 +34,16 @@ class ScalingConfig:
     latents: list[int] = opt(default_factory=lambda: [512, 1024, 2048, 4096], help="dictionary sizes of the grid")
     tokens: list[int] = opt(default_factory=lambda: [16384, 32768, 65536], help="training-token budgets of the grid")
     k: int = opt(32, "TopK active latents (the same for every grid point)")
-    model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
-    corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
+    model: str = model_option()
+    corpus: str = corpus_option()
     context: int = opt(256, "tokens per row fed to the LM")
     batch_tokens: int = opt(4096, "tokens per optimiser step (and per LM forward batch)")
     eval_tokens: int = opt(16384, "held-out tokens for the FVU of every grid point")
     lr: float | None = opt(None, "learning rate (none: training's 2e-3 / sqrt(latents / 2^14))")
     cache: str | None = opt(None, "reuse this activation cache (same model, hookpoint, context; >= max tokens)")
     seed: int = opt(0, "random seed (data order, initialisation)")
-    threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
-    overwrite: bool = opt(False, "replace an existing output folder")
+    threads: int | None = threads_option()
+    overwrite: bool = overwrite_option()
 
     def validate(self) -> None:
         """Types and ranges, before anything runs."""

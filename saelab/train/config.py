@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UserError
 from ..options import (check_device, check_dtype, check_types, memory_bytes, need_at_least, need_choice, need_fraction,
-                       need_positive, opt)
+                       need_positive, opt, model_option, corpus_option, threads_option, device_option, dtype_option, overwrite_option)
 from ..sae import ARCHITECTURES, uses_k
 from .compile_check import check_compile
 
@@ -21,10 +21,10 @@ class TrainConfig:
     out: str = opt(help="run folder: one SAE folder per trained SAE")
     hookpoints: list[str] = opt(default_factory=lambda: ["model.layers.6"],
                                 help="module names or globs ('A->B': a transcoder from site A to site B)")
-    model: str = opt("embedded", "embedded | local folder | .gguf | hub id")
+    model: str = model_option()
     model_b: str | None = opt(None, "model diffing (--arch crosscoder): a second model of the same tokenizer and "
                                     "widths; the crosscoder reads --hookpoints in both, on the same tokens")
-    corpus: str = opt("builtin", "builtin | file/folder | .npy | hf:NAME")
+    corpus: str = corpus_option()
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
     arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated | codebook | crosscoder (docs/DICTIONARIES.md)")
@@ -66,9 +66,9 @@ class TrainConfig:
     heldout_fraction: float = opt(0.05, "fraction of corpus rows held out for evaluation")
     checkpoint_every: int = opt(250_000, "tokens between checkpoints")
     seed: int = opt(0, "random seed (data order, initialisation)")
-    threads: int | None = opt(None, "torch CPU threads (none: torch's choice)")
-    device: str = opt("cpu", "cpu | cuda | cuda:N")
-    dtype: str = opt("float32", "the LM's precision: float32 | bfloat16 | float16 (the dictionary trains in float32)")
+    threads: int | None = threads_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
     distributed: str = opt("data", "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split) | "
                                    "latents (each SAE's latents split; topk, batchtopk, matryoshka; --latents "
                                    "divisible by the processes)")
@@ -77,7 +77,7 @@ class TrainConfig:
                                "only; needs a C++ compiler on CPU, triton on CUDA (docs/SCALE.md)")
     wandb: str | None = opt(None, "wandb project name (needs wandb installed)")
     resume: bool = opt(False, "continue an interrupted run in --out from its last checkpoint")
-    overwrite: bool = opt(False, "replace an existing run folder")
+    overwrite: bool = overwrite_option("an existing run folder (only what a training run writes)")
     loss: str = opt("local", "local | e2e | e2e+ds | kl+mse (end-to-end losses and the KL+MSE fine-tune: docs/E2E.md)")
     kl_coeff: float | None = opt(None, "weight of KL(p_clean || p_spliced), nats/token. e2e, e2e+ds: default 0.5 "
                                        "(the paper's); kl+mse and --finetune-fraction: default 1, relative to the "
