@@ -185,5 +185,6 @@ def _generic(model: nn.Module) -> Family:
             continue
         norm_path = path
         break
-    norm = "layer" if norm_path and isinstance(norm_mod, nn.LayerNorm) else "rms"
+    centred = norm_path and (isinstance(norm_mod, nn.LayerNorm) or type(norm_mod).__name__.endswith("LayerNorm"))
+    norm = "layer" if centred else "rms"  # Cohere's, OLMo's LayerNorm classes centre too; RMSNorms do not
     return Family("generic", (), blocks, kinds, norm_path, norm=norm)

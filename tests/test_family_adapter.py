@@ -65,10 +65,9 @@ def test_promoted_tokens_are_the_logits_through_the_real_norm_and_head(fam, tmp_
 
 def test_bench_neuron_baseline_reads_the_familys_mlp_neurons(fam, tmp_path, text_corpus):
     family, folder, lm = fam
-    if family == "gemma2":
-        pytest.skip("the Llama-named neuron site is covered by tests/test_bench.py's tiny Llama")
     blocks = REAL[family][0]
-    neurons = {"gpt2": "transformer.h.1.mlp.c_proj:input", "gpt_neox": "gpt_neox.layers.1.mlp.dense_4h_to_h:input"}
+    neurons = {"gpt2": "transformer.h.1.mlp.c_proj:input", "gpt_neox": "gpt_neox.layers.1.mlp.dense_4h_to_h:input",
+               "gemma2": "model.layers.1.mlp.down_proj:input"}
     sae_dir = make_sae_folder(tmp_path / "sae", folder, text_corpus, hookpoint=f"{blocks}.1")
     out = tmp_path / "bench"
     assert main(["bench", str(sae_dir), "--out", str(out), "--metrics", "probing", "absorption", "--baselines",
@@ -99,6 +98,23 @@ def test_family_sites_are_the_real_modules(fam):
     assert acts[f.neuron_site(1)].shape[-1] == MLP
     torch.testing.assert_close(acts[f.block(1)], acts[f.block(0)] + acts[f.site(1, "attn_out")]
                                + acts[f.mlp_out_site(1)], atol=1e-5, rtol=1e-4)
+
+
+def test_each_declared_family_agrees_with_the_structure_of_its_models():
+    """A declared family names the same sites that reading the model's structure finds (the weightless
+    skeleton of each tiny family model), and is the one its config's model_type picks."""
+    from saelab.families import _generic
+    from saelab.models import model_skeleton
+    from test_families import FAMILIES
+
+    want = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "gemma2": "gemma2", "gemma3": "gemma2", "qwen2": "llama",
+            "qwen3": "llama", "mistral": "llama", "llama": "llama"}
+    for name, make in FAMILIES.items():
+        skeleton = model_skeleton(make()[0])
+        f = family_of(skeleton)
+        assert f.name == want[name]
+        assert f.hookpoints(skeleton) == _generic(skeleton).hookpoints(skeleton)
+        assert f.final_norm == _generic(skeleton).final_norm and f.norm == _generic(skeleton).norm
 
 
 @pytest.mark.parametrize("model_name,hook,ours", [
