@@ -16,8 +16,8 @@ there the raw outputs are `attn_out_prenorm` / `mlp_out_prenorm`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]   # HF config.model_type values of this family
     blocks: str                    # the ModuleList of transformer blocks ("model.layers")
-    kinds: dict                    # block sub-module -> kind, in forward order (see _LLAMA)
+    kinds: dict[str, str]          # block sub-module -> kind, in forward order (see _LLAMA)
     final_norm: str                # the norm the unembedding reads ("model.norm"); "" if none was found
     norm: str = "rms"              # "rms": x * scale / rms(x);  "layer": (x - mean) * scale / std(x) + bias
     norm_offset: float = 0.0       # the RMSNorm's scale is offset + weight: 1.0 for Gemma

@@ -1,7 +1,9 @@
 """Load a causal LM, name its hook sites, run it only as deep as a job needs, splice into it.
 
 A hookpoint is a module name (`model.layers.6`) meaning that module's output, or a module name
-with `:input` (`model.layers.6.mlp.down_proj:input`) meaning its first positional input.
+with `:input` (`model.layers.6.mlp.down_proj:input`) meaning its first positional input. What a model
+family names its blocks and sites (and its final norm, unembedding, TransformerLens names) is
+families.py's: `family_of(model)` is the adapter every stage asks.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import json
 
 import pytest
 import torch
+from test_families import MLP, build_family
+from view_helpers import make_sae_folder
 
 from saelab.cli import main
 from saelab.families import family_for_name, family_of
@@ -17,8 +19,6 @@ from saelab.models import collect_activations, load_model, module_at
 from saelab.sae.folder import load_sae
 from saelab.sae.foreign import tl_to_module
 from saelab.view.feature_store import FeatureStore
-from test_families import MLP, build_family
-from view_helpers import make_sae_folder
 
 # family -> (its blocks, its final norm module, "rms" | "layer"), spelled out here, not asked of the adapter
 REAL = {"gemma2": ("model.layers", "model.norm", "rms"), "gpt2": ("transformer.h", "transformer.ln_f", "layer"),
@@ -48,7 +48,7 @@ def test_promoted_tokens_are_the_logits_through_the_real_norm_and_head(fam, tmp_
     sae_dir = make_sae_folder(tmp_path / "sae", folder, text_corpus, hookpoint=f"{blocks}.1")
     store = FeatureStore.build(sae_dir, tokens=256, model=lm.model, tokenizer=lm.tokenizer, progress=False)
     norm, head = lm.model.get_submodule(norm_path), lm.model.get_output_embeddings()
-    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
+    eps = getattr(norm, "eps", None) or norm.variance_epsilon
     for i in (0, 7, 33):
         d = store.sae.W_dec[i].detach()
         with torch.no_grad():  # the direction added to a zero residual stream, through the model's own modules
@@ -64,7 +64,7 @@ def test_promoted_tokens_are_the_logits_through_the_real_norm_and_head(fam, tmp_
 
 
 def test_bench_neuron_baseline_reads_the_familys_mlp_neurons(fam, tmp_path, text_corpus):
-    family, folder, lm = fam
+    family, folder, _ = fam
     blocks = REAL[family][0]
     neurons = {"gpt2": "transformer.h.1.mlp.c_proj:input", "gpt_neox": "gpt_neox.layers.1.mlp.dense_4h_to_h:input",
                "gemma2": "model.layers.1.mlp.down_proj:input"}
@@ -103,9 +103,10 @@ def test_family_sites_are_the_real_modules(fam):
 def test_each_declared_family_agrees_with_the_structure_of_its_models():
     """A declared family names the same sites that reading the model's structure finds (the weightless
     skeleton of each tiny family model), and is the one its config's model_type picks."""
+    from test_families import FAMILIES
+
     from saelab.families import _generic
     from saelab.models import model_skeleton
-    from test_families import FAMILIES
 
     want = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "gemma2": "gemma2", "gemma3": "gemma2", "qwen2": "llama",
             "qwen3": "llama", "mistral": "llama", "llama": "llama"}

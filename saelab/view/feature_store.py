@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..families import family_of
 from ..features.latent_cache import LatentCache
 from ..features.latent_cache_writer import build_latent_cache
 from ..interpret.records import Interpretation, interpretations
-from ..families import family_of
 from ..models import LoadedModel
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
