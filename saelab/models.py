@@ -1,7 +1,9 @@
 """Load a causal LM, name its hook sites, run it only as deep as a job needs, splice into it.
 
 A hookpoint is a module name (`model.layers.6`) meaning that module's output, or a module name
-with `:input` (`model.layers.6.mlp.down_proj:input`) meaning its first positional input.
+with `:input` (`model.layers.6.mlp.down_proj:input`) meaning its first positional input. What a model
+family names its blocks and sites (and its final norm, unembedding, TransformerLens names) is
+families.py's: `family_of(model)` is the adapter every stage asks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .families import family_of
 from .options import check_dtype
 from .storage import cache_dir
 
@@ -134,51 +137,14 @@ def _check_causal(spec: str, source) -> None:
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of transformer blocks (the one as long as config.num_hidden_layers)."""
-    n = getattr(model.config, "num_hidden_layers", None)
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and (n is None or len(mod) == n):
-            return name, mod
-    raise UserError(f"{type(model).__name__}: could not find the model's list of transformer blocks (a ModuleList "
-                    f"of config.num_hidden_layers blocks); this architecture is not supported")
-
-
-# sub-module of a block (`:input` = its first input) -> kind; what is added to the residual stream
-# is `attn_out` / `mlp_out`, what the MLP reads is `mlp_in`, its hidden activation `mlp_neurons`.
-_KINDS = {
-    "": "resid_post",
-    "self_attn": "attn_out", "attn": "attn_out", "attention": "attn_out",
-    "mlp": "mlp_out", "feed_forward": "mlp_out",
-    "post_attention_layernorm": "mlp_in", "ln_2": "mlp_in",
-    "mlp.down_proj:input": "mlp_neurons", "mlp.c_proj:input": "mlp_neurons", "mlp.dense_4h_to_h:input": "mlp_neurons",
-}
-# blocks with a norm after attention and after the MLP (Gemma 2/3 "sandwich" norms): the residual
-# stream receives the post-norm outputs, and `post_attention_layernorm` normalises attention's output.
-_SANDWICH_KINDS = {
-    **_KINDS,
-    "self_attn": "attn_out_prenorm", "post_attention_layernorm": "attn_out",
-    "pre_feedforward_layernorm": "mlp_in", "mlp": "mlp_out_prenorm", "post_feedforward_layernorm": "mlp_out",
-}
-_KIND_ORDER = ["attn_out_prenorm", "attn_out", "mlp_in", "mlp_neurons", "mlp_out_prenorm", "mlp_out", "resid_post"]
-
-
-def block_kinds(layer: nn.Module) -> dict[str, str]:
-    """The kind table for this block's family."""
-    names = {n for n, _ in layer.named_modules()}
-    return _SANDWICH_KINDS if "pre_feedforward_layernorm" in names and "post_feedforward_layernorm" in names else _KINDS
+    """(path, ModuleList) of the transformer blocks, as the model's family names them."""
+    fam = family_of(model)
+    return fam.blocks, model.get_submodule(fam.blocks)
 
 
 def candidate_hookpoints(model: nn.Module) -> list[tuple[str, str]]:
-    """(name, kind) of the usual hook sites, block by block in forward order."""
-    prefix, layers = decoder_layers(model)
-    out = []
-    for i, layer in enumerate(layers):
-        kinds, lp = block_kinds(layer), f"{prefix}.{i}"
-        subs = [n for n, _ in layer.named_modules()]
-        subs += [f"{n}:input" for n in subs if n.startswith("mlp.")]
-        found = [(f"{lp}.{sub}".rstrip("."), kinds[sub]) for sub in subs if sub in kinds]
-        out += sorted(found, key=lambda nk: _KIND_ORDER.index(nk[1]))
-    return out
+    """(name, kind) of the usual hook sites, block by block in forward order (families.py: the kinds)."""
+    return family_of(model).hookpoints(model)
 
 
 def _all_names(model: nn.Module) -> list[str]:

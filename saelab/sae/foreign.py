@@ -34,6 +34,7 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
+from ..families import family_for_name
 from .base import SaeConfig, SparseCoder
 from .registry import build_sae
 from ..storage import read_json, read_tensors, write_json, write_tensors
@@ -135,19 +136,14 @@ def saelens_meta(cfg: dict) -> dict:
     return meta
 
 
-_TL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)$")
-
-
-def tl_to_module(hook: str, prefix: str = SPARSIFY_PREFIX) -> str:
-    """TransformerLens hook names (what most SAELens releases use) -> our module names for
-    Llama-style models: blocks.6.hook_resid_post -> model.layers.6, hook_resid_pre -> its input,
-    hook_resid_mid -> the post-attention norm's input, hook_mlp_out / hook_attn_out -> mlp / self_attn."""
-    m = _TL_HOOK.match(hook or "")
-    if not m:
-        return hook
-    layer = f"{prefix}layers.{m.group(1)}"
-    return {"resid_pre": f"{layer}:input", "resid_post": layer, "resid_mid": f"{layer}.post_attention_layernorm:input",
-            "mlp_out": f"{layer}.mlp", "attn_out": f"{layer}.self_attn"}[m.group(2)]
+def tl_to_module(hook: str, prefix: str = SPARSIFY_PREFIX, model_name: str | None = None) -> str:
+    """TransformerLens hook names (what most SAELens releases use) -> our module names, as the family of
+    `model_name` names them (families.py; Llama's names for a name of no listed family):
+    blocks.6.hook_resid_post -> model.layers.6, hook_resid_pre -> its input, hook_resid_mid -> the MLP norm's
+    input, hook_mlp_out / hook_attn_out -> what the MLP / attention add to the residual stream. A `prefix`
+    other than the default replaces the family's base-model path. Any other name is returned unchanged."""
+    base = prefix if prefix != SPARSIFY_PREFIX else None
+    return family_for_name(model_name).tl_site(hook, base) or hook
 
 
 def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
@@ -181,7 +177,8 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     d_out = int(cfg.get("d_out") or d_in)
     if not meta.get("hook_name"):
         raise UserError(f"{path} names no hook_name (neither metadata.hook_name nor top-level hook_name)")
-    hook = tl_to_module(meta["hook_name"], prefix)
+    model_name = meta.get("model_name")            # the family of the TransformerLens hook names
+    hook = tl_to_module(meta["hook_name"], prefix, model_name)
     t = _f32(read_tensors(folder / SAELENS_WEIGHTS))
     wpath = folder / SAELENS_WEIGHTS
     for ours, theirs in SAELENS_TENSOR_NAMES.get(arch, {}).items():  # gated: b_gate is our b_enc
@@ -219,8 +216,8 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     if transcoder and cfg.get("apply_b_dec_to_input") and cfg.get("architecture") not in SAELENS_TRANSCODERS:
         raise UserError(f"{path}: a transcoder that subtracts its output bias from its input is not supported")
     sc = SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hook, d_out=d_out,
-                   out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix) if transcoder else None, k=k,
-                   skip=skip)
+                   out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix, model_name) if transcoder else None,
+                   k=k, skip=skip)
     sae = build_sae(sc)
     extra = sae.extra_state_tensors()                            # jumprelu: threshold; gated: r_mag, b_mag
     _need(t, {n: tuple(v.shape) for n, v in extra.items()}, wpath)

@@ -9,8 +9,8 @@ an interpretation run (interpret/records.py `interpretations`, checked against t
 Per feature (`view(i)`): firing density, activation histogram, top activating examples and
 examples from equal-width activation ranges (tokens with this feature's activation at each
 position), the tokens its decoder direction most promotes / suppresses through the final norm
-and the unembedding, the explanation and scores when an interpretation record exists, and the
-nearest features by decoder cosine.
+and the unembedding (as the model's family defines them, families.py), the explanation and
+scores when an interpretation record exists, and the nearest features by decoder cosine.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..families import family_of
 from ..features.latent_cache import LatentCache
 from ..features.latent_cache_writer import build_latent_cache
 from ..interpret.records import Interpretation, interpretations
@@ -46,22 +47,6 @@ class ShownExample:
     acts: list[float]       # this feature's activation at each token of the window
     peak: int               # index of the example's own position inside the window
     value: float
-
-
-def final_norm_and_unembed(model) -> tuple[torch.Tensor | None, torch.Tensor] | None:
-    """(final norm weight [d] or None, unembedding [vocab, d]) of a HF causal LM, if found."""
-    emb = model.get_output_embeddings()
-    if emb is None:
-        return None
-    norm = None
-    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm"):
-        try:
-            norm = model.get_submodule(path)
-            break
-        except AttributeError:
-            continue
-    w = getattr(norm, "weight", None) if norm is not None else None
-    return (w.detach() if w is not None else None), emb.weight.detach()
 
 
 class FeatureStore:
@@ -104,15 +89,15 @@ class FeatureStore:
     def _logits(self) -> None:
         """Promoted / suppressed tokens of every decoder direction through final norm + unembedding."""
         self.promoted = self.suppressed = None
-        found = final_norm_and_unembed(self.model)
+        fam = family_of(self.model)
+        U = fam.unembedding(self.model)  # [vocab, d_model]
         W = self.sae.W_dec.detach()  # [d_sae, d_out]
-        if found is None or found[1].shape[1] != W.shape[1]:
+        if U is None or U.shape[1] != W.shape[1]:
             return  # a site whose width is not the residual stream's: no logit lens
-        g, U = found
-        Wg = W * g if g is not None else W
+        norm = fam.final_norm_fn(self.model)  # the family's final norm on directions (Gemma: 1 + weight)
         top_v, top_i, bot_v, bot_i = [], [], [], []
         for s in range(0, W.shape[0], 512):
-            lg = Wg[s:s + 512] @ U.T  # [chunk, vocab]
+            lg = norm(W[s:s + 512]) @ U.T  # [chunk, vocab]
             t = lg.topk(N_LOGITS, dim=1)
             b = lg.topk(N_LOGITS, dim=1, largest=False)
             top_v.append(t.values), top_i.append(t.indices), bot_v.append(b.values), bot_i.append(b.indices)

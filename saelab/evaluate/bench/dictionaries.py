@@ -5,8 +5,8 @@ tensors; zeros where a latent is silent), and, when it has them, unit `direction
 in the space of the SAEs' site (what each latent writes; absorption compares them with a probe).
 
 Baselines, built for the site of the SAEs being benched:
-  neurons   the MLP hidden units of the same block (`<block>.mlp.down_proj:input`), every value kept;
-            direction j = column j of down_proj (what neuron j adds to the residual stream)
+  neurons   the MLP hidden units of the same block (the family's neuron site, e.g. `<block>.mlp.down_proj:input`),
+            every value kept; direction j = what neuron j adds to the residual stream (a column of the projection)
   residual  the site's own basis (codes = the activation, directions = identity)
   pca       the site's principal components (all d_in of them: with d_sae > d_in that is the top
             min(d_sae, d_in)), fitted on training rows; codes = projections of the centred activation
@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 
 from ...errors import UserError
-from ...models import decoder_layers, input_unit_directions, layer_index, module_at
+from ...families import family_of
+from ...models import hookpoint_widths, input_unit_directions, layer_index, module_at
 from ...sae.registry import build_sae
 
 BASELINES = ("neurons", "residual", "pca", "random")
@@ -59,13 +60,13 @@ def sae_dictionary(folder, name: str | None = None) -> Dictionary:
 
 
 def neuron_site(model, site: str) -> str:
-    """`<blocks>.<L>.mlp.down_proj:input` of the block a site belongs to (a UserError when the model
-    has no such module, or the site is not inside a block)."""
+    """The MLP hidden units of the block a site belongs to, as the model's family names them
+    (`model.layers.L.mlp.down_proj:input`, GPT-2's `transformer.h.L.mlp.c_proj:input`, ...); a UserError
+    when the site is not inside a block or the model has no such module."""
     layer = layer_index(model, site)
     if layer < 0:
         raise UserError(f"--baselines neurons: {site} is not inside a transformer block")
-    prefix, _ = decoder_layers(model)
-    hp = f"{prefix}.{layer}.mlp.down_proj:input"
+    hp = family_of(model).neuron_site(layer)
     try:
         module_at(model, hp)
     except AttributeError:
@@ -75,9 +76,8 @@ def neuron_site(model, site: str) -> str:
 
 def neuron_dictionary(model, site: str, d_model: int) -> Dictionary:
     hp = neuron_site(model, site)
-    mod = module_at(model, hp)
-    width = mod.in_features
-    dirs = input_unit_directions(mod, width)
+    width = hookpoint_widths(model, [hp])[hp]
+    dirs = input_unit_directions(module_at(model, hp), width)  # Linear or GPT-2's Conv1D
     # what a neuron writes lands in the residual stream; directions make sense only in a space of that width
     dirs = _unit(dirs) if dirs is not None and dirs.shape[1] == d_model else None
     return Dictionary(f"neurons (L{layer_index(model, site)} MLP)", "neurons", hp, width, lambda x: x.float(), dirs,
