@@ -102,9 +102,12 @@ def latent_slice(full: SparseCoder, sl: slice) -> SparseCoder:
     sae.cfg = dataclasses.replace(full.cfg, d_sae=sl.stop - sl.start, extra=dict(full.cfg.extra))
     with torch.no_grad():
         for name, p in full.named_parameters():  # replaced in place: the order (Adam's state) is kept
-            setattr(sae, name, nn.Parameter(_slice(name, p.detach(), sl).clone(), requires_grad=p.requires_grad))
+            owner, _, leaf = name.rpartition(".")
+            setattr(sae.get_submodule(owner), leaf,
+                    nn.Parameter(_slice(name, p.detach(), sl).clone(), requires_grad=p.requires_grad))
         for name, b in full.named_buffers():
-            setattr(sae, name, b.clone())
+            owner, _, leaf = name.rpartition(".")
+            setattr(sae.get_submodule(owner), leaf, b.clone())
     return sae
 
 
