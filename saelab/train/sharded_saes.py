@@ -58,7 +58,8 @@ class LatentSplit(Local):
         return Pick(chosen[rows, pos] - self.offset, rows)
 
     def latent_total(self, n: int) -> int:
-        return int(self.comm.all_reduce(torch.tensor([n], dtype=torch.long, device=self.device), what="dead-latent count")[0])
+        t = torch.tensor([n], dtype=torch.long, device=self.device)
+        return int(self.comm.all_reduce(t, what="dead-latent count")[0])
 
     def latent_sum(self, partial: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of `partial`, with autograd into the local term only."""
