@@ -37,10 +37,10 @@ class FullBatchTopK(BatchTopKSae):
         with torch.no_grad():
             pre = self.preacts(x_in, bias)
             flat = pre.relu().reshape(-1)
-            top = self.top_values(flat, self.cfg.k * n)
+            top = self.reductions.top_values(flat, self.cfg.k * n)
             t = top.min() if top.numel() else flat.new_tensor(float("inf"))
             keep = ((flat >= t) & (flat > 0)).nonzero().squeeze(1)
-            lo = self.reduce_min(flat[keep].min() if keep.numel() else flat.new_tensor(float("inf")))
+            lo = self.reductions.min(flat[keep].min() if keep.numel() else flat.new_tensor(float("inf")))
             if torch.isfinite(lo):
                 self.threshold_steps += 1
                 self.threshold += (lo - self.threshold) / self.threshold_steps.clamp_max(1000)

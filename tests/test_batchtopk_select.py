@@ -11,7 +11,7 @@ from saelab.sae import SaeConfig, build_sae
 from saelab.sae.batchtopk import batch_select
 from saelab.sae.latents import Latents, decode_sparse
 from saelab.sae.matryoshka import group_decodes
-from saelab.train.sharded_saes import ShardedBatchTopK
+from saelab.train.sharded_saes import LatentSplit
 
 
 def full_select(pre, n_keep):
@@ -80,7 +80,7 @@ def test_every_entry_a_candidate_when_m_covers_the_row_and_bad_m_refused():
 
 
 class ThreadComm:
-    """Two ranks as threads: the collectives of distributed.Comm that ShardedBatchTopK uses."""
+    """Two ranks as threads: the collectives of distributed.Comm that LatentSplit uses."""
 
     def __init__(self, world):
         self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world, timeout=60)
@@ -126,7 +126,8 @@ def test_latent_shards_keep_the_single_process_selection_and_threshold():
 
     def rank(r):
         half = SaeConfig("batchtopk", d_in=16, d_sae=128, hookpoint="h", k=4)
-        sae = ShardedBatchTopK(half, comm.rank_view(r), r * 128, 256).train()
+        sae = build_sae(half).train()
+        sae.reductions = LatentSplit(comm.rank_view(r), r * 128, 128, 256)
         sl = slice(r * 128, (r + 1) * 128)
         with torch.no_grad():
             sae.W_enc.copy_(full.W_enc[:, sl]), sae.b_enc.copy_(full.b_enc[sl]), sae.b_dec.copy_(full.b_dec)

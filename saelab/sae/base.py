@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .latents import Latents, decode_sparse, gather_preacts
+from .reductions import LOCAL, Local
 
 
 @dataclass
@@ -88,6 +89,9 @@ class SparseCoder(nn.Module):
         self.register_buffer("in_scale", torch.ones(()))
         self.register_buffer("out_scale", torch.ones(()))
         self.reset_parameters()
+        # the reductions over latents and over the batch (reductions.py): one process unless parallel
+        # training gives this dictionary another
+        self.reductions: Local = LOCAL
 
     # ------------------------------------------------------------ init
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -117,6 +121,7 @@ class SparseCoder(nn.Module):
         self.b_dec.copy_(center)
         self.init_code(x)
         self.fit_initial_scale(x, y)
+        self.reductions.replicate(self.in_scale, self.out_scale, self.b_dec)
 
     def init_code(self, x: torch.Tensor) -> None:
         """Data-dependent start of the type's own code parameters (JumpReLU's thresholds); none here."""
@@ -172,7 +177,8 @@ class SparseCoder(nn.Module):
         raise NotImplementedError
 
     def decode(self, lat: Latents) -> torch.Tensor:
-        return decode_sparse(lat, self.W_dec) + self.b_dec
+        r = self.reductions  # a latent slice decodes its part; b_dec enters once
+        return r.latent_sum(decode_sparse(lat, self.W_dec)) + r.shared(self.b_dec)
 
     def predict(self, x_in: torch.Tensor, lat: Latents) -> torch.Tensor:
         """The output in the scaled space: the decoded latents, plus the skip of a skip transcoder."""
@@ -190,7 +196,7 @@ class SparseCoder(nn.Module):
         lat, sparsity, pre = self.encode(x_in)
         recon = self.predict(x_in, lat)
         aux = extra = recon.new_zeros(())
-        if dead is not None and target is not None and bool(dead.any()):
+        if dead is not None and target is not None and self.reductions.latent_total(int(dead.sum())):
             aux = self.auxk_loss(x_in, pre, target - recon.detach(), dead)
         if target is not None:
             extra = self.extra_loss(x_in, lat, recon, target)
@@ -211,24 +217,25 @@ class SparseCoder(nn.Module):
         (`python bench/auxk_paths.py`, docs/DICTIONARIES.md). Same selection and maths either way
         (tests/test_auxk_paths.py).
         """
+        r = self.reductions  # a latent slice: the counts, the top-k and the decode span every rank's latents
         cols = dead.nonzero().squeeze(1)
-        k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, len(cols))
-        if len(cols) <= AUXK_DENSE_UP_TO * k_aux:
+        n_dead = r.latent_total(len(cols))
+        k_aux = min(self.cfg.aux_k or self.cfg.d_in // 2, n_dead)
+        if n_dead <= AUXK_DENSE_UP_TO * k_aux:
             sub = torch.addmm(self.encoder_bias()[cols], x_in, self.W_enc[:, cols])  # [rows, dead], with grad
             values = self.auxk_values(sub)
-            if k_aux < len(cols):
+            if k_aux < n_dead:
                 with torch.no_grad():
-                    keep = torch.zeros_like(sub).scatter_(1, sub.topk(k_aux, dim=1, sorted=False).indices, 1.0)
+                    keep = r.row_topk(sub, k_aux).mask(sub)
                 values = values * keep
             pred = values @ self.W_dec[cols]
         else:
             with torch.no_grad():
-                idx = cols[pre[:, cols].topk(k_aux, dim=1, sorted=False).indices]
-            rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k_aux)
-            chosen = gather_preacts(x_in, self.W_enc, self.encoder_bias(), pre, rows, idx.reshape(-1))
-            lat = Latents(self.auxk_values(chosen.view(-1, k_aux)), idx, None, x_in.shape[0], self.cfg.d_sae)
-            pred = decode_sparse(lat, self.W_dec)
-        pred = self.auxk_rescale(pred, residual)
+                pick = r.row_topk(pre[:, cols], k_aux)
+            idx = cols[pick.cols]
+            chosen = gather_preacts(x_in, self.W_enc, self.encoder_bias(), pre, pick.row_ids(), idx.reshape(-1))
+            pred = decode_sparse(pick.latents(self.auxk_values(chosen), idx, x_in.shape[0], self.cfg.d_sae), self.W_dec)
+        pred = self.auxk_rescale(r.latent_sum(pred), residual)
         denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         return self.cfg.aux_coeff * (pred - residual).pow(2).sum() / denom
 

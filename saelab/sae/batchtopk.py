@@ -92,11 +92,10 @@ class BatchTopKSae(SparseCoder):
                 # Keep every activation >= the (k x rows)-th largest: ties at the boundary are all kept,
                 # and a latent-sharded run (which finds the same threshold from per-rank candidates)
                 # keeps exactly this set.
-                k = self.cfg.k
-                total = self.batch_rows(n)
-                rows, cols, kept = batch_select(pre, k * total, CANDIDATES_PER_K * k, self.top_values,
-                                                self.any_rank, total)
-                lo = self.reduce_min(kept.min() if kept.numel() else pre.new_tensor(float("inf")))
+                k, r = self.cfg.k, self.reductions  # r: over every rank's rows or latents in parallel training
+                total = r.batch_rows(n)
+                rows, cols, kept = batch_select(pre, k * total, CANDIDATES_PER_K * k, r.top_values, r.any, total)
+                lo = r.min(kept.min() if kept.numel() else pre.new_tensor(float("inf")))
                 if torch.isfinite(lo):
                     # running mean of the smallest kept activation: the inference threshold
                     self.threshold_steps += 1
@@ -108,24 +107,6 @@ class BatchTopKSae(SparseCoder):
         else:
             vals = pre[rows, cols].relu()
         return latents_of(vals, rows, cols, n, d_sae), x_in.new_zeros(()), pre
-
-    # The batch-wide reductions, one process. Latent sharding (train/sharded_saes.py) and data-parallel
-    # training (train/row_split.py, where each rank holds a share of the batch's rows) make them global.
-    def batch_rows(self, n: int) -> int:
-        """The batch's rows, of which `n` are here (data-parallel: summed over the ranks)."""
-        return n
-
-    def top_values(self, flat: torch.Tensor, n: int) -> torch.Tensor:
-        """The n largest values of `flat` (latent sharding: of every rank's `flat` together)."""
-        return flat.topk(min(n, flat.numel()), sorted=False).values
-
-    def reduce_min(self, lo: torch.Tensor) -> torch.Tensor:
-        """The smallest kept activation of the batch (latent sharding: over every rank)."""
-        return lo
-
-    def any_rank(self, flag: bool) -> bool:
-        """`flag` (latent sharding: true on any rank); batch_select's refinement is then collective."""
-        return flag
 
     @torch.no_grad()
     def fit_initial_scale(self, x, y):
@@ -144,8 +125,8 @@ class BatchTopKSae(SparseCoder):
         on the smallest kept value itself, `pre > threshold` dropped that entry, and a saved and
         reloaded copy (whose folded weights round differently) could keep it."""
         pre = self.preacts(self.encoder_input(x)).relu().reshape(-1)
-        n_keep = self.cfg.k * self.batch_rows(x.shape[0])
-        top = self.top_values(pre, n_keep + 1).sort(descending=True).values  # pre is relu'd: all >= 0
+        n_keep = self.cfg.k * self.reductions.batch_rows(x.shape[0])
+        top = self.reductions.top_values(pre, n_keep + 1).sort(descending=True).values  # relu'd: all >= 0
         kept = top[:n_keep]
         kept = kept[kept > 0]
         if kept.numel():

@@ -43,8 +43,9 @@ class MatryoshkaSae(BatchTopKSae):
 
     def prefix_recons(self, lat: Latents) -> list[torch.Tensor]:
         """Reconstruction by each proper prefix (groups 0..g, g < last), in the training space."""
-        parts = group_decodes(lat, self.W_dec, self.bounds, len(self.bounds) - 1)
-        out, acc = [], self.b_dec.expand(lat.n_rows, -1)
+        r = self.reductions  # a latent slice: its latents' global groups, its part of each prefix summed
+        parts = r.latent_sum(group_decodes(lat, self.W_dec, self.bounds, len(self.bounds) - 1, r.offset))
+        out, acc = [], r.shared(self.b_dec).expand(lat.n_rows, -1)
         for part in parts.unbind(1):  # b_dec + group 0, + group 1, ...: the sums of a masked decode per prefix
             acc = acc + part
             out.append(acc)

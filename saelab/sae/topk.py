@@ -5,22 +5,21 @@ from __future__ import annotations
 import torch
 
 from .base import SparseCoder
-from .latents import Latents, gather_preacts
+from .latents import gather_preacts
 
 
 class TopKSae(SparseCoder):
     uses_k = True
 
     def encode(self, x_in):
-        k = self.cfg.k
         bias = self.encoder_bias()
         with torch.no_grad():
             pre = self.preacts(x_in, bias)
-            idx = pre.topk(k, dim=-1, sorted=False).indices
-        rows = torch.arange(x_in.shape[0], device=x_in.device).repeat_interleave(k)
+            pick = self.reductions.row_topk(pre, self.cfg.k)  # a latent slice: its share of the global top-k
+        rows = pick.row_ids()
         if torch.is_grad_enabled():
-            vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, idx.reshape(-1)).relu()
+            vals = gather_preacts(x_in, self.W_enc, bias, pre, rows, pick.cols.reshape(-1)).relu()
         else:
-            vals = pre.gather(1, idx).relu_()
-        lat = Latents(vals.view(-1, k), idx, None, x_in.shape[0], self.cfg.d_sae)
+            vals = pick.take(pre).relu_()
+        lat = pick.latents(vals, pick.cols, x_in.shape[0], self.cfg.d_sae)
         return lat, x_in.new_zeros(()), pre

@@ -10,7 +10,8 @@ data     Every rank trains every SAE. The LM forward of each chunk is split by b
          (its rows' target variance / the batch's), which makes the summed gradient exactly the
          single-process gradient of the FVU loss. (The AuxK and sparsity terms get the same
          weights, which is exact only when their normalisers split like the FVU's; see docs/SCALE.md.)
-         BatchTopK's and Matryoshka's batch-wide selection runs over every rank's rows (row_split.py).
+         Every dictionary's batch-wide reductions (BatchTopK's and Matryoshka's selection) run over
+         every rank's rows (row_split.py).
 modules  The SAEs are divided among the ranks (round-robin); the activations of each chunk are
          computed once (split by batches) and exchanged, and each rank trains its own SAEs on
          full batches: no gradient traffic at all.
@@ -34,11 +35,11 @@ import torch.distributed as dist
 
 from ..activations.stream import ActivationStream, Chunk
 from ..errors import UserError
-from ..sae import BatchTopKSae, SaeConfig, build_sae
+from ..sae import SaeConfig, build_sae
 from .latent_shard import LATENT_DIM, check_latents_mode, gather_member, load_sharded, shard_member
 from .members import Member, new_member
 from .parallel import SingleProcess
-from .row_split import RowSplitSelection
+from .row_split import RowSplit
 
 
 def world_size() -> int:
@@ -190,7 +191,7 @@ class Distributed(SingleProcess):
             os.environ["TQDM_DISABLE"] = "1"
         self._names: list[str] = []
         self._weights: dict[str, float] = {}
-        self._row_split: dict[str, RowSplitSelection] = {}  # data mode: batch-wide selections (BatchTopK)
+        self._row_split: dict[str, RowSplit] = {}  # data mode: each dictionary's batch-wide reductions
 
     def describe(self) -> dict:
         return {"world_size": self.comm.world, "distributed": self.mode}
@@ -209,9 +210,7 @@ class Distributed(SingleProcess):
         self._names = [m.name for m in members]
         if self.mode == "data":
             for m in members:
-                if isinstance(m.sae, BatchTopKSae):
-                    self._row_split[m.name] = RowSplitSelection(m.sae, self.comm)
-                    self._row_split[m.name].attach()
+                m.sae.reductions = self._row_split[m.name] = RowSplit(self.comm, m.since_fired.device)
             return members
         if self.mode == "latents":
             return [shard_member(m, self.comm, self.device) for m in members]
@@ -232,8 +231,7 @@ class Distributed(SingleProcess):
         """This rank's rows of a batch, and its gradient weight (its share of the target variance)."""
         n = x.shape[0]
         split = n >= 4 * self.comm.world
-        if m.name in self._row_split:  # the batch's rows, before this rank takes its share
-            self._row_split[m.name].total_rows = n if split else None
+        self._row_split[m.name].total_rows = n if split else None  # the batch's rows, before this rank's share
         if not split:  # a tiny last batch: every rank takes all of it, gradients averaged
             self._weights[m.name] = 1.0 / self.comm.world
             return x, y

@@ -8,8 +8,9 @@ One step, on every rank:
   its local candidates, all-gathered                     TopK [rows, world * k]; BatchTopK [world * k * rows]
                                                          -> the exact global selection
   the partial decode of the selected latents it owns, all-reduced (sum)          -> the reconstruction
-The dictionaries that do this are in sharded_saes.py (TopK, BatchTopK, Matryoshka); this file
-checks a configuration, slices full members into shards and gathers them back.
+A shard is an ordinary dictionary of its type on its slice, whose reductions over latents (top-k,
+decode sums: sae/reductions.py) are the collectives of sharded_saes.py; this file checks a
+configuration, slices full members into shards and gathers them back.
 
 Saving and checkpoints gather the slices into one ordinary SAE (and Adam state) on rank 0, so the
 files are those of single-process training; resume slices the checkpoint again.
@@ -20,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 
 from ..errors import UserError
-from ..sae import build_sae
+from ..sae import SparseCoder, build_sae
 from .checkpoint import load_checkpoint
 from .members import Member, new_member
-from .sharded_saes import SHARDED
+from .sharded_saes import SHARDED, LatentSplit
 
 SHARDABLE = tuple(SHARDED)
 # the dimension of each parameter (and its Adam moments) that indexes latents; others are replicated
@@ -55,10 +57,9 @@ def shard_member(m: Member, comm, device: str) -> Member:
                         f"{comm.world} processes")
     per = full.cfg.d_sae // comm.world
     off = comm.rank * per
-    cfg = dataclasses.replace(full.cfg, d_sae=per, extra=dict(full.cfg.extra))
-    sae = SHARDED[cfg.arch](cfg, comm, off, full.cfg.d_sae).to(device)
     sl = slice(off, off + per)
-    sae.load_state_dict({k: _slice(k, v, sl) for k, v in full.state_dict().items()})
+    sae = latent_slice(full, sl).to(device)
+    sae.reductions = LatentSplit(comm, off, per, full.cfg.d_sae, device)
     out = new_member(m.name, sae, m.lr, device, m.stats)
     for (name, p_full), p in zip(full.named_parameters(), sae.parameters()):
         st = m.opt.state.get(p_full)
@@ -77,7 +78,7 @@ def gather_member(m: Member, comm) -> Member | None:
     parts = comm.all_gather_object(state, "gathering latent shards")
     if comm.rank != 0:
         return None
-    full_cfg = dataclasses.replace(sae.cfg, d_sae=sae.full_d_sae, extra=dict(sae.cfg.extra))
+    full_cfg = dataclasses.replace(sae.cfg, d_sae=sae.reductions.latents, extra=dict(sae.cfg.extra))
     full = build_sae(full_cfg)
     full.load_state_dict({k: _cat(k, [p[0][k] for p in parts]) for k in parts[0][0]})
     full = full.to(m.since_fired.device)
@@ -89,6 +90,25 @@ def gather_member(m: Member, comm) -> Member | None:
                                 for k, v in st.items()}
     out.since_fired.copy_(torch.cat([p[2] for p in parts]))
     return out
+
+
+def latent_slice(full: SparseCoder, sl: slice) -> SparseCoder:
+    """Latents `sl` of `full` as a dictionary of its own type: the latent-indexed parameters narrowed,
+    the others and every buffer (BatchTopK's threshold, Matryoshka's group bounds) copied. Built on
+    the meta device from the full configuration, so the type's own checks see the whole dictionary
+    (Matryoshka's groups span every latent) and no second full-size set of weights is allocated."""
+    with torch.device("meta"):
+        sae = type(full)(dataclasses.replace(full.cfg, extra=dict(full.cfg.extra)))
+    sae.cfg = dataclasses.replace(full.cfg, d_sae=sl.stop - sl.start, extra=dict(full.cfg.extra))
+    with torch.no_grad():
+        for name, p in full.named_parameters():  # replaced in place: the order (Adam's state) is kept
+            owner, _, leaf = name.rpartition(".")
+            setattr(sae.get_submodule(owner), leaf,
+                    nn.Parameter(_slice(name, p.detach(), sl).clone(), requires_grad=p.requires_grad))
+        for name, b in full.named_buffers():
+            owner, _, leaf = name.rpartition(".")
+            setattr(sae.get_submodule(owner), leaf, b.clone())
+    return sae
 
 
 def _slice(name: str, v: torch.Tensor, sl: slice) -> torch.Tensor:
@@ -105,7 +125,7 @@ def load_sharded(out, members: list[Member], comm, device: str) -> None:
     """--resume: read the (single-process layout) checkpoint in full, keep this rank's slices."""
     fulls = []
     for m in members:
-        cfg = dataclasses.replace(m.sae.cfg, d_sae=m.sae.full_d_sae, extra=dict(m.sae.cfg.extra))
+        cfg = dataclasses.replace(m.sae.cfg, d_sae=m.sae.reductions.latents, extra=dict(m.sae.cfg.extra))
         fulls.append(new_member(m.name, build_sae(cfg), m.lr))
     load_checkpoint(out, fulls)
     for m, f in zip(members, fulls):

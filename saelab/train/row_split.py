@@ -1,20 +1,20 @@
-"""BatchTopK and Matryoshka under data-parallel training (`--distributed data`): each rank holds a
-share of every batch's rows, but the selection keeps the k x rows largest activations of the whole
-batch. The dictionary's four batch-wide reductions (`BatchTopKSae.batch_rows / top_values /
-reduce_min / any_rank`) are made global here, as latent sharding does over latents
-(sharded_saes.py):
+"""The batch-wide reductions of a dictionary under data-parallel training (`--distributed data`): each
+rank holds a share of every batch's rows, but BatchTopK's and Matryoshka's selection keeps the
+k x rows largest activations of the whole batch. Through this object (sae/reductions.py) they are
+global, as latent sharding makes them over latents (sharded_saes.py):
 
   batch_rows   the batch's row count, set by Distributed.shard before it splits the rows (no collective)
   top_values   each rank's n largest candidates (padded to n with -inf, so every rank sends one
                shape) all-gathered -> the n largest of the union: the single-process threshold
-  reduce_min   the smallest kept activation over the ranks (the running inference threshold)
-  any_rank     a rank whose rows may hold values the candidates miss refines; every rank takes part
+  min          the smallest kept activation over the ranks (the running inference threshold)
+  any          a rank whose rows may hold values the candidates miss refines; every rank takes part
 
 So each rank keeps exactly its rows' part of the single-process selection, and the loss's
-variance-share weights (Distributed.shard) make the summed gradient the single-process one.
+variance-share weights (Distributed.shard) make the summed gradient the single-process one. The
+reductions over latents stay local: every rank holds every latent.
 
 When a batch is too small to split (every rank takes all rows, Distributed.shard) or at `finalize`
-(every rank holds the same inputs), the reductions stay local: `total_rows` is None then.
+(every rank holds the same inputs), the reductions stay local too: `total_rows` is None then.
 """
 
 from __future__ import annotations
@@ -22,20 +22,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..sae import BatchTopKSae
+from ..sae.reductions import Local
 
 
-class RowSplitSelection:
+class RowSplit(Local):
     """The batch-wide reductions of one dictionary over the ranks' shares of a batch."""
 
-    def __init__(self, sae: BatchTopKSae, comm):
-        self.sae, self.comm = sae, comm
+    def __init__(self, comm, device: str | torch.device = "cpu"):
+        self.comm, self.device = comm, device  # device: of the flags exchanged (nccl: the GPU)
         self.total_rows: int | None = None  # this step's batch rows when split over the ranks, else None
-
-    def attach(self) -> None:
-        """Instance attributes shadow the class's one-process reductions (the weights are untouched)."""
-        for name in ("batch_rows", "top_values", "reduce_min", "any_rank"):
-            setattr(self.sae, name, getattr(self, name))
 
     @property
     def split(self) -> bool:
@@ -45,7 +40,7 @@ class RowSplitSelection:
         return self.total_rows if self.split else n
 
     def top_values(self, flat: torch.Tensor, n: int) -> torch.Tensor:
-        local = BatchTopKSae.top_values(self.sae, flat, n)  # the class's own, shadowed by attach()
+        local = super().top_values(flat, n)
         if not self.split:
             return local
         padded = flat.new_full((n,), float("-inf"))
@@ -54,13 +49,13 @@ class RowSplitSelection:
         union = union[union > float("-inf")]
         return union.topk(min(n, union.numel()), sorted=False).values
 
-    def reduce_min(self, lo: torch.Tensor) -> torch.Tensor:
+    def min(self, lo: torch.Tensor) -> torch.Tensor:
         if not self.split:
             return lo
         return self.comm.all_reduce(lo.reshape(1).clone(), dist.ReduceOp.MIN, "BatchTopK threshold")[0]
 
-    def any_rank(self, flag: bool) -> bool:
+    def any(self, flag: bool) -> bool:
         if not self.split:
             return flag
-        t = torch.tensor([int(flag)], device=self.sae.b_dec.device)
+        t = torch.tensor([int(flag)], device=self.device)
         return bool(self.comm.all_reduce(t, dist.ReduceOp.MAX, "BatchTopK refinement")[0])
