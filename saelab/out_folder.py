@@ -143,8 +143,7 @@ def open_out(path, kind: RunKind, overwrite: bool, identity=None, what: str = "-
         there = [p.name for p in kind.own_entries(path, names)]
         if there and not overwrite:
             raise UserError(f"{path} already holds {', '.join(there)}; pass --overwrite to replace the {kind.name}")
-        folder.replace = bool(there)
-        return folder
+        return folder  # its files are rewritten one by one; nothing is removed first
     held = kind_of(path)
     if held is not None and held is not kind:
         raise UserError(f"{what} {path} holds {_a(held.name)}, not {_a(kind.name)}; choose another {what}")
