@@ -52,10 +52,12 @@ class RunKind:
         return Path(folder).is_dir() and self.marker(Path(folder))
 
     def own_entries(self, folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
-        """Entries of `folder` that this kind writes (or those of `names`)."""
+        """Entries of `folder` that this kind writes (or those of `names`). A pattern `X/Y` names the
+        folders X that hold a Y (`*/cfg.json`: the SAE folders a training run wrote)."""
         found: dict[Path, None] = {}
         for pattern in names or self.outputs:
-            found.update(dict.fromkeys(sorted(Path(folder).glob(pattern))))
+            head, _, inside = pattern.partition("/")
+            found.update(dict.fromkeys(p for p in sorted(Path(folder).glob(head)) if not inside or (p / inside).exists()))
         return list(found)
 
 
@@ -77,8 +79,8 @@ def _sae_folders(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.is_dir() and (p / "cfg.json").exists()]
 
 
-TRAINING_RUN = RunKind("training run", (MANIFEST, "train_log.jsonl", "train_curves.png", "checkpoint.safetensors"),
-                       _is_training_run)
+TRAINING_RUN = RunKind("training run", (MANIFEST, "train_log.jsonl", "train_curves.png", "checkpoint.safetensors",
+                                        "*/cfg.json"), _is_training_run)
 LATENT_CACHE = RunKind("latent cache", (MANIFEST, "tokens.npy", "row_ids.npy", "excluded.npy", "dicts", "chunks"),
                        _is_latent_cache, identity_key="identity", settings="arguments")
 INTERPRETATION_RUN = RunKind("interpretation run", (MANIFEST, "explanations.jsonl", "examples.jsonl", "scores_*.jsonl",
@@ -101,12 +103,29 @@ def kind_of(folder: Path) -> RunKind | None:
     return next((k for k in KINDS if k.holds(folder)), None)
 
 
-def _check_writable(path: Path, what: str) -> None:
+def check_writable(path: Path, what: str = "--out") -> None:
+    """The output path is a folder (or none yet) under a folder we can write."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder; choose another path")
     parent = next((q for q in (path, *path.parents) if q.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: {parent} is not a writable folder (read-only or no permission)")
+
+
+def refuse_nonempty(path: Path, overwrite: bool, what: str = "--out", hint: str = "") -> None:
+    """A folder with anything in it is replaced only with --overwrite (`hint`: what else the user may do)."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"{what} folder {path} already exists and is not empty; pass --overwrite to replace it{hint}")
+
+
+def refuse_replacing_names(folder: Path, names, overwrite: bool, what: str) -> None:
+    """A writer that puts `names` (globs) beside other files replaces none of them without --overwrite."""
+    there = [p.name for n in names for p in sorted(Path(folder).glob(n))] if Path(folder).is_dir() else []
+    if there and not overwrite:
+        raise UserError(f"{folder} already holds {', '.join(dict.fromkeys(there))}; pass --overwrite to replace the "
+                        f"{what}")
 
 
 @dataclass
@@ -135,14 +154,12 @@ def open_out(path, kind: RunKind, overwrite: bool, identity=None, what: str = "-
     this run (compared with the manifest's `kind.identity_key`; equal -> resume); `names`: what this run
     writes when narrower than the kind's outputs (a bench of some metrics)."""
     path = Path(path)
-    _check_writable(path, what)
+    check_writable(path, what)
     folder = OutFolder(path, kind, names=names)
     if not path.exists() or not any(path.iterdir()):
         return folder
     if kind.shares_folder:  # a report beside other files: only its own files are refused
-        there = [p.name for p in kind.own_entries(path, names)]
-        if there and not overwrite:
-            raise UserError(f"{path} already holds {', '.join(there)}; pass --overwrite to replace the {kind.name}")
+        refuse_replacing_names(path, names or kind.outputs, overwrite, kind.name)
         return folder  # its files are rewritten one by one; nothing is removed first
     held = kind_of(path)
     if held is not None and held is not kind:
@@ -154,9 +171,7 @@ def open_out(path, kind: RunKind, overwrite: bool, identity=None, what: str = "-
         if not overwrite:
             raise UserError(f"{path} holds {_a(kind.name)} made with other {kind.settings}; pass --overwrite to replace "
                             f"it, or choose another {what}")
-    elif not overwrite:
-        raise UserError(f"{what} folder {path} already exists and is not empty; pass --overwrite to replace it"
-                        + (f" (or --resume to continue a run)" if kind is TRAINING_RUN else ""))
+    refuse_nonempty(path, overwrite, what, " (or --resume to continue a run)" if kind is TRAINING_RUN else "")
     folder.replace = True
     return folder
 
