@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,14 +29,18 @@ from .latent_cache import FORMAT_VERSION, MANIFEST, check_files, dict_dirname, s
 # ====================================================================== dictionaries
 
 
+@dataclass
 class _Dictionary:
     """One thing to cache: encode(acts [B*T, d]) -> (flat row index, latent, value) of active entries."""
-
-    def __init__(self, name: str, kind: str, source: str, hookpoint: str, d_sae: int, steer_hookpoint: str | None,
-                 decoder: torch.Tensor | None, encode):
-        self.name, self.kind, self.source, self.hookpoint = name, kind, source, hookpoint
-        self.d_sae, self.steer_hookpoint, self.decoder, self.encode = d_sae, steer_hookpoint, decoder, encode
-        self.extra: dict = {}
+    name: str
+    kind: str                              # sae | neurons
+    source: str
+    hookpoint: str
+    d_sae: int
+    steer_hookpoint: str | None
+    decoder: torch.Tensor | None           # [d_sae, d_model]
+    encode: Callable
+    extra: dict = field(default_factory=dict)
 
     def info(self, shard_size: int) -> dict:
         return {"kind": self.kind, "source": self.source, "hookpoint": self.hookpoint, "d_sae": self.d_sae,
@@ -89,9 +94,8 @@ def _neuron_dictionary(model, hookpoint: str, k: int) -> _Dictionary:
         keep = vals > 0
         return rows[keep], idx[keep], vals[keep]
 
-    dic = _Dictionary(f"neurons:{hookpoint}", "neurons", f"neurons:{hookpoint}", hookpoint, d, steer, decoder, encode)
-    dic.extra = {"neuron_k": k}
-    return dic
+    return _Dictionary(f"neurons:{hookpoint}", "neurons", f"neurons:{hookpoint}", hookpoint, d, steer, decoder, encode,
+                       {"neuron_k": k})
 
 
 # ====================================================================== building
@@ -136,7 +140,10 @@ def _merge_chunks(chunk_dir: Path, dict_dir: Path, n_chunks: int, d_sae: int, sh
                                                    "sum_activation": torch.from_numpy(vsum)})
 
 
-def _write_chunk(path: Path, rows, pos, lat, val, d_sae: int, shard_size: int) -> None:
+def _write_chunk(path: Path, records: tuple, d_sae: int, shard_size: int) -> None:
+    """One chunk of one dictionary: records (row, pos, latent, value) sorted by latent, with the offset of
+    each latent shard (what `_merge_chunks` slices)."""
+    rows, pos, lat, val = records
     n_shards = (d_sae + shard_size - 1) // shard_size
     order = torch.sort(lat, stable=True).indices
     lat = lat[order]
@@ -319,9 +326,8 @@ def _collect(run: _Run, progress: bool) -> None:
                 excl_chunk[b0 - r0:b1 - r0] = _encode_batch(run, ids, b0, recs, specials)
                 bar.update((b1 - b0) * ctx)
         for d in run.dicts:
-            rr, pp, ll, vv = (torch.cat(x) for x in recs[d.name])
-            _write_chunk(out / "chunks" / dict_dirname(d.name) / f"chunk_{c:05d}.safetensors", rr, pp, ll, vv,
-                         d.d_sae, cfg.shard_size)
+            _write_chunk(out / "chunks" / dict_dirname(d.name) / f"chunk_{c:05d}.safetensors",
+                         tuple(torch.cat(x) for x in recs[d.name]), d.d_sae, cfg.shard_size)
         save_npy(excl_dir / f"chunk_{c:05d}.npy", excl_chunk)
         manifest["chunks_done"] = c + 1
         manifest["n_positions"] += int((~excl_chunk).sum())

@@ -29,8 +29,10 @@ class BenchConfig:
     device: str = device_option()
     overwrite: bool = overwrite_option("an existing report in --out")
 
-    def validate(self, has_interp: bool) -> None:
-        """Names, ranges and the metrics' needs; `has_interp`: an interpretation summary was given."""
+    def validate(self, has_interp: bool | None = None) -> None:
+        """Names, ranges and the metrics' needs; `has_interp`: an interpretation summary was given
+        (None: --interp names a run, which the command summarises)."""
+        has_interp = self.interp is not None if has_interp is None else has_interp
         check_types(self)
         bad = [m for m in self.metrics or () if m not in METRICS]
         if bad:

@@ -66,8 +66,10 @@ def _words_task(tokenizer, seed: int, scale: float) -> tuple[Task, list[str]]:
                 np.asarray(labels), np.arange(n), np.ones(n, dtype=np.int64), split_rows(n, seed)), letters
 
 
-def run_absorption(lm, dicts, site, sink, seed, device, scale: float = 1.0) -> AbsorptionReport:
-    task, letters = _words_task(lm.tokenizer, seed, scale)
+def run_absorption(lm, dicts, site: str, sink, cfg: BenchConfig) -> AbsorptionReport:
+    """The first-letter probe at `site`, then each sparse dictionary's absorption against it."""
+    seed, device = cfg.seed, cfg.device
+    task, letters = _words_task(lm.tokenizer, seed, cfg.task_scale)
     sparse = [d for d in dicts if d.sparse and d.directions is not None]
     enc = encode_task(lm.model, lm.tokenizer, task, sparse, site, sink, batch_rows=256, device=device,
                       desc="bench: absorption")
@@ -183,7 +185,7 @@ def _probing(b: _Bench, lm) -> None:
 
 def _absorption(b: _Bench, lm) -> None:
     t0 = time.time()
-    rep = run_absorption(lm, b.dicts, b.site, b.sink, b.cfg.seed, b.cfg.device, b.cfg.task_scale)
+    rep = run_absorption(lm, b.dicts, b.site, b.sink, b.cfg)
     if rep.weak:
         b.notes.append(f"absorption: the first-letter probe reaches only {rep.probe_accuracy:.2f} held-out "
                        f"accuracy at {b.site}; the absorption numbers mean little there")
@@ -248,9 +250,10 @@ def bench(cfg: BenchConfig, interp_summary: dict | None = None, quiet: bool = Fa
 
 
 def run_bench(sae_dirs: list[str], out: str, *, interp_summary: dict | None = None, quiet: bool = False,
-              fit_tokens: int = FIT_TOKENS, tasks_file: str | None = None, core_tokens: int | None = None,
-              **options) -> dict:
+              fit_tokens: int = FIT_TOKENS, **options) -> dict:
     """`bench` with the config's fields as keywords (`tasks_file=` and `core_tokens=` are --tasks and --tokens)."""
-    options |= {k: v for k, v in (("tasks", tasks_file), ("tokens", core_tokens)) if v is not None}
+    for old, new in (("tasks_file", "tasks"), ("core_tokens", "tokens")):
+        if old in options:
+            options[new] = options.pop(old)
     cfg = BenchConfig(sae_dirs=[str(d) for d in sae_dirs], out=str(out), **options)
     return bench(cfg, interp_summary, quiet, fit_tokens)
