@@ -21,26 +21,14 @@ THREADS_HELP = "torch CPU threads, set once for the whole command (default: torc
 DTYPE_HELP = "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32 (default float32)"
 
 
-def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, cli: dict | None = None):
+def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, positional: bool = False):
     """A config field with its command-line help: `x: int = opt(3, "what x is")`,
     `xs: list[int] = opt(default_factory=lambda: [1], help="...")`, `out: str = opt(help="...")` (required).
-    `cli`: how the command line shows the field (see CLI_KEYS), e.g. `cli={"positional": True}`."""
+    `positional`: a plain argument, not --x (a list takes one or more, or any number with a default)."""
     if not help:
         raise ValueError("opt() needs a help text")
-    unknown = set(cli or ()) - set(CLI_KEYS)
-    if unknown:
-        raise ValueError(f"opt(cli=...): unknown key(s) {sorted(unknown)}; choose from {', '.join(CLI_KEYS)}")
-    meta = {"help": help} | ({"cli": dict(cli)} if cli else {})
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
-
-
-# ---------------------------------------------------------------- how a field appears on the command line
-# The field's name and type make its option (`--name`, typed values). A field may say more in `opt(cli=...)`:
-#   positional: True   a positional argument (a list field: nargs "+" when required, "*" with a default)
-#   cli_type:   T      argparse parses each value as T, not as the field's type (e.g. `--latents 0-9,12` is a
-#                      list of str that the command turns into the list[int] the config holds)
-#   group:      TITLE  the option is listed under TITLE in --help (e.g. "LLM client")
-CLI_KEYS = ("positional", "cli_type", "group")
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help} | ({"positional": True} if positional else {}))
 
 
 # ---------------------------------------------------------------- options every stage shares, declared once
@@ -98,14 +86,10 @@ def field_default(f: dataclasses.Field):
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
-    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        cli = f.metadata.get("cli", {})
-        if cli.get("group") and cli["group"] not in groups:
-            groups[cli["group"]] = parser.add_argument_group(cli["group"])
-        where = groups[cli["group"]] if cli.get("group") else parser
+        name = flag(f.name)
         t = hints[f.name]
         if typing.get_origin(t) in (typing.Union, types.UnionType):  # Optional[X] -> X
             t = next(a for a in typing.get_args(t) if a is not type(None))
@@ -113,20 +97,19 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         default = field_default(f)
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help: declare it with opt(default, help)")
+        if f.metadata.get("positional"):  # a plain argument: its help says itself what leaving it out means
+            kw = {"nargs": "+" if default is _NO_DEFAULT else "*", "type": args[0]} if origin is list else \
+                {"type": t} | ({} if default is _NO_DEFAULT else {"nargs": "?"})
+            parser.add_argument(f.name, default=None, help=f.metadata["help"].replace("%", "%%"), **kw)
+            continue
         h = f.metadata["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {_show(default)})")
-        if cli.get("positional") and default in (_NO_DEFAULT, None, []):  # argparse marks positionals itself
-            h = f.metadata["help"]
         h = h.replace("%", "%%")  # argparse formats help with %
-        value_type = cli.get("cli_type", args[0] if origin is list else t)
-        if cli.get("positional"):
-            nargs = ("+" if default is _NO_DEFAULT else "*") if origin is list else None if default is _NO_DEFAULT else "?"
-            where.add_argument(f.name, nargs=nargs, type=value_type, default=None, help=h)
-        elif t is bool:
-            where.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=h)
+        if t is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=h)
         elif origin is list:
-            where.add_argument(flag(f.name), nargs="+", type=value_type, default=None, help=h)
+            parser.add_argument(name, nargs="+", type=args[0], default=None, help=h)
         else:
-            where.add_argument(flag(f.name), type=value_type, default=None, help=h)
+            parser.add_argument(name, type=t, default=None, help=h)
 
 
 def add_config_command(sub, name: str, cls, fn, help: str, description: str | None = None):

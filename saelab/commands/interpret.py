@@ -4,7 +4,9 @@ Python API takes too; each command only turns the parsed options into that objec
 
 from __future__ import annotations
 
-from ..options import THREADS_HELP, add_config_command, build_config
+import dataclasses
+
+from ..options import THREADS_HELP, add_config_command, add_dataclass_options, build_config
 from . import latent_list
 
 
@@ -30,6 +32,17 @@ def cmd_score(a) -> None:
     print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")
 
 
+def _latents_command(sub, name: str, cls, fn, help: str, description: str):
+    """add_config_command, except --latents: its words (`0-9,12` or `0 1 2`) become the field's ids in the
+    command (`latent_list`), so the config holds list[int] for the Python API too."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--config", help="JSON or TOML file with option values (command line wins; default: none)")
+    add_dataclass_options(p, cls, skip=("latents",))
+    field = next(f for f in dataclasses.fields(cls) if f.name == "latents")
+    p.add_argument("--latents", nargs="+", help=field.metadata["help"])
+    p.set_defaults(fn=fn)
+
+
 def cmd_report(a) -> None:
     from ..interpret.report import report
 
@@ -51,13 +64,13 @@ def register(sub) -> None:
                        description="Run the model once over --tokens tokens and store every active latent sparsely "
                                    "(row, position, latent, value), sharded by latent range, tokens stored once. "
                                    "Rerun the same command to resume an interrupted run. Format: docs/INTERPRET.md.")
-    add_config_command(sub, "explain", ExplainConfig, cmd_explain,
-                       help="explain latents of a cached dictionary with an LLM (or the statistical baseline)",
-                       description="Draw examples for each latent from a latent cache, explain it, and append one "
-                                   "record per latent to OUT/explanations.jsonl (a rerun skips latents already done).")
-    add_config_command(sub, "score", ScoreConfig, cmd_score, help="score the explanations of a run",
-                       description="Score each explained latent with each scorer; one record per latent is appended "
-                                   "to RUN/scores_SCORER.jsonl (a rerun skips latents already scored).")
+    _latents_command(sub, "explain", ExplainConfig, cmd_explain,
+                     help="explain latents of a cached dictionary with an LLM (or the statistical baseline)",
+                     description="Draw examples for each latent from a latent cache, explain it, and append one "
+                                 "record per latent to OUT/explanations.jsonl (a rerun skips latents already done).")
+    _latents_command(sub, "score", ScoreConfig, cmd_score, help="score the explanations of a run",
+                     description="Score each explained latent with each scorer; one record per latent is appended "
+                                 "to RUN/scores_SCORER.jsonl (a rerun skips latents already scored).")
 
     r = sub.add_parser("report", help="summarise and compare interpretation runs (table + PNG plots)")
     r.add_argument("runs", nargs="+", help="run folders; with several, the first is compared with each other one")

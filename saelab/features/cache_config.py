@@ -15,7 +15,7 @@ SPLITS = ("heldout-first", "heldout", "train")
 @dataclass(kw_only=True)
 class LatentCacheConfig:
     sae_dirs: list[str] = opt(default_factory=list, help="SAE folders (saelab format); they must share model, "
-                                                         "corpus, context", cli={"positional": True})
+                                                         "corpus, context", positional=True)
     tokens: int = opt(1_000_000, "tokens to cache")
     out: str = opt(help="cache folder")
     neurons: str | None = opt(None, "also cache the units at this hookpoint as a baseline dictionary "

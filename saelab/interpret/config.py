@@ -12,8 +12,6 @@ from ..options import threads_option
 from .examples import ExampleConfig
 from .scorers import SCORERS
 
-CLIENT = {"group": "LLM client"}
-LATENT_IDS = {"cli_type": str}  # `--latents 0-9,12` or `0 1 2`: the command turns the words into ids
 LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted)"
 
 
@@ -21,17 +19,17 @@ LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted
 class ClientOptions:
     """The LLM that explains (explain) or judges (score), and the machine the local models run on."""
     client: str = opt("local", "local (a HF chat model in-process) | openai (any OpenAI-compatible server) | "
-                               "anthropic", cli=CLIENT)
+                               "anthropic")
     llm: str | None = opt(None, "model: for local a model spec (none: embedded), for openai/anthropic the served "
-                                "model name", cli=CLIENT)
+                                "model name")
     base_url: str | None = opt(None, "OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (none: "
-                                     "$OPENAI_BASE_URL)", cli=CLIENT)
-    concurrency: int = opt(4, "parallel requests to an HTTP server", cli=CLIENT)
-    timeout: float = opt(60.0, "seconds per HTTP request", cli=CLIENT)
-    max_retries: int = opt(4, "retries with exponential backoff", cli=CLIENT)
-    price_in: float = opt(0.0, "USD per million prompt tokens, for cost accounting", cli=CLIENT)
-    price_out: float = opt(0.0, "USD per million completion tokens", cli=CLIENT)
-    batch_size: int = opt(8, "prompts per forward pass of the local client (64 or more on a GPU)", cli=CLIENT)
+                                     "$OPENAI_BASE_URL)")
+    concurrency: int = opt(4, "parallel requests to an HTTP server")
+    timeout: float = opt(60.0, "seconds per HTTP request")
+    max_retries: int = opt(4, "retries with exponential backoff")
+    price_in: float = opt(0.0, "USD per million prompt tokens, for cost accounting")
+    price_out: float = opt(0.0, "USD per million completion tokens")
+    batch_size: int = opt(8, "prompts per forward pass of the local client (64 or more on a GPU)")
     threads: int | None = threads_option()
     device: str = device_option()
 
@@ -50,10 +48,10 @@ class ClientOptions:
 
 @dataclass(kw_only=True)
 class ExplainConfig(ClientOptions):
-    cache: str = opt(help="latent cache folder (saelab cache)", cli={"positional": True})
+    cache: str = opt(help="latent cache folder (saelab cache)", positional=True)
     out: str = out_option("run folder")
     dictionary: str | None = opt(None, "which dictionary of the cache (needed when it holds several)")
-    latents: list[int] | None = opt(None, LATENTS_HELP + " (none: --n-latents chosen at random)", cli=LATENT_IDS)
+    latents: list[int] | None = opt(None, LATENTS_HELP + " (none: --n-latents chosen at random)")
     n_latents: int = opt(200, "random latents to explain")
     explainer: str = opt("llm", "llm | stats (top tokens and contexts, no LLM)")
     show_activations: bool = opt(False, "show activation levels 1-9 after marked tokens")
@@ -87,13 +85,13 @@ class ExplainConfig(ClientOptions):
 
 @dataclass(kw_only=True)
 class ScoreConfig(ClientOptions):
-    run: str = opt(help="run folder (saelab explain)", cli={"positional": True})
+    run: str = opt(help="run folder (saelab explain)", positional=True)
     scorers: list[str] = opt(default_factory=lambda: ["embedding", "surprisal"], help=f"any of {' '.join(SCORERS)}")
     judge_mode: str = opt("auto", "detection/fuzzing: logprob (P(Yes), one prompt per example) | generate (a parsed "
                                   "0/1 list per prompt) | auto")
     batch_examples: int = opt(10, "examples per prompt in generate mode")
     steer_scale: float = opt(2.0, "intervention: steering = scale x max activation x decoder row")
-    latents: list[int] | None = opt(None, LATENTS_HELP + " (none: every explained latent)", cli=LATENT_IDS)
+    latents: list[int] | None = opt(None, LATENTS_HELP + " (none: every explained latent)")
 
     def validate(self) -> None:
         self.check_client()

@@ -14,7 +14,7 @@ from .results import DEFAULT_METRICS, METRICS
 
 @dataclass(kw_only=True)
 class BenchConfig:
-    sae_dirs: list[str] = opt(help="SAE folders at one site of one model", cli={"positional": True})
+    sae_dirs: list[str] = opt(help="SAE folders at one site of one model", positional=True)
     out: str = out_option("report folder (JSON per metric, report.md/html, bench.png)")
     metrics: list[str] | None = opt(None, f"{' '.join(METRICS)} (none: {' '.join(DEFAULT_METRICS)}, plus "
                                           f"autointerp with --interp)")
