@@ -57,7 +57,8 @@ class RunKind:
         found: dict[Path, None] = {}
         for pattern in names or self.outputs:
             head, _, inside = pattern.partition("/")
-            found.update(dict.fromkeys(p for p in sorted(Path(folder).glob(head)) if not inside or (p / inside).exists()))
+            hits = sorted(Path(folder).glob(head))
+            found.update(dict.fromkeys(p for p in hits if not inside or (p / inside).exists()))
         return list(found)
 
 
@@ -169,8 +170,8 @@ def open_out(path, kind: RunKind, overwrite: bool, identity=None, what: str = "-
             folder.resume = True
             return folder
         if not overwrite:
-            raise UserError(f"{path} holds {_a(kind.name)} made with other {kind.settings}; pass --overwrite to replace "
-                            f"it, or choose another {what}")
+            raise UserError(f"{path} holds {_a(kind.name)} made with other {kind.settings}; pass --overwrite to "
+                            f"replace it, or choose another {what}")
     refuse_nonempty(path, overwrite, what, " (or --resume to continue a run)" if kind is TRAINING_RUN else "")
     folder.replace = True
     return folder

@@ -131,7 +131,8 @@ def _open_explain_run(cfg: ExplainConfig, examples: ExampleConfig) -> _ExplainRu
     manifest["latents"] = sorted(set(manifest["latents"]) | set(chosen))
     manifest.update({"kind": "saelab-interpretation-run", "label": cfg.label or manifest.get("label") or out.name,
                      "cache": identity["cache"], "dictionary": name, "dictionary_info": cache.info(name),
-                     "model_spec": cache.manifest["model_spec"], "examples": examples.to_dict(), "versions": _versions()})
+                     "model_spec": cache.manifest["model_spec"], "examples": examples.to_dict(),
+                     "versions": _versions()})
     run = _ExplainRun(cfg, examples, cache, name, chosen, out, manifest)
     run.save()
     return run
