@@ -47,7 +47,7 @@ class ClientOptions:
 
 
 @dataclass(kw_only=True)
-class ExplainConfig(ClientOptions):
+class _ExplainFields:
     cache: str = opt(help="latent cache folder (saelab cache)", positional=True)
     out: str = out_option("run folder")
     dictionary: str | None = opt(None, "which dictionary of the cache (needed when it holds several)")
@@ -67,6 +67,9 @@ class ExplainConfig(ClientOptions):
     label: str | None = opt(None, "name of this run in reports (none: the folder name)")
     overwrite: bool = opt(False, "replace a run made with other settings")
 
+
+@dataclass(kw_only=True)
+class ExplainConfig(ClientOptions, _ExplainFields):  # the explain options first, then the client's (--help order)
     def validate(self) -> None:
         self.check_client()
         if self.explainer not in ("llm", "stats"):
@@ -84,7 +87,7 @@ class ExplainConfig(ClientOptions):
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(ClientOptions):
+class _ScoreFields:
     run: str = opt(help="run folder (saelab explain)", positional=True)
     scorers: list[str] = opt(default_factory=lambda: ["embedding", "surprisal"], help=f"any of {' '.join(SCORERS)}")
     judge_mode: str = opt("auto", "detection/fuzzing: logprob (P(Yes), one prompt per example) | generate (a parsed "
@@ -93,6 +96,9 @@ class ScoreConfig(ClientOptions):
     steer_scale: float = opt(2.0, "intervention: steering = scale x max activation x decoder row")
     latents: list[int] | None = opt(None, LATENTS_HELP + " (none: every explained latent)")
 
+
+@dataclass(kw_only=True)
+class ScoreConfig(ClientOptions, _ScoreFields):  # the score options first, then the client's (--help order)
     def validate(self) -> None:
         self.check_client()
         bad = [s for s in self.scorers if s not in SCORERS]
