@@ -21,12 +21,14 @@ THREADS_HELP = "torch CPU threads, set once for the whole command (default: torc
 DTYPE_HELP = "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32 (default float32)"
 
 
-def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT):
+def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, positional: bool = False):
     """A config field with its command-line help: `x: int = opt(3, "what x is")`,
-    `xs: list[int] = opt(default_factory=lambda: [1], help="...")`, `out: str = opt(help="...")` (required)."""
+    `xs: list[int] = opt(default_factory=lambda: [1], help="...")`, `out: str = opt(help="...")` (required).
+    `positional`: a plain argument, not --x (a list takes one or more, or any number with a default)."""
     if not help:
         raise ValueError("opt() needs a help text")
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help} | ({"positional": True} if positional else {}))
 
 
 # ---------------------------------------------------------------- options every stage shares, declared once
@@ -95,6 +97,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         default = field_default(f)
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help: declare it with opt(default, help)")
+        if f.metadata.get("positional"):  # a plain argument: its help says itself what leaving it out means
+            kw = {"nargs": "+" if default is _NO_DEFAULT else "*", "type": args[0]} if origin is list else \
+                {"type": t} | ({} if default is _NO_DEFAULT else {"nargs": "?"})
+            parser.add_argument(f.name, default=None, help=f.metadata["help"].replace("%", "%%"), **kw)
+            continue
         h = f.metadata["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {_show(default)})")
         h = h.replace("%", "%%")  # argparse formats help with %
         if t is bool:

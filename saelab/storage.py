@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .out_folder import check_writable, refuse_nonempty, refuse_replacing_names
 
 
 def cache_dir() -> Path:
@@ -71,13 +72,9 @@ def write_text(path: Path, text: str) -> None:
 
 def refuse_replacing(folder: Path, names, overwrite: bool, what: str) -> None:
     """Before any work: a command that writes `names` into an existing `folder` (a run folder, say)
-    must not replace any of them without --overwrite."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {folder} is a file, not a folder; choose another path")
-    there = [n for n in names if (folder / n).exists()]
-    if there and not overwrite:
-        raise UserError(f"{folder} already holds {', '.join(there)}; pass --overwrite to replace the {what}")
+    must not replace any of them without --overwrite. The kindless form of out_folder.open_out."""
+    check_writable(folder)
+    refuse_replacing_names(folder, names, overwrite, what)
 
 
 def _json_default(o):
@@ -149,18 +146,10 @@ def fingerprint(*parts: Any) -> str:
 
 
 def refuse_overwrite(path: Path, overwrite: bool, what: str = "output") -> None:
-    """Before any work: the output folder must be a folder we can write, and empty unless --overwrite."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file, not a folder; choose another path")
-    parent = next((q for q in (path, *path.parents) if q.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path}: {parent} is not a writable folder (read-only or no permission)")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise UserError(
-            f"{what} folder {path} already exists and is not empty; pass --overwrite to replace it "
-            f"(or --resume to continue a run)"
-        )
+    """Before any work: the output folder must be a folder we can write, and empty unless --overwrite.
+    The kindless form of out_folder.open_out, for writers not yet given a RunKind."""
+    check_writable(path, what)
+    refuse_nonempty(path, overwrite, what, " (or --resume to continue a run)")
 
 
 def read_jsonl(path: Path) -> list[dict]:

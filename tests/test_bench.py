@@ -201,3 +201,23 @@ def test_autointerp_summary_is_folded_into_the_report_without_a_model(tmp_path, 
     assert ai["scorers"]["detection"]["primary"]["auc"]["mean"] == pytest.approx(0.7)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Autointerp (sae_llm: 2/3 latents explained)" in md and "| detection | 2 | auc | 0.700 |" in md
+
+
+def test_bench_command_is_built_from_bench_config(tmp_path, text_corpus, capsys):
+    """`saelab bench SAE --interp RUN --metrics autointerp` through the command (BenchConfig's options): the run
+    is summarised by the command, a second report into the same --out needs --overwrite."""
+    from saelab.cli import main
+
+    run = tmp_path / "interp"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"label": "r", "latents": [0]}))
+    (run / "explanations.jsonl").write_text(json.dumps({"latent": 0, "status": "ok", "seconds": 1.0,
+                                                        "explanation": "x"}) + "\n")
+    folder = _folder(tmp_path, tmp_path / "no-such-model", text_corpus)
+    argv = ["bench", str(folder), "--out", str(tmp_path / "out"), "--metrics", "autointerp", "--interp", str(run)]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "autointerp.json").read_text())["explained"] == 1
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    assert main(["bench", str(folder), "--out", str(tmp_path / "o2"), "--metrics", "autointerp"]) == 2
+    assert "needs --interp" in capsys.readouterr().err

@@ -33,7 +33,8 @@ from ..models import glob_regex, hookpoint_widths, depth_order, load_model, reso
 from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
 from ..options import corpus_option, device_option, dtype_option, model_option, overwrite_option, threads_option
 from ..sinks import SinkConfig, special_ids
-from ..storage import read_json, read_npy, refuse_overwrite, write_json
+from ..out_folder import ACTIVATION_CACHE, open_out
+from ..storage import read_json, read_npy, write_json
 from .stream import ActivationStream, Chunk, lm_rows_for, to_device
 
 MANIFEST = "manifest.json"
@@ -121,8 +122,7 @@ def _write_npy(path: Path, a: np.ndarray) -> None:
 def write_cache(cfg: CacheConfig) -> Path:
     """LM forward over `cfg.tokens` training positions -> sharded activations + manifest."""
     cfg.validate()
-    out = Path(cfg.out)
-    refuse_overwrite(out, cfg.overwrite, "--out")
+    folder = open_out(cfg.out, ACTIVATION_CACHE, cfg.overwrite)  # before the model loads
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hooks = resolve_hookpoints(lm.model, [p for pat in cfg.hookpoints for p in pat.split("->") if p.strip()])
     hooks = depth_order(lm.model, hooks)
@@ -133,11 +133,7 @@ def write_cache(cfg: CacheConfig) -> Path:
     rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
     stream = ActivationStream(lm.model, rows, hooks, cfg.context, rows_per_batch, cfg.shard_batches, n_rows,
                               cfg.seed, sink, special_ids(lm.tokenizer), cfg.device)
-    if cfg.overwrite and out.exists():
-        for p in out.iterdir():
-            if p.name.startswith("shard_") or p.name == MANIFEST:
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.prepare()  # --overwrite: an earlier cache's shards and manifest go, nothing else
     manifest = {"kind": "saelab activation cache", "format_version": CACHE_FORMAT, "saelab_version": __version__,
                 "model": {"spec": cfg.model, "name": lm.name}, "hookpoints": hooks, "widths": widths,
                 "context": cfg.context, "dtype": cfg.store_dtype, "sink": vars(sink), "seed": cfg.seed,

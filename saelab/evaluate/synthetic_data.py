@@ -38,7 +38,8 @@ from ..activations.disk_cache import CACHE_FORMAT, MANIFEST, STORE_DTYPES, _writ
 from ..errors import UserError
 from ..options import check_types, need_at_least, need_choice, opt, overwrite_option
 from ..sinks import SinkConfig
-from ..storage import fingerprint, read_tensors, refuse_overwrite, write_json, write_tensors
+from ..out_folder import ACTIVATION_CACHE, open_out
+from ..storage import fingerprint, read_tensors, write_json, write_tensors
 
 HOOK = "synthetic"      # the cache's one hookpoint (train with --hookpoints synthetic)
 MODEL = "synthetic"     # its model spec (train with --model synthetic); no LM exists behind it
@@ -213,14 +214,9 @@ def draw(truth: SyntheticTruth, rows: int, g: torch.Generator) -> Sample:
 def write_synthetic(cfg: SyntheticConfig) -> Path:
     """Generate the truth and `cfg.tokens` vectors -> an activation cache folder (manifest last)."""
     cfg.validate()
-    out = Path(cfg.out)
-    refuse_overwrite(out, cfg.overwrite, "--out")
+    folder = open_out(cfg.out, ACTIVATION_CACHE, cfg.overwrite)  # a synthetic cache is an activation cache
     truth = make_truth(cfg)
-    if cfg.overwrite and out.exists():
-        for p in out.iterdir():
-            if p.name.startswith("shard_") or p.name in (MANIFEST, TRUTH):
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.prepare()  # --overwrite: an earlier cache's shards, manifest and truth go, nothing else
     config = asdict(cfg)
     write_tensors(out / TRUTH, truth.tensors(), metadata={"config": json.dumps(config)})
     fp = fingerprint("synthetic", {k: v for k, v in config.items() if k not in ("out", "overwrite")})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..storage import refuse_overwrite
+from ..out_folder import SAE_FOLDER, open_out
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
 from .foreign import SPARSIFY_PREFIX, detect_format, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
 
@@ -17,7 +17,7 @@ def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_facto
     root = resolve_source(src)
     folders = sae_folders(root)
     out = Path(out)
-    refuse_overwrite(out, overwrite, "--out")
+    open_out(out, SAE_FOLDER, overwrite)  # checked only: the folders are written file by file
     ours = [f for f in folders if detect_format(f) == "saelab"]
     if ours:
         raise UserError(f"{ours[0]} is already a saelab SAE folder: every command reads it as it is (no import "
@@ -40,7 +40,7 @@ def export_saes(sae_dirs: list[str], fmt: str, out: Path, overwrite: bool = Fals
     if fmt not in ("saelens", "sparsify"):
         raise UserError(f"--format must be saelens or sparsify, not {fmt!r}")
     out = Path(out)
-    refuse_overwrite(out, overwrite, "--out")
+    open_out(out, SAE_FOLDER, overwrite)  # checked only: the folders are written file by file
     loaded = [open_sae(Path(d)) for d in sae_dirs]
     written = []
     for f in loaded:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..storage import read_json, read_tensors, refuse_overwrite
+from ..out_folder import SAE_FOLDER, open_out
+from ..storage import read_json, read_tensors
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, refuse_non_finite, save_sae
 from .foreign import detect_format, load_foreign
@@ -204,7 +205,7 @@ def pull(release_name: str, sae_id: str, out: Path, overwrite: bool = False, roo
     release = find_release(release_name, registry_path)
     sub, hookpoint = release.resolve(sae_id)
     out = Path(out)
-    refuse_overwrite(out, overwrite, "--out")
+    open_out(out, SAE_FOLDER, overwrite)  # checked only: the folder is written file by file
     folder = Path(root) / sub if root else download(release.repo, sub)
     if not folder.exists():
         raise UserError(f"{folder} does not exist (release {release.name}, sae-id {sae_id})")

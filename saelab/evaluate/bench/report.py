@@ -93,7 +93,7 @@ def markdown(manifest: dict, results: dict[str, dict], plot: str | None) -> str:
 
 def html_page(manifest: dict, results: dict[str, dict], plot: str | None) -> str:
     e = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>saelab bench</title>",
+    parts = ["<!doctype html><meta charset='utf-8'><title>saelab bench</title>",
              "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}</style>",
              f"<h1>saelab bench: {e(manifest['site'])}</h1><p>model <code>{e(manifest['model'])}</code></p>"]

@@ -1,12 +1,12 @@
-"""`saelab bench`: every check on the arguments first (metric and baseline names, the folders agree
-on site and model, the task file, the interpretation run, the output folder), then the model and
-rows once (`open_shared_data`), the dictionaries (SAE folders + baselines), and each metric in turn;
-each metric's JSON is written as soon as it is done, then bench.json, report.md/html and bench.png."""
+"""`saelab bench` as its steps (`bench(BenchConfig)`): check the options (config.py) and the inputs
+(the task file, the folders agree on site and model, the output folder) before any model loads ->
+the model and rows once (`open_shared_data`) and the dictionaries (SAE folders + baselines) -> each
+metric in turn, its JSON written as soon as it is done -> bench.json, report.md/html and bench.png."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +16,23 @@ from ...errors import UserError
 from ...models import collect_activations
 from ...sae.folder import open_sae, open_shared_data, shared_provenance, unique_names
 from ...sinks import excluded_positions, special_ids
-from ...storage import refuse_replacing, write_json
+from ...out_folder import BENCH_REPORT, open_out
+from ...storage import write_json
 from ..metrics import EvalBudget, batches, measure
 from ..results import DESCRIPTIONS
 from . import absorption as ab
-from .dictionaries import (check_baselines, neuron_dictionary, pca_dictionary, random_dictionary,
-                           residual_dictionary, sae_dictionary)
+from .config import BenchConfig
+from .dictionaries import neuron_dictionary, pca_dictionary, random_dictionary, residual_dictionary, sae_dictionary
 from .encode import encode_task
 from .plots import bench_plot
 from .probing import KS, probe_task, summarise
 from .report import write_reports
-from .results import METRICS, AbsorptionReport, AbsorptionResult, BenchManifest, DictionaryInfo
+from .results import AbsorptionReport, AbsorptionResult, BenchManifest, DictionaryInfo
 from .task_files import file_task, read_task_file
 from .tasks import Task, builtin_tasks, split_rows
 
 NEEDS_MODEL = {"core", "probing", "absorption"}
-
-
-def check_metrics(metrics: list[str]) -> list[str]:
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise UserError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}")
-    return list(dict.fromkeys(metrics))
+FIT_TOKENS = 16_384  # activations that fit the pca and random baselines
 
 
 def check_same_site(folders) -> str:
@@ -71,8 +66,10 @@ def _words_task(tokenizer, seed: int, scale: float) -> tuple[Task, list[str]]:
                 np.asarray(labels), np.arange(n), np.ones(n, dtype=np.int64), split_rows(n, seed)), letters
 
 
-def run_absorption(lm, dicts, site, sink, seed, device, scale: float = 1.0) -> AbsorptionReport:
-    task, letters = _words_task(lm.tokenizer, seed, scale)
+def run_absorption(lm, dicts, site: str, sink, cfg: BenchConfig) -> AbsorptionReport:
+    """The first-letter probe at `site`, then each sparse dictionary's absorption against it."""
+    seed, device = cfg.seed, cfg.device
+    task, letters = _words_task(lm.tokenizer, seed, cfg.task_scale)
     sparse = [d for d in dicts if d.sparse and d.directions is not None]
     enc = encode_task(lm.model, lm.tokenizer, task, sparse, site, sink, batch_rows=256, device=device,
                       desc="bench: absorption")
@@ -92,119 +89,171 @@ def run_absorption(lm, dicts, site, sink, seed, device, scale: float = 1.0) -> A
     return AbsorptionReport(acc, chance, int(len(y)), letters, acc < 0.5, results)
 
 
-def run_bench(sae_dirs: list[str], out: str, metrics: list[str] | None = None, baselines: list[str] = (),
-              interp_summary: dict | None = None, tasks_file: str | None = None, device: str = "cpu",
-              overwrite: bool = False, core_tokens: int = 20_000, ce_tokens: int = 1024, task_scale: float = 1.0,
-              seed: int = 0, quiet: bool = False, fit_tokens: int = 16_384) -> dict:
-    """Run the suite; returns {metric: its JSON dict} (and writes everything under `out`).
+@dataclass
+class _Bench:
+    """A bench after its checks: what to run, on which folders, and what is done so far."""
+    cfg: BenchConfig
+    metrics: list[str]
+    out: Path
+    folders: list
+    names: list[str]                       # the folders' names, unique: every result is keyed by them
+    site: str
+    prov: object                           # the Provenance the folders agree on
+    user_task: tuple | None
+    quiet: bool
+    dicts: list = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)
+    wall: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    l0: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def sink(self):
+        return self.folders[0].provenance.sink
+
+    def done(self, name: str, obj: dict, t0: float) -> None:
+        """A metric finished: its JSON is written now (a later failure keeps it)."""
+        self.wall[name] = time.time() - t0
+        self.results[name] = obj
+        write_json(self.out / f"{name}.json", obj)
+        if not self.quiet:
+            print(f"bench: {name} done in {self.wall[name]:.0f} s -> {self.out / (name + '.json')}")
+
+
+def _open_bench(cfg: BenchConfig, has_interp: bool, quiet: bool) -> _Bench:
+    """Every check before the model: options, task file, output folder, folders on one site and model."""
+    cfg.validate(has_interp)
+    metrics = cfg.chosen_metrics(has_interp)
+    user_task = read_task_file(cfg.tasks) if cfg.tasks else None
+    out = open_out(cfg.out, BENCH_REPORT, cfg.overwrite,
+                   names=tuple(f"{m}.json" for m in metrics) + ("bench.json", "report.md", "report.html"))
+    folders = [open_sae(Path(d), cfg.device) for d in cfg.sae_dirs]
+    site = check_same_site(folders)
+    prov = shared_provenance(folders)  # the folders agree on model and corpus (a UserError names the difference)
+    names = unique_names([f.name for f in folders])
+    b = _Bench(cfg, metrics, out.prepare(), folders, names, site, prov, user_task, quiet)
+    b.dicts = [sae_dictionary(f, n) for f, n in zip(folders, names)]
+    return b
+
+
+def _add_baselines(b: _Bench, lm, rows, fit_tokens: int) -> None:
+    """The baselines, built for the site of the SAEs (pca and random fitted on training rows)."""
+    sample = None
+    if {"pca", "random"} & set(b.cfg.baselines):
+        sample = _site_sample(lm, rows, b.site, b.sink, fit_tokens, b.cfg.device)
+    first = b.folders[0].sae
+    for name in dict.fromkeys(b.cfg.baselines):
+        if name == "neurons":
+            b.dicts.append(neuron_dictionary(lm.model, b.site, first.cfg.d_in))
+        elif name == "residual":
+            b.dicts.append(residual_dictionary(b.site, first.cfg.d_in))
+        elif name == "pca":
+            b.dicts.append(pca_dictionary(b.site, sample, min(first.cfg.d_sae, sample.shape[1])))
+        else:
+            b.dicts.append(random_dictionary(first, sample.mean(0)))
+
+
+def _core(b: _Bench, lm, rows) -> None:
+    cfg, t0 = b.cfg, time.time()
+    res, _ = measure(lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in b.folders], rows,
+                     EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens), cfg.device)
+    for n, m in zip(b.names, res):
+        b.l0[n] = m.l0
+    b.done("core", {"metric": "core", "tokens": cfg.tokens, "ce_tokens": cfg.ce_tokens,
+                    "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(b.names, res)],
+                    "descriptions": DESCRIPTIONS}, t0)
+
+
+def _probing(b: _Bench, lm) -> None:
+    cfg, t0 = b.cfg, time.time()
+    tasks = builtin_tasks(lm.tokenizer, cfg.seed, cfg.task_scale)
+    if b.user_task:
+        tasks.append(file_task(lm.tokenizer, cfg.tasks, *b.user_task, seed=cfg.seed))
+    per: dict[str, list] = {d.name: [] for d in b.dicts}
+    for task in tasks:
+        enc = encode_task(lm.model, lm.tokenizer, task, b.dicts, b.site, b.sink, device=cfg.device)
+        for d, r in zip(b.dicts, probe_task(task, enc, b.dicts, KS, cfg.seed)):
+            per[d.name].append(r)
+        if task.level == "token":  # L0 of each dictionary on real tokens (dense bases: their width)
+            for d in b.dicts:
+                b.l0.setdefault(d.name, float((enc.codes[d.name] != 0).sum(1).float().mean()))
+    b.done("probing", {"metric": "probing", "ks": list(KS), "seed": cfg.seed,
+                       "tasks": [{"task": t.name, "level": t.level, "classes": t.classes,
+                                  "description": t.description} for t in tasks],
+                       "dictionaries": [asdict(summarise(d, per[d.name], KS)) for d in b.dicts]}, t0)
+
+
+def _absorption(b: _Bench, lm) -> None:
+    t0 = time.time()
+    rep = run_absorption(lm, b.dicts, b.site, b.sink, b.cfg)
+    if rep.weak:
+        b.notes.append(f"absorption: the first-letter probe reaches only {rep.probe_accuracy:.2f} held-out "
+                       f"accuracy at {b.site}; the absorption numbers mean little there")
+    b.done("absorption", {"metric": "absorption", **asdict(rep)}, t0)
+
+
+def _model_metrics(b: _Bench, fit_tokens: int) -> None:
+    """core, probing and absorption: one model and one set of rows for all of them."""
+    t0 = time.time()
+    data = open_shared_data(b.folders, b.cfg.device)
+    _add_baselines(b, data.lm, data.rows, fit_tokens)
+    b.wall["load"] = time.time() - t0
+    if "core" in b.metrics:
+        _core(b, data.lm, data.rows)
+    if "probing" in b.metrics:
+        _probing(b, data.lm)
+    if "absorption" in b.metrics:
+        _absorption(b, data.lm)
+
+
+def _synthetic(b: _Bench) -> None:
+    t0 = time.time()
+    # imported only here: the synthetic stage is optional for every other metric
+    from ..synthetic_recovery import recovery_report
+
+    rows_out = []
+    for f, n in zip(b.folders, b.names):
+        try:
+            rows_out.append({"dictionary": n, "report": recovery_report(f)})
+        except UserError as e:
+            rows_out.append({"dictionary": n, "report": None, "error": str(e)})
+    b.done("synthetic", {"metric": "synthetic", "dictionaries": rows_out}, t0)
+
+
+def _summarise(b: _Bench, t_start: float) -> None:
+    """bench.json (what was compared, and how long each part took), report.md / .html and bench.png."""
+    b.wall["total"] = time.time() - t_start
+    infos = [DictionaryInfo(d.name, d.kind, d.site, d.d_lat, d.source, b.l0.get(d.name)) for d in b.dicts]
+    manifest = asdict(BenchManifest(infos, b.site, b.prov.model_spec, b.prov.corpus, b.metrics, b.wall, b.notes))
+    plot = bench_plot(b.out / "bench.png", b.results, manifest["dictionaries"])
+    write_json(b.out / "bench.json", manifest)
+    write_reports(b.out, manifest, b.results, plot)
+    if not b.quiet:
+        print(f"bench: report {b.out / 'report.md'} ({b.wall['total']:.0f} s)")
+
+
+def bench(cfg: BenchConfig, interp_summary: dict | None = None, quiet: bool = False,
+          fit_tokens: int = FIT_TOKENS) -> dict:
+    """Run the suite; returns {metric: its JSON dict} (and writes everything under `cfg.out`).
     `interp_summary` is an interpretation run already summarised by the interpret stage
     (`interpret.bench_summary.autointerp_summary`): evaluation does not import a later stage."""
     t_start = time.time()
-    metrics = check_metrics(list(metrics) if metrics else ["core", "probing", "absorption"]
-                            + (["autointerp"] if interp_summary else []))
-    baselines = check_baselines(list(baselines))
-    if "autointerp" in metrics and interp_summary is None:
-        raise UserError("metric autointerp needs --interp RUN_DIR (an `saelab explain` / `saelab score` run)")
-    if core_tokens < 1 or ce_tokens < 0:
-        raise UserError("--tokens must be positive and --ce-tokens non-negative")
-    user_task = read_task_file(tasks_file) if tasks_file else None
-    if user_task and "probing" not in metrics:
-        raise UserError("--tasks adds a probing task; include `probing` in --metrics")
-    if not sae_dirs:
-        raise UserError("bench needs at least one SAE folder")
-    out_dir = Path(out)
-    refuse_replacing(out_dir, [f"{m}.json" for m in metrics] + ["bench.json", "report.md", "report.html"],
-                     overwrite, "bench report")
-    folders = [open_sae(Path(d), device) for d in sae_dirs]
-    site = check_same_site(folders)
-    prov = shared_provenance(folders)  # the folders agree on model and corpus (a UserError names the difference)
-    sink = folders[0].provenance.sink
-    wall: dict[str, float] = {}
-    results: dict[str, dict] = {}
-    notes: list[str] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    b = _open_bench(cfg, interp_summary is not None, quiet)
+    if NEEDS_MODEL & set(b.metrics):
+        _model_metrics(b, fit_tokens)
+    if "autointerp" in b.metrics:
+        b.done("autointerp", {"metric": "autointerp", **interp_summary}, time.time())
+    if "synthetic" in b.metrics:
+        _synthetic(b)
+    _summarise(b, t_start)
+    return b.results
 
-    def done(name: str, obj: dict, t0: float) -> None:
-        wall[name] = time.time() - t0
-        results[name] = obj
-        write_json(out_dir / f"{name}.json", obj)
-        if not quiet:
-            print(f"bench: {name} done in {wall[name]:.0f} s -> {out_dir / (name + '.json')}")
 
-    names = unique_names([f.name for f in folders])  # every result below is keyed by these
-    dicts = [sae_dictionary(f, n) for f, n in zip(folders, names)]
-    l0: dict[str, float | None] = {}
-    lm = None
-    if NEEDS_MODEL & set(metrics):
-        t0 = time.time()
-        data = open_shared_data(folders, device)
-        lm, rows = data.lm, data.rows
-        sample = None
-        if {"pca", "random"} & set(baselines):
-            sample = _site_sample(lm, rows, site, sink, fit_tokens, device)
-        for b in baselines:
-            if b == "neurons":
-                dicts.append(neuron_dictionary(lm.model, site, folders[0].sae.cfg.d_in))
-            elif b == "residual":
-                dicts.append(residual_dictionary(site, folders[0].sae.cfg.d_in))
-            elif b == "pca":
-                dicts.append(pca_dictionary(site, sample, min(folders[0].sae.cfg.d_sae, sample.shape[1])))
-            else:
-                dicts.append(random_dictionary(folders[0].sae, sample.mean(0)))
-        wall["load"] = time.time() - t0
-        if "core" in metrics:
-            t0 = time.time()
-            res, _ = measure(lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in folders], rows,
-                             EvalBudget(tokens=core_tokens, ce_tokens=ce_tokens), device)
-            for n, m in zip(names, res):
-                l0[n] = m.l0
-            done("core", {"metric": "core", "tokens": core_tokens, "ce_tokens": ce_tokens,
-                          "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(names, res)],
-                          "descriptions": DESCRIPTIONS}, t0)
-        if "probing" in metrics:
-            t0 = time.time()
-            tasks = builtin_tasks(lm.tokenizer, seed, task_scale)
-            if user_task:
-                tasks.append(file_task(lm.tokenizer, tasks_file, *user_task, seed=seed))
-            per: dict[str, list] = {d.name: [] for d in dicts}
-            for task in tasks:
-                enc = encode_task(lm.model, lm.tokenizer, task, dicts, site, sink, device=device)
-                for d, r in zip(dicts, probe_task(task, enc, dicts, KS, seed)):
-                    per[d.name].append(r)
-                if task.level == "token":  # L0 of each dictionary on real tokens (dense bases: their width)
-                    for d in dicts:
-                        l0.setdefault(d.name, float((enc.codes[d.name] != 0).sum(1).float().mean()))
-            done("probing", {"metric": "probing", "ks": list(KS), "seed": seed,
-                             "tasks": [{"task": t.name, "level": t.level, "classes": t.classes,
-                                        "description": t.description} for t in tasks],
-                             "dictionaries": [asdict(summarise(d, per[d.name], KS)) for d in dicts]}, t0)
-        if "absorption" in metrics:
-            t0 = time.time()
-            rep = run_absorption(lm, dicts, site, sink, seed, device, task_scale)
-            if rep.weak:
-                notes.append(f"absorption: the first-letter probe reaches only {rep.probe_accuracy:.2f} held-out "
-                             f"accuracy at {site}; the absorption numbers mean little there")
-            done("absorption", {"metric": "absorption", **asdict(rep)}, t0)
-    if "autointerp" in metrics:
-        done("autointerp", {"metric": "autointerp", **interp_summary}, time.time())
-    if "synthetic" in metrics:
-        t0 = time.time()
-        # imported only here: the synthetic stage is optional for every other metric
-        from ..synthetic_recovery import recovery_report
-
-        rows_out = []
-        for f, n in zip(folders, names):
-            try:
-                rows_out.append({"dictionary": n, "report": recovery_report(f)})
-            except UserError as e:
-                rows_out.append({"dictionary": n, "report": None, "error": str(e)})
-        done("synthetic", {"metric": "synthetic", "dictionaries": rows_out}, t0)
-    wall["total"] = time.time() - t_start
-    infos = [DictionaryInfo(d.name, d.kind, d.site, d.d_lat, d.source, l0.get(d.name)) for d in dicts]
-    manifest = asdict(BenchManifest(infos, site, prov.model_spec, prov.corpus, metrics, wall, notes))
-    plot = bench_plot(out_dir / "bench.png", results, manifest["dictionaries"])
-    write_json(out_dir / "bench.json", manifest)
-    write_reports(out_dir, manifest, results, plot)
-    if not quiet:
-        print(f"bench: report {out_dir / 'report.md'} ({wall['total']:.0f} s)")
-    return results
+def run_bench(sae_dirs: list[str], out: str, *, interp_summary: dict | None = None, quiet: bool = False,
+              fit_tokens: int = FIT_TOKENS, **options) -> dict:
+    """`bench` with the config's fields as keywords (`tasks_file=` and `core_tokens=` are --tasks and --tokens)."""
+    for old, new in (("tasks_file", "tasks"), ("core_tokens", "tokens")):
+        if old in options:
+            options[new] = options.pop(old)
+    cfg = BenchConfig(sae_dirs=[str(d) for d in sae_dirs], out=str(out), **options)
+    return bench(cfg, interp_summary, quiet, fit_tokens)
