@@ -165,7 +165,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
             else:
                 kw |= {"type": t} | ({} if default is _NO_DEFAULT else {"nargs": "?"})
             action = parser.add_argument(f.name, default=None, help=h, **kw)
-            action.config_field = f"{cls.__name__}.{f.name}"
+            action.config_field = (cls, f.name)
             continue
         h = m["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {shown})")
         h = h.replace("%", "%%")  # argparse formats help with %
@@ -178,7 +178,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
             action = parser.add_argument(*names, nargs="+", type=args[0], default=None, help=h, **kw)
         else:
             action = parser.add_argument(*names, type=t, default=None, help=h, **kw)
-        action.config_field = f"{cls.__name__}.{f.name}"
+        action.config_field = (cls, f.name)
 
 
 def add_config_command(sub, name: str, cls, fn, help: str, description: str | None = None):

@@ -17,6 +17,7 @@ import sys
 from ..options import LATENTS_HELP, OldSpelling, latent_list  # noqa: F401
 
 COMMAND_MODULES = [
+    "saelab.commands.hookpoints",
     "saelab.commands.train",
     "saelab.commands.evaluate",
     "saelab.commands.bench",

@@ -104,8 +104,8 @@ class SteerConfig:
     positive: list[str] | None = opt(None, "contrastive baseline: prompts of the concept")
     negative: list[str] | None = opt(None, "contrastive baseline: prompts without it")
     scale: float = opt(4.0, "contrastive baseline: multiplier of the direction")
-    strengths: list[float] = opt(default_factory=lambda: [1.0], metavar="X",
-                                 help="multiply every edit value (or --scale) by each X: one steered text per X, same seed")
+    strengths: list[float] = opt(default_factory=lambda: [1.0], metavar="X", help="multiply every edit value (or "
+                                 "--scale) by each X: one steered text per X, same seed")
     sweep: bool = opt(False, f"same as --strengths {' '.join(f'{x:g}' for x in SWEEP)}")
     json: str | None = opt(None, "also write the outputs to this JSON file")
     dtype: str = dtype_option()
@@ -113,8 +113,8 @@ class SteerConfig:
 
     def request(self) -> SteeringRequest:
         """The steering request (edits parsed, checked before the SAE loads)."""
-        req = SteeringRequest(strengths=list(SWEEP) if self.sweep else self.strengths, prompts=self.prompt,
-                              edits=[parse_edit(e, "clamp") for e in self.clamp] + [parse_edit(e, "add") for e in self.add],
+        edits = [parse_edit(e, "clamp") for e in self.clamp] + [parse_edit(e, "add") for e in self.add]
+        req = SteeringRequest(strengths=list(SWEEP) if self.sweep else self.strengths, prompts=self.prompt, edits=edits,
                               positive=self.positive or [], negative=self.negative or [], hookpoint=self.hookpoint,
                               scale=self.scale, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                               top_k=self.top_k, seed=self.seed, chat=self.chat)

@@ -53,7 +53,8 @@ class DashboardConfig:
     cache: str | None = opt(None, "latent cache from `saelab cache`", shown="build one over --tokens")
     tokens: int = opt(16384, "held-out tokens to cache when there is no --cache")
     explanations: str | None = opt(None, "interpretation run folder (`saelab explain --out`, with its scores) or a "
-                                         "JSONL file of {latent, explanation}", shown="SAE/explanations.jsonl if present")
+                                         "JSONL file of {latent, explanation}",
+                                   shown="SAE/explanations.jsonl if present")
     latents: list[str] | None = opt(None, LATENTS_HELP, shown="all")
     overwrite: bool = overwrite_option("an existing dashboard in --out")
     threads: int | None = threads_option()
