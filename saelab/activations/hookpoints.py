@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import candidate_hookpoints, hookpoint_widths, load_model
-from ..options import model_option
+from ..options import check_types, model_option
 
 
 @dataclass
@@ -14,9 +14,13 @@ class HookpointsConfig:
     """`saelab hookpoints`: which model to list."""
     model: str = model_option()
 
+    def validate(self) -> None:
+        check_types(self)
+
 
 def list_hookpoints(cfg: HookpointsConfig) -> tuple[str, list[tuple[str, str, int]]]:
     """-> (model name, [(hookpoint, kind, width)]) in forward order."""
+    cfg.validate()
     lm = load_model(cfg.model)
     sites = candidate_hookpoints(lm.model)
     widths = hookpoint_widths(lm.model, [n for n, _ in sites])

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model_pair import load_pair
-from ..options import (check_dtype, corpus_option, device_option, dtype_option, model_option, need_at_least, opt,
-                       out_option, overwrite_option, threads_option)
+from ..options import (check_dtype, check_types, corpus_option, device_option, dtype_option, model_option,
+                       need_at_least, opt, out_option, overwrite_option, threads_option)
 from ..sae.crosscoder import is_crosscoder
 from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
@@ -44,6 +44,7 @@ class EvalConfig:
     overwrite: bool = overwrite_option("an existing metrics file")
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
 
 
@@ -59,17 +60,20 @@ class EvalE2EConfig:
     overwrite: bool = overwrite_option("existing metrics.json files")
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
 
 
 def evaluate(cfg: EvalConfig) -> list[SaeMetrics]:
     """Write each folder's metrics.json (or cfg.out) and print a report per SAE."""
+    cfg.validate()
     return run_eval(cfg.sae_dirs, tokens=cfg.tokens, ce_tokens=cfg.ce_tokens, out=cfg.out, corpus=cfg.corpus,
                     model=cfg.model, overwrite=cfg.overwrite, device=cfg.device, dtype=cfg.dtype)
 
 
 def evaluate_e2e(cfg: EvalE2EConfig) -> list[SaeMetrics]:
     """metrics.json of each folder with alive latents and later-layer FVU (`SaeMetrics.later`); no report printed."""
+    cfg.validate()
     return run_eval(cfg.sae_dirs, tokens=cfg.tokens, ce_tokens=cfg.ce_tokens, overwrite=cfg.overwrite, quiet=True,
                     device=cfg.device, later_layers=True, dtype=cfg.dtype)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..options import opt
+from ..options import check_types, opt
 from ..sae.folder import SaeFolder, open_sae
 from .synthetic_data import HOOK, SyntheticTruth, draw, load_truth
 
@@ -82,9 +82,13 @@ class RecoveryConfig:
     samples: int = opt(16384, "fresh synthetic vectors for precision/recall/absorption")
     threshold: float = opt(0.9, "decoder cosine at which a true feature counts as recovered")
 
+    def validate(self) -> None:
+        check_types(self)  # the ranges: recovery_report
+
 
 def recovery_reports(cfg: RecoveryConfig) -> list[dict]:
     """recovery_report of each folder, in order."""
+    cfg.validate()
     return [recovery_report(open_sae(d), cache=cfg.cache, samples=cfg.samples, threshold=cfg.threshold)
             for d in cfg.sae_dirs]
 

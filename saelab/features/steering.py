@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UserError
 from ..models import resolve_hookpoints
-from ..options import dtype_option, model_option, need_at_least, opt, threads_option
+from ..options import check_types, dtype_option, model_option, need_at_least, opt, threads_option
 from ..sae import SparseCoder
 from .steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, degenerate, direction_steer,
                     generate_variants, parse_edit)
@@ -122,6 +122,7 @@ class SteerConfig:
         return req
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
         self.request()
 

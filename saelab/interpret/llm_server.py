@@ -38,7 +38,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import UserError
-from ..options import model_option, need_at_least, opt, threads_option
+from ..options import check_types, model_option, need_at_least, opt, threads_option
 from .local_client import LocalClient
 
 
@@ -266,11 +266,13 @@ class LlmServerConfig:
     threads: int | None = threads_option()
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
 
 
 def serve(cfg: LlmServerConfig) -> None:
     """Serve until Ctrl-C (make_server checks the limits)."""
+    cfg.validate()
     server = make_server(cfg.model, cfg.host, cfg.port, cfg.batch_size, cfg.batch_wait,
                          max_tokens_cap=cfg.max_tokens_cap, max_body=cfg.max_body)
     h, p = server.server_address[:2]

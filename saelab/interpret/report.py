@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..options import opt, out_option, overwrite_option
+from ..options import check_types, opt, out_option, overwrite_option
 from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
 from .scorers.base import DESCRIPTIONS, PRIMARY
@@ -147,9 +147,13 @@ class ReportConfig:
     out: str | None = out_option("report folder", shown="the run folder, or RUN1/compare")
     overwrite: bool = overwrite_option("an existing report.md / report.json in --out")
 
+    def validate(self) -> None:
+        check_types(self)
+
 
 def write_report(cfg: ReportConfig) -> Path:
     """`report` over the config's runs (prints the report)."""
+    cfg.validate()
     return report(cfg.runs, cfg.out, overwrite=cfg.overwrite)
 
 

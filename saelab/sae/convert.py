@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import model_option, opt, out_option, overwrite_option
+from ..options import check_types, model_option, opt, out_option, overwrite_option
 from ..storage import refuse_overwrite
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
 from .foreign import SPARSIFY_PREFIX, detect_format, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
@@ -26,6 +26,9 @@ class ImportConfig:
                                        "them module names")
     overwrite: bool = overwrite_option("existing saelab SAE folders")
 
+    def validate(self) -> None:
+        check_types(self)
+
 
 @dataclass
 class ExportConfig:
@@ -37,13 +40,18 @@ class ExportConfig:
     prefix: str = opt(SPARSIFY_PREFIX, "stripped from hookpoints for sparsify folder names")
     overwrite: bool = overwrite_option("existing exported files")
 
+    def validate(self) -> None:
+        check_types(self)
+
 
 def import_folders(cfg: ImportConfig) -> list[Path]:
+    cfg.validate()
     return import_saes(cfg.src, Path(cfg.out), overwrite=cfg.overwrite, norm_scaling_factor=cfg.norm_scaling_factor,
                        prefix=cfg.prefix, model=cfg.model, context=cfg.context)
 
 
 def export_folders(cfg: ExportConfig) -> list[Path]:
+    cfg.validate()
     return export_saes(cfg.sae_dirs, cfg.format, Path(cfg.out), overwrite=cfg.overwrite, prefix=cfg.prefix)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..options import opt, out_option, overwrite_option
+from ..options import check_types, opt, out_option, overwrite_option
 from ..storage import read_json, read_tensors, refuse_overwrite
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, refuse_non_finite, save_sae
@@ -209,12 +209,14 @@ class PullConfig:
     overwrite: bool = overwrite_option("an existing --out folder")
 
     def validate(self) -> None:
+        check_types(self)
         if not self.list and (not self.sae_id or not self.out):
             raise UserError("give --sae-id and --out (or --list to see the sae-ids)")
 
 
 def pull_release(cfg: PullConfig) -> Path:
     """`pull` of cfg.sae_id into cfg.out (the sae-ids of a release: find_release(name).ids)."""
+    cfg.validate()
     return pull(cfg.release, cfg.sae_id, Path(cfg.out), overwrite=cfg.overwrite,
                 root=Path(cfg.local) if cfg.local else None)
 

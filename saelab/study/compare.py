@@ -19,7 +19,8 @@ import torch
 
 from ..errors import UserError
 from ..evaluate.metrics import EvalBudget, reconstruction_metrics
-from ..options import corpus_option, model_option, need_at_least, opt, out_option, overwrite_option, threads_option
+from ..options import (check_types, corpus_option, model_option, need_at_least, opt, out_option, overwrite_option,
+                       threads_option)
 from ..sae import SparseCoder
 from ..sae.folder import SaeFolder, open_sae, open_shared_data
 from ..storage import write_figure, write_json
@@ -76,10 +77,12 @@ class CompareConfig:
     overwrite: bool = overwrite_option("an existing compare.json")
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
 
 
 def compare_folders(cfg: CompareConfig) -> dict:
+    cfg.validate()
     return compare(cfg.a, cfg.b, out=cfg.out, tokens=cfg.tokens, model=cfg.model, corpus=cfg.corpus,
                    overwrite=cfg.overwrite)
 

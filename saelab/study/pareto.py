@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..options import opt, out_option, overwrite_option
+from ..options import check_types, opt, out_option, overwrite_option
 from ..storage import read_json, write_figure, write_json
 
 COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60", "local+ft": "#8e44ad", "kl+mse": "#d4a017"}
@@ -139,12 +139,16 @@ class ParetoConfig:
     title: str | None = opt(None, "plot title")
     overwrite: bool = overwrite_option("an existing pareto.png / pareto.csv")
 
+    def validate(self) -> None:
+        check_types(self)
+
     def out_dir(self) -> str:
         return self.out or str(Path(self.folders[0]) / "pareto")
 
 
 def pareto(cfg: ParetoConfig) -> dict:
     """run_pareto into cfg.out (default FIRST/pareto)."""
+    cfg.validate()
     return run_pareto(cfg.folders, cfg.out_dir(), overwrite=cfg.overwrite, title=cfg.title)
 
 

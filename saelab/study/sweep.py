@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..evaluate.run import run_eval
-from ..options import opt
+from ..options import check_types, opt
 from ..sae.registry import uses_k
 from ..storage import read_json, write_json
 from ..train.config import TrainConfig
@@ -105,9 +105,13 @@ class SweepConfig:
     eval_tokens: int = opt(50_000, "held-out tokens for FVU / L0 / alive")
     eval_ce_tokens: int = opt(8192, "held-out tokens for KL / CE / later-layer FVU")
 
+    def validate(self) -> None:
+        check_types(self)  # the grid's values: run_sweep
+
 
 def sweep(base: TrainConfig, cfg: SweepConfig) -> dict:
     """run_sweep into base.out."""
+    cfg.validate()
     return run_sweep(base, base.out, cfg.losses, separate=cfg.separate, eval_tokens=cfg.eval_tokens,
                      eval_ce_tokens=cfg.eval_ce_tokens)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import dtype_option, need_at_least, opt, threads_option
+from ..options import check_types, dtype_option, need_at_least, opt, threads_option
 from ..sae.folder import open_sae
 from .feature_store import FeatureStore
 
@@ -29,6 +29,7 @@ class ServeConfig:
     threads: int | None = threads_option()
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
         if not 0 < self.port < 65536:
             raise UserError("--port must be in 1..65535")
@@ -48,6 +49,7 @@ def _per_sae(values, n: int, what: str) -> list:
 
 def open_stores(cfg: ServeConfig) -> list[FeatureStore]:
     """One feature store per folder, named by the folder (made unique); each model loads once."""
+    cfg.validate()
     caches = _per_sae(cfg.cache, len(cfg.sae), "--cache")
     expls = _per_sae(cfg.explanations, len(cfg.sae), "--explanations")
     folders = [open_sae(Path(d)) for d in cfg.sae]  # bad folders fail before any model loads

@@ -19,7 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..options import LATENTS_HELP, latent_list, need_at_least, opt, out_option, overwrite_option, threads_option
+from ..options import (LATENTS_HELP, check_types, latent_list, need_at_least, opt, out_option, overwrite_option,
+                       threads_option)
 from ..sae.folder import open_sae
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
@@ -60,6 +61,7 @@ class DashboardConfig:
     threads: int | None = threads_option()
 
     def validate(self) -> None:
+        check_types(self)
         need_at_least(self, 1, "threads")
         latent_list(self.latents)  # the syntax, before anything opens
 
@@ -67,6 +69,7 @@ class DashboardConfig:
 def build_dashboard(cfg: DashboardConfig) -> tuple[Path, int]:
     """Check --out and --latents (against the SAE's size) before any model work, build the feature
     store, write the pages -> (out, number of feature pages)."""
+    cfg.validate()
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)
     sae = open_sae(Path(cfg.sae)).sae

@@ -21,6 +21,7 @@ from .feature_store import ensure_cache
 
 def steer(cfg: SteerConfig, on_result: Callable[[str, dict], None] | None = None) -> SteeringResult:
     """Steered and unsteered generations of every prompt (`on_result` gets each as it is done)."""
+    cfg.validate()
     req = cfg.request()
     if cfg.json and Path(cfg.json).exists():
         raise UserError(f"{cfg.json} exists; choose another --json")
