@@ -133,3 +133,14 @@ def test_config_file_drives_a_converted_command(tmp_path, capsys):
     base = build_config(TrainConfig, ns, ns.config, other_keys=names(SweepConfig))
     assert (sw.losses, sw.eval_tokens, base.latents, base.k) == (["local"], 64, 128, [8])
 
+
+
+def test_command_and_library_call_the_same_stage_function(tiny_model_dir, capsys):
+    """`saelab hookpoints` prints what list_hookpoints(HookpointsConfig) returns (one function for both)."""
+    from saelab.activations.hookpoints import HookpointsConfig, list_hookpoints
+
+    name, sites = list_hookpoints(HookpointsConfig(model=str(tiny_model_dir)))
+    assert main(["hookpoints", "--model", str(tiny_model_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"# {name}: {len(sites)} hookpoints")
+    assert lines[1:] == [f"{s}\t{k}\t{w}" for s, k, w in sites] and any(s == "model.layers.1" for s, _, _ in sites)

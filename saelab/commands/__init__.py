@@ -1,7 +1,11 @@
-"""Subcommands of `saelab`, one module per stage (train, evaluate, study, interop, interpret, view); each
-module has `register(subparsers)` and adds its own commands.
+"""Subcommands of `saelab`, one module per stage (hookpoints, train, evaluate, study, interop, interpret,
+report, view, synthetic); each module has `register(subparsers)` and adds its own commands.
 
-To add a command group, write a module with `register` and list it in COMMAND_MODULES.
+A command is a thin shell over its stage: its options are the fields of the stage's config dataclass
+(`add_config_command`, options.py; `--config FILE` included), it builds that config (`build_config`)
+and calls the stage function that the library exposes with the same dataclass. To add a command,
+declare the config next to its stage, write `register` with `add_config_command`, and list the
+module in COMMAND_MODULES (tests/test_command_options.py checks every option is a config field).
 
 The one CLI grammar every command shares lives here: `latent_list` (`--latents 0-9,12` or `0 1 2`),
 `parse_args` (positionals never swallowed by a multi-value option), `show_defaults` (every default
