@@ -143,7 +143,7 @@ def field_default(f: dataclasses.Field):
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One argparse option per field of `cls` (`--field-name`, or a plain argument for `positional`
     fields); every option's default is None, so build_config can tell "not given" from a value. Each
-    action remembers its field as `action.config_field` ("Class.field": tests/test_command_options.py)."""
+    action remembers its field as `action.config_field` = (cls, field name): tests/test_command_options.py."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -276,6 +276,10 @@ def check_types(cfg, where: str | None = None) -> None:
             setattr(cfg, f.name, [_scalar(name, item, x) for x in items])
         elif t in _TYPE_WORDS:
             setattr(cfg, f.name, _scalar(name, t, v))
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:  # a config file's value, as argparse checks the flag's
+                raise UserError(f"unknown {flag(f.name) if not where else name} {v!r}; choose from "
+                                f"{', '.join(choices)}")
 
 
 def _values(cfg, name: str) -> list:

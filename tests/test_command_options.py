@@ -144,3 +144,17 @@ def test_command_and_library_call_the_same_stage_function(tiny_model_dir, capsys
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"# {name}: {len(sites)} hookpoints")
     assert lines[1:] == [f"{s}\t{k}\t{w}" for s, k, w in sites] and any(s == "model.layers.1" for s, _, _ in sites)
+
+
+def test_choices_hold_for_config_files_too(tmp_path, capsys):
+    """A field's choices are argparse's for the flag and check_types' for a --config file or the library."""
+    from saelab.sae.convert import ExportConfig
+
+    (tmp_path / "c.json").write_text(json.dumps({"format": "safetensors", "out": str(tmp_path / "o")}))
+    assert main(["export", "SAE", "--config", str(tmp_path / "c.json")]) == 2
+    assert "unknown --format 'safetensors'; choose from saelens, sparsify" in capsys.readouterr().err
+    from saelab.errors import UserError
+    from saelab.evaluate.run import EvalConfig
+
+    with pytest.raises(UserError, match="unknown --dtype 'float64'"):
+        EvalConfig(sae_dirs=["x"], dtype="float64").validate()
