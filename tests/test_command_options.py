@@ -158,3 +158,5 @@ def test_choices_hold_for_config_files_too(tmp_path, capsys):
 
     with pytest.raises(UserError, match="unknown --dtype 'float64'"):
         EvalConfig(sae_dirs=["x"], dtype="float64").validate()
+    with pytest.raises(UserError, match="unknown --format 'zip'"):
+        ExportConfig(sae_dirs=["x"], format="zip", out="o").validate()
