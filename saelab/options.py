@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import sys
 import types
 import tomllib
 import typing
@@ -21,14 +22,23 @@ THREADS_HELP = "torch CPU threads, set once for the whole command (default: torc
 DTYPE_HELP = "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32 (default float32)"
 
 
-def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, positional: bool = False):
+def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, positional: bool = False,
+        choices=None, metavar: str | None = None, old_spellings: tuple[str, ...] = (), shown: str | None = None,
+        shared: str | None = None):
     """A config field with its command-line help: `x: int = opt(3, "what x is")`,
     `xs: list[int] = opt(default_factory=lambda: [1], help="...")`, `out: str = opt(help="...")` (required).
-    `positional`: a plain argument, not --x (a list takes one or more, or any number with a default)."""
+
+    The keywords shape only the command line (see add_dataclass_options): `positional` (a plain argument,
+    not --x: a list takes one or more, an optional scalar may be left out), `choices`, `metavar`,
+    `old_spellings` (earlier flag names that still work, with a notice: OldSpelling), `shown` (what the
+    default means, in --help, when the value itself does not say it: `opt(None, "...", shown="FIRST/pareto")`),
+    `shared` (the name of the shared declaration below that made the field: tests check they agree)."""
     if not help:
         raise ValueError("opt() needs a help text")
+    extra = {"positional": positional, "choices": choices and tuple(choices), "metavar": metavar,
+             "old_spellings": tuple(old_spellings), "shown": shown, "shared": shared}
     return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={"help": help} | ({"positional": True} if positional else {}))
+                             metadata={"help": help} | {k: v for k, v in extra.items() if v})
 
 
 # ---------------------------------------------------------------- options every stage shares, declared once
@@ -38,33 +48,79 @@ MODEL_HELP = "embedded | local folder | .gguf | hub id"
 CORPUS_HELP = "builtin | file/folder | .npy | hf:NAME"
 
 
-def out_option(what: str = "output folder"):
-    """--out, required: `what` says what the folder holds."""
-    return opt(help=what)
+def out_option(what: str = "output folder", shown: str | None = None):
+    """--out, required: `what` says what the folder holds. With `shown` it is optional (default None, which
+    means what `shown` says, e.g. "metrics.json inside each SAE folder")."""
+    if shown is not None:
+        return opt(None, what, shown=shown, shared="out")
+    return opt(help=what, shared="out")
 
 
 def overwrite_option(what: str = "an existing output folder"):
-    return opt(False, f"replace {what}")
+    return opt(False, f"replace {what}", shared="overwrite")
 
 
 def threads_option():
-    return opt(None, "torch CPU threads, set once for the whole command (none: torch's choice)")
+    return opt(None, "torch CPU threads, set once for the whole command (none: torch's choice)", shared="threads")
 
 
 def device_option():
-    return opt("cpu", "cpu | cuda | cuda:N | mps")
+    return opt("cpu", "cpu | cuda | cuda:N | mps", shared="device")
 
 
 def dtype_option():
-    return opt("float32", "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32")
+    return opt("float32", "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32",
+               choices=DTYPES, shared="dtype")  # DTYPES: below, with check_dtype
 
 
-def model_option():
-    return opt("embedded", MODEL_HELP)
+def model_option(default: str | None = "embedded", shown: str | None = None):
+    """--model; a stage that reads the model from an SAE folder declares `model_option(None, shown="the
+    one recorded in the SAE folder")`: the same flag and help, an override."""
+    return opt(default, MODEL_HELP, shown=shown, shared="model")
 
 
-def corpus_option():
-    return opt("builtin", CORPUS_HELP)
+def corpus_option(default: str | None = "builtin", shown: str | None = None):
+    return opt(default, CORPUS_HELP, shown=shown, shared="corpus")
+
+
+# ---------------------------------------------------------------- grammar shared by the option values
+class OldSpelling(argparse._StoreAction):
+    """A stored option whose later option strings are old spellings: they still work and print a
+    one-line notice naming the new one (`add_argument("--tokens", "--stats-tokens", action=OldSpelling)`;
+    a config field: `opt(..., old_spellings=("--stats-tokens",))`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            print(f"saelab: {option_string} is an old spelling; use {self.option_strings[0]}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted)"
+
+
+def latent_list(values, d_sae: int | None = None) -> list[int] | None:
+    """The one latent-list syntax of every command: `--latents 0-9,12` and `--latents 0 1 2` (and a mix)
+    -> sorted distinct ids (None -> None: the command's default); checked against d_sae when given.
+    A config field holding latent ids is `list[str] | None` (as typed) and its stage calls this."""
+    if not values:
+        return None
+    text = ",".join([values] if isinstance(values, str) else map(str, values))
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.replace(" ", ",").split(","))):
+        a, dash, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise UserError(f"--latents {part!r}: expected ids and ranges like 0-9,12 or 0 1 2") from None
+        if lo > hi:
+            raise UserError(f"--latents {part!r}: a range runs low-high")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise UserError("--latents: no latent ids given")
+    bad = [i for i in sorted(out) if d_sae is not None and not 0 <= i < d_sae]
+    if bad:
+        raise UserError(f"--latents: {bad[:5]} outside 0..{d_sae - 1}")
+    return sorted(out)
 
 
 def _show(v) -> str:
@@ -85,11 +141,13 @@ def field_default(f: dataclasses.Field):
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One argparse option per field of `cls` (`--field-name`, or a plain argument for `positional`
+    fields); every option's default is None, so build_config can tell "not given" from a value. Each
+    action remembers its field as `action.config_field` = (cls, field name): tests/test_command_options.py."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        name = flag(f.name)
         t = hints[f.name]
         if typing.get_origin(t) in (typing.Union, types.UnionType):  # Optional[X] -> X
             t = next(a for a in typing.get_args(t) if a is not type(None))
@@ -97,19 +155,30 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         default = field_default(f)
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help: declare it with opt(default, help)")
-        if f.metadata.get("positional"):  # a plain argument: its help says itself what leaving it out means
-            kw = {"nargs": "+" if default is _NO_DEFAULT else "*", "type": args[0]} if origin is list else \
-                {"type": t} | ({} if default is _NO_DEFAULT else {"nargs": "?"})
-            parser.add_argument(f.name, default=None, help=f.metadata["help"].replace("%", "%%"), **kw)
+        m = f.metadata
+        shown = m.get("shown") or _show(default)
+        kw = {k: m[k] for k in ("choices", "metavar") if k in m}
+        if m.get("positional"):  # a plain argument: its help says itself what leaving it out means
+            h = m["help"].replace("%", "%%")
+            if origin is list:
+                kw |= {"nargs": "+" if default is _NO_DEFAULT else "*", "type": args[0]}
+            else:
+                kw |= {"type": t} | ({} if default is _NO_DEFAULT else {"nargs": "?"})
+            action = parser.add_argument(f.name, default=None, help=h, **kw)
+            action.config_field = (cls, f.name)
             continue
-        h = f.metadata["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {_show(default)})")
+        h = m["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {shown})")
         h = h.replace("%", "%%")  # argparse formats help with %
+        names = [flag(f.name), *m.get("old_spellings", ())]
+        if len(names) > 1:
+            kw["action"] = OldSpelling  # the later spellings still work, with a notice
         if t is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=h)
+            action = parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=h)
         elif origin is list:
-            parser.add_argument(name, nargs="+", type=args[0], default=None, help=h)
+            action = parser.add_argument(*names, nargs="+", type=args[0], default=None, help=h, **kw)
         else:
-            parser.add_argument(name, type=t, default=None, help=h)
+            action = parser.add_argument(*names, type=t, default=None, help=h, **kw)
+        action.config_field = (cls, f.name)
 
 
 def add_config_command(sub, name: str, cls, fn, help: str, description: str | None = None):
@@ -121,9 +190,11 @@ def add_config_command(sub, name: str, cls, fn, help: str, description: str | No
     return p
 
 
-def build_config(cls, ns: argparse.Namespace, config_file: str | None, **fixed):
+def build_config(cls, ns: argparse.Namespace, config_file: str | None, other_keys=(), **fixed):
     """Defaults < config file < command line; then every field is checked by type (`check_types`) and
-    range (the class's `validate`), so a bad value is a one-line UserError before any model loads."""
+    range (the class's `validate`), so a bad value is a one-line UserError before any model loads.
+    `other_keys`: keys of the config file that belong to another dataclass of the same command (sweep:
+    its own options next to the training options); they are left to that one."""
     values: dict = {}
     if config_file:
         p = Path(config_file)
@@ -136,7 +207,8 @@ def build_config(cls, ns: argparse.Namespace, config_file: str | None, **fixed):
         if not isinstance(values, dict):
             raise UserError(f"config file {p} must hold an object of option values, not a {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
+        unknown = set(values) - names - set(other_keys)
+        values = {k: v for k, v in values.items() if k in names}
         if unknown:
             raise UserError(f"config file {p} has unknown keys: {', '.join(sorted(unknown))}")
     for f in dataclasses.fields(cls):
@@ -204,6 +276,10 @@ def check_types(cfg, where: str | None = None) -> None:
             setattr(cfg, f.name, [_scalar(name, item, x) for x in items])
         elif t in _TYPE_WORDS:
             setattr(cfg, f.name, _scalar(name, t, v))
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:  # a config file's value, as argparse checks the flag's
+                raise UserError(f"unknown {flag(f.name) if not where else name} {v!r}; choose from "
+                                f"{', '.join(choices)}")
 
 
 def _values(cfg, name: str) -> list:

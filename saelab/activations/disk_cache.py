@@ -31,7 +31,8 @@ from ..errors import UserError
 from ..data import load_token_rows
 from ..models import glob_regex, hookpoint_widths, depth_order, load_model, resolve_hookpoints
 from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
-from ..options import corpus_option, device_option, dtype_option, model_option, overwrite_option, threads_option
+from ..options import (corpus_option, device_option, dtype_option, model_option, out_option, overwrite_option,
+                       threads_option)
 from ..sinks import SinkConfig, special_ids
 from ..out_folder import ACTIVATION_CACHE, open_out
 from ..storage import read_json, read_npy, write_json
@@ -44,7 +45,7 @@ BLOCK = 256  # vectors read contiguously from one shard
 
 @dataclass
 class CacheConfig:
-    out: str = opt(help="cache folder (shards + manifest.json)")
+    out: str = out_option("cache folder (shards + manifest.json)")
     hookpoints: list[str] = opt(help="module names or globs (as in `train`)")
     model: str = model_option()
     corpus: str = corpus_option()

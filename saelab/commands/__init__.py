@@ -1,66 +1,37 @@
-"""Subcommands of `saelab`, one module per stage (train, evaluate, study, interop, interpret, view); each
-module has `register(subparsers)` and adds its own commands.
+"""Subcommands of `saelab`, one module per stage (hookpoints, train, evaluate, study, interop, interpret,
+report, view, synthetic); each module has `register(subparsers)` and adds its own commands.
 
-To add a command group, write a module with `register` and list it in COMMAND_MODULES.
+A command is a thin shell over its stage: its options are the fields of the stage's config dataclass
+(`add_config_command`, options.py; `--config FILE` included), it builds that config (`build_config`)
+and calls the stage function that the library exposes with the same dataclass. To add a command,
+declare the config next to its stage, write `register` with `add_config_command`, and list the
+module in COMMAND_MODULES (tests/test_command_options.py checks every option is a config field).
 
 The one CLI grammar every command shares lives here: `latent_list` (`--latents 0-9,12` or `0 1 2`),
 `parse_args` (positionals never swallowed by a multi-value option), `show_defaults` (every default
-in --help), `OldSpelling` (a renamed flag keeps working, with a notice). tests/test_cli_grammar.py."""
+in --help), `OldSpelling` (a renamed flag keeps working, with a notice); the first and last are defined
+in options.py. tests/test_cli_grammar.py."""
 
 import argparse as _argparse
 import contextlib
 import io
 import sys
 
-from ..errors import UserError
+# the option grammar lives in options.py, next to the config dataclasses that use it; named here too
+from ..options import LATENTS_HELP, OldSpelling, latent_list  # noqa: F401
 
 COMMAND_MODULES = [
+    "saelab.commands.hookpoints",
     "saelab.commands.train",
     "saelab.commands.evaluate",
     "saelab.commands.bench",
     "saelab.commands.study",
     "saelab.commands.interop",
     "saelab.commands.interpret",
+    "saelab.commands.report",
     "saelab.commands.view",
     "saelab.commands.synthetic",
 ]
-
-class OldSpelling(_argparse._StoreAction):
-    """A stored option whose later option strings are old spellings: they still work and print a
-    one-line notice naming the new one (`add_argument("--tokens", "--stats-tokens", action=OldSpelling)`)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if option_string != self.option_strings[0]:
-            print(f"saelab: {option_string} is an old spelling; use {self.option_strings[0]}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted)"
-
-
-def latent_list(values, d_sae: int | None = None) -> list[int] | None:
-    """The one latent-list syntax of every command: `--latents 0-9,12` and `--latents 0 1 2` (and a mix)
-    -> sorted distinct ids (None -> None: the command's default); checked against d_sae when given."""
-    if not values:
-        return None
-    text = ",".join([values] if isinstance(values, str) else values)
-    out: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.replace(" ", ",").split(","))):
-        a, dash, b = part.partition("-")
-        try:
-            lo, hi = int(a), int(b) if dash else int(a)
-        except ValueError:
-            raise UserError(f"--latents {part!r}: expected ids and ranges like 0-9,12 or 0 1 2") from None
-        if lo > hi:
-            raise UserError(f"--latents {part!r}: a range runs low-high")
-        out.update(range(lo, hi + 1))
-    if not out:
-        raise UserError("--latents: no latent ids given")
-    bad = [i for i in sorted(out) if d_sae is not None and not 0 <= i < d_sae]
-    if bad:
-        raise UserError(f"--latents: {bad[:5]} outside 0..{d_sae - 1}")
-    return sorted(out)
-
 
 def parse_args(parser, argv: list[str] | None = None):
     """`parser.parse_args`, except that positional arguments written after a multi-value option are not

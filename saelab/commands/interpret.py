@@ -1,12 +1,12 @@
-"""Automated interpretability commands: cache, explain, score, report, serve-llm. cache, explain and score
-are built from their stage's config dataclass (LatentCacheConfig, ExplainConfig, ScoreConfig), which the
+"""Automated interpretability commands: cache, explain, score (report, serve-llm: commands/report.py). They are
+built from their stage's config dataclass (LatentCacheConfig, ExplainConfig, ScoreConfig), which the
 Python API takes too; each command only turns the parsed options into that object."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..options import THREADS_HELP, add_config_command, add_dataclass_options, build_config
+from ..options import add_config_command, add_dataclass_options, build_config
 from . import latent_list
 
 
@@ -39,20 +39,9 @@ def _latents_command(sub, name: str, cls, fn, help: str, description: str):
     p.add_argument("--config", help="JSON or TOML file with option values (command line wins; default: none)")
     add_dataclass_options(p, cls, skip=("latents",))
     field = next(f for f in dataclasses.fields(cls) if f.name == "latents")
-    p.add_argument("--latents", nargs="+", help=field.metadata["help"])
+    action = p.add_argument("--latents", nargs="+", help=field.metadata["help"])
+    action.config_field = (cls, "latents")  # the field it fills (tests/test_command_options.py)
     p.set_defaults(fn=fn)
-
-
-def cmd_report(a) -> None:
-    from ..interpret.report import report
-
-    report(a.runs, a.out, overwrite=a.overwrite)
-
-
-def cmd_serve(a) -> None:
-    from ..interpret.llm_server import serve
-
-    serve(a.model, a.host, a.port, a.batch_size, a.batch_wait, max_tokens_cap=a.max_tokens_cap, max_body=a.max_body)
 
 
 def register(sub) -> None:
@@ -72,23 +61,3 @@ def register(sub) -> None:
                      description="Score each explained latent with each scorer; one record per latent is appended "
                                  "to RUN/scores_SCORER.jsonl (a rerun skips latents already scored).")
 
-    r = sub.add_parser("report", help="summarise and compare interpretation runs (table + PNG plots)")
-    r.add_argument("runs", nargs="+", help="run folders; with several, the first is compared with each other one")
-    r.add_argument("--out", help="report folder (default: the run folder, or RUN1/compare)")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing report.md / report.json in --out")
-    r.set_defaults(fn=cmd_report)
-
-    v = sub.add_parser("serve-llm", help="serve a local chat model through an OpenAI-compatible HTTP API",
-                       description="POST /v1/chat/completions (with logprobs/top_logprobs), GET /v1/models. Concurrent "
-                                   "requests are batched. Binds to loopback by default.")
-    v.add_argument("--model", default="embedded", help="embedded | local folder | .gguf | hub id (default embedded)")
-    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
-    v.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed; default 8000)")
-    v.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
-    v.add_argument("--batch-wait", type=float, default=0.01, help="seconds to wait for more requests to batch")
-    v.add_argument("--max-tokens-cap", type=int, default=1024,
-                   help="largest max_tokens a request may ask for; more is a 400 (default 1024)")
-    v.add_argument("--max-body", type=int, default=1 << 20,
-                   help="largest request body in bytes, refused with 413 before it is read (default 1048576)")
-    v.add_argument("--threads", type=int, help=THREADS_HELP)
-    v.set_defaults(fn=cmd_serve)

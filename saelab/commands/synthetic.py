@@ -17,11 +17,10 @@ def cmd_synthetic(a) -> None:
 
 
 def cmd_recovery(a) -> None:
-    from ..evaluate.synthetic_recovery import recovery_report
-    from ..sae.folder import open_sae
+    from ..evaluate.synthetic_recovery import RecoveryConfig, recovery_reports
 
-    for d in a.sae_dirs:
-        r = recovery_report(open_sae(d), cache=a.cache, samples=a.samples, threshold=a.threshold)
+    cfg = build_config(RecoveryConfig, a, a.config)
+    for d, r in zip(cfg.sae_dirs, recovery_reports(cfg)):
         if a.json:
             print(json.dumps({"sae": d} | r))
             continue
@@ -36,6 +35,7 @@ def cmd_recovery(a) -> None:
 
 def register(sub) -> None:
     from ..evaluate.synthetic_data import SyntheticConfig
+    from ..evaluate.synthetic_recovery import RecoveryConfig
 
     add_config_command(sub, "synthetic", SyntheticConfig, cmd_synthetic,
                        help="write synthetic activations from a known dictionary (an activation cache)",
@@ -43,10 +43,7 @@ def register(sub) -> None:
                                    "a parent/child hierarchy; writes shards + manifest.json + truth.safetensors. "
                                    "Train on it with `saelab train --from-activations DIR --model synthetic "
                                    "--hookpoints synthetic --context C`.")
-    r = sub.add_parser("synthetic-recovery", help="how well SAEs trained on a synthetic cache recover its true features")
-    r.add_argument("sae_dirs", nargs="+", help="SAE folders trained with --from-activations on a `saelab synthetic` cache")
-    r.add_argument("--cache", help="the synthetic cache (default: the one recorded in each folder's cfg.json)")
-    r.add_argument("--samples", type=int, default=16384, help="fresh synthetic vectors for precision/recall/absorption")
-    r.add_argument("--threshold", type=float, default=0.9, help="decoder cosine at which a true feature counts as recovered")
+    r = add_config_command(sub, "synthetic-recovery", RecoveryConfig, cmd_recovery,
+                           help="how well SAEs trained on a synthetic cache recover its true features")
+    # how to print, not what to compute: the one option of this command outside its config
     r.add_argument("--json", action="store_true", help="print one JSON object per folder")
-    r.set_defaults(fn=cmd_recovery)

@@ -1,4 +1,4 @@
-"""Training-stage commands: hookpoints, train, cache-activations."""
+"""Training-stage commands: train, cache-activations (hookpoints: commands/hookpoints.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ import time
 from pathlib import Path
 
 from ..options import add_config_command, build_config
-
-
-def cmd_hookpoints(a) -> None:
-    from ..models import candidate_hookpoints, hookpoint_widths, load_model
-
-    lm = load_model(a.model)
-    sites = candidate_hookpoints(lm.model)
-    widths = hookpoint_widths(lm.model, [n for n, _ in sites])
-    print(f"# {lm.name}: {len(sites)} hookpoints (name, kind, width). Any module name also works; "
-          f"append ':input' for a module's input.")
-    for name, kind in sites:
-        print(f"{name}\t{kind}\t{widths[name]}")
 
 
 def cmd_train(a) -> None:
@@ -43,10 +31,7 @@ def register(sub) -> None:
     from ..activations.disk_cache import CacheConfig
     from ..train.config import TrainConfig
 
-    h = sub.add_parser("hookpoints", help="list the hookable sites of a model with their widths")
-    h.add_argument("--model", default="embedded", help="embedded | local folder | .gguf file | hub id")
-    h.set_defaults(fn=cmd_hookpoints)
-
+    # hookpoints: commands/hookpoints.py
     add_config_command(sub, "train", TrainConfig, cmd_train, help="train SAEs/transcoders on a model's activations",
                        description="Train one SAE per (hookpoint, k or sparsity value, lr) from one LM forward. "
                                    "A hookpoint 'A->B' trains a transcoder from site A to site B. Globs: '*' "

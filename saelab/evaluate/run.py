@@ -1,4 +1,5 @@
-"""Evaluate SAE folders: `saelab eval`, `saelab eval-e2e` and the sweep's evaluation all call `run_eval`.
+"""Evaluate SAE folders: `saelab eval` (`evaluate(EvalConfig)`), `saelab eval-e2e` (`evaluate_e2e(EvalE2EConfig)`)
+and the sweep's evaluation all call `run_eval`.
 
 It opens the folders, then their model and token rows once (`open_shared_data`: the model, corpus,
 context, held-out fraction and text field they were trained with, unless overridden), checks they
@@ -10,11 +11,13 @@ density plot, recording whether the rows were the ones the SAE was trained on.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..model_pair import load_pair
-from ..options import check_dtype
+from ..options import (check_dtype, check_types, corpus_option, device_option, dtype_option, model_option,
+                       need_at_least, opt, out_option, overwrite_option, threads_option)
 from ..sae.crosscoder import is_crosscoder
 from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
@@ -24,6 +27,55 @@ from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .metrics import EvalBudget, measure
 from .plots import density_plot
 from .results import SaeMetrics, format_report
+
+
+@dataclass
+class EvalConfig:
+    """`saelab eval`: held-out reconstruction and KL / CE of SAE folders (their model and corpus unless overridden)."""
+    sae_dirs: list[str] = opt(help="SAE folders (saelab format); several share the clean passes", positional=True)
+    tokens: int = opt(100_000, "held-out tokens for reconstruction metrics")
+    ce_tokens: int = opt(16_384, "held-out tokens for KL / CE metrics (full forwards)")
+    out: str | None = out_option("metrics file", shown="metrics.json inside each SAE folder")
+    corpus: str | None = corpus_option(None, shown="the one recorded in the SAE folder")
+    model: str | None = model_option(None, shown="the one recorded in the SAE folder")
+    threads: int | None = threads_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
+    overwrite: bool = overwrite_option("an existing metrics file")
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+
+
+@dataclass
+class EvalE2EConfig:
+    """`saelab eval-e2e`: `saelab eval` plus alive latents and the FVU of every later layer, SAE spliced in."""
+    sae_dirs: list[str] = opt(help="SAE folders of one model and corpus", positional=True)
+    tokens: int = opt(50_000, "held-out tokens for FVU / L0 / alive")
+    ce_tokens: int = opt(8192, "held-out tokens for KL / CE / later-layer FVU")
+    threads: int | None = threads_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
+    overwrite: bool = overwrite_option("existing metrics.json files")
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+
+
+def evaluate(cfg: EvalConfig) -> list[SaeMetrics]:
+    """Write each folder's metrics.json (or cfg.out) and print a report per SAE."""
+    cfg.validate()
+    return run_eval(cfg.sae_dirs, tokens=cfg.tokens, ce_tokens=cfg.ce_tokens, out=cfg.out, corpus=cfg.corpus,
+                    model=cfg.model, overwrite=cfg.overwrite, device=cfg.device, dtype=cfg.dtype)
+
+
+def evaluate_e2e(cfg: EvalE2EConfig) -> list[SaeMetrics]:
+    """metrics.json of each folder with alive latents and later-layer FVU (`SaeMetrics.later`); no report printed."""
+    cfg.validate()
+    return run_eval(cfg.sae_dirs, tokens=cfg.tokens, ce_tokens=cfg.ce_tokens, overwrite=cfg.overwrite, quiet=True,
+                    device=cfg.device, later_layers=True, dtype=cfg.dtype)
 
 
 def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384, out: str | None = None,

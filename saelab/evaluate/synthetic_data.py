@@ -36,7 +36,7 @@ from .. import __version__
 from ..activations.disk_cache import CACHE_FORMAT, MANIFEST, STORE_DTYPES, _write_npy, read_manifest, shard_path, \
     to_stored
 from ..errors import UserError
-from ..options import check_types, need_at_least, need_choice, opt, overwrite_option
+from ..options import check_types, need_at_least, need_choice, opt, out_option, overwrite_option
 from ..sinks import SinkConfig
 from ..out_folder import ACTIVATION_CACHE, open_out
 from ..storage import fingerprint, read_tensors, write_json, write_tensors
@@ -49,7 +49,7 @@ SUB_BATCH = 4096        # vectors drawn at once: bounds the [rows, N] firing mas
 
 @dataclass
 class SyntheticConfig:
-    out: str = opt(help="cache folder to write (shards + manifest.json + truth.safetensors)")
+    out: str = out_option("cache folder to write (shards + manifest.json + truth.safetensors)")
     features: int = opt(4096, "true features N")
     dim: int = opt(256, "activation dimension d")
     k_true: float = opt(16.0, "expected number of active true features per vector")

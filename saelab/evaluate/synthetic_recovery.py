@@ -30,12 +30,14 @@ The fresh samples come from a generator stream no shard uses, so they are new ve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from ..sae.folder import SaeFolder
+from ..options import check_types, opt
+from ..sae.folder import SaeFolder, open_sae
 from .synthetic_data import HOOK, SyntheticTruth, draw, load_truth
 
 EVAL_STREAM = 2**31 - 1   # generator offset of the recovery samples: no shard of a cache uses it
@@ -69,6 +71,26 @@ def _by_frequency(prob: torch.Tensor, hit: torch.Tensor, parts: int = 4) -> list
     order = prob.argsort(descending=True)
     return [{"p_max": float(prob[q[0]]), "p_min": float(prob[q[-1]]), "recovered": float(hit[q].float().mean())}
             for q in order.tensor_split(parts) if len(q)]
+
+
+@dataclass
+class RecoveryConfig:
+    """`saelab synthetic-recovery`: SAE folders trained on a `saelab synthetic` cache, and the comparison."""
+    sae_dirs: list[str] = opt(help="SAE folders trained with --from-activations on a `saelab synthetic` cache",
+                              positional=True)
+    cache: str | None = opt(None, "the synthetic cache", shown="the one recorded in each folder's cfg.json")
+    samples: int = opt(16384, "fresh synthetic vectors for precision/recall/absorption")
+    threshold: float = opt(0.9, "decoder cosine at which a true feature counts as recovered")
+
+    def validate(self) -> None:
+        check_types(self)  # the ranges: recovery_report
+
+
+def recovery_reports(cfg: RecoveryConfig) -> list[dict]:
+    """recovery_report of each folder, in order."""
+    cfg.validate()
+    return [recovery_report(open_sae(d), cache=cfg.cache, samples=cfg.samples, threshold=cfg.threshold)
+            for d in cfg.sae_dirs]
 
 
 @torch.no_grad()

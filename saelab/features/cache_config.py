@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import check_dtype, check_types, dtype_option, need_at_least, opt, threads_option
+from ..options import (check_dtype, check_types, corpus_option, dtype_option, model_option, need_at_least, opt,
+                       out_option, overwrite_option, threads_option)
 from ..sinks import SinkConfig
 
 SPLITS = ("heldout-first", "heldout", "train")
@@ -17,12 +18,12 @@ class LatentCacheConfig:
     sae_dirs: list[str] = opt(default_factory=list, help="SAE folders (saelab format); they must share model, "
                                                          "corpus, context", positional=True)
     tokens: int = opt(1_000_000, "tokens to cache")
-    out: str = opt(help="cache folder")
+    out: str = out_option("cache folder")
     neurons: str | None = opt(None, "also cache the units at this hookpoint as a baseline dictionary "
                                     "(e.g. model.layers.6.mlp.down_proj:input)")
     neuron_k: int = opt(32, "keep the top-k neurons per token (0: every positive value)")
-    model: str | None = opt(None, "model (none: the one recorded in the SAE folders, else embedded)")
-    corpus: str | None = opt(None, "corpus (none: the one recorded in the SAE folders, else builtin)")
+    model: str | None = model_option(None, shown="the one recorded in the SAE folders, else embedded")
+    corpus: str | None = corpus_option(None, shown="the one recorded in the SAE folders, else builtin")
     context: int | None = opt(None, "tokens per row (none: the SAEs' context, else 256)")
     split: str = opt("heldout-first", "rows to use: heldout-first | heldout | train")
     batch_rows: int = opt(16, "rows per forward pass")
@@ -33,7 +34,7 @@ class LatentCacheConfig:
     sinks: bool = opt(True, "leave out sink positions; --no-sinks records every position, sinks included")
     threads: int | None = threads_option()
     dtype: str = dtype_option()
-    overwrite: bool = opt(False, "replace a cache made with other arguments")
+    overwrite: bool = overwrite_option("a cache made with other arguments")
 
     def validate(self) -> None:
         """Every check that needs no model, so a bad value fails before anything loads."""

@@ -20,9 +20,10 @@ import torch
 
 from ..errors import UserError
 from ..models import resolve_hookpoints
+from ..options import check_types, dtype_option, model_option, need_at_least, opt, threads_option
 from ..sae import SparseCoder
 from .steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, degenerate, direction_steer,
-                    generate_variants)
+                    generate_variants, parse_edit)
 
 DEFAULT_STRENGTH = 1.0             # clamp to 1 x max activation: docs/VIEW.md "Steering defaults"
 SWEEP = (0.5, 1.0, 2.0, 4.0)        # the strength sweep of the web app and `saelab steer --sweep`
@@ -76,6 +77,55 @@ class SteeringRequest:
             raise UserError("feature edits need an SAE folder")
         if self.contrastive and not (self.hookpoint or sae is not None):
             raise UserError("a contrastive direction needs --hookpoint (or an SAE folder, whose site is used)")
+
+
+@dataclass
+class SteerConfig:
+    """`saelab steer`: one SAE folder (or none, for a contrastive direction at --hookpoint), the prompts,
+    the edits (`LATENT=V` or `LATENT=Vx`, V x the latent's max activation) and how to generate."""
+    prompt: list[str] = opt(help="one or more prompts")
+    sae: str | None = opt(None, "SAE folder (leave out for a contrastive direction with --hookpoint; default: none)",
+                          positional=True)
+    clamp: list[str] = opt(default_factory=list, help="set latent to V (or Vx = V x max activation)",
+                           metavar="LATENT=V", shown="none")
+    add: list[str] = opt(default_factory=list, help="add V (or V x max) to the latent = V x its decoder direction",
+                         metavar="LATENT=V", shown="none")
+    max_new_tokens: int = opt(40, "tokens to generate per prompt")
+    temperature: float = opt(0.0, "sampling temperature, 0 = greedy")
+    top_k: int = opt(0, "sample from the k most likely tokens, 0 = all")
+    seed: int = opt(0, "sampling seed, the same for steered and unsteered")
+    chat: bool = opt(False, "wrap the prompt in the model's chat template")
+    cache: str | None = opt(None, "latent cache with the features' max activations, for Vx values",
+                            shown="build one over --tokens")
+    tokens: int = opt(16384, "held-out tokens to cache for max activations when there is no --cache, as in "
+                             "dashboard/serve (--stats-tokens: the old spelling)", old_spellings=("--stats-tokens",))
+    model: str | None = model_option(None, shown="the SAE's own, else embedded")
+    hookpoint: str | None = opt(None, "contrastive baseline: where to add the direction", shown="the SAE's site")
+    positive: list[str] | None = opt(None, "contrastive baseline: prompts of the concept")
+    negative: list[str] | None = opt(None, "contrastive baseline: prompts without it")
+    scale: float = opt(4.0, "contrastive baseline: multiplier of the direction")
+    strengths: list[float] = opt(default_factory=lambda: [1.0], metavar="X", help="multiply every edit value (or "
+                                 "--scale) by each X: one steered text per X, same seed")
+    sweep: bool = opt(False, f"same as --strengths {' '.join(f'{x:g}' for x in SWEEP)}")
+    json: str | None = opt(None, "also write the outputs to this JSON file")
+    dtype: str = dtype_option()
+    threads: int | None = threads_option()
+
+    def request(self) -> SteeringRequest:
+        """The steering request (edits parsed, checked before the SAE loads)."""
+        edits = [parse_edit(e, "clamp") for e in self.clamp] + [parse_edit(e, "add") for e in self.add]
+        req = SteeringRequest(strengths=list(SWEEP) if self.sweep else self.strengths, prompts=self.prompt, edits=edits,
+                              positive=self.positive or [], negative=self.negative or [], hookpoint=self.hookpoint,
+                              scale=self.scale, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_k=self.top_k, seed=self.seed, chat=self.chat)
+        req.check()
+        return req
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+        self.request()
+
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..options import check_device, check_types, device_option, need_at_least, need_positive, opt, out_option
-from ..options import threads_option
+from ..options import overwrite_option, threads_option
 from .examples import ExampleConfig
 from .scorers import SCORERS
 
@@ -65,7 +65,7 @@ class _ExplainFields:
     n_score_hard: int = opt(25, "hard-negative scoring examples")
     seed: int = opt(0, "seed for latent and example sampling")
     label: str | None = opt(None, "name of this run in reports (none: the folder name)")
-    overwrite: bool = opt(False, "replace a run made with other settings")
+    overwrite: bool = overwrite_option("a run made with other settings")
 
 
 @dataclass(kw_only=True)

@@ -33,10 +33,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import UserError
+from ..options import check_types, model_option, need_at_least, opt, threads_option
 from .local_client import LocalClient
 
 
@@ -251,9 +253,28 @@ def make_server(model: str = "embedded", host: str = "127.0.0.1", port: int = 80
     return server
 
 
-def serve(model: str = "embedded", host: str = "127.0.0.1", port: int = 8000, batch_size: int = 8,
-          batch_wait: float = 0.01, max_tokens_cap: int = 1024, max_body: int = 1 << 20) -> None:
-    server = make_server(model, host, port, batch_size, batch_wait, max_tokens_cap=max_tokens_cap, max_body=max_body)
+@dataclass
+class LlmServerConfig:
+    """`saelab serve-llm`: what to serve, where, and the batching and request limits."""
+    model: str = model_option()
+    host: str = opt("127.0.0.1", "bind address (127.0.0.1: loopback only)")
+    port: int = opt(8000, "port (0 = any free port; the URL is printed)")
+    batch_size: int = opt(8, "prompts per forward pass")
+    batch_wait: float = opt(0.01, "seconds to wait for more requests to batch")
+    max_tokens_cap: int = opt(1024, "largest max_tokens a request may ask for; more is a 400")
+    max_body: int = opt(1 << 20, "largest request body in bytes, refused with 413 before it is read")
+    threads: int | None = threads_option()
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+
+
+def serve(cfg: LlmServerConfig) -> None:
+    """Serve until Ctrl-C (make_server checks the limits)."""
+    cfg.validate()
+    server = make_server(cfg.model, cfg.host, cfg.port, cfg.batch_size, cfg.batch_wait,
+                         max_tokens_cap=cfg.max_tokens_cap, max_body=cfg.max_body)
     h, p = server.server_address[:2]
     print(f"saelab: serving {server.model_id} (OpenAI-compatible) at http://{h}:{p}/v1  (Ctrl-C to stop)", flush=True)
     try:

@@ -5,11 +5,13 @@ comparison with the difference of means and its 95% bootstrap interval."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..options import check_types, opt, out_option, overwrite_option
 from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
 from .scorers.base import DESCRIPTIONS, PRIMARY
@@ -136,6 +138,23 @@ def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -
     if plots:
         L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(L) + "\n"
+
+
+@dataclass
+class ReportConfig:
+    """`saelab report`: summarise one interpretation run, or compare the first with each other one."""
+    runs: list[str] = opt(help="run folders; with several, the first is compared with each other one", positional=True)
+    out: str | None = out_option("report folder", shown="the run folder, or RUN1/compare")
+    overwrite: bool = overwrite_option("an existing report.md / report.json in --out")
+
+    def validate(self) -> None:
+        check_types(self)
+
+
+def write_report(cfg: ReportConfig) -> Path:
+    """`report` over the config's runs (prints the report)."""
+    cfg.validate()
+    return report(cfg.runs, cfg.out, overwrite=cfg.overwrite)
 
 
 def report(runs: list, out=None, quiet: bool = False, overwrite: bool = False) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..options import check_types, opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
 from ..storage import read_json, read_tensors
 from . import SaeConfig, SparseCoder, build_sae
@@ -196,6 +197,29 @@ def download(repo: str, sub: str) -> Path:
     if not (local / sub).exists():
         raise UserError(f"hub repo {repo} has no folder {sub!r}")
     return local / sub
+
+
+@dataclass
+class PullConfig:
+    """`saelab pull RELEASE --sae-id ID --out DIR` (or `--list`: the release's sae-ids)."""
+    release: str = opt(help="release name, e.g. gemma-scope-2b-pt-res", positional=True)
+    sae_id: str | None = opt(None, "which SAE of the release, e.g. layer_20/width_16k/average_l0_71")
+    out: str | None = out_option("saelab SAE folder to write", shown="none; needed unless --list")
+    list: bool = opt(False, "list the release's sae-ids and exit")
+    local: str | None = opt(None, "a local copy of the release repo to read instead of downloading")
+    overwrite: bool = overwrite_option("an existing --out folder")
+
+    def validate(self) -> None:
+        check_types(self)
+        if not self.list and (not self.sae_id or not self.out):
+            raise UserError("give --sae-id and --out (or --list to see the sae-ids)")
+
+
+def pull_release(cfg: PullConfig) -> Path:
+    """`pull` of cfg.sae_id into cfg.out (the sae-ids of a release: find_release(name).ids)."""
+    cfg.validate()
+    return pull(cfg.release, cfg.sae_id, Path(cfg.out), overwrite=cfg.overwrite,
+                root=Path(cfg.local) if cfg.local else None)
 
 
 def pull(release_name: str, sae_id: str, out: Path, overwrite: bool = False, root: Path | None = None,

@@ -11,6 +11,7 @@ every latent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 
 from ..errors import UserError
 from ..evaluate.metrics import EvalBudget, reconstruction_metrics
+from ..options import (check_types, corpus_option, model_option, need_at_least, opt, out_option, overwrite_option,
+                       threads_option)
 from ..sae import SparseCoder
 from ..sae.folder import SaeFolder, open_sae, open_shared_data
 from ..storage import write_figure, write_json
@@ -59,6 +62,29 @@ def firing(folders: list[SaeFolder], tokens: int, model: str | None = None,
     saes = [(f.sae, f.provenance.sink) for f in folders]
     _, stats = reconstruction_metrics(data.lm.model, data.lm.tokenizer, saes, data.rows, EvalBudget(tokens=tokens))
     return [f > 0 for f in stats.firing], data.matches_training
+
+
+@dataclass
+class CompareConfig:
+    """`saelab compare A B`: two SAE folders at one site; model and corpus are theirs unless overridden."""
+    a: str = opt(help="SAE folder A", positional=True)
+    b: str = opt(help="SAE folder B (same site)", positional=True)
+    out: str | None = out_option("output folder", shown="A/compare_<B name>")
+    tokens: int = opt(50_000, "held-out tokens to find alive latents (0: all latents)")
+    model: str | None = model_option(None, shown="the one recorded in A and B (they must agree otherwise)")
+    corpus: str | None = corpus_option(None, shown="A's and B's held-out rows")
+    threads: int | None = threads_option()
+    overwrite: bool = overwrite_option("an existing compare.json")
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+
+
+def compare_folders(cfg: CompareConfig) -> dict:
+    cfg.validate()
+    return compare(cfg.a, cfg.b, out=cfg.out, tokens=cfg.tokens, model=cfg.model, corpus=cfg.corpus,
+                   overwrite=cfg.overwrite)
 
 
 def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000, model: str | None = None,

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..options import check_types, opt, out_option, overwrite_option
 from ..storage import read_json, write_figure, write_json
 
 COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60", "local+ft": "#8e44ad", "kl+mse": "#d4a017"}
@@ -126,6 +128,28 @@ def matched(cs: dict[str, list[dict]], n: int = 3) -> list[dict]:
             row[f"{loss}_alive"] = float(np.interp(t, x, [p["alive"] for p in c]))
         rows.append(row)
     return rows
+
+
+@dataclass
+class ParetoConfig:
+    """`saelab pareto`: where the points come from, where the plots go."""
+    folders: list[str] = opt(help="sweep folders, SAE folders with metrics.json, or an earlier pareto.json",
+                             positional=True)
+    out: str | None = out_option("output folder", shown="FIRST/pareto")
+    title: str | None = opt(None, "plot title")
+    overwrite: bool = overwrite_option("an existing pareto.png / pareto.csv")
+
+    def validate(self) -> None:
+        check_types(self)
+
+    def out_dir(self) -> str:
+        return self.out or str(Path(self.folders[0]) / "pareto")
+
+
+def pareto(cfg: ParetoConfig) -> dict:
+    """run_pareto into cfg.out (default FIRST/pareto)."""
+    cfg.validate()
+    return run_pareto(cfg.folders, cfg.out_dir(), overwrite=cfg.overwrite, title=cfg.title)
 
 
 def run_pareto(paths: list[str], out: str, overwrite: bool = False, title: str | None = None) -> dict:

@@ -23,13 +23,13 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..options import check_types, need_at_least, opt
-from ..options import corpus_option, model_option, overwrite_option, threads_option
+from ..options import corpus_option, model_option, out_option, overwrite_option, threads_option
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 
 @dataclass
 class ScalingConfig:
-    out: str = opt(help="folder for the grid's runs, scaling.json and scaling.png")
+    out: str = out_option("folder for the grid's runs, scaling.json and scaling.png")
     hookpoint: str = opt("model.layers.6", "one site (module name)")
     latents: list[int] = opt(default_factory=lambda: [512, 1024, 2048, 4096], help="dictionary sizes of the grid")
     tokens: list[int] = opt(default_factory=lambda: [16384, 32768, 65536], help="training-token budgets of the grid")

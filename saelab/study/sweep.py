@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..evaluate.run import run_eval
+from ..options import check_types, opt
 from ..sae.registry import uses_k
 from ..storage import read_json, write_json
 from ..train.config import TrainConfig
@@ -92,6 +94,26 @@ def run_status(run: SweepRun) -> str:
     if (f / "checkpoint.safetensors").exists():
         return "checkpoint"
     return "partial" if f.exists() and any(f.iterdir()) else "new"
+
+
+@dataclass
+class SweepConfig:
+    """`saelab sweep`'s own options; the rest of its command line is a TrainConfig (less loss / resume /
+    overwrite), the fixed part of every run; its --out is the sweep folder."""
+    losses: list[str] = opt(default_factory=lambda: ["local", "e2e", "e2e+ds"], help="loss types")
+    separate: bool = opt(False, "one run folder per grid point (no shared forwards)")
+    eval_tokens: int = opt(50_000, "held-out tokens for FVU / L0 / alive")
+    eval_ce_tokens: int = opt(8192, "held-out tokens for KL / CE / later-layer FVU")
+
+    def validate(self) -> None:
+        check_types(self)  # the grid's values: run_sweep
+
+
+def sweep(base: TrainConfig, cfg: SweepConfig) -> dict:
+    """run_sweep into base.out."""
+    cfg.validate()
+    return run_sweep(base, base.out, cfg.losses, separate=cfg.separate, eval_tokens=cfg.eval_tokens,
+                     eval_ce_tokens=cfg.eval_ce_tokens)
 
 
 def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = False, eval_tokens: int = 50_000,

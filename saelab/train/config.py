@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from ..errors import UserError
 from ..options import (check_device, check_dtype, check_types, memory_bytes, need_at_least, need_choice, need_fraction,
                        need_positive, opt, model_option, corpus_option, threads_option, device_option, dtype_option, overwrite_option)
+from ..options import out_option
 from ..sae import ARCHITECTURES, uses_k
 from .compile_check import check_compile
 
@@ -18,7 +19,7 @@ FINETUNE_LR_SHARE = 0.1  # a KL+MSE fine-tune's learning rate, as a share of the
 
 @dataclass
 class TrainConfig:
-    out: str = opt(help="run folder: one SAE folder per trained SAE")
+    out: str = out_option("run folder: one SAE folder per trained SAE")
     hookpoints: list[str] = opt(default_factory=lambda: ["model.layers.6"],
                                 help="module names or globs ('A->B': a transcoder from site A to site B)")
     model: str = model_option()

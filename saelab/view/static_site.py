@@ -12,12 +12,16 @@ OUT/manifest.json          what was shown: SAE folder, cache, tokens, explanatio
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..options import (LATENTS_HELP, check_types, latent_list, need_at_least, opt, out_option, overwrite_option,
+                       threads_option)
+from ..sae.folder import open_sae
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
 from .render import CSS, feature_page, index_page
@@ -40,6 +44,39 @@ def check_out(out: Path, overwrite: bool) -> None:
             info = None
         if not (isinstance(info, dict) and (info.get("kind") == KIND or {"cache_tokens", "n_features"} <= set(info))):
             raise UserError(f"{m} belongs to something else (not a dashboard); write the dashboard to another --out")
+
+
+@dataclass
+class DashboardConfig:
+    """`saelab dashboard SAE --out DIR`: which features, with which examples and explanations."""
+    sae: str = opt(help="SAE folder", positional=True)
+    out: str = out_option("output folder")
+    cache: str | None = opt(None, "latent cache from `saelab cache`", shown="build one over --tokens")
+    tokens: int = opt(16384, "held-out tokens to cache when there is no --cache")
+    explanations: str | None = opt(None, "interpretation run folder (`saelab explain --out`, with its scores) or a "
+                                         "JSONL file of {latent, explanation}",
+                                   shown="SAE/explanations.jsonl if present")
+    latents: list[str] | None = opt(None, LATENTS_HELP, shown="all")
+    overwrite: bool = overwrite_option("an existing dashboard in --out")
+    threads: int | None = threads_option()
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+        latent_list(self.latents)  # the syntax, before anything opens
+
+
+def build_dashboard(cfg: DashboardConfig) -> tuple[Path, int]:
+    """Check --out and --latents (against the SAE's size) before any model work, build the feature
+    store, write the pages -> (out, number of feature pages)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    check_out(out, cfg.overwrite)
+    sae = open_sae(Path(cfg.sae)).sae
+    latents = latent_list(cfg.latents, sae.cfg.d_sae)
+    store = FeatureStore.build(cfg.sae, cache=cfg.cache, tokens=cfg.tokens, explanations=cfg.explanations)
+    write_dashboard(store, out, latents, overwrite=cfg.overwrite)
+    return out, len(latents or range(sae.cfg.d_sae))
 
 
 def density_png(freq: np.ndarray, path: Path, title: str) -> None:

@@ -1,0 +1,85 @@
+"""`saelab serve` as a function: `serve_folders(ServeConfig)` opens the SAE folders (each model once),
+their latent caches (given, or built over `tokens` held-out tokens) and explanations as feature stores,
+then runs the web app (web_app.py) until stopped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..options import check_types, dtype_option, need_at_least, opt, threads_option
+from ..sae.folder import open_sae
+from .feature_store import FeatureStore
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServeConfig:
+    """`saelab serve SAE...`: the folders, one cache / explanations per SAE (or one for all), where to listen."""
+    sae: list[str] = opt(help="SAE folders", positional=True)
+    cache: list[str] | None = opt(None, "latent caches (one per SAE, or one holding them all)")
+    tokens: int = opt(16384, "held-out tokens to cache when there is no --cache")
+    explanations: list[str] | None = opt(None, "interpretation run folder or JSONL file, one per SAE",
+                                         shown="SAE/explanations.jsonl if present")
+    host: str = opt("127.0.0.1", "bind address (127.0.0.1: loopback only)")
+    port: int = opt(8765, "port")
+    dtype: str = dtype_option()
+    threads: int | None = threads_option()
+
+    def validate(self) -> None:
+        check_types(self)
+        need_at_least(self, 1, "threads")
+        if not 0 < self.port < 65536:
+            raise UserError("--port must be in 1..65535")
+        _per_sae(self.cache, len(self.sae), "--cache")
+        _per_sae(self.explanations, len(self.sae), "--explanations")
+
+
+def _per_sae(values, n: int, what: str) -> list:
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise UserError(f"give one {what} or one per SAE ({n}), not {len(values)}")
+    return values
+
+
+def open_stores(cfg: ServeConfig) -> list[FeatureStore]:
+    """One feature store per folder, named by the folder (made unique); each model loads once."""
+    cfg.validate()
+    caches = _per_sae(cfg.cache, len(cfg.sae), "--cache")
+    expls = _per_sae(cfg.explanations, len(cfg.sae), "--explanations")
+    folders = [open_sae(Path(d)) for d in cfg.sae]  # bad folders fail before any model loads
+    models: dict[str, object] = {}
+    stores, names = [], set()
+    for d, c, e, folder in zip(cfg.sae, caches, expls, folders):
+        spec = folder.provenance.model_spec
+        if spec not in models:
+            models[spec] = folder.open_model(dtype=cfg.dtype)
+        lm = models[spec]
+        name = Path(d).name
+        while name in names:
+            name += "_"
+        names.add(name)
+        stores.append(FeatureStore.build(d, cache=c, tokens=cfg.tokens, explanations=e, model=lm.model,
+                                         tokenizer=lm.tokenizer, name=name))
+    return stores
+
+
+def serve_folders(cfg: ServeConfig) -> None:
+    """Open the stores and serve them (needs the web extras: fastapi, uvicorn)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("`saelab serve` needs the web extras: pip install 'saelab[view]' (fastapi, uvicorn)") from None
+    from .web_app import serve
+
+    stores = open_stores(cfg)
+    if cfg.host not in LOOPBACK:
+        print(f"saelab: warning: serving on {cfg.host}, reachable from other machines; there is no authentication")
+    print(f"saelab: serving {len(stores)} SAE(s) on http://{cfg.host}:{cfg.port}/")
+    serve(stores, cfg.host, cfg.port)
