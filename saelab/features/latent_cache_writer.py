@@ -37,7 +37,7 @@ class _Dictionary:
 
 
 def _refuse_crosscoder(folder, sae) -> None:
-    if sae.cfg.arch == "crosscoder":  # no one site to record examples at or steer (docs/DICTIONARIES.md)
+    if not type(sae).capabilities.latent_cache:  # a crosscoder: no one site to record examples at or steer
         raise UserError(f"{folder}: a crosscoder reads several sites at once; the latent cache (and so explain, "
                         f"dashboards and steering) records one site per dictionary and does not support it")
 
