@@ -211,6 +211,12 @@ class TrainConfig:
         self._validate_objective()
         if self.compile:
             check_compile(self.device, self.loss, self.finetune_fraction)
+        if self.init_from:  # a type option that sets how a new dictionary starts (kind.start_option)
+            for name in type_option_owners():
+                f = self.__dataclass_fields__[name]
+                if f.metadata.get("start") and getattr(self, name) != _default(f):
+                    raise UserError(f"{flag(name)} sets how a new dictionary starts; --init-from copies "
+                                    f"{self.init_from} as it is: drop {flag(name)}")
 
     def check_dictionary(self) -> None:
         """What the dictionary is (arch, latents, k or coefficients, sites, the type's options) and what
@@ -249,9 +255,6 @@ class TrainConfig:
             f = self.__dataclass_fields__[name]
             if getattr(self, name) == _default(f):
                 continue
-            if f.metadata.get("start") and self.init_from:
-                raise UserError(f"{flag(name)} sets how a new dictionary starts; --init-from copies {self.init_from} "
-                                f"as it is: drop {flag(name)}")
             if arch != self.arch:
                 raise UserError(f"{flag(name)} applies to --arch {arch} only, not {self.arch}")
         self.type_options().check(self)
