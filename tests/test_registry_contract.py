@@ -80,9 +80,10 @@ def _dense(sae: SparseCoder, x: torch.Tensor) -> torch.Tensor:
 
 def same_outputs(a: SparseCoder, b: SparseCoder, x: torch.Tensor, what: str) -> None:
     a, b = a.eval(), b.eval()
-    torch.testing.assert_close(_dense(b, x), _dense(a, x), rtol=1e-4, atol=1e-4, msg=f"{what}: latents differ")
+    torch.testing.assert_close(_dense(b, x), _dense(a, x), rtol=1e-4, atol=1e-4,
+                               msg=lambda m: f"{what}: latents differ. {m}")
     torch.testing.assert_close(b.reconstruct(x), a.reconstruct(x), rtol=1e-4, atol=1e-4,
-                               msg=f"{what}: reconstructions differ")
+                               msg=lambda m: f"{what}: reconstructions differ. {m}")
 
 
 def check_exports(sae: SparseCoder, tmp_path, x: torch.Tensor) -> None:

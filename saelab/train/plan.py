@@ -27,6 +27,7 @@ class TrainingPlan:
     patterns: tuple[tuple[str, str | None], ...]  # (input site pattern, transcoder output pattern or None)
     sweep: tuple[tuple[int | None, float, float], ...]  # (k, sparsity coefficient, lr) per SAE at each site
     objective: str                             # --loss, or "local then kl+mse" with --finetune-fraction
+    source: str                                # where batches come from: the LM(s) on the corpus, or a cache
     init: InitSource | None = None             # the dictionary the run starts from (--init-from)
 
     @property
@@ -44,4 +45,7 @@ def resolve(cfg: TrainConfig) -> TrainingPlan:
         init, cfg = adopt_dictionary(cfg)
     cfg.check_dictionary()
     objective = f"local then kl+mse ({cfg.finetune_fraction})" if cfg.finetune_fraction else cfg.loss
-    return TrainingPlan(cfg, cfg.kind, tuple(parse_sites(cfg.hookpoints)), tuple(cfg.sweep_values()), objective, init)
+    source = (f"activation cache {cfg.from_activations}" if cfg.from_activations else
+              f"model {cfg.model}" + (f" and {cfg.model_b}" if cfg.model_b else "") + f" on corpus {cfg.corpus}")
+    return TrainingPlan(cfg, cfg.kind, tuple(parse_sites(cfg.hookpoints)), tuple(cfg.sweep_values()), objective,
+                        source, init)
