@@ -79,10 +79,6 @@ class ForeignNames:
     saelab_only: str | None = None                    # neither library has it: what it is, and export is refused
 
 
-def option_fields(options_cls) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(options_cls))
-
-
 def check_declared(name: str, cls) -> None:
     """A registered type declares Options, capabilities and foreign in its own class body, of these types."""
     own = vars(cls)

@@ -74,11 +74,13 @@ class TrainConfig:
     corpus: str = corpus_option()
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
-    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated | codebook | crosscoder (docs/DICTIONARIES.md)")
+    arch: str = opt("topk", " | ".join(ARCHITECTURES) + " (docs/DICTIONARIES.md)")
     latents: int = opt(4608, "dictionary size")
-    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk / matryoshka)")
+    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (" + " / ".join(
+        a for a, kind in ARCHITECTURES.items() if kind.capabilities.uses_k) + ")")
     sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
-                                      help="sparsity penalty; one SAE per coeff (relu / jumprelu / gated)")
+                                      help="sparsity penalty; one SAE per coeff (" + " / ".join(
+                                          a for a, kind in ARCHITECTURES.items() if not kind.capabilities.uses_k) + ")")
     # (here: every type's own options, `with_type_options`)
     skip: bool = opt(False, "transcoders ('A->B'): add a linear skip x @ W_skip.T, initialised to the "
                             "least-squares fit of B from A (Paulo et al. 2025)")

@@ -5,9 +5,10 @@ is: arch, latents, k or sparsity coefficient, hookpoint(s), skip, and the option
 saved dictionary fixes (`Options.recorded`: Matryoshka's groups). `adopt_dictionary` returns a new
 config with these (the user's is never rewritten; train/plan.py checks the result once) before
 anything loads; an option the user set to something else (a value that is neither the default nor
-the dictionary's) is refused, so `--k 64` never silently trains the dictionary's k = 32. A sweep (several k / coefficients / hookpoints) is refused: one
-dictionary is one SAE. The model must be the one a saelab folder records (an imported folder
-names a hub model we may not have, so only its widths are checked).
+the dictionary's) is refused, so `--k 64` never silently trains the dictionary's k = 32. A sweep
+(several k / coefficients / hookpoints) is refused: one dictionary is one SAE. The model must be
+the one a saelab folder records (an imported folder names a hub model we may not have, so only its
+widths are checked).
 
 Weights are copied, never re-initialised from data. What is restored is the training
 parametrisation: saved folders hold raw-space weights (scales folded in, base.folded_state), and
@@ -80,7 +81,7 @@ def _adopt(cfg, name: str, value, src: Path) -> tuple[str, object]:
     return name, value
 
 
-def adopt_dictionary(cfg):
+def adopt_dictionary(cfg) -> tuple[InitSource, object]:
     """Open cfg.init_from -> (its InitSource, a copy of cfg with the dictionary's options), before any
     model loads. `cfg` itself is left as the user gave it."""
     src = open_init_source(cfg.init_from)
