@@ -115,7 +115,7 @@ def test_init_from_reproduces_the_source_before_step_one(tmp_path, tiny_model_di
         src = export_saelens(load_sae(src)[0], tmp_path / "lens", "tiny", 64, "c")
     run = train_cfg(tmp_path / "r", tiny_model_dir, text_corpus, init_from=str(src), latents=4608, k=[32],
                     hookpoints=["model.layers.6"])
-    init = adopt_dictionary(run)
+    init, run = adopt_dictionary(run)  # a new config: the user's is not rewritten
     assert (run.arch, run.latents, run.skip) == (arch.split("-")[0], 128, tc) and init.fmt == (
         "saelens" if arch.endswith("saelens") else "saelab")
     assert run.hookpoints == [SITE + ("->model.layers.2" if tc else "")]

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..model_pair import load_pair
 from ..options import (check_dtype, check_types, corpus_option, device_option, dtype_option, model_option,
                        need_at_least, opt, out_option, overwrite_option, threads_option)
-from ..sae.crosscoder import is_crosscoder
+from ..sae.registry import multi_site
 from ..sae.folder import open_sae, open_shared_data
 from ..storage import write_json
 from .crosscoder import crosscoder_metrics, crosscoder_report
@@ -95,7 +95,7 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     for t in targets:
         if t.exists() and not overwrite:
             raise UserError(f"{t} exists; pass --overwrite to replace it")
-    crosscoders = [f for f in folders if is_crosscoder(f.sae.cfg)]
+    crosscoders = [f for f in folders if multi_site(f.sae.cfg)]
     if crosscoders and (len(crosscoders) < len(folders) or later_layers):
         raise UserError("evaluate crosscoders on their own, without --later-layers (they report per-site FVU and "
                         "the CE of splicing every site: docs/DICTIONARIES.md)")

@@ -49,9 +49,10 @@ class _Dictionary:
 
 
 def _refuse_crosscoder(folder, sae) -> None:
-    if sae.cfg.arch == "crosscoder":  # no one site to record examples at or steer (docs/DICTIONARIES.md)
-        raise UserError(f"{folder}: a crosscoder reads several sites at once; the latent cache (and so explain, "
-                        f"dashboards and steering) records one site per dictionary and does not support it")
+    if not type(sae).capabilities.latent_cache:  # a crosscoder: no one site to record examples at or steer
+        raise UserError(f"{folder}: a --arch {sae.cfg.arch} dictionary has no one site (a crosscoder reads several at "
+                        f"once); the latent cache (and so explain, dashboards and steering) records one site per "
+                        f"dictionary and does not support it")
 
 
 def _sae_dictionary(folder: Path, name: str, sae) -> _Dictionary:

@@ -70,11 +70,10 @@ class SaeOutput(NamedTuple):
 
 
 class SparseCoder(nn.Module):
-    """Subclasses implement `encode` (-> Latents + sparsity loss); decoding is shared."""
+    """Subclasses implement `encode` (-> Latents + sparsity loss); decoding is shared. A registered
+    type also declares, in its own class body, its `Options`, `capabilities` and `foreign` names (kind.py)."""
 
     uses_unit_norm_decoder = True
-    uses_k = False               # sparsity set by k (--k sweeps) rather than a penalty (--sparsity-coeff)
-    local_only = False           # its extra_loss needs the target: trains with --loss local only
     scales_initial_code = False  # variable L0: fit_initial_scale shrinks the first code (penalty types, BatchTopK)
 
     def __init__(self, cfg: SaeConfig):

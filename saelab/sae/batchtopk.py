@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from .base import SparseCoder
+from .kind import Capabilities, ForeignNames, NoOptions
 from .latents import gather_preacts, latents_of
 
 CANDIDATES_PER_K = 2  # m = 2k candidates per row: at init on LM activations ~1 row in 9 needs more
@@ -74,7 +75,10 @@ def batch_select(pre: torch.Tensor, n_keep: int, m: int,
 
 
 class BatchTopKSae(SparseCoder):
-    uses_k = True
+    Options = NoOptions
+    # data-parallel: the batch-wide selection runs over every rank's rows (train/row_split.py)
+    capabilities = Capabilities(uses_k=True, torchrun=("data", "modules", "latents"))
+    foreign = ForeignNames(saelens="jumprelu")  # saved as a JumpReLU with one shared threshold, as SAELens does
     scales_initial_code = True  # the selection is a ranking, unchanged by the fit's positive scale
 
     def __init__(self, cfg):

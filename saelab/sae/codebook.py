@@ -26,15 +26,31 @@ selection compares with), b_enc zeros. SAELens and sparsify have no such type: e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from .base import SaeConfig, SparseCoder
+from .kind import Capabilities, ForeignNames, TypeOptions
 from .latents import Latents, decode_sparse
 
 
+@dataclass
+class CodebookOptions(TypeOptions):
+    """No options of its own; refuses a penalty (its sparsity is k codes per position)."""
+
+    def check(self, run) -> None:
+        if any(c != 0 for c in run.sparsity_coeff):
+            raise UserError("--sparsity-coeff does not apply to --arch codebook (its sparsity is --k codes per "
+                            "position)")
+
+
 class CodebookSae(SparseCoder):
-    uses_k = True
+    Options = CodebookOptions
+    capabilities = Capabilities(uses_k=True, transcoder=False)  # codes are chosen by similarity to the input
+    foreign = ForeignNames(saelens="codebook",
+                           saelab_only="codebook features (binary code activations, codes chosen by cosine similarity)")
     uses_unit_norm_decoder = False  # a code's norm is what it adds
 
     def __init__(self, cfg: SaeConfig):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from .base import SaeConfig, geometric_median
+from .kind import LOCAL_ONLY, Capabilities, ForeignNames, NoOptions
 from .latents import Latents, gather_preacts
 from .topk import TopKSae
 
@@ -40,12 +41,14 @@ def sites(cfg: SaeConfig) -> list[str]:
     return cfg.hookpoint.split(SEP)
 
 
-def is_crosscoder(cfg: SaeConfig) -> bool:
-    return cfg.arch == "crosscoder"
-
-
 class CrosscoderSae(TopKSae):
-    local_only = True  # e2e would need an acausal splice at every site within one forward: not supported
+    Options = NoOptions
+    # e2e would need an acausal splice at every site within one forward: local only; no one site to
+    # record examples at or steer: no latent cache
+    capabilities = Capabilities(uses_k=True, losses=LOCAL_ONLY, transcoder=False, multi_site=True, latent_cache=False,
+                                torchrun=(), one_process_why="the distributed activation stream hands each SAE "
+                                                             "one site, a crosscoder needs all of them in one batch")
+    foreign = ForeignNames(saelens="crosscoder", saelab_only="crosscoder (one dictionary over several hookpoints)")
 
     def __init__(self, cfg: SaeConfig):
         if cfg.is_transcoder:

@@ -32,11 +32,10 @@ from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoin
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
-from .crosscoder import is_crosscoder
 from .crosscoder import sites as crosscoder_sites
 from .foreign import load_foreign
 from .layout import CFG, FORMAT_VERSION, WEIGHTS, cfg_json
-from .registry import ARCHITECTURES, build_sae
+from .registry import ARCHITECTURES, build_sae, multi_site
 
 DEFAULT_HELDOUT_FRACTION = 0.05  # what folders written before provenance was recorded were trained with
 
@@ -182,7 +181,7 @@ def _sae_config(path: Path, cfg: dict) -> SaeConfig:
         raise UserError(f"{path}: saelab.config.d_out {c.d_out} differs from d_in {c.d_in} but there is no out_hookpoint")
     if c.k is not None and not 1 <= c.k <= c.d_sae:
         raise UserError(f"{path}: k={c.k} must be between 1 and d_sae={c.d_sae}")
-    if ARCHITECTURES[c.arch].uses_k and c.k is None:
+    if ARCHITECTURES[c.arch].capabilities.uses_k and c.k is None:
         raise UserError(f"{path}: a {c.arch} SAE needs k in saelab.config")
     return c
 
@@ -265,7 +264,7 @@ def check_fits(folders: list[SaeFolder], model) -> None:
     """Every folder's site(s) exist in `model` with the SAE's widths."""
     for f in folders:
         c = f.sae.cfg
-        if is_crosscoder(c):  # one dictionary over several equal-width sites (sae/crosscoder.py)
+        if multi_site(c):  # one dictionary over several equal-width sites (sae/crosscoder.py)
             names = crosscoder_sites(c)
             resolve_hookpoints(model, names)
             w = hookpoint_widths(model, names)

@@ -36,9 +36,9 @@ from .. import __version__
 from ..errors import UserError
 from ..families import family_for_name
 from .base import SaeConfig, SparseCoder
-from .registry import build_sae
+from .registry import ARCHITECTURES, build_sae
 from ..storage import read_json, read_tensors, write_json, write_tensors
-from .layout import CFG, SAELENS_ARCH, SAELENS_TENSOR_NAMES, WEIGHTS, cfg_json
+from .layout import CFG, WEIGHTS, cfg_json
 
 SAELENS_WEIGHTS = WEIGHTS
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -146,30 +146,37 @@ def tl_to_module(hook: str, prefix: str = SPARSIFY_PREFIX, model_name: str | Non
     return family_for_name(model_name).tl_site(hook, base) or hook
 
 
+def saelens_readers() -> dict[str, str]:
+    """SAELens architecture name -> the --arch that reads it: every registered type that declares itself
+    the reader of its SAELens name (sae/kind.py ForeignNames.saelens_reader)."""
+    return {cls.foreign.saelens: arch for arch, cls in ARCHITECTURES.items() if cls.foreign.saelens_reader}
+
+
 def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
+    """(our --arch, k) of a SAELens cfg.json: `architecture`, with v5's `standard` + activation topk read as
+    topk, and the transcoders (ReLU, SAELens' `standard` form with another output site) as `standard`."""
     arch = cfg.get("architecture", "standard")
     fn = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if arch == "topk" or (arch == "standard" and fn == "topk"):
+    name = "topk" if arch == "standard" and fn == "topk" else "standard" if arch in SAELENS_TRANSCODERS else arch
+    readers = saelens_readers()
+    if name not in readers or (arch == "standard" and fn not in ("relu", "topk")):
+        raise UserError(f"{path}: SAELens architecture {arch!r} (activation {fn!r}) is not supported; "
+                        f"saelab reads {', '.join(readers)}")
+    if name == "topk":
         if not k:
             raise UserError(f"{path}: a topk SAE needs `k` (or activation_fn_kwargs.k)")
         if k != int(k):
             raise UserError(f"{path}: k={k} is not an integer; fractional k (batchtopk) is not supported")
-        return "topk", int(k)
-    if arch == "standard" and fn == "relu":
-        return "relu", None
-    if arch in ("jumprelu", "gated"):
-        return arch, None
-    if arch in SAELENS_TRANSCODERS:                              # ReLU transcoders, W_skip for skip_transcoder
-        return "relu", None
-    raise UserError(f"{path}: SAELens architecture {arch!r} (activation {fn!r}) is not supported; "
-                    f"saelab reads standard, topk, jumprelu and gated")
+        return readers[name], int(k)
+    return readers[name], None
 
 
 def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) -> tuple[SparseCoder, dict]:
     path = folder / CFG
     cfg = read_json(path)
     arch, k = _saelens_arch(cfg, path)
+    lens_arch = ARCHITECTURES[arch].foreign.saelens  # the SAELens form the quirks below belong to
     meta = saelens_meta(cfg)
     if cfg.get("reshape_activations", "none") not in ("none", None) or meta.get("hook_head_index") is not None:
         raise UserError(f"{path}: hook_z reshaping / per-head SAEs are not supported")
@@ -181,15 +188,15 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     hook = tl_to_module(meta["hook_name"], prefix, model_name)
     t = _f32(read_tensors(folder / SAELENS_WEIGHTS))
     wpath = folder / SAELENS_WEIGHTS
-    for ours, theirs in SAELENS_TENSOR_NAMES.get(arch, {}).items():  # gated: b_gate is our b_enc
+    for ours, theirs in ARCHITECTURES[arch].foreign.saelens_tensors.items():  # gated: b_gate is our b_enc
         if theirs in t:
             t[ours] = t.pop(theirs)
     _need(t, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}, wpath)
-    if arch == "jumprelu":
+    if lens_arch == "jumprelu":
         if "threshold" not in t and "log_threshold" in t:
             t["threshold"] = t.pop("log_threshold").exp()
         _need(t, {"threshold": (d_sae,)}, wpath)
-    if arch == "gated":
+    if lens_arch == "gated":
         _need(t, {"r_mag": (d_sae,), "b_mag": (d_sae,)}, wpath)
     W_enc, b_enc, W_dec, b_dec = t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]
     norm = cfg.get("normalize_activations") or "none"
@@ -202,13 +209,13 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     elif norm != "none":
         raise UserError(f"{path}: normalize_activations={norm!r} rescales every token at run time; "
                         f"saelab supports 'none' and 'expected_average_only_in'")
-    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+    if lens_arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
         n = W_dec.norm(dim=1)                                    # [d_sae]
         W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
     transcoder = d_out != d_in or bool(meta.get("hook_name_out"))
     if not transcoder and cfg.get("apply_b_dec_to_input") is False:
         b_enc = b_enc + b_dec @ W_enc                            # we always centre an SAE's input by b_dec
-        if arch == "gated":                                      # ... both of a gated SAE's paths
+        if lens_arch == "gated":                                 # ... both of a gated SAE's paths
             t["b_mag"] = t["b_mag"] + (b_dec @ W_enc) * t["r_mag"].exp()
     skip = cfg.get("architecture") == "skip_transcoder"
     if skip:
@@ -224,6 +231,11 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     extra |= {"W_skip": None} if skip else {}
     sae.load_folded({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec} | {n: t[n] for n in extra})
     return sae, meta
+
+
+def sparsify_reader() -> str:
+    """The --arch a sparsify folder loads as: the first registered type that declares sparsify support."""
+    return next(arch for arch, cls in ARCHITECTURES.items() if cls.foreign.sparsify)
 
 
 def _load_sparsify(folder: Path, prefix: str) -> tuple[SparseCoder, dict]:
@@ -246,7 +258,7 @@ def _load_sparsify(folder: Path, prefix: str) -> tuple[SparseCoder, dict]:
     _need(t, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, wpath)
     hook = prefix + folder.name
     transcode = bool(cfg.get("transcode"))
-    sc = SaeConfig(arch="topk", d_in=d_in, d_sae=d_sae, hookpoint=f"{hook}:input" if transcode else hook,
+    sc = SaeConfig(arch=sparsify_reader(), d_in=d_in, d_sae=d_sae, hookpoint=f"{hook}:input" if transcode else hook,
                    out_hookpoint=hook if transcode else None, k=k, skip=skip)
     sae = build_sae(sc)
     sae.load_folded({"W_enc": t["encoder.weight"].t().contiguous(), "b_enc": t["encoder.bias"],
@@ -259,12 +271,12 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
                    dataset: str | None = None) -> Path:
     """Write a clean SAELens v6 folder (no saelab keys). BatchTopK goes out as JumpReLU with its
     shared threshold, as SAELens stores it."""
-    c = sae.cfg
-    _refuse_saelab_only(c, "SAELens")
-    if c.is_transcoder and c.arch != "relu":
+    c, names = sae.cfg, type(sae).foreign
+    _refuse_saelab_only(sae, "SAELens")
+    if c.is_transcoder and names.saelens != "standard":
         raise UserError(f"SAELens stores ReLU transcoders (`transcoder`, `skip_transcoder`); this one is {c.arch}: "
                         "export it to sparsify if it is TopK, or keep the saelab folder")
-    arch = SAELENS_ARCH[c.arch] if not c.is_transcoder else SAELENS_TRANSCODERS[int(c.skip)]
+    arch = names.saelens if not c.is_transcoder else SAELENS_TRANSCODERS[int(c.skip)]
     cfg = {"architecture": arch, "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
            "metadata": {"model_name": model_name, "hook_name": c.hookpoint, "hook_head_index": None,
@@ -276,9 +288,9 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
     if c.is_transcoder:  # SAELens' TranscoderConfig keeps these at the top level; it never centres the input
         cfg |= {"d_out": c.d_out, "hook_name_out": c.out_hookpoint, "apply_b_dec_to_input": False}
         cfg["metadata"]["hook_name_out"] = c.out_hookpoint
-    names = SAELENS_TENSOR_NAMES.get(c.arch, {})                 # gated: b_enc goes out as b_gate
+    renames = names.saelens_tensors                              # gated: b_enc goes out as b_gate
     out = Path(out)
-    write_tensors(out / SAELENS_WEIGHTS, {names.get(k, k): v for k, v in sae.folded_state().items()})
+    write_tensors(out / SAELENS_WEIGHTS, {renames.get(k, k): v for k, v in sae.folded_state().items()})
     write_json(out / CFG, cfg)
     return out
 
@@ -286,8 +298,8 @@ def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: i
 def export_sparsify(sae: SparseCoder, out_root: Path, prefix: str = SPARSIFY_PREFIX) -> Path:
     """Write `out_root/<hookpoint relative to base_model>/{cfg.json, sae.safetensors}` as sparsify does."""
     c = sae.cfg
-    _refuse_saelab_only(c, "sparsify")
-    if c.arch != "topk":
+    _refuse_saelab_only(sae, "sparsify")
+    if not type(sae).foreign.sparsify:
         raise UserError(f"sparsify stores TopK coders only; this SAE is {c.arch}")
     if c.is_transcoder:
         if c.hookpoint != f"{c.out_hookpoint}:input" or c.d_out != c.d_in:
@@ -310,12 +322,10 @@ def export_sparsify(sae: SparseCoder, out_root: Path, prefix: str = SPARSIFY_PRE
     return folder
 
 
-# Types neither SAELens nor sparsify has: exporting them would write a folder no reader understands.
-SAELAB_ONLY = {"codebook": "codebook features (binary code activations, codes chosen by cosine similarity)",
-               "crosscoder": "crosscoder (one dictionary over several hookpoints)"}
-
-
-def _refuse_saelab_only(c, fmt: str) -> None:
-    if c.arch in SAELAB_ONLY:
-        raise UserError(f"{fmt} has no {SAELAB_ONLY[c.arch]}: a --arch {c.arch} dictionary cannot be exported; "
+def _refuse_saelab_only(sae: SparseCoder, fmt: str) -> None:
+    """A type neither SAELens nor sparsify has (ForeignNames.saelab_only): exporting it would write a
+    folder no reader understands."""
+    what = type(sae).foreign.saelab_only
+    if what:
+        raise UserError(f"{fmt} has no {what}: a --arch {sae.cfg.arch} dictionary cannot be exported; "
                         f"keep the saelab folder (every saelab command reads it)")

@@ -31,15 +31,38 @@ dense equations' (tests/test_sparse_penalty_paths.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .base import INIT_ROWS, SparseCoder, firing_thresholds
+from .kind import LOCAL_ONLY, Capabilities, ForeignNames, TypeOptions, check_fraction, start_option
 from .latents import DENSE_BACKWARD_ABOVE, Latents, decode_sparse, gather_preacts, latents_of, weighted_l1
 
 
+GATED_INIT_FIRE = 0.01  # a new gated SAE's gates open on this share of the first batch (docs/DICTIONARIES.md)
+
+
+@dataclass
+class GatedOptions(TypeOptions):
+    gated_init_fire: float | None = start_option(
+        None, "gated: each gate's bias starts where the gate opens on this fraction of the first batch: initial "
+              "L0 = fraction x --latents (none: 0.01; 0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)")
+
+    def check(self, run) -> None:
+        check_fraction("gated_init_fire", self.gated_init_fire)
+
+    def sae_fields(self, fresh: bool) -> dict:
+        return {"gated_init_fire": self.gated_init_fire or GATED_INIT_FIRE} if fresh else {}
+
+
 class GatedSae(SparseCoder):
-    local_only = True  # the gate path learns from the auxiliary reconstruction, a local loss
+    Options = GatedOptions
+    # the gate path learns from the auxiliary reconstruction, a local loss. Data-parallel is inexact: the
+    # L1 term is a mean over the rank's rows, not a share of the target variance (W_enc differs from one process)
+    capabilities = Capabilities(losses=LOCAL_ONLY, torchrun=("modules",))
+    foreign = ForeignNames(saelens="gated", saelens_reader=True, saelens_tensors={"b_enc": "b_gate"})
     scales_initial_code = True
 
     def __init__(self, cfg):

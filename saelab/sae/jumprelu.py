@@ -17,12 +17,41 @@ bandwidth is scaled by sqrt(d_in) to our input scale (`bandwidth`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..options import opt
 from .base import INIT_ROWS, SparseCoder, firing_thresholds
+from .kind import Capabilities, ForeignNames, TypeOptions, check_fraction, start_option
 from .latents import DENSE_BACKWARD_ABOVE, gather_preacts, latents_of
+
+
+@dataclass
+class JumpReLUOptions(TypeOptions):
+    jumprelu_init_fire: float | None = start_option(
+        None, "jumprelu: each latent's threshold starts at the quantile of its first-batch pre-activations above "
+              "which it fires on this fraction of tokens: initial L0 = fraction x --latents (none: 0.1, docs/EVAL.md)")
+    jumprelu_threshold_lr: float | None = opt(
+        None, "jumprelu: the thresholds' learning rate as a multiple of --lr (none: 1). Adam moves a log-threshold "
+              "by about its lr per step, so short runs need > 1 to let --sparsity-coeff set the L0 "
+              "(docs/DICTIONARIES.md)")
+
+    def check(self, run) -> None:
+        check_fraction("jumprelu_init_fire", self.jumprelu_init_fire)
+        if self.jumprelu_threshold_lr is not None and not self.jumprelu_threshold_lr > 0:
+            raise UserError(f"--jumprelu-threshold-lr is a positive multiple of --lr; got {self.jumprelu_threshold_lr}")
+
+    def sae_fields(self, fresh: bool) -> dict:
+        """None keeps SaeConfig's defaults (init fire 0.1, threshold rate 1): cfg.json as before the options."""
+        out = {}
+        if fresh and self.jumprelu_init_fire is not None:
+            out["jumprelu_init_fire"] = self.jumprelu_init_fire
+        if self.jumprelu_threshold_lr is not None:
+            out["jumprelu_threshold_lr"] = self.jumprelu_threshold_lr
+        return out
 
 def _rect(x):
     return ((x > -0.5) & (x < 0.5)).to(x.dtype)
@@ -65,6 +94,10 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLUSae(SparseCoder):
+    Options = JumpReLUOptions
+    capabilities = Capabilities()
+    foreign = ForeignNames(saelens="jumprelu", saelens_reader=True)
+
     @property
     def scales_initial_code(self) -> bool:
         """Only with the data start: `jumprelu_init_fire` None keeps the paper's constant start as is."""

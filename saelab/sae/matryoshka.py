@@ -13,10 +13,15 @@ how SAELens loads it). The groups matter for training only; they are kept in cfg
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..errors import UserError
+from ..options import opt
 from .base import SaeConfig
 from .batchtopk import BatchTopKSae
+from .kind import LOCAL_ONLY, Capabilities, ForeignNames, TypeOptions
 from .latents import Latents, decode_sparse
 
 
@@ -30,8 +35,33 @@ def default_groups(d_sae: int) -> list[int]:
     return [b - a for a, b in zip([0] + bounds[:-1], bounds)]
 
 
+@dataclass
+class MatryoshkaOptions(TypeOptions):
+    groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
+                                         "(none: prefixes at latents/4, /2, 1)")
+
+    def check(self, run) -> None:
+        if self.groups is None:
+            return
+        if not self.groups or any(g < 1 for g in self.groups):
+            raise UserError("--groups needs positive group sizes")
+        if sum(self.groups) != run.latents:
+            raise UserError(f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, "
+                            f"not --latents {run.latents}")
+
+    def sae_fields(self, fresh: bool) -> dict:
+        return {"groups": list(self.groups) if self.groups else None} if fresh else {}
+
+    @staticmethod
+    def recorded(sae_cfg) -> dict:
+        return {"groups": list(sae_cfg.groups) if sae_cfg.groups else None}
+
+
 class MatryoshkaSae(BatchTopKSae):
-    local_only = True  # the prefix losses are reconstructions of the target
+    Options = MatryoshkaOptions
+    # the prefix losses are reconstructions of the target: local only
+    capabilities = Capabilities(uses_k=True, losses=LOCAL_ONLY, torchrun=("data", "modules", "latents"))
+    foreign = ForeignNames(saelens="jumprelu")  # its inference form is BatchTopK's
 
     def __init__(self, cfg: SaeConfig):
         super().__init__(cfg)

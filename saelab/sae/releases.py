@@ -35,7 +35,7 @@ from ..out_folder import SAE_FOLDER, open_out
 from ..storage import read_json, read_tensors
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, refuse_non_finite, save_sae
-from .foreign import detect_format, load_foreign
+from .foreign import detect_format, load_foreign, saelens_readers
 
 FORMATS = ("gemma-scope", "llama-scope", "saelens", "sparsify")
 
@@ -115,7 +115,8 @@ def _need(t: dict, shapes: dict, path: Path) -> None:
 def _jumprelu(d_in: int, d_sae: int, hookpoint: str, W_enc, b_enc, W_dec, b_dec, threshold) -> SparseCoder:
     """A JumpReLU SAE whose encoder does NOT subtract b_dec first (Gemma / Llama Scope): we always
     centre by b_dec, so b_enc absorbs b_dec @ W_enc."""
-    sae = build_sae(SaeConfig(arch="jumprelu", d_in=d_in, d_sae=d_sae, hookpoint=hookpoint))
+    arch = saelens_readers()["jumprelu"]  # the type that reads SAELens' jumprelu form (sae/kind.py)
+    sae = build_sae(SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hookpoint))
     sae.load_folded({"W_enc": W_enc, "b_enc": b_enc + b_dec @ W_enc, "W_dec": W_dec, "b_dec": b_dec,
                      "threshold": threshold})
     return sae

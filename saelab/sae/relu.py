@@ -13,10 +13,14 @@ from __future__ import annotations
 import torch
 
 from .base import SparseCoder
+from .kind import Capabilities, ForeignNames, NoOptions
 from .latents import DENSE_BACKWARD_ABOVE, gather_preacts, latents_of, weighted_l1
 
 
 class ReluSae(SparseCoder):
+    Options = NoOptions
+    capabilities = Capabilities()
+    foreign = ForeignNames(saelens="standard", saelens_reader=True)  # SAELens' transcoders are ReLU too (foreign.py)
     uses_unit_norm_decoder = False
     scales_initial_code = True
 

@@ -17,14 +17,14 @@ import torch
 from ..models import first_tensor, module_at, patch_activation
 from ..errors import UserError
 from . import SparseCoder
-from .crosscoder import is_crosscoder
+from .registry import multi_site
 
 
 @contextmanager
 def spliced(model, sae: SparseCoder, keep: torch.Tensor | None = None, error_term: bool = False,
             edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[None]:
     cfg = sae.cfg
-    if is_crosscoder(cfg):
+    if multi_site(cfg):
         raise UserError("a crosscoder cannot be spliced into one forward (it reads later sites to reconstruct earlier "
                         "ones), so it cannot steer; `saelab eval` splices all its sites from a clean forward "
                         "(docs/DICTIONARIES.md)")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 
 from .base import SparseCoder
-from .latents import gather_preacts
+from .kind import Capabilities, ForeignNames, NoOptions
+from .latents import Latents, gather_preacts
 
 
 class TopKSae(SparseCoder):
-    uses_k = True
+    Options = NoOptions
+    capabilities = Capabilities(uses_k=True, torchrun=("data", "modules", "latents"))
+    foreign = ForeignNames(saelens="topk", saelens_reader=True, sparsify=True)
 
     def encode(self, x_in):
         bias = self.encoder_bias()

@@ -1,23 +1,69 @@
-"""The training configuration: one dataclass that is also the command line (see options.py)."""
+"""The training configuration: one dataclass that is also the command line (see options.py).
+
+A dictionary type's own options (`--groups`, `--jumprelu-init-fire`, `--gated-init-fire`,
+`--jumprelu-threshold-lr` ...) are declared on the type (its `Options` dataclass, sae/kind.py) and
+composed in here by `with_type_options`: each becomes a flat TrainConfig field, so the flags, the
+`--config` keys, manifest.json and the resume identity are what they were when they were written out
+here. The type checks its own values (`Options.check`); a value set for another --arch is refused
+here, generically. Adding a type adds its flags without editing this file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import asdict, dataclass
 
 from ..errors import UserError
-from ..options import (check_device, check_dtype, check_types, memory_bytes, need_at_least, need_choice, need_fraction,
-                       need_positive, opt, model_option, corpus_option, threads_option, device_option, dtype_option, overwrite_option)
-from ..options import out_option
+from ..options import (check_device, check_dtype, check_types, corpus_option, device_option, dtype_option, flag,
+                       memory_bytes, model_option, need_at_least, need_choice, need_fraction, need_positive, opt,
+                       out_option, overwrite_option, threads_option)
 from ..sae import ARCHITECTURES, uses_k
+from ..sae.kind import LOSSES, TypeOptions
 from .compile_check import check_compile
 
-LOSSES = ("local", "e2e", "e2e+ds", "kl+mse")  # objectives: train/objectives.py, kl+mse: train/finetune.py
-GATED_INIT_FIRE = 0.01  # a new gated SAE's gates open on this share of the first batch (docs/DICTIONARIES.md)
 FINETUNE_LR_SHARE = 0.1  # a KL+MSE fine-tune's learning rate, as a share of the scratch rate (learning_rates)
+__all__ = ["FINETUNE_LR_SHARE", "LOSSES", "TrainConfig", "type_option_owners"]
+
+
+def type_option_owners() -> dict[str, str]:
+    """TrainConfig field -> the --arch whose Options declare it (every registered type's)."""
+    owners: dict[str, str] = {}
+    for arch, kind in ARCHITECTURES.items():
+        for f in dataclasses.fields(kind.Options):
+            if f.name in owners:
+                raise TypeError(f"option {f.name!r} is declared by both {owners[f.name]} and {arch}")
+            owners[f.name] = arch
+    return owners
+
+
+def with_type_options(after: str):
+    """Class decorator (under @dataclass): insert every registered type's option fields after field `after`."""
+    def add(cls):
+        own = cls.__dict__.get("__annotations__", {})
+        fields: dict[str, tuple] = {}
+        for name, arch in type_option_owners().items():
+            options = ARCHITECTURES[arch].Options
+            f = next(f for f in dataclasses.fields(options) if f.name == name)
+            if name in own:
+                raise TypeError(f"{arch} option {name!r} clashes with TrainConfig.{name}")
+            fields[name] = (typing.get_type_hints(options)[name], f)
+        annotations = {}
+        for name, t in own.items():
+            annotations[name] = t
+            if name == after:
+                for n, (hint, f) in fields.items():
+                    annotations[n] = hint
+                    setattr(cls, n, dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                                      metadata=f.metadata))
+        cls.__annotations__ = annotations
+        return cls
+    return add
 
 
 @dataclass
+@with_type_options(after="sparsity_coeff")
 class TrainConfig:
     out: str = out_option("run folder: one SAE folder per trained SAE")
     hookpoints: list[str] = opt(default_factory=lambda: ["model.layers.6"],
@@ -28,24 +74,14 @@ class TrainConfig:
     corpus: str = corpus_option()
     from_activations: str | None = opt(None, "activation cache folder (`saelab cache-activations`): train without the LM")
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
-    arch: str = opt("topk", "topk | batchtopk | jumprelu | relu | matryoshka | gated | codebook | crosscoder (docs/DICTIONARIES.md)")
+    arch: str = opt("topk", " | ".join(ARCHITECTURES) + " (docs/DICTIONARIES.md)")
     latents: int = opt(4608, "dictionary size")
-    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (topk / batchtopk / matryoshka)")
-    groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
-                                         "(none: prefixes at latents/4, /2, 1)")
+    k: list[int] = opt(default_factory=lambda: [32], help="active latents; one SAE per k (" + " / ".join(
+        a for a, kind in ARCHITECTURES.items() if kind.capabilities.uses_k) + ")")
     sparsity_coeff: list[float] = opt(default_factory=lambda: [0.0],
-                                      help="sparsity penalty; one SAE per coeff (relu / jumprelu / gated)")
-    jumprelu_init_fire: float | None = opt(None, "jumprelu: each latent's threshold starts at the quantile of its "
-                                                 "first-batch pre-activations above which it fires on this fraction "
-                                                 "of tokens: initial L0 = fraction x --latents (none: 0.1, "
-                                                 "docs/EVAL.md)")
-    gated_init_fire: float | None = opt(None, "gated: each gate's bias starts where the gate opens on this fraction "
-                                              "of the first batch: initial L0 = fraction x --latents (none: 0.01; "
-                                              "0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)")
-    jumprelu_threshold_lr: float | None = opt(None, "jumprelu: the thresholds' learning rate as a multiple of "
-                                                    "--lr (none: 1). Adam moves a log-threshold by about its lr "
-                                                    "per step, so short runs need > 1 to let --sparsity-coeff set "
-                                                    "the L0 (docs/DICTIONARIES.md)")
+                                      help="sparsity penalty; one SAE per coeff (" + " / ".join(
+                                          a for a, kind in ARCHITECTURES.items() if not kind.capabilities.uses_k) + ")")
+    # (here: every type's own options, `with_type_options`)
     skip: bool = opt(False, "transcoders ('A->B'): add a linear skip x @ W_skip.T, initialised to the "
                             "least-squares fit of B from A (Paulo et al. 2025)")
     tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
@@ -124,8 +160,24 @@ class TrainConfig:
         firsts = [(k, 0.0) for k in self.k] if uses_k(self.arch) else [(None, c) for c in self.sparsity_coeff]
         return [(k, c, lr) for k, c in firsts for lr in self.learning_rates]
 
+    @property
+    def kind(self):
+        """The dictionary type's class (sae/registry.py): its options, capabilities and foreign names."""
+        return ARCHITECTURES[self.arch]
+
+    def type_options(self, arch: str | None = None) -> TypeOptions:
+        """The options of `arch` (default: --arch) as its own dataclass, read from this config's fields."""
+        options = ARCHITECTURES[arch or self.arch].Options
+        return options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(options)})
+
     def validate(self) -> None:
-        """Everything that can be checked before the model loads: types, then ranges."""
+        """Everything that can be checked before the model loads: the run's own options, then the
+        dictionary's. (train/plan.py checks the two halves around --init-from's adoption, each once.)"""
+        self.check_run()
+        self.check_dictionary()
+
+    def check_run(self) -> None:
+        """Types, then the ranges of every option that a dictionary (--init-from) does not fix."""
         check_types(self)
         need_at_least(self, 1, "latents", "tokens", "batch_tokens", "buffer_batches", "checkpoint_every", "threads",
                       "dead_tokens")
@@ -141,20 +193,6 @@ class TrainConfig:
         need_choice(self, "distributed", ("data", "modules", "latents"))
         check_device(self.device)
         check_dtype(self.dtype, self.device)
-        if self.arch not in ARCHITECTURES:
-            raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        if self.latents < 1:
-            raise UserError("--latents must be positive")
-        if uses_k(self.arch):
-            if not self.k or any(k < 1 for k in self.k):
-                raise UserError("--k needs positive values")
-            bad = [k for k in self.k if k > self.latents]
-            if bad:
-                raise UserError(f"k={bad[0]} is larger than the dictionary (--latents {self.latents})")
-        elif any(c < 0 for c in self.sparsity_coeff):
-            raise UserError("--sparsity-coeff must be >= 0")
-        self._validate_arch_options()
-        self._validate_model_b()
         if self.context < 2:
             raise UserError("--context must be at least 2")
         if self.lm_batch_tokens is not None and self.lm_batch_tokens < self.batch_tokens:
@@ -164,8 +202,6 @@ class TrainConfig:
             raise UserError(f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})")
         if self.tokens < self.batch_tokens:
             raise UserError(f"--tokens ({self.tokens}) is smaller than one batch (--batch-tokens {self.batch_tokens})")
-        if not self.hookpoints:
-            raise UserError("give at least one --hookpoints entry")
         if self.bias_init not in ("median", "mean"):
             raise UserError("--bias-init must be median or mean")
         if not 0 < self.heldout_fraction < 1:
@@ -177,6 +213,31 @@ class TrainConfig:
         self._validate_objective()
         if self.compile:
             check_compile(self.device, self.loss, self.finetune_fraction)
+        if self.init_from:  # a type option that sets how a new dictionary starts (kind.start_option)
+            for name in type_option_owners():
+                f = self.__dataclass_fields__[name]
+                if f.metadata.get("start") and getattr(self, name) != _default(f):
+                    raise UserError(f"{flag(name)} sets how a new dictionary starts; --init-from copies "
+                                    f"{self.init_from} as it is: drop {flag(name)}")
+
+    def check_dictionary(self) -> None:
+        """What the dictionary is (arch, latents, k or coefficients, sites, the type's options) and what
+        its type can do; after --init-from's adoption (train/plan.py) these are the dictionary's values."""
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        if uses_k(self.arch):
+            if not self.k or any(k < 1 for k in self.k):
+                raise UserError("--k needs positive values")
+            bad = [k for k in self.k if k > self.latents]
+            if bad:
+                raise UserError(f"k={bad[0]} is larger than the dictionary (--latents {self.latents})")
+        elif any(c < 0 for c in self.sparsity_coeff):
+            raise UserError("--sparsity-coeff must be >= 0")
+        if not self.hookpoints:
+            raise UserError("give at least one --hookpoints entry")
+        self._check_type_options()
+        self._check_capabilities()
+        self._validate_model_b()
         self._check_memory()
 
     def _check_memory(self) -> None:
@@ -190,55 +251,38 @@ class TrainConfig:
                             f"{self.latents} latents x 4 bytes per token); {self.device} has {have / 2**30:.1f} GiB. "
                             f"Lower --batch-tokens (or --latents)")
 
-    def _validate_arch_options(self) -> None:
-        """An architecture's own options, refused for the others."""
-        if self.skip and not all("->" in h for h in self.hookpoints):
-            raise UserError("--skip applies to transcoders only: give every --hookpoints entry as 'A->B'")
-        for arch, flag, fire in (("jumprelu", "--jumprelu-init-fire", self.jumprelu_init_fire),
-                                 ("gated", "--gated-init-fire", self.gated_init_fire)):
-            if fire is None:
+    def _check_type_options(self) -> None:
+        """Every type's options at their defaults except --arch's own, which that type checks."""
+        for name, arch in type_option_owners().items():
+            f = self.__dataclass_fields__[name]
+            if getattr(self, name) == _default(f):
                 continue
-            if self.init_from:
-                raise UserError(f"{flag} sets how a new dictionary starts; --init-from copies {self.init_from} as "
-                                f"it is: drop {flag}")
-            if self.arch != arch:
-                raise UserError(f"{flag} applies to --arch {arch} only, not {self.arch}")
-            if not 0 < fire < 1:
-                raise UserError(f"{flag} is a fraction of tokens, between 0 and 1 (exclusive); got {fire}")
-        if self.jumprelu_threshold_lr is not None:
-            if self.arch != "jumprelu":
-                raise UserError(f"--jumprelu-threshold-lr applies to --arch jumprelu only, not {self.arch}")
-            if not self.jumprelu_threshold_lr > 0:
-                raise UserError(f"--jumprelu-threshold-lr is a positive multiple of --lr; got {self.jumprelu_threshold_lr}")
-        if self.groups is not None:
-            if self.arch != "matryoshka":
-                raise UserError(f"--groups applies to --arch matryoshka only, not {self.arch}")
-            if not self.groups or any(g < 1 for g in self.groups):
-                raise UserError("--groups needs positive group sizes")
-            if sum(self.groups) != self.latents:
-                raise UserError(f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, "
-                                f"not --latents {self.latents}")
-        if self.arch == "codebook":
-            if any("->" in h for h in self.hookpoints):
-                raise UserError("--arch codebook reconstructs its own site (codes are chosen by similarity to the "
-                                "input); transcoder sites 'A->B' are not supported")
-            if any(c != 0 for c in self.sparsity_coeff):
-                raise UserError("--sparsity-coeff does not apply to --arch codebook (its sparsity is --k codes per "
-                                "position)")
-        if self.arch == "crosscoder" and any("->" in h for h in self.hookpoints):
-            raise UserError("--arch crosscoder reconstructs the sites it reads; give them as --hookpoints "
-                            "'model.layers.{4,6,8}' (or several names), not transcoder sites 'A->B'")
-        if ARCHITECTURES[self.arch].local_only and (self.loss != "local" or self.finetune_fraction):
+            if arch != self.arch:
+                raise UserError(f"{flag(name)} applies to --arch {arch} only, not {self.arch}")
+        self.type_options().check(self)
+
+    def _check_capabilities(self) -> None:
+        """What --arch's type declares it can do (sae/kind.py Capabilities)."""
+        caps = self.kind.capabilities
+        transcoders = ["->" in h for h in self.hookpoints]
+        if self.skip and not all(transcoders):
+            raise UserError("--skip applies to transcoders only: give every --hookpoints entry as 'A->B'")
+        if not caps.transcoder and any(transcoders):
+            raise UserError(f"--arch {self.arch} reconstructs the site(s) it reads (give them as --hookpoints module "
+                            f"names, e.g. 'model.layers.{{4,6,8}}'), not transcoder sites 'A->B'")
+        if self.loss not in caps.losses or (self.finetune_fraction and "kl+mse" not in caps.losses):
             what = f"--loss {self.loss}" if self.loss != "local" else "--finetune-fraction (kl+mse)"
-            raise UserError(f"--arch {self.arch} trains with --loss local only (its own loss terms reconstruct the "
+            only = "--loss local only" if caps.losses == ("local",) else f"--loss {' | '.join(caps.losses)}"
+            raise UserError(f"--arch {self.arch} trains with {only} (its own loss terms reconstruct the "
                             f"target: docs/DICTIONARIES.md); {what} is not supported")
 
     def _validate_model_b(self) -> None:
         """Model diffing: one crosscoder over the same sites of two models, both run on every batch."""
         if self.model_b is None:
             return
-        if self.arch != "crosscoder":
-            raise UserError(f"--model-b trains a crosscoder over --hookpoints in both models; add --arch crosscoder "
+        if not self.kind.capabilities.multi_site:
+            multi = " or ".join(f"--arch {a}" for a, c in ARCHITECTURES.items() if c.capabilities.multi_site)
+            raise UserError(f"--model-b trains a crosscoder over --hookpoints in both models; add {multi} "
                             f"(not {self.arch})")
         for bad, what in ((self.from_activations, "--from-activations (an activation cache holds one model)"),
                           (self.init_from, "--init-from")):
@@ -271,3 +315,7 @@ class TrainConfig:
         if self.loss != "local" and self.from_activations:
             raise UserError(f"--loss {self.loss} needs the model's forward pass; it cannot train from an activation "
                             f"cache (--from-activations)")
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from ..activations.stream import ActivationStream, Chunk
 from ..errors import UserError
-from ..sae import SaeConfig, build_sae
+from ..sae import ARCHITECTURES, SaeConfig, build_sae
 from .latent_shard import LATENT_DIM, check_latents_mode, gather_member, load_sharded, shard_member
 from .members import Member, new_member
 from .parallel import SingleProcess
@@ -49,13 +49,6 @@ def world_size() -> int:
 def parallel_for(cfg):
     """One process, or this rank's share of a torchrun job with more than one process."""
     return Distributed(cfg) if world_size() > 1 else SingleProcess()
-
-
-# Dictionaries whose data-parallel step is not the single-process step (see Distributed.__init__):
-# gated, whose L1 term is a mean over the rank's rows, not a share of the target variance (measured:
-# W_enc differs from one process). BatchTopK and Matryoshka select over the whole batch across the
-# ranks (row_split.py); they, codebook and skip transcoders match one process (tests/test_distributed.py).
-DATA_PARALLEL_INEXACT = ("gated",)
 
 
 class RankFailure(UserError):
@@ -163,21 +156,23 @@ class Distributed(SingleProcess):
     """This rank's part of a torchrun job (see the module docstring)."""
 
     def __init__(self, cfg):
-        if cfg.distributed not in ("data", "modules", "latents"):
-            raise UserError(f"--distributed must be data, modules or latents, not {cfg.distributed!r}")
+        # (--distributed's value is checked with the other options: TrainConfig.check_run)
         if cfg.loss != "local":
             raise UserError(f"--loss {cfg.loss}: torchrun training supports the local loss only; run e2e losses in "
                             f"one process (without torchrun)")
         if getattr(cfg, "finetune_fraction", None):
             raise UserError("--finetune-fraction: its kl+mse phase runs in one process; train without torchrun")
-        if cfg.arch == "crosscoder":
-            raise UserError("--arch crosscoder trains in one process (without torchrun): the distributed activation "
-                            "stream hands each SAE one site, a crosscoder needs all of them in one batch")
-        if cfg.distributed == "data" and cfg.arch in DATA_PARALLEL_INEXACT:
+        caps = ARCHITECTURES[cfg.arch].capabilities  # the type declares its torchrun modes (sae/kind.py)
+        if not caps.torchrun:
+            raise UserError(f"--arch {cfg.arch} trains in one process (without torchrun): {caps.one_process_why}")
+        if cfg.distributed == "data" and "data" not in caps.torchrun:
             # The loss does not decompose into per-rank shares weighted by target variance
             raise UserError(f"--arch {cfg.arch}: --distributed data would not give the single-process result "
                             f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
                             f"batches) or one process")
+        if cfg.distributed == "modules" and "modules" not in caps.torchrun:
+            raise UserError(f"--arch {cfg.arch}: --distributed modules is not supported; use --distributed "
+                            f"{' or '.join(caps.torchrun)}")
         if cfg.distributed == "latents":  # before the process group and any model load
             check_latents_mode(cfg, world_size())
             if getattr(cfg, "compile", False):

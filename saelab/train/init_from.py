@@ -1,12 +1,14 @@
 """`--init-from SAE_DIR`: a run that starts from an existing dictionary instead of a fresh one.
 
 The dictionary (saelab, SAELens or sparsify folder, through `sae.folder.open_sae`) fixes what it
-is: arch, latents, k or sparsity coefficient, hookpoint(s), skip. `adopt_dictionary` copies these
-into the run's config before anything loads; an option the user set to something else (a value
-that is neither the default nor the dictionary's) is refused, so `--k 64` never silently trains
-the dictionary's k = 32. A sweep (several k / coefficients / hookpoints) is refused: one
-dictionary is one SAE. The model must be the one a saelab folder records (an imported folder
-names a hub model we may not have, so only its widths are checked).
+is: arch, latents, k or sparsity coefficient, hookpoint(s), skip, and the options its type says a
+saved dictionary fixes (`Options.recorded`: Matryoshka's groups). `adopt_dictionary` returns a new
+config with these (the user's is never rewritten; train/plan.py checks the result once) before
+anything loads; an option the user set to something else (a value that is neither the default nor
+the dictionary's) is refused, so `--k 64` never silently trains the dictionary's k = 32. A sweep
+(several k / coefficients / hookpoints) is refused: one dictionary is one SAE. The model must be
+the one a saelab folder records (an imported folder names a hub model we may not have, so only its
+widths are checked).
 
 Weights are copied, never re-initialised from data. What is restored is the training
 parametrisation: saved folders hold raw-space weights (scales folded in, base.folded_state), and
@@ -29,7 +31,7 @@ import torch
 from ..errors import UserError
 from ..models import candidate_hookpoints, model_skeleton
 from ..options import field_default, flag as option_flag
-from ..sae import SparseCoder, build_sae, uses_k
+from ..sae import ARCHITECTURES, SparseCoder, build_sae, uses_k
 from ..sae.folder import SaeFolder, open_sae
 from ..sae.foreign import detect_format, resolve_source, sae_folders
 from .members import Member, new_member, sae_name
@@ -68,19 +70,20 @@ def _default(cfg, name: str):
     return field_default(next(f for f in dataclasses.fields(cfg) if f.name == name))
 
 
-def _adopt(cfg, name: str, value, src: Path) -> None:
-    """Set cfg.<name> to the dictionary's value unless the user chose another one (refused)."""
+def _adopt(cfg, name: str, value, src: Path) -> tuple[str, object]:
+    """(name, the dictionary's value), unless the user chose another value for it (refused)."""
     mine = getattr(cfg, name)
     if mine != value and mine != _default(cfg, name):
         flag = option_flag(name)
         shown = " ".join(map(str, mine)) if isinstance(mine, list) else mine
         raise UserError(f"{flag} {shown} contradicts the dictionary in {src} ({name} = {value}); --init-from "
                         f"trains that dictionary as it is: drop {flag}")
-    setattr(cfg, name, value)
+    return name, value
 
 
-def adopt_dictionary(cfg) -> InitSource:
-    """Open cfg.init_from and copy its dictionary options into cfg (before any model loads)."""
+def adopt_dictionary(cfg) -> tuple[InitSource, object]:
+    """Open cfg.init_from -> (its InitSource, a copy of cfg with the dictionary's options), before any
+    model loads. `cfg` itself is left as the user gave it."""
     src = open_init_source(cfg.init_from)
     c, path = src.folder.sae.cfg, src.folder.path
     k_arch = uses_k(c.arch)
@@ -91,19 +94,14 @@ def adopt_dictionary(cfg) -> InitSource:
         raise UserError(f"{n} {' '.join(map(str, v))}: --init-from starts one SAE from one dictionary; a sweep of "
                         f"several values cannot (the dictionary has {n.lstrip('-')} = "
                         f"{c.k if n == '--k' else c.sparsity_coeff if n == '--sparsity-coeff' else c.hookpoint})")
-    _adopt(cfg, "arch", c.arch, path)
-    _adopt(cfg, "latents", c.d_sae, path)
-    if k_arch:
-        _adopt(cfg, "k", [c.k], path)
-    else:
-        _adopt(cfg, "sparsity_coeff", [c.sparsity_coeff], path)
-    _adopt(cfg, "hookpoints", [c.hookpoint + (f"->{c.out_hookpoint}" if c.out_hookpoint else "")], path)
-    _adopt(cfg, "skip", c.skip, path)
-    _adopt(cfg, "groups", list(c.groups) if c.groups else None, path)
+    fixed = [("arch", c.arch), ("latents", c.d_sae), ("k", [c.k]) if k_arch else ("sparsity_coeff", [c.sparsity_coeff]),
+             ("hookpoints", [c.hookpoint + (f"->{c.out_hookpoint}" if c.out_hookpoint else "")]), ("skip", c.skip)]
+    fixed += list(ARCHITECTURES[c.arch].Options.recorded(c).items())  # e.g. Matryoshka's groups
     if src.fmt == "saelab":
-        _adopt(cfg, "model", src.folder.provenance.model_spec, path)
-    _check_width_before_load(cfg.model, c, path)
-    return src
+        fixed.append(("model", src.folder.provenance.model_spec))
+    adopted = replace(cfg, **dict(_adopt(cfg, name, value, path) for name, value in fixed))
+    _check_width_before_load(adopted.model, c, path)
+    return src, adopted
 
 
 def _check_width_before_load(model_spec: str, c, path: Path) -> None:
@@ -136,9 +134,7 @@ def members_from_dictionary(cfg, src: InitSource, sites, widths: dict[str, int])
     (a, b), = sites
     members = []
     for k, coeff, lr in cfg.sweep_values():
-        sc = replace(src.folder.sae.cfg, aux_coeff=cfg.aux_coeff)
-        if cfg.jumprelu_threshold_lr is not None:
-            sc = replace(sc, jumprelu_threshold_lr=cfg.jumprelu_threshold_lr)
+        sc = replace(src.folder.sae.cfg, aux_coeff=cfg.aux_coeff, **cfg.type_options().sae_fields(fresh=False))
         sae = copy_dictionary(src.folder.sae, build_sae(sc)).to(cfg.device)
         name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff,
                         lr if len(cfg.learning_rates) > 1 else None)

@@ -24,22 +24,22 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..sae import SparseCoder, build_sae
+from ..sae import ARCHITECTURES, SparseCoder, build_sae
 from .checkpoint import load_checkpoint
 from .members import Member, new_member
-from .sharded_saes import SHARDED, LatentSplit
+from .sharded_saes import LatentSplit
 
-SHARDABLE = tuple(SHARDED)
 # the dimension of each parameter (and its Adam moments) that indexes latents; others are replicated
 LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
 
 def check_latents_mode(cfg, world: int) -> None:
     """Before any model loads: what latent sharding cannot train."""
-    if cfg.arch not in SHARDABLE:
+    shardable = [a for a, kind in ARCHITECTURES.items() if "latents" in kind.capabilities.torchrun]
+    if cfg.arch not in shardable:
         raise UserError(f"--distributed latents: --arch {cfg.arch} is not supported (its sparsity is not a top-k "
                         f"over latents that can be computed exactly from per-rank candidates); supported: "
-                        f"{', '.join(SHARDABLE)}. Use --distributed data or modules")
+                        f"{', '.join(shardable)}. Use --distributed data or modules")
     if cfg.skip:
         raise UserError("--distributed latents: --skip is not supported (W_skip is not a latent parameter); "
                         "use --distributed modules")
@@ -51,10 +51,7 @@ def check_latents_mode(cfg, world: int) -> None:
 # ------------------------------------------------------------ slicing and gathering members
 def shard_member(m: Member, comm, device: str) -> Member:
     """This rank's slice of a full member: weights, Adam moments, dead-latent counters."""
-    full = m.sae
-    if full.cfg.d_sae % comm.world:  # (--init-from sets the latent count after the first check)
-        raise UserError(f"--distributed latents: {m.name} has {full.cfg.d_sae} latents, not divisible by the "
-                        f"{comm.world} processes")
+    full = m.sae  # (d_sae divides by the processes: check_latents_mode, after --init-from's adoption)
     per = full.cfg.d_sae // comm.world
     off = comm.rank * per
     sl = slice(off, off + per)

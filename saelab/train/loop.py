@@ -3,8 +3,8 @@ cache), one process or many. It owns resume, checkpoints, progress, the log, the
 and the save; objectives (objectives.py) and sources (sources.py) are small pieces behind it, and
 distributed training (distributed.py) is a `Parallel` strategy handed in, not a different loop.
 
-Read top to bottom: check (before any weights load) -> open inputs -> build SAEs -> resume ->
-for each batch: one step for every SAE -> finalize -> save.
+Read top to bottom: resolve the plan (plan.py: every option checked once, before any weights load)
+-> open inputs -> build SAEs -> resume -> for each batch: one step for every SAE -> finalize -> save.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from .config import TrainConfig
 from .curves import FIGURE, LOG, plot_train_log
 from .distributed import parallel_for
 from .manifest import write_manifest
-from .members import Member, build_members, parse_sites
+from .members import Member, build_members
 from .finetune import make_objective
-from .init_from import InitSource, adopt_dictionary, first_batch, members_from_dictionary
+from .init_from import first_batch, members_from_dictionary
 from .parallel import SingleProcess
+from .plan import TrainingPlan, resolve
 from .resume_identity import check_options, check_resume_identity, resume_identity
 from .sources import Batch, TrainingInputs, open_inputs, precheck
 
@@ -49,18 +50,15 @@ class Position:
 
 
 class TrainingRun:
-    def __init__(self, cfg: TrainConfig, parallel=None):
-        cfg.validate()
-        # --init-from: the dictionary's own arch / latents / k / hookpoint replace the defaults (checked again)
-        self.init: InitSource | None = adopt_dictionary(cfg) if cfg.init_from else None
-        if self.init:
-            cfg.validate()
+    def __init__(self, plan: TrainingPlan | TrainConfig, parallel=None):
+        self.plan = plan if isinstance(plan, TrainingPlan) else resolve(plan)
+        cfg = self.plan.config
+        self.init, self.patterns = self.plan.init, list(self.plan.patterns)
         self.cfg, self.out = cfg, Path(cfg.out)
         self.parallel = parallel or SingleProcess()
         self.parallel.check(cfg)
         if not cfg.resume:
             refuse_overwrite(self.out, cfg.overwrite, "--out")
-        self.patterns = parse_sites(cfg.hookpoints)
         precheck(cfg, self.patterns)
         self.resume_meta = read_checkpoint_meta(self.out) if cfg.resume else None
         if self.resume_meta:
@@ -252,7 +250,8 @@ def _clear_run(out: Path) -> None:
 
 def train(cfg: TrainConfig) -> list[Path]:
     """Train every SAE of `cfg` (in this process, or as one rank of a torchrun job) -> SAE folders."""
-    return TrainingRun(cfg, parallel_for(cfg)).run()
+    plan = resolve(cfg)  # torchrun's rules (Distributed) then see --init-from's adopted options
+    return TrainingRun(plan, parallel_for(plan.config)).run()
 
 
 def _postfix(members: list[Member], batch: Batch) -> str:

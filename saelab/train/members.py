@@ -10,7 +10,6 @@ import torch
 
 from ..errors import UserError
 from ..sae import SaeConfig, SparseCoder, build_sae
-from .config import GATED_INIT_FIRE
 
 
 @dataclass
@@ -63,16 +62,10 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
     members = []
     for a, b in sites:
         for k, coeff, lr in cfg.sweep_values():
+            own = cfg.type_options().sae_fields(fresh=True)  # the type's options, as its SaeConfig fields
             sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
                            d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
-                           aux_coeff=cfg.aux_coeff, groups=list(cfg.groups) if cfg.groups else None,
-                           skip=cfg.skip)
-            if cfg.jumprelu_init_fire is not None:
-                sc.jumprelu_init_fire = cfg.jumprelu_init_fire
-            if cfg.arch == "gated":
-                sc.gated_init_fire = cfg.gated_init_fire or GATED_INIT_FIRE
-            if cfg.jumprelu_threshold_lr is not None:
-                sc.jumprelu_threshold_lr = cfg.jumprelu_threshold_lr
+                           aux_coeff=cfg.aux_coeff, skip=cfg.skip, **own)
             sae = build_sae(sc).to(cfg.device)
             sae.reset_parameters(gen)
             name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None)

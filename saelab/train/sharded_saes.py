@@ -25,11 +25,6 @@ import torch.distributed as dist
 
 from ..sae.reductions import Local, Pick
 
-# The --arch names whose sparsity is a top-k over latents (per row, or over the batch) that these
-# reductions compute exactly from per-rank candidates.
-SHARDED = ("topk", "batchtopk", "matryoshka")
-
-
 class LatentSplit(Local):
     """Reductions over the latents of every rank (each holds `width` of them from `offset`); every
     rank holds every row, so the batch-wide ones range over all of the batch's latents."""

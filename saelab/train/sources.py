@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..model_pair import check_b_widths, check_same_tokenizer, load_pair, with_b_sites
 from ..models import EMBEDDED, LoadedModel, depth_order, hookpoint_widths, load_model, resolve_hookpoints
 from ..sae.crosscoder import SEP
+from ..sae.registry import kind_of
 from ..sinks import SinkConfig, special_ids
 from ..storage import cache_dir, fingerprint
 
@@ -44,8 +45,9 @@ class SiteActs(dict):
 
 
 def join_crosscoder_sites(cfg, sites: list[tuple[str, str | None]], widths: dict[str, int]):
-    """--arch crosscoder: every resolved site becomes one dictionary reading (and writing) all of them."""
-    if cfg.arch != "crosscoder":
+    """A multi-site type (--arch crosscoder): every resolved site becomes one dictionary reading (and
+    writing) all of them."""
+    if not kind_of(cfg.arch).capabilities.multi_site:
         return sites, widths
     names = [a for a, _ in sites]
     if len(names) < 2:
