@@ -45,9 +45,13 @@ def main() -> None:
     target = y * sae.out_scale
     none = step_ms(sae, x, target, None, a.reps)
     k_aux = d // 2
-    print(f"TopK step, {a.rows:,} rows x {a.latents:,} latents, k 32, k_aux {k_aux}, {a.threads} threads: "
-          f"no dead latents {none:.0f} ms (median of {a.reps})\n")
-    print("| dead share | dead / k_aux | sparse gather (ms) | dense over dead (ms) | dense / sparse |\n|---|---|---|---|---|")
+    print(
+        f"TopK step, {a.rows:,} rows x {a.latents:,} latents, k 32, k_aux {k_aux}, {a.threads} threads: "
+        f"no dead latents {none:.0f} ms (median of {a.reps})\n"
+    )
+    print(
+        "| dead share | dead / k_aux | sparse gather (ms) | dense over dead (ms) | dense / sparse |\n|---|---|---|---|---|"
+    )
     for share in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5):
         dead = torch.rand(a.latents) < share
         ms = {}
@@ -55,8 +59,10 @@ def main() -> None:
             base.AUXK_DENSE_UP_TO = up_to
             ms[path] = step_ms(sae, x, target, dead, a.reps)
         n = int(dead.sum())
-        print(f"| {share:.0%} | {n / k_aux:.1f} | {ms['sparse']:.0f} | {ms['dense']:.0f} | {ms['dense'] / ms['sparse']:.2f} |",
-              flush=True)
+        print(
+            f"| {share:.0%} | {n / k_aux:.1f} | {ms['sparse']:.0f} | {ms['dense']:.0f} | {ms['dense'] / ms['sparse']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

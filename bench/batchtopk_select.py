@@ -61,8 +61,9 @@ class MaskedMatryoshka(MatryoshkaSae):
         out, acc = [], self.b_dec.expand(lat.n_rows, -1)
         for g in range(len(self.bounds)):
             w = vals * (group == g).to(vals.dtype)
-            acc = acc + decode_sparse(Latents(w.view_as(lat.values), lat.indices, lat.offsets, lat.n_rows,
-                                              lat.d_sae), self.W_dec)
+            acc = acc + decode_sparse(
+                Latents(w.view_as(lat.values), lat.indices, lat.offsets, lat.n_rows, lat.d_sae), self.W_dec
+            )
             out.append(acc)
         return out[:-1]
 
@@ -109,11 +110,13 @@ def main() -> None:
             ref.b_enc -= pre.quantile(1 - a.positives / a.latents, dim=1).median()
             pre = ref.preacts(ref.encoder_input(x))
     state = ref.state_dict()
-    cases = {"topk": ref,
-             "batchtopk (full batch, before)": FullBatchTopK(SaeConfig("batchtopk", **base)),
-             "batchtopk (candidates)": build_sae(SaeConfig("batchtopk", **base)),
-             "matryoshka (masked decodes, before)": MaskedMatryoshka(SaeConfig("matryoshka", **base)),
-             "matryoshka (group bags)": build_sae(SaeConfig("matryoshka", **base))}
+    cases = {
+        "topk": ref,
+        "batchtopk (full batch, before)": FullBatchTopK(SaeConfig("batchtopk", **base)),
+        "batchtopk (candidates)": build_sae(SaeConfig("batchtopk", **base)),
+        "matryoshka (masked decodes, before)": MaskedMatryoshka(SaeConfig("matryoshka", **base)),
+        "matryoshka (group bags)": build_sae(SaeConfig("matryoshka", **base)),
+    }
     for sae in cases.values():
         sae.load_state_dict(state, strict=False)
         sae.train()
@@ -121,9 +124,12 @@ def main() -> None:
     # the selection on this batch: how many rows its candidates could not settle (the refinement's size)
     thr = pre.relu().reshape(-1).topk(a.k * x.shape[0]).values.min()
     per_row = (pre >= thr).sum(1)
-    print(f"{x.shape[0]} rows x {a.latents} latents, k={a.k}: positives/row median {int((pre > 0).sum(1).median())}, "
-          f"kept/row median {int(per_row.median())}, max {int(per_row.max())}; "
-          f"rows with > 2k kept (refined): {int((per_row > 2 * a.k).sum())}", flush=True)
+    print(
+        f"{x.shape[0]} rows x {a.latents} latents, k={a.k}: positives/row median {int((pre > 0).sum(1).median())}, "
+        f"kept/row median {int(per_row.median())}, max {int(per_row.max())}; "
+        f"rows with > 2k kept (refined): {int((per_row > 2 * a.k).sum())}",
+        flush=True,
+    )
     for sae in cases.values():  # warm-up
         step(sae, x, target)
     times = {name: [] for name in cases}

@@ -20,9 +20,11 @@ import numpy as np
 from saelab.features.latent_cache import LatentCache
 from saelab.models import load_model
 
-STOP = set("the a an of to and in is it that for on as with by be are was this at or from not but have has had "
-           "which you we they he she his her its their our your i if so can will would there been were all one "
-           "what when who more also into than then them these those such some any no about out up only other".split())
+STOP = set(
+    "the a an of to and in is it that for on as with by be are was this at or from not but have has had "
+    "which you we they he she his her its their our your i if so can will would there been were all one "
+    "what when who more also into than then them these those such some any no about out up only other".split()
+)
 
 
 def words(text: str) -> list[str]:
@@ -51,17 +53,17 @@ def main() -> None:
         if len(rows) < 8:
             continue
         pick = rng.choice(len(rows), size=min(40, len(rows)), replace=False)
-        ctx = [tok.decode(cache.tokens[r, max(0, p - a.window):p + 2]) for r, p in zip(rows[pick], pos[pick])]
-        firing = {tok.decode(cache.tokens[r, p:p + 1]).strip().lower() for r, p in zip(rows[pick], pos[pick])}
+        ctx = [tok.decode(cache.tokens[r, max(0, p - a.window) : p + 2]) for r, p in zip(rows[pick], pos[pick])]
+        firing = {tok.decode(cache.tokens[r, p : p + 1]).strip().lower() for r, p in zip(rows[pick], pos[pick])}
         docs = Counter(w for c in ctx for w in set(words(c)) if w not in firing)
         if not docs:
             continue
         word, n = docs.most_common(1)[0]
         scored.append((n / len(ctx), int(j), word, len(rows), ctx))
     scored.sort(reverse=True)
-    for share, j, word, n, ctx in scored[:a.top]:
+    for share, j, word, n, ctx in scored[: a.top]:
         print(f"\n=== code {j}: fires {n} times; {share:.0%} of sampled contexts contain {word!r}")
-        for c in ctx[:a.examples]:
+        for c in ctx[: a.examples]:
             print("   ", repr(c))
 
 

@@ -45,20 +45,38 @@ def main() -> None:
     rows = load_token_rows("builtin", lm.tokenizer, 256)
     deepest = f"model.layers.{max(a.layers)}"
     before = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, deepest)
-    cfg = TrainConfig(out=str(out / "run"), hookpoints=["model.layers.{" + ",".join(map(str, a.layers)) + "}"],
-                      arch="crosscoder", latents=a.latents, k=[a.k], tokens=a.tokens, batch_tokens=4096, context=256,
-                      threads=2, overwrite=True, lr=[5e-3])
+    cfg = TrainConfig(
+        out=str(out / "run"),
+        hookpoints=["model.layers.{" + ",".join(map(str, a.layers)) + "}"],
+        arch="crosscoder",
+        latents=a.latents,
+        k=[a.k],
+        tokens=a.tokens,
+        batch_tokens=4096,
+        context=256,
+        threads=2,
+        overwrite=True,
+        lr=[5e-3],
+    )
     (folder,) = train(cfg)
     after = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, deepest)
     man = read_json(out / "run" / "manifest.json")
     fwd = (before + after) / 2
     from saelab.evaluate.run import run_eval
 
-    res = {"command": " ".join(sys.argv), "machine": {"platform": platform.platform(), "threads": 2,
-                                                      "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()},
-           "bare_forward_tokens_per_s": {"before": before, "after": after, "mean": fwd, "to": deepest},
-           "crosscoder_tokens_per_s": man["tokens_per_s"], "crosscoder_over_forward": man["tokens_per_s"] / fwd,
-           "train_final": man["saes"][folder.name]["final"]}
+    res = {
+        "command": " ".join(sys.argv),
+        "machine": {
+            "platform": platform.platform(),
+            "threads": 2,
+            "cpu_count": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },
+        "bare_forward_tokens_per_s": {"before": before, "after": after, "mean": fwd, "to": deepest},
+        "crosscoder_tokens_per_s": man["tokens_per_s"],
+        "crosscoder_over_forward": man["tokens_per_s"] / fwd,
+        "train_final": man["saes"][folder.name]["final"],
+    }
     write_json(out / "bench_crosscoder.json", res)  # the ratio survives an interrupted evaluation
     print(json.dumps(res, indent=2, default=str), flush=True)
     run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)

@@ -33,17 +33,46 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
-    res = {"model": a.model, "hookpoint": a.hookpoint, "latents": a.latents, "k": 32, "tokens": a.tokens,
-           "eval_tokens": a.eval_tokens, "ce_tokens": a.ce_tokens, "device": a.device, "runs": {}}
+    res = {
+        "model": a.model,
+        "hookpoint": a.hookpoint,
+        "latents": a.latents,
+        "k": 32,
+        "tokens": a.tokens,
+        "eval_tokens": a.eval_tokens,
+        "ce_tokens": a.ce_tokens,
+        "device": a.device,
+        "runs": {},
+    }
     for train_dtype in ("float32", a.dtype):
         run = out / train_dtype
-        (folder,) = train(TrainConfig(out=str(run), hookpoints=[a.hookpoint], model=a.model, latents=a.latents, k=[32],
-                                      tokens=a.tokens, batch_tokens=2048, context=256, threads=a.threads,
-                                      checkpoint_every=10**12, dtype=train_dtype, device=a.device))
+        (folder,) = train(
+            TrainConfig(
+                out=str(run),
+                hookpoints=[a.hookpoint],
+                model=a.model,
+                latents=a.latents,
+                k=[32],
+                tokens=a.tokens,
+                batch_tokens=2048,
+                context=256,
+                threads=a.threads,
+                checkpoint_every=10**12,
+                dtype=train_dtype,
+                device=a.device,
+            )
+        )
         r = {"train_tokens_per_s": read_json(run / "manifest.json")["tokens_per_s"]}
         for eval_dtype in ("float32", a.dtype):
-            (m,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, quiet=True, dtype=eval_dtype,
-                            out=str(run / f"metrics_{eval_dtype}.json"), device=a.device)
+            (m,) = run_eval(
+                [str(folder)],
+                tokens=a.eval_tokens,
+                ce_tokens=a.ce_tokens,
+                quiet=True,
+                dtype=eval_dtype,
+                out=str(run / f"metrics_{eval_dtype}.json"),
+                device=a.device,
+            )
             r[f"eval_{eval_dtype}"] = {key: m[key] for key in ("fvu", "kl", "ce_increase", "l0")}
         res["runs"][f"train_{train_dtype}"] = r
     write_json(out / "result.json", res)

@@ -40,10 +40,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for loss in ("local", "e2e", "e2e+ds"):
             out = Path(tmp) / loss.replace("+", "_")
-            cmd = [sys.executable, "-m", "saelab.cli", "train", "--out", str(out), "--model", a.model, "--corpus", a.corpus,
-                   "--hookpoints", a.hookpoint, "--latents", str(a.latents), "--k", *map(str, a.k), "--tokens",
-                   str(a.tokens), "--batch-tokens", str(a.batch_tokens), "--context", str(a.context), "--threads",
-                   str(a.threads), "--loss", loss, "--checkpoint-every", str(10**12)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "saelab.cli",
+                "train",
+                "--out",
+                str(out),
+                "--model",
+                a.model,
+                "--corpus",
+                a.corpus,
+                "--hookpoints",
+                a.hookpoint,
+                "--latents",
+                str(a.latents),
+                "--k",
+                *map(str, a.k),
+                "--tokens",
+                str(a.tokens),
+                "--batch-tokens",
+                str(a.batch_tokens),
+                "--context",
+                str(a.context),
+                "--threads",
+                str(a.threads),
+                "--loss",
+                loss,
+                "--checkpoint-every",
+                str(10**12),
+            ]
             if a.recompute and loss != "local":
                 cmd.append("--e2e-recompute")
             t = time.time()
@@ -51,13 +77,21 @@ def main() -> None:
             if p.returncode:
                 sys.exit(f"{loss} failed:\n{p.stderr[-3000:]}")
             man = json.loads((out / "manifest.json").read_text())
-            results[loss] = {"tokens_per_s": man["tokens_per_s"], "peak_rss_mb": man["peak_rss_mb"],
-                             "lm_tokens": man["lm_tokens"], "wall_s": time.time() - t}
+            results[loss] = {
+                "tokens_per_s": man["tokens_per_s"],
+                "peak_rss_mb": man["peak_rss_mb"],
+                "lm_tokens": man["lm_tokens"],
+                "wall_s": time.time() - t,
+            }
             print(f"{loss:7s} {man['tokens_per_s']:8.1f} tokens/s  peak RSS {man['peak_rss_mb']:.0f} MB", flush=True)
     for loss in ("e2e", "e2e+ds"):
         results[loss]["ratio_to_local"] = results[loss]["tokens_per_s"] / results["local"]["tokens_per_s"]
-    record = {"command": " ".join(sys.argv), "machine": f"{platform.platform()}, 2-core CPU shared with other jobs",
-              "settings": vars(a), "results": results}
+    record = {
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.platform()}, 2-core CPU shared with other jobs",
+        "settings": vars(a),
+        "results": results,
+    }
     Path(a.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: round(v.get("ratio_to_local", 1.0), 4) for k, v in results.items()}))
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The KL+MSE fine-tune measurement of docs/E2E.md ("KL+MSE fine-tuning"): for each shared baseline
+# The KL+MSE fine-tune measurement of docs/research/e2e.md ("KL+MSE fine-tuning"): for each shared baseline
 # dictionary (TopK 4608, k = 32, 1M local tokens), fine-tune with `--init-from ... --loss kl+mse`
 # on 5% extra tokens, then evaluate before and after on the same held-out tokens (`saelab eval`,
 # results in $OUT/<name>.before.json / .after.json). Prints the wall time of each fine-tune.

@@ -30,20 +30,22 @@ def main() -> None:
         raise SystemExit(f"not gated SAEs: {', '.join(bad)}")
     lm = load_model(folders[0].provenance.model_spec)
     rows = load_token_rows("builtin", lm.tokenizer, 256)
-    tokens = torch.as_tensor(rows.tokens[rows.heldout_rows[:a.rows]]).long()
+    tokens = torch.as_tensor(rows.tokens[rows.heldout_rows[: a.rows]]).long()
     with torch.no_grad():
         acts = collect_activations(lm.model, tokens, sorted({f.sae.cfg.hookpoint for f in folders}))
     for f in folders:
         sae = f.sae
         x = acts[sae.cfg.hookpoint][:, 1:].reshape(-1, sae.cfg.d_in)  # position 0 is the attention sink
         with torch.no_grad():
-            gate = sae.preacts(sae.encoder_input(x))              # pi_gate
-            mag = (gate - sae.b_enc) * sae.r_mag.exp() + sae.b_mag   # pi_mag: the same product, its own scale and bias
+            gate = sae.preacts(sae.encoder_input(x))  # pi_gate
+            mag = (gate - sae.b_enc) * sae.r_mag.exp() + sae.b_mag  # pi_mag: the same product, its own scale and bias
             dead = ~((gate > 0) & (mag > 0)).any(0)
         opens = (gate[:, dead] > 0).any(0).float().mean().item() if dead.any() else float("nan")
         gap = gate[:, dead].max(0).values.median().item() if dead.any() else float("nan")
-        print(f"{f.path}: {len(x):,} positions, dead {dead.float().mean().item():.1%}, "
-              f"dead with a gate that ever opens {opens:.1%}, median max pi_gate of dead {gap:+.3f}")
+        print(
+            f"{f.path}: {len(x):,} positions, dead {dead.float().mean().item():.1%}, "
+            f"dead with a gate that ever opens {opens:.1%}, median max pi_gate of dead {gap:+.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def bare_forward(device: str, dtype: str, tokens: int, lm_batch_tokens: int) -> 
     order = np.resize(rows.train_rows, n + per)  # repeats the corpus if it is shorter, as training does
 
     def batch(i):
-        ids = torch.from_numpy(np.asarray(rows.tokens[np.sort(order[i:i + per])], dtype=np.int64))
+        ids = torch.from_numpy(np.asarray(rows.tokens[np.sort(order[i : i + per])], dtype=np.int64))
         return ids.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else ids
 
     with torch.no_grad():
@@ -66,17 +66,33 @@ def bare_forward(device: str, dtype: str, tokens: int, lm_batch_tokens: int) -> 
 
 
 def training(device: str, dtype: str, a, out: Path, compile: bool = False) -> dict:
-    cfg = TrainConfig(out=str(out), hookpoints=[HOOK], latents=a.latents, k=[32], tokens=a.tokens,
-                      batch_tokens=a.batch_tokens, lm_batch_tokens=a.lm_batch_tokens, buffer_batches=a.buffer_batches,
-                      context=CONTEXT, device=device, dtype=dtype, threads=a.threads, checkpoint_every=10**12,
-                      overwrite=True, compile=compile)
+    cfg = TrainConfig(
+        out=str(out),
+        hookpoints=[HOOK],
+        latents=a.latents,
+        k=[32],
+        tokens=a.tokens,
+        batch_tokens=a.batch_tokens,
+        lm_batch_tokens=a.lm_batch_tokens,
+        buffer_batches=a.buffer_batches,
+        context=CONTEXT,
+        device=device,
+        dtype=dtype,
+        threads=a.threads,
+        checkpoint_every=10**12,
+        overwrite=True,
+        compile=compile,
+    )
     train(cfg)
     m = read_json(out / "manifest.json")
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {"tokens_per_s": m["tokens_per_s"], "steady_tokens_per_s": steady(out),
-            "fvu": m["saes"][next(iter(m["saes"]))]["final"]["fvu"]}
+    return {
+        "tokens_per_s": m["tokens_per_s"],
+        "steady_tokens_per_s": steady(out),
+        "fvu": m["saes"][next(iter(m["saes"]))]["final"]["fvu"],
+    }
 
 
 def steady(out: Path) -> float | None:
@@ -107,24 +123,41 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    res = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-           "torch": torch.__version__, "settings": {k: v for k, v in vars(a).items() if k != "out"}, "dtypes": {}}
+    res = {
+        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(a).items() if k != "out"},
+        "dtypes": {},
+    }
     for dtype in a.dtypes:
         fwd = bare_forward(a.device, dtype, a.tokens, a.lm_batch_tokens)
         tr = training(a.device, dtype, a, out / dtype)
-        res["dtypes"][dtype] = {"bare_forward_tokens_per_s": round(fwd), "train_tokens_per_s": round(tr["tokens_per_s"]),
-                                "train_steady_tokens_per_s": tr["steady_tokens_per_s"],
-                                "ratio": round(tr["tokens_per_s"] / fwd, 3), "final_fvu": round(tr["fvu"], 4)}
-        print(f"{dtype:>9}: train {tr['tokens_per_s']:>12,.0f} tok/s | bare forward {fwd:>12,.0f} tok/s | "
-              f"ratio {tr['tokens_per_s'] / fwd:.2f} | steady {tr['steady_tokens_per_s']}", flush=True)
+        res["dtypes"][dtype] = {
+            "bare_forward_tokens_per_s": round(fwd),
+            "train_tokens_per_s": round(tr["tokens_per_s"]),
+            "train_steady_tokens_per_s": tr["steady_tokens_per_s"],
+            "ratio": round(tr["tokens_per_s"] / fwd, 3),
+            "final_fvu": round(tr["fvu"], 4),
+        }
+        print(
+            f"{dtype:>9}: train {tr['tokens_per_s']:>12,.0f} tok/s | bare forward {fwd:>12,.0f} tok/s | "
+            f"ratio {tr['tokens_per_s'] / fwd:.2f} | steady {tr['steady_tokens_per_s']}",
+            flush=True,
+        )
         write_json(out / "gpu_bench.json", res)
     for dtype in a.dtypes if a.compile else ():  # last: the plain numbers are written even if this runs out of time
         tr = training(a.device, dtype, a, out / f"{dtype}_compiled", compile=True)
         d = res["dtypes"][dtype]
-        d |= {"compiled_train_tokens_per_s": round(tr["tokens_per_s"]),
-              "compiled_steady_tokens_per_s": tr["steady_tokens_per_s"], "compiled_final_fvu": round(tr["fvu"], 4)}
-        print(f"{dtype:>9}: compiled train {tr['tokens_per_s']:>12,.0f} tok/s (compilation included) | steady "
-              f"{tr['steady_tokens_per_s']} vs {d['train_steady_tokens_per_s']} plain", flush=True)
+        d |= {
+            "compiled_train_tokens_per_s": round(tr["tokens_per_s"]),
+            "compiled_steady_tokens_per_s": tr["steady_tokens_per_s"],
+            "compiled_final_fvu": round(tr["fvu"], 4),
+        }
+        print(
+            f"{dtype:>9}: compiled train {tr['tokens_per_s']:>12,.0f} tok/s (compilation included) | steady "
+            f"{tr['steady_tokens_per_s']} vs {d['train_steady_tokens_per_s']} plain",
+            flush=True,
+        )
         write_json(out / "gpu_bench.json", res)
     print(json.dumps(res))
 

@@ -2,7 +2,7 @@
 # Issue 14's GPU numbers in under 3 minutes on one NVIDIA H200: training tok/s, the bare forward
 # tok/s at the same settings (LM batch 65,536 tokens) and their ratio, for the embedded SmolLM2
 # at model.layers.6 (TopK 4,608 latents, k=32, SAE batch 4,096), at float32 and bfloat16.
-# Target (docs/SCALE.md): >= 1M tok/s training in bfloat16 and >= 0.8x the bare forward.
+# Target (docs/research/scale.md): >= 1M tok/s training in bfloat16 and >= 0.8x the bare forward.
 # COMPILE=1 (default) then trains once more per dtype with --compile (torch.compile of the dictionary
 # step), after the plain runs; OUT/gpu_bench.json is written after each run, so a deadline cut keeps
 # the plain numbers. COMPILE=0 skips it.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Two long measurements side by side on one GPU, each under one deadline (partial results stay
 # usable: sweeps and interpretation runs resume where they stopped):
-#  A. the e2e reproduction sweep (docs/E2E.md) at 1M training tokens per SAE: local, e2e, e2e+ds
+#  A. the e2e reproduction sweep (docs/research/e2e.md) at 1M training tokens per SAE: local, e2e, e2e+ds
 #     at model.layers.15, TopK 2304 latents, k 16/32/64, evaluated on the host CPU;
-#  B. the autointerp headline (docs/INTERPRET.md): an SAE trained on the GPU at model.layers.6,
+#  B. the autointerp headline (docs/research/interpret.md): an SAE trained on the GPU at model.layers.6,
 #     a latent cache with the MLP neurons of the same layer, 200 SAE latents and 200 neurons
 #     explained and judged (detection, fuzzing) by the embedded SmolLM2 on the GPU.
 # Usage: OUTDIR=runs/gpu LIMIT_S=420 THREADS=8 bash bench/gpu_runs.sh

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.data import load_token_rows
+from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.models import collect_activations, load_model
 from saelab.sae.folder import load_sae
 
@@ -42,7 +42,7 @@ def bare() -> float:
     t = time.time()
     with torch.no_grad():
         for b in range(0, len(toks), 16):
-            collect_activations(lm.model, toks[b:b + 16], [sae.cfg.hookpoint, a.neurons])
+            collect_activations(lm.model, toks[b : b + 16], [sae.cfg.hookpoint, a.neurons])
     return toks.numel() / (time.time() - t)
 
 
@@ -59,6 +59,11 @@ def cached() -> float:
 b1 = bare()
 c = cached()
 b2 = bare()
-res = {"tokens": int(toks.numel()), "threads": a.threads, "bare_forward_tokens_per_s": [b1, b2],
-       "cache_tokens_per_s": c, "cache_over_bare": c / ((b1 + b2) / 2)}
+res = {
+    "tokens": int(toks.numel()),
+    "threads": a.threads,
+    "bare_forward_tokens_per_s": [b1, b2],
+    "cache_tokens_per_s": c,
+    "cache_over_bare": c / ((b1 + b2) / 2),
+}
 print(json.dumps(res, indent=2))

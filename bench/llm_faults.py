@@ -1,4 +1,4 @@
-"""Fault injection for the LLM clients and `serve-llm` (docs/RELIABILITY.md), on loopback, CPU only.
+"""Fault injection for the LLM clients and `serve-llm` (docs/research/reliability.md), on loopback, CPU only.
 
 1. The OpenAI client with its command-line defaults (--max-retries 4, --concurrency 4, backoff 1 s)
    against a server that answers 500 to everything: requests sent and seconds until it gives up on
@@ -10,6 +10,7 @@
 
     python bench/llm_faults.py      # prints one JSON object
 """
+
 import json
 import socket
 import sys
@@ -30,16 +31,26 @@ fake.mode = "error500"
 c = OpenAIClient(model="m", base_url=fake.url)
 t = time.time()
 res = c.generate([MSG] * 50, max_tokens=64)
-out["dead_500"] = {"prompts": 50, "requests_sent": fake.requests, "seconds": round(time.time() - t, 1),
-                   "failed": sum(not r.ok for r in res), "down": c.down}
+out["dead_500"] = {
+    "prompts": 50,
+    "requests_sent": fake.requests,
+    "seconds": round(time.time() - t, 1),
+    "failed": sum(not r.ok for r in res),
+    "down": c.down,
+}
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
 c = OpenAIClient(model="m", base_url=f"http://127.0.0.1:{port}/v1")
 t = time.time()
 res = c.generate([MSG] * 50, max_tokens=64)
-out["closed_port"] = {"prompts": 50, "seconds": round(time.time() - t, 1), "failed": sum(not r.ok for r in res),
-                      "retries": c.usage.retries, "down": c.down}
+out["closed_port"] = {
+    "prompts": 50,
+    "seconds": round(time.time() - t, 1),
+    "failed": sum(not r.ok for r in res),
+    "retries": c.usage.retries,
+    "down": c.down,
+}
 c = OpenAIClient(model="m", base_url=fake.url, max_retries=0)
 for mode in ("nonjson", "huge"):
     fake.mode = mode
@@ -57,7 +68,9 @@ for name, length in (("fake_length_1e11", 10**11), ("body_10MB", 10 * 2**20)):
     code, _ = _raw(p, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
     out[f"serve_llm_{name}"] = {"status": code, "seconds": round(time.time() - t, 3)}
 body = json.dumps({"messages": [{"role": "user", "content": 5}]}).encode()
-code, _ = _raw(p, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode(), body)
+code, _ = _raw(
+    p, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode(), body
+)
 out["serve_llm_content_int"] = {"status": code}
 srv.shutdown()
 print(json.dumps(out, indent=1))

@@ -5,13 +5,14 @@ trainer before the one-loop redesign did), alternating in one process on the sam
 
     python bench/loop_overhead.py     # prints median seconds per step of each and their ratio
 """
+
 import time
 
 import torch
 
 from saelab.train.config import TrainConfig
-from saelab.train.members import build_members
 from saelab.train.loop import TrainingRun
+from saelab.train.members import build_members
 from saelab.train.objectives import LocalObjective
 from saelab.train.parallel import SingleProcess
 from saelab.train.sources import Batch
@@ -21,11 +22,14 @@ torch.manual_seed(0)
 d, n = 576, 4096
 xs = [torch.randn(n, d) * 3 for _ in range(8)]
 cfg = TrainConfig(out="/tmp/saelab_loop_overhead", latents=4608, k=[32], lr=[2e-3, 3e-3, 4e-3, 5e-3])
+
+
 def fresh():
     ms = build_members(cfg, [("h", None)], {"h": d})
     for m in ms:
         m.sae.init_from_data(xs[0], xs[0])
     return ms
+
 
 def bare_step(m, x, y, dead_tokens=10**9):
     sae = m.sae
@@ -50,11 +54,12 @@ def bare_step(m, x, y, dead_tokens=10**9):
     for key, v in s.items():
         m.stats[key] = v if key not in m.stats else 0.9 * m.stats[key] + 0.1 * v
 
+
 run = TrainingRun.__new__(TrainingRun)
 run.cfg, run.parallel, run.out = cfg, SingleProcess(), "/tmp/saelab_loop_overhead"
 obj = LocalObjective()
 res = {"bare": [], "loop": []}
-for rep in range(6):
+for _rep in range(6):
     for kind in ("bare", "loop"):
         ms = fresh()
         t = time.perf_counter()

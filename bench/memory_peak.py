@@ -32,8 +32,7 @@ print(json.dumps({{"base_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 """
 
 
-def formula_mb(base_mb: float, latents: int, d: int, batch: int, buffer_batches: int, tokens: int,
-               aux: bool) -> dict:
+def formula_mb(base_mb: float, latents: int, d: int, batch: int, buffer_batches: int, tokens: int, aux: bool) -> dict:
     """docs/SCALE.md, memory: the peak is the largest of three phases (MiB; float32 = 4 bytes).
     P = 2 L d (W_enc, W_dec); the SAE's weights and Adam moments (3P) live all the time, the chunk
     (C x d) while its batches train; pre-activations exist only in the forward, gradients (set to
@@ -42,10 +41,14 @@ def formula_mb(base_mb: float, latents: int, d: int, batch: int, buffer_batches:
     chunk = min(buffer_batches * batch, tokens) * d * 4 / mib
     P = 2 * latents * d * 4 / mib
     pre = batch * latents * 4 / mib
-    phases = {"building a chunk: base + 3 x chunk (parts, concatenation, shuffled copy)": base_mb + 3 * chunk,
-              "SAE forward: base + chunk + 3P + B L (pre-activations) + B L (AuxK masked copy, once latents are dead)":
-                  base_mb + chunk + 3 * P + pre * (2 if aux else 1),
-              "SAE backward/step: base + chunk + 3P + P (gradients) + P (transient)": base_mb + chunk + 5 * P}
+    phases = {
+        "building a chunk: base + 3 x chunk (parts, concatenation, shuffled copy)": base_mb + 3 * chunk,
+        "SAE forward: base + chunk + 3P + B L (pre-activations) + B L (AuxK masked copy, once latents are dead)": base_mb
+        + chunk
+        + 3 * P
+        + pre * (2 if aux else 1),
+        "SAE backward/step: base + chunk + 3P + P (gradients) + P (transient)": base_mb + chunk + 5 * P,
+    }
     return {"phases_mb": {k: round(v) for k, v in phases.items()}, "total_mb": round(max(phases.values()))}
 
 
@@ -58,15 +61,45 @@ def main() -> None:
     p.add_argument("--reuse", nargs="*", default=[], help="finished run folders to include")
     p.add_argument("--out", default=".cache/scale/mem")
     a = p.parse_args()
-    base = json.loads(subprocess.run([sys.executable, "-c", BASE.format(rows=a.batch_tokens // 256)], check=True,
-                                     capture_output=True, text=True).stdout.strip().splitlines()[-1])["base_rss_mb"]
+    base = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", BASE.format(rows=a.batch_tokens // 256)], check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )["base_rss_mb"]
     runs = [Path(r) for r in a.reuse]
     for L in a.latents:
         out = Path(a.out) / f"L{L}"
-        subprocess.run([sys.executable, "-m", "saelab.cli", "train", "--latents", str(L), "--k", "32", "--tokens",
-                        str(a.tokens), "--batch-tokens", str(a.batch_tokens), "--buffer-batches", str(a.buffer_batches),
-                        "--hookpoints", "model.layers.6", "--threads", "2", "--checkpoint-every", str(10**12),
-                        "--out", str(out), "--overwrite"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "saelab.cli",
+                "train",
+                "--latents",
+                str(L),
+                "--k",
+                "32",
+                "--tokens",
+                str(a.tokens),
+                "--batch-tokens",
+                str(a.batch_tokens),
+                "--buffer-batches",
+                str(a.buffer_batches),
+                "--hookpoints",
+                "model.layers.6",
+                "--threads",
+                "2",
+                "--checkpoint-every",
+                str(10**12),
+                "--out",
+                str(out),
+                "--overwrite",
+            ],
+            check=True,
+            capture_output=True,
+        )
         runs.append(out)
     res = {"base_rss_mb": round(base), "runs": []}
     for r in runs:
@@ -74,9 +107,17 @@ def main() -> None:
         c = m["config"]
         steps = m["steps"]
         f = formula_mb(base, c["latents"], 576, c["batch_tokens"], c["buffer_batches"], c["tokens"], aux=steps > 1)
-        res["runs"].append({"run": str(r), "latents": c["latents"], "tokens": m["lm_tokens"],
-                            "tokens_per_s": round(m["tokens_per_s"], 1), "measured_peak_rss_mb": round(m["peak_rss_mb"]),
-                            "formula_mb": f["total_mb"], "phases_mb": f["phases_mb"]})
+        res["runs"].append(
+            {
+                "run": str(r),
+                "latents": c["latents"],
+                "tokens": m["lm_tokens"],
+                "tokens_per_s": round(m["tokens_per_s"], 1),
+                "measured_peak_rss_mb": round(m["peak_rss_mb"]),
+                "formula_mb": f["total_mb"],
+                "phases_mb": f["phases_mb"],
+            }
+        )
     print(json.dumps(res))
 
 

@@ -107,15 +107,19 @@ def compare(a) -> None:
                 t = time.perf_counter()
                 l0s.append(step(sae, opt, x, dead))
                 times.append(time.perf_counter() - t)
-    print(f"rows {a.rows}, d_in {a.d_in}, d_sae {a.d_sae}, target L0 {a.l0}, {a.reps} repetitions, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"rows {a.rows}, d_in {a.d_in}, d_sae {a.d_sae}, target L0 {a.l0}, {a.reps} repetitions, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| arch | L0 | dense s/step (median) | sparse s/step (median) | dense / sparse (median of paired) |")
     print("|---|---|---|---|---|")
     for arch in a.arch:
         (_, _, td, ld), (_, _, ts, _) = runs[arch, "dense"], runs[arch, "sparse"]
         paired = statistics.median(d / s for d, s in zip(td, ts))
-        print(f"| {arch} | {statistics.mean(ld):.1f} | {statistics.median(td):.3f} | {statistics.median(ts):.3f} | "
-              f"**{paired:.2f}x** |")
+        print(
+            f"| {arch} | {statistics.mean(ld):.1f} | {statistics.median(td):.3f} | {statistics.median(ts):.3f} | "
+            f"**{paired:.2f}x** |"
+        )
 
 
 def density(a) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from saelab.sae.folder import open_sae, open_shared_data
 from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
+from saelab.sae.folder import open_sae, open_shared_data
 
 
 def main() -> None:
@@ -28,11 +28,18 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     folders = [open_sae(Path(d)) for d in a.sae_dirs]
     data = open_shared_data(folders, "cpu", None, None)
-    results, _ = reconstruction_metrics(data.lm.model, data.lm.tokenizer, [(f.sae, f.provenance.sink) for f in folders],
-                                        data.rows, EvalBudget(tokens=a.tokens, ce_tokens=0))
+    results, _ = reconstruction_metrics(
+        data.lm.model,
+        data.lm.tokenizer,
+        [(f.sae, f.provenance.sink) for f in folders],
+        data.rows,
+        EvalBudget(tokens=a.tokens, ce_tokens=0),
+    )
     print("| dictionary | L0 | FVU | relative reconstruction bias |\n|---|---|---|---|")
     for d, m in zip(a.sae_dirs, results):
-        print(f"| {Path(d).parent.name}/{Path(d).name} | {m.l0:.1f} | {m.fvu:.4f} | {m.relative_reconstruction_bias:.3f} |")
+        print(
+            f"| {Path(d).parent.name}/{Path(d).name} | {m.l0:.1f} | {m.fvu:.4f} | {m.relative_reconstruction_bias:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--sae", help="SAE folder (required unless --rescore)")
     ap.add_argument("--rescore", help="a saved result: recount its samples with the current `degenerate` and print")
     ap.add_argument("--features", type=int, default=8, help="top-density features to steer (default 8)")
-    ap.add_argument("--tokens", type=int, default=8192, help="held-out tokens for densities and max activations (default 8192)")
+    ap.add_argument(
+        "--tokens", type=int, default=8192, help="held-out tokens for densities and max activations (default 8192)"
+    )
     ap.add_argument("--new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     a = ap.parse_args()
@@ -41,9 +43,11 @@ def main() -> None:
         d = json.loads(Path(a.rescore).read_text())
         for x in SWEEP:
             k = f"x{x:g}"
-            d["per_strength"][f"{x:g}x"] = {"degenerate": sum(degenerate(s[k]) is not None for s in d["samples"]),
-                                            "unchanged": sum(s[k] == s["unsteered"] for s in d["samples"]),
-                                            "n": len(d["samples"])}
+            d["per_strength"][f"{x:g}x"] = {
+                "degenerate": sum(degenerate(s[k]) is not None for s in d["samples"]),
+                "unchanged": sum(s[k] == s["unsteered"] for s in d["samples"]),
+                "n": len(d["samples"]),
+            }
         d["unsteered_degenerate"] = sum(degenerate(s["unsteered"]) is not None for s in d["samples"])
         print(json.dumps({k: v for k, v in d.items() if k != "samples"}, indent=1))
         return
@@ -55,25 +59,46 @@ def main() -> None:
     lm = folder.open_model()
     lc, name = ensure_cache(Path(a.sae), folder.sae.cfg.d_sae, None, a.tokens, progress=False, loaded_model=lm)
     freq, mx = lc.firing_frequency(name), lc.max_activation(name)
-    feats = [int(j) for j in np.argsort(-freq, kind="stable")[:a.features]]
+    feats = [int(j) for j in np.argsort(-freq, kind="stable")[: a.features]]
     per = {x: {"degenerate": 0, "unchanged": 0, "n": 0} for x in SWEEP}
     samples = []
     for j in feats:
-        req = SteeringRequest(PROMPTS, [FeatureEdit(j, "clamp", 1.0, relative=True)], max_new_tokens=a.new_tokens,
-                              strengths=list(SWEEP))
-        res = run_steering(req, lm.model, lm.tokenizer, folder.sae, torch.from_numpy(mx.copy()),
-                           sink_positions(folder.cfg))
+        req = SteeringRequest(
+            PROMPTS, [FeatureEdit(j, "clamp", 1.0, relative=True)], max_new_tokens=a.new_tokens, strengths=list(SWEEP)
+        )
+        res = run_steering(
+            req, lm.model, lm.tokenizer, folder.sae, torch.from_numpy(mx.copy()), sink_positions(folder.cfg)
+        )
         for r in res.results:
             for v in r["sweep"]:
                 d = per[v["strength"]]
                 d["n"] += 1
                 d["degenerate"] += v["degenerate"] is not None
                 d["unchanged"] += v["text"] == r["unsteered"]
-            samples.append({"feature": j, "density": float(freq[j]), "max_act": float(mx[j]), "prompt": r["prompt"],
-                            "unsteered": r["unsteered"], **{f"x{v['strength']:g}": v["text"] for v in r["sweep"]}})
-    print(json.dumps({"sae": a.sae, "features": feats, "tokens": a.tokens, "new_tokens": a.new_tokens,
-                      "per_strength": {f"{x:g}x": d for x, d in per.items()}, "wall_s": round(time.time() - t0, 1),
-                      "samples": samples}, indent=1))
+            samples.append(
+                {
+                    "feature": j,
+                    "density": float(freq[j]),
+                    "max_act": float(mx[j]),
+                    "prompt": r["prompt"],
+                    "unsteered": r["unsteered"],
+                    **{f"x{v['strength']:g}": v["text"] for v in r["sweep"]},
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "sae": a.sae,
+                "features": feats,
+                "tokens": a.tokens,
+                "new_tokens": a.new_tokens,
+                "per_strength": {f"{x:g}x": d for x, d in per.items()},
+                "wall_s": round(time.time() - t0, 1),
+                "samples": samples,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,25 @@ def bare_forward_tps(model, rows, n_tokens: int, batch_rows: int, hook: str) -> 
     t = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(sel), batch_rows):
-            ids = torch.from_numpy(np.asarray(rows.tokens[sel[i:i + batch_rows]], dtype=np.int64))
+            ids = torch.from_numpy(np.asarray(rows.tokens[sel[i : i + batch_rows]], dtype=np.int64))
             collect_activations(model, ids, [hook])
     return len(sel) * rows.tokens.shape[1] / (time.perf_counter() - t)
 
 
 def train(out: Path, tokens: int, ks: list[int], lrs: list[float] | None) -> dict:
-    cfg = TrainConfig(out=str(out), hookpoints=["model.layers.6"], arch="topk", latents=4608, k=ks, lr=lrs,
-                      tokens=tokens, batch_tokens=4096, context=256, threads=2, overwrite=True)
+    cfg = TrainConfig(
+        out=str(out),
+        hookpoints=["model.layers.6"],
+        arch="topk",
+        latents=4608,
+        k=ks,
+        lr=lrs,
+        tokens=tokens,
+        batch_tokens=4096,
+        context=256,
+        threads=2,
+        overwrite=True,
+    )
     train_saes(cfg)
     return read_json(out / "manifest.json")
 
@@ -52,8 +63,12 @@ def train(out: Path, tokens: int, ks: list[int], lrs: list[float] | None) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench")
-    ap.add_argument("--part", choices=["all", "throughput", "quality"], default="all",
-                    help="throughput: bare forward vs 1 and 4 SAEs (needs a quiet machine); quality: the 1M-token run + eval")
+    ap.add_argument(
+        "--part",
+        choices=["all", "throughput", "quality"],
+        default="all",
+        help="throughput: bare forward vs 1 and 4 SAEs (needs a quiet machine); quality: the 1M-token run + eval",
+    )
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--forward-tokens", type=int, default=32768, help="tokens of each bare-forward measurement")
     ap.add_argument("--multi-tokens", type=int, default=131_072, help="budget of the 1-vs-4 SAE cost comparison")
@@ -61,32 +76,50 @@ def main() -> None:
     ap.add_argument("--ce-tokens", type=int, default=16_384)
     ap.add_argument("--lr", type=float, nargs="+", default=None)
     ap.add_argument("--multi-k", type=int, nargs="+", default=[16, 32, 64, 128], help="the k of the four SAEs")
-    ap.add_argument("--multi-lr", type=float, nargs="+", default=None,
-                    help="instead of --multi-k: four k=32 SAEs that differ only in learning rate")
+    ap.add_argument(
+        "--multi-lr",
+        type=float,
+        nargs="+",
+        default=None,
+        help="instead of --multi-k: four k=32 SAEs that differ only in learning rate",
+    )
     a = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(a.out)
     lm = load_model("embedded")
     rows = load_token_rows("builtin", lm.tokenizer, 256)
-    res: dict = {"machine": {"platform": platform.platform(), "threads": 2, "cpu_count": os.cpu_count()},
-                 "command": " ".join(sys.argv)}
+    res: dict = {
+        "machine": {"platform": platform.platform(), "threads": 2, "cpu_count": os.cpu_count()},
+        "command": " ".join(sys.argv),
+    }
     if a.part in ("all", "throughput"):
         fwd_before = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, "model.layers.6")
         one = train(out / "one", a.multi_tokens, [32], None)
-        four = (train(out / "four", a.multi_tokens, [32], a.multi_lr) if a.multi_lr
-                else train(out / "four", a.multi_tokens, a.multi_k, None))
+        four = (
+            train(out / "four", a.multi_tokens, [32], a.multi_lr)
+            if a.multi_lr
+            else train(out / "four", a.multi_tokens, a.multi_k, None)
+        )
         fwd_after = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, "model.layers.6")
         fwd = (fwd_before + fwd_after) / 2
-        res.update({
-            "bare_forward_tokens_per_s": {"before": fwd_before, "after": fwd_after, "mean": fwd},
-            "one_sae_tokens_per_s": one["tokens_per_s"], "one_sae_over_forward": one["tokens_per_s"] / fwd,
-            "four_saes_tokens_per_s": four["tokens_per_s"],
-            "four_over_one_cost": one["tokens_per_s"] / four["tokens_per_s"],
-        })
+        res.update(
+            {
+                "bare_forward_tokens_per_s": {"before": fwd_before, "after": fwd_after, "mean": fwd},
+                "one_sae_tokens_per_s": one["tokens_per_s"],
+                "one_sae_over_forward": one["tokens_per_s"] / fwd,
+                "four_saes_tokens_per_s": four["tokens_per_s"],
+                "four_over_one_cost": one["tokens_per_s"] / four["tokens_per_s"],
+            }
+        )
     if a.part in ("all", "quality"):
         main_run = train(out / "main", a.tokens, [32], a.lr)
-        res.update({"train_tokens_per_s": main_run["tokens_per_s"], "train_wall_s": main_run["wall_s"],
-                    "train_peak_rss_mb": main_run["peak_rss_mb"]})
+        res.update(
+            {
+                "train_tokens_per_s": main_run["tokens_per_s"],
+                "train_wall_s": main_run["wall_s"],
+                "train_peak_rss_mb": main_run["peak_rss_mb"],
+            }
+        )
         folder = out / "main" / "model.layers.6-topk-k32"
         (metrics,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
         m = metrics.to_dict()

@@ -13,8 +13,10 @@ from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="saelab", description="Sparse dictionaries for language models: train, "
-                                "evaluate, interpret, steer, compare.")
+    p = argparse.ArgumentParser(
+        prog="saelab",
+        description="Sparse dictionaries for language models: train, evaluate, interpret, steer, compare.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -16,9 +16,9 @@ import json
 import sys
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -33,6 +33,7 @@ SPLIT_SEED = 1234
 @dataclass
 class TokenRows:
     """Token ids [rows, context] (a read-only memmap) with the rows of each split."""
+
     tokens: np.ndarray
     train_rows: np.ndarray
     heldout_rows: np.ndarray
@@ -90,8 +91,10 @@ def _utf8_text(path: Path) -> str:
     bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     nul = b"\x00" in data
     if nul or bad > 0.01 * max(len(text), 1):
-        raise UserError(f"corpus file {path} is not UTF-8 text ({bad} undecodable byte sequence(s)"
-                        f"{', NUL bytes' if nul else ''}); is it a binary file?")
+        raise UserError(
+            f"corpus file {path} is not UTF-8 text ({bad} undecodable byte sequence(s)"
+            f"{', NUL bytes' if nul else ''}); is it a binary file?"
+        )
     return text
 
 
@@ -199,8 +202,15 @@ def _split(n_rows: int, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
 
-def load_token_rows(source: str, tokenizer=None, context: int = 256, heldout_fraction: float = 0.05,
-                    text_field: str = "text", max_rows: int | None = None, vocab_size: int | None = None) -> TokenRows:
+def load_token_rows(
+    source: str,
+    tokenizer=None,
+    context: int = 256,
+    heldout_fraction: float = 0.05,
+    text_field: str = "text",
+    max_rows: int | None = None,
+    vocab_size: int | None = None,
+) -> TokenRows:
     """Token rows for `source`, tokenised once and memory-mapped from the cache afterwards."""
     if source.endswith(".npy"):
         p = Path(source)
@@ -225,7 +235,7 @@ def load_token_rows(source: str, tokenizer=None, context: int = 256, heldout_fra
             try:
                 tokens = _open_rows(path)
             except UserError as e:  # a damaged cache file (disk full, copied half): rebuild it
-                warnings.warn(f"{e}; re-tokenising")
+                warnings.warn(f"{e}; re-tokenising", stacklevel=2)
                 path.unlink()
         if not path.exists():
             arr = tokenize_stream(source_texts(source, text_field), tokenizer, context, max_rows)
@@ -246,5 +256,7 @@ def _source_stamp(source: str):
     if p.is_file():
         return [p.stat().st_size, p.stat().st_mtime_ns]
     if p.is_dir():
-        return sorted((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES)
+        return sorted(
+            (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES
+        )
     return None

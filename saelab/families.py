@@ -27,33 +27,57 @@ from .errors import UserError
 KIND_ORDER = ["attn_out_prenorm", "attn_out", "mlp_in", "mlp_neurons", "mlp_out_prenorm", "mlp_out", "resid_post"]
 
 # block sub-module ("" = the block itself, `:input` = a module's first input) -> kind, in forward order
-_LLAMA = {"self_attn": "attn_out", "post_attention_layernorm": "mlp_in", "mlp.down_proj:input": "mlp_neurons",
-          "mlp": "mlp_out", "": "resid_post"}
-_SANDWICH = {"self_attn": "attn_out_prenorm", "post_attention_layernorm": "attn_out",
-             "pre_feedforward_layernorm": "mlp_in", "mlp.down_proj:input": "mlp_neurons", "mlp": "mlp_out_prenorm",
-             "post_feedforward_layernorm": "mlp_out", "": "resid_post"}
+_LLAMA = {
+    "self_attn": "attn_out",
+    "post_attention_layernorm": "mlp_in",
+    "mlp.down_proj:input": "mlp_neurons",
+    "mlp": "mlp_out",
+    "": "resid_post",
+}
+_SANDWICH = {
+    "self_attn": "attn_out_prenorm",
+    "post_attention_layernorm": "attn_out",
+    "pre_feedforward_layernorm": "mlp_in",
+    "mlp.down_proj:input": "mlp_neurons",
+    "mlp": "mlp_out_prenorm",
+    "post_feedforward_layernorm": "mlp_out",
+    "": "resid_post",
+}
 _GPT2 = {"attn": "attn_out", "ln_2": "mlp_in", "mlp.c_proj:input": "mlp_neurons", "mlp": "mlp_out", "": "resid_post"}
-_NEOX = {"attention": "attn_out", "post_attention_layernorm": "mlp_in", "mlp.dense_4h_to_h:input": "mlp_neurons",
-         "mlp": "mlp_out", "": "resid_post"}
+_NEOX = {
+    "attention": "attn_out",
+    "post_attention_layernorm": "mlp_in",
+    "mlp.dense_4h_to_h:input": "mlp_neurons",
+    "mlp": "mlp_out",
+    "": "resid_post",
+}
 
 # TransformerLens hook of a block -> how the family's kinds name it (resid_mid = what the MLP's norm reads;
 # TL's hook_mlp_in is the same tensor; mlp.hook_post = the MLP's hidden activation)
-_TL_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out|"
-                      r"hook_mlp_in|mlp\.hook_post)$")
-_TL_KIND = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out", "hook_attn_out": "attn_out",
-            "mlp.hook_post": "mlp_neurons", "hook_resid_mid": "mlp_in:input", "hook_mlp_in": "mlp_in:input"}
+_TL_HOOK = re.compile(
+    r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out|"
+    r"hook_mlp_in|mlp\.hook_post)$"
+)
+_TL_KIND = {
+    "hook_resid_post": "resid_post",
+    "hook_mlp_out": "mlp_out",
+    "hook_attn_out": "attn_out",
+    "mlp.hook_post": "mlp_neurons",
+    "hook_resid_mid": "mlp_in:input",
+    "hook_mlp_in": "mlp_in:input",
+}
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    model_types: tuple[str, ...]   # HF config.model_type values of this family
-    blocks: str                    # the ModuleList of transformer blocks ("model.layers")
-    kinds: dict[str, str]          # block sub-module -> kind, in forward order (see _LLAMA)
-    final_norm: str                # the norm the unembedding reads ("model.norm"); "" if none was found
-    norm: str = "rms"              # "rms": x * scale / rms(x);  "layer": (x - mean) * scale / std(x) + bias
-    norm_offset: float = 0.0       # the RMSNorm's scale is offset + weight: 1.0 for Gemma
-    tl_names: str = ""             # regex found in the TransformerLens / SAELens model names of this family
+    model_types: tuple[str, ...]  # HF config.model_type values of this family
+    blocks: str  # the ModuleList of transformer blocks ("model.layers")
+    kinds: dict[str, str]  # block sub-module -> kind, in forward order (see _LLAMA)
+    final_norm: str  # the norm the unembedding reads ("model.norm"); "" if none was found
+    norm: str = "rms"  # "rms": x * scale / rms(x);  "layer": (x - mean) * scale / std(x) + bias
+    norm_offset: float = 0.0  # the RMSNorm's scale is offset + weight: 1.0 for Gemma
+    tl_names: str = ""  # regex found in the TransformerLens / SAELens model names of this family
 
     # ------------------------------------------------------------ sites
     def block(self, layer: int) -> str:
@@ -84,8 +108,11 @@ class Family:
         out = []
         for i, layer in enumerate(layers):
             names = {n for n, _ in layer.named_modules()}
-            found = [(f"{self.blocks}.{i}.{sub}".replace(".:", ":").rstrip("."), kind)
-                     for sub, kind in self.kinds.items() if sub.removesuffix(":input") in names]
+            found = [
+                (f"{self.blocks}.{i}.{sub}".replace(".:", ":").rstrip("."), kind)
+                for sub, kind in self.kinds.items()
+                if sub.removesuffix(":input") in names
+            ]
             out += sorted(found, key=lambda nk: KIND_ORDER.index(nk[1]))
         return out
 
@@ -129,12 +156,26 @@ class Family:
 
 LLAMA = Family("llama", ("llama", "qwen2", "qwen3", "mistral"), "model.layers", _LLAMA, "model.norm")
 GEMMA = Family("gemma", ("gemma",), "model.layers", _LLAMA, "model.norm", norm_offset=1.0, tl_names=r"gemma")
-GEMMA2 = Family("gemma2", ("gemma2", "gemma3", "gemma3_text"), "model.layers", _SANDWICH, "model.norm",
-                norm_offset=1.0, tl_names=r"gemma-?[23](?![0-9a-z.])")  # not gemma-2b
+GEMMA2 = Family(
+    "gemma2",
+    ("gemma2", "gemma3", "gemma3_text"),
+    "model.layers",
+    _SANDWICH,
+    "model.norm",
+    norm_offset=1.0,
+    tl_names=r"gemma-?[23](?![0-9a-z.])",
+)  # not gemma-2b
 GPT2 = Family("gpt2", ("gpt2",), "transformer.h", _GPT2, "transformer.ln_f", norm="layer", tl_names=r"gpt2")
-NEOX = Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", _NEOX, "gpt_neox.final_layer_norm", norm="layer",
-              tl_names=r"pythia|neox")
-FAMILIES = [GEMMA2, GEMMA, GPT2, NEOX, LLAMA]   # specific names first: "gemma-2" before "gemma"
+NEOX = Family(
+    "gpt_neox",
+    ("gpt_neox",),
+    "gpt_neox.layers",
+    _NEOX,
+    "gpt_neox.final_layer_norm",
+    norm="layer",
+    tl_names=r"pythia|neox",
+)
+FAMILIES = [GEMMA2, GEMMA, GPT2, NEOX, LLAMA]  # specific names first: "gemma-2" before "gemma"
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
 
@@ -168,11 +209,19 @@ def _generic(model: nn.Module) -> Family:
     names any listed family uses (sandwich kinds when a block has both feed-forward norms), the first final
     norm found at a usual path."""
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    found = next(((name, mod) for name, mod in model.named_modules()
-                  if isinstance(mod, nn.ModuleList) and (n is None or len(mod) == n)), None)
+    found = next(
+        (
+            (name, mod)
+            for name, mod in model.named_modules()
+            if isinstance(mod, nn.ModuleList) and (n is None or len(mod) == n)
+        ),
+        None,
+    )
     if found is None:
-        raise UserError(f"{type(model).__name__}: could not find the model's list of transformer blocks (a "
-                        f"ModuleList of config.num_hidden_layers blocks); this architecture is not supported")
+        raise UserError(
+            f"{type(model).__name__}: could not find the model's list of transformer blocks (a "
+            f"ModuleList of config.num_hidden_layers blocks); this architecture is not supported"
+        )
     blocks, layers = found
     names = {s for layer in layers for s, _ in layer.named_modules()}
     table = _SANDWICH if {"pre_feedforward_layernorm", "post_feedforward_layernorm"} <= names else _ANY_KINDS

@@ -38,7 +38,7 @@ class ModelPair(nn.Module):
             self.add_module(name, child)
         self.add_module(B, b)
         object.__setattr__(self, "model_a", a)  # not registered: A's modules keep their own names
-        self.config = a.config                  # decoder_layers / vocab size: model A's
+        self.config = a.config  # decoder_layers / vocab size: model A's
 
     def forward(self, **kwargs):
         """Recording only (splices run each model alone, `parts`): A's body without its LM head (no
@@ -48,8 +48,10 @@ class ModelPair(nn.Module):
 
     def parts(self, names: list[str]) -> list[tuple[str, nn.Module, list[str]]]:
         """(tag, model, its sites among `names`) for A and for B: what splicing into each model alone needs."""
-        return [("model_a", self.model_a, [h for h in names if not is_b_site(h)]),
-                ("model_b", self.model_b, [h for h in names if is_b_site(h)])]
+        return [
+            ("model_a", self.model_a, [h for h in names if not is_b_site(h)]),
+            ("model_b", self.model_b, [h for h in names if is_b_site(h)]),
+        ]
 
 
 def with_b_sites(sites: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
@@ -58,12 +60,17 @@ def with_b_sites(sites: list[tuple[str, str | None]]) -> list[tuple[str, str | N
 
 
 def check_b_widths(sites: list[tuple[str, str | None]], widths: dict[str, int], spec_a: str, spec_b: str) -> None:
-    bad = [f"{a}: {widths[a]} in A, {widths[B_PREFIX + a]} in B" for a, _ in sites
-           if not is_b_site(a) and widths[a] != widths[B_PREFIX + a]]
+    bad = [
+        f"{a}: {widths[a]} in A, {widths[B_PREFIX + a]} in B"
+        for a, _ in sites
+        if not is_b_site(a) and widths[a] != widths[B_PREFIX + a]
+    ]
     if bad:
-        raise UserError(f"--model-b: the site widths differ between --model {spec_a} and --model-b {spec_b} "
-                        f"({'; '.join(bad)}); a crosscoder needs the same width at every site: diff models "
-                        f"of one shape, or pick hookpoints of equal width")
+        raise UserError(
+            f"--model-b: the site widths differ between --model {spec_a} and --model-b {spec_b} "
+            f"({'; '.join(bad)}); a crosscoder needs the same width at every site: diff models "
+            f"of one shape, or pick hookpoints of equal width"
+        )
 
 
 def _vocab_differs(tok_a, tok_b) -> str | None:
@@ -84,9 +91,10 @@ def _tokenizer_folder(spec: str) -> Path | None:
 
 def _same_files(a: Path | None, b: Path | None) -> bool:
     """Byte-identical tokenizer files: the same tokenizer without loading either."""
-    return bool(a and b) and all((a / f).exists() == (b / f).exists() and
-                                 (not (a / f).exists() or (a / f).read_bytes() == (b / f).read_bytes())
-                                 for f in _TOKENIZER_FILES)
+    return bool(a and b) and all(
+        (a / f).exists() == (b / f).exists() and (not (a / f).exists() or (a / f).read_bytes() == (b / f).read_bytes())
+        for f in _TOKENIZER_FILES
+    )
 
 
 def _local_tokenizer(folder: Path | None):
@@ -111,8 +119,10 @@ def check_same_tokenizer(spec_a: str, spec_b: str, tok_a=None, tok_b=None) -> No
         return
     why = _vocab_differs(tok_a, tok_b)
     if why:
-        raise UserError(f"--model {spec_a} and --model-b {spec_b} have different tokenizers ({why}); model diffing "
-                        f"feeds both the same token rows, so they must share a vocabulary")
+        raise UserError(
+            f"--model {spec_a} and --model-b {spec_b} have different tokenizers ({why}); model diffing "
+            f"feeds both the same token rows, so they must share a vocabulary"
+        )
 
 
 def load_pair(spec_a: str, spec_b: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:

@@ -9,14 +9,14 @@ families.py's: `family_of(model)` is the adapter every stage asks.
 from __future__ import annotations
 
 import difflib
-import re
 import importlib.util
 import os
+import re
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -128,9 +128,11 @@ def _check_causal(spec: str, source) -> None:
     except (OSError, ValueError) as e:
         raise UserError(f"could not read the config of model {spec!r}: {e}") from e
     if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(cfg, "is_encoder_decoder", False):
-        raise UserError(f"{spec!r} is a {cfg.model_type} model: not a causal language model (saelab needs a "
-                        f"decoder-only LM that AutoModelForCausalLM loads, e.g. GPT-2, GPT-NeoX, Gemma, Llama, "
-                        f"Mistral, Qwen)")
+        raise UserError(
+            f"{spec!r} is a {cfg.model_type} model: not a causal language model (saelab needs a "
+            f"decoder-only LM that AutoModelForCausalLM loads, e.g. GPT-2, GPT-NeoX, Gemma, Llama, "
+            f"Mistral, Qwen)"
+        )
 
 
 # ---------------------------------------------------------------- hookpoints
@@ -173,7 +175,7 @@ def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[str]:
     return out
 
 
-def glob_regex(pat: str) -> "re.Pattern":
+def glob_regex(pat: str) -> re.Pattern:
     """`*` matches within one dotted segment (`model.layers.*` = the blocks, not their children);
     `**` crosses dots; `?` is one character."""
     out, i = "", 0
@@ -193,7 +195,7 @@ def layer_index(model: nn.Module, hookpoint: str) -> int:
     """Which block a hookpoint belongs to (-1 for sites before the first block, e.g. embeddings)."""
     prefix, layers = decoder_layers(model)
     if hookpoint.startswith(prefix + "."):
-        return int(hookpoint[len(prefix) + 1:].split(".")[0].split(":")[0])
+        return int(hookpoint[len(prefix) + 1 :].split(".")[0].split(":")[0])
     return -1
 
 
@@ -235,8 +237,9 @@ def hookpoint_widths(model: nn.Module, hookpoints: list[str]) -> dict[str, int]:
     return {h: a.shape[-1] for h, a in acts.items()}
 
 
-def collect_activations(model: nn.Module, input_ids: torch.Tensor, hookpoints: list[str],
-                        attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def collect_activations(
+    model: nn.Module, input_ids: torch.Tensor, hookpoints: list[str], attention_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Activations [batch, seq, d] at each hookpoint; the forward stops once all have fired."""
     acts: dict[str, torch.Tensor] = {}
     handles = []
@@ -275,6 +278,7 @@ def patch_activation(model: nn.Module, hookpoint: str, fn: Callable[[torch.Tenso
     if hookpoint.endswith(":input"):
         handle = mod.register_forward_pre_hook(lambda m, args: (fn(args[0]),) + tuple(args[1:]))
     else:
+
         def post(m, args, out):
             if isinstance(out, tuple):
                 return (fn(out[0]),) + tuple(out[1:])

@@ -11,9 +11,10 @@ import os
 import re
 import sys
 import types
-import tomllib
 import typing
 from pathlib import Path
+
+import tomllib
 
 from .errors import UserError
 
@@ -22,9 +23,18 @@ THREADS_HELP = "torch CPU threads, set once for the whole command (default: torc
 DTYPE_HELP = "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32 (default float32)"
 
 
-def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, positional: bool = False,
-        choices=None, metavar: str | None = None, old_spellings: tuple[str, ...] = (), shown: str | None = None,
-        shared: str | None = None):
+def opt(
+    default=_NO_DEFAULT,
+    help: str = "",
+    *,
+    default_factory=_NO_DEFAULT,
+    positional: bool = False,
+    choices=None,
+    metavar: str | None = None,
+    old_spellings: tuple[str, ...] = (),
+    shown: str | None = None,
+    shared: str | None = None,
+):
     """A config field with its command-line help: `x: int = opt(3, "what x is")`,
     `xs: list[int] = opt(default_factory=lambda: [1], help="...")`, `out: str = opt(help="...")` (required).
 
@@ -35,10 +45,19 @@ def opt(default=_NO_DEFAULT, help: str = "", *, default_factory=_NO_DEFAULT, pos
     `shared` (the name of the shared declaration below that made the field: tests check they agree)."""
     if not help:
         raise ValueError("opt() needs a help text")
-    extra = {"positional": positional, "choices": choices and tuple(choices), "metavar": metavar,
-             "old_spellings": tuple(old_spellings), "shown": shown, "shared": shared}
-    return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={"help": help} | {k: v for k, v in extra.items() if v})
+    extra = {
+        "positional": positional,
+        "choices": choices and tuple(choices),
+        "metavar": metavar,
+        "old_spellings": tuple(old_spellings),
+        "shown": shown,
+        "shared": shared,
+    }
+    return dataclasses.field(
+        default=default,
+        default_factory=default_factory,
+        metadata={"help": help} | {k: v for k, v in extra.items() if v},
+    )
 
 
 # ---------------------------------------------------------------- options every stage shares, declared once
@@ -69,8 +88,12 @@ def device_option():
 
 
 def dtype_option():
-    return opt("float32", "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32",
-               choices=DTYPES, shared="dtype")  # DTYPES: below, with check_dtype
+    return opt(
+        "float32",
+        "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32",
+        choices=DTYPES,
+        shared="dtype",
+    )  # DTYPES: below, with check_dtype
 
 
 def model_option(default: str | None = "embedded", shown: str | None = None):
@@ -216,8 +239,11 @@ def build_config(cls, ns: argparse.Namespace, config_file: str | None, other_key
         if v is not None:
             values[f.name] = v
     values.update({k: v for k, v in fixed.items() if v is not None})
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise UserError(f"missing required option(s): {', '.join(flag(n) for n in missing)}")
     cfg = cls(**values)
@@ -238,10 +264,18 @@ _TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a numb
 def _scalar(name: str, t, v):
     """v as type t (an int-valued float is accepted as int, an int as float), else a UserError.
     `name`: a field name (shown as its option, --name) or a label with spaces, shown as is."""
-    ok = (t is bool and isinstance(v, bool)
-          or t is int and isinstance(v, int) and not isinstance(v, bool)
-          or t is float and isinstance(v, (int, float)) and not isinstance(v, bool)
-          or t is str and isinstance(v, str))
+    ok = (
+        t is bool
+        and isinstance(v, bool)
+        or t is int
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        or t is float
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        or t is str
+        and isinstance(v, str)
+    )
     if t is int and isinstance(v, float) and v.is_integer():
         return int(v)
     if not ok:
@@ -278,8 +312,9 @@ def check_types(cfg, where: str | None = None) -> None:
             setattr(cfg, f.name, _scalar(name, t, v))
             choices = f.metadata.get("choices")
             if choices and v not in choices:  # a config file's value, as argparse checks the flag's
-                raise UserError(f"unknown {flag(f.name) if not where else name} {v!r}; choose from "
-                                f"{', '.join(choices)}")
+                raise UserError(
+                    f"unknown {flag(f.name) if not where else name} {v!r}; choose from {', '.join(choices)}"
+                )
 
 
 def _values(cfg, name: str) -> list:
@@ -347,9 +382,15 @@ def check_dtype(dtype: str, device: str = "cpu"):
     check_device(device)  # every model load passes here: --device banana is a clear error in every command
     if dtype == "float32":
         return t
-    if device.startswith("cuda") and dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise UserError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
-                        f"use --dtype float16 or float32")
+    if (
+        device.startswith("cuda")
+        and dtype == "bfloat16"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
+        raise UserError(
+            f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            f"use --dtype float16 or float32"
+        )
     try:
         x = torch.ones(4, 4, dtype=t, device=device)
         (x @ x).softmax(-1).sum().item()

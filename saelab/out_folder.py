@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import UserError
 
@@ -40,6 +40,7 @@ class RunKind:
     that --overwrite removes; `marker`: folder -> does it hold a run of this kind; `identity_key`: the
     manifest field holding the settings' identity (None: no resume); `shares_folder`: it writes beside
     other files (a report), so only its own names are checked, not the folder."""
+
     name: str
     outputs: tuple[str, ...]
     marker: Callable[[Path], bool]
@@ -67,8 +68,11 @@ def _manifest_kind(value: str) -> Callable[[Path], bool]:
 
 
 def _is_training_run(folder: Path) -> bool:
-    return ((read_manifest(folder) or {}).get("command") == "train"
-            or (folder / "checkpoint.safetensors").exists() or (folder / "train_log.jsonl").exists())
+    return (
+        (read_manifest(folder) or {}).get("command") == "train"
+        or (folder / "checkpoint.safetensors").exists()
+        or (folder / "train_log.jsonl").exists()
+    )
 
 
 def _is_latent_cache(folder: Path) -> bool:
@@ -80,20 +84,37 @@ def _sae_folders(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.is_dir() and (p / "cfg.json").exists()]
 
 
-TRAINING_RUN = RunKind("training run", (MANIFEST, "train_log.jsonl", "train_curves.png", "checkpoint.safetensors",
-                                        "*/cfg.json"), _is_training_run)
-LATENT_CACHE = RunKind("latent cache", (MANIFEST, "tokens.npy", "row_ids.npy", "excluded.npy", "dicts", "chunks"),
-                       _is_latent_cache, identity_key="identity", settings="arguments")
-INTERPRETATION_RUN = RunKind("interpretation run", (MANIFEST, "explanations.jsonl", "examples.jsonl", "scores_*.jsonl",
-                                                    "report.md", "report.json", "hist_*.png"),
-                             _manifest_kind("saelab-interpretation-run"), identity_key="identity",
-                             overwrite_resumes=True)
-ACTIVATION_CACHE = RunKind("activation cache", (MANIFEST, "shard_*", "truth.safetensors"),
-                           _manifest_kind("saelab activation cache"))
-BENCH_REPORT = RunKind("bench report", ("*.json", "report.md", "report.html", "bench.png"),
-                       lambda folder: (folder / "bench.json").exists(), shares_folder=True)
-SAE_FOLDER = RunKind("SAE folder", ("cfg.json", "*.safetensors", "*.json", "*.png"),
-                     lambda folder: (folder / "cfg.json").exists())
+TRAINING_RUN = RunKind(
+    "training run",
+    (MANIFEST, "train_log.jsonl", "train_curves.png", "checkpoint.safetensors", "*/cfg.json"),
+    _is_training_run,
+)
+LATENT_CACHE = RunKind(
+    "latent cache",
+    (MANIFEST, "tokens.npy", "row_ids.npy", "excluded.npy", "dicts", "chunks"),
+    _is_latent_cache,
+    identity_key="identity",
+    settings="arguments",
+)
+INTERPRETATION_RUN = RunKind(
+    "interpretation run",
+    (MANIFEST, "explanations.jsonl", "examples.jsonl", "scores_*.jsonl", "report.md", "report.json", "hist_*.png"),
+    _manifest_kind("saelab-interpretation-run"),
+    identity_key="identity",
+    overwrite_resumes=True,
+)
+ACTIVATION_CACHE = RunKind(
+    "activation cache", (MANIFEST, "shard_*", "truth.safetensors"), _manifest_kind("saelab activation cache")
+)
+BENCH_REPORT = RunKind(
+    "bench report",
+    ("*.json", "report.md", "report.html", "bench.png"),
+    lambda folder: (folder / "bench.json").exists(),
+    shares_folder=True,
+)
+SAE_FOLDER = RunKind(
+    "SAE folder", ("cfg.json", "*.safetensors", "*.json", "*.png"), lambda folder: (folder / "cfg.json").exists()
+)
 DASHBOARD = RunKind("dashboard", (), _manifest_kind("saelab dashboard"))
 # what a folder can hold, the most specific first (a training run's SAE folders are SAE folders too)
 KINDS = (INTERPRETATION_RUN, LATENT_CACHE, ACTIVATION_CACHE, TRAINING_RUN, BENCH_REPORT, SAE_FOLDER, DASHBOARD)
@@ -125,14 +146,16 @@ def refuse_replacing_names(folder: Path, names, overwrite: bool, what: str) -> N
     """A writer that puts `names` (globs) beside other files replaces none of them without --overwrite."""
     there = [p.name for n in names for p in sorted(Path(folder).glob(n))] if Path(folder).is_dir() else []
     if there and not overwrite:
-        raise UserError(f"{folder} already holds {', '.join(dict.fromkeys(there))}; pass --overwrite to replace the "
-                        f"{what}")
+        raise UserError(
+            f"{folder} already holds {', '.join(dict.fromkeys(there))}; pass --overwrite to replace the {what}"
+        )
 
 
 @dataclass
 class OutFolder:
     """An output folder that passed `open_out`: `resume` (the same run, carry on) or `replace`
     (--overwrite over this kind's files); neither: a new or empty folder."""
+
     path: Path
     kind: RunKind
     resume: bool = False
@@ -149,8 +172,9 @@ class OutFolder:
         return self.path
 
 
-def open_out(path, kind: RunKind, overwrite: bool, identity=None, what: str = "--out",
-             names: tuple[str, ...] | None = None) -> OutFolder:
+def open_out(
+    path, kind: RunKind, overwrite: bool, identity=None, what: str = "--out", names: tuple[str, ...] | None = None
+) -> OutFolder:
     """Check an output folder before any work (see the module docstring). `identity`: the settings of
     this run (compared with the manifest's `kind.identity_key`; equal -> resume); `names`: what this run
     writes when narrower than the kind's outputs (a bench of some metrics)."""
@@ -170,8 +194,10 @@ def open_out(path, kind: RunKind, overwrite: bool, identity=None, what: str = "-
             folder.resume = True
             return folder
         if not overwrite:
-            raise UserError(f"{path} holds {_a(kind.name)} made with other {kind.settings}; pass --overwrite to "
-                            f"replace it, or choose another {what}")
+            raise UserError(
+                f"{path} holds {_a(kind.name)} made with other {kind.settings}; pass --overwrite to "
+                f"replace it, or choose another {what}"
+            )
     refuse_nonempty(path, overwrite, what, " (or --resume to continue a run)" if kind is TRAINING_RUN else "")
     folder.replace = True
     return folder

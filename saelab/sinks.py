@@ -18,12 +18,12 @@ import torch
 
 @dataclass(frozen=True)
 class SinkConfig:
-    first_positions: int = 1      # positions at the start of each row that are always excluded
-    mask_special: bool = True     # exclude BOS/EOS/pad tokens
-    norm_factor: float = 5.0      # exclude positions with norm > factor x median (0 = off)
+    first_positions: int = 1  # positions at the start of each row that are always excluded
+    mask_special: bool = True  # exclude BOS/EOS/pad tokens
+    norm_factor: float = 5.0  # exclude positions with norm > factor x median (0 = off)
 
     @classmethod
-    def off(cls) -> "SinkConfig":
+    def off(cls) -> SinkConfig:
         return cls(first_positions=0, mask_special=False, norm_factor=0.0)
 
 
@@ -34,8 +34,9 @@ def special_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def excluded_positions(acts: list[torch.Tensor], input_ids: torch.Tensor, cfg: SinkConfig,
-                       special: list[int]) -> torch.Tensor:
+def excluded_positions(
+    acts: list[torch.Tensor], input_ids: torch.Tensor, cfg: SinkConfig, special: list[int]
+) -> torch.Tensor:
     """Bool [batch, seq], True where a position is a sink/outlier in any of the given activations."""
     b, t = input_ids.shape
     mask = torch.zeros(b, t, dtype=torch.bool, device=input_ids.device)

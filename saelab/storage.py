@@ -61,6 +61,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """A text file (HTML, Markdown), atomically."""
+
     def w(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -118,8 +119,10 @@ def read_npy(path: Path, shape: tuple | None = None):
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"{path} is not a readable .npy file ({e}); it is corrupt or truncated") from e
     if shape is not None and (a.ndim != len(shape) or any(w is not None and w != n for w, n in zip(shape, a.shape))):
-        raise UserError(f"{path} has shape {tuple(a.shape)}, expected {tuple('*' if w is None else w for w in shape)}; "
-                        f"it is corrupt or truncated")
+        raise UserError(
+            f"{path} has shape {tuple(a.shape)}, expected {tuple('*' if w is None else w for w in shape)}; "
+            f"it is corrupt or truncated"
+        )
     return a
 
 
@@ -167,9 +170,9 @@ def read_jsonl(path: Path) -> list[dict]:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:  # the line in flight when a run was killed
-                warnings.warn(f"{path}: ignoring a truncated last line (a run was interrupted)")
+                warnings.warn(f"{path}: ignoring a truncated last line (a run was interrupted)", stacklevel=2)
                 continue
-            raise UserError(f"{path}:{i + 1} is not valid JSON; the file is corrupt")
+            raise UserError(f"{path}:{i + 1} is not valid JSON; the file is corrupt") from None
     return out
 
 

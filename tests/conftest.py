@@ -27,9 +27,18 @@ def tiny_model_dir(tmp_path_factory, embedded_folder) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -64,9 +73,21 @@ def text_corpus(tmp_path_factory) -> Path:
 def train_cfg(out, model, corpus, **kw):
     from saelab.train.config import TrainConfig
 
-    base = dict(out=str(out), model=str(model), corpus=str(corpus), hookpoints=["model.layers.1"], latents=256,
-                k=[8], tokens=16384, batch_tokens=512, context=64, buffer_batches=4, checkpoint_every=4096,
-                lr=[2e-3], threads=2)
+    base = dict(
+        out=str(out),
+        model=str(model),
+        corpus=str(corpus),
+        hookpoints=["model.layers.1"],
+        latents=256,
+        k=[8],
+        tokens=16384,
+        batch_tokens=512,
+        context=64,
+        buffer_batches=4,
+        checkpoint_every=4096,
+        lr=[2e-3],
+        threads=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -90,8 +111,9 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def kill_when_checkpointed(cmd: list[str], run_dir, env: dict | None = None, timeout: float = 600,
-                           pick_pid=None, sig: int = 9) -> int:
+def kill_when_checkpointed(
+    cmd: list[str], run_dir, env: dict | None = None, timeout: float = 600, pick_pid=None, sig: int = 9
+) -> int:
     """Start `cmd` in its own process group and, as soon as a checkpoint appears in `run_dir`, send
     `sig` (SIGKILL) to the whole group, or to the one process `pick_pid(launcher_pid)` names: a crash
     from outside, so production code carries no test hooks. -> the launcher's return code."""
@@ -100,8 +122,14 @@ def kill_when_checkpointed(cmd: list[str], run_dir, env: dict | None = None, tim
     import time
 
     ckpt = Path(run_dir) / "checkpoint.safetensors"
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     t0 = time.time()
     while not ckpt.exists():
         if proc.poll() is not None:

@@ -3,23 +3,23 @@ stream visits every vector once per epoch, training from it learns without loadi
 cache that does not fit the run is refused before anything is written."""
 
 import json
-from collections import Counter
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_cfg
+
+from saelab.activations.disk_cache import CacheConfig, CachedActivationStream, read_manifest, shard_path, write_cache
+from saelab.activations.stream import ActivationStream
 from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.models import load_model
 from saelab.sinks import SinkConfig, special_ids
 from saelab.train import sources as trainer_mod
-from saelab.activations.stream import ActivationStream
-from saelab.activations.disk_cache import CacheConfig, CachedActivationStream, read_manifest, shard_path, write_cache
 from saelab.train.loop import TrainingRun
 
 HOOKS = ["model.layers.1", "model.layers.2"]
@@ -28,8 +28,19 @@ HOOKS = ["model.layers.1", "model.layers.2"]
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_model_dir, text_corpus):
     out = tmp_path_factory.mktemp("cache") / "acts"
-    write_cache(CacheConfig(out=str(out), hookpoints=HOOKS, model=str(tiny_model_dir), corpus=str(text_corpus),
-                            tokens=16384, context=64, batch_tokens=512, shard_batches=4, threads=2))
+    write_cache(
+        CacheConfig(
+            out=str(out),
+            hookpoints=HOOKS,
+            model=str(tiny_model_dir),
+            corpus=str(text_corpus),
+            tokens=16384,
+            context=64,
+            batch_tokens=512,
+            shard_batches=4,
+            threads=2,
+        )
+    )
     return out
 
 
@@ -40,7 +51,9 @@ def test_cache_holds_the_training_stream(cache, tiny_model_dir, text_corpus):
     lm = load_model(str(tiny_model_dir))
     rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
     assert m["data"]["fingerprint"] == rows.fingerprint
-    stream = ActivationStream(lm.model, rows, HOOKS, 64, 8, 4, 256, 0, SinkConfig(), special_ids(lm.tokenizer))  # 8 rows x 64 per batch, 256 rows
+    stream = ActivationStream(
+        lm.model, rows, HOOKS, 64, 8, 4, 256, 0, SinkConfig(), special_ids(lm.tokenizer)
+    )  # 8 rows x 64 per batch, 256 rows
     for c in (0, 3):
         ref = stream.chunk(c)
         for h in HOOKS:
@@ -57,8 +70,10 @@ def test_cached_stream_visits_every_vector_once_per_epoch(cache):
     total = m["lm_tokens"]
     st = CachedActivationStream(cache, m, HOOKS, 64, 8, 2, total // 64, seed=3)
     got = {h: torch.cat([c.acts[h] for c in st.chunks()]) for h in HOOKS}
-    ref = {h: torch.from_numpy(np.concatenate([np.load(shard_path(cache, s["index"], h)) for s in m["shards"]]))
-           for h in HOOKS}
+    ref = {
+        h: torch.from_numpy(np.concatenate([np.load(shard_path(cache, s["index"], h)) for s in m["shards"]]))
+        for h in HOOKS
+    }
     n = ref[HOOKS[0]].shape[0]
     assert abs(got[HOOKS[0]].shape[0] - n) <= st.n_chunks  # rounding of vectors per chunk only
     k = min(n, got[HOOKS[0]].shape[0])
@@ -82,14 +97,17 @@ def test_training_from_the_cache_learns_without_the_lm(tmp_path, cache, tiny_mod
         raise AssertionError("the LM must not load when training from a cache")
 
     monkeypatch.setattr(trainer_mod, "load_model", no_lm)
-    cfg = train_cfg(tmp_path / "run", tiny_model_dir, "ignored", from_activations=str(cache), k=[4, 16],
-                    tokens=32768)  # 2 epochs of the 16k-token cache
+    cfg = train_cfg(
+        tmp_path / "run", tiny_model_dir, "ignored", from_activations=str(cache), k=[4, 16], tokens=32768
+    )  # 2 epochs of the 16k-token cache
     folders = TrainingRun(cfg).run()
     monkeypatch.undo()
     assert len(folders) == 2
     saes = [load_sae(f) for f in folders]
     assert saes[0][1]["saelab"]["corpus"] == str(text_corpus)  # eval finds the held-out split of the right corpus
-    fvu4, fvu16, fvu_rand = _heldout_fvu(tiny_model_dir, text_corpus, [s for s, _ in saes] + [build_sae(saes[1][0].cfg)])
+    fvu4, fvu16, fvu_rand = _heldout_fvu(
+        tiny_model_dir, text_corpus, [s for s, _ in saes] + [build_sae(saes[1][0].cfg)]
+    )
     assert fvu16 < fvu4 < 0.6 * fvu_rand
 
 
@@ -117,22 +135,77 @@ def test_a_cache_that_does_not_fit_is_refused(tmp_path, cache, tiny_model_dir, e
 
 def test_cache_and_train_commands(tmp_path, tiny_model_dir, text_corpus):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True,
-                              env=dict(os.environ), timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "saelab.cli", *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            timeout=600,
+        )
 
-    r = cli("cache-activations", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--hookpoints",
-            "model.layers.*", "--tokens", "4096", "--context", "64", "--batch-tokens", "512", "--threads", "1",
-            "--out", str(tmp_path / "c"))
+    r = cli(
+        "cache-activations",
+        "--model",
+        str(tiny_model_dir),
+        "--corpus",
+        str(text_corpus),
+        "--hookpoints",
+        "model.layers.*",
+        "--tokens",
+        "4096",
+        "--context",
+        "64",
+        "--batch-tokens",
+        "512",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "c"),
+    )
     assert r.returncode == 0, r.stderr
     assert read_manifest(tmp_path / "c")["hookpoints"] == [f"model.layers.{i}" for i in range(4)]
-    r = cli("train", "--from-activations", str(tmp_path / "c"), "--model", str(tiny_model_dir), "--hookpoints",
-            "model.layers.0->model.layers.1", "--latents", "128", "--k", "8", "--tokens", "4096", "--batch-tokens",
-            "512", "--context", "64", "--threads", "1", "--out", str(tmp_path / "t"))
+    r = cli(
+        "train",
+        "--from-activations",
+        str(tmp_path / "c"),
+        "--model",
+        str(tiny_model_dir),
+        "--hookpoints",
+        "model.layers.0->model.layers.1",
+        "--latents",
+        "128",
+        "--k",
+        "8",
+        "--tokens",
+        "4096",
+        "--batch-tokens",
+        "512",
+        "--context",
+        "64",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "t" / "model.layers.0__to__model.layers.1-topk-k8" / "cfg.json").exists()
-    r = cli("cache-activations", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--hookpoints",
-            "model.layers.1", "--tokens", "4096", "--context", "64", "--batch-tokens", "512", "--out",
-            str(tmp_path / "c"))
+    r = cli(
+        "cache-activations",
+        "--model",
+        str(tiny_model_dir),
+        "--corpus",
+        str(text_corpus),
+        "--hookpoints",
+        "model.layers.1",
+        "--tokens",
+        "4096",
+        "--context",
+        "64",
+        "--batch-tokens",
+        "512",
+        "--out",
+        str(tmp_path / "c"),
+    )
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
 

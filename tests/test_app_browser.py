@@ -20,12 +20,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from saelab.view.web_app import create_app
-from saelab.view.feature_store import FeatureStore
-from saelab.models import load_model
-from saelab.features.steer import encode_prompt, generate
 from view_helpers import make_interpretation_run, make_sae_folder
+
+from saelab.features.steer import encode_prompt, generate
+from saelab.models import load_model
+from saelab.view.feature_store import FeatureStore
+from saelab.view.web_app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 XSS_EXPL = "<script>window.__pwned=1</script>cats and dogs"
@@ -69,8 +69,15 @@ def run_server(server, tmp_path_factory):
     --scorers embedding) as its --explanations."""
     _, store = server
     cache, run, _, lat = make_interpretation_run(store.sae_dir, tmp_path_factory.mktemp("interp"))
-    s2 = FeatureStore.build(store.sae_dir, cache=cache, explanations=run, model=store.model, tokenizer=store.tok,
-                            name="run_sae", progress=False)
+    s2 = FeatureStore.build(
+        store.sae_dir,
+        cache=cache,
+        explanations=run,
+        model=store.model,
+        tokenizer=store.tok,
+        name="run_sae",
+        progress=False,
+    )
     with _uvicorn([s2]) as base:
         yield base, s2, run, lat
 
@@ -116,21 +123,28 @@ def test_bad_input_gets_clear_4xx(server):
     assert code == 422
     code, body = _post(f"{base}/api/fire", {"sae": "app_sae", "text": "word " * 700})
     assert code == 400 and "limit is 256" in body["detail"]
-    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "edits": [{"latent": 10**6, "value": 1}]})
+    code, body = _post(
+        f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "edits": [{"latent": 10**6, "value": 1}]}
+    )
     assert code == 400 and "does not exist" in body["detail"]
-    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "max_new_tokens": 10**6,
-                                             "edits": [{"latent": 1, "value": 1}]})
+    code, body = _post(
+        f"{base}/api/steer",
+        {"sae": "app_sae", "prompt": "hi", "max_new_tokens": 10**6, "edits": [{"latent": 1, "value": 1}]},
+    )
     assert code == 422
     code, body = _get(f"{base}/api/search?sae=app_sae&q=x&by=sql")
     assert code == 422
     code, body = _get(f"{base}/api/jobs/999999")
     assert code == 404
     for bad in ({"strengths": []}, {"strengths": [1] * 9}, {"seed": -1}, {"edits": [{"latent": -1, "value": 1}]}):
-        code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "edits": [{"latent": 1, "value": 1}],
-                                                 **bad})
+        code, body = _post(
+            f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "edits": [{"latent": 1, "value": 1}], **bad}
+        )
         assert code == 422, bad
-    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": "hi", "strengths": [1e9],
-                                             "edits": [{"latent": 1, "value": 1}]})
+    code, body = _post(
+        f"{base}/api/steer",
+        {"sae": "app_sae", "prompt": "hi", "strengths": [1e9], "edits": [{"latent": 1, "value": 1}]},
+    )
     assert code == 400 and "strength" in body["detail"]
 
 
@@ -153,8 +167,13 @@ def test_request_size_is_checked_before_the_body_is_read(server):
     c.close()
     # a chunked body (no Content-Length) is cut off at the limit: 413, not a 500
     c = http.client.HTTPConnection(host, int(port), timeout=30)
-    c.request("POST", "/api/fire", body=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
-              headers={"Content-Type": "application/json"}, encode_chunked=True)
+    c.request(
+        "POST",
+        "/api/fire",
+        body=iter([big[i : i + 8192] for i in range(0, len(big), 8192)]),
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     r = c.getresponse()
     assert r.status == 413, r.read()
     c.close()
@@ -164,8 +183,13 @@ def test_steering_queue_is_bounded_and_jobs_can_be_cancelled(server):
     from saelab.view.web_app import MAX_PENDING
 
     base, _ = server
-    req = {"sae": "app_sae", "prompt": "Once upon a time", "max_new_tokens": 200, "strengths": [1, 2, 3, 4, 5, 6, 7, 8],
-           "edits": [{"latent": 3, "op": "clamp", "value": 20}]}
+    req = {
+        "sae": "app_sae",
+        "prompt": "Once upon a time",
+        "max_new_tokens": 200,
+        "strengths": [1, 2, 3, 4, 5, 6, 7, 8],
+        "edits": [{"latent": 3, "op": "clamp", "value": 20}],
+    }
     jobs = []
     for _ in range(MAX_PENDING):
         code, body = _post(f"{base}/api/steer", req)
@@ -187,8 +211,14 @@ def test_steering_queue_is_bounded_and_jobs_can_be_cancelled(server):
 def test_no_path_traversal(server, tmp_path):
     base, _ = server
     secret = Path(__file__).resolve()
-    for path in ["/../../etc/passwd", "/sae/..%2F..%2Fetc%2Fpasswd/feature/0", "/static/../../etc/passwd",
-                 "/sae/app_sae/feature/0/../../../../etc/passwd", f"/{secret}", "/%2e%2e/%2e%2e/etc/passwd"]:
+    for path in [
+        "/../../etc/passwd",
+        "/sae/..%2F..%2Fetc%2Fpasswd/feature/0",
+        "/static/../../etc/passwd",
+        "/sae/app_sae/feature/0/../../../../etc/passwd",
+        f"/{secret}",
+        "/%2e%2e/%2e%2e/etc/passwd",
+    ]:
         code, body = _get(base + path)
         assert code == 404, path
         assert "root:" not in body and "def test_no_path_traversal" not in body
@@ -213,8 +243,15 @@ def test_fire_search_and_feature_json(server):
 def test_steering_job_matches_library_and_server_stays_responsive(server):
     base, store = server
     prompt = "Once upon a time"
-    code, body = _post(f"{base}/api/steer", {"sae": "app_sae", "prompt": prompt, "max_new_tokens": 200,
-                                             "edits": [{"latent": 3, "op": "clamp", "value": 20}]})
+    code, body = _post(
+        f"{base}/api/steer",
+        {
+            "sae": "app_sae",
+            "prompt": prompt,
+            "max_new_tokens": 200,
+            "edits": [{"latent": 3, "op": "clamp", "value": 20}],
+        },
+    )
     assert code == 202
     job = body["job"]
     # While the 400-forward job runs, a search, a feature page and a fire request are answered.
@@ -234,6 +271,7 @@ def test_steering_job_matches_library_and_server_stays_responsive(server):
 
 # ---------------------------------------------------------------- the real browser
 
+
 def _browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install -y chromium chromium-driver)")
@@ -244,8 +282,11 @@ def _browser():
 
 def _launch(pw):
     """Debian's headless Chromium with the flags this offline machine needs."""
-    return pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    return pw.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
 
 
 def _shot(page, tmp_path, name):
@@ -317,8 +358,9 @@ def test_browser_search_feature_fire_steer_and_escaping(server, tmp_path):
         assert page.locator("#unsteered .prompt").text_content() == "Once upon a time"
         assert page.locator("#steered .cont").text_content().replace("\u21b5", "") != clean
         heads = page.locator(".variant h3").all_inner_texts()
-        assert heads == [f"\u00d7{x}: clamp 3 \u2192 {v}" for x, v in (("0.5", "10.0"), ("1", "20.0"), ("2", "40.0"),
-                                                                          ("4", "80.0"))]
+        assert heads == [
+            f"\u00d7{x}: clamp 3 \u2192 {v}" for x, v in (("0.5", "10.0"), ("1", "20.0"), ("2", "40.0"), ("4", "80.0"))
+        ]
         assert page.locator("#steerstatus").inner_text().startswith("done: 5 generations of up to 12 tokens")
         _shot(page, tmp_path, "steer")
 
@@ -362,9 +404,24 @@ def test_serve_command_starts_and_answers(server, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "saelab.cli", "serve", str(store.sae_dir), "--tokens", "4096",
-                             "--port", str(port), "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "saelab.cli",
+            "serve",
+            str(store.sae_dir),
+            "--tokens",
+            "4096",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         body = None
         for _ in range(600):
@@ -376,7 +433,9 @@ def test_serve_command_starts_and_answers(server, tmp_path):
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.2)
         assert body is not None, proc.stdout.read() if proc.poll() is not None else "server did not start"
-        assert json.loads(body) == [{"name": "app_sae", "d_sae": store.d_sae, "hookpoint": "model.layers.1", "n_explained": 1}]
+        assert json.loads(body) == [
+            {"name": "app_sae", "d_sae": store.d_sae, "hookpoint": "model.layers.1", "n_explained": 1}
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -400,7 +459,7 @@ def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
     recs = load_run(run)
     j = lat[0]
     want_text = recs.explanations[j]["explanation"]
-    want_auc = f'{recs.scores["embedding"][j]["metrics"]["auc"]:.3f}'
+    want_auc = f"{recs.scores['embedding'][j]['metrics']['auc']:.3f}"
     out = write_dashboard(store, tmp_path / "dash", latents=lat, progress=False)
     with _browser() as pw:
         browser = _launch(pw)
@@ -474,19 +533,23 @@ def test_test_this_feature_on_your_own_text(server):
         # clicking a top example puts its text in the box and shows this feature's activations on it
         ex = store.view(5)["top"][0]
         page.locator("#top .ex").first.click()
-        page.wait_for_function("document.getElementById('trytext').value.length > 0 && "
-                               "document.querySelectorAll('#trytokens b').length > 0")
+        page.wait_for_function(
+            "document.getElementById('trytext').value.length > 0 && "
+            "document.querySelectorAll('#trytokens b').length > 0"
+        )
         assert page.locator("#trytext").input_value() == "".join(ex.tokens)
         # steer with this feature from its page: the unsteered text and the default sweep, values shown
         from saelab.features.steering import DEFAULT_STRENGTH, SWEEP
 
         page.fill("#steerprompt", "Once upon a time")
         page.click("#steerbtn")
-        page.wait_for_function(f"document.querySelectorAll('#steerout p.steered').length == {1 + len(SWEEP)}",
-                               timeout=120000)
+        page.wait_for_function(
+            f"document.querySelectorAll('#steerout p.steered').length == {1 + len(SWEEP)}", timeout=120000
+        )
         rows = page.locator("#steerout p.steered").all_inner_texts()
-        clean = store.tok.decode(generate(store.model, store.tok, encode_prompt(store.tok, "Once upon a time"), 30),
-                                 skip_special_tokens=True)
+        clean = store.tok.decode(
+            generate(store.model, store.tok, encode_prompt(store.tok, "Once upon a time"), 30), skip_special_tokens=True
+        )
         assert rows[0] == "unsteered: Once upon a time" + clean.replace("\n", "\u21b5")
         v1 = DEFAULT_STRENGTH * float(store.max_act[5])
         assert rows[SWEEP.index(1.0) + 1].startswith(f"\u00d71: clamp \u2192 {float(f'{v1:.3g}'):g}"[:14])

@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
@@ -31,8 +31,15 @@ def planted(n: int, seed: int = 0) -> torch.Tensor:
     return (on * mags) @ feats
 
 
-def train_local(sae, x: torch.Tensor, steps: int = 400, rows: int = 256, lr: float = 3e-3,
-                dead: torch.Tensor | None = None, init: bool = True):
+def train_local(
+    sae,
+    x: torch.Tensor,
+    steps: int = 400,
+    rows: int = 256,
+    lr: float = 3e-3,
+    dead: torch.Tensor | None = None,
+    init: bool = True,
+):
     """The local objective's loss, optimised as the loop does (Adam, decoder kept at unit norm);
     `dead` marks latents for AuxK (default none), `init=False` keeps the given weights."""
     m = new_member("t", sae, lr)
@@ -42,7 +49,7 @@ def train_local(sae, x: torch.Tensor, steps: int = 400, rows: int = 256, lr: flo
     sae.train()
     dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool) if dead is None else dead
     for s in range(steps):
-        xb = x[(s * rows) % (len(x) - rows):][:rows]
+        xb = x[(s * rows) % (len(x) - rows) :][:rows]
         r = obj.loss(m, Batch(acts={HOOK: xb}), None, dead)
         r.loss.backward()
         sae.remove_parallel_decoder_grad()
@@ -97,8 +104,9 @@ def test_matryoshka_loss_is_the_sum_of_prefix_fvus():
     x = planted(512)
     sae = build_sae(SaeConfig("matryoshka", d_in=D, d_sae=64, hookpoint=HOOK, k=4, groups=GROUPS)).train()
     sae.init_from_data(x, x)
-    r = LocalObjective().loss(new_member("t", sae, 1e-3), Batch(acts={HOOK: x}), None,
-                              torch.zeros(64, dtype=torch.bool))
+    r = LocalObjective().loss(
+        new_member("t", sae, 1e-3), Batch(acts={HOOK: x}), None, torch.zeros(64, dtype=torch.bool)
+    )
     target = x * sae.out_scale
     dense = sae.encode(sae.encoder_input(x))[0].to_dense()
     want = 0.0
@@ -136,14 +144,16 @@ def test_default_groups_nest_to_the_dictionary():
 
 
 def test_arch_options_refused_before_model_loads(tmp_path):
-    bad = [(dict(arch="topk", groups=[128, 128]), "--groups applies to --arch matryoshka"),
-           (dict(arch="matryoshka", groups=[100, 100]), "sum to 200, not --latents 256"),
-           (dict(arch="matryoshka", groups=[256, 0]), "positive"),
-           (dict(arch="matryoshka", loss="e2e"), "--loss local only"),
-           (dict(arch="topk", jumprelu_init_fire=0.05), "--jumprelu-init-fire applies to --arch jumprelu"),
-           (dict(arch="jumprelu", jumprelu_init_fire=1.0), "between 0 and 1"),
-           (dict(arch="jumprelu", gated_init_fire=0.01), "--gated-init-fire applies to --arch gated"),
-           (dict(arch="gated", gated_init_fire=0.0), "between 0 and 1")]
+    bad = [
+        (dict(arch="topk", groups=[128, 128]), "--groups applies to --arch matryoshka"),
+        (dict(arch="matryoshka", groups=[100, 100]), "sum to 200, not --latents 256"),
+        (dict(arch="matryoshka", groups=[256, 0]), "positive"),
+        (dict(arch="matryoshka", loss="e2e"), "--loss local only"),
+        (dict(arch="topk", jumprelu_init_fire=0.05), "--jumprelu-init-fire applies to --arch jumprelu"),
+        (dict(arch="jumprelu", jumprelu_init_fire=1.0), "between 0 and 1"),
+        (dict(arch="jumprelu", gated_init_fire=0.01), "--gated-init-fire applies to --arch gated"),
+        (dict(arch="gated", gated_init_fire=0.0), "between 0 and 1"),
+    ]
     for kw, msg in bad:
         with pytest.raises(UserError, match=msg):
             train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", **kw).validate()
@@ -165,7 +175,7 @@ def saelens_gated(t: dict, x: torch.Tensor, apply_b_dec: bool = True) -> tuple[t
 def _random_gated(x, d_sae=64):
     sae = build_sae(SaeConfig("gated", d_in=D, d_sae=d_sae, hookpoint=HOOK, sparsity_coeff=0.1))
     sae.reset_parameters(torch.Generator().manual_seed(0))
-    sae.init_from_data(x, x)                                 # non-unit scales: the folding must be exact
+    sae.init_from_data(x, x)  # non-unit scales: the folding must be exact
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         sae.r_mag.copy_(0.3 * torch.randn(d_sae, generator=g))
@@ -184,17 +194,17 @@ def test_gated_inference_equals_saelens_equations_and_roundtrips_exactly(tmp_pat
     assert cfg["architecture"] == "gated" and mine.cfg.arch == "gated"
     export_saelens(mine, tmp_path / "sl", "tiny", 64)
     t = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
-    assert set(t) == {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}    # SAELens' gated names
+    assert set(t) == {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}  # SAELens' gated names
     f, recon = saelens_gated(t, x)
-    assert 0 < (f > 0).float().mean() < 1                                    # both paths matter here
+    assert 0 < (f > 0).float().mean() < 1  # both paths matter here
     torch.testing.assert_close(mine.encode_raw(x).to_dense(), f, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mine.reconstruct(x), recon, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sae.reconstruct(x), recon, rtol=1e-5, atol=1e-5)
-    back, bcfg = load_sae(tmp_path / "sl")                                   # SAELens -> ours: exact
+    back, bcfg = load_sae(tmp_path / "sl")  # SAELens -> ours: exact
     assert bcfg["saelab"]["imported_from"]["format"] == "saelens" and back.cfg.arch == "gated"
     ref = mine.folded_state()
     assert all(torch.equal(v, ref[n]) for n, v in back.folded_state().items())
-    export_saelens(back, tmp_path / "sl2", "tiny", 64)                        # and out again: identical
+    export_saelens(back, tmp_path / "sl2", "tiny", 64)  # and out again: identical
     t2 = load_file(str(tmp_path / "sl2" / "sae_weights.safetensors"))
     assert all(torch.equal(t2[n], t[n]) for n in t)
 
@@ -205,14 +215,29 @@ def test_saelens_gated_without_input_centring_imports_exactly(tmp_path):
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(2)
-    t = {"W_enc": torch.randn(D, 48, generator=g) / 4, "b_gate": torch.randn(48, generator=g) / 4,
-         "r_mag": torch.randn(48, generator=g) / 4, "b_mag": torch.randn(48, generator=g) / 4,
-         "W_dec": torch.randn(48, D, generator=g) / 4, "b_dec": torch.randn(D, generator=g)}
+    t = {
+        "W_enc": torch.randn(D, 48, generator=g) / 4,
+        "b_gate": torch.randn(48, generator=g) / 4,
+        "r_mag": torch.randn(48, generator=g) / 4,
+        "b_mag": torch.randn(48, generator=g) / 4,
+        "W_dec": torch.randn(48, D, generator=g) / 4,
+        "b_dec": torch.randn(D, generator=g),
+    }
     (tmp_path / "sl").mkdir()
     save_file(t, str(tmp_path / "sl" / "sae_weights.safetensors"))
-    (tmp_path / "sl" / "cfg.json").write_text(json.dumps({
-        "architecture": "gated", "d_in": D, "d_sae": 48, "dtype": "float32", "apply_b_dec_to_input": False,
-        "normalize_activations": "none", "metadata": {"hook_name": "blocks.2.hook_resid_post", "model_name": "m"}}))
+    (tmp_path / "sl" / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "gated",
+                "d_in": D,
+                "d_sae": 48,
+                "dtype": "float32",
+                "apply_b_dec_to_input": False,
+                "normalize_activations": "none",
+                "metadata": {"hook_name": "blocks.2.hook_resid_post", "model_name": "m"},
+            }
+        )
+    )
     sae, _ = load_sae(tmp_path / "sl")
     x = planted(256)
     f, recon = saelens_gated(t, x, apply_b_dec=False)
@@ -233,7 +258,7 @@ def test_gated_auxiliary_loss_trains_the_gate_through_a_frozen_decoder():
     via_gate = gate.relu() @ sae.W_dec + sae.b_dec
     want = ((via_gate - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum()).item()
     assert out.extra_loss.item() == pytest.approx(want, rel=1e-5)
-    out.extra_loss.backward()                    # the auxiliary term: gate path only, decoder frozen
+    out.extra_loss.backward()  # the auxiliary term: gate path only, decoder frozen
     assert sae.W_dec.grad is None and sae.r_mag.grad is None and sae.b_mag.grad is None
     # (b_dec still learns here, as in SAELens, through the centring of the gate's input only)
     torch.testing.assert_close(sae.b_dec.grad, -(sae.W_enc @ sae.b_enc.grad))
@@ -258,8 +283,9 @@ def test_gated_learns_planted_features():
 
 
 # ---------------------------------------------------------------- through the one loop, eval and the latent cache
-@pytest.mark.parametrize("arch,extra", [("matryoshka", {"groups": [32, 32, 64, 128]}),
-                                        ("gated", {"sparsity_coeff": [0.1]})])
+@pytest.mark.parametrize(
+    "arch,extra", [("matryoshka", {"groups": [32, 32, 64, 128]}), ("gated", {"sparsity_coeff": [0.1]})]
+)
 def test_new_types_train_in_the_loop_and_work_downstream(tmp_path, tiny_model_dir, text_corpus, arch, extra):
     from saelab.data import load_token_rows
     from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
@@ -279,8 +305,11 @@ def test_new_types_train_in_the_loop_and_work_downstream(tmp_path, tiny_model_di
     rand = build_sae(sae.cfg)
     (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=4096))
     assert r["fvu"] < 0.7 * rr["fvu"] and 0 < r["l0"] < 128, (r.fvu, r.l0, rr.fvu)
-    cache = LatentCache.open(build_latent_cache([folder], tokens=64 * 8, out=tmp_path / "cache", progress=False,
-                                                batch_rows=4, chunk_rows=8, shard_size=64))
+    cache = LatentCache.open(
+        build_latent_cache(
+            [folder], tokens=64 * 8, out=tmp_path / "cache", progress=False, batch_rows=4, chunk_rows=8, shard_size=64
+        )
+    )
     (name,) = cache.sae_names
     assert cache.d_sae(name) == sae.cfg.d_sae and cache.fire_counts(name).sum() > 0
 
@@ -316,7 +345,7 @@ def test_skip_initialised_to_the_best_linear_fit_beats_a_transcoder_at_init(mlp_
     xc, yc = fit_x - fit_x.mean(0), fit_y - fit_y.mean(0)
     w = torch.linalg.lstsq(xc, yc).solution
     lin = fvu((ev_x - fit_x.mean(0)) @ w + fit_y.mean(0), ev_y)
-    assert lin < 0.9                                   # the MLP has a linear part worth skipping
+    assert lin < 0.9  # the MLP has a linear part worth skipping
     assert out[True] < min(out[False], out["quiet"]) - 0.08 and out[True] < lin + 0.05, (out, lin)
 
 
@@ -324,7 +353,7 @@ def _skip_tc(x, arch="topk", k=8):
     c = SaeConfig(arch, d_in=64, d_sae=128, hookpoint=f"{MLP_OUT}:input", out_hookpoint=MLP_OUT, k=k, skip=True)
     tc = build_sae(c)
     tc.reset_parameters(torch.Generator().manual_seed(0))
-    tc.init_from_data(x, x * 0.5 + 0.1)               # non-unit, different in/out scales: folding must be exact
+    tc.init_from_data(x, x * 0.5 + 0.1)  # non-unit, different in/out scales: folding must be exact
     with torch.no_grad():
         tc.W_skip.add_(0.01 * torch.randn(tc.W_skip.shape, generator=torch.Generator().manual_seed(3)))
     return tc.eval()
@@ -391,8 +420,9 @@ def test_skip_transcoder_trains_in_the_loop_and_beats_a_transcoder(tmp_path, tin
     assert saes[1].cfg.skip and not saes[0].cfg.skip
     lm = load_model(str(tiny_model_dir))
     rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
-    (plain, skip), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(s, {}) for s in saes], rows,
-                                              EvalBudget(tokens=4096))
+    (plain, skip), _ = reconstruction_metrics(
+        lm.model, lm.tokenizer, [(s, {}) for s in saes], rows, EvalBudget(tokens=4096)
+    )
     assert skip["fvu"] < 0.9 * plain["fvu"], (skip["fvu"], plain["fvu"])
     with pytest.raises(UserError, match="--skip applies to transcoders"):
         train_cfg(tmp_path / "x", "m", "c", skip=True).validate()
@@ -403,10 +433,37 @@ def _gated_skip_torchrun(tiny_model_dir, text_corpus):
     import os
     import sys
 
-    base = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--latents", "128",
-            "--tokens", "4096", "--batch-tokens", "512", "--context", "64", "--buffer-batches", "4", "--lr", "2e-3",
-            "3e-3", "--threads", "1", "--dead-tokens", "1000000000", "--arch", "gated", "--sparsity-coeff", "0",
-            "--skip", "--hookpoints", f"{MLP_IN}->{MLP_OUT}"]
+    base = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--corpus",
+        str(text_corpus),
+        "--latents",
+        "128",
+        "--tokens",
+        "4096",
+        "--batch-tokens",
+        "512",
+        "--context",
+        "64",
+        "--buffer-batches",
+        "4",
+        "--lr",
+        "2e-3",
+        "3e-3",
+        "--threads",
+        "1",
+        "--dead-tokens",
+        "1000000000",
+        "--arch",
+        "gated",
+        "--sparsity-coeff",
+        "0",
+        "--skip",
+        "--hookpoints",
+        f"{MLP_IN}->{MLP_OUT}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return base, env, torchrun
@@ -419,8 +476,13 @@ def test_gated_refuses_inexact_data_parallel(tmp_path, tiny_model_dir, text_corp
     import subprocess
 
     base, env, torchrun = _gated_skip_torchrun(tiny_model_dir, text_corpus)
-    r = subprocess.run(torchrun + ["-m", "saelab.cli", *base, "--out", str(tmp_path / "data")], capture_output=True,
-                       text=True, timeout=400, env=env)
+    r = subprocess.run(
+        torchrun + ["-m", "saelab.cli", *base, "--out", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
     assert r.returncode != 0 and "--distributed modules" in r.stderr, r.stderr[-2000:]
 
 
@@ -451,8 +513,13 @@ def test_gated_and_skip_train_module_parallel(tmp_path, tiny_model_dir, text_cor
     outs = {}
     for n, launcher in ((1, [sys.executable]), (2, torchrun)):
         outs[n] = tmp_path / f"n{n}"
-        r = subprocess.run(launcher + ["-m", "saelab.cli", *base, "--distributed", "modules", "--out", str(outs[n])],
-                           capture_output=True, text=True, timeout=400, env=env)
+        r = subprocess.run(
+            launcher + ["-m", "saelab.cli", *base, "--distributed", "modules", "--out", str(outs[n])],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
     names = sorted(p.name for p in outs[1].iterdir() if p.is_dir())
     assert len(names) == 2
@@ -469,14 +536,14 @@ def test_gated_and_skip_train_module_parallel(tmp_path, tiny_model_dir, text_cor
 # ---------------------------------------------------------------- JumpReLU's start (short runs)
 def test_jumprelu_thresholds_start_from_the_data_with_the_papers_bandwidth_scaled():
     """Each threshold starts at its latent's upper 10% quantile on the first batch, so every latent fires
-    on 10% of it (the constant 0.001 left runs of a few hundred steps a dense ReLU: docs/EVAL.md); the STE
+    on 10% of it (the constant 0.001 left runs of a few hundred steps a dense ReLU: docs/research/eval.md); the STE
     width is the paper's 0.001 (unit mean squared norm) times sqrt(d_in), our inputs' scale."""
     x = planted(4096) * 7 + 3  # off unit scale: the quantile is taken in the scaled training space
     sae = build_sae(SaeConfig("jumprelu", d_in=D, d_sae=64, hookpoint=HOOK, sparsity_coeff=0.01))
     sae.init_from_data(x, x)
     fire = sae.encode_raw(x).to_dense().gt(0).float().mean(0)
     assert (fire - 0.1).abs().max() <= 1 / 4096, fire
-    assert sae.bandwidth() == pytest.approx(0.001 * D ** 0.5)
+    assert sae.bandwidth() == pytest.approx(0.001 * D**0.5)
     const = build_sae(SaeConfig("jumprelu", d_in=D, d_sae=64, hookpoint=HOOK, jumprelu_init_fire=None))
     const.init_from_data(x, x)  # None keeps the paper's constant start
     assert torch.allclose(const.log_threshold.exp(), torch.full((64,), 0.001))

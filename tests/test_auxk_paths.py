@@ -37,8 +37,11 @@ def grads(sae, loss):
 def test_both_auxk_paths_equal_the_definition(arch, n_dead, dense_up_to, monkeypatch):
     monkeypatch.setattr(base, "AUXK_DENSE_UP_TO", dense_up_to)
     g = torch.Generator().manual_seed(n_dead)
-    sae = build_sae(SaeConfig(arch, d_in=D, d_sae=M, hookpoint=HOOK, k=4 if arch == "topk" else None,
-                              sparsity_coeff=0.01, aux_coeff=0.5))
+    sae = build_sae(
+        SaeConfig(
+            arch, d_in=D, d_sae=M, hookpoint=HOOK, k=4 if arch == "topk" else None, sparsity_coeff=0.01, aux_coeff=0.5
+        )
+    )
     with torch.no_grad():
         for p in (sae.W_enc, sae.b_enc, sae.b_dec):
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)

@@ -30,6 +30,7 @@ def counting_top_values():
     def top_values(v, n):
         calls.append(v.numel())
         return v.topk(min(n, v.numel()), sorted=False).values
+
     return top_values, calls
 
 
@@ -42,8 +43,14 @@ def batches():
     heavy[::7] *= 6  # these rows hold far more than 2k of the batch's largest values
     ties = (torch.randn(64, 256, generator=g) * 2).round() / 2  # few distinct values: many ties at t
     sparse = torch.randn(64, 256, generator=g) - 3.0  # ~0.1% positive: fewer than k x rows
-    return [("plain", plain, 4), ("heavy", heavy, 4), ("ties", ties, 4), ("ties_k1", ties, 1),
-            ("sparse", sparse, 8), ("one_row", plain[:1], 4)]
+    return [
+        ("plain", plain, 4),
+        ("heavy", heavy, 4),
+        ("ties", ties, 4),
+        ("ties_k1", ties, 1),
+        ("sparse", sparse, 8),
+        ("one_row", plain[:1], 4),
+    ]
 
 
 @pytest.mark.parametrize("name,pre,k", batches(), ids=[b[0] for b in batches()])
@@ -104,9 +111,11 @@ class ThreadComm:
 
             def all_reduce(self, t, op=None, what=""):
                 vals = torch.stack(self._exchange(t))
-                t.copy_(vals.max(0).values if "MAX" in str(op) else vals.min(0).values if "MIN" in str(op)
-                        else vals.sum(0))
+                t.copy_(
+                    vals.max(0).values if "MAX" in str(op) else vals.min(0).values if "MIN" in str(op) else vals.sum(0)
+                )
                 return t
+
         return View()
 
 
@@ -152,8 +161,9 @@ def masked_prefix_recons(lat, W_dec, b_dec, bounds):
     out, acc = [], b_dec.expand(lat.n_rows, -1)
     for g in range(len(bounds)):
         w = vals * (group == g).to(vals.dtype)
-        acc = acc + decode_sparse(Latents(w.view_as(lat.values), lat.indices, lat.offsets, lat.n_rows, lat.d_sae),
-                                  W_dec)
+        acc = acc + decode_sparse(
+            Latents(w.view_as(lat.values), lat.indices, lat.offsets, lat.n_rows, lat.d_sae), W_dec
+        )
         out.append(acc)
     return out
 

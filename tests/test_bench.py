@@ -16,8 +16,8 @@ from saelab.evaluate.bench.logreg import fit_logreg
 from saelab.evaluate.bench.probing import probe_codes
 from saelab.evaluate.bench.report import fmt
 from saelab.evaluate.bench.run import run_bench
-from saelab.interpret.bench_summary import autointerp_summary
 from saelab.evaluate.bench.tasks import split_rows
+from saelab.interpret.bench_summary import autointerp_summary
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, open_sae, save_sae
 
@@ -38,7 +38,7 @@ def test_probing_finds_the_planted_latent_and_a_random_dictionary_is_at_chance()
     u = torch.zeros(d)
     u[5] = 1.0
     y = (torch.rand(n, generator=g) < 0.5).long()
-    x = torch.randn(n, d, generator=g) + 6.0 * y[:, None] * u   # the label lives on one direction
+    x = torch.randn(n, d, generator=g) + 6.0 * y[:, None] * u  # the label lives on one direction
     train = split_rows(n, 0)
     sae = planted_sae(d, 1024, u)
     folder_like = type("F", (), {"sae": sae, "name": "planted", "path": "planted"})()
@@ -78,11 +78,12 @@ def test_absorption_is_detected_and_zero_where_it_does_not_happen(absorbing):
     x, y, z, dirs, has = _absorption_case(absorbing)
     train = torch.from_numpy(split_rows(len(y), 0))
     probe = fit_logreg(x[train], y[train], n_classes=3)
-    r = ab.dictionary_absorption("d", "sae", probe, ["a", "b", "c"], x[~train], y[~train], z[train], y[train],
-                                 z[~train], dirs, x[train].mean(0))
+    r = ab.dictionary_absorption(
+        "d", "sae", probe, ["a", "b", "c"], x[~train], y[~train], z[train], y[train], z[~train], dirs, x[train].mean(0)
+    )
     a = r.letters[0]
     assert a.main_latents == [0] and a.split_features == 1
-    share = has[~train.numpy()][y[~train].numpy() == 0].mean()   # a-words with a word latent (~0.3)
+    share = has[~train.numpy()][y[~train].numpy() == 0].mean()  # a-words with a word latent (~0.3)
     if absorbing:
         assert abs(a.absorption_rate - share) < 0.02 and a.absorption_rate > 0.2
         assert a.absorption_fraction == pytest.approx(a.absorption_rate, abs=0.02)
@@ -93,8 +94,11 @@ def test_absorption_is_detected_and_zero_where_it_does_not_happen(absorbing):
 
 def _folder(tmp_path, tiny_model_dir, corpus, name="sae", hookpoint="model.layers.1"):
     sae = build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint=hookpoint, k=8))
-    return save_sae(sae.eval(), tmp_path / name, Provenance(model_spec=str(tiny_model_dir), model_name="tiny",
-                                                              corpus=str(corpus), context=64))
+    return save_sae(
+        sae.eval(),
+        tmp_path / name,
+        Provenance(model_spec=str(tiny_model_dir), model_name="tiny", corpus=str(corpus), context=64),
+    )
 
 
 def _table(md: str, title: str) -> dict[str, list[str]]:
@@ -105,12 +109,25 @@ def _table(md: str, title: str) -> dict[str, list[str]]:
 def test_bench_command_writes_a_report_that_shows_its_json(tmp_path, tiny_model_dir, text_corpus):
     folder = _folder(tmp_path, tiny_model_dir, text_corpus)
     tasks = tmp_path / "extra.jsonl"
-    tasks.write_text("\n".join(json.dumps({"text": t * 8, "label": lab}) for t, lab in
-                               [("The cat sat on the mat. ", "p"), ("def f(x): return x + 1\n", "c")] * 6))
+    tasks.write_text(
+        "\n".join(
+            json.dumps({"text": t * 8, "label": lab})
+            for t, lab in [("The cat sat on the mat. ", "p"), ("def f(x): return x + 1\n", "c")] * 6
+        )
+    )
     out = tmp_path / "report"
-    res = run_bench([str(folder)], str(out), metrics=["core", "probing", "absorption"], baselines=["residual", "random"],
-                    tasks_file=str(tasks), core_tokens=512, ce_tokens=0, task_scale=0.05, fit_tokens=1024,
-                    quiet=True)
+    res = run_bench(
+        [str(folder)],
+        str(out),
+        metrics=["core", "probing", "absorption"],
+        baselines=["residual", "random"],
+        tasks_file=str(tasks),
+        core_tokens=512,
+        ce_tokens=0,
+        task_scale=0.05,
+        fit_tokens=1024,
+        quiet=True,
+    )
     for name in ("core.json", "probing.json", "absorption.json", "bench.json", "report.md", "report.html", "bench.png"):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
@@ -119,7 +136,9 @@ def test_bench_command_writes_a_report_that_shows_its_json(tmp_path, tiny_model_
     assert [t["task"] for t in probing["tasks"]][-1] == "file:extra"
     table = _table(md, "Sparse probing: mean held-out accuracy over tasks")
     for r in probing["dictionaries"]:
-        assert table[r["dictionary"]][1:] == [fmt(r["mean_accuracy"][str(k)]) for k in probing["ks"]] + [fmt(r["mean_ceiling"])]
+        assert table[r["dictionary"]][1:] == [fmt(r["mean_accuracy"][str(k)]) for k in probing["ks"]] + [
+            fmt(r["mean_ceiling"])
+        ]
         # the residual basis's ceiling is its own site: the same number for every dictionary at this site
         assert r["mean_ceiling"] == probing["dictionaries"][0]["mean_ceiling"]
     core = json.loads((out / "core.json").read_text())["dictionaries"][0]
@@ -151,16 +170,22 @@ def test_same_named_folders_keep_their_own_results(tmp_path, tiny_model_dir, tex
         together = rows(both, metric)
         assert list(together) == ["sae", "sae_2"]
         for name, solo in (("sae", "a"), ("sae_2", "b")):
-            assert {k: v for k, v in together[name].items() if k != "dictionary"} == \
-                {k: v for k, v in rows(alone[solo], metric)["sae"].items() if k != "dictionary"}, (metric, name)
+            assert {k: v for k, v in together[name].items() if k != "dictionary"} == {
+                k: v for k, v in rows(alone[solo], metric)["sae"].items() if k != "dictionary"
+            }, (metric, name)
     assert rows(alone["a"], "core")["sae"]["fvu"] != rows(alone["b"], "core")["sae"]["fvu"]  # two different SAEs
-    listed = {r[0]: r[-1] for r in (ln.strip("|").split("|") for ln in (tmp_path / "both" / "report.md").read_text()
-                                       .split("\n\n")[2].splitlines()[2:])}
+    listed = {
+        r[0]: r[-1]
+        for r in (
+            ln.strip("|").split("|")
+            for ln in (tmp_path / "both" / "report.md").read_text().split("\n\n")[2].splitlines()[2:]
+        )
+    }
     assert {k.strip(): v.strip() for k, v in listed.items()} == {"sae": str(a), "sae_2": str(b)}  # which is which
 
 
 def test_bench_refuses_bad_input_before_the_model_loads(tmp_path, text_corpus):
-    missing_model = tmp_path / "no-such-model"          # loading it would fail: every error below comes first
+    missing_model = tmp_path / "no-such-model"  # loading it would fail: every error below comes first
     a = _folder(tmp_path, missing_model, text_corpus, "a")
     b = _folder(tmp_path, missing_model, text_corpus, "b", hookpoint="model.layers.2")
     out = str(tmp_path / "out")
@@ -177,8 +202,9 @@ def test_bench_refuses_bad_input_before_the_model_loads(tmp_path, text_corpus):
     with pytest.raises(UserError, match="two classes"):
         run_bench([str(a)], out, tasks_file=str(one))
     leak = tmp_path / "leak.jsonl"
-    leak.write_text("\n".join(json.dumps({"text": f"this one is {lab} really", "label": lab})
-                              for lab in ["spam", "ham"] * 6))
+    leak.write_text(
+        "\n".join(json.dumps({"text": f"this one is {lab} really", "label": lab}) for lab in ["spam", "ham"] * 6)
+    )
     with pytest.raises(UserError, match="appears verbatim"):
         run_bench([str(a)], out, tasks_file=str(leak))
     assert open_sae(a).provenance.model_spec == str(missing_model)
@@ -188,14 +214,22 @@ def test_autointerp_summary_is_folded_into_the_report_without_a_model(tmp_path, 
     run = tmp_path / "interp"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"label": "sae_llm", "latents": [0, 1, 2]}))
-    (run / "explanations.jsonl").write_text("\n".join(json.dumps(
-        {"latent": j, "status": "ok" if j < 2 else "failed", "seconds": 1.0, "explanation": "x"}) for j in range(3)))
-    (run / "scores_detection.jsonl").write_text("\n".join(json.dumps(
-        {"latent": j, "ok": True, "seconds": 1.0, "metrics": {"auc": a, "balanced_accuracy": 0.5}})
-        for j, a in ((0, 0.6), (1, 0.8))))
+    (run / "explanations.jsonl").write_text(
+        "\n".join(
+            json.dumps({"latent": j, "status": "ok" if j < 2 else "failed", "seconds": 1.0, "explanation": "x"})
+            for j in range(3)
+        )
+    )
+    (run / "scores_detection.jsonl").write_text(
+        "\n".join(
+            json.dumps({"latent": j, "ok": True, "seconds": 1.0, "metrics": {"auc": a, "balanced_accuracy": 0.5}})
+            for j, a in ((0, 0.6), (1, 0.8))
+        )
+    )
     folder = _folder(tmp_path, tmp_path / "no-such-model", text_corpus)  # never loaded: autointerp needs no model
-    res = run_bench([str(folder)], str(tmp_path / "out"), interp_summary=autointerp_summary(run), metrics=["autointerp"],
-                    quiet=True)
+    res = run_bench(
+        [str(folder)], str(tmp_path / "out"), interp_summary=autointerp_summary(run), metrics=["autointerp"], quiet=True
+    )
     ai = res["autointerp"]
     assert ai["explained"] == 2 and ai["latents"] == 3
     assert ai["scorers"]["detection"]["primary"]["auc"]["mean"] == pytest.approx(0.7)
@@ -211,8 +245,9 @@ def test_bench_command_is_built_from_bench_config(tmp_path, text_corpus, capsys)
     run = tmp_path / "interp"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"label": "r", "latents": [0]}))
-    (run / "explanations.jsonl").write_text(json.dumps({"latent": 0, "status": "ok", "seconds": 1.0,
-                                                        "explanation": "x"}) + "\n")
+    (run / "explanations.jsonl").write_text(
+        json.dumps({"latent": 0, "status": "ok", "seconds": 1.0, "explanation": "x"}) + "\n"
+    )
     folder = _folder(tmp_path, tmp_path / "no-such-model", text_corpus)
     argv = ["bench", str(folder), "--out", str(tmp_path / "out"), "--metrics", "autointerp", "--interp", str(run)]
     assert main(argv) == 0

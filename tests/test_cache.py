@@ -7,20 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from saelab.errors import UserError
 from saelab.features.latent_cache import LatentCache
 from saelab.features.latent_cache_writer import build_latent_cache
-from saelab.errors import UserError
 
 CTX = 64
 
 
 @pytest.fixture(scope="module")
 def sae_dir(tmp_path_factory, tiny_model_dir, text_corpus):
+    from saelab.models import collect_activations, load_model
     from saelab.sae import SaeConfig, build_sae
     from saelab.sae.folder import Provenance, save_sae
     from saelab.sinks import SinkConfig
-
-    from saelab.models import collect_activations, load_model
 
     lm = load_model(str(tiny_model_dir))
     ids = lm.tokenizer(text_corpus.read_text()[:4000], return_tensors="pt").input_ids[:, :256]
@@ -31,14 +30,30 @@ def sae_dir(tmp_path_factory, tiny_model_dir, text_corpus):
         sae.b_dec.copy_(x.mean(0))
         sae.W_enc.copy_(torch.randn(64, 96) / x.std(0).mean())
     folder = tmp_path_factory.mktemp("sae") / "tiny_sae"
-    save_sae(sae, folder, Provenance(model_spec=str(tiny_model_dir), model_name="tiny", corpus=str(text_corpus),
-                                     context=CTX, sink=SinkConfig(first_positions=1, mask_special=True, norm_factor=5.0)))
+    save_sae(
+        sae,
+        folder,
+        Provenance(
+            model_spec=str(tiny_model_dir),
+            model_name="tiny",
+            corpus=str(text_corpus),
+            context=CTX,
+            sink=SinkConfig(first_positions=1, mask_special=True, norm_factor=5.0),
+        ),
+    )
     return folder
 
 
 def _build(out, sae_dir, **kw):
-    args = dict(tokens=CTX * 20, batch_rows=3, chunk_rows=7, shard_size=32, progress=False,
-                neurons="model.layers.1.mlp.down_proj:input", neuron_k=4)
+    args = dict(
+        tokens=CTX * 20,
+        batch_rows=3,
+        chunk_rows=7,
+        shard_size=32,
+        progress=False,
+        neurons="model.layers.1.mlp.down_proj:input",
+        neuron_k=4,
+    )
     args.update(kw)
     return build_latent_cache([sae_dir], out=out, **args)
 
@@ -120,6 +135,7 @@ def test_killed_run_resumes_to_the_same_cache(tmp_path, sae_dir, cache, monkeypa
         LatentCache.open(out)
     monkeypatch.setattr(mod, "_write_chunk", real)
     import json
+
     assert json.loads((out / "manifest.json").read_text())["chunks_done"] == 2
     c2 = LatentCache.open(_build(out, sae_dir))
     assert not (out / "chunks").exists()

@@ -28,8 +28,11 @@ def test_every_option_has_help_and_shows_its_default():
                 continue
             if not a.help or not a.help.strip():
                 missing.append(f"{name} {a.dest}: no help")
-            elif a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS) \
-                    and "default" not in a.help.lower():
+            elif (
+                a.option_strings
+                and a.default not in (None, False, [], argparse.SUPPRESS)
+                and "default" not in a.help.lower()
+            ):
                 missing.append(f"{name} {'/'.join(a.option_strings)}: default {a.default!r} not in its help")
         sp.format_help()  # every help renders
     assert missing == []
@@ -60,8 +63,11 @@ def test_every_latents_option_takes_both_list_syntaxes():
     p, subs = _subparsers()
     positional = {"explain": ["CACHE", "--out", "o"], "score": ["RUN"], "dashboard": ["SAE", "--out", "o"]}
     # (train / sweep / scaling use --latents for the dictionary size: a count, not a list of ids)
-    with_latents = [n for n, sp in subs.items()
-                    if any("--latents" in a.option_strings and LATENTS_HELP in a.help for a in sp._actions)]
+    with_latents = [
+        n
+        for n, sp in subs.items()
+        if any("--latents" in a.option_strings and LATENTS_HELP in a.help for a in sp._actions)
+    ]
     assert sorted(with_latents) == sorted(positional)
     for name in with_latents:
         for spelling in (["0-2,5"], ["0", "1", "2", "5"], ["0-1", "2,5"]):

@@ -114,8 +114,9 @@ def test_no_import_cycle():
 
 
 def test_no_module_over_400_lines():
-    long = {str(f.relative_to(ROOT)): n for f in PACKAGE.rglob("*.py")
-            if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(f.relative_to(ROOT)): n for f in PACKAGE.rglob("*.py") if (n := len(f.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}, f"split these modules (over {MAX_LINES} lines): {long}"
 
 

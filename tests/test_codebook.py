@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import train_cfg
+
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
@@ -37,7 +37,7 @@ def train_local(sae, x, steps=200, rows=256, lr=2e-2, dead_after=2048):
     sae.init_from_data(x[:2048], x[:2048])
     since = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     for s in range(steps):
-        r = obj.loss(m, Batch(acts={"h": x[(s * rows) % (len(x) - rows):][:rows]}), None, since >= dead_after)
+        r = obj.loss(m, Batch(acts={"h": x[(s * rows) % (len(x) - rows) :][:rows]}), None, since >= dead_after)
         r.loss.backward()
         m.opt.step()
         m.opt.zero_grad(set_to_none=True)
@@ -62,7 +62,9 @@ def test_codebook_recovers_planted_codes():
     lat = sae.encode_raw(held)
     assert torch.equal(lat.values, torch.ones(len(held), K)) and lat.l0_per_row().eq(K).all()
     # the output is exactly the bias plus the sum of the chosen codes
-    torch.testing.assert_close(sae.reconstruct(held[:5]), (sae.b_dec + sae.W_dec[lat.indices[:5]].sum(1)) / sae.out_scale)
+    torch.testing.assert_close(
+        sae.reconstruct(held[:5]), (sae.b_dec + sae.W_dec[lat.indices[:5]].sum(1)) / sae.out_scale
+    )
 
 
 def test_codebook_selection_is_cosine_top_k_and_gradient_reaches_only_chosen_codes():
@@ -92,6 +94,7 @@ def test_codebook_save_load_is_exact_and_export_is_refused(tmp_path):
     torch.testing.assert_close(back.reconstruct(x), sae.reconstruct(x), rtol=1e-6, atol=1e-6)
     again = save_sae(back, tmp_path / "cb2", Provenance(model_spec="m", model_name="m", context=64))
     from saelab.storage import read_tensors
+
     a, b = read_tensors(folder / "sae_weights.safetensors"), read_tensors(again / "sae_weights.safetensors")
     assert all(torch.equal(a[n], b[n]) for n in a)  # the second save is bit-identical
     with pytest.raises(UserError, match="SAELens has no codebook"):
@@ -101,10 +104,12 @@ def test_codebook_save_load_is_exact_and_export_is_refused(tmp_path):
 
 
 def test_codebook_bad_input_refused_before_model_loads(tmp_path):
-    for kw, msg in [(dict(k=[300]), "larger than the dictionary"),
-                    (dict(hookpoints=["model.layers.1->model.layers.2"]), "transcoder sites"),
-                    (dict(sparsity_coeff=[0.1]), "does not apply to --arch codebook"),
-                    (dict(groups=[128, 128]), "--groups applies to --arch matryoshka only")]:
+    for kw, msg in [
+        (dict(k=[300]), "larger than the dictionary"),
+        (dict(hookpoints=["model.layers.1->model.layers.2"]), "transcoder sites"),
+        (dict(sparsity_coeff=[0.1]), "does not apply to --arch codebook"),
+        (dict(groups=[128, 128]), "--groups applies to --arch matryoshka only"),
+    ]:
         with pytest.raises(UserError, match=msg):
             train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", arch="codebook", **kw).validate()
     with pytest.raises(ValueError, match="between 1 and the codebook size"):
@@ -129,8 +134,11 @@ def test_codebook_trains_in_the_loop_and_works_downstream(tmp_path, tiny_model_d
     rand = build_sae(sae.cfg)
     (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=2048))
     assert r["fvu"] < 0.7 * rr["fvu"] and r["l0"] == pytest.approx(8), (r.fvu, r.l0, rr.fvu)
-    cache = LatentCache.open(build_latent_cache([folder], tokens=64 * 8, out=tmp_path / "cache", progress=False,
-                                                batch_rows=4, chunk_rows=8, shard_size=64))
+    cache = LatentCache.open(
+        build_latent_cache(
+            [folder], tokens=64 * 8, out=tmp_path / "cache", progress=False, batch_rows=4, chunk_rows=8, shard_size=64
+        )
+    )
     (name,) = cache.sae_names
     total = int(cache.fire_counts(name).sum())
     assert total > 0 and total % 8 == 0  # every cached position holds exactly k = 8 codes
@@ -153,8 +161,19 @@ def test_codebook_trains_in_the_loop_and_works_downstream(tmp_path, tiny_model_d
 def test_codebook_trains_end_to_end(tmp_path, tiny_model_dir, text_corpus):
     from saelab.train.loop import TrainingRun
 
-    cfg = train_cfg(tmp_path / "e2e", tiny_model_dir, text_corpus, arch="codebook", loss="e2e", k=[8], latents=128,
-                    tokens=2048, batch_tokens=512, lr=[1e-2], checkpoint_every=10**9)
+    cfg = train_cfg(
+        tmp_path / "e2e",
+        tiny_model_dir,
+        text_corpus,
+        arch="codebook",
+        loss="e2e",
+        k=[8],
+        latents=128,
+        tokens=2048,
+        batch_tokens=512,
+        lr=[1e-2],
+        checkpoint_every=10**9,
+    )
     (folder,) = TrainingRun(cfg).run()
     sae, cj = load_sae(folder)
     assert cj["saelab"]["loss"] == "e2e" and sae.cfg.arch == "codebook"

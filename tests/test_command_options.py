@@ -16,8 +16,8 @@ from saelab.options import build_config
 
 # options that shape the command line itself, not the stage's work (and so belong to no config)
 COMMAND_LINE_ONLY = {
-    "--config",                                 # the file of option values (build_config)
-    "synthetic-recovery --json",                # how to print the reports, not what to compute
+    "--config",  # the file of option values (build_config)
+    "synthetic-recovery --json",  # how to print the reports, not what to compute
 }
 # commands another part of issue 27 converts in parallel; remove each name once its branch is in
 NOT_YET_CONVERTED: set[str] = set()  # every command is built from its config dataclass
@@ -132,7 +132,6 @@ def test_config_file_drives_a_converted_command(tmp_path, capsys):
     sw = build_config(SweepConfig, ns, ns.config, other_keys=names(TrainConfig))
     base = build_config(TrainConfig, ns, ns.config, other_keys=names(SweepConfig))
     assert (sw.losses, sw.eval_tokens, base.latents, base.k) == (["local"], 64, 128, [8])
-
 
 
 def test_command_and_library_call_the_same_stage_function(tiny_model_dir, capsys):

@@ -3,7 +3,6 @@ gives the uncompiled run's weights and losses, and what it cannot do is refused 
 
 import pytest
 import torch
-
 from conftest import train_cfg
 
 from saelab.errors import UserError
@@ -13,8 +12,17 @@ from saelab.train.loop import train
 
 # tiny on purpose: inductor compiles a few C++ kernels per graph, which dominates this test's time;
 # --dead-tokens keeps AuxK off so the graphs do not change mid-run
-KW = dict(latents=64, k=[4], tokens=2048, batch_tokens=512, context=64, buffer_batches=4, threads=1,
-          dead_tokens=10**9, checkpoint_every=10**9)
+KW = dict(
+    latents=64,
+    k=[4],
+    tokens=2048,
+    batch_tokens=512,
+    context=64,
+    buffer_batches=4,
+    threads=1,
+    dead_tokens=10**9,
+    checkpoint_every=10**9,
+)
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])

@@ -3,8 +3,8 @@ evaluated per site and spliced at every site at once; what it cannot do is refus
 
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
@@ -16,7 +16,10 @@ SITES = "model.layers.1+model.layers.2+model.layers.3"
 
 def test_brace_expansion_of_hookpoints():
     assert parse_sites(["model.layers.{4,6,8}"]) == [(f"model.layers.{i}", None) for i in (4, 6, 8)]
-    assert parse_sites(["l.{1,2}.mlp:input->l.{1,2}.mlp"]) == [("l.1.mlp:input", "l.1.mlp"), ("l.2.mlp:input", "l.2.mlp")]
+    assert parse_sites(["l.{1,2}.mlp:input->l.{1,2}.mlp"]) == [
+        ("l.1.mlp:input", "l.1.mlp"),
+        ("l.2.mlp:input", "l.2.mlp"),
+    ]
     assert parse_sites(["a.{x,y}.{1,2}"]) == [("a.x.1", None), ("a.x.2", None), ("a.y.1", None), ("a.y.2", None)]
     with pytest.raises(UserError, match="comma-separated"):
         parse_sites(["model.layers.{4}"])
@@ -59,8 +62,15 @@ def test_crosscoder_trains_in_the_loop_and_beats_random_at_every_site(tmp_path, 
     from saelab.sinks import SinkConfig
     from saelab.train.loop import TrainingRun
 
-    cfg = train_cfg(tmp_path / "cc", tiny_model_dir, text_corpus, arch="crosscoder", hookpoints=["model.layers.{1,2,3}"],
-                    tokens=4096, lr=[1e-2])
+    cfg = train_cfg(
+        tmp_path / "cc",
+        tiny_model_dir,
+        text_corpus,
+        arch="crosscoder",
+        hookpoints=["model.layers.{1,2,3}"],
+        tokens=4096,
+        lr=[1e-2],
+    )
     (folder,) = TrainingRun(cfg).run()
     sae, _ = load_sae(folder)
     assert sae.cfg.hookpoint == SITES and sae.cfg.d_in == 3 * 64
@@ -84,11 +94,17 @@ def test_crosscoder_trains_in_the_loop_and_beats_random_at_every_site(tmp_path, 
 def test_crosscoder_bad_input(tmp_path, tiny_model_dir, text_corpus):
     from saelab.train.loop import TrainingRun
 
-    for kw, msg in [(dict(hookpoints=["model.layers.1->model.layers.2"]), "not transcoder sites"),
-                    (dict(loss="e2e"), "--loss local only")]:
+    for kw, msg in [
+        (dict(hookpoints=["model.layers.1->model.layers.2"]), "not transcoder sites"),
+        (dict(loss="e2e"), "--loss local only"),
+    ]:
         with pytest.raises(UserError, match=msg):
             train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", arch="crosscoder", **kw).validate()
-    for hp, msg in [(["model.layers.1", "model.layers.1.mlp.act_fn"], "sites of one width"),
-                    (["model.layers.1"], "at least two hookpoints")]:
+    for hp, msg in [
+        (["model.layers.1", "model.layers.1.mlp.act_fn"], "sites of one width"),
+        (["model.layers.1"], "at least two hookpoints"),
+    ]:
         with pytest.raises(UserError, match=msg):
-            TrainingRun(train_cfg(tmp_path / hp[-1], tiny_model_dir, text_corpus, arch="crosscoder", hookpoints=hp)).run()
+            TrainingRun(
+                train_cfg(tmp_path / hp[-1], tiny_model_dir, text_corpus, arch="crosscoder", hookpoints=hp)
+            ).run()

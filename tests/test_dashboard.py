@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from saelab.features.latent_cache_writer import build_latent_cache
-from saelab.cli import main
-from saelab.view.feature_store import FeatureStore
-from saelab.commands import latent_list
-from saelab.view.static_site import write_dashboard
-from saelab.errors import UserError
-from saelab.models import collect_activations, load_model
 from view_helpers import make_interpretation_run, make_sae_folder
+
+from saelab.cli import main
+from saelab.commands import latent_list
+from saelab.errors import UserError
+from saelab.features.latent_cache_writer import build_latent_cache
+from saelab.models import collect_activations, load_model
+from saelab.view.feature_store import FeatureStore
+from saelab.view.static_site import write_dashboard
 
 XSS = "<script>window.__pwned=1</script> cats & dogs"
 
@@ -24,8 +24,12 @@ XSS = "<script>window.__pwned=1</script> cats & dogs"
 def store(tiny_model_dir, text_corpus, tmp_path_factory):
     folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "dash_sae", tiny_model_dir, text_corpus)
     (folder / "explanations.jsonl").write_text(
-        json.dumps({"latent": 0, "explanation": XSS, "scores": {"detection": {"auc": 0.75}, "embedding_auc": 0.6}}) + "\n"
-        + json.dumps({"latent": 2, "explanation": "the word about"}) + "\n" + '{"latent": 3, "explanat')  # cut line
+        json.dumps({"latent": 0, "explanation": XSS, "scores": {"detection": {"auc": 0.75}, "embedding_auc": 0.6}})
+        + "\n"
+        + json.dumps({"latent": 2, "explanation": "the word about"})
+        + "\n"
+        + '{"latent": 3, "explanat'
+    )  # cut line
     lm = load_model(str(tiny_model_dir))
     return FeatureStore.build(folder, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, progress=False)
 
@@ -47,16 +51,16 @@ def test_examples_match_a_recomputation(store):
             rows, pos, val = store.cache.latent_records(store.dict_name, i)
             j = int(np.argmax(val))
             r, p = int(rows[j]), int(pos[j])
-            ids = torch.from_numpy(np.asarray(tokens[r:r + 1], dtype=np.int64))
+            ids = torch.from_numpy(np.asarray(tokens[r : r + 1], dtype=np.int64))
             act = collect_activations(store.model, ids, ["model.layers.1"])["model.layers.1"][0]
             dense = store.sae.encode_raw(act).to_dense()[:, i]
             ex = v["top"][0]
             a = p - ex.peak
-            want = dense[a:a + len(ex.acts)].numpy()
-            excl = store.cache.excluded[r, a:a + len(ex.acts)]
+            want = dense[a : a + len(ex.acts)].numpy()
+            excl = store.cache.excluded[r, a : a + len(ex.acts)]
             want[excl] = 0.0  # sink positions are never recorded
             np.testing.assert_allclose(ex.acts, want, rtol=1e-4, atol=1e-5)
-            assert ex.tokens == [store.tok.decode([int(t)]) for t in tokens[r, a:a + len(ex.acts)]]
+            assert ex.tokens == [store.tok.decode([int(t)]) for t in tokens[r, a : a + len(ex.acts)]]
             checked += 1
         for rg in v["ranges"]:
             for e in rg["examples"]:
@@ -104,6 +108,7 @@ def test_static_dashboard_escapes_and_writes_one_file_per_feature(store, tmp_pat
     assert 'id="histogram"' in page0
     assert '<link rel="stylesheet" href="../style.css">' in page0 and ".cols>div" in (out / "style.css").read_text()
     from saelab.view.render import feature_page
+
     inline = feature_page(store.view(0), link=str, home="/")  # the app's pages: inline and not escaped
     assert ".cols>div" in inline and "&gt;" not in inline.split("</style>")[0]
     index = (out / "index.html").read_text()
@@ -147,12 +152,17 @@ def test_dashboard_command(store, tmp_path, capsys):
     assert "outside" in capsys.readouterr().err
     # a subset links only to pages it wrote
     import re
+
     for page in (out / "features").iterdir():
         for href in re.findall(r'href="([^"]+)"', page.read_text()):
             assert (page.parent / href).exists(), (page.name, href)
     # one latent-list syntax: ranges and lists, comma or space separated
-    assert main(["dashboard", str(store.sae_dir), "--out", str(tmp_path / "f"), "--tokens", "4096",
-                 "--latents", "1", "3-4"]) == 0
+    assert (
+        main(
+            ["dashboard", str(store.sae_dir), "--out", str(tmp_path / "f"), "--tokens", "4096", "--latents", "1", "3-4"]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "f" / "features").iterdir()) == ["1.html", "3.html", "4.html"]
     assert latent_list("1,3-4", 10) == latent_list(["1", "3", "4"]) == latent_list(["1,3", "4"]) == [1, 3, 4]
     assert latent_list(None) is None
@@ -162,6 +172,7 @@ def test_dashboard_command(store, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- interpretation runs on the page
+
 
 @pytest.fixture(scope="module")
 def run_of_store(store, tmp_path_factory):
@@ -175,8 +186,9 @@ def test_run_explanations_and_scores_reach_the_page(store, run_of_store, tmp_pat
     recs = load_run(run)
     # examples.jsonl and scores_embedding.jsonl also carry `latent`: they must not replace the explanations
     assert (run / "examples.jsonl").exists() and (run / "scores_embedding.jsonl").exists()
-    s2 = FeatureStore.build(store.sae_dir, cache=cache, explanations=run, model=store.model, tokenizer=store.tok,
-                            progress=False)
+    s2 = FeatureStore.build(
+        store.sae_dir, cache=cache, explanations=run, model=store.model, tokenizer=store.tok, progress=False
+    )
     for j in lat:
         want = recs.explanations[j]["explanation"]
         assert want and s2.explanation(j) == want
@@ -185,27 +197,53 @@ def test_run_explanations_and_scores_reach_the_page(store, run_of_store, tmp_pat
         assert sc["scorer"] == "embedding" and sc["metric"] == "auc" and sc["chance"] == 0.5
         assert sc["value"] == pytest.approx(auc)
     out = tmp_path / "dash"
-    assert main(["dashboard", str(store.sae_dir), "--out", str(out), "--cache", str(cache), "--explanations", str(run),
-                 "--latents", ",".join(map(str, lat))]) == 0
+    assert (
+        main(
+            [
+                "dashboard",
+                str(store.sae_dir),
+                "--out",
+                str(out),
+                "--cache",
+                str(cache),
+                "--explanations",
+                str(run),
+                "--latents",
+                ",".join(map(str, lat)),
+            ]
+        )
+        == 0
+    )
     page = (out / "features" / f"{lat[0]}.html").read_text()
     from markupsafe import escape
+
     assert str(escape(recs.explanations[lat[0]]["explanation"])) in page
-    assert f'{recs.scores["embedding"][lat[0]]["metrics"]["auc"]:.3f}' in page and "embedding" in page
+    assert f"{recs.scores['embedding'][lat[0]]['metrics']['auc']:.3f}" in page and "embedding" in page
     # the explanations.jsonl file of a run means the run (with its scores)
-    s3 = FeatureStore.build(store.sae_dir, cache=cache, explanations=run / "explanations.jsonl", model=store.model,
-                            tokenizer=store.tok, progress=False)
+    s3 = FeatureStore.build(
+        store.sae_dir,
+        cache=cache,
+        explanations=run / "explanations.jsonl",
+        model=store.model,
+        tokenizer=store.tok,
+        progress=False,
+    )
     assert s3.view(lat[0])["scores"][0]["value"] == pytest.approx(recs.scores["embedding"][lat[0]]["metrics"]["auc"])
 
 
 def test_a_run_of_another_dictionary_is_refused(store, run_of_store, tmp_path, tiny_model_dir, text_corpus, capsys):
     cache, run, nrun, _ = run_of_store
     with pytest.raises(UserError, match="neurons"):  # a neurons run attached to the SAE's features
-        FeatureStore.build(store.sae_dir, cache=cache, explanations=nrun, model=store.model, tokenizer=store.tok,
-                           progress=False)
+        FeatureStore.build(
+            store.sae_dir, cache=cache, explanations=nrun, model=store.model, tokenizer=store.tok, progress=False
+        )
     other = make_sae_folder(tmp_path / "other_sae", tiny_model_dir, text_corpus, seed=1)
-    assert main(["dashboard", str(other), "--out", str(tmp_path / "d"), "--tokens", "1024",
-                 "--explanations", str(run)]) == 2
+    assert (
+        main(["dashboard", str(other), "--out", str(tmp_path / "d"), "--tokens", "1024", "--explanations", str(run)])
+        == 2
+    )
     assert "not for the SAE" in capsys.readouterr().err
     with pytest.raises(UserError, match="not an interpretation run"):
-        FeatureStore.build(store.sae_dir, cache=cache, explanations=tmp_path, model=store.model, tokenizer=store.tok,
-                           progress=False)
+        FeatureStore.build(
+            store.sae_dir, cache=cache, explanations=tmp_path, model=store.model, tokenizer=store.tok, progress=False
+        )

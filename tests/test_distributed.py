@@ -9,19 +9,40 @@ import time
 
 import pytest
 import torch
-
 from conftest import descendants, kill_when_checkpointed
 
 from saelab.sae.folder import load_sae
 
-COMMON = ["--latents", "256", "--k", "8", "--tokens", "8192", "--batch-tokens", "512", "--context", "64",
-          "--buffer-batches", "4", "--lr", "2e-3", "--threads", "1", "--checkpoint-every", "4096",
-          "--dead-tokens", "1000000000"]
+COMMON = [
+    "--latents",
+    "256",
+    "--k",
+    "8",
+    "--tokens",
+    "8192",
+    "--batch-tokens",
+    "512",
+    "--context",
+    "64",
+    "--buffer-batches",
+    "4",
+    "--lr",
+    "2e-3",
+    "--threads",
+    "1",
+    "--checkpoint-every",
+    "4096",
+    "--dead-tokens",
+    "1000000000",
+]
 
 
 def _launcher(nproc):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "saelab.cli"] if nproc > 1 else [sys.executable, "-m", "saelab.cli"]
+    return (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "saelab.cli"]
+        if nproc > 1
+        else [sys.executable, "-m", "saelab.cli"]
+    )
 
 
 def _rank_pid(launcher_pid: int, rank: int) -> int:
@@ -37,8 +58,13 @@ def _rank_pid(launcher_pid: int, rank: int) -> int:
 
 
 def _run(args, nproc=1, env=None, timeout=400):
-    return subprocess.run(_launcher(nproc) + args, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        _launcher(nproc) + args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def _weights(folder):
@@ -71,6 +97,7 @@ def test_data_parallel_matches_single_process(tmp_path, base, single):
     assert r.returncode == 0, r.stderr[-3000:]
     _compare(single, out, atol=2e-4)
     from saelab.storage import read_json
+
     m = read_json(out / "manifest.json")
     assert m["distributed"] == {"world_size": 2, "mode": "data"} and m["lm_tokens"] == 8192
     assert len(m["saes"]) == 2
@@ -78,8 +105,10 @@ def test_data_parallel_matches_single_process(tmp_path, base, single):
 
 def test_module_parallel_matches_single_process(tmp_path, base, single):
     out = tmp_path / "mp"
-    r = _run(base + ["--hookpoints", "model.layers.1", "model.layers.2", "--distributed", "modules",
-                     "--out", str(out)], nproc=2)
+    r = _run(
+        base + ["--hookpoints", "model.layers.1", "model.layers.2", "--distributed", "modules", "--out", str(out)],
+        nproc=2,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     _compare(single, out, atol=1e-5)
 
@@ -106,10 +135,16 @@ def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, ho
     import signal
 
     t = time.time()  # rank 1 is killed (or frozen) from outside once the first checkpoint is written
-    rc = kill_when_checkpointed(_launcher(2) + base + ["--hookpoints", "model.layers.1", "--dist-timeout", "15",
-                                                       "--tokens", "65536", "--out", str(tmp_path / "d")],
-                                tmp_path / "d", env={"OMP_NUM_THREADS": "1"}, timeout=300,
-                                pick_pid=lambda pid: _rank_pid(pid, 1), sig=signal.SIGSTOP if how else signal.SIGKILL)
+    rc = kill_when_checkpointed(
+        _launcher(2)
+        + base
+        + ["--hookpoints", "model.layers.1", "--dist-timeout", "15", "--tokens", "65536", "--out", str(tmp_path / "d")],
+        tmp_path / "d",
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+        pick_pid=lambda pid: _rank_pid(pid, 1),
+        sig=signal.SIGSTOP if how else signal.SIGKILL,
+    )
     stderr = kill_when_checkpointed.stderr
     assert rc != 0
     assert time.time() - t < 200  # bounded by --dist-timeout, not a hang
@@ -120,12 +155,37 @@ def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, ho
 
 
 def test_data_parallel_from_the_activation_cache(tmp_path, tiny_model_dir, text_corpus):
-    r = _run(["cache-activations", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--hookpoints",
-              "model.layers.1", "--tokens", "8192", "--context", "64", "--batch-tokens", "512", "--threads", "1",
-              "--out", str(tmp_path / "cache")])
+    r = _run(
+        [
+            "cache-activations",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(text_corpus),
+            "--hookpoints",
+            "model.layers.1",
+            "--tokens",
+            "8192",
+            "--context",
+            "64",
+            "--batch-tokens",
+            "512",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert r.returncode == 0, r.stderr
-    args = ["train", "--from-activations", str(tmp_path / "cache"), "--model", str(tiny_model_dir),
-            "--hookpoints", "model.layers.1"] + COMMON
+    args = [
+        "train",
+        "--from-activations",
+        str(tmp_path / "cache"),
+        "--model",
+        str(tiny_model_dir),
+        "--hookpoints",
+        "model.layers.1",
+    ] + COMMON
     assert _run(args + ["--out", str(tmp_path / "one")]).returncode == 0
     r = _run(args + ["--out", str(tmp_path / "two")], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -134,10 +194,12 @@ def test_data_parallel_from_the_activation_cache(tmp_path, tiny_model_dir, text_
         torch.testing.assert_close(b[k], a[k], atol=2e-4, rtol=2e-4)
 
 
-DP_CASES = {"batchtopk": ["--arch", "batchtopk"],
-            "matryoshka": ["--arch", "matryoshka", "--groups", "32", "32", "64", "128"],
-            "codebook": ["--arch", "codebook"],
-            "skip": ["--skip", "--hookpoints", "model.layers.1.post_attention_layernorm->model.layers.1.mlp"]}
+DP_CASES = {
+    "batchtopk": ["--arch", "batchtopk"],
+    "matryoshka": ["--arch", "matryoshka", "--groups", "32", "32", "64", "128"],
+    "codebook": ["--arch", "codebook"],
+    "skip": ["--skip", "--hookpoints", "model.layers.1.post_attention_layernorm->model.layers.1.mlp"],
+}
 
 
 @pytest.mark.parametrize("case", list(DP_CASES))

@@ -7,20 +7,20 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_cfg
+from test_eval import exact_sae
+
 from saelab.data import load_token_rows
 from saelab.errors import UserError
-from saelab.evaluate.metrics import EvalBudget, evaluate
 from saelab.evaluate.later_layers import later_layer_fvu
+from saelab.evaluate.metrics import EvalBudget, evaluate
 from saelab.models import collect_activations, load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import load_sae
 from saelab.sinks import SinkConfig, excluded_positions
-from saelab.train.objectives import e2e_loss
 from saelab.train.e2e_forward import clean_pass, plan_site, spliced_pass
 from saelab.train.loop import TrainingRun
-from test_eval import exact_sae
+from saelab.train.objectives import e2e_loss
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,10 @@ def _clean(lm, ids, site, ds=(2, 3)):
     return plan, clean, drop
 
 
-@pytest.mark.parametrize("site,ds", [("model.layers.1", (2, 3)), ("model.layers.1.mlp", (1, 2, 3)),
-                                     ("model.layers.2.mlp.down_proj:input", (2, 3))])
+@pytest.mark.parametrize(
+    "site,ds",
+    [("model.layers.1", (2, 3)), ("model.layers.1.mlp", (1, 2, 3)), ("model.layers.2.mlp.down_proj:input", (2, 3))],
+)
 def test_exact_dictionary_costs_zero_kl_and_zero_downstream(setup, site, ds):
     lm, _, ids = setup
     plan, clean, drop = _clean(lm, ids, site, ds)
@@ -60,8 +62,11 @@ def _reference_loss(lm, sae, ids, drop, site, ds):
         clean_later = collect_activations(model, ids, [f"model.layers.{j}" for j in ds])
     later, handles = {}, []
     for j in ds:
-        handles.append(model.model.layers[j].register_forward_hook(
-            lambda m, a, o, j=j: later.__setitem__(j, o[0] if isinstance(o, tuple) else o)))
+        handles.append(
+            model.model.layers[j].register_forward_hook(
+                lambda m, a, o, j=j: later.__setitem__(j, o[0] if isinstance(o, tuple) else o)
+            )
+        )
     keep = ~drop
     out = {}
 
@@ -72,12 +77,15 @@ def _reference_loss(lm, sae, ids, drop, site, ds):
         return act.index_put((keep,), rec)
 
     from saelab.models import patch_activation
+
     with patch_activation(model, site, fn):
         logp = model(input_ids=ids).logits.float().log_softmax(-1)
     for h in handles:
         h.remove()
     kl = (clean_logits.exp() * (clean_logits - logp)).sum() / ids.numel()
-    mse = sum(torch.nn.functional.mse_loss(later[j][keep], clean_later[f"model.layers.{j}"][keep]) for j in ds) / len(ds)
+    mse = sum(torch.nn.functional.mse_loss(later[j][keep], clean_later[f"model.layers.{j}"][keep]) for j in ds) / len(
+        ds
+    )
     return 0.5 * kl + 2.5 * mse
 
 
@@ -118,20 +126,32 @@ def test_sink_positions_stay_clean(setup):
 
 def test_e2e_training_lowers_kl_and_records_the_loss(tmp_path, setup, tiny_model_dir, text_corpus):
     lm, rows, _ = setup
-    cfg = train_cfg(tmp_path / "e2e", tiny_model_dir, text_corpus, loss="e2e", k=[16], latents=128, tokens=8192,
-                    batch_tokens=512, lr=[1e-2], checkpoint_every=10**9)
+    cfg = train_cfg(
+        tmp_path / "e2e",
+        tiny_model_dir,
+        text_corpus,
+        loss="e2e",
+        k=[16],
+        latents=128,
+        tokens=8192,
+        batch_tokens=512,
+        lr=[1e-2],
+        checkpoint_every=10**9,
+    )
     (folder,) = TrainingRun(cfg).run()
     trained, cj = load_sae(folder)
     assert cj["saelab"]["loss"] == "e2e" and cj["saelab"]["kl_coeff"] == 0.5
     # the same SAE before training: same seed and init, scales from data
     base = build_sae(trained.cfg)
     base.reset_parameters(torch.Generator().manual_seed(0))
-    x = collect_activations(lm.model, torch.from_numpy(np.asarray(rows.tokens[rows.train_rows[:8]], dtype=np.int64)),
-                            ["model.layers.1"])["model.layers.1"][:, 1:].reshape(-1, 64)
+    x = collect_activations(
+        lm.model, torch.from_numpy(np.asarray(rows.tokens[rows.train_rows[:8]], dtype=np.int64)), ["model.layers.1"]
+    )["model.layers.1"][:, 1:].reshape(-1, 64)
     base.init_from_data(x, x)
     base.eval()
-    after, before = evaluate(lm.model, lm.tokenizer, [(trained, cj), (base, cj)], rows,
-                             EvalBudget(tokens=1024, ce_tokens=1024))
+    after, before = evaluate(
+        lm.model, lm.tokenizer, [(trained, cj), (base, cj)], rows, EvalBudget(tokens=1024, ce_tokens=1024)
+    )
     assert after["kl"] < 0.7 * before["kl"], (after["kl"], before["kl"])  # measured: 0.57x after 16 steps
     assert after["l0"] == pytest.approx(16, abs=0.01)
     # the training curve: one line per optimiser step, the smoothed KL falls
@@ -147,8 +167,19 @@ def test_e2e_training_lowers_kl_and_records_the_loss(tmp_path, setup, tiny_model
 
 def test_e2e_ds_trains_and_later_layer_fvu_is_reported(tmp_path, setup, tiny_model_dir, text_corpus):
     lm, rows, _ = setup
-    cfg = train_cfg(tmp_path / "ds", tiny_model_dir, text_corpus, loss="e2e+ds", k=[4, 16], latents=128,
-                    tokens=4096, batch_tokens=512, lr=[3e-3], downstream_layers=[2, 3], e2e_micro_rows=3)
+    cfg = train_cfg(
+        tmp_path / "ds",
+        tiny_model_dir,
+        text_corpus,
+        loss="e2e+ds",
+        k=[4, 16],
+        latents=128,
+        tokens=4096,
+        batch_tokens=512,
+        lr=[3e-3],
+        downstream_layers=[2, 3],
+        e2e_micro_rows=3,
+    )
     folders = TrainingRun(cfg).run()
     assert len(folders) == 2  # two SAEs trained from one clean pass per batch
     saes = [load_sae(f) for f in folders]
@@ -202,11 +233,15 @@ def test_bad_e2e_input_fails_before_training(tmp_path, tiny_model_dir, text_corp
 
     monkeypatch.setattr(e2e, "e2e_loss", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(UserError, match="has no later layers"):
-        TrainingRun(train_cfg(tmp_path / "c", tiny_model_dir, text_corpus, loss="e2e", hookpoints=["model.layers.3"])).run()
+        TrainingRun(
+            train_cfg(tmp_path / "c", tiny_model_dir, text_corpus, loss="e2e", hookpoints=["model.layers.3"])
+        ).run()
     with pytest.raises(UserError, match="block 0 is not after hookpoint 'model.layers.1'"):
         TrainingRun(train_cfg(tmp_path / "d", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[0])).run()
     with pytest.raises(UserError, match="the model has 4 blocks"):
-        TrainingRun(train_cfg(tmp_path / "e", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[2, 7])).run()
+        TrainingRun(
+            train_cfg(tmp_path / "e", tiny_model_dir, text_corpus, loss="e2e+ds", downstream_layers=[2, 7])
+        ).run()
 
 
 @pytest.mark.parametrize("cap", [0.0, 5.0])
@@ -248,9 +283,19 @@ def peaked_model_dir(tmp_path_factory, embedded_folder):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("peaked-llama")
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, initializer_range=0.3)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.3,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -260,13 +305,14 @@ def peaked_model_dir(tmp_path_factory, embedded_folder):
 
 def test_e2e_beats_local_on_kl_at_the_same_budget(tmp_path, peaked_model_dir, text_corpus):
     """The point of e2e: at the same k, tokens and (default) learning rate it reaches a lower held-out KL
-    than local training, which never sees the KL (docs/E2E.md, "Why e2e lost on KL")."""
+    than local training, which never sees the KL (docs/research/e2e.md, "Why e2e lost on KL")."""
     kw = dict(k=[8], latents=256, tokens=8192, batch_tokens=512, lr=None, checkpoint_every=10**9, threads=1)
     (local,) = TrainingRun(train_cfg(tmp_path / "local", peaked_model_dir, text_corpus, **kw)).run()
     (e2e,) = TrainingRun(train_cfg(tmp_path / "e2e", peaked_model_dir, text_corpus, loss="e2e", **kw)).run()
     lm = load_model(str(peaked_model_dir))
     rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
-    m_local, m_e2e = evaluate(lm.model, lm.tokenizer, [load_sae(local), load_sae(e2e)], rows,
-                              EvalBudget(tokens=2048, ce_tokens=2048))
+    m_local, m_e2e = evaluate(
+        lm.model, lm.tokenizer, [load_sae(local), load_sae(e2e)], rows, EvalBudget(tokens=2048, ce_tokens=2048)
+    )
     assert m_e2e["kl"] < 0.92 * m_local["kl"], (m_e2e["kl"], m_local["kl"])
     assert m_e2e["fvu"] > m_local["fvu"]  # e2e does not reconstruct its input as well: it optimises the output

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.evaluate.metrics import EvalBudget, evaluate
@@ -46,8 +46,9 @@ def test_exact_dictionary_has_zero_error_and_zero_kl(setup):
     lm, rows = setup
     sae = exact_sae(64, "model.layers.1")
     rand = build_sae(SaeConfig("topk", d_in=64, d_sae=128, hookpoint="model.layers.1", k=4)).eval()
-    exact, noisy = evaluate(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows,
-                            EvalBudget(tokens=2048, ce_tokens=512))
+    exact, noisy = evaluate(
+        lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=2048, ce_tokens=512)
+    )
     assert exact["fvu"] < 1e-6 and exact["cosine"] > 0.9999
     assert abs(exact["kl"]) < 1e-4 and abs(exact["ce_increase"]) < 1e-4 and abs(exact["kl_all_positions"]) < 1e-4
     assert exact["ce_recovered_zero"] == pytest.approx(1.0, abs=1e-3)
@@ -94,12 +95,16 @@ def test_eval_rejects_width_mismatch_and_corrupt_files(tmp_path, tiny_model_dir,
 def test_eval_uses_the_heldout_split_the_sae_was_trained_with(tmp_path, tiny_model_dir, text_corpus, capsys):
     """Trained with --heldout-fraction 0.01, an SAE is evaluated on exactly that 1%: the default 5%
     would include rows it trained on."""
-    cfg = train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, heldout_fraction=0.01, tokens=2048,
-                    checkpoint_every=10**9)
+    cfg = train_cfg(
+        tmp_path / "run", tiny_model_dir, text_corpus, heldout_fraction=0.01, tokens=2048, checkpoint_every=10**9
+    )
     (folder,) = TrainingRun(cfg).run()
     f = open_sae(folder)  # the seam: what training wrote is what evaluation reads
-    assert (f.provenance.model_spec, f.provenance.corpus, f.provenance.context) == (str(tiny_model_dir),
-                                                                                  str(text_corpus), 64)
+    assert (f.provenance.model_spec, f.provenance.corpus, f.provenance.context) == (
+        str(tiny_model_dir),
+        str(text_corpus),
+        64,
+    )
     assert f.provenance.heldout_fraction == 0.01 and f.provenance.data_fingerprint
     data = f.open_data()
     lm, rows = data

@@ -12,55 +12,112 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
-
 from conftest import train_cfg
+from test_eval import exact_sae
+from view_helpers import make_sae_folder
+
 from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.features.latent_cache import LatentCache
 from saelab.features.latent_cache_writer import build_latent_cache
 from saelab.features.steer import FeatureEdit, FeatureSteer, encode_prompt, generate, steering_context
-from saelab.models import (candidate_hookpoints, collect_activations, decoder_layers, hookpoint_widths, load_model,
-                           module_at)
+from saelab.models import (
+    candidate_hookpoints,
+    collect_activations,
+    decoder_layers,
+    hookpoint_widths,
+    load_model,
+    module_at,
+)
 from saelab.sae.folder import load_sae
 from saelab.sae.splice import spliced
 from saelab.sinks import SinkConfig, excluded_positions
 from saelab.train.e2e_forward import clean_pass, plan_site
 from saelab.train.loop import TrainingRun
 from saelab.train.objectives import e2e_loss
-from test_eval import exact_sae
-from view_helpers import make_sae_folder
 
 V, D, MLP = 49152, 64, 96
-_LLAMA_LIKE = dict(vocab_size=V, hidden_size=D, intermediate_size=MLP, num_hidden_layers=3, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-                   tie_word_embeddings=True)
+_LLAMA_LIKE = dict(
+    vocab_size=V,
+    hidden_size=D,
+    intermediate_size=MLP,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=True,
+)
 FAMILIES = {  # name -> (config, model class)
-    "gpt2": lambda: (T.GPT2Config(vocab_size=V, n_embd=D, n_layer=3, n_head=4, n_positions=256, n_inner=MLP,
-                                  bos_token_id=1, eos_token_id=2), T.GPT2LMHeadModel),
-    "gpt_neox": lambda: (T.GPTNeoXConfig(vocab_size=V, hidden_size=D, intermediate_size=MLP, num_hidden_layers=3,
-                                         num_attention_heads=4, max_position_embeddings=256, bos_token_id=1,
-                                         eos_token_id=2), T.GPTNeoXForCausalLM),
-    "gemma2": lambda: (T.Gemma2Config(**_LLAMA_LIKE, head_dim=16, sliding_window=8, final_logit_softcapping=30.0,
-                                      attn_logit_softcapping=50.0), T.Gemma2ForCausalLM),
-    "gemma3": lambda: (T.Gemma3TextConfig(**_LLAMA_LIKE, head_dim=16, sliding_window=8, final_logit_softcapping=30.0),
-                       T.Gemma3ForCausalLM),
+    "gpt2": lambda: (
+        T.GPT2Config(
+            vocab_size=V, n_embd=D, n_layer=3, n_head=4, n_positions=256, n_inner=MLP, bos_token_id=1, eos_token_id=2
+        ),
+        T.GPT2LMHeadModel,
+    ),
+    "gpt_neox": lambda: (
+        T.GPTNeoXConfig(
+            vocab_size=V,
+            hidden_size=D,
+            intermediate_size=MLP,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        T.GPTNeoXForCausalLM,
+    ),
+    "gemma2": lambda: (
+        T.Gemma2Config(
+            **_LLAMA_LIKE, head_dim=16, sliding_window=8, final_logit_softcapping=30.0, attn_logit_softcapping=50.0
+        ),
+        T.Gemma2ForCausalLM,
+    ),
+    "gemma3": lambda: (
+        T.Gemma3TextConfig(**_LLAMA_LIKE, head_dim=16, sliding_window=8, final_logit_softcapping=30.0),
+        T.Gemma3ForCausalLM,
+    ),
     "qwen2": lambda: (T.Qwen2Config(**_LLAMA_LIKE), T.Qwen2ForCausalLM),
     "qwen3": lambda: (T.Qwen3Config(**_LLAMA_LIKE, head_dim=16), T.Qwen3ForCausalLM),
     "mistral": lambda: (T.MistralConfig(**_LLAMA_LIKE, sliding_window=8), T.MistralForCausalLM),
     "llama": lambda: (T.LlamaConfig(**_LLAMA_LIKE), T.LlamaForCausalLM),
 }
 # the sub-module of block 1 expected for each kind (None: the family has no such site)
-SANDWICH = {"attn_out_prenorm": "self_attn", "attn_out": "post_attention_layernorm", "mlp_in": "pre_feedforward_layernorm",
-            "mlp_neurons": "mlp.down_proj:input", "mlp_out_prenorm": "mlp", "mlp_out": "post_feedforward_layernorm",
-            "resid_post": ""}
-LLAMA_KINDS = {"attn_out": "self_attn", "mlp_in": "post_attention_layernorm", "mlp_neurons": "mlp.down_proj:input",
-               "mlp_out": "mlp", "resid_post": ""}
+SANDWICH = {
+    "attn_out_prenorm": "self_attn",
+    "attn_out": "post_attention_layernorm",
+    "mlp_in": "pre_feedforward_layernorm",
+    "mlp_neurons": "mlp.down_proj:input",
+    "mlp_out_prenorm": "mlp",
+    "mlp_out": "post_feedforward_layernorm",
+    "resid_post": "",
+}
+LLAMA_KINDS = {
+    "attn_out": "self_attn",
+    "mlp_in": "post_attention_layernorm",
+    "mlp_neurons": "mlp.down_proj:input",
+    "mlp_out": "mlp",
+    "resid_post": "",
+}
 EXPECTED = {
-    "gpt2": ("transformer.h", {"attn_out": "attn", "mlp_in": "ln_2", "mlp_neurons": "mlp.c_proj:input",
-                               "mlp_out": "mlp", "resid_post": ""}),
-    "gpt_neox": ("gpt_neox.layers", {"attn_out": "attention", "mlp_in": "post_attention_layernorm",
-                                     "mlp_neurons": "mlp.dense_4h_to_h:input", "mlp_out": "mlp", "resid_post": ""}),
-    "gemma2": ("model.layers", SANDWICH), "gemma3": ("model.layers", SANDWICH),
+    "gpt2": (
+        "transformer.h",
+        {"attn_out": "attn", "mlp_in": "ln_2", "mlp_neurons": "mlp.c_proj:input", "mlp_out": "mlp", "resid_post": ""},
+    ),
+    "gpt_neox": (
+        "gpt_neox.layers",
+        {
+            "attn_out": "attention",
+            "mlp_in": "post_attention_layernorm",
+            "mlp_neurons": "mlp.dense_4h_to_h:input",
+            "mlp_out": "mlp",
+            "resid_post": "",
+        },
+    ),
+    "gemma2": ("model.layers", SANDWICH),
+    "gemma3": ("model.layers", SANDWICH),
     **{f: ("model.layers", LLAMA_KINDS) for f in ("qwen2", "qwen3", "mistral", "llama")},
 }
 
@@ -106,7 +163,9 @@ def test_hookpoint_kinds_widths_and_meaning(fam):
     finally:
         h.remove()
     a = {k: acts[_site(family, k)] for k in kinds}
-    torch.testing.assert_close(a["resid_post"], acts[f"{prefix}.0"] + a["attn_out"] + a["mlp_out"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        a["resid_post"], acts[f"{prefix}.0"] + a["attn_out"] + a["mlp_out"], atol=1e-5, rtol=1e-4
+    )
     torch.testing.assert_close(a["mlp_in"], seen["x"])
 
 
@@ -151,8 +210,19 @@ def test_exact_reconstruction_spliced_costs_zero_kl(fam, kind):
 def test_short_e2e_training(fam, tmp_path, text_corpus):
     family, folder, _, _ = fam
     site = _site(family, "resid_post")
-    cfg = train_cfg(tmp_path / "run", folder, text_corpus, hookpoints=[site], loss="e2e", latents=128, k=[8],
-                    tokens=1024, batch_tokens=512, lr=[1e-2], checkpoint_every=10**9)
+    cfg = train_cfg(
+        tmp_path / "run",
+        folder,
+        text_corpus,
+        hookpoints=[site],
+        loss="e2e",
+        latents=128,
+        k=[8],
+        tokens=1024,
+        batch_tokens=512,
+        lr=[1e-2],
+        checkpoint_every=10**9,
+    )
     (out,) = TrainingRun(cfg).run()
     sae, cj = load_sae(out)
     assert cj["saelab"]["loss"] == "e2e" and sae.cfg.hookpoint == site
@@ -166,9 +236,19 @@ def test_latent_cache_and_neurons(fam, tmp_path, text_corpus):
     prefix, _ = EXPECTED[family]
     sae_dir = make_sae_folder(tmp_path / "sae", folder, text_corpus, hookpoint=f"{prefix}.1")
     neurons = _site(family, "mlp_neurons")
-    cache = LatentCache.open(build_latent_cache([sae_dir], out=tmp_path / "cache", tokens=64 * 4, batch_rows=2,
-                                                chunk_rows=4, shard_size=64, progress=False, neurons=neurons,
-                                                neuron_k=4))
+    cache = LatentCache.open(
+        build_latent_cache(
+            [sae_dir],
+            out=tmp_path / "cache",
+            tokens=64 * 4,
+            batch_rows=2,
+            chunk_rows=4,
+            shard_size=64,
+            progress=False,
+            neurons=neurons,
+            neuron_k=4,
+        )
+    )
     ids = torch.from_numpy(np.asarray(cache.tokens, dtype=np.int64))
     acts = collect_activations(lm.model, ids, [f"{prefix}.1"])[f"{prefix}.1"]
     sae, _ = load_sae(sae_dir)
@@ -202,13 +282,14 @@ def test_steering_is_exact_without_edit_and_kv_cached(fam, tmp_path, text_corpus
     steer.reset()
     with ctx():  # the whole sequence in one steered forward predicts every KV-cached token
         logits = lm.model(input_ids=torch.tensor([ids[0].tolist() + new[:-1]]), use_cache=False).logits[0]
-    assert logits[ids.shape[1] - 1:].argmax(-1).tolist() == new
+    assert logits[ids.shape[1] - 1 :].argmax(-1).tolist() == new
 
 
 def test_unsupported_families_are_named(tmp_path, embedded_folder):
     t5 = tmp_path / "t5"  # an encoder-decoder: AutoModelForCausalLM has no class for it
-    T.T5ForConditionalGeneration(T.T5Config(vocab_size=V, d_model=D, d_ff=MLP, num_layers=1, num_heads=4,
-                                            d_kv=16)).save_pretrained(t5)
+    T.T5ForConditionalGeneration(
+        T.T5Config(vocab_size=V, d_model=D, d_ff=MLP, num_layers=1, num_heads=4, d_kv=16)
+    ).save_pretrained(t5)
     with pytest.raises(UserError, match="is a t5 model: not a causal language model"):
         load_model(str(t5))
     flat = torch.nn.Sequential(torch.nn.Linear(4, 4))
@@ -236,31 +317,73 @@ def test_half_precision_model_with_float32_dictionary(tiny_model_dir, text_corpu
         assert torch.equal(lm16.model(input_ids=ids).logits, clean)
     # training (local and e2e) with the model in bfloat16 keeps the dictionary in float32
     for loss in ("local", "e2e"):
-        cfg = train_cfg(tmp_path / loss, tiny_model_dir, text_corpus, loss=loss, dtype="bfloat16", tokens=1024,
-                        checkpoint_every=10**9)
+        cfg = train_cfg(
+            tmp_path / loss,
+            tiny_model_dir,
+            text_corpus,
+            loss=loss,
+            dtype="bfloat16",
+            tokens=1024,
+            checkpoint_every=10**9,
+        )
         (folder,) = TrainingRun(cfg).run()
         sae, _ = load_sae(folder)
         assert sae.W_enc.dtype == torch.float32 and torch.isfinite(sae.W_enc).all()
-    m32, m16 = (run_eval([str(folder)], tokens=1024, ce_tokens=256, quiet=True, dtype=dt, out=str(tmp_path / f"{dt}.json"))[0]
-                for dt in ("float32", "bfloat16"))
+    m32, m16 = (
+        run_eval([str(folder)], tokens=1024, ce_tokens=256, quiet=True, dtype=dt, out=str(tmp_path / f"{dt}.json"))[0]
+        for dt in ("float32", "bfloat16")
+    )
     assert abs(m16["fvu"] - m32["fvu"]) < 0.05 and np.isfinite(m16["ce_increase"])
     # the activation cache stores half-precision vectors in half the bytes and reads them back as float32
     sizes = {}
     for store in ("float32", "float16", "bfloat16"):
-        out = write_cache(CacheConfig(out=str(tmp_path / f"acts_{store}"), hookpoints=["model.layers.1"],
-                                      model=str(tiny_model_dir), corpus=str(text_corpus), tokens=1024, context=64,
-                                      batch_tokens=512, dtype="bfloat16", store_dtype=store))
+        out = write_cache(
+            CacheConfig(
+                out=str(tmp_path / f"acts_{store}"),
+                hookpoints=["model.layers.1"],
+                model=str(tiny_model_dir),
+                corpus=str(text_corpus),
+                tokens=1024,
+                context=64,
+                batch_tokens=512,
+                dtype="bfloat16",
+                store_dtype=store,
+            )
+        )
         sizes[store] = sum(p.stat().st_size for p in out.glob("shard_*.npy"))
-        cfg = train_cfg(tmp_path / f"from_{store}", tiny_model_dir, text_corpus, from_activations=str(out),
-                        tokens=1024, checkpoint_every=10**9)
+        cfg = train_cfg(
+            tmp_path / f"from_{store}",
+            tiny_model_dir,
+            text_corpus,
+            from_activations=str(out),
+            tokens=1024,
+            checkpoint_every=10**9,
+        )
         assert load_sae(TrainingRun(cfg).run()[0])[0].W_enc.isfinite().all()
     assert sizes["float16"] == sizes["bfloat16"] < 0.52 * sizes["float32"]
     # steering from the command line with the model in bfloat16
     from saelab.cli import main
 
     sae_dir = make_sae_folder(tmp_path / "sae", tiny_model_dir, text_corpus)
-    assert main(["steer", str(sae_dir), "--prompt", "Hello", "--clamp", "3=20", "--max-new-tokens", "3",
-                 "--dtype", "bfloat16", "--json", str(tmp_path / "steer.json")]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                str(sae_dir),
+                "--prompt",
+                "Hello",
+                "--clamp",
+                "3=20",
+                "--max-new-tokens",
+                "3",
+                "--dtype",
+                "bfloat16",
+                "--json",
+                str(tmp_path / "steer.json"),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "steer.json").read_text())["results"][0]
     assert res["unsteered"] != res["sweep"][0]["text"]
 
@@ -288,7 +411,7 @@ def test_bad_precision_is_refused_before_the_model_loads(tmp_path, monkeypatch, 
 
     def no_half(self, *a, **k):  # a device without float16 kernels
         if self.dtype == torch.float16:
-            raise RuntimeError('"softmax_lastdim_kernel_impl" not implemented for \'Half\'')
+            raise RuntimeError("\"softmax_lastdim_kernel_impl\" not implemented for 'Half'")
         return torch.Tensor.softmax.__wrapped__(self, *a, **k)
 
     real = torch.Tensor.softmax

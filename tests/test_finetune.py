@@ -6,8 +6,8 @@ before any model loads."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.models import collect_activations, load_model, patch_activation
@@ -90,7 +90,9 @@ def test_kl_mse_loss_is_kl_plus_balanced_fvu(tmp_path, setup, tiny_model_dir, te
 def _source(folder, arch, hook=SITE, out=None, skip=False, **kw):
     """A random dictionary trained-looking enough: scales != 1, so its folder holds folded weights."""
     d_out = 64
-    sae = build_sae(SaeConfig(arch, d_in=64, d_sae=128, hookpoint=hook, out_hookpoint=out, d_out=d_out, skip=skip, **kw))
+    sae = build_sae(
+        SaeConfig(arch, d_in=64, d_sae=128, hookpoint=hook, out_hookpoint=out, d_out=d_out, skip=skip, **kw)
+    )
     g = torch.Generator().manual_seed(1)
     sae.reset_parameters(g)
     x = torch.randn(512, 64, generator=g) * 7
@@ -102,9 +104,18 @@ def _source(folder, arch, hook=SITE, out=None, skip=False, **kw):
     return save_sae(sae, folder, Provenance(model_spec="MODEL", model_name="m", corpus="c", context=64))
 
 
-@pytest.mark.parametrize("arch,kw", [("topk", {"k": 8}), ("batchtopk", {"k": 8}), ("jumprelu", {"sparsity_coeff": 0.1}),
-                                     ("relu", {"sparsity_coeff": 0.1}), ("topk-skip-transcoder", {"k": 8}),
-                                     ("topk-saelens", {"k": 8}), ("relu-saelens", {"sparsity_coeff": 0})])
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("topk", {"k": 8}),
+        ("batchtopk", {"k": 8}),
+        ("jumprelu", {"sparsity_coeff": 0.1}),
+        ("relu", {"sparsity_coeff": 0.1}),
+        ("topk-skip-transcoder", {"k": 8}),
+        ("topk-saelens", {"k": 8}),
+        ("relu-saelens", {"sparsity_coeff": 0}),
+    ],
+)
 def test_init_from_reproduces_the_source_before_step_one(tmp_path, tiny_model_dir, text_corpus, arch, kw):
     tc = arch.endswith("transcoder")
     src = _source(tmp_path / "src", arch.split("-")[0], out="model.layers.2" if tc else None, skip=tc, **kw)
@@ -113,14 +124,23 @@ def test_init_from_reproduces_the_source_before_step_one(tmp_path, tiny_model_di
     write_json(src / "cfg.json", cfg)
     if arch.endswith("saelens"):  # a foreign folder: read through the importer
         src = export_saelens(load_sae(src)[0], tmp_path / "lens", "tiny", 64, "c")
-    run = train_cfg(tmp_path / "r", tiny_model_dir, text_corpus, init_from=str(src), latents=4608, k=[32],
-                    hookpoints=["model.layers.6"])
+    run = train_cfg(
+        tmp_path / "r",
+        tiny_model_dir,
+        text_corpus,
+        init_from=str(src),
+        latents=4608,
+        k=[32],
+        hookpoints=["model.layers.6"],
+    )
     init, run = adopt_dictionary(run)  # a new config: the user's is not rewritten
     assert (run.arch, run.latents, run.skip) == (arch.split("-")[0], 128, tc) and init.fmt == (
-        "saelens" if arch.endswith("saelens") else "saelab")
+        "saelens" if arch.endswith("saelens") else "saelab"
+    )
     assert run.hookpoints == [SITE + ("->model.layers.2" if tc else "")]
-    [m] = members_from_dictionary(run, init, [(SITE, "model.layers.2" if tc else None)],
-                                  {SITE: 64, "model.layers.2": 64})
+    [m] = members_from_dictionary(
+        run, init, [(SITE, "model.layers.2" if tc else None)], {SITE: 64, "model.layers.2": 64}
+    )
     source, _ = load_sae(src)
     x = torch.randn(300, 64) * 7
     first_batch(m.sae, x)
@@ -147,9 +167,21 @@ def test_short_finetune_lowers_kl_and_records_its_source(tmp_path, setup, tiny_m
     TrainingRun(train_cfg(tmp_path / "local", tiny_model_dir, text_corpus, tokens=4096, k=[4], latents=128)).run()
     src = tmp_path / "local" / f"{SITE}-topk-k4"
     # the dictionary's options come from the folder: the defaults given here are replaced, not refused
-    [out] = TrainingRun(train_cfg(tmp_path / "ft", tiny_model_dir, text_corpus, init_from=str(src), loss="kl+mse",
-                                  tokens=1024, batch_tokens=256, lr=[1e-2], k=[32], latents=4608,
-                                  hookpoints=["model.layers.6"])).run()
+    [out] = TrainingRun(
+        train_cfg(
+            tmp_path / "ft",
+            tiny_model_dir,
+            text_corpus,
+            init_from=str(src),
+            loss="kl+mse",
+            tokens=1024,
+            batch_tokens=256,
+            lr=[1e-2],
+            k=[32],
+            latents=4608,
+            hookpoints=["model.layers.6"],
+        )
+    ).run()
     before, after = open_sae(src).sae, open_sae(out).sae
     assert (after.cfg.k, after.cfg.d_sae, after.cfg.hookpoint) == (4, 128, SITE)  # k unchanged
     kl0, kl1 = _kl(lm, before, ids), _kl(lm, after, ids)
@@ -163,8 +195,7 @@ def test_resume_across_and_inside_the_finetune_is_exact(tmp_path, tiny_model_dir
     import saelab.train.loop as loop
 
     # 8 steps of 256 tokens: 4 local (one chunk), then 4 kl+mse; checkpoints at 1024 (the switch), 1536, 2048
-    kw = dict(k=[4], latents=128, tokens=2048, batch_tokens=256, lr=[3e-3], checkpoint_every=512,
-              finetune_fraction=0.5)
+    kw = dict(k=[4], latents=128, tokens=2048, batch_tokens=256, lr=[3e-3], checkpoint_every=512, finetune_fraction=0.5)
     (full,) = TrainingRun(train_cfg(tmp_path / "full", tiny_model_dir, text_corpus, **kw)).run()
 
     class Killed(Exception):
@@ -205,7 +236,9 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, tiny_model_dir, text_c
     src = _source(tmp_path / "src", "topk", k=8)
 
     def run(**kw):
-        base = dict(latents=4608, k=[32], hookpoints=["model.layers.6"]) if "init_from" in kw else {}  # the defaults: taken from the dictionary
+        base = (
+            dict(latents=4608, k=[32], hookpoints=["model.layers.6"]) if "init_from" in kw else {}
+        )  # the defaults: taken from the dictionary
         TrainingRun(train_cfg(tmp_path / "r", tiny_model_dir, text_corpus, **(base | kw)))
 
     with pytest.raises(UserError, match="between 0 and 1"):
@@ -235,13 +268,17 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, tiny_model_dir, text_c
         run(init_from=str(tmp_path / "many"))
     lens = tmp_path / "lens"
     lens.mkdir()
-    write_json(lens / "cfg.json", {"architecture": "weird", "d_in": 64, "d_sae": 64, "hook_name": "blocks.1.hook_resid_post"})
+    write_json(
+        lens / "cfg.json", {"architecture": "weird", "d_in": 64, "d_sae": 64, "hook_name": "blocks.1.hook_resid_post"}
+    )
     write_tensors(lens / "sae_weights.safetensors", {"W_enc": torch.zeros(64, 64)})
     with pytest.raises(UserError, match="not supported"):
         run(init_from=str(lens))
 
 
-def test_the_finetune_phase_starts_a_fresh_adam_at_a_tenth_of_the_rate(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
+def test_the_finetune_phase_starts_a_fresh_adam_at_a_tenth_of_the_rate(
+    tmp_path, tiny_model_dir, text_corpus, monkeypatch
+):
     """--finetune-fraction trains its phase as --init-from ... --loss kl+mse would. With the local
     phase's Adam moments carried over (FVU-scale second moments) and its decayed ~1e-3 rate, a 1M-token
     layer-6 run's KL and FVU rose at every fine-tune step (docs/E2E.md)."""
@@ -256,8 +293,17 @@ def test_the_finetune_phase_starts_a_fresh_adam_at_a_tenth_of_the_rate(tmp_path,
         seen.append((m.opt.param_groups[0]["lr"], int(p["step"]), "kl" in m.stats))
 
     monkeypatch.setattr(loop.TrainingRun, "_optimise", record)
-    kw = dict(k=[4], latents=128, tokens=2048, batch_tokens=256, lr=[3e-3], checkpoint_every=10**9,
-              finetune_fraction=0.5, warmup_fraction=0.0, decay_fraction=0.5)
+    kw = dict(
+        k=[4],
+        latents=128,
+        tokens=2048,
+        batch_tokens=256,
+        lr=[3e-3],
+        checkpoint_every=10**9,
+        finetune_fraction=0.5,
+        warmup_fraction=0.0,
+        decay_fraction=0.5,
+    )
     TrainingRun(train_cfg(tmp_path / "r", tiny_model_dir, text_corpus, **kw)).run()
     local = [s for s in seen if not s[2]]
     tune = [s for s in seen if s[2]]

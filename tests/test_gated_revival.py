@@ -2,9 +2,9 @@
 gated SAEs revive through exp(pi_gate) (saelab/sae/gated.py, "dead latents")."""
 
 import torch
+from test_architectures import HOOK, D, planted, train_local
 
 from saelab.sae import SaeConfig, build_sae
-from test_architectures import D, HOOK, planted, train_local
 
 N_DEAD = 16
 
@@ -34,7 +34,7 @@ def test_dead_gated_latents_revive_through_the_gate():
     revived = {}
     for coeff in (0.0, 1 / 32):
         sae, killed = _killed_gated(x, coeff)
-        assert not _fires(sae, x, killed).any()          # shut on every training row
+        assert not _fires(sae, x, killed).any()  # shut on every training row
         train_local(sae, x, steps=300, dead=dead, init=False)
         revived[coeff] = int(_fires(sae, held, killed).sum())
     # measured {0.0: 1, 1/32: 16}: without revival only the shared W_enc and b_dec move a shut gate

@@ -3,7 +3,6 @@ SAE steps (fewer forwards) and trains on the same data, so the weights match the
 
 import pytest
 import torch
-
 from conftest import train_cfg
 
 from saelab.errors import UserError

@@ -1,7 +1,7 @@
 """The variable-L0 types' initial code is shrunk to its least-squares length (SparseCoder.fit_initial_scale).
 
 Without it a JumpReLU at layer 6 collapsed to L0 ~9 with a fifth of its latents dead at every penalty
-coefficient (docs/DICTIONARIES.md): the tied init's first reconstruction overshoots the input. BatchTopK
+coefficient (docs/research/dictionaries.md): the tied init's first reconstruction overshoots the input. BatchTopK
 overshot too (training FVU 8.6 after 8 steps with 16,384 latents at layer 6) and lost ~40 of 244 steps."""
 
 import pytest
@@ -73,8 +73,10 @@ def test_gated_init_fire_opens_each_gate_on_that_fraction_of_the_first_batch(fir
     with torch.no_grad():
         gate = sae.encode(sae.encoder_input(x))[2]
         open_share = (gate > 0).float().mean(0)  # per latent, over the first batch's rows
-        l0, l0_zero = (first_fvu(sae, x)[1].to_dense() > 0).sum(1).float().mean().item(), \
-            (first_fvu(zero, x)[1].to_dense() > 0).sum(1).float().mean().item()
+        l0, l0_zero = (
+            (first_fvu(sae, x)[1].to_dense() > 0).sum(1).float().mean().item(),
+            (first_fvu(zero, x)[1].to_dense() > 0).sum(1).float().mean().item(),
+        )
     # every gate opens on `fire` of the rows, up to the quantile's rank and ties (one row in 4,096)
     assert (open_share - fire).abs().max().item() <= 2 / x.shape[0]
     assert abs(l0 - fire * D_SAE) <= 0.02 * fire * D_SAE + 1  # the magnitudes are non-zero where a gate opens

@@ -22,10 +22,12 @@ def smol(embedded_folder):
 def test_embedded_model_hookpoints_and_generation(smol):
     assert resolve_hookpoints(smol.model, ["model.layers.*"]) == [f"model.layers.{i}" for i in range(30)]
     assert hookpoint_widths(smol.model, ["model.layers.6", "model.layers.6.mlp.down_proj:input"]) == {
-        "model.layers.6": 576, "model.layers.6.mlp.down_proj:input": 1536}
+        "model.layers.6": 576,
+        "model.layers.6.mlp.down_proj:input": 1536,
+    }
     ids = smol.tokenizer("The capital of Germany is", return_tensors="pt").input_ids
     out = smol.model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert "Berlin" in smol.tokenizer.decode(out[0, ids.shape[1]:])
+    assert "Berlin" in smol.tokenizer.decode(out[0, ids.shape[1] :])
 
 
 def test_attention_sink_is_found_at_position_zero(smol):
@@ -34,23 +36,49 @@ def test_attention_sink_is_found_at_position_zero(smol):
     acts = collect_activations(smol.model, ids, ["model.layers.6"])["model.layers.6"]
     norms = acts.norm(dim=-1)[0]
     assert norms[0] > 4 * norms[1:].median()  # the sink: far above the typical position
-    mask = excluded_positions([acts], ids, SinkConfig(first_positions=0, mask_special=False), special_ids(smol.tokenizer))
+    mask = excluded_positions(
+        [acts], ids, SinkConfig(first_positions=0, mask_special=False), special_ids(smol.tokenizer)
+    )
     assert mask[0, 0] and mask[0, 1:].float().mean() < 0.05  # found by its norm alone, few false alarms
 
 
 def test_train_and_eval_on_the_real_model(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "saelab.cli"]
-    r = subprocess.run(cmd + ["train", "--hookpoints", "model.layers.3", "--latents", "1152", "--k", "32",
-                              "--tokens", "49152", "--lr", "0.002", "--out", str(out), "--threads", "2"],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        cmd
+        + [
+            "train",
+            "--hookpoints",
+            "model.layers.3",
+            "--latents",
+            "1152",
+            "--k",
+            "32",
+            "--tokens",
+            "49152",
+            "--lr",
+            "0.002",
+            "--out",
+            str(out),
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     folder = out / "model.layers.3-topk-k32"
     cfg = json.loads((folder / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["d_in"] == 576 and cfg["k"] == 32
     assert cfg["metadata"]["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    r = subprocess.run(cmd + ["eval", str(folder), "--tokens", "8192", "--ce-tokens", "1024"],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        cmd + ["eval", str(folder), "--tokens", "8192", "--ce-tokens", "1024"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((folder / "metrics.json").read_text())["metrics"]
     assert m["fvu"] < 0.6 and m["l0"] == pytest.approx(32, abs=0.5)

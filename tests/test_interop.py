@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saelab.errors import UserError
-from saelab.sae.foreign import export_saelens, export_sparsify, load_foreign, resolve_source
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
+from saelab.sae.foreign import export_saelens, export_sparsify, load_foreign, resolve_source
 
 D, S, K = 16, 48, 5
 
@@ -30,10 +30,23 @@ def _saelens_folder(path: Path, arch="topk", v6=True, apply_b_dec=True, norm="no
     if arch == "jumprelu":
         t["threshold"] = _rand(5, S).abs() * 0.5
     save_file(t, str(path / "sae_weights.safetensors"))
-    meta = {"model_name": "tiny", "hook_name": "model.layers.1", "context_size": 64, "prepend_bos": True,
-            "hook_head_index": None, "dataset_path": "topics"}
-    cfg = {"architecture": arch, "d_in": D, "d_sae": S, "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": apply_b_dec, "normalize_activations": norm}
+    meta = {
+        "model_name": "tiny",
+        "hook_name": "model.layers.1",
+        "context_size": 64,
+        "prepend_bos": True,
+        "hook_head_index": None,
+        "dataset_path": "topics",
+    }
+    cfg = {
+        "architecture": arch,
+        "d_in": D,
+        "d_sae": S,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": norm,
+    }
     if v6:
         cfg |= {"reshape_activations": "none", "metadata": meta | {"sae_lens_version": "6.5.0"}}
         if arch == "topk":
@@ -66,8 +79,9 @@ def _saelens_forward(t, x, arch, k=K, apply_b_dec=True, scale=1.0):
 X = _rand(9, 200, D) * 3 + 1
 
 
-@pytest.mark.parametrize("arch,v6", [("topk", True), ("topk", False), ("jumprelu", True), ("standard", False),
-                                     ("standard", True)])
+@pytest.mark.parametrize(
+    "arch,v6", [("topk", True), ("topk", False), ("jumprelu", True), ("standard", False), ("standard", True)]
+)
 def test_saelens_roundtrip_exact(tmp_path, arch, v6):
     t, cfg = _saelens_folder(tmp_path / "src", arch, v6)
     sae, ours = load_sae(tmp_path / "src")  # no saelab block -> the foreign loader
@@ -95,7 +109,9 @@ def test_saelens_roundtrip_exact(tmp_path, arch, v6):
 def test_saelens_without_b_dec_centering_and_with_norm_factor(tmp_path):
     t, _ = _saelens_folder(tmp_path / "a", "topk", apply_b_dec=False)
     sae, _ = load_sae(tmp_path / "a")
-    torch.testing.assert_close(sae.reconstruct(X), _saelens_forward(t, X, "topk", apply_b_dec=False), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        sae.reconstruct(X), _saelens_forward(t, X, "topk", apply_b_dec=False), rtol=1e-4, atol=1e-4
+    )
 
     t, _ = _saelens_folder(tmp_path / "b", "jumprelu", norm="expected_average_only_in")
     with pytest.raises(UserError, match="norm scaling factor"):
@@ -104,10 +120,15 @@ def test_saelens_without_b_dec_centering_and_with_norm_factor(tmp_path):
     torch.testing.assert_close(sae.reconstruct(X), _saelens_forward(t, X, "jumprelu", scale=0.37), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("tl,ours", [("blocks.4.hook_resid_post", "model.layers.4"),
-                                     ("blocks.4.hook_resid_pre", "model.layers.4:input"),
-                                     ("blocks.4.hook_mlp_out", "model.layers.4.mlp"),
-                                     ("blocks.4.hook_resid_mid", "model.layers.4.post_attention_layernorm:input")])
+@pytest.mark.parametrize(
+    "tl,ours",
+    [
+        ("blocks.4.hook_resid_post", "model.layers.4"),
+        ("blocks.4.hook_resid_pre", "model.layers.4:input"),
+        ("blocks.4.hook_mlp_out", "model.layers.4.mlp"),
+        ("blocks.4.hook_resid_mid", "model.layers.4.post_attention_layernorm:input"),
+    ],
+)
 def test_transformerlens_hook_names_map_to_modules(tmp_path, tl, ours):
     _saelens_folder(tmp_path / "a", "topk", v6=False, extra_cfg={"hook_name": tl})
     sae, cfg = load_sae(tmp_path / "a")
@@ -118,16 +139,21 @@ def test_saelens_rescale_acts_by_decoder_norm_is_folded(tmp_path):
     t, _ = _saelens_folder(tmp_path / "a", "topk", extra_cfg={"rescale_acts_by_decoder_norm": True})
     sae, _ = load_sae(tmp_path / "a")
     n = t["W_dec"].norm(dim=1)
-    pre = ((X - t["b_dec"]) @ t["W_enc"] + t["b_enc"]) * n   # SAELens: top-k on norm-weighted pre-acts
+    pre = ((X - t["b_dec"]) @ t["W_enc"] + t["b_enc"]) * n  # SAELens: top-k on norm-weighted pre-acts
     top = pre.topk(K, dim=-1)
     acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
     ref = acts @ (t["W_dec"] / n[:, None]) + t["b_dec"]
     torch.testing.assert_close(sae.reconstruct(X), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("bad,match", [({"architecture": "temporal"}, "not supported"),
-                                       ({"normalize_activations": "layer_norm"}, "layer_norm"),
-                                       ({"d_sae": S + 1}, "shape")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"architecture": "temporal"}, "not supported"),
+        ({"normalize_activations": "layer_norm"}, "layer_norm"),
+        ({"d_sae": S + 1}, "shape"),
+    ],
+)
 def test_saelens_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, bad, match):
     _saelens_folder(tmp_path / "src", "topk", extra_cfg=bad)
     with pytest.raises(UserError, match=match):
@@ -140,11 +166,24 @@ def test_saelens_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, bad, ma
 def _sparsify_folder(root: Path, name="layers.1", transcode=False, num_latents=S, ef=3):
     folder = root / name
     folder.mkdir(parents=True)
-    t = {"encoder.weight": _rand(11, S, D), "encoder.bias": _rand(12, S) * 0.1, "W_dec": _rand(13, S, D),
-         "b_dec": _rand(14, D)}
+    t = {
+        "encoder.weight": _rand(11, S, D),
+        "encoder.bias": _rand(12, S) * 0.1,
+        "W_dec": _rand(13, S, D),
+        "b_dec": _rand(14, D),
+    }
     save_file(t, str(folder / "sae.safetensors"))
-    cfg = {"activation": "topk", "expansion_factor": ef, "normalize_decoder": True, "num_latents": num_latents,
-           "k": K, "multi_topk": False, "skip_connection": False, "transcode": transcode, "d_in": D}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": ef,
+        "normalize_decoder": True,
+        "num_latents": num_latents,
+        "k": K,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": transcode,
+        "d_in": D,
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return folder, t, cfg
 
@@ -182,7 +221,7 @@ def test_ours_roundtrip_through_both_formats(tmp_path):
     for arch, k in (("topk", 6), ("batchtopk", 6), ("jumprelu", None), ("relu", None)):
         sae = build_sae(SaeConfig(arch, d_in=D, d_sae=S, hookpoint="model.layers.2", k=k))
         sae.reset_parameters(torch.Generator().manual_seed(0))
-        sae.init_from_data(X, X)                        # non-unit scales: folding must be exact
+        sae.init_from_data(X, X)  # non-unit scales: folding must be exact
         if arch == "batchtopk":
             sae.threshold.fill_(0.25)
         save_sae(sae, tmp_path / arch, Provenance(model_spec="x", model_name="tiny", context=64))
@@ -208,8 +247,16 @@ def test_ours_roundtrip_through_both_formats(tmp_path):
 
 
 def test_transcoder_export_rules(tmp_path):
-    tc = build_sae(SaeConfig("topk", d_in=D, d_sae=S, hookpoint="model.layers.1.post_attention_layernorm",
-                             out_hookpoint="model.layers.1.mlp", k=4))
+    tc = build_sae(
+        SaeConfig(
+            "topk",
+            d_in=D,
+            d_sae=S,
+            hookpoint="model.layers.1.post_attention_layernorm",
+            out_hookpoint="model.layers.1.mlp",
+            k=4,
+        )
+    )
     with pytest.raises(UserError, match="same module"):
         export_sparsify(tc, tmp_path / "x")
     with pytest.raises(UserError, match="transcoders"):
@@ -243,8 +290,9 @@ def test_hub_source_resolves_through_snapshot_download(tmp_path):
 
 
 def _cli(args):
-    return subprocess.run([sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True, env=dict(os.environ), timeout=300
+    )
 
 
 def test_import_export_commands_on_a_real_model(tmp_path, tiny_model_dir):
@@ -252,16 +300,35 @@ def test_import_export_commands_on_a_real_model(tmp_path, tiny_model_dir):
 
     _sparsify_folder(tmp_path / "run", "layers.1")
     _sparsify_folder(tmp_path / "run", "layers.2")
-    r = _cli(["import", str(tmp_path / "run"), "--out", str(tmp_path / "ours"), "--model", str(tiny_model_dir),
-              "--context", "64"])
+    r = _cli(
+        [
+            "import",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "ours"),
+            "--model",
+            str(tiny_model_dir),
+            "--context",
+            "64",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     saes = [load_sae(tmp_path / "ours" / n) for n in ("layers.1", "layers.2")]
     assert all(c["saelab"]["model_spec"] == str(tiny_model_dir) for _, c in saes)
-    lm = load_model(str(tiny_model_dir))          # the imported hookpoints name real modules
+    lm = load_model(str(tiny_model_dir))  # the imported hookpoints name real modules
     acts = collect_activations(lm.model, torch.ones(1, 8, dtype=torch.long), [s.cfg.hookpoint for s, _ in saes])
     assert all(a.shape[-1] == D * 4 for a in acts.values())  # tiny model is d=64, foreign SAE is d=16: names resolve
-    r = _cli(["export", str(tmp_path / "ours" / "layers.1"), str(tmp_path / "ours" / "layers.2"), "--format",
-              "sparsify", "--out", str(tmp_path / "again")])
+    r = _cli(
+        [
+            "export",
+            str(tmp_path / "ours" / "layers.1"),
+            str(tmp_path / "ours" / "layers.2"),
+            "--format",
+            "sparsify",
+            "--out",
+            str(tmp_path / "again"),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     for n in ("layers.1", "layers.2"):
         a = load_file(str(tmp_path / "run" / n / "sae.safetensors"))

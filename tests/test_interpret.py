@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_chat_model
+
 from saelab.errors import UserError
 
 CTX = 64
@@ -41,10 +41,17 @@ def cache(tmp_path_factory, chat_model_dir, text_corpus):
         sae.b_dec.copy_(x.mean(0))
         sae.W_enc.copy_(torch.randn(64, 48) / x.std(0).mean())
     folder = tmp_path_factory.mktemp("sae") / "sae"
-    save_sae(sae, folder, Provenance(model_spec=str(chat_model_dir), model_name="tiny", corpus=str(text_corpus),
-                                     context=CTX))
-    out = build_latent_cache([folder], tokens=CTX * 40, out=tmp_path_factory.mktemp("c") / "cache", progress=False,
-                             neurons="model.layers.1.mlp.down_proj:input", neuron_k=4)
+    save_sae(
+        sae, folder, Provenance(model_spec=str(chat_model_dir), model_name="tiny", corpus=str(text_corpus), context=CTX)
+    )
+    out = build_latent_cache(
+        [folder],
+        tokens=CTX * 40,
+        out=tmp_path_factory.mktemp("c") / "cache",
+        progress=False,
+        neurons="model.layers.1.mlp.down_proj:input",
+        neuron_k=4,
+    )
     return LatentCache.open(out)
 
 
@@ -84,8 +91,10 @@ def test_examples_windows_peak_and_disjoint_sets(cache):
         assert len(ex.explain) == 8 and len(ex.activating) == 10 and ex.random
         for e in all_sets:
             assert len(e.tokens) == cfg.window == len(e.acts)
-            np.testing.assert_array_equal(e.tokens, cache.tokens[e.row, e.start:e.start + cfg.window])
-            np.testing.assert_allclose(e.acts, dense.get(e.row, np.zeros(CTX))[e.start:e.start + cfg.window], rtol=1e-6)
+            np.testing.assert_array_equal(e.tokens, cache.tokens[e.row, e.start : e.start + cfg.window])
+            np.testing.assert_allclose(
+                e.acts, dense.get(e.row, np.zeros(CTX))[e.start : e.start + cfg.window], rtol=1e-6
+            )
         for e in ex.explain + ex.activating:
             # the peak sits at cfg.peak (= 12 of 16) unless the window had to shift to stay in the row
             peak_pos = e.start + e.peak
@@ -108,8 +117,14 @@ def test_examples_windows_peak_and_disjoint_sets(cache):
         # hard negatives are peaks of similar latents
         nbs = set(s.neighbours(j))
         for e in ex.hard:
-            fired = [nb for nb in nbs if any(r == e.row and e.start <= p < e.start + cfg.window
-                                             for r, p in zip(*cache.latent_records(name, nb)[:2]))]
+            fired = [
+                nb
+                for nb in nbs
+                if any(
+                    r == e.row and e.start <= p < e.start + cfg.window
+                    for r, p in zip(*cache.latent_records(name, nb)[:2])
+                )
+            ]
             assert fired
     assert checked >= 2
 
@@ -184,7 +199,9 @@ def test_local_client_shared_prefix_matches_separate_forwards(chat_model_dir):
     from saelab.interpret.prompts import judge_messages
 
     c = LocalClient(str(chat_model_dir), batch_size=2)
-    prompts = [judge_messages("detection", "cats and dogs", t) for t in ["the cat sat", "x = 1 + 2", "a dog barked loud"]]
+    prompts = [
+        judge_messages("detection", "cats and dogs", t) for t in ["the cat sat", "x = 1 + 2", "a dog barked loud"]
+    ]
     shared = c.choice_logprobs(prompts, YES_NO)
     separate = [c.choice_logprobs([p], YES_NO)[0] for p in prompts]
     for a, b in zip(shared, separate):
@@ -219,8 +236,15 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     lat = _active_latents(cache, name, 3)
     dead = [int(j) for j in np.where(cache.fire_counts(name) == 0)[0][:1]]
     run = tmp_path / "run"
-    run_explain(cache.path, run, dictionary=name, latents=lat + dead, explainer="stats", example_cfg=_small_cfg(),
-                progress=False)
+    run_explain(
+        cache.path,
+        run,
+        dictionary=name,
+        latents=lat + dead,
+        explainer="stats",
+        example_cfg=_small_cfg(),
+        progress=False,
+    )
     r = load_run(run)
     assert [r.explanations[j]["status"] for j in lat] == ["ok"] * 3
     for j in dead:
@@ -231,15 +255,28 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     assert not set(ids["explain"]) & set(ids["activating"] + ids["random"] + ids["hard"])
     # a rerun with the same arguments does nothing; different settings are refused
     n_lines = len((run / "explanations.jsonl").read_text().splitlines())
-    run_explain(cache.path, run, dictionary=name, latents=lat + dead, explainer="stats", example_cfg=_small_cfg(),
-                progress=False)
+    run_explain(
+        cache.path,
+        run,
+        dictionary=name,
+        latents=lat + dead,
+        explainer="stats",
+        example_cfg=_small_cfg(),
+        progress=False,
+    )
     assert len((run / "explanations.jsonl").read_text().splitlines()) == n_lines
     with pytest.raises(UserError, match="other settings"):
-        run_explain(cache.path, run, dictionary=name, latents=lat, explainer="llm", example_cfg=_small_cfg(),
-                    progress=False)
+        run_explain(
+            cache.path, run, dictionary=name, latents=lat, explainer="llm", example_cfg=_small_cfg(), progress=False
+        )
 
-    n = run_score(run, ["embedding", "surprisal", "intervention", "detection"], judge_mode="logprob",
-                  model=str(chat_model_dir), progress=False)
+    n = run_score(
+        run,
+        ["embedding", "surprisal", "intervention", "detection"],
+        judge_mode="logprob",
+        model=str(chat_model_dir),
+        progress=False,
+    )
     assert n == {"embedding": 3, "surprisal": 3, "intervention": 3, "detection": 3}
     r = load_run(run)
     for s in ("embedding", "surprisal", "intervention", "detection"):
@@ -283,8 +320,15 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     # a second run (neurons) and the comparison
     run2 = tmp_path / "neurons"
     nname = cache.sae_names[1]
-    run_explain(cache.path, run2, dictionary=nname, latents=_active_latents(cache, nname, 3), explainer="stats",
-                example_cfg=_small_cfg(), progress=False)
+    run_explain(
+        cache.path,
+        run2,
+        dictionary=nname,
+        latents=_active_latents(cache, nname, 3),
+        explainer="stats",
+        example_cfg=_small_cfg(),
+        progress=False,
+    )
     run_score(run2, ["embedding"], progress=False)
     cmp = report([run, run2], tmp_path / "cmp", quiet=True)
     rep = json.loads((cmp / "report.json").read_text())
@@ -300,8 +344,17 @@ def test_llm_explainer_records_failures_and_successes(cache, tmp_path, chat_mode
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 2)
     run = tmp_path / "llm"
-    run_explain(cache.path, run, dictionary=name, latents=lat, explainer="llm", model=str(chat_model_dir),
-                example_cfg=_small_cfg(n_explain=6), batch_latents=2, progress=False)
+    run_explain(
+        cache.path,
+        run,
+        dictionary=name,
+        latents=lat,
+        explainer="llm",
+        model=str(chat_model_dir),
+        example_cfg=_small_cfg(n_explain=6),
+        batch_latents=2,
+        progress=False,
+    )
     r = load_run(run)
     for j in lat:
         rec = r.explanations[j]
@@ -320,8 +373,14 @@ def test_bad_input(cache, tmp_path):
     with pytest.raises(UserError, match="several dictionaries"):
         run_explain(cache.path, tmp_path / "a", explainer="stats", progress=False)
     with pytest.raises(UserError, match="outside"):
-        run_explain(cache.path, tmp_path / "a", dictionary=cache.sae_names[0], latents=[10**6], explainer="stats",
-                    progress=False)
+        run_explain(
+            cache.path,
+            tmp_path / "a",
+            dictionary=cache.sae_names[0],
+            latents=[10**6],
+            explainer="stats",
+            progress=False,
+        )
     with pytest.raises(UserError, match="unknown scorer"):
         run_score(tmp_path / "a", ["vibes"])
     with pytest.raises(UserError, match="not an interpretation run"):
@@ -334,9 +393,33 @@ def test_cli_explain_score_report(cache, tmp_path, capsys):
     name = cache.sae_names[0]
     run = tmp_path / "cli"
     lat = [str(j) for j in _active_latents(cache, name, 2)]
-    assert main(["explain", str(cache.path), "--dictionary", name, "--latents", *lat, "--explainer", "stats",
-                 "--window", "16", "--n-explain", "8", "--n-score-activating", "10", "--n-score-random", "5",
-                 "--n-score-hard", "5", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(cache.path),
+                "--dictionary",
+                name,
+                "--latents",
+                *lat,
+                "--explainer",
+                "stats",
+                "--window",
+                "16",
+                "--n-explain",
+                "8",
+                "--n-score-activating",
+                "10",
+                "--n-score-random",
+                "5",
+                "--n-score-hard",
+                "5",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert main(["score", str(run), "--scorers", "embedding"]) == 0
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
@@ -358,11 +441,12 @@ def test_run_scores_without_its_cache(cache, tmp_path):
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 2)
     run = tmp_path / "run"
-    run_explain(cache.path, run, dictionary=name, latents=lat, explainer="stats", example_cfg=_small_cfg(),
-                progress=False)
+    run_explain(
+        cache.path, run, dictionary=name, latents=lat, explainer="stats", example_cfg=_small_cfg(), progress=False
+    )
     stored = {d["latent"]: d for d in read_jsonl(run / "examples.jsonl")}
     sampler = ExampleSampler(cache, name, _small_cfg())
-    for j in lat:   # the stored examples are the sampled ones (ids, tokens, activations)
+    for j in lat:  # the stored examples are the sampled ones (ids, tokens, activations)
         a, b = LatentExamples.from_dict(stored[j]), sampler.sample(j)
         assert a.ids() == b.ids() and [e.tokens for e in a.scoring] == [e.tokens for e in b.scoring]
         assert np.allclose([x for e in a.scoring for x in e.acts], [x for e in b.scoring for x in e.acts], rtol=1e-5)
@@ -376,7 +460,8 @@ def test_run_scores_without_its_cache(cache, tmp_path):
     (moved / "manifest.json").write_text(json.dumps(m))
     assert run_score(moved, ["embedding"], progress=False) == {"embedding": 2}
     for j in lat:
-        assert load_run(moved).scores["embedding"][j]["metrics"]["auc"] == \
-            pytest.approx(load_run(run).scores["embedding"][j]["metrics"]["auc"])
+        assert load_run(moved).scores["embedding"][j]["metrics"]["auc"] == pytest.approx(
+            load_run(run).scores["embedding"][j]["metrics"]["auc"]
+        )
     with pytest.raises(UserError, match="cache .* is missing"):
         run_score(moved, ["intervention"], progress=False)

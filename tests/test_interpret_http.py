@@ -27,9 +27,26 @@ def chat_model_dir(tmp_path_factory, tiny_model_dir, embedded_folder):
 @pytest.fixture(scope="module")
 def server(chat_model_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "saelab.cli", "serve-llm", "--model", str(chat_model_dir), "--port", "0",
-                          "--threads", "1", "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "saelab.cli",
+            "serve-llm",
+            "--model",
+            str(chat_model_dir),
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     url = None
     for _ in range(200):
         line = p.stdout.readline()
@@ -89,8 +106,12 @@ def test_logprobs_match_local(server, local):
     c = OpenAIClient(model="x", base_url=server, concurrency=4)
     prompts = _prompts(4)
     top = local.top_logprobs(prompts, 20)
-    code, raw = _post(server, json.dumps({"model": "x", "messages": prompts[0], "max_tokens": 1, "logprobs": True,
-                                          "top_logprobs": 5}).encode())
+    code, raw = _post(
+        server,
+        json.dumps(
+            {"model": "x", "messages": prompts[0], "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+        ).encode(),
+    )
     assert code == 200
     got = [(t["token"], t["logprob"]) for t in raw["choices"][0]["logprobs"]["content"][0]["top_logprobs"]]
     assert [t for t, _ in got] == [t for t, _ in top[0][:5]]
@@ -164,10 +185,19 @@ def test_rate_limit_is_retried_with_backoff():
             if hits["n"] <= 2 or self.path.startswith("/always"):
                 code, body = 429, {"error": {"message": "slow down", "type": "rate_limit_error"}}
             else:
-                code, body = 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": "[1, 0]"}}],
-                                   "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+                code, body = (
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "[1, 0]"}}
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                    },
+                )
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -179,8 +209,9 @@ def test_rate_limit_is_retried_with_backoff():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         port = srv.server_address[1]
-        c = OpenAIClient(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=3, backoff=0.01,
-                         price_in=1.0, price_out=2.0)
+        c = OpenAIClient(
+            model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=3, backoff=0.01, price_in=1.0, price_out=2.0
+        )
         r = c.generate(_prompts(1), max_tokens=5)[0]
         assert r.ok and r.text == "[1, 0]" and c.usage.retries == 2
         assert c.usage.cost_usd == pytest.approx((7 * 1.0 + 3 * 2.0) / 1e6)

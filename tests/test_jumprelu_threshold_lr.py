@@ -3,14 +3,21 @@ the one training loop, the rest of the dictionary trains exactly as before, and 
 
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.errors import UserError
 from saelab.sae.folder import load_sae
 from saelab.train.loop import TrainingRun
 
-ONE_STEP = dict(arch="jumprelu", sparsity_coeff=[0.01], tokens=512, batch_tokens=512,
-                warmup_fraction=0.0, decay_fraction=0.0, lr=[2e-3])
+ONE_STEP = dict(
+    arch="jumprelu",
+    sparsity_coeff=[0.01],
+    tokens=512,
+    batch_tokens=512,
+    warmup_fraction=0.0,
+    decay_fraction=0.0,
+    lr=[2e-3],
+)
 
 
 def _trained(tmp_path, tiny_model_dir, text_corpus, name, **kw):
@@ -53,9 +60,16 @@ def test_resume_with_a_threshold_rate_is_exact(tmp_path, tiny_model_dir, text_co
     assert (full.log_threshold - full.log_threshold.mean()).abs().max() > 0.05  # the thresholds did move
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(arch="topk", k=[8], sparsity_coeff=[0.0]), "applies to --arch jumprelu only"),
-                                    (dict(jumprelu_threshold_lr=0.0), "positive multiple")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(arch="topk", k=[8], sparsity_coeff=[0.0]), "applies to --arch jumprelu only"),
+        (dict(jumprelu_threshold_lr=0.0), "positive multiple"),
+    ],
+)
 def test_bad_threshold_rate_is_refused_before_the_model_loads(tmp_path, kw, msg):
-    cfg = train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", **(ONE_STEP | {"jumprelu_threshold_lr": 2.0} | kw))
+    cfg = train_cfg(
+        tmp_path / "r", "no-such-model", "no-such-corpus", **(ONE_STEP | {"jumprelu_threshold_lr": 2.0} | kw)
+    )
     with pytest.raises(UserError, match=msg):
         cfg.validate()

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import kill_when_checkpointed, train_cfg
 
 from saelab.errors import UserError
@@ -19,14 +18,40 @@ from saelab.storage import read_json, read_tensors
 NAME = "model.layers.1-topk-k4"
 # 1,024 latents with k=4 on 512-token batches: many latents stay unfired, so with --dead-tokens 512
 # the AuxK term (its own global top-k over dead latents) is active from the second step on.
-ARGS = ["--latents", "1024", "--k", "4", "--tokens", "8192", "--batch-tokens", "512", "--context", "64",
-        "--buffer-batches", "4", "--lr", "2e-3", "--threads", "1", "--checkpoint-every", "4096",
-        "--dead-tokens", "512", "--hookpoints", "model.layers.1", "--distributed", "latents"]
+ARGS = [
+    "--latents",
+    "1024",
+    "--k",
+    "4",
+    "--tokens",
+    "8192",
+    "--batch-tokens",
+    "512",
+    "--context",
+    "64",
+    "--buffer-batches",
+    "4",
+    "--lr",
+    "2e-3",
+    "--threads",
+    "1",
+    "--checkpoint-every",
+    "4096",
+    "--dead-tokens",
+    "512",
+    "--hookpoints",
+    "model.layers.1",
+    "--distributed",
+    "latents",
+]
 
 
 def _launch(nproc):
-    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-            if nproc > 1 else [sys.executable]) + ["-m", "saelab.cli"]
+    return (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    ) + ["-m", "saelab.cli"]
 
 
 def test_two_latent_shards_match_one_process_and_resume(tmp_path, tiny_model_dir, text_corpus):
@@ -111,12 +136,16 @@ def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path)
 
     monkeypatch.setenv("WORLD_SIZE", "3")  # no RANK / MASTER_ADDR: reaching the process group would crash
     cfg = train_cfg(tmp_path / "o", "embedded", "builtin", latents=1000, distributed="latents")
-    with pytest.raises(UserError, match="--latents 1000 is not divisible by the 3 processes; use a multiple of 3 "
-                                        r"\(e.g. 1002\)"):
+    with pytest.raises(
+        UserError,
+        match="--latents 1000 is not divisible by the 3 processes; use a multiple of 3 "
+        r"\(e.g. 1002\)",
+    ):
         Distributed(cfg)
     with pytest.raises(UserError, match="--arch relu is not supported .*supported: topk, batchtopk, matryoshka"):
-        Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", arch="relu",
-                              sparsity_coeff=[1.0]))
+        Distributed(
+            train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", arch="relu", sparsity_coeff=[1.0])
+        )
 
 
 def test_torchrun_refuses_dictionaries_it_cannot_train_exactly(monkeypatch, tmp_path):
@@ -126,8 +155,17 @@ def test_torchrun_refuses_dictionaries_it_cannot_train_exactly(monkeypatch, tmp_
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="--arch gated: --distributed data would not give.*--distributed modules"):
-        Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="data", arch="gated",
-                              sparsity_coeff=[0.01]))
+        Distributed(
+            train_cfg(tmp_path / "o", "embedded", "builtin", distributed="data", arch="gated", sparsity_coeff=[0.01])
+        )
     with pytest.raises(UserError, match="--arch crosscoder trains in one process"):
-        Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="data", arch="crosscoder",
-                              hookpoints=["model.layers.{4,6}"]))
+        Distributed(
+            train_cfg(
+                tmp_path / "o",
+                "embedded",
+                "builtin",
+                distributed="data",
+                arch="crosscoder",
+                hookpoints=["model.layers.{4,6}"],
+            )
+        )

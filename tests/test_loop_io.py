@@ -4,8 +4,8 @@ or the last chunk's sample), not once per micro-batch per SAE."""
 
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.sae.batchtopk import BatchTopKSae
 from saelab.train.loop import TrainingRun
 from saelab.train.objectives import EndToEndObjective, LocalObjective
@@ -40,8 +40,18 @@ def test_inputs_read_once_and_finalize_sees_the_last_data(tmp_path, tiny_model_d
     monkeypatch.setattr(BatchTopKSae, "finalize", recording_finalize)
     # e2e: 2048 tokens = 4 steps of 8 rows in micro-batches of 3, 3, 2 rows; local: 2 chunks of 4 batches
     kw = dict(e2e_micro_rows=3, tokens=2048) if loss == "e2e" else dict(tokens=4096, buffer_batches=4)
-    cfg = train_cfg(tmp_path / loss, tiny_model_dir, text_corpus, loss=loss, arch="batchtopk", k=[4, 8], latents=64,
-                    batch_tokens=512, threads=1, **kw)
+    cfg = train_cfg(
+        tmp_path / loss,
+        tiny_model_dir,
+        text_corpus,
+        loss=loss,
+        arch="batchtopk",
+        k=[4, 8],
+        latents=64,
+        batch_tokens=512,
+        threads=1,
+        **kw,
+    )
     TrainingRun(cfg).run()
     names = sorted({n for n, _ in reads})
     assert len(names) == 2

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import train_cfg
+
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 
@@ -49,8 +49,9 @@ def model_b_with_u(tmp_path_factory, tiny_model_dir):
 def _train(tmp_path, model_a, model_b, corpus, **kw):
     from saelab.train.loop import TrainingRun
 
-    base = dict(arch="crosscoder", model_b=str(model_b), hookpoints=[SITE], latents=128, batch_tokens=128,
-                lr=[5e-2], threads=1)
+    base = dict(
+        arch="crosscoder", model_b=str(model_b), hookpoints=[SITE], latents=128, batch_tokens=128, lr=[5e-2], threads=1
+    )
     (folder,) = TrainingRun(train_cfg(tmp_path / "run", model_a, corpus, **(base | kw))).run()
     return folder
 
@@ -60,12 +61,14 @@ def test_relative_norms_counts_and_cosines_of_hand_built_decoders():
 
     sae = build_sae(SaeConfig("crosscoder", d_in=8, d_sae=6, hookpoint="s+model_b.s", k=2))
     e1, e2, z = torch.eye(4)[0], torch.eye(4)[1], torch.zeros(4)
-    rows = [(e1, z),            # r = 0: A only
-            (z, e2),            # r = 1: B only
-            (e1, e1),           # r = 0.5, cosine 1
-            (e1, -e1),          # r = 0.5, cosine -1
-            (3 * e1, e2),       # r = 0.25, cosine 0
-            (e1, 9.5 * e1)]     # r = 9.5 / 10.5 = 0.905: B only
+    rows = [
+        (e1, z),  # r = 0: A only
+        (z, e2),  # r = 1: B only
+        (e1, e1),  # r = 0.5, cosine 1
+        (e1, -e1),  # r = 0.5, cosine -1
+        (3 * e1, e2),  # r = 0.25, cosine 0
+        (e1, 9.5 * e1),
+    ]  # r = 9.5 / 10.5 = 0.905: B only
     with torch.no_grad():
         sae.W_dec.copy_(torch.stack([torch.cat(r) for r in rows]))
     a = model_diff_analysis(sae)
@@ -93,7 +96,9 @@ def test_model_diff_trains_evaluates_and_finds_b_only_direction(tmp_path, tiny_m
     from saelab.sinks import SinkConfig
 
     model_b, u = model_b_with_u
-    folder = _train(tmp_path, tiny_model_dir, model_b, text_corpus, tokens=16384, warmup_fraction=0.0, decay_fraction=0.6)
+    folder = _train(
+        tmp_path, tiny_model_dir, model_b, text_corpus, tokens=16384, warmup_fraction=0.0, decay_fraction=0.6
+    )
     sae, cfg = load_sae(folder)
     assert sae.cfg.hookpoint == JOINED and sae.cfg.d_in == 128 and cfg["saelab"]["model_b"] == str(model_b)
 
@@ -106,8 +111,9 @@ def test_model_diff_trains_evaluates_and_finds_b_only_direction(tmp_path, tiny_m
     lm = load_pair(str(tiny_model_dir), str(model_b))
     assert isinstance(lm.model, ModelPair)
     rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
-    r = crosscoder_metrics(lm.model, lm.tokenizer, build_sae(sae.cfg), SinkConfig(), rows,
-                           EvalBudget(tokens=1024, ce_tokens=128))
+    r = crosscoder_metrics(
+        lm.model, lm.tokenizer, build_sae(sae.cfg), SinkConfig(), rows, EvalBudget(tokens=1024, ce_tokens=128)
+    )
     for site in JOINED.split("+"):
         assert m["fvu_per_site"][site] < 0.7 * r["fvu_per_site"][site], (m["fvu_per_site"], r["fvu_per_site"])
     for tag in ("model_a", "model_b"):
@@ -147,8 +153,10 @@ def test_identical_models_share_every_latent(tmp_path_factory, tmp_path, tiny_mo
     assert a["a_only"] == a["b_only"] == 0 and a["shared"] == 128
     assert sum(a["relative_norm_histogram"][8:12]) == 128  # every r in [0.4, 0.6)
     # the same data at both sites makes a latent's A and B decoders alike (a random crosscoder's are not)
-    assert a["shared_cosine_mean"] > 0.6 and abs(rand["shared_cosine_mean"]) < 0.1, (a["shared_cosine_mean"],
-                                                                                     rand["shared_cosine_mean"])
+    assert a["shared_cosine_mean"] > 0.6 and abs(rand["shared_cosine_mean"]) < 0.1, (
+        a["shared_cosine_mean"],
+        rand["shared_cosine_mean"],
+    )
 
 
 def test_model_b_bad_input(tmp_path_factory, tmp_path, tiny_model_dir, text_corpus):
@@ -160,10 +168,12 @@ def test_model_b_bad_input(tmp_path_factory, tmp_path, tiny_model_dir, text_corp
     def cfg(out="r", **kw):
         return train_cfg(tmp_path / out, tiny_model_dir, text_corpus, **({"arch": "crosscoder", "model_b": "b"} | kw))
 
-    for kw, msg in [(dict(arch="topk"), "add --arch crosscoder"),
-                    (dict(from_activations="cache"), "--from-activations"),
-                    (dict(init_from="sae"), "--init-from"),
-                    (dict(loss="e2e"), "--loss local only")]:
+    for kw, msg in [
+        (dict(arch="topk"), "add --arch crosscoder"),
+        (dict(from_activations="cache"), "--from-activations"),
+        (dict(init_from="sae"), "--init-from"),
+        (dict(loss="e2e"), "--loss local only"),
+    ]:
         with pytest.raises(UserError, match=msg):
             cfg(**kw).validate()
     with pytest.raises(UserError, match="one process"):  # torchrun
@@ -179,9 +189,18 @@ def test_model_b_bad_input(tmp_path_factory, tmp_path, tiny_model_dir, text_corp
 
     # another width: refused once the widths are measured, before anything trains
     narrow = tmp_path_factory.mktemp("b-narrow") / "model"
-    conf = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    conf = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaForCausalLM(conf).save_pretrained(narrow)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_model_dir / name, narrow / name)

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from saelab.errors import UserError
-from saelab.models import (candidate_hookpoints, collect_activations, hookpoint_widths, layer_index, load_model,
-                           resolve_hookpoints, patch_activation)
+from saelab.models import (
+    candidate_hookpoints,
+    collect_activations,
+    hookpoint_widths,
+    layer_index,
+    load_model,
+    patch_activation,
+    resolve_hookpoints,
+)
 from saelab.sinks import SinkConfig, excluded_positions
 
 

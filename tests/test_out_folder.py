@@ -11,8 +11,15 @@ import pytest
 from saelab.cli import build_parser, main
 from saelab.errors import UserError
 from saelab.options import add_dataclass_options, build_config, opt
-from saelab.out_folder import (ACTIVATION_CACHE, BENCH_REPORT, INTERPRETATION_RUN, LATENT_CACHE, TRAINING_RUN,
-                               kind_of, open_out)
+from saelab.out_folder import (
+    ACTIVATION_CACHE,
+    BENCH_REPORT,
+    INTERPRETATION_RUN,
+    LATENT_CACHE,
+    TRAINING_RUN,
+    kind_of,
+    open_out,
+)
 
 
 def _training_run(folder):
@@ -113,8 +120,17 @@ def test_a_report_beside_other_files_refuses_only_its_own(tmp_path):
 
 def test_cache_command_refuses_a_training_run_before_any_model_loads(tmp_path, capsys):
     run = _training_run(tmp_path / "run")
-    argv = ["cache", "--neurons", "model.layers.0.mlp.down_proj:input", "--model", str(tmp_path / "no-model"),
-            "--out", str(run), "--tokens", "64"]
+    argv = [
+        "cache",
+        "--neurons",
+        "model.layers.0.mlp.down_proj:input",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--out",
+        str(run),
+        "--tokens",
+        "64",
+    ]
     assert main(argv + ["--overwrite"]) == 2
     assert "holds a training run, not a latent cache" in capsys.readouterr().err
     assert (run / "sae-a" / "cfg.json").exists()
@@ -126,13 +142,32 @@ def test_later_stage_commands_are_built_from_their_dataclasses(tmp_path):
     from saelab.interpret.config import ExplainConfig, ScoreConfig
 
     p = build_parser()
-    a = p.parse_args(["explain", "CACHE", "--out", "R", "--latents", "0-3,7", "--llm", "m", "--concurrency", "2",
-                      "--show-activations"])
+    a = p.parse_args(
+        [
+            "explain",
+            "CACHE",
+            "--out",
+            "R",
+            "--latents",
+            "0-3,7",
+            "--llm",
+            "m",
+            "--concurrency",
+            "2",
+            "--show-activations",
+        ]
+    )
     from saelab.commands import latent_list
 
     e = build_config(ExplainConfig, a, None, latents=latent_list(a.latents))
-    assert (e.cache, e.out, e.latents, e.llm, e.concurrency, e.show_activations) == ("CACHE", "R", [0, 1, 2, 3, 7],
-                                                                                     "m", 2, True)
+    assert (e.cache, e.out, e.latents, e.llm, e.concurrency, e.show_activations) == (
+        "CACHE",
+        "R",
+        [0, 1, 2, 3, 7],
+        "m",
+        2,
+        True,
+    )
     assert e.client_options()["concurrency"] == 2 and e.examples().window == 32
     s = build_config(ScoreConfig, p.parse_args(["score", "RUN", "--scorers", "embedding"]), None)
     assert (s.run, s.scorers, s.latents) == ("RUN", ["embedding"], None)
@@ -141,8 +176,12 @@ def test_later_stage_commands_are_built_from_their_dataclasses(tmp_path):
     with pytest.raises(UserError, match="--no-sinks cannot be combined"):
         LatentCacheConfig(out="C", neurons="h", sinks=False, sink_norm_factor=2.0).validate()
     b = build_config(BenchConfig, p.parse_args(["bench", "S1", "S2", "--out", "O", "--baselines", "pca"]), None)
-    assert (b.sae_dirs, b.baselines, b.tokens, b.chosen_metrics(False)) == (["S1", "S2"], ["pca"], 20_000,
-                                                                           ["core", "probing", "absorption"])
+    assert (b.sae_dirs, b.baselines, b.tokens, b.chosen_metrics(False)) == (
+        ["S1", "S2"],
+        ["pca"],
+        20_000,
+        ["core", "probing", "absorption"],
+    )
     toml = tmp_path / "c.toml"
     toml.write_text('tokens = 512\nsplit = "train"\n')
     c = build_config(LatentCacheConfig, p.parse_args(["cache", "A", "--out", "C", "--config", str(toml)]), str(toml))

@@ -17,8 +17,10 @@ def _capture(monkeypatch, module):
 def test_train_curves_ticks_and_constant_l0(tmp_path, monkeypatch):
     import saelab.train.curves as curves
 
-    recs = [{"tokens": t, "saes": {"a": {"fvu": 1.0 / (1 + t / 1e5), "l0": 32.0, "dead": 0.0}}}
-            for t in range(0, 1_500_000, 50_000)]
+    recs = [
+        {"tokens": t, "saes": {"a": {"fvu": 1.0 / (1 + t / 1e5), "l0": 32.0, "dead": 0.0}}}
+        for t in range(0, 1_500_000, 50_000)
+    ]
     (tmp_path / curves.LOG).write_text("".join(json.dumps(r) + "\n" for r in recs))
     figs = _capture(monkeypatch, curves)
     curves.plot_train_log(tmp_path)

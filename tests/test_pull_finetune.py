@@ -27,21 +27,68 @@ def test_pulled_release_fine_tunes_with_init_from(tmp_path, tiny_model_dir, text
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     repo = tmp_path / "repo" / "layers.1"  # sparsify: one folder per hookpoint, relative to the base model
     repo.mkdir(parents=True)
-    (repo / "cfg.json").write_text(json.dumps({"d_in": D, "k": K, "num_latents": S, "expansion_factor": 4,
-                                               "activation": "topk", "normalize_decoder": True}))
-    write_tensors(repo / "sae.safetensors", {"encoder.weight": W_dec.clone(), "encoder.bias": torch.zeros(S),
-                                             "W_dec": W_dec, "b_dec": torch.zeros(D)})
+    (repo / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": D,
+                "k": K,
+                "num_latents": S,
+                "expansion_factor": 4,
+                "activation": "topk",
+                "normalize_decoder": True,
+            }
+        )
+    )
+    write_tensors(
+        repo / "sae.safetensors",
+        {"encoder.weight": W_dec.clone(), "encoder.bias": torch.zeros(S), "W_dec": W_dec, "b_dec": torch.zeros(D)},
+    )
     registry = tmp_path / "releases.json"  # a release of the tiny model, as the packaged registry lists real ones
-    registry.write_text(json.dumps({"tiny-sparsify": {
-        "repo": "nobody/tiny", "model": str(tiny_model_dir), "format": "sparsify", "context": 64,
-        "ids": {"template": "layers.{layer}", "layers": 4}, "path": "{sae_id}", "hookpoint": "model.layers.{layer}"}}))
+    registry.write_text(
+        json.dumps(
+            {
+                "tiny-sparsify": {
+                    "repo": "nobody/tiny",
+                    "model": str(tiny_model_dir),
+                    "format": "sparsify",
+                    "context": 64,
+                    "ids": {"template": "layers.{layer}", "layers": 4},
+                    "path": "{sae_id}",
+                    "hookpoint": "model.layers.{layer}",
+                }
+            }
+        )
+    )
     from saelab.sae.releases import pull
 
     pulled = pull("tiny-sparsify", "layers.1", tmp_path / "pulled", root=tmp_path / "repo", registry_path=registry)
     run = tmp_path / "ft"
-    assert main(["train", "--init-from", str(pulled), "--corpus", str(text_corpus), "--tokens", "8192",
-                 "--batch-tokens", "512", "--context", "64", "--buffer-batches", "4", "--lr", "2e-3", "--threads", "2",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--init-from",
+                str(pulled),
+                "--corpus",
+                str(text_corpus),
+                "--tokens",
+                "8192",
+                "--batch-tokens",
+                "512",
+                "--context",
+                "64",
+                "--buffer-batches",
+                "4",
+                "--lr",
+                "2e-3",
+                "--threads",
+                "2",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     name = "model.layers.1-topk-k8"  # hookpoint, arch and k adopted from the pulled folder
     tuned, _ = load_sae(run / name)
     before, _ = load_sae(pulled)

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from test_batchtopk_select import ThreadComm
 
 import saelab.sae.base as base
 from saelab.sae import SaeConfig, build_sae
@@ -14,8 +15,6 @@ from saelab.sae.reductions import LOCAL
 from saelab.train.latent_shard import latent_slice
 from saelab.train.row_split import RowSplit
 from saelab.train.sharded_saes import LatentSplit
-
-from test_batchtopk_select import ThreadComm
 
 D, M, N = 16, 64, 48
 
@@ -28,6 +27,7 @@ def run_ranks(fn, world=2):
             results[r] = fn(r)
         except Exception as e:  # noqa: BLE001 - reported below, with the rank
             errors.append((r, e))
+
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
     for t in threads:
         t.start()
@@ -46,8 +46,18 @@ def step(sae, x, dead, target):
 
 def make(arch):
     torch.manual_seed(0)
-    sae = build_sae(SaeConfig(arch, d_in=D, d_sae=M, hookpoint="h", k=4, aux_k=6, aux_coeff=0.5,
-                              groups=[16, 16, 32] if arch == "matryoshka" else None)).train()
+    sae = build_sae(
+        SaeConfig(
+            arch,
+            d_in=D,
+            d_sae=M,
+            hookpoint="h",
+            k=4,
+            aux_k=6,
+            aux_coeff=0.5,
+            groups=[16, 16, 32] if arch == "matryoshka" else None,
+        )
+    ).train()
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(D) * 0.1)
     return sae
@@ -82,8 +92,9 @@ def test_latent_slices_give_the_single_process_step(arch, dead_at, dense_up_to, 
     torch.testing.assert_close(lat, want.latents.to_dense(), rtol=0, atol=0)
     for name, dim in (("W_enc", 1), ("b_enc", 0), ("W_dec", 0)):  # each slice: its part of the gradient
         g_full = getattr(full, name).grad
-        torch.testing.assert_close(torch.cat([getattr(s, name).grad for s in slices], dim), g_full,
-                                   rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            torch.cat([getattr(s, name).grad for s in slices], dim), g_full, rtol=1e-4, atol=1e-6, msg=name
+        )
     torch.testing.assert_close(slices[0].b_dec.grad + slices[1].b_dec.grad, full.b_dec.grad, rtol=1e-4, atol=1e-5)
     if arch != "topk":  # the running inference threshold is the single process's on every rank
         assert all(s.threshold == full.threshold for s in slices)
@@ -109,7 +120,7 @@ def test_row_shares_keep_the_single_process_batch_selection(arch):
     got = torch.cat(run_ranks(rank))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert all(s.threshold == full.threshold for s in shares)
-    mine = [(want[:N // 2] > 0).sum(), (want[N // 2:] > 0).sum()]
+    mine = [(want[: N // 2] > 0).sum(), (want[N // 2 :] > 0).sum()]
     assert mine[0] != mine[1]  # the shares really kept different counts (not k x their rows each)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import train_cfg
 
 from saelab.errors import UserError
@@ -28,6 +27,7 @@ SITE = "model.layers.1"
 # ---------------------------------------------------------------- toy types, registered only here
 class RenamedTopK(TopKSae):
     """TopK under another name: what it declares is its own (inherits no declaration)."""
+
     Options = NoOptions
     capabilities = Capabilities(uses_k=True)
     foreign = ForeignNames(saelens="topk", sparsify=True)
@@ -35,6 +35,7 @@ class RenamedTopK(TopKSae):
 
 class DenseReLU(SparseCoder):
     """The smallest dictionary type: a ReLU SAE with an L1 penalty, computed densely."""
+
     Options = NoOptions
     capabilities = Capabilities()
     foreign = ForeignNames(saelens="standard")
@@ -49,6 +50,7 @@ class DenseReLU(SparseCoder):
 
 class GainedReLU(DenseReLU):
     """Declares SAELens' `standard` form, but its per-latent gain is no SAELens tensor: export loses it."""
+
     Options = NoOptions
     capabilities = Capabilities()
     foreign = ForeignNames(saelens="standard")
@@ -80,10 +82,12 @@ def _dense(sae: SparseCoder, x: torch.Tensor) -> torch.Tensor:
 
 def same_outputs(a: SparseCoder, b: SparseCoder, x: torch.Tensor, what: str) -> None:
     a, b = a.eval(), b.eval()
-    torch.testing.assert_close(_dense(b, x), _dense(a, x), rtol=1e-4, atol=1e-4,
-                               msg=lambda m: f"{what}: latents differ. {m}")
-    torch.testing.assert_close(b.reconstruct(x), a.reconstruct(x), rtol=1e-4, atol=1e-4,
-                               msg=lambda m: f"{what}: reconstructions differ. {m}")
+    torch.testing.assert_close(
+        _dense(b, x), _dense(a, x), rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: latents differ. {m}"
+    )
+    torch.testing.assert_close(
+        b.reconstruct(x), a.reconstruct(x), rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: reconstructions differ. {m}"
+    )
 
 
 def check_exports(sae: SparseCoder, tmp_path, x: torch.Tensor) -> None:
@@ -134,8 +138,13 @@ def check_config_rules(arch: str, kw: dict, tmp_path) -> None:
         else:
             with pytest.raises(UserError, match="not supported"):
                 cfg.validate()
-    tc = train_cfg(tmp_path / "r", "no-such-model", "no-such-corpus", arch=arch,
-                   **(kw | {"hookpoints": [f"{SITE}->model.layers.2"]}))
+    tc = train_cfg(
+        tmp_path / "r",
+        "no-such-model",
+        "no-such-corpus",
+        arch=arch,
+        **(kw | {"hookpoints": [f"{SITE}->model.layers.2"]}),
+    )
     if caps.transcoder:
         tc.validate()
     else:
@@ -191,8 +200,7 @@ def test_every_registered_type_keeps_its_contract(arch, tmp_path, monkeypatch, t
 
 
 @pytest.mark.parametrize("name", list(TOYS))
-def test_a_type_registered_only_here_keeps_the_same_contract(name, tmp_path, monkeypatch, tiny_model_dir,
-                                                             text_corpus):
+def test_a_type_registered_only_here_keeps_the_same_contract(name, tmp_path, monkeypatch, tiny_model_dir, text_corpus):
     monkeypatch.setitem(ARCHITECTURES, name, TOYS[name])  # the one line a new type adds to sae/registry.py
     keeps_contract(name, tmp_path, monkeypatch, tiny_model_dir, text_corpus)
 

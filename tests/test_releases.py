@@ -23,6 +23,7 @@ D, S = 8, 16
 def no_hub(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the hub must not be called in tests")
+
     monkeypatch.setattr("saelab.sae.releases.download", refuse)
 
 
@@ -49,8 +50,14 @@ def test_gemma_scope_params_npz(tmp_path):
     b_enc, b_dec, thr = torch.randn(S, generator=g), torch.randn(D, generator=g), torch.rand(S, generator=g) * 2
     sae_id = "layer_3/width_16k/average_l0_5"
     (tmp_path / "repo" / sae_id).mkdir(parents=True)
-    np.savez(tmp_path / "repo" / sae_id / "params.npz", W_enc=W_enc.numpy(), W_dec=W_dec.numpy(), b_enc=b_enc.numpy(),
-             b_dec=b_dec.numpy(), threshold=thr.numpy())
+    np.savez(
+        tmp_path / "repo" / sae_id / "params.npz",
+        W_enc=W_enc.numpy(),
+        W_dec=W_dec.numpy(),
+        b_enc=b_enc.numpy(),
+        b_dec=b_dec.numpy(),
+        threshold=thr.numpy(),
+    )
 
     def ref(x):  # Gemma Scope's JumpReLU: no b_dec subtraction before the encoder
         pre = x @ W_enc + b_enc
@@ -73,26 +80,50 @@ def test_llama_scope_dataset_wise_norm(tmp_path):
     sae_id = "Llama3_1-8B-Base-L7R-8x"
     f = tmp_path / "repo" / sae_id
     (f / "checkpoints").mkdir(parents=True)
-    (f / "hyperparams.json").write_text(json.dumps({
-        "d_model": D, "d_sae": S, "act_fn": "jumprelu", "jump_relu_threshold": theta, "norm_activation": "dataset-wise",
-        "dataset_average_activation_norm": {"in": n_in, "out": n_out}, "hook_point_in": "blocks.7.hook_resid_post",
-        "hook_point_out": "blocks.7.hook_resid_post"}))
-    write_tensors(f / "checkpoints" / "final.safetensors", {"encoder.weight": enc, "encoder.bias": enc_b,
-                                                             "decoder.weight": dec, "decoder.bias": dec_b})
+    (f / "hyperparams.json").write_text(
+        json.dumps(
+            {
+                "d_model": D,
+                "d_sae": S,
+                "act_fn": "jumprelu",
+                "jump_relu_threshold": theta,
+                "norm_activation": "dataset-wise",
+                "dataset_average_activation_norm": {"in": n_in, "out": n_out},
+                "hook_point_in": "blocks.7.hook_resid_post",
+                "hook_point_out": "blocks.7.hook_resid_post",
+            }
+        )
+    )
+    write_tensors(
+        f / "checkpoints" / "final.safetensors",
+        {"encoder.weight": enc, "encoder.bias": enc_b, "decoder.weight": dec, "decoder.bias": dec_b},
+    )
 
     def ref(x):  # input scaled to norm sqrt(d), output scaled back with the output norm
-        pre = (x * D ** 0.5 / n_in) @ enc.t() + enc_b
+        pre = (x * D**0.5 / n_in) @ enc.t() + enc_b
         lat = pre * (pre > theta)
-        return lat, (lat @ dec.t() + dec_b) * n_out / D ** 0.5
+        return lat, (lat @ dec.t() + dec_b) * n_out / D**0.5
 
     _check(pull("llama-scope-lxr-8x", sae_id, tmp_path / "out", root=tmp_path / "repo"), ref, "model.layers.7")
 
 
 def _saelens_folder(folder, W_enc, b_enc, W_dec, b_dec, hook="blocks.2.hook_resid_pre"):
     folder.mkdir(parents=True)
-    (folder / "cfg.json").write_text(json.dumps({
-        "architecture": "standard", "d_in": D, "d_sae": S, "dtype": "float32", "apply_b_dec_to_input": True,
-        "normalize_activations": "none", "hook_name": hook, "model_name": "gpt2", "context_size": 128}))
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": D,
+                "d_sae": S,
+                "dtype": "float32",
+                "apply_b_dec_to_input": True,
+                "normalize_activations": "none",
+                "hook_name": hook,
+                "model_name": "gpt2",
+                "context_size": 128,
+            }
+        )
+    )
     write_tensors(folder / "sae_weights.safetensors", {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
 
 
@@ -117,8 +148,18 @@ def test_sparsify_release(tmp_path):
     enc_b, b_dec, k = torch.randn(S, generator=g), torch.randn(D, generator=g), 4
     f = tmp_path / "repo" / "layers.5"
     f.mkdir(parents=True)
-    (f / "cfg.json").write_text(json.dumps({"d_in": D, "k": k, "num_latents": S, "expansion_factor": 2,
-                                            "activation": "topk", "normalize_decoder": True}))
+    (f / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": D,
+                "k": k,
+                "num_latents": S,
+                "expansion_factor": 2,
+                "activation": "topk",
+                "normalize_decoder": True,
+            }
+        )
+    )
     write_tensors(f / "sae.safetensors", {"encoder.weight": enc, "encoder.bias": enc_b, "W_dec": W_dec, "b_dec": b_dec})
 
     def ref(x):
@@ -140,8 +181,14 @@ def test_files_in_the_wrong_format_fail_clearly(tmp_path):
         pull("sae-pythia-160m-32k", "layers.1", tmp_path / "b", root=tmp_path / "repo")
     bad = tmp_path / "repo" / "layer_2/width_16k/average_l0_9"
     bad.mkdir(parents=True)
-    np.savez(bad / "params.npz", W_enc=np.zeros((D, S), np.float32), W_dec=np.zeros((S, D + 1), np.float32),
-             b_enc=np.zeros(S, np.float32), b_dec=np.zeros(D, np.float32), threshold=np.zeros(S, np.float32))
+    np.savez(
+        bad / "params.npz",
+        W_enc=np.zeros((D, S), np.float32),
+        W_dec=np.zeros((S, D + 1), np.float32),
+        b_enc=np.zeros(S, np.float32),
+        b_dec=np.zeros(D, np.float32),
+        threshold=np.zeros(S, np.float32),
+    )
     with pytest.raises(UserError, match=r"w_dec has shape \(16, 9\), expected \(16, 8\)"):
         pull("gemma-scope-2b-pt-res", "layer_2/width_16k/average_l0_9", tmp_path / "c", root=tmp_path / "repo")
     assert not any((tmp_path / n).exists() for n in "abc")  # nothing written

@@ -6,17 +6,19 @@ import json
 import os
 
 import pytest
-
-from saelab.cli import main
 from test_interpret import cache as interp_cache  # noqa: F401  (a latent cache fixture)
 from test_interpret import chat_model_dir  # noqa: F401
+
+from saelab.cli import main
 
 RUN_FILES = {"manifest.json": '{"kind": "a finished run"}\n', "sae/cfg.json": "{}\n", "train_log.jsonl": "{}\n"}
 
 
 def _snapshot(root) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -83,8 +85,12 @@ TRAIN_BAD = [  # (config values, words the message must hold)
 @pytest.mark.parametrize("values,expect", TRAIN_BAD, ids=[next(iter(v)) for v, _ in TRAIN_BAD])
 def test_train_config_file_fuzz(work, tmp_path, capsys, values, expect):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"out": str(work / "run"), "latents": 64, "k": [4], "tokens": 4096,
-                               "batch_tokens": 512, "context": 64} | values))
+    cfg.write_text(
+        json.dumps(
+            {"out": str(work / "run"), "latents": 64, "k": [4], "tokens": 4096, "batch_tokens": 512, "context": 64}
+            | values
+        )
+    )
     _fails_cleanly(["train", "--config", str(cfg)], work, capsys, expect)
     if values == {"warmup_fraction": 5}:  # the same check from a TOML file and from the command line
         toml = tmp_path / "c.toml"
@@ -95,10 +101,12 @@ def test_train_config_file_fuzz(work, tmp_path, capsys, values, expect):
 def test_sweep_config_file_fuzz(work, tmp_path, capsys):
     for values, expect in TRAIN_BAD:
         cfg = tmp_path / "c.json"
-        cfg.write_text(json.dumps({"latents": 64, "k": [4], "tokens": 4096, "batch_tokens": 512, "context": 64}
-                                  | values))
-        _fails_cleanly(["sweep", "--out", str(work / "run"), "--losses", "local", "--config", str(cfg)],
-                       work, capsys, expect)
+        cfg.write_text(
+            json.dumps({"latents": 64, "k": [4], "tokens": 4096, "batch_tokens": 512, "context": 64} | values)
+        )
+        _fails_cleanly(
+            ["sweep", "--out", str(work / "run"), "--losses", "local", "--config", str(cfg)], work, capsys, expect
+        )
 
 
 CACHE_BAD = [
@@ -120,8 +128,18 @@ CACHE_BAD = [
 @pytest.mark.parametrize("values,expect", CACHE_BAD, ids=[next(iter(v)) for v, _ in CACHE_BAD])
 def test_cache_activations_config_file_fuzz(work, tmp_path, capsys, values, expect):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"out": str(work / "run"), "hookpoints": ["model.layers.1"], "tokens": 4096,
-                               "batch_tokens": 512, "context": 64} | values))
+    cfg.write_text(
+        json.dumps(
+            {
+                "out": str(work / "run"),
+                "hookpoints": ["model.layers.1"],
+                "tokens": 4096,
+                "batch_tokens": 512,
+                "context": 64,
+            }
+            | values
+        )
+    )
     _fails_cleanly(["cache-activations", "--config", str(cfg)], work, capsys, expect)
 
 
@@ -142,13 +160,25 @@ SCALING_BAD = [
 @pytest.mark.parametrize("values,expect", SCALING_BAD, ids=[next(iter(v)) for v, _ in SCALING_BAD])
 def test_scaling_config_file_fuzz(work, tmp_path, capsys, values, expect):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"out": str(work / "run"), "latents": [64, 128], "tokens": [1024, 2048], "k": 4,
-                               "batch_tokens": 512, "context": 64} | values))
+    cfg.write_text(
+        json.dumps(
+            {
+                "out": str(work / "run"),
+                "latents": [64, 128],
+                "tokens": [1024, 2048],
+                "k": 4,
+                "batch_tokens": 512,
+                "context": 64,
+            }
+            | values
+        )
+    )
     _fails_cleanly(["scaling", "--config", str(cfg)], work, capsys, expect)
 
 
-@pytest.mark.parametrize("text,expect", [("[1, 2]", "must hold an object"), ("{", "is not valid"),
-                                         ('"out"', "must hold an object")])
+@pytest.mark.parametrize(
+    "text,expect", [("[1, 2]", "must hold an object"), ("{", "is not valid"), ('"out"', "must hold an object")]
+)
 def test_config_file_not_an_object(work, tmp_path, capsys, text, expect):
     cfg = tmp_path / "c.json"
     cfg.write_text(text)
@@ -158,21 +188,40 @@ def test_config_file_not_an_object(work, tmp_path, capsys, text, expect):
 
 def test_command_line_values_checked_before_the_model(work, capsys):
     run = str(work / "new_run")
-    base = ["train", "--out", run, "--latents", "64", "--k", "4", "--tokens", "4096", "--batch-tokens", "512",
-            "--context", "64"]
-    for extra, expect in [(["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
-                          (["--buffer-batches", "0"], "--buffer-batches must be >= 1"),
-                          (["--threads", "-1"], "--threads must be >= 1"),
-                          (["--device", "banana"], "is not a device"),
-                          (["--warmup-fraction", "5"], "between 0 and 1"),
-                          (["--sink-first-positions", "-3"], ">= 0"),
-                          (["--batch-tokens", "1000000000", "--tokens", "1000000000"], "GiB")]:
+    base = [
+        "train",
+        "--out",
+        run,
+        "--latents",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "4096",
+        "--batch-tokens",
+        "512",
+        "--context",
+        "64",
+    ]
+    for extra, expect in [
+        (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
+        (["--buffer-batches", "0"], "--buffer-batches must be >= 1"),
+        (["--threads", "-1"], "--threads must be >= 1"),
+        (["--device", "banana"], "is not a device"),
+        (["--warmup-fraction", "5"], "between 0 and 1"),
+        (["--sink-first-positions", "-3"], ">= 0"),
+        (["--batch-tokens", "1000000000", "--tokens", "1000000000"], "GiB"),
+    ]:
         _fails_cleanly(base + extra, work, capsys, expect)
     assert not (work / "new_run").exists()
     _fails_cleanly(base[:1] + ["--out", str(work / "a_file")] + base[3:], work, capsys, "is a file, not a folder")
     _fails_cleanly(base[:1] + ["--out", str(work / "a_file" / "sub")] + base[3:], work, capsys, "not a writable folder")
-    _fails_cleanly(["cache-activations", "--out", str(work / "a_file"), "--hookpoints", "model.layers.1"],
-                   work, capsys, "is a file")
+    _fails_cleanly(
+        ["cache-activations", "--out", str(work / "a_file"), "--hookpoints", "model.layers.1"],
+        work,
+        capsys,
+        "is a file",
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -181,8 +230,9 @@ def test_out_in_a_read_only_folder(work, capsys):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        _fails_cleanly(["train", "--out", str(ro / "run"), "--latents", "64", "--k", "4"], work, capsys,
-                       "not a writable folder")
+        _fails_cleanly(
+            ["train", "--out", str(ro / "run"), "--latents", "64", "--k", "4"], work, capsys, "not a writable folder"
+        )
     finally:
         ro.chmod(0o755)
 
@@ -193,8 +243,9 @@ def test_a_string_where_a_list_is_expected_is_a_one_item_list(tmp_path):
     from saelab.options import add_dataclass_options, build_config
     from saelab.train.config import TrainConfig
 
-    (tmp_path / "c.json").write_text(json.dumps({"out": "x", "hookpoints": "model.layers.6", "lr": 0.001,
-                                                 "k": 8, "tokens": 1e6}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"out": "x", "hookpoints": "model.layers.6", "lr": 0.001, "k": 8, "tokens": 1e6})
+    )
     p = argparse.ArgumentParser()
     add_dataclass_options(p, TrainConfig)
     cfg = build_config(TrainConfig, p.parse_args([]), str(tmp_path / "c.json"))
@@ -230,20 +281,27 @@ def _set(cfg, keys, value):
     return cfg
 
 
-@pytest.mark.parametrize("edit,expect", [
-    (lambda c: _set(c, ["saelab", "config", "d_in"], 32), "d_in 16 contradicts saelab.config.d_in 32"),
-    (lambda c: _set(_set(c, ["saelab", "config", "d_in"], 32), ["d_in"], 32), "d_out 16 differs from d_in 32"),
-    (lambda c: _set(_set(_set(c, ["saelab", "config", "d_in"], 32), ["saelab", "config", "d_out"], 32), ["d_in"], 32),
-     "W_enc has shape (16, 64), cfg.json says (32, 64)"),
-    (lambda c: _set(c, ["d_in"], 99), "d_in 99 contradicts"),
-    (lambda c: _set(c, ["saelab", "config", "arch"], "banana"), "unknown architecture 'banana'"),
-    (lambda c: _set(c, ["saelab", "config", "k"], 1000), "k=1000 must be between 1 and d_sae=64"),
-    (lambda c: _set(c, ["saelab", "config", "k"], None), "needs k"),
-    (lambda c: _set(c, ["saelab", "config", "d_sae"], "64"), "d_sae must be an integer"),
-    (lambda c: _set(c, ["saelab", "config"], [1]), "saelab.config must be an object"),
-    (lambda c: [c], "must hold an object, not a list"),
-    (lambda c: (c["saelab"]["config"].pop("hookpoint"), c)[1], "lacks hookpoint"),
-])
+@pytest.mark.parametrize(
+    "edit,expect",
+    [
+        (lambda c: _set(c, ["saelab", "config", "d_in"], 32), "d_in 16 contradicts saelab.config.d_in 32"),
+        (lambda c: _set(_set(c, ["saelab", "config", "d_in"], 32), ["d_in"], 32), "d_out 16 differs from d_in 32"),
+        (
+            lambda c: _set(
+                _set(_set(c, ["saelab", "config", "d_in"], 32), ["saelab", "config", "d_out"], 32), ["d_in"], 32
+            ),
+            "W_enc has shape (16, 64), cfg.json says (32, 64)",
+        ),
+        (lambda c: _set(c, ["d_in"], 99), "d_in 99 contradicts"),
+        (lambda c: _set(c, ["saelab", "config", "arch"], "banana"), "unknown architecture 'banana'"),
+        (lambda c: _set(c, ["saelab", "config", "k"], 1000), "k=1000 must be between 1 and d_sae=64"),
+        (lambda c: _set(c, ["saelab", "config", "k"], None), "needs k"),
+        (lambda c: _set(c, ["saelab", "config", "d_sae"], "64"), "d_sae must be an integer"),
+        (lambda c: _set(c, ["saelab", "config"], [1]), "saelab.config must be an object"),
+        (lambda c: [c], "must hold an object, not a list"),
+        (lambda c: (c["saelab"]["config"].pop("hookpoint"), c)[1], "lacks hookpoint"),
+    ],
+)
 def test_sae_folder_contradictions_are_clear_errors(tmp_path, edit, expect):
     from saelab.errors import UserError
     from saelab.sae.folder import open_sae
@@ -296,8 +354,27 @@ def test_npy_corpus_with_negative_or_damaged_ids(tmp_path, capsys):
     with pytest.raises(UserError, match="corrupt or truncated"):
         load_token_rows(str(cut), context=4)
     # from the command line: exit 2, and no output folder left behind
-    rc = main(["train", "--out", str(tmp_path / "run"), "--corpus", str(neg), "--context", "4", "--latents", "64",
-               "--k", "4", "--batch-tokens", "512", "--tokens", "4096", "--model", "embedded"])
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--corpus",
+            str(neg),
+            "--context",
+            "4",
+            "--latents",
+            "64",
+            "--k",
+            "4",
+            "--batch-tokens",
+            "512",
+            "--tokens",
+            "4096",
+            "--model",
+            "embedded",
+        ]
+    )
     assert rc == 2 and "must be >= 0" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
@@ -314,8 +391,9 @@ def test_binary_txt_corpus_is_refused(tmp_path):
     assert list(source_texts(str(ok)))[0].startswith("caf\u00e9")
 
 
-def test_token_cache_truncated_is_rebuilt_and_moving_the_model_keeps_it(tmp_path, monkeypatch, embedded_folder,
-                                                                         text_corpus):
+def test_token_cache_truncated_is_rebuilt_and_moving_the_model_keeps_it(
+    tmp_path, monkeypatch, embedded_folder, text_corpus
+):
     import shutil
 
     import numpy as np
@@ -402,10 +480,16 @@ class FakeLLM:
                 elif fake.mode == "nonjson":
                     code, data, ctype = 200, b"<html>hello</html>", "text/html"
                 else:
-                    body = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": content}}],
-                            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+                    body = {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                    }
                     code, data, ctype = 200, json.dumps(body).encode(), "application/json"
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
@@ -455,8 +539,9 @@ def test_a_dead_server_stops_the_client_early(fake_llm):
     assert all(not r.ok for r in out) and c.down and "3 requests in a row" in c.down
     assert fake_llm.requests == 3 * 3  # 3 requests x (1 try + 2 retries), then none
     assert "not sent" in out[-1].error
-    capped = OpenAIClient(model="m", base_url=fake_llm.url, max_retries=5, backoff=0.001, retry_budget=4,
-                          outage_after=1000, concurrency=1)
+    capped = OpenAIClient(
+        model="m", base_url=fake_llm.url, max_retries=5, backoff=0.001, retry_budget=4, outage_after=1000, concurrency=1
+    )
     fake_llm.requests = 0
     capped.generate([_msgs()] * 3, max_tokens=8)
     assert capped.usage.retries == 4 and fake_llm.requests == 3 + 4
@@ -473,10 +558,40 @@ def test_explain_and_score_stop_on_a_dead_server_and_retry_failed_latents(fake_l
     name = cache.sae_names[0]
     lat = [str(j) for j in _active_latents(cache, name, 6)]
     run = tmp_path / "run"
-    argv = ["explain", str(cache.path), "--dictionary", name, "--latents", *lat, "--explainer", "llm",
-            "--client", "openai", "--base-url", fake_llm.url, "--llm", "m", "--max-retries", "1",
-            "--concurrency", "1", "--batch-latents", "2", "--window", "16", "--n-explain", "8",
-            "--n-score-activating", "10", "--n-score-random", "5", "--n-score-hard", "5", "--out", str(run)]
+    argv = [
+        "explain",
+        str(cache.path),
+        "--dictionary",
+        name,
+        "--latents",
+        *lat,
+        "--explainer",
+        "llm",
+        "--client",
+        "openai",
+        "--base-url",
+        fake_llm.url,
+        "--llm",
+        "m",
+        "--max-retries",
+        "1",
+        "--concurrency",
+        "1",
+        "--batch-latents",
+        "2",
+        "--window",
+        "16",
+        "--n-explain",
+        "8",
+        "--n-score-activating",
+        "10",
+        "--n-score-random",
+        "5",
+        "--n-score-hard",
+        "5",
+        "--out",
+        str(run),
+    ]
     fake_llm.mode = "error500"
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -490,9 +605,26 @@ def test_explain_and_score_stop_on_a_dead_server_and_retry_failed_latents(fake_l
     assert sorted(r) == sorted(int(j) for j in lat) and all(x["status"] == "ok" for x in r.values())
     assert fake_llm.requests == len(lat)
     # score: the judge is down -> stops early; the rerun scores the failed latents
-    score = ["score", str(run), "--scorers", "detection", "--judge-mode", "generate", "--client", "openai",
-             "--base-url", fake_llm.url, "--llm", "m", "--max-retries", "1", "--concurrency", "1",
-             "--batch-examples", "10"]
+    score = [
+        "score",
+        str(run),
+        "--scorers",
+        "detection",
+        "--judge-mode",
+        "generate",
+        "--client",
+        "openai",
+        "--base-url",
+        fake_llm.url,
+        "--llm",
+        "m",
+        "--max-retries",
+        "1",
+        "--concurrency",
+        "1",
+        "--batch-examples",
+        "10",
+    ]
     fake_llm.mode, fake_llm.requests = "error500", 0
     assert main(score) == 2 and "score stopped early" in capsys.readouterr().err
     assert fake_llm.requests <= 3 * 2
@@ -525,31 +657,42 @@ def _raw(port, head: bytes, body: bytes = b"", timeout: float = 10) -> tuple[int
         while b"\r\n\r\n" not in data:
             data += s.recv(65536)
         head_end = data.index(b"\r\n\r\n")
-        length = int(next(ln.split(b":")[1] for ln in data[:head_end].split(b"\r\n") if ln.lower().startswith(b"content-length")))
+        length = int(
+            next(ln.split(b":")[1] for ln in data[:head_end].split(b"\r\n") if ln.lower().startswith(b"content-length"))
+        )
         while len(data) < head_end + 4 + length:
             data += s.recv(65536)
-    return int(data.split(b" ")[1]), json.loads(data[head_end + 4:head_end + 4 + length])
+    return int(data.split(b" ")[1]), json.loads(data[head_end + 4 : head_end + 4 + length])
 
 
 def _post_json(port, obj) -> tuple[int, dict]:
     body = json.dumps(obj).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return _raw(port, head, body)
 
 
 MSG = [{"role": "user", "content": "hello"}]
 
 
-@pytest.mark.parametrize("body,expect", [
-    ([1, 2], "must be a JSON object"), (None, "must be a JSON object"),
-    ({"messages": [{"role": "user", "content": 5}]}, "text content"),
-    ({"messages": MSG, "max_tokens": -5}, "between 1"), ({"messages": MSG, "max_tokens": "abc"}, "an integer"),
-    ({"messages": MSG, "max_tokens": 0}, "between 1"), ({"messages": MSG, "max_tokens": 2.5}, "an integer"),
-    ({"messages": MSG, "temperature": "hot"}, "a number"), ({"messages": MSG, "top_logprobs": 99}, "between 0 and 20"),
-    ({"messages": MSG, "logprobs": "yes"}, "true or false"),
-    ({"messages": MSG, "max_tokens": 901}, "over this server's cap of 900"),
-])
+@pytest.mark.parametrize(
+    "body,expect",
+    [
+        ([1, 2], "must be a JSON object"),
+        (None, "must be a JSON object"),
+        ({"messages": [{"role": "user", "content": 5}]}, "text content"),
+        ({"messages": MSG, "max_tokens": -5}, "between 1"),
+        ({"messages": MSG, "max_tokens": "abc"}, "an integer"),
+        ({"messages": MSG, "max_tokens": 0}, "between 1"),
+        ({"messages": MSG, "max_tokens": 2.5}, "an integer"),
+        ({"messages": MSG, "temperature": "hot"}, "a number"),
+        ({"messages": MSG, "top_logprobs": 99}, "between 0 and 20"),
+        ({"messages": MSG, "logprobs": "yes"}, "true or false"),
+        ({"messages": MSG, "max_tokens": 901}, "over this server's cap of 900"),
+    ],
+)
 def test_serve_llm_bad_bodies_are_400(llm_server, body, expect):
     code, reply = _post_json(llm_server[2], body)
     assert code == 400 and expect in reply["error"]["message"], reply
@@ -561,10 +704,14 @@ def test_serve_llm_body_limits_are_checked_before_reading(llm_server):
     port = llm_server[2]
     t = time.time()
     for length in (10**11, 10 * 2**20):  # a fake 100 GB length, a real 10 MB one: refused from the header
-        code, reply = _raw(port, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+        code, reply = _raw(
+            port, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
         assert code == 413 and "over this server's limit" in reply["error"]["message"]
     for bad in ("-1", "lots"):
-        code, reply = _raw(port, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n".encode())
+        code, reply = _raw(
+            port, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n".encode()
+        )
         assert code == 400 and "not a byte count" in reply["error"]["message"]
     code, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
     assert code == 400 and "Content-Length" in reply["error"]["message"]

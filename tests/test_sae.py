@@ -54,7 +54,10 @@ def test_save_folds_scaling_and_roundtrips(tmp_path, arch):
     loaded, cfg = load_sae(folder)
     torch.testing.assert_close(loaded.reconstruct(x2), before, rtol=1e-4, atol=1e-3)
     assert cfg["d_in"] == 8 and cfg["d_sae"] == 32 and cfg["metadata"]["hook_name"] == "model.layers.0"
-    assert cfg["architecture"] == {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[arch]
+    assert (
+        cfg["architecture"]
+        == {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[arch]
+    )
     if arch == "topk":
         assert cfg["k"] == 4
 
@@ -68,8 +71,17 @@ def test_batchtopk_keeps_k_per_token_on_average():
 
 def test_jumprelu_threshold_learns_from_l0_penalty():
     torch.manual_seed(0)
-    sae = build_sae(SaeConfig("jumprelu", d_in=8, d_sae=32, hookpoint="h", sparsity_coeff=1.0,
-                              jumprelu_init_threshold=0.5, jumprelu_bandwidth=2.0))
+    sae = build_sae(
+        SaeConfig(
+            "jumprelu",
+            d_in=8,
+            d_sae=32,
+            hookpoint="h",
+            sparsity_coeff=1.0,
+            jumprelu_init_threshold=0.5,
+            jumprelu_bandwidth=2.0,
+        )
+    )
     x = torch.randn(256, 8)
     out = sae(x)
     out.sparsity_loss.backward()

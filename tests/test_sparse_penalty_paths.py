@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from saelab.sae import SaeConfig, build_sae
-from saelab.sae import gated, jumprelu, relu
+from saelab.sae import SaeConfig, build_sae, gated, jumprelu, relu
 from saelab.sae.latents import from_dense
 from saelab.train.objectives import sae_loss
 
@@ -19,15 +18,23 @@ N, D_IN, D_OUT, D_SAE = 96, 12, 10, 40
 def _sae(arch: str, transcoder: bool, seed: int = 0):
     """A random dictionary with every parameter away from its init (a free-norm decoder for relu)."""
     g = torch.Generator().manual_seed(seed)
-    cfg = SaeConfig(arch, d_in=D_IN, d_sae=D_SAE, hookpoint="h", sparsity_coeff=0.3,
-                    d_out=D_OUT if transcoder else None, out_hookpoint="o" if transcoder else None,
-                    skip=transcoder, jumprelu_bandwidth=0.15)
+    cfg = SaeConfig(
+        arch,
+        d_in=D_IN,
+        d_sae=D_SAE,
+        hookpoint="h",
+        sparsity_coeff=0.3,
+        d_out=D_OUT if transcoder else None,
+        out_hookpoint="o" if transcoder else None,
+        skip=transcoder,
+        jumprelu_bandwidth=0.15,
+    )
     sae = build_sae(cfg)
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         sae.W_enc.mul_(3.0)
-        sae.b_enc.sub_(0.5)           # relu / gated: a part of the entries off
+        sae.b_enc.sub_(0.5)  # relu / gated: a part of the entries off
         sae.W_dec.add_(0.2)
         sae.in_scale.fill_(1.3)
         sae.out_scale.fill_(0.7)
@@ -127,7 +134,7 @@ def test_jumprelu_window_entries_are_kept_with_value_zero():
     rows, cols, vals = lat.flat()
     stored = torch.zeros(N, D_SAE, dtype=torch.bool)
     stored[rows, cols] = True
-    assert stored[window_only].all()            # inactive but inside the kernel: carried for its gradient
+    assert stored[window_only].all()  # inactive but inside the kernel: carried for its gradient
     assert (vals[window_only[rows, cols]] == 0).all()
 
 
@@ -156,5 +163,5 @@ def test_inference_keeps_exactly_the_dense_latents(arch, transcoder):
         recon = sae.reconstruct(x)
     for a, b in zip(got[:3], want[:3]):
         assert torch.equal(a, b)
-    want_recon = (sae.predict(x_in, want) / sae.out_scale)
+    want_recon = sae.predict(x_in, want) / sae.out_scale
     assert torch.equal(recon, want_recon)

@@ -6,15 +6,25 @@ import json
 
 import pytest
 import torch
+from view_helpers import make_sae_folder
 
 from saelab.cli import main
 from saelab.errors import UserError
+from saelab.features.steer import (
+    FeatureEdit,
+    FeatureSteer,
+    check_edits,
+    contrastive_direction,
+    direction_steer,
+    encode_prompt,
+    generate,
+    parse_edit,
+    steer_compare,
+    steering_context,
+)
 from saelab.models import load_model
 from saelab.sae.folder import load_sae
 from saelab.sae.splice import spliced
-from saelab.features.steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, direction_steer, encode_prompt,
-                          generate, parse_edit, steer_compare, steering_context)
-from view_helpers import make_sae_folder
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 
@@ -65,7 +75,9 @@ def test_clamp_moves_the_activation_by_the_decoder_direction(setup):
     # add = the multiple of the decoder direction, wherever the latent stands
     steer = FeatureSteer([FeatureEdit(j, "add", 2.5)], skip_first=1)
     x_add, _ = _next_layer_input(lm.model, ids, steering_context(lm.model, sae, steer))
-    torch.testing.assert_close((x_add - x_clean)[0, 1:], (2.5 * sae.W_dec[j]).expand(ids.shape[1] - 1, -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        (x_add - x_clean)[0, 1:], (2.5 * sae.W_dec[j]).expand(ids.shape[1] - 1, -1), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_kv_cached_steering_equals_full_recompute_and_hf_generate(setup):
@@ -81,13 +93,14 @@ def test_kv_cached_steering_equals_full_recompute_and_hf_generate(setup):
     steer.reset()
     with ctx():
         logits = lm.model(input_ids=full, use_cache=False).logits[0]
-    assert logits[ids.shape[1] - 1:].argmax(-1).tolist() == new
+    assert logits[ids.shape[1] - 1 :].argmax(-1).tolist() == new
     # Hugging Face's own KV-cached generate under the same splice gives the same tokens.
     steer.reset()
     with ctx():
-        hf = lm.model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True,
-                               pad_token_id=lm.tokenizer.eos_token_id)
-    assert hf[0, ids.shape[1]:].tolist() == new
+        hf = lm.model.generate(
+            ids, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=lm.tokenizer.eos_token_id
+        )
+    assert hf[0, ids.shape[1] :].tolist() == new
 
 
 def test_same_seed_same_samples_and_no_edit_equals_model(setup):
@@ -98,11 +111,20 @@ def test_same_seed_same_samples_and_no_edit_equals_model(setup):
     c = generate(lm.model, lm.tokenizer, ids, 15, temperature=1.0, seed=8)
     assert a == b and a != c
     steer = FeatureSteer([])
-    d = generate(lm.model, lm.tokenizer, ids, 15, temperature=1.0, seed=7,
-                 context=steering_context(lm.model, sae, steer), reset=steer.reset)
+    d = generate(
+        lm.model,
+        lm.tokenizer,
+        ids,
+        15,
+        temperature=1.0,
+        seed=7,
+        context=steering_context(lm.model, sae, steer),
+        reset=steer.reset,
+    )
     assert d == a
-    out = steer_compare(lm.model, lm.tokenizer, sae, PROMPT, FeatureSteer([FeatureEdit(3, "clamp", 30.0)]), 10,
-                        temperature=1.0, seed=7)
+    out = steer_compare(
+        lm.model, lm.tokenizer, sae, PROMPT, FeatureSteer([FeatureEdit(3, "clamp", 30.0)]), 10, temperature=1.0, seed=7
+    )
     assert out["unsteered"] == lm.tokenizer.decode(a[:10], skip_special_tokens=True)
     assert out["steered"] != out["unsteered"]
 
@@ -127,7 +149,9 @@ def test_contrastive_direction_is_the_mean_difference(setup):
     from saelab.models import collect_activations
 
     def acts(p):
-        return collect_activations(lm.model, encode_prompt(lm.tokenizer, p), ["model.layers.1"])["model.layers.1"][0, 1:]
+        return collect_activations(lm.model, encode_prompt(lm.tokenizer, p), ["model.layers.1"])["model.layers.1"][
+            0, 1:
+        ]
 
     expected = torch.cat([acts(p) for p in pos]).mean(0) - acts(neg[0]).mean(0)
     torch.testing.assert_close(d, expected)
@@ -145,7 +169,9 @@ def test_contrastive_direction_is_the_mean_difference(setup):
 def test_steer_command(setup, tmp_path, capsys):
     lm, _, folder = setup
     out = tmp_path / "steer.json"
-    rc = main(["steer", str(folder), "--prompt", PROMPT, "--clamp", "3=30", "--max-new-tokens", "8", "--json", str(out)])
+    rc = main(
+        ["steer", str(folder), "--prompt", PROMPT, "--clamp", "3=30", "--max-new-tokens", "8", "--json", str(out)]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "--- unsteered ---" in printed and "clamp 3 -> 30" in printed
@@ -154,7 +180,20 @@ def test_steer_command(setup, tmp_path, capsys):
     assert rec["unsteered"] == lm.tokenizer.decode(generate(lm.model, lm.tokenizer, ids, 8), skip_special_tokens=True)
     assert rec["steered"] != rec["unsteered"]
     # relative values build a small latent cache for the max activations, then steer
-    rc = main(["steer", str(folder), "--prompt", "Hello", "--clamp", "3=5x", "--max-new-tokens", "4", "--stats-tokens", "2048"])
+    rc = main(
+        [
+            "steer",
+            str(folder),
+            "--prompt",
+            "Hello",
+            "--clamp",
+            "3=5x",
+            "--max-new-tokens",
+            "4",
+            "--stats-tokens",
+            "2048",
+        ]
+    )
     assert rc == 0 and "(5.0x max)" in capsys.readouterr().out
     # a sweep: one steered text per strength, each naming the value used
     assert main(["steer", str(folder), "--prompt", PROMPT, "--clamp", "3=30", "--max-new-tokens", "3", "--sweep"]) == 0
@@ -181,13 +220,15 @@ def test_strength_sweep_same_seed_values_progress_and_cancel(setup):
 
     lm, sae, _ = setup
     seen = []
-    req = SteeringRequest([PROMPT], [FeatureEdit(3, "clamp", 20.0)], max_new_tokens=6, temperature=1.0, seed=3,
-                          strengths=[0.5, 1.0, 2.0])
+    req = SteeringRequest(
+        [PROMPT], [FeatureEdit(3, "clamp", 20.0)], max_new_tokens=6, temperature=1.0, seed=3, strengths=[0.5, 1.0, 2.0]
+    )
     (r,) = run_steering(req, lm.model, lm.tokenizer, sae, on_token=lambda *a: seen.append(a)).results
     assert [v["strength"] for v in r["sweep"]] == [0.5, 1.0, 2.0]
     assert [v["edits"] for v in r["sweep"]] == [[{"latent": 3, "op": "clamp", "value": v}] for v in (10.0, 20.0, 40.0)]
-    one = steer_compare(lm.model, lm.tokenizer, sae, PROMPT, FeatureSteer([FeatureEdit(3, "clamp", 20.0)]), 6,
-                        temperature=1.0, seed=3)
+    one = steer_compare(
+        lm.model, lm.tokenizer, sae, PROMPT, FeatureSteer([FeatureEdit(3, "clamp", 20.0)]), 6, temperature=1.0, seed=3
+    )
     assert r["unsteered"] == one["unsteered"] and r["sweep"][1]["text"] == one["steered"] == r["sweep"][1]["text"]
     assert r["steered"] == r["sweep"][0]["text"]
     assert {g for g, n, k, m in seen} == {0, 1, 2, 3} and all(n == 4 and 1 <= k <= m == 6 for g, n, k, m in seen)
@@ -197,12 +238,17 @@ def test_strength_sweep_same_seed_values_progress_and_cancel(setup):
     with pytest.raises(Cancelled):
         run_steering(req, lm.model, lm.tokenizer, sae, cancel=stop)
     with pytest.raises(UserError, match="strengths"):
-        run_steering(SteeringRequest([PROMPT], [FeatureEdit(3, "clamp", 1.0)], strengths=[]), lm.model, lm.tokenizer, sae)
+        run_steering(
+            SteeringRequest([PROMPT], [FeatureEdit(3, "clamp", 1.0)], strengths=[]), lm.model, lm.tokenizer, sae
+        )
     assert degenerate("\n\n\n") == "empty (only whitespace)" and degenerate("") == "empty"
     assert degenerate(" ... !!") == "mostly symbols or digits" and degenerate("\n" * 19 + "ING") == "mostly whitespace"
     assert degenerate(".com" * 10) == "repeats a 4-character pattern"
     assert degenerate(" a snail" + "\n\nThe" * 6) == "repeats a 5-character pattern"
     assert degenerate(" the world of" * 6).startswith("repetitive") and degenerate("(()" + "()" * 15) is not None
-    for fluent in ("The server sends the reply to the client.", " a mix of both.\n\nThe weather today is a mix of both.",
-                   " the best places to eat in the city of Paris. I'm not just talking about the famous E"):
+    for fluent in (
+        "The server sends the reply to the client.",
+        " a mix of both.\n\nThe weather today is a mix of both.",
+        " the best places to eat in the city of Paris. I'm not just talking about the famous E",
+    ):
         assert degenerate(fluent) is None, fluent

@@ -7,23 +7,24 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import train_cfg
+
 from saelab.cli import main
-from saelab.study.compare import compare, max_cosines
 from saelab.errors import UserError
-from saelab.study.pareto import collect_points, curves, matched, run_pareto
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, save_sae
 from saelab.storage import read_json
+from saelab.study.compare import compare, max_cosines
+from saelab.study.pareto import collect_points, curves, matched, run_pareto
 from saelab.study.sweep import run_sweep
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory, tiny_model_dir, text_corpus):
     out = tmp_path_factory.mktemp("sweep") / "s"
-    base = train_cfg(out, tiny_model_dir, text_corpus, k=[4, 12], latents=128, tokens=2048, batch_tokens=512,
-                     checkpoint_every=10**9)
+    base = train_cfg(
+        out, tiny_model_dir, text_corpus, k=[4, 12], latents=128, tokens=2048, batch_tokens=512, checkpoint_every=10**9
+    )
     run_sweep(base, str(out), ["local", "e2e"], eval_tokens=1024, eval_ce_tokens=256)
     return out, base
 
@@ -50,6 +51,7 @@ def test_sweep_resumes_without_retraining_and_refuses_mixed_folders(sweep_dir, m
     monkeypatch.setattr(sw, "evaluate_run", lambda *a, **k: pytest.fail("a finished run was evaluated again"))
     run_sweep(base, str(out), ["local", "e2e"], eval_tokens=1024, eval_ce_tokens=256)
     import dataclasses
+
     other = dataclasses.replace(base, model=str(tiny_model_dir) + "-other")
     with pytest.raises(UserError, match="holds a sweep of a different model"):
         run_sweep(other, str(out), ["local"], eval_tokens=1024, eval_ce_tokens=256)
@@ -98,7 +100,7 @@ def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_d
         del cfg["saelab"]["finetune"], cfg["saelab"]["finetune_fraction"]
         cfg_p.write_text(json.dumps(cfg))
     cs = curves(collect_points([str(tmp_path / "first" / "pareto.json"), str(ft)]))
-    assert sorted(cs) == ["batchtopk", "topk"]   # one curve per architecture when several are compared
+    assert sorted(cs) == ["batchtopk", "topk"]  # one curve per architecture when several are compared
     assert [p["k"] for p in cs["batchtopk"]] == sorted([4, 12], reverse=True)  # by CE increase: k=12 first
     with pytest.raises(UserError, match="not a pareto.json"):
         (tmp_path / "bad.json").write_text("{}")
@@ -106,8 +108,9 @@ def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_d
 
 
 def test_matched_table_interpolates_inside_every_curve():
-    pts = lambda loss, xs: [{"ce_increase": x, "l0": 100 * x, "alive": 1000 * x if loss == "local" else 500 * x}
-                            for x in xs]
+    pts = lambda loss, xs: [
+        {"ce_increase": x, "l0": 100 * x, "alive": 1000 * x if loss == "local" else 500 * x} for x in xs
+    ]
     rows = matched({"local": pts("local", [0.1, 0.3, 0.5]), "e2e": pts("e2e", [0.2, 0.4])}, n=3)
     assert [r["ce_increase"] for r in rows] == pytest.approx([0.2, 0.3, 0.4])
     assert rows[1]["local_l0"] == pytest.approx(30) and rows[1]["e2e_alive"] == pytest.approx(150)
@@ -122,8 +125,11 @@ def _sae(tmp_path, name, w_dec, model_dir, corpus, b_enc=None, site="model.layer
         sae.W_enc.copy_(w_dec.T)
         if b_enc is not None:
             sae.b_enc.copy_(b_enc)
-    return save_sae(sae, tmp_path / name, Provenance(model_spec=str(model_dir), model_name=str(model_dir),
-                                                     corpus=str(corpus), context=64))
+    return save_sae(
+        sae,
+        tmp_path / name,
+        Provenance(model_spec=str(model_dir), model_name=str(model_dir), corpus=str(corpus), context=64),
+    )
 
 
 def test_compare_geometry(tmp_path, tiny_model_dir, text_corpus):
@@ -141,8 +147,9 @@ def test_compare_geometry(tmp_path, tiny_model_dir, text_corpus):
     with pytest.raises(UserError, match="exists"):
         compare(str(a), str(other), tokens=0)
     # alive latents only: half of A's latents can never fire (huge negative bias)
-    half = _sae(tmp_path, "half", w, tiny_model_dir, text_corpus,
-                b_enc=torch.cat([torch.zeros(48), torch.full((48,), -1e6)]))
+    half = _sae(
+        tmp_path, "half", w, tiny_model_dir, text_corpus, b_enc=torch.cat([torch.zeros(48), torch.full((48,), -1e6)])
+    )
     r3 = compare(str(half), str(a), tokens=1024)
     assert r3["alive_a"] <= 48 and r3["cross_max_cosine"]["n"] == r3["alive_a"]
     wrong = _sae(tmp_path, "wrong", w, tiny_model_dir, text_corpus, site="model.layers.2")
@@ -152,16 +159,18 @@ def test_compare_geometry(tmp_path, tiny_model_dir, text_corpus):
 
 def test_max_cosines_excludes_self():
     x = torch.eye(4)
-    x[3] = torch.tensor([1.0, 1.0, 0, 0]) / 2 ** 0.5
-    assert max_cosines(x).tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5, 0.0, 2 ** -0.5])
+    x[3] = torch.tensor([1.0, 1.0, 0, 0]) / 2**0.5
+    assert max_cosines(x).tolist() == pytest.approx([2**-0.5, 2**-0.5, 0.0, 2**-0.5])
 
 
 def test_eval_e2e_adds_alive_and_later_layer_fvu(tmp_path, tiny_model_dir, text_corpus):
     from test_eval import exact_sae
 
-    folder = save_sae(exact_sae(64, "model.layers.1"), tmp_path / "exact",
-                      Provenance(model_spec=str(tiny_model_dir), model_name=str(tiny_model_dir),
-                                 corpus=str(text_corpus), context=64))
+    folder = save_sae(
+        exact_sae(64, "model.layers.1"),
+        tmp_path / "exact",
+        Provenance(model_spec=str(tiny_model_dir), model_name=str(tiny_model_dir), corpus=str(text_corpus), context=64),
+    )
     assert main(["eval-e2e", str(folder), "--tokens", "512", "--ce-tokens", "128"]) == 0
     m = read_json(folder / "metrics.json")["metrics"]
     assert max(m["later_fvu"].values()) < 1e-6 and list(m["later_fvu"]) == ["model.layers.2", "model.layers.3"]

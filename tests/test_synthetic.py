@@ -18,12 +18,21 @@ from saelab.evaluate.synthetic_recovery import recovery_report
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, open_sae, save_sae
 
-N, D = 24, 32   # fewer features than dims: an encoder pinv(D) reads every coefficient exactly
+N, D = 24, 32  # fewer features than dims: an encoder pinv(D) reads every coefficient exactly
 
 
 def small(out, **kw) -> SyntheticConfig:
-    base = dict(out=str(out), features=N, dim=D, k_true=3, tokens=8192, context=64, shard_vectors=3000,
-                hierarchy="3x2", child_prob=0.5)
+    base = dict(
+        out=str(out),
+        features=N,
+        dim=D,
+        k_true=3,
+        tokens=8192,
+        context=64,
+        shard_vectors=3000,
+        hierarchy="3x2",
+        child_prob=0.5,
+    )
     return SyntheticConfig(**(base | kw))
 
 
@@ -36,7 +45,9 @@ def planted(tmp_path, cache, W_dec, W_enc, b_enc, name="sae"):
     """An SAE folder with the given raw-space weights, recorded as trained on `cache` (as the loop records it)."""
     sae = build_sae(SaeConfig("relu", d_in=D, d_sae=W_dec.shape[0], hookpoint=HOOK))
     sae.load_folded({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": torch.zeros(D)})
-    return open_sae(save_sae(sae, tmp_path / name, Provenance(model_spec="synthetic"), {"activation_cache": str(cache)}))
+    return open_sae(
+        save_sae(sae, tmp_path / name, Provenance(model_spec="synthetic"), {"activation_cache": str(cache)})
+    )
 
 
 def test_generation_is_seeded_and_follows_the_truth(tmp_path, cache):
@@ -63,8 +74,9 @@ def test_generation_is_seeded_and_follows_the_truth(tmp_path, cache):
 
 
 def test_correlation_keeps_marginals_and_correlates_groups(tmp_path):
-    truth = make_truth(small(tmp_path / "c", hierarchy=None, features=64, k_true=16, zipf=0.0, correlation=0.8,
-                             correlation_groups=2))
+    truth = make_truth(
+        small(tmp_path / "c", hierarchy=None, features=64, k_true=16, zipf=0.0, correlation=0.8, correlation_groups=2)
+    )
     act = draw(truth, 20000, torch.Generator().manual_seed(1)).active.float()
     assert torch.allclose(act.mean(0), truth.prob, atol=0.02)
     c = torch.corrcoef(act.T)
@@ -85,8 +97,16 @@ def test_exact_dictionary_recovers_everything_and_random_nothing(tmp_path, cache
     assert r["absorption"]["rate"] == 0 and r["absorption"]["parent_recall_alone"] > 0.999
     g = torch.Generator().manual_seed(0)
     rand = torch.randn(N, D, generator=g)
-    r = recovery_report(planted(tmp_path, cache, rand / rand.norm(dim=1, keepdim=True), torch.randn(D, N, generator=g),
-                                torch.zeros(N), "random"))
+    r = recovery_report(
+        planted(
+            tmp_path,
+            cache,
+            rand / rand.norm(dim=1, keepdim=True),
+            torch.randn(D, N, generator=g),
+            torch.zeros(N),
+            "random",
+        )
+    )
     assert r["recovered"] == 0.0 and r["mmcs_truth"] < 0.6 and r["latent_precision"] < 0.5
     assert [q["recovered"] for q in r["by_frequency"]] == [0.0] * 4
 
@@ -118,9 +138,14 @@ def test_absorbing_dictionary_is_detected(tmp_path, cache):
 # Since the threshold's straight-through gradient also reaches inactive entries inside the kernel window
 # (as in the paper; the dense version left them out of the decode), reconstruction pulls thresholds down
 # harder: at 0.003 seeds 0-3 gave L0 4.0-4.7 and recovered 0.72-0.97; at 0.03, L0 3.1 and 0.97-1.00.
-ARCH_RUNS = [("topk", {"k": [3]}, 0.9), ("batchtopk", {"k": [3]}, 0.9), ("matryoshka", {"k": [3]}, 0.6),
-             ("relu", {"sparsity_coeff": [0.05]}, 0.9), ("gated", {"sparsity_coeff": [0.1]}, 0.85),
-             ("jumprelu", {"sparsity_coeff": [0.03]}, 0.85)]
+ARCH_RUNS = [
+    ("topk", {"k": [3]}, 0.9),
+    ("batchtopk", {"k": [3]}, 0.9),
+    ("matryoshka", {"k": [3]}, 0.6),
+    ("relu", {"sparsity_coeff": [0.05]}, 0.9),
+    ("gated", {"sparsity_coeff": [0.1]}, 0.85),
+    ("jumprelu", {"sparsity_coeff": [0.03]}, 0.85),
+]
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +161,19 @@ def test_each_architecture_recovers_planted_features(tmp_path, arch_cache, arch,
     monkeypatch.setattr(loop, "plot_train_log", lambda *a, **k: None)  # the curves are not under test here
     threads = torch.get_num_threads()
     try:
-        cfg = TrainConfig(out=str(tmp_path / "run"), from_activations=str(arch_cache), model="synthetic",
-                          hookpoints=[HOOK], context=64, arch=arch, latents=64, tokens=24576, batch_tokens=128,
-                          threads=1, **kw)
+        cfg = TrainConfig(
+            out=str(tmp_path / "run"),
+            from_activations=str(arch_cache),
+            model="synthetic",
+            hookpoints=[HOOK],
+            context=64,
+            arch=arch,
+            latents=64,
+            tokens=24576,
+            batch_tokens=128,
+            threads=1,
+            **kw,
+        )
         folder = open_sae(loop.train(cfg)[0])
     finally:
         torch.set_num_threads(threads)
@@ -150,12 +185,19 @@ def test_each_architecture_recovers_planted_features(tmp_path, arch_cache, arch,
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, cache):
-    for kw, msg in [({"k_true": 30}, "more than --features"), ({"dim": 0}, "--dim"), ({"hierarchy": "3y2"}, "PxC"),
-                    ({"hierarchy": "20x2"}, "leave no root"), ({"hierarchy": "8x2"}, "parents need"),
-                    ({"correlation": 1.0}, "--correlation"), ({"magnitude_spread": 1.5}, "spread"),
-                    ({"k_true": 0}, "positive"), ({"child_prob": 0}, "--child-prob"),
-                    ({"store_dtype": "int8"}, "--store-dtype"), ({"k_true": 20, "hierarchy": "4x4", "child_prob": 0.1},
-                                                                 "cannot be reached")]:
+    for kw, msg in [
+        ({"k_true": 30}, "more than --features"),
+        ({"dim": 0}, "--dim"),
+        ({"hierarchy": "3y2"}, "PxC"),
+        ({"hierarchy": "20x2"}, "leave no root"),
+        ({"hierarchy": "8x2"}, "parents need"),
+        ({"correlation": 1.0}, "--correlation"),
+        ({"magnitude_spread": 1.5}, "spread"),
+        ({"k_true": 0}, "positive"),
+        ({"child_prob": 0}, "--child-prob"),
+        ({"store_dtype": "int8"}, "--store-dtype"),
+        ({"k_true": 20, "hierarchy": "4x4", "child_prob": 0.1}, "cannot be reached"),
+    ]:
         with pytest.raises(UserError, match=msg):
             write_synthetic(small(tmp_path / "bad", **kw))
     assert not (tmp_path / "bad").exists()
@@ -182,8 +224,28 @@ def test_synthetic_commands(tmp_path, cache, capsys):
     from saelab.cli import main
 
     out = tmp_path / "cli"
-    assert main(["synthetic", "--out", str(out), "--features", "24", "--dim", "32", "--k-true", "3", "--tokens", "3000",
-                 "--context", "64", "--hierarchy", "3x2"]) == 0
+    assert (
+        main(
+            [
+                "synthetic",
+                "--out",
+                str(out),
+                "--features",
+                "24",
+                "--dim",
+                "32",
+                "--k-true",
+                "3",
+                "--tokens",
+                "3000",
+                "--context",
+                "64",
+                "--hierarchy",
+                "3x2",
+            ]
+        )
+        == 0
+    )
     assert "3,000 vectors of 24 true features in 32 dims" in capsys.readouterr().out
     assert main(["synthetic", "--out", str(out), "--features", "24", "--dim", "32"]) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import kill_when_checkpointed, train_cfg
+
 from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
@@ -27,8 +27,9 @@ def _heldout_fvu(model_dir, corpus, saes):
 
 
 def test_trained_saes_beat_random_and_share_one_forward(tmp_path, tiny_model_dir, text_corpus):
-    cfg = train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, k=[4, 16], hookpoints=["model.layers.*"],
-                    tokens=32768)
+    cfg = train_cfg(
+        tmp_path / "run", tiny_model_dir, text_corpus, k=[4, 16], hookpoints=["model.layers.*"], tokens=32768
+    )
     folders = TrainingRun(cfg).run()
     assert len(folders) == 8  # 4 layers x 2 values of k, all from the same forward passes
     trained = [load_sae(f)[0] for f in folders if "layers.1-" in f.name]
@@ -52,8 +53,9 @@ def test_transcoder_learns_mlp_map(tmp_path, tiny_model_dir, text_corpus):
     assert fvu < 0.5 * fvu_rand
 
 
-@pytest.mark.parametrize("arch,extra", [("batchtopk", {}), ("jumprelu", {"sparsity_coeff": [0.01]}),
-                                        ("relu", {"sparsity_coeff": [0.05]})])
+@pytest.mark.parametrize(
+    "arch,extra", [("batchtopk", {}), ("jumprelu", {"sparsity_coeff": [0.01]}), ("relu", {"sparsity_coeff": [0.05]})]
+)
 def test_other_architectures_learn(tmp_path, tiny_model_dir, text_corpus, arch, extra):
     cfg = train_cfg(tmp_path / arch, tiny_model_dir, text_corpus, arch=arch, tokens=32768, **extra)
     (folder,) = TrainingRun(cfg).run()
@@ -69,18 +71,48 @@ def test_other_architectures_learn(tmp_path, tiny_model_dir, text_corpus, arch, 
 
 
 def _cli(args, env=None):
-    return subprocess.run([sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "saelab.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_corpus):
-    common = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--hookpoints", "model.layers.2",
-              "--latents", "256", "--k", "8", "--tokens", "16384", "--batch-tokens", "512", "--context", "64",
-              "--buffer-batches", "4", "--checkpoint-every", "6000", "--lr", "2e-3", "--threads", "1"]
+    common = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--corpus",
+        str(text_corpus),
+        "--hookpoints",
+        "model.layers.2",
+        "--latents",
+        "256",
+        "--k",
+        "8",
+        "--tokens",
+        "16384",
+        "--batch-tokens",
+        "512",
+        "--context",
+        "64",
+        "--buffer-batches",
+        "4",
+        "--checkpoint-every",
+        "6000",
+        "--lr",
+        "2e-3",
+        "--threads",
+        "1",
+    ]
     full = _cli(common + ["--out", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr
-    killed = kill_when_checkpointed([sys.executable, "-m", "saelab", *common, "--out", str(tmp_path / "res")],
-                                    tmp_path / "res")
+    killed = kill_when_checkpointed(
+        [sys.executable, "-m", "saelab", *common, "--out", str(tmp_path / "res")], tmp_path / "res"
+    )
     assert killed == -9  # SIGKILL from outside as soon as the first checkpoint is on disk
     assert (tmp_path / "res" / "checkpoint.safetensors").exists()
     assert not list((tmp_path / "res").glob("*/cfg.json"))
@@ -165,6 +197,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir, text
     ckpt = tmp_path / "nan" / "checkpoint.safetensors"
     assert ckpt.exists()
     from saelab.storage import read_tensors
+
     assert all(torch.isfinite(t.float()).all() for t in read_tensors(ckpt).values())
 
 
@@ -206,16 +239,16 @@ def test_resume_names_each_changed_option_before_the_model_loads(tmp_path, tiny_
     run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **RESUME_KW)
     monkeypatch.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(UserError) as e:  # --threads may change: it says how fast, not what is computed
-        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, lr=[1e-3], k=[16], threads=1,
-                              **RESUME_KW))
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, lr=[1e-3], k=[16], threads=1, **RESUME_KW))
     msg = str(e.value)
     assert f"the checkpoint in {run} was written with " in msg
     assert "--lr [0.002] (now [0.001])" in msg and "--k [8] (now [16])" in msg
     assert "threads" not in msg and "start a new --out or restore those options" in msg
 
 
-def test_resume_accepts_an_unrecorded_option_only_at_its_default(tmp_path, tiny_model_dir, text_corpus, monkeypatch,
-                                                                 capsys):
+def test_resume_accepts_an_unrecorded_option_only_at_its_default(
+    tmp_path, tiny_model_dir, text_corpus, monkeypatch, capsys
+):
     """A checkpoint written before an option existed has no value for it: it resumes while that option
     is at its default (what the older saelab did), and is refused, with both values, otherwise."""
     import saelab.train.sources as tr
@@ -224,8 +257,11 @@ def test_resume_accepts_an_unrecorded_option_only_at_its_default(tmp_path, tiny_
     _edit_checkpoint_meta(run, lambda m: m["resume_identity"]["config"].pop("buffer_batches"))
     with monkeypatch.context() as m:
         m.setattr(tr, "load_model", lambda *a, **k: pytest.fail("model loaded"))
-        with pytest.raises(UserError, match=r"written with --buffer-batches not recorded \(an older saelab: resumes "
-                                            r"only at its default 8; now 2\); start a new --out"):
+        with pytest.raises(
+            UserError,
+            match=r"written with --buffer-batches not recorded \(an older saelab: resumes "
+            r"only at its default 8; now 2\); start a new --out",
+        ):
             TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, **RESUME_KW))
     _edit_checkpoint_meta(run, lambda m: m["resume_identity"]["config"].update(buffer_batches=2))
     _edit_checkpoint_meta(run, lambda m: m["resume_identity"]["config"].pop("sink_norm_factor"))
@@ -259,6 +295,9 @@ def test_resume_options_compare_as_json():
     assert option_differences(stored, TrainConfig(out="o", k=(8, 16), hookpoints=("a", "b"))) == []
     assert option_differences(stored, TrainConfig(out="o", k=[8, 16], hookpoints=["a", "b"], device="cuda")) == []
     assert option_differences(stored | {"gone": 3}, TrainConfig(out="o", k=[8, 16], hookpoints=["a", "b"])) == [
-        "--gone 3 (an option this saelab no longer has)"]
+        "--gone 3 (an option this saelab no longer has)"
+    ]
     assert option_differences(stored, TrainConfig(out="o", k=[8], hookpoints=["a", "b"], model_b="m")) == [
-        '--model-b none (now "m")', "--k [8, 16] (now [8])"]
+        '--model-b none (now "m")',
+        "--k [8, 16] (now [8])",
+    ]

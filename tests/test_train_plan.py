@@ -7,7 +7,6 @@ import copy
 import dataclasses
 
 import pytest
-
 from conftest import train_cfg
 
 from saelab.errors import UserError
@@ -25,8 +24,11 @@ def test_init_from_is_adopted_into_the_plan_not_into_the_users_config(tmp_path, 
     calls = {"run": 0, "dictionary": 0}
     for name in calls:
         method = getattr(TrainConfig, f"check_{name}")
-        monkeypatch.setattr(TrainConfig, f"check_{name}",
-                            lambda self, _m=method, _n=name: (calls.__setitem__(_n, calls[_n] + 1), _m(self))[1])
+        monkeypatch.setattr(
+            TrainConfig,
+            f"check_{name}",
+            lambda self, _m=method, _n=name: (calls.__setitem__(_n, calls[_n] + 1), _m(self))[1],
+        )
     plan = resolve(cfg)
     assert cfg == before  # nothing rewritten in place
     assert calls == {"run": 1, "dictionary": 1}  # each half checked once
@@ -36,7 +38,10 @@ def test_init_from_is_adopted_into_the_plan_not_into_the_users_config(tmp_path, 
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.objective = "e2e"
     # the dictionary's rules run on the adopted values: a matryoshka option against a topk dictionary
-    topk = save_sae(build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint="model.layers.1", k=8)), tmp_path / "t",
-                    Provenance(model_spec=str(tiny_model_dir), context=64))
+    topk = save_sae(
+        build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint="model.layers.1", k=8)),
+        tmp_path / "t",
+        Provenance(model_spec=str(tiny_model_dir), context=64),
+    )
     with pytest.raises(UserError, match="--groups applies to --arch matryoshka only, not topk"):
         resolve(train_cfg(tmp_path / "r", tiny_model_dir, "corpus", init_from=str(topk), groups=[128, 128]))

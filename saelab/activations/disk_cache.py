@@ -18,23 +18,36 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import UserError
 from ..data import load_token_rows
-from ..models import glob_regex, hookpoint_widths, depth_order, load_model, resolve_hookpoints
-from ..options import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction, opt
-from ..options import (corpus_option, device_option, dtype_option, model_option, out_option, overwrite_option,
-                       threads_option)
-from ..sinks import SinkConfig, special_ids
+from ..errors import UserError
+from ..models import depth_order, glob_regex, hookpoint_widths, load_model, resolve_hookpoints
+from ..options import (
+    check_device,
+    check_dtype,
+    check_types,
+    corpus_option,
+    device_option,
+    dtype_option,
+    model_option,
+    need_at_least,
+    need_choice,
+    need_fraction,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from ..out_folder import ACTIVATION_CACHE, open_out
+from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, read_npy, write_json
 from .stream import ActivationStream, Chunk, lm_rows_for, to_device
 
@@ -62,8 +75,9 @@ class CacheConfig:
     threads: int | None = threads_option()
     device: str = device_option()
     dtype: str = dtype_option()
-    store_dtype: str = opt("float32", "precision of the stored vectors: float32 | float16 | bfloat16 (half the disk; "
-                                      "read back as float32)")
+    store_dtype: str = opt(
+        "float32", "precision of the stored vectors: float32 | float16 | bfloat16 (half the disk; read back as float32)"
+    )
     overwrite: bool = overwrite_option("an existing cache folder")
 
     def validate(self) -> None:
@@ -78,8 +92,9 @@ class CacheConfig:
         if self.tokens < self.context or self.batch_tokens < self.context:
             raise UserError("--tokens and --batch-tokens must hold at least one --context row")
         if self.sink_first_positions >= self.context:
-            raise UserError(f"--sink-first-positions ({self.sink_first_positions}) leaves nothing of a --context "
-                            f"{self.context} row")
+            raise UserError(
+                f"--sink-first-positions ({self.sink_first_positions}) leaves nothing of a --context {self.context} row"
+            )
         check_device(self.device)
         need_choice(self, "store_dtype", STORE_DTYPES)
         check_dtype(self.dtype, self.device)
@@ -128,35 +143,81 @@ def write_cache(cfg: CacheConfig) -> Path:
     hooks = resolve_hookpoints(lm.model, [p for pat in cfg.hookpoints for p in pat.split("->") if p.strip()])
     hooks = depth_order(lm.model, hooks)
     widths = hookpoint_widths(lm.model, hooks)
-    rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field,
-                           vocab_size=lm.model.config.vocab_size)
+    rows = load_token_rows(
+        cfg.corpus,
+        lm.tokenizer,
+        cfg.context,
+        cfg.heldout_fraction,
+        cfg.text_field,
+        vocab_size=lm.model.config.vocab_size,
+    )
     sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
     rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
-    stream = ActivationStream(lm.model, rows, hooks, cfg.context, rows_per_batch, cfg.shard_batches, n_rows,
-                              cfg.seed, sink, special_ids(lm.tokenizer), cfg.device)
+    stream = ActivationStream(
+        lm.model,
+        rows,
+        hooks,
+        cfg.context,
+        rows_per_batch,
+        cfg.shard_batches,
+        n_rows,
+        cfg.seed,
+        sink,
+        special_ids(lm.tokenizer),
+        cfg.device,
+    )
     out = folder.prepare()  # --overwrite: an earlier cache's shards and manifest go, nothing else
-    manifest = {"kind": "saelab activation cache", "format_version": CACHE_FORMAT, "saelab_version": __version__,
-                "model": {"spec": cfg.model, "name": lm.name}, "hookpoints": hooks, "widths": widths,
-                "context": cfg.context, "dtype": cfg.store_dtype, "sink": vars(sink), "seed": cfg.seed,
-                "data": {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
-                         "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)),
-                         "train_rows": int(len(rows.train_rows)), "heldout_rows": int(len(rows.heldout_rows)),
-                         "split": "train", "epochs": stream.epochs},
-                "config": asdict(cfg), "shards": [], "complete": False}
+    manifest = {
+        "kind": "saelab activation cache",
+        "format_version": CACHE_FORMAT,
+        "saelab_version": __version__,
+        "model": {"spec": cfg.model, "name": lm.name},
+        "hookpoints": hooks,
+        "widths": widths,
+        "context": cfg.context,
+        "dtype": cfg.store_dtype,
+        "sink": vars(sink),
+        "seed": cfg.seed,
+        "data": {
+            "source": cfg.corpus,
+            "text_field": cfg.text_field,
+            "heldout_fraction": cfg.heldout_fraction,
+            "fingerprint": rows.fingerprint,
+            "rows": int(len(rows.tokens)),
+            "train_rows": int(len(rows.train_rows)),
+            "heldout_rows": int(len(rows.heldout_rows)),
+            "split": "train",
+            "epochs": stream.epochs,
+        },
+        "config": asdict(cfg),
+        "shards": [],
+        "complete": False,
+    }
     t0 = time.time()
     bar = tqdm(total=stream.total_lm_tokens, unit="tok", unit_scale=True, desc="cache")
     for chunk in stream.chunks():
         for h, a in chunk.acts.items():
             _write_npy(shard_path(out, chunk.index, h), to_stored(a, cfg.store_dtype))
-        manifest["shards"].append({"index": chunk.index, "vectors": int(chunk.acts[hooks[0]].shape[0]),
-                                   "lm_tokens": chunk.lm_tokens, "excluded": chunk.excluded})
+        manifest["shards"].append(
+            {
+                "index": chunk.index,
+                "vectors": int(chunk.acts[hooks[0]].shape[0]),
+                "lm_tokens": chunk.lm_tokens,
+                "excluded": chunk.excluded,
+            }
+        )
         bar.update(chunk.lm_tokens)
     bar.close()
     wall = time.time() - t0
     lm_tokens = sum(s["lm_tokens"] for s in manifest["shards"])
-    manifest |= {"complete": True, "lm_tokens": lm_tokens, "vectors": sum(s["vectors"] for s in manifest["shards"]),
-                 "wall_s": wall, "tokens_per_s": lm_tokens / max(wall, 1e-9),
-                 "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy"))}
+    manifest |= {
+        "complete": True,
+        "lm_tokens": lm_tokens,
+        "vectors": sum(s["vectors"] for s in manifest["shards"]),
+        "wall_s": wall,
+        "tokens_per_s": lm_tokens / max(wall, 1e-9),
+        "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy")),
+    }
     write_json(out / MANIFEST, manifest)
     return out
 
@@ -164,7 +225,9 @@ def write_cache(cfg: CacheConfig) -> Path:
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
     if not (folder / MANIFEST).exists():
-        raise UserError(f"{folder} is not an activation cache (no {MANIFEST}; make one with `saelab cache-activations`)")
+        raise UserError(
+            f"{folder} is not an activation cache (no {MANIFEST}; make one with `saelab cache-activations`)"
+        )
     m = read_json(folder / MANIFEST)
     if m.get("kind") != "saelab activation cache":
         raise UserError(f"{folder / MANIFEST} is not an activation-cache manifest")
@@ -186,8 +249,18 @@ def same_model(spec: str, m: dict) -> bool:
 class CachedActivationStream:
     """ActivationStream's interface over a cache folder: chunks of shuffled activation vectors."""
 
-    def __init__(self, folder: Path, manifest: dict, hookpoints: list[str], context: int, rows_per_batch: int,
-                 buffer_batches: int, n_rows: int, seed: int, device: str = "cpu"):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict,
+        hookpoints: list[str],
+        context: int,
+        rows_per_batch: int,
+        buffer_batches: int,
+        n_rows: int,
+        seed: int,
+        device: str = "cpu",
+    ):
         self.folder, self.m, self.hookpoints, self.device, self.seed = Path(folder), manifest, hookpoints, device, seed
         self.context, self.n_rows = context, n_rows
         self.rows_per_chunk = rows_per_batch * buffer_batches
@@ -198,8 +271,10 @@ class CachedActivationStream:
         self.valid_fraction = vec_total / max(1, lm_total)
         self.epochs = self.total_lm_tokens / max(1, lm_total)
         # blocks: (shard, start, stop) spans of <= BLOCK vectors
-        self.blocks = np.array([(s["index"], a, min(a + BLOCK, s["vectors"])) for s in shards
-                                for a in range(0, s["vectors"], BLOCK)], dtype=np.int64)
+        self.blocks = np.array(
+            [(s["index"], a, min(a + BLOCK, s["vectors"])) for s in shards for a in range(0, s["vectors"], BLOCK)],
+            dtype=np.int64,
+        )
         self.vectors_per_chunk = max(1, round(self.rows_per_chunk * context * self.valid_fraction))
         self._maps: dict[tuple[int, str], np.ndarray] = {}
 
@@ -233,7 +308,7 @@ class CachedActivationStream:
         epoch, pos = divmod(start, per_epoch)
         while got < want:
             order = self._epoch_order(epoch)
-            lens = (self.blocks[order, 2] - self.blocks[order, 1])
+            lens = self.blocks[order, 2] - self.blocks[order, 1]
             ends = np.cumsum(lens)
             b = int(np.searchsorted(ends, pos, side="right"))
             while b < len(order) and got < want:
@@ -241,7 +316,7 @@ class CachedActivationStream:
                 lo = lo + (pos - (ends[b] - lens[b]))
                 take = min(hi - lo, want - got)
                 for h in self.hookpoints:
-                    parts[h].append(np.asarray(self._map(int(shard), h)[lo:lo + take]))
+                    parts[h].append(np.asarray(self._map(int(shard), h)[lo : lo + take]))
                 got, pos, b = got + take, pos + take, b + 1
             epoch, pos = epoch + 1, 0
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
@@ -261,8 +336,13 @@ def cache_sites(folder: Path, m: dict, patterns: list[tuple[str, str | None]]) -
     cached = m["hookpoints"]
 
     def resolve(p: str) -> list[str]:
-        hits = [h for h in cached if glob_regex(p).fullmatch(h)] if any(c in p for c in "*?") else \
-            [p] if p in cached else []
+        hits = (
+            [h for h in cached if glob_regex(p).fullmatch(h)]
+            if any(c in p for c in "*?")
+            else [p]
+            if p in cached
+            else []
+        )
         if not hits:
             raise UserError(f"hookpoint {p!r} is not in activation cache {folder} (it holds {', '.join(cached)})")
         return hits
@@ -280,7 +360,7 @@ def cache_sites(folder: Path, m: dict, patterns: list[tuple[str, str | None]]) -
 def cache_summary(folder: Path) -> str:
     m = read_manifest(folder)
     gb = m.get("bytes", 0) / 2**30
-    return (f"{folder}: {m['lm_tokens']:,} LM tokens -> {m['vectors']:,} vectors x {len(m['hookpoints'])} hookpoints "
-            f"({gb:.2f} GiB) from {m['model']['spec']}; {m['tokens_per_s']:.0f} tok/s")
-
-
+    return (
+        f"{folder}: {m['lm_tokens']:,} LM tokens -> {m['vectors']:,} vectors x {len(m['hookpoints'])} hookpoints "
+        f"({gb:.2f} GiB) from {m['model']['spec']}; {m['tokens_per_s']:.0f} tok/s"
+    )

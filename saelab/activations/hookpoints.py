@@ -12,6 +12,7 @@ from ..options import check_types, model_option
 @dataclass
 class HookpointsConfig:
     """`saelab hookpoints`: which model to list."""
+
     model: str = model_option()
 
     def validate(self) -> None:

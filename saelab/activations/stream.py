@@ -8,8 +8,8 @@ so a resumed run sees exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ from ..sinks import SinkConfig, excluded_positions
 @dataclass
 class Chunk:
     index: int
-    acts: dict[str, torch.Tensor]   # hookpoint -> [valid tokens, d], already shuffled
-    lm_tokens: int                  # LM positions consumed (valid + excluded)
-    excluded: int                   # positions left out as sinks/outliers
+    acts: dict[str, torch.Tensor]  # hookpoint -> [valid tokens, d], already shuffled
+    lm_tokens: int  # LM positions consumed (valid + excluded)
+    excluded: int  # positions left out as sinks/outliers
 
 
 def lm_rows_for(tokens: int, batch_tokens: int, context: int) -> tuple[int, int]:
@@ -50,16 +50,27 @@ def row_order(n_rows: int, needed: int, seed: int) -> np.ndarray:
 
 
 class ActivationStream:
-    def __init__(self, model, rows: TokenRows, hookpoints: list[str], context: int, rows_per_batch: int,
-                 buffer_batches: int, n_rows: int, seed: int, sink: SinkConfig, special: list[int],
-                 device: str = "cpu", lm_rows: int | None = None):
+    def __init__(
+        self,
+        model,
+        rows: TokenRows,
+        hookpoints: list[str],
+        context: int,
+        rows_per_batch: int,
+        buffer_batches: int,
+        n_rows: int,
+        seed: int,
+        sink: SinkConfig,
+        special: list[int],
+        device: str = "cpu",
+        lm_rows: int | None = None,
+    ):
         self.model, self.rows, self.hookpoints, self.context = model, rows, hookpoints, context
         self.rows_per_batch = rows_per_batch
         self.rows_per_chunk = rows_per_batch * buffer_batches
         # rows per LM forward (--lm-batch-tokens): a whole number of SAE batches, so a GPU runs the LM on
         # large batches while the chunk's data stays what SAE-sized forwards give (see lm_batches/forward)
-        self.lm_rows = min(max(1, (lm_rows or rows_per_batch) // rows_per_batch) * rows_per_batch,
-                           self.rows_per_chunk)
+        self.lm_rows = min(max(1, (lm_rows or rows_per_batch) // rows_per_batch) * rows_per_batch, self.rows_per_chunk)
         self.n_chunks = -(-n_rows // self.rows_per_chunk)
         train = rows.train_rows
         self.order = train[row_order(len(train), n_rows, seed)]
@@ -74,10 +85,10 @@ class ActivationStream:
     def lm_batches(self, c: int) -> list[np.ndarray]:
         """Chunk c's rows in LM batches of `lm_rows`. Rows are sorted within each SAE-batch group (sorted
         reads of the token array), whatever the LM batch, so the chunk's order never depends on it."""
-        sel = self.order[c * self.rows_per_chunk:(c + 1) * self.rows_per_chunk]
+        sel = self.order[c * self.rows_per_chunk : (c + 1) * self.rows_per_chunk]
         rpb = self.rows_per_batch
-        rows = np.concatenate([np.sort(sel[j:j + rpb]) for j in range(0, len(sel), rpb)])
-        return [rows[i:i + self.lm_rows] for i in range(0, len(rows), self.lm_rows)]
+        rows = np.concatenate([np.sort(sel[j : j + rpb]) for j in range(0, len(sel), rpb)])
+        return [rows[i : i + self.lm_rows] for i in range(0, len(rows), self.lm_rows)]
 
     def forward(self, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], int, int]:
         """One LM batch -> (valid float32 activations per hookpoint, LM tokens, excluded positions). The
@@ -85,8 +96,12 @@ class ActivationStream:
         ids = to_device(torch.from_numpy(np.asarray(self.rows.tokens[rows], dtype=np.int64)), self.device)
         acts = collect_activations(self.model, ids, self.hookpoints)
         rpb = self.rows_per_batch
-        drop = torch.cat([excluded_positions([a[g:g + rpb] for a in acts.values()], ids[g:g + rpb], self.sink,
-                                             self.special) for g in range(0, ids.shape[0], rpb)])
+        drop = torch.cat(
+            [
+                excluded_positions([a[g : g + rpb] for a in acts.values()], ids[g : g + rpb], self.sink, self.special)
+                for g in range(0, ids.shape[0], rpb)
+            ]
+        )
         return {h: a[~drop].float() for h, a in acts.items()}, ids.numel(), int(drop.sum())
 
     def shuffled(self, c: int, acts: dict[str, torch.Tensor], lm_tokens: int, excluded: int) -> Chunk:

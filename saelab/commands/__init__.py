@@ -33,11 +33,13 @@ COMMAND_MODULES = [
     "saelab.commands.synthetic",
 ]
 
+
 def parse_args(parser, argv: list[str] | None = None):
     """`parser.parse_args`, except that positional arguments written after a multi-value option are not
     swallowed by it: `saelab serve --cache C SAE` reads as `saelab serve --cache C -- SAE`. When the
     plain parse fails, the fewest trailing values of an option (the last option first) that make it
     succeed are taken as positionals; when none does, the plain parse's own error is shown."""
+
     def attempt(args):
         err = io.StringIO()
         try:
@@ -64,8 +66,8 @@ def parse_args(parser, argv: list[str] | None = None):
             while j < len(argv) and not argv[j].startswith("-"):
                 j += 1
             for k in range(1, j - i - 1):
-                moved = argv[j - k:j]
-                ns = attempt(argv[:j - k] + argv[j:] + ["--"] + moved)
+                moved = argv[j - k : j]
+                ns = attempt(argv[: j - k] + argv[j:] + ["--"] + moved)
                 if ns is not None:
                     return ns
     return parser.parse_args(argv)
@@ -78,9 +80,19 @@ def show_defaults(parser) -> None:
         for sp in sub.choices.values():
             for a in sp._actions:
                 d = a.default
-                if (not a.option_strings or a.help in (None, _argparse.SUPPRESS) or d in (None, False, _argparse.SUPPRESS)
-                        or d == [] or "default" in a.help.lower()):
+                if (
+                    not a.option_strings
+                    or a.help in (None, _argparse.SUPPRESS)
+                    or d in (None, False, _argparse.SUPPRESS)
+                    or d == []
+                    or "default" in a.help.lower()
+                ):
                     continue
-                shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else f"{d:,}" if isinstance(d, int) \
-                    and not isinstance(d, bool) else str(d)
+                shown = (
+                    " ".join(map(str, d))
+                    if isinstance(d, (list, tuple))
+                    else f"{d:,}"
+                    if isinstance(d, int) and not isinstance(d, bool)
+                    else str(d)
+                )
                 a.help = f"{a.help} (default: {shown})"

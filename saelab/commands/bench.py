@@ -20,6 +20,11 @@ def cmd_bench(a) -> None:
 def register(sub) -> None:
     from ..evaluate.bench.config import BenchConfig
 
-    add_config_command(sub, "bench", BenchConfig, cmd_bench,
-                       help="offline evaluation suite: core, sparse probing, absorption, autointerp, synthetic; "
-                            "baselines through the same code (docs/EVAL.md)")
+    add_config_command(
+        sub,
+        "bench",
+        BenchConfig,
+        cmd_bench,
+        help="offline evaluation suite: core, sparse probing, absorption, autointerp, synthetic; "
+        "baselines through the same code (docs/EVAL.md)",
+    )

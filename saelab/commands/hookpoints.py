@@ -10,8 +10,10 @@ def cmd_hookpoints(a) -> None:
     from ..activations.hookpoints import HookpointsConfig, list_hookpoints
 
     name, sites = list_hookpoints(build_config(HookpointsConfig, a, a.config))
-    print(f"# {name}: {len(sites)} hookpoints (name, kind, width). Any module name also works; "
-          f"append ':input' for a module's input.")
+    print(
+        f"# {name}: {len(sites)} hookpoints (name, kind, width). Any module name also works; "
+        f"append ':input' for a module's input."
+    )
     for site, kind, width in sites:
         print(f"{site}\t{kind}\t{width}")
 
@@ -19,5 +21,6 @@ def cmd_hookpoints(a) -> None:
 def register(sub) -> None:
     from ..activations.hookpoints import HookpointsConfig
 
-    add_config_command(sub, "hookpoints", HookpointsConfig, cmd_hookpoints,
-                       help="list the hookable sites of a model with their widths")
+    add_config_command(
+        sub, "hookpoints", HookpointsConfig, cmd_hookpoints, help="list the hookable sites of a model with their widths"
+    )

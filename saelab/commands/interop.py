@@ -26,8 +26,11 @@ def cmd_pull(a) -> None:
     cfg = build_config(PullConfig, a, a.config)
     if cfg.list:
         r = find_release(cfg.release)
-        print(f"# {r.name}: {r.repo} ({r.format}) for {r.model}; sae-ids"
-              + (f" matching {r.id_pattern}" if r.id_pattern else "") + ":")
+        print(
+            f"# {r.name}: {r.repo} ({r.format}) for {r.model}; sae-ids"
+            + (f" matching {r.id_pattern}" if r.id_pattern else "")
+            + ":"
+        )
         for i in r.ids:
             print(i)
         return
@@ -38,15 +41,26 @@ def register(sub) -> None:
     from ..sae.convert import ExportConfig, ImportConfig
     from ..sae.releases import PullConfig
 
-    add_config_command(sub, "pull", PullConfig, cmd_pull,
-                       help="download one SAE of a public release (Gemma Scope, Llama Scope, SAELens, EleutherAI "
-                            "sparsify) into a saelab folder",
-                       description="RELEASE is a name in saelab/sae/releases.json (repo, model, format, sae-ids, "
-                                   "hookpoints). Needs internet unless --local points at a copy of the repo.")
-    add_config_command(sub, "import", ImportConfig, cmd_import,
-                       help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders",
-                       description="SRC is a SAELens folder (cfg.json + sae_weights.safetensors), a sparsify folder "
-                                   "(cfg.json + sae.safetensors) or a folder of such folders, or a Hugging Face hub "
-                                   "id owner/repo[/sub/folder] (needs internet).")
-    add_config_command(sub, "export", ExportConfig, cmd_export,
-                       help="write saelab SAE folders in SAELens or sparsify layout")
+    add_config_command(
+        sub,
+        "pull",
+        PullConfig,
+        cmd_pull,
+        help="download one SAE of a public release (Gemma Scope, Llama Scope, SAELens, EleutherAI "
+        "sparsify) into a saelab folder",
+        description="RELEASE is a name in saelab/sae/releases.json (repo, model, format, sae-ids, "
+        "hookpoints). Needs internet unless --local points at a copy of the repo.",
+    )
+    add_config_command(
+        sub,
+        "import",
+        ImportConfig,
+        cmd_import,
+        help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders",
+        description="SRC is a SAELens folder (cfg.json + sae_weights.safetensors), a sparsify folder "
+        "(cfg.json + sae.safetensors) or a folder of such folders, or a Hugging Face hub "
+        "id owner/repo[/sub/folder] (needs internet).",
+    )
+    add_config_command(
+        sub, "export", ExportConfig, cmd_export, help="write saelab SAE folders in SAELens or sparsify layout"
+    )

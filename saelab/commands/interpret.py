@@ -48,16 +48,31 @@ def register(sub) -> None:
     from ..features.cache_config import LatentCacheConfig
     from ..interpret.config import ExplainConfig, ScoreConfig
 
-    add_config_command(sub, "cache", LatentCacheConfig, cmd_cache,
-                       help="cache the active latents of SAEs (and/or MLP neurons) over N tokens",
-                       description="Run the model once over --tokens tokens and store every active latent sparsely "
-                                   "(row, position, latent, value), sharded by latent range, tokens stored once. "
-                                   "Rerun the same command to resume an interrupted run. Format: docs/INTERPRET.md.")
-    _latents_command(sub, "explain", ExplainConfig, cmd_explain,
-                     help="explain latents of a cached dictionary with an LLM (or the statistical baseline)",
-                     description="Draw examples for each latent from a latent cache, explain it, and append one "
-                                 "record per latent to OUT/explanations.jsonl (a rerun skips latents already done).")
-    _latents_command(sub, "score", ScoreConfig, cmd_score, help="score the explanations of a run",
-                     description="Score each explained latent with each scorer; one record per latent is appended "
-                                 "to RUN/scores_SCORER.jsonl (a rerun skips latents already scored).")
-
+    add_config_command(
+        sub,
+        "cache",
+        LatentCacheConfig,
+        cmd_cache,
+        help="cache the active latents of SAEs (and/or MLP neurons) over N tokens",
+        description="Run the model once over --tokens tokens and store every active latent sparsely "
+        "(row, position, latent, value), sharded by latent range, tokens stored once. "
+        "Rerun the same command to resume an interrupted run. Format: docs/INTERPRET.md.",
+    )
+    _latents_command(
+        sub,
+        "explain",
+        ExplainConfig,
+        cmd_explain,
+        help="explain latents of a cached dictionary with an LLM (or the statistical baseline)",
+        description="Draw examples for each latent from a latent cache, explain it, and append one "
+        "record per latent to OUT/explanations.jsonl (a rerun skips latents already done).",
+    )
+    _latents_command(
+        sub,
+        "score",
+        ScoreConfig,
+        cmd_score,
+        help="score the explanations of a run",
+        description="Score each explained latent with each scorer; one record per latent is appended "
+        "to RUN/scores_SCORER.jsonl (a rerun skips latents already scored).",
+    )

@@ -23,9 +23,15 @@ def register(sub) -> None:
     from ..interpret.llm_server import LlmServerConfig
     from ..interpret.report import ReportConfig
 
-    add_config_command(sub, "report", ReportConfig, cmd_report,
-                       help="summarise and compare interpretation runs (table + PNG plots)")
-    add_config_command(sub, "serve-llm", LlmServerConfig, cmd_serve_llm,
-                       help="serve a local chat model through an OpenAI-compatible HTTP API",
-                       description="POST /v1/chat/completions (with logprobs/top_logprobs), GET /v1/models. Concurrent "
-                                   "requests are batched. Binds to loopback by default.")
+    add_config_command(
+        sub, "report", ReportConfig, cmd_report, help="summarise and compare interpretation runs (table + PNG plots)"
+    )
+    add_config_command(
+        sub,
+        "serve-llm",
+        LlmServerConfig,
+        cmd_serve_llm,
+        help="serve a local chat model through an OpenAI-compatible HTTP API",
+        description="POST /v1/chat/completions (with logprobs/top_logprobs), GET /v1/models. Concurrent "
+        "requests are batched. Binds to loopback by default.",
+    )

@@ -29,11 +29,16 @@ def cmd_pareto(a) -> None:
     cfg = build_config(ParetoConfig, a, a.config)
     res = pareto(cfg)
     out = cfg.out_dir()
-    print(f"{len(res['points'])} SAEs; wrote {out}/pareto.png, pareto.csv" + (", matched.csv" if res["matched"] else ""))
+    print(
+        f"{len(res['points'])} SAEs; wrote {out}/pareto.png, pareto.csv" + (", matched.csv" if res["matched"] else "")
+    )
     for r in res["matched"]:
-        print("  CE +{:.4f}: ".format(r["ce_increase"]) + "  ".join(
-            f"{k.removesuffix('_l0')} L0 {v:.1f}" for k, v in r.items() if k.endswith("_l0")) + "  |  " + "  ".join(
-            f"{k.removesuffix('_alive')} alive {v:.0f}" for k, v in r.items() if k.endswith("_alive")))
+        print(
+            "  CE +{:.4f}: ".format(r["ce_increase"])
+            + "  ".join(f"{k.removesuffix('_l0')} L0 {v:.1f}" for k, v in r.items() if k.endswith("_l0"))
+            + "  |  "
+            + "  ".join(f"{k.removesuffix('_alive')} alive {v:.0f}" for k, v in r.items() if k.endswith("_alive"))
+        )
 
 
 def cmd_compare(a) -> None:
@@ -42,8 +47,10 @@ def cmd_compare(a) -> None:
     r = compare_folders(build_config(CompareConfig, a, a.config))
     for key in ("cross_max_cosine", "within_a_max_cosine"):
         s = r[key]
-        print(f"{key}: n={s['n']} mean {s['mean']:.3f} median {s['median']:.3f} p10 {s['p10']:.3f} "
-              f"p90 {s['p90']:.3f} >0.9: {100 * s['frac_above_0.9']:.1f}%")
+        print(
+            f"{key}: n={s['n']} mean {s['mean']:.3f} median {s['median']:.3f} p10 {s['p10']:.3f} "
+            f"p90 {s['p90']:.3f} >0.9: {100 * s['frac_above_0.9']:.1f}%"
+        )
     print(f"alive: A {r['alive_a']}/{r['d_sae_a']}, B {r['alive_b']}/{r['d_sae_b']}")
 
 
@@ -65,18 +72,39 @@ def register(sub) -> None:
     from ..study.sweep import SweepConfig
     from ..train.config import TrainConfig
 
-    s = add_config_command(sub, "sweep", SweepConfig, cmd_sweep,
-                           help="train + evaluate a grid of loss types x k (or sparsity coefficient); resumable",
-                           description="One training run per loss type (its values of --k / --sparsity-coeff share "
-                                       "each forward; --separate: one run per point), then held-out evaluation with "
-                                       "alive latents and later-layer FVU. Rerun the same command to resume.")
+    s = add_config_command(
+        sub,
+        "sweep",
+        SweepConfig,
+        cmd_sweep,
+        help="train + evaluate a grid of loss types x k (or sparsity coefficient); resumable",
+        description="One training run per loss type (its values of --k / --sparsity-coeff share "
+        "each forward; --separate: one run per point), then held-out evaluation with "
+        "alive latents and later-layer FVU. Rerun the same command to resume.",
+    )
     add_dataclass_options(s, TrainConfig, skip=("loss", "resume", "overwrite"))
 
-    add_config_command(sub, "pareto", ParetoConfig, cmd_pareto,
-                       help="L0 / alive latents vs CE loss increase, one curve per loss type (PNG + CSV)")
-    add_config_command(sub, "compare", CompareConfig, cmd_compare,
-                       help="decoder geometry of SAE A against SAE B (max cosine per alive latent)")
-    add_config_command(sub, "scaling", ScalingConfig, cmd_scaling, help="scaling laws: train a latents x tokens grid, fit FVU power laws, plot",
-                       description="Caches the activations once, trains one TopK SAE per (latents, tokens) grid point "
-                                   "from the cache, evaluates held-out FVU in one pass, fits FVU power laws in "
-                                   "latents, tokens and compute (frontier), writes scaling.json and scaling.png.")
+    add_config_command(
+        sub,
+        "pareto",
+        ParetoConfig,
+        cmd_pareto,
+        help="L0 / alive latents vs CE loss increase, one curve per loss type (PNG + CSV)",
+    )
+    add_config_command(
+        sub,
+        "compare",
+        CompareConfig,
+        cmd_compare,
+        help="decoder geometry of SAE A against SAE B (max cosine per alive latent)",
+    )
+    add_config_command(
+        sub,
+        "scaling",
+        ScalingConfig,
+        cmd_scaling,
+        help="scaling laws: train a latents x tokens grid, fit FVU power laws, plot",
+        description="Caches the activations once, trains one TopK SAE per (latents, tokens) grid point "
+        "from the cache, evaluates held-out FVU in one pass, fits FVU power laws in "
+        "latents, tokens and compute (frontier), writes scaling.json and scaling.png.",
+    )

@@ -15,7 +15,9 @@ def cmd_train(a) -> None:
     cfg = build_config(TrainConfig, a, a.config)
     t = time.time()
     folders = train(cfg)  # one process, or this rank's share under torchrun
-    print(f"\ntrained {len(folders)} SAE(s) in {time.time() - t:.0f} s; run manifest: {Path(cfg.out) / 'manifest.json'}")
+    print(
+        f"\ntrained {len(folders)} SAE(s) in {time.time() - t:.0f} s; run manifest: {Path(cfg.out) / 'manifest.json'}"
+    )
     for f in folders:
         print(f"  {f}")
 
@@ -32,12 +34,24 @@ def register(sub) -> None:
     from ..train.config import TrainConfig
 
     # hookpoints: commands/hookpoints.py
-    add_config_command(sub, "train", TrainConfig, cmd_train, help="train SAEs/transcoders on a model's activations",
-                       description="Train one SAE per (hookpoint, k or sparsity value, lr) from one LM forward. "
-                                   "A hookpoint 'A->B' trains a transcoder from site A to site B. Globs: '*' "
-                                   "matches within one dotted name segment, '**' across segments.")
+    add_config_command(
+        sub,
+        "train",
+        TrainConfig,
+        cmd_train,
+        help="train SAEs/transcoders on a model's activations",
+        description="Train one SAE per (hookpoint, k or sparsity value, lr) from one LM forward. "
+        "A hookpoint 'A->B' trains a transcoder from site A to site B. Globs: '*' "
+        "matches within one dotted name segment, '**' across segments.",
+    )
 
-    add_config_command(sub, "cache-activations", CacheConfig, cmd_cache, help="run the LM once and store hookpoint activations on disk",
-                       description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
-                                   "out as in training) and manifest.json. Train from it with "
-                                   "`saelab train --from-activations DIR` (no LM needed).")
+    add_config_command(
+        sub,
+        "cache-activations",
+        CacheConfig,
+        cmd_cache,
+        help="run the LM once and store hookpoint activations on disk",
+        description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
+        "out as in training) and manifest.json. Train from it with "
+        "`saelab train --from-activations DIR` (no LM needed).",
+    )

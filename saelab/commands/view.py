@@ -47,11 +47,18 @@ def register(sub) -> None:
     from ..view.app_server import ServeConfig
     from ..view.static_site import DashboardConfig
 
-    p = add_config_command(sub, "steer", SteerConfig, run_steer,
-                           help="generate with features clamped/added (steered vs unsteered, same seed)",
-                           description=STEER_HELP)
+    p = add_config_command(
+        sub,
+        "steer",
+        SteerConfig,
+        run_steer,
+        help="generate with features clamped/added (steered vs unsteered, same seed)",
+        description=STEER_HELP,
+    )
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    add_config_command(sub, "dashboard", DashboardConfig, run_dashboard,
-                       help="static HTML dashboards (one page per feature + index)")
-    add_config_command(sub, "serve", ServeConfig, run_serve,
-                       help="local web app: search, feature pages, fire-on-text, steering")
+    add_config_command(
+        sub, "dashboard", DashboardConfig, run_dashboard, help="static HTML dashboards (one page per feature + index)"
+    )
+    add_config_command(
+        sub, "serve", ServeConfig, run_serve, help="local web app: search, feature pages, fire-on-text, steering"
+    )

@@ -29,16 +29,20 @@ from .metrics import EvalBudget, _ce_kl, _record, batches, heldout_selection
 
 
 @torch.no_grad()
-def crosscoder_metrics(model, tokenizer, sae: CrosscoderSae, sink: SinkConfig, rows, budget: EvalBudget,
-                       device: str = "cpu") -> dict:
+def crosscoder_metrics(
+    model, tokenizer, sae: CrosscoderSae, sink: SinkConfig, rows, budget: EvalBudget, device: str = "cpu"
+) -> dict:
     names = sites(sae.cfg)
     special = special_ids(tokenizer)
     n_site = len(names)
     err, sq, tot, cos = (torch.zeros(n_site, dtype=torch.float64) for _ in range(4))
     s1 = torch.zeros(n_site, sae.d_site, dtype=torch.float64)
     n, l0, fires, excluded, total = 0, 0.0, torch.zeros(sae.cfg.d_sae), 0, 0
-    for ids in tqdm(list(batches(rows, heldout_selection(rows, budget.tokens), budget.batch_rows, device)),
-                    desc="eval: crosscoder reconstruction", leave=False):
+    for ids in tqdm(
+        list(batches(rows, heldout_selection(rows, budget.tokens), budget.batch_rows, device)),
+        desc="eval: crosscoder reconstruction",
+        leave=False,
+    ):
         acts = collect_activations(model, ids, names)
         drop = excluded_positions([acts[h] for h in names], ids, sink, special)
         x = torch.cat([acts[h][~drop].float() for h in names], -1)
@@ -56,14 +60,19 @@ def crosscoder_metrics(model, tokenizer, sae: CrosscoderSae, sink: SinkConfig, r
         excluded += int(drop.sum())
         total += drop.numel()
     n = max(n, 1)
-    var = sq - s1.pow(2).sum(1) / n                       # sum ||y - mean||^2 per site
+    var = sq - s1.pow(2).sum(1) / n  # sum ||y - mean||^2 per site
     freq = fires / n
-    out = {"sites": names, "fvu": (err.sum() / var.sum()).item(),
-           "fvu_per_site": {h: (err[i] / var[i]).item() for i, h in enumerate(names)},
-           "cosine_per_site": {h: (cos[i] / n).item() for i, h in enumerate(names)},
-           "l0": l0 / n, "dead_fraction": (freq == 0).float().mean().item(),
-           "dense_fraction": (freq > 0.1).float().mean().item(), "excluded_fraction": excluded / max(total, 1),
-           "eval_tokens": n}
+    out = {
+        "sites": names,
+        "fvu": (err.sum() / var.sum()).item(),
+        "fvu_per_site": {h: (err[i] / var[i]).item() for i, h in enumerate(names)},
+        "cosine_per_site": {h: (cos[i] / n).item() for i, h in enumerate(names)},
+        "l0": l0 / n,
+        "dead_fraction": (freq == 0).float().mean().item(),
+        "dense_fraction": (freq > 0.1).float().mean().item(),
+        "excluded_fraction": excluded / max(total, 1),
+        "eval_tokens": n,
+    }
     if budget.ce_tokens > 0:
         out |= _spliced_all_sites(model, sae, names, sink, special, rows, budget, device)
     return out
@@ -75,12 +84,15 @@ def _spliced_all_sites(model, sae, names, sink, special, rows, budget, device) -
     # and B with B's, each against its own clean distribution. One model: one part, every site.
     pair = isinstance(model, ModelPair)
     parts = model.parts(names) if pair else [("", model, names)]
-    sums = {tag: [0.0, 0.0, 0.0] for tag, _, _ in parts}   # clean CE, spliced CE, KL
+    sums = {tag: [0.0, 0.0, 0.0] for tag, _, _ in parts}  # clean CE, spliced CE, KL
     n_pred = 0
-    for ids in tqdm(list(batches(rows, heldout_selection(rows, budget.ce_tokens), budget.ce_batch_rows, device)),
-                    desc="eval: crosscoder splice / CE", leave=False):
+    for ids in tqdm(
+        list(batches(rows, heldout_selection(rows, budget.ce_tokens), budget.ce_batch_rows, device)),
+        desc="eval: crosscoder splice / CE",
+        leave=False,
+    ):
         store: dict[str, torch.Tensor] = {}
-        handles = [_record(model, h, store) for h in names]   # hooks found through the pair reach either model
+        handles = [_record(model, h, store) for h in names]  # hooks found through the pair reach either model
         try:
             clean = {tag: _ce_kl(m(input_ids=ids, use_cache=False).logits, ids, None) for tag, m, _ in parts}
         finally:
@@ -92,15 +104,24 @@ def _spliced_all_sites(model, sae, names, sink, special, rows, budget, device) -
         for tag, m, own in parts:
             with ExitStack() as stack:
                 for h in own:
-                    stack.enter_context(patch_activation(
-                        model, h, lambda a, r=recon[h]: torch.where(drop, a, r.to(a.dtype))))
+                    stack.enter_context(
+                        patch_activation(model, h, lambda a, r=recon[h], drop=drop: torch.where(drop, a, r.to(a.dtype)))
+                    )
                 ce_s, kl_s, _ = _ce_kl(m(input_ids=ids, use_cache=False).logits, ids, clean[tag][2])
             s = sums[tag]
             s[0], s[1], s[2] = s[0] + clean[tag][0], s[1] + ce_s, s[2] + kl_s
         n_pred += ids.shape[0] * (ids.shape[1] - 1)
     n = max(n_pred, 1)
-    per = {tag: {"kl": kl / n, "ce_clean": ce / n, "ce_spliced": ce_s / n, "ce_increase": (ce_s - ce) / n,
-                 "ce_eval_tokens": n} for tag, (ce, ce_s, kl) in sums.items()}
+    per = {
+        tag: {
+            "kl": kl / n,
+            "ce_clean": ce / n,
+            "ce_spliced": ce_s / n,
+            "ce_increase": (ce_s - ce) / n,
+            "ce_eval_tokens": n,
+        }
+        for tag, (ce, ce_s, kl) in sums.items()
+    }
     return {"spliced_per_model": per} if pair else per[""]
 
 

@@ -28,8 +28,9 @@ def later_blocks(model, site: str) -> list[str]:
 
 
 @torch.no_grad()
-def later_layer_fvu(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
-                    device: str = "cpu") -> list[dict[str, float]]:
+def later_layer_fvu(
+    model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget, device: str = "cpu"
+) -> list[dict[str, float]]:
     """Per SAE: {block name: FVU of that block's output with the SAE spliced in}."""
     special = special_ids(tokenizer)
     sel = heldout_selection(rows, budget.ce_tokens)
@@ -54,16 +55,32 @@ def later_layer_fvu(model, tokenizer, saes: list[Sinked], rows: TokenRows, budge
                 a["sq"] += ref.pow(2).sum().item()
     out = []
     for per in acc:
-        out.append({b: a["err"] / max(a["sq"] - (a["s"] * a["s"]).sum().item() / max(a["n"], 1), 1e-12)
-                    for b, a in per.items()})
+        out.append(
+            {
+                b: a["err"] / max(a["sq"] - (a["s"] * a["s"]).sum().item() / max(a["n"], 1), 1e-12)
+                for b, a in per.items()
+            }
+        )
     return out
 
 
-def later_layer_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
-                        metrics: list[SaeMetrics], device: str = "cpu") -> list[LaterLayers]:
+def later_layer_metrics(
+    model,
+    tokenizer,
+    saes: list[Sinked],
+    rows: TokenRows,
+    budget: EvalBudget,
+    metrics: list[SaeMetrics],
+    device: str = "cpu",
+) -> list[LaterLayers]:
     """Per SAE: alive latents (from its reconstruction metrics) and the later-layer FVU."""
     out = []
     for (sae, _), m, lf in zip(saes, metrics, later_layer_fvu(model, tokenizer, saes, rows, budget, device)):
-        out.append(LaterLayers(alive=round(sae.cfg.d_sae * (1 - m.dead_fraction)), later_fvu=lf,
-                               later_fvu_mean=sum(lf.values()) / max(len(lf), 1)))
+        out.append(
+            LaterLayers(
+                alive=round(sae.cfg.d_sae * (1 - m.dead_fraction)),
+                later_fvu=lf,
+                later_fvu_mean=sum(lf.values()) / max(len(lf), 1),
+            )
+        )
     return out

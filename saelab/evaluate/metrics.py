@@ -44,6 +44,7 @@ class EvalBudget:
 class PassStats:
     """What the reconstruction pass measures besides the metrics: each output site's mean activation
     (for mean ablation) and each SAE's per-latent firing frequency on the evaluation tokens."""
+
     site_means: dict[str, torch.Tensor]
     firing: list[torch.Tensor]
 
@@ -61,8 +62,9 @@ def _sink(x: SinkConfig | dict) -> SinkConfig:
     return x if isinstance(x, SinkConfig) else sink_config_of(x)
 
 
-def sae_sink_mask(sae: SparseCoder, sink: SinkConfig | dict, acts: dict[str, torch.Tensor], ids: torch.Tensor,
-                  special: list[int]) -> torch.Tensor:
+def sae_sink_mask(
+    sae: SparseCoder, sink: SinkConfig | dict, acts: dict[str, torch.Tensor], ids: torch.Tensor, special: list[int]
+) -> torch.Tensor:
     """Bool [batch, seq]: sink/outlier positions at this SAE's site(s), by the rule it was trained with."""
     c = sae.cfg
     sites = [acts[c.hookpoint]] + ([acts[c.out_hookpoint]] if c.out_hookpoint else [])
@@ -78,7 +80,7 @@ def heldout_selection(rows: TokenRows, tokens: int) -> np.ndarray:
 
 def batches(rows: TokenRows, sel: np.ndarray, batch_rows: int, device: str):
     for i in range(0, len(sel), batch_rows):
-        yield torch.from_numpy(np.asarray(rows.tokens[sel[i:i + batch_rows]], dtype=np.int64)).to(device)
+        yield torch.from_numpy(np.asarray(rows.tokens[sel[i : i + batch_rows]], dtype=np.int64)).to(device)
 
 
 def _out_site(sae: SparseCoder) -> str:
@@ -90,13 +92,30 @@ def _hooks(saes: list[Sinked]) -> list[str]:
 
 
 @torch.no_grad()
-def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
-                           device: str = "cpu") -> tuple[list[SaeMetrics], PassStats]:
+def reconstruction_metrics(
+    model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget, device: str = "cpu"
+) -> tuple[list[SaeMetrics], PassStats]:
     """Per-SAE reconstruction/sparsity metrics over `budget.tokens` held-out non-sink positions."""
     hooks = _hooks(saes)
     special = special_ids(tokenizer)
-    acc = [dict(err=0.0, n=0, elems=0, cos=0.0, yh_sq=0.0, yh_y=0.0, sum_yh=0.0, sum_y=0.0, sumsq_y=0.0, l0=[],
-                excluded=0, total=0, fires=torch.zeros(s.cfg.d_sae, device=device)) for s, _ in saes]
+    acc = [
+        dict(
+            err=0.0,
+            n=0,
+            elems=0,
+            cos=0.0,
+            yh_sq=0.0,
+            yh_y=0.0,
+            sum_yh=0.0,
+            sum_y=0.0,
+            sumsq_y=0.0,
+            l0=[],
+            excluded=0,
+            total=0,
+            fires=torch.zeros(s.cfg.d_sae, device=device),
+        )
+        for s, _ in saes
+    ]
     site_sum: dict[str, torch.Tensor] = {}
     site_n: dict[str, int] = {}
     sel = heldout_selection(rows, budget.tokens)
@@ -137,12 +156,21 @@ def reconstruction_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows
         l0 = torch.cat(a["l0"]).float().cpu()
         freq = (a["fires"] / n).cpu()
         counts, edges = np.histogram(l0.numpy(), bins=20)
-        results.append(SaeMetrics(
-            fvu=a["err"] / max(var_sum, 1e-12), mse=a["err"] / max(a["elems"], 1), cosine=a["cos"] / n,
-            l0=l0.mean().item(), dead_fraction=(freq == 0).float().mean().item(),
-            dense_fraction=(freq > 0.1).float().mean().item(), excluded_fraction=a["excluded"] / max(a["total"], 1),
-            eval_tokens=n, l0_histogram=counts.tolist(), l0_histogram_edges=edges.tolist(),
-            relative_reconstruction_bias=_relative_bias(a, n)))
+        results.append(
+            SaeMetrics(
+                fvu=a["err"] / max(var_sum, 1e-12),
+                mse=a["err"] / max(a["elems"], 1),
+                cosine=a["cos"] / n,
+                l0=l0.mean().item(),
+                dead_fraction=(freq == 0).float().mean().item(),
+                dense_fraction=(freq > 0.1).float().mean().item(),
+                excluded_fraction=a["excluded"] / max(a["total"], 1),
+                eval_tokens=n,
+                l0_histogram=counts.tolist(),
+                l0_histogram_edges=edges.tolist(),
+                relative_reconstruction_bias=_relative_bias(a, n),
+            )
+        )
         firing.append(freq)
     return results, PassStats({h: site_sum[h] / site_n[h] for h in site_sum}, firing)
 
@@ -177,8 +205,15 @@ def _record(model, hookpoint: str, store: dict):
 
 
 @torch.no_grad()
-def downstream_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, means: dict[str, torch.Tensor],
-                       budget: EvalBudget, device: str = "cpu") -> list[Downstream]:
+def downstream_metrics(
+    model,
+    tokenizer,
+    saes: list[Sinked],
+    rows: TokenRows,
+    means: dict[str, torch.Tensor],
+    budget: EvalBudget,
+    device: str = "cpu",
+) -> list[Downstream]:
     """Per SAE: KL / CE with it spliced in, against zero- and mean-ablation of its output site."""
     special = special_ids(tokenizer)
     sel = heldout_selection(rows, budget.ce_tokens)
@@ -210,7 +245,7 @@ def downstream_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, me
         for h in sites:
             drop = masks[h][..., None]
             for name, value in (("zero", 0.0), ("mean", means[h])):
-                fn = (lambda a, v=value, d=drop: torch.where(d, a, (torch.zeros_like(a) + v).to(a.dtype)))
+                fn = lambda a, v=value, d=drop: torch.where(d, a, (torch.zeros_like(a) + v).to(a.dtype))
                 with patch_activation(model, h, fn):
                     ce_a, _, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, None)
                 site_sums[h][name] += ce_a
@@ -220,17 +255,27 @@ def downstream_metrics(model, tokenizer, saes: list[Sinked], rows: TokenRows, me
     for (sae, _), s in zip(saes, sae_sums):
         h = _out_site(sae)
         ce, zero, mean = s["ce"] / n, site_sums[h]["zero"] / n, site_sums[h]["mean"] / n
-        out.append(Downstream(
-            kl=s["kl"] / n, ce_clean=clean, ce_spliced=ce, ce_increase=ce - clean,
-            ce_zero_ablation=zero, ce_mean_ablation=mean,
-            ce_recovered_zero=(zero - ce) / (zero - clean) if zero != clean else float("nan"),
-            ce_recovered_mean=(mean - ce) / (mean - clean) if mean != clean else float("nan"),
-            kl_all_positions=s["kl_all"] / n, ce_increase_all_positions=s["ce_all"] / n - clean, ce_eval_tokens=n))
+        out.append(
+            Downstream(
+                kl=s["kl"] / n,
+                ce_clean=clean,
+                ce_spliced=ce,
+                ce_increase=ce - clean,
+                ce_zero_ablation=zero,
+                ce_mean_ablation=mean,
+                ce_recovered_zero=(zero - ce) / (zero - clean) if zero != clean else float("nan"),
+                ce_recovered_mean=(mean - ce) / (mean - clean) if mean != clean else float("nan"),
+                kl_all_positions=s["kl_all"] / n,
+                ce_increase_all_positions=s["ce_all"] / n - clean,
+                ce_eval_tokens=n,
+            )
+        )
     return out
 
 
-def measure(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
-            device: str = "cpu") -> tuple[list[SaeMetrics], list[torch.Tensor]]:
+def measure(
+    model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget, device: str = "cpu"
+) -> tuple[list[SaeMetrics], list[torch.Tensor]]:
     """All metrics of each SAE (downstream ones when `budget.ce_tokens` > 0), and each SAE's per-latent
     firing frequency [d_sae] on the reconstruction tokens."""
     results, stats = reconstruction_metrics(model, tokenizer, saes, rows, budget, device)
@@ -240,7 +285,8 @@ def measure(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalB
     return results, stats.firing
 
 
-def evaluate(model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget,
-             device: str = "cpu") -> list[SaeMetrics]:
+def evaluate(
+    model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget, device: str = "cpu"
+) -> list[SaeMetrics]:
     """`measure` without the firing frequencies."""
     return measure(model, tokenizer, saes, rows, budget, device)[0]

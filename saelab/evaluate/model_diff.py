@@ -57,16 +57,27 @@ def model_diff_analysis(sae: CrosscoderSae) -> dict:
     shared = ~(a_only | b_only)
     cos = cos[shared]
     counts, edges = np.histogram(r.numpy(), bins=BINS, range=(0.0, 1.0))
-    out = {"latents": int(r.numel()), "a_only": int(a_only.sum()), "b_only": int(b_only.sum()),
-           "shared": int(shared.sum()), "thresholds": [A_ONLY, B_ONLY],
-           "relative_norm_mean": r.mean().item(), "relative_norm_median": r.median().item(),
-           "relative_norm_histogram": counts.tolist(), "relative_norm_edges": edges.tolist(),
-           "a_only_latents": torch.nonzero(a_only).flatten().tolist(),
-           "b_only_latents": torch.nonzero(b_only).flatten().tolist()}
+    out = {
+        "latents": int(r.numel()),
+        "a_only": int(a_only.sum()),
+        "b_only": int(b_only.sum()),
+        "shared": int(shared.sum()),
+        "thresholds": [A_ONLY, B_ONLY],
+        "relative_norm_mean": r.mean().item(),
+        "relative_norm_median": r.median().item(),
+        "relative_norm_histogram": counts.tolist(),
+        "relative_norm_edges": edges.tolist(),
+        "a_only_latents": torch.nonzero(a_only).flatten().tolist(),
+        "b_only_latents": torch.nonzero(b_only).flatten().tolist(),
+    }
     if cos.numel():
         c_counts, c_edges = np.histogram(cos.numpy(), bins=BINS, range=(-1.0, 1.0))
-        out |= {"shared_cosine_mean": cos.mean().item(), "shared_cosine_median": cos.median().item(),
-                "shared_cosine_histogram": c_counts.tolist(), "shared_cosine_edges": c_edges.tolist()}
+        out |= {
+            "shared_cosine_mean": cos.mean().item(),
+            "shared_cosine_median": cos.median().item(),
+            "shared_cosine_histogram": c_counts.tolist(),
+            "shared_cosine_edges": c_edges.tolist(),
+        }
     return out
 
 
@@ -88,8 +99,11 @@ def model_diff_plot(sae: CrosscoderSae, path: Path, title: str) -> None:
         ax.axvline(t, color="#777777", lw=0.8, ls="--")
     ax.set_xlabel("relative decoder norm ||W_B|| / (||W_A|| + ||W_B||)")
     ax.set_ylabel("latents")
-    ax.set_title(f"{title}\nA-only {int((r < A_ONLY).sum())}, B-only {int((r > B_ONLY).sum())}, "
-                 f"shared {int(shared.sum())} of {r.size}", fontsize=9)
+    ax.set_title(
+        f"{title}\nA-only {int((r < A_ONLY).sum())}, B-only {int((r > B_ONLY).sum())}, "
+        f"shared {int(shared.sum())} of {r.size}",
+        fontsize=9,
+    )
     ax = axes[1]
     ax.hist(cos, bins=50, range=(-1, 1), color="#a8573b")
     ax.set_xlabel("cosine of a shared latent's A and B decoders")

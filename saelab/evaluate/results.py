@@ -14,8 +14,8 @@ DESCRIPTIONS = {
     "mse": "mean squared error per element",
     "cosine": "mean cosine similarity between x and x_hat",
     "relative_reconstruction_bias": "gamma = sum ||x_hat - mean||^2 / sum <x_hat - mean, x - mean> (Rajamanoharan et "
-                                    "al. 2024, each side centred by its mean): 1 = unbiased, < 1 = reconstructions "
-                                    "shrunk (an L1 penalty's signature)",
+    "al. 2024, each side centred by its mean): 1 = unbiased, < 1 = reconstructions "
+    "shrunk (an L1 penalty's signature)",
     "l0": "mean number of active latents per token",
     "dead_fraction": "fraction of latents that never fired on the evaluation tokens",
     "dense_fraction": "fraction of latents firing on more than 10% of tokens",
@@ -34,13 +34,14 @@ DESCRIPTIONS = {
 LATER_DESCRIPTIONS = {
     "alive": "latents that fired at least once on the held-out reconstruction tokens",
     "later_fvu": "later_fvu: FVU of each later block's output (residual stream) with the SAE spliced in, sinks kept "
-                 "clean; later_fvu_mean: their mean",
+    "clean; later_fvu_mean: their mean",
 }
 
 
 @dataclass
 class Downstream:
     """Effect on the model's next-token predictions (full forwards, `ce_tokens` positions)."""
+
     kl: float
     ce_clean: float
     ce_spliced: float
@@ -58,6 +59,7 @@ class Downstream:
 class LaterLayers:
     """What Braun et al. (2024) report beside CE: alive latents, and the FVU of every later block's
     output with the SAE spliced in."""
+
     alive: int
     later_fvu: dict[str, float]
     later_fvu_mean: float
@@ -66,6 +68,7 @@ class LaterLayers:
 @dataclass
 class SaeMetrics:
     """Metrics of one dictionary on held-out tokens. Reads like the dict it writes (`m["fvu"]`)."""
+
     fvu: float
     mse: float
     cosine: float
@@ -99,17 +102,24 @@ class SaeMetrics:
 
 def format_report(name: str, m: SaeMetrics | dict, path: Path) -> str:
     r = m.to_dict() if isinstance(m, SaeMetrics) else m
-    lines = [f"\n{name}",
-             f"  FVU {r['fvu']:.4f}   cosine {r['cosine']:.4f}   MSE {r['mse']:.4g}   L0 {r['l0']:.1f}"
-             + (f"   relative reconstruction bias {r['relative_reconstruction_bias']:.3f}"
-                if r.get("relative_reconstruction_bias") is not None else ""),
-             f"  dead {100 * r['dead_fraction']:.2f}%   dense {100 * r['dense_fraction']:.2f}%   "
-             f"sink/outlier positions {100 * r['excluded_fraction']:.2f}%  ({r['eval_tokens']:,} tokens)"]
+    lines = [
+        f"\n{name}",
+        f"  FVU {r['fvu']:.4f}   cosine {r['cosine']:.4f}   MSE {r['mse']:.4g}   L0 {r['l0']:.1f}"
+        + (
+            f"   relative reconstruction bias {r['relative_reconstruction_bias']:.3f}"
+            if r.get("relative_reconstruction_bias") is not None
+            else ""
+        ),
+        f"  dead {100 * r['dead_fraction']:.2f}%   dense {100 * r['dense_fraction']:.2f}%   "
+        f"sink/outlier positions {100 * r['excluded_fraction']:.2f}%  ({r['eval_tokens']:,} tokens)",
+    ]
     if "kl" in r:
-        lines += [f"  sinks kept clean: KL {r['kl']:.4f}   CE +{r['ce_increase']:.4f} nats/token "
-                  f"(clean {r['ce_clean']:.3f})   CE recovered {100 * r['ce_recovered_zero']:.1f}% vs zero, "
-                  f"{100 * r['ce_recovered_mean']:.1f}% vs mean",
-                  f"  every position spliced: KL {r['kl_all_positions']:.4f}   CE +{r['ce_increase_all_positions']:.4f}"
-                  f"  ({r['ce_eval_tokens']:,} tokens)"]
+        lines += [
+            f"  sinks kept clean: KL {r['kl']:.4f}   CE +{r['ce_increase']:.4f} nats/token "
+            f"(clean {r['ce_clean']:.3f})   CE recovered {100 * r['ce_recovered_zero']:.1f}% vs zero, "
+            f"{100 * r['ce_recovered_mean']:.1f}% vs mean",
+            f"  every position spliced: KL {r['kl_all_positions']:.4f}   CE +{r['ce_increase_all_positions']:.4f}"
+            f"  ({r['ce_eval_tokens']:,} tokens)",
+        ]
     lines.append(f"  metrics: {path}")
     return "\n".join(lines)

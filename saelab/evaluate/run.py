@@ -16,15 +16,26 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model_pair import load_pair
-from ..options import (check_dtype, check_types, corpus_option, device_option, dtype_option, model_option,
-                       need_at_least, opt, out_option, overwrite_option, threads_option)
-from ..sae.registry import multi_site
+from ..options import (
+    check_dtype,
+    check_types,
+    corpus_option,
+    device_option,
+    dtype_option,
+    model_option,
+    need_at_least,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from ..sae.folder import open_sae, open_shared_data
+from ..sae.registry import multi_site
 from ..storage import write_json
 from .crosscoder import crosscoder_metrics, crosscoder_report
 from .later_layers import later_layer_metrics
-from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .metrics import EvalBudget, measure
+from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .plots import density_plot
 from .results import SaeMetrics, format_report
 
@@ -32,6 +43,7 @@ from .results import SaeMetrics, format_report
 @dataclass
 class EvalConfig:
     """`saelab eval`: held-out reconstruction and KL / CE of SAE folders (their model and corpus unless overridden)."""
+
     sae_dirs: list[str] = opt(help="SAE folders (saelab format); several share the clean passes", positional=True)
     tokens: int = opt(100_000, "held-out tokens for reconstruction metrics")
     ce_tokens: int = opt(16_384, "held-out tokens for KL / CE metrics (full forwards)")
@@ -51,6 +63,7 @@ class EvalConfig:
 @dataclass
 class EvalE2EConfig:
     """`saelab eval-e2e`: `saelab eval` plus alive latents and the FVU of every later layer, SAE spliced in."""
+
     sae_dirs: list[str] = opt(help="SAE folders of one model and corpus", positional=True)
     tokens: int = opt(50_000, "held-out tokens for FVU / L0 / alive")
     ce_tokens: int = opt(8192, "held-out tokens for KL / CE / later-layer FVU")
@@ -67,20 +80,47 @@ class EvalE2EConfig:
 def evaluate(cfg: EvalConfig) -> list[SaeMetrics]:
     """Write each folder's metrics.json (or cfg.out) and print a report per SAE."""
     cfg.validate()
-    return run_eval(cfg.sae_dirs, tokens=cfg.tokens, ce_tokens=cfg.ce_tokens, out=cfg.out, corpus=cfg.corpus,
-                    model=cfg.model, overwrite=cfg.overwrite, device=cfg.device, dtype=cfg.dtype)
+    return run_eval(
+        cfg.sae_dirs,
+        tokens=cfg.tokens,
+        ce_tokens=cfg.ce_tokens,
+        out=cfg.out,
+        corpus=cfg.corpus,
+        model=cfg.model,
+        overwrite=cfg.overwrite,
+        device=cfg.device,
+        dtype=cfg.dtype,
+    )
 
 
 def evaluate_e2e(cfg: EvalE2EConfig) -> list[SaeMetrics]:
     """metrics.json of each folder with alive latents and later-layer FVU (`SaeMetrics.later`); no report printed."""
     cfg.validate()
-    return run_eval(cfg.sae_dirs, tokens=cfg.tokens, ce_tokens=cfg.ce_tokens, overwrite=cfg.overwrite, quiet=True,
-                    device=cfg.device, later_layers=True, dtype=cfg.dtype)
+    return run_eval(
+        cfg.sae_dirs,
+        tokens=cfg.tokens,
+        ce_tokens=cfg.ce_tokens,
+        overwrite=cfg.overwrite,
+        quiet=True,
+        device=cfg.device,
+        later_layers=True,
+        dtype=cfg.dtype,
+    )
 
 
-def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384, out: str | None = None,
-             corpus: str | None = None, model: str | None = None, overwrite: bool = False, quiet: bool = False,
-             device: str = "cpu", later_layers: bool = False, dtype: str = "float32") -> list[SaeMetrics]:
+def run_eval(
+    sae_dirs: list[str],
+    tokens: int = 100_000,
+    ce_tokens: int = 16_384,
+    out: str | None = None,
+    corpus: str | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    device: str = "cpu",
+    later_layers: bool = False,
+    dtype: str = "float32",
+) -> list[SaeMetrics]:
     """Evaluate SAE folders on their held-out rows; write `out` (one folder) or each folder's
     metrics.json and metrics_density.png; print a report per SAE unless `quiet`."""
     if tokens < 1 or ce_tokens < 0:
@@ -97,13 +137,17 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
             raise UserError(f"{t} exists; pass --overwrite to replace it")
     crosscoders = [f for f in folders if multi_site(f.sae.cfg)]
     if crosscoders and (len(crosscoders) < len(folders) or later_layers):
-        raise UserError("evaluate crosscoders on their own, without --later-layers (they report per-site FVU and "
-                        "the CE of splicing every site: docs/DICTIONARIES.md)")
+        raise UserError(
+            "evaluate crosscoders on their own, without --later-layers (they report per-site FVU and "
+            "the CE of splicing every site: docs/DICTIONARIES.md)"
+        )
     pair = _model_pair(folders, model, device, dtype)  # model diffing: both models, as one module
     data = open_shared_data(folders, device, model, corpus, dtype=dtype, loaded_model=pair)
     lm, rows, prov = data.lm, data.rows, data.provenance
     if crosscoders:
-        _eval_crosscoders(sae_dirs, folders, targets, data, EvalBudget(tokens=tokens, ce_tokens=ce_tokens), device, quiet)
+        _eval_crosscoders(
+            sae_dirs, folders, targets, data, EvalBudget(tokens=tokens, ce_tokens=ce_tokens), device, quiet
+        )
         return []
     saes = [(f.sae, f.provenance.sink) for f in folders]
     budget = EvalBudget(tokens=tokens, ce_tokens=ce_tokens)
@@ -116,10 +160,22 @@ def run_eval(sae_dirs: list[str], tokens: int = 100_000, ce_tokens: int = 16_384
     for d, f, target, m, freq, match in zip(sae_dirs, folders, targets, results, firing, data.matches):
         png = target.with_name(target.stem + "_density.png")
         density_plot(freq, png, f"{f.name}: latent firing frequency", (m.l0_histogram, m.l0_histogram_edges))
-        write_json(target, {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus,
-                            "data_fingerprint": rows.fingerprint, "heldout_fraction": prov.heldout_fraction,
-                            "data_matches_training": match, "split": "heldout", "wall_s": wall,
-                            "metrics": m.to_dict(), "descriptions": m.descriptions(), "density_plot": png.name})
+        write_json(
+            target,
+            {
+                "sae": str(d),
+                "model": prov.model_spec,
+                "corpus": prov.corpus,
+                "data_fingerprint": rows.fingerprint,
+                "heldout_fraction": prov.heldout_fraction,
+                "data_matches_training": match,
+                "split": "heldout",
+                "wall_s": wall,
+                "metrics": m.to_dict(),
+                "descriptions": m.descriptions(),
+                "density_plot": png.name,
+            },
+        )
         if not quiet:
             print(format_report(f.name, m, target))
     return results
@@ -131,8 +187,9 @@ def _model_pair(folders, model: str | None, device: str, dtype: str):
     if not diffs:
         return None
     if len(folders) > 1:
-        raise UserError(f"{diffs[0].path} diffs two models (--model-b {diffs[0].provenance.model_b}); evaluate it on "
-                        f"its own")
+        raise UserError(
+            f"{diffs[0].path} diffs two models (--model-b {diffs[0].provenance.model_b}); evaluate it on its own"
+        )
     return load_pair(model or diffs[0].provenance.model_spec, diffs[0].provenance.model_b, device, dtype)
 
 
@@ -148,9 +205,17 @@ def _eval_crosscoders(sae_dirs, folders, targets, data, budget: EvalBudget, devi
             m["model_diff"] = model_diff_analysis(f.sae)
             model_diff_plot(f.sae, png, f"{f.name}: model A vs B")
             record |= {"model_b": f.provenance.model_b, "model_diff_plot": png.name}
-        write_json(target, record | {"data_fingerprint": rows.fingerprint, "heldout_fraction": prov.heldout_fraction,
-                                     "data_matches_training": match, "split": "heldout", "wall_s": time.time() - t0,
-                                     "metrics": m})
+        write_json(
+            target,
+            record
+            | {
+                "data_fingerprint": rows.fingerprint,
+                "heldout_fraction": prov.heldout_fraction,
+                "data_matches_training": match,
+                "split": "heldout",
+                "wall_s": time.time() - t0,
+                "metrics": m,
+            },
+        )
         if not quiet:
             print(crosscoder_report(f.name, m, target))
-

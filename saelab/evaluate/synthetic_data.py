@@ -33,18 +33,25 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..activations.disk_cache import CACHE_FORMAT, MANIFEST, STORE_DTYPES, _write_npy, read_manifest, shard_path, \
-    to_stored
+from ..activations.disk_cache import (
+    CACHE_FORMAT,
+    MANIFEST,
+    STORE_DTYPES,
+    _write_npy,
+    read_manifest,
+    shard_path,
+    to_stored,
+)
 from ..errors import UserError
 from ..options import check_types, need_at_least, need_choice, opt, out_option, overwrite_option
-from ..sinks import SinkConfig
 from ..out_folder import ACTIVATION_CACHE, open_out
+from ..sinks import SinkConfig
 from ..storage import fingerprint, read_tensors, write_json, write_tensors
 
-HOOK = "synthetic"      # the cache's one hookpoint (train with --hookpoints synthetic)
-MODEL = "synthetic"     # its model spec (train with --model synthetic); no LM exists behind it
+HOOK = "synthetic"  # the cache's one hookpoint (train with --hookpoints synthetic)
+MODEL = "synthetic"  # its model spec (train with --model synthetic); no LM exists behind it
 TRUTH = "truth.safetensors"
-SUB_BATCH = 4096        # vectors drawn at once: bounds the [rows, N] firing mask in memory
+SUB_BATCH = 4096  # vectors drawn at once: bounds the [rows, N] firing mask in memory
 
 
 @dataclass
@@ -58,7 +65,9 @@ class SyntheticConfig:
     magnitude_spread: float = opt(0.5, "an active feature's magnitude is uniform in [1 - spread, 1 + spread]")
     correlation: float = opt(0.0, "latent (copula) correlation of root features within one group (0: independent)")
     correlation_groups: int = opt(16, "groups of root features that share a correlated factor")
-    hierarchy: str | None = opt(None, "'PxC': P parent features with C children each; a child fires only with its parent")
+    hierarchy: str | None = opt(
+        None, "'PxC': P parent features with C children each; a child fires only with its parent"
+    )
     child_prob: float = opt(0.3, "hierarchy: probability that a child fires when its parent fires")
     noise: float = opt(0.0, "std of isotropic Gaussian noise added per dimension")
     context: int = opt(256, "row length recorded for training (train's --context must match; no meaning here)")
@@ -77,8 +86,9 @@ class SyntheticConfig:
         if not self.k_true > 0:
             raise UserError(f"--k-true must be positive, got {self.k_true}")
         if self.k_true > self.features:
-            raise UserError(f"--k-true {self.k_true} is more than --features {self.features}: at most every "
-                            f"feature can be active")
+            raise UserError(
+                f"--k-true {self.k_true} is more than --features {self.features}: at most every feature can be active"
+            )
         if not 0 <= self.magnitude_spread < 1:
             raise UserError("--magnitude-spread must be in [0, 1) (magnitudes stay positive)")
         if not 0 <= self.correlation < 1:
@@ -88,12 +98,16 @@ class SyntheticConfig:
         parents, children = self.hierarchy_shape()
         roots = self.features - parents * children
         if parents and parents > (roots + 1) // 2:
-            raise UserError(f"--hierarchy {self.hierarchy}: {parents} parents need at least {2 * parents - 1} root "
-                            f"features (parents come from the frequent half of the roots); "
-                            f"{self.features} features leave {roots} roots")
+            raise UserError(
+                f"--hierarchy {self.hierarchy}: {parents} parents need at least {2 * parents - 1} root "
+                f"features (parents come from the frequent half of the roots); "
+                f"{self.features} features leave {roots} roots"
+            )
         if self.k_true > self.max_expected_l0():
-            raise UserError(f"--k-true {self.k_true} cannot be reached: with this hierarchy at most "
-                            f"{self.max_expected_l0():.1f} features are active on average")
+            raise UserError(
+                f"--k-true {self.k_true} cannot be reached: with this hierarchy at most "
+                f"{self.max_expected_l0():.1f} features are active on average"
+            )
 
     def hierarchy_shape(self) -> tuple[int, int]:
         """(parents, children per parent) of --hierarchy 'PxC'; (0, 0) without one."""
@@ -103,12 +117,16 @@ class SyntheticConfig:
         try:
             parents, children = int(p), int(c)
         except ValueError:
-            raise UserError(f"--hierarchy {self.hierarchy!r}: expected 'PxC', e.g. 64x4 (64 parents, 4 children each)") from None
+            raise UserError(
+                f"--hierarchy {self.hierarchy!r}: expected 'PxC', e.g. 64x4 (64 parents, 4 children each)"
+            ) from None
         if not x or parents < 1 or children < 1:
             raise UserError(f"--hierarchy {self.hierarchy!r}: P and C must be positive, e.g. 64x4")
         if parents * children >= self.features:
-            raise UserError(f"--hierarchy {self.hierarchy}: {parents * children} children leave no root features "
-                            f"of --features {self.features}")
+            raise UserError(
+                f"--hierarchy {self.hierarchy}: {parents * children} children leave no root features "
+                f"of --features {self.features}"
+            )
         return parents, children
 
     def max_expected_l0(self) -> float:
@@ -118,11 +136,11 @@ class SyntheticConfig:
 
 @dataclass
 class SyntheticTruth:
-    directions: torch.Tensor   # [N, d] unit rows
-    prob: torch.Tensor         # [N] marginal firing probability
-    cond_prob: torch.Tensor    # [N] a child's P(fire | parent fires); a root's own probability
-    parent: torch.Tensor       # [N] long, -1 for roots
-    group: torch.Tensor        # [N] long correlation group of a root, -1 for none
+    directions: torch.Tensor  # [N, d] unit rows
+    prob: torch.Tensor  # [N] marginal firing probability
+    cond_prob: torch.Tensor  # [N] a child's P(fire | parent fires); a root's own probability
+    parent: torch.Tensor  # [N] long, -1 for roots
+    group: torch.Tensor  # [N] long correlation group of a root, -1 for none
     cfg: SyntheticConfig
 
     @property
@@ -130,13 +148,19 @@ class SyntheticTruth:
         return (self.parent >= 0).nonzero().flatten()
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"directions": self.directions, "prob": self.prob, "cond_prob": self.cond_prob,
-                "parent": self.parent, "group": self.group}
+        return {
+            "directions": self.directions,
+            "prob": self.prob,
+            "cond_prob": self.cond_prob,
+            "parent": self.parent,
+            "group": self.group,
+        }
 
 
 def _zipf_scale(weights: torch.Tensor, child_mass: torch.Tensor, target: float) -> torch.Tensor:
     """Root probabilities min(1, c * weights) with c set (bisection) so that the expected L0,
     sum_r p_r * (1 + child_mass_r), equals `target` (child_mass_r: children x child_prob of root r)."""
+
     def total(c: float) -> float:
         return float(((c * weights).clamp(max=1.0) * (1 + child_mass)).sum())
 
@@ -156,10 +180,10 @@ def make_truth(cfg: SyntheticConfig) -> SyntheticTruth:
     n, parents_n, per = cfg.features, *cfg.hierarchy_shape()
     d = torch.randn(n, cfg.dim, generator=g, dtype=torch.float64)
     d = (d / d.norm(dim=1, keepdim=True)).float()
-    roots = n - parents_n * per   # roots are features [0, roots) in rank order; children follow
+    roots = n - parents_n * per  # roots are features [0, roots) in rank order; children follow
     parent = torch.full((n,), -1, dtype=torch.long)
     if parents_n:
-        chosen = torch.randperm((roots + 1) // 2, generator=g)[:parents_n]   # parents: frequent half of roots
+        chosen = torch.randperm((roots + 1) // 2, generator=g)[:parents_n]  # parents: frequent half of roots
         parent[roots:] = chosen.repeat_interleave(per)
     child_mass = torch.zeros(roots, dtype=torch.float64)
     if parents_n:
@@ -182,8 +206,8 @@ class Sample:
     """Vectors drawn from the truth, with which features made them (for recovery's precision/recall)."""
 
     def __init__(self, x: torch.Tensor, active: torch.Tensor):
-        self.x = x              # [rows, d]
-        self.active = active    # [rows, N] bool
+        self.x = x  # [rows, d]
+        self.active = active  # [rows, N] bool
 
 
 def draw(truth: SyntheticTruth, rows: int, g: torch.Generator) -> Sample:
@@ -201,7 +225,9 @@ def draw(truth: SyntheticTruth, rows: int, g: torch.Generator) -> Sample:
         active = torch.rand(rows, n, generator=g) < truth.prob
     kids = truth.children
     if len(kids):
-        active[:, kids] = active[:, truth.parent[kids]] & (torch.rand(rows, len(kids), generator=g) < truth.cond_prob[kids])
+        active[:, kids] = active[:, truth.parent[kids]] & (
+            torch.rand(rows, len(kids), generator=g) < truth.cond_prob[kids]
+        )
     r, f = active.nonzero(as_tuple=True)
     mags = 1 + cfg.magnitude_spread * (2 * torch.rand(len(f), generator=g) - 1)
     counts = torch.bincount(r, minlength=rows)
@@ -223,7 +249,7 @@ def write_synthetic(cfg: SyntheticConfig) -> Path:
     shards, active_total, t0 = [], 0, time.time()
     bar = tqdm(total=cfg.tokens, unit="vec", unit_scale=True, desc="synthetic")
     for s, start in enumerate(range(0, cfg.tokens, cfg.shard_vectors)):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s + 1)   # shard s: its own stream
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s + 1)  # shard s: its own stream
         n_vec = min(cfg.shard_vectors, cfg.tokens - start)
         parts = []
         for a in range(0, n_vec, SUB_BATCH):
@@ -236,18 +262,43 @@ def write_synthetic(cfg: SyntheticConfig) -> Path:
     bar.close()
     wall = time.time() - t0
     rows = -(-cfg.tokens // cfg.context)
-    manifest = {"kind": "saelab activation cache", "format_version": CACHE_FORMAT, "saelab_version": __version__,
-                "model": {"spec": MODEL, "name": MODEL}, "hookpoints": [HOOK], "widths": {HOOK: cfg.dim},
-                "context": cfg.context, "dtype": cfg.store_dtype, "sink": asdict(SinkConfig.off()), "seed": cfg.seed,
-                "data": {"source": f"synthetic:{fp}", "text_field": "text", "heldout_fraction": 0.05,
-                         "fingerprint": fp, "rows": rows, "train_rows": rows, "heldout_rows": 0, "split": "train",
-                         "epochs": 1.0},
-                "config": config,
-                "synthetic": {"config": config, "truth": TRUTH, "realised_l0": active_total / cfg.tokens,
-                              "expected_l0": float(truth.prob.sum())},
-                "shards": shards, "complete": True, "lm_tokens": cfg.tokens, "vectors": cfg.tokens, "wall_s": wall,
-                "tokens_per_s": cfg.tokens / max(wall, 1e-9),
-                "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy"))}
+    manifest = {
+        "kind": "saelab activation cache",
+        "format_version": CACHE_FORMAT,
+        "saelab_version": __version__,
+        "model": {"spec": MODEL, "name": MODEL},
+        "hookpoints": [HOOK],
+        "widths": {HOOK: cfg.dim},
+        "context": cfg.context,
+        "dtype": cfg.store_dtype,
+        "sink": asdict(SinkConfig.off()),
+        "seed": cfg.seed,
+        "data": {
+            "source": f"synthetic:{fp}",
+            "text_field": "text",
+            "heldout_fraction": 0.05,
+            "fingerprint": fp,
+            "rows": rows,
+            "train_rows": rows,
+            "heldout_rows": 0,
+            "split": "train",
+            "epochs": 1.0,
+        },
+        "config": config,
+        "synthetic": {
+            "config": config,
+            "truth": TRUTH,
+            "realised_l0": active_total / cfg.tokens,
+            "expected_l0": float(truth.prob.sum()),
+        },
+        "shards": shards,
+        "complete": True,
+        "lm_tokens": cfg.tokens,
+        "vectors": cfg.tokens,
+        "wall_s": wall,
+        "tokens_per_s": cfg.tokens / max(wall, 1e-9),
+        "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy")),
+    }
     write_json(out / MANIFEST, manifest)
     return out
 
@@ -257,21 +308,26 @@ def load_truth(cache: Path) -> SyntheticTruth:
     cache = Path(cache)
     m = read_manifest(cache)
     if "synthetic" not in m:
-        raise UserError(f"activation cache {cache} holds activations of model {m['model']['spec']!r}, not synthetic "
-                        f"data (make one with `saelab synthetic`)")
+        raise UserError(
+            f"activation cache {cache} holds activations of model {m['model']['spec']!r}, not synthetic "
+            f"data (make one with `saelab synthetic`)"
+        )
     t = read_tensors(cache / m["synthetic"].get("truth", TRUTH))
     missing = {"directions", "prob", "cond_prob", "parent", "group"} - set(t)
     if missing:
         raise UserError(f"{cache / TRUTH} lacks {', '.join(sorted(missing))}; the synthetic cache is damaged")
     fields = set(SyntheticConfig.__dataclass_fields__)
     cfg = SyntheticConfig(**{k: v for k, v in m["synthetic"]["config"].items() if k in fields})
-    return SyntheticTruth(t["directions"].float(), t["prob"].float(), t["cond_prob"].float(), t["parent"].long(),
-                          t["group"].long(), cfg)
+    return SyntheticTruth(
+        t["directions"].float(), t["prob"].float(), t["cond_prob"].float(), t["parent"].long(), t["group"].long(), cfg
+    )
 
 
 def synthetic_summary(folder: Path) -> str:
     m = read_manifest(folder)
     c = m["synthetic"]["config"]
-    return (f"{folder}: {m['vectors']:,} vectors of {c['features']} true features in {c['dim']} dims "
-            f"(L0 {m['synthetic']['realised_l0']:.2f}); train with `saelab train --from-activations {folder} "
-            f"--model {MODEL} --hookpoints {HOOK} --context {m['context']} --latents N --k K`")
+    return (
+        f"{folder}: {m['vectors']:,} vectors of {c['features']} true features in {c['dim']} dims "
+        f"(L0 {m['synthetic']['realised_l0']:.2f}); train with `saelab train --from-activations {folder} "
+        f"--model {MODEL} --hookpoints {HOOK} --context {m['context']} --latents N --k K`"
+    )

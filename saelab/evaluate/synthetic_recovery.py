@@ -40,7 +40,7 @@ from ..options import check_types, opt
 from ..sae.folder import SaeFolder, open_sae
 from .synthetic_data import HOOK, SyntheticTruth, draw, load_truth
 
-EVAL_STREAM = 2**31 - 1   # generator offset of the recovery samples: no shard of a cache uses it
+EVAL_STREAM = 2**31 - 1  # generator offset of the recovery samples: no shard of a cache uses it
 
 
 def _unit_rows(w: torch.Tensor) -> torch.Tensor:
@@ -53,31 +53,43 @@ def truth_of(folder: SaeFolder, cache: str | Path | None = None) -> tuple[Synthe
     if cache is None:
         cache = folder.cfg.get("saelab", {}).get("activation_cache")
         if not cache:
-            raise UserError(f"{folder.path} was not trained on a synthetic activation cache (its cfg.json records no "
-                            f"activation_cache); train one with `saelab synthetic` + `saelab train --from-activations`")
+            raise UserError(
+                f"{folder.path} was not trained on a synthetic activation cache (its cfg.json records no "
+                f"activation_cache); train one with `saelab synthetic` + `saelab train --from-activations`"
+            )
         if not Path(cache).exists() and (folder.path / cache).exists():  # a relative path recorded elsewhere
             cache = folder.path / cache
     truth = load_truth(Path(cache))
     c = folder.sae.cfg
     if c.is_transcoder or c.hookpoint != HOOK:
-        raise UserError(f"{folder.path} reads {c.hookpoint!r}" + (f"->{c.out_hookpoint!r}" if c.is_transcoder else "")
-                        + f", not the synthetic site {HOOK!r} of {cache}")
+        raise UserError(
+            f"{folder.path} reads {c.hookpoint!r}"
+            + (f"->{c.out_hookpoint!r}" if c.is_transcoder else "")
+            + f", not the synthetic site {HOOK!r} of {cache}"
+        )
     if c.d_in != truth.directions.shape[1]:
-        raise UserError(f"{folder.path} has d_in {c.d_in}; the synthetic truth in {cache} has {truth.directions.shape[1]} dims")
+        raise UserError(
+            f"{folder.path} has d_in {c.d_in}; the synthetic truth in {cache} has {truth.directions.shape[1]} dims"
+        )
     return truth, Path(cache)
 
 
 def _by_frequency(prob: torch.Tensor, hit: torch.Tensor, parts: int = 4) -> list[dict]:
     order = prob.argsort(descending=True)
-    return [{"p_max": float(prob[q[0]]), "p_min": float(prob[q[-1]]), "recovered": float(hit[q].float().mean())}
-            for q in order.tensor_split(parts) if len(q)]
+    return [
+        {"p_max": float(prob[q[0]]), "p_min": float(prob[q[-1]]), "recovered": float(hit[q].float().mean())}
+        for q in order.tensor_split(parts)
+        if len(q)
+    ]
 
 
 @dataclass
 class RecoveryConfig:
     """`saelab synthetic-recovery`: SAE folders trained on a `saelab synthetic` cache, and the comparison."""
-    sae_dirs: list[str] = opt(help="SAE folders trained with --from-activations on a `saelab synthetic` cache",
-                              positional=True)
+
+    sae_dirs: list[str] = opt(
+        help="SAE folders trained with --from-activations on a `saelab synthetic` cache", positional=True
+    )
     cache: str | None = opt(None, "the synthetic cache", shown="the one recorded in each folder's cfg.json")
     samples: int = opt(16384, "fresh synthetic vectors for precision/recall/absorption")
     threshold: float = opt(0.9, "decoder cosine at which a true feature counts as recovered")
@@ -89,31 +101,40 @@ class RecoveryConfig:
 def recovery_reports(cfg: RecoveryConfig) -> list[dict]:
     """recovery_report of each folder, in order."""
     cfg.validate()
-    return [recovery_report(open_sae(d), cache=cfg.cache, samples=cfg.samples, threshold=cfg.threshold)
-            for d in cfg.sae_dirs]
+    return [
+        recovery_report(open_sae(d), cache=cfg.cache, samples=cfg.samples, threshold=cfg.threshold)
+        for d in cfg.sae_dirs
+    ]
 
 
 @torch.no_grad()
-def recovery_report(folder: SaeFolder, cache: str | Path | None = None, samples: int = 16384,
-                    threshold: float = 0.9, absorb_cos: float = 0.3, batch: int = 4096, seed: int = 0) -> dict:
+def recovery_report(
+    folder: SaeFolder,
+    cache: str | Path | None = None,
+    samples: int = 16384,
+    threshold: float = 0.9,
+    absorb_cos: float = 0.3,
+    batch: int = 4096,
+    seed: int = 0,
+) -> dict:
     if samples < 1 or batch < 1 or not -1 <= threshold <= 1 or not -1 <= absorb_cos <= 1:
         raise UserError("recovery needs samples >= 1, batch >= 1 and cosine thresholds in [-1, 1]")
     truth, cache = truth_of(folder, cache)
     sae = folder.sae.eval()
     D, W = truth.directions, _unit_rows(sae.W_dec.detach().float().cpu())
-    cos = D @ W.T                                   # [N, M]
-    best_lat_cos, best_lat = cos.max(1)             # per true feature
-    best_feat_cos, best_feat = cos.max(0)           # per latent
+    cos = D @ W.T  # [N, M]
+    best_lat_cos, best_lat = cos.max(1)  # per true feature
+    best_feat_cos, best_feat = cos.max(0)  # per latent
     n, m = cos.shape
     kids = truth.children
     parents = truth.parent[kids]
-    par_lat = best_lat[parents]                     # each pair's parent latent
+    par_lat = best_lat[parents]  # each pair's parent latent
     # carriers[j, q]: latent j (not pair q's parent latent) points along pair q's parent direction
-    carriers = (cos[parents].T >= absorb_cos)
+    carriers = cos[parents].T >= absorb_cos
     carriers[par_lat, torch.arange(len(kids))] = False
 
     lat_fires, feat_fires = torch.zeros(m), torch.zeros(n)
-    tp_lat, tp_feat = torch.zeros(m), torch.zeros(n)          # (latent, its feature) / (feature, its latent) co-firing
+    tp_lat, tp_feat = torch.zeros(m), torch.zeros(n)  # (latent, its feature) / (feature, its latent) co-firing
     child_events, absorbed, missed = (torch.zeros(len(kids)) for _ in range(3))
     alone, alone_hit = torch.zeros(len(kids)), torch.zeros(len(kids))
     l0 = true_l0 = err = var = 0.0
@@ -133,7 +154,7 @@ def recovery_report(folder: SaeFolder, cache: str | Path | None = None, samples:
         err += float(r.pow(2).sum())
         var += float((smp.x - smp.x.mean(0)).pow(2).sum())
         if len(kids):
-            child_on = act[:, kids]                                     # [rows, pairs]
+            child_on = act[:, kids]  # [rows, pairs]
             par_silent = ~fired[:, par_lat]
             carried = (fired.float() @ carriers.float()) > 0
             child_events += child_on.sum(0)
@@ -147,22 +168,32 @@ def recovery_report(folder: SaeFolder, cache: str | Path | None = None, samples:
     on = lat_fires > 0
     feat_on = feat_fires > 0
     report = {
-        "cache": str(cache), "features": n, "latents": m, "samples": samples, "threshold": threshold,
-        "mmcs_truth": float(best_lat_cos.mean()), "mmcs_decoder": float(best_feat_cos.mean()),
+        "cache": str(cache),
+        "features": n,
+        "latents": m,
+        "samples": samples,
+        "threshold": threshold,
+        "mmcs_truth": float(best_lat_cos.mean()),
+        "mmcs_decoder": float(best_feat_cos.mean()),
         "recovered": float((best_lat_cos >= threshold).float().mean()),
         "by_frequency": _by_frequency(truth.prob, best_lat_cos >= threshold),
         "latent_precision": float((tp_lat[on] / lat_fires[on]).mean()) if on.any() else 0.0,
         "latent_recall": float((tp_lat[on] / feat_fires[best_feat[on]].clamp_min(1)).mean()) if on.any() else 0.0,
         "feature_recall": float((tp_feat[feat_on] / feat_fires[feat_on]).mean()) if feat_on.any() else 0.0,
-        "dead": float((~on).float().mean()), "l0": l0 / samples, "true_l0": true_l0 / samples,
-        "fvu": err / max(var, 1e-12), "absorption": None,
+        "dead": float((~on).float().mean()),
+        "l0": l0 / samples,
+        "true_l0": true_l0 / samples,
+        "fvu": err / max(var, 1e-12),
+        "absorption": None,
     }
     if len(kids):
         ev = child_events.clamp_min(1)
         rate = absorbed / ev
         seen = child_events > 0
         report["absorption"] = {
-            "pairs": len(kids), "absorb_cos": absorb_cos, "child_events": int(child_events.sum()),
+            "pairs": len(kids),
+            "absorb_cos": absorb_cos,
+            "child_events": int(child_events.sum()),
             "rate": float(absorbed.sum() / child_events.sum().clamp_min(1)),
             "pair_mean": float(rate[seen].mean()) if seen.any() else 0.0,
             "pairs_absorbed": int((rate[seen] >= 0.5).sum()),

@@ -6,8 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import (check_dtype, check_types, corpus_option, dtype_option, model_option, need_at_least, opt,
-                       out_option, overwrite_option, threads_option)
+from ..options import (
+    check_dtype,
+    check_types,
+    corpus_option,
+    dtype_option,
+    model_option,
+    need_at_least,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from ..sinks import SinkConfig
 
 SPLITS = ("heldout-first", "heldout", "train")
@@ -15,12 +25,17 @@ SPLITS = ("heldout-first", "heldout", "train")
 
 @dataclass(kw_only=True)
 class LatentCacheConfig:
-    sae_dirs: list[str] = opt(default_factory=list, help="SAE folders (saelab format); they must share model, "
-                                                         "corpus, context", positional=True)
+    sae_dirs: list[str] = opt(
+        default_factory=list,
+        help="SAE folders (saelab format); they must share model, corpus, context",
+        positional=True,
+    )
     tokens: int = opt(1_000_000, "tokens to cache")
     out: str = out_option("cache folder")
-    neurons: str | None = opt(None, "also cache the units at this hookpoint as a baseline dictionary "
-                                    "(e.g. model.layers.6.mlp.down_proj:input)")
+    neurons: str | None = opt(
+        None,
+        "also cache the units at this hookpoint as a baseline dictionary (e.g. model.layers.6.mlp.down_proj:input)",
+    )
     neuron_k: int = opt(32, "keep the top-k neurons per token (0: every positive value)")
     model: str | None = model_option(None, shown="the one recorded in the SAE folders, else embedded")
     corpus: str | None = corpus_option(None, shown="the one recorded in the SAE folders, else builtin")
@@ -59,5 +74,8 @@ class LatentCacheConfig:
         if self.sink_first_positions is None and self.sink_norm_factor is None:
             return recorded
         d = SinkConfig()
-        return SinkConfig(d.first_positions if self.sink_first_positions is None else self.sink_first_positions,
-                          d.mask_special, d.norm_factor if self.sink_norm_factor is None else self.sink_norm_factor)
+        return SinkConfig(
+            d.first_positions if self.sink_first_positions is None else self.sink_first_positions,
+            d.mask_special,
+            d.norm_factor if self.sink_norm_factor is None else self.sink_norm_factor,
+        )

@@ -100,14 +100,16 @@ class LatentCache:
         self._stats: dict[str, dict[str, torch.Tensor]] = {}
 
     @classmethod
-    def open(cls, path) -> "LatentCache":
+    def open(cls, path) -> LatentCache:
         path = Path(path)
         m = read_json(path / MANIFEST)
         if m.get("format_version", 0) > FORMAT_VERSION:
             raise UserError(f"{path} uses cache format {m['format_version']}; this saelab reads up to {FORMAT_VERSION}")
         if not m.get("complete"):
-            raise UserError(f"{path} is an unfinished latent cache ({m.get('chunks_done', 0)}/{m.get('n_chunks')} "
-                            f"chunks); rerun the same `saelab cache` command to finish it")
+            raise UserError(
+                f"{path} is an unfinished latent cache ({m.get('chunks_done', 0)}/{m.get('n_chunks')} "
+                f"chunks); rerun the same `saelab cache` command to finish it"
+            )
         return cls(path, m)
 
     # ------------------------------------------------------------ metadata
@@ -154,8 +156,11 @@ class LatentCache:
         h, off = self._shard(name, latent // size)
         i = latent % size
         a, b = int(off[i]), int(off[i + 1])
-        return (h.get_slice("row")[a:b].numpy().astype(np.int64), h.get_slice("pos")[a:b].numpy().astype(np.int64),
-                h.get_slice("value")[a:b].numpy().astype(np.float32))
+        return (
+            h.get_slice("row")[a:b].numpy().astype(np.int64),
+            h.get_slice("pos")[a:b].numpy().astype(np.int64),
+            h.get_slice("value")[a:b].numpy().astype(np.float32),
+        )
 
     def _stat(self, name: str, key: str) -> np.ndarray:
         self._check(name)
@@ -179,5 +184,7 @@ class LatentCache:
         return read_tensors(p)["W_dec"] if p.exists() else None
 
     def __repr__(self) -> str:
-        return (f"LatentCache({self.path}, {self.manifest['n_rows']} rows x {self.manifest['context']} tokens, "
-                f"dictionaries={self.sae_names})")
+        return (
+            f"LatentCache({self.path}, {self.manifest['n_rows']} rows x {self.manifest['context']} tokens, "
+            f"dictionaries={self.sae_names})"
+        )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,34 +25,44 @@ from ..storage import fingerprint, read_json, read_npy, write_json, write_tensor
 from .cache_config import LatentCacheConfig
 from .latent_cache import FORMAT_VERSION, MANIFEST, check_files, dict_dirname, save_npy
 
-
 # ====================================================================== dictionaries
 
 
 @dataclass
 class _Dictionary:
     """One thing to cache: encode(acts [B*T, d]) -> (flat row index, latent, value) of active entries."""
+
     name: str
-    kind: str                              # sae | neurons
+    kind: str  # sae | neurons
     source: str
     hookpoint: str
     d_sae: int
     steer_hookpoint: str | None
-    decoder: torch.Tensor | None           # [d_sae, d_model]
+    decoder: torch.Tensor | None  # [d_sae, d_model]
     encode: Callable
     extra: dict = field(default_factory=dict)
 
     def info(self, shard_size: int) -> dict:
-        return {"kind": self.kind, "source": self.source, "hookpoint": self.hookpoint, "d_sae": self.d_sae,
-                "steer_hookpoint": self.steer_hookpoint, "shard_size": shard_size,
-                "n_shards": (self.d_sae + shard_size - 1) // shard_size, "dir": dict_dirname(self.name), **self.extra}
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "hookpoint": self.hookpoint,
+            "d_sae": self.d_sae,
+            "steer_hookpoint": self.steer_hookpoint,
+            "shard_size": shard_size,
+            "n_shards": (self.d_sae + shard_size - 1) // shard_size,
+            "dir": dict_dirname(self.name),
+            **self.extra,
+        }
 
 
 def _refuse_crosscoder(folder, sae) -> None:
     if not type(sae).capabilities.latent_cache:  # a crosscoder: no one site to record examples at or steer
-        raise UserError(f"{folder}: a --arch {sae.cfg.arch} dictionary has no one site (a crosscoder reads several at "
-                        f"once); the latent cache (and so explain, dashboards and steering) records one site per "
-                        f"dictionary and does not support it")
+        raise UserError(
+            f"{folder}: a --arch {sae.cfg.arch} dictionary has no one site (a crosscoder reads several at "
+            f"once); the latent cache (and so explain, dashboards and steering) records one site per "
+            f"dictionary and does not support it"
+        )
 
 
 def _sae_dictionary(folder: Path, name: str, sae) -> _Dictionary:
@@ -63,8 +73,9 @@ def _sae_dictionary(folder: Path, name: str, sae) -> _Dictionary:
         return rows[keep], idx[keep], vals[keep]
 
     steer = sae.cfg.out_hookpoint or sae.cfg.hookpoint
-    return _Dictionary(name, "sae", str(folder), sae.cfg.hookpoint, sae.cfg.d_sae, steer,
-                       sae.W_dec.detach().clone(), encode)
+    return _Dictionary(
+        name, "sae", str(folder), sae.cfg.hookpoint, sae.cfg.d_sae, steer, sae.W_dec.detach().clone(), encode
+    )
 
 
 def _neuron_dictionary(model, hookpoint: str, k: int) -> _Dictionary:
@@ -95,8 +106,9 @@ def _neuron_dictionary(model, hookpoint: str, k: int) -> _Dictionary:
         keep = vals > 0
         return rows[keep], idx[keep], vals[keep]
 
-    return _Dictionary(f"neurons:{hookpoint}", "neurons", f"neurons:{hookpoint}", hookpoint, d, steer, decoder, encode,
-                       {"neuron_k": k})
+    return _Dictionary(
+        f"neurons:{hookpoint}", "neurons", f"neurons:{hookpoint}", hookpoint, d, steer, decoder, encode, {"neuron_k": k}
+    )
 
 
 # ====================================================================== building
@@ -127,8 +139,9 @@ def _merge_chunks(chunk_dir: Path, dict_dir: Path, n_chunks: int, d_sae: int, sh
         counts = torch.bincount(lat - lo, minlength=shard_size)[:shard_size]
         offsets = torch.zeros(shard_size + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(counts, 0)
-        write_tensors(dict_dir / f"shard_{s:05d}.safetensors",
-                      {"latent_offsets": offsets, "row": row, "pos": pos, "value": val})
+        write_tensors(
+            dict_dir / f"shard_{s:05d}.safetensors", {"latent_offsets": offsets, "row": row, "pos": pos, "value": val}
+        )
         n = hi - lo
         fire[lo:hi] = counts[:n].numpy()
         if len(val):
@@ -136,9 +149,14 @@ def _merge_chunks(chunk_dir: Path, dict_dir: Path, n_chunks: int, d_sae: int, sh
             mx = torch.zeros(shard_size).scatter_reduce(0, li, val, "amax", include_self=True)
             vmax[lo:hi] = mx[:n].numpy()
             vsum[lo:hi] = torch.zeros(shard_size, dtype=torch.float64).index_add_(0, li, val.double())[:n].numpy()
-    write_tensors(dict_dir / "stats.safetensors", {"fire_counts": torch.from_numpy(fire),
-                                                   "max_activation": torch.from_numpy(vmax),
-                                                   "sum_activation": torch.from_numpy(vsum)})
+    write_tensors(
+        dict_dir / "stats.safetensors",
+        {
+            "fire_counts": torch.from_numpy(fire),
+            "max_activation": torch.from_numpy(vmax),
+            "sum_activation": torch.from_numpy(vsum),
+        },
+    )
 
 
 def _write_chunk(path: Path, records: tuple, d_sae: int, shard_size: int) -> None:
@@ -150,9 +168,16 @@ def _write_chunk(path: Path, records: tuple, d_sae: int, shard_size: int) -> Non
     lat = lat[order]
     bounds = torch.arange(n_shards + 1) * shard_size
     shard_offsets = torch.searchsorted(lat, bounds)
-    write_tensors(path, {"latent": lat.to(torch.int32), "row": rows[order].to(torch.int32),
-                         "pos": pos[order].to(torch.int32), "value": val[order].float(),
-                         "shard_offsets": shard_offsets.to(torch.int64)})
+    write_tensors(
+        path,
+        {
+            "latent": lat.to(torch.int32),
+            "row": rows[order].to(torch.int32),
+            "pos": pos[order].to(torch.int32),
+            "value": val[order].float(),
+            "shard_offsets": shard_offsets.to(torch.int64),
+        },
+    )
 
 
 # ====================================================================== the steps
@@ -161,6 +186,7 @@ def _write_chunk(path: Path, records: tuple, d_sae: int, shard_size: int) -> Non
 @dataclass
 class _Plan:
     """Everything known before the model loads: the folders, the data they agree on, the identity."""
+
     folders: list
     sae_dirs: list[Path]
     names: list[str]
@@ -173,6 +199,7 @@ class _Plan:
 @dataclass
 class _Run:
     """An opened cache run: the model, what to record, the rows, and the manifest that tracks progress."""
+
     cfg: LatentCacheConfig
     out: Path
     lm: LoadedModel
@@ -197,13 +224,26 @@ def _plan(cfg: LatentCacheConfig, sink: SinkConfig | None) -> _Plan:
     prov = shared_provenance(folders, cfg.model, cfg.corpus, cfg.context)
     sink = sink or cfg.sink(prov.sink)  # the first folder's (SinkConfig() without folders)
     names = unique_names([d.name for d in sae_dirs])
-    request = {"sae_dirs": [str(d.resolve()) for d in sae_dirs], "names": names, "tokens": cfg.tokens,
-               "neurons": cfg.neurons, "neuron_k": cfg.neuron_k if cfg.neurons else None,
-               "model_spec": prov.model_spec, "corpus": prov.corpus, "context": prov.context,
-               "chunk_rows": cfg.chunk_rows, "shard_size": cfg.shard_size, "sink": asdict(sink), "split": cfg.split}
+    request = {
+        "sae_dirs": [str(d.resolve()) for d in sae_dirs],
+        "names": names,
+        "tokens": cfg.tokens,
+        "neurons": cfg.neurons,
+        "neuron_k": cfg.neuron_k if cfg.neurons else None,
+        "model_spec": prov.model_spec,
+        "corpus": prov.corpus,
+        "context": prov.context,
+        "chunk_rows": cfg.chunk_rows,
+        "shard_size": cfg.shard_size,
+        "sink": asdict(sink),
+        "split": cfg.split,
+    }
     # rows of another split or text field make another cache (absent at the defaults: identities of older caches hold)
-    request |= {k: v for k, v in (("heldout_fraction", prov.heldout_fraction), ("text_field", prov.text_field))
-                if v != getattr(Provenance(), k)}
+    request |= {
+        k: v
+        for k, v in (("heldout_fraction", prov.heldout_fraction), ("text_field", prov.text_field))
+        if v != getattr(Provenance(), k)
+    }
     return _Plan(folders, sae_dirs, names, prov, sink, request, fingerprint(request))
 
 
@@ -224,39 +264,68 @@ def _already_complete(out: Path, progress: bool) -> bool:
 
 def _select_rows(cfg: LatentCacheConfig, rows_all, context: int, corpus: str) -> np.ndarray:
     """The corpus rows to cache, in a fixed order: held-out first, then training rows (or one split)."""
-    order = {"heldout-first": np.concatenate([rows_all.heldout_rows, rows_all.train_rows]),
-             "heldout": rows_all.heldout_rows, "train": rows_all.train_rows}[cfg.split]
+    order = {
+        "heldout-first": np.concatenate([rows_all.heldout_rows, rows_all.train_rows]),
+        "heldout": rows_all.heldout_rows,
+        "train": rows_all.train_rows,
+    }[cfg.split]
     n_rows = max(1, cfg.tokens // context)
     if n_rows > len(order):
-        raise UserError(f"--tokens {cfg.tokens:,} needs {n_rows} rows of {context} but the corpus {corpus!r} has "
-                        f"{len(order)} rows in split {cfg.split!r}; ask for at most {len(order) * context:,} tokens")
+        raise UserError(
+            f"--tokens {cfg.tokens:,} needs {n_rows} rows of {context} but the corpus {corpus!r} has "
+            f"{len(order)} rows in split {cfg.split!r}; ask for at most {len(order) * context:,} tokens"
+        )
     return np.asarray(order[:n_rows], dtype=np.int64)
 
 
-def _new_manifest(plan: _Plan, data, dicts: list[_Dictionary], hookpoints: list[str], n_rows: int,
-                  cfg: LatentCacheConfig) -> dict:
+def _new_manifest(
+    plan: _Plan, data, dicts: list[_Dictionary], hookpoints: list[str], n_rows: int, cfg: LatentCacheConfig
+) -> dict:
     from .. import __version__
 
     p = plan.prov
-    return {"format_version": FORMAT_VERSION, "saelab_version": __version__, "identity": plan.identity,
-            "request": plan.request, "model_spec": p.model_spec, "model_name": data.lm.name, "corpus": p.corpus,
-            "data_fingerprint": data.rows.fingerprint, "heldout_fraction": p.heldout_fraction,
-            "data_matches_training": data.matches_training, "context": p.context, "n_rows": n_rows,
-            "n_tokens": n_rows * p.context, "sink": asdict(plan.sink), "hookpoints": hookpoints,
-            "chunk_rows": cfg.chunk_rows, "n_chunks": (n_rows + cfg.chunk_rows - 1) // cfg.chunk_rows,
-            "chunks_done": 0, "complete": False, "n_positions": 0, "wall_s": 0.0,
-            "dictionaries": {d.name: d.info(cfg.shard_size) for d in dicts}}
+    return {
+        "format_version": FORMAT_VERSION,
+        "saelab_version": __version__,
+        "identity": plan.identity,
+        "request": plan.request,
+        "model_spec": p.model_spec,
+        "model_name": data.lm.name,
+        "corpus": p.corpus,
+        "data_fingerprint": data.rows.fingerprint,
+        "heldout_fraction": p.heldout_fraction,
+        "data_matches_training": data.matches_training,
+        "context": p.context,
+        "n_rows": n_rows,
+        "n_tokens": n_rows * p.context,
+        "sink": asdict(plan.sink),
+        "hookpoints": hookpoints,
+        "chunk_rows": cfg.chunk_rows,
+        "n_chunks": (n_rows + cfg.chunk_rows - 1) // cfg.chunk_rows,
+        "chunks_done": 0,
+        "complete": False,
+        "n_positions": 0,
+        "wall_s": 0.0,
+        "dictionaries": {d.name: d.info(cfg.shard_size) for d in dicts},
+    }
 
 
 def _open_run(cfg: LatentCacheConfig, plan: _Plan, folder, loaded_model: LoadedModel | None) -> _Run:
     """Load the model and rows, build the dictionaries, and start (or reopen) the manifest."""
     from ..models import depth_order, resolve_hookpoints
 
-    data = open_shared_data(plan.folders, model=cfg.model, corpus=cfg.corpus, context=cfg.context,
-                            loaded_model=loaded_model, dtype=cfg.dtype)
+    data = open_shared_data(
+        plan.folders,
+        model=cfg.model,
+        corpus=cfg.corpus,
+        context=cfg.context,
+        loaded_model=loaded_model,
+        dtype=cfg.dtype,
+    )
     lm = data.lm  # the SAEs' sites and widths are checked against the model there
-    hookpoints = resolve_hookpoints(lm.model, [f.sae.cfg.hookpoint for f in plan.folders]
-                                    + ([cfg.neurons] if cfg.neurons else []))
+    hookpoints = resolve_hookpoints(
+        lm.model, [f.sae.cfg.hookpoint for f in plan.folders] + ([cfg.neurons] if cfg.neurons else [])
+    )
     dicts = [_sae_dictionary(d, name, f.sae) for d, name, f in zip(plan.sae_dirs, plan.names, plan.folders)]
     if cfg.neurons:
         dicts.append(_neuron_dictionary(lm.model, cfg.neurons, cfg.neuron_k))
@@ -314,8 +383,14 @@ def _collect(run: _Run, progress: bool) -> None:
     for d in ["_excluded"] + [dict_dirname(d.name) for d in run.dicts]:
         (out / "chunks" / d).mkdir(parents=True, exist_ok=True)
     t0, done = time.time(), manifest["chunks_done"]
-    bar = tqdm(total=run.n_rows * ctx, initial=min(run.n_rows, done * cfg.chunk_rows) * ctx, unit="tok",
-               desc="caching", disable=not progress, unit_scale=True)
+    bar = tqdm(
+        total=run.n_rows * ctx,
+        initial=min(run.n_rows, done * cfg.chunk_rows) * ctx,
+        unit="tok",
+        desc="caching",
+        disable=not progress,
+        unit_scale=True,
+    )
     for c in range(done, run.n_chunks):
         r0, r1 = c * cfg.chunk_rows, min(run.n_rows, (c + 1) * cfg.chunk_rows)
         recs = {d.name: ([], [], [], []) for d in run.dicts}
@@ -324,11 +399,15 @@ def _collect(run: _Run, progress: bool) -> None:
             for b0 in range(r0, r1, cfg.batch_rows):
                 b1 = min(r1, b0 + cfg.batch_rows)
                 ids = torch.from_numpy(np.asarray(toks[b0:b1], dtype=np.int64))  # [B, T]
-                excl_chunk[b0 - r0:b1 - r0] = _encode_batch(run, ids, b0, recs, specials)
+                excl_chunk[b0 - r0 : b1 - r0] = _encode_batch(run, ids, b0, recs, specials)
                 bar.update((b1 - b0) * ctx)
         for d in run.dicts:
-            _write_chunk(out / "chunks" / dict_dirname(d.name) / f"chunk_{c:05d}.safetensors",
-                         tuple(torch.cat(x) for x in recs[d.name]), d.d_sae, cfg.shard_size)
+            _write_chunk(
+                out / "chunks" / dict_dirname(d.name) / f"chunk_{c:05d}.safetensors",
+                tuple(torch.cat(x) for x in recs[d.name]),
+                d.d_sae,
+                cfg.shard_size,
+            )
         save_npy(excl_dir / f"chunk_{c:05d}.npy", excl_chunk)
         manifest["chunks_done"] = c + 1
         manifest["n_positions"] += int((~excl_chunk).sum())
@@ -342,11 +421,17 @@ def _finalise(run: _Run) -> None:
     """Chunks -> shards per dictionary, excluded.npy, `complete: true`; idempotent (a rerun redoes it)."""
     out, manifest, t0 = run.out, run.manifest, time.time()
     excl_dir = out / "chunks" / "_excluded"
-    save_npy(out / "excluded.npy", np.concatenate([np.load(excl_dir / f"chunk_{c:05d}.npy")
-                                                   for c in range(run.n_chunks)]))
+    save_npy(
+        out / "excluded.npy", np.concatenate([np.load(excl_dir / f"chunk_{c:05d}.npy") for c in range(run.n_chunks)])
+    )
     for d in run.dicts:
-        _merge_chunks(out / "chunks" / dict_dirname(d.name), out / "dicts" / dict_dirname(d.name), run.n_chunks,
-                      d.d_sae, run.cfg.shard_size)
+        _merge_chunks(
+            out / "chunks" / dict_dirname(d.name),
+            out / "dicts" / dict_dirname(d.name),
+            run.n_chunks,
+            d.d_sae,
+            run.cfg.shard_size,
+        )
     manifest["complete"] = True
     manifest["merge_wall_s"] = time.time() - t0
     manifest["tokens_per_s"] = manifest["n_tokens"] / max(1e-9, manifest["wall_s"])
@@ -354,8 +439,12 @@ def _finalise(run: _Run) -> None:
     shutil.rmtree(out / "chunks", ignore_errors=True)
 
 
-def write_latent_cache(cfg: LatentCacheConfig, sink: SinkConfig | None = None, progress: bool = True,
-                       loaded_model: LoadedModel | None = None) -> Path:
+def write_latent_cache(
+    cfg: LatentCacheConfig,
+    sink: SinkConfig | None = None,
+    progress: bool = True,
+    loaded_model: LoadedModel | None = None,
+) -> Path:
     """Cache the active latents of each SAE folder (and optionally the neurons at `cfg.neurons`) over
     `cfg.tokens` tokens of the corpus. See the module docstring for the format. Returns the folder.
 
@@ -375,13 +464,23 @@ def write_latent_cache(cfg: LatentCacheConfig, sink: SinkConfig | None = None, p
     _finalise(run)
     if progress:
         n = len(run.dicts)
-        print(f"saelab: cached {n} dictionar{'y' if n == 1 else 'ies'} over {run.manifest['n_tokens']:,} "
-              f"tokens ({run.manifest['tokens_per_s']:.0f} tokens/s) in {run.out}")
+        print(
+            f"saelab: cached {n} dictionar{'y' if n == 1 else 'ies'} over {run.manifest['n_tokens']:,} "
+            f"tokens ({run.manifest['tokens_per_s']:.0f} tokens/s) in {run.out}"
+        )
     return run.out
 
 
-def build_latent_cache(sae_dirs: list, tokens: int, out, *, sink: SinkConfig | None = None, progress: bool = True,
-                       loaded_model: LoadedModel | None = None, **options) -> Path:
+def build_latent_cache(
+    sae_dirs: list,
+    tokens: int,
+    out,
+    *,
+    sink: SinkConfig | None = None,
+    progress: bool = True,
+    loaded_model: LoadedModel | None = None,
+    **options,
+) -> Path:
     """`write_latent_cache` with the config's fields as keywords (a notebook's shorthand):
     `build_latent_cache([sae], 100_000, "cache", neurons="model.layers.6.mlp.down_proj:input")`."""
     cfg = LatentCacheConfig(sae_dirs=[str(d) for d in sae_dirs or []], tokens=tokens, out=str(out), **options)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -40,7 +40,7 @@ OPS = ("clamp", "add")
 @dataclass(frozen=True)
 class FeatureEdit:
     latent: int
-    op: str                # clamp | add
+    op: str  # clamp | add
     value: float
     relative: bool = False  # value is a multiple of the latent's max observed activation
 
@@ -48,7 +48,9 @@ class FeatureEdit:
         if not self.relative:
             return self.value
         if max_acts is None:
-            raise UserError(f"latent {self.latent}: a relative value ({self.value}x) needs the latents' max activations")
+            raise UserError(
+                f"latent {self.latent}: a relative value ({self.value}x) needs the latents' max activations"
+            )
         return self.value * float(max_acts[self.latent])
 
 
@@ -59,7 +61,9 @@ def parse_edit(text: str, op: str) -> FeatureEdit:
     """`123=8` (absolute) or `123=4x` (4 x max activation) -> FeatureEdit."""
     m = _EDIT_RX.match(text)
     if not m or op not in OPS:
-        raise UserError(f"cannot read the {op} edit {text!r}: expected LATENT=VALUE or LATENT=MULTIPLEx, e.g. 123=8 or 123=4x")
+        raise UserError(
+            f"cannot read the {op} edit {text!r}: expected LATENT=VALUE or LATENT=MULTIPLEx, e.g. 123=8 or 123=4x"
+        )
     return FeatureEdit(int(m.group(1)), op, float(m.group(2)), bool(m.group(3)))
 
 
@@ -134,7 +138,7 @@ class Cancelled(Exception):
 @dataclass
 class Generation:
     prompt: str
-    text: str                  # the continuation only
+    text: str  # the continuation only
     token_ids: list[int] = field(default_factory=list)
 
 
@@ -157,10 +161,20 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False, max_tokens: int = 
 
 
 @torch.no_grad()
-def generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int = 40, temperature: float = 0.0,
-             top_k: int = 0, seed: int = 0, context: Callable = nullcontext, lock: threading.Lock | None = None,
-             on_token: Callable[[int, int], None] | None = None, reset: Callable[[], None] | None = None,
-             cancel: threading.Event | None = None) -> list[int]:
+def generate(
+    model,
+    tokenizer,
+    ids: torch.Tensor,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+    context: Callable = nullcontext,
+    lock: threading.Lock | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    reset: Callable[[], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[int]:
     """KV-cached sampling of one row. `context()` is entered around every forward (the steering
     hook); `lock` is held only during a forward; `cancel` set -> `Cancelled` before the next forward.
     Returns the new token ids."""
@@ -203,28 +217,62 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def generate_variants(model, tokenizer, sae: SparseCoder | None, prompt: str, steers: list, max_new_tokens: int = 40,
-                      temperature: float = 0.0, top_k: int = 0, seed: int = 0, chat: bool = False,
-                      lock: threading.Lock | None = None, cancel: threading.Event | None = None,
-                      on_token: Callable[[int, int, int, int], None] | None = None) -> list[str]:
+def generate_variants(
+    model,
+    tokenizer,
+    sae: SparseCoder | None,
+    prompt: str,
+    steers: list,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+    chat: bool = False,
+    lock: threading.Lock | None = None,
+    cancel: threading.Event | None = None,
+    on_token: Callable[[int, int, int, int], None] | None = None,
+) -> list[str]:
     """The continuation of `prompt` under each steer (None: the clean model), all with the same seed.
     `on_token(generation, n_generations, tokens_done, max_new_tokens)` after every token."""
     ids = encode_prompt(tokenizer, prompt, chat)
     out = []
     for i, s in enumerate(steers):
         cb = (lambda k, n, i=i: on_token(i, len(steers), k, n)) if on_token else None
-        new = generate(model, tokenizer, ids, max_new_tokens, temperature, top_k, seed,
-                       steering_context(model, sae, s), lock, cb, getattr(s, "reset", None), cancel)
+        new = generate(
+            model,
+            tokenizer,
+            ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+            steering_context(model, sae, s),
+            lock,
+            cb,
+            getattr(s, "reset", None),
+            cancel,
+        )
         out.append(tokenizer.decode(new, skip_special_tokens=True))
     return out
 
 
-def steer_compare(model, tokenizer, sae: SparseCoder | None, prompt: str, steer, max_new_tokens: int = 40,
-                  temperature: float = 0.0, top_k: int = 0, seed: int = 0, chat: bool = False,
-                  lock: threading.Lock | None = None) -> dict:
+def steer_compare(
+    model,
+    tokenizer,
+    sae: SparseCoder | None,
+    prompt: str,
+    steer,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+    chat: bool = False,
+    lock: threading.Lock | None = None,
+) -> dict:
     """Unsteered and steered continuations of `prompt` with the same seed -> {"unsteered", "steered"}."""
-    clean, steered = generate_variants(model, tokenizer, sae, prompt, [None, steer], max_new_tokens, temperature, top_k,
-                                       seed, chat, lock)
+    clean, steered = generate_variants(
+        model, tokenizer, sae, prompt, [None, steer], max_new_tokens, temperature, top_k, seed, chat, lock
+    )
     return {"unsteered": clean, "steered": steered}
 
 
@@ -252,8 +300,9 @@ def degenerate(text: str) -> str | None:
 
 
 @torch.no_grad()
-def contrastive_direction(model, tokenizer, hookpoint: str, positive: list[str], negative: list[str],
-                          skip_first: int = 1) -> torch.Tensor:
+def contrastive_direction(
+    model, tokenizer, hookpoint: str, positive: list[str], negative: list[str], skip_first: int = 1
+) -> torch.Tensor:
     """mean activation over the positive prompts' tokens - mean over the negative ones, [d]."""
     if not positive or not negative:
         raise UserError("a contrastive direction needs at least one positive and one negative prompt")

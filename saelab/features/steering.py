@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -22,25 +22,33 @@ from ..errors import UserError
 from ..models import resolve_hookpoints
 from ..options import check_types, dtype_option, model_option, need_at_least, opt, threads_option
 from ..sae import SparseCoder
-from .steer import (FeatureEdit, FeatureSteer, check_edits, contrastive_direction, degenerate, direction_steer,
-                    generate_variants, parse_edit)
+from .steer import (
+    FeatureEdit,
+    FeatureSteer,
+    check_edits,
+    contrastive_direction,
+    degenerate,
+    direction_steer,
+    generate_variants,
+    parse_edit,
+)
 
-DEFAULT_STRENGTH = 1.0             # clamp to 1 x max activation: docs/VIEW.md "Steering defaults"
-SWEEP = (0.5, 1.0, 2.0, 4.0)        # the strength sweep of the web app and `saelab steer --sweep`
+DEFAULT_STRENGTH = 1.0  # clamp to 1 x max activation: docs/research/view.md "Steering defaults"
+SWEEP = (0.5, 1.0, 2.0, 4.0)  # the strength sweep of the web app and `saelab steer --sweep`
 MAX_STRENGTHS = 8
 
 
 @dataclass
 class SteeringRequest:
     prompts: list[str]
-    edits: list[FeatureEdit] = field(default_factory=list)   # SAE feature edits ...
-    positive: list[str] = field(default_factory=list)        # ... or a contrastive direction
+    edits: list[FeatureEdit] = field(default_factory=list)  # SAE feature edits ...
+    positive: list[str] = field(default_factory=list)  # ... or a contrastive direction
     negative: list[str] = field(default_factory=list)
-    hookpoint: str | None = None                             # contrastive: where (default: the SAE's site)
-    scale: float = 4.0                                       # contrastive: multiplier of the direction
+    hookpoint: str | None = None  # contrastive: where (default: the SAE's site)
+    scale: float = 4.0  # contrastive: multiplier of the direction
     max_new_tokens: int = 40
-    temperature: float = 0.0                                 # 0: greedy
-    top_k: int = 0                                           # 0: every token
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: every token
     seed: int = 0
     chat: bool = False
     strengths: list[float] = field(default_factory=lambda: [1.0])  # multipliers of every edit / the scale
@@ -59,8 +67,10 @@ class SteeringRequest:
         if self.max_new_tokens < 1:
             raise UserError("--max-new-tokens must be positive")
         if self.contrastive and self.edits:
-            raise UserError("steer either by SAE features (--clamp/--add) or by a contrastive direction "
-                            "(--positive/--negative), not both")
+            raise UserError(
+                "steer either by SAE features (--clamp/--add) or by a contrastive direction "
+                "(--positive/--negative), not both"
+            )
         if not self.contrastive and not self.edits:
             raise UserError("nothing to steer: give --clamp/--add edits, or --positive and --negative prompts")
         if not 1 <= len(self.strengths) <= MAX_STRENGTHS:
@@ -83,29 +93,44 @@ class SteeringRequest:
 class SteerConfig:
     """`saelab steer`: one SAE folder (or none, for a contrastive direction at --hookpoint), the prompts,
     the edits (`LATENT=V` or `LATENT=Vx`, V x the latent's max activation) and how to generate."""
+
     prompt: list[str] = opt(help="one or more prompts")
-    sae: str | None = opt(None, "SAE folder (leave out for a contrastive direction with --hookpoint; default: none)",
-                          positional=True)
-    clamp: list[str] = opt(default_factory=list, help="set latent to V (or Vx = V x max activation)",
-                           metavar="LATENT=V", shown="none")
-    add: list[str] = opt(default_factory=list, help="add V (or V x max) to the latent = V x its decoder direction",
-                         metavar="LATENT=V", shown="none")
+    sae: str | None = opt(
+        None, "SAE folder (leave out for a contrastive direction with --hookpoint; default: none)", positional=True
+    )
+    clamp: list[str] = opt(
+        default_factory=list, help="set latent to V (or Vx = V x max activation)", metavar="LATENT=V", shown="none"
+    )
+    add: list[str] = opt(
+        default_factory=list,
+        help="add V (or V x max) to the latent = V x its decoder direction",
+        metavar="LATENT=V",
+        shown="none",
+    )
     max_new_tokens: int = opt(40, "tokens to generate per prompt")
     temperature: float = opt(0.0, "sampling temperature, 0 = greedy")
     top_k: int = opt(0, "sample from the k most likely tokens, 0 = all")
     seed: int = opt(0, "sampling seed, the same for steered and unsteered")
     chat: bool = opt(False, "wrap the prompt in the model's chat template")
-    cache: str | None = opt(None, "latent cache with the features' max activations, for Vx values",
-                            shown="build one over --tokens")
-    tokens: int = opt(16384, "held-out tokens to cache for max activations when there is no --cache, as in "
-                             "dashboard/serve (--stats-tokens: the old spelling)", old_spellings=("--stats-tokens",))
+    cache: str | None = opt(
+        None, "latent cache with the features' max activations, for Vx values", shown="build one over --tokens"
+    )
+    tokens: int = opt(
+        16384,
+        "held-out tokens to cache for max activations when there is no --cache, as in "
+        "dashboard/serve (--stats-tokens: the old spelling)",
+        old_spellings=("--stats-tokens",),
+    )
     model: str | None = model_option(None, shown="the SAE's own, else embedded")
     hookpoint: str | None = opt(None, "contrastive baseline: where to add the direction", shown="the SAE's site")
     positive: list[str] | None = opt(None, "contrastive baseline: prompts of the concept")
     negative: list[str] | None = opt(None, "contrastive baseline: prompts without it")
     scale: float = opt(4.0, "contrastive baseline: multiplier of the direction")
-    strengths: list[float] = opt(default_factory=lambda: [1.0], metavar="X", help="multiply every edit value (or "
-                                 "--scale) by each X: one steered text per X, same seed")
+    strengths: list[float] = opt(
+        default_factory=lambda: [1.0],
+        metavar="X",
+        help="multiply every edit value (or --scale) by each X: one steered text per X, same seed",
+    )
     sweep: bool = opt(False, f"same as --strengths {' '.join(f'{x:g}' for x in SWEEP)}")
     json: str | None = opt(None, "also write the outputs to this JSON file")
     dtype: str = dtype_option()
@@ -114,10 +139,20 @@ class SteerConfig:
     def request(self) -> SteeringRequest:
         """The steering request (edits parsed, checked before the SAE loads)."""
         edits = [parse_edit(e, "clamp") for e in self.clamp] + [parse_edit(e, "add") for e in self.add]
-        req = SteeringRequest(strengths=list(SWEEP) if self.sweep else self.strengths, prompts=self.prompt, edits=edits,
-                              positive=self.positive or [], negative=self.negative or [], hookpoint=self.hookpoint,
-                              scale=self.scale, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_k=self.top_k, seed=self.seed, chat=self.chat)
+        req = SteeringRequest(
+            strengths=list(SWEEP) if self.sweep else self.strengths,
+            prompts=self.prompt,
+            edits=edits,
+            positive=self.positive or [],
+            negative=self.negative or [],
+            hookpoint=self.hookpoint,
+            scale=self.scale,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=self.seed,
+            chat=self.chat,
+        )
         req.check()
         return req
 
@@ -127,11 +162,10 @@ class SteerConfig:
         self.request()
 
 
-
 @dataclass
 class SteeringResult:
-    steering: str                                            # what was steered, in words
-    results: list[dict] = field(default_factory=list)        # per prompt: {prompt, unsteered, steered}
+    steering: str  # what was steered, in words
+    results: list[dict] = field(default_factory=list)  # per prompt: {prompt, unsteered, steered}
 
 
 def sink_positions(cfg_json: dict | None) -> int:
@@ -139,11 +173,18 @@ def sink_positions(cfg_json: dict | None) -> int:
     return int((cfg_json or {}).get("saelab", {}).get("sink", {}).get("first_positions", 1))
 
 
-def run_steering(request: SteeringRequest, model, tokenizer, sae: SparseCoder | None = None,
-                 max_acts: torch.Tensor | None = None, skip_first: int = 1, lock: threading.Lock | None = None,
-                 on_token: Callable[[int, int, int, int], None] | None = None,
-                 on_result: Callable[[str, dict], None] | None = None,
-                 cancel: threading.Event | None = None) -> SteeringResult:
+def run_steering(
+    request: SteeringRequest,
+    model,
+    tokenizer,
+    sae: SparseCoder | None = None,
+    max_acts: torch.Tensor | None = None,
+    skip_first: int = 1,
+    lock: threading.Lock | None = None,
+    on_token: Callable[[int, int, int, int], None] | None = None,
+    on_result: Callable[[str, dict], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> SteeringResult:
     """Unsteered and steered continuations of each prompt (same seed), one steered text per strength.
     `max_acts` [d_sae]: the latents' max activations, needed for relative edits; `lock` is held per
     forward; `on_token(generation, n_generations, tokens_done, max_new_tokens)` reports progress
@@ -167,17 +208,40 @@ def run_steering(request: SteeringRequest, model, tokenizer, sae: SparseCoder | 
             edits = [FeatureEdit(e.latent, e.op, e.value * x, e.relative) for e in request.edits]
             st = FeatureSteer(edits, max_acts, skip_first)
             used = [{"latent": lat, "op": op, "value": v} for lat, op, v in st.edits]
-            variants.append((x, st, used, ", ".join(
-                f"{e.op} {e.latent} {'+' if e.op == 'add' else '->'} {v:.3g}" + (f" ({e.value}x max)" if e.relative else "")
-                for e, (_, _, v) in zip(edits, st.edits))))
+            variants.append(
+                (
+                    x,
+                    st,
+                    used,
+                    ", ".join(
+                        f"{e.op} {e.latent} {'+' if e.op == 'add' else '->'} {v:.3g}"
+                        + (f" ({e.value}x max)" if e.relative else "")
+                        for e, (_, _, v) in zip(edits, st.edits)
+                    ),
+                )
+            )
     what = variants[0][3] if len(variants) == 1 else "; ".join(f"x{x:g}: {w}" for x, _, _, w in variants)
     out = SteeringResult(what)
     for prompt in request.prompts:
-        texts = generate_variants(model, tokenizer, sae, prompt, [None] + [v[1] for v in variants],
-                                  request.max_new_tokens, request.temperature, request.top_k, request.seed,
-                                  chat=request.chat, lock=lock, cancel=cancel, on_token=on_token)
-        sweep = [{"strength": x, "edits": used, "steering": w, "text": t, "degenerate": degenerate(t)}
-                 for (x, _, used, w), t in zip(variants, texts[1:])]
+        texts = generate_variants(
+            model,
+            tokenizer,
+            sae,
+            prompt,
+            [None] + [v[1] for v in variants],
+            request.max_new_tokens,
+            request.temperature,
+            request.top_k,
+            request.seed,
+            chat=request.chat,
+            lock=lock,
+            cancel=cancel,
+            on_token=on_token,
+        )
+        sweep = [
+            {"strength": x, "edits": used, "steering": w, "text": t, "degenerate": degenerate(t)}
+            for (x, _, used, w), t in zip(variants, texts[1:])
+        ]
         r = {"prompt": prompt, "unsteered": texts[0], "steered": texts[1], "sweep": sweep}
         out.results.append(r)
         if on_result:

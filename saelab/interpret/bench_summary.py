@@ -19,7 +19,13 @@ def autointerp_summary(run_dir: str | Path) -> dict:
     scorers = {}
     for name, sc in s["scorers"].items():
         prim = [m for m in PRIMARY.get(name, []) if m in sc["metrics"]] or list(sc["metrics"])[:1]
-        scorers[name] = {"scored": sc["scored"], "failed": sc["failed"],
-                         "primary": {m: sc["metrics"][m] for m in prim}}
-    return {"run": s["run"], "label": s["label"], "dictionary": s["dictionary"], "latents": s["latents"],
-            "explained": s["explained"], "explain_failed": s["explain_failed"], "scorers": scorers}
+        scorers[name] = {"scored": sc["scored"], "failed": sc["failed"], "primary": {m: sc["metrics"][m] for m in prim}}
+    return {
+        "run": s["run"],
+        "label": s["label"],
+        "dictionary": s["dictionary"],
+        "latents": s["latents"],
+        "explained": s["explained"],
+        "explain_failed": s["explain_failed"],
+        "scorers": scorers,
+    }

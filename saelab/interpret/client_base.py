@@ -21,7 +21,6 @@ import math
 import threading
 from dataclasses import asdict, dataclass
 
-
 from .prompts import Messages
 
 
@@ -58,8 +57,14 @@ class LLMClient:
         self.usage = Usage()
         self._lock = threading.Lock()
 
-    def _account(self, prompt_tokens: int = 0, completion_tokens: int = 0, failed: bool = False,
-                 retries: int = 0, cost: float = 0.0) -> None:
+    def _account(
+        self,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        failed: bool = False,
+        retries: int = 0,
+        cost: float = 0.0,
+    ) -> None:
         with self._lock:
             u = self.usage
             u.calls += 1
@@ -69,8 +74,9 @@ class LLMClient:
             u.retries += retries
             u.cost_usd += cost
 
-    def generate(self, prompts: list[Messages], max_tokens: int = 64, temperature: float = 0.0,
-                 prefill: str | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: list[Messages], max_tokens: int = 64, temperature: float = 0.0, prefill: str | None = None
+    ) -> list[Completion]:
         raise NotImplementedError
 
     def choice_logprobs(self, prompts: list[Messages], choices: dict[str, list[str]]) -> list[dict | None]:
@@ -80,7 +86,7 @@ class LLMClient:
         return {"client": self.name}
 
 
-CHARS_PER_TOKEN_CAP = 16   # a reply longer than 16 characters per requested token ignored max_tokens
+CHARS_PER_TOKEN_CAP = 16  # a reply longer than 16 characters per requested token ignored max_tokens
 MIN_REPLY_CAP = 4096
 
 

@@ -7,8 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import check_device, check_types, device_option, need_at_least, need_positive, opt, out_option
-from ..options import overwrite_option, threads_option
+from ..options import (
+    check_device,
+    check_types,
+    device_option,
+    need_at_least,
+    need_positive,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from .examples import ExampleConfig
 from .scorers import SCORERS
 
@@ -18,12 +27,14 @@ LATENTS_HELP = "latent ids: ranges and lists, `0-9,12` or `0 1 2` (both accepted
 @dataclass(kw_only=True)
 class ClientOptions:
     """The LLM that explains (explain) or judges (score), and the machine the local models run on."""
-    client: str = opt("local", "local (a HF chat model in-process) | openai (any OpenAI-compatible server) | "
-                               "anthropic")
-    llm: str | None = opt(None, "model: for local a model spec (none: embedded), for openai/anthropic the served "
-                                "model name")
-    base_url: str | None = opt(None, "OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (none: "
-                                     "$OPENAI_BASE_URL)")
+
+    client: str = opt("local", "local (a HF chat model in-process) | openai (any OpenAI-compatible server) | anthropic")
+    llm: str | None = opt(
+        None, "model: for local a model spec (none: embedded), for openai/anthropic the served model name"
+    )
+    base_url: str | None = opt(
+        None, "OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (none: $OPENAI_BASE_URL)"
+    )
     concurrency: int = opt(4, "parallel requests to an HTTP server")
     timeout: float = opt(60.0, "seconds per HTTP request")
     max_retries: int = opt(4, "retries with exponential backoff")
@@ -35,8 +46,14 @@ class ClientOptions:
 
     def client_options(self) -> dict:
         """The keywords of `clients.make_client` beyond kind, model and base URL."""
-        return {"concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
-                "batch_size": self.batch_size, "price_in": self.price_in, "price_out": self.price_out}
+        return {
+            "concurrency": self.concurrency,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "batch_size": self.batch_size,
+            "price_in": self.price_in,
+            "price_out": self.price_out,
+        }
 
     def check_client(self) -> None:
         check_types(self)
@@ -81,17 +98,26 @@ class ExplainConfig(ClientOptions, _ExplainFields):  # the explain options first
 
     def examples(self) -> ExampleConfig:
         """How examples are drawn, from the options (the rest at ExampleConfig's defaults)."""
-        return ExampleConfig(window=self.window, peak_index=self.peak_index, n_explain=self.n_explain,
-                             explain_sampling=self.explain_sampling, n_score_activating=self.n_score_activating,
-                             n_score_random=self.n_score_random, n_score_hard=self.n_score_hard, seed=self.seed)
+        return ExampleConfig(
+            window=self.window,
+            peak_index=self.peak_index,
+            n_explain=self.n_explain,
+            explain_sampling=self.explain_sampling,
+            n_score_activating=self.n_score_activating,
+            n_score_random=self.n_score_random,
+            n_score_hard=self.n_score_hard,
+            seed=self.seed,
+        )
 
 
 @dataclass(kw_only=True)
 class _ScoreFields:
     run: str = opt(help="run folder (saelab explain)", positional=True)
     scorers: list[str] = opt(default_factory=lambda: ["embedding", "surprisal"], help=f"any of {' '.join(SCORERS)}")
-    judge_mode: str = opt("auto", "detection/fuzzing: logprob (P(Yes), one prompt per example) | generate (a parsed "
-                                  "0/1 list per prompt) | auto")
+    judge_mode: str = opt(
+        "auto",
+        "detection/fuzzing: logprob (P(Yes), one prompt per example) | generate (a parsed 0/1 list per prompt) | auto",
+    )
     batch_examples: int = opt(10, "examples per prompt in generate mode")
     steer_scale: float = opt(2.0, "intervention: steering = scale x max activation x decoder row")
     latents: list[int] | None = opt(None, LATENTS_HELP + " (none: every explained latent)")

@@ -27,23 +27,22 @@ import numpy as np
 
 from ..features.latent_cache import LatentCache
 
-
 SETS = ("explain", "activating", "random", "hard")  # the example sets of a latent, in record order
 
 
 @dataclass
 class ExampleConfig:
-    window: int = 32                   # tokens per example
-    peak_index: int | None = None      # where the peak sits in the window (default window*3//4)
-    n_explain: int = 40                # examples shown to the explainer
-    explain_sampling: str = "top"      # top | quantiles
-    n_score_activating: int = 50       # activating examples for each scorer
-    n_score_random: int = 25           # random non-activating examples
-    n_score_hard: int = 25             # hard negatives (similar latents fire, this one does not)
-    n_quantiles: int = 10              # activation quantiles for sampling scoring examples
-    n_neighbours: int = 10             # similar latents searched for hard negatives
-    min_explain: int = 5               # fewer explanation examples than this: the latent is not explained
-    min_score: int = 5                 # fewer activating scoring examples than this: not scored
+    window: int = 32  # tokens per example
+    peak_index: int | None = None  # where the peak sits in the window (default window*3//4)
+    n_explain: int = 40  # examples shown to the explainer
+    explain_sampling: str = "top"  # top | quantiles
+    n_score_activating: int = 50  # activating examples for each scorer
+    n_score_random: int = 25  # random non-activating examples
+    n_score_hard: int = 25  # hard negatives (similar latents fire, this one does not)
+    n_quantiles: int = 10  # activation quantiles for sampling scoring examples
+    n_neighbours: int = 10  # similar latents searched for hard negatives
+    min_explain: int = 5  # fewer explanation examples than this: the latent is not explained
+    min_score: int = 5  # fewer activating scoring examples than this: not scored
     seed: int = 0
 
     @property
@@ -56,13 +55,13 @@ class ExampleConfig:
 
 @dataclass
 class Example:
-    row: int                  # cache row
-    start: int                # first position of the window in the row
-    tokens: list[int]         # token ids [window]
-    acts: list[float]         # this latent's activation at each window token [window]
-    peak: int                 # index in the window of the peak (activating) or -1
-    kind: str                 # explain | activating | random | hard
-    quantile: int = -1        # activation quantile bin of an activating scoring example (0 = weakest)
+    row: int  # cache row
+    start: int  # first position of the window in the row
+    tokens: list[int]  # token ids [window]
+    acts: list[float]  # this latent's activation at each window token [window]
+    peak: int  # index in the window of the peak (activating) or -1
+    kind: str  # explain | activating | random | hard
+    quantile: int = -1  # activation quantile bin of an activating scoring example (0 = weakest)
 
     @property
     def id(self) -> str:
@@ -87,7 +86,7 @@ class LatentExamples:
     activating: list[Example] = field(default_factory=list)
     random: list[Example] = field(default_factory=list)
     hard: list[Example] = field(default_factory=list)
-    n_windows: int = 0           # activating windows found
+    n_windows: int = 0  # activating windows found
     skip_reason: str | None = None
 
     @property
@@ -106,16 +105,22 @@ class LatentExamples:
         run can be scored on a machine without its latent cache."""
         d = {"latent": self.latent, "n_windows": self.n_windows}
         for k in SETS:
-            d[k] = [[e.row, e.start, e.tokens, [float(f"{a:.6g}") for a in e.acts], e.peak, e.quantile]
-                    for e in getattr(self, k)]
+            d[k] = [
+                [e.row, e.start, e.tokens, [float(f"{a:.6g}") for a in e.acts], e.peak, e.quantile]
+                for e in getattr(self, k)
+            ]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatentExamples":
-        sets = {k: [Example(row, start, tokens, acts, peak, k, quantile)
-                    for row, start, tokens, acts, peak, quantile in d[k]] for k in SETS}
+    def from_dict(cls, d: dict) -> LatentExamples:
+        sets = {
+            k: [
+                Example(row, start, tokens, acts, peak, k, quantile)
+                for row, start, tokens, acts, peak, quantile in d[k]
+            ]
+            for k in SETS
+        }
         return cls(d["latent"], n_windows=d["n_windows"], **sets)
-
 
 
 def _window_start(peak_pos: int, ctx: int, cfg: ExampleConfig) -> int:
@@ -135,7 +140,7 @@ def activating_windows(rows, pos, vals, ctx: int, cfg: ExampleConfig) -> list[tu
         dense.setdefault(r, np.zeros(ctx, np.float32))[p] = v
     block = pos // cfg.window
     key = rows * (ctx // cfg.window + 1) + block
-    order = np.lexsort((-vals, key))            # within each block, strongest first
+    order = np.lexsort((-vals, key))  # within each block, strongest first
     first = np.ones(len(order), bool)
     first[1:] = key[order][1:] != key[order][:-1]
     sel = order[first]
@@ -144,7 +149,7 @@ def activating_windows(rows, pos, vals, ctx: int, cfg: ExampleConfig) -> list[tu
     for i in sel:
         r, p, v = int(rows[i]), int(pos[i]), float(vals[i])
         s = _window_start(p, ctx, cfg)
-        if dense[r][s:s + cfg.window].max() > v:
+        if dense[r][s : s + cfg.window].max() > v:
             continue
         if any(abs(s - s2) < cfg.window for s2 in taken.get(r, ())):
             continue
@@ -157,7 +162,7 @@ def _quantile_sample(windows: list, n: int, n_q: int, rng: np.random.Generator) 
     """n windows spread evenly over n_q quantile bins of peak value (windows are strongest first)."""
     if not windows or n <= 0:
         return []
-    asc = windows[::-1]                          # weakest first
+    asc = windows[::-1]  # weakest first
     bins = np.array_split(np.arange(len(asc)), n_q)
     per = [n // n_q + (1 if q < n % n_q else 0) for q in range(n_q)]
     out = []
@@ -190,8 +195,8 @@ class ExampleSampler:
         self._fires = cache.fire_counts(name)
 
     def _example(self, row: int, start: int, acts_rows, kind: str, quantile: int = -1, peak_pos: int = -1) -> Example:
-        toks = [int(t) for t in self.tokens[row, start:start + self.cfg.window]]
-        acts = [float(a) for a in acts_rows.get(row, np.zeros(self.ctx, np.float32))[start:start + self.cfg.window]]
+        toks = [int(t) for t in self.tokens[row, start : start + self.cfg.window]]
+        acts = [float(a) for a in acts_rows.get(row, np.zeros(self.ctx, np.float32))[start : start + self.cfg.window]]
         return Example(row, start, toks, acts, peak_pos - start if peak_pos >= 0 else -1, kind, quantile)
 
     def neighbours(self, latent: int) -> list[int]:
@@ -212,8 +217,10 @@ class ExampleSampler:
         wins = activating_windows(rows, pos, vals, self.ctx, cfg)
         out.n_windows = len(wins)
         if len(wins) < cfg.min_explain + cfg.min_score:
-            out.skip_reason = (f"too few activating examples: {len(wins)} windows "
-                               f"(needs {cfg.min_explain} to explain + {cfg.min_score} to score)")
+            out.skip_reason = (
+                f"too few activating examples: {len(wins)} windows "
+                f"(needs {cfg.min_explain} to explain + {cfg.min_score} to score)"
+            )
             return out
         # dense activations of this latent on the rows it touches
         acts_rows: dict[int, np.ndarray] = {}
@@ -228,8 +235,10 @@ class ExampleSampler:
         exp_set = set((w[0], w[1]) for w in exp)
         rest = [w for w in wins if (w[0], w[1]) not in exp_set]
         out.explain = [self._example(r, s, acts_rows, "explain", peak_pos=p) for r, s, p, _ in exp]
-        out.activating = [self._example(r, s, acts_rows, "activating", q, p)
-                          for (r, s, p, _), q in _quantile_sample(rest, cfg.n_score_activating, cfg.n_quantiles, rng)]
+        out.activating = [
+            self._example(r, s, acts_rows, "activating", q, p)
+            for (r, s, p, _), q in _quantile_sample(rest, cfg.n_score_activating, cfg.n_quantiles, rng)
+        ]
         used = {(e.row, e.start) for e in out.explain + out.activating}
         fired_rows = {int(r): set(pos[rows == r].tolist()) for r in np.unique(rows)}
 

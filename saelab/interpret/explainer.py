@@ -64,7 +64,7 @@ def parse_explanation(reply: str | None, prefilled: bool) -> tuple[str | None, s
         return None, "empty reply"
     m = list(re.finditer(r"\[?EXPLANATION\]?\s*:", reply, re.I))
     if m:
-        body = reply[m[-1].end():]
+        body = reply[m[-1].end() :]
     elif prefilled:
         body = reply
     else:
@@ -88,27 +88,43 @@ def parse_explanation(reply: str | None, prefilled: bool) -> tuple[str | None, s
 class LLMExplainer:
     name = "llm"
 
-    def __init__(self, client: LLMClient, tokenizer, show_activations: bool = False, max_tokens: int = 48,
-                 temperature: float = 0.0):
+    def __init__(
+        self,
+        client: LLMClient,
+        tokenizer,
+        show_activations: bool = False,
+        max_tokens: int = 48,
+        temperature: float = 0.0,
+    ):
         self.client, self.text = client, TokenText(tokenizer)
         self.show_activations, self.max_tokens, self.temperature = show_activations, max_tokens, temperature
         self.prefill = EXPLANATION_PREFILL if client.name in ("local", "anthropic") else None
 
     def describe(self) -> dict:
-        return {"explainer": "llm", "show_activations": self.show_activations, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, **self.client.describe()}
+        return {
+            "explainer": "llm",
+            "show_activations": self.show_activations,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            **self.client.describe(),
+        }
 
     def messages(self, ex: LatentExamples):
         top = max((e.max_act for e in ex.explain), default=0.0)
-        texts = [render(self.text.pieces(e.tokens), e.acts, top, show_activations=self.show_activations)
-                 for e in ex.explain]
+        texts = [
+            render(self.text.pieces(e.tokens), e.acts, top, show_activations=self.show_activations) for e in ex.explain
+        ]
         return explain_messages(texts)
 
     def explain_many(self, batch: list[LatentExamples]) -> list[ExplainResult]:
         """One generation call for several latents (the local client batches them)."""
         t = time.time()
-        comps = self.client.generate([self.messages(ex) for ex in batch], max_tokens=self.max_tokens,
-                                     temperature=self.temperature, prefill=self.prefill)
+        comps = self.client.generate(
+            [self.messages(ex) for ex in batch],
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            prefill=self.prefill,
+        )
         per = (time.time() - t) / max(1, len(batch))
         out = []
         for c in comps:

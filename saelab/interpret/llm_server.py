@@ -33,8 +33,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import UserError
@@ -88,8 +88,9 @@ class _Batcher:
         kind, max_tokens, temperature, k = key
         if kind == "top":
             return self.client.top_logprobs(prompts, k)
-        return self.client.generate(prompts, max_tokens=max_tokens, temperature=temperature,
-                                    stop=lambda: all(g.is_set() for g in gone))
+        return self.client.generate(
+            prompts, max_tokens=max_tokens, temperature=temperature, stop=lambda: all(g.is_set() for g in gone)
+        )
 
 
 class ClientGone(Exception):
@@ -108,8 +109,9 @@ def _number(req: dict, key: str, kind, default, lo, hi):
     return kind(v)
 
 
-def make_handler(client: LocalClient, batcher: _Batcher, model_id: str, max_tokens_cap: int = 1024,
-                 max_body: int = 1 << 20):
+def make_handler(
+    client: LocalClient, batcher: _Batcher, model_id: str, max_tokens_cap: int = 1024, max_body: int = 1 << 20
+):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -143,13 +145,16 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str, max_toke
                 n = self._body_length()
                 if n > max_body:  # before reading it: a 100 MB body (or a fake length) costs nothing
                     self.close_connection = True
-                    self._error(413, f"request body of {n:,} bytes is over this server's limit of {max_body:,} "
-                                     f"(--max-body)", "request_too_large")
+                    self._error(
+                        413,
+                        f"request body of {n:,} bytes is over this server's limit of {max_body:,} (--max-body)",
+                        "request_too_large",
+                    )
                     return
                 try:
                     req = json.loads(self.rfile.read(n) or b"{}")
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise BadRequest(f"body is not valid JSON: {e}")
+                    raise BadRequest(f"body is not valid JSON: {e}") from e
                 if not isinstance(req, dict):
                     raise BadRequest(f"body must be a JSON object, not {type(req).__name__}")
                 self._send(200, self._complete(req))
@@ -190,22 +195,29 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str, max_toke
                 except FutureTimeout:
                     if self._client_gone():
                         gone.set()  # dropped from the queue, or its generation stops at the next token
-                        raise ClientGone()
+                        raise ClientGone() from None
                 except CancelledError:
-                    raise ClientGone()
+                    raise ClientGone() from None
 
         def _complete(self, req: dict) -> dict:
             msgs = req.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
                     isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role", "user"), str)
-                    for m in msgs):
+                    for m in msgs
+                )
+            ):
                 raise BadRequest("`messages` must be a non-empty list of {role, content} with text content")
             if req.get("n", 1) != 1:
                 raise BadRequest("only n=1 is supported")
             key = "max_tokens" if req.get("max_tokens") is not None else "max_completion_tokens"
             max_tokens = _number(req, key, int, min(256, max_tokens_cap), 1, 10**9)
             if max_tokens > max_tokens_cap:
-                raise BadRequest(f"`{key}` {max_tokens} is over this server's cap of {max_tokens_cap} (--max-tokens-cap)")
+                raise BadRequest(
+                    f"`{key}` {max_tokens} is over this server's cap of {max_tokens_cap} (--max-tokens-cap)"
+                )
             temperature = _number(req, "temperature", float, 0.0, 0.0, 2.0)
             if not isinstance(req.get("logprobs", False), (bool, type(None))):
                 raise BadRequest(f"`logprobs` must be true or false, got {req['logprobs']!r}")
@@ -213,15 +225,24 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str, max_toke
             k = _number(req, "top_logprobs", int, 1, 0, 20)
             pt = client.prompt_tokens(msgs)
             if pt + max_tokens > client.max_context:
-                raise BadRequest(f"This model's maximum context length is {client.max_context} tokens; the prompt has "
-                                 f"{pt} tokens and max_tokens is {max_tokens} (context_length_exceeded)")
+                raise BadRequest(
+                    f"This model's maximum context length is {client.max_context} tokens; the prompt has "
+                    f"{pt} tokens and max_tokens is {max_tokens} (context_length_exceeded)"
+                )
             logprobs, gone = None, threading.Event()
             if want_lp:
                 top = self._wait(batcher.submit(("top", 1, 0.0, max(1, k)), msgs, gone), gone)
                 first = top[0]
-                logprobs = {"content": [{"token": first[0], "logprob": first[1], "bytes": list(first[0].encode()),
-                                         "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
-                                                          for t, v in top]}]}
+                logprobs = {
+                    "content": [
+                        {
+                            "token": first[0],
+                            "logprob": first[1],
+                            "bytes": list(first[0].encode()),
+                            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top],
+                        }
+                    ]
+                }
             if want_lp and max_tokens == 1:
                 text, ct, finish = top[0][0], 1, "length"
             else:
@@ -230,18 +251,35 @@ def make_handler(client: LocalClient, batcher: _Batcher, model_id: str, max_toke
                     raise BadRequest(c.error)
                 text, ct = c.text or "", c.completion_tokens
                 finish = "length" if ct >= max_tokens else "stop"
-            return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                    "model": model_id,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": logprobs, "finish_reason": finish}],
-                    "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
+            return {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": logprobs,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            }
 
     return Handler
 
 
-def make_server(model: str = "embedded", host: str = "127.0.0.1", port: int = 8000, batch_size: int = 8,
-                batch_wait: float = 0.01, client: LocalClient | None = None, max_tokens_cap: int = 1024,
-                max_body: int = 1 << 20) -> ThreadingHTTPServer:
+def make_server(
+    model: str = "embedded",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batch_size: int = 8,
+    batch_wait: float = 0.01,
+    client: LocalClient | None = None,
+    max_tokens_cap: int = 1024,
+    max_body: int = 1 << 20,
+) -> ThreadingHTTPServer:
     if max_tokens_cap < 1 or max_body < 1 or batch_size < 1 or batch_wait < 0:
         raise UserError("--max-tokens-cap, --max-body and --batch-size must be >= 1, --batch-wait >= 0")
     client = client or LocalClient(model, batch_size=batch_size)
@@ -256,6 +294,7 @@ def make_server(model: str = "embedded", host: str = "127.0.0.1", port: int = 80
 @dataclass
 class LlmServerConfig:
     """`saelab serve-llm`: what to serve, where, and the batching and request limits."""
+
     model: str = model_option()
     host: str = opt("127.0.0.1", "bind address (127.0.0.1: loopback only)")
     port: int = opt(8000, "port (0 = any free port; the URL is printed)")
@@ -273,8 +312,15 @@ class LlmServerConfig:
 def serve(cfg: LlmServerConfig) -> None:
     """Serve until Ctrl-C (make_server checks the limits)."""
     cfg.validate()
-    server = make_server(cfg.model, cfg.host, cfg.port, cfg.batch_size, cfg.batch_wait,
-                         max_tokens_cap=cfg.max_tokens_cap, max_body=cfg.max_body)
+    server = make_server(
+        cfg.model,
+        cfg.host,
+        cfg.port,
+        cfg.batch_size,
+        cfg.batch_wait,
+        max_tokens_cap=cfg.max_tokens_cap,
+        max_body=cfg.max_body,
+    )
     h, p = server.server_address[:2]
     print(f"saelab: serving {server.model_id} (OpenAI-compatible) at http://{h}:{p}/v1  (Ctrl-C to stop)", flush=True)
     try:

@@ -1,6 +1,5 @@
 """The local Hugging Face chat model as an LLM client (see client_base.py for the interface)."""
 
-
 from __future__ import annotations
 
 import copy
@@ -10,10 +9,8 @@ import threading
 import torch
 
 from ..errors import UserError
-from .prompts import Messages
-
-
 from .client_base import YES_NO, Completion, LLMClient
+from .prompts import Messages
 
 
 class LocalClient(LLMClient):
@@ -22,8 +19,9 @@ class LocalClient(LLMClient):
     name = "local"
     supports_logprobs = True
 
-    def __init__(self, model: str = "embedded", batch_size: int = 8, max_context: int | None = None, lm=None,
-                 device: str = "cpu"):
+    def __init__(
+        self, model: str = "embedded", batch_size: int = 8, max_context: int | None = None, lm=None, device: str = "cpu"
+    ):
         super().__init__()
         from ..models import load_model
 
@@ -59,27 +57,30 @@ class LocalClient(LLMClient):
         for i, p in enumerate(prompts):
             ids = self._encode(self.template(p, prefill))
             if len(ids) + max_tokens > self.max_context:
-                out[i] = Completion(None, len(ids), 0, f"context too long: {len(ids)} prompt tokens + {max_tokens} "
-                                                       f"> {self.max_context}")
+                out[i] = Completion(
+                    None, len(ids), 0, f"context too long: {len(ids)} prompt tokens + {max_tokens} > {self.max_context}"
+                )
                 self._account(len(ids), failed=True)
             else:
                 encoded.append((i, ids))
         model = self.lm.model
         for b in range(0, len(encoded), self.batch_size):
-            batch = encoded[b:b + self.batch_size]
+            batch = encoded[b : b + self.batch_size]
             n = max(len(ids) for _, ids in batch)
             input_ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
             mask = torch.zeros(len(batch), n, dtype=torch.long)
             for r, (_, ids) in enumerate(batch):  # left padding
-                input_ids[r, n - len(ids):] = torch.tensor(ids)
-                mask[r, n - len(ids):] = 1
+                input_ids[r, n - len(ids) :] = torch.tensor(ids)
+                mask[r, n - len(ids) :] = 1
             kw = dict(do_sample=temperature > 0, max_new_tokens=max_tokens, pad_token_id=self.pad_id)
             if stop is not None:
                 from transformers import StoppingCriteria, StoppingCriteriaList
 
                 class _Stop(StoppingCriteria):
                     def __call__(self, input_ids, scores, **_):
-                        return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+                        return torch.full(
+                            (input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device
+                        )
 
                 kw["stopping_criteria"] = StoppingCriteriaList([_Stop()])
             if temperature > 0:
@@ -87,8 +88,9 @@ class LocalClient(LLMClient):
             else:
                 kw.update(temperature=None, top_p=None, top_k=None)
             with self._infer_lock:
-                gen = model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                     **kw)[:, n:].cpu()
+                gen = model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kw)[
+                    :, n:
+                ].cpu()
             for r, (i, ids) in enumerate(batch):
                 seq = gen[r].tolist()
                 if self.tok.eos_token_id in seq:
@@ -140,12 +142,16 @@ class LocalClient(LLMClient):
             prefix_cache = None
             if lcp >= 8 and len(ok) > 1:
                 prefix_cache = DynamicCache()
-                model(input_ids=torch.tensor([first[:lcp]], device=self.device), **cache_kw(model, prefix_cache), use_cache=True,
-                      logits_to_keep=1)
+                model(
+                    input_ids=torch.tensor([first[:lcp]], device=self.device),
+                    **cache_kw(model, prefix_cache),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             else:
                 lcp = 0
             for b in range(0, len(ok), self.batch_size):
-                batch = ok[b:b + self.batch_size]
+                batch = ok[b : b + self.batch_size]
                 suf = [ids_list[i][lcp:] for i in batch]
                 n = max(len(s) for s in suf)
                 x = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
@@ -153,7 +159,7 @@ class LocalClient(LLMClient):
                 mask[:, :lcp] = 1
                 for r, s in enumerate(suf):
                     x[r, : len(s)] = torch.tensor(s)
-                    mask[r, lcp: lcp + len(s)] = 1
+                    mask[r, lcp : lcp + len(s)] = 1
                 kw = {}
                 if prefix_cache is not None:
                     cache = copy.deepcopy(prefix_cache)
@@ -162,15 +168,19 @@ class LocalClient(LLMClient):
                 last = torch.tensor([len(s) - 1 for s in suf])
                 # the LM head only at the positions read (not at every suffix position)
                 keep, where = torch.unique(last, return_inverse=True)
-                logits = model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
-                               logits_to_keep=keep.to(self.device), **kw).logits  # [B, k, vocab]
+                logits = model(
+                    input_ids=x.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    logits_to_keep=keep.to(self.device),
+                    **kw,
+                ).logits  # [B, k, vocab]
                 lp = torch.log_softmax(logits[torch.arange(len(batch)), where.to(self.device)].float(), dim=-1).cpu()
                 for r, i in enumerate(batch):
-                    out[i] = {name: float(torch.logsumexp(lp[r, ids], 0)) if ids else -math.inf
-                              for name, ids in cids.items()}
+                    out[i] = {
+                        name: float(torch.logsumexp(lp[r, ids], 0)) if ids else -math.inf for name, ids in cids.items()
+                    }
                     self._account(len(ids_list[i]), 0)
         return out
-
 
     @torch.no_grad()
     def top_logprobs(self, prompts: list[Messages], k: int = 20) -> list[list[tuple[str, float]] | None]:
@@ -180,7 +190,7 @@ class LocalClient(LLMClient):
         ok = [i for i, ids in enumerate(ids_list) if len(ids) < self.max_context]
         with self._infer_lock:
             for b in range(0, len(ok), self.batch_size):
-                batch = ok[b:b + self.batch_size]
+                batch = ok[b : b + self.batch_size]
                 n = max(len(ids_list[i]) for i in batch)
                 x = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
                 for r, i in enumerate(batch):

@@ -25,14 +25,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..features.latent_cache import LatentCache
 from ..errors import UserError
+from ..features.latent_cache import LatentCache
 from ..out_folder import INTERPRETATION_RUN, open_out
 from ..storage import read_json, write_json
 from .config import ExplainConfig, ScoreConfig
 from .examples import ExampleConfig, ExampleSampler, LatentExamples
-from .records import (EXAMPLES, EXPLANATIONS, ExplanationRecord, append_jsonl, by_latent, read_jsonl, repair_truncated,
-                      scores_path)
+from .records import (
+    EXAMPLES,
+    EXPLANATIONS,
+    ExplanationRecord,
+    append_jsonl,
+    by_latent,
+    read_jsonl,
+    repair_truncated,
+    scores_path,
+)
 from .scorers import JUDGED, SCORERS
 
 
@@ -89,13 +97,13 @@ class _Models:
         return make_client(kind, model, device=self.device, **kw)
 
 
-
 # ====================================================================== explain
 
 
 @dataclass
 class _ExplainRun:
     """An explain run after its checks: the cache, the dictionary and latents, the run folder's manifest."""
+
     cfg: ExplainConfig
     examples: ExampleConfig
     cache: LatentCache
@@ -115,9 +123,15 @@ def _check_explain(cfg: ExplainConfig, examples: ExampleConfig) -> tuple[LatentC
     name = _pick_dictionary(cache, cfg.dictionary)
     chosen = _pick_latents(cache.d_sae(name), cfg.latents, cfg.n_latents, cfg.seed)
     llm = cfg.explainer == "llm"
-    identity = {"cache": str(Path(cfg.cache).resolve()), "dictionary": name, "examples": examples.to_dict(),
-                "explainer": cfg.explainer, "client": cfg.client if llm else None, "model": cfg.llm if llm else None,
-                "show_activations": cfg.show_activations}
+    identity = {
+        "cache": str(Path(cfg.cache).resolve()),
+        "dictionary": name,
+        "examples": examples.to_dict(),
+        "explainer": cfg.explainer,
+        "client": cfg.client if llm else None,
+        "model": cfg.llm if llm else None,
+        "show_activations": cfg.show_activations,
+    }
     return cache, name, chosen, identity
 
 
@@ -129,10 +143,18 @@ def _open_explain_run(cfg: ExplainConfig, examples: ExampleConfig) -> _ExplainRu
     mpath = out / "manifest.json"
     manifest = read_json(mpath) if mpath.exists() else {"identity": identity, "latents": [], "wall_s": 0.0}
     manifest["latents"] = sorted(set(manifest["latents"]) | set(chosen))
-    manifest.update({"kind": "saelab-interpretation-run", "label": cfg.label or manifest.get("label") or out.name,
-                     "cache": identity["cache"], "dictionary": name, "dictionary_info": cache.info(name),
-                     "model_spec": cache.manifest["model_spec"], "examples": examples.to_dict(),
-                     "versions": _versions()})
+    manifest.update(
+        {
+            "kind": "saelab-interpretation-run",
+            "label": cfg.label or manifest.get("label") or out.name,
+            "cache": identity["cache"],
+            "dictionary": name,
+            "dictionary_info": cache.info(name),
+            "model_spec": cache.manifest["model_spec"],
+            "examples": examples.to_dict(),
+            "versions": _versions(),
+        }
+    )
     run = _ExplainRun(cfg, examples, cache, name, chosen, out, manifest)
     run.save()
     return run
@@ -159,16 +181,29 @@ def _explain_batch(run: _ExplainRun, expl, sampler: ExampleSampler, latents: lis
     results = expl.explain_many(ready) if ready else []
     res = {ex.latent: r for ex, r in zip(ready, results)}
     for ex in batch:
-        base = dict(latent=ex.latent, explainer=expl.name, example_ids=ex.ids(), n_windows=ex.n_windows,
-                    fire_count=int(fires[ex.latent]), max_activation=float(vmax[ex.latent]))
+        base = dict(
+            latent=ex.latent,
+            explainer=expl.name,
+            example_ids=ex.ids(),
+            n_windows=ex.n_windows,
+            fire_count=int(fires[ex.latent]),
+            max_activation=float(vmax[ex.latent]),
+        )
         if ex.skip_reason:
             rec = ExplanationRecord(status="skipped", error=ex.skip_reason, **base)
         else:
             append_jsonl(ex_path, ex.to_dict())  # before the explanation: an explained latent has its examples
             r = res[ex.latent]
-            rec = ExplanationRecord(status="ok" if r.explanation else "failed", explanation=r.explanation,
-                                    error=r.error, raw=r.raw, seconds=r.seconds, prompt_tokens=r.prompt_tokens,
-                                    completion_tokens=r.completion_tokens, **base)
+            rec = ExplanationRecord(
+                status="ok" if r.explanation else "failed",
+                explanation=r.explanation,
+                error=r.error,
+                raw=r.raw,
+                seconds=r.seconds,
+                prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens,
+                **base,
+            )
         append_jsonl(path, rec.to_dict())
 
 
@@ -182,11 +217,16 @@ def _explain_all(run: _ExplainRun, client, expl, progress: bool) -> None:
     sampler = ExampleSampler(run.cache, run.name, run.examples)
     fires, vmax = run.cache.fire_counts(run.name), run.cache.max_activation(run.name)
     t0, step = time.time(), run.cfg.batch_latents
-    bar = tqdm(total=len(run.chosen), initial=len(run.chosen) - len(todo), desc=f"explain {run.name}", unit="latent",
-               disable=not progress)
+    bar = tqdm(
+        total=len(run.chosen),
+        initial=len(run.chosen) - len(todo),
+        desc=f"explain {run.name}",
+        unit="latent",
+        disable=not progress,
+    )
     for b in range(0, len(todo), step):
-        _explain_batch(run, expl, sampler, todo[b:b + step], fires, vmax)
-        bar.update(len(todo[b:b + step]))
+        _explain_batch(run, expl, sampler, todo[b : b + step], fires, vmax)
+        bar.update(len(todo[b : b + step]))
         stop_if_down(client, "explain", bar)
     bar.close()
     run.manifest["wall_s"] = run.manifest.get("wall_s", 0.0) + time.time() - t0
@@ -208,13 +248,14 @@ def explain(cfg: ExplainConfig, example_cfg: ExampleConfig | None = None, progre
     recs = by_latent(read_jsonl(run.out / EXPLANATIONS))
     counts = {s: sum(1 for j in run.chosen if recs.get(j, {}).get("status") == s) for s in ("ok", "failed", "skipped")}
     if progress:
-        print(f"saelab: {counts['ok']} explained, {counts['failed']} failed, {counts['skipped']} skipped (too few "
-              f"examples) -> {run.out / EXPLANATIONS}")
+        print(
+            f"saelab: {counts['ok']} explained, {counts['failed']} failed, {counts['skipped']} skipped (too few "
+            f"examples) -> {run.out / EXPLANATIONS}"
+        )
     return run.out
 
 
-def run_explain(cache_path, out, *, example_cfg: ExampleConfig | None = None, progress: bool = True,
-                **options) -> Path:
+def run_explain(cache_path, out, *, example_cfg: ExampleConfig | None = None, progress: bool = True, **options) -> Path:
     """`explain` with the config's fields as keywords (`model=` names the LLM, as `llm=` does)."""
     _keyword_spellings(options)
     return explain(ExplainConfig(cache=str(cache_path), out=str(out), **options), example_cfg, progress)
@@ -226,10 +267,10 @@ def stop_if_down(client, what: str, bar) -> None:
     down = getattr(client, "down", None)
     if down:
         bar.close()
-        raise UserError(f"{what} stopped early: {down}. Records so far are kept; start the server (or fix "
-                        f"--base-url) and rerun the same command: failed latents are tried again")
-
-
+        raise UserError(
+            f"{what} stopped early: {down}. Records so far are kept; start the server (or fix "
+            f"--base-url) and rerun the same command: failed latents are tried again"
+        )
 
 
 def _keyword_spellings(options: dict) -> None:
@@ -242,8 +283,7 @@ def _keyword_spellings(options: dict) -> None:
 # ====================================================================== score
 
 
-def build_scorer(kind: str, cfg: ScoreConfig, models: _Models, cache: LatentCache | None, dictionary: str,
-                 judge=None):
+def build_scorer(kind: str, cfg: ScoreConfig, models: _Models, cache: LatentCache | None, dictionary: str, judge=None):
     tok = models.lm.tokenizer
     if kind in JUDGED:
         from .scorers.judged import JudgeScorer
@@ -267,12 +307,13 @@ def build_scorer(kind: str, cfg: ScoreConfig, models: _Models, cache: LatentCach
 @dataclass
 class _ScoreRun:
     """A run opened for scoring: its manifest, explanations, stored examples, and the cache when needed."""
+
     cfg: ScoreConfig
     path: Path
     manifest: dict
     explanations: dict[int, dict]
     stored: dict[int, dict]
-    todo: list[int]                 # explained latents to score
+    todo: list[int]  # explained latents to score
     cache: LatentCache | None
 
     @property
@@ -294,9 +335,11 @@ def _open_score_run(cfg: ScoreConfig) -> _ScoreRun:
     # (the decoder); a run moved to another machine is scored from its own examples.jsonl
     need_cache = "intervention" in cfg.scorers or any(j not in stored for j in todo)
     if need_cache and not Path(manifest["cache"]).exists():
-        raise UserError(f"the latent cache {manifest['cache']} of this run is missing; it is needed for "
-                        + ("the intervention scorer" if "intervention" in cfg.scorers else "latents without stored "
-                           "examples") + "; score the others with --scorers detection fuzzing embedding surprisal")
+        raise UserError(
+            f"the latent cache {manifest['cache']} of this run is missing; it is needed for "
+            + ("the intervention scorer" if "intervention" in cfg.scorers else "latents without stored examples")
+            + "; score the others with --scorers detection fuzzing embedding surprisal"
+        )
     cache = LatentCache.open(manifest["cache"]) if need_cache else None
     return _ScoreRun(cfg, run, manifest, expl, stored, todo, cache)
 
@@ -310,9 +353,12 @@ def _make_scorers(run: _ScoreRun, models: _Models):
     objs = {s: build_scorer(s, cfg, models, run.cache, run.name, judge) for s in cfg.scorers}
     run.manifest.setdefault("scoring", {})
     for s in cfg.scorers:
-        run.manifest["scoring"][s] = {"mode": getattr(objs[s], "mode", None), "batch_examples": cfg.batch_examples,
-                                      "steer_scale": cfg.steer_scale if s == "intervention" else None,
-                                      "judge": judge.describe() if (judge is not None and s in JUDGED) else None}
+        run.manifest["scoring"][s] = {
+            "mode": getattr(objs[s], "mode", None),
+            "batch_examples": cfg.batch_examples,
+            "steer_scale": cfg.steer_scale if s == "intervention" else None,
+            "judge": judge.describe() if (judge is not None and s in JUDGED) else None,
+        }
     write_json(run.path / "manifest.json", run.manifest)
     return judge, objs
 
@@ -344,13 +390,19 @@ def _score_all(run: _ScoreRun, judge, objs: dict, progress: bool) -> dict[str, i
         done[s] = {j for j, r in by_latent(read_jsonl(scores_path(run.path, s))).items() if r.get("ok")}
     sampler = ExampleSampler(run.cache, run.name, ExampleConfig(**run.manifest["examples"])) if run.cache else None
     scored = {s: 0 for s in objs}
-    bar = tqdm([j for j in run.todo if any(j not in done[s] for s in objs)], desc=f"score {run.path.name}",
-               unit="latent", disable=not progress)
+    bar = tqdm(
+        [j for j in run.todo if any(j not in done[s] for s in objs)],
+        desc=f"score {run.path.name}",
+        unit="latent",
+        disable=not progress,
+    )
     for j in bar:
         ex = LatentExamples.from_dict(run.stored[j]) if j in run.stored else sampler.sample(j)
         if ex.ids() != run.explanations[j]["example_ids"]:
-            raise UserError(f"latent {j}: the examples drawn now differ from those recorded at explanation time; "
-                            f"the cache {run.manifest['cache']} changed since `saelab explain` ran")
+            raise UserError(
+                f"latent {j}: the examples drawn now differ from those recorded at explanation time; "
+                f"the cache {run.manifest['cache']} changed since `saelab explain` ran"
+            )
         for s in _score_latent(run, j, ex, objs, done):
             scored[s] += 1
         stop_if_down(judge, "score", bar)

@@ -38,8 +38,14 @@ BATCH_SUFFIX = (
 EXPLANATION_PREFILL = "[EXPLANATION]:"
 
 
-def render(pieces: list[str], acts: list[float] | None = None, max_act: float = 0.0, mark: bool = True,
-           show_activations: bool = False, marked: list[bool] | None = None) -> str:
+def render(
+    pieces: list[str],
+    acts: list[float] | None = None,
+    max_act: float = 0.0,
+    mark: bool = True,
+    show_activations: bool = False,
+    marked: list[bool] | None = None,
+) -> str:
     """Join decoded tokens, wrapping runs of marked tokens in << >> (marked = acts > 0 by default)."""
     if marked is None:
         marked = [a > 0 for a in acts] if (acts is not None and mark) else [False] * len(pieces)
@@ -65,21 +71,29 @@ def render(pieces: list[str], acts: list[float] | None = None, max_act: float = 
 
 def explain_messages(example_texts: list[str]) -> Messages:
     body = "\n".join(f"Example {i + 1}: {t}" for i, t in enumerate(example_texts))
-    return [{"role": "system", "content": EXPLAIN_SYSTEM},
-            {"role": "user", "content": f"{body}\n\nWhat do the marked tokens have in common?"}]
+    return [
+        {"role": "system", "content": EXPLAIN_SYSTEM},
+        {"role": "user", "content": f"{body}\n\nWhat do the marked tokens have in common?"},
+    ]
 
 
 def judge_messages(kind: str, explanation: str, text: str) -> Messages:
     """One excerpt, one Yes/No question (kind: detection | fuzzing)."""
     system = DETECTION_SYSTEM if kind == "detection" else FUZZING_SYSTEM
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": f"Explanation: {explanation}\n\nExcerpt: {text}\n\nAnswer Yes or No."}]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Explanation: {explanation}\n\nExcerpt: {text}\n\nAnswer Yes or No."},
+    ]
 
 
 def judge_batch_messages(kind: str, explanation: str, texts: list[str]) -> Messages:
     """Several excerpts in one prompt; the answer is a list of 0/1 (the generation path)."""
     system = (DETECTION_SYSTEM if kind == "detection" else FUZZING_SYSTEM).rsplit(" Answer with one word", 1)[0]
     body = "\n".join(f"Excerpt {i + 1}: {t}" for i, t in enumerate(texts))
-    return [{"role": "system", "content": system + BATCH_SUFFIX},
-            {"role": "user", "content": f"Explanation: {explanation}\n\n{body}\n\nAnswer with a list of "
-                                        f"{len(texts)} numbers (0 or 1)."}]
+    return [
+        {"role": "system", "content": system + BATCH_SUFFIX},
+        {
+            "role": "user",
+            "content": f"Explanation: {explanation}\n\n{body}\n\nAnswer with a list of {len(texts)} numbers (0 or 1).",
+        },
+    ]

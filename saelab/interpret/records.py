@@ -28,7 +28,7 @@ from .scorers.base import PRIMARY
 
 RECORD_VERSION = 1
 EXPLANATIONS = "explanations.jsonl"
-EXAMPLES = "examples.jsonl"   # the examples of each explained latent, so scoring needs no cache
+EXAMPLES = "examples.jsonl"  # the examples of each explained latent, so scoring needs no cache
 
 
 def scores_path(run: Path, scorer: str) -> Path:
@@ -38,13 +38,13 @@ def scores_path(run: Path, scorer: str) -> Path:
 @dataclass
 class ExplanationRecord:
     latent: int
-    status: str                          # ok | failed | skipped
+    status: str  # ok | failed | skipped
     explanation: str | None = None
-    error: str | None = None             # why it failed / was skipped
-    raw: str | None = None               # the explainer's raw reply (kept for failures too)
+    error: str | None = None  # why it failed / was skipped
+    raw: str | None = None  # the explainer's raw reply (kept for failures too)
     explainer: str = ""
     example_ids: dict = field(default_factory=dict)  # {explain|activating|random|hard: ["row:start", ...]}
-    n_windows: int = 0                   # activating windows in the cache
+    n_windows: int = 0  # activating windows in the cache
     fire_count: int = 0
     max_activation: float = 0.0
     seconds: float = 0.0
@@ -84,7 +84,9 @@ class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
         if not (self.path / "manifest.json").exists():
-            raise UserError(f"{self.path} is not an interpretation run (no manifest.json); make one with `saelab explain`")
+            raise UserError(
+                f"{self.path} is not an interpretation run (no manifest.json); make one with `saelab explain`"
+            )
         self.manifest = read_json(self.path / "manifest.json")
         self.explanations = by_latent(read_jsonl(self.path / EXPLANATIONS))
         self.scores: dict[str, dict[int, dict]] = {}
@@ -111,11 +113,12 @@ CHANCE = {"auc": 0.5, "balanced_accuracy": 0.5, "score": 0.0}  # a metric's valu
 @dataclass
 class ScoreSummary:
     """One scorer's result for one latent, as a page shows it."""
+
     scorer: str
     ok: bool
-    metric: str | None = None        # the scorer's headline metric (scorers/base.py PRIMARY)
+    metric: str | None = None  # the scorer's headline metric (scorers/base.py PRIMARY)
     value: float | None = None
-    chance: float | None = None      # the metric's chance level (AUC 0.5)
+    chance: float | None = None  # the metric's chance level (AUC 0.5)
     metrics: dict = field(default_factory=dict)
     error: str | None = None
 
@@ -123,20 +126,31 @@ class ScoreSummary:
 @dataclass
 class Interpretation:
     """Everything an interpretation run holds about one latent."""
+
     latent: int
-    status: str                       # ok | failed | skipped | missing
+    status: str  # ok | failed | skipped | missing
     explanation: str | None = None
     explainer: str = ""
     scores: list[ScoreSummary] = field(default_factory=list)
-    run: str = ""                     # the run's label
+    run: str = ""  # the run's label
 
 
 def summarise_score(scorer: str, rec: dict) -> ScoreSummary:
-    metrics = {k: float(v) for k, v in (rec.get("metrics") or {}).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    metrics = {
+        k: float(v)
+        for k, v in (rec.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
     metric = next((m for m in PRIMARY.get(scorer, []) + sorted(metrics) if m in metrics), None)
-    return ScoreSummary(scorer, bool(rec.get("ok")) and metric is not None, metric,
-                        metrics.get(metric) if metric else None, CHANCE.get(metric), metrics, rec.get("error"))
+    return ScoreSummary(
+        scorer,
+        bool(rec.get("ok")) and metric is not None,
+        metric,
+        metrics.get(metric) if metric else None,
+        CHANCE.get(metric),
+        metrics,
+        rec.get("error"),
+    )
 
 
 def check_dictionary(run: Run, sae_dir: Path, d_sae: int) -> None:
@@ -147,8 +161,10 @@ def check_dictionary(run: Run, sae_dir: Path, d_sae: int) -> None:
         raise UserError(f"interpretation run {run.path} was made for {made_for}, not for the SAE {sae_dir}")
     src = info.get("source")
     if src and Path(src).resolve() != Path(sae_dir).resolve():
-        raise UserError(f"interpretation run {run.path} was made for {made_for}, not for the SAE {sae_dir}; "
-                        f"point --explanations at a run of this SAE")
+        raise UserError(
+            f"interpretation run {run.path} was made for {made_for}, not for the SAE {sae_dir}; "
+            f"point --explanations at a run of this SAE"
+        )
 
 
 def _run_folder(path: Path) -> Path | None:
@@ -170,9 +186,18 @@ def interpretations(path, sae_dir: Path, d_sae: int) -> dict[int, Interpretation
     if folder is not None:
         run = load_run(folder)
         check_dictionary(run, sae_dir, d_sae)
-        return {j: Interpretation(j, r.get("status", "missing"), r.get("explanation"), r.get("explainer", ""),
-                                  [summarise_score(s, by[j]) for s, by in sorted(run.scores.items()) if j in by], run.name)
-                for j, r in run.explanations.items() if 0 <= j < d_sae}
+        return {
+            j: Interpretation(
+                j,
+                r.get("status", "missing"),
+                r.get("explanation"),
+                r.get("explainer", ""),
+                [summarise_score(s, by[j]) for s, by in sorted(run.scores.items()) if j in by],
+                run.name,
+            )
+            for j, r in run.explanations.items()
+            if 0 <= j < d_sae
+        }
     out = {}
     for rec in read_jsonl(path):
         if not isinstance(rec, dict):

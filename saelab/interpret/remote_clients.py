@@ -1,6 +1,5 @@
 """HTTP LLM clients: any OpenAI-compatible server, and Anthropic (see client_base.py for the interface)."""
 
-
 from __future__ import annotations
 
 import math
@@ -9,10 +8,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
 from ..errors import UserError
-
-
 from .client_base import YES_NO, Completion, LLMClient, checked_reply
 
 
@@ -24,9 +20,18 @@ class _RemoteClient(LLMClient):
 
     retryable: tuple = ()
 
-    def __init__(self, model: str, concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4,
-                 backoff: float = 1.0, price_in: float = 0.0, price_out: float = 0.0, retry_budget: int = 100,
-                 outage_after: int = 3):
+    def __init__(
+        self,
+        model: str,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+        retry_budget: int = 100,
+        outage_after: int = 3,
+    ):
         super().__init__()
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise UserError("--concurrency must be >= 1, --max-retries >= 0 and --timeout > 0")
@@ -61,14 +66,15 @@ class _RemoteClient(LLMClient):
                 err = f"{type(e).__name__}: {e}"
                 if attempt == self.max_retries or not self._may_retry():
                     break
-                time.sleep(self.backoff * (2 ** attempt) * (0.5 + random.random()))
+                time.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
             except Exception as e:  # bad request (e.g. context too long), malformed reply: no retry
                 return None, f"{type(e).__name__}: {e}", attempt
         with self._lock:
             self._gave_up_in_a_row += 1
             if self._gave_up_in_a_row >= self.outage_after and not self.down:
-                self.down = (f"the server failed {self._gave_up_in_a_row} requests in a row, every retry included "
-                             f"(last: {err})")
+                self.down = (
+                    f"the server failed {self._gave_up_in_a_row} requests in a row, every retry included (last: {err})"
+                )
         return None, f"gave up after {attempt + 1} tries: {err}", attempt
 
     def _map(self, fn, items):
@@ -83,8 +89,14 @@ class OpenAIClient(_RemoteClient):
 
     name = "openai"
 
-    def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
-                 logprobs: bool = True, **kw):
+    def __init__(
+        self,
+        model: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        logprobs: bool = True,
+        **kw,
+    ):
         try:
             import openai
         except ImportError as e:
@@ -96,8 +108,12 @@ class OpenAIClient(_RemoteClient):
         if key is None:
             raise UserError("the openai client needs --base-url (a local server) or OPENAI_API_KEY")
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=self.timeout, max_retries=0)
-        self.retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                          openai.InternalServerError)
+        self.retryable = (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        )
         self.supports_logprobs = logprobs
 
     def describe(self) -> dict:
@@ -105,8 +121,9 @@ class OpenAIClient(_RemoteClient):
 
     def _one(self, messages, max_tokens, temperature) -> Completion:
         def call():
-            return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
-                                                       temperature=temperature)
+            return self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature
+            )
 
         r, err, retries = self._with_retries(call)
         pt = ct = 0
@@ -129,8 +146,9 @@ class OpenAIClient(_RemoteClient):
 
     def _one_lp(self, messages, choices) -> dict | None:
         def call():
-            return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=1,
-                                                       temperature=0.0, logprobs=True, top_logprobs=20)
+            return self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20
+            )
 
         r, err, retries = self._with_retries(call)
         out, pt, ct = None, 0, 0
@@ -141,8 +159,9 @@ class OpenAIClient(_RemoteClient):
                 table = {}
                 for t in top:
                     table[t.token] = max(table.get(t.token, -math.inf), t.logprob)
-                out = {name: _logsumexp([table[v] for v in variants if v in table])
-                       for name, variants in choices.items()}
+                out = {
+                    name: _logsumexp([table[v] for v in variants if v in table]) for name, variants in choices.items()
+                }
             except (AttributeError, IndexError, TypeError):
                 pass  # a reply without log-probabilities: out stays None, counted as a failure below
         self._account(pt, ct, failed=out is None, retries=retries, cost=self._cost(pt, ct))
@@ -175,8 +194,10 @@ class AnthropicClient(_RemoteClient):
         # no built-in model name: providers retire names, and a default that expires fails every latent
         model = model or os.environ.get("SAELAB_LLM_MODEL")
         if not model:
-            raise UserError("--client anthropic needs a model: pass --llm MODEL (a model id your Anthropic account "
-                            "serves today) or set $SAELAB_LLM_MODEL; there is no default, since model names are retired")
+            raise UserError(
+                "--client anthropic needs a model: pass --llm MODEL (a model id your Anthropic account "
+                "serves today) or set $SAELAB_LLM_MODEL; there is no default, since model names are retired"
+            )
         try:
             import anthropic
         except ImportError as e:
@@ -186,8 +207,12 @@ class AnthropicClient(_RemoteClient):
         if not key:
             raise UserError("the anthropic client needs ANTHROPIC_API_KEY in the environment")
         self.client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=self.timeout, max_retries=0)
-        self.retryable = (anthropic.APIConnectionError, anthropic.APITimeoutError, anthropic.RateLimitError,
-                          anthropic.InternalServerError)
+        self.retryable = (
+            anthropic.APIConnectionError,
+            anthropic.APITimeoutError,
+            anthropic.RateLimitError,
+            anthropic.InternalServerError,
+        )
 
     def describe(self) -> dict:
         return {"client": "anthropic", "model": self.model}
@@ -199,8 +224,9 @@ class AnthropicClient(_RemoteClient):
             msgs = msgs + [{"role": "assistant", "content": prefill}]
 
         def call():
-            return self.client.messages.create(model=self.model, system=system or None, messages=msgs,
-                                               max_tokens=max_tokens, temperature=temperature)
+            return self.client.messages.create(
+                model=self.model, system=system or None, messages=msgs, max_tokens=max_tokens, temperature=temperature
+            )
 
         r, err, retries = self._with_retries(call)
         text, pt, ct = None, 0, 0

@@ -21,8 +21,12 @@ def _stats(vals: list[float]) -> dict:
     v = np.array([x for x in vals if x is not None and not math.isnan(x)], float)
     if len(v) == 0:
         return {"n": 0, "mean": float("nan"), "sem": float("nan"), "median": float("nan")}
-    return {"n": int(len(v)), "mean": float(v.mean()), "sem": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0,
-            "median": float(np.median(v))}
+    return {
+        "n": int(len(v)),
+        "mean": float(v.mean()),
+        "sem": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0,
+        "median": float(np.median(v)),
+    }
 
 
 def summarise(run: Run) -> dict:
@@ -30,19 +34,27 @@ def summarise(run: Run) -> dict:
     recs = [run.explanations.get(j) for j in latents]
     status = [r["status"] if r else "missing" for r in recs]
     ok = [r for r in recs if r and r["status"] == "ok"]
-    out = {"run": str(run.path), "label": run.name, "dictionary": run.manifest.get("dictionary"),
-           "explainer": run.manifest.get("explainer", {}), "latents": len(latents),
-           "explained": status.count("ok"), "explain_failed": status.count("failed"),
-           "skipped_too_few_examples": status.count("skipped"), "missing": status.count("missing"),
-           "explain_seconds_per_latent": _stats([r["seconds"] for r in ok])["mean"],
-           "explain_failures": sorted({(r.get("error") or "")[:80] for r in recs if r and r["status"] == "failed"}),
-           "scorers": {}}
+    out = {
+        "run": str(run.path),
+        "label": run.name,
+        "dictionary": run.manifest.get("dictionary"),
+        "explainer": run.manifest.get("explainer", {}),
+        "latents": len(latents),
+        "explained": status.count("ok"),
+        "explain_failed": status.count("failed"),
+        "skipped_too_few_examples": status.count("skipped"),
+        "missing": status.count("missing"),
+        "explain_seconds_per_latent": _stats([r["seconds"] for r in ok])["mean"],
+        "explain_failures": sorted({(r.get("error") or "")[:80] for r in recs if r and r["status"] == "failed"}),
+        "scorers": {},
+    }
     for s, by in run.scores.items():
         res = [by[j] for j in latents if j in by]
         good = [r for r in res if r["ok"]]
         metrics = sorted({m for r in good for m in r["metrics"]}, key=lambda m: (m not in PRIMARY.get(s, []), m))
         out["scorers"][s] = {
-            "scored": len(good), "failed": len(res) - len(good),
+            "scored": len(good),
+            "failed": len(res) - len(good),
             "modes": sorted({r.get("mode", "") for r in res}),
             "seconds_per_latent": _stats([r["seconds"] for r in good])["mean"],
             "failed_examples": int(sum(r.get("n_failed_examples", 0) for r in res)),
@@ -77,8 +89,17 @@ def _plots(summaries: list[dict], out: Path) -> list[str]:
     scorers = sorted({s for sm in summaries for s in sm["scorers"]})
     for s in scorers:
         for m in PRIMARY.get(s, []):
-            series = [(sm["label"], [v for v in sm["scorers"].get(s, {}).get("values", {}).get(m, [])
-                                     if v is not None and not math.isnan(v)]) for sm in summaries]
+            series = [
+                (
+                    sm["label"],
+                    [
+                        v
+                        for v in sm["scorers"].get(s, {}).get("values", {}).get(m, [])
+                        if v is not None and not math.isnan(v)
+                    ],
+                )
+                for sm in summaries
+            ]
             series = [(n, v) for n, v in series if v]
             if not series:
                 continue
@@ -107,30 +128,47 @@ def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -
     L.append("|---|---|---|---|---|---|---|---|")
     for sm in summaries:
         e = sm["explainer"]
-        who = e.get("explainer", "?") + (f" ({e.get('client')}: {e.get('model') or e.get('model_name') or ''})"
-                                         if e.get("explainer") == "llm" else "")
-        L.append(f"| {sm['label']} | {sm['dictionary']} | {who} | {sm['latents']} | {sm['explained']} | "
-                 f"{sm['explain_failed']} | {sm['skipped_too_few_examples']} | {_fmt(sm['explain_seconds_per_latent'], 2)} |")
+        who = e.get("explainer", "?") + (
+            f" ({e.get('client')}: {e.get('model') or e.get('model_name') or ''})"
+            if e.get("explainer") == "llm"
+            else ""
+        )
+        L.append(
+            f"| {sm['label']} | {sm['dictionary']} | {who} | {sm['latents']} | {sm['explained']} | "
+            f"{sm['explain_failed']} | {sm['skipped_too_few_examples']} | {_fmt(sm['explain_seconds_per_latent'], 2)} |"
+        )
     L += ["", "## Scores (mean ± standard error over latents; median)", ""]
-    L.append("| run | scorer | mode | metric | mean ± sem | median | latents | failed latents | failed examples | s/latent |")
+    L.append(
+        "| run | scorer | mode | metric | mean ± sem | median | latents | failed latents | failed examples | s/latent |"
+    )
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for sm in summaries:
         for s, d in sorted(sm["scorers"].items()):
             for m, st in d["metrics"].items():
-                if m not in PRIMARY.get(s, []) and m not in ("f1", "precision", "recall", "auc_hard",
-                                                            "mean_gain_activating", "mean_gain_negative"):
+                if m not in PRIMARY.get(s, []) and m not in (
+                    "f1",
+                    "precision",
+                    "recall",
+                    "auc_hard",
+                    "mean_gain_activating",
+                    "mean_gain_negative",
+                ):
                     continue
-                L.append(f"| {sm['label']} | {s} | {'/'.join(d['modes'])} | {m} | {_fmt(st['mean'])} ± {_fmt(st['sem'])} | "
-                         f"{_fmt(st['median'])} | {st['n']} | {d['failed']} | {d['failed_examples']} | "
-                         f"{_fmt(d['seconds_per_latent'], 2)} |")
+                L.append(
+                    f"| {sm['label']} | {s} | {'/'.join(d['modes'])} | {m} | {_fmt(st['mean'])} ± {_fmt(st['sem'])} | "
+                    f"{_fmt(st['median'])} | {st['n']} | {d['failed']} | {d['failed_examples']} | "
+                    f"{_fmt(d['seconds_per_latent'], 2)} |"
+                )
     if comparisons:
         L += ["", "## Comparison (difference of means, 95% bootstrap interval)", ""]
         L.append("| scorer | metric | A | B | mean A - mean B | 95% interval | A higher? |")
         L.append("|---|---|---|---|---|---|---|")
         for c in comparisons:
             verdict = "yes" if c["lo"] > 0 else ("no (B higher)" if c["hi"] < 0 else "not significant")
-            L.append(f"| {c['scorer']} | {c['metric']} | {c['a']} | {c['b']} | {_fmt(c['diff'])} | "
-                     f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {verdict} |")
+            L.append(
+                f"| {c['scorer']} | {c['metric']} | {c['a']} | {c['b']} | {_fmt(c['diff'])} | "
+                f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {verdict} |"
+            )
     fails = [(sm["label"], f) for sm in summaries for f in sm["explain_failures"]]
     if fails:
         L += ["", "## Explanation failures (distinct reasons)", ""] + [f"- {n}: {f}" for n, f in fails]
@@ -143,6 +181,7 @@ def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -
 @dataclass
 class ReportConfig:
     """`saelab report`: summarise one interpretation run, or compare the first with each other one."""
+
     runs: list[str] = opt(help="run folders; with several, the first is compared with each other one", positional=True)
     out: str | None = out_option("report folder", shown="the run folder, or RUN1/compare")
     overwrite: bool = overwrite_option("an existing report.md / report.json in --out")
@@ -177,14 +216,19 @@ def report(runs: list, out=None, quiet: bool = False, overwrite: bool = False) -
         for b in summaries[1:]:
             for s in sorted(set(a["scorers"]) & set(b["scorers"])):
                 for m in PRIMARY.get(s, []):
-                    d, lo, hi = _bootstrap_diff(a["scorers"][s]["values"].get(m, []), b["scorers"][s]["values"].get(m, []))
-                    comparisons.append({"scorer": s, "metric": m, "a": a["label"], "b": b["label"], "diff": d,
-                                        "lo": lo, "hi": hi})
+                    d, lo, hi = _bootstrap_diff(
+                        a["scorers"][s]["values"].get(m, []), b["scorers"][s]["values"].get(m, [])
+                    )
+                    comparisons.append(
+                        {"scorer": s, "metric": m, "a": a["label"], "b": b["label"], "diff": d, "lo": lo, "hi": hi}
+                    )
     plots = _plots(summaries, out)
     md = markdown(summaries, comparisons, plots)
     write_text(out / "report.md", md)
-    write_json(out / "report.json", {"runs": [{k: v for k, v in s.items()} for s in summaries],
-                                     "comparisons": comparisons, "plots": plots})
+    write_json(
+        out / "report.json",
+        {"runs": [{k: v for k, v in s.items()} for s in summaries], "comparisons": comparisons, "plots": plots},
+    )
     if not quiet:
         print(md)
         print(f"saelab: report written to {out / 'report.md'}")

@@ -14,5 +14,20 @@ from .registry import ARCHITECTURES, build_sae, uses_k
 from .relu import ReluSae
 from .topk import TopKSae
 
-__all__ = ["ARCHITECTURES", "BatchTopKSae", "CodebookSae", "CrosscoderSae", "GatedSae", "JumpReLUSae", "Latents", "MatryoshkaSae", "ReluSae", "SaeConfig", "SaeOutput",
-           "SparseCoder", "TopKSae", "build_sae", "uses_k"]
+__all__ = [
+    "ARCHITECTURES",
+    "BatchTopKSae",
+    "CodebookSae",
+    "CrosscoderSae",
+    "GatedSae",
+    "JumpReLUSae",
+    "Latents",
+    "MatryoshkaSae",
+    "ReluSae",
+    "SaeConfig",
+    "SaeOutput",
+    "SparseCoder",
+    "TopKSae",
+    "build_sae",
+    "uses_k",
+]

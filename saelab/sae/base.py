@@ -21,26 +21,26 @@ from .reductions import LOCAL, Local
 
 @dataclass
 class SaeConfig:
-    arch: str                          # an --arch name (registry.py)
+    arch: str  # an --arch name (registry.py)
     d_in: int
     d_sae: int
-    hookpoint: str                     # where the input is read (module name, optional `:input`)
-    d_out: int | None = None           # target width; defaults to d_in
-    out_hookpoint: str | None = None   # transcoder target site; None = reconstruct the input
-    k: int | None = None               # active latents per token (topk, batchtopk)
-    sparsity_coeff: float = 0.0        # L1 (relu) or L0 (jumprelu) penalty weight, relative to FVU
-    aux_k: int | None = None           # AuxK: latents used to model the residual (default d_in // 2)
-    aux_coeff: float = 1 / 32          # AuxK loss weight (Gao et al. 2024)
+    hookpoint: str  # where the input is read (module name, optional `:input`)
+    d_out: int | None = None  # target width; defaults to d_in
+    out_hookpoint: str | None = None  # transcoder target site; None = reconstruct the input
+    k: int | None = None  # active latents per token (topk, batchtopk)
+    sparsity_coeff: float = 0.0  # L1 (relu) or L0 (jumprelu) penalty weight, relative to FVU
+    aux_k: int | None = None  # AuxK: latents used to model the residual (default d_in // 2)
+    aux_coeff: float = 1 / 32  # AuxK loss weight (Gao et al. 2024)
     jumprelu_init_threshold: float = 0.001  # threshold before init_from_data (and its floor there)
     jumprelu_bandwidth: float = 0.001  # STE kernel width for inputs of unit mean squared norm (the paper's
-                                       # constant); training inputs have mean squared norm d: x sqrt(d_in)
+    # constant); training inputs have mean squared norm d: x sqrt(d_in)
     jumprelu_threshold_lr: float = 1.0  # the thresholds' learning rate as a multiple of the run's (training only)
     jumprelu_init_fire: float | None = 0.1  # init_from_data: each latent's threshold at this upper quantile
-                                            # of its first-batch pre-activations (None: keep the constant)
+    # of its first-batch pre-activations (None: keep the constant)
     gated_init_fire: float | None = None  # init_from_data: each gate's bias set so it opens on this fraction
-                                          # of the first batch (None: zero gate biases, SAELens' start)
-    groups: list[int] | None = None    # matryoshka: latent group sizes (prefixes), summing to d_sae
-    skip: bool = False                 # skip transcoder: + x @ W_skip.T (Paulo et al. 2025), W_skip [d_out, d_in]
+    # of the first batch (None: zero gate biases, SAELens' start)
+    groups: list[int] | None = None  # matryoshka: latent group sizes (prefixes), summing to d_sae
+    skip: bool = False  # skip transcoder: + x @ W_skip.T (Paulo et al. 2025), W_skip [d_out, d_in]
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -55,18 +55,18 @@ class SaeConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SaeConfig":
+    def from_dict(cls, d: dict) -> SaeConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class SaeOutput(NamedTuple):
-    recon: torch.Tensor           # [rows, d_out], in the (scaled) training space
+    recon: torch.Tensor  # [rows, d_out], in the (scaled) training space
     latents: Latents
-    sparsity_loss: torch.Tensor   # scalar (0 when sparsity is fixed by k)
-    aux_loss: torch.Tensor        # scalar AuxK loss (0 when no latent is dead)
+    sparsity_loss: torch.Tensor  # scalar (0 when sparsity is fixed by k)
+    aux_loss: torch.Tensor  # scalar AuxK loss (0 when no latent is dead)
     extra_loss: torch.Tensor | None = None  # architecture's own reconstruction terms in FVU units
-                                            # (matryoshka prefixes, gated auxiliary); needs the target
+    # (matryoshka prefixes, gated auxiliary); needs the target
 
 
 class SparseCoder(nn.Module):
@@ -133,9 +133,9 @@ class SparseCoder(nn.Module):
         whose sum overshoots the input (first-batch FVU > 1 at layer 6). Gradient descent then pushes
         the pre-activations of active latents down and a JumpReLU / gated / ReLU code collapses before
         the decoder has learnt anything (JumpReLU, layer 6, 250k tokens: L0 9, 21% dead at every
-        penalty coefficient from 0.001 to 0.1; docs/DICTIONARIES.md). BatchTopK's batch-wide selection
+        penalty coefficient from 0.001 to 0.1; docs/research/dictionaries.md). BatchTopK's batch-wide selection
         gives the largest-norm rows hundreds of latents, so its first code overshoots too (16,384
-        latents at layer 6: training FVU 8.6 after 8 steps, docs/DICTIONARIES.md). Scaling the encoder by the
+        latents at layer 6: training FVU 8.6 after 8 steps, docs/research/dictionaries.md). Scaling the encoder by the
         best scalar c = <code recon, target> / <code recon, code recon> keeps the active set and
         starts the reconstruction at its best length. Returns c (1.0 when not applied)."""
         if not self.scales_initial_code:
@@ -188,7 +188,9 @@ class SparseCoder(nn.Module):
         """The skip term on raw activations (0 without a skip), for callers that decode latents themselves."""
         return (x * self.in_scale) @ self.W_skip.t() / self.out_scale if self.cfg.skip else 0.0
 
-    def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None, target: torch.Tensor | None = None) -> SaeOutput:
+    def forward(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> SaeOutput:
         """x: raw activations [rows, d_in]. `dead` [d_sae] bool enables AuxK; `target` is the
         scaled target (needed only for AuxK)."""
         x_in = self.encoder_input(x)
@@ -205,7 +207,9 @@ class SparseCoder(nn.Module):
         """Architecture-specific reconstruction terms (FVU units) added to the local objective's loss."""
         return recon.new_zeros(())
 
-    def auxk_loss(self, x_in: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    def auxk_loss(
+        self, x_in: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor
+    ) -> torch.Tensor:
         """Let the top dead latents model the reconstruction error (Gao et al. 2024, AuxK).
 
         Each row's k_aux dead latents with the highest pre-activations. While the dead are few (at most
@@ -213,7 +217,7 @@ class SparseCoder(nn.Module):
         masked to 0: BLAS products over [rows, dead] beat gathering and scattering rows x k_aux entries.
         One TopK step of 4,096 x 4,608 x 576 took 324 ms with no dead latents; with 5% dead 789 ms through
         the gather, 408 ms dense; dense was faster at every share measured, up to 50% (8 x k_aux)
-        (`python bench/auxk_paths.py`, docs/DICTIONARIES.md). Same selection and maths either way
+        (`python bench/auxk_paths.py`, docs/research/dictionaries.md). Same selection and maths either way
         (tests/test_auxk_paths.py).
         """
         r = self.reductions  # a latent slice: the counts, the top-k and the decode span every rank's latents
@@ -287,7 +291,12 @@ class SparseCoder(nn.Module):
         W_enc = self.W_enc.detach() * s_in
         b_dec = self.b_dec.detach() / s_out
         # The SAE centres its (scaled) input by b_dec; in raw space that is b_dec / s_in = b_dec / s_out.
-        out = {"W_enc": W_enc, "b_enc": self.b_enc.detach().clone(), "W_dec": self.W_dec.detach() / s_out, "b_dec": b_dec}
+        out = {
+            "W_enc": W_enc,
+            "b_enc": self.b_enc.detach().clone(),
+            "W_dec": self.W_dec.detach() / s_out,
+            "b_dec": b_dec,
+        }
         if self.cfg.skip:
             out["W_skip"] = self.W_skip.detach() * (s_in / s_out)
         out.update(self.extra_state_tensors())

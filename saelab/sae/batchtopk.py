@@ -14,7 +14,7 @@ of theirs; the result is exactly the full-batch selection (see `batch_select`).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -25,10 +25,14 @@ from .latents import gather_preacts, latents_of
 CANDIDATES_PER_K = 2  # m = 2k candidates per row: at init on LM activations ~1 row in 9 needs more
 
 
-def batch_select(pre: torch.Tensor, n_keep: int, m: int,
-                 top_values: Callable[[torch.Tensor, int], torch.Tensor],
-                 any_rank: Callable[[bool], bool] = bool,
-                 total_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_select(
+    pre: torch.Tensor,
+    n_keep: int,
+    m: int,
+    top_values: Callable[[torch.Tensor, int], torch.Tensor],
+    any_rank: Callable[[bool], bool] = bool,
+    total_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, values) of every entry v of relu(pre) [rows, d] with v >= t and v > 0, where t is
     the n_keep-th largest value of relu(pre), in row-major order (rows, then columns, ascending).
 
@@ -52,7 +56,7 @@ def batch_select(pre: torch.Tensor, n_keep: int, m: int,
     if n_keep > (total_rows or n) * m:
         raise ValueError(f"batch_select: {m} candidates per row cannot hold {n_keep} values of {n} rows")
     cand = pre.topk(m, dim=1, sorted=False)
-    cv, ci = cand.values.relu_(), cand.indices                    # [n, m]
+    cv, ci = cand.values.relu_(), cand.indices  # [n, m]
     t = top_values(cv.reshape(-1), n_keep).min()
     smallest = cv.min(1).values
     open_ = (smallest >= t) & (smallest > 0)

@@ -42,15 +42,17 @@ class CodebookOptions(TypeOptions):
 
     def check(self, run) -> None:
         if any(c != 0 for c in run.sparsity_coeff):
-            raise UserError("--sparsity-coeff does not apply to --arch codebook (its sparsity is --k codes per "
-                            "position)")
+            raise UserError(
+                "--sparsity-coeff does not apply to --arch codebook (its sparsity is --k codes per position)"
+            )
 
 
 class CodebookSae(SparseCoder):
     Options = CodebookOptions
     capabilities = Capabilities(uses_k=True, transcoder=False)  # codes are chosen by similarity to the input
-    foreign = ForeignNames(saelens="codebook",
-                           saelab_only="codebook features (binary code activations, codes chosen by cosine similarity)")
+    foreign = ForeignNames(
+        saelens="codebook", saelab_only="codebook features (binary code activations, codes chosen by cosine similarity)"
+    )
     uses_unit_norm_decoder = False  # a code's norm is what it adds
 
     def __init__(self, cfg: SaeConfig):
@@ -83,8 +85,9 @@ class CodebookSae(SparseCoder):
         """Each row's most similar dead code (activation 1) models that row's residual (FVU units)."""
         with torch.no_grad():
             idx = pre.masked_fill(~dead, float("-inf")).argmax(dim=-1, keepdim=True)
-        lat = Latents(torch.ones(idx.shape, dtype=x_in.dtype, device=x_in.device), idx, None, x_in.shape[0],
-                      self.cfg.d_sae)
+        lat = Latents(
+            torch.ones(idx.shape, dtype=x_in.dtype, device=x_in.device), idx, None, x_in.shape[0], self.cfg.d_sae
+        )
         pred = decode_sparse(lat, self.W_dec)
         denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         return self.cfg.aux_coeff * (pred - residual).pow(2).sum() / denom

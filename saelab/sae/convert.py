@@ -10,20 +10,31 @@ from ..errors import UserError
 from ..options import check_types, model_option, opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
-from .foreign import SPARSIFY_PREFIX, detect_format, export_saelens, export_sparsify, load_foreign, resolve_source, sae_folders
+from .foreign import (
+    SPARSIFY_PREFIX,
+    detect_format,
+    export_saelens,
+    export_sparsify,
+    load_foreign,
+    resolve_source,
+    sae_folders,
+)
 
 
 @dataclass
 class ImportConfig:
     """`saelab import SRC --out DIR`: SAELens / sparsify folders (or a hub id) into saelab folders."""
+
     src: str = opt(help="foreign SAE folder, folder of them, or hub id owner/repo[/sub/folder]", positional=True)
     out: str = out_option("saelab SAE folder (one SAE) or parent folder (several)")
     model: str | None = model_option(None, shown="the model name in the foreign cfg; recorded for eval")
     context: int | None = opt(None, "context size to record", shown="the foreign cfg's, else 256")
-    norm_scaling_factor: float | None = opt(None, "SAELens normalize_activations=expected_average_only_in: the "
-                                                  "factor to fold in")
-    prefix: str = opt(SPARSIFY_PREFIX, "sparsify hookpoints are relative to model.base_model; this prefix makes "
-                                       "them module names")
+    norm_scaling_factor: float | None = opt(
+        None, "SAELens normalize_activations=expected_average_only_in: the factor to fold in"
+    )
+    prefix: str = opt(
+        SPARSIFY_PREFIX, "sparsify hookpoints are relative to model.base_model; this prefix makes them module names"
+    )
     overwrite: bool = overwrite_option("existing saelab SAE folders")
 
     def validate(self) -> None:
@@ -33,10 +44,12 @@ class ImportConfig:
 @dataclass
 class ExportConfig:
     """`saelab export DIR... --format F --out DIR`: saelab folders in SAELens or sparsify layout."""
+
     sae_dirs: list[str] = opt(help="saelab SAE folders", positional=True)
     format: str = opt(help="target layout", choices=("saelens", "sparsify"))
-    out: str = out_option("SAELens: the SAE folder (or a parent for several); sparsify: the run folder that gets "
-                          "one folder per hookpoint")
+    out: str = out_option(
+        "SAELens: the SAE folder (or a parent for several); sparsify: the run folder that gets one folder per hookpoint"
+    )
     prefix: str = opt(SPARSIFY_PREFIX, "stripped from hookpoints for sparsify folder names")
     overwrite: bool = overwrite_option("existing exported files")
 
@@ -46,8 +59,15 @@ class ExportConfig:
 
 def import_folders(cfg: ImportConfig) -> list[Path]:
     cfg.validate()
-    return import_saes(cfg.src, Path(cfg.out), overwrite=cfg.overwrite, norm_scaling_factor=cfg.norm_scaling_factor,
-                       prefix=cfg.prefix, model=cfg.model, context=cfg.context)
+    return import_saes(
+        cfg.src,
+        Path(cfg.out),
+        overwrite=cfg.overwrite,
+        norm_scaling_factor=cfg.norm_scaling_factor,
+        prefix=cfg.prefix,
+        model=cfg.model,
+        context=cfg.context,
+    )
 
 
 def export_folders(cfg: ExportConfig) -> list[Path]:
@@ -55,8 +75,15 @@ def export_folders(cfg: ExportConfig) -> list[Path]:
     return export_saes(cfg.sae_dirs, cfg.format, Path(cfg.out), overwrite=cfg.overwrite, prefix=cfg.prefix)
 
 
-def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_factor: float | None = None,
-                prefix: str = SPARSIFY_PREFIX, model: str | None = None, context: int | None = None) -> list[Path]:
+def import_saes(
+    src: str,
+    out: Path,
+    overwrite: bool = False,
+    norm_scaling_factor: float | None = None,
+    prefix: str = SPARSIFY_PREFIX,
+    model: str | None = None,
+    context: int | None = None,
+) -> list[Path]:
     """Convert every SAE under `src` (folder or hub id) into saelab folders under `out`."""
     root = resolve_source(src)
     folders = sae_folders(root)
@@ -64,8 +91,10 @@ def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_facto
     open_out(out, SAE_FOLDER, overwrite)  # checked only: the folders are written file by file
     ours = [f for f in folders if detect_format(f) == "saelab"]
     if ours:
-        raise UserError(f"{ours[0]} is already a saelab SAE folder: every command reads it as it is (no import "
-                        f"needed; `saelab export` writes SAELens or sparsify)")
+        raise UserError(
+            f"{ours[0]} is already a saelab SAE folder: every command reads it as it is (no import "
+            f"needed; `saelab export` writes SAELens or sparsify)"
+        )
     loaded = [(f, *load_foreign(f, norm_scaling_factor=norm_scaling_factor, prefix=prefix)) for f in folders]
     for f, sae, _ in loaded:
         refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported
@@ -80,7 +109,9 @@ def import_saes(src: str, out: Path, overwrite: bool = False, norm_scaling_facto
     return written
 
 
-def export_saes(sae_dirs: list[str], fmt: str, out: Path, overwrite: bool = False, prefix: str = SPARSIFY_PREFIX) -> list[Path]:
+def export_saes(
+    sae_dirs: list[str], fmt: str, out: Path, overwrite: bool = False, prefix: str = SPARSIFY_PREFIX
+) -> list[Path]:
     if fmt not in ("saelens", "sparsify"):
         raise UserError(f"--format must be saelens or sparsify, not {fmt!r}")
     out = Path(out)

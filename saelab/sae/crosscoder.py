@@ -45,9 +45,16 @@ class CrosscoderSae(TopKSae):
     Options = NoOptions
     # e2e would need an acausal splice at every site within one forward: local only; no one site to
     # record examples at or steer: no latent cache
-    capabilities = Capabilities(uses_k=True, losses=LOCAL_ONLY, transcoder=False, multi_site=True, latent_cache=False,
-                                torchrun=(), one_process_why="the distributed activation stream hands each SAE "
-                                                             "one site, a crosscoder needs all of them in one batch")
+    capabilities = Capabilities(
+        uses_k=True,
+        losses=LOCAL_ONLY,
+        transcoder=False,
+        multi_site=True,
+        latent_cache=False,
+        torchrun=(),
+        one_process_why="the distributed activation stream hands each SAE "
+        "one site, a crosscoder needs all of them in one batch",
+    )
     foreign = ForeignNames(saelens="crosscoder", saelab_only="crosscoder (one dictionary over several hookpoints)")
 
     def __init__(self, cfg: SaeConfig):
@@ -58,7 +65,7 @@ class CrosscoderSae(TopKSae):
             raise ValueError(f"crosscoder d_in={cfg.d_in} is not {n} sites of equal width")
         super().__init__(cfg)
         self.n_sites, self.d_site = n, cfg.d_in // n
-        self.register_buffer("in_scale", torch.ones(cfg.d_in))   # per site, repeated over its d_site entries
+        self.register_buffer("in_scale", torch.ones(cfg.d_in))  # per site, repeated over its d_site entries
         self.register_buffer("out_scale", torch.ones(cfg.d_in))
         # The training scales, kept after saving (where in/out_scale become 1): the selection weighs
         # decoder norms in the scaled space, so a saved crosscoder selects exactly as it trained.
@@ -66,7 +73,7 @@ class CrosscoderSae(TopKSae):
 
     @torch.no_grad()
     def init_from_data(self, x, y, bias_init="median"):
-        per_site = x.view(-1, self.n_sites, self.d_site).pow(2).sum(-1).mean(0)      # [n] E||x_l||^2
+        per_site = x.view(-1, self.n_sites, self.d_site).pow(2).sum(-1).mean(0)  # [n] E||x_l||^2
         s = (self.d_site / per_site).sqrt().repeat_interleave(self.d_site)
         self.in_scale.copy_(s)
         self.out_scale.copy_(s)
@@ -96,9 +103,13 @@ class CrosscoderSae(TopKSae):
         """Raw-space weights: per-site scales folded in (x_in = x * s, so W_enc rows scale by s, W_dec
         columns and b_dec by 1/s)."""
         s = self.in_scale
-        return {"W_enc": self.W_enc.detach() * s[:, None], "b_enc": self.b_enc.detach().clone(),
-                "W_dec": self.W_dec.detach() / s, "b_dec": self.b_dec.detach() / s,
-                "site_scale": self.site_scale.clone()}
+        return {
+            "W_enc": self.W_enc.detach() * s[:, None],
+            "b_enc": self.b_enc.detach().clone(),
+            "W_dec": self.W_dec.detach() / s,
+            "b_dec": self.b_dec.detach() / s,
+            "site_scale": self.site_scale.clone(),
+        }
 
     def load_extra_tensors(self, tensors):
         self.site_scale.copy_(tensors["site_scale"])

@@ -27,8 +27,8 @@ import torch
 
 from ..data import TokenRows, load_token_rows
 from ..errors import UserError
-from ..options import check_types
 from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoints
+from ..options import check_types
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
@@ -43,42 +43,56 @@ DEFAULT_HELDOUT_FRACTION = 0.05  # what folders written before provenance was re
 @dataclass
 class Provenance:
     """How a dictionary was made: what it takes to reopen its model and its held-out data."""
-    model_spec: str = "embedded"                 # as given to --model (embedded | folder | .gguf | hub id)
-    model_name: str = ""                         # cfg.json metadata.model_name
+
+    model_spec: str = "embedded"  # as given to --model (embedded | folder | .gguf | hub id)
+    model_name: str = ""  # cfg.json metadata.model_name
     corpus: str = "builtin"
     text_field: str = "text"
     context: int = 256
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
-    data_fingerprint: str | None = None          # of the token rows it trained on (None: unknown)
+    data_fingerprint: str | None = None  # of the token rows it trained on (None: unknown)
     sink: SinkConfig = field(default_factory=SinkConfig)
-    training_tokens: int | None = None           # None: not trained by saelab (imported)
+    training_tokens: int | None = None  # None: not trained by saelab (imported)
     objective: dict = field(default_factory=lambda: {"loss": "local"})  # loss and its coefficients
-    model_b: str | None = None                   # model diffing: the second model (model_pair.py), as given to --model-b
+    model_b: str | None = None  # model diffing: the second model (model_pair.py), as given to --model-b
 
     def to_block(self) -> dict:
         """The keys under cfg.json `saelab` (flat, as earlier versions wrote them)."""
-        return {"model_spec": self.model_spec, "corpus": self.corpus, "text_field": self.text_field,
-                "heldout_fraction": self.heldout_fraction, "data_fingerprint": self.data_fingerprint,
-                "sink": asdict(self.sink), "training_tokens": self.training_tokens, **self.objective,
-                **({"model_b": self.model_b} if self.model_b else {})}
+        return {
+            "model_spec": self.model_spec,
+            "corpus": self.corpus,
+            "text_field": self.text_field,
+            "heldout_fraction": self.heldout_fraction,
+            "data_fingerprint": self.data_fingerprint,
+            "sink": asdict(self.sink),
+            "training_tokens": self.training_tokens,
+            **self.objective,
+            **({"model_b": self.model_b} if self.model_b else {}),
+        }
 
     @classmethod
-    def from_cfg(cls, cfg: dict) -> "Provenance":
+    def from_cfg(cls, cfg: dict) -> Provenance:
         ours, meta = cfg.get("saelab", {}), cfg.get("metadata", {})
         objective = {k: ours[k] for k in ("loss", "kl_coeff", "downstream_coeff", "downstream_layers") if k in ours}
-        return cls(model_spec=ours.get("model_spec") or "embedded", model_name=meta.get("model_name", ""),
-                   corpus=ours.get("corpus") or "builtin", text_field=ours.get("text_field", "text"),
-                   context=int(meta.get("context_size") or 256),
-                   heldout_fraction=float(ours.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION)),
-                   data_fingerprint=ours.get("data_fingerprint"),
-                   sink=SinkConfig(**ours["sink"]) if ours.get("sink") else SinkConfig(),
-                   training_tokens=ours.get("training_tokens"), objective=objective or {"loss": "local"},
-                   model_b=ours.get("model_b"))
+        return cls(
+            model_spec=ours.get("model_spec") or "embedded",
+            model_name=meta.get("model_name", ""),
+            corpus=ours.get("corpus") or "builtin",
+            text_field=ours.get("text_field", "text"),
+            context=int(meta.get("context_size") or 256),
+            heldout_fraction=float(ours.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION)),
+            data_fingerprint=ours.get("data_fingerprint"),
+            sink=SinkConfig(**ours["sink"]) if ours.get("sink") else SinkConfig(),
+            training_tokens=ours.get("training_tokens"),
+            objective=objective or {"loss": "local"},
+            model_b=ours.get("model_b"),
+        )
 
 
 @dataclass
 class SaeFolder:
     """A loaded SAE folder: the dictionary (on raw activations), its provenance, and cfg.json."""
+
     path: Path
     sae: SparseCoder
     provenance: Provenance
@@ -137,13 +151,19 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
         refuse_non_finite(folder / WEIGHTS, sae.state_dict())
         return SaeFolder(folder, sae, Provenance.from_cfg(cfg), cfg)
     if ours.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{folder} uses SAE format version {ours['format_version']}; this saelab reads up to {FORMAT_VERSION}")
+        raise UserError(
+            f"{folder} uses SAE format version {ours['format_version']}; this saelab reads up to {FORMAT_VERSION}"
+        )
     sae_cfg = _sae_config(folder / CFG, cfg)
     sae = build_sae(sae_cfg)
     tensors = read_tensors(folder / WEIGHTS)
     refuse_non_finite(folder / WEIGHTS, tensors)
-    expected = {"W_enc": (sae_cfg.d_in, sae_cfg.d_sae), "b_enc": (sae_cfg.d_sae,),
-                "W_dec": (sae_cfg.d_sae, sae_cfg.d_out), "b_dec": (sae_cfg.d_out,)}
+    expected = {
+        "W_enc": (sae_cfg.d_in, sae_cfg.d_sae),
+        "b_enc": (sae_cfg.d_sae,),
+        "W_dec": (sae_cfg.d_sae, sae_cfg.d_out),
+        "b_dec": (sae_cfg.d_out,),
+    }
     if sae_cfg.skip:
         expected["W_skip"] = (sae_cfg.d_out, sae_cfg.d_in)
     for name, shape in expected.items():
@@ -153,7 +173,9 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
             raise UserError(f"{folder / WEIGHTS}: {name} has shape {tuple(tensors[name].shape)}, cfg.json says {shape}")
     missing = sorted(set(sae.extra_state_tensors()) - set(tensors))
     if missing:
-        raise UserError(f"{folder / WEIGHTS} lacks the {', '.join(f'`{m}`' for m in missing)} tensor(s) a {sae_cfg.arch} SAE needs")
+        raise UserError(
+            f"{folder / WEIGHTS} lacks the {', '.join(f'`{m}`' for m in missing)} tensor(s) a {sae_cfg.arch} SAE needs"
+        )
     sae.load_folded({k: v.to(torch.float32) for k, v in tensors.items()})
     return SaeFolder(folder, sae.to(device).eval(), Provenance.from_cfg(cfg), cfg)
 
@@ -170,15 +192,19 @@ def _sae_config(path: Path, cfg: dict) -> SaeConfig:
     c = SaeConfig.from_dict(d)
     check_types(c, where=f"{path}: saelab.config")
     if c.arch not in ARCHITECTURES:
-        raise UserError(f"{path}: unknown architecture {c.arch!r} (saelab.config.arch); "
-                        f"this saelab knows {', '.join(ARCHITECTURES)}")
+        raise UserError(
+            f"{path}: unknown architecture {c.arch!r} (saelab.config.arch); "
+            f"this saelab knows {', '.join(ARCHITECTURES)}"
+        )
     for key in ("d_in", "d_sae", "d_out"):
         if getattr(c, key) < 1:
             raise UserError(f"{path}: saelab.config.{key} must be positive, got {getattr(c, key)}")
         if key in cfg and cfg[key] != getattr(c, key):
             raise UserError(f"{path}: {key} {cfg[key]!r} contradicts saelab.config.{key} {getattr(c, key)}")
     if not c.is_transcoder and c.d_out != c.d_in:
-        raise UserError(f"{path}: saelab.config.d_out {c.d_out} differs from d_in {c.d_in} but there is no out_hookpoint")
+        raise UserError(
+            f"{path}: saelab.config.d_out {c.d_out} differs from d_in {c.d_in} but there is no out_hookpoint"
+        )
     if c.k is not None and not 1 <= c.k <= c.d_sae:
         raise UserError(f"{path}: k={c.k} must be between 1 and d_sae={c.d_sae}")
     if ARCHITECTURES[c.arch].capabilities.uses_k and c.k is None:
@@ -191,8 +217,9 @@ def refuse_non_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             n = int((~torch.isfinite(t)).sum())
-            raise UserError(f"{path}: tensor {name} holds {n} NaN/inf value(s); the weights are corrupt "
-                            f"(or training diverged)")
+            raise UserError(
+                f"{path}: tensor {name} holds {n} NaN/inf value(s); the weights are corrupt (or training diverged)"
+            )
 
 
 def load_sae(folder: Path, device: str = "cpu") -> tuple[SparseCoder, dict]:
@@ -207,11 +234,12 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SparseCoder, dict]:
 @dataclass
 class SaeData:
     """What `open_data` / `open_shared_data` open: `lm, rows = folder.open_data()` unpacks the two."""
+
     lm: LoadedModel
     rows: TokenRows
-    provenance: Provenance           # the values used: the folders' records, overrides applied
-    matches: list[bool | None]       # per folder: True = the rows it trained on (held-out rows unseen),
-                                     # False = another corpus or changed rows, None = unknown (nothing recorded)
+    provenance: Provenance  # the values used: the folders' records, overrides applied
+    matches: list[bool | None]  # per folder: True = the rows it trained on (held-out rows unseen),
+    # False = another corpus or changed rows, None = unknown (nothing recorded)
 
     def __iter__(self):
         return iter((self.lm, self.rows))
@@ -235,25 +263,34 @@ def _agreed(folders: list[SaeFolder], key: str):
             seen.setdefault(str(v), f"{v!r} ({f.path})")
         what = ", ".join(seen.values())
         flag = _OVERRIDABLE.get(key)
-        raise UserError(f"these SAE folders disagree on {key.replace('_', ' ')}: {what}; use them separately"
-                        + (f" or pass {flag}" if flag else ""))
+        raise UserError(
+            f"these SAE folders disagree on {key.replace('_', ' ')}: {what}; use them separately"
+            + (f" or pass {flag}" if flag else "")
+        )
     return values[0]
 
 
-def shared_provenance(folders: list[SaeFolder], model: str | None = None, corpus: str | None = None,
-                      context: int | None = None) -> Provenance:
+def shared_provenance(
+    folders: list[SaeFolder], model: str | None = None, corpus: str | None = None, context: int | None = None
+) -> Provenance:
     """The model, corpus, context, held-out fraction and text field the folders all record (defaults
     when there are none), with overrides applied; a UserError names a value they disagree on."""
     if not folders:
         base = Provenance()
     else:
-        keys = ("heldout_fraction", "text_field") + tuple(k for k, v in (("model_spec", model), ("corpus", corpus),
-                                                                        ("context", context)) if v is None)
+        keys = ("heldout_fraction", "text_field") + tuple(
+            k for k, v in (("model_spec", model), ("corpus", corpus), ("context", context)) if v is None
+        )
         base = replace(folders[0].provenance, **{k: _agreed(folders, k) for k in keys})
         fps = {f.provenance.data_fingerprint for f in folders}
         base.data_fingerprint = fps.pop() if len(fps) == 1 else None
-    return replace(base, model_spec=str(model or base.model_spec), model_name="" if model else base.model_name,
-                   corpus=str(corpus or base.corpus), context=int(context or base.context))
+    return replace(
+        base,
+        model_spec=str(model or base.model_spec),
+        model_name="" if model else base.model_name,
+        corpus=str(corpus or base.corpus),
+        context=int(context or base.context),
+    )
 
 
 def _same_source(a: str, b: str) -> bool:
@@ -269,21 +306,32 @@ def check_fits(folders: list[SaeFolder], model) -> None:
             resolve_hookpoints(model, names)
             w = hookpoint_widths(model, names)
             if any(w[h] * len(names) != c.d_in for h in names):
-                raise UserError(f"{f.path}: crosscoder width {c.d_in} is not {len(names)} x the model's site widths "
-                                f"({', '.join(f'{h}: {w[h]}' for h in names)})")
+                raise UserError(
+                    f"{f.path}: crosscoder width {c.d_in} is not {len(names)} x the model's site widths "
+                    f"({', '.join(f'{h}: {w[h]}' for h in names)})"
+                )
             continue
         resolve_hookpoints(model, f.sites)
         w = hookpoint_widths(model, f.sites)
         out = c.out_hookpoint or c.hookpoint
         if w[c.hookpoint] != c.d_in or w[out] != c.d_out:
             got = f"{w[c.hookpoint]}" + (f"->{w[out]}" if c.out_hookpoint else "")
-            raise UserError(f"{f.path}: SAE width {c.d_in}->{c.d_out} does not match the model's {c.hookpoint}"
-                            + (f"->{out}" if c.out_hookpoint else "") + f" ({got})")
+            raise UserError(
+                f"{f.path}: SAE width {c.d_in}->{c.d_out} does not match the model's {c.hookpoint}"
+                + (f"->{out}" if c.out_hookpoint else "")
+                + f" ({got})"
+            )
 
 
-def open_shared_data(folders: list[SaeFolder], device: str = "cpu", model: str | None = None,
-                     corpus: str | None = None, context: int | None = None,
-                     loaded_model: LoadedModel | None = None, dtype: str = "float32") -> SaeData:
+def open_shared_data(
+    folders: list[SaeFolder],
+    device: str = "cpu",
+    model: str | None = None,
+    corpus: str | None = None,
+    context: int | None = None,
+    loaded_model: LoadedModel | None = None,
+    dtype: str = "float32",
+) -> SaeData:
     """One model and one set of token rows for several SAE folders (`shared_provenance` says which),
     checked against what each folder trained on: a corpus override prints a note, and rows of the
     recorded corpus whose fingerprint changed (the file changed on disk, another tokenizer) a warning.
@@ -291,27 +339,42 @@ def open_shared_data(folders: list[SaeFolder], device: str = "cpu", model: str |
     prov = shared_provenance(folders, model, corpus, context)
     other_model = [f for f in folders if str(f.provenance.model_spec) != prov.model_spec]
     if model and other_model:
-        print(f"saelab: note: using model {prov.model_spec!r}; {other_model[0].path} was trained on "
-              f"{other_model[0].provenance.model_spec!r}", file=sys.stderr)
+        print(
+            f"saelab: note: using model {prov.model_spec!r}; {other_model[0].path} was trained on "
+            f"{other_model[0].provenance.model_spec!r}",
+            file=sys.stderr,
+        )
     lm = loaded_model or load_model(prov.model_spec, device=device, dtype=dtype)
     if folders:
         check_fits(folders, lm.model)
-    rows = load_token_rows(prov.corpus, lm.tokenizer, prov.context, prov.heldout_fraction, prov.text_field,
-                           vocab_size=lm.model.config.vocab_size)
+    rows = load_token_rows(
+        prov.corpus,
+        lm.tokenizer,
+        prov.context,
+        prov.heldout_fraction,
+        prov.text_field,
+        vocab_size=lm.model.config.vocab_size,
+    )
     matches: list[bool | None] = []
     for f in folders:
         rec = f.provenance
         if not _same_source(prov.corpus, rec.corpus):
             matches.append(False)
-            print(f"saelab: note: {f.name}: using corpus {prov.corpus!r}, a different corpus than the one it was "
-                  f"trained on ({rec.corpus!r})", file=sys.stderr)
+            print(
+                f"saelab: note: {f.name}: using corpus {prov.corpus!r}, a different corpus than the one it was "
+                f"trained on ({rec.corpus!r})",
+                file=sys.stderr,
+            )
         elif rec.data_fingerprint is None:
             matches.append(None)
         elif rec.data_fingerprint == rows.fingerprint:
             matches.append(True)
         else:
             matches.append(False)
-            print(f"saelab: warning: {f.name}: the token rows of {prov.corpus!r} differ from the ones it was trained "
-                  f"on (fingerprint {rows.fingerprint}, recorded {rec.data_fingerprint}): the corpus changed on disk "
-                  f"or the tokenizer differs, so its held-out rows may include rows it trained on", file=sys.stderr)
+            print(
+                f"saelab: warning: {f.name}: the token rows of {prov.corpus!r} differ from the ones it was trained "
+                f"on (fingerprint {rows.fingerprint}, recorded {rec.data_fingerprint}): the corpus changed on disk "
+                f"or the tokenizer differs, so its held-out rows may include rows it trained on",
+                file=sys.stderr,
+            )
     return SaeData(lm, rows, prov, matches)

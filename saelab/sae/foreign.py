@@ -35,15 +35,15 @@ import torch
 from .. import __version__
 from ..errors import UserError
 from ..families import family_for_name
-from .base import SaeConfig, SparseCoder
-from .registry import ARCHITECTURES, build_sae
 from ..storage import read_json, read_tensors, write_json, write_tensors
+from .base import SaeConfig, SparseCoder
 from .layout import CFG, WEIGHTS, cfg_json
+from .registry import ARCHITECTURES, build_sae
 
 SAELENS_WEIGHTS = WEIGHTS
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SAELENS_TRANSCODERS = ("transcoder", "skip_transcoder")
-SPARSIFY_PREFIX = "model."   # sparsify names hookpoints relative to model.base_model ("model" for Llama)
+SPARSIFY_PREFIX = "model."  # sparsify names hookpoints relative to model.base_model ("model" for Llama)
 
 
 # ---------------------------------------------------------------- detection and sources
@@ -88,8 +88,10 @@ def resolve_source(spec: str, download=None) -> Path:
     try:
         local = Path(download(f"{owner}/{repo}", allow_patterns=[f"{sub}/*"] if sub else None))
     except Exception as e:  # noqa: BLE001 - network, auth and missing-repo errors all end here
-        raise UserError(f"could not download {owner}/{repo} from the Hugging Face hub ({type(e).__name__}: {e}); "
-                        f"without internet, pass a local folder") from e
+        raise UserError(
+            f"could not download {owner}/{repo} from the Hugging Face hub ({type(e).__name__}: {e}); "
+            f"without internet, pass a local folder"
+        ) from e
     folder = local / sub if sub else local
     if not folder.exists():
         raise UserError(f"hub repo {owner}/{repo} has no folder {sub!r}")
@@ -97,8 +99,9 @@ def resolve_source(spec: str, download=None) -> Path:
 
 
 # ---------------------------------------------------------------- loading
-def load_foreign(folder: Path, device: str = "cpu", norm_scaling_factor: float | None = None,
-                 prefix: str = SPARSIFY_PREFIX) -> tuple[SparseCoder, dict]:
+def load_foreign(
+    folder: Path, device: str = "cpu", norm_scaling_factor: float | None = None, prefix: str = SPARSIFY_PREFIX
+) -> tuple[SparseCoder, dict]:
     """Load a SAELens or sparsify folder -> (SAE on raw activations, cfg.json in OUR layout with the
     original config kept under saelab.imported_from)."""
     folder = Path(folder)
@@ -109,8 +112,10 @@ def load_foreign(folder: Path, device: str = "cpu", norm_scaling_factor: float |
         sae, meta = _load_sparsify(folder, prefix)
     else:
         raise UserError(f"{folder / CFG} has a `saelab` block without `config`: the file is damaged")
-    extra = {"imported_from": {"format": fmt, "path": str(folder), "cfg": read_json(folder / CFG)},
-             "model_spec": meta.get("model_name") or "embedded"}
+    extra = {
+        "imported_from": {"format": fmt, "path": str(folder), "cfg": read_json(folder / CFG)},
+        "model_spec": meta.get("model_name") or "embedded",
+    }
     return sae.to(device).eval(), cfg_json(sae, meta.get("model_name") or "", meta.get("context_size") or 0, extra)
 
 
@@ -128,7 +133,15 @@ def _need(tensors: dict, names_shapes: dict, path: Path) -> None:
 
 def saelens_meta(cfg: dict) -> dict:
     """hook_name, model_name, context_size, ... from v6 `metadata` or v5 top-level keys."""
-    keys = ("model_name", "hook_name", "context_size", "prepend_bos", "hook_head_index", "dataset_path", "hook_name_out")
+    keys = (
+        "model_name",
+        "hook_name",
+        "context_size",
+        "prepend_bos",
+        "hook_head_index",
+        "dataset_path",
+        "hook_name_out",
+    )
     meta = dict(cfg.get("metadata") or {})
     for k in keys:
         if meta.get(k) is None and cfg.get(k) is not None:
@@ -161,8 +174,10 @@ def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
     name = "topk" if arch == "standard" and fn == "topk" else "standard" if arch in SAELENS_TRANSCODERS else arch
     readers = saelens_readers()
     if name not in readers or (arch == "standard" and fn not in ("relu", "topk")):
-        raise UserError(f"{path}: SAELens architecture {arch!r} (activation {fn!r}) is not supported; "
-                        f"saelab reads {', '.join(readers)}")
+        raise UserError(
+            f"{path}: SAELens architecture {arch!r} (activation {fn!r}) is not supported; "
+            f"saelab reads {', '.join(readers)}"
+        )
     if name == "topk":
         if not k:
             raise UserError(f"{path}: a topk SAE needs `k` (or activation_fn_kwargs.k)")
@@ -184,7 +199,7 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     d_out = int(cfg.get("d_out") or d_in)
     if not meta.get("hook_name"):
         raise UserError(f"{path} names no hook_name (neither metadata.hook_name nor top-level hook_name)")
-    model_name = meta.get("model_name")            # the family of the TransformerLens hook names
+    model_name = meta.get("model_name")  # the family of the TransformerLens hook names
     hook = tl_to_module(meta["hook_name"], prefix, model_name)
     t = _f32(read_tensors(folder / SAELENS_WEIGHTS))
     wpath = folder / SAELENS_WEIGHTS
@@ -202,31 +217,42 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) 
     norm = cfg.get("normalize_activations") or "none"
     if norm == "expected_average_only_in":
         if norm_scaling_factor is None:
-            raise UserError(f"{path}: normalize_activations=expected_average_only_in needs the dataset's norm "
-                            f"scaling factor (--norm-scaling-factor); SAELens publishes it with the release")
+            raise UserError(
+                f"{path}: normalize_activations=expected_average_only_in needs the dataset's norm "
+                f"scaling factor (--norm-scaling-factor); SAELens publishes it with the release"
+            )
         s = float(norm_scaling_factor)
-        W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s   # SAELens fold_activation_norm_scaling_factor
+        W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s  # SAELens fold_activation_norm_scaling_factor
     elif norm != "none":
-        raise UserError(f"{path}: normalize_activations={norm!r} rescales every token at run time; "
-                        f"saelab supports 'none' and 'expected_average_only_in'")
+        raise UserError(
+            f"{path}: normalize_activations={norm!r} rescales every token at run time; "
+            f"saelab supports 'none' and 'expected_average_only_in'"
+        )
     if lens_arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
-        n = W_dec.norm(dim=1)                                    # [d_sae]
+        n = W_dec.norm(dim=1)  # [d_sae]
         W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
     transcoder = d_out != d_in or bool(meta.get("hook_name_out"))
     if not transcoder and cfg.get("apply_b_dec_to_input") is False:
-        b_enc = b_enc + b_dec @ W_enc                            # we always centre an SAE's input by b_dec
-        if lens_arch == "gated":                                 # ... both of a gated SAE's paths
+        b_enc = b_enc + b_dec @ W_enc  # we always centre an SAE's input by b_dec
+        if lens_arch == "gated":  # ... both of a gated SAE's paths
             t["b_mag"] = t["b_mag"] + (b_dec @ W_enc) * t["r_mag"].exp()
     skip = cfg.get("architecture") == "skip_transcoder"
     if skip:
         _need(t, {"W_skip": (d_out, d_in)}, wpath)
     if transcoder and cfg.get("apply_b_dec_to_input") and cfg.get("architecture") not in SAELENS_TRANSCODERS:
         raise UserError(f"{path}: a transcoder that subtracts its output bias from its input is not supported")
-    sc = SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hook, d_out=d_out,
-                   out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix, model_name) if transcoder else None,
-                   k=k, skip=skip)
+    sc = SaeConfig(
+        arch=arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        hookpoint=hook,
+        d_out=d_out,
+        out_hookpoint=tl_to_module(meta.get("hook_name_out"), prefix, model_name) if transcoder else None,
+        k=k,
+        skip=skip,
+    )
     sae = build_sae(sc)
-    extra = sae.extra_state_tensors()                            # jumprelu: threshold; gated: r_mag, b_mag
+    extra = sae.extra_state_tensors()  # jumprelu: threshold; gated: r_mag, b_mag
     _need(t, {n: tuple(v.shape) for n, v in extra.items()}, wpath)
     extra |= {"W_skip": None} if skip else {}
     sae.load_folded({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec} | {n: t[n] for n in extra})
@@ -251,44 +277,78 @@ def _load_sparsify(folder: Path, prefix: str) -> tuple[SparseCoder, dict]:
     d_sae = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
     wpath = folder / SPARSIFY_WEIGHTS
     t = _f32(read_tensors(wpath))
-    skip = bool(cfg.get("skip_connection"))                 # W_skip [d_in, d_in], added as x @ W_skip.T
+    skip = bool(cfg.get("skip_connection"))  # W_skip [d_in, d_in], added as x @ W_skip.T
     if "W_skip" in t and not skip:
         raise UserError(f"{wpath} has a W_skip tensor but {CFG} says skip_connection is false")
     _need(t, {"W_skip": (d_in, d_in)} if skip else {}, wpath)
-    _need(t, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, wpath)
+    _need(
+        t, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, wpath
+    )
     hook = prefix + folder.name
     transcode = bool(cfg.get("transcode"))
-    sc = SaeConfig(arch=sparsify_reader(), d_in=d_in, d_sae=d_sae, hookpoint=f"{hook}:input" if transcode else hook,
-                   out_hookpoint=hook if transcode else None, k=k, skip=skip)
+    sc = SaeConfig(
+        arch=sparsify_reader(),
+        d_in=d_in,
+        d_sae=d_sae,
+        hookpoint=f"{hook}:input" if transcode else hook,
+        out_hookpoint=hook if transcode else None,
+        k=k,
+        skip=skip,
+    )
     sae = build_sae(sc)
-    sae.load_folded({"W_enc": t["encoder.weight"].t().contiguous(), "b_enc": t["encoder.bias"],
-                     "W_dec": t["W_dec"], "b_dec": t["b_dec"]} | ({"W_skip": t["W_skip"]} if skip else {}))
+    sae.load_folded(
+        {
+            "W_enc": t["encoder.weight"].t().contiguous(),
+            "b_enc": t["encoder.bias"],
+            "W_dec": t["W_dec"],
+            "b_dec": t["b_dec"],
+        }
+        | ({"W_skip": t["W_skip"]} if skip else {})
+    )
     return sae, {"hook_name": hook}
 
 
 # ---------------------------------------------------------------- export
-def export_saelens(sae: SparseCoder, out: Path, model_name: str = "", context: int | None = None,
-                   dataset: str | None = None) -> Path:
+def export_saelens(
+    sae: SparseCoder, out: Path, model_name: str = "", context: int | None = None, dataset: str | None = None
+) -> Path:
     """Write a clean SAELens v6 folder (no saelab keys). BatchTopK goes out as JumpReLU with its
     shared threshold, as SAELens stores it."""
     c, names = sae.cfg, type(sae).foreign
     _refuse_saelab_only(sae, "SAELens")
     if c.is_transcoder and names.saelens != "standard":
-        raise UserError(f"SAELens stores ReLU transcoders (`transcoder`, `skip_transcoder`); this one is {c.arch}: "
-                        "export it to sparsify if it is TopK, or keep the saelab folder")
+        raise UserError(
+            f"SAELens stores ReLU transcoders (`transcoder`, `skip_transcoder`); this one is {c.arch}: "
+            "export it to sparsify if it is TopK, or keep the saelab folder"
+        )
     arch = names.saelens if not c.is_transcoder else SAELENS_TRANSCODERS[int(c.skip)]
-    cfg = {"architecture": arch, "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-           "metadata": {"model_name": model_name, "hook_name": c.hookpoint, "hook_head_index": None,
-                        "context_size": context, "prepend_bos": True, "dataset_path": dataset,
-                        "sae_lens_version": None, "saelab_version": __version__}}
+    cfg = {
+        "architecture": arch,
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": model_name,
+            "hook_name": c.hookpoint,
+            "hook_head_index": None,
+            "context_size": context,
+            "prepend_bos": True,
+            "dataset_path": dataset,
+            "sae_lens_version": None,
+            "saelab_version": __version__,
+        },
+    }
     if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
     if c.is_transcoder:  # SAELens' TranscoderConfig keeps these at the top level; it never centres the input
         cfg |= {"d_out": c.d_out, "hook_name_out": c.out_hookpoint, "apply_b_dec_to_input": False}
         cfg["metadata"]["hook_name_out"] = c.out_hookpoint
-    renames = names.saelens_tensors                              # gated: b_enc goes out as b_gate
+    renames = names.saelens_tensors  # gated: b_enc goes out as b_gate
     out = Path(out)
     write_tensors(out / SAELENS_WEIGHTS, {renames.get(k, k): v for k, v in sae.folded_state().items()})
     write_json(out / CFG, cfg)
@@ -303,21 +363,40 @@ def export_sparsify(sae: SparseCoder, out_root: Path, prefix: str = SPARSIFY_PRE
         raise UserError(f"sparsify stores TopK coders only; this SAE is {c.arch}")
     if c.is_transcoder:
         if c.hookpoint != f"{c.out_hookpoint}:input" or c.d_out != c.d_in:
-            raise UserError(f"sparsify transcoders predict a module's output from that same module's input with "
-                            f"equal widths; this one maps {c.hookpoint} -> {c.out_hookpoint}")
+            raise UserError(
+                f"sparsify transcoders predict a module's output from that same module's input with "
+                f"equal widths; this one maps {c.hookpoint} -> {c.out_hookpoint}"
+            )
         site = c.out_hookpoint
     else:
         if c.hookpoint.endswith(":input"):
             raise UserError(f"sparsify hookpoints are module outputs; {c.hookpoint} is a module input")
         site = c.hookpoint
-    name = site[len(prefix):] if prefix and site.startswith(prefix) else site
+    name = site[len(prefix) :] if prefix and site.startswith(prefix) else site
     folder = Path(out_root) / name
     ef = c.d_sae // c.d_in if c.d_sae % c.d_in == 0 else 0
-    cfg = {"activation": "topk", "expansion_factor": ef or 32, "normalize_decoder": True, "num_latents": c.d_sae,
-           "k": c.k, "multi_topk": False, "skip_connection": c.skip, "transcode": c.is_transcoder, "d_in": c.d_in}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": ef or 32,
+        "normalize_decoder": True,
+        "num_latents": c.d_sae,
+        "k": c.k,
+        "multi_topk": False,
+        "skip_connection": c.skip,
+        "transcode": c.is_transcoder,
+        "d_in": c.d_in,
+    }
     s = sae.folded_state()
-    write_tensors(folder / SPARSIFY_WEIGHTS, {"encoder.weight": s["W_enc"].t().contiguous(), "encoder.bias": s["b_enc"],
-                                              "W_dec": s["W_dec"], "b_dec": s["b_dec"]} | {n: s[n] for n in ("W_skip",) if n in s})
+    write_tensors(
+        folder / SPARSIFY_WEIGHTS,
+        {
+            "encoder.weight": s["W_enc"].t().contiguous(),
+            "encoder.bias": s["b_enc"],
+            "W_dec": s["W_dec"],
+            "b_dec": s["b_dec"],
+        }
+        | {n: s[n] for n in ("W_skip",) if n in s},
+    )
     write_json(folder / CFG, cfg)
     return folder
 
@@ -327,5 +406,7 @@ def _refuse_saelab_only(sae: SparseCoder, fmt: str) -> None:
     folder no reader understands."""
     what = type(sae).foreign.saelab_only
     if what:
-        raise UserError(f"{fmt} has no {what}: a --arch {sae.cfg.arch} dictionary cannot be exported; "
-                        f"keep the saelab folder (every saelab command reads it)")
+        raise UserError(
+            f"{fmt} has no {what}: a --arch {sae.cfg.arch} dictionary cannot be exported; "
+            f"keep the saelab folder (every saelab command reads it)"
+        )

@@ -40,15 +40,16 @@ from .base import INIT_ROWS, SparseCoder, firing_thresholds
 from .kind import LOCAL_ONLY, Capabilities, ForeignNames, TypeOptions, check_fraction, start_option
 from .latents import DENSE_BACKWARD_ABOVE, Latents, decode_sparse, gather_preacts, latents_of, weighted_l1
 
-
 GATED_INIT_FIRE = 0.01  # a new gated SAE's gates open on this share of the first batch (docs/DICTIONARIES.md)
 
 
 @dataclass
 class GatedOptions(TypeOptions):
     gated_init_fire: float | None = start_option(
-        None, "gated: each gate's bias starts where the gate opens on this fraction of the first batch: initial "
-              "L0 = fraction x --latents (none: 0.01; 0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)")
+        None,
+        "gated: each gate's bias starts where the gate opens on this fraction of the first batch: initial "
+        "L0 = fraction x --latents (none: 0.01; 0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)",
+    )
 
     def check(self, run) -> None:
         check_fraction("gated_init_fire", self.gated_init_fire)
@@ -77,7 +78,7 @@ class GatedSae(SparseCoder):
         pre-activations, so every gate opens on a fraction f of tokens (initial L0 = f x d_sae) and the
         magnitudes start as the pre-activations themselves (b_mag 0), a JumpReLU-like code. With the
         zero biases of SAELens' start about half the gates open (L0 in the thousands), the dense regime
-        that made gated train at 0.2x the bare forward for its first ~400k tokens (docs/DICTIONARIES.md)."""
+        that made gated train at 0.2x the bare forward for its first ~400k tokens (docs/research/dictionaries.md)."""
         frac = self.cfg.gated_init_fire
         if frac:
             self.b_enc.sub_(firing_thresholds(self.preacts(self.encoder_input(x[:INIT_ROWS])), frac))

@@ -4,7 +4,7 @@ The step function has zero gradient almost everywhere, so theta and the L0 penal
 straight-through estimator with a rectangle kernel of width `jumprelu_bandwidth` (theta trained as
 log(theta), as in the paper and SAELens).
 
-Short runs (docs/EVAL.md "Each architecture on one setting"). The paper's constants, threshold 0.001
+Short runs (docs/research/eval.md "Each architecture on one setting"). The paper's constants, threshold 0.001
 and bandwidth 0.001, are for inputs of unit mean squared norm and 300k+ steps. Our training space has
 mean squared norm d, so pre-activations are ~sqrt(d) larger, and a run has a few hundred steps: Adam
 moves log(theta) by at most ~lr per step, and a 0.001-wide kernel almost never sees a pre-activation,
@@ -32,12 +32,16 @@ from .latents import DENSE_BACKWARD_ABOVE, gather_preacts, latents_of
 @dataclass
 class JumpReLUOptions(TypeOptions):
     jumprelu_init_fire: float | None = start_option(
-        None, "jumprelu: each latent's threshold starts at the quantile of its first-batch pre-activations above "
-              "which it fires on this fraction of tokens: initial L0 = fraction x --latents (none: 0.1, docs/EVAL.md)")
+        None,
+        "jumprelu: each latent's threshold starts at the quantile of its first-batch pre-activations above "
+        "which it fires on this fraction of tokens: initial L0 = fraction x --latents (none: 0.1, docs/DICTIONARIES.md)",
+    )
     jumprelu_threshold_lr: float | None = opt(
-        None, "jumprelu: the thresholds' learning rate as a multiple of --lr (none: 1). Adam moves a log-threshold "
-              "by about its lr per step, so short runs need > 1 to let --sparsity-coeff set the L0 "
-              "(docs/DICTIONARIES.md)")
+        None,
+        "jumprelu: the thresholds' learning rate as a multiple of --lr (none: 1). Adam moves a log-threshold "
+        "by about its lr per step, so short runs need > 1 to let --sparsity-coeff set the L0 "
+        "(docs/DICTIONARIES.md)",
+    )
 
     def check(self, run) -> None:
         check_fraction("jumprelu_init_fire", self.jumprelu_init_fire)
@@ -52,6 +56,7 @@ class JumpReLUOptions(TypeOptions):
         if self.jumprelu_threshold_lr is not None:
             out["jumprelu_threshold_lr"] = self.jumprelu_threshold_lr
         return out
+
 
 def _rect(x):
     return ((x > -0.5) & (x < 0.5)).to(x.dtype)

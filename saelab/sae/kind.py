@@ -16,9 +16,9 @@ such as Matryoshka of BatchTopK must not inherit its parent's answers by acciden
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from ..errors import UserError
 from ..options import flag
@@ -59,24 +59,24 @@ class NoOptions(TypeOptions):
 
 @dataclass(frozen=True)
 class Capabilities:
-    uses_k: bool = False                   # sparsity set by k (one SAE per --k), not by --sparsity-coeff
-    losses: tuple[str, ...] = LOSSES       # objectives it trains with (LOCAL_ONLY: its own terms need the target)
-    transcoder: bool = True                # accepts transcoder sites 'A->B' (and --skip)
-    multi_site: bool = False               # one dictionary over several sites joined (crosscoder: sources.py)
-    latent_cache: bool = True              # one site to record examples at and to steer (features/)
+    uses_k: bool = False  # sparsity set by k (one SAE per --k), not by --sparsity-coeff
+    losses: tuple[str, ...] = LOSSES  # objectives it trains with (LOCAL_ONLY: its own terms need the target)
+    transcoder: bool = True  # accepts transcoder sites 'A->B' (and --skip)
+    multi_site: bool = False  # one dictionary over several sites joined (crosscoder: sources.py)
+    latent_cache: bool = True  # one site to record examples at and to steer (features/)
     torchrun: tuple[str, ...] = ("data", "modules")  # --distributed modes it trains under; "data" only when
-                                                     # exact (the one-process result), "latents" when shardable
-    one_process_why: str = ""              # why torchrun is refused altogether (shown when `torchrun` is empty)
+    # exact (the one-process result), "latents" when shardable
+    one_process_why: str = ""  # why torchrun is refused altogether (shown when `torchrun` is empty)
 
 
 @dataclass(frozen=True)
 class ForeignNames:
-    saelens: str                                      # cfg.json `architecture`: SAELens' name for the saved form
-                                                      # (a saelab-only type writes its own name there)
-    saelens_reader: bool = False                      # reading a SAELens folder of that name gives this type
+    saelens: str  # cfg.json `architecture`: SAELens' name for the saved form
+    # (a saelab-only type writes its own name there)
+    saelens_reader: bool = False  # reading a SAELens folder of that name gives this type
     saelens_tensors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # ours -> SAELens
-    sparsify: bool = False                            # sparsify stores it (TopK coders): export and import
-    saelab_only: str | None = None                    # neither library has it: what it is, and export is refused
+    sparsify: bool = False  # sparsify stores it (TopK coders): export and import
+    saelab_only: str | None = None  # neither library has it: what it is, and export is refused
 
 
 def check_declared(name: str, cls) -> None:

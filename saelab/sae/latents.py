@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 
 class Latents(NamedTuple):
-    values: torch.Tensor             # [rows, k] or [nnz]
-    indices: torch.Tensor            # same shape as values, long
-    offsets: torch.Tensor | None     # None for fixed k per row, else [rows] start of each row
+    values: torch.Tensor  # [rows, k] or [nnz]
+    indices: torch.Tensor  # same shape as values, long
+    offsets: torch.Tensor | None  # None for fixed k per row, else [rows] start of each row
     n_rows: int
     d_sae: int
 
@@ -100,8 +100,15 @@ class _GatherPreacts(torch.autograd.Function):
         grad_x = grad_W = grad_b = None
         if rows.numel() > ctx.dense_above * n * d_sae:  # the same sums, by BLAS (accumulate: repeated pairs)
             g = grad.new_zeros(n, d_sae).index_put_((rows, cols), grad, accumulate=True)
-            return (g @ W_enc.t() if ctx.needs_input_grad[0] else None, x.t() @ g if ctx.needs_input_grad[1] else None,
-                    g.sum(0) if ctx.needs_input_grad[2] else None, None, None, None, None)
+            return (
+                g @ W_enc.t() if ctx.needs_input_grad[0] else None,
+                x.t() @ g if ctx.needs_input_grad[1] else None,
+                g.sum(0) if ctx.needs_input_grad[2] else None,
+                None,
+                None,
+                None,
+                None,
+            )
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
         if ctx.needs_input_grad[1]:
@@ -114,8 +121,15 @@ class _GatherPreacts(torch.autograd.Function):
 
 
 @torch.compiler.disable  # --compile: dynamo cannot trace the sparse backward (sparse_coo_tensor); run it eager
-def gather_preacts(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, pre: torch.Tensor,
-                   rows: torch.Tensor, cols: torch.Tensor, dense_above: float = 1.0) -> torch.Tensor:
+def gather_preacts(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    pre: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    dense_above: float = 1.0,
+) -> torch.Tensor:
     """Selected entries of `pre` (= x @ W_enc + b_enc, computed without grad) with sparse grads.
     `b_enc` may be any differentiable [d_sae] bias (e.g. one that folds in input centring).
     `dense_above`: the fraction of rows x d_sae selected above which the backward goes dense

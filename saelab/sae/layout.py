@@ -16,12 +16,24 @@ def cfg_json(sae: SparseCoder, model_name: str, context: int, saelab: dict) -> d
     `architecture` is the name the type declares for SAELens (`foreign.saelens`, sae/kind.py)."""
     c = sae.cfg
     architecture = type(sae).foreign.saelens
-    cfg = {"architecture": architecture, "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32",
-           "device": "cpu", "apply_b_dec_to_input": not c.is_transcoder, "normalize_activations": "none",
-           "reshape_activations": "none",
-           "metadata": {"model_name": model_name, "hook_name": c.hookpoint, "context_size": context,
-                        "prepend_bos": True, "hook_head_index": None},
-           "saelab": {"format_version": FORMAT_VERSION, "saelab_version": __version__, "config": c.to_dict(), **saelab}}
+    cfg = {
+        "architecture": architecture,
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": not c.is_transcoder,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": model_name,
+            "hook_name": c.hookpoint,
+            "context_size": context,
+            "prepend_bos": True,
+            "hook_head_index": None,
+        },
+        "saelab": {"format_version": FORMAT_VERSION, "saelab_version": __version__, "config": c.to_dict(), **saelab},
+    }
     if c.k is not None and architecture == "topk":  # SAELens' TopK reads k at the top level
         cfg["k"] = c.k
     if c.is_transcoder:

@@ -30,15 +30,16 @@ def default_groups(d_sae: int) -> list[int]:
 
     Three prefixes, not five (/16 and /8 too, the first default): on layer 6 of the embedded model
     (4,608 latents, k = 32, 1M tokens) five cost +16.5% FVU over BatchTopK and three +9.0%, and on
-    planted parent/child features three absorbed less than five (docs/DICTIONARIES.md)."""
+    planted parent/child features three absorbed less than five (docs/research/dictionaries.md)."""
     bounds = sorted({max(1, d_sae // 2**i) for i in range(2, -1, -1)})
     return [b - a for a, b in zip([0] + bounds[:-1], bounds)]
 
 
 @dataclass
 class MatryoshkaOptions(TypeOptions):
-    groups: list[int] | None = opt(None, "matryoshka: latent group sizes, summing to --latents "
-                                         "(none: prefixes at latents/4, /2, 1)")
+    groups: list[int] | None = opt(
+        None, "matryoshka: latent group sizes, summing to --latents (none: prefixes at latents/4, /2, 1)"
+    )
 
     def check(self, run) -> None:
         if self.groups is None:
@@ -46,8 +47,9 @@ class MatryoshkaOptions(TypeOptions):
         if not self.groups or any(g < 1 for g in self.groups):
             raise UserError("--groups needs positive group sizes")
         if sum(self.groups) != run.latents:
-            raise UserError(f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, "
-                            f"not --latents {run.latents}")
+            raise UserError(
+                f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, not --latents {run.latents}"
+            )
 
     def sae_fields(self, fresh: bool) -> dict:
         return {"groups": list(self.groups) if self.groups else None} if fresh else {}
@@ -89,8 +91,9 @@ class MatryoshkaSae(BatchTopKSae):
         return sum((r - target).pow(2).sum() for r in self.prefix_recons(lat)) / denom
 
 
-def group_decodes(lat: Latents, W_dec: torch.Tensor, bounds: torch.Tensor, n_groups: int,
-                  offset: int = 0) -> torch.Tensor:
+def group_decodes(
+    lat: Latents, W_dec: torch.Tensor, bounds: torch.Tensor, n_groups: int, offset: int = 0
+) -> torch.Tensor:
     """[rows, n_groups, d_out]: each row's decode by the latents of each of the first n_groups groups
     (`bounds`: the groups' cumulative ends in global ids; latent i has global id i + offset).
 

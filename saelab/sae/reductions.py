@@ -34,8 +34,9 @@ from .latents import Latents, latents_of
 class Pick(NamedTuple):
     """Entries chosen in each row of a [rows, d] score matrix: `cols` [rows, k] when every row holds
     exactly k (one process), else flat (rows, cols) in row-major order (a latent slice's share)."""
-    cols: torch.Tensor              # [rows, k] or [nnz]
-    rows: torch.Tensor | None       # None: k per row; else [nnz], ascending
+
+    cols: torch.Tensor  # [rows, k] or [nnz]
+    rows: torch.Tensor | None  # None: k per row; else [nnz], ascending
 
     def row_ids(self) -> torch.Tensor:
         """[nnz] the row of every entry."""

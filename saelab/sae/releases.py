@@ -63,8 +63,9 @@ class Release:
             close = difflib.get_close_matches(sae_id, self.ids, n=5, cutoff=0.6)
             hint = f"; closest: {', '.join(close)}" if close else ""
             form = f" (ids look like {self.id_pattern})" if self.id_pattern else ""
-            raise UserError(f"release {self.name} has no sae-id {sae_id!r}{hint}{form}; "
-                            f"`saelab pull {self.name} --list` shows them")
+            raise UserError(
+                f"release {self.name} has no sae-id {sae_id!r}{hint}{form}; `saelab pull {self.name} --list` shows them"
+            )
         return self.path.format(sae_id=sae_id), self.hookpoint.format(layer=int(layer))
 
     def _layer(self, sae_id: str) -> str:
@@ -75,20 +76,34 @@ class Release:
 
 def registry(path: Path | None = None) -> dict[str, Release]:
     """The release registry (the packaged releases.json, or `path`), checked entry by entry."""
-    raw = json.loads(Path(path).read_text()) if path else \
-        json.loads(resources.files("saelab.sae").joinpath("releases.json").read_text())
+    raw = (
+        json.loads(Path(path).read_text())
+        if path
+        else json.loads(resources.files("saelab.sae").joinpath("releases.json").read_text())
+    )
     out = {}
     for name, e in raw.items():
         if name.startswith("_"):
             continue
         missing = {"repo", "model", "format", "ids", "path", "hookpoint"} - set(e)
         if missing or e["format"] not in FORMATS:
-            raise UserError(f"release registry entry {name!r}: missing {sorted(missing)} or unknown format "
-                            f"{e.get('format')!r} (formats: {', '.join(FORMATS)})")
+            raise UserError(
+                f"release registry entry {name!r}: missing {sorted(missing)} or unknown format "
+                f"{e.get('format')!r} (formats: {', '.join(FORMATS)})"
+            )
         ids = e["ids"]
         listed = list(ids["list"]) if "list" in ids else [ids["template"].format(layer=i) for i in range(ids["layers"])]
-        out[name] = Release(name, e["repo"], e["model"], e["format"], int(e.get("context", 1024)), listed,
-                            e.get("id_pattern"), e["path"], e["hookpoint"])
+        out[name] = Release(
+            name,
+            e["repo"],
+            e["model"],
+            e["format"],
+            int(e.get("context", 1024)),
+            listed,
+            e.get("id_pattern"),
+            e["path"],
+            e["hookpoint"],
+        )
     return out
 
 
@@ -117,8 +132,9 @@ def _jumprelu(d_in: int, d_sae: int, hookpoint: str, W_enc, b_enc, W_dec, b_dec,
     centre by b_dec, so b_enc absorbs b_dec @ W_enc."""
     arch = saelens_readers()["jumprelu"]  # the type that reads SAELens' jumprelu form (sae/kind.py)
     sae = build_sae(SaeConfig(arch=arch, d_in=d_in, d_sae=d_sae, hookpoint=hookpoint))
-    sae.load_folded({"W_enc": W_enc, "b_enc": b_enc + b_dec @ W_enc, "W_dec": W_dec, "b_dec": b_dec,
-                     "threshold": threshold})
+    sae.load_folded(
+        {"W_enc": W_enc, "b_enc": b_enc + b_dec @ W_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": threshold}
+    )
     return sae
 
 
@@ -151,17 +167,25 @@ def load_llama_scope(folder: Path, hookpoint: str) -> SparseCoder:
     if cfg.get("act_fn", "jumprelu") != "jumprelu":
         raise UserError(f"{hp}: act_fn {cfg.get('act_fn')!r} is not supported (only jumprelu)")
     t = {k: v.float() for k, v in read_tensors(wpath).items()}
-    _need(t, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "decoder.weight": (d_in, d_sae),
-              "decoder.bias": (d_in,)}, wpath)
+    _need(
+        t,
+        {
+            "encoder.weight": (d_sae, d_in),
+            "encoder.bias": (d_sae,),
+            "decoder.weight": (d_in, d_sae),
+            "decoder.bias": (d_in,),
+        },
+        wpath,
+    )
     s_in = s_out = 1.0
     if cfg.get("norm_activation", "dataset-wise") == "dataset-wise":
         norms = cfg.get("dataset_average_activation_norm") or {}
         if "in" not in norms or "out" not in norms:
             raise UserError(f"{hp}: norm_activation dataset-wise needs dataset_average_activation_norm.in/.out")
-        s_in, s_out = d_in ** 0.5 / float(norms["in"]), d_in ** 0.5 / float(norms["out"])
+        s_in, s_out = d_in**0.5 / float(norms["in"]), d_in**0.5 / float(norms["out"])
     elif cfg["norm_activation"] not in ("none", None):
         raise UserError(f"{hp}: norm_activation {cfg['norm_activation']!r} is not supported (dataset-wise, none)")
-    W_enc = t["encoder.weight"].t() * s_in                      # pre-activations unchanged on raw input
+    W_enc = t["encoder.weight"].t() * s_in  # pre-activations unchanged on raw input
     W_dec, b_dec = t["decoder.weight"].t() / s_out, t["decoder.bias"] / s_out
     return _jumprelu(d_in, d_sae, hookpoint, W_enc, t["encoder.bias"], W_dec, b_dec, torch.full((d_sae,), theta))
 
@@ -178,8 +202,10 @@ def load_release_folder(release: Release, folder: Path, hookpoint: str) -> tuple
         raise UserError(f"{folder} is a {found} folder but release {release.name} says {release.format}")
     sae, cfg = load_foreign(folder)
     if sae.cfg.out_hookpoint:
-        raise UserError(f"{folder} is a transcoder; release entries name one hookpoint, so pull only reads SAEs "
-                        f"(use `saelab import` with the module names)")
+        raise UserError(
+            f"{folder} is a transcoder; release entries name one hookpoint, so pull only reads SAEs "
+            f"(use `saelab import` with the module names)"
+        )
     sae.cfg.hookpoint = hookpoint  # the registry knows this model's module names
     return sae, cfg["saelab"]["imported_from"]["cfg"]
 
@@ -203,6 +229,7 @@ def download(repo: str, sub: str) -> Path:
 @dataclass
 class PullConfig:
     """`saelab pull RELEASE --sae-id ID --out DIR` (or `--list`: the release's sae-ids)."""
+
     release: str = opt(help="release name, e.g. gemma-scope-2b-pt-res", positional=True)
     sae_id: str | None = opt(None, "which SAE of the release, e.g. layer_20/width_16k/average_l0_71")
     out: str | None = out_option("saelab SAE folder to write", shown="none; needed unless --list")
@@ -219,12 +246,19 @@ class PullConfig:
 def pull_release(cfg: PullConfig) -> Path:
     """`pull` of cfg.sae_id into cfg.out (the sae-ids of a release: find_release(name).ids)."""
     cfg.validate()
-    return pull(cfg.release, cfg.sae_id, Path(cfg.out), overwrite=cfg.overwrite,
-                root=Path(cfg.local) if cfg.local else None)
+    return pull(
+        cfg.release, cfg.sae_id, Path(cfg.out), overwrite=cfg.overwrite, root=Path(cfg.local) if cfg.local else None
+    )
 
 
-def pull(release_name: str, sae_id: str, out: Path, overwrite: bool = False, root: Path | None = None,
-         registry_path: Path | None = None) -> Path:
+def pull(
+    release_name: str,
+    sae_id: str,
+    out: Path,
+    overwrite: bool = False,
+    root: Path | None = None,
+    registry_path: Path | None = None,
+) -> Path:
     """Fetch one SAE of a release (from the hub, or from `root`, a local copy of the repo) and write
     it as a saelab folder at `out`. Everything is checked before anything is written."""
     release = find_release(release_name, registry_path)
@@ -237,6 +271,18 @@ def pull(release_name: str, sae_id: str, out: Path, overwrite: bool = False, roo
     sae, original = load_release_folder(release, folder, hookpoint)
     refuse_non_finite(folder, sae.state_dict())
     prov = Provenance(model_spec=release.model, model_name=release.model, context=release.context)
-    return save_sae(sae.eval(), out, prov, {"imported_from": {"format": release.format, "release": release.name,
-                                                               "repo": release.repo, "sae_id": sae_id, "path": sub,
-                                                               "cfg": original}})
+    return save_sae(
+        sae.eval(),
+        out,
+        prov,
+        {
+            "imported_from": {
+                "format": release.format,
+                "release": release.name,
+                "repo": release.repo,
+                "sae_id": sae_id,
+                "path": sub,
+                "cfg": original,
+            }
+        },
+    )

@@ -9,25 +9,32 @@ own until a feature is edited (`edit` gets and returns dense latents) - what ste
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
 
 import torch
 
-from ..models import first_tensor, module_at, patch_activation
 from ..errors import UserError
+from ..models import first_tensor, module_at, patch_activation
 from . import SparseCoder
 from .registry import multi_site
 
 
 @contextmanager
-def spliced(model, sae: SparseCoder, keep: torch.Tensor | None = None, error_term: bool = False,
-            edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[None]:
+def spliced(
+    model,
+    sae: SparseCoder,
+    keep: torch.Tensor | None = None,
+    error_term: bool = False,
+    edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[None]:
     cfg = sae.cfg
     if multi_site(cfg):
-        raise UserError("a crosscoder cannot be spliced into one forward (it reads later sites to reconstruct earlier "
-                        "ones), so it cannot steer; `saelab eval` splices all its sites from a clean forward "
-                        "(docs/DICTIONARIES.md)")
+        raise UserError(
+            "a crosscoder cannot be spliced into one forward (it reads later sites to reconstruct earlier "
+            "ones), so it cannot steer; `saelab eval` splices all its sites from a clean forward "
+            "(docs/DICTIONARIES.md)"
+        )
     captured: dict[str, torch.Tensor] = {}
 
     def replace(act: torch.Tensor) -> torch.Tensor:
@@ -71,4 +78,4 @@ def spliced(model, sae: SparseCoder, keep: torch.Tensor | None = None, error_ter
 
 def _broadcast_keep(keep: torch.Tensor, shape) -> torch.Tensor:
     """A [batch, seq] mask for a KV-cached step whose activation is [batch, new_seq, d]."""
-    return keep[:, -shape[1]:, None]
+    return keep[:, -shape[1] :, None]

@@ -6,7 +6,7 @@ import torch
 
 from .base import SparseCoder
 from .kind import Capabilities, ForeignNames, NoOptions
-from .latents import Latents, gather_preacts
+from .latents import gather_preacts
 
 
 class TopKSae(SparseCoder):

@@ -19,8 +19,16 @@ import torch
 
 from ..errors import UserError
 from ..evaluate.metrics import EvalBudget, reconstruction_metrics
-from ..options import (check_types, corpus_option, model_option, need_at_least, opt, out_option, overwrite_option,
-                       threads_option)
+from ..options import (
+    check_types,
+    corpus_option,
+    model_option,
+    need_at_least,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from ..sae import SparseCoder
 from ..sae.folder import SaeFolder, open_sae, open_shared_data
 from ..storage import write_figure, write_json
@@ -38,24 +46,32 @@ def max_cosines(a: torch.Tensor, b: torch.Tensor | None = None, block: int = 409
     b = a if same else b
     out = torch.empty(a.shape[0])
     for s in range(0, a.shape[0], block):
-        sim = a[s:s + block] @ b.T
+        sim = a[s : s + block] @ b.T
         if same:
             idx = torch.arange(s, min(s + block, a.shape[0]))
             sim[idx - s, idx] = -2.0
-        out[s:s + block] = sim.max(1).values
+        out[s : s + block] = sim.max(1).values
     return out
 
 
 def summary(x: torch.Tensor) -> dict:
     v = x.numpy()
-    return {"n": int(v.size), "mean": float(v.mean()), "median": float(np.median(v)), "p10": float(np.quantile(v, 0.1)),
-            "p90": float(np.quantile(v, 0.9)), "frac_above_0.9": float((v > 0.9).mean()),
-            "frac_above_0.7": float((v > 0.7).mean()), "frac_below_0.5": float((v < 0.5).mean())}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "p10": float(np.quantile(v, 0.1)),
+        "p90": float(np.quantile(v, 0.9)),
+        "frac_above_0.9": float((v > 0.9).mean()),
+        "frac_above_0.7": float((v > 0.7).mean()),
+        "frac_below_0.5": float((v < 0.5).mean()),
+    }
 
 
 @torch.no_grad()
-def firing(folders: list[SaeFolder], tokens: int, model: str | None = None,
-           corpus: str | None = None) -> tuple[list[torch.Tensor], bool | None]:
+def firing(
+    folders: list[SaeFolder], tokens: int, model: str | None = None, corpus: str | None = None
+) -> tuple[list[torch.Tensor], bool | None]:
     """Per SAE, bool [d_sae]: fired at least once on `tokens` held-out non-sink positions; and
     whether those rows are the held-out rows of the data they trained on (None: unknown)."""
     data = open_shared_data(folders, model=model, corpus=corpus)
@@ -67,6 +83,7 @@ def firing(folders: list[SaeFolder], tokens: int, model: str | None = None,
 @dataclass
 class CompareConfig:
     """`saelab compare A B`: two SAE folders at one site; model and corpus are theirs unless overridden."""
+
     a: str = opt(help="SAE folder A", positional=True)
     b: str = opt(help="SAE folder B (same site)", positional=True)
     out: str | None = out_option("output folder", shown="A/compare_<B name>")
@@ -83,19 +100,29 @@ class CompareConfig:
 
 def compare_folders(cfg: CompareConfig) -> dict:
     cfg.validate()
-    return compare(cfg.a, cfg.b, out=cfg.out, tokens=cfg.tokens, model=cfg.model, corpus=cfg.corpus,
-                   overwrite=cfg.overwrite)
+    return compare(
+        cfg.a, cfg.b, out=cfg.out, tokens=cfg.tokens, model=cfg.model, corpus=cfg.corpus, overwrite=cfg.overwrite
+    )
 
 
-def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000, model: str | None = None,
-            corpus: str | None = None, overwrite: bool = False) -> dict:
+def compare(
+    a_dir: str,
+    b_dir: str,
+    out: str | None = None,
+    tokens: int = 50_000,
+    model: str | None = None,
+    corpus: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     fa, fb = open_sae(Path(a_dir)), open_sae(Path(b_dir))
     a, b = fa.sae, fb.sae
     site_a = a.cfg.out_hookpoint or a.cfg.hookpoint
     site_b = b.cfg.out_hookpoint or b.cfg.hookpoint
     if site_a != site_b or a.cfg.d_out != b.cfg.d_out:
-        raise UserError(f"{a_dir} writes {site_a} (width {a.cfg.d_out}) but {b_dir} writes {site_b} (width "
-                        f"{b.cfg.d_out}); decoder directions are comparable only at the same site")
+        raise UserError(
+            f"{a_dir} writes {site_a} (width {a.cfg.d_out}) but {b_dir} writes {site_b} (width "
+            f"{b.cfg.d_out}); decoder directions are comparable only at the same site"
+        )
     ma, mb = fa.provenance.model_name, fb.provenance.model_name
     if ma != mb:
         raise UserError(f"{a_dir} belongs to {ma} and {b_dir} to {mb}; compare dictionaries of one model")
@@ -113,12 +140,24 @@ def compare(a_dir: str, b_dir: str, out: str | None = None, tokens: int = 50_000
         raise UserError("too few alive latents to compare (A needs 2, B needs 1)")
     da, db = unit_decoder(a)[alive_a], unit_decoder(b)[alive_b]
     cross, within = max_cosines(da, db), max_cosines(da)
-    result = {"a": str(a_dir), "b": str(b_dir), "site": site_a, "model": ma, "alive_tokens": tokens,
-              "data_matches_training": matches,
-              "alive_a": int(alive_a.sum()), "alive_b": int(alive_b.sum()), "d_sae_a": a.cfg.d_sae, "d_sae_b": b.cfg.d_sae,
-              "cross_max_cosine": summary(cross), "within_a_max_cosine": summary(within),
-              "descriptions": {"cross_max_cosine": "per alive decoder direction of A: max cosine to B's alive directions",
-                               "within_a_max_cosine": "per alive decoder direction of A: max cosine to A's other alive directions"}}
+    result = {
+        "a": str(a_dir),
+        "b": str(b_dir),
+        "site": site_a,
+        "model": ma,
+        "alive_tokens": tokens,
+        "data_matches_training": matches,
+        "alive_a": int(alive_a.sum()),
+        "alive_b": int(alive_b.sum()),
+        "d_sae_a": a.cfg.d_sae,
+        "d_sae_b": b.cfg.d_sae,
+        "cross_max_cosine": summary(cross),
+        "within_a_max_cosine": summary(within),
+        "descriptions": {
+            "cross_max_cosine": "per alive decoder direction of A: max cosine to B's alive directions",
+            "within_a_max_cosine": "per alive decoder direction of A: max cosine to A's other alive directions",
+        },
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     _histograms(cross, within, out_dir / "compare.png", Path(a_dir).name, Path(b_dir).name)
     result["plot"] = "compare.png"

@@ -26,14 +26,28 @@ from ..options import check_types, opt, out_option, overwrite_option
 from ..storage import read_json, write_figure, write_json
 
 COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60", "local+ft": "#8e44ad", "kl+mse": "#d4a017"}
-FIELDS = ["loss", "arch", "k", "sparsity_coeff", "l0", "alive", "d_sae", "ce_increase", "kl", "fvu",
-          "later_fvu_mean", "ce_recovered_zero", "training_tokens", "folder"]
+FIELDS = [
+    "loss",
+    "arch",
+    "k",
+    "sparsity_coeff",
+    "l0",
+    "alive",
+    "d_sae",
+    "ce_increase",
+    "kl",
+    "fvu",
+    "later_fvu_mean",
+    "ce_recovered_zero",
+    "training_tokens",
+    "folder",
+]
 
 
 def recipe(ours: dict) -> str:
     """How an SAE was trained, as a curve name: its loss, with a fine-tune at the end made visible."""
     loss = ours.get("loss", "local")
-    if ours.get("finetune_fraction"):   # written by finetune.SwitchObjective.record
+    if ours.get("finetune_fraction"):  # written by finetune.SwitchObjective.record
         return f"{loss}+ft"
     return loss
 
@@ -73,21 +87,38 @@ def collect_points(paths: list[str]) -> list[dict]:
             unevaluated.append(str(folder))
             continue
         alive = m.get("alive", int(round(cj["d_sae"] * (1 - m["dead_fraction"]))))
-        points.append({"loss": recipe(ours), "arch": conf.get("arch"), "k": conf.get("k"),
-                       "sparsity_coeff": conf.get("sparsity_coeff"), "l0": m["l0"], "alive": alive,
-                       "d_sae": cj["d_sae"], "ce_increase": m["ce_increase"], "kl": m["kl"], "fvu": m["fvu"],
-                       "later_fvu_mean": m.get("later_fvu_mean", float("nan")),
-                       "ce_recovered_zero": m.get("ce_recovered_zero", float("nan")),
-                       "training_tokens": ours.get("training_tokens"), "folder": str(folder),
-                       "_model": cj["metadata"]["model_name"], "_site": conf.get("out_hookpoint") or cj["metadata"]["hook_name"]})
+        points.append(
+            {
+                "loss": recipe(ours),
+                "arch": conf.get("arch"),
+                "k": conf.get("k"),
+                "sparsity_coeff": conf.get("sparsity_coeff"),
+                "l0": m["l0"],
+                "alive": alive,
+                "d_sae": cj["d_sae"],
+                "ce_increase": m["ce_increase"],
+                "kl": m["kl"],
+                "fvu": m["fvu"],
+                "later_fvu_mean": m.get("later_fvu_mean", float("nan")),
+                "ce_recovered_zero": m.get("ce_recovered_zero", float("nan")),
+                "training_tokens": ours.get("training_tokens"),
+                "folder": str(folder),
+                "_model": cj["metadata"]["model_name"],
+                "_site": conf.get("out_hookpoint") or cj["metadata"]["hook_name"],
+            }
+        )
     if not points:
-        raise UserError(f"none of the {len(cfgs)} SAE folders has metrics with CE increase; run `saelab eval` "
-                        f"(with --ce-tokens > 0) or `saelab sweep` first")
+        raise UserError(
+            f"none of the {len(cfgs)} SAE folders has metrics with CE increase; run `saelab eval` "
+            f"(with --ce-tokens > 0) or `saelab sweep` first"
+        )
     for key, what in (("_model", "models"), ("_site", "hookpoints")):
         seen = sorted({p[key] for p in points})
         if len(seen) > 1:
-            raise UserError(f"these folders mix {what} ({', '.join(seen)}); a Pareto plot compares one model at one "
-                            f"hookpoint: pass the folders of one of them")
+            raise UserError(
+                f"these folders mix {what} ({', '.join(seen)}); a Pareto plot compares one model at one "
+                f"hookpoint: pass the folders of one of them"
+            )
     if unevaluated:
         print(f"saelab pareto: skipped {len(unevaluated)} SAE folder(s) without CE metrics: {unevaluated[:3]}")
     return points
@@ -108,7 +139,9 @@ def curves(points: list[dict]) -> dict[str, list[dict]]:
             name += f" {p['d_sae']:,}"
         out.setdefault(name, []).append(p)
     order = {k: i for i, k in enumerate(COLORS)}
-    return {k: sorted(v, key=lambda p: p["ce_increase"]) for k, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 9))}
+    return {
+        k: sorted(v, key=lambda p: p["ce_increase"]) for k, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 9))
+    }
 
 
 def matched(cs: dict[str, list[dict]], n: int = 3) -> list[dict]:
@@ -133,8 +166,10 @@ def matched(cs: dict[str, list[dict]], n: int = 3) -> list[dict]:
 @dataclass
 class ParetoConfig:
     """`saelab pareto`: where the points come from, where the plots go."""
-    folders: list[str] = opt(help="sweep folders, SAE folders with metrics.json, or an earlier pareto.json",
-                             positional=True)
+
+    folders: list[str] = opt(
+        help="sweep folders, SAE folders with metrics.json, or an earlier pareto.json", positional=True
+    )
     out: str | None = out_option("output folder", shown="FIRST/pareto")
     title: str | None = opt(None, "plot title")
     overwrite: bool = overwrite_option("an existing pareto.png / pareto.csv")
@@ -167,8 +202,13 @@ def run_pareto(paths: list[str], out: str, overwrite: bool = False, title: str |
         (out_dir / "matched.csv").unlink(missing_ok=True)
     title = title or f"{points[0]['_model']} @ {points[0]['_site']}"
     plot(cs, out_dir / "pareto.png", title)
-    result = {"model": points[0]["_model"], "hookpoint": points[0]["_site"], "sources": [str(p) for p in paths],
-              "points": [{k: p[k] for k in FIELDS} for c in cs.values() for p in c], "matched": table}
+    result = {
+        "model": points[0]["_model"],
+        "hookpoint": points[0]["_site"],
+        "sources": [str(p) for p in paths],
+        "points": [{k: p[k] for k in FIELDS} for c in cs.values() for p in c],
+        "matched": table,
+    }
     write_json(out_dir / "pareto.json", result)
     return result
 

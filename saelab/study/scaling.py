@@ -22,8 +22,16 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..options import check_types, need_at_least, opt
-from ..options import corpus_option, model_option, out_option, overwrite_option, threads_option
+from ..options import (
+    check_types,
+    corpus_option,
+    model_option,
+    need_at_least,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 
@@ -58,7 +66,9 @@ class ScalingConfig:
         if any(n < self.k for n in self.latents):
             raise UserError(f"every --latents value must be >= --k {self.k}")
         if self.batch_tokens < self.context:
-            raise UserError(f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})")
+            raise UserError(
+                f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})"
+            )
         if any(d < self.batch_tokens for d in self.tokens):
             raise UserError(f"every --tokens value must be >= --batch-tokens {self.batch_tokens}")
 
@@ -91,14 +101,17 @@ def fit(points: list[dict]) -> dict:
     by_n = sorted((p for p in points if p["tokens"] == d_max), key=lambda p: p["latents"])
     by_d = sorted((p for p in points if p["latents"] == n_max), key=lambda p: p["tokens"])
     fr = frontier(points)
-    return {"fvu_vs_latents": power_law([p["latents"] for p in by_n], [p["fvu"] for p in by_n]) | {"at_tokens": d_max},
-            "fvu_vs_tokens": power_law([p["tokens"] for p in by_d], [p["fvu"] for p in by_d]) | {"at_latents": n_max},
-            "fvu_vs_compute_frontier": power_law([p["compute"] for p in fr], [p["fvu"] for p in fr])
-            | {"frontier": [(p["latents"], p["tokens"]) for p in fr]}}
+    return {
+        "fvu_vs_latents": power_law([p["latents"] for p in by_n], [p["fvu"] for p in by_n]) | {"at_tokens": d_max},
+        "fvu_vs_tokens": power_law([p["tokens"] for p in by_d], [p["fvu"] for p in by_d]) | {"at_latents": n_max},
+        "fvu_vs_compute_frontier": power_law([p["compute"] for p in fr], [p["fvu"] for p in fr])
+        | {"frontier": [(p["latents"], p["tokens"]) for p in fr]},
+    }
 
 
 def plot(points: list[dict], fits: dict, path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -107,14 +120,24 @@ def plot(points: list[dict], fits: dict, path: Path, title: str) -> None:
     cmap = plt.get_cmap("viridis")
     for i, n in enumerate(sizes):
         ps = sorted((p for p in points if p["latents"] == n), key=lambda p: p["compute"])
-        ax1.plot([p["compute"] for p in ps], [p["fvu"] for p in ps], "o-", color=cmap(i / max(1, len(sizes) - 1)),
-                 label=f"{n} latents")
+        ax1.plot(
+            [p["compute"] for p in ps],
+            [p["fvu"] for p in ps],
+            "o-",
+            color=cmap(i / max(1, len(sizes) - 1)),
+            label=f"{n} latents",
+        )
     f = fits["fvu_vs_compute_frontier"]
     if f["alpha"] is not None:
         cs = np.geomspace(min(p["compute"] for p in points), max(p["compute"] for p in points), 50)
         ax1.plot(cs, f["a"] * cs ** -f["alpha"], "k--", label=f"frontier: FVU ∝ C^-{f['alpha']:.3f}")
-    ax1.set(xscale="log", yscale="log", xlabel="training compute C = 6·tokens·latents·d_in (FLOPs)",
-            ylabel="held-out FVU", title="FVU vs compute")
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training compute C = 6·tokens·latents·d_in (FLOPs)",
+        ylabel="held-out FVU",
+        title="FVU vs compute",
+    )
     ax1.legend(fontsize=8)
     d_max = max(p["tokens"] for p in points)
     ps = sorted((p for p in points if p["tokens"] == d_max), key=lambda p: p["latents"])
@@ -131,10 +154,10 @@ def plot(points: list[dict], fits: dict, path: Path, title: str) -> None:
 
 
 def run_scaling(cfg: ScalingConfig) -> dict:
+    from ..activations.disk_cache import CacheConfig, read_manifest, write_cache
     from ..evaluate.metrics import EvalBudget, reconstruction_metrics
     from ..sae.folder import open_sae, open_shared_data
     from ..train.config import TrainConfig
-    from ..activations.disk_cache import CacheConfig, read_manifest, write_cache
     from ..train.loop import train
 
     cfg.validate()
@@ -148,35 +171,81 @@ def run_scaling(cfg: ScalingConfig) -> dict:
             raise UserError(f"--cache {cache} holds {m['lm_tokens']:,} tokens; the grid needs {max(cfg.tokens):,}")
     else:
         cache = out / "activations"
-        write_cache(CacheConfig(out=str(cache), hookpoints=[cfg.hookpoint], model=cfg.model, corpus=cfg.corpus,
-                                tokens=max(cfg.tokens), context=cfg.context, batch_tokens=cfg.batch_tokens,
-                                seed=cfg.seed, threads=cfg.threads, overwrite=cfg.overwrite))
+        write_cache(
+            CacheConfig(
+                out=str(cache),
+                hookpoints=[cfg.hookpoint],
+                model=cfg.model,
+                corpus=cfg.corpus,
+                tokens=max(cfg.tokens),
+                context=cfg.context,
+                batch_tokens=cfg.batch_tokens,
+                seed=cfg.seed,
+                threads=cfg.threads,
+                overwrite=cfg.overwrite,
+            )
+        )
     runs = []
     for n in sorted(cfg.latents):
         for d in sorted(cfg.tokens):
             run = out / f"n{n}-d{d}"
-            tc = TrainConfig(out=str(run), hookpoints=[cfg.hookpoint], model=cfg.model, corpus=cfg.corpus,
-                             from_activations=str(cache), latents=n, k=[cfg.k], tokens=d, context=cfg.context,
-                             batch_tokens=cfg.batch_tokens,
-                             lr=[cfg.lr] if cfg.lr else None, seed=cfg.seed,
-                             threads=cfg.threads, checkpoint_every=10**15, overwrite=cfg.overwrite)
+            tc = TrainConfig(
+                out=str(run),
+                hookpoints=[cfg.hookpoint],
+                model=cfg.model,
+                corpus=cfg.corpus,
+                from_activations=str(cache),
+                latents=n,
+                k=[cfg.k],
+                tokens=d,
+                context=cfg.context,
+                batch_tokens=cfg.batch_tokens,
+                lr=[cfg.lr] if cfg.lr else None,
+                seed=cfg.seed,
+                threads=cfg.threads,
+                checkpoint_every=10**15,
+                overwrite=cfg.overwrite,
+            )
             (folder,) = train(tc)
             trained = read_json(run / "manifest.json")["lm_tokens"]  # the budget rounded down to whole batches
             runs.append((n, trained, folder))
     folders = [open_sae(f) for _, _, f in runs]
     data = open_shared_data(folders)  # the model and held-out rows of the activation cache they trained from
     lm, rows = data.lm, data.rows
-    metrics, _ = reconstruction_metrics(lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in folders], rows,
-                                        EvalBudget(tokens=cfg.eval_tokens))
+    metrics, _ = reconstruction_metrics(
+        lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in folders], rows, EvalBudget(tokens=cfg.eval_tokens)
+    )
     d_in = folders[0].sae.cfg.d_in
-    points = [{"latents": n, "tokens": d, "compute": 6.0 * d * n * d_in, "fvu": m.fvu, "l0": m.l0,
-               "dead_fraction": m.dead_fraction, "folder": str(f)}
-              for (n, d, f), m in zip(runs, metrics)]
+    points = [
+        {
+            "latents": n,
+            "tokens": d,
+            "compute": 6.0 * d * n * d_in,
+            "fvu": m.fvu,
+            "l0": m.l0,
+            "dead_fraction": m.dead_fraction,
+            "folder": str(f),
+        }
+        for (n, d, f), m in zip(runs, metrics)
+    ]
     fits = fit(points)
-    result = {"command": "scaling", "config": asdict(cfg), "saelab_version": __version__, "model": lm.name,
-              "d_in": d_in, "points": points, "fits": fits, "wall_s": time.time() - t0,
-              "data_fingerprint": rows.fingerprint, "data_matches_training": data.matches_training}
+    result = {
+        "command": "scaling",
+        "config": asdict(cfg),
+        "saelab_version": __version__,
+        "model": lm.name,
+        "d_in": d_in,
+        "points": points,
+        "fits": fits,
+        "wall_s": time.time() - t0,
+        "data_fingerprint": rows.fingerprint,
+        "data_matches_training": data.matches_training,
+    }
     write_json(out / "scaling.json", result)
-    plot(points, fits, out / "scaling.png", f"{lm.name} {cfg.hookpoint}, TopK k={cfg.k}, held-out FVU on "
-                                             f"{cfg.eval_tokens:,} tokens")
+    plot(
+        points,
+        fits,
+        out / "scaling.png",
+        f"{lm.name} {cfg.hookpoint}, TopK k={cfg.k}, held-out FVU on {cfg.eval_tokens:,} tokens",
+    )
     return result

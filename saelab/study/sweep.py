@@ -25,20 +25,19 @@ from ..evaluate.run import run_eval
 from ..options import check_types, opt
 from ..sae.registry import uses_k
 from ..storage import read_json, write_json
-from ..train.config import TrainConfig
+from ..train.config import LOSSES, TrainConfig
 from ..train.loop import train
 from ..train.manifest import versions
-from ..train.config import LOSSES
 
 SWEEP_FILE = "sweep.json"
 GRID_KEYS = ("out", "loss", "k", "sparsity_coeff", "resume", "overwrite")
-UNFIXED = ("threads", "device", "wandb", "checkpoint_every")   # may change between invocations
+UNFIXED = ("threads", "device", "wandb", "checkpoint_every")  # may change between invocations
 
 
 @dataclasses.dataclass
 class SweepRun:
     loss: str
-    values: list            # k values (topk/batchtopk) or sparsity coefficients
+    values: list  # k values (topk/batchtopk) or sparsity coefficients
     folder: Path
 
 
@@ -58,8 +57,9 @@ def run_config(base: TrainConfig, run: SweepRun) -> TrainConfig:
     per_k = uses_k(base.arch)
     kw = {"k": run.values} if per_k else {"sparsity_coeff": run.values}
     ds = base.downstream_layers if run.loss == "e2e+ds" else None
-    return dataclasses.replace(base, out=str(run.folder), loss=run.loss, resume=False, overwrite=False,
-                               downstream_layers=ds, **kw)
+    return dataclasses.replace(
+        base, out=str(run.folder), loss=run.loss, resume=False, overwrite=False, downstream_layers=ds, **kw
+    )
 
 
 def _fixed(base: TrainConfig) -> dict:
@@ -80,8 +80,10 @@ def check_folder(out: Path, base: TrainConfig) -> dict | None:
     if diff:
         what = ", ".join(f"{k}: {prev.get(k)!r} there, {fixed.get(k)!r} now" for k in diff[:6])
         kind = "a different model" if "model" in diff else "a different setting"
-        raise UserError(f"{out} holds a sweep of {kind} ({what}); a sweep folder must hold one model, hookpoint and "
-                        f"corpus: use another --out")
+        raise UserError(
+            f"{out} holds a sweep of {kind} ({what}); a sweep folder must hold one model, hookpoint and "
+            f"corpus: use another --out"
+        )
     return old
 
 
@@ -100,6 +102,7 @@ def run_status(run: SweepRun) -> str:
 class SweepConfig:
     """`saelab sweep`'s own options; the rest of its command line is a TrainConfig (less loss / resume /
     overwrite), the fixed part of every run; its --out is the sweep folder."""
+
     losses: list[str] = opt(default_factory=lambda: ["local", "e2e", "e2e+ds"], help="loss types")
     separate: bool = opt(False, "one run folder per grid point (no shared forwards)")
     eval_tokens: int = opt(50_000, "held-out tokens for FVU / L0 / alive")
@@ -112,12 +115,24 @@ class SweepConfig:
 def sweep(base: TrainConfig, cfg: SweepConfig) -> dict:
     """run_sweep into base.out."""
     cfg.validate()
-    return run_sweep(base, base.out, cfg.losses, separate=cfg.separate, eval_tokens=cfg.eval_tokens,
-                     eval_ce_tokens=cfg.eval_ce_tokens)
+    return run_sweep(
+        base,
+        base.out,
+        cfg.losses,
+        separate=cfg.separate,
+        eval_tokens=cfg.eval_tokens,
+        eval_ce_tokens=cfg.eval_ce_tokens,
+    )
 
 
-def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = False, eval_tokens: int = 50_000,
-              eval_ce_tokens: int = 8192) -> dict:
+def run_sweep(
+    base: TrainConfig,
+    out: str,
+    losses: list[str],
+    separate: bool = False,
+    eval_tokens: int = 50_000,
+    eval_ce_tokens: int = 8192,
+) -> dict:
     out = Path(out)
     bad = [x for x in losses if x not in LOSSES]
     if not losses or bad:
@@ -129,18 +144,26 @@ def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = F
         run_config(base, r).validate()
     old = check_folder(out, base)
 
-    record = {"command": "sweep", "fixed": _fixed(base), "losses": losses, "separate": separate,
-              "values": runs[0].values if not separate else sorted({v for r in runs for v in r.values}),
-              "axis": "k" if uses_k(base.arch) else "sparsity_coeff",
-              "eval": {"tokens": eval_tokens, "ce_tokens": eval_ce_tokens}, "versions": versions(),
-              "runs": dict((old or {}).get("runs", {}))}
+    record = {
+        "command": "sweep",
+        "fixed": _fixed(base),
+        "losses": losses,
+        "separate": separate,
+        "values": runs[0].values if not separate else sorted({v for r in runs for v in r.values}),
+        "axis": "k" if uses_k(base.arch) else "sparsity_coeff",
+        "eval": {"tokens": eval_tokens, "ce_tokens": eval_ce_tokens},
+        "versions": versions(),
+        "runs": dict((old or {}).get("runs", {})),
+    }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SWEEP_FILE, record)
     for i, r in enumerate(runs):
         status = run_status(r)
         name = r.folder.name
-        print(f"saelab sweep: run {i + 1}/{len(runs)} {name} ({r.loss}, {record['axis']} {r.values}): {status}",
-              flush=True)
+        print(
+            f"saelab sweep: run {i + 1}/{len(runs)} {name} ({r.loss}, {record['axis']} {r.values}): {status}",
+            flush=True,
+        )
         t = time.time()
         if status in ("new", "partial", "checkpoint"):
             cfg = run_config(base, r)
@@ -149,8 +172,13 @@ def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = F
             status = "trained"
         if status == "trained":
             evaluate_run(r.folder, eval_tokens, eval_ce_tokens, device=base.device)
-        record["runs"][name] = {"loss": r.loss, "values": r.values, "folder": str(r.folder), "status": "done",
-                                "wall_s_this_invocation": time.time() - t}
+        record["runs"][name] = {
+            "loss": r.loss,
+            "values": r.values,
+            "folder": str(r.folder),
+            "status": "done",
+            "wall_s_this_invocation": time.time() - t,
+        }
         write_json(out / SWEEP_FILE, record)
     return record
 
@@ -158,5 +186,12 @@ def run_sweep(base: TrainConfig, out: str, losses: list[str], separate: bool = F
 def evaluate_run(folder: Path, tokens: int, ce_tokens: int, device: str = "cpu") -> None:
     """Evaluate every SAE of a training run (its manifest lists them), later-layer metrics included."""
     manifest = read_json(Path(folder) / "manifest.json")
-    run_eval([v["folder"] for v in manifest["saes"].values()], tokens=tokens, ce_tokens=ce_tokens, overwrite=True,
-             quiet=True, device=device, later_layers=True)
+    run_eval(
+        [v["folder"] for v in manifest["saes"].values()],
+        tokens=tokens,
+        ce_tokens=ce_tokens,
+        overwrite=True,
+        quiet=True,
+        device=device,
+        later_layers=True,
+    )

@@ -46,13 +46,13 @@ def load_checkpoint(folder: Path, members: list) -> None:
     tensors = read_tensors(Path(folder) / CHECKPOINT)
     for m in members:
         prefix = f"{m.name}/sae/"
-        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not sd:
             raise UserError(f"checkpoint has no state for SAE {m.name}: it was written by a different configuration")
         m.sae.load_state_dict(sd)
         for i, p in enumerate(m.sae.parameters()):
             pre = f"{m.name}/opt/{i}/"
-            st = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+            st = {k[len(pre) :]: v for k, v in tensors.items() if k.startswith(pre)}
             if st:  # Adam keeps `step` on the CPU and its moments beside the parameter
                 m.opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
         m.since_fired.copy_(tensors[f"{m.name}/since_fired"])

@@ -37,7 +37,7 @@ def plot_train_log(run: Path) -> Path | None:
     if constant:
         fig.suptitle("constant, not drawn: " + ", ".join(f"{k} = {v:g}" for k, v in constant.items()), fontsize=8)
     for ax, key in zip(axes[0], keys):
-        ax.xaxis.set_major_locator(MaxNLocator(4))   # few ticks, short labels (150k, 1.2M): never run together
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # few ticks, short labels (150k, 1.2M): never run together
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         for name in names:
             pts = [(r["tokens"], r["saes"][name][key]) for r in records if key in r["saes"].get(name, {})]

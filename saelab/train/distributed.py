@@ -72,10 +72,12 @@ class Comm:
         try:
             return fn(*args, **kw)
         except (RuntimeError, dist.DistBackendError, ConnectionError) as e:  # peer died, timed out, or reset
-            raise RankFailure(f"distributed training: rank {self.rank}/{self.world} lost the other ranks during "
-                              f"{what} ({str(e).splitlines()[0][:200]}). A rank died or stalled for more than "
-                              f"--dist-timeout {self.timeout_s:g} s; see the first failing rank's log. The last "
-                              f"checkpoint is kept: rerun with --resume and the same number of processes.") from e
+            raise RankFailure(
+                f"distributed training: rank {self.rank}/{self.world} lost the other ranks during "
+                f"{what} ({str(e).splitlines()[0][:200]}). A rank died or stalled for more than "
+                f"--dist-timeout {self.timeout_s:g} s; see the first failing rank's log. The last "
+                f"checkpoint is kept: rerun with --resume and the same number of processes."
+            ) from e
 
     def all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM, what: str = "all_reduce") -> torch.Tensor:
         self._call(what, dist.all_reduce, t, op=op)
@@ -103,10 +105,10 @@ class Comm:
         self._call(what, dist.all_gather, sizes, n)
         m = int(max(s.item() for s in sizes))
         pad = torch.zeros(m, *t.shape[1:], dtype=t.dtype, device=t.device)
-        pad[:t.shape[0]] = t
+        pad[: t.shape[0]] = t
         bufs = [torch.empty_like(pad) for _ in range(self.world)]
         self._call(what, dist.all_gather, bufs, pad)
-        return [b[:int(s.item())] for b, s in zip(bufs, sizes)]
+        return [b[: int(s.item())] for b, s in zip(bufs, sizes)]
 
     def barrier(self) -> None:
         self._call("barrier", dist.barrier)
@@ -127,15 +129,19 @@ class DistributedActivationStream(ActivationStream):
         # silently swap two sites of one width (this happened: models.depth_order is now rank-independent)
         orders = comm.all_gather_object(list(self.hookpoints), "hookpoint check")
         if any(o != orders[0] for o in orders):
-            raise RuntimeError(f"distributed training: the ranks order the hookpoints differently ({orders}); "
-                               f"this is a bug in saelab, please report it")
+            raise RuntimeError(
+                f"distributed training: the ranks order the hookpoints differently ({orders}); "
+                f"this is a bug in saelab, please report it"
+            )
 
     @torch.no_grad()
     def chunk(self, c: int) -> Chunk:
         batches = self.lm_batches(c)
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hookpoints}
         counts, lm_tokens, excluded = [], 0, 0
-        for rows in batches[self.comm.rank::self.comm.world]:  # the same batches a single process runs, each on one rank
+        for rows in batches[
+            self.comm.rank :: self.comm.world
+        ]:  # the same batches a single process runs, each on one rank
             acts, n, ex = self.forward(rows)
             for h, a in acts.items():
                 parts[h].append(a)
@@ -158,8 +164,10 @@ class Distributed(SingleProcess):
     def __init__(self, cfg):
         # (--distributed's value is checked with the other options: TrainConfig.check_run)
         if cfg.loss != "local":
-            raise UserError(f"--loss {cfg.loss}: torchrun training supports the local loss only; run e2e losses in "
-                            f"one process (without torchrun)")
+            raise UserError(
+                f"--loss {cfg.loss}: torchrun training supports the local loss only; run e2e losses in "
+                f"one process (without torchrun)"
+            )
         if getattr(cfg, "finetune_fraction", None):
             raise UserError("--finetune-fraction: its kl+mse phase runs in one process; train without torchrun")
         caps = ARCHITECTURES[cfg.arch].capabilities  # the type declares its torchrun modes (sae/kind.py)
@@ -167,18 +175,24 @@ class Distributed(SingleProcess):
             raise UserError(f"--arch {cfg.arch} trains in one process (without torchrun): {caps.one_process_why}")
         if cfg.distributed == "data" and "data" not in caps.torchrun:
             # The loss does not decompose into per-rank shares weighted by target variance
-            raise UserError(f"--arch {cfg.arch}: --distributed data would not give the single-process result "
-                            f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
-                            f"batches) or one process")
+            raise UserError(
+                f"--arch {cfg.arch}: --distributed data would not give the single-process result "
+                f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
+                f"batches) or one process"
+            )
         if cfg.distributed == "modules" and "modules" not in caps.torchrun:
-            raise UserError(f"--arch {cfg.arch}: --distributed modules is not supported; use --distributed "
-                            f"{' or '.join(caps.torchrun)}")
+            raise UserError(
+                f"--arch {cfg.arch}: --distributed modules is not supported; use --distributed "
+                f"{' or '.join(caps.torchrun)}"
+            )
         if cfg.distributed == "latents":  # before the process group and any model load
             check_latents_mode(cfg, world_size())
             if getattr(cfg, "compile", False):
-                raise UserError("--compile with --distributed latents is not supported: the sharded dictionary "
-                                "exchanges data between ranks inside its forward (untested under torch.compile); "
-                                "use --distributed data or modules, or drop --compile")
+                raise UserError(
+                    "--compile with --distributed latents is not supported: the sharded dictionary "
+                    "exchanges data between ranks inside its forward (untested under torch.compile); "
+                    "use --distributed data or modules, or drop --compile"
+                )
         self.mode, self.device = cfg.distributed, cfg.device
         self.comm = Comm(cfg.dist_timeout, cfg.device)
         self.is_main = self.comm.is_main
@@ -194,9 +208,11 @@ class Distributed(SingleProcess):
     def check_resume(self, meta: dict, out) -> None:
         saved = (meta.get("world_size", 1), meta.get("distributed"))
         if saved != (self.comm.world, self.mode):
-            raise UserError(f"--resume: the checkpoint in {out} was written by {saved[0]} process(es) "
-                            f"({saved[1] or 'single process'}); this run has {self.comm.world} ({self.mode}). "
-                            f"Resume with the same torchrun --nproc_per_node and --distributed")
+            raise UserError(
+                f"--resume: the checkpoint in {out} was written by {saved[0]} process(es) "
+                f"({saved[1] or 'single process'}); this run has {self.comm.world} ({self.mode}). "
+                f"Resume with the same torchrun --nproc_per_node and --distributed"
+            )
 
     def wrap_stream(self, stream):
         return DistributedActivationStream(stream, self.comm)
@@ -210,9 +226,11 @@ class Distributed(SingleProcess):
         if self.mode == "latents":
             return [shard_member(m, self.comm, self.device) for m in members]
         if len(members) < self.comm.world:
-            raise UserError(f"--distributed modules: {len(members)} SAE(s) for {self.comm.world} ranks; "
-                            f"use --distributed data or fewer processes")
-        return members[self.comm.rank::self.comm.world]
+            raise UserError(
+                f"--distributed modules: {len(members)} SAE(s) for {self.comm.world} ranks; "
+                f"use --distributed data or fewer processes"
+            )
+        return members[self.comm.rank :: self.comm.world]
 
     def all_names(self, members) -> list[str]:
         return self._names
@@ -255,7 +273,7 @@ class Distributed(SingleProcess):
         self.comm.all_reduce(flat, what="gradient all-reduce")
         i = 0
         for p in params:
-            p.grad.copy_(flat[i:i + p.numel()].view_as(p.grad))
+            p.grad.copy_(flat[i : i + p.numel()].view_as(p.grad))
             i += p.numel()
         for name, b in m.sae.named_buffers():
             if b.is_floating_point() and name not in ("in_scale", "out_scale"):  # BatchTopK threshold
@@ -291,8 +309,17 @@ class Distributed(SingleProcess):
         if self.mode == "latents":
             full = [gather_member(m, self.comm) for m in members]
             return full if self.comm.is_main else None
-        mine = {m.name: (m.sae.cfg.to_dict(), {k: v.cpu() for k, v in m.sae.state_dict().items()},
-                         [dict(s) for s in m.opt.state.values()], m.since_fired.cpu(), m.lr, m.stats) for m in members}
+        mine = {
+            m.name: (
+                m.sae.cfg.to_dict(),
+                {k: v.cpu() for k, v in m.sae.state_dict().items()},
+                [dict(s) for s in m.opt.state.values()],
+                m.since_fired.cpu(),
+                m.lr,
+                m.stats,
+            )
+            for m in members
+        }
         gathered = self.comm.all_gather_object(mine, "gathering SAEs")
         if not self.comm.is_main:
             return None

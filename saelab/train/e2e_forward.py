@@ -19,9 +19,9 @@ Where the spliced pass starts, for a site S in block i (replaced site = out_hook
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +29,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from ..models import first_tensor, module_at, decoder_layers, layer_index, patch_activation
+from ..models import decoder_layers, first_tensor, layer_index, module_at, patch_activation
 
 
 @dataclass(frozen=True)
 class SitePlan:
     """How the spliced pass for one replaced site runs."""
-    site: str                 # the replaced site
-    block: int                # block index of the site (-1 before the first block)
-    block_output: bool        # the site is the whole block's output
-    skip: int                 # blocks replaced by stubs (0..skip-1)
-    later: tuple[int, ...]    # blocks whose output follows the site (downstream layers)
+
+    site: str  # the replaced site
+    block: int  # block index of the site (-1 before the first block)
+    block_output: bool  # the site is the whole block's output
+    skip: int  # blocks replaced by stubs (0..skip-1)
+    later: tuple[int, ...]  # blocks whose output follows the site (downstream layers)
 
     @property
     def resume_key(self) -> str | None:
@@ -72,8 +73,10 @@ def _base_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or head is None or base is model:
-        raise UserError(f"{type(model).__name__}: e2e training needs a causal LM with a base model and an output "
-                        f"head (like LlamaForCausalLM)")
+        raise UserError(
+            f"{type(model).__name__}: e2e training needs a causal LM with a base model and an output "
+            f"head (like LlamaForCausalLM)"
+        )
     return base, head
 
 
@@ -95,8 +98,10 @@ def check_head(model: nn.Module, device: str = "cpu") -> None:
     ref = model(input_ids=ids, use_cache=False).logits.float()
     ours = logits_of(model, base(input_ids=ids, use_cache=False).last_hidden_state).float()
     if not torch.allclose(ref, ours, atol=1e-3 * (1 + ref.abs().max().item()), rtol=1e-3):
-        raise UserError(f"{type(model).__name__}: its logits are not lm_head(last hidden state); e2e training "
-                        f"does not support this architecture")
+        raise UserError(
+            f"{type(model).__name__}: its logits are not lm_head(last hidden state); e2e training "
+            f"does not support this architecture"
+        )
 
 
 # ---------------------------------------------------------------- the clean pass
@@ -104,22 +109,24 @@ def check_head(model: nn.Module, device: str = "cpu") -> None:
 
 @dataclass
 class CleanPass:
-    ids: torch.Tensor                    # [B, T]
-    acts: dict[str, torch.Tensor]        # site or resume key -> [B, T, d] (no grad)
-    later: dict[int, torch.Tensor]       # block j -> its clean output [B, T, d]
-    logp: torch.Tensor                   # [B, T, V] clean next-token log-probs (float32)
-    tuple_blocks: bool                   # blocks return tuples (older transformers) rather than tensors
+    ids: torch.Tensor  # [B, T]
+    acts: dict[str, torch.Tensor]  # site or resume key -> [B, T, d] (no grad)
+    later: dict[int, torch.Tensor]  # block j -> its clean output [B, T, d]
+    logp: torch.Tensor  # [B, T, V] clean next-token log-probs (float32)
+    tuple_blocks: bool  # blocks return tuples (older transformers) rather than tensors
 
 
 def _record_input(store: dict, key: str):
     def pre(m, args, kwargs):
         store[key] = args[0] if args else kwargs["hidden_states"]
+
     return pre
 
 
 @torch.no_grad()
-def clean_pass(model: nn.Module, ids: torch.Tensor, sites: list[str], plans: list[SitePlan],
-               later_blocks: set[int]) -> CleanPass:
+def clean_pass(
+    model: nn.Module, ids: torch.Tensor, sites: list[str], plans: list[SitePlan], later_blocks: set[int]
+) -> CleanPass:
     """Full forward without grad; records the SAE input sites, stub tensors and later block outputs."""
     base, _ = _base_and_head(model)
     _, layers = decoder_layers(model)
@@ -136,14 +143,16 @@ def clean_pass(model: nn.Module, ids: torch.Tensor, sites: list[str], plans: lis
                 handles.append(mod.register_forward_hook(lambda m, a, o, s=s: store.__setitem__(s, first_tensor(o))))
         for p in plans:
             if p.resume_key and not p.block_output:
-                handles.append(layers[p.block].register_forward_pre_hook(_record_input(store, p.resume_key),
-                                                                         with_kwargs=True))
+                handles.append(
+                    layers[p.block].register_forward_pre_hook(_record_input(store, p.resume_key), with_kwargs=True)
+                )
 
         def rec_block(j):
             def fn(m, a, o):
                 kinds.append(isinstance(o, tuple))
                 if j in later_blocks:
                     later[j] = first_tensor(o)
+
             return fn
 
         for j, layer in enumerate(layers):
@@ -203,8 +212,9 @@ def _swapped(layers: nn.ModuleList, new: dict[int, nn.Module]) -> Iterator[None]
             layers[j] = m
 
 
-def spliced_pass(model: nn.Module, clean: CleanPass, plan: SitePlan, replacement: torch.Tensor,
-                 recompute: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+def spliced_pass(
+    model: nn.Module, clean: CleanPass, plan: SitePlan, replacement: torch.Tensor, recompute: bool = False
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Forward from the site with `replacement` [B, T, d] in place of the site's activation.
 
     -> (last hidden state [B, T, d] after the final norm, {block j: output [B, T, d]} for later blocks).
@@ -233,14 +243,17 @@ def spliced_pass(model: nn.Module, clean: CleanPass, plan: SitePlan, replacement
 def _const(value: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(act: torch.Tensor) -> torch.Tensor:
         if act.shape != value.shape:
-            raise UserError(f"e2e splice: the site's activation has shape {tuple(act.shape)}, expected "
-                            f"{tuple(value.shape)}")
+            raise UserError(
+                f"e2e splice: the site's activation has shape {tuple(act.shape)}, expected {tuple(value.shape)}"
+            )
         return value.to(act.dtype)
+
     return fn
 
 
-def kl_to_clean(model: nn.Module, hidden: torch.Tensor, clean_logp: torch.Tensor, chunk: int = 1024,
-                recompute: bool = False) -> torch.Tensor:
+def kl_to_clean(
+    model: nn.Module, hidden: torch.Tensor, clean_logp: torch.Tensor, chunk: int = 1024, recompute: bool = False
+) -> torch.Tensor:
     """Sum over positions of KL(p_clean || p_spliced), computing logits `chunk` positions at a time.
 
     hidden [B, T, d] (with grad), clean_logp [B, T, V]. Memory is one chunk of logits: the gradient
@@ -268,7 +281,7 @@ def _head_buffer(role: str, rows: int, cols: int, device: torch.device) -> torch
     if buf is None or buf.numel() < rows * cols:
         _HEAD_BUFFERS.pop(key, None)  # free the old one before allocating the larger one
         buf = _HEAD_BUFFERS[key] = torch.empty(rows * cols, dtype=torch.float32, device=device)
-    return buf[:rows * cols].view(rows, cols)
+    return buf[: rows * cols].view(rows, cols)
 
 
 def release_head_buffers() -> None:
@@ -293,7 +306,7 @@ class _HeadKL(torch.autograd.Function):
         grads = []
         vocab = weight.shape[0]
         for s in range(0, h.shape[0], chunk):
-            hc = h[s:s + chunk]
+            hc = h[s : s + chunk]
             n = hc.shape[0]
             if hc.dtype == weight.dtype == torch.float32:
                 z = torch.mm(hc, weight.t(), out=_head_buffer("z", n, vocab, h.device))
@@ -304,7 +317,7 @@ class _HeadKL(torch.autograd.Function):
             if cap:  # z <- cap * tanh(z / cap), keeping tanh for the gradient
                 t = torch.tanh(z.div_(cap), out=_head_buffer("t", n, vocab, h.device))
                 z = torch.mul(t, cap, out=z)
-            lc = clean_logp[s:s + chunk].float()
+            lc = clean_logp[s : s + chunk].float()
             top = z.amax(-1, keepdim=True)
             e = torch.sub(z, top, out=_head_buffer("e", n, vocab, h.device)).exp_()  # exp(z - max)
             esum = e.sum(-1, keepdim=True)

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import torch
 
-from .config import FINETUNE_LR_SHARE
-from .schedule import lr_factor
 from ..sinks import SinkConfig
+from .config import FINETUNE_LR_SHARE
 from .e2e_forward import kl_to_clean, spliced_pass
 from .members import Member
-from .objectives import EndToEndObjective, LocalObjective, RunSchedule, StepLoss, make_objective as make_base_objective
+from .objectives import EndToEndObjective, LocalObjective, RunSchedule, StepLoss
+from .objectives import make_objective as make_base_objective
+from .schedule import lr_factor
 from .sources import Batch
 
 
@@ -48,8 +49,11 @@ class KlMseObjective(EndToEndObjective):
         self.name = "kl+mse"
 
     def record(self) -> dict:
-        return {"loss": self.name, "kl_coeff": self.kl_coeff,
-                "mse_weight": "auto: running KL / running FVU (docs/E2E.md)"}
+        return {
+            "loss": self.name,
+            "kl_coeff": self.kl_coeff,
+            "mse_weight": "auto: running KL / running FVU (docs/E2E.md)",
+        }
 
     def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
         clean, plan, sae = shared.clean, self.plans[m.name], m.sae
@@ -66,8 +70,14 @@ class KlMseObjective(EndToEndObjective):
         fvu = (out.recon - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
         weight = mse_weight(m.stats, kl.item(), fvu.item())
         loss = self.kl_coeff * kl + weight * (fvu + out.sparsity_loss + out.aux_loss)
-        stats = {"kl": kl.item(), "fvu": fvu.item(), "mse_weight": weight, "aux": out.aux_loss.item(),
-                 "l0": out.latents.values.gt(0).sum().item() / max(1, x.shape[0]), "loss": loss.item()}
+        stats = {
+            "kl": kl.item(),
+            "fvu": fvu.item(),
+            "mse_weight": weight,
+            "aux": out.aux_loss.item(),
+            "l0": out.latents.values.gt(0).sum().item() / max(1, x.shape[0]),
+            "loss": loss.item(),
+        }
         return StepLoss(loss, stats, out.latents.fire_counts() > 0, int(drop.sum()))
 
 
@@ -104,8 +114,11 @@ class SwitchObjective(RunSchedule):
         return FINETUNE_LR_SHARE * lr_factor(phase, warmup, decay)
 
     def record(self) -> dict:
-        return self.local.record() | {"finetune": self.finetune.name, "finetune_fraction": self.fraction,
-                                      "kl_coeff": self.finetune.kl_coeff}
+        return self.local.record() | {
+            "finetune": self.finetune.name,
+            "finetune_fraction": self.fraction,
+            "kl_coeff": self.finetune.kl_coeff,
+        }
 
     def split(self, batch: Batch):
         return self._of(batch).split(batch)
@@ -118,7 +131,7 @@ class SwitchObjective(RunSchedule):
 
     def loss(self, m: Member, part: Batch, shared, dead: torch.Tensor) -> StepLoss:
         if part.ids is not None and "kl" not in m.stats:  # the fine-tune's first step (resumes alike:
-            m.opt.state.clear()                           # the running KL is in the checkpoint)
+            m.opt.state.clear()  # the running KL is in the checkpoint)
         return self._of(part).loss(m, part, shared, dead)
 
 
@@ -127,6 +140,7 @@ def make_objective(cfg, model, members: list[Member], sink: SinkConfig, special:
     if cfg.loss == "kl+mse":
         return KlMseObjective(cfg, model, members, sink, special)
     if cfg.finetune_fraction:
-        return SwitchObjective(LocalObjective(), KlMseObjective(cfg, model, members, sink, special),
-                               cfg.finetune_fraction)
+        return SwitchObjective(
+            LocalObjective(), KlMseObjective(cfg, model, members, sink, special), cfg.finetune_fraction
+        )
     return make_base_objective(cfg, model, members, sink, special)

@@ -30,30 +30,42 @@ import torch
 
 from ..errors import UserError
 from ..models import candidate_hookpoints, model_skeleton
-from ..options import field_default, flag as option_flag
+from ..options import field_default
+from ..options import flag as option_flag
 from ..sae import ARCHITECTURES, SparseCoder, build_sae, uses_k
 from ..sae.folder import SaeFolder, open_sae
 from ..sae.foreign import detect_format, resolve_source, sae_folders
 from .members import Member, new_member, sae_name
 from .sources import local_model_config
 
-_EQUAL_NORMS = 1e-5   # relative spread of decoder row norms still counted as one scale (float32 rounding)
+_EQUAL_NORMS = 1e-5  # relative spread of decoder row norms still counted as one scale (float32 rounding)
 
 
 @dataclass
 class InitSource:
     """The dictionary a run starts from, and what its new folder records about it."""
+
     folder: SaeFolder
-    fmt: str                       # saelab | saelens | sparsify
+    fmt: str  # saelab | saelens | sparsify
 
     @property
     def record(self) -> dict:
         p = self.folder.provenance
         c = self.folder.sae.cfg
-        return {"path": str(self.folder.path.resolve()), "format": self.fmt, "arch": c.arch, "d_sae": c.d_sae,
-                "k": c.k, "sparsity_coeff": c.sparsity_coeff, "hookpoint": c.hookpoint,
-                "out_hookpoint": c.out_hookpoint, "model_spec": p.model_spec, "corpus": p.corpus,
-                "training_tokens": p.training_tokens, "objective": p.objective}
+        return {
+            "path": str(self.folder.path.resolve()),
+            "format": self.fmt,
+            "arch": c.arch,
+            "d_sae": c.d_sae,
+            "k": c.k,
+            "sparsity_coeff": c.sparsity_coeff,
+            "hookpoint": c.hookpoint,
+            "out_hookpoint": c.out_hookpoint,
+            "model_spec": p.model_spec,
+            "corpus": p.corpus,
+            "training_tokens": p.training_tokens,
+            "objective": p.objective,
+        }
 
 
 def open_init_source(spec: str) -> InitSource:
@@ -61,8 +73,10 @@ def open_init_source(spec: str) -> InitSource:
     folders = sae_folders(root)
     if len(folders) > 1:
         names = ", ".join(f.name for f in folders[:6]) + (", ..." if len(folders) > 6 else "")
-        raise UserError(f"--init-from {spec}: holds {len(folders)} SAE folders ({names}); a run starts from one "
-                        f"dictionary: pass one of them")
+        raise UserError(
+            f"--init-from {spec}: holds {len(folders)} SAE folders ({names}); a run starts from one "
+            f"dictionary: pass one of them"
+        )
     return InitSource(open_sae(folders[0]), detect_format(folders[0]))
 
 
@@ -76,8 +90,10 @@ def _adopt(cfg, name: str, value, src: Path) -> tuple[str, object]:
     if mine != value and mine != _default(cfg, name):
         flag = option_flag(name)
         shown = " ".join(map(str, mine)) if isinstance(mine, list) else mine
-        raise UserError(f"{flag} {shown} contradicts the dictionary in {src} ({name} = {value}); --init-from "
-                        f"trains that dictionary as it is: drop {flag}")
+        raise UserError(
+            f"{flag} {shown} contradicts the dictionary in {src} ({name} = {value}); --init-from "
+            f"trains that dictionary as it is: drop {flag}"
+        )
     return name, value
 
 
@@ -87,15 +103,25 @@ def adopt_dictionary(cfg) -> tuple[InitSource, object]:
     src = open_init_source(cfg.init_from)
     c, path = src.folder.sae.cfg, src.folder.path
     k_arch = uses_k(c.arch)
-    several = [(n, v) for n, v in (("--k", cfg.k), ("--sparsity-coeff", cfg.sparsity_coeff), ("--hookpoints", cfg.hookpoints))
-               if v is not None and len(v) > 1]
+    several = [
+        (n, v)
+        for n, v in (("--k", cfg.k), ("--sparsity-coeff", cfg.sparsity_coeff), ("--hookpoints", cfg.hookpoints))
+        if v is not None and len(v) > 1
+    ]
     if several:
         n, v = several[0]
-        raise UserError(f"{n} {' '.join(map(str, v))}: --init-from starts one SAE from one dictionary; a sweep of "
-                        f"several values cannot (the dictionary has {n.lstrip('-')} = "
-                        f"{c.k if n == '--k' else c.sparsity_coeff if n == '--sparsity-coeff' else c.hookpoint})")
-    fixed = [("arch", c.arch), ("latents", c.d_sae), ("k", [c.k]) if k_arch else ("sparsity_coeff", [c.sparsity_coeff]),
-             ("hookpoints", [c.hookpoint + (f"->{c.out_hookpoint}" if c.out_hookpoint else "")]), ("skip", c.skip)]
+        raise UserError(
+            f"{n} {' '.join(map(str, v))}: --init-from starts one SAE from one dictionary; a sweep of "
+            f"several values cannot (the dictionary has {n.lstrip('-')} = "
+            f"{c.k if n == '--k' else c.sparsity_coeff if n == '--sparsity-coeff' else c.hookpoint})"
+        )
+    fixed = [
+        ("arch", c.arch),
+        ("latents", c.d_sae),
+        ("k", [c.k]) if k_arch else ("sparsity_coeff", [c.sparsity_coeff]),
+        ("hookpoints", [c.hookpoint + (f"->{c.out_hookpoint}" if c.out_hookpoint else "")]),
+        ("skip", c.skip),
+    ]
     fixed += list(ARCHITECTURES[c.arch].Options.recorded(c).items())  # e.g. Matryoshka's groups
     if src.fmt == "saelab":
         fixed.append(("model", src.folder.provenance.model_spec))
@@ -115,8 +141,10 @@ def _check_width_before_load(model_spec: str, c, path: Path) -> None:
     kinds = dict(candidate_hookpoints(skeleton))
     for site, width in ((c.hookpoint, c.d_in), (c.out_hookpoint, c.d_out)):
         if site and kinds.get(site) == "resid_post" and width != hidden:
-            raise UserError(f"--init-from {path}: the dictionary's width at {site} is {width}, but model "
-                            f"{model_spec!r} has hidden size {hidden} there")
+            raise UserError(
+                f"--init-from {path}: the dictionary's width at {site} is {width}, but model "
+                f"{model_spec!r} has hidden size {hidden} there"
+            )
 
 
 def check_widths(src: InitSource, widths: dict[str, int]) -> None:
@@ -124,20 +152,23 @@ def check_widths(src: InitSource, widths: dict[str, int]) -> None:
     c = src.folder.sae.cfg
     for site, width in ((c.hookpoint, c.d_in), (c.out_hookpoint, c.d_out)):
         if site and widths.get(site) != width:
-            raise UserError(f"--init-from {src.folder.path}: the dictionary's width at {site} is {width}, the "
-                            f"model's is {widths.get(site)}")
+            raise UserError(
+                f"--init-from {src.folder.path}: the dictionary's width at {site} is {width}, the "
+                f"model's is {widths.get(site)}"
+            )
 
 
 def members_from_dictionary(cfg, src: InitSource, sites, widths: dict[str, int]) -> list[Member]:
     """One member per learning rate, each a copy of the source dictionary in training parametrisation."""
     check_widths(src, widths)
-    (a, b), = sites
+    ((a, b),) = sites
     members = []
     for k, coeff, lr in cfg.sweep_values():
         sc = replace(src.folder.sae.cfg, aux_coeff=cfg.aux_coeff, **cfg.type_options().sae_fields(fresh=False))
         sae = copy_dictionary(src.folder.sae, build_sae(sc)).to(cfg.device)
-        name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff,
-                        lr if len(cfg.learning_rates) > 1 else None)
+        name = sae_name(
+            a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None
+        )
         members.append(new_member(name, sae, lr, cfg.device))
     return members
 

@@ -37,15 +37,21 @@ def check_latents_mode(cfg, world: int) -> None:
     """Before any model loads: what latent sharding cannot train."""
     shardable = [a for a, kind in ARCHITECTURES.items() if "latents" in kind.capabilities.torchrun]
     if cfg.arch not in shardable:
-        raise UserError(f"--distributed latents: --arch {cfg.arch} is not supported (its sparsity is not a top-k "
-                        f"over latents that can be computed exactly from per-rank candidates); supported: "
-                        f"{', '.join(shardable)}. Use --distributed data or modules")
+        raise UserError(
+            f"--distributed latents: --arch {cfg.arch} is not supported (its sparsity is not a top-k "
+            f"over latents that can be computed exactly from per-rank candidates); supported: "
+            f"{', '.join(shardable)}. Use --distributed data or modules"
+        )
     if cfg.skip:
-        raise UserError("--distributed latents: --skip is not supported (W_skip is not a latent parameter); "
-                        "use --distributed modules")
+        raise UserError(
+            "--distributed latents: --skip is not supported (W_skip is not a latent parameter); "
+            "use --distributed modules"
+        )
     if cfg.latents % world:
-        raise UserError(f"--distributed latents: --latents {cfg.latents} is not divisible by the {world} processes; "
-                        f"use a multiple of {world} (e.g. {cfg.latents - cfg.latents % world + world})")
+        raise UserError(
+            f"--distributed latents: --latents {cfg.latents} is not divisible by the {world} processes; "
+            f"use a multiple of {world} (e.g. {cfg.latents - cfg.latents % world + world})"
+        )
 
 
 # ------------------------------------------------------------ slicing and gathering members
@@ -69,9 +75,14 @@ def shard_member(m: Member, comm, device: str) -> Member:
 def gather_member(m: Member, comm) -> Member | None:
     """The full member on rank 0 (None on the others): slices concatenated in rank order."""
     sae = m.sae
-    state = ({k: v.cpu() for k, v in sae.state_dict().items()},
-             [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in m.opt.state.get(p, {}).items()}
-              for p in sae.parameters()], m.since_fired.cpu())
+    state = (
+        {k: v.cpu() for k, v in sae.state_dict().items()},
+        [
+            {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in m.opt.state.get(p, {}).items()}
+            for p in sae.parameters()
+        ],
+        m.since_fired.cpu(),
+    )
     parts = comm.all_gather_object(state, "gathering latent shards")
     if comm.rank != 0:
         return None
@@ -83,8 +94,9 @@ def gather_member(m: Member, comm) -> Member | None:
     for i, (name, p) in enumerate(full.named_parameters()):
         st = parts[0][1][i]
         if st:
-            out.opt.state[p] = {k: v if k == "step" else _cat(name, [q[1][i][k] for q in parts]).to(p.device)
-                                for k, v in st.items()}
+            out.opt.state[p] = {
+                k: v if k == "step" else _cat(name, [q[1][i][k] for q in parts]).to(p.device) for k, v in st.items()
+            }
     out.since_fired.copy_(torch.cat([p[2] for p in parts]))
     return out
 
@@ -100,8 +112,11 @@ def latent_slice(full: SparseCoder, sl: slice) -> SparseCoder:
     with torch.no_grad():
         for name, p in full.named_parameters():  # replaced in place: the order (Adam's state) is kept
             owner, _, leaf = name.rpartition(".")
-            setattr(sae.get_submodule(owner), leaf,
-                    nn.Parameter(_slice(name, p.detach(), sl).clone(), requires_grad=p.requires_grad))
+            setattr(
+                sae.get_submodule(owner),
+                leaf,
+                nn.Parameter(_slice(name, p.detach(), sl).clone(), requires_grad=p.requires_grad),
+            )
         for name, b in full.named_buffers():
             owner, _, leaf = name.rpartition(".")
             setattr(sae.get_submodule(owner), leaf, b.clone())

@@ -10,7 +10,6 @@ Read top to bottom: resolve the plan (plan.py: every option checked once, before
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,16 +18,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..out_folder import TRAINING_RUN, open_out
 from ..sae.folder import Provenance, save_sae
-from ..storage import refuse_overwrite, trim_jsonl
+from ..storage import trim_jsonl
 from .checkpoint import CHECKPOINT, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
-from .curves import FIGURE, LOG, plot_train_log
+from .curves import LOG, plot_train_log
 from .distributed import parallel_for
-from .manifest import write_manifest
-from .members import Member, build_members
 from .finetune import make_objective
 from .init_from import first_batch, members_from_dictionary
+from .manifest import write_manifest
+from .members import Member, build_members
 from .parallel import SingleProcess
 from .plan import TrainingPlan, resolve
 from .resume_identity import check_options, check_resume_identity, resume_identity
@@ -42,10 +42,11 @@ class TrainingDiverged(UserError):
 @dataclass
 class Position:
     """Where a run is; checkpointed, so a resumed run continues exactly."""
-    cursor: int = 0        # the source's resume position (next chunk / next e2e step)
-    lm_tokens: int = 0     # LM positions consumed
-    steps: int = 0         # optimiser steps taken
-    excluded: int = 0      # sink/outlier positions left out
+
+    cursor: int = 0  # the source's resume position (next chunk / next e2e step)
+    lm_tokens: int = 0  # LM positions consumed
+    steps: int = 0  # optimiser steps taken
+    excluded: int = 0  # sink/outlier positions left out
     wall_s: float = 0.0
 
 
@@ -57,8 +58,9 @@ class TrainingRun:
         self.cfg, self.out = cfg, Path(cfg.out)
         self.parallel = parallel or SingleProcess()
         self.parallel.check(cfg)
-        if not cfg.resume:
-            refuse_overwrite(self.out, cfg.overwrite, "--out")
+        # --resume continues this folder's run (checked below); otherwise the folder must be new, empty, or
+        # (with --overwrite) a training run, whose own files alone are removed before the first batch
+        self.folder = None if cfg.resume else open_out(self.out, TRAINING_RUN, cfg.overwrite)
         precheck(cfg, self.patterns)
         self.resume_meta = read_checkpoint_meta(self.out) if cfg.resume else None
         if self.resume_meta:
@@ -73,12 +75,13 @@ class TrainingRun:
             torch.set_num_threads(cfg.threads)
         inputs = open_inputs(cfg, self.patterns, par.wrap_stream)
         if par.is_main:
-            if cfg.overwrite and self.out.exists():
-                _clear_run(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.folder.prepare() if self.folder else self.out.mkdir(parents=True, exist_ok=True)
         par.barrier()
-        everyone = (members_from_dictionary(cfg, self.init, inputs.sites, inputs.widths) if self.init
-                    else build_members(cfg, inputs.sites, inputs.widths))
+        everyone = (
+            members_from_dictionary(cfg, self.init, inputs.sites, inputs.widths)
+            if self.init
+            else build_members(cfg, inputs.sites, inputs.widths)
+        )
         self.identity = resume_identity(cfg, [m.name for m in everyone], inputs.data["fingerprint"], par.describe())
         members = par.own(everyone)
         objective = make_objective(cfg, inputs.lm.model if inputs.lm else None, members, inputs.sink, inputs.special)
@@ -88,9 +91,16 @@ class TrainingRun:
         source = inputs.source
         t0 = time.time() - pos.wall_s
         next_ckpt = (pos.lm_tokens // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        bar = tqdm(total=source.total_lm_tokens, initial=pos.lm_tokens, unit="tok", unit_scale=True,
-                   desc="train" if cfg.loss == "local" else f"train ({cfg.loss})", smoothing=0.05, dynamic_ncols=True,
-                   disable=not par.is_main)
+        bar = tqdm(
+            total=source.total_lm_tokens,
+            initial=pos.lm_tokens,
+            unit="tok",
+            unit_scale=True,
+            desc="train" if cfg.loss == "local" else f"train ({cfg.loss})",
+            smoothing=0.05,
+            dynamic_ncols=True,
+            disable=not par.is_main,
+        )
         t_loop = time.time()
         last_inputs: dict[str, torch.Tensor] = {}  # recent raw SAE inputs, for `finalize` (BatchTopK threshold)
         self._inputs_from = None  # the data last_inputs was read from (a chunk's sample serves all its batches)
@@ -105,7 +115,9 @@ class TrainingRun:
             bar.set_postfix_str(_postfix(members, batch))
             self._append_log(members, pos, time.time() - t0)
             if logger:
-                logger.log({f"{m.name}/{k}": v for m in members for k, v in m.stats.items()} | {"tokens": pos.lm_tokens})
+                logger.log(
+                    {f"{m.name}/{k}": v for m in members for k, v in m.stats.items()} | {"tokens": pos.lm_tokens}
+                )
             if pos.lm_tokens >= next_ckpt and pos.lm_tokens < source.total_lm_tokens:
                 pos.cursor, pos.wall_s = batch.cursor, time.time() - t0
                 self._checkpoint(members, pos)
@@ -118,8 +130,9 @@ class TrainingRun:
         return self._save(members, pos, inputs, objective.record(), time.time() - t_loop)
 
     # ------------------------------------------------------------ one step
-    def _step(self, members: list[Member], objective, batch: Batch, first: bool, dead_tokens: int,
-              last_inputs: dict) -> int:
+    def _step(
+        self, members: list[Member], objective, batch: Batch, first: bool, dead_tokens: int, last_inputs: dict
+    ) -> int:
         """One optimiser step of every SAE on `batch`; returns positions the objective left out.
 
         Gradients accumulate over the batch's parts (e2e micro-batches); each SAE steps right after
@@ -148,7 +161,8 @@ class TrainingRun:
                 if not torch.isfinite(r.loss) or r.loss.item() > 1e4:
                     raise TrainingDiverged(
                         f"{m.name}: loss became {r.loss.item():.3g}; stopped. The last good checkpoint in {self.out} "
-                        f"is kept; lower --lr (now {m.lr:.2g}) and rerun with --resume or from scratch")
+                        f"is kept; lower --lr (now {m.lr:.2g}) and rerun with --resume or from scratch"
+                    )
                 (r.loss * weight).backward()
                 fired[m.name] |= r.fired.to(fired[m.name].device)
                 for key, v in r.stats.items():
@@ -161,8 +175,9 @@ class TrainingRun:
             first = False
         return excluded
 
-    def _optimise(self, m: Member, factor: float, positions: int, fired: torch.Tensor, dead_tokens: int,
-                  stats: dict) -> None:
+    def _optimise(
+        self, m: Member, factor: float, positions: int, fired: torch.Tensor, dead_tokens: int, stats: dict
+    ) -> None:
         """One optimiser step of one SAE, then its dead-latent counters and smoothed statistics."""
         self.parallel.reduce_grads(m)
         for g in m.opt.param_groups:
@@ -195,8 +210,12 @@ class TrainingRun:
     def _checkpoint(self, members: list[Member], pos: Position) -> None:
         gathered = self.parallel.gather(members)
         if gathered is not None:
-            meta = {"identity": self.identity[0], "resume_identity": self.identity[1], "position": asdict(pos),
-                    "stats": {m.name: m.stats for m in gathered}}
+            meta = {
+                "identity": self.identity[0],
+                "resume_identity": self.identity[1],
+                "position": asdict(pos),
+                "stats": {m.name: m.stats for m in gathered},
+            }
             save_checkpoint(self.out, gathered, meta | self.parallel.describe())
         self.parallel.barrier()
 
@@ -204,48 +223,63 @@ class TrainingRun:
         """One JSON line of every SAE's smoothed training stats (train_log.jsonl: the curves)."""
         if not self.parallel.is_main:
             return
-        record = {"tokens": pos.lm_tokens, "steps": pos.steps, "wall_s": round(wall_s, 2),
-                  "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in members}}
+        record = {
+            "tokens": pos.lm_tokens,
+            "steps": pos.steps,
+            "wall_s": round(wall_s, 2),
+            "saes": {m.name: {k: round(v, 5) for k, v in m.stats.items()} for m in members},
+        }
         with open(self.out / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------ save
-    def _save(self, members: list[Member], pos: Position, inputs: TrainingInputs, objective: dict,
-              loop_s: float) -> list[Path]:
+    def _save(
+        self, members: list[Member], pos: Position, inputs: TrainingInputs, objective: dict, loop_s: float
+    ) -> list[Path]:
         cfg, par = self.cfg, self.parallel
         gathered = par.gather(members)
         folders = [self.out / n for n in par.all_names(members)]
         if gathered is not None:
             folders = []
             for m in gathered:
-                prov = Provenance(model_spec=cfg.model, model_name=inputs.model_name, corpus=inputs.data["source"],
-                                  text_field=inputs.data["text_field"], context=cfg.context,
-                                  heldout_fraction=inputs.data["heldout_fraction"],
-                                  data_fingerprint=inputs.data["fingerprint"], sink=inputs.sink,
-                                  training_tokens=pos.lm_tokens, objective=objective, model_b=cfg.model_b)
+                prov = Provenance(
+                    model_spec=cfg.model,
+                    model_name=inputs.model_name,
+                    corpus=inputs.data["source"],
+                    text_field=inputs.data["text_field"],
+                    context=cfg.context,
+                    heldout_fraction=inputs.data["heldout_fraction"],
+                    data_fingerprint=inputs.data["fingerprint"],
+                    sink=inputs.sink,
+                    training_tokens=pos.lm_tokens,
+                    objective=objective,
+                    model_b=cfg.model_b,
+                )
                 extra = {"lr": m.lr, "steps": pos.steps, "seed": cfg.seed, "train_stats": m.stats}
                 if self.init:
                     extra["init_from"] = self.init.record
                 if "activation_cache" in inputs.data:
                     extra["activation_cache"] = inputs.data["activation_cache"]
                 folders.append(save_sae(m.sae, self.out / m.name, prov, extra))
-            write_manifest(self.out, cfg, inputs.data, pos, loop_s, {m.name: (f, m.stats) for m, f in zip(gathered, folders)},
-                           par.describe())
+            write_manifest(
+                self.out,
+                cfg,
+                inputs.data,
+                pos,
+                loop_s,
+                {m.name: (f, m.stats) for m, f in zip(gathered, folders)},
+                par.describe(),
+            )
             plot_train_log(self.out)
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         par.barrier()
         par.close()
-        print(f"saelab: trained {pos.lm_tokens:,} tokens ({pos.steps:,} steps)"
-              + (f"; --tokens {cfg.tokens:,} rounded down to whole batches" if pos.lm_tokens != cfg.tokens else ""),
-              flush=True) if par.is_main else None
+        print(
+            f"saelab: trained {pos.lm_tokens:,} tokens ({pos.steps:,} steps)"
+            + (f"; --tokens {cfg.tokens:,} rounded down to whole batches" if pos.lm_tokens != cfg.tokens else ""),
+            flush=True,
+        ) if par.is_main else None
         return folders
-
-
-def _clear_run(out: Path) -> None:
-    """--overwrite: remove what a training run writes (its files and SAE folders), nothing else."""
-    for p in out.iterdir():
-        if p.name in ("manifest.json", LOG, FIGURE, CHECKPOINT) or (p.is_dir() and (p / "cfg.json").exists()):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def train(cfg: TrainConfig) -> list[Path]:
@@ -280,4 +314,3 @@ def dead_horizon(cfg, start_tokens: int | None = None) -> int:
     call every latent rarer than 1 in 5k tokens dead and spend AuxK reviving healthy rare features."""
     budget = cfg.tokens + (start_tokens or 0)
     return cfg.dead_tokens or max(cfg.batch_tokens, min(10_000_000, budget // 10))
-

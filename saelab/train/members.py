@@ -15,10 +15,11 @@ from ..sae import SaeConfig, SparseCoder, build_sae
 @dataclass
 class Member:
     """One SAE being trained, with its optimiser and running statistics."""
+
     name: str
     sae: SparseCoder
     opt: torch.optim.Optimizer
-    since_fired: torch.Tensor                 # [d_sae] tokens since each latent last fired
+    since_fired: torch.Tensor  # [d_sae] tokens since each latent last fired
     lr: float
     stats: dict = field(default_factory=dict)  # exponential moving averages (progress bar, log, manifest)
 
@@ -33,9 +34,14 @@ def expand_braces(pattern: str) -> list[str]:
     if not m:
         return [pattern]
     if "," not in m.group(1):
-        raise UserError(f"hookpoint pattern {pattern!r}: braces need comma-separated alternatives, e.g. layers.{{4,6,8}}")
-    return [x for alt in m.group(1).split(",")
-            for x in expand_braces(pattern[:m.start()] + alt.strip() + pattern[m.end():])]
+        raise UserError(
+            f"hookpoint pattern {pattern!r}: braces need comma-separated alternatives, e.g. layers.{{4,6,8}}"
+        )
+    return [
+        x
+        for alt in m.group(1).split(",")
+        for x in expand_braces(pattern[: m.start()] + alt.strip() + pattern[m.end() :])
+    ]
 
 
 def parse_sites(patterns: list[str]) -> list[tuple[str, str | None]]:
@@ -63,12 +69,24 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
     for a, b in sites:
         for k, coeff, lr in cfg.sweep_values():
             own = cfg.type_options().sae_fields(fresh=True)  # the type's options, as its SaeConfig fields
-            sc = SaeConfig(arch=cfg.arch, d_in=widths[a], d_sae=cfg.latents, hookpoint=a,
-                           d_out=widths[b] if b else None, out_hookpoint=b, k=k, sparsity_coeff=coeff,
-                           aux_coeff=cfg.aux_coeff, skip=cfg.skip, **own)
+            sc = SaeConfig(
+                arch=cfg.arch,
+                d_in=widths[a],
+                d_sae=cfg.latents,
+                hookpoint=a,
+                d_out=widths[b] if b else None,
+                out_hookpoint=b,
+                k=k,
+                sparsity_coeff=coeff,
+                aux_coeff=cfg.aux_coeff,
+                skip=cfg.skip,
+                **own,
+            )
             sae = build_sae(sc).to(cfg.device)
             sae.reset_parameters(gen)
-            name = sae_name(a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None)
+            name = sae_name(
+                a, b, cfg.arch + ("-skip" if cfg.skip else ""), k, coeff, lr if len(cfg.learning_rates) > 1 else None
+            )
             members.append(new_member(name, sae, lr, cfg.device))
     return members
 

@@ -22,8 +22,9 @@ model widths; MSE is per element over non-sink positions (as the paper's code: F
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +38,10 @@ from .sources import Batch
 
 
 class StepLoss(NamedTuple):
-    loss: torch.Tensor        # scalar, differentiable w.r.t. the SAE's parameters
-    stats: dict[str, float]   # logged statistics (fvu, l0, ...), averaged over the batch's parts
-    fired: torch.Tensor       # [d_sae] bool: latents that fired in this part
-    excluded: int = 0         # sink/outlier positions the objective itself left out (e2e)
+    loss: torch.Tensor  # scalar, differentiable w.r.t. the SAE's parameters
+    stats: dict[str, float]  # logged statistics (fvu, l0, ...), averaged over the batch's parts
+    fired: torch.Tensor  # [d_sae] bool: latents that fired in this part
+    excluded: int = 0  # sink/outlier positions the objective itself left out (e2e)
 
 
 Shard = Callable[[Member, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -104,7 +105,7 @@ def sae_loss(sae, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor):
 @dataclass
 class _Clean:
     clean: CleanPass
-    drops: dict[str, torch.Tensor]   # member name -> [B, T] bool sink/outlier positions at its site(s)
+    drops: dict[str, torch.Tensor]  # member name -> [B, T] bool sink/outlier positions at its site(s)
 
 
 class EndToEndObjective(RunSchedule):
@@ -127,13 +128,15 @@ class EndToEndObjective(RunSchedule):
     def record(self) -> dict:
         rec = {"loss": self.name, "kl_coeff": self.kl_coeff}
         if self.name == "e2e+ds":
-            rec |= {"downstream_coeff": self.downstream_coeff,
-                    "downstream_layers": [layer_name(self.model, j) for j in self.first_layers]}
+            rec |= {
+                "downstream_coeff": self.downstream_coeff,
+                "downstream_layers": [layer_name(self.model, j) for j in self.first_layers],
+            }
         return rec
 
     def split(self, batch: Batch) -> list[tuple[Batch, float]]:
         n = batch.ids.shape[0]
-        return [(Batch(ids=batch.ids[r:r + self.micro]), min(self.micro, n - r) / n) for r in range(0, n, self.micro)]
+        return [(Batch(ids=batch.ids[r : r + self.micro]), min(self.micro, n - r) / n) for r in range(0, n, self.micro)]
 
     def shared(self, part: Batch) -> _Clean:
         return _Clean(clean_pass(self.model, part.ids, self.sites, list(self.plans.values()), self.later_blocks), {})
@@ -152,8 +155,17 @@ class EndToEndObjective(RunSchedule):
 
     def loss(self, m: Member, part: Batch, shared: _Clean, dead: torch.Tensor) -> StepLoss:
         drop = self._drop(m, shared)
-        loss, stats, latents = e2e_loss(self.model, m.sae, shared.clean, self.plans[m.name], drop,
-                                        self.ds_layers[m.name], self.kl_coeff, self.downstream_coeff, self.recompute)
+        loss, stats, latents = e2e_loss(
+            self.model,
+            m.sae,
+            shared.clean,
+            self.plans[m.name],
+            drop,
+            self.ds_layers[m.name],
+            self.kl_coeff,
+            self.downstream_coeff,
+            self.recompute,
+        )
         return StepLoss(loss, stats, latents.fire_counts() > 0, int(drop.sum()))
 
 
@@ -163,8 +175,10 @@ def _plan(model, m: Member, cfg) -> tuple[SitePlan, tuple[int, ...]]:
     site = c.out_hookpoint or c.hookpoint
     p = plan_site(model, site)
     if not p.later:
-        raise UserError(f"--loss {cfg.loss}: hookpoint {site!r} has no later layers (it is the last block's "
-                        f"output); choose an earlier hookpoint or --loss local")
+        raise UserError(
+            f"--loss {cfg.loss}: hookpoint {site!r} has no later layers (it is the last block's "
+            f"output); choose an earlier hookpoint or --loss local"
+        )
     if cfg.loss != "e2e+ds":
         return p, ()
     layers = p.later
@@ -174,23 +188,34 @@ def _plan(model, m: Member, cfg) -> tuple[SitePlan, tuple[int, ...]]:
             if not 0 <= j < n:
                 raise UserError(f"--downstream-layers {j}: the model has {n} blocks (0..{n - 1})")
             if j not in p.later:
-                raise UserError(f"--downstream-layers {j}: block {j} is not after hookpoint {site!r} "
-                                f"(later blocks: {p.later[0]}..{p.later[-1]})")
+                raise UserError(
+                    f"--downstream-layers {j}: block {j} is not after hookpoint {site!r} "
+                    f"(later blocks: {p.later[0]}..{p.later[-1]})"
+                )
         layers = tuple(sorted(set(cfg.downstream_layers)))
     return p, layers
 
 
-def e2e_loss(model, sae, clean: CleanPass, plan: SitePlan, drop: torch.Tensor, ds_layers: tuple[int, ...],
-             kl_coeff: float, downstream_coeff: float, recompute: bool = False):
+def e2e_loss(
+    model,
+    sae,
+    clean: CleanPass,
+    plan: SitePlan,
+    drop: torch.Tensor,
+    ds_layers: tuple[int, ...],
+    kl_coeff: float,
+    downstream_coeff: float,
+    recompute: bool = False,
+):
     """-> (loss of one SAE on one (micro-)batch, its statistics, its latents).
 
     drop [B, T] bool: sink/outlier positions, which keep their clean activation at the site."""
     c = sae.cfg
     keep = ~drop
-    x = clean.acts[c.hookpoint][keep].float()                 # [N, d_in] SAE input (clean)
-    site_clean = clean.acts[plan.site]                         # [B, T, d_out]
+    x = clean.acts[c.hookpoint][keep].float()  # [N, d_in] SAE input (clean)
+    site_clean = clean.acts[plan.site]  # [B, T, d_out]
     out = sae(x)
-    recon = out.recon / sae.out_scale                          # [N, d_out] raw space
+    recon = out.recon / sae.out_scale  # [N, d_out] raw space
     replacement = site_clean.index_put((keep,), recon.to(site_clean.dtype))
     hidden, later = spliced_pass(model, clean, plan, replacement, recompute)
     kl = kl_to_clean(model, hidden, clean.logp, recompute=recompute) / clean.ids.numel()
@@ -202,8 +227,13 @@ def e2e_loss(model, sae, clean: CleanPass, plan: SitePlan, drop: torch.Tensor, d
     with torch.no_grad():
         y = site_clean[keep].float()
         fvu = (recon - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
-    stats = {"kl": kl.item(), "ds_mse": float(ds.detach()), "fvu": fvu.item(),
-             "l0": out.latents.values.gt(0).sum().item() / max(1, x.shape[0]), "loss": loss.item()}
+    stats = {
+        "kl": kl.item(),
+        "ds_mse": float(ds.detach()),
+        "fvu": fvu.item(),
+        "l0": out.latents.values.gt(0).sum().item() / max(1, x.shape[0]),
+        "loss": loss.item(),
+    }
     return loss, stats, out.latents
 
 

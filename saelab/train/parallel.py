@@ -19,8 +19,10 @@ class SingleProcess:
 
     def check_resume(self, meta: dict, out: Path) -> None:
         if meta.get("world_size", 1) != 1:
-            raise UserError(f"--resume: the checkpoint in {out} was written by {meta['world_size']} processes "
-                            f"({meta.get('distributed')}); resume it with the same torchrun --nproc_per_node")
+            raise UserError(
+                f"--resume: the checkpoint in {out} was written by {meta['world_size']} processes "
+                f"({meta.get('distributed')}); resume it with the same torchrun --nproc_per_node"
+            )
 
     def describe(self) -> dict:
         """Recorded in checkpoints and the manifest; part of the resume identity."""

@@ -22,13 +22,13 @@ from .members import parse_sites
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    config: TrainConfig                        # the options the run trains with (--init-from's adopted in)
-    kind: type[SparseCoder]                    # the dictionary type (sae/registry.py)
+    config: TrainConfig  # the options the run trains with (--init-from's adopted in)
+    kind: type[SparseCoder]  # the dictionary type (sae/registry.py)
     patterns: tuple[tuple[str, str | None], ...]  # (input site pattern, transcoder output pattern or None)
     sweep: tuple[tuple[int | None, float, float], ...]  # (k, sparsity coefficient, lr) per SAE at each site
-    objective: str                             # --loss, or "local then kl+mse" with --finetune-fraction
-    source: str                                # where batches come from: the LM(s) on the corpus, or a cache
-    init: InitSource | None = None             # the dictionary the run starts from (--init-from)
+    objective: str  # --loss, or "local then kl+mse" with --finetune-fraction
+    source: str  # where batches come from: the LM(s) on the corpus, or a cache
+    init: InitSource | None = None  # the dictionary the run starts from (--init-from)
 
     @property
     def parallel_mode(self) -> str:
@@ -45,7 +45,11 @@ def resolve(cfg: TrainConfig) -> TrainingPlan:
         init, cfg = adopt_dictionary(cfg)
     cfg.check_dictionary()
     objective = f"local then kl+mse ({cfg.finetune_fraction})" if cfg.finetune_fraction else cfg.loss
-    source = (f"activation cache {cfg.from_activations}" if cfg.from_activations else
-              f"model {cfg.model}" + (f" and {cfg.model_b}" if cfg.model_b else "") + f" on corpus {cfg.corpus}")
-    return TrainingPlan(cfg, cfg.kind, tuple(parse_sites(cfg.hookpoints)), tuple(cfg.sweep_values()), objective,
-                        source, init)
+    source = (
+        f"activation cache {cfg.from_activations}"
+        if cfg.from_activations
+        else f"model {cfg.model}" + (f" and {cfg.model_b}" if cfg.model_b else "") + f" on corpus {cfg.corpus}"
+    )
+    return TrainingPlan(
+        cfg, cfg.kind, tuple(parse_sites(cfg.hookpoints)), tuple(cfg.sweep_values()), objective, source, init
+    )

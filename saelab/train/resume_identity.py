@@ -19,8 +19,11 @@ from ..storage import fingerprint
 # checkpoints, never what it computes.
 FREE_OPTIONS = ("resume", "overwrite", "threads", "checkpoint_every", "wandb", "device", "dist_timeout", "compile")
 # The parts besides the options, with how the error names them.
-PARTS = {"members": "the SAEs", "data": "the data (fingerprint of corpus, tokenizer, context and held-out split)",
-         "parallel": "the process layout"}
+PARTS = {
+    "members": "the SAEs",
+    "data": "the data (fingerprint of corpus, tokenizer, context and held-out split)",
+    "parallel": "the process layout",
+}
 
 
 def _json(v):
@@ -38,8 +41,10 @@ def resume_options(cfg) -> dict:
 def resume_identity(cfg, names: list[str], data_fingerprint: str, parallel: dict) -> tuple[str, dict]:
     """(the hash older checkpoints hold, the dict newer ones hold too)."""
     c = resume_options(cfg)
-    return (fingerprint(c, names, data_fingerprint, parallel),
-            _json({"config": c, "members": names, "data": data_fingerprint, "parallel": parallel}))
+    return (
+        fingerprint(c, names, data_fingerprint, parallel),
+        _json({"config": c, "members": names, "data": data_fingerprint, "parallel": parallel}),
+    )
 
 
 def _defaults(cls) -> dict:
@@ -69,8 +74,11 @@ def option_differences(stored: dict, cfg) -> list[str]:
                 diffs.append(f"{flag(name)} not recorded (an older saelab: {ok}; now {_show(value)})")
         elif stored[name] != value:
             diffs.append(f"{flag(name)} {_show(stored[name])} (now {_show(value)})")
-    diffs += [f"{flag(name)} {_show(v)} (an option this saelab no longer has)" for name, v in stored.items()
-              if name not in now]
+    diffs += [
+        f"{flag(name)} {_show(v)} (an option this saelab no longer has)"
+        for name, v in stored.items()
+        if name not in now
+    ]
     return diffs
 
 
@@ -82,14 +90,18 @@ def check_options(meta: dict, cfg, out) -> None:
         return
     diffs = option_differences(stored.get("config", {}), cfg)
     if diffs:
-        raise UserError(f"--resume: the checkpoint in {out} was written with {', '.join(diffs)}; "
-                        f"start a new --out or restore those options")
+        raise UserError(
+            f"--resume: the checkpoint in {out} was written with {', '.join(diffs)}; "
+            f"start a new --out or restore those options"
+        )
 
 
 def check_resume_identity(meta: dict, cfg, identity: tuple[str, dict], out) -> None:
     """Once the SAEs and the data are known: everything that must match, options first."""
-    old_message = (f"--resume: the checkpoint in {out} was written by a different configuration "
-                   f"(model, data, SAEs, loss or hyperparameters changed); start a new --out instead")
+    old_message = (
+        f"--resume: the checkpoint in {out} was written by a different configuration "
+        f"(model, data, SAEs, loss or hyperparameters changed); start a new --out instead"
+    )
     if "position" not in meta:
         raise UserError(old_message)
     stored = meta.get("resume_identity")
@@ -99,8 +111,12 @@ def check_resume_identity(meta: dict, cfg, identity: tuple[str, dict], out) -> N
         return
     check_options(meta, cfg, out)
     now = identity[1]
-    diffs = [f"{what} {_show(stored.get(part))} (now {_show(now[part])})" for part, what in PARTS.items()
-             if stored.get(part) != now[part]]
+    diffs = [
+        f"{what} {_show(stored.get(part))} (now {_show(now[part])})"
+        for part, what in PARTS.items()
+        if stored.get(part) != now[part]
+    ]
     if diffs:
-        raise UserError(f"--resume: the checkpoint in {out} was written with {', '.join(diffs)}; "
-                        f"start a new --out or restore them")
+        raise UserError(
+            f"--resume: the checkpoint in {out} was written with {', '.join(diffs)}; start a new --out or restore them"
+        )

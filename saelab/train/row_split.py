@@ -44,7 +44,7 @@ class RowSplit(Local):
         if not self.split:
             return local
         padded = flat.new_full((n,), float("-inf"))
-        padded[:local.numel()] = local
+        padded[: local.numel()] = local
         union = torch.cat(self.comm.all_gather(padded, "BatchTopK candidates"))
         union = union[union > float("-inf")]
         return union.topk(min(n, union.numel()), sorted=False).values

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from ..sae.reductions import Local, Pick
 
+
 class LatentSplit(Local):
     """Reductions over the latents of every rank (each holds `width` of them from `offset`); every
     rank holds every row, so the batch-wide ones range over all of the batch's latents."""
@@ -40,7 +41,7 @@ class LatentSplit(Local):
         sends k candidates, padded with -inf, which are never chosen."""
         kk = min(k, scores.shape[1])
         top = scores.topk(kk, dim=-1, sorted=False)
-        vals, ids = top.values, top.indices + self.offset                                # global latent ids
+        vals, ids = top.values, top.indices + self.offset  # global latent ids
         if kk < k:
             vals = torch.cat([vals, vals.new_full((len(vals), k - kk), float("-inf"))], 1)
             ids = torch.cat([ids, ids.new_full((len(ids), k - kk), -1)], 1)
@@ -49,7 +50,7 @@ class LatentSplit(Local):
         best = vals.topk(k, dim=-1, sorted=False).indices
         chosen, chosen_vals = ids.gather(1, best), vals.gather(1, best)
         mine = (chosen >= self.offset) & (chosen < self.offset + self.width) & torch.isfinite(chosen_vals)
-        rows, pos = mine.nonzero(as_tuple=True)                                           # row-major: rows sorted
+        rows, pos = mine.nonzero(as_tuple=True)  # row-major: rows sorted
         return Pick(chosen[rows, pos] - self.offset, rows)
 
     def latent_total(self, n: int) -> int:

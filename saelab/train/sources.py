@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -51,11 +51,14 @@ def join_crosscoder_sites(cfg, sites: list[tuple[str, str | None]], widths: dict
         return sites, widths
     names = [a for a, _ in sites]
     if len(names) < 2:
-        raise UserError(f"--arch crosscoder needs at least two hookpoints (e.g. 'model.layers.{{4,6,8}}'); "
-                        f"{', '.join(names)} is one")
+        raise UserError(
+            f"--arch crosscoder needs at least two hookpoints (e.g. 'model.layers.{{4,6,8}}'); "
+            f"{', '.join(names)} is one"
+        )
     if len({widths[h] for h in names}) > 1:
-        raise UserError("--arch crosscoder needs sites of one width; "
-                        + ", ".join(f"{h} has {widths[h]}" for h in names))
+        raise UserError(
+            "--arch crosscoder needs sites of one width; " + ", ".join(f"{h} has {widths[h]}" for h in names)
+        )
     joined = SEP.join(names)
     return [(joined, None)], widths | {joined: widths[names[0]] * len(names)}
 
@@ -63,15 +66,16 @@ def join_crosscoder_sites(cfg, sites: list[tuple[str, str | None]], widths: dict
 @dataclass
 class Batch:
     """One optimiser step's data."""
-    acts: dict[str, torch.Tensor] | None = None   # hookpoint -> [n, d] raw non-sink activations, shuffled
-    ids: torch.Tensor | None = None               # token rows [rows, context]
-    positions: int = 0                            # positions that count towards the dead-latent counters
-    progress: float = 0.0                         # fraction of the run's LM tokens consumed before it
-    lm_tokens: int = 0                            # LM positions completed with this batch (chunk end, e2e step)
-    excluded: int = 0                             # sink/outlier positions left out with this batch
-    cursor: int | None = None                     # set when a run may checkpoint after it: where to resume
-    sample: "Batch | None" = None                 # more of the same data (its chunk's first 16,384 vectors):
-                                                  # for data-dependent init and finalize, steadier than one batch
+
+    acts: dict[str, torch.Tensor] | None = None  # hookpoint -> [n, d] raw non-sink activations, shuffled
+    ids: torch.Tensor | None = None  # token rows [rows, context]
+    positions: int = 0  # positions that count towards the dead-latent counters
+    progress: float = 0.0  # fraction of the run's LM tokens consumed before it
+    lm_tokens: int = 0  # LM positions completed with this batch (chunk end, e2e step)
+    excluded: int = 0  # sink/outlier positions left out with this batch
+    cursor: int | None = None  # set when a run may checkpoint after it: where to resume
+    sample: Batch | None = None  # more of the same data (its chunk's first 16,384 vectors):
+    # for data-dependent init and finalize, steadier than one batch
 
 
 def lm_rows_for(tokens: int, batch_tokens: int, context: int) -> tuple[int, int]:
@@ -96,10 +100,15 @@ class ChunkedSource:
                 last = b == n_batches - 1
                 sl = slice(b * self.batch_tokens, (b + 1) * self.batch_tokens)
                 acts = SiteActs({h: a[sl] for h, a in chunk.acts.items()})
-                yield Batch(acts=acts, positions=next(iter(acts.values())).shape[0],
-                            progress=(before + chunk.lm_tokens * b / n_batches) / self.total_lm_tokens,
-                            lm_tokens=chunk.lm_tokens if last else 0, excluded=chunk.excluded if last else 0,
-                            cursor=chunk.index + 1 if last else None, sample=sample)
+                yield Batch(
+                    acts=acts,
+                    positions=next(iter(acts.values())).shape[0],
+                    progress=(before + chunk.lm_tokens * b / n_batches) / self.total_lm_tokens,
+                    lm_tokens=chunk.lm_tokens if last else 0,
+                    excluded=chunk.excluded if last else 0,
+                    cursor=chunk.index + 1 if last else None,
+                    sample=sample,
+                )
 
 
 class TokenRowSource:
@@ -115,10 +124,11 @@ class TokenRowSource:
 
     def batches(self, cursor: int = 0) -> Iterator[Batch]:
         for step in range(cursor, self.n_steps):
-            sel = np.sort(self.order[step * self.rows_per_batch:(step + 1) * self.rows_per_batch])
+            sel = np.sort(self.order[step * self.rows_per_batch : (step + 1) * self.rows_per_batch])
             ids = torch.from_numpy(np.asarray(self.rows.tokens[sel], dtype=np.int64)).to(self.device)
-            yield Batch(ids=ids, positions=ids.numel(), progress=step / self.n_steps, lm_tokens=ids.numel(),
-                        cursor=step + 1)
+            yield Batch(
+                ids=ids, positions=ids.numel(), progress=step / self.n_steps, lm_tokens=ids.numel(), cursor=step + 1
+            )
 
 
 class PhasedSource:
@@ -131,7 +141,7 @@ class PhasedSource:
 
     def __init__(self, local: ChunkedSource, rows: TokenRowSource, local_rows: int):
         self.local, self.rows = local, rows
-        self.start = local_rows // rows.rows_per_batch           # first fine-tune step
+        self.start = local_rows // rows.rows_per_batch  # first fine-tune step
         self.n_chunks = local.stream.n_chunks
         self.total_lm_tokens = rows.total_lm_tokens
         self.epochs = rows.epochs
@@ -150,13 +160,14 @@ class PhasedSource:
 @dataclass
 class TrainingInputs:
     """Everything a run trains on, whether it streams from the LM or reads an activation cache."""
+
     source: ChunkedSource | TokenRowSource
-    sites: list[tuple[str, str | None]]          # (input site, transcoder output site or None)
+    sites: list[tuple[str, str | None]]  # (input site, transcoder output site or None)
     widths: dict[str, int]
-    model_name: str                              # for cfg.json metadata.model_name
+    model_name: str  # for cfg.json metadata.model_name
     sink: SinkConfig
-    data: dict                                   # corpus provenance: source, text_field, heldout_fraction, fingerprint, rows
-    lm: LoadedModel | None = None                # None when training from an activation cache
+    data: dict  # corpus provenance: source, text_field, heldout_fraction, fingerprint, rows
+    lm: LoadedModel | None = None  # None when training from an activation cache
     special: list[int] = field(default_factory=list)
 
 
@@ -204,8 +215,11 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     `wrap_stream` lets distributed training split the LM forwards over its ranks."""
     if cfg.from_activations:
         return _open_cache(cfg, patterns)
-    lm = (load_pair(cfg.model, cfg.model_b, cfg.device, cfg.dtype) if cfg.model_b
-          else load_model(cfg.model, device=cfg.device, dtype=cfg.dtype))
+    lm = (
+        load_pair(cfg.model, cfg.model_b, cfg.device, cfg.dtype)
+        if cfg.model_b
+        else load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    )
     model = lm.model
     sites = []
     for a, b in patterns:
@@ -217,27 +231,51 @@ def open_inputs(cfg, patterns: list[tuple[str, str | None]], wrap_stream=lambda 
     if cfg.model_b:  # model diffing: the same sites in B (ModelPair names them model_b.<site>)
         sites = with_b_sites(sites)
     hookpoints = depth_order(model, [h for s in sites for h in s if h])
-    rows = load_token_rows(cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field,
-                           vocab_size=model.config.vocab_size)
+    rows = load_token_rows(
+        cfg.corpus, lm.tokenizer, cfg.context, cfg.heldout_fraction, cfg.text_field, vocab_size=model.config.vocab_size
+    )
     sink = SinkConfig(cfg.sink_first_positions, cfg.mask_special, cfg.sink_norm_factor)
     special = special_ids(lm.tokenizer)
     rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
     if cfg.loss == "local":
         local_rows = finetune_split(cfg, rows_per_batch, n_rows) if cfg.finetune_fraction else n_rows
-        stream = ActivationStream(model, rows, hookpoints, cfg.context, rows_per_batch, cfg.buffer_batches, local_rows,
-                                  cfg.seed, sink, special, cfg.device,
-                                  lm_rows=max(1, (cfg.lm_batch_tokens or cfg.batch_tokens) // cfg.context))
+        stream = ActivationStream(
+            model,
+            rows,
+            hookpoints,
+            cfg.context,
+            rows_per_batch,
+            cfg.buffer_batches,
+            local_rows,
+            cfg.seed,
+            sink,
+            special,
+            cfg.device,
+            lm_rows=max(1, (cfg.lm_batch_tokens or cfg.batch_tokens) // cfg.context),
+        )
         source = ChunkedSource(wrap_stream(stream), cfg.batch_tokens)
         if local_rows < n_rows:
-            source = PhasedSource(source, TokenRowSource(rows, rows_per_batch, n_rows, cfg.seed, cfg.device), local_rows)
+            source = PhasedSource(
+                source, TokenRowSource(rows, rows_per_batch, n_rows, cfg.seed, cfg.device), local_rows
+            )
     else:
         source = TokenRowSource(rows, rows_per_batch, n_rows, cfg.seed, cfg.device)
     if source.epochs > 1:
-        print(f"saelab: the corpus has {len(rows.train_rows) * cfg.context:,} training tokens; "
-              f"--tokens {cfg.tokens:,} repeats it {source.epochs:.1f} times", flush=True)
-    data = {"source": cfg.corpus, "text_field": cfg.text_field, "heldout_fraction": cfg.heldout_fraction,
-            "fingerprint": rows.fingerprint, "rows": int(len(rows.tokens)), "train_rows": int(len(rows.train_rows)),
-            "heldout_rows": int(len(rows.heldout_rows)), "epochs": source.epochs}
+        print(
+            f"saelab: the corpus has {len(rows.train_rows) * cfg.context:,} training tokens; "
+            f"--tokens {cfg.tokens:,} repeats it {source.epochs:.1f} times",
+            flush=True,
+        )
+    data = {
+        "source": cfg.corpus,
+        "text_field": cfg.text_field,
+        "heldout_fraction": cfg.heldout_fraction,
+        "fingerprint": rows.fingerprint,
+        "rows": int(len(rows.tokens)),
+        "train_rows": int(len(rows.train_rows)),
+        "heldout_rows": int(len(rows.heldout_rows)),
+        "epochs": source.epochs,
+    }
     widths = hookpoint_widths(model, hookpoints)
     if cfg.model_b:
         check_b_widths(sites, widths, cfg.model, cfg.model_b)
@@ -251,8 +289,10 @@ def finetune_split(cfg, rows_per_batch: int, n_rows: int) -> int:
     steps = n_rows // rows_per_batch
     ft = max(1, round(cfg.finetune_fraction * steps))
     if ft >= steps:
-        raise UserError(f"--finetune-fraction {cfg.finetune_fraction} of {steps} batch(es) leaves no local "
-                        f"training; raise --tokens or lower the fraction")
+        raise UserError(
+            f"--finetune-fraction {cfg.finetune_fraction} of {steps} batch(es) leaves no local "
+            f"training; raise --tokens or lower the fraction"
+        )
     return (steps - ft) * rows_per_batch
 
 
@@ -261,24 +301,38 @@ def _open_cache(cfg, patterns) -> TrainingInputs:
     folder = Path(cfg.from_activations)
     m = read_manifest(folder)
     if not same_model(cfg.model, m):
-        raise UserError(f"activation cache {folder} was made with model {m['model']['spec']!r}, not {cfg.model!r}; "
-                        f"pass --model {m['model']['spec']} or build a cache for this model")
+        raise UserError(
+            f"activation cache {folder} was made with model {m['model']['spec']!r}, not {cfg.model!r}; "
+            f"pass --model {m['model']['spec']} or build a cache for this model"
+        )
     if cfg.context != m["context"]:
         raise UserError(f"activation cache {folder} has context {m['context']}; pass --context {m['context']}")
     sites = cache_sites(folder, m, patterns)
     hooks = [h for h in m["hookpoints"] if any(h in s for s in sites)]
     rows_per_batch, n_rows = lm_rows_for(cfg.tokens, cfg.batch_tokens, cfg.context)
-    stream = CachedActivationStream(folder, m, hooks, cfg.context, rows_per_batch, cfg.buffer_batches, n_rows,
-                                    cfg.seed, cfg.device)
+    stream = CachedActivationStream(
+        folder, m, hooks, cfg.context, rows_per_batch, cfg.buffer_batches, n_rows, cfg.seed, cfg.device
+    )
     if stream.epochs > 1:
-        print(f"saelab: the cache holds {sum(x['lm_tokens'] for x in m['shards']):,} LM tokens; --tokens "
-              f"{cfg.tokens:,} reads it {stream.epochs:.1f} times", flush=True)
+        print(
+            f"saelab: the cache holds {sum(x['lm_tokens'] for x in m['shards']):,} LM tokens; --tokens "
+            f"{cfg.tokens:,} reads it {stream.epochs:.1f} times",
+            flush=True,
+        )
     d = m["data"]
-    data = {"source": d["source"], "text_field": d.get("text_field", "text"),
-            "heldout_fraction": d.get("heldout_fraction", 0.05), "fingerprint": d["fingerprint"],
-            "rows": d["rows"], "train_rows": d["train_rows"], "heldout_rows": d["heldout_rows"],
-            "epochs": stream.epochs, "activation_cache": str(folder),
-            "activation_cache_fingerprint": fingerprint(d["fingerprint"], "cache", m["shards"], m["hookpoints"])}
+    data = {
+        "source": d["source"],
+        "text_field": d.get("text_field", "text"),
+        "heldout_fraction": d.get("heldout_fraction", 0.05),
+        "fingerprint": d["fingerprint"],
+        "rows": d["rows"],
+        "train_rows": d["train_rows"],
+        "heldout_rows": d["heldout_rows"],
+        "epochs": stream.epochs,
+        "activation_cache": str(folder),
+        "activation_cache_fingerprint": fingerprint(d["fingerprint"], "cache", m["shards"], m["hookpoints"]),
+    }
     sites, widths = join_crosscoder_sites(cfg, sites, {h: m["widths"][h] for h in hooks})
-    return TrainingInputs(ChunkedSource(stream, cfg.batch_tokens), sites, widths,
-                          m["model"]["name"], SinkConfig(**m["sink"]), data)
+    return TrainingInputs(
+        ChunkedSource(stream, cfg.batch_tokens), sites, widths, m["model"]["name"], SinkConfig(**m["sink"]), data
+    )

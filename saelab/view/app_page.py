@@ -7,8 +7,11 @@ so tokens, model text and explanations cannot become markup.
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
 from .render import CSS
 
-APP_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
-<style>""" + CSS + """
+APP_HTML = (
+    """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
+<style>"""
+    + CSS
+    + """
 .panel{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
 #progress{width:300px;height:10px;background:#eee;display:inline-block;vertical-align:middle}
 #progressbar{height:10px;width:0;background:#3b8ee8}
@@ -147,5 +150,7 @@ $('q').addEventListener('keydown', e => { if (e.key === 'Enter') search(); });
 $('firebtn').addEventListener('click', fire);
 $('steerbtn').addEventListener('click', steer);
 loadSaes();
-</script></body></html>""".replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}").replace(
-    "@SWEEP_TEXT@", " ".join(f"{x:g}&times;" for x in SWEEP)).replace("@SWEEP@", ", ".join(f"{x:g}" for x in SWEEP))
+</script></body></html>""".replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}")
+    .replace("@SWEEP_TEXT@", " ".join(f"{x:g}&times;" for x in SWEEP))
+    .replace("@SWEEP@", ", ".join(f"{x:g}" for x in SWEEP))
+)

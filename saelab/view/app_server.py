@@ -18,11 +18,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class ServeConfig:
     """`saelab serve SAE...`: the folders, one cache / explanations per SAE (or one for all), where to listen."""
+
     sae: list[str] = opt(help="SAE folders", positional=True)
     cache: list[str] | None = opt(None, "latent caches (one per SAE, or one holding them all)")
     tokens: int = opt(16384, "held-out tokens to cache when there is no --cache")
-    explanations: list[str] | None = opt(None, "interpretation run folder or JSONL file, one per SAE",
-                                         shown="SAE/explanations.jsonl if present")
+    explanations: list[str] | None = opt(
+        None, "interpretation run folder or JSONL file, one per SAE", shown="SAE/explanations.jsonl if present"
+    )
     host: str = opt("127.0.0.1", "bind address (127.0.0.1: loopback only)")
     port: int = opt(8765, "port")
     dtype: str = dtype_option()
@@ -64,8 +66,11 @@ def open_stores(cfg: ServeConfig) -> list[FeatureStore]:
         while name in names:
             name += "_"
         names.add(name)
-        stores.append(FeatureStore.build(d, cache=c, tokens=cfg.tokens, explanations=e, model=lm.model,
-                                         tokenizer=lm.tokenizer, name=name))
+        stores.append(
+            FeatureStore.build(
+                d, cache=c, tokens=cfg.tokens, explanations=e, model=lm.model, tokenizer=lm.tokenizer, name=name
+            )
+        )
     return stores
 
 

@@ -30,8 +30,8 @@ from ..models import LoadedModel
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
 
-N_TOP = 10            # top activating examples
-N_RANGES = 4          # activation ranges (equal width in (0, max])
+N_TOP = 10  # top activating examples
+N_RANGES = 4  # activation ranges (equal width in (0, max])
 N_PER_RANGE = 3
 WINDOW_BEFORE, WINDOW_AFTER = 20, 6
 N_LOGITS = 10
@@ -43,23 +43,34 @@ HIST_BINS = 24
 class ShownExample:
     """One activating window as a feature page shows it, as token strings (interpret.examples.Example
     is the same window by cache position, for explaining and scoring)."""
-    tokens: list[str]       # window of token strings
-    acts: list[float]       # this feature's activation at each token of the window
-    peak: int               # index of the example's own position inside the window
+
+    tokens: list[str]  # window of token strings
+    acts: list[float]  # this feature's activation at each token of the window
+    peak: int  # index of the example's own position inside the window
     value: float
 
 
 class FeatureStore:
     """Dashboard data of one SAE (`name`), backed by a LatentCache."""
 
-    def __init__(self, name: str, sae_dir: Path, sae, cfg_json: dict, cache: LatentCache, dict_name: str,
-                 tokenizer, model, explanations: dict[int, Interpretation]):
+    def __init__(
+        self,
+        name: str,
+        sae_dir: Path,
+        sae,
+        cfg_json: dict,
+        cache: LatentCache,
+        dict_name: str,
+        tokenizer,
+        model,
+        explanations: dict[int, Interpretation],
+    ):
         self.name, self.sae_dir, self.sae, self.cfg_json = name, Path(sae_dir), sae, cfg_json
         self.cache, self.dict_name, self.tok, self.model = cache, dict_name, tokenizer, model
         self.explanations = explanations
         self.d_sae = sae.cfg.d_sae
-        self.freq = cache.firing_frequency(dict_name).astype(np.float64)      # [d_sae]
-        self.max_act = cache.max_activation(dict_name).astype(np.float32)    # [d_sae]
+        self.freq = cache.firing_frequency(dict_name).astype(np.float64)  # [d_sae]
+        self.max_act = cache.max_activation(dict_name).astype(np.float32)  # [d_sae]
         self.n_positions = int(cache.manifest["n_positions"])
         self._tokstr: dict[int, str] = {}
         self._logits()
@@ -68,13 +79,25 @@ class FeatureStore:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def build(cls, sae_dir, cache: str | Path | None = None, tokens: int = 16_384, explanations=None,
-              model=None, tokenizer=None, name: str | None = None, progress: bool = True) -> "FeatureStore":
+    def build(
+        cls,
+        sae_dir,
+        cache: str | Path | None = None,
+        tokens: int = 16_384,
+        explanations=None,
+        model=None,
+        tokenizer=None,
+        name: str | None = None,
+        progress: bool = True,
+    ) -> FeatureStore:
         sae_dir = Path(sae_dir)
         folder = open_sae(sae_dir)
         sae, cfg_json = folder.sae, folder.cfg
-        lm = LoadedModel(model, tokenizer, folder.provenance.model_name) if model is not None and tokenizer is not None \
+        lm = (
+            LoadedModel(model, tokenizer, folder.provenance.model_name)
+            if model is not None and tokenizer is not None
             else None
+        )
         if cache is None:  # a cache gets built: with the model the pages use, loaded once
             lm = lm or folder.open_model()
         lc, dict_name = ensure_cache(sae_dir, sae.cfg.d_sae, cache, tokens, progress, loaded_model=lm)
@@ -82,8 +105,17 @@ class FeatureStore:
         model, tokenizer, cache = lm.model, lm.tokenizer, lc.path
         if explanations is None and (sae_dir / "explanations.jsonl").exists():
             explanations = sae_dir / "explanations.jsonl"  # a run written into the SAE folder, or a plain file
-        return cls(name or sae_dir.name, sae_dir, sae, cfg_json, lc, dict_name, tokenizer, model,
-                   interpretations(explanations, sae_dir, sae.cfg.d_sae) if explanations is not None else {})
+        return cls(
+            name or sae_dir.name,
+            sae_dir,
+            sae,
+            cfg_json,
+            lc,
+            dict_name,
+            tokenizer,
+            model,
+            interpretations(explanations, sae_dir, sae.cfg.d_sae) if explanations is not None else {},
+        )
 
     @torch.no_grad()
     def _logits(self) -> None:
@@ -97,7 +129,7 @@ class FeatureStore:
         norm = fam.final_norm_fn(self.model)  # the family's final norm on directions (Gemma: 1 + weight)
         top_v, top_i, bot_v, bot_i = [], [], [], []
         for s in range(0, W.shape[0], 512):
-            lg = norm(W[s:s + 512]) @ U.T  # [chunk, vocab]
+            lg = norm(W[s : s + 512]) @ U.T  # [chunk, vocab]
             t = lg.topk(N_LOGITS, dim=1)
             b = lg.topk(N_LOGITS, dim=1, largest=False)
             top_v.append(t.values), top_i.append(t.indices), bot_v.append(b.values), bot_i.append(b.indices)
@@ -111,7 +143,7 @@ class FeatureStore:
         ids, vals = [], []
         k = min(N_NEAREST, W.shape[0] - 1)
         for s in range(0, W.shape[0], 1024):
-            sim = W[s:s + 1024] @ W.T  # [chunk, d_sae]
+            sim = W[s : s + 1024] @ W.T  # [chunk, d_sae]
             sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
             t = sim.topk(k, dim=1)
             ids.append(t.indices), vals.append(t.values)
@@ -135,8 +167,11 @@ class FeatureStore:
         # Lower-cased, stripped token lists for search by token (built once; a search is one scan).
         prom = self.promoted[0] if self.promoted is not None else None
         self._search_top = [[t.strip().lower() for t in toks] for toks in self.top_tokens]
-        self._search_prom = ([[self.token_str(int(t)).strip().lower() for t in prom[i, :5]] for i in range(self.d_sae)]
-                             if prom is not None else [[] for _ in range(self.d_sae)])
+        self._search_prom = (
+            [[self.token_str(int(t)).strip().lower() for t in prom[i, :5]] for i in range(self.d_sae)]
+            if prom is not None
+            else [[] for _ in range(self.d_sae)]
+        )
 
     # ------------------------------------------------------------ helpers
     def token_str(self, tid: int) -> str:
@@ -157,9 +192,14 @@ class FeatureStore:
 
     def summary(self, i: int) -> dict:
         """One row of the index / search results."""
-        return {"id": i, "density": float(self.freq[i]), "max_act": float(self.max_act[i]),
-                "explanation": self.explanation(i), "top_tokens": self.top_tokens[i],
-                "promoted": self._token_list(self.promoted, i, 5)}
+        return {
+            "id": i,
+            "density": float(self.freq[i]),
+            "max_act": float(self.max_act[i]),
+            "explanation": self.explanation(i),
+            "top_tokens": self.top_tokens[i],
+            "promoted": self._token_list(self.promoted, i, 5),
+        }
 
     def _token_list(self, pair, i: int, n: int = N_LOGITS) -> list[dict]:
         if pair is None:
@@ -191,22 +231,46 @@ class FeatureStore:
             lo, hi = mx * b / N_RANGES, mx * (b + 1) / N_RANGES
             sel = np.nonzero((vals > lo) & (vals <= hi))[0]
             pick = rng.choice(sel, size=min(N_PER_RANGE, len(sel)), replace=False) if len(sel) else []
-            ranges.append({"lo": lo, "hi": hi, "count": int(len(sel)),
-                           "examples": [self._example(rows, pos, vals, int(rows[j]), int(pos[j]), float(vals[j])) for j in pick]})
+            ranges.append(
+                {
+                    "lo": lo,
+                    "hi": hi,
+                    "count": int(len(sel)),
+                    "examples": [
+                        self._example(rows, pos, vals, int(rows[j]), int(pos[j]), float(vals[j])) for j in pick
+                    ],
+                }
+            )
         counts, edges = np.histogram(vals, bins=HIST_BINS, range=(0.0, mx if mx > 0 else 1.0))
         near_i, near_v = self.nearest
         rec = self.explanations.get(i)
         return {
-            "sae": self.name, "id": i, "d_sae": self.d_sae, "hookpoint": self.sae.cfg.hookpoint,
-            "density": float(self.freq[i]), "fires": int(len(vals)), "n_positions": self.n_positions,
-            "max_act": mx, "mean_act": float(vals.mean()) if len(vals) else 0.0,
+            "sae": self.name,
+            "id": i,
+            "d_sae": self.d_sae,
+            "hookpoint": self.sae.cfg.hookpoint,
+            "density": float(self.freq[i]),
+            "fires": int(len(vals)),
+            "n_positions": self.n_positions,
+            "max_act": mx,
+            "mean_act": float(vals.mean()) if len(vals) else 0.0,
             "hist": {"counts": counts.tolist(), "edges": edges.tolist()},
-            "top": examples, "ranges": ranges,
-            "promoted": self._token_list(self.promoted, i), "suppressed": self._token_list(self.suppressed, i),
-            "explanation": self.explanation(i), "scores": [asdict(sc) for sc in rec.scores] if rec else [],
+            "top": examples,
+            "ranges": ranges,
+            "promoted": self._token_list(self.promoted, i),
+            "suppressed": self._token_list(self.suppressed, i),
+            "explanation": self.explanation(i),
+            "scores": [asdict(sc) for sc in rec.scores] if rec else [],
             "explained_by": rec.run if rec else None,
-            "nearest": [{"id": int(j), "cos": float(c), "explanation": self.explanation(int(j)),
-                         "top_tokens": self.top_tokens[int(j)][:3]} for j, c in zip(near_i[i], near_v[i])],
+            "nearest": [
+                {
+                    "id": int(j),
+                    "cos": float(c),
+                    "explanation": self.explanation(int(j)),
+                    "top_tokens": self.top_tokens[int(j)][:3],
+                }
+                for j, c in zip(near_i[i], near_v[i])
+            ],
         }
 
     def search(self, query: str, by: str = "text", limit: int = 50) -> list[dict]:
@@ -241,8 +305,14 @@ class FeatureStore:
         return [self.summary(i) for *_, i in hits[:limit]]
 
 
-def ensure_cache(sae_dir: Path, d_sae: int, cache=None, tokens: int = 16_384, progress: bool = True,
-                 loaded_model: LoadedModel | None = None) -> tuple[LatentCache, str]:
+def ensure_cache(
+    sae_dir: Path,
+    d_sae: int,
+    cache=None,
+    tokens: int = 16_384,
+    progress: bool = True,
+    loaded_model: LoadedModel | None = None,
+) -> tuple[LatentCache, str]:
     """The given latent cache, or one built once over `tokens` held-out tokens with the cache
     builder (kept under $SAELAB_CACHE/view_caches and reused) -> (cache, dictionary name). The
     builder opens the SAE's own model (`loaded_model`: it, already loaded) and held-out rows."""

@@ -14,7 +14,8 @@ from markupsafe import Markup
 
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
 
-CSS = """
+CSS = (
+    """
 body{font-family:system-ui,sans-serif;margin:1.2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.4em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left;vertical-align:top;font-size:.92em}
@@ -23,7 +24,9 @@ tr:nth-child(even){background:#f6f6f6}
 .peak{outline:1px solid #c33}
 .ex{margin:3px 0;line-height:1.7;font-size:.9em;white-space:pre;overflow-x:auto;font-family:ui-monospace,monospace}
 .ex b{font-weight:normal;border-radius:2px}
-""" + "".join(f".s{k}{{background:rgba(255,120,0,{0.1 + 0.9 * (k - 1) / 8:.2f})}}" for k in range(1, 10)) + """
+"""
+    + "".join(f".s{k}{{background:rgba(255,120,0,{0.1 + 0.9 * (k - 1) / 8:.2f})}}" for k in range(1, 10))
+    + """
 .val{display:inline-block;width:4.5em;color:#666;font-family:ui-monospace,monospace}
 .muted{color:#777} .expl{font-size:1.1em;background:#eef5ff;padding:.4em .6em;border-radius:4px}
 .cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}
@@ -31,6 +34,7 @@ tr:nth-child(even){background:#f6f6f6}
 input,textarea,select,button{font-size:1em} textarea{width:100%}
 .bar{height:8px;background:#e99} .err{color:#b00}
 """
+)
 
 FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{{ f.sae }} feature {{ f.id }}</title>{{ style() }}</head><body>
@@ -177,25 +181,38 @@ def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
         return '<p class="muted">no activations</p>'
     top, left = max(counts), 40
     bw = width / len(counts)
-    bars = "".join(f'<rect x="{left + i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
-                   f'height="{height * c / top:.1f}" fill="#e8743b"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
-                   for i, c in enumerate(counts))
-    axes = (f'<path d="M{left - 2} 0V{height}H{left + width}" stroke="#999" fill="none"/>'
-            f'<text class="ycount" x="{left - 4}" y="9" font-size="10" text-anchor="end">{top:,}</text>'
-            f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
-            f'<text x="0" y="{height // 2 + 4}" font-size="10">count</text>'
-            f'<text x="{left}" y="{height + 13}" font-size="11">0</text>'
-            f'<text x="{left + width // 2}" y="{height + 13}" font-size="10" text-anchor="middle">activation</text>'
-            f'<text x="{left + width}" y="{height + 13}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>')
-    return (f'<svg id="histogram" width="{left + width}" height="{height + 16}" role="img" '
-            f'aria-label="activation histogram: positions per activation bin">{bars}{axes}</svg>')
+    bars = "".join(
+        f'<rect x="{left + i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
+        f'height="{height * c / top:.1f}" fill="#e8743b"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
+        for i, c in enumerate(counts)
+    )
+    axes = (
+        f'<path d="M{left - 2} 0V{height}H{left + width}" stroke="#999" fill="none"/>'
+        f'<text class="ycount" x="{left - 4}" y="9" font-size="10" text-anchor="end">{top:,}</text>'
+        f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
+        f'<text x="0" y="{height // 2 + 4}" font-size="10">count</text>'
+        f'<text x="{left}" y="{height + 13}" font-size="11">0</text>'
+        f'<text x="{left + width // 2}" y="{height + 13}" font-size="10" text-anchor="middle">activation</text>'
+        f'<text x="{left + width}" y="{height + 13}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>'
+    )
+    return (
+        f'<svg id="histogram" width="{left + width}" height="{height + 16}" role="img" '
+        f'aria-label="activation histogram: positions per activation bin">{bars}{axes}</svg>'
+    )
 
 
 def _env() -> Environment:
-    env = Environment(loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
-    env.globals.update(css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
-                        visible=visible, level=level, hist_svg=hist_svg, log10=math.log10)
+    env = Environment(
+        loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    env.globals.update(
+        css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
+        visible=visible,
+        level=level,
+        hist_svg=hist_svg,
+        log10=math.log10,
+    )
     return env
 
 
@@ -204,19 +221,37 @@ ENV = _env()
 
 def _style(css_href: str | None):
     """A page's stylesheet: linked (the static dashboard's one shared style.css) or inline (the app)."""
-    return lambda: Markup('<link rel="stylesheet" href="%s">') % css_href if css_href else Markup("<style>") + \
-        Markup(CSS) + Markup("</style>")
+    return lambda: (
+        Markup('<link rel="stylesheet" href="%s">') % css_href
+        if css_href
+        else Markup("<style>") + Markup(CSS) + Markup("</style>")
+    )
 
 
 def feature_page(view: dict, link, home: str, css_href: str | None = None, live: bool = False) -> str:
     """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index;
     `css_href`: URL of a shared stylesheet (None: inline); `live`: served by the web app (adds
     "test this feature on your own text", which needs the model)."""
-    return ENV.get_template("feature.html").render(f=view, link=link, home=home, style=_style(css_href), live=live,
-                                                   strength=DEFAULT_STRENGTH, sweep=list(SWEEP))
+    return ENV.get_template("feature.html").render(
+        f=view, link=link, home=home, style=_style(css_href), live=live, strength=DEFAULT_STRENGTH, sweep=list(SWEEP)
+    )
 
 
-def index_page(name: str, d_sae: int, hookpoint: str, n_positions: int, rows: list[dict], n_explained: int,
-               css_href: str | None = None) -> str:
-    return ENV.get_template("index.html").render(name=name, d_sae=d_sae, hookpoint=hookpoint, n_positions=n_positions,
-                                                 rows=rows, n_explained=n_explained, style=_style(css_href))
+def index_page(
+    name: str,
+    d_sae: int,
+    hookpoint: str,
+    n_positions: int,
+    rows: list[dict],
+    n_explained: int,
+    css_href: str | None = None,
+) -> str:
+    return ENV.get_template("index.html").render(
+        name=name,
+        d_sae=d_sae,
+        hookpoint=hookpoint,
+        n_positions=n_positions,
+        rows=rows,
+        n_explained=n_explained,
+        style=_style(css_href),
+    )

@@ -19,13 +19,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..options import (LATENTS_HELP, check_types, latent_list, need_at_least, opt, out_option, overwrite_option,
-                       threads_option)
+from ..options import (
+    LATENTS_HELP,
+    check_types,
+    latent_list,
+    need_at_least,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from ..sae.folder import open_sae
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
 from .render import CSS, feature_page, index_page
-
 
 OUTPUTS = ("index.html", "features", "density.png", "features.json", "manifest.json")
 KIND = "saelab dashboard"
@@ -49,13 +56,16 @@ def check_out(out: Path, overwrite: bool) -> None:
 @dataclass
 class DashboardConfig:
     """`saelab dashboard SAE --out DIR`: which features, with which examples and explanations."""
+
     sae: str = opt(help="SAE folder", positional=True)
     out: str = out_option("output folder")
     cache: str | None = opt(None, "latent cache from `saelab cache`", shown="build one over --tokens")
     tokens: int = opt(16384, "held-out tokens to cache when there is no --cache")
-    explanations: str | None = opt(None, "interpretation run folder (`saelab explain --out`, with its scores) or a "
-                                         "JSONL file of {latent, explanation}",
-                                   shown="SAE/explanations.jsonl if present")
+    explanations: str | None = opt(
+        None,
+        "interpretation run folder (`saelab explain --out`, with its scores) or a JSONL file of {latent, explanation}",
+        shown="SAE/explanations.jsonl if present",
+    )
     latents: list[str] | None = opt(None, LATENTS_HELP, shown="all")
     overwrite: bool = overwrite_option("an existing dashboard in --out")
     threads: int | None = threads_option()
@@ -97,8 +107,9 @@ def density_png(freq: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_dashboard(store: FeatureStore, out: Path, latents: list[int] | None = None, overwrite: bool = False,
-                    progress: bool = True) -> Path:
+def write_dashboard(
+    store: FeatureStore, out: Path, latents: list[int] | None = None, overwrite: bool = False, progress: bool = True
+) -> Path:
     out = Path(out)
     check_out(out, overwrite)
     t0 = time.time()
@@ -106,17 +117,39 @@ def write_dashboard(store: FeatureStore, out: Path, latents: list[int] | None = 
     latents = list(range(store.d_sae)) if latents is None else latents
     written = set(latents)  # a --latents subset links only to pages it writes (no dead links)
     for i in tqdm(latents, desc="pages", disable=not progress):
-        html = feature_page(store.view(i), link=lambda j: f"{j}.html" if j in written else None, home="../index.html",
-                            css_href="../style.css")
+        html = feature_page(
+            store.view(i),
+            link=lambda j: f"{j}.html" if j in written else None,
+            home="../index.html",
+            css_href="../style.css",
+        )
         write_text(out / "features" / f"{i}.html", html)
     write_text(out / "style.css", CSS)
     rows = [store.summary(i) for i in latents]
-    write_text(out / "index.html", index_page(store.name, store.d_sae, store.sae.cfg.hookpoint, store.n_positions,
-                                               rows, sum(1 for i in latents if store.explanation(i)), css_href="style.css"))
+    write_text(
+        out / "index.html",
+        index_page(
+            store.name,
+            store.d_sae,
+            store.sae.cfg.hookpoint,
+            store.n_positions,
+            rows,
+            sum(1 for i in latents if store.explanation(i)),
+            css_href="style.css",
+        ),
+    )
     density_png(store.freq, out / "density.png", f"{store.name}: feature density")
     write_json(out / "features.json", rows)
-    write_json(out / "manifest.json", {"kind": KIND, "sae": str(store.sae_dir), "cache": str(store.cache.path),
-                                       "cache_tokens": int(store.cache.manifest["n_tokens"]),
-                                       "n_features": len(latents), "n_explained": rows and sum(1 for r in rows if r["explanation"]),
-                                       "wall_s": time.time() - t0})
+    write_json(
+        out / "manifest.json",
+        {
+            "kind": KIND,
+            "sae": str(store.sae_dir),
+            "cache": str(store.cache.path),
+            "cache_tokens": int(store.cache.manifest["n_tokens"]),
+            "n_features": len(latents),
+            "n_explained": rows and sum(1 for r in rows if r["explanation"]),
+            "wall_s": time.time() - t0,
+        },
+    )
     return out

@@ -6,8 +6,8 @@ It lives in view/ because the max activations come from the feature pages' cache
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -41,7 +41,16 @@ def steer(cfg: SteerConfig, on_result: Callable[[str, dict], None] | None = None
         check_fits([folder], lm.model)  # a 512-wide SAE on a 576-wide site (another --model): a clear error
     res = run_steering(req, lm.model, lm.tokenizer, sae, max_acts, sink_positions(cfg_json), on_result=on_result)
     if cfg.json:
-        write_json(Path(cfg.json), {"sae": cfg.sae, "model": model_spec, "steering": res.steering, "seed": cfg.seed,
-                                    "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
-                                    "results": res.results})
+        write_json(
+            Path(cfg.json),
+            {
+                "sae": cfg.sae,
+                "model": model_spec,
+                "steering": res.steering,
+                "seed": cfg.seed,
+                "temperature": cfg.temperature,
+                "max_new_tokens": cfg.max_new_tokens,
+                "results": res.results,
+            },
+        )
     return res

@@ -35,25 +35,27 @@ from dataclasses import dataclass, field
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .feature_store import FeatureStore
-from .render import feature_page
 from ..errors import UserError
-from ..models import collect_activations
 from ..features.steer import Cancelled, FeatureEdit, encode_prompt
 from ..features.steering import MAX_STRENGTHS, SteeringRequest, run_steering, sink_positions
+from ..models import collect_activations
 from .app_page import APP_HTML
+from .feature_store import FeatureStore
+from .render import feature_page
 
 MAX_TEXT_CHARS = 4000
 MAX_FIRE_TOKENS = 256
 MAX_NEW_TOKENS = 200
-MAX_JOBS = 64          # finished jobs kept (unfetched ones are dropped last)
-MAX_PENDING = 4        # queued + running steering jobs; one more -> 429
+MAX_JOBS = 64  # finished jobs kept (unfetched ones are dropped last)
+MAX_PENDING = 4  # queued + running steering jobs; one more -> 429
 MAX_BODY_BYTES = 64 * 1024
-ERROR_PAGE = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab: @TITLE@</title></head><body>'
-              '<h1>@TITLE@</h1><p id="detail">@DETAIL@</p><p><a href="/">back to the app</a></p></body></html>')
+ERROR_PAGE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab: @TITLE@</title></head><body>'
+    '<h1>@TITLE@</h1><p id="detail">@DETAIL@</p><p><a href="/">back to the app</a></p></body></html>'
+)
 
 
 class BodyTooLarge(HTTPException):
@@ -64,14 +66,20 @@ class BodyTooLarge(HTTPException):
 def limit_body(app, limit: int = MAX_BODY_BYTES):
     """ASGI wrapper: 413 from Content-Length before any byte of the body is read; a body without one
     (chunked) raises BodyTooLarge (-> 413) once it passes `limit`."""
+
     async def wrapped(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             body = b'{"detail":"request body over %d bytes"}' % limit
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
             return await send({"type": "http.response.body", "body": body})
         seen = 0
 
@@ -84,6 +92,7 @@ def limit_body(app, limit: int = MAX_BODY_BYTES):
             return msg
 
         return await app(scope, counted, send)
+
     return wrapped
 
 
@@ -91,7 +100,7 @@ class FireRequest(BaseModel):
     sae: str
     text: str = Field(max_length=MAX_TEXT_CHARS)
     top: int = Field(5, ge=1, le=20)
-    feature: int | None = Field(None, ge=0)   # also this feature's activation at every token
+    feature: int | None = Field(None, ge=0)  # also this feature's activation at every token
 
 
 class EditModel(BaseModel):
@@ -114,15 +123,15 @@ class SteerRequest(BaseModel):
 @dataclass
 class Job:
     id: str
-    status: str = "queued"   # queued | running | done | error | cancelled
-    generation: int = 0      # generations finished (the unsteered one and one per strength)
+    status: str = "queued"  # queued | running | done | error | cancelled
+    generation: int = 0  # generations finished (the unsteered one and one per strength)
     generations: int = 0
-    tokens: int = 0          # tokens of the generation in progress
+    tokens: int = 0  # tokens of the generation in progress
     max_tokens: int = 0
     result: dict | None = None
     error: str | None = None
     started: float = 0.0
-    fetched: bool = False    # the finished state was read once
+    fetched: bool = False  # the finished state was read once
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -130,8 +139,16 @@ class Job:
         return self.status in ("done", "error", "cancelled")
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "status": self.status, "generation": self.generation, "generations": self.generations,
-                "tokens": self.tokens, "max_tokens": self.max_tokens, "result": self.result, "error": self.error}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "generation": self.generation,
+            "generations": self.generations,
+            "tokens": self.tokens,
+            "max_tokens": self.max_tokens,
+            "result": self.result,
+            "error": self.error,
+        }
 
 
 class App:
@@ -169,8 +186,11 @@ class App:
         vals, idx = dense.topk(min(top, s.d_sae), dim=1)
         toks = []
         for p in range(skip, ids.shape[1]):
-            feats = [{"id": int(j), "act": float(v), "explanation": s.explanation(int(j))}
-                     for v, j in zip(vals[p], idx[p]) if v > 0]
+            feats = [
+                {"id": int(j), "act": float(v), "explanation": s.explanation(int(j))}
+                for v, j in zip(vals[p], idx[p])
+                if v > 0
+            ]
             tok = {"token": s.token_str(int(ids[0, p])), "features": feats}
             if feature is not None:
                 tok["act"] = float(dense[p, s.check_latent(feature)])
@@ -180,17 +200,23 @@ class App:
     # ------------------------------------------------------------ steering jobs
     def start_steer(self, req: SteerRequest) -> Job:
         s = self.store(req.sae)
-        steering = SteeringRequest([req.prompt], [FeatureEdit(e.latent, e.op, e.value, e.relative) for e in req.edits],
-                                   max_new_tokens=req.max_new_tokens, temperature=req.temperature, seed=req.seed,
-                                   strengths=req.strengths)
+        steering = SteeringRequest(
+            [req.prompt],
+            [FeatureEdit(e.latent, e.op, e.value, e.relative) for e in req.edits],
+            max_new_tokens=req.max_new_tokens,
+            temperature=req.temperature,
+            seed=req.seed,
+            strengths=req.strengths,
+        )
         steering.check()
         steering.check_sae(s.sae)
         encode_prompt(s.tok, req.prompt)  # too long / empty prompts fail now, as a 4xx
         with self.jobs_lock:
             pending = sum(1 for j in self.jobs.values() if not j.finished)
             if pending >= MAX_PENDING:
-                raise HTTPException(429, f"{pending} steering jobs are already queued or running; "
-                                         f"wait for one to finish or cancel one")
+                raise HTTPException(
+                    429, f"{pending} steering jobs are already queued or running; wait for one to finish or cancel one"
+                )
             job = Job(id=str(next(self.ids)), generations=1 + len(req.strengths), max_tokens=req.max_new_tokens)
             self.jobs[job.id] = job
             self._prune()
@@ -201,11 +227,21 @@ class App:
                 return
             job.status, job.started = "running", time.time()
             try:
+
                 def progress(gen, n, k, m):
                     job.generation, job.tokens = gen, k
 
-                (r,) = run_steering(steering, s.model, s.tok, s.sae, torch.from_numpy(s.max_act), self.skip_first(s),
-                                    lock=self.lock(s), on_token=progress, cancel=job.cancel).results
+                (r,) = run_steering(
+                    steering,
+                    s.model,
+                    s.tok,
+                    s.sae,
+                    torch.from_numpy(s.max_act),
+                    self.skip_first(s),
+                    lock=self.lock(s),
+                    on_token=progress,
+                    cancel=job.cancel,
+                ).results
                 job.result = {**r, "wall_s": time.time() - job.started}
                 job.generation, job.status = job.generations, "done"
             except Cancelled:
@@ -222,7 +258,7 @@ class App:
         """Keep at most MAX_JOBS finished jobs: the oldest already fetched go first, unfetched ones last."""
         done = [j for j in self.jobs.values() if j.finished]
         extra = len(done) - MAX_JOBS
-        for j in sorted(done, key=lambda j: not j.fetched)[:max(0, extra)]:
+        for j in sorted(done, key=lambda j: not j.fetched)[: max(0, extra)]:
             del self.jobs[j.id]
 
 
@@ -246,13 +282,23 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
 
     @api.get("/api/saes")
     async def saes():
-        return [{"name": s.name, "d_sae": s.d_sae, "hookpoint": s.sae.cfg.hookpoint,
-                 "n_explained": sum(1 for r in s.explanations.values() if r.explanation)}
-                for s in state.stores.values()]
+        return [
+            {
+                "name": s.name,
+                "d_sae": s.d_sae,
+                "hookpoint": s.sae.cfg.hookpoint,
+                "n_explained": sum(1 for r in s.explanations.values() if r.explanation),
+            }
+            for s in state.stores.values()
+        ]
 
     @api.get("/api/search")
-    def search(sae: str, q: str = Query("", max_length=200), by: str = Query("text", pattern="^(text|token)$"),
-               limit: int = Query(50, ge=1, le=500)):
+    def search(
+        sae: str,
+        q: str = Query("", max_length=200),
+        by: str = Query("text", pattern="^(text|token)$"),
+        limit: int = Query(50, ge=1, le=500),
+    ):
         return {"results": state.store(sae).search(q, by, limit)}
 
     def _view(name: str, i: int) -> tuple[FeatureStore, dict]:
@@ -267,8 +313,10 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         title = "Not found" if exc.status_code == 404 else f"Error {exc.status_code}"
-        return HTMLResponse(ERROR_PAGE.replace("@TITLE@", title).replace("@DETAIL@", html.escape(str(exc.detail))),
-                            status_code=exc.status_code)
+        return HTMLResponse(
+            ERROR_PAGE.replace("@TITLE@", title).replace("@DETAIL@", html.escape(str(exc.detail))),
+            status_code=exc.status_code,
+        )
 
     @api.get("/sae/{name}/feature/{i}", response_class=HTMLResponse)
     def feature_html(name: str, i: int):
@@ -297,7 +345,9 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
     def _job(job_id: str) -> Job:
         j = state.jobs.get(job_id)
         if j is None:
-            raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept until fetched, then the last {MAX_JOBS})")
+            raise HTTPException(
+                404, f"no job {job_id!r} (finished jobs are kept until fetched, then the last {MAX_JOBS})"
+            )
         return j
 
     @api.get("/api/jobs/{job_id}")

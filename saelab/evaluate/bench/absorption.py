@@ -79,12 +79,19 @@ def main_latents(z: torch.Tensor, is_letter: torch.Tensor, seed: int = 0) -> lis
     return chosen
 
 
-def letter_absorption(letter: str, main: list[int], x: torch.Tensor, z: torch.Tensor, p: torch.Tensor,
-                      directions: torch.Tensor, mean: torch.Tensor) -> LetterAbsorption:
+def letter_absorption(
+    letter: str,
+    main: list[int],
+    x: torch.Tensor,
+    z: torch.Tensor,
+    p: torch.Tensor,
+    directions: torch.Tensor,
+    mean: torch.Tensor,
+) -> LetterAbsorption:
     """x, z: site activations and codes of held-out words of this letter that the probe gets right."""
-    cos = directions @ p                       # [d_lat]
+    cos = directions @ p  # [d_lat]
     aligned = cos >= MIN_COS
-    proj = (z * cos).clamp_min(0) * aligned    # [n, d_lat] positive projections of aligned latents
+    proj = (z * cos).clamp_min(0) * aligned  # [n, d_lat] positive projections of aligned latents
     is_main = torch.zeros(z.shape[1], dtype=torch.bool)
     is_main[main] = True
     main_p, other_p = proj[:, is_main].sum(1), proj[:, ~is_main].sum(1)
@@ -95,8 +102,9 @@ def letter_absorption(letter: str, main: list[int], x: torch.Tensor, z: torch.Te
     carried = proj[:, ~is_main].max(1).values >= CARRY * own if (~is_main).any() else torch.zeros_like(silent)
     absorbed = silent & carried
     n = len(x)
-    return LetterAbsorption(letter, n, len(main), main, float(absorbed.float().mean()) if n else 0.0,
-                            float(frac.mean()) if n else 0.0)
+    return LetterAbsorption(
+        letter, n, len(main), main, float(absorbed.float().mean()) if n else 0.0, float(frac.mean()) if n else 0.0
+    )
 
 
 def first_letter_probe(x_tr, y_tr, x_te, y_te, n_letters: int) -> tuple[Probe, float]:
@@ -104,9 +112,20 @@ def first_letter_probe(x_tr, y_tr, x_te, y_te, n_letters: int) -> tuple[Probe, f
     return probe, accuracy(probe, x_te, y_te)
 
 
-def dictionary_absorption(name: str, kind: str, probe: Probe, letters: list[str], x_te: torch.Tensor,
-                          y_te: torch.Tensor, z_tr: torch.Tensor, y_tr: torch.Tensor, z_te: torch.Tensor,
-                          directions: torch.Tensor, mean: torch.Tensor, seed: int = 0) -> AbsorptionResult:
+def dictionary_absorption(
+    name: str,
+    kind: str,
+    probe: Probe,
+    letters: list[str],
+    x_te: torch.Tensor,
+    y_te: torch.Tensor,
+    z_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    z_te: torch.Tensor,
+    directions: torch.Tensor,
+    mean: torch.Tensor,
+    seed: int = 0,
+) -> AbsorptionResult:
     """Absorption of one sparse dictionary (codes z, unit decoder directions [d_lat, d])."""
     dirs = probe.raw_directions()
     dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -118,5 +137,12 @@ def dictionary_absorption(name: str, kind: str, probe: Probe, letters: list[str]
         per.append(letter_absorption(c, main, x_te[right], z_te[right], dirs[li], directions, mean))
     per_ok = [r for r in per if r.n_test]
     mean_of = lambda f: float(np.mean([f(r) for r in per_ok])) if per_ok else None  # noqa: E731
-    return AbsorptionResult(name, kind, True, mean_of(lambda r: r.absorption_rate),
-                            mean_of(lambda r: r.absorption_fraction), mean_of(lambda r: r.split_features), per)
+    return AbsorptionResult(
+        name,
+        kind,
+        True,
+        mean_of(lambda r: r.absorption_rate),
+        mean_of(lambda r: r.absorption_fraction),
+        mean_of(lambda r: r.split_features),
+        per,
+    )

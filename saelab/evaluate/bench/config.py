@@ -6,8 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UserError
-from ...options import check_device, check_types, device_option, need_at_least, opt, out_option, overwrite_option
-from ...options import threads_option
+from ...options import (
+    check_device,
+    check_types,
+    device_option,
+    need_at_least,
+    opt,
+    out_option,
+    overwrite_option,
+    threads_option,
+)
 from .dictionaries import check_baselines
 from .results import DEFAULT_METRICS, METRICS
 
@@ -16,11 +24,12 @@ from .results import DEFAULT_METRICS, METRICS
 class BenchConfig:
     sae_dirs: list[str] = opt(help="SAE folders at one site of one model", positional=True)
     out: str = out_option("report folder (JSON per metric, report.md/html, bench.png)")
-    metrics: list[str] | None = opt(None, f"{' '.join(METRICS)} (none: {' '.join(DEFAULT_METRICS)}, plus "
-                                          f"autointerp with --interp)")
+    metrics: list[str] | None = opt(
+        None, f"{' '.join(METRICS)} (none: {' '.join(DEFAULT_METRICS)}, plus autointerp with --interp)"
+    )
     baselines: list[str] = opt(default_factory=list, help="neurons residual pca random: bases run as dictionaries")
     interp: str | None = opt(None, "an interpretation run (saelab explain/score output) to summarise")
-    tasks: str | None = opt(None, "extra probing task: JSONL of {\"text\", \"label\"} records")
+    tasks: str | None = opt(None, 'extra probing task: JSONL of {"text", "label"} records')
     tokens: int = opt(20_000, "held-out tokens for the core reconstruction metrics")
     ce_tokens: int = opt(1024, "held-out tokens for core KL / CE (full forwards)")
     task_scale: float = opt(1.0, "multiplies the examples of the built-in tasks")

@@ -16,8 +16,8 @@ Baselines, built for the site of the SAEs being benched:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 
@@ -33,12 +33,12 @@ SPARSE_KINDS = ("sae", "random")  # codes with exact zeros: absorption's "silent
 @dataclass
 class Dictionary:
     name: str
-    kind: str                                   # sae | neurons | residual | pca | random
-    site: str                                   # hookpoint it reads
+    kind: str  # sae | neurons | residual | pca | random
+    site: str  # hookpoint it reads
     d_lat: int
     encode: Callable[[torch.Tensor], torch.Tensor]
-    directions: torch.Tensor | None = None      # [d_lat, d_model] unit rows, in the SAE site's space
-    l0: float | None = None                     # filled by the core metric (SAEs) or measured codes
+    directions: torch.Tensor | None = None  # [d_lat, d_model] unit rows, in the SAE site's space
+    l0: float | None = None  # filled by the core metric (SAEs) or measured codes
     source: str = ""
 
     @property
@@ -54,9 +54,15 @@ def sae_dictionary(folder, name: str | None = None) -> Dictionary:
     """A loaded SaeFolder as a dictionary (codes: `encode_raw`, densified), named `name` (default: the
     folder's name; the bench passes names made unique across its folders)."""
     sae = folder.sae
-    return Dictionary(name or folder.name, "sae", sae.cfg.hookpoint, sae.cfg.d_sae,
-                      lambda x: sae.encode_raw(x.float()).to_dense(), _unit(sae.W_dec.detach().float()),
-                      source=str(folder.path))
+    return Dictionary(
+        name or folder.name,
+        "sae",
+        sae.cfg.hookpoint,
+        sae.cfg.d_sae,
+        lambda x: sae.encode_raw(x.float()).to_dense(),
+        _unit(sae.W_dec.detach().float()),
+        source=str(folder.path),
+    )
 
 
 def neuron_site(model, site: str) -> str:
@@ -80,8 +86,9 @@ def neuron_dictionary(model, site: str, d_model: int) -> Dictionary:
     dirs = input_unit_directions(module_at(model, hp), width)  # Linear or GPT-2's Conv1D
     # what a neuron writes lands in the residual stream; directions make sense only in a space of that width
     dirs = _unit(dirs) if dirs is not None and dirs.shape[1] == d_model else None
-    return Dictionary(f"neurons (L{layer_index(model, site)} MLP)", "neurons", hp, width, lambda x: x.float(), dirs,
-                      source=hp)
+    return Dictionary(
+        f"neurons (L{layer_index(model, site)} MLP)", "neurons", hp, width, lambda x: x.float(), dirs, source=hp
+    )
 
 
 def residual_dictionary(site: str, d: int) -> Dictionary:
@@ -107,8 +114,15 @@ def random_dictionary(template, site_mean: torch.Tensor, seed: int = 0) -> Dicti
         sae.b_dec.copy_(site_mean.float())
     sae.eval()
     k = f", k={cfg.k}" if cfg.k else ""
-    return Dictionary(f"random ({cfg.arch} {cfg.d_sae}{k})", "random", cfg.hookpoint, cfg.d_sae,
-                      lambda x: sae.encode_raw(x.float()).to_dense(), _unit(sae.W_dec.detach().float()), source="random")
+    return Dictionary(
+        f"random ({cfg.arch} {cfg.d_sae}{k})",
+        "random",
+        cfg.hookpoint,
+        cfg.d_sae,
+        lambda x: sae.encode_raw(x.float()).to_dense(),
+        _unit(sae.W_dec.detach().float()),
+        source="random",
+    )
 
 
 def check_baselines(names: list[str]) -> list[str]:

@@ -21,14 +21,23 @@ from .tasks import Task
 
 @dataclass
 class Encoded:
-    codes: dict[str, torch.Tensor]   # dictionary name -> [kept examples, d_lat]
-    site: dict[str, torch.Tensor]    # hookpoint -> raw activations [kept examples, d_site] (the probe ceiling)
-    keep: np.ndarray                 # bool [examples]: not on a sink position
+    codes: dict[str, torch.Tensor]  # dictionary name -> [kept examples, d_lat]
+    site: dict[str, torch.Tensor]  # hookpoint -> raw activations [kept examples, d_site] (the probe ceiling)
+    keep: np.ndarray  # bool [examples]: not on a sink position
 
 
 @torch.no_grad()
-def encode_task(model, tokenizer, task: Task, dicts: list[Dictionary], main_site: str, sink: SinkConfig,
-                batch_rows: int = 16, device: str = "cpu", desc: str | None = None) -> Encoded:
+def encode_task(
+    model,
+    tokenizer,
+    task: Task,
+    dicts: list[Dictionary],
+    main_site: str,
+    sink: SinkConfig,
+    batch_rows: int = 16,
+    device: str = "cpu",
+    desc: str | None = None,
+) -> Encoded:
     sites = sorted({main_site} | {d.site for d in dicts})
     special = special_ids(tokenizer)
     n_rows = len(task.ids)
@@ -43,12 +52,15 @@ def encode_task(model, tokenizer, task: Task, dicts: list[Dictionary], main_site
         ids = torch.from_numpy(task.ids[start:stop]).to(device)
         acts = collect_activations(model, ids, sites)
         drop = excluded_positions([acts[main_site]], ids, sink, special)
-        drop |= torch.arange(ids.shape[1], device=device)[None] >= torch.from_numpy(task.lengths[start:stop]).to(device)[:, None]
+        drop |= (
+            torch.arange(ids.shape[1], device=device)[None]
+            >= torch.from_numpy(task.lengths[start:stop]).to(device)[:, None]
+        )
         if task.level == "sequence":
             w = (~drop).float()
             w = w / w.sum(1, keepdim=True).clamp_min(1)  # mean over kept positions
 
-            def pool(v):  # [b, T, d] -> [b, d]
+            def pool(v, w=w):  # [b, T, d] -> [b, d]
                 return torch.einsum("bt,btd->bd", w, v.float())
 
             for d in dicts:

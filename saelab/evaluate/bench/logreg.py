@@ -14,10 +14,10 @@ import torch
 
 @dataclass
 class Probe:
-    W: torch.Tensor      # [d, classes] on standardised features (classes = 1 for a binary probe)
-    b: torch.Tensor      # [classes]
-    mean: torch.Tensor   # [d]
-    std: torch.Tensor    # [d]
+    W: torch.Tensor  # [d, classes] on standardised features (classes = 1 for a binary probe)
+    b: torch.Tensor  # [classes]
+    mean: torch.Tensor  # [d]
+    std: torch.Tensor  # [d]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std) @ self.W + self.b
@@ -60,8 +60,11 @@ def _lbfgs(xs, y, n_classes, l2, iters, mean, std) -> Probe:
     def closure():
         opt.zero_grad()
         z = xs @ W + b
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, target) if out == 1
-                else torch.nn.functional.cross_entropy(z, target)) + l2 * W.pow(2).sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(z, target)
+            if out == 1
+            else torch.nn.functional.cross_entropy(z, target)
+        ) + l2 * W.pow(2).sum()
         loss.backward()
         return loss
 

@@ -10,7 +10,11 @@ from ...storage import write_figure
 
 
 def _by_l0(ax, names, values, l0s, kinds, ylabel):
-    sae = [(l0s[n], v, n) for n, v, k in zip(names, values, kinds) if k == "sae" and l0s.get(n) is not None and v is not None]
+    sae = [
+        (l0s[n], v, n)
+        for n, v, k in zip(names, values, kinds)
+        if k == "sae" and l0s.get(n) is not None and v is not None
+    ]
     if len({round(x[0], 3) for x in sae}) >= 2:
         sae.sort()
         ax.plot([x[0] for x in sae], [x[1] for x in sae], "o-", label="SAEs")
@@ -48,8 +52,14 @@ def bench_plot(path: Path, results: dict[str, dict], dictionaries: list[dict]) -
             ax.set_title("core: FVU (held out)")
         elif m == "probing":
             for i, d in enumerate(r["dictionaries"]):
-                ax.plot(r["ks"], [d["mean_accuracy"][str(k)] for k in r["ks"]], "o-", ms=3, label=d["dictionary"],
-                        color=f"C{i % 10}")
+                ax.plot(
+                    r["ks"],
+                    [d["mean_accuracy"][str(k)] for k in r["ks"]],
+                    "o-",
+                    ms=3,
+                    label=d["dictionary"],
+                    color=f"C{i % 10}",
+                )
             ax.set_xscale("log")
             ax.set_xlabel("k latents")
             ax.set_ylabel("mean held-out accuracy")
@@ -57,8 +67,14 @@ def bench_plot(path: Path, results: dict[str, dict], dictionaries: list[dict]) -
             ax.legend(fontsize=6)
         elif m == "absorption":
             ds = [d for d in r["dictionaries"] if d["applicable"]]
-            _by_l0(ax, [d["dictionary"] for d in ds], [d["mean_absorption_rate"] for d in ds], l0s,
-                   [d["kind"] for d in ds], "absorption rate")
+            _by_l0(
+                ax,
+                [d["dictionary"] for d in ds],
+                [d["mean_absorption_rate"] for d in ds],
+                l0s,
+                [d["kind"] for d in ds],
+                "absorption rate",
+            )
             ax.set_title(f"absorption (probe acc {r['probe_accuracy']:.2f})")
         elif m == "autointerp":
             items = [(f"{s}:{k}", v["mean"]) for s, sc in r["scorers"].items() for k, v in sc["primary"].items()]
@@ -67,8 +83,14 @@ def bench_plot(path: Path, results: dict[str, dict], dictionaries: list[dict]) -
             ax.set_title(f"autointerp: {r['label']}")
         else:
             ds = [d for d in r["dictionaries"] if d.get("report")]
-            _by_l0(ax, [d["dictionary"] for d in ds], [d["report"]["recovered"] for d in ds], l0s,
-                   ["sae"] * len(ds), "recovered (cos >= 0.9)")
+            _by_l0(
+                ax,
+                [d["dictionary"] for d in ds],
+                [d["report"]["recovered"] for d in ds],
+                l0s,
+                ["sae"] * len(ds),
+                "recovered (cos >= 0.9)",
+            )
             ax.set_title("synthetic ground truth")
     fig.tight_layout()
     write_figure(path, fig)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .encode import Encoded
 from .dictionaries import Dictionary
+from .encode import Encoded
 from .logreg import accuracy, fit_logreg, top_mean_difference
 from .results import ProbeTask, ProbingResult
 from .tasks import Task
@@ -69,12 +69,23 @@ def probe_task(task: Task, enc: Encoded, dicts: list[Dictionary], ks=KS, seed: i
             accs.append(a)
             tops[task.classes[int(cls)]] = top
         if d.site not in ceilings:
-            ceilings[d.site] = float(np.mean([ceiling(enc.site[d.site][torch.from_numpy(idx)], y, train[idx])
-                                              for _, idx, y in subs]))
+            ceilings[d.site] = float(
+                np.mean([ceiling(enc.site[d.site][torch.from_numpy(idx)], y, train[idx]) for _, idx, y in subs])
+            )
         n_tr = int(np.mean([train[idx].sum() for _, idx, _ in subs]))
         n_te = int(np.mean([(~train[idx]).sum() for _, idx, _ in subs]))
-        out.append(ProbeTask(task.name, task.level, task.classes, n_tr, n_te,
-                             {k: float(np.mean([a[k] for a in accs])) for k in accs[0]}, ceilings[d.site], tops))
+        out.append(
+            ProbeTask(
+                task.name,
+                task.level,
+                task.classes,
+                n_tr,
+                n_te,
+                {k: float(np.mean([a[k] for a in accs])) for k in accs[0]},
+                ceilings[d.site],
+                tops,
+            )
+        )
     return out
 
 

@@ -34,8 +34,13 @@ def probing_tables(probing: dict) -> list[Table]:
     ks = probing["ks"]
     res = probing["dictionaries"]
     mean = [[r["dictionary"], r["kind"]] + [r["mean_accuracy"][str(k)] for k in ks] + [r["mean_ceiling"]] for r in res]
-    out = [("Sparse probing: mean held-out accuracy over tasks", ["dictionary", "kind"] + [f"k={k}" for k in ks]
-            + ["full site"], mean)]
+    out = [
+        (
+            "Sparse probing: mean held-out accuracy over tasks",
+            ["dictionary", "kind"] + [f"k={k}" for k in ks] + ["full site"],
+            mean,
+        )
+    ]
     tasks = [t["task"] for t in res[0]["tasks"]] if res else []
     for k in (1, 5):
         if k in ks:
@@ -45,29 +50,56 @@ def probing_tables(probing: dict) -> list[Table]:
 
 
 def absorption_tables(ab: dict) -> list[Table]:
-    rows = [[r["dictionary"], r["applicable"], r["mean_absorption_rate"], r["mean_absorption_fraction"],
-             r["mean_split_features"]] for r in ab["dictionaries"]]
-    head = (f"Absorption (first letter): probe accuracy {fmt(ab['probe_accuracy'])} (chance {fmt(ab['chance'])}), "
-            f"{ab['n_words']} words, {len(ab['letters'])} letters"
-            + (" -- WEAK: the site encodes first letters too weakly for this metric to mean much" if ab["weak"] else ""))
+    rows = [
+        [
+            r["dictionary"],
+            r["applicable"],
+            r["mean_absorption_rate"],
+            r["mean_absorption_fraction"],
+            r["mean_split_features"],
+        ]
+        for r in ab["dictionaries"]
+    ]
+    head = (
+        f"Absorption (first letter): probe accuracy {fmt(ab['probe_accuracy'])} (chance {fmt(ab['chance'])}), "
+        f"{ab['n_words']} words, {len(ab['letters'])} letters"
+        + (" -- WEAK: the site encodes first letters too weakly for this metric to mean much" if ab["weak"] else "")
+    )
     return [(head, ["dictionary", "applicable", "absorption rate", "absorption fraction", "split features"], rows)]
 
 
 def autointerp_tables(ai: dict) -> list[Table]:
     rows = [[s, v["scored"], m, st["mean"]] for s, v in ai["scorers"].items() for m, st in v["primary"].items()]
-    return [(f"Autointerp ({ai['label']}: {ai['explained']}/{ai['latents']} latents explained)",
-             ["scorer", "scored", "metric", "mean"], rows)]
+    return [
+        (
+            f"Autointerp ({ai['label']}: {ai['explained']}/{ai['latents']} latents explained)",
+            ["scorer", "scored", "metric", "mean"],
+            rows,
+        )
+    ]
 
 
 def synthetic_tables(sy: dict) -> list[Table]:
     cols = ["recovered", "mmcs_truth", "mmcs_decoder", "latent_precision", "latent_recall", "dead", "l0"]
-    rows = [[r["dictionary"]] + ([r["report"].get(c) for c in cols] if r.get("report") else
-                                 [r.get("error", "n/a")] + [None] * (len(cols) - 1)) for r in sy["dictionaries"]]
+    rows = [
+        [r["dictionary"]]
+        + (
+            [r["report"].get(c) for c in cols]
+            if r.get("report")
+            else [r.get("error", "n/a")] + [None] * (len(cols) - 1)
+        )
+        for r in sy["dictionaries"]
+    ]
     return [("Synthetic ground truth", ["dictionary"] + cols, rows)]
 
 
-RENDER = {"core": core_tables, "probing": probing_tables, "absorption": absorption_tables,
-          "autointerp": autointerp_tables, "synthetic": synthetic_tables}
+RENDER = {
+    "core": core_tables,
+    "probing": probing_tables,
+    "absorption": absorption_tables,
+    "autointerp": autointerp_tables,
+    "synthetic": synthetic_tables,
+}
 
 
 def _tables(results: dict[str, dict]) -> list[Table]:
@@ -75,12 +107,18 @@ def _tables(results: dict[str, dict]) -> list[Table]:
 
 
 def markdown(manifest: dict, results: dict[str, dict], plot: str | None) -> str:
-    lines = [f"# saelab bench: {manifest['site']}", "",
-             f"model `{manifest['model']}`, corpus `{manifest['corpus']}`; wall time "
-             + ", ".join(f"{k} {v:.0f} s" for k, v in manifest["wall_s"].items()), ""]
+    lines = [
+        f"# saelab bench: {manifest['site']}",
+        "",
+        f"model `{manifest['model']}`, corpus `{manifest['corpus']}`; wall time "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in manifest["wall_s"].items()),
+        "",
+    ]
     lines += ["| dictionary | kind | site | latents | L0 | source |", "|---|---|---|---|---|---|"]
-    lines += [f"| {d['name']} | {d['kind']} | {d['site']} | {d['d_lat']} | {fmt(d['l0'])} | {d['source']} |"
-              for d in manifest["dictionaries"]]
+    lines += [
+        f"| {d['name']} | {d['kind']} | {d['site']} | {d['d_lat']} | {fmt(d['l0'])} | {d['source']} |"
+        for d in manifest["dictionaries"]
+    ]
     for title, header, rows in _tables(results):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
@@ -93,12 +131,19 @@ def markdown(manifest: dict, results: dict[str, dict], plot: str | None) -> str:
 
 def html_page(manifest: dict, results: dict[str, dict], plot: str | None) -> str:
     e = html.escape
-    parts = ["<!doctype html><meta charset='utf-8'><title>saelab bench</title>",
-             "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}</style>",
-             f"<h1>saelab bench: {e(manifest['site'])}</h1><p>model <code>{e(manifest['model'])}</code></p>"]
-    tables = [("Dictionaries", ["dictionary", "kind", "site", "latents", "L0", "source"],
-               [[d["name"], d["kind"], d["site"], d["d_lat"], d["l0"], d["source"]] for d in manifest["dictionaries"]])]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>saelab bench</title>",
+        "<style>body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}</style>",
+        f"<h1>saelab bench: {e(manifest['site'])}</h1><p>model <code>{e(manifest['model'])}</code></p>",
+    ]
+    tables = [
+        (
+            "Dictionaries",
+            ["dictionary", "kind", "site", "latents", "L0", "source"],
+            [[d["name"], d["kind"], d["site"], d["d_lat"], d["l0"], d["source"]] for d in manifest["dictionaries"]],
+        )
+    ]
     for title, header, rows in tables + _tables(results):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{e(fmt(v))}</td>" for v in row) + "</tr>" for row in rows]

@@ -14,9 +14,9 @@ import torch
 
 from ...errors import UserError
 from ...models import collect_activations
+from ...out_folder import BENCH_REPORT, open_out
 from ...sae.folder import open_sae, open_shared_data, shared_provenance, unique_names
 from ...sinks import excluded_positions, special_ids
-from ...out_folder import BENCH_REPORT, open_out
 from ...storage import write_json
 from ..metrics import EvalBudget, batches, measure
 from ..results import DESCRIPTIONS
@@ -39,8 +39,10 @@ def check_same_site(folders) -> str:
     sites = {f.sae.cfg.hookpoint for f in folders}
     if len(sites) > 1:
         listing = "; ".join(f"{f.path}: {f.sae.cfg.hookpoint}" for f in folders)
-        raise UserError(f"bench compares dictionaries at one site, but these read different sites ({listing}); "
-                        f"run one bench per site")
+        raise UserError(
+            f"bench compares dictionaries at one site, but these read different sites ({listing}); "
+            f"run one bench per site"
+        )
     return sites.pop()
 
 
@@ -60,10 +62,21 @@ def _words_task(tokenizer, seed: int, scale: float) -> tuple[Task, list[str]]:
     if len(letters) < 2:
         raise UserError("absorption: the tokenizer has too few word tokens (space + 3 letters) per first letter")
     n = len(ids)
-    rows = np.stack([np.full(n, tokenizer.bos_token_id if tokenizer.bos_token_id is not None else ids[0]),
-                     np.asarray(ids)], 1).astype(np.int64)
-    return Task("first_letter", "token", letters, "first letter of a word token", rows, np.full(n, 2),
-                np.asarray(labels), np.arange(n), np.ones(n, dtype=np.int64), split_rows(n, seed)), letters
+    rows = np.stack(
+        [np.full(n, tokenizer.bos_token_id if tokenizer.bos_token_id is not None else ids[0]), np.asarray(ids)], 1
+    ).astype(np.int64)
+    return Task(
+        "first_letter",
+        "token",
+        letters,
+        "first letter of a word token",
+        rows,
+        np.full(n, 2),
+        np.asarray(labels),
+        np.arange(n),
+        np.ones(n, dtype=np.int64),
+        split_rows(n, seed),
+    ), letters
 
 
 def run_absorption(lm, dicts, site: str, sink, cfg: BenchConfig) -> AbsorptionReport:
@@ -71,8 +84,9 @@ def run_absorption(lm, dicts, site: str, sink, cfg: BenchConfig) -> AbsorptionRe
     seed, device = cfg.seed, cfg.device
     task, letters = _words_task(lm.tokenizer, seed, cfg.task_scale)
     sparse = [d for d in dicts if d.sparse and d.directions is not None]
-    enc = encode_task(lm.model, lm.tokenizer, task, sparse, site, sink, batch_rows=256, device=device,
-                      desc="bench: absorption")
+    enc = encode_task(
+        lm.model, lm.tokenizer, task, sparse, site, sink, batch_rows=256, device=device, desc="bench: absorption"
+    )
     y = torch.from_numpy(task.labels[enc.keep])
     tr = torch.from_numpy(task.train[enc.keep])
     x = enc.site[site]
@@ -82,8 +96,22 @@ def run_absorption(lm, dicts, site: str, sink, cfg: BenchConfig) -> AbsorptionRe
     for d in dicts:
         if d in sparse:
             z = enc.codes[d.name]
-            results.append(ab.dictionary_absorption(d.name, d.kind, probe, letters, x[~tr], y[~tr], z[tr], y[tr],
-                                                    z[~tr], d.directions, x[tr].mean(0), seed))
+            results.append(
+                ab.dictionary_absorption(
+                    d.name,
+                    d.kind,
+                    probe,
+                    letters,
+                    x[~tr],
+                    y[~tr],
+                    z[tr],
+                    y[tr],
+                    z[~tr],
+                    d.directions,
+                    x[tr].mean(0),
+                    seed,
+                )
+            )
         else:
             results.append(AbsorptionResult(d.name, d.kind, False, None, None, None))
     return AbsorptionReport(acc, chance, int(len(y)), letters, acc < 0.5, results)
@@ -92,13 +120,14 @@ def run_absorption(lm, dicts, site: str, sink, cfg: BenchConfig) -> AbsorptionRe
 @dataclass
 class _Bench:
     """A bench after its checks: what to run, on which folders, and what is done so far."""
+
     cfg: BenchConfig
     metrics: list[str]
     out: Path
     folders: list
-    names: list[str]                       # the folders' names, unique: every result is keyed by them
+    names: list[str]  # the folders' names, unique: every result is keyed by them
     site: str
-    prov: object                           # the Provenance the folders agree on
+    prov: object  # the Provenance the folders agree on
     user_task: tuple | None
     quiet: bool
     dicts: list = field(default_factory=list)
@@ -125,8 +154,12 @@ def _open_bench(cfg: BenchConfig, has_interp: bool, quiet: bool) -> _Bench:
     cfg.validate(has_interp)
     metrics = cfg.chosen_metrics(has_interp)
     user_task = read_task_file(cfg.tasks) if cfg.tasks else None
-    out = open_out(cfg.out, BENCH_REPORT, cfg.overwrite,
-                   names=tuple(f"{m}.json" for m in metrics) + ("bench.json", "report.md", "report.html"))
+    out = open_out(
+        cfg.out,
+        BENCH_REPORT,
+        cfg.overwrite,
+        names=tuple(f"{m}.json" for m in metrics) + ("bench.json", "report.md", "report.html"),
+    )
     folders = [open_sae(Path(d), cfg.device) for d in cfg.sae_dirs]
     site = check_same_site(folders)
     prov = shared_provenance(folders)  # the folders agree on model and corpus (a UserError names the difference)
@@ -155,13 +188,27 @@ def _add_baselines(b: _Bench, lm, rows, fit_tokens: int) -> None:
 
 def _core(b: _Bench, lm, rows) -> None:
     cfg, t0 = b.cfg, time.time()
-    res, _ = measure(lm.model, lm.tokenizer, [(f.sae, f.provenance.sink) for f in b.folders], rows,
-                     EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens), cfg.device)
+    res, _ = measure(
+        lm.model,
+        lm.tokenizer,
+        [(f.sae, f.provenance.sink) for f in b.folders],
+        rows,
+        EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens),
+        cfg.device,
+    )
     for n, m in zip(b.names, res):
         b.l0[n] = m.l0
-    b.done("core", {"metric": "core", "tokens": cfg.tokens, "ce_tokens": cfg.ce_tokens,
-                    "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(b.names, res)],
-                    "descriptions": DESCRIPTIONS}, t0)
+    b.done(
+        "core",
+        {
+            "metric": "core",
+            "tokens": cfg.tokens,
+            "ce_tokens": cfg.ce_tokens,
+            "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(b.names, res)],
+            "descriptions": DESCRIPTIONS,
+        },
+        t0,
+    )
 
 
 def _probing(b: _Bench, lm) -> None:
@@ -177,18 +224,29 @@ def _probing(b: _Bench, lm) -> None:
         if task.level == "token":  # L0 of each dictionary on real tokens (dense bases: their width)
             for d in b.dicts:
                 b.l0.setdefault(d.name, float((enc.codes[d.name] != 0).sum(1).float().mean()))
-    b.done("probing", {"metric": "probing", "ks": list(KS), "seed": cfg.seed,
-                       "tasks": [{"task": t.name, "level": t.level, "classes": t.classes,
-                                  "description": t.description} for t in tasks],
-                       "dictionaries": [asdict(summarise(d, per[d.name], KS)) for d in b.dicts]}, t0)
+    b.done(
+        "probing",
+        {
+            "metric": "probing",
+            "ks": list(KS),
+            "seed": cfg.seed,
+            "tasks": [
+                {"task": t.name, "level": t.level, "classes": t.classes, "description": t.description} for t in tasks
+            ],
+            "dictionaries": [asdict(summarise(d, per[d.name], KS)) for d in b.dicts],
+        },
+        t0,
+    )
 
 
 def _absorption(b: _Bench, lm) -> None:
     t0 = time.time()
     rep = run_absorption(lm, b.dicts, b.site, b.sink, b.cfg)
     if rep.weak:
-        b.notes.append(f"absorption: the first-letter probe reaches only {rep.probe_accuracy:.2f} held-out "
-                       f"accuracy at {b.site}; the absorption numbers mean little there")
+        b.notes.append(
+            f"absorption: the first-letter probe reaches only {rep.probe_accuracy:.2f} held-out "
+            f"accuracy at {b.site}; the absorption numbers mean little there"
+        )
     b.done("absorption", {"metric": "absorption", **asdict(rep)}, t0)
 
 
@@ -232,8 +290,9 @@ def _summarise(b: _Bench, t_start: float) -> None:
         print(f"bench: report {b.out / 'report.md'} ({b.wall['total']:.0f} s)")
 
 
-def bench(cfg: BenchConfig, interp_summary: dict | None = None, quiet: bool = False,
-          fit_tokens: int = FIT_TOKENS) -> dict:
+def bench(
+    cfg: BenchConfig, interp_summary: dict | None = None, quiet: bool = False, fit_tokens: int = FIT_TOKENS
+) -> dict:
     """Run the suite; returns {metric: its JSON dict} (and writes everything under `cfg.out`).
     `interp_summary` is an interpretation run already summarised by the interpret stage
     (`interpret.bench_summary.autointerp_summary`): evaluation does not import a later stage."""
@@ -249,8 +308,15 @@ def bench(cfg: BenchConfig, interp_summary: dict | None = None, quiet: bool = Fa
     return b.results
 
 
-def run_bench(sae_dirs: list[str], out: str, *, interp_summary: dict | None = None, quiet: bool = False,
-              fit_tokens: int = FIT_TOKENS, **options) -> dict:
+def run_bench(
+    sae_dirs: list[str],
+    out: str,
+    *,
+    interp_summary: dict | None = None,
+    quiet: bool = False,
+    fit_tokens: int = FIT_TOKENS,
+    **options,
+) -> dict:
     """`bench` with the config's fields as keywords (`tasks_file=` and `core_tokens=` are --tasks and --tokens)."""
     for old, new in (("tasks_file", "tasks"), ("core_tokens", "tokens")):
         if old in options:

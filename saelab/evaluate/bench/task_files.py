@@ -35,25 +35,30 @@ def read_task_file(path: str | Path) -> tuple[list[str], list[str]]:
             except json.JSONDecodeError as e:
                 raise UserError(f"--tasks {path}:{i} is not valid JSON: {e}") from None
             if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
-                raise UserError(f"--tasks {path}:{i}: each line needs a \"text\" and a \"label\" field")
+                raise UserError(f'--tasks {path}:{i}: each line needs a "text" and a "label" field')
             if not isinstance(rec["text"], str) or not rec["text"].strip():
-                raise UserError(f"--tasks {path}:{i}: \"text\" must be a non-empty string")
+                raise UserError(f'--tasks {path}:{i}: "text" must be a non-empty string')
             texts.append(rec["text"])
             labels.append(str(rec["label"]))
     counts = Counter(labels)
     if len(counts) < 2:
-        raise UserError(f"--tasks {path}: a probing task needs at least two classes; found only "
-                        f"{next(iter(counts), 'none')!r}")
+        raise UserError(
+            f"--tasks {path}: a probing task needs at least two classes; found only {next(iter(counts), 'none')!r}"
+        )
     small = [c for c, n in counts.items() if n < MIN_PER_CLASS]
     if small:
-        raise UserError(f"--tasks {path}: class(es) {', '.join(map(repr, small))} have fewer than {MIN_PER_CLASS} "
-                        f"examples (a train/test split needs more)")
+        raise UserError(
+            f"--tasks {path}: class(es) {', '.join(map(repr, small))} have fewer than {MIN_PER_CLASS} "
+            f"examples (a train/test split needs more)"
+        )
     for c in counts:
         if len(c) >= 2:
             hits = sum(c.lower() in t.lower() for t, lab in zip(texts, labels) if lab == c)
             if hits >= LEAK_FRACTION * counts[c]:
-                raise UserError(f"--tasks {path}: the label {c!r} appears verbatim in {hits} of its {counts[c]} texts; "
-                                f"the probe would read the label from the text. Remove it from the texts")
+                raise UserError(
+                    f"--tasks {path}: the label {c!r} appears verbatim in {hits} of its {counts[c]} texts; "
+                    f"the probe would read the label from the text. Remove it from the texts"
+                )
     return texts, labels
 
 
@@ -66,8 +71,17 @@ def file_task(tokenizer, path: str | Path, texts: list[str], labels: list[str], 
     pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     ids = np.full((len(rows), width), pad, dtype=np.int64)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
+        ids[i, : len(r)] = r
     n = len(rows)
-    return Task(f"file:{Path(path).stem}", "sequence", classes, f"user task from {path}", ids,
-                np.array([len(r) for r in rows]), np.array([classes.index(c) for c in labels]), np.arange(n), None,
-                split_rows(n, seed))
+    return Task(
+        f"file:{Path(path).stem}",
+        "sequence",
+        classes,
+        f"user task from {path}",
+        ids,
+        np.array([len(r) for r in rows]),
+        np.array([classes.index(c) for c in labels]),
+        np.arange(n),
+        None,
+        split_rows(n, seed),
+    )

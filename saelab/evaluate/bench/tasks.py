@@ -40,15 +40,15 @@ _SKIP = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "
 @dataclass
 class Task:
     name: str
-    level: str                 # "sequence" | "token"
+    level: str  # "sequence" | "token"
     classes: list[str]
     description: str
-    ids: np.ndarray            # [rows, T] token ids (right-padded with EOS to the longest row)
-    lengths: np.ndarray        # [rows] real length of each row
-    labels: np.ndarray         # [examples] class index
-    rows: np.ndarray           # [examples] which row an example reads
+    ids: np.ndarray  # [rows, T] token ids (right-padded with EOS to the longest row)
+    lengths: np.ndarray  # [rows] real length of each row
+    labels: np.ndarray  # [examples] class index
+    rows: np.ndarray  # [examples] which row an example reads
     positions: np.ndarray | None  # [examples] token position (token level), None for sequence level
-    train_rows: np.ndarray     # bool [rows]: rows of the training split
+    train_rows: np.ndarray  # bool [rows]: rows of the training split
 
     @property
     def train(self) -> np.ndarray:
@@ -87,8 +87,9 @@ def _row(tokenizer, text: str) -> list[int] | None:
     return [tokenizer.bos_token_id] + ids[: LENGTH - 1] if len(ids) >= LENGTH - 1 else None
 
 
-def _sequence_task(name, classes, description, rows_by_class: list[list[list[int]]], per_class: int, seed: int,
-                   eos: int) -> Task:
+def _sequence_task(
+    name, classes, description, rows_by_class: list[list[list[int]]], per_class: int, seed: int, eos: int
+) -> Task:
     rng = np.random.default_rng(seed)
     ids, labels = [], []
     for c, rows in enumerate(rows_by_class):
@@ -97,8 +98,18 @@ def _sequence_task(name, classes, description, rows_by_class: list[list[list[int
         labels += [c] * len(pick)
     arr = np.asarray(ids, dtype=np.int64)
     n = len(arr)
-    return Task(name, "sequence", list(classes), description, arr, np.full(n, arr.shape[1]), np.asarray(labels),
-                np.arange(n), None, split_rows(n, seed))
+    return Task(
+        name,
+        "sequence",
+        list(classes),
+        description,
+        arr,
+        np.full(n, arr.shape[1]),
+        np.asarray(labels),
+        np.arange(n),
+        None,
+        split_rows(n, seed),
+    )
 
 
 def code_vs_prose(tokenizer, per_class: int = 300, seed: int = 0) -> Task:
@@ -123,11 +134,18 @@ def code_vs_prose(tokenizer, per_class: int = 300, seed: int = 0) -> Task:
                 prose.append(doc)
             else:
                 body = node.body[0]
-                src = lines[node.lineno - 1: body.lineno - 1] + lines[body.end_lineno: node.end_lineno]
+                src = lines[node.lineno - 1 : body.lineno - 1] + lines[body.end_lineno : node.end_lineno]
                 code.append("\n".join(ln for ln in src if not ln.strip().startswith("#")))
     rows = [[r for r in (_row(tokenizer, t) for t in texts) if r] for texts in (prose, code)]
-    return _sequence_task("code_vs_prose", ["prose", "code"], "docstring vs source of stdlib definitions",
-                          rows, per_class, seed, tokenizer.eos_token_id)
+    return _sequence_task(
+        "code_vs_prose",
+        ["prose", "code"],
+        "docstring vs source of stdlib definitions",
+        rows,
+        per_class,
+        seed,
+        tokenizer.eos_token_id,
+    )
 
 
 def stdlib_package(tokenizer, per_class: int = 120, seed: int = 0) -> Task:
@@ -146,12 +164,19 @@ def stdlib_package(tokenizer, per_class: int = 120, seed: int = 0) -> Task:
             text = "\n".join(ln for ln in _read(p)[:20000].splitlines() if pkg not in ln.lower())
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             for s in range(0, len(ids) - LENGTH, 4 * LENGTH):  # spaced windows: little overlap of contexts
-                windows.append([tokenizer.bos_token_id] + ids[s: s + LENGTH - 1])
+                windows.append([tokenizer.bos_token_id] + ids[s : s + LENGTH - 1])
         rng.shuffle(windows)
         rows_by_class.append(windows[: per_class * 3])
         classes.append(pkg)
-    return _sequence_task("stdlib_package", classes, "which stdlib package a 63-token source window comes from",
-                          rows_by_class, per_class, seed, tokenizer.eos_token_id)
+    return _sequence_task(
+        "stdlib_package",
+        classes,
+        "which stdlib package a 63-token source window comes from",
+        rows_by_class,
+        per_class,
+        seed,
+        tokenizer.eos_token_id,
+    )
 
 
 def _python_spans(text: str) -> list[tuple[int, int, str]]:
@@ -190,7 +215,7 @@ def _token_windows(tokenizer, n_windows: int, seed: int):
         s0 = int(rng.integers(0, len(ids) - LENGTH + 1))
         starts = np.array([s for s, _, _ in spans])
         info = [None]  # BOS
-        for a, b in offs[s0: s0 + LENGTH - 1]:
+        for a, b in offs[s0 : s0 + LENGTH - 1]:
             piece = text[a:b]
             first = a + (len(piece) - len(piece.lstrip()))
             j = int(np.searchsorted(starts, first, side="right")) - 1
@@ -199,7 +224,7 @@ def _token_windows(tokenizer, n_windows: int, seed: int):
                 continue
             s, e, cls = spans[j]
             info.append((cls, cls == "string" and first > s))
-        yield [tokenizer.bos_token_id] + ids[s0: s0 + LENGTH - 1], info
+        yield [tokenizer.bos_token_id] + ids[s0 : s0 + LENGTH - 1], info
         n_windows -= 1
         if not n_windows:
             return
@@ -233,15 +258,28 @@ def token_tasks(tokenizer, per_class: int = 300, n_windows: int = 160, seed: int
                 rows.append(pool[i][0])
                 pos.append(pool[i][1])
                 labels.append(c)
-        return Task(name, "token", classes, description, ids, np.full(n, LENGTH), np.asarray(labels),
-                    np.asarray(rows), np.asarray(pos), train)
+        return Task(
+            name,
+            "token",
+            classes,
+            description,
+            ids,
+            np.full(n, LENGTH),
+            np.asarray(labels),
+            np.asarray(rows),
+            np.asarray(pos),
+            train,
+        )
 
-    return [build("token_type", list(TOKEN_CLASSES), cands_type, "Python tokenize type of the current token"),
-            build("inside_string", ["code", "in_string"], cands_str, "token inside a string literal vs a code token")]
+    return [
+        build("token_type", list(TOKEN_CLASSES), cands_type, "Python tokenize type of the current token"),
+        build("inside_string", ["code", "in_string"], cands_str, "token inside a string literal vs a code token"),
+    ]
 
 
 def builtin_tasks(tokenizer, seed: int = 0, scale: float = 1.0) -> list[Task]:
     """All built-in tasks; `scale` multiplies the number of examples (tests use a small one)."""
     n = lambda x: max(8, int(x * scale))  # noqa: E731
-    return ([code_vs_prose(tokenizer, n(300), seed), stdlib_package(tokenizer, n(120), seed)]
-            + token_tasks(tokenizer, n(300), max(16, int(160 * scale)), seed))
+    return [code_vs_prose(tokenizer, n(300), seed), stdlib_package(tokenizer, n(120), seed)] + token_tasks(
+        tokenizer, n(300), max(16, int(160 * scale)), seed
+    )

@@ -48,8 +48,10 @@ class Embedder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), self.batch):
-            enc = self.tok(texts[i:i + self.batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = self.model(**enc).last_hidden_state                     # [b, t, 384]
+            enc = self.tok(
+                texts[i : i + self.batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
+            h = self.model(**enc).last_hidden_state  # [b, t, 384]
             m = enc["attention_mask"].unsqueeze(-1).float()
             v = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
             out.append(torch.nn.functional.normalize(v, dim=-1))
@@ -72,11 +74,26 @@ class EmbeddingScorer:
         sims = (emb[1:] @ emb[0]).tolist()
         y = np.array(labels, bool)
         s = np.array(sims)
-        metrics = {"auc": auc(y, s), "mean_sim_activating": float(s[y].mean()), "mean_sim_negative": float(s[~y].mean())}
+        metrics = {
+            "auc": auc(y, s),
+            "mean_sim_activating": float(s[y].mean()),
+            "mean_sim_negative": float(s[~y].mean()),
+        }
         if ex.hard:
             hard = np.array([e.kind == "hard" for e in examples])
             sel = y | hard
             metrics["auc_hard"] = auc(y[sel], s[sel])
         preds = [[e.id, l, v] for e, l, v in zip(examples, labels, sims)]
-        return ScoreResult(self.name, ex.latent, True, metrics, None, time.time() - t0, "embedding",
-                           len(ex.activating), len(ex.negatives), 0, preds)
+        return ScoreResult(
+            self.name,
+            ex.latent,
+            True,
+            metrics,
+            None,
+            time.time() - t0,
+            "embedding",
+            len(ex.activating),
+            len(ex.negatives),
+            0,
+            preds,
+        )

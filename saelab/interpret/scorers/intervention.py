@@ -60,8 +60,11 @@ class InterventionScorer:
     def score(self, ex: LatentExamples, explanation: str) -> ScoreResult:
         t0 = time.time()
         if self.decoder is None or not self.hook:
-            return ScoreResult.failure(self.name, ex.latent, "this dictionary has no known output direction "
-                                       "(decoder) in the cache, so it cannot be steered")
+            return ScoreResult.failure(
+                self.name,
+                ex.latent,
+                "this dictionary has no known output direction (decoder) in the cache, so it cannot be steered",
+            )
         sources = (ex.random or ex.hard)[: self.n_prompts]
         if not sources:
             return ScoreResult.failure(self.name, ex.latent, "no non-activating examples to use as prompts")
@@ -78,6 +81,10 @@ class InterventionScorer:
         with patch_activation(self.lm.model, self.hook, add):
             steered = self._mean_lp(prompts, phrases)
         delta = steered - clean
-        metrics = {"score": float(delta[0] - delta[1:].mean()), "delta_explanation": float(delta[0]),
-                   "delta_controls": float(delta[1:].mean()), "clean_logprob": float(clean[0])}
+        metrics = {
+            "score": float(delta[0] - delta[1:].mean()),
+            "delta_explanation": float(delta[0]),
+            "delta_controls": float(delta[1:].mean()),
+            "clean_logprob": float(clean[0]),
+        }
         return ScoreResult(self.name, ex.latent, True, metrics, None, time.time() - t0, "lm", 0, len(prompts))

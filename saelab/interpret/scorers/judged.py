@@ -41,8 +41,9 @@ def parse_binary_list(reply: str | None, n: int) -> list[int] | None:
 
 
 class JudgeScorer:
-    def __init__(self, kind: str, client: LLMClient, tokenizer, mode: str = "auto", batch_examples: int = 10,
-                 seed: int = 0):
+    def __init__(
+        self, kind: str, client: LLMClient, tokenizer, mode: str = "auto", batch_examples: int = 10, seed: int = 0
+    ):
         assert kind in ("detection", "fuzzing")
         self.name, self.kind, self.client, self.text = kind, kind, client, TokenText(tokenizer)
         if mode == "auto":
@@ -79,9 +80,11 @@ class JudgeScorer:
         else:
             probs = [None] * len(texts)
             order = rng.permutation(len(texts))
-            batches = [order[i:i + self.batch_examples] for i in range(0, len(order), self.batch_examples)]
-            comps = self.client.generate([judge_batch_messages(self.kind, explanation, [texts[i] for i in b])
-                                          for b in batches], max_tokens=3 * self.batch_examples + 8)
+            batches = [order[i : i + self.batch_examples] for i in range(0, len(order), self.batch_examples)]
+            comps = self.client.generate(
+                [judge_batch_messages(self.kind, explanation, [texts[i] for i in b]) for b in batches],
+                max_tokens=3 * self.batch_examples + 8,
+            )
             for b, c in zip(batches, comps):
                 answers = parse_binary_list(c.text, len(b)) if c.ok else None
                 if answers is not None:
@@ -91,12 +94,22 @@ class JudgeScorer:
         keep = [i for i, p in enumerate(probs) if p is not None]
         n_failed = len(examples) - len(keep)
         seconds = time.time() - t0
-        common = dict(seconds=seconds, mode=self.mode, n_activating=len(ex.activating), n_negative=len(ex.negatives),
-                      n_failed_examples=n_failed, usage=usage)
+        common = dict(
+            seconds=seconds,
+            mode=self.mode,
+            n_activating=len(ex.activating),
+            n_negative=len(ex.negatives),
+            n_failed_examples=n_failed,
+            usage=usage,
+        )
         y = [labels[i] for i in keep]
         if not keep or len(set(y)) < 2:
-            return ScoreResult.failure(self.name, ex.latent, f"the judge gave usable answers for {len(keep)} of "
-                                       f"{len(examples)} examples", **common)
+            return ScoreResult.failure(
+                self.name,
+                ex.latent,
+                f"the judge gave usable answers for {len(keep)} of {len(examples)} examples",
+                **common,
+            )
         p = [probs[i] for i in keep]
         metrics = classification_metrics(y, [q > 0.5 for q in p], p if self.mode == "logprob" else None)
         metrics["mean_p_yes_activating"] = float(np.mean([q for q, l in zip(p, y) if l]))

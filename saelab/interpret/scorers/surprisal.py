@@ -36,8 +36,12 @@ class SurprisalScorer:
         withe = suffix_logprobs(self.lm.model, self._prefix(explanation), toks, self.batch)
         gains = np.array([float((w - p).mean()) for p, w in zip(plain, withe)])
         y = np.array([e.activating for e in examples], bool)
-        metrics = {"auc": auc(y, gains), "mean_gain_activating": float(gains[y].mean()),
-                   "mean_gain_negative": float(gains[~y].mean())}
+        metrics = {
+            "auc": auc(y, gains),
+            "mean_gain_activating": float(gains[y].mean()),
+            "mean_gain_negative": float(gains[~y].mean()),
+        }
         preds = [[e.id, int(l), float(g)] for e, l, g in zip(examples, y, gains)]
-        return ScoreResult(self.name, ex.latent, True, metrics, None, time.time() - t0, "lm", int(y.sum()),
-                           int((~y).sum()), 0, preds)
+        return ScoreResult(
+            self.name, ex.latent, True, metrics, None, time.time() - t0, "lm", int(y.sum()), int((~y).sum()), 0, preds
+        )
