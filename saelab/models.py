@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import UserError
 from .families import family_of
-from .options import check_dtype
+from .option_checks import check_dtype
 from .storage import cache_dir
 
 EMBEDDED = "embedded"

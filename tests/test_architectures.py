@@ -10,7 +10,7 @@ from conftest import train_cfg
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
-from saelab.sae.foreign import export_saelens
+from saelab.sae.foreign_saelens import export_saelens
 from saelab.sae.matryoshka import default_groups
 from saelab.train.members import new_member
 from saelab.train.objectives import LocalObjective
@@ -362,7 +362,7 @@ def _skip_tc(x, arch="topk", k=8):
 def test_skip_transcoder_roundtrips_through_sparsify_exactly(tmp_path, mlp_io):
     from safetensors.torch import load_file
 
-    from saelab.sae.foreign import export_sparsify
+    from saelab.sae.foreign_sparsify import export_sparsify
 
     x = mlp_io[0]
     tc = _skip_tc(x)

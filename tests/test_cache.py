@@ -117,7 +117,7 @@ def test_neurons_are_topk_positive_values(cache, sae_dir, tiny_model_dir):
 
 
 def test_killed_run_resumes_to_the_same_cache(tmp_path, sae_dir, cache, monkeypatch):
-    import saelab.features.latent_cache_writer as mod
+    import saelab.features.latent_cache_merge as mod
 
     real, calls = mod._write_chunk, {"n": 0}
 

@@ -12,7 +12,8 @@ from conftest import train_cfg
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
-from saelab.sae.foreign import export_saelens, export_sparsify
+from saelab.sae.foreign_saelens import export_saelens
+from saelab.sae.foreign_sparsify import export_sparsify
 from saelab.train.members import new_member
 from saelab.train.objectives import LocalObjective
 from saelab.train.sources import Batch

@@ -8,7 +8,7 @@ from conftest import train_cfg
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
-from saelab.sae.foreign import export_saelens
+from saelab.sae.foreign_saelens import export_saelens
 from saelab.train.members import parse_sites
 
 SITES = "model.layers.1+model.layers.2+model.layers.3"

@@ -400,7 +400,7 @@ def test_stored_vectors_round_trip_at_their_precision():
 def test_bad_precision_is_refused_before_the_model_loads(tmp_path, monkeypatch, tiny_model_dir, text_corpus):
     from saelab.activations.disk_cache import CacheConfig
     from saelab.cli import main
-    from saelab.options import check_dtype
+    from saelab.option_checks import check_dtype
 
     with pytest.raises(UserError, match="unknown --dtype 'float64'"):
         train_cfg(tmp_path / "r", "no-such-model", text_corpus, dtype="float64").validate()

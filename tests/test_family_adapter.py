@@ -17,7 +17,7 @@ from saelab.cli import main
 from saelab.families import family_for_name, family_of
 from saelab.models import collect_activations, load_model, module_at
 from saelab.sae.folder import load_sae
-from saelab.sae.foreign import tl_to_module
+from saelab.sae.foreign_saelens import tl_to_module
 from saelab.view.feature_store import FeatureStore
 
 # family -> (its blocks, its final norm module, "rms" | "layer"), spelled out here, not asked of the adapter

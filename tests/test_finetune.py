@@ -13,7 +13,7 @@ from saelab.errors import UserError
 from saelab.models import collect_activations, load_model, patch_activation
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, open_sae, save_sae
-from saelab.sae.foreign import export_saelens
+from saelab.sae.foreign_saelens import export_saelens
 from saelab.sinks import SinkConfig, excluded_positions
 from saelab.storage import read_json, write_json
 from saelab.train.finetune import KlMseObjective

@@ -15,7 +15,9 @@ from safetensors.torch import load_file, save_file
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
-from saelab.sae.foreign import export_saelens, export_sparsify, load_foreign, resolve_source
+from saelab.sae.foreign import load_foreign, resolve_source
+from saelab.sae.foreign_saelens import export_saelens
+from saelab.sae.foreign_sparsify import export_sparsify
 
 D, S, K = 16, 48, 5
 

@@ -228,9 +228,10 @@ def test_local_client_shared_prefix_matches_separate_forwards(chat_model_dir):
 
 
 def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
-    from saelab.interpret.pipeline import run_explain, run_score
+    from saelab.interpret.explain_run import run_explain
     from saelab.interpret.records import load_run
     from saelab.interpret.report import report
+    from saelab.interpret.scoring_run import run_score
 
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 3)
@@ -338,7 +339,7 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
 def test_llm_explainer_records_failures_and_successes(cache, tmp_path, chat_model_dir):
     """The tiny random model writes gibberish: every reply is either parsed into a phrase or recorded
     as a failure with its raw text; nothing unparsed is stored as an explanation."""
-    from saelab.interpret.pipeline import run_explain
+    from saelab.interpret.explain_run import run_explain
     from saelab.interpret.records import load_run
 
     name = cache.sae_names[0]
@@ -368,7 +369,8 @@ def test_llm_explainer_records_failures_and_successes(cache, tmp_path, chat_mode
 
 
 def test_bad_input(cache, tmp_path):
-    from saelab.interpret.pipeline import run_explain, run_score
+    from saelab.interpret.explain_run import run_explain
+    from saelab.interpret.scoring_run import run_score
 
     with pytest.raises(UserError, match="several dictionaries"):
         run_explain(cache.path, tmp_path / "a", explainer="stats", progress=False)
@@ -435,8 +437,9 @@ def test_run_scores_without_its_cache(cache, tmp_path):
     the manifest points at a cache that does not exist), it scores to the same numbers; the
     intervention scorer, which needs the decoder, says the cache is missing."""
     from saelab.interpret.examples import ExampleSampler, LatentExamples
-    from saelab.interpret.pipeline import run_explain, run_score
+    from saelab.interpret.explain_run import run_explain
     from saelab.interpret.records import load_run, read_jsonl
+    from saelab.interpret.scoring_run import run_score
 
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 2)

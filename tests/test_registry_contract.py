@@ -17,7 +17,8 @@ from conftest import train_cfg
 from saelab.errors import UserError
 from saelab.sae import ARCHITECTURES, SaeConfig, SparseCoder, TopKSae, build_sae
 from saelab.sae.folder import Provenance, load_sae, save_sae
-from saelab.sae.foreign import export_saelens, export_sparsify
+from saelab.sae.foreign_saelens import export_saelens
+from saelab.sae.foreign_sparsify import export_sparsify
 from saelab.sae.kind import LOSSES, TORCHRUN_MODES, Capabilities, ForeignNames, NoOptions, check_declared
 from saelab.sae.latents import latents_of
 

@@ -30,17 +30,12 @@ from .. import __version__
 from ..data import load_token_rows
 from ..errors import UserError
 from ..models import depth_order, glob_regex, hookpoint_widths, load_model, resolve_hookpoints
+from ..option_checks import check_device, check_dtype, check_types, need_at_least, need_choice, need_fraction
 from ..options import (
-    check_device,
-    check_dtype,
-    check_types,
     corpus_option,
     device_option,
     dtype_option,
     model_option,
-    need_at_least,
-    need_choice,
-    need_fraction,
     opt,
     out_option,
     overwrite_option,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import candidate_hookpoints, hookpoint_widths, load_model
-from ..options import check_types, model_option
+from ..option_checks import check_types
+from ..options import model_option
 
 
 @dataclass

@@ -19,14 +19,14 @@ def cmd_cache(a) -> None:
 
 def cmd_explain(a) -> None:
     from ..interpret.config import ExplainConfig
-    from ..interpret.pipeline import explain
+    from ..interpret.explain_run import explain
 
     explain(build_config(ExplainConfig, a, a.config, latents=latent_list(a.latents)))
 
 
 def cmd_score(a) -> None:
     from ..interpret.config import ScoreConfig
-    from ..interpret.pipeline import score
+    from ..interpret.scoring_run import score
 
     n = score(build_config(ScoreConfig, a, a.config, latents=latent_list(a.latents)))
     print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")

@@ -16,14 +16,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model_pair import load_pair
+from ..option_checks import check_dtype, check_types, need_at_least
 from ..options import (
-    check_dtype,
-    check_types,
     corpus_option,
     device_option,
     dtype_option,
     model_option,
-    need_at_least,
     opt,
     out_option,
     overwrite_option,

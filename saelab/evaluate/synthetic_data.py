@@ -43,7 +43,8 @@ from ..activations.disk_cache import (
     to_stored,
 )
 from ..errors import UserError
-from ..options import check_types, need_at_least, need_choice, opt, out_option, overwrite_option
+from ..option_checks import check_types, need_at_least, need_choice
+from ..options import opt, out_option, overwrite_option
 from ..out_folder import ACTIVATION_CACHE, open_out
 from ..sinks import SinkConfig
 from ..storage import fingerprint, read_tensors, write_json, write_tensors

@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..options import check_types, opt
+from ..option_checks import check_types
+from ..options import opt
 from ..sae.folder import SaeFolder, open_sae
 from .synthetic_data import HOOK, SyntheticTruth, draw, load_truth
 

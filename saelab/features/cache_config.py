@@ -6,18 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import (
-    check_dtype,
-    check_types,
-    corpus_option,
-    dtype_option,
-    model_option,
-    need_at_least,
-    opt,
-    out_option,
-    overwrite_option,
-    threads_option,
-)
+from ..option_checks import check_dtype, check_types, need_at_least
+from ..options import corpus_option, dtype_option, model_option, opt, out_option, overwrite_option, threads_option
 from ..sinks import SinkConfig
 
 SPLITS = ("heldout-first", "heldout", "train")

@@ -20,7 +20,8 @@ import torch
 
 from ..errors import UserError
 from ..models import resolve_hookpoints
-from ..options import check_types, dtype_option, model_option, need_at_least, opt, threads_option
+from ..option_checks import check_types, need_at_least
+from ..options import dtype_option, model_option, opt, threads_option
 from ..sae import SparseCoder
 from .steer import (
     FeatureEdit,

@@ -7,17 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import (
-    check_device,
-    check_types,
-    device_option,
-    need_at_least,
-    need_positive,
-    opt,
-    out_option,
-    overwrite_option,
-    threads_option,
-)
+from ..option_checks import check_device, check_types, need_at_least, need_positive
+from ..options import device_option, opt, out_option, overwrite_option, threads_option
 from .examples import ExampleConfig
 from .scorers import SCORERS
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import UserError
-from ..options import check_types, model_option, need_at_least, opt, threads_option
+from ..option_checks import check_types, need_at_least
+from ..options import model_option, opt, threads_option
 from .local_client import LocalClient
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..options import check_types, opt, out_option, overwrite_option
+from ..option_checks import check_types
+from ..options import opt, out_option, overwrite_option
 from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
 from .scorers.base import DESCRIPTIONS, PRIMARY

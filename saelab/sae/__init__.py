@@ -1,6 +1,6 @@
 """Dictionaries: one base class (`SparseCoder`), one file per architecture (registry.py names
-them), the SAE folder on disk (folder.py, layout.py), foreign formats (foreign.py, convert.py),
-and the splice of a dictionary into a model (splice.py)."""
+them), the SAE folder on disk (folder.py, layout.py), foreign formats (foreign.py, foreign_saelens.py,
+foreign_sparsify.py, foreign_layout.py, convert.py), and the splice of a dictionary into a model (splice.py)."""
 
 from .base import SaeConfig, SaeOutput, SparseCoder
 from .batchtopk import BatchTopKSae

@@ -1,5 +1,6 @@
 """`saelab import` / `saelab export`: convert SAELens and sparsify folders into saelab folders and back.
-The format readers and writers live in foreign.py; this module only moves folders."""
+The format readers and writers live in foreign.py, foreign_saelens.py and foreign_sparsify.py; this module
+only moves folders."""
 
 from __future__ import annotations
 
@@ -7,18 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import check_types, model_option, opt, out_option, overwrite_option
+from ..option_checks import check_types
+from ..options import model_option, opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
-from .foreign import (
-    SPARSIFY_PREFIX,
-    detect_format,
-    export_saelens,
-    export_sparsify,
-    load_foreign,
-    resolve_source,
-    sae_folders,
-)
+from .foreign import detect_format, load_foreign, resolve_source, sae_folders
+from .foreign_layout import SPARSIFY_PREFIX
+from .foreign_saelens import export_saelens
+from .foreign_sparsify import export_sparsify
 
 
 @dataclass

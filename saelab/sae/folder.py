@@ -28,7 +28,7 @@ import torch
 from ..data import TokenRows, load_token_rows
 from ..errors import UserError
 from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoints
-from ..options import check_types
+from ..option_checks import check_types
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder

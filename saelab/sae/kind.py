@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import UserError
-from ..options import flag
+from ..option_checks import flag
 
 LOSSES = ("local", "e2e", "e2e+ds", "kl+mse")  # every objective (train/objectives.py, train/finetune.py)
 LOCAL_ONLY = ("local",)
@@ -37,7 +37,7 @@ def start_option(default, help: str):
 class TypeOptions:
     """A type's own training options. Every field is a TrainConfig field (flag --name, flat config key),
     at its default unless the user set it. The type whose options these are checks them (`check`); a
-    value set for another --arch is refused by the training config (train/config.py)."""
+    value set for another --arch is refused by the training config's checks (train/config_checks.py)."""
 
     def check(self, run) -> None:
         """Ranges and combinations; `run` is the whole TrainConfig (latents, hookpoints, init_from ...)."""

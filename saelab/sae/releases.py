@@ -10,8 +10,8 @@ activations (norm scalings folded in, input centred by b_dec as every saelab SAE
                encoder.bias, decoder.weight [d_in, d_sae], decoder.bias; JumpReLU with one scalar
                `jump_relu_threshold`; `norm_activation: dataset-wise` scales the input by
                sqrt(d_model) / dataset_average_activation_norm.in and the output back by .out
-  saelens      `cfg.json` + `sae_weights.safetensors` (foreign.py reads it)
-  sparsify     `cfg.json` + `sae.safetensors` (foreign.py reads it)
+  saelens      `cfg.json` + `sae_weights.safetensors` (foreign_saelens.py reads it)
+  sparsify     `cfg.json` + `sae.safetensors` (foreign_sparsify.py reads it)
 
 The download (huggingface_hub, only the SAE's folder) is real code that tests replace by a local
 folder laid out like the repo (`root=`).
@@ -30,12 +30,14 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..options import check_types, opt, out_option, overwrite_option
+from ..option_checks import check_types
+from ..options import opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
 from ..storage import read_json, read_tensors
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, refuse_non_finite, save_sae
-from .foreign import detect_format, load_foreign, saelens_readers
+from .foreign import detect_format, load_foreign
+from .foreign_saelens import saelens_readers
 
 FORMATS = ("gemma-scope", "llama-scope", "saelens", "sparsify")
 

@@ -20,7 +20,8 @@ from .latents import DENSE_BACKWARD_ABOVE, gather_preacts, latents_of, weighted_
 class ReluSae(SparseCoder):
     Options = NoOptions
     capabilities = Capabilities()
-    foreign = ForeignNames(saelens="standard", saelens_reader=True)  # SAELens' transcoders are ReLU too (foreign.py)
+    # SAELens' transcoders are ReLU too (foreign_saelens.py)
+    foreign = ForeignNames(saelens="standard", saelens_reader=True)
     uses_unit_norm_decoder = False
     scales_initial_code = True
 

@@ -19,16 +19,8 @@ import torch
 
 from ..errors import UserError
 from ..evaluate.metrics import EvalBudget, reconstruction_metrics
-from ..options import (
-    check_types,
-    corpus_option,
-    model_option,
-    need_at_least,
-    opt,
-    out_option,
-    overwrite_option,
-    threads_option,
-)
+from ..option_checks import check_types, need_at_least
+from ..options import corpus_option, model_option, opt, out_option, overwrite_option, threads_option
 from ..sae import SparseCoder
 from ..sae.folder import SaeFolder, open_sae, open_shared_data
 from ..storage import write_figure, write_json

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..options import check_types, opt, out_option, overwrite_option
+from ..option_checks import check_types
+from ..options import opt, out_option, overwrite_option
 from ..storage import read_json, write_figure, write_json
 
 COLORS = {"local": "#3b6ea8", "e2e": "#c0392b", "e2e+ds": "#27ae60", "local+ft": "#8e44ad", "kl+mse": "#d4a017"}

@@ -22,16 +22,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..options import (
-    check_types,
-    corpus_option,
-    model_option,
-    need_at_least,
-    opt,
-    out_option,
-    overwrite_option,
-    threads_option,
-)
+from ..option_checks import check_types, need_at_least
+from ..options import corpus_option, model_option, opt, out_option, overwrite_option, threads_option
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 

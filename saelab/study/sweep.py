@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..evaluate.run import run_eval
-from ..options import check_types, opt
+from ..option_checks import check_types
+from ..options import opt
 from ..sae.registry import uses_k
 from ..storage import read_json, write_json
 from ..train.config import LOSSES, TrainConfig

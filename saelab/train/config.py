@@ -2,34 +2,24 @@
 
 A dictionary type's own options (`--groups`, `--jumprelu-init-fire`, `--gated-init-fire`,
 `--jumprelu-threshold-lr` ...) are declared on the type (its `Options` dataclass, sae/kind.py) and
-composed in here by `with_type_options`: each becomes a flat TrainConfig field, so the flags, the
-`--config` keys, manifest.json and the resume identity are what they were when they were written out
-here. The type checks its own values (`Options.check`); a value set for another --arch is refused
-here, generically. Adding a type adds its flags without editing this file.
+composed in here by `with_type_options` (type_options.py): each becomes a flat TrainConfig field, so the
+flags, the `--config` keys, manifest.json and the resume identity are what they were when they were
+written out here. The type checks its own values (`Options.check`); a value set for another --arch is
+refused by the config checks (config_checks.py), generically. Adding a type adds its flags without
+editing this file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import asdict, dataclass
 
-from ..errors import UserError
 from ..options import (
-    check_device,
-    check_dtype,
-    check_types,
     corpus_option,
     device_option,
     dtype_option,
-    flag,
-    memory_bytes,
     model_option,
-    need_at_least,
-    need_choice,
-    need_fraction,
-    need_positive,
     opt,
     out_option,
     overwrite_option,
@@ -37,50 +27,11 @@ from ..options import (
 )
 from ..sae import ARCHITECTURES, uses_k
 from ..sae.kind import LOSSES, TypeOptions
-from .compile_check import check_compile
+from . import config_checks
+from .type_options import with_type_options
 
 FINETUNE_LR_SHARE = 0.1  # a KL+MSE fine-tune's learning rate, as a share of the scratch rate (learning_rates)
-__all__ = ["FINETUNE_LR_SHARE", "LOSSES", "TrainConfig", "type_option_owners"]
-
-
-def type_option_owners() -> dict[str, str]:
-    """TrainConfig field -> the --arch whose Options declare it (every registered type's)."""
-    owners: dict[str, str] = {}
-    for arch, kind in ARCHITECTURES.items():
-        for f in dataclasses.fields(kind.Options):
-            if f.name in owners:
-                raise TypeError(f"option {f.name!r} is declared by both {owners[f.name]} and {arch}")
-            owners[f.name] = arch
-    return owners
-
-
-def with_type_options(after: str):
-    """Class decorator (under @dataclass): insert every registered type's option fields after field `after`."""
-
-    def add(cls):
-        own = cls.__dict__.get("__annotations__", {})
-        fields: dict[str, tuple] = {}
-        for name, arch in type_option_owners().items():
-            options = ARCHITECTURES[arch].Options
-            f = next(f for f in dataclasses.fields(options) if f.name == name)
-            if name in own:
-                raise TypeError(f"{arch} option {name!r} clashes with TrainConfig.{name}")
-            fields[name] = (typing.get_type_hints(options)[name], f)
-        annotations = {}
-        for name, t in own.items():
-            annotations[name] = t
-            if name == after:
-                for n, (hint, f) in fields.items():
-                    annotations[n] = hint
-                    setattr(
-                        cls,
-                        n,
-                        dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
-                    )
-        cls.__annotations__ = annotations
-        return cls
-
-    return add
+__all__ = ["FINETUNE_LR_SHARE", "LOSSES", "TrainConfig"]
 
 
 @dataclass
@@ -238,172 +189,11 @@ class TrainConfig:
         self.check_dictionary()
 
     def check_run(self) -> None:
-        """Types, then the ranges of every option that a dictionary (--init-from) does not fix."""
-        check_types(self)
-        need_at_least(
-            self, 1, "latents", "tokens", "batch_tokens", "buffer_batches", "checkpoint_every", "threads", "dead_tokens"
-        )
-        need_at_least(self, 0, "sink_first_positions", "seed", "downstream_layers")
-        need_at_least(self, 0.0, "sink_norm_factor", "aux_coeff")
-        need_positive(self, "dist_timeout")
-        need_fraction(self, "warmup_fraction", "decay_fraction")
-        if self.warmup_fraction + self.decay_fraction > 1:
-            raise UserError("--warmup-fraction + --decay-fraction must be <= 1")
-        if self.sink_first_positions >= self.context:
-            raise UserError(
-                f"--sink-first-positions ({self.sink_first_positions}) leaves nothing of a --context {self.context} row"
-            )
-        need_choice(self, "distributed", ("data", "modules", "latents"))
-        check_device(self.device)
-        check_dtype(self.dtype, self.device)
-        if self.context < 2:
-            raise UserError("--context must be at least 2")
-        if self.lm_batch_tokens is not None and self.lm_batch_tokens < self.batch_tokens:
-            raise UserError(
-                f"--lm-batch-tokens ({self.lm_batch_tokens}) must be at least --batch-tokens "
-                f"({self.batch_tokens}): the LM batch holds whole SAE batches"
-            )
-        if self.batch_tokens < self.context:
-            raise UserError(
-                f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})"
-            )
-        if self.tokens < self.batch_tokens:
-            raise UserError(f"--tokens ({self.tokens}) is smaller than one batch (--batch-tokens {self.batch_tokens})")
-        if self.bias_init not in ("median", "mean"):
-            raise UserError("--bias-init must be median or mean")
-        if not 0 < self.heldout_fraction < 1:
-            raise UserError("--heldout-fraction must be between 0 and 1")
-        if any(lr <= 0 for lr in self.learning_rates):
-            raise UserError("--lr must be positive")
-        if self.resume and self.overwrite:
-            raise UserError("--resume and --overwrite contradict each other")
-        self._validate_objective()
-        if self.compile:
-            check_compile(self.device, self.loss, self.finetune_fraction)
-        if self.init_from:  # a type option that sets how a new dictionary starts (kind.start_option)
-            for name in type_option_owners():
-                f = self.__dataclass_fields__[name]
-                if f.metadata.get("start") and getattr(self, name) != _default(f):
-                    raise UserError(
-                        f"{flag(name)} sets how a new dictionary starts; --init-from copies "
-                        f"{self.init_from} as it is: drop {flag(name)}"
-                    )
+        """Types, then the ranges of every option that a dictionary (--init-from) does not fix (config_checks.py)."""
+        config_checks.check_run(self)
 
     def check_dictionary(self) -> None:
         """What the dictionary is (arch, latents, k or coefficients, sites, the type's options) and what
-        its type can do; after --init-from's adoption (train/plan.py) these are the dictionary's values."""
-        if self.arch not in ARCHITECTURES:
-            raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        if uses_k(self.arch):
-            if not self.k or any(k < 1 for k in self.k):
-                raise UserError("--k needs positive values")
-            bad = [k for k in self.k if k > self.latents]
-            if bad:
-                raise UserError(f"k={bad[0]} is larger than the dictionary (--latents {self.latents})")
-        elif any(c < 0 for c in self.sparsity_coeff):
-            raise UserError("--sparsity-coeff must be >= 0")
-        if not self.hookpoints:
-            raise UserError("give at least one --hookpoints entry")
-        self._check_type_options()
-        self._check_capabilities()
-        self._validate_model_b()
-        self._check_memory()
-
-    def _check_memory(self) -> None:
-        """Up front, before any weights load: one batch's encoder activations ([batch_tokens, latents]
-        float32 per SAE per hookpoint pattern, a lower bound of what training holds) must fit the device."""
-        need = 4 * self.batch_tokens * self.latents * len(self.sweep_values()) * len(self.hookpoints)
-        have = memory_bytes(self.device)
-        if have and need > have:
-            raise UserError(
-                f"--batch-tokens {self.batch_tokens} needs at least {need / 2**30:.1f} GiB for one batch of "
-                f"encoder activations ({len(self.sweep_values()) * len(self.hookpoints)} SAE(s) x "
-                f"{self.latents} latents x 4 bytes per token); {self.device} has {have / 2**30:.1f} GiB. "
-                f"Lower --batch-tokens (or --latents)"
-            )
-
-    def _check_type_options(self) -> None:
-        """Every type's options at their defaults except --arch's own, which that type checks."""
-        for name, arch in type_option_owners().items():
-            f = self.__dataclass_fields__[name]
-            if getattr(self, name) == _default(f):
-                continue
-            if arch != self.arch:
-                raise UserError(f"{flag(name)} applies to --arch {arch} only, not {self.arch}")
-        self.type_options().check(self)
-
-    def _check_capabilities(self) -> None:
-        """What --arch's type declares it can do (sae/kind.py Capabilities)."""
-        caps = self.kind.capabilities
-        transcoders = ["->" in h for h in self.hookpoints]
-        if self.skip and not all(transcoders):
-            raise UserError("--skip applies to transcoders only: give every --hookpoints entry as 'A->B'")
-        if not caps.transcoder and any(transcoders):
-            raise UserError(
-                f"--arch {self.arch} reconstructs the site(s) it reads (give them as --hookpoints module "
-                f"names, e.g. 'model.layers.{{4,6,8}}'), not transcoder sites 'A->B'"
-            )
-        if self.loss not in caps.losses or (self.finetune_fraction and "kl+mse" not in caps.losses):
-            what = f"--loss {self.loss}" if self.loss != "local" else "--finetune-fraction (kl+mse)"
-            only = "--loss local only" if caps.losses == ("local",) else f"--loss {' | '.join(caps.losses)}"
-            raise UserError(
-                f"--arch {self.arch} trains with {only} (its own loss terms reconstruct the "
-                f"target: docs/DICTIONARIES.md); {what} is not supported"
-            )
-
-    def _validate_model_b(self) -> None:
-        """Model diffing: one crosscoder over the same sites of two models, both run on every batch."""
-        if self.model_b is None:
-            return
-        if not self.kind.capabilities.multi_site:
-            multi = " or ".join(f"--arch {a}" for a, c in ARCHITECTURES.items() if c.capabilities.multi_site)
-            raise UserError(
-                f"--model-b trains a crosscoder over --hookpoints in both models; add {multi} (not {self.arch})"
-            )
-        for bad, what in (
-            (self.from_activations, "--from-activations (an activation cache holds one model)"),
-            (self.init_from, "--init-from"),
-        ):
-            if bad:
-                raise UserError(f"--model-b runs both models' forwards on every batch; it does not combine with {what}")
-
-    def _validate_objective(self) -> None:
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        if self.kl_coeff is not None and self.kl_coeff <= 0:
-            raise UserError("--kl-coeff must be positive")
-        if self.kl_coeff is not None and self.loss == "local" and not self.finetune_fraction:
-            raise UserError(
-                "--kl-coeff weighs the KL term of --loss e2e, e2e+ds, kl+mse or --finetune-fraction; "
-                "a --loss local run has none"
-            )
-        if self.downstream_coeff < 0:
-            raise UserError("--downstream-coeff must be >= 0")
-        if self.downstream_layers is not None and self.loss != "e2e+ds":
-            raise UserError("--downstream-layers only applies to --loss e2e+ds")
-        if self.e2e_micro_rows is not None and self.e2e_micro_rows < 1:
-            raise UserError("--e2e-micro-rows must be positive")
-        if self.finetune_fraction is not None:
-            if not 0 < self.finetune_fraction < 1:
-                raise UserError(
-                    f"--finetune-fraction must be between 0 and 1 (exclusive), got {self.finetune_fraction}"
-                )
-            if self.loss != "local":
-                raise UserError(
-                    f"--finetune-fraction switches a --loss local run to kl+mse; it does not combine "
-                    f"with --loss {self.loss} (use --loss kl+mse alone to fine-tune the whole run)"
-                )
-            if self.from_activations:
-                raise UserError(
-                    "--finetune-fraction needs the model's forward pass (the KL term); it cannot train "
-                    "from an activation cache (--from-activations)"
-                )
-        if self.loss != "local" and self.from_activations:
-            raise UserError(
-                f"--loss {self.loss} needs the model's forward pass; it cannot train from an activation "
-                f"cache (--from-activations)"
-            )
-
-
-def _default(f: dataclasses.Field):
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        its type can do; after --init-from's adoption (train/plan.py) these are the dictionary's values
+        (config_checks.py)."""
+        config_checks.check_dictionary(self)

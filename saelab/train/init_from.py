@@ -30,8 +30,8 @@ import torch
 
 from ..errors import UserError
 from ..models import candidate_hookpoints, model_skeleton
+from ..option_checks import flag as option_flag
 from ..options import field_default
-from ..options import flag as option_flag
 from ..sae import ARCHITECTURES, SparseCoder, build_sae, uses_k
 from ..sae.folder import SaeFolder, open_sae
 from ..sae.foreign import detect_format, resolve_source, sae_folders

@@ -12,7 +12,7 @@ import dataclasses
 import json
 
 from ..errors import UserError
-from ..options import flag
+from ..option_checks import flag
 from ..storage import fingerprint
 
 # Options that may change between a run and its resume: where and how fast it runs, or how often it

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import check_types, dtype_option, need_at_least, opt, threads_option
+from ..option_checks import check_types, need_at_least
+from ..options import dtype_option, opt, threads_option
 from ..sae.folder import open_sae
 from .feature_store import FeatureStore
 

@@ -19,16 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..options import (
-    LATENTS_HELP,
-    check_types,
-    latent_list,
-    need_at_least,
-    opt,
-    out_option,
-    overwrite_option,
-    threads_option,
-)
+from ..option_checks import check_types, need_at_least
+from ..options import LATENTS_HELP, latent_list, opt, out_option, overwrite_option, threads_option
 from ..sae.folder import open_sae
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore

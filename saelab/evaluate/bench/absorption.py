@@ -22,12 +22,16 @@ Dense bases (neurons, residual, PCA) have no silent latents: the metric is marke
 from __future__ import annotations
 
 import string
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from ...errors import UserError
+from .encode import encode_task
 from .logreg import Probe, accuracy, fit_logreg
-from .results import AbsorptionResult, LetterAbsorption
+from .metric import BenchState, Metric, Table, by_l0, fmt
+from .tasks import Task, split_rows
 
 PER_LETTER = 120
 MIN_WORDS = 40
@@ -35,6 +39,37 @@ MAX_SPLIT = 5
 F1_GAIN = 0.03
 MIN_COS = 0.1
 CARRY = 0.4
+
+
+@dataclass
+class LetterAbsorption:
+    letter: str
+    n_test: int  # test words of the letter that the probe classifies correctly
+    split_features: int  # main latents chosen by k-sparse probing (> 1: the feature is split)
+    main_latents: list[int]
+    absorption_rate: float  # fraction of those words: main latents silent, another latent carries the direction
+    absorption_fraction: float  # mean share of the probe-direction projection carried by non-main latents
+
+
+@dataclass
+class AbsorptionResult:
+    dictionary: str
+    kind: str
+    applicable: bool  # False for dense bases (neurons, residual, PCA): no latent is ever silent
+    mean_absorption_rate: float | None
+    mean_absorption_fraction: float | None
+    mean_split_features: float | None
+    letters: list[LetterAbsorption] = field(default_factory=list)
+
+
+@dataclass
+class AbsorptionReport:
+    probe_accuracy: float  # first-letter probe on the site, held-out words
+    chance: float  # accuracy of always predicting the most frequent letter
+    n_words: int
+    letters: list[str]
+    weak: bool  # the probe is too weak for the metric to mean much (accuracy < 0.5)
+    dictionaries: list[AbsorptionResult]
 
 
 def vocabulary_words(tokenizer, seed: int = 0, per_letter: int = PER_LETTER) -> tuple[list[int], list[int], list[str]]:
@@ -146,3 +181,116 @@ def dictionary_absorption(
         mean_of(lambda r: r.split_features),
         per,
     )
+
+
+def _words_task(tokenizer, seed: int, scale: float) -> tuple[Task, list[str]]:
+    ids, labels, letters = vocabulary_words(tokenizer, seed, max(10, int(PER_LETTER * scale)))
+    if len(letters) < 2:
+        raise UserError("absorption: the tokenizer has too few word tokens (space + 3 letters) per first letter")
+    n = len(ids)
+    rows = np.stack(
+        [np.full(n, tokenizer.bos_token_id if tokenizer.bos_token_id is not None else ids[0]), np.asarray(ids)], 1
+    ).astype(np.int64)
+    return Task(
+        "first_letter",
+        "token",
+        letters,
+        "first letter of a word token",
+        rows,
+        np.full(n, 2),
+        np.asarray(labels),
+        np.arange(n),
+        np.ones(n, dtype=np.int64),
+        split_rows(n, seed),
+    ), letters
+
+
+def run_absorption(lm, dicts, site: str, sink, cfg) -> AbsorptionReport:
+    """The first-letter probe at `site`, then each sparse dictionary's absorption against it."""
+    seed, device = cfg.seed, cfg.device
+    task, letters = _words_task(lm.tokenizer, seed, cfg.task_scale)
+    sparse = [d for d in dicts if d.sparse and d.directions is not None]
+    enc = encode_task(
+        lm.model, lm.tokenizer, task, sparse, site, sink, batch_rows=256, device=device, desc="bench: absorption"
+    )
+    y = torch.from_numpy(task.labels[enc.keep])
+    tr = torch.from_numpy(task.train[enc.keep])
+    x = enc.site[site]
+    probe, acc = first_letter_probe(x[tr], y[tr], x[~tr], y[~tr], len(letters))
+    chance = float(np.bincount(y[~tr].numpy()).max() / max(int((~tr).sum()), 1))
+    results = []
+    for d in dicts:
+        if d in sparse:
+            z = enc.codes[d.name]
+            results.append(
+                dictionary_absorption(
+                    d.name,
+                    d.kind,
+                    probe,
+                    letters,
+                    x[~tr],
+                    y[~tr],
+                    z[tr],
+                    y[tr],
+                    z[~tr],
+                    d.directions,
+                    x[tr].mean(0),
+                    seed,
+                )
+            )
+        else:
+            results.append(AbsorptionResult(d.name, d.kind, False, None, None, None))
+    return AbsorptionReport(acc, chance, int(len(y)), letters, acc < 0.5, results)
+
+
+def compute(b: BenchState) -> dict:
+    rep = run_absorption(b.lm, b.dicts, b.site, b.sink, b.cfg)
+    if rep.weak:
+        b.notes.append(
+            f"absorption: the first-letter probe reaches only {rep.probe_accuracy:.2f} held-out "
+            f"accuracy at {b.site}; the absorption numbers mean little there"
+        )
+    return asdict(rep)
+
+
+def tables(ab: dict) -> list[Table]:
+    rows = [
+        [
+            r["dictionary"],
+            r["applicable"],
+            r["mean_absorption_rate"],
+            r["mean_absorption_fraction"],
+            r["mean_split_features"],
+        ]
+        for r in ab["dictionaries"]
+    ]
+    head = (
+        f"Absorption (first letter): probe accuracy {fmt(ab['probe_accuracy'])} (chance {fmt(ab['chance'])}), "
+        f"{ab['n_words']} words, {len(ab['letters'])} letters"
+        + (" -- WEAK: the site encodes first letters too weakly for this metric to mean much" if ab["weak"] else "")
+    )
+    return [(head, ["dictionary", "applicable", "absorption rate", "absorption fraction", "split features"], rows)]
+
+
+def panel(ax, ab: dict, l0s: dict) -> None:
+    ds = [d for d in ab["dictionaries"] if d["applicable"]]
+    by_l0(
+        ax,
+        [d["dictionary"] for d in ds],
+        [d["mean_absorption_rate"] for d in ds],
+        l0s,
+        [d["kind"] for d in ds],
+        "absorption rate",
+    )
+    ax.set_title(f"absorption (probe acc {ab['probe_accuracy']:.2f})")
+
+
+METRIC = Metric(
+    "absorption",
+    "feature absorption on the first-letter task: how often a latent takes its parent feature's place",
+    compute,
+    tables,
+    panel,
+    default=True,
+    needs_model=True,
+)

@@ -6,27 +6,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UserError
-from ...options import (
-    check_device,
-    check_types,
-    device_option,
-    need_at_least,
-    opt,
-    out_option,
-    overwrite_option,
-    threads_option,
-)
+from ...option_checks import check_device, check_types, need_at_least
+from ...options import device_option, opt, out_option, overwrite_option, threads_option
+from . import registry
 from .dictionaries import check_baselines
-from .results import DEFAULT_METRICS, METRICS
+
+
+def _metrics_help() -> str:
+    """--metrics' help, from the registry: every name, the default set, those --interp adds."""
+    ms = registry.all_metrics()
+    interp = " ".join(m.name for m in ms if m.needs_interp)
+    return (
+        " ".join(m.name for m in ms)
+        + f" (none: {' '.join(m.name for m in ms if m.default)}"
+        + (f", plus {interp} with --interp)" if interp else ")")
+    )
 
 
 @dataclass(kw_only=True)
 class BenchConfig:
     sae_dirs: list[str] = opt(help="SAE folders at one site of one model", positional=True)
     out: str = out_option("report folder (JSON per metric, report.md/html, bench.png)")
-    metrics: list[str] | None = opt(
-        None, f"{' '.join(METRICS)} (none: {' '.join(DEFAULT_METRICS)}, plus autointerp with --interp)"
-    )
+    metrics: list[str] | None = opt(None, _metrics_help())
     baselines: list[str] = opt(default_factory=list, help="neurons residual pca random: bases run as dictionaries")
     interp: str | None = opt(None, "an interpretation run (saelab explain/score output) to summarise")
     tasks: str | None = opt(None, 'extra probing task: JSONL of {"text", "label"} records')
@@ -43,12 +44,14 @@ class BenchConfig:
         (None: --interp names a run, which the command summarises)."""
         has_interp = self.interp is not None if has_interp is None else has_interp
         check_types(self)
-        bad = [m for m in self.metrics or () if m not in METRICS]
+        known = registry.names()
+        bad = [m for m in self.metrics or () if m not in known]
         if bad:
-            raise UserError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}")
+            raise UserError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(known)}")
         check_baselines(self.baselines)
-        if "autointerp" in self.chosen_metrics(has_interp) and not has_interp:
-            raise UserError("metric autointerp needs --interp RUN_DIR (an `saelab explain` / `saelab score` run)")
+        for name in self.chosen_metrics(has_interp):
+            if registry.metric(name).needs_interp and not has_interp:
+                raise UserError(f"metric {name} needs --interp RUN_DIR (an `saelab explain` / `saelab score` run)")
         if self.tokens < 1 or self.ce_tokens < 0:
             raise UserError("--tokens must be positive and --ce-tokens non-negative")
         need_at_least(self, 1, "threads")
@@ -59,7 +62,8 @@ class BenchConfig:
         check_device(self.device)
 
     def chosen_metrics(self, has_interp: bool) -> list[str]:
-        """--metrics (each once, in order), or the default set, plus autointerp when a run is summarised."""
+        """--metrics (each once, in order), or the registry's default set, plus the metrics that read an
+        interpretation run when one is summarised."""
         if self.metrics:
             return list(dict.fromkeys(self.metrics))
-        return list(DEFAULT_METRICS) + (["autointerp"] if has_interp else [])
+        return [m.name for m in registry.all_metrics() if m.default or (m.needs_interp and has_interp)]

@@ -9,16 +9,41 @@ chance is 50% for every sub-task; the task's accuracy is the mean over classes."
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import torch
 
 from .dictionaries import Dictionary
-from .encode import Encoded
+from .encode import Encoded, encode_task
 from .logreg import accuracy, fit_logreg, top_mean_difference
-from .results import ProbeTask, ProbingResult
-from .tasks import Task
+from .metric import BenchState, Metric, Table
+from .task_files import file_task
+from .tasks import Task, builtin_tasks
 
 KS = (1, 2, 5, 10, 20)
+
+
+@dataclass
+class ProbeTask:
+    task: str
+    level: str  # sequence | token
+    classes: list[str]
+    n_train: int
+    n_test: int
+    accuracy: dict[str, float]  # k -> held-out accuracy (mean over one-vs-rest sub-tasks when multi-class)
+    ceiling: float  # logistic regression on the dictionary's full site
+    top_latents: dict[str, list[int]]  # class -> the 5 latents of largest class-mean difference (train split)
+
+
+@dataclass
+class ProbingResult:
+    dictionary: str
+    kind: str
+    ks: list[int]
+    tasks: list[ProbeTask]
+    mean_accuracy: dict[str, float]  # k -> mean over tasks
+    mean_ceiling: float
 
 
 def subtasks(labels: np.ndarray, n_classes: int, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -92,3 +117,75 @@ def probe_task(task: Task, enc: Encoded, dicts: list[Dictionary], ks=KS, seed: i
 def summarise(d: Dictionary, per_task: list[ProbeTask], ks=KS) -> ProbingResult:
     mean = {str(k): float(np.mean([t.accuracy[str(k)] for t in per_task])) for k in ks}
     return ProbingResult(d.name, d.kind, list(ks), per_task, mean, float(np.mean([t.ceiling for t in per_task])))
+
+
+def compute(b: BenchState) -> dict:
+    """Every task (built-in, plus the --tasks file) encoded once, probed for every dictionary; the L0 of
+    dictionaries that core did not measure (baselines) is read on the token-level tasks."""
+    cfg = b.cfg
+    tasks = builtin_tasks(b.lm.tokenizer, cfg.seed, cfg.task_scale)
+    if b.user_task:
+        tasks.append(file_task(b.lm.tokenizer, cfg.tasks, *b.user_task, seed=cfg.seed))
+    per: dict[str, list] = {d.name: [] for d in b.dicts}
+    for task in tasks:
+        enc = encode_task(b.lm.model, b.lm.tokenizer, task, b.dicts, b.site, b.sink, device=cfg.device)
+        for d, r in zip(b.dicts, probe_task(task, enc, b.dicts, KS, cfg.seed)):
+            per[d.name].append(r)
+        if task.level == "token":  # L0 of each dictionary on real tokens (dense bases: their width)
+            for d in b.dicts:
+                b.l0.setdefault(d.name, float((enc.codes[d.name] != 0).sum(1).float().mean()))
+    return {
+        "ks": list(KS),
+        "seed": cfg.seed,
+        "tasks": [
+            {"task": t.name, "level": t.level, "classes": t.classes, "description": t.description} for t in tasks
+        ],
+        "dictionaries": [asdict(summarise(d, per[d.name], KS)) for d in b.dicts],
+    }
+
+
+def tables(probing: dict) -> list[Table]:
+    ks = probing["ks"]
+    res = probing["dictionaries"]
+    mean = [[r["dictionary"], r["kind"]] + [r["mean_accuracy"][str(k)] for k in ks] + [r["mean_ceiling"]] for r in res]
+    out = [
+        (
+            "Sparse probing: mean held-out accuracy over tasks",
+            ["dictionary", "kind"] + [f"k={k}" for k in ks] + ["full site"],
+            mean,
+        )
+    ]
+    names = [t["task"] for t in res[0]["tasks"]] if res else []
+    for k in (1, 5):
+        if k in ks:
+            rows = [[r["dictionary"]] + [t["accuracy"][str(k)] for t in r["tasks"]] for r in res]
+            out.append((f"Sparse probing per task, k={k}", ["dictionary"] + names, rows))
+    return out
+
+
+def panel(ax, probing: dict, l0s: dict) -> None:
+    for i, d in enumerate(probing["dictionaries"]):
+        ax.plot(
+            probing["ks"],
+            [d["mean_accuracy"][str(k)] for k in probing["ks"]],
+            "o-",
+            ms=3,
+            label=d["dictionary"],
+            color=f"C{i % 10}",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("k latents")
+    ax.set_ylabel("mean held-out accuracy")
+    ax.set_title("sparse probing")
+    ax.legend(fontsize=6)
+
+
+METRIC = Metric(
+    "probing",
+    "sparse probing: held-out accuracy of probes on the top-k latents, per labelled task",
+    compute,
+    tables,
+    panel,
+    default=True,
+    needs_model=True,
+)

@@ -1,8 +1,9 @@
 """report.md and report.html of a bench folder, rendered from the metric JSON dicts (the same
 objects written to <metric>.json), so the report shows exactly what the files hold.
 
-Each section is a list of tables (title, header, rows); numbers are formatted by `fmt` (3 decimals),
-the form tests/test_bench.py reads back."""
+Each metric's sections are a list of tables (title, header, rows) that its module renders (the
+metric's `tables`, registry.py); numbers are formatted by `fmt` (metric.py: 3 decimals), the form
+tests/test_bench.py reads back."""
 
 from __future__ import annotations
 
@@ -10,100 +11,15 @@ import html
 from pathlib import Path
 
 from ...storage import write_text
+from . import registry
+from .metric import Table, fmt
 
-Table = tuple[str, list[str], list[list]]
-
-
-def fmt(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def core_tables(core: dict) -> list[Table]:
-    cols = ["l0", "fvu", "cosine", "dead_fraction", "ce_increase", "kl", "ce_recovered_zero"]
-    rows = [[r["dictionary"]] + [r.get(c) for c in cols] for r in core["dictionaries"]]
-    return [("Core (held-out reconstruction and splice; SAEs only)", ["dictionary"] + cols, rows)]
-
-
-def probing_tables(probing: dict) -> list[Table]:
-    ks = probing["ks"]
-    res = probing["dictionaries"]
-    mean = [[r["dictionary"], r["kind"]] + [r["mean_accuracy"][str(k)] for k in ks] + [r["mean_ceiling"]] for r in res]
-    out = [
-        (
-            "Sparse probing: mean held-out accuracy over tasks",
-            ["dictionary", "kind"] + [f"k={k}" for k in ks] + ["full site"],
-            mean,
-        )
-    ]
-    tasks = [t["task"] for t in res[0]["tasks"]] if res else []
-    for k in (1, 5):
-        if k in ks:
-            rows = [[r["dictionary"]] + [t["accuracy"][str(k)] for t in r["tasks"]] for r in res]
-            out.append((f"Sparse probing per task, k={k}", ["dictionary"] + tasks, rows))
-    return out
-
-
-def absorption_tables(ab: dict) -> list[Table]:
-    rows = [
-        [
-            r["dictionary"],
-            r["applicable"],
-            r["mean_absorption_rate"],
-            r["mean_absorption_fraction"],
-            r["mean_split_features"],
-        ]
-        for r in ab["dictionaries"]
-    ]
-    head = (
-        f"Absorption (first letter): probe accuracy {fmt(ab['probe_accuracy'])} (chance {fmt(ab['chance'])}), "
-        f"{ab['n_words']} words, {len(ab['letters'])} letters"
-        + (" -- WEAK: the site encodes first letters too weakly for this metric to mean much" if ab["weak"] else "")
-    )
-    return [(head, ["dictionary", "applicable", "absorption rate", "absorption fraction", "split features"], rows)]
-
-
-def autointerp_tables(ai: dict) -> list[Table]:
-    rows = [[s, v["scored"], m, st["mean"]] for s, v in ai["scorers"].items() for m, st in v["primary"].items()]
-    return [
-        (
-            f"Autointerp ({ai['label']}: {ai['explained']}/{ai['latents']} latents explained)",
-            ["scorer", "scored", "metric", "mean"],
-            rows,
-        )
-    ]
-
-
-def synthetic_tables(sy: dict) -> list[Table]:
-    cols = ["recovered", "mmcs_truth", "mmcs_decoder", "latent_precision", "latent_recall", "dead", "l0"]
-    rows = [
-        [r["dictionary"]]
-        + (
-            [r["report"].get(c) for c in cols]
-            if r.get("report")
-            else [r.get("error", "n/a")] + [None] * (len(cols) - 1)
-        )
-        for r in sy["dictionaries"]
-    ]
-    return [("Synthetic ground truth", ["dictionary"] + cols, rows)]
-
-
-RENDER = {
-    "core": core_tables,
-    "probing": probing_tables,
-    "absorption": absorption_tables,
-    "autointerp": autointerp_tables,
-    "synthetic": synthetic_tables,
-}
+__all__ = ["fmt", "html_page", "markdown", "write_reports"]
 
 
 def _tables(results: dict[str, dict]) -> list[Table]:
-    return [t for m, r in results.items() for t in RENDER[m](r)]
+    """Each metric's sections (registry.py: its `tables`), in the order the results were computed."""
+    return [t for m, r in results.items() for t in registry.metric(m).tables(r)]
 
 
 def markdown(manifest: dict, results: dict[str, dict], plot: str | None) -> str:

@@ -1,0 +1,172 @@
+"""The score stage (pipeline.py has the overview): open an explained run, build the scorers, score
+latent by latent (each scorer appends to its own scores file; a failure is recorded and the run goes on),
+record the judge's usage. The examples are re-drawn deterministically (same seed, same cache) or read
+from the run's examples.jsonl, and checked against the ids recorded at explanation time.
+
+    score(ScoreConfig(run=..., scorers=["embedding", "surprisal"]))
+    run_score(run, scorers, **fields): the same, fields as keywords
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..features.latent_cache import LatentCache
+from ..out_folder import INTERPRETATION_RUN
+from ..storage import read_json, write_json
+from .config import ScoreConfig
+from .examples import ExampleConfig, ExampleSampler, LatentExamples
+from .pipeline import SubjectModels, keyword_spellings, stop_if_down
+from .records import EXAMPLES, EXPLANATIONS, append_jsonl, by_latent, read_jsonl, repair_truncated, scores_path
+from .scorers import JUDGED, SCORERS
+
+
+def build_scorer(
+    kind: str, cfg: ScoreConfig, models: SubjectModels, cache: LatentCache | None, dictionary: str, judge=None
+):
+    tok = models.lm.tokenizer
+    if kind in JUDGED:
+        from .scorers.judged import JudgeScorer
+
+        return JudgeScorer(kind, judge, tok, cfg.judge_mode, cfg.batch_examples)
+    if kind == "embedding":
+        from .scorers.embedding import EmbeddingScorer
+
+        return EmbeddingScorer(tok, None)
+    if kind == "surprisal":
+        from .scorers.surprisal import SurprisalScorer
+
+        return SurprisalScorer(models.lm)
+    if kind == "intervention":
+        from .scorers.intervention import InterventionScorer
+
+        return InterventionScorer(models.lm, cache, dictionary, scale=cfg.steer_scale)
+    raise UserError(f"unknown scorer {kind!r}; choose from {', '.join(SCORERS)}")
+
+
+@dataclass
+class _ScoreRun:
+    """A run opened for scoring: its manifest, explanations, stored examples, and the cache when needed."""
+
+    cfg: ScoreConfig
+    path: Path
+    manifest: dict
+    explanations: dict[int, dict]
+    stored: dict[int, dict]
+    todo: list[int]  # explained latents to score
+    cache: LatentCache | None
+
+    @property
+    def name(self) -> str:
+        return self.manifest["dictionary"]
+
+
+def _open_score_run(cfg: ScoreConfig) -> _ScoreRun:
+    """Check the inputs: the run folder, its explanations and examples, and the latent cache if it is needed."""
+    cfg.validate()
+    run = Path(cfg.run)
+    if not INTERPRETATION_RUN.holds(run):
+        raise UserError(f"{run} is not an interpretation run (no manifest.json); make one with `saelab explain`")
+    manifest = read_json(run / "manifest.json")
+    expl = by_latent(read_jsonl(run / EXPLANATIONS))
+    todo = [j for j in sorted(expl) if expl[j]["status"] == "ok" and (not cfg.latents or j in cfg.latents)]
+    stored = by_latent(read_jsonl(run / EXAMPLES))
+    # the latent cache is needed only for runs made before examples were stored, and for intervention
+    # (the decoder); a run moved to another machine is scored from its own examples.jsonl
+    need_cache = "intervention" in cfg.scorers or any(j not in stored for j in todo)
+    if need_cache and not Path(manifest["cache"]).exists():
+        raise UserError(
+            f"the latent cache {manifest['cache']} of this run is missing; it is needed for "
+            + ("the intervention scorer" if "intervention" in cfg.scorers else "latents without stored examples")
+            + "; score the others with --scorers detection fuzzing embedding surprisal"
+        )
+    cache = LatentCache.open(manifest["cache"]) if need_cache else None
+    return _ScoreRun(cfg, run, manifest, expl, stored, todo, cache)
+
+
+def _make_scorers(run: _ScoreRun, models: SubjectModels):
+    """-> (judge client or None, {scorer: object}); the scoring settings are recorded in the manifest."""
+    cfg = run.cfg
+    judge = None
+    if JUDGED & set(cfg.scorers):
+        judge = models.client(cfg.client, cfg.llm, base_url=cfg.base_url, **cfg.client_options())
+    objs = {s: build_scorer(s, cfg, models, run.cache, run.name, judge) for s in cfg.scorers}
+    run.manifest.setdefault("scoring", {})
+    for s in cfg.scorers:
+        run.manifest["scoring"][s] = {
+            "mode": getattr(objs[s], "mode", None),
+            "batch_examples": cfg.batch_examples,
+            "steer_scale": cfg.steer_scale if s == "intervention" else None,
+            "judge": judge.describe() if (judge is not None and s in JUDGED) else None,
+        }
+    write_json(run.path / "manifest.json", run.manifest)
+    return judge, objs
+
+
+def _score_latent(run: _ScoreRun, j: int, ex: LatentExamples, objs: dict, done: dict[str, set]) -> dict[str, int]:
+    """Each scorer that has no good record for latent j scores it; a failure is recorded, the run goes on."""
+    scored = {}
+    for s, obj in objs.items():
+        if j in done[s]:
+            continue
+        try:
+            r = obj.score(ex, run.explanations[j]["explanation"])
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as e:  # one latent's failure is recorded; the run goes on
+            from .scorers.base import ScoreResult
+
+            r = ScoreResult.failure(s, j, f"{type(e).__name__}: {e}")
+        append_jsonl(scores_path(run.path, s), r.to_dict())
+        scored[s] = 1
+    return scored
+
+
+def _score_all(run: _ScoreRun, judge, objs: dict, progress: bool) -> dict[str, int]:
+    """Every latent some scorer has not scored well yet; -> {scorer: latents scored now}."""
+    done = {}
+    for s in objs:  # a failed result (an LLM outage, unusable replies) is scored again
+        repair_truncated(scores_path(run.path, s))
+        done[s] = {j for j, r in by_latent(read_jsonl(scores_path(run.path, s))).items() if r.get("ok")}
+    sampler = ExampleSampler(run.cache, run.name, ExampleConfig(**run.manifest["examples"])) if run.cache else None
+    scored = {s: 0 for s in objs}
+    bar = tqdm(
+        [j for j in run.todo if any(j not in done[s] for s in objs)],
+        desc=f"score {run.path.name}",
+        unit="latent",
+        disable=not progress,
+    )
+    for j in bar:
+        ex = LatentExamples.from_dict(run.stored[j]) if j in run.stored else sampler.sample(j)
+        if ex.ids() != run.explanations[j]["example_ids"]:
+            raise UserError(
+                f"latent {j}: the examples drawn now differ from those recorded at explanation time; "
+                f"the cache {run.manifest['cache']} changed since `saelab explain` ran"
+            )
+        for s in _score_latent(run, j, ex, objs, done):
+            scored[s] += 1
+        stop_if_down(judge, "score", bar)
+    return scored
+
+
+def score(cfg: ScoreConfig, progress: bool = True) -> dict[str, int]:
+    """Score every explained latent of a run with each scorer; returns {scorer: latents scored now}."""
+    run = _open_score_run(cfg)
+    models = SubjectModels(run.manifest["model_spec"], cfg.device)
+    judge, objs = _make_scorers(run, models)
+    scored = _score_all(run, judge, objs, progress)
+    if judge is not None:
+        manifest = read_json(run.path / "manifest.json")
+        manifest["judge_usage"] = judge.usage.to_dict()
+        write_json(run.path / "manifest.json", manifest)
+    return scored
+
+
+def run_score(run, scorers: list[str], *, progress: bool = True, **options) -> dict[str, int]:
+    """`score` with the config's fields as keywords (`model=` names the judge LLM, as `llm=` does)."""
+    keyword_spellings(options)
+    return score(ScoreConfig(run=str(run), scorers=list(scorers), **options), progress)
