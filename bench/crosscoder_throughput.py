@@ -62,7 +62,7 @@ def main() -> None:
     after = bare_forward_tps(lm.model, rows, a.forward_tokens, 16, deepest)
     man = read_json(out / "run" / "manifest.json")
     fwd = (before + after) / 2
-    from saelab.evaluate.run import run_eval
+    from saelab.evaluate.run import EvalConfig, evaluate
 
     res = {
         "command": " ".join(sys.argv),
@@ -79,7 +79,7 @@ def main() -> None:
     }
     write_json(out / "bench_crosscoder.json", res)  # the ratio survives an interrupted evaluation
     print(json.dumps(res, indent=2, default=str), flush=True)
-    run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+    evaluate(EvalConfig(sae_dirs=[str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True))
     res["eval"] = read_json(folder / "metrics.json")["metrics"]
     write_json(out / "bench_crosscoder.json", res)
     print(json.dumps(res, indent=2, default=str))

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from saelab.evaluate.run import run_eval
+from saelab.evaluate.run import EvalConfig, evaluate
 from saelab.storage import read_json, write_json
 from saelab.train.config import TrainConfig
 from saelab.train.loop import train
@@ -64,15 +64,15 @@ def main() -> None:
         )
         r = {"train_tokens_per_s": read_json(run / "manifest.json")["tokens_per_s"]}
         for eval_dtype in ("float32", a.dtype):
-            (m,) = run_eval(
-                [str(folder)],
+            cfg = EvalConfig(
+                sae_dirs=[str(folder)],
                 tokens=a.eval_tokens,
                 ce_tokens=a.ce_tokens,
-                quiet=True,
                 dtype=eval_dtype,
                 out=str(run / f"metrics_{eval_dtype}.json"),
                 device=a.device,
             )
+            (m,) = evaluate(cfg, quiet=True)
             r[f"eval_{eval_dtype}"] = {key: m[key] for key in ("fvu", "kl", "ce_increase", "l0")}
         res["runs"][f"train_{train_dtype}"] = r
     write_json(out / "result.json", res)

@@ -3,7 +3,7 @@
     python bench/interp_cache_throughput.py SAE_DIR [--tokens 32768] [--threads 1]
 
 Times (1) the truncated forward alone (collect_activations up to the SAE's hookpoint and the
-neurons' hookpoint), (2) `build_latent_cache` for the SAE + the neurons on the same number of
+neurons' hookpoint), (2) `write_latent_cache` for the SAE + the neurons on the same number of
 tokens (forward + encode + sparse records + merge), then (1) again; prints tokens/s of each and
 the ratio. Timing on a shared CPU is noisy: compare the ratio, not the absolute numbers."""
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from saelab.data import load_token_rows
-from saelab.features.latent_cache_writer import build_latent_cache
+from saelab.features.cache_config import LatentCacheConfig
+from saelab.features.latent_cache_writer import write_latent_cache
 from saelab.models import collect_activations, load_model
 from saelab.sae.folder import load_sae
 
@@ -50,7 +51,7 @@ def cached() -> float:
     out = tempfile.mkdtemp()
     shutil.rmtree(out)
     t = time.time()
-    build_latent_cache([a.sae], a.tokens, out, neurons=a.neurons, progress=False)
+    write_latent_cache(LatentCacheConfig(sae_dirs=[a.sae], tokens=a.tokens, out=out, neurons=a.neurons), progress=False)
     tps = toks.numel() / (time.time() - t)
     shutil.rmtree(out)
     return tps

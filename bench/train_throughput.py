@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from saelab.data import load_token_rows
-from saelab.evaluate.run import run_eval
+from saelab.evaluate.run import EvalConfig, evaluate
 from saelab.models import collect_activations, load_model
 from saelab.storage import read_json, write_json
 from saelab.train.config import TrainConfig
@@ -121,7 +121,9 @@ def main() -> None:
             }
         )
         folder = out / "main" / "model.layers.6-topk-k32"
-        (metrics,) = run_eval([str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+        (metrics,) = evaluate(
+            EvalConfig(sae_dirs=[str(folder)], tokens=a.eval_tokens, ce_tokens=a.ce_tokens, overwrite=True)
+        )
         m = metrics.to_dict()
         m.pop("l0_histogram", None), m.pop("l0_histogram_edges", None)
         res["quality"] = m

@@ -24,7 +24,10 @@ _TYPE_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a numb
 
 def _scalar(name: str, t, v):
     """v as type t (an int-valued float is accepted as int, an int as float), else a UserError.
-    `name`: a field name (shown as its option, --name) or a label with spaces, shown as is."""
+    `name`: a field name (shown as its option, --name) or a label with spaces, shown as is. A path object
+    is accepted where a string is expected (library callers write `out=Path(...)`) and stored as a string."""
+    if t is str and isinstance(v, os.PathLike):
+        return os.fspath(v)
     ok = (
         t is bool
         and isinstance(v, bool)

@@ -289,8 +289,9 @@ def test_gated_learns_planted_features():
 def test_new_types_train_in_the_loop_and_work_downstream(tmp_path, tiny_model_dir, text_corpus, arch, extra):
     from saelab.data import load_token_rows
     from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
+    from saelab.features.cache_config import LatentCacheConfig
     from saelab.features.latent_cache import LatentCache
-    from saelab.features.latent_cache_writer import build_latent_cache
+    from saelab.features.latent_cache_writer import write_latent_cache
     from saelab.models import load_model
     from saelab.storage import read_json
     from saelab.train.loop import TrainingRun
@@ -306,8 +307,16 @@ def test_new_types_train_in_the_loop_and_work_downstream(tmp_path, tiny_model_di
     (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=4096))
     assert r["fvu"] < 0.7 * rr["fvu"] and 0 < r["l0"] < 128, (r.fvu, r.l0, rr.fvu)
     cache = LatentCache.open(
-        build_latent_cache(
-            [folder], tokens=64 * 8, out=tmp_path / "cache", progress=False, batch_rows=4, chunk_rows=8, shard_size=64
+        write_latent_cache(
+            LatentCacheConfig(
+                sae_dirs=[str(folder)],
+                tokens=64 * 8,
+                out=str(tmp_path / "cache"),
+                batch_rows=4,
+                chunk_rows=8,
+                shard_size=64,
+            ),
+            progress=False,
         )
     )
     (name,) = cache.sae_names

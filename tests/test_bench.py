@@ -11,11 +11,12 @@ import torch
 
 from saelab.errors import UserError
 from saelab.evaluate.bench import absorption as ab
+from saelab.evaluate.bench.config import BenchConfig
 from saelab.evaluate.bench.dictionaries import random_dictionary, sae_dictionary
 from saelab.evaluate.bench.logreg import fit_logreg
 from saelab.evaluate.bench.probing import probe_codes
 from saelab.evaluate.bench.report import fmt
-from saelab.evaluate.bench.run import run_bench
+from saelab.evaluate.bench.run import bench
 from saelab.evaluate.bench.tasks import split_rows
 from saelab.interpret.bench_summary import autointerp_summary
 from saelab.sae import SaeConfig, build_sae
@@ -116,18 +117,17 @@ def test_bench_command_writes_a_report_that_shows_its_json(tmp_path, tiny_model_
         )
     )
     out = tmp_path / "report"
-    res = run_bench(
-        [str(folder)],
-        str(out),
+    cfg = BenchConfig(
+        sae_dirs=[str(folder)],
+        out=str(out),
         metrics=["core", "probing", "absorption"],
         baselines=["residual", "random"],
-        tasks_file=str(tasks),
-        core_tokens=512,
+        tasks=str(tasks),
+        tokens=512,
         ce_tokens=0,
         task_scale=0.05,
-        fit_tokens=1024,
-        quiet=True,
     )
+    res = bench(cfg, quiet=True, fit_tokens=1024)
     for name in ("core.json", "probing.json", "absorption.json", "bench.json", "report.md", "report.html", "bench.png"):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
@@ -149,7 +149,7 @@ def test_bench_command_writes_a_report_that_shows_its_json(tmp_path, tiny_model_
     head = re.search(r"probe accuracy ([0-9.]+)", md).group(1)
     assert head == fmt(absorption["probe_accuracy"])
     with pytest.raises(UserError, match="--overwrite"):
-        run_bench([str(folder)], str(out), metrics=["core"], quiet=True)
+        bench(BenchConfig(sae_dirs=[str(folder)], out=str(out), metrics=["core"]), quiet=True)
 
 
 def test_same_named_folders_keep_their_own_results(tmp_path, tiny_model_dir, text_corpus):
@@ -159,9 +159,12 @@ def test_same_named_folders_keep_their_own_results(tmp_path, tiny_model_dir, tex
     a = _folder(tmp_path / "run_a", tiny_model_dir, text_corpus)
     torch.manual_seed(2)
     b = _folder(tmp_path / "run_b", tiny_model_dir, text_corpus)
-    kw = dict(metrics=["core", "probing", "absorption"], core_tokens=512, ce_tokens=0, task_scale=0.05, quiet=True)
-    both = run_bench([str(a), str(b)], str(tmp_path / "both"), **kw)
-    alone = {n: run_bench([str(f)], str(tmp_path / n), **kw) for n, f in (("a", a), ("b", b))}
+    kw = dict(metrics=["core", "probing", "absorption"], tokens=512, ce_tokens=0, task_scale=0.05)
+    both = bench(BenchConfig(sae_dirs=[str(a), str(b)], out=str(tmp_path / "both"), **kw), quiet=True)
+    alone = {
+        n: bench(BenchConfig(sae_dirs=[str(f)], out=str(tmp_path / n), **kw), quiet=True)
+        for n, f in (("a", a), ("b", b))
+    }
 
     def rows(res, metric):
         return {d["dictionary"]: d for d in json.loads(json.dumps(res[metric]))["dictionaries"]}
@@ -190,23 +193,23 @@ def test_bench_refuses_bad_input_before_the_model_loads(tmp_path, text_corpus):
     b = _folder(tmp_path, missing_model, text_corpus, "b", hookpoint="model.layers.2")
     out = str(tmp_path / "out")
     with pytest.raises(UserError, match="unknown metric.*sparsity"):
-        run_bench([str(a)], out, metrics=["core", "sparsity"])
+        bench(BenchConfig(sae_dirs=[str(a)], out=out, metrics=["core", "sparsity"]))
     with pytest.raises(UserError, match="unknown baseline"):
-        run_bench([str(a)], out, baselines=["neurons", "ica"])
+        bench(BenchConfig(sae_dirs=[str(a)], out=out, baselines=["neurons", "ica"]))
     with pytest.raises(UserError, match="different sites"):
-        run_bench([str(a), str(b)], out)
+        bench(BenchConfig(sae_dirs=[str(a), str(b)], out=out))
     with pytest.raises(UserError, match="--interp"):
-        run_bench([str(a)], out, metrics=["autointerp"])
+        bench(BenchConfig(sae_dirs=[str(a)], out=out, metrics=["autointerp"]))
     one = tmp_path / "one.jsonl"
     one.write_text("\n".join(json.dumps({"text": f"text {i}", "label": "x"}) for i in range(10)))
     with pytest.raises(UserError, match="two classes"):
-        run_bench([str(a)], out, tasks_file=str(one))
+        bench(BenchConfig(sae_dirs=[str(a)], out=out, tasks=str(one)))
     leak = tmp_path / "leak.jsonl"
     leak.write_text(
         "\n".join(json.dumps({"text": f"this one is {lab} really", "label": lab}) for lab in ["spam", "ham"] * 6)
     )
     with pytest.raises(UserError, match="appears verbatim"):
-        run_bench([str(a)], out, tasks_file=str(leak))
+        bench(BenchConfig(sae_dirs=[str(a)], out=out, tasks=str(leak)))
     assert open_sae(a).provenance.model_spec == str(missing_model)
 
 
@@ -227,9 +230,8 @@ def test_autointerp_summary_is_folded_into_the_report_without_a_model(tmp_path, 
         )
     )
     folder = _folder(tmp_path, tmp_path / "no-such-model", text_corpus)  # never loaded: autointerp needs no model
-    res = run_bench(
-        [str(folder)], str(tmp_path / "out"), interp_summary=autointerp_summary(run), metrics=["autointerp"], quiet=True
-    )
+    cfg = BenchConfig(sae_dirs=[str(folder)], out=str(tmp_path / "out"), metrics=["autointerp"])
+    res = bench(cfg, interp_summary=autointerp_summary(run), quiet=True)
     ai = res["autointerp"]
     assert ai["explained"] == 2 and ai["latents"] == 3
     assert ai["scorers"]["detection"]["primary"]["auc"]["mean"] == pytest.approx(0.7)

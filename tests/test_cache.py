@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from saelab.errors import UserError
+from saelab.features.cache_config import LatentCacheConfig
 from saelab.features.latent_cache import LatentCache
-from saelab.features.latent_cache_writer import build_latent_cache
+from saelab.features.latent_cache_writer import write_latent_cache
 
 CTX = 64
 
@@ -50,12 +51,11 @@ def _build(out, sae_dir, **kw):
         batch_rows=3,
         chunk_rows=7,
         shard_size=32,
-        progress=False,
         neurons="model.layers.1.mlp.down_proj:input",
         neuron_k=4,
     )
     args.update(kw)
-    return build_latent_cache([sae_dir], out=out, **args)
+    return write_latent_cache(LatentCacheConfig(sae_dirs=[str(sae_dir)], out=str(out), **args), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_killed_run_resumes_to_the_same_cache(tmp_path, sae_dir, cache, monkeypa
 
 def test_bad_input(tmp_path, sae_dir, cache):
     with pytest.raises(UserError, match="at least one"):
-        build_latent_cache([], tokens=100, out=tmp_path / "x")
+        write_latent_cache(LatentCacheConfig(sae_dirs=[], tokens=100, out=str(tmp_path / "x")))
     with pytest.raises(UserError, match="other arguments"):
         _build(cache.path, sae_dir, tokens=CTX * 10)
     with pytest.raises(UserError, match="outside"):

@@ -120,8 +120,9 @@ def test_codebook_bad_input_refused_before_model_loads(tmp_path):
 def test_codebook_trains_in_the_loop_and_works_downstream(tmp_path, tiny_model_dir, text_corpus):
     from saelab.data import load_token_rows
     from saelab.evaluate.metrics import EvalBudget, reconstruction_metrics
+    from saelab.features.cache_config import LatentCacheConfig
     from saelab.features.latent_cache import LatentCache
-    from saelab.features.latent_cache_writer import build_latent_cache
+    from saelab.features.latent_cache_writer import write_latent_cache
     from saelab.features.steer import FeatureEdit, FeatureSteer, encode_prompt
     from saelab.models import load_model
     from saelab.sae.splice import spliced
@@ -136,8 +137,16 @@ def test_codebook_trains_in_the_loop_and_works_downstream(tmp_path, tiny_model_d
     (r, rr), _ = reconstruction_metrics(lm.model, lm.tokenizer, [(sae, {}), (rand, {})], rows, EvalBudget(tokens=2048))
     assert r["fvu"] < 0.7 * rr["fvu"] and r["l0"] == pytest.approx(8), (r.fvu, r.l0, rr.fvu)
     cache = LatentCache.open(
-        build_latent_cache(
-            [folder], tokens=64 * 8, out=tmp_path / "cache", progress=False, batch_rows=4, chunk_rows=8, shard_size=64
+        write_latent_cache(
+            LatentCacheConfig(
+                sae_dirs=[str(folder)],
+                tokens=64 * 8,
+                out=str(tmp_path / "cache"),
+                batch_rows=4,
+                chunk_rows=8,
+                shard_size=64,
+            ),
+            progress=False,
         )
     )
     (name,) = cache.sae_names

@@ -159,3 +159,12 @@ def test_choices_hold_for_config_files_too(tmp_path, capsys):
         EvalConfig(sae_dirs=["x"], dtype="float64").validate()
     with pytest.raises(UserError, match="unknown --format 'zip'"):
         ExportConfig(sae_dirs=["x"], format="zip", out="o").validate()
+
+
+def test_a_path_object_is_accepted_where_a_folder_name_is_expected(tmp_path):
+    """Library callers pass pathlib paths; the config stores the string (what the manifest records)."""
+    from saelab.train.config import TrainConfig
+
+    cfg = TrainConfig(out=tmp_path / "run")
+    cfg.check_run()
+    assert cfg.out == str(tmp_path / "run")

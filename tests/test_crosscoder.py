@@ -55,7 +55,8 @@ def test_crosscoder_trains_in_the_loop_and_beats_random_at_every_site(tmp_path, 
     from saelab.data import load_token_rows
     from saelab.evaluate.crosscoder import crosscoder_metrics
     from saelab.evaluate.metrics import EvalBudget
-    from saelab.features.latent_cache_writer import build_latent_cache
+    from saelab.features.cache_config import LatentCacheConfig
+    from saelab.features.latent_cache_writer import write_latent_cache
     from saelab.features.steer import FeatureEdit, FeatureSteer
     from saelab.models import load_model
     from saelab.sae.splice import spliced
@@ -85,7 +86,9 @@ def test_crosscoder_trains_in_the_loop_and_beats_random_at_every_site(tmp_path, 
     assert 0 < m["kl"] < r["kl"], (m["kl"], r["kl"])  # splicing every site: the trained one disturbs the model less
     # what it cannot do is refused with a reason
     with pytest.raises(UserError, match="latent cache"):
-        build_latent_cache([folder], tokens=128, out=tmp_path / "cache", progress=False)
+        write_latent_cache(
+            LatentCacheConfig(sae_dirs=[str(folder)], tokens=128, out=str(tmp_path / "cache")), progress=False
+        )
     with pytest.raises(UserError, match="cannot be spliced"):
         with spliced(lm.model, sae, error_term=True, edit=FeatureSteer([FeatureEdit(1, "add", 1.0)])):
             pass

@@ -12,7 +12,8 @@ from view_helpers import make_interpretation_run, make_sae_folder
 from saelab.cli import main
 from saelab.commands import latent_list
 from saelab.errors import UserError
-from saelab.features.latent_cache_writer import build_latent_cache
+from saelab.features.cache_config import LatentCacheConfig
+from saelab.features.latent_cache_writer import write_latent_cache
 from saelab.models import collect_activations, load_model
 from saelab.view.feature_store import FeatureStore
 from saelab.view.static_site import write_dashboard
@@ -137,7 +138,9 @@ def test_dashboard_never_replaces_what_it_did_not_write(store, tmp_path, capsys)
 
 
 def test_given_cache_is_used(store, tmp_path, tiny_model_dir):
-    cache = build_latent_cache([store.sae_dir], 2048, tmp_path / "cache", progress=False)
+    cache = write_latent_cache(
+        LatentCacheConfig(sae_dirs=[str(store.sae_dir)], tokens=2048, out=str(tmp_path / "cache")), progress=False
+    )
     s2 = FeatureStore.build(store.sae_dir, cache=cache, model=store.model, tokenizer=store.tok, progress=False)
     assert s2.cache.path == cache and s2.n_positions < store.n_positions
 

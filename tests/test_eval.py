@@ -11,7 +11,8 @@ from conftest import train_cfg
 from saelab.data import load_token_rows
 from saelab.errors import UserError
 from saelab.evaluate.metrics import EvalBudget, evaluate
-from saelab.evaluate.run import run_eval
+from saelab.evaluate.run import EvalConfig
+from saelab.evaluate.run import evaluate as evaluate_folders  # metrics.evaluate measures loaded SAEs
 from saelab.models import load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, open_sae, save_sae
@@ -74,22 +75,22 @@ def test_relative_reconstruction_bias_measures_shrinkage(setup):
 def test_eval_command_writes_metrics_and_plot_and_refuses_overwrite(tmp_path, tiny_model_dir, text_corpus):
     sae = exact_sae(64, "model.layers.1")
     folder = save_sae(sae, tmp_path / "exact", _prov(tiny_model_dir, text_corpus))
-    (r,) = run_eval([str(folder)], tokens=1024, ce_tokens=256, quiet=True)
+    (r,) = evaluate_folders(EvalConfig(sae_dirs=[str(folder)], tokens=1024, ce_tokens=256), quiet=True)
     assert (folder / "metrics.json").exists() and (folder / "metrics_density.png").stat().st_size > 1000
     assert r["fvu"] < 1e-6
     with pytest.raises(UserError, match="exists; pass --overwrite"):
-        run_eval([str(folder)], tokens=1024, ce_tokens=0)
+        evaluate_folders(EvalConfig(sae_dirs=[str(folder)], tokens=1024, ce_tokens=0))
 
 
 def test_eval_rejects_width_mismatch_and_corrupt_files(tmp_path, tiny_model_dir, text_corpus):
     sae = exact_sae(32, "model.layers.1")
     folder = save_sae(sae, tmp_path / "narrow", _prov(tiny_model_dir, text_corpus))
     with pytest.raises(UserError, match="does not match"):
-        run_eval([str(folder)], tokens=512, ce_tokens=0)
+        evaluate_folders(EvalConfig(sae_dirs=[str(folder)], tokens=512, ce_tokens=0))
     w = folder / "sae_weights.safetensors"
     w.write_bytes(w.read_bytes()[:100])
     with pytest.raises(UserError, match="corrupt or truncated"):
-        run_eval([str(folder)], tokens=512, ce_tokens=0)
+        evaluate_folders(EvalConfig(sae_dirs=[str(folder)], tokens=512, ce_tokens=0))
 
 
 def test_eval_uses_the_heldout_split_the_sae_was_trained_with(tmp_path, tiny_model_dir, text_corpus, capsys):
@@ -116,7 +117,7 @@ def test_eval_uses_the_heldout_split_the_sae_was_trained_with(tmp_path, tiny_mod
     assert data.matches == [True] and data.matches_training is True
 
     # every held-out row evaluated (a budget larger than the split): 1% of the rows, not 5%
-    run_eval([str(folder)], tokens=10**7, ce_tokens=64, quiet=True)
+    evaluate_folders(EvalConfig(sae_dirs=[str(folder)], tokens=10**7, ce_tokens=64), quiet=True)
     m = read_json(folder / "metrics.json")
     assert m["heldout_fraction"] == 0.01 and m["data_matches_training"] is True
     assert m["data_fingerprint"] == f.provenance.data_fingerprint and m["corpus"] == str(text_corpus)
@@ -126,7 +127,12 @@ def test_eval_uses_the_heldout_split_the_sae_was_trained_with(tmp_path, tiny_mod
     other = tmp_path / "other.txt"
     other.write_text(" ".join(reversed(text_corpus.read_text().split()))[:60_000])
     capsys.readouterr()
-    run_eval([str(folder)], tokens=1024, ce_tokens=0, corpus=str(other), out=str(tmp_path / "other.json"), quiet=True)
+    evaluate_folders(
+        EvalConfig(
+            sae_dirs=[str(folder)], tokens=1024, ce_tokens=0, corpus=str(other), out=str(tmp_path / "other.json")
+        ),
+        quiet=True,
+    )
     assert "different corpus" in capsys.readouterr().err
     m2 = read_json(tmp_path / "other.json")
     assert m2["corpus"] == str(other) and m2["data_matches_training"] is False
@@ -145,7 +151,7 @@ def test_folders_evaluated_together_must_share_their_data(tmp_path, tiny_model_d
     a = save_sae(sae, tmp_path / "a", _prov(tiny_model_dir, text_corpus, heldout_fraction=0.01))
     b = save_sae(sae, tmp_path / "b", _prov(tiny_model_dir, text_corpus))
     with pytest.raises(UserError, match="disagree on heldout fraction: 0.01 .*0.05"):
-        run_eval([str(a), str(b)], tokens=512, ce_tokens=0)
+        evaluate_folders(EvalConfig(sae_dirs=[str(a), str(b)], tokens=512, ce_tokens=0))
     c = save_sae(sae, tmp_path / "c", _prov(tiny_model_dir, tmp_path / "elsewhere.txt", heldout_fraction=0.01))
     with pytest.raises(UserError, match="disagree on corpus.*or pass --corpus"):
-        run_eval([str(a), str(c)], tokens=512, ce_tokens=0)
+        evaluate_folders(EvalConfig(sae_dirs=[str(a), str(c)], tokens=512, ce_tokens=0))

@@ -18,8 +18,9 @@ from view_helpers import make_sae_folder
 
 from saelab.data import load_token_rows
 from saelab.errors import UserError
+from saelab.features.cache_config import LatentCacheConfig
 from saelab.features.latent_cache import LatentCache
-from saelab.features.latent_cache_writer import build_latent_cache
+from saelab.features.latent_cache_writer import write_latent_cache
 from saelab.features.steer import FeatureEdit, FeatureSteer, encode_prompt, generate, steering_context
 from saelab.models import (
     candidate_hookpoints,
@@ -237,16 +238,18 @@ def test_latent_cache_and_neurons(fam, tmp_path, text_corpus):
     sae_dir = make_sae_folder(tmp_path / "sae", folder, text_corpus, hookpoint=f"{prefix}.1")
     neurons = _site(family, "mlp_neurons")
     cache = LatentCache.open(
-        build_latent_cache(
-            [sae_dir],
-            out=tmp_path / "cache",
-            tokens=64 * 4,
-            batch_rows=2,
-            chunk_rows=4,
-            shard_size=64,
+        write_latent_cache(
+            LatentCacheConfig(
+                sae_dirs=[str(sae_dir)],
+                out=str(tmp_path / "cache"),
+                tokens=64 * 4,
+                batch_rows=2,
+                chunk_rows=4,
+                shard_size=64,
+                neurons=neurons,
+                neuron_k=4,
+            ),
             progress=False,
-            neurons=neurons,
-            neuron_k=4,
         )
     )
     ids = torch.from_numpy(np.asarray(cache.tokens, dtype=np.int64))
@@ -303,7 +306,7 @@ def test_unsupported_families_are_named(tmp_path, embedded_folder):
 
 def test_half_precision_model_with_float32_dictionary(tiny_model_dir, text_corpus, tmp_path):
     from saelab.activations.disk_cache import CacheConfig, write_cache
-    from saelab.evaluate.run import run_eval
+    from saelab.evaluate.run import EvalConfig, evaluate
 
     lm32, lm16 = load_model(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="bfloat16")
     assert next(lm16.model.parameters()).dtype == torch.bfloat16
@@ -330,7 +333,10 @@ def test_half_precision_model_with_float32_dictionary(tiny_model_dir, text_corpu
         sae, _ = load_sae(folder)
         assert sae.W_enc.dtype == torch.float32 and torch.isfinite(sae.W_enc).all()
     m32, m16 = (
-        run_eval([str(folder)], tokens=1024, ce_tokens=256, quiet=True, dtype=dt, out=str(tmp_path / f"{dt}.json"))[0]
+        evaluate(
+            EvalConfig(sae_dirs=[str(folder)], tokens=1024, ce_tokens=256, dtype=dt, out=str(tmp_path / f"{dt}.json")),
+            quiet=True,
+        )[0]
         for dt in ("float32", "bfloat16")
     )
     assert abs(m16["fvu"] - m32["fvu"]) < 0.05 and np.isfinite(m16["ce_increase"])

@@ -341,11 +341,11 @@ def test_import_export_commands_on_a_real_model(tmp_path, tiny_model_dir):
 
 
 def test_import_refuses_nan_weights_and_writes_nothing(tmp_path):
-    from saelab.sae.convert import import_saes
+    from saelab.sae.convert import ImportConfig, import_folders
 
     folder, t, _ = _sparsify_folder(tmp_path / "src")
     t["W_dec"][2, 3] = float("nan")
     save_file(t, str(folder / "sae.safetensors"))
     with pytest.raises(UserError, match="W_dec holds 1 NaN/inf"):
-        import_saes(str(tmp_path / "src"), tmp_path / "out")
+        import_folders(ImportConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()

@@ -26,8 +26,9 @@ def chat_model_dir(tmp_path_factory, tiny_model_dir, embedded_folder):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, chat_model_dir, text_corpus):
+    from saelab.features.cache_config import LatentCacheConfig
     from saelab.features.latent_cache import LatentCache
-    from saelab.features.latent_cache_writer import build_latent_cache
+    from saelab.features.latent_cache_writer import write_latent_cache
     from saelab.models import collect_activations, load_model
     from saelab.sae import SaeConfig, build_sae
     from saelab.sae.folder import Provenance, save_sae
@@ -44,14 +45,14 @@ def cache(tmp_path_factory, chat_model_dir, text_corpus):
     save_sae(
         sae, folder, Provenance(model_spec=str(chat_model_dir), model_name="tiny", corpus=str(text_corpus), context=CTX)
     )
-    out = build_latent_cache(
-        [folder],
+    cfg = LatentCacheConfig(
+        sae_dirs=[str(folder)],
         tokens=CTX * 40,
-        out=tmp_path_factory.mktemp("c") / "cache",
-        progress=False,
+        out=str(tmp_path_factory.mktemp("c") / "cache"),
         neurons="model.layers.1.mlp.down_proj:input",
         neuron_k=4,
     )
+    out = write_latent_cache(cfg, progress=False)
     return LatentCache.open(out)
 
 
@@ -228,22 +229,19 @@ def test_local_client_shared_prefix_matches_separate_forwards(chat_model_dir):
 
 
 def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
-    from saelab.interpret.explain_run import run_explain
+    from saelab.interpret.config import ExplainConfig, ScoreConfig
+    from saelab.interpret.explain_run import explain
     from saelab.interpret.records import load_run
-    from saelab.interpret.report import report
-    from saelab.interpret.scoring_run import run_score
+    from saelab.interpret.report import ReportConfig, write_report
+    from saelab.interpret.scoring_run import score
 
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 3)
     dead = [int(j) for j in np.where(cache.fire_counts(name) == 0)[0][:1]]
     run = tmp_path / "run"
-    run_explain(
-        cache.path,
-        run,
-        dictionary=name,
-        latents=lat + dead,
-        explainer="stats",
-        example_cfg=_small_cfg(),
+    explain(
+        ExplainConfig(cache=str(cache.path), out=str(run), dictionary=name, latents=lat + dead, explainer="stats"),
+        _small_cfg(),
         progress=False,
     )
     r = load_run(run)
@@ -256,26 +254,26 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     assert not set(ids["explain"]) & set(ids["activating"] + ids["random"] + ids["hard"])
     # a rerun with the same arguments does nothing; different settings are refused
     n_lines = len((run / "explanations.jsonl").read_text().splitlines())
-    run_explain(
-        cache.path,
-        run,
-        dictionary=name,
-        latents=lat + dead,
-        explainer="stats",
-        example_cfg=_small_cfg(),
+    explain(
+        ExplainConfig(cache=str(cache.path), out=str(run), dictionary=name, latents=lat + dead, explainer="stats"),
+        _small_cfg(),
         progress=False,
     )
     assert len((run / "explanations.jsonl").read_text().splitlines()) == n_lines
     with pytest.raises(UserError, match="other settings"):
-        run_explain(
-            cache.path, run, dictionary=name, latents=lat, explainer="llm", example_cfg=_small_cfg(), progress=False
+        explain(
+            ExplainConfig(cache=str(cache.path), out=str(run), dictionary=name, latents=lat, explainer="llm"),
+            _small_cfg(),
+            progress=False,
         )
 
-    n = run_score(
-        run,
-        ["embedding", "surprisal", "intervention", "detection"],
-        judge_mode="logprob",
-        model=str(chat_model_dir),
+    n = score(
+        ScoreConfig(
+            run=str(run),
+            scorers=["embedding", "surprisal", "intervention", "detection"],
+            judge_mode="logprob",
+            llm=str(chat_model_dir),
+        ),
         progress=False,
     )
     assert n == {"embedding": 3, "surprisal": 3, "intervention": 3, "detection": 3}
@@ -298,40 +296,47 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     p = run / "scores_embedding.jsonl"
     lines = p.read_text().splitlines()
     p.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
-    n = run_score(run, ["embedding", "surprisal"], progress=False)
+    n = score(ScoreConfig(run=str(run), scorers=["embedding", "surprisal"]), progress=False)
     assert n == {"embedding": 1, "surprisal": 0}
     assert len(load_run(run).scores["embedding"]) == 3
 
     # generate mode on a random model: unparseable answers are counted, never guessed
-    run_score(run, ["fuzzing"], judge_mode="generate", batch_examples=5, model=str(chat_model_dir), progress=False)
+    score(
+        ScoreConfig(
+            run=str(run), scorers=["fuzzing"], judge_mode="generate", batch_examples=5, llm=str(chat_model_dir)
+        ),
+        progress=False,
+    )
     fz = load_run(run).scores["fuzzing"][lat[0]]
     assert fz["mode"] == "generate"
     if not fz["ok"]:
         assert "usable answers" in fz["error"] and fz["n_failed_examples"] > 0
 
-    out = report([run], quiet=True)
+    out = write_report(ReportConfig(runs=[str(run)]), quiet=True)
     md = (out / "report.md").read_text()
     assert "embedding" in md and "| 3 |" in md and (out / "hist_embedding_auc.png").exists()
     (out / "report.md").write_text("my notes\n")  # an existing report is never replaced without overwrite
     with pytest.raises(UserError, match="report.md.*--overwrite"):
-        report([run], quiet=True)
+        write_report(ReportConfig(runs=[str(run)]), quiet=True)
     assert (out / "report.md").read_text() == "my notes\n"
-    assert "embedding" in (report([run], quiet=True, overwrite=True) / "report.md").read_text()
+    assert (
+        "embedding"
+        in (write_report(ReportConfig(runs=[str(run)], overwrite=True), quiet=True) / "report.md").read_text()
+    )
 
     # a second run (neurons) and the comparison
     run2 = tmp_path / "neurons"
     nname = cache.sae_names[1]
-    run_explain(
-        cache.path,
-        run2,
+    cfg2 = ExplainConfig(
+        cache=str(cache.path),
+        out=str(run2),
         dictionary=nname,
         latents=_active_latents(cache, nname, 3),
         explainer="stats",
-        example_cfg=_small_cfg(),
-        progress=False,
     )
-    run_score(run2, ["embedding"], progress=False)
-    cmp = report([run, run2], tmp_path / "cmp", quiet=True)
+    explain(cfg2, _small_cfg(), progress=False)
+    score(ScoreConfig(run=str(run2), scorers=["embedding"]), progress=False)
+    cmp = write_report(ReportConfig(runs=[str(run), str(run2)], out=str(tmp_path / "cmp")), quiet=True)
     rep = json.loads((cmp / "report.json").read_text())
     assert rep["comparisons"][0]["scorer"] == "embedding" and math.isfinite(rep["comparisons"][0]["diff"])
 
@@ -339,23 +344,23 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
 def test_llm_explainer_records_failures_and_successes(cache, tmp_path, chat_model_dir):
     """The tiny random model writes gibberish: every reply is either parsed into a phrase or recorded
     as a failure with its raw text; nothing unparsed is stored as an explanation."""
-    from saelab.interpret.explain_run import run_explain
+    from saelab.interpret.config import ExplainConfig
+    from saelab.interpret.explain_run import explain
     from saelab.interpret.records import load_run
 
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 2)
     run = tmp_path / "llm"
-    run_explain(
-        cache.path,
-        run,
+    cfg = ExplainConfig(
+        cache=str(cache.path),
+        out=str(run),
         dictionary=name,
         latents=lat,
         explainer="llm",
-        model=str(chat_model_dir),
-        example_cfg=_small_cfg(n_explain=6),
+        llm=str(chat_model_dir),
         batch_latents=2,
-        progress=False,
     )
+    explain(cfg, _small_cfg(n_explain=6), progress=False)
     r = load_run(run)
     for j in lat:
         rec = r.explanations[j]
@@ -369,24 +374,27 @@ def test_llm_explainer_records_failures_and_successes(cache, tmp_path, chat_mode
 
 
 def test_bad_input(cache, tmp_path):
-    from saelab.interpret.explain_run import run_explain
-    from saelab.interpret.scoring_run import run_score
+    from saelab.interpret.config import ExplainConfig, ScoreConfig
+    from saelab.interpret.explain_run import explain
+    from saelab.interpret.scoring_run import score
 
     with pytest.raises(UserError, match="several dictionaries"):
-        run_explain(cache.path, tmp_path / "a", explainer="stats", progress=False)
+        explain(ExplainConfig(cache=str(cache.path), out=str(tmp_path / "a"), explainer="stats"), progress=False)
     with pytest.raises(UserError, match="outside"):
-        run_explain(
-            cache.path,
-            tmp_path / "a",
-            dictionary=cache.sae_names[0],
-            latents=[10**6],
-            explainer="stats",
+        explain(
+            ExplainConfig(
+                cache=str(cache.path),
+                out=str(tmp_path / "a"),
+                dictionary=cache.sae_names[0],
+                latents=[10**6],
+                explainer="stats",
+            ),
             progress=False,
         )
     with pytest.raises(UserError, match="unknown scorer"):
-        run_score(tmp_path / "a", ["vibes"])
+        score(ScoreConfig(run=str(tmp_path / "a"), scorers=["vibes"]))
     with pytest.raises(UserError, match="not an interpretation run"):
-        run_score(tmp_path / "nothing", ["embedding"])
+        score(ScoreConfig(run=str(tmp_path / "nothing"), scorers=["embedding"]))
 
 
 def test_cli_explain_score_report(cache, tmp_path, capsys):
@@ -436,16 +444,19 @@ def test_run_scores_without_its_cache(cache, tmp_path):
     """examples.jsonl makes a run self-contained: copied to a machine without the latent cache (here:
     the manifest points at a cache that does not exist), it scores to the same numbers; the
     intervention scorer, which needs the decoder, says the cache is missing."""
+    from saelab.interpret.config import ExplainConfig, ScoreConfig
     from saelab.interpret.examples import ExampleSampler, LatentExamples
-    from saelab.interpret.explain_run import run_explain
+    from saelab.interpret.explain_run import explain
     from saelab.interpret.records import load_run, read_jsonl
-    from saelab.interpret.scoring_run import run_score
+    from saelab.interpret.scoring_run import score
 
     name = cache.sae_names[0]
     lat = _active_latents(cache, name, 2)
     run = tmp_path / "run"
-    run_explain(
-        cache.path, run, dictionary=name, latents=lat, explainer="stats", example_cfg=_small_cfg(), progress=False
+    explain(
+        ExplainConfig(cache=str(cache.path), out=str(run), dictionary=name, latents=lat, explainer="stats"),
+        _small_cfg(),
+        progress=False,
     )
     stored = {d["latent"]: d for d in read_jsonl(run / "examples.jsonl")}
     sampler = ExampleSampler(cache, name, _small_cfg())
@@ -453,7 +464,7 @@ def test_run_scores_without_its_cache(cache, tmp_path):
         a, b = LatentExamples.from_dict(stored[j]), sampler.sample(j)
         assert a.ids() == b.ids() and [e.tokens for e in a.scoring] == [e.tokens for e in b.scoring]
         assert np.allclose([x for e in a.scoring for x in e.acts], [x for e in b.scoring for x in e.acts], rtol=1e-5)
-    run_score(run, ["embedding"], progress=False)
+    score(ScoreConfig(run=str(run), scorers=["embedding"]), progress=False)
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)
     for f in moved.glob("scores_*.jsonl"):
@@ -461,10 +472,10 @@ def test_run_scores_without_its_cache(cache, tmp_path):
     m = json.loads((moved / "manifest.json").read_text())
     m["cache"] = str(tmp_path / "no-such-cache")
     (moved / "manifest.json").write_text(json.dumps(m))
-    assert run_score(moved, ["embedding"], progress=False) == {"embedding": 2}
+    assert score(ScoreConfig(run=str(moved), scorers=["embedding"]), progress=False) == {"embedding": 2}
     for j in lat:
         assert load_run(moved).scores["embedding"][j]["metrics"]["auc"] == pytest.approx(
             load_run(run).scores["embedding"][j]["metrics"]["auc"]
         )
     with pytest.raises(UserError, match="cache .* is missing"):
-        run_score(moved, ["intervention"], progress=False)
+        score(ScoreConfig(run=str(moved), scorers=["intervention"]), progress=False)

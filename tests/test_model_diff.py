@@ -90,7 +90,7 @@ def test_model_diff_trains_evaluates_and_finds_b_only_direction(tmp_path, tiny_m
     from saelab.data import load_token_rows
     from saelab.evaluate.crosscoder import crosscoder_metrics
     from saelab.evaluate.metrics import EvalBudget
-    from saelab.evaluate.run import run_eval
+    from saelab.evaluate.run import EvalConfig, evaluate
     from saelab.model_pair import ModelPair, load_pair
     from saelab.sae.folder import load_sae
     from saelab.sinks import SinkConfig
@@ -102,7 +102,7 @@ def test_model_diff_trains_evaluates_and_finds_b_only_direction(tmp_path, tiny_m
     sae, cfg = load_sae(folder)
     assert sae.cfg.hookpoint == JOINED and sae.cfg.d_in == 128 and cfg["saelab"]["model_b"] == str(model_b)
 
-    run_eval([str(folder)], tokens=1024, ce_tokens=128, quiet=True)
+    evaluate(EvalConfig(sae_dirs=[str(folder)], tokens=1024, ce_tokens=128), quiet=True)
     out = json.loads((folder / "metrics.json").read_text())
     m, d = out["metrics"], out["metrics"]["model_diff"]
     assert out["model_b"] == str(model_b) and (folder / out["model_diff_plot"]).stat().st_size > 0

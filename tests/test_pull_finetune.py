@@ -59,9 +59,14 @@ def test_pulled_release_fine_tunes_with_init_from(tmp_path, tiny_model_dir, text
             }
         )
     )
-    from saelab.sae.releases import pull
+    from saelab.sae.releases import PullConfig, pull_release
 
-    pulled = pull("tiny-sparsify", "layers.1", tmp_path / "pulled", root=tmp_path / "repo", registry_path=registry)
+    pulled = pull_release(
+        PullConfig(
+            release="tiny-sparsify", sae_id="layers.1", out=str(tmp_path / "pulled"), local=str(tmp_path / "repo")
+        ),
+        registry_path=registry,
+    )
     run = tmp_path / "ft"
     assert (
         main(

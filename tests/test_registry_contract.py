@@ -164,8 +164,9 @@ def training_options(arch: str) -> dict:
 
 def keeps_contract(arch, tmp_path, monkeypatch, tiny_model_dir, text_corpus) -> None:
     import saelab.train.loop as loop
-    from saelab.evaluate.run import run_eval
-    from saelab.features.latent_cache_writer import build_latent_cache
+    from saelab.evaluate.run import EvalConfig, evaluate
+    from saelab.features.cache_config import LatentCacheConfig
+    from saelab.features.latent_cache_writer import write_latent_cache
 
     cls = ARCHITECTURES[arch]
     check_declared(arch, cls)
@@ -183,15 +184,17 @@ def keeps_contract(arch, tmp_path, monkeypatch, tiny_model_dir, text_corpus) -> 
     assert type(reopened) is cls
     same_outputs(trained[0], reopened, x, "save and reopen")
 
-    run_eval([str(folder)], tokens=512, ce_tokens=64, quiet=True)
+    evaluate(EvalConfig(sae_dirs=[str(folder)], tokens=512, ce_tokens=64), quiet=True)
     assert (folder / "metrics.json").exists()
     check_exports(reopened, tmp_path / "export", x)
-    cache = dict(sae_dirs=[folder], tokens=256, out=tmp_path / "cache", batch_rows=4, chunk_rows=8, progress=False)
+    cache = LatentCacheConfig(
+        sae_dirs=[str(folder)], tokens=256, out=str(tmp_path / "cache"), batch_rows=4, chunk_rows=8
+    )
     if cls.capabilities.latent_cache:
-        build_latent_cache(**cache)
+        write_latent_cache(cache, progress=False)
     else:
         with pytest.raises(UserError, match="latent cache"):
-            build_latent_cache(**cache)
+            write_latent_cache(cache, progress=False)
 
 
 # ---------------------------------------------------------------- the tests

@@ -13,7 +13,7 @@ import torch
 from saelab.cli import main
 from saelab.errors import UserError
 from saelab.sae.folder import load_sae
-from saelab.sae.releases import find_release, pull, registry
+from saelab.sae.releases import PullConfig, find_release, pull_release, registry
 from saelab.storage import write_tensors
 
 D, S = 8, 16
@@ -64,11 +64,19 @@ def test_gemma_scope_params_npz(tmp_path):
         lat = pre * (pre > thr)
         return lat, lat @ W_dec + b_dec
 
-    out = pull("gemma-scope-2b-pt-res", sae_id, tmp_path / "out", root=tmp_path / "repo")
+    out = pull_release(
+        PullConfig(
+            release="gemma-scope-2b-pt-res", sae_id=sae_id, out=str(tmp_path / "out"), local=str(tmp_path / "repo")
+        )
+    )
     cfg = _check(out, ref, "model.layers.3")
     assert cfg["saelab"]["imported_from"]["release"] == "gemma-scope-2b-pt-res"
     assert cfg["saelab"]["model_spec"] == "google/gemma-2-2b"
-    out = pull("gemma-scope-2b-pt-mlp", sae_id, tmp_path / "mlp", root=tmp_path / "repo")
+    out = pull_release(
+        PullConfig(
+            release="gemma-scope-2b-pt-mlp", sae_id=sae_id, out=str(tmp_path / "mlp"), local=str(tmp_path / "repo")
+        )
+    )
     assert load_sae(out)[0].cfg.hookpoint == "model.layers.3.post_feedforward_layernorm"
 
 
@@ -104,7 +112,15 @@ def test_llama_scope_dataset_wise_norm(tmp_path):
         lat = pre * (pre > theta)
         return lat, (lat @ dec.t() + dec_b) * n_out / D**0.5
 
-    _check(pull("llama-scope-lxr-8x", sae_id, tmp_path / "out", root=tmp_path / "repo"), ref, "model.layers.7")
+    _check(
+        pull_release(
+            PullConfig(
+                release="llama-scope-lxr-8x", sae_id=sae_id, out=str(tmp_path / "out"), local=str(tmp_path / "repo")
+            )
+        ),
+        ref,
+        "model.layers.7",
+    )
 
 
 def _saelens_folder(folder, W_enc, b_enc, W_dec, b_dec, hook="blocks.2.hook_resid_pre"):
@@ -137,7 +153,14 @@ def test_saelens_release_uses_the_registry_hookpoint(tmp_path):
         lat = torch.relu((x - b_dec) @ W_enc + b_enc)
         return lat, lat @ W_dec + b_dec
 
-    out = pull("gpt2-small-res-jb", "blocks.2.hook_resid_pre", tmp_path / "out", root=tmp_path / "repo")
+    out = pull_release(
+        PullConfig(
+            release="gpt2-small-res-jb",
+            sae_id="blocks.2.hook_resid_pre",
+            out=str(tmp_path / "out"),
+            local=str(tmp_path / "repo"),
+        )
+    )
     cfg = _check(out, ref, "transformer.h.2:input")  # GPT-2's module names, not Llama's
     assert cfg["saelab"]["imported_from"]["cfg"]["hook_name"] == "blocks.2.hook_resid_pre"
 
@@ -168,17 +191,39 @@ def test_sparsify_release(tmp_path):
         lat = torch.zeros_like(pre).scatter_(-1, i, v)
         return lat, lat @ W_dec + b_dec
 
-    _check(pull("sae-pythia-160m-32k", "layers.5", tmp_path / "out", root=tmp_path / "repo"), ref, "gpt_neox.layers.5")
+    _check(
+        pull_release(
+            PullConfig(
+                release="sae-pythia-160m-32k",
+                sae_id="layers.5",
+                out=str(tmp_path / "out"),
+                local=str(tmp_path / "repo"),
+            )
+        ),
+        ref,
+        "gpt_neox.layers.5",
+    )
 
 
 def test_files_in_the_wrong_format_fail_clearly(tmp_path):
     z = torch.zeros
     _saelens_folder(tmp_path / "repo" / "layer_1/width_16k/average_l0_9", z(D, S), z(S), z(S, D), z(D))
     with pytest.raises(UserError, match="no params.npz: not a Gemma Scope folder"):
-        pull("gemma-scope-2b-pt-res", "layer_1/width_16k/average_l0_9", tmp_path / "a", root=tmp_path / "repo")
+        pull_release(
+            PullConfig(
+                release="gemma-scope-2b-pt-res",
+                sae_id="layer_1/width_16k/average_l0_9",
+                out=str(tmp_path / "a"),
+                local=str(tmp_path / "repo"),
+            )
+        )
     _saelens_folder(tmp_path / "repo" / "layers.1", z(D, S), z(S), z(S, D), z(D))
     with pytest.raises(UserError, match="is a saelens folder but release sae-pythia-160m-32k says sparsify"):
-        pull("sae-pythia-160m-32k", "layers.1", tmp_path / "b", root=tmp_path / "repo")
+        pull_release(
+            PullConfig(
+                release="sae-pythia-160m-32k", sae_id="layers.1", out=str(tmp_path / "b"), local=str(tmp_path / "repo")
+            )
+        )
     bad = tmp_path / "repo" / "layer_2/width_16k/average_l0_9"
     bad.mkdir(parents=True)
     np.savez(
@@ -190,7 +235,14 @@ def test_files_in_the_wrong_format_fail_clearly(tmp_path):
         threshold=np.zeros(S, np.float32),
     )
     with pytest.raises(UserError, match=r"w_dec has shape \(16, 9\), expected \(16, 8\)"):
-        pull("gemma-scope-2b-pt-res", "layer_2/width_16k/average_l0_9", tmp_path / "c", root=tmp_path / "repo")
+        pull_release(
+            PullConfig(
+                release="gemma-scope-2b-pt-res",
+                sae_id="layer_2/width_16k/average_l0_9",
+                out=str(tmp_path / "c"),
+                local=str(tmp_path / "repo"),
+            )
+        )
     assert not any((tmp_path / n).exists() for n in "abc")  # nothing written
 
 
@@ -198,9 +250,23 @@ def test_unknown_release_and_sae_id_give_close_matches(tmp_path, capsys):
     with pytest.raises(UserError, match="unknown release 'gemma-scope-2b-pt-rs'; closest: gemma-scope-2b-pt-res"):
         find_release("gemma-scope-2b-pt-rs")
     with pytest.raises(UserError, match="no sae-id 'Llama3_1-8B-Base-L40R-8x'; closest: Llama3_1-8B-Base-L4R-8x"):
-        pull("llama-scope-lxr-8x", "Llama3_1-8B-Base-L40R-8x", tmp_path / "x", root=tmp_path)
+        pull_release(
+            PullConfig(
+                release="llama-scope-lxr-8x",
+                sae_id="Llama3_1-8B-Base-L40R-8x",
+                out=str(tmp_path / "x"),
+                local=str(tmp_path),
+            )
+        )
     with pytest.raises(UserError, match="no sae-id 'layer_20/width_16k/l0_71'.*layer_20/width_16k/average_l0_71"):
-        pull("gemma-scope-2b-pt-res", "layer_20/width_16k/l0_71", tmp_path / "x", root=tmp_path)
+        pull_release(
+            PullConfig(
+                release="gemma-scope-2b-pt-res",
+                sae_id="layer_20/width_16k/l0_71",
+                out=str(tmp_path / "x"),
+                local=str(tmp_path),
+            )
+        )
     assert main(["pull", "sae-llama-3-8b-32x", "--sae-id", "layer.3", "--out", str(tmp_path / "x")]) == 2
     assert "closest: layers.3" in capsys.readouterr().err
     assert main(["pull", "gpt2-small-res-jb", "--list"]) == 0

@@ -14,8 +14,8 @@ from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, save_sae
 from saelab.storage import read_json
-from saelab.study.compare import compare, max_cosines
-from saelab.study.pareto import collect_points, curves, matched, run_pareto
+from saelab.study.compare import CompareConfig, compare_folders, max_cosines
+from saelab.study.pareto import ParetoConfig, collect_points, curves, matched, pareto
 from saelab.study.sweep import run_sweep
 
 
@@ -74,12 +74,12 @@ def test_pareto_writes_curves_and_refuses_mixed_sites(sweep_dir, tmp_path):
     cfg["metadata"]["hook_name"] = cfg["saelab"]["config"]["hookpoint"] = "model.layers.2"
     cfg_p.write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="mix hookpoints"):
-        run_pareto([str(mixed)], str(tmp_path / "p2"))
+        pareto(ParetoConfig(folders=[str(mixed)], out=str(tmp_path / "p2")))
 
 
 def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_dir, tmp_path):
     out, _ = sweep_dir
-    first = run_pareto([str(out / "local")], str(tmp_path / "first"))
+    first = pareto(ParetoConfig(folders=[str(out / "local")], out=str(tmp_path / "first")))
     # a fine-tuned run and an arch comparison, made by relabelling copies of the e2e folders
     ft = tmp_path / "ft"
     shutil.copytree(out / "e2e", ft)
@@ -88,7 +88,7 @@ def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_d
         # the keys a --finetune-fraction run writes (SwitchObjective.record)
         cfg["saelab"].update(loss="local", finetune="kl+mse", finetune_fraction=0.05)
         cfg_p.write_text(json.dumps(cfg))
-    res = run_pareto([str(tmp_path / "first" / "pareto.json"), str(ft)], str(tmp_path / "both"))
+    res = pareto(ParetoConfig(folders=[str(tmp_path / "first" / "pareto.json"), str(ft)], out=str(tmp_path / "both")))
     by_curve = {(p["loss"], str(p["k"])): p for p in res["points"]}
     assert set(by_curve) == {("local", "4"), ("local", "12"), ("local+ft", "4"), ("local+ft", "12")}
     # the earlier points come back with the numbers they were written with
@@ -104,7 +104,7 @@ def test_pareto_joins_an_earlier_pareto_json_and_names_recipes_and_archs(sweep_d
     assert [p["k"] for p in cs["batchtopk"]] == sorted([4, 12], reverse=True)  # by CE increase: k=12 first
     with pytest.raises(UserError, match="not a pareto.json"):
         (tmp_path / "bad.json").write_text("{}")
-        run_pareto([str(tmp_path / "bad.json")], str(tmp_path / "bad"))
+        pareto(ParetoConfig(folders=[str(tmp_path / "bad.json")], out=str(tmp_path / "bad")))
 
 
 def test_matched_table_interpolates_inside_every_curve():
@@ -139,22 +139,22 @@ def test_compare_geometry(tmp_path, tiny_model_dir, text_corpus):
     a = _sae(tmp_path, "a", w, tiny_model_dir, text_corpus)
     same = _sae(tmp_path, "same", w[torch.randperm(96, generator=g)] * 3.0, tiny_model_dir, text_corpus)
     other = _sae(tmp_path, "other", torch.randn(96, 64, generator=g), tiny_model_dir, text_corpus)
-    r = compare(str(a), str(same), tokens=0)
+    r = compare_folders(CompareConfig(a=str(a), b=str(same), tokens=0))
     assert r["cross_max_cosine"]["mean"] == pytest.approx(1.0, abs=1e-5)  # same directions, permuted and rescaled
     assert r["within_a_max_cosine"]["mean"] < 0.6  # random directions in 64 dimensions
-    r2 = compare(str(a), str(other), tokens=0)
+    r2 = compare_folders(CompareConfig(a=str(a), b=str(other), tokens=0))
     assert r2["cross_max_cosine"]["median"] < 0.6 and (a / "compare_other" / "compare.png").stat().st_size > 5000
     with pytest.raises(UserError, match="exists"):
-        compare(str(a), str(other), tokens=0)
+        compare_folders(CompareConfig(a=str(a), b=str(other), tokens=0))
     # alive latents only: half of A's latents can never fire (huge negative bias)
     half = _sae(
         tmp_path, "half", w, tiny_model_dir, text_corpus, b_enc=torch.cat([torch.zeros(48), torch.full((48,), -1e6)])
     )
-    r3 = compare(str(half), str(a), tokens=1024)
+    r3 = compare_folders(CompareConfig(a=str(half), b=str(a), tokens=1024))
     assert r3["alive_a"] <= 48 and r3["cross_max_cosine"]["n"] == r3["alive_a"]
     wrong = _sae(tmp_path, "wrong", w, tiny_model_dir, text_corpus, site="model.layers.2")
     with pytest.raises(UserError, match="same site"):
-        compare(str(a), str(wrong), tokens=0)
+        compare_folders(CompareConfig(a=str(a), b=str(wrong), tokens=0))
 
 
 def test_max_cosines_excludes_self():

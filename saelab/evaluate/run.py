@@ -1,5 +1,5 @@
-"""Evaluate SAE folders: `saelab eval` (`evaluate(EvalConfig)`), `saelab eval-e2e` (`evaluate_e2e(EvalE2EConfig)`)
-and the sweep's evaluation all call `run_eval`.
+"""Evaluate SAE folders: `saelab eval` (`evaluate(EvalConfig)`), `saelab eval-e2e` and the sweep's evaluation
+(`evaluate_e2e(EvalE2EConfig)`).
 
 It opens the folders, then their model and token rows once (`open_shared_data`: the model, corpus,
 context, held-out fraction and text field they were trained with, unless overridden), checks they
@@ -75,63 +75,27 @@ class EvalE2EConfig:
         need_at_least(self, 1, "threads")
 
 
-def evaluate(cfg: EvalConfig) -> list[SaeMetrics]:
-    """Write each folder's metrics.json (or cfg.out) and print a report per SAE."""
+def evaluate(cfg: EvalConfig, quiet: bool = False) -> list[SaeMetrics]:
+    """Evaluate SAE folders on their held-out rows; write `cfg.out` (one folder) or each folder's
+    metrics.json and metrics_density.png; print a report per SAE unless `quiet`."""
     cfg.validate()
-    return run_eval(
-        cfg.sae_dirs,
-        tokens=cfg.tokens,
-        ce_tokens=cfg.ce_tokens,
-        out=cfg.out,
-        corpus=cfg.corpus,
-        model=cfg.model,
-        overwrite=cfg.overwrite,
-        device=cfg.device,
-        dtype=cfg.dtype,
-    )
+    return _evaluate(cfg, later_layers=False, quiet=quiet)
 
 
 def evaluate_e2e(cfg: EvalE2EConfig) -> list[SaeMetrics]:
     """metrics.json of each folder with alive latents and later-layer FVU (`SaeMetrics.later`); no report printed."""
     cfg.validate()
-    return run_eval(
-        cfg.sae_dirs,
-        tokens=cfg.tokens,
-        ce_tokens=cfg.ce_tokens,
-        overwrite=cfg.overwrite,
-        quiet=True,
-        device=cfg.device,
-        later_layers=True,
-        dtype=cfg.dtype,
-    )
+    fields = ("sae_dirs", "tokens", "ce_tokens", "threads", "device", "dtype", "overwrite")
+    return _evaluate(EvalConfig(**{f: getattr(cfg, f) for f in fields}), later_layers=True, quiet=True)
 
 
-def run_eval(
-    sae_dirs: list[str],
-    tokens: int = 100_000,
-    ce_tokens: int = 16_384,
-    out: str | None = None,
-    corpus: str | None = None,
-    model: str | None = None,
-    overwrite: bool = False,
-    quiet: bool = False,
-    device: str = "cpu",
-    later_layers: bool = False,
-    dtype: str = "float32",
-) -> list[SaeMetrics]:
-    """Evaluate SAE folders on their held-out rows; write `out` (one folder) or each folder's
-    metrics.json and metrics_density.png; print a report per SAE unless `quiet`."""
-    if tokens < 1 or ce_tokens < 0:
-        raise UserError("--tokens must be positive and --ce-tokens non-negative")
-    if later_layers and ce_tokens < 1:
-        raise UserError("--ce-tokens must be positive: later-layer FVU and CE increase need full forwards")
-    if out and len(sae_dirs) > 1:
-        raise UserError("--out names one metrics file; with several SAEs leave it out (each gets metrics.json)")
-    check_dtype(dtype, device)
-    folders = [open_sae(Path(d), device) for d in sae_dirs]  # corrupt/missing files fail here, before the model loads
-    targets = [Path(out)] if out else [Path(d) / "metrics.json" for d in sae_dirs]
+def _evaluate(cfg: EvalConfig, later_layers: bool, quiet: bool) -> list[SaeMetrics]:
+    """Check -> open the folders and their shared data -> measure in shared passes -> write each record."""
+    _check(cfg, later_layers)
+    folders = [open_sae(Path(d), cfg.device) for d in cfg.sae_dirs]  # corrupt/missing files fail before the model
+    targets = [Path(cfg.out)] if cfg.out else [Path(d) / "metrics.json" for d in cfg.sae_dirs]
     for t in targets:
-        if t.exists() and not overwrite:
+        if t.exists() and not cfg.overwrite:
             raise UserError(f"{t} exists; pass --overwrite to replace it")
     crosscoders = [f for f in folders if multi_site(f.sae.cfg)]
     if crosscoders and (len(crosscoders) < len(folders) or later_layers):
@@ -139,44 +103,55 @@ def run_eval(
             "evaluate crosscoders on their own, without --later-layers (they report per-site FVU and "
             "the CE of splicing every site: docs/DICTIONARIES.md)"
         )
-    pair = _model_pair(folders, model, device, dtype)  # model diffing: both models, as one module
-    data = open_shared_data(folders, device, model, corpus, dtype=dtype, loaded_model=pair)
-    lm, rows, prov = data.lm, data.rows, data.provenance
+    pair = _model_pair(folders, cfg.model, cfg.device, cfg.dtype)  # model diffing: both models, as one module
+    data = open_shared_data(folders, cfg.device, cfg.model, cfg.corpus, dtype=cfg.dtype, loaded_model=pair)
     if crosscoders:
-        _eval_crosscoders(
-            sae_dirs, folders, targets, data, EvalBudget(tokens=tokens, ce_tokens=ce_tokens), device, quiet
-        )
+        _eval_crosscoders(cfg, folders, targets, data, quiet)
         return []
+    budget = EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens)
     saes = [(f.sae, f.provenance.sink) for f in folders]
-    budget = EvalBudget(tokens=tokens, ce_tokens=ce_tokens)
+    lm, rows = data.lm, data.rows
     t0 = time.time()
-    results, firing = measure(lm.model, lm.tokenizer, saes, rows, budget, device)
+    results, firing = measure(lm.model, lm.tokenizer, saes, rows, budget, cfg.device)
     if later_layers:
-        for m, later in zip(results, later_layer_metrics(lm.model, lm.tokenizer, saes, rows, budget, results, device)):
-            m.later = later
+        later = later_layer_metrics(lm.model, lm.tokenizer, saes, rows, budget, results, cfg.device)
+        for m, per_layer in zip(results, later):
+            m.later = per_layer
     wall = time.time() - t0
-    for d, f, target, m, freq, match in zip(sae_dirs, folders, targets, results, firing, data.matches):
-        png = target.with_name(target.stem + "_density.png")
-        density_plot(freq, png, f"{f.name}: latent firing frequency", (m.l0_histogram, m.l0_histogram_edges))
-        write_json(
-            target,
-            {
-                "sae": str(d),
-                "model": prov.model_spec,
-                "corpus": prov.corpus,
-                "data_fingerprint": rows.fingerprint,
-                "heldout_fraction": prov.heldout_fraction,
-                "data_matches_training": match,
-                "split": "heldout",
-                "wall_s": wall,
-                "metrics": m.to_dict(),
-                "descriptions": m.descriptions(),
-                "density_plot": png.name,
-            },
-        )
+    prov = data.provenance
+    for d, f, target, m, freq, match in zip(cfg.sae_dirs, folders, targets, results, firing, data.matches):
+        record = {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus} | _data_fields(data, match)
+        _write_metrics(target, f.name, m, freq, record | {"wall_s": wall})
         if not quiet:
             print(format_report(f.name, m, target))
     return results
+
+
+def _check(cfg: EvalConfig, later_layers: bool) -> None:
+    if cfg.tokens < 1 or cfg.ce_tokens < 0:
+        raise UserError("--tokens must be positive and --ce-tokens non-negative")
+    if later_layers and cfg.ce_tokens < 1:
+        raise UserError("--ce-tokens must be positive: later-layer FVU and CE increase need full forwards")
+    if cfg.out and len(cfg.sae_dirs) > 1:
+        raise UserError("--out names one metrics file; with several SAEs leave it out (each gets metrics.json)")
+    check_dtype(cfg.dtype, cfg.device)
+
+
+def _data_fields(data, match: bool) -> dict:
+    """What a metrics record says about the rows it was measured on."""
+    return {
+        "data_fingerprint": data.rows.fingerprint,
+        "heldout_fraction": data.provenance.heldout_fraction,
+        "data_matches_training": match,
+        "split": "heldout",
+    }
+
+
+def _write_metrics(target: Path, name: str, m: SaeMetrics, freq, record: dict) -> None:
+    """One SAE's metrics.json (or --out): `record` then its metrics, and the density plot beside it."""
+    png = target.with_name(target.stem + "_density.png")
+    density_plot(freq, png, f"{name}: latent firing frequency", (m.l0_histogram, m.l0_histogram_edges))
+    write_json(target, record | {"metrics": m.to_dict(), "descriptions": m.descriptions(), "density_plot": png.name})
 
 
 def _model_pair(folders, model: str | None, device: str, dtype: str):
@@ -191,29 +166,19 @@ def _model_pair(folders, model: str | None, device: str, dtype: str):
     return load_pair(model or diffs[0].provenance.model_spec, diffs[0].provenance.model_b, device, dtype)
 
 
-def _eval_crosscoders(sae_dirs, folders, targets, data, budget: EvalBudget, device: str, quiet: bool) -> None:
+def _eval_crosscoders(cfg: EvalConfig, folders, targets: list[Path], data, quiet: bool) -> None:
     """metrics.json of each crosscoder (evaluate/crosscoder.py): per-site FVU, all sites spliced at once."""
     prov, rows = data.provenance, data.rows
-    for d, f, target, match in zip(sae_dirs, folders, targets, data.matches):
+    budget = EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens)
+    for d, f, target, match in zip(cfg.sae_dirs, folders, targets, data.matches):
         t0 = time.time()
-        m = crosscoder_metrics(data.lm.model, data.lm.tokenizer, f.sae, f.provenance.sink, rows, budget, device)
+        m = crosscoder_metrics(data.lm.model, data.lm.tokenizer, f.sae, f.provenance.sink, rows, budget, cfg.device)
         record = {"sae": str(d), "model": prov.model_spec, "corpus": prov.corpus}
         if is_model_diff(f.sae):  # decoder norms per model (evaluate/model_diff.py) and their histograms
             png = target.with_name(target.stem + "_model_diff.png")
             m["model_diff"] = model_diff_analysis(f.sae)
             model_diff_plot(f.sae, png, f"{f.name}: model A vs B")
             record |= {"model_b": f.provenance.model_b, "model_diff_plot": png.name}
-        write_json(
-            target,
-            record
-            | {
-                "data_fingerprint": rows.fingerprint,
-                "heldout_fraction": prov.heldout_fraction,
-                "data_matches_training": match,
-                "split": "heldout",
-                "wall_s": time.time() - t0,
-                "metrics": m,
-            },
-        )
+        write_json(target, record | _data_fields(data, match) | {"wall_s": time.time() - t0, "metrics": m})
         if not quiet:
             print(crosscoder_report(f.name, m, target))

@@ -7,7 +7,6 @@ running the LM again for each latent would cost hours. The cache answers that wi
 Python API (stable; other modules and the dashboards read caches only through it):
 
     write_latent_cache(LatentCacheConfig(sae_dirs=[...], tokens=N, out=...)) -> Path   (latent_cache_writer.py)
-    build_latent_cache(sae_dirs, tokens, out, neurons=None, neuron_k=32, ...) -> Path   (the same, as keywords)
         Run the model once over `tokens` tokens and cache every SAE in `sae_dirs` (folders in our
         format) and, with `neurons="model.layers.6.mlp.down_proj:input"`, the MLP neurons there
         (top-`neuron_k` per token by value; neuron_k=0 keeps every positive value).

@@ -201,19 +201,3 @@ def write_latent_cache(
             f"tokens ({run.manifest['tokens_per_s']:.0f} tokens/s) in {run.out}"
         )
     return run.out
-
-
-def build_latent_cache(
-    sae_dirs: list,
-    tokens: int,
-    out,
-    *,
-    sink: SinkConfig | None = None,
-    progress: bool = True,
-    loaded_model: LoadedModel | None = None,
-    **options,
-) -> Path:
-    """`write_latent_cache` with the config's fields as keywords (a notebook's shorthand):
-    `build_latent_cache([sae], 100_000, "cache", neurons="model.layers.6.mlp.down_proj:input")`."""
-    cfg = LatentCacheConfig(sae_dirs=[str(d) for d in sae_dirs or []], tokens=tokens, out=str(out), **options)
-    return write_latent_cache(cfg, sink, progress, loaded_model)

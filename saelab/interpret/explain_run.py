@@ -3,7 +3,6 @@ open the run folder (out_folder.py: refuse / replace / resume), make the explain
 batch into explanations.jsonl (with each latent's examples in examples.jsonl), summarise.
 
     explain(ExplainConfig(cache=..., out=..., explainer="stats", latents=[1, 2]))
-    run_explain(cache, out, **fields): the same, fields as keywords
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from ..out_folder import INTERPRETATION_RUN, open_out
 from ..storage import read_json, write_json
 from .config import ExplainConfig
 from .examples import ExampleConfig, ExampleSampler
-from .pipeline import SubjectModels, keyword_spellings, stop_if_down
+from .pipeline import SubjectModels, stop_if_down
 from .records import EXAMPLES, EXPLANATIONS, ExplanationRecord, append_jsonl, by_latent, read_jsonl, repair_truncated
 
 
@@ -210,9 +209,3 @@ def explain(cfg: ExplainConfig, example_cfg: ExampleConfig | None = None, progre
             f"examples) -> {run.out / EXPLANATIONS}"
         )
     return run.out
-
-
-def run_explain(cache_path, out, *, example_cfg: ExampleConfig | None = None, progress: bool = True, **options) -> Path:
-    """`explain` with the config's fields as keywords (`model=` names the LLM, as `llm=` does)."""
-    keyword_spellings(options)
-    return explain(ExplainConfig(cache=str(cache_path), out=str(out), **options), example_cfg, progress)

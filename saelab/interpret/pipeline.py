@@ -1,12 +1,10 @@
 """The interpretation pipeline, explain then score: one latent at a time from the cache to a record on
 disk (the Python API behind `saelab explain` and `saelab score`, which take the same config dataclasses,
 config.py). The explain stage is explain_run.py, the score stage scoring_run.py; this module holds what
-both share: the subject model (loaded once, lent to a local client), stopping when a server is down, and
-the keyword shorthands' older spellings.
+both share: the subject model (loaded once, lent to a local client) and stopping when a server is down.
 
     explain(ExplainConfig(cache=..., out=..., explainer="stats", latents=[1, 2]))      explain_run.py
     score(ScoreConfig(run=..., scorers=["embedding", "surprisal"]))                     scoring_run.py
-    run_explain(cache, out, **fields) / run_score(run, scorers, **fields): the same, fields as keywords
 
 Each reads as its steps: explain = check inputs -> open the run folder (out_folder.py: refuse /
 replace / resume) -> make the explainer -> explain batch by batch -> summarise; score = open the run
@@ -55,10 +53,3 @@ def stop_if_down(client, what: str, bar) -> None:
             f"{what} stopped early: {down}. Records so far are kept; start the server (or fix "
             f"--base-url) and rerun the same command: failed latents are tried again"
         )
-
-
-def keyword_spellings(options: dict) -> None:
-    """The shorthands' older keywords: `model=` (the LLM; the config calls it `llm`), `client_opts={...}`."""
-    if "model" in options:
-        options["llm"] = options.pop("model")
-    options.update(options.pop("client_opts", None) or {})

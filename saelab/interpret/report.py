@@ -191,20 +191,15 @@ class ReportConfig:
         check_types(self)
 
 
-def write_report(cfg: ReportConfig) -> Path:
-    """`report` over the config's runs (prints the report)."""
+def write_report(cfg: ReportConfig, quiet: bool = False) -> Path:
+    """report.md, report.json and hist_*.png of cfg.runs in cfg.out (printed unless `quiet`); an existing
+    report there is replaced only with `overwrite` (checked before any work)."""
     cfg.validate()
-    return report(cfg.runs, cfg.out, overwrite=cfg.overwrite)
-
-
-def report(runs: list, out=None, quiet: bool = False, overwrite: bool = False) -> Path:
-    """report.md, report.json and hist_*.png in `out`; an existing report there is replaced only with
-    `overwrite` (checked before any work)."""
-    if not runs:
+    if not cfg.runs:
         raise UserError("give at least one run folder")
-    loaded = [load_run(r) for r in runs]
-    out = Path(out) if out else (loaded[0].path if len(loaded) == 1 else loaded[0].path / "compare")
-    refuse_replacing(out, ("report.md", "report.json"), overwrite, "report")
+    loaded = [load_run(r) for r in cfg.runs]
+    out = Path(cfg.out) if cfg.out else (loaded[0].path if len(loaded) == 1 else loaded[0].path / "compare")
+    refuse_replacing(out, ("report.md", "report.json"), cfg.overwrite, "report")
     out.mkdir(parents=True, exist_ok=True)
     summaries = [summarise(r) for r in loaded]
     labels = [s["label"] for s in summaries]

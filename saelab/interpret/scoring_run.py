@@ -4,7 +4,6 @@ record the judge's usage. The examples are re-drawn deterministically (same seed
 from the run's examples.jsonl, and checked against the ids recorded at explanation time.
 
     score(ScoreConfig(run=..., scorers=["embedding", "surprisal"]))
-    run_score(run, scorers, **fields): the same, fields as keywords
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from ..out_folder import INTERPRETATION_RUN
 from ..storage import read_json, write_json
 from .config import ScoreConfig
 from .examples import ExampleConfig, ExampleSampler, LatentExamples
-from .pipeline import SubjectModels, keyword_spellings, stop_if_down
+from .pipeline import SubjectModels, stop_if_down
 from .records import EXAMPLES, EXPLANATIONS, append_jsonl, by_latent, read_jsonl, repair_truncated, scores_path
 from .scorers import JUDGED, SCORERS
 
@@ -164,9 +163,3 @@ def score(cfg: ScoreConfig, progress: bool = True) -> dict[str, int]:
         manifest["judge_usage"] = judge.usage.to_dict()
         write_json(run.path / "manifest.json", manifest)
     return scored
-
-
-def run_score(run, scorers: list[str], *, progress: bool = True, **options) -> dict[str, int]:
-    """`score` with the config's fields as keywords (`model=` names the judge LLM, as `llm=` does)."""
-    keyword_spellings(options)
-    return score(ScoreConfig(run=str(run), scorers=list(scorers), **options), progress)

@@ -55,69 +55,41 @@ class ExportConfig:
 
 
 def import_folders(cfg: ImportConfig) -> list[Path]:
+    """Convert every SAE under cfg.src (folder or hub id) into saelab folders under cfg.out."""
     cfg.validate()
-    return import_saes(
-        cfg.src,
-        Path(cfg.out),
-        overwrite=cfg.overwrite,
-        norm_scaling_factor=cfg.norm_scaling_factor,
-        prefix=cfg.prefix,
-        model=cfg.model,
-        context=cfg.context,
-    )
-
-
-def export_folders(cfg: ExportConfig) -> list[Path]:
-    cfg.validate()
-    return export_saes(cfg.sae_dirs, cfg.format, Path(cfg.out), overwrite=cfg.overwrite, prefix=cfg.prefix)
-
-
-def import_saes(
-    src: str,
-    out: Path,
-    overwrite: bool = False,
-    norm_scaling_factor: float | None = None,
-    prefix: str = SPARSIFY_PREFIX,
-    model: str | None = None,
-    context: int | None = None,
-) -> list[Path]:
-    """Convert every SAE under `src` (folder or hub id) into saelab folders under `out`."""
-    root = resolve_source(src)
-    folders = sae_folders(root)
-    out = Path(out)
-    open_out(out, SAE_FOLDER, overwrite)  # checked only: the folders are written file by file
+    folders = sae_folders(resolve_source(cfg.src))
+    out = Path(cfg.out)
+    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
     ours = [f for f in folders if detect_format(f) == "saelab"]
     if ours:
         raise UserError(
             f"{ours[0]} is already a saelab SAE folder: every command reads it as it is (no import "
             f"needed; `saelab export` writes SAELens or sparsify)"
         )
-    loaded = [(f, *load_foreign(f, norm_scaling_factor=norm_scaling_factor, prefix=prefix)) for f in folders]
+    loaded = [(f, *load_foreign(f, norm_scaling_factor=cfg.norm_scaling_factor, prefix=cfg.prefix)) for f in folders]
     for f, sae, _ in loaded:
         refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported
     written = []
-    for f, sae, cfg in loaded:  # all parsed before anything is written
-        prov = Provenance.from_cfg(cfg)
-        prov.model_spec = model or prov.model_spec
+    for f, sae, foreign_cfg in loaded:  # all parsed before anything is written
+        prov = Provenance.from_cfg(foreign_cfg)
+        prov.model_spec = cfg.model or prov.model_spec
         prov.model_name = prov.model_name or prov.model_spec
-        prov.context = context or cfg["metadata"]["context_size"] or 256
+        prov.context = cfg.context or foreign_cfg["metadata"]["context_size"] or 256
         target = out if len(loaded) == 1 else out / f.name
-        written.append(save_sae(sae, target, prov, {"imported_from": cfg["saelab"]["imported_from"]}))
+        written.append(save_sae(sae, target, prov, {"imported_from": foreign_cfg["saelab"]["imported_from"]}))
     return written
 
 
-def export_saes(
-    sae_dirs: list[str], fmt: str, out: Path, overwrite: bool = False, prefix: str = SPARSIFY_PREFIX
-) -> list[Path]:
-    if fmt not in ("saelens", "sparsify"):
-        raise UserError(f"--format must be saelens or sparsify, not {fmt!r}")
-    out = Path(out)
-    open_out(out, SAE_FOLDER, overwrite)  # checked only: the folders are written file by file
-    loaded = [open_sae(Path(d)) for d in sae_dirs]
+def export_folders(cfg: ExportConfig) -> list[Path]:
+    """Write each saelab folder of cfg.sae_dirs in SAELens or sparsify layout under cfg.out."""
+    cfg.validate()  # --format is one of its choices
+    out = Path(cfg.out)
+    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
+    loaded = [open_sae(Path(d)) for d in cfg.sae_dirs]
     written = []
     for f in loaded:
-        if fmt == "sparsify":
-            written.append(export_sparsify(f.sae, out, prefix))
+        if cfg.format == "sparsify":
+            written.append(export_sparsify(f.sae, out, cfg.prefix))
         else:
             p = f.provenance
             target = out if len(loaded) == 1 else out / f.name

@@ -245,29 +245,17 @@ class PullConfig:
             raise UserError("give --sae-id and --out (or --list to see the sae-ids)")
 
 
-def pull_release(cfg: PullConfig) -> Path:
-    """`pull` of cfg.sae_id into cfg.out (the sae-ids of a release: find_release(name).ids)."""
+def pull_release(cfg: PullConfig, registry_path: Path | None = None) -> Path:
+    """Fetch cfg.sae_id of release cfg.release (from the hub, or from `cfg.local`, a local copy of the repo) and
+    write it as a saelab folder at cfg.out (the sae-ids of a release: find_release(name).ids). Everything is
+    checked before anything is written. `registry_path`: a releases file other than the built-in one."""
     cfg.validate()
-    return pull(
-        cfg.release, cfg.sae_id, Path(cfg.out), overwrite=cfg.overwrite, root=Path(cfg.local) if cfg.local else None
-    )
-
-
-def pull(
-    release_name: str,
-    sae_id: str,
-    out: Path,
-    overwrite: bool = False,
-    root: Path | None = None,
-    registry_path: Path | None = None,
-) -> Path:
-    """Fetch one SAE of a release (from the hub, or from `root`, a local copy of the repo) and write
-    it as a saelab folder at `out`. Everything is checked before anything is written."""
-    release = find_release(release_name, registry_path)
+    release = find_release(cfg.release, registry_path)
+    sae_id = cfg.sae_id
     sub, hookpoint = release.resolve(sae_id)
-    out = Path(out)
-    open_out(out, SAE_FOLDER, overwrite)  # checked only: the folder is written file by file
-    folder = Path(root) / sub if root else download(release.repo, sub)
+    out = Path(cfg.out)
+    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folder is written file by file
+    folder = Path(cfg.local) / sub if cfg.local else download(release.repo, sub)
     if not folder.exists():
         raise UserError(f"{folder} does not exist (release {release.name}, sae-id {sae_id})")
     sae, original = load_release_folder(release, folder, hookpoint)

@@ -91,41 +91,18 @@ class CompareConfig:
 
 
 def compare_folders(cfg: CompareConfig) -> dict:
+    """Decoder geometry of A against B (and within A) into cfg.out (default A/compare_<B name>)."""
     cfg.validate()
-    return compare(
-        cfg.a, cfg.b, out=cfg.out, tokens=cfg.tokens, model=cfg.model, corpus=cfg.corpus, overwrite=cfg.overwrite
-    )
-
-
-def compare(
-    a_dir: str,
-    b_dir: str,
-    out: str | None = None,
-    tokens: int = 50_000,
-    model: str | None = None,
-    corpus: str | None = None,
-    overwrite: bool = False,
-) -> dict:
-    fa, fb = open_sae(Path(a_dir)), open_sae(Path(b_dir))
-    a, b = fa.sae, fb.sae
-    site_a = a.cfg.out_hookpoint or a.cfg.hookpoint
-    site_b = b.cfg.out_hookpoint or b.cfg.hookpoint
-    if site_a != site_b or a.cfg.d_out != b.cfg.d_out:
-        raise UserError(
-            f"{a_dir} writes {site_a} (width {a.cfg.d_out}) but {b_dir} writes {site_b} (width "
-            f"{b.cfg.d_out}); decoder directions are comparable only at the same site"
-        )
-    ma, mb = fa.provenance.model_name, fb.provenance.model_name
-    if ma != mb:
-        raise UserError(f"{a_dir} belongs to {ma} and {b_dir} to {mb}; compare dictionaries of one model")
-    out_dir = Path(out) if out else Path(a_dir) / f"compare_{Path(b_dir).name}"
-    if (out_dir / "compare.json").exists() and not overwrite:
+    fa, fb = _open_pair(cfg)
+    out_dir = Path(cfg.out) if cfg.out else Path(cfg.a) / f"compare_{Path(cfg.b).name}"
+    if (out_dir / "compare.json").exists() and not cfg.overwrite:
         raise UserError(f"{out_dir / 'compare.json'} exists; pass --overwrite to replace it")
-    if tokens < 0:
+    if cfg.tokens < 0:
         raise UserError("--tokens must be >= 0")
+    a, b = fa.sae, fb.sae
     matches = None
-    if tokens:
-        (alive_a, alive_b), matches = firing([fa, fb], tokens, model, corpus)
+    if cfg.tokens:
+        (alive_a, alive_b), matches = firing([fa, fb], cfg.tokens, cfg.model, cfg.corpus)
     else:
         alive_a, alive_b = torch.ones(a.cfg.d_sae, dtype=torch.bool), torch.ones(b.cfg.d_sae, dtype=torch.bool)
     if alive_a.sum() < 2 or alive_b.sum() < 1:
@@ -133,11 +110,11 @@ def compare(
     da, db = unit_decoder(a)[alive_a], unit_decoder(b)[alive_b]
     cross, within = max_cosines(da, db), max_cosines(da)
     result = {
-        "a": str(a_dir),
-        "b": str(b_dir),
-        "site": site_a,
-        "model": ma,
-        "alive_tokens": tokens,
+        "a": str(cfg.a),
+        "b": str(cfg.b),
+        "site": a.cfg.out_hookpoint or a.cfg.hookpoint,
+        "model": fa.provenance.model_name,
+        "alive_tokens": cfg.tokens,
         "data_matches_training": matches,
         "alive_a": int(alive_a.sum()),
         "alive_b": int(alive_b.sum()),
@@ -145,16 +122,35 @@ def compare(
         "d_sae_b": b.cfg.d_sae,
         "cross_max_cosine": summary(cross),
         "within_a_max_cosine": summary(within),
-        "descriptions": {
-            "cross_max_cosine": "per alive decoder direction of A: max cosine to B's alive directions",
-            "within_a_max_cosine": "per alive decoder direction of A: max cosine to A's other alive directions",
-        },
+        "descriptions": DESCRIPTIONS,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _histograms(cross, within, out_dir / "compare.png", Path(a_dir).name, Path(b_dir).name)
+    _histograms(cross, within, out_dir / "compare.png", Path(cfg.a).name, Path(cfg.b).name)
     result["plot"] = "compare.png"
     write_json(out_dir / "compare.json", result)
     return result
+
+
+DESCRIPTIONS = {
+    "cross_max_cosine": "per alive decoder direction of A: max cosine to B's alive directions",
+    "within_a_max_cosine": "per alive decoder direction of A: max cosine to A's other alive directions",
+}
+
+
+def _open_pair(cfg: CompareConfig) -> tuple[SaeFolder, SaeFolder]:
+    """A and B, refused unless they write the same site of one model."""
+    fa, fb = open_sae(Path(cfg.a)), open_sae(Path(cfg.b))
+    a, b = fa.sae.cfg, fb.sae.cfg
+    site_a, site_b = a.out_hookpoint or a.hookpoint, b.out_hookpoint or b.hookpoint
+    if site_a != site_b or a.d_out != b.d_out:
+        raise UserError(
+            f"{cfg.a} writes {site_a} (width {a.d_out}) but {cfg.b} writes {site_b} (width "
+            f"{b.d_out}); decoder directions are comparable only at the same site"
+        )
+    ma, mb = fa.provenance.model_name, fb.provenance.model_name
+    if ma != mb:
+        raise UserError(f"{cfg.a} belongs to {ma} and {cfg.b} to {mb}; compare dictionaries of one model")
+    return fa, fb
 
 
 def _histograms(cross: torch.Tensor, within: torch.Tensor, path: Path, name_a: str, name_b: str) -> None:

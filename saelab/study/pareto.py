@@ -183,15 +183,12 @@ class ParetoConfig:
 
 
 def pareto(cfg: ParetoConfig) -> dict:
-    """run_pareto into cfg.out (default FIRST/pareto)."""
+    """The curves of cfg.folders' points into cfg.out (default FIRST/pareto): pareto.csv, matched.csv,
+    pareto.png and pareto.json (returned)."""
     cfg.validate()
-    return run_pareto(cfg.folders, cfg.out_dir(), overwrite=cfg.overwrite, title=cfg.title)
-
-
-def run_pareto(paths: list[str], out: str, overwrite: bool = False, title: str | None = None) -> dict:
-    points = collect_points(paths)
-    out_dir = Path(out)
-    if (out_dir / "pareto.json").exists() and not overwrite:
+    points = collect_points(cfg.folders)
+    out_dir = Path(cfg.out_dir())
+    if (out_dir / "pareto.json").exists() and not cfg.overwrite:
         raise UserError(f"{out_dir / 'pareto.json'} exists; pass --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     cs = curves(points)
@@ -201,12 +198,12 @@ def run_pareto(paths: list[str], out: str, overwrite: bool = False, title: str |
         _write_csv(out_dir / "matched.csv", table, list(table[0]))
     else:  # curves that do not overlap in CE increase: no table, and none left from an earlier run
         (out_dir / "matched.csv").unlink(missing_ok=True)
-    title = title or f"{points[0]['_model']} @ {points[0]['_site']}"
+    title = cfg.title or f"{points[0]['_model']} @ {points[0]['_site']}"
     plot(cs, out_dir / "pareto.png", title)
     result = {
         "model": points[0]["_model"],
         "hookpoint": points[0]["_site"],
-        "sources": [str(p) for p in paths],
+        "sources": [str(p) for p in cfg.folders],
         "points": [{k: p[k] for k in FIELDS} for c in cs.values() for p in c],
         "matched": table,
     }

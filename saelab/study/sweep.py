@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..evaluate.run import run_eval
+from ..evaluate.run import EvalE2EConfig, evaluate_e2e
 from ..option_checks import check_types
 from ..options import opt
 from ..sae.registry import uses_k
@@ -187,12 +187,5 @@ def run_sweep(
 def evaluate_run(folder: Path, tokens: int, ce_tokens: int, device: str = "cpu") -> None:
     """Evaluate every SAE of a training run (its manifest lists them), later-layer metrics included."""
     manifest = read_json(Path(folder) / "manifest.json")
-    run_eval(
-        [v["folder"] for v in manifest["saes"].values()],
-        tokens=tokens,
-        ce_tokens=ce_tokens,
-        overwrite=True,
-        quiet=True,
-        device=device,
-        later_layers=True,
-    )
+    dirs = [str(v["folder"]) for v in manifest["saes"].values()]
+    evaluate_e2e(EvalE2EConfig(sae_dirs=dirs, tokens=tokens, ce_tokens=ce_tokens, device=device, overwrite=True))

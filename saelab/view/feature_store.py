@@ -23,8 +23,9 @@ import torch
 
 from ..errors import UserError
 from ..families import family_of
+from ..features.cache_config import LatentCacheConfig
 from ..features.latent_cache import LatentCache
-from ..features.latent_cache_writer import build_latent_cache
+from ..features.latent_cache_writer import write_latent_cache
 from ..interpret.records import Interpretation, interpretations
 from ..models import LoadedModel
 from ..sae.folder import open_sae
@@ -322,7 +323,8 @@ def ensure_cache(
             raise UserError("--tokens must be positive")
         fp = fingerprint(str(sae_dir.resolve()), (sae_dir / "sae_weights.safetensors").stat().st_mtime_ns, tokens)
         cache = cache_dir() / "view_caches" / fp
-        build_latent_cache([sae_dir], tokens, cache, progress=progress, batch_rows=8, loaded_model=loaded_model)
+        cfg = LatentCacheConfig(sae_dirs=[str(sae_dir)], tokens=tokens, out=str(cache), batch_rows=8)
+        write_latent_cache(cfg, progress=progress, loaded_model=loaded_model)
     lc = LatentCache.open(cache)
     return lc, _find_dict(lc, sae_dir, d_sae)
 

@@ -129,20 +129,3 @@ def bench(
         b.done(m.name, {"metric": m.name, **m.compute(b)}, t0)
     _summarise(b, t_start)
     return b.results
-
-
-def run_bench(
-    sae_dirs: list[str],
-    out: str,
-    *,
-    interp_summary: dict | None = None,
-    quiet: bool = False,
-    fit_tokens: int = FIT_TOKENS,
-    **options,
-) -> dict:
-    """`bench` with the config's fields as keywords (`tasks_file=` and `core_tokens=` are --tasks and --tokens)."""
-    for old, new in (("tasks_file", "tasks"), ("core_tokens", "tokens")):
-        if old in options:
-            options[new] = options.pop(old)
-    cfg = BenchConfig(sae_dirs=[str(d) for d in sae_dirs], out=str(out), **options)
-    return bench(cfg, interp_summary, quiet, fit_tokens)
