@@ -18,8 +18,6 @@ from .errors import UserError
 from .option_checks import DTYPES, check_types, flag
 
 _NO_DEFAULT = dataclasses.MISSING
-THREADS_HELP = "torch CPU threads, set once for the whole command (default: torch's choice)"
-DTYPE_HELP = "the LM's precision: float32 | bfloat16 | float16; the dictionary stays float32 (default float32)"
 
 
 def opt(
