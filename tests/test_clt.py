@@ -33,7 +33,7 @@ def make_clt(sparsity="topk", L=L, d=D, n=N, k=K, seed=0):
 def dense_forward(sae, x, sparsity, dead=None, residual=None):
     """The same maths with dense matrices and loops: per-layer dense pre-activations, a dense top-k (or
     batch top-k) mask, every (source, target) decoder block by a dense product."""
-    Lc, n, d, k = sae.n_layers, sae.n_per_layer, sae.d_site_out, sae.cfg.k
+    Lc, n, k = sae.n_layers, sae.n_per_layer, sae.cfg.k
     xs = (x * sae.in_scale).view(x.shape[0], Lc, sae.d_site_in)
     acts, aux_acts = [], []
     for l in range(Lc):

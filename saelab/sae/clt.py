@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SaeConfig, SaeOutput, SparseCoder, geometric_median
 from ..errors import UserError
 from ..option_checks import memory_bytes
 from ..options import opt
+from .base import SaeConfig, SaeOutput, SparseCoder, geometric_median
 from .clt_code import decode_layers, encode_one_layer, merge_layers, split_layers
 from .crosscoder import SEP
 from .kind import LOCAL_ONLY, Capabilities, ForeignNames, TypeOptions
