@@ -158,14 +158,7 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     sae = build_sae(sae_cfg)
     tensors = read_tensors(folder / WEIGHTS)
     refuse_non_finite(folder / WEIGHTS, tensors)
-    expected = {
-        "W_enc": (sae_cfg.d_in, sae_cfg.d_sae),
-        "b_enc": (sae_cfg.d_sae,),
-        "W_dec": (sae_cfg.d_sae, sae_cfg.d_out),
-        "b_dec": (sae_cfg.d_out,),
-    }
-    if sae_cfg.skip:
-        expected["W_skip"] = (sae_cfg.d_out, sae_cfg.d_in)
+    expected = type(sae).folded_shapes(sae_cfg)
     for name, shape in expected.items():
         if name not in tensors:
             raise UserError(f"{folder / WEIGHTS} lacks tensor {name!r}")
