@@ -113,6 +113,13 @@ class SparseCoder(nn.Module):
         """d_sae of a dictionary at `hookpoint` trained with `--latents per_site` (a CLT: per layer)."""
         return per_site
 
+    @classmethod
+    def check_training_memory(cls, run, n_sites: int, d_in: int, d_out: int) -> None:
+        """Refuse (UserError) a training run (`run`: the TrainConfig) of this type over `n_sites` joined sites
+        of widths d_in -> d_out whose dictionary cannot fit the device; called before the model loads (widths
+        from its config on disk) and after (the sites' widths). Nothing here: one batch's encoder
+        activations are checked for every type (train/config_checks.py)."""
+
     # ------------------------------------------------------------ init
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         w = torch.randn(self.cfg.d_sae, self.cfg.d_out, generator=generator)

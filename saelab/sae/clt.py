@@ -95,6 +95,18 @@ class CltOptions(TypeOptions):
     def check(self, run) -> None:
         if self.clt_sparsity not in SPARSITIES:
             raise UserError(f"--clt-sparsity must be one of {', '.join(SPARSITIES)}; got {self.clt_sparsity!r}")
+        if not all("->" in h for h in run.hookpoints):
+            raise UserError(
+                "--arch clt maps every layer's MLP input to the MLP outputs: give --hookpoint as transcoder "
+                "sites, e.g. 'model.layers.{0,1,2}.post_attention_layernorm->model.layers.{0,1,2}.mlp'"
+            )
+        for bad, what in (
+            (run.skip, "--skip (a CLT has no skip connection)"),
+            (run.init_from, "--init-from (a CLT starts fresh: its folder holds raw-space per-layer decoders)"),
+            (run.model_b, "--model-b (a CLT reads one model)"),
+        ):
+            if bad:
+                raise UserError(f"--arch clt does not combine with {what}")
 
     def sae_fields(self, fresh: bool) -> dict:
         return {"extra": {"clt_sparsity": self.clt_sparsity}}
@@ -162,6 +174,15 @@ class CrossLayerTranscoder(SparseCoder):
     @classmethod
     def latents_for(cls, per_site: int, hookpoint: str) -> int:
         return per_site * len(hookpoint.split(SEP))
+
+    @classmethod
+    def check_training_memory(cls, run, n_sites: int, d_in: int, d_out: int) -> None:
+        chunk = run.buffer_batches * (run.lm_batch_tokens or run.batch_tokens)
+        check_clt_memory(n_sites, run.latents, d_in, d_out, run.batch_tokens, chunk, run.device)
+
+    def split_sites(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """[rows, L*d_out] -> one [rows, d_out] per output site (what crosscoder evaluation reads)."""
+        return list(y.view(*y.shape[:-1], self.n_layers, self.d_site_out).unbind(-2))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         with torch.no_grad():
