@@ -310,3 +310,21 @@ def test_eval_of_a_clt_replacement(tmp_path, tiny_model_dir, text_corpus):
     assert rec["kind"] == "clt" and [r["layer"] for r in m["layers"]] == [0, 1, 2, 3]
     assert all(r["fvu"] > 0 and 0 < r["l0"] <= 4 for r in m["layers"])
     assert m["error_terms_max_abs_logit_diff"] < 1e-4 and m["kl"] > 0
+
+
+def test_layers_all_with_arch_clt_trains_one_clt_and_evaluates_as_its_folder(tmp_path, tiny_model_dir, text_corpus):
+    out = tmp_path / "c"
+    train(layers_cfg(out, tiny_model_dir, text_corpus, arch="clt", latents=32, k=[4], tokens=2048))
+    rep = open_replacement(out)
+    assert rep.kind == "clt" and len(rep.folders) == 1 and rep.dictionaries[0].n_per_layer == 32
+    lm = load_model(str(tiny_model_dir))
+    ids = _ids()
+    with torch.no_grad():
+        clean = lm.model(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(_spliced_logits(lm, rep, ids, error_terms=True), clean, atol=1e-5)
+    evaluate(EvalConfig(sae_dirs=[str(out)], tokens=512, ce_tokens=0, threads=2), True)
+    layers = json.loads((out / "replacement_metrics.json").read_text())["metrics"]["layers"]
+    own = tmp_path / "own.json"  # the CLT's own folder through `saelab eval` (per output site, clean inputs)
+    evaluate(EvalConfig(sae_dirs=[str(rep.folders[0].path)], tokens=512, ce_tokens=0, out=str(own), threads=2), True)
+    per_site = json.loads(own.read_text())["metrics"]["fvu_per_site"]
+    assert [r["fvu"] for r in layers] == pytest.approx([per_site[h] for h in rep.output_sites], rel=1e-5)
