@@ -328,3 +328,14 @@ def test_layers_all_with_arch_clt_trains_one_clt_and_evaluates_as_its_folder(tmp
     evaluate(EvalConfig(sae_dirs=[str(rep.folders[0].path)], tokens=512, ce_tokens=0, out=str(own), threads=2), True)
     per_site = json.loads(own.read_text())["metrics"]["fvu_per_site"]
     assert [r["fvu"] for r in layers] == pytest.approx([per_site[h] for h in rep.output_sites], rel=1e-5)
+
+
+def test_overwrite_of_a_replacement_folder_removes_its_replacement_files(plt_run, tmp_path):
+    from saelab.out_folder import TRAINING_RUN, kind_of, open_out
+
+    dst, _ = _copy(plt_run, tmp_path)
+    (dst / "replacement_metrics.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")
+    assert kind_of(dst) is TRAINING_RUN
+    open_out(dst, TRAINING_RUN, overwrite=True).prepare()
+    assert sorted(p.name for p in dst.iterdir()) == ["notes.txt"]
