@@ -47,7 +47,7 @@ def dense_forward(sae, x, sparsity, dead=None, residual=None):
         if dead is not None:
             dl = dead[l * n : (l + 1) * n]
             cols = dl.nonzero().squeeze(1)
-            k_aux = min(sae.d_site_in // 2, len(cols))
+            k_aux = min(2 * sae.cfg.k, sae.d_site_in // 2, len(cols))
             m = torch.zeros_like(pre)
             if len(cols):
                 m[:, cols] = torch.zeros(x.shape[0], len(cols)).scatter_(
@@ -58,7 +58,7 @@ def dense_forward(sae, x, sparsity, dead=None, residual=None):
     def decode(a):
         outs = []
         for t in range(Lc):
-            outs.append(sum(a[l] @ sae.W_dec[l][:, t - l, :] for l in range(t + 1)))
+            outs.append(sum(a[l] @ sae.W_dec[l][t - l] for l in range(t + 1)))
         return torch.cat(outs, 1)
 
     recon = decode(acts) + sae.b_dec
@@ -110,7 +110,7 @@ def test_planted_decoders_reconstruct_every_layer():
         y = torch.zeros(rows, L, D)
         for t in range(L):
             for l in range(t + 1):
-                y[:, t] += codes[:, l] @ sae.W_dec[l][:, t - l]
+                y[:, t] += codes[:, l] @ sae.W_dec[l][t - l]
         y = y.reshape(rows, L * D)
         pred = sae.reconstruct(x)
     for t in range(L):
