@@ -86,8 +86,8 @@ def _sae_folders(folder: Path) -> list[str]:
 
 TRAINING_RUN = RunKind(
     "training run",
-    (MANIFEST, "train_log.jsonl", "train_curves.png", "checkpoint.safetensors", "*/cfg.json"),
-    _is_training_run,
+    (MANIFEST, "train_log.jsonl", "train_curves.png", "checkpoint.safetensors", "*/cfg.json", "replacement*"),
+    _is_training_run,  # replacement*: a --layers run's replacement.json, and eval's replacement_metrics / plot
 )
 LATENT_CACHE = RunKind(
     "latent cache",

@@ -29,12 +29,14 @@ from ..options import (
 )
 from ..sae.folder import open_sae, open_shared_data
 from ..sae.registry import multi_site
+from ..sae.replacement import is_replacement
 from ..storage import write_json
 from .crosscoder import crosscoder_metrics, crosscoder_report
 from .later_layers import later_layer_metrics
 from .metrics import EvalBudget, measure
 from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .plots import density_plot
+from .replacement import evaluate_replacement
 from .results import SaeMetrics, format_report
 
 
@@ -42,7 +44,10 @@ from .results import SaeMetrics, format_report
 class EvalConfig:
     """`saelab eval`: held-out reconstruction and KL / CE of SAE folders (their model and corpus unless overridden)."""
 
-    sae_dirs: list[str] = opt(help="SAE folders (saelab format); several share the clean passes", positional=True)
+    sae_dirs: list[str] = opt(
+        help="SAE folders (saelab format; several share the clean passes), or one replacement folder (train --layers)",
+        positional=True,
+    )
     tokens: int = opt(100_000, "held-out tokens for reconstruction metrics")
     ce_tokens: int = opt(16_384, "held-out tokens for KL / CE metrics (full forwards)")
     out: str | None = out_option("metrics file", shown="metrics.json inside each SAE folder")
@@ -79,6 +84,9 @@ def evaluate(cfg: EvalConfig, quiet: bool = False) -> list[SaeMetrics]:
     """Evaluate SAE folders on their held-out rows; write `cfg.out` (one folder) or each folder's
     metrics.json and metrics_density.png; print a report per SAE unless `quiet`."""
     cfg.validate()
+    if any(is_replacement(d) for d in cfg.sae_dirs):  # a --layers run folder: evaluate/replacement.py
+        evaluate_replacement(cfg, quiet)
+        return []
     return _evaluate(cfg, later_layers=False, quiet=quiet)
 
 

@@ -5,6 +5,10 @@ reconstruction (an SAE) or prediction (a transcoder, which reads its input site 
 forward). Positions where `keep` is True (sinks, outliers) keep their clean activation. With
 `error_term=True` the reconstruction error is added back, so the output is exactly the model's
 own until a feature is edited (`edit` gets and returns dense latents) - what steering uses.
+
+`clt_spliced(model, clt, input_sites, output_sites)` puts a cross-layer transcoder (sae/clt.py) into the
+forward causally: layer l's latents are encoded from its MLP input in this forward, and its MLP output
+becomes the sum of the decoders of layers <= l into l (plus the output bias).
 """
 
 from __future__ import annotations
@@ -73,6 +77,46 @@ def spliced(
                 h = src.register_forward_hook(lambda m, a, out: captured.__setitem__("x", first_tensor(out)))
             stack.callback(h.remove)
         stack.enter_context(patch_activation(model, cfg.out_hookpoint or cfg.hookpoint, replace))
+        yield
+
+
+@contextmanager
+def clt_spliced(
+    model, clt, input_sites: list[str], output_sites: list[str], keep: torch.Tensor | None = None, error_term=False
+) -> Iterator[None]:
+    """Every MLP output the CLT covers, replaced in one forward through its raw-space API (encode_layer,
+    decode_layer, output_bias); `keep` [batch, seq] positions stay clean; `error_term`: the reconstruction
+    error added back (the clean output, as `spliced` does)."""
+    lats: dict[int, object] = {}  # CLT layer -> its latents in this forward (inputs run before outputs)
+    dtype = next(clt.parameters()).dtype
+
+    def capture(layer: int, x: torch.Tensor) -> None:
+        if not error_term:
+            lats[layer] = clt.encode_layer(layer, x.reshape(-1, x.shape[-1]).to(dtype))
+
+    def replace(layer: int, act: torch.Tensor) -> torch.Tensor:
+        if error_term:
+            return act  # act + (reconstruction - reconstruction): the clean activation, bitwise
+        shape = act.shape
+        new = clt.output_bias(layer).to(dtype)
+        for src in range(layer + 1):
+            new = new + clt.decode_layer(src, lats[src], layer)
+        new = new.reshape(shape).to(act.dtype)
+        if keep is not None:
+            k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)
+            new = torch.where(k, act, new)
+        return new
+
+    with ExitStack() as stack:
+        for layer, site in enumerate(input_sites):
+            src = module_at(model, site)
+            if site.endswith(":input"):
+                h = src.register_forward_pre_hook(lambda m, args, layer=layer: capture(layer, args[0]))
+            else:
+                h = src.register_forward_hook(lambda m, a, out, layer=layer: capture(layer, first_tensor(out)))
+            stack.callback(h.remove)
+        for layer, site in enumerate(output_sites):
+            stack.enter_context(patch_activation(model, site, lambda act, layer=layer: replace(layer, act)))
         yield
 
 

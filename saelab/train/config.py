@@ -42,6 +42,11 @@ class TrainConfig:
         default_factory=lambda: ["model.layers.6"],
         help="module names or globs ('A->B': a transcoder from site A to site B)",
     )
+    layers: str | None = opt(
+        None,
+        "all | 0-29 | 0,4,8: a transcoder from each layer's MLP input to its MLP output (the family's "
+        "sites; one per layer, or one --arch clt over them) and replacement.json; not with --hookpoints",
+    )
     model: str = model_option()
     model_b: str | None = opt(
         None,

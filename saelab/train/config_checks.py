@@ -21,6 +21,7 @@ from ..option_checks import (
 from ..sae import ARCHITECTURES, uses_k
 from ..sae.kind import LOSSES
 from .compile_check import check_compile
+from .layers import parse_layers
 from .type_options import option_default, type_option_owners
 
 
@@ -63,6 +64,7 @@ def check_run(cfg) -> None:
     if cfg.resume and cfg.overwrite:
         raise UserError("--resume and --overwrite contradict each other")
     _check_objective(cfg)
+    _check_layers(cfg)
     if cfg.compile:
         check_compile(cfg.device, cfg.loss, cfg.finetune_fraction)
     if cfg.init_from:  # a type option that sets how a new dictionary starts (kind.start_option)
@@ -73,6 +75,23 @@ def check_run(cfg) -> None:
                     f"{flag(name)} sets how a new dictionary starts; --init-from copies "
                     f"{cfg.init_from} as it is: drop {flag(name)}"
                 )
+
+
+def _check_layers(cfg) -> None:
+    """--layers (train/layers.py): its spelling, and what it cannot combine with; the range needs the model's
+    config and is checked where the sites are made (train/plan.py)."""
+    if cfg.layers is None:
+        return
+    parse_layers(cfg.layers)
+    if cfg.hookpoints != cfg.__dataclass_fields__["hookpoints"].default_factory():
+        raise UserError("--layers chooses the sites (each layer's MLP input -> output); drop --hookpoints")
+    for bad, what in ((cfg.init_from, "--init-from"), (cfg.model_b, "--model-b")):
+        if bad:
+            raise UserError(f"--layers trains a new replacement of one model; it does not combine with {what}")
+    if len(cfg.sweep_values()) > 1:
+        raise UserError(
+            "--layers trains one replacement (one dictionary per layer): give one --k / --sparsity-coeff and one --lr"
+        )
 
 
 def check_dictionary(cfg) -> None:

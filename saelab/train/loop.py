@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..out_folder import TRAINING_RUN, open_out
 from ..sae.folder import Provenance, save_sae
+from ..sae.replacement import write_replacement
 from ..storage import trim_jsonl
 from .checkpoint import CHECKPOINT, read_checkpoint_meta, save_checkpoint
 from .config import TrainConfig
@@ -272,6 +273,9 @@ class TrainingRun:
             )
             plot_train_log(self.out)
             (self.out / CHECKPOINT).unlink(missing_ok=True)
+            if self.plan.layers:  # a replacement folder (sae/replacement.py): its manifest is the last file written
+                kind = "clt" if cfg.kind.capabilities.multi_site else "plt"
+                write_replacement(self.out, kind, self.plan.layers, cfg.model, inputs.model_name, folders)
         par.barrier()
         par.close()
         print(
