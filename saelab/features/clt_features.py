@@ -36,9 +36,7 @@ def clt_sites(sae) -> tuple[list[str], list[str]]:
 def own_decoders(clt) -> torch.Tensor:
     """[L*n, d_site_out] raw space: latent g's decoder into its own layer (g // n)'s MLP output."""
     n = clt.n_per_layer
-    return torch.cat(
-        [clt.decoder_vectors(torch.arange(l * n, (l + 1) * n), l) for l in range(clt.n_layers)]
-    ).float()
+    return torch.cat([clt.decoder_vectors(torch.arange(l * n, (l + 1) * n), l) for l in range(clt.n_layers)]).float()
 
 
 @torch.no_grad()
