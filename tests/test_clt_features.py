@@ -187,9 +187,14 @@ def test_explain_and_intervention_score_run_on_a_clt_cache(explained, cached):
     r = load_run(run)
     assert [r.explanations[j]["status"] for j in lat] == ["ok", "ok"]
     assert main(["score", str(run), "--scorers", "intervention"]) == 0
-    rows = [json.loads(x) for x in (run / "scores.jsonl").read_text().splitlines()]
-    got = {x["latent"]: x for x in rows if x.get("scorer") == "intervention"}
+    got = load_run(run).scores["intervention"]
     assert set(got) == set(lat) and all(got[j]["ok"] for j in lat), got
+    # it steers each latent at its own layer's MLP output, along the decoder the cache recorded
+    from saelab.interpret.scorers.intervention import InterventionScorer
+
+    sc = InterventionScorer(load_model(cached.manifest["model_spec"]), cached, "clt")
+    outs = cached.info("clt")["clt"]["output_sites"]
+    assert [sc.site(j) for j in lat] == [outs[0], outs[2]]
 
 
 def test_feature_page_shows_encoder_layer_and_decoder_norms(explained, cached, clt_run, lm):
