@@ -19,7 +19,7 @@ from saelab.errors import UserError
 from saelab.families import family_of
 from saelab.features.clt_features import own_decoders, summed_decoders
 from saelab.features.latent_cache import LatentCache
-from saelab.features.steer import FeatureEdit, FeatureSteer, steering_context
+from saelab.features.steer import FeatureEdit, FeatureSteer, _cache_kwarg, steering_context
 from saelab.models import collect_activations, load_model
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.clt import CrossLayerTranscoder
@@ -328,7 +328,8 @@ def test_clt_clamp_kv_cached_equals_full_recompute(clt_run, lm):
         with ctx():
             out = lm.model(input_ids=ids[:, :-1], use_cache=True)
         with ctx():
-            last = lm.model(input_ids=ids[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits[0, -1]
+            past = {_cache_kwarg(lm.model): getattr(out, "cache", None) or out.past_key_values}
+            last = lm.model(input_ids=ids[:, -1:], use_cache=True, **past).logits[0, -1]
     assert torch.allclose(full, last, atol=1e-4)
 
 
