@@ -228,7 +228,7 @@ def test_eval_replacement_metrics_match_each_transcoders_own_eval(plt_run, tmp_p
 # ------------------------------------------------------------ CLT
 
 
-def _clt_folder(tmp_path, model_dir, n=32, k=4):
+def _clt_folder(tmp_path, model_dir, n=32, k=4, corpus="builtin"):
     """A random CLT over the tiny llama's 4 MLPs, saved as a replacement folder of kind clt."""
     plan = layer_plan(str(model_dir), "all")
     L, d = len(plan.layers), 64
@@ -247,7 +247,7 @@ def _clt_folder(tmp_path, model_dir, n=32, k=4):
     from saelab.sae.folder import Provenance
 
     out = tmp_path / "clt"
-    f = save_sae(sae, out / "clt", Provenance(model_spec=str(model_dir)))
+    f = save_sae(sae, out / "clt", Provenance(model_spec=str(model_dir), corpus=str(corpus), context=64))
     write_replacement(out, "clt", plan, str(model_dir), "tiny", [f])
     return out
 
@@ -276,3 +276,66 @@ def test_clt_splice_is_causal_and_error_terms_give_the_clean_model(tmp_path, tin
     for t, h in enumerate(rep.output_sites):
         want = clt.output_bias(t) + sum(clt.decode_layer(s, lats[s], t) for s in range(t + 1))
         assert torch.allclose(store[h].reshape(-1, 64), want, atol=1e-5)
+
+
+def test_layers_subset_with_jumprelu_and_skip(tmp_path, tiny_model_dir, text_corpus):
+    out = tmp_path / "j"
+    train(
+        layers_cfg(
+            out,
+            tiny_model_dir,
+            text_corpus,
+            layers="1,3",
+            arch="jumprelu",
+            sparsity_coeff=[1e-3],
+            skip=True,
+            tokens=1024,
+        )
+    )
+    rep = open_replacement(out)
+    assert rep.layers == [1, 3] and [f.sae.cfg.arch for f in rep.folders] == ["jumprelu", "jumprelu"]
+    assert [f.sae.cfg.hookpoint for f in rep.folders] == [f"model.layers.{i}.post_attention_layernorm" for i in (1, 3)]
+    lm = load_model(str(tiny_model_dir))
+    ids = _ids()
+    with torch.no_grad():
+        clean = lm.model(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(_spliced_logits(lm, rep, ids, error_terms=True), clean, atol=1e-5)
+
+
+def test_eval_of_a_clt_replacement(tmp_path, tiny_model_dir, text_corpus):
+    folder = _clt_folder(tmp_path, tiny_model_dir, corpus=text_corpus)
+    rec = evaluate(EvalConfig(sae_dirs=[str(folder)], tokens=512, ce_tokens=128, threads=2), True)
+    rec = json.loads((folder / "replacement_metrics.json").read_text())
+    m = rec["metrics"]
+    assert rec["kind"] == "clt" and [r["layer"] for r in m["layers"]] == [0, 1, 2, 3]
+    assert all(r["fvu"] > 0 and 0 < r["l0"] <= 4 for r in m["layers"])
+    assert m["error_terms_max_abs_logit_diff"] < 1e-4 and m["kl"] > 0
+
+
+def test_layers_all_with_arch_clt_trains_one_clt_and_evaluates_as_its_folder(tmp_path, tiny_model_dir, text_corpus):
+    out = tmp_path / "c"
+    train(layers_cfg(out, tiny_model_dir, text_corpus, arch="clt", latents=32, k=[4], tokens=2048))
+    rep = open_replacement(out)
+    assert rep.kind == "clt" and len(rep.folders) == 1 and rep.dictionaries[0].n_per_layer == 32
+    lm = load_model(str(tiny_model_dir))
+    ids = _ids()
+    with torch.no_grad():
+        clean = lm.model(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(_spliced_logits(lm, rep, ids, error_terms=True), clean, atol=1e-5)
+    evaluate(EvalConfig(sae_dirs=[str(out)], tokens=512, ce_tokens=0, threads=2), True)
+    layers = json.loads((out / "replacement_metrics.json").read_text())["metrics"]["layers"]
+    own = tmp_path / "own.json"  # the CLT's own folder through `saelab eval` (per output site, clean inputs)
+    evaluate(EvalConfig(sae_dirs=[str(rep.folders[0].path)], tokens=512, ce_tokens=0, out=str(own), threads=2), True)
+    per_site = json.loads(own.read_text())["metrics"]["fvu_per_site"]
+    assert [r["fvu"] for r in layers] == pytest.approx([per_site[h] for h in rep.output_sites], rel=1e-5)
+
+
+def test_overwrite_of_a_replacement_folder_removes_its_replacement_files(plt_run, tmp_path):
+    from saelab.out_folder import TRAINING_RUN, kind_of, open_out
+
+    dst, _ = _copy(plt_run, tmp_path)
+    (dst / "replacement_metrics.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")
+    assert kind_of(dst) is TRAINING_RUN
+    open_out(dst, TRAINING_RUN, overwrite=True).prepare()
+    assert sorted(p.name for p in dst.iterdir()) == ["notes.txt"]

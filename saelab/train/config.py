@@ -191,7 +191,8 @@ class TrainConfig:
         """Everything that can be checked before the model loads: the run's own options, then the
         dictionary's. (train/plan.py checks the two halves around --init-from's adoption, each once.)"""
         self.check_run()
-        self.check_dictionary()
+        if self.layers is None:  # --layers: the sites come from the model's config; train/plan.py checks them
+            self.check_dictionary()
 
     def check_run(self) -> None:
         """Types, then the ranges of every option that a dictionary (--init-from) does not fix (config_checks.py)."""
