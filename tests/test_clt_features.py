@@ -55,10 +55,8 @@ def clt_run(tmp_path_factory, tiny_model_dir, text_corpus):
     clt = build_sae(cfg)
     clt.reset_parameters(torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for l, w in enumerate(clt.W_dec):  # target t gets norm 3 / (1 + t - l): "strongest at its own layer"
-            w.div_(w.norm(dim=-1, keepdim=True)).mul_(
-                3.0 / torch.arange(1, L - l + 1, dtype=torch.float32)[None, :, None]
-            )
+        for l, w in enumerate(clt.W_dec):  # [L-l, n, d]: target t gets norm 3 / (1 + t - l), strongest at l
+            w.div_(w.norm(dim=-1, keepdim=True)).mul_(3.0 / torch.arange(1, L - l + 1.0)[:, None, None])
     out = tmp_path_factory.mktemp("clt") / "run"
     f = save_sae(clt.eval(), out / "clt", _prov(tiny_model_dir, text_corpus))
     write_replacement(out, "clt", plan, str(tiny_model_dir), "tiny", [f])
