@@ -343,3 +343,20 @@ def test_saelab_steer_on_a_clt_folder(clt_run, cached, tmp_path, capsys):
         from saelab.features.steering import SteeringRequest
 
         SteeringRequest(["x"], positive=["a"], negative=["b"]).check_sae(open_sae(clt_run / "clt").sae)
+
+
+def test_web_app_fire_reads_every_layer_of_a_clt(explained, cached, clt_run, lm):
+    from saelab.features.steer import encode_prompt
+    from saelab.view.feature_store import FeatureStore
+    from saelab.view.web_app import App
+
+    store = FeatureStore.build(clt_run / "clt", cache=cached.path, model=lm.model, tokenizer=lm.tokenizer)
+    text = "The cat sat on the mat because it was warm"
+    g = explained[1][1]
+    got = App([store]).fire(store, text, 8, g)
+    ids = encode_prompt(lm.tokenizer, text)
+    want = store.dense_acts(collect_activations(lm.model, ids, store.sites))  # [T, L*n]
+    assert [t["act"] for t in got["tokens"]] == pytest.approx(want[1:, g].tolist(), abs=1e-6)
+    layers = {f["id"] // N for t in got["tokens"] for f in t["features"]}
+    assert layers == {0, 1, 2, 3}  # the top features of a token come from every layer's encoder
+    assert got["max_act"] == pytest.approx(float(cached.max_activation("clt")[g]))
