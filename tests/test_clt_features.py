@@ -360,3 +360,34 @@ def test_web_app_fire_reads_every_layer_of_a_clt(explained, cached, clt_run, lm)
     layers = {f["id"] // N for t in got["tokens"] for f in t["features"]}
     assert layers == {0, 1, 2, 3}  # the top features of a token come from every layer's encoder
     assert got["max_act"] == pytest.approx(float(cached.max_activation("clt")[g]))
+
+
+def test_a_trained_batchtopk_clt_run_caches_as_its_encoder_says(tmp_path, tiny_model_dir, text_corpus, lm):
+    """`train --layers all --arch clt --clt-sparsity batchtopk` -> `saelab cache RUN`: the cached values are
+    the trained CLT's (inference thresholds) on each layer's input, its decoder norms the folder's."""
+    from conftest import train_cfg
+
+    from saelab.train.config import TrainConfig
+    from saelab.train.loop import train
+
+    hp = TrainConfig.__dataclass_fields__["hookpoints"].default_factory()
+    kw = dict(arch="clt", clt_sparsity="batchtopk", latents=16, k=[2], tokens=2048, layers="all", hookpoints=hp)
+    train(train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, **kw))
+    clt = _clt(tmp_path / "run")
+    assert clt.sparsity == "batchtopk"
+    assert main(["cache", str(tmp_path / "run"), "--tokens", "1024", "--out", str(tmp_path / "c")]) == 0
+    lc = LatentCache.open(tmp_path / "c")
+    (name,) = lc.sae_names
+    assert torch.equal(lc.decoder_norms(name), clt.decoder_norms().float())
+    row = 3
+    ids = torch.from_numpy(lc.tokens[row][None].astype(np.int64))
+    sites = clt.cfg.hookpoint.split("+")
+    acts = collect_activations(lm.model, ids, sites)
+    with torch.no_grad():
+        dense = torch.cat([clt.encode_layer(l, acts[h][0]).to_dense() for l, h in enumerate(sites)], 1)  # [T, 64]
+    keep = ~torch.from_numpy(np.array(lc.excluded[row]))
+    got = torch.zeros_like(dense)
+    for g in range(lc.d_sae(name)):
+        rows, pos, vals = lc.latent_records(name, g)
+        got[pos[rows == row], g] = torch.from_numpy(vals[rows == row])
+    assert torch.allclose(got[keep], dense[keep], atol=1e-5) and dense[keep].gt(0).any()
