@@ -391,3 +391,15 @@ def test_a_trained_batchtopk_clt_run_caches_as_its_encoder_says(tmp_path, tiny_m
         rows, pos, vals = lc.latent_records(name, g)
         got[pos[rows == row], g] = torch.from_numpy(vals[rows == row])
     assert torch.allclose(got[keep], dense[keep], atol=1e-5) and dense[keep].gt(0).any()
+
+
+def test_writes_names_the_models_layers_of_a_clt_over_some_layers():
+    from saelab.features.clt_features import writes
+
+    norms = torch.tensor([[0.5, 2.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.25]])  # [L*n, L], n = 1, L = 3
+    w = writes(norms, 0, 1, [4, 8, 12])
+    assert w["layer"] == 4 and w["strongest"] == 8 and [t["layer"] for t in w["targets"]] == [4, 8, 12]
+    assert [t["rel"] for t in w["targets"]] == [0.25, 1.0, 0.5]
+    assert writes(norms, 1, 1, [4, 8, 12])["strongest"] is None  # a dead decoder: no strongest layer
+    w = writes(norms, 2, 1, [4, 8, 12])
+    assert w["layer"] == 12 and [t["layer"] for t in w["targets"]] == [12] and w["strongest"] == 12
