@@ -339,3 +339,13 @@ def test_overwrite_of_a_replacement_folder_removes_its_replacement_files(plt_run
     assert kind_of(dst) is TRAINING_RUN
     open_out(dst, TRAINING_RUN, overwrite=True).prepare()
     assert sorted(p.name for p in dst.iterdir()) == ["notes.txt"]
+
+
+def test_cli_layers_errors_exit_2(tmp_path, tiny_model_dir, text_corpus, capsys):
+    from saelab.cli import main
+
+    base = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--out", str(tmp_path / "o")]
+    assert main([*base, "--layers", "0-1", "--hookpoints", "model.layers.1"]) == 2
+    assert "drop --hookpoints" in capsys.readouterr().err
+    assert main([*base, "--layers", "2,9"]) == 2
+    assert "layer 9 is out of range" in capsys.readouterr().err and not (tmp_path / "o").exists()

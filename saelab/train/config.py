@@ -189,7 +189,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Everything that can be checked before the model loads: the run's own options, then the
-        dictionary's. (train/plan.py checks the two halves around --init-from's adoption, each once.)"""
+        dictionary's. (train/plan.py checks the two halves around --init-from's adoption, each once,
+        and the dictionary of a --layers run on the sites it derives from the model's config.)"""
         self.check_run()
         if self.layers is None:  # --layers: the sites come from the model's config; train/plan.py checks them
             self.check_dictionary()

@@ -88,7 +88,7 @@ def _check_layers(cfg) -> None:
     for bad, what in ((cfg.init_from, "--init-from"), (cfg.model_b, "--model-b")):
         if bad:
             raise UserError(f"--layers trains a new replacement of one model; it does not combine with {what}")
-    if len(cfg.sweep_values()) > 1:
+    if cfg.arch in ARCHITECTURES and len(cfg.sweep_values()) > 1:  # (an unknown --arch: check_dictionary says so)
         raise UserError(
             "--layers trains one replacement (one dictionary per layer): give one --k / --sparsity-coeff and one --lr"
         )
