@@ -24,7 +24,18 @@ Python API (stable; other modules and the dashboards read caches only through it
     cache.max_activation(name)        np.float32 [d_sae]      largest value per latent (0 if never fired)
     cache.decoder(name)               torch.float32 [d_sae, d_model] or None: each latent's output
                                       direction (SAE W_dec; a Linear's weight columns for neurons)
+    cache.decoder_norms(name)         torch.float32 [d_sae, L] or None: a cross-layer transcoder's decoder
+                                      norm of each latent into each of its L layers (0 before its own)
+    cache.steer_site(name, j)         str or None: where latent j writes its `decoder` row (a CLT: its own
+                                      layer's MLP output; else steer_hookpoint)
     cache.info(name)                  dict: kind (sae|neurons), source, hookpoint, steer_hookpoint, d_sae
+                                      (a CLT: `clt` {n_layers, n_per_layer, input_sites, output_sites})
+
+A cross-layer transcoder (sae/clt.py) is ONE dictionary of L*n latents, global id g = l*n + j, latent g
+encoded from layer l's MLP input (hookpoint: the L input sites joined by '+', all collected in the same
+forward); its `decoder` row is its decoder into its own layer's MLP output (steer_hookpoint: the L output
+sites joined by '+'), and decoder_norms.safetensors says how strongly it writes to every layer
+(features/clt_features.py). A replacement folder (sae/replacement.py) caches each of its dictionaries.
     cache.manifest                    dict: the manifest below
 
 On-disk format (version 1; safetensors and .npy only, never pickle):
@@ -43,6 +54,7 @@ On-disk format (version 1; safetensors and .npy only, never pickle):
     CACHE/dicts/NAME/stats.safetensors   fire_counts int64 [d_sae], max_activation float32 [d_sae],
                                          sum_activation float64 [d_sae]
     CACHE/dicts/NAME/decoder.safetensors W_dec float32 [d_sae, d_model] (absent if unknown)
+    CACHE/dicts/NAME/decoder_norms.safetensors  norms float32 [d_sae, L] (a CLT only: per target layer)
 
 While running, finished chunks live in CACHE/chunks/NAME/chunk_CCCCC.safetensors (records of
 `chunk_rows` rows sorted by latent, with `shard_offsets`); memory holds one chunk at a time, and
@@ -64,6 +76,7 @@ from ..storage import read_json, read_npy, read_tensors
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+DECODER_NORMS = "decoder_norms.safetensors"  # a CLT's [d_sae, L] decoder norms (optional file)
 
 
 def dict_dirname(name: str) -> str:
@@ -181,6 +194,18 @@ class LatentCache:
         self._check(name)
         p = self._dir(name) / "decoder.safetensors"
         return read_tensors(p)["W_dec"] if p.exists() else None
+
+    def decoder_norms(self, name: str) -> torch.Tensor | None:
+        self._check(name)
+        p = self._dir(name) / DECODER_NORMS
+        return read_tensors(p)["norms"] if p.exists() else None
+
+    def steer_site(self, name: str, latent: int) -> str | None:
+        info = self._check(name)
+        clt = info.get("clt")
+        if clt:
+            return clt["output_sites"][latent // int(clt["n_per_layer"])]
+        return info.get("steer_hookpoint")
 
     def __repr__(self) -> str:
         return (

@@ -50,8 +50,8 @@ def _encode_batch(run: CacheRun, ids: torch.Tensor, b0: int, recs: dict, special
     excl = excluded_positions([acts[h] for h in run.hookpoints], ids, run.sink, specials)  # [B, T]
     keep_pos = ~excl.reshape(-1)
     for d in run.dicts:
-        x = acts[d.hookpoint].reshape(-1, acts[d.hookpoint].shape[-1]).float()  # [B*T, d]
-        flat_row, lat, val = d.encode(x)
+        xs = [acts[h].reshape(-1, acts[h].shape[-1]).float() for h in d.sites]  # [B*T, d] per site
+        flat_row, lat, val = d.encode(*xs)
         m = keep_pos[flat_row]
         flat_row, lat, val = flat_row[m], lat[m], val[m]
         r = recs[d.name]

@@ -18,10 +18,11 @@ from ..errors import UserError
 from ..models import LoadedModel
 from ..out_folder import LATENT_CACHE, open_out
 from ..sae.folder import Provenance, open_sae, open_shared_data, shared_provenance, unique_names
+from ..sae.replacement import is_replacement, open_replacement
 from ..sinks import SinkConfig
 from ..storage import fingerprint, read_json, write_json, write_tensors
 from .cache_config import LatentCacheConfig
-from .latent_cache import FORMAT_VERSION, MANIFEST, check_files, dict_dirname, save_npy
+from .latent_cache import DECODER_NORMS, FORMAT_VERSION, MANIFEST, check_files, dict_dirname, save_npy
 from .latent_cache_merge import CacheRun, collect, finalise
 from .latent_dictionaries import Dictionary, neuron_dictionary, refuse_crosscoder, sae_dictionary
 
@@ -41,8 +42,7 @@ class _Plan:
 
 def _plan(cfg: LatentCacheConfig, sink: SinkConfig | None) -> _Plan:
     """Check the inputs (SAE folders, the data they agree on) and name the cache by its request."""
-    sae_dirs = [Path(d) for d in cfg.sae_dirs]
-    folders = [open_sae(d) for d in sae_dirs]  # bad folders fail here, before the model loads
+    sae_dirs, folders = dictionary_folders(cfg.sae_dirs)  # bad folders fail here, before the model loads
     for d, f in zip(sae_dirs, folders):
         refuse_crosscoder(d, f.sae)
     prov = shared_provenance(folders, cfg.model, cfg.corpus, cfg.context)
@@ -69,6 +69,22 @@ def _plan(cfg: LatentCacheConfig, sink: SinkConfig | None) -> _Plan:
         if v != getattr(Provenance(), k)
     }
     return _Plan(folders, sae_dirs, names, prov, sink, request, fingerprint(request))
+
+
+def dictionary_folders(dirs: list[str]) -> tuple[list[Path], list]:
+    """(paths, opened SaeFolders) of the dictionaries to cache: an SAE folder is one; a replacement folder
+    (sae/replacement.py, opened and checked by `open_replacement`) gives each of its dictionaries (one per
+    layer of a PLT set, or its one CLT)."""
+    paths, folders = [], []
+    for d in dirs:
+        if is_replacement(d):
+            rep = open_replacement(d)
+            paths += [Path(f.path) for f in rep.folders]
+            folders += rep.folders
+        else:
+            paths.append(Path(d))
+            folders.append(open_sae(Path(d)))
+    return paths, folders
 
 
 def _already_complete(out: Path, progress: bool) -> bool:
@@ -147,12 +163,12 @@ def _open_run(cfg: LatentCacheConfig, plan: _Plan, folder, loaded_model: LoadedM
         dtype=cfg.dtype,
     )
     lm = data.lm  # the SAEs' sites and widths are checked against the model there
-    hookpoints = resolve_hookpoints(
-        lm.model, [f.sae.cfg.hookpoint for f in plan.folders] + ([cfg.neurons] if cfg.neurons else [])
-    )
     dicts = [sae_dictionary(d, name, f.sae) for d, name, f in zip(plan.sae_dirs, plan.names, plan.folders)]
     if cfg.neurons:
+        resolve_hookpoints(lm.model, [cfg.neurons])
         dicts.append(neuron_dictionary(lm.model, cfg.neurons, cfg.neuron_k))
+    # every site of every dictionary (a CLT: each layer's MLP input), collected in one forward
+    hookpoints = resolve_hookpoints(lm.model, [h for d in dicts for h in d.sites])
     hookpoints = depth_order(lm.model, hookpoints)
     context = plan.prov.context
     row_ids = _select_rows(cfg, data.rows, context, plan.prov.corpus)
@@ -167,6 +183,8 @@ def _open_run(cfg: LatentCacheConfig, plan: _Plan, folder, loaded_model: LoadedM
             (out / "dicts" / dict_dirname(d.name)).mkdir(parents=True, exist_ok=True)
             if d.decoder is not None:
                 write_tensors(out / "dicts" / dict_dirname(d.name) / "decoder.safetensors", {"W_dec": d.decoder})
+            if d.decoder_norms is not None:
+                write_tensors(out / "dicts" / dict_dirname(d.name) / DECODER_NORMS, {"norms": d.decoder_norms})
         write_json(mpath, manifest)
     return CacheRun(cfg, out, lm, dicts, hookpoints, plan.sink, context, len(row_ids), manifest)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .clt_features import clt_info, is_clt, own_decoders
 from .latent_cache import dict_dirname
 
 
@@ -26,8 +27,14 @@ class Dictionary:
     d_sae: int
     steer_hookpoint: str | None
     decoder: torch.Tensor | None  # [d_sae, d_model]
-    encode: Callable
+    encode: Callable  # one raw activation [N, d] per site of `sites`
     extra: dict = field(default_factory=dict)
+    decoder_norms: torch.Tensor | None = None  # a CLT: [d_sae, L] each latent's decoder norm per target layer
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites `encode` reads, in order: one, or a CLT's L MLP inputs (its hookpoint joined by '+')."""
+        return self.hookpoint.split("+")
 
     def info(self, shard_size: int) -> dict:
         return {
@@ -53,6 +60,8 @@ def refuse_crosscoder(folder, sae) -> None:
 
 
 def sae_dictionary(folder: Path, name: str, sae) -> Dictionary:
+    if is_clt(sae):
+        return clt_dictionary(folder, name, sae)
 
     def encode(x):  # x [N, d_in] raw -> flat (row, latent, value) with value > 0
         rows, idx, vals = sae.encode_raw(x).flat()
@@ -62,6 +71,35 @@ def sae_dictionary(folder: Path, name: str, sae) -> Dictionary:
     steer = sae.cfg.out_hookpoint or sae.cfg.hookpoint
     return Dictionary(
         name, "sae", str(folder), sae.cfg.hookpoint, sae.cfg.d_sae, steer, sae.W_dec.detach().clone(), encode
+    )
+
+
+def clt_dictionary(folder: Path, name: str, clt) -> Dictionary:
+    """A cross-layer transcoder as ONE dictionary of L*n latents, global id g = l*n + j: layer l's latents
+    encoded from layer l's MLP input (every input site collected in the same forward). Its recorded
+    `decoder` is each latent's decoder into its own layer's MLP output (features/clt_features.py says why),
+    `decoder_norms` [L*n, L] its decoder norm into every layer; steering sites are the MLP outputs."""
+    n = clt.n_per_layer
+
+    def encode(*xs):  # one raw [N, d_site_in] per layer -> flat (row, global latent, value), value > 0
+        parts = []
+        for l, x in enumerate(xs):
+            rows, idx, vals = clt.encode_layer(l, x).flat()
+            keep = vals > 0
+            parts.append((rows[keep], idx[keep] + l * n, vals[keep]))
+        return tuple(torch.cat(p) for p in zip(*parts))
+
+    return Dictionary(
+        name,
+        "sae",
+        str(folder),
+        clt.cfg.hookpoint,
+        clt.cfg.d_sae,
+        clt.cfg.out_hookpoint,
+        own_decoders(clt),
+        encode,
+        {"clt": clt_info(clt)},
+        clt.decoder_norms().float(),
     )
 
 

@@ -4,7 +4,9 @@ An edit clamps a latent to a value (absolute, or a multiple of the latent's maxi
 activation) or adds a value to it (= adds that multiple of its decoder direction to the
 activation). The SAE is spliced with its reconstruction error kept (`splice.spliced(...,
 error_term=True)`), so with no edit the model's output is bitwise its own; only the change of the
-decoded latents is added to the activation.
+decoded latents is added to the activation. A cross-layer transcoder's latent (global id l * n + j) is
+edited at its encoder layer l and its change decoded into the MLP output of every layer from l on
+(`splice.clt_spliced`, features/clt_features.py), errors kept the same way.
 
 Generation is our own small KV-cached loop (one forward per new token) so that:
   - the same `seed` gives the same random stream to the steered and the unsteered run
@@ -32,7 +34,8 @@ import torch
 from ..errors import UserError
 from ..models import collect_activations, patch_activation
 from ..sae import SparseCoder
-from ..sae.splice import spliced
+from ..sae.splice import clt_spliced, spliced
+from .clt_features import CltLayerEdit, clt_sites, is_clt
 
 OPS = ("clamp", "add")
 
@@ -128,6 +131,10 @@ def steering_context(model, sae: SparseCoder | None, steer) -> Callable:
         return nullcontext
     if isinstance(steer, DirectionSteer):
         return lambda: patch_activation(model, steer.hookpoint, steer)
+    if is_clt(sae):  # edited at its encoder layer, decoded into every later layer's MLP output
+        ins, outs = clt_sites(sae)
+        layer_edit = CltLayerEdit(steer, sae.n_per_layer)
+        return lambda: clt_spliced(model, sae, ins, outs, error_term=True, edit=layer_edit)
     return lambda: spliced(model, sae, error_term=True, edit=steer)
 
 

@@ -88,6 +88,8 @@ class SteeringRequest:
             raise UserError("feature edits need an SAE folder")
         if self.contrastive and not (self.hookpoint or sae is not None):
             raise UserError("a contrastive direction needs --hookpoint (or an SAE folder, whose site is used)")
+        if self.contrastive and not self.hookpoint and sae is not None and "+" in sae.cfg.hookpoint:
+            raise UserError("a contrastive direction with a multi-site dictionary (a CLT) needs --hookpoint")
 
 
 @dataclass

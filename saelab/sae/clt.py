@@ -126,7 +126,7 @@ class CrossLayerTranscoder(SparseCoder):
         losses=LOCAL_ONLY,  # e2e needs a causal splice of every layer inside the training forward
         transcoder=True,
         multi_site=True,
-        latent_cache=False,
+        latent_cache=True,  # one dictionary of L*n latents, each at its own layer (features/clt_features.py)
         torchrun=(),
         one_process_why="the distributed activation stream hands each SAE one site, a CLT needs every layer's "
         "input and output in one batch",

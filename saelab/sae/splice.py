@@ -21,6 +21,7 @@ import torch
 from ..errors import UserError
 from ..models import first_tensor, module_at, patch_activation
 from . import SparseCoder
+from .latents import from_dense
 from .registry import multi_site
 
 
@@ -82,25 +83,50 @@ def spliced(
 
 @contextmanager
 def clt_spliced(
-    model, clt, input_sites: list[str], output_sites: list[str], keep: torch.Tensor | None = None, error_term=False
+    model,
+    clt,
+    input_sites: list[str],
+    output_sites: list[str],
+    keep: torch.Tensor | None = None,
+    error_term=False,
+    edit: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[None]:
     """Every MLP output the CLT covers, replaced in one forward through its raw-space API (encode_layer,
     decode_layer, output_bias); `keep` [batch, seq] positions stay clean; `error_term`: the reconstruction
-    error added back (the clean output, as `spliced` does)."""
-    lats: dict[int, object] = {}  # CLT layer -> its latents in this forward (inputs run before outputs)
+    error added back (the clean output, as `spliced` does). `edit(layer, dense [batch, seq, n]) -> edited`
+    changes layer `layer`'s latents (local ids) as they are encoded (steering, features/clt_features.py);
+    with `error_term` each MLP output t then gets act_t + sum_{l <= t} decode(edited_l - clean_l -> t), so
+    an edit that changes nothing leaves the forward bitwise the model's own, and an edit at layer l writes
+    into every MLP output from l on and none before."""
+    lats: dict[int, object] = {}  # CLT layer -> its latents (or their edit's change) in this forward
     dtype = next(clt.parameters()).dtype
 
     def capture(layer: int, x: torch.Tensor) -> None:
-        if not error_term:
-            lats[layer] = clt.encode_layer(layer, x.reshape(-1, x.shape[-1]).to(dtype))
+        if error_term and edit is None:
+            return
+        flat = x.reshape(-1, x.shape[-1]).to(dtype)
+        lat = clt.encode_layer(layer, flat)
+        if edit is not None:
+            dense = lat.to_dense()  # [rows, n]
+            edited = edit(layer, dense.view(*x.shape[:-1], -1).clone()).reshape(dense.shape)
+            lat = from_dense(edited - dense) if error_term else from_dense(edited)
+        lats[layer] = lat
 
     def replace(layer: int, act: torch.Tensor) -> torch.Tensor:
-        if error_term:
+        if error_term and edit is None:
             return act  # act + (reconstruction - reconstruction): the clean activation, bitwise
         shape = act.shape
-        new = clt.output_bias(layer).to(dtype)
-        for src in range(layer + 1):
-            new = new + clt.decode_layer(src, lats[src], layer)
+        if error_term:
+            changed = [s for s in range(layer + 1) if lats[s].values.numel()]
+            if not changed:
+                return act
+            new = act.reshape(-1, shape[-1]).to(dtype)
+            for src in changed:
+                new = new + clt.decode_layer(src, lats[src], layer)
+        else:
+            new = clt.output_bias(layer).to(dtype)
+            for src in range(layer + 1):
+                new = new + clt.decode_layer(src, lats[src], layer)
         new = new.reshape(shape).to(act.dtype)
         if keep is not None:
             k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)

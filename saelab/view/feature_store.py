@@ -10,7 +10,9 @@ Per feature (`view(i)`): firing density, activation histogram, top activating ex
 examples from equal-width activation ranges (tokens with this feature's activation at each
 position), the tokens its decoder direction most promotes / suppresses through the final norm
 and the unembedding (as the model's family defines them, families.py), the explanation and
-scores when an interpretation record exists, and the nearest features by decoder cosine.
+scores when an interpretation record exists, and the nearest features by decoder cosine. A cross-layer
+transcoder's latent (features/clt_features.py) also shows its encoder layer and its decoder norm into
+every layer it writes to (`clt`); its logit effects read its decoders summed over those layers.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import torch
 from ..errors import UserError
 from ..families import family_of
 from ..features.cache_config import LatentCacheConfig
+from ..features.clt_features import clt_sites, is_clt, own_decoders, summed_decoders, writes
 from ..features.latent_cache import LatentCache
 from ..features.latent_cache_writer import write_latent_cache
 from ..interpret.records import Interpretation, interpretations
-from ..models import LoadedModel
+from ..models import LoadedModel, layer_index
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
 
@@ -74,6 +77,11 @@ class FeatureStore:
         self.max_act = cache.max_activation(dict_name).astype(np.float32)  # [d_sae]
         self.n_positions = int(cache.manifest["n_positions"])
         self._tokstr: dict[int, str] = {}
+        self.clt = is_clt(sae)
+        if self.clt:  # the cache's decoder norms per target layer (the CLT's own when the cache lacks them)
+            norms = cache.decoder_norms(dict_name)
+            self.decoder_norms = norms if norms is not None else sae.decoder_norms()
+            self.model_layers = [layer_index(model, h) for h in clt_sites(sae)[1]]
         self._logits()
         self._nearest()
         self._top_tokens()
@@ -124,7 +132,9 @@ class FeatureStore:
         self.promoted = self.suppressed = None
         fam = family_of(self.model)
         U = fam.unembedding(self.model)  # [vocab, d_model]
-        W = self.sae.W_dec.detach()  # [d_sae, d_out]
+        # [d_sae, d_out]; a CLT latent: its decoders summed over every target layer (the direct path,
+        # features/clt_features.py)
+        W = summed_decoders(self.sae) if self.clt else self.sae.W_dec.detach()
         if U is None or U.shape[1] != W.shape[1]:
             return  # a site whose width is not the residual stream's: no logit lens
         norm = fam.final_norm_fn(self.model)  # the family's final norm on directions (Gemma: 1 + weight)
@@ -139,7 +149,7 @@ class FeatureStore:
 
     @torch.no_grad()
     def _nearest(self) -> None:
-        W = self.sae.W_dec.detach()
+        W = own_decoders(self.sae) if self.clt else self.sae.W_dec.detach()  # what the cache records as decoder
         W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
         ids, vals = [], []
         k = min(N_NEAREST, W.shape[0] - 1)
@@ -181,6 +191,27 @@ class FeatureStore:
             s = self.tok.decode([tid])
             self._tokstr[tid] = s
         return s
+
+    @property
+    def site_label(self) -> str:
+        """Where the features live, in words (a CLT: its layers, not its L joined sites)."""
+        if not self.clt:
+            return self.sae.cfg.hookpoint
+        a, b = self.model_layers[0], self.model_layers[-1]
+        return f"cross-layer transcoder over layers {a}-{b} ({self.sae.n_per_layer} per layer; MLP inputs -> outputs)"
+
+    @torch.no_grad()
+    def dense_acts(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[T, d_sae] every feature's activation on row 0 of the activations at `self.sites` (a CLT: layer
+        l's latents from layer l's MLP input)."""
+        if self.clt:
+            return torch.cat([self.sae.encode_layer(l, acts[h][0]).to_dense() for l, h in enumerate(self.sites)], 1)
+        return self.sae.encode_raw(acts[self.sites[0]][0]).to_dense()
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites the features read (a CLT: each layer's MLP input)."""
+        return clt_sites(self.sae)[0] if self.clt else [self.sae.cfg.hookpoint]
 
     def check_latent(self, i: int) -> int:
         if not 0 <= i < self.d_sae:
@@ -249,7 +280,14 @@ class FeatureStore:
             "sae": self.name,
             "id": i,
             "d_sae": self.d_sae,
-            "hookpoint": self.sae.cfg.hookpoint,
+            "hookpoint": self.sites[i // self.sae.n_per_layer] if self.clt else self.sae.cfg.hookpoint,
+            "clt": writes(self.decoder_norms, i, self.sae.n_per_layer, self.model_layers) if self.clt else None,
+            "logit_note": (
+                "its decoders summed over the layers it writes to, through the final norm and unembedding "
+                "(the direct path: what the later layers do with it is left out)"
+                if self.clt
+                else "decoder direction through the final norm and unembedding"
+            ),
             "density": float(self.freq[i]),
             "fires": int(len(vals)),
             "n_positions": self.n_positions,

@@ -45,6 +45,13 @@ FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'ArrowRight' ? 'next' : ''); if (a) location.href = a.href; });</script>
 <h1 id="title">{{ f.sae }} &middot; feature {{ f.id }}</h1>
 <p class="muted">hookpoint {{ f.hookpoint }} &middot; {{ f.d_sae }} features</p>
+{% if f.clt %}<div id="writes"><h2>Writes to layers</h2>
+<p id="writes-summary">encoder at layer {{ f.clt.layer }} (latent {{ f.clt.local }} of that layer); writes to layers
+ {{ f.clt.targets[0].layer }}..{{ f.clt.targets[-1].layer }}{% if f.clt.strongest is not none %}, strongest at {{ f.clt.strongest }}{% endif %}</p>
+{{ writes_svg(f.clt) | safe }}
+<table id="writes-table"><tr><th>layer</th><th>decoder norm</th><th></th></tr>{% for t in f.clt.targets %}
+<tr class="write"><td>{{ t.layer }}</td><td class="norm">{{ "%.4g"|format(t.norm) }}</td><td><div class="bar" style="width:{{ (120 * t.rel)|round(1) }}px"></div></td></tr>{% endfor %}</table>
+<p class="muted">raw-space norm of its decoder into each layer's MLP output (a cross-layer transcoder latent)</p></div>{% endif %}
 {% if f.explanation %}<p class="expl" id="explanation">{{ f.explanation }}</p>
 {% else %}<p class="muted" id="explanation">no explanation yet</p>{% endif %}
 {% if f.scores %}<table id="scores"><tr><th>scorer</th><th>metric</th><th>value</th><th>chance</th></tr>
@@ -62,7 +69,7 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 {% if f.promoted %}<div id="promoted">{% for t in f.promoted %}<span class="pill" title="{{ '%.2f'|format(t.logit) }}">{{ t.token }}</span> {% endfor %}</div>
 <h2>Suppressed tokens</h2>
 <div id="suppressed">{% for t in f.suppressed %}<span class="pill" title="{{ '%.2f'|format(t.logit) }}">{{ t.token }}</span> {% endfor %}</div>
-<p class="muted">decoder direction through the final norm and unembedding</p>
+<p class="muted">{{ f.logit_note or "decoder direction through the final norm and unembedding" }}</p>
 {% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
 </div><div>
 <h2>Nearest features</h2>
@@ -201,6 +208,33 @@ def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
     )
 
 
+def writes_svg(clt: dict, width: int = 320, height: int = 70) -> str:
+    """Inline SVG bar chart of a cross-layer transcoder latent's decoder norm into each layer it writes to
+    (x: layer, y: norm, 0 to the largest). Numbers only go in; no user text."""
+    ts = clt["targets"]
+    top = max((t["norm"] for t in ts), default=0.0)
+    if top <= 0:
+        return '<p class="muted">every decoder norm is 0</p>'
+    left, bw = 40, width / len(ts)
+    bars = "".join(
+        f'<rect x="{left + i * bw:.1f}" y="{height - height * t["norm"] / top:.1f}" width="{max(bw - 1, 1):.1f}" '
+        f'height="{height * t["norm"] / top:.1f}" fill="#3b7de8"><title>layer {t["layer"]}: {t["norm"]:.4g}</title></rect>'
+        for i, t in enumerate(ts)
+    )
+    axes = (
+        f'<path d="M{left - 2} 0V{height}H{left + width}" stroke="#999" fill="none"/>'
+        f'<text x="{left - 4}" y="9" font-size="10" text-anchor="end">{top:.3g}</text>'
+        f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
+        f'<text x="{left}" y="{height + 13}" font-size="11">{ts[0]["layer"]}</text>'
+        f'<text x="{left + width // 2}" y="{height + 13}" font-size="10" text-anchor="middle">layer</text>'
+        f'<text x="{left + width}" y="{height + 13}" font-size="11" text-anchor="end">{ts[-1]["layer"]}</text>'
+    )
+    return (
+        f'<svg id="writes-chart" width="{left + width}" height="{height + 16}" role="img" '
+        f'aria-label="decoder norm into each layer">{bars}{axes}</svg>'
+    )
+
+
 def _env() -> Environment:
     env = Environment(
         loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
@@ -211,6 +245,7 @@ def _env() -> Environment:
         visible=visible,
         level=level,
         hist_svg=hist_svg,
+        writes_svg=writes_svg,
         log10=math.log10,
     )
     return env

@@ -123,7 +123,7 @@ def write_dashboard(
         index_page(
             store.name,
             store.d_sae,
-            store.sae.cfg.hookpoint,
+            store.site_label,
             store.n_positions,
             rows,
             sum(1 for i in latents if store.explanation(i)),

@@ -178,10 +178,9 @@ class App:
     @torch.no_grad()
     def fire(self, s: FeatureStore, text: str, top: int, feature: int | None = None) -> dict:
         ids = encode_prompt(s.tok, text, max_tokens=MAX_FIRE_TOKENS)
-        hp = s.sae.cfg.hookpoint
         with self.lock(s):
-            act = collect_activations(s.model, ids, [hp])[hp][0]  # [T, d_in]
-        dense = s.sae.encode_raw(act).to_dense()  # [T, d_sae]
+            acts = collect_activations(s.model, ids, s.sites)  # {site: [1, T, d_in]} (a CLT: every layer's)
+        dense = s.dense_acts(acts)  # [T, d_sae]
         skip = self.skip_first(s)
         vals, idx = dense.topk(min(top, s.d_sae), dim=1)
         toks = []
@@ -286,7 +285,7 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
             {
                 "name": s.name,
                 "d_sae": s.d_sae,
-                "hookpoint": s.sae.cfg.hookpoint,
+                "hookpoint": s.site_label,
                 "n_explained": sum(1 for r in s.explanations.values() if r.explanation),
             }
             for s in state.stores.values()

@@ -2,10 +2,12 @@
 much more likely the explanation becomes (Paulo et al. 2024, intervention scoring, simplified).
 
 Steering adds `scale` x (the latent's largest cached activation) x its decoder row at the cache's
-`steer_hookpoint` (the SAE's site; for neurons the output of the Linear they feed), at every
-position after the first. For a few prompts (the start of the latent's random non-activating
-examples, then "\nThis text is about"), we compare the log-probability per token of " E" (the
-explanation) with and without steering; the same is done for fixed control phrases.
+`steer_hookpoint` (the SAE's site; for neurons the output of the Linear they feed; for a cross-layer
+transcoder's latent its decoder into its own layer's MLP output, added there: its writes to later
+layers are left out, an approximation), at every position after the first. For a few prompts (the
+start of the latent's random non-activating examples, then "\nThis text is about"), we compare the
+log-probability per token of " E" (the explanation) with and without steering; the same is done
+for fixed control phrases.
 score = delta(explanation) - mean delta(controls): positive when steering makes the explanation,
 specifically, more likely.
 """
@@ -31,6 +33,7 @@ class InterventionScorer:
         self.lm, self.scale, self.n_prompts, self.prompt_tokens = lm, scale, n_prompts, prompt_tokens
         info = cache.info(dictionary)
         self.hook = info.get("steer_hookpoint")
+        self.site = lambda latent: cache.steer_site(dictionary, latent)  # a CLT latent: its own layer's output
         self.decoder = cache.decoder(dictionary)
         self.max_act = cache.max_activation(dictionary)
         self.tail = lm.tokenizer("\nThis text is about", add_special_tokens=False).input_ids
@@ -78,7 +81,7 @@ class InterventionScorer:
             x[:, 1:] += vec.to(x.device, x.dtype)
             return x
 
-        with patch_activation(self.lm.model, self.hook, add):
+        with patch_activation(self.lm.model, self.site(ex.latent), add):
             steered = self._mean_lp(prompts, phrases)
         delta = steered - clean
         metrics = {
