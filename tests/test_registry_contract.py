@@ -159,6 +159,8 @@ def training_options(arch: str) -> dict:
     kw = dict(latents=128, tokens=1024, batch_tokens=256, context=64, buffer_batches=2, checkpoint_every=10**9)
     kw |= dict(k=[8]) if caps.uses_k else dict(sparsity_coeff=[0.01])
     kw |= dict(hookpoints=["model.layers.{1,2}"]) if caps.multi_site else dict(hookpoints=[SITE])
+    if caps.multi_site and caps.transcoder:  # one dictionary from several MLP inputs to their MLP outputs (clt)
+        kw["hookpoints"] = ["model.layers.{1,2}.post_attention_layernorm->model.layers.{1,2}.mlp"]
     return kw
 
 

@@ -11,6 +11,11 @@ and a second forward replaces each site's output with its reconstruction (sink/o
 keep the spliced forward's own activation, the rule `saelab eval` applies to one-site SAEs). KL
 and CE increase are of that forward against the clean one. Model diffing (a `ModelPair`): the
 reconstruction is spliced into each model separately (`spliced_per_model`: model_a, model_b).
+
+A cross-layer transcoder (sae/clt.py) is measured the same way on its output sites: FVU of every MLP
+output predicted from the clean MLP inputs, then every MLP output replaced by that prediction (open
+loop: from the clean forward's inputs, not the spliced ones; the causal replacement is the replacement
+folder's evaluation).
 """
 
 from __future__ import annotations
@@ -23,32 +28,37 @@ from tqdm.auto import tqdm
 
 from ..model_pair import ModelPair
 from ..models import collect_activations, patch_activation
-from ..sae.crosscoder import CrosscoderSae, sites
+from ..sae.crosscoder import SEP, CrosscoderSae, sites
 from ..sinks import SinkConfig, excluded_positions, special_ids
 from .metrics import EvalBudget, _ce_kl, _record, batches, heldout_selection
+
+
+def out_sites(cfg) -> list[str]:
+    """The sites a multi-site dictionary predicts: its output sites (clt), or the sites it reads (crosscoder)."""
+    return cfg.out_hookpoint.split(SEP) if cfg.out_hookpoint else sites(cfg)
 
 
 @torch.no_grad()
 def crosscoder_metrics(
     model, tokenizer, sae: CrosscoderSae, sink: SinkConfig, rows, budget: EvalBudget, device: str = "cpu"
 ) -> dict:
-    names = sites(sae.cfg)
+    names, outs = sites(sae.cfg), out_sites(sae.cfg)  # a multi-site transcoder (clt) predicts other sites
     special = special_ids(tokenizer)
-    n_site = len(names)
+    n_site = len(outs)
     err, sq, tot, cos = (torch.zeros(n_site, dtype=torch.float64) for _ in range(4))
-    s1 = torch.zeros(n_site, sae.d_site, dtype=torch.float64)
+    s1 = torch.zeros(n_site, sae.cfg.d_out // n_site, dtype=torch.float64)
     n, l0, fires, excluded, total = 0, 0.0, torch.zeros(sae.cfg.d_sae), 0, 0
     for ids in tqdm(
         list(batches(rows, heldout_selection(rows, budget.tokens), budget.batch_rows, device)),
         desc="eval: crosscoder reconstruction",
         leave=False,
     ):
-        acts = collect_activations(model, ids, names)
-        drop = excluded_positions([acts[h] for h in names], ids, sink, special)
+        acts = collect_activations(model, ids, list(dict.fromkeys(names + outs)))
+        drop = excluded_positions([acts[h] for h in acts], ids, sink, special)
         x = torch.cat([acts[h][~drop].float() for h in names], -1)
         lat = sae.encode_raw(x)
         y_hat = sae.split_sites(sae.decode(lat) / sae.out_scale)
-        for i, (h, yh) in enumerate(zip(names, y_hat)):
+        for i, (h, yh) in enumerate(zip(outs, y_hat)):
             y = acts[h][~drop].float()
             err[i] += (yh - y).pow(2).sum().item()
             sq[i] += y.pow(2).sum().item()
@@ -65,8 +75,8 @@ def crosscoder_metrics(
     out = {
         "sites": names,
         "fvu": (err.sum() / var.sum()).item(),
-        "fvu_per_site": {h: (err[i] / var[i]).item() for i, h in enumerate(names)},
-        "cosine_per_site": {h: (cos[i] / n).item() for i, h in enumerate(names)},
+        "fvu_per_site": {h: (err[i] / var[i]).item() for i, h in enumerate(outs)},
+        "cosine_per_site": {h: (cos[i] / n).item() for i, h in enumerate(outs)},
         "l0": l0 / n,
         "dead_fraction": (freq == 0).float().mean().item(),
         "dense_fraction": (freq > 0.1).float().mean().item(),
@@ -74,16 +84,16 @@ def crosscoder_metrics(
         "eval_tokens": n,
     }
     if budget.ce_tokens > 0:
-        out |= _spliced_all_sites(model, sae, names, sink, special, rows, budget, device)
+        out |= _spliced_all_sites(model, sae, names, outs, sink, special, rows, budget, device)
     return out
 
 
-def _spliced_all_sites(model, sae, names, sink, special, rows, budget, device) -> dict:
+def _spliced_all_sites(model, sae, names, outs, sink, special, rows, budget, device) -> dict:
     # A model pair (model diffing, model_pair.py) is spliced one model at a time: the crosscoder
     # reconstructs every site of both from their clean forwards, then A runs with A's sites replaced
     # and B with B's, each against its own clean distribution. One model: one part, every site.
     pair = isinstance(model, ModelPair)
-    parts = model.parts(names) if pair else [("", model, names)]
+    parts = model.parts(outs) if pair else [("", model, outs)]
     sums = {tag: [0.0, 0.0, 0.0] for tag, _, _ in parts}  # clean CE, spliced CE, KL
     n_pred = 0
     for ids in tqdm(
@@ -92,15 +102,15 @@ def _spliced_all_sites(model, sae, names, sink, special, rows, budget, device) -
         leave=False,
     ):
         store: dict[str, torch.Tensor] = {}
-        handles = [_record(model, h, store) for h in names]  # hooks found through the pair reach either model
+        handles = [_record(model, h, store) for h in dict.fromkeys(names + outs)]  # through a pair: either model
         try:
             clean = {tag: _ce_kl(m(input_ids=ids, use_cache=False).logits, ids, None) for tag, m, _ in parts}
         finally:
             for hd in handles:
                 hd.remove()
-        drop = excluded_positions([store[h] for h in names], ids, sink, special)[..., None]
+        drop = excluded_positions([store[h] for h in store], ids, sink, special)[..., None]
         x = torch.cat([store[h].float() for h in names], -1)
-        recon = dict(zip(names, sae.split_sites(sae.reconstruct(x))))
+        recon = dict(zip(outs, sae.split_sites(sae.reconstruct(x))))
         for tag, m, own in parts:
             with ExitStack() as stack:
                 for h in own:

@@ -4,6 +4,7 @@ foreign_sparsify.py, foreign_layout.py, convert.py), and the splice of a diction
 
 from .base import SaeConfig, SaeOutput, SparseCoder
 from .batchtopk import BatchTopKSae
+from .clt import CrossLayerTranscoder
 from .codebook import CodebookSae
 from .crosscoder import CrosscoderSae
 from .gated import GatedSae
@@ -19,6 +20,7 @@ __all__ = [
     "BatchTopKSae",
     "CodebookSae",
     "CrosscoderSae",
+    "CrossLayerTranscoder",
     "GatedSae",
     "JumpReLUSae",
     "Latents",

@@ -79,6 +79,16 @@ class SparseCoder(nn.Module):
     def __init__(self, cfg: SaeConfig):
         super().__init__()
         self.cfg = cfg
+        self.make_parameters()
+        self.reset_parameters()
+        # the reductions over latents and over the batch (reductions.py): one process unless parallel
+        # training gives this dictionary another
+        self.reductions: Local = LOCAL
+
+    def make_parameters(self) -> None:
+        """Create the parameters and the scale buffers (a type with another layout, such as the
+        cross-layer transcoder, creates its own; `folded_shapes` then names what its folder holds)."""
+        cfg = self.cfg
         self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_out))
@@ -87,10 +97,28 @@ class SparseCoder(nn.Module):
             self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in))
         self.register_buffer("in_scale", torch.ones(()))
         self.register_buffer("out_scale", torch.ones(()))
-        self.reset_parameters()
-        # the reductions over latents and over the batch (reductions.py): one process unless parallel
-        # training gives this dictionary another
-        self.reductions: Local = LOCAL
+
+    @classmethod
+    def folded_shapes(cls, cfg: SaeConfig) -> dict[str, tuple[int, ...]]:
+        """The tensors `folded_state` writes (besides `extra_state_tensors`), by name, with their shapes:
+        what `open_sae` checks a weights file against."""
+        shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out)}
+        shapes["b_dec"] = (cfg.d_out,)
+        if cfg.skip:
+            shapes["W_skip"] = (cfg.d_out, cfg.d_in)
+        return shapes
+
+    @classmethod
+    def latents_for(cls, per_site: int, hookpoint: str) -> int:
+        """d_sae of a dictionary at `hookpoint` trained with `--latents per_site` (a CLT: per layer)."""
+        return per_site
+
+    @classmethod
+    def check_training_memory(cls, run, n_sites: int, d_in: int, d_out: int) -> None:
+        """Refuse (UserError) a training run (`run`: the TrainConfig) of this type over `n_sites` joined sites
+        of widths d_in -> d_out whose dictionary cannot fit the device; called before the model loads (widths
+        from its config on disk) and after (the sites' widths). Nothing here: one batch's encoder
+        activations are checked for every type (train/config_checks.py)."""
 
     # ------------------------------------------------------------ init
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

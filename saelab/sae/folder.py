@@ -158,14 +158,7 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     sae = build_sae(sae_cfg)
     tensors = read_tensors(folder / WEIGHTS)
     refuse_non_finite(folder / WEIGHTS, tensors)
-    expected = {
-        "W_enc": (sae_cfg.d_in, sae_cfg.d_sae),
-        "b_enc": (sae_cfg.d_sae,),
-        "W_dec": (sae_cfg.d_sae, sae_cfg.d_out),
-        "b_dec": (sae_cfg.d_out,),
-    }
-    if sae_cfg.skip:
-        expected["W_skip"] = (sae_cfg.d_out, sae_cfg.d_in)
+    expected = type(sae).folded_shapes(sae_cfg)
     for name, shape in expected.items():
         if name not in tensors:
             raise UserError(f"{folder / WEIGHTS} lacks tensor {name!r}")
@@ -301,15 +294,16 @@ def check_fits(folders: list[SaeFolder], model) -> None:
     """Every folder's site(s) exist in `model` with the SAE's widths."""
     for f in folders:
         c = f.sae.cfg
-        if multi_site(c):  # one dictionary over several equal-width sites (sae/crosscoder.py)
-            names = crosscoder_sites(c)
-            resolve_hookpoints(model, names)
-            w = hookpoint_widths(model, names)
-            if any(w[h] * len(names) != c.d_in for h in names):
-                raise UserError(
-                    f"{f.path}: crosscoder width {c.d_in} is not {len(names)} x the model's site widths "
-                    f"({', '.join(f'{h}: {w[h]}' for h in names)})"
-                )
+        if multi_site(c):  # one dictionary over several equal-width sites (sae/crosscoder.py, sae/clt.py)
+            sides = [(crosscoder_sites(c), c.d_in)] + ([(c.out_hookpoint.split("+"), c.d_out)] if c.out_hookpoint else [])
+            for names, width in sides:
+                resolve_hookpoints(model, names)
+                w = hookpoint_widths(model, names)
+                if any(w[h] * len(names) != width for h in names):
+                    raise UserError(
+                        f"{f.path}: {c.arch} width {width} is not {len(names)} x the model's site widths "
+                        f"({', '.join(f'{h}: {w[h]}' for h in names)})"
+                    )
             continue
         resolve_hookpoints(model, f.sites)
         w = hookpoint_widths(model, f.sites)

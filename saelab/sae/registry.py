@@ -5,6 +5,7 @@ names. Callers holding a name ask `kind_of(arch)`; callers holding a dictionary 
 
 from .base import SaeConfig, SparseCoder
 from .batchtopk import BatchTopKSae
+from .clt import CrossLayerTranscoder
 from .codebook import CodebookSae
 from .crosscoder import CrosscoderSae
 from .gated import GatedSae
@@ -23,6 +24,7 @@ ARCHITECTURES: dict[str, type[SparseCoder]] = {
     "gated": GatedSae,
     "codebook": CodebookSae,
     "crosscoder": CrosscoderSae,
+    "clt": CrossLayerTranscoder,
 }
 for _name, _cls in ARCHITECTURES.items():
     check_declared(_name, _cls)

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import UserError
 from ..sae import SaeConfig, SparseCoder, build_sae
+from ..sae.crosscoder import SEP
 
 
 @dataclass
@@ -57,6 +58,9 @@ def parse_sites(patterns: list[str]) -> list[tuple[str, str | None]]:
 
 
 def sae_name(site: str, out_site: str | None, arch: str, k: int | None, coeff: float, lr: float | None = None) -> str:
+    if out_site and SEP in out_site:  # a multi-site transcoder (clt): its first sites and how many layers
+        n = len(out_site.split(SEP))
+        site, out_site = site.split(SEP)[0], f"{out_site.split(SEP)[0]}-x{n}"
     base = site.replace(":", "_") + (f"__to__{out_site.replace(':', '_')}" if out_site else "")
     return f"{base}-{arch}-" + (f"k{k}" if k is not None else f"c{coeff:g}") + (f"-lr{lr:g}" if lr else "")
 
@@ -72,7 +76,7 @@ def build_members(cfg, sites: list[tuple[str, str | None]], widths: dict[str, in
             sc = SaeConfig(
                 arch=cfg.arch,
                 d_in=widths[a],
-                d_sae=cfg.latents,
+                d_sae=cfg.kind.latents_for(cfg.latents, a),
                 hookpoint=a,
                 d_out=widths[b] if b else None,
                 out_hookpoint=b,

@@ -45,22 +45,29 @@ class SiteActs(dict):
 
 
 def join_crosscoder_sites(cfg, sites: list[tuple[str, str | None]], widths: dict[str, int]):
-    """A multi-site type (--arch crosscoder): every resolved site becomes one dictionary reading (and
-    writing) all of them."""
-    if not kind_of(cfg.arch).capabilities.multi_site:
+    """A multi-site type (--arch crosscoder, clt): every resolved site becomes one dictionary reading (and
+    writing) all of them; a multi-site transcoder (clt) joins its input sites and its output sites, in order."""
+    kind = kind_of(cfg.arch)
+    if not kind.capabilities.multi_site:
         return sites, widths
-    names = [a for a, _ in sites]
+    names, outs = [a for a, _ in sites], [b for _, b in sites]
     if len(names) < 2:
         raise UserError(
-            f"--arch crosscoder needs at least two hookpoints (e.g. 'model.layers.{{4,6,8}}'); "
+            f"--arch {cfg.arch} needs at least two hookpoints (e.g. 'model.layers.{{4,6,8}}'); "
             f"{', '.join(names)} is one"
         )
-    if len({widths[h] for h in names}) > 1:
-        raise UserError(
-            "--arch crosscoder needs sites of one width; " + ", ".join(f"{h} has {widths[h]}" for h in names)
-        )
+    for side in (names, outs) if outs[0] else (names,):
+        if len({widths[h] for h in side}) > 1:
+            raise UserError(
+                f"--arch {cfg.arch} needs sites of one width; " + ", ".join(f"{h} has {widths[h]}" for h in side)
+            )
     joined = SEP.join(names)
-    return [(joined, None)], widths | {joined: widths[names[0]] * len(names)}
+    widths = widths | {joined: widths[names[0]] * len(names)}
+    if not outs[0]:
+        return [(joined, None)], widths
+    joined_out = SEP.join(outs)
+    kind.check_training_memory(cfg, len(names), widths[names[0]], widths[outs[0]])
+    return [(joined, joined_out)], widths | {joined_out: widths[outs[0]] * len(outs)}
 
 
 @dataclass
@@ -205,6 +212,9 @@ def precheck(cfg, sites) -> None:
     else:
         check_source(cfg.corpus)
         precheck_depth(cfg.model, sites)
+        d = getattr(local_model_config(cfg.model), "hidden_size", None)
+        if d:  # an estimate from the model's width (the sites' own widths are checked once the model loads)
+            kind_of(cfg.arch).check_training_memory(cfg, len(sites), d, d)
     if cfg.model_b:
         precheck_depth(cfg.model_b, sites)
         check_same_tokenizer(cfg.model, cfg.model_b)
