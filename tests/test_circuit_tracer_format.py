@@ -235,3 +235,115 @@ def test_cli_export_then_import(tmp_path, capsys):
     assert read_manifest(tmp_path / "back")["kind"] == "plt"
     assert main(["export", str(rep), str(rep), "--format", "circuit-tracer", "--out", str(tmp_path / "x")]) == 2
     assert "exports one replacement folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cross-layer transcoders
+
+
+def _clt_replacement(root: Path, sparsity="batchtopk") -> Path:
+    cfg = SaeConfig(
+        arch="clt",
+        d_in=L * D,
+        d_sae=L * S,
+        d_out=L * D,
+        hookpoint="+".join(LLAMA.mlp_in_site(i) for i in range(L)),
+        out_hookpoint="+".join(LLAMA.mlp_out_site(i) for i in range(L)),
+        k=K,
+        extra={"clt_sparsity": sparsity},
+    )
+    sae = build_sae(cfg)
+    t = {"W_enc": _rand(1, L, D, S), "b_enc": _rand(2, L * S), "b_dec": _rand(3, L * D)}
+    t |= {f"W_dec_{i}": _rand(10 + i, S, L - i, D) for i in range(L)}
+    t["threshold"] = _rand(4, L).abs().repeat_interleave(S)
+    sae.load_folded(t)
+    save_sae(sae, root / "clt", Provenance(model_spec=LLAMA_NAME, model_name=LLAMA_NAME, context=64))
+    ins = [LLAMA.mlp_in_site(i) for i in range(L)]
+    write_manifest(
+        root, "clt", LLAMA_NAME, LLAMA, list(range(L)), ins, [LLAMA.mlp_out_site(i) for i in range(L)], ["clt"]
+    )
+    return root
+
+
+def test_clt_export_layout_and_round_trip_bit_exact(tmp_path):
+    rep = _clt_replacement(tmp_path / "rep")
+    export_circuit_tracer(rep, tmp_path / "ct")
+    cfg = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
+    assert cfg["model_kind"] == "cross_layer_transcoder" and cfg["k"] == K
+    assert (cfg["feature_input_hook"], cfg["feature_output_hook"]) == ("mlp.hook_in", "mlp.hook_out")
+    ours = open_sae(rep / "clt").sae.folded_state()
+    for i in range(L):
+        e = load_file(str(tmp_path / "ct" / f"W_enc_{i}.safetensors"))
+        d = load_file(str(tmp_path / "ct" / f"W_dec_{i}.safetensors"))
+        assert set(e) == {f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}", f"threshold_{i}"} and set(d) == {f"W_dec_{i}"}
+        assert torch.equal(e[f"W_enc_{i}"], ours["W_enc"][i].t())  # circuit-tracer: [d_transcoder, d_model]
+        assert torch.equal(e[f"b_enc_{i}"], ours["b_enc"].view(L, S)[i])
+        assert torch.equal(e[f"b_dec_{i}"], ours["b_dec"].view(L, D)[i])
+        assert torch.equal(d[f"W_dec_{i}"], ours[f"W_dec_{i}"]) and d[f"W_dec_{i}"].shape == (S, L - i, D)
+        assert torch.equal(e[f"threshold_{i}"], ours["threshold"].view(L, S)[i])
+    import_circuit_tracer(tmp_path / "ct", tmp_path / "back")
+    m = read_manifest(tmp_path / "back")
+    assert m["kind"] == "clt" and m["dictionaries"] == ["clt"] and m["input_sites"][2] == LLAMA.mlp_in_site(2)
+    back = open_sae(tmp_path / "back" / "clt").sae
+    assert back.sparsity == "batchtopk" and back.cfg.k == K
+    fb = back.folded_state()
+    assert set(fb) == set(ours) and all(torch.equal(fb[n], ours[n]) for n in ours)
+
+
+def _ct_clt_folder(root: Path, thresholds=True, per_layer=True):
+    root.mkdir(parents=True)
+    layers = []
+    for i in range(L):
+        t = {f"W_enc_{i}": _rand(i, S, D), f"b_enc_{i}": _rand(i + 20, S), f"b_dec_{i}": _rand(i + 30, D)}
+        if thresholds:
+            thr = torch.full((S,), 0.3 * (i + 1)) if per_layer else _rand(i + 40, S).abs()
+            t[f"threshold_{i}"] = thr
+        save_file(t, str(root / f"W_enc_{i}.safetensors"))
+        save_file({f"W_dec_{i}": _rand(i + 50, S, L - i, D)}, str(root / f"W_dec_{i}.safetensors"))
+        layers.append(t | load_file(str(root / f"W_dec_{i}.safetensors")))
+    cfg = {"model_kind": "cross_layer_transcoder", "model_name": LLAMA_NAME}
+    cfg |= {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return layers
+
+
+def _ct_clt_forward(layers, xs):
+    """circuit-tracer CrossLayerTranscoder: features_l = jumprelu(einsum('bd,fd->bf', x_l, W_enc_l) + b_enc_l);
+    recon[t] = sum_{s <= t} features_s @ W_dec_s[:, t - s] + b_dec_t (compute_reconstruction's index_add)."""
+    feats = []
+    for i, t in enumerate(layers):
+        pre = torch.einsum("bd,fd->bf", xs[i], t[f"W_enc_{i}"]) + t[f"b_enc_{i}"]
+        feats.append(pre * (pre > t[f"threshold_{i}"]))
+    return [
+        sum(feats[s] @ layers[s][f"W_dec_{s}"][:, t - s] for s in range(t + 1)) + layers[t][f"b_dec_{t}"]
+        for t in range(len(layers))
+    ]
+
+
+def test_handwritten_clt_folder_imports_and_computes_circuit_tracers_forward(tmp_path):
+    layers = _ct_clt_folder(tmp_path / "ct")
+    import_circuit_tracer(tmp_path / "ct", tmp_path / "ours")
+    sae = open_sae(tmp_path / "ours" / "clt").sae
+    xs = [_rand(100 + i, 32, D) * 2 for i in range(L)]
+    want = _ct_clt_forward(layers, xs)
+    torch.testing.assert_close(sae.reconstruct(torch.cat(xs, -1)), torch.cat(want, -1), rtol=1e-5, atol=1e-5)
+    lats = [sae.encode_layer(i, xs[i]) for i in range(L)]  # the raw-space API replacement models use
+    for t in range(L):
+        got = sum(sae.decode_layer(s, lats[s], t) for s in range(t + 1)) + sae.output_bias(t)
+        torch.testing.assert_close(got, want[t], rtol=1e-5, atol=1e-5)
+
+
+def test_clt_refusals(tmp_path):
+    _ct_clt_folder(tmp_path / "ct", thresholds=False)
+    _bad(tmp_path, "a relu cross-layer transcoder has no saelab form")
+    _ct_clt_folder(tmp_path / "ct2", per_layer=False)
+    with pytest.raises(UserError, match="thresholds differ between latents"):
+        import_circuit_tracer(tmp_path / "ct2", tmp_path / "ours")
+    (tmp_path / "ct2" / "W_dec_1.safetensors").unlink()
+    with pytest.raises(UserError, match=r"W_dec_1\.safetensors is missing"):
+        import_circuit_tracer(tmp_path / "ct2", tmp_path / "ours")
+    save_file({"W_dec_1": torch.zeros(S, L, D)}, str(tmp_path / "ct2" / "W_dec_1.safetensors"))
+    with pytest.raises(UserError, match=r"W_dec_1 has shape \(12, 3, 8\), expected \(12, 2, 8\)"):
+        import_circuit_tracer(tmp_path / "ct2", tmp_path / "ours")
+    with pytest.raises(UserError, match="a topk CLT has no form there"):
+        export_circuit_tracer(_clt_replacement(tmp_path / "rep", "topk"), tmp_path / "o")
+    assert not (tmp_path / "ours").exists() and not (tmp_path / "o").exists()

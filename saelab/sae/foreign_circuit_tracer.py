@@ -252,7 +252,8 @@ def read_ct(folder: Path) -> CtSet:
         raise UserError(f"{folder / CT_CONFIG}: activation topk needs a positive integer k (got {k!r})")
     if act == "topk" and kind == CLT_KIND:
         raise UserError(f"{folder / CT_CONFIG}: circuit-tracer's cross-layer transcoders are relu or jump_relu")
-    rest = {k2: v for k2, v in cfg.items() if k2 not in ("model_kind", "model_name", "activation", "k")}
+    own = ("model_kind", "model_name", "activation") + (("k",) if kind == PLT_KIND else ())  # a CLT's k: saelab's
+    rest = {k2: v for k2, v in cfg.items() if k2 not in own}
     return CtSet(
         kind, str(cfg.get("model_name") or ""), cfg["feature_input_hook"], cfg["feature_output_hook"],
         layers, act, k if act == "topk" else None, rest,
