@@ -17,6 +17,7 @@ until the replacement module of issue 28 (sae/replacement.py, open_replacement) 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
@@ -113,6 +114,12 @@ def plt_to_ct(src: Path, m: dict, family: Family) -> CtSet:
         layers.append(CtLayer(t["W_enc"].t(), t["b_enc"], t["W_dec"], t["b_dec"], t.get("threshold"), t.get("W_skip")))
         name = name or f.provenance.model_name
     act, k = _one(acts, "activation", src)
+    if act == "topk":
+        warnings.warn(
+            "circuit-tracer applies `activation: topk` only when it loads a set from the hub; read from a local "
+            "folder (load_transcoders_from_cache) the set loads as ReLU (docs/research/circuits.md)",
+            stacklevel=2,
+        )
     if act != "jumprelu":
         for lay in layers:
             lay.threshold = None
