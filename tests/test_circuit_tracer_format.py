@@ -173,6 +173,58 @@ def test_gemma2_hooks_map_to_the_sandwich_sites(tmp_path):
     assert m["output_sites"][0] == "model.layers.0.mlp"  # TL mlp.hook_out: the MLP's own output, before the norm
 
 
+@pytest.fixture(scope="module")
+def tiny_gemma2(tmp_path_factory, embedded_folder) -> Path:
+    """A tiny random Gemma 2 (sandwich norms, RMSNorm scale 1 + weight) with random norm weights."""
+    import shutil
+
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-gemma2")
+    cfg = Gemma2Config(
+        vocab_size=49152,
+        hidden_size=D,
+        intermediate_size=16,
+        num_hidden_layers=L,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=4,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight"):
+                p.copy_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded_folder / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("act", ["jumprelu", "relu"])
+def test_ln2_hook_normalized_folds_the_mlp_norms_scale(tmp_path, tiny_gemma2, act):
+    """Gemma Scope transcoders read ln2.hook_normalized = x / rms(x) before the norm's 1 + weight; with --model the
+    scale folds into the encoder and the transcoder reads saelab's pre_feedforward_layernorm output."""
+    from saelab.models import collect_activations, load_model
+
+    layers = _ct_plt_folder(tmp_path / "ct", act, True, "google/gemma-2-2b", ("ln2.hook_normalized", "hook_mlp_out"))
+    import_circuit_tracer(tmp_path / "ct", tmp_path / "ours", model=str(tiny_gemma2))
+    m = read_manifest(tmp_path / "ours")
+    assert m["model"] == {"spec": str(tiny_gemma2), "name": "google/gemma-2-2b"} and m["family"] == "gemma2"
+    lm = load_model(str(tiny_gemma2))
+    ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
+    for i in range(L):
+        norm = f"model.layers.{i}.pre_feedforward_layernorm"
+        a = collect_activations(lm.model, ids, [norm + ":input", norm])
+        x, y = a[norm + ":input"].reshape(-1, D), a[norm].reshape(-1, D)
+        u = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # TL's hook_normalized / nnsight's _norm output
+        sae = open_sae(tmp_path / "ours" / m["dictionaries"][i]).sae
+        assert sae.cfg.hookpoint == norm
+        torch.testing.assert_close(sae.reconstruct(y), _ct_plt_forward(layers[i], u, act), rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- bad input: one UserError, nothing written
 
 

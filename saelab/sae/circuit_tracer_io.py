@@ -20,13 +20,25 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
+
 from ..errors import UserError
-from ..families import FAMILIES, Family, family_for_name
+from ..families import FAMILIES, Family, family_for_name, family_of
 from ..out_folder import check_writable, refuse_nonempty
 from ..storage import read_json, write_json
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
-from .foreign_circuit_tracer import PLT_KIND, CtLayer, CtSet, hook_of_site, read_ct, site_of_hook, write_ct
+from .foreign_circuit_tracer import (
+    NORMALIZED,
+    PLT_KIND,
+    CtLayer,
+    CtSet,
+    fold_norm,
+    hook_of_site,
+    read_ct,
+    site_of_hook,
+    write_ct,
+)
 
 REPLACEMENT = "replacement.json"
 SIDES = ("feature_input_hook", "feature_output_hook")
@@ -35,7 +47,7 @@ SIDES = ("feature_input_hook", "feature_output_hook")
 # ---------------------------------------------------------------- replacement.json (until sae/replacement.py)
 
 
-def write_manifest(folder: Path, kind: str, model: str, family: Family, layers, ins, outs, dicts) -> Path:
+def write_manifest(folder: Path, kind: str, model: str, family: Family, layers, ins, outs, dicts, name="") -> Path:
     """replacement.json as ISSUE 28 section 2 lays it out; written last and atomically."""
     write_json(
         Path(folder) / REPLACEMENT,
@@ -43,7 +55,7 @@ def write_manifest(folder: Path, kind: str, model: str, family: Family, layers, 
             "format": "saelab.replacement",
             "version": 1,
             "kind": kind,
-            "model": {"spec": model, "name": model},
+            "model": {"spec": model, "name": name or model},
             "family": family.name,
             "model_layers": len(layers),
             "layers": list(layers),
@@ -151,6 +163,29 @@ def export_circuit_tracer(src: Path, out: Path, overwrite: bool = False) -> Path
 # ---------------------------------------------------------------- import
 
 
+def mlp_norms(spec: str, family: Family, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(scale, shift) of each layer's MLP norm in model `spec`: (offset + weight, None) for an RMSNorm, (weight,
+    bias) for a LayerNorm; what turns ln2.hook_normalized into the norm's output (fold_norm). Loads the model."""
+    from ..models import load_model, module_at
+
+    model = load_model(spec).model
+    found = family_of(model)
+    if found.name != family.name:
+        raise UserError(f"--model {spec} is a {found.name} model; the circuit-tracer folder is for {family.name}")
+    if len(model.get_submodule(found.blocks)) < n_layers:
+        raise UserError(f"--model {spec} has fewer than the folder's {n_layers} layers")
+    out = []
+    for layer in range(n_layers):
+        mod = module_at(model, found.mlp_in_site(layer))
+        w = mod.weight.detach().float()
+        if found.norm == "rms":
+            out.append((w + found.norm_offset, None))
+        else:
+            bias = getattr(mod, "bias", None)
+            out.append((w, bias.detach().float() if bias is not None else None))
+    return out
+
+
 def ct_to_plt(ct: CtSet, family: Family) -> list[SparseCoder]:
     arch = {"relu": "relu", "jumprelu": "jumprelu", "topk": "topk"}[ct.activation]
     saes = []
@@ -184,14 +219,16 @@ def import_circuit_tracer(
     CLT folder, then replacement.json. Everything is read and checked before anything is written."""
     src, out = Path(src), Path(out)
     ct = read_ct(src)
-    name = model or ct.model_name
+    name, spec = ct.model_name or model, model or ct.model_name
     if not name:
         raise UserError(f"{src}: config.yaml names no model_name; pass --model")
     family = family_for_name(name)
-    for side, hook in zip(SIDES, (ct.input_hook, ct.output_hook), strict=True):
-        site_of_hook(family, hook, 0, side)  # a hook saelab cannot map: refused before any work
     check_writable(out)
     refuse_nonempty(out, overwrite)
+    site_of_hook(family, ct.output_hook, 0, SIDES[1])  # a hook saelab cannot map: refused before any work
+    if ct.input_hook == NORMALIZED and model:
+        ct = fold_norm(ct, mlp_norms(model, family, ct.n_layers))
+    site_of_hook(family, ct.input_hook, 0, SIDES[0])
     if ct.kind == PLT_KIND:
         saes, names = ct_to_plt(ct, family), [f"layer_{i}" for i in range(ct.n_layers)]
     else:
@@ -200,7 +237,7 @@ def import_circuit_tracer(
         saes, names = [ct_to_clt(ct, family)], ["clt"]
     for n, sae in zip(names, saes, strict=True):
         refuse_non_finite(src / n, sae.state_dict())
-    prov = Provenance(model_spec=name, model_name=name, context=context or 1024)
+    prov = Provenance(model_spec=spec, model_name=name, context=context or 1024)
     origin = {"format": "circuit-tracer", "path": str(src), "model_kind": ct.kind, "activation": ct.activation}
     for n, sae in zip(names, saes, strict=True):
         save_sae(sae, out / n, prov, {"imported_from": origin})
@@ -208,5 +245,5 @@ def import_circuit_tracer(
     ins = [site_of_hook(family, ct.input_hook, i, SIDES[0]) for i in layers]
     outs = [site_of_hook(family, ct.output_hook, i, SIDES[1]) for i in layers]
     kind = "plt" if ct.kind == PLT_KIND else "clt"
-    write_manifest(out, kind, name, family, layers, ins, outs, names)
+    write_manifest(out, kind, spec, family, layers, ins, outs, names, name)
     return out

@@ -44,9 +44,11 @@ THRESHOLD = "activation_function.threshold"  # the JumpReLU threshold's key in a
 # MLP module's own output (before that norm; the same tensor as hook_mlp_out in a Llama block).
 INPUT_HOOKS = {"mlp.hook_in": "mlp_in", "hook_resid_mid": "mlp_in:input"}
 OUTPUT_HOOKS = {"hook_mlp_out": "mlp_out", "mlp.hook_out": "mlp_out_prenorm|mlp_out"}
+NORMALIZED = "ln2.hook_normalized"  # the MLP norm's output BEFORE its weight: foldable (fold_norm below)
 UNMAPPED = {
-    "ln2.hook_normalized": "the MLP norm's output BEFORE its weight (x / rms(x)); saelab's sites are module "
-    "outputs, and the norm's weighted output (mlp.hook_in) differs from it by the norm's scale",
+    NORMALIZED: "the MLP norm's output BEFORE its weight (x / rms(x)); saelab's sites are module outputs, and "
+    "the norm's weighted output (mlp.hook_in) differs from it by the norm's scale. Pass --model (a model whose "
+    "MLP norm weights can be read) to fold the scale into the encoders",
 }
 
 
@@ -112,6 +114,24 @@ def hook_of_site(family: Family, site: str, layer: int, side: str) -> str:
         f"{site} (layer {layer}) is not a site circuit-tracer names ({side} must be one of {', '.join(table)} "
         f"for {family.name} models: {', '.join(site_of_hook(family, h, layer, side) for h in table)})"
     )
+
+
+def fold_norm(ct: CtSet, norms: list[tuple[torch.Tensor, torch.Tensor | None]]) -> CtSet:
+    """A set reading ln2.hook_normalized, u = (y - shift) / scale with y the MLP norm's output (saelab's
+    mlp_in site) and (scale, shift) that norm's (offset + weight, bias) per layer, as one reading y:
+    u @ W.T = y @ (W / scale).T - (W / scale) @ shift, into the encoder (and the skip, which reads u too)."""
+    layers = []
+    for i, (lay, (scale, shift)) in enumerate(zip(ct.layers, norms, strict=True)):
+        if not bool((scale.abs() > 0).all()):
+            raise UserError(f"layer {i}: the MLP norm's scale has a zero entry; its input cannot be recovered")
+        W_enc, b_enc, W_skip, b_dec = lay.W_enc / scale, lay.b_enc, lay.W_skip, lay.b_dec
+        if W_skip is not None:
+            W_skip = W_skip / scale
+        if shift is not None:  # LayerNorm's bias; an RMSNorm has none (biases then copied bit for bit)
+            b_enc = b_enc - W_enc @ shift
+            b_dec = b_dec - W_skip @ shift if W_skip is not None else b_dec
+        layers.append(CtLayer(W_enc, b_enc, lay.W_dec, b_dec, lay.threshold, W_skip))
+    return CtSet(ct.kind, ct.model_name, "mlp.hook_in", ct.output_hook, layers, ct.activation, ct.k, ct.extra)
 
 
 # ---------------------------------------------------------------- read
