@@ -1,7 +1,7 @@
 """circuit-tracer interop: a saelab replacement folder exported in circuit-tracer's layout (config.yaml +
 layer_{l}.safetensors, or W_enc_{l} / W_dec_{l} for a CLT) imports back with bit-identical weights; a folder
 written by hand in that layout (tiny shapes) imports into transcoders that compute what circuit-tracer
-computes (re-implemented below from circuit_tracer/transcoder/single_layer_transcoder.py and
+computes (re-implemented in ct_helpers.py from circuit_tracer/transcoder/single_layer_transcoder.py and
 cross_layer_transcoder.py); bad folders give one UserError before anything is written."""
 
 from pathlib import Path
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from ct_helpers import ct_clt_forward, ct_plt_forward, make_tiny_gemma2, mlp_norm_io, rand
 from safetensors.torch import load_file, save_file
 
 from saelab.cli import main
@@ -20,10 +21,6 @@ from saelab.sae.folder import Provenance, open_sae, save_sae
 
 D, S, L, K = 8, 12, 3, 3
 LLAMA_NAME = "meta-llama/Llama-3.2-1B"
-
-
-def _rand(seed, *shape):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _plt_replacement(root: Path, arch="jumprelu", skip=False, layers=range(L), fam=LLAMA) -> Path:
@@ -41,10 +38,10 @@ def _plt_replacement(root: Path, arch="jumprelu", skip=False, layers=range(L), f
         )
         sae = build_sae(cfg)
         s = 10 * layer
-        t = {"W_enc": _rand(s, D, S), "b_enc": _rand(s + 1, S), "W_dec": _rand(s + 2, S, D), "b_dec": _rand(s + 3, D)}
-        t["threshold"] = _rand(s + 4, S).abs() * 0.5
+        t = {"W_enc": rand(s, D, S), "b_enc": rand(s + 1, S), "W_dec": rand(s + 2, S, D), "b_dec": rand(s + 3, D)}
+        t["threshold"] = rand(s + 4, S).abs() * 0.5
         if skip:
-            t["W_skip"] = _rand(s + 5, D, D) * 0.1
+            t["W_skip"] = rand(s + 5, D, D) * 0.1
         if arch != "gated":  # (a gated SAE has more tensors; its random start is enough to be refused)
             sae.load_folded(t)
         names.append(f"layer_{layer}")
@@ -110,17 +107,17 @@ def _ct_plt_folder(root: Path, act="jumprelu", skip=True, model=LLAMA_NAME, hook
     layers = []
     for i in range(L):
         t = {
-            "W_enc": _rand(i, S, D),
-            "W_dec": _rand(i + 50, S, D),
-            "b_enc": _rand(i + 60, S),
-            "b_dec": _rand(i + 70, D),
+            "W_enc": rand(i, S, D),
+            "W_dec": rand(i + 50, S, D),
+            "b_enc": rand(i + 60, S),
+            "b_dec": rand(i + 70, D),
         }
         if act == "topk":
             t["b_enc"] = t["b_enc"].abs() + 20  # every pre-activation positive: see the module docstring of the reader
         if act == "jumprelu":
-            t["activation_function.threshold"] = _rand(i + 80, S).abs()
+            t["activation_function.threshold"] = rand(i + 80, S).abs()
         if skip:
-            t["W_skip"] = _rand(i + 90, D, D) * 0.1
+            t["W_skip"] = rand(i + 90, D, D) * 0.1
         save_file(t, str(root / f"layer_{i}.safetensors"))
         layers.append(t)
     cfg = {"model_kind": "transcoder_set", "model_name": model, "feature_input_hook": hooks[0]}
@@ -131,31 +128,16 @@ def _ct_plt_folder(root: Path, act="jumprelu", skip=True, model=LLAMA_NAME, hook
     return layers
 
 
-def _ct_plt_forward(t, x, act):
-    """circuit-tracer SingleLayerTranscoder: encode = act(F.linear(x, W_enc, b_enc)), decode = acts @ W_dec +
-    b_dec, skip = x @ W_skip.T; JumpReLU x * (x > threshold); TopK keeps the k largest (no ReLU)."""
-    pre = torch.nn.functional.linear(x, t["W_enc"], t["b_enc"])
-    if act == "jumprelu":
-        acts = pre * (pre > t["activation_function.threshold"])
-    elif act == "topk":
-        gate = torch.zeros_like(pre).scatter_(-1, pre.topk(K, dim=-1).indices, 1)
-        acts = pre * gate
-    else:
-        acts = torch.relu(pre)
-    out = acts @ t["W_dec"] + t["b_dec"]
-    return out + x @ t["W_skip"].T if "W_skip" in t else out
-
-
 @pytest.mark.parametrize("act,skip", [("jumprelu", True), ("relu", False), ("topk", True)])
 def test_handwritten_plt_folder_imports_and_computes_circuit_tracers_forward(tmp_path, act, skip):
     layers = _ct_plt_folder(tmp_path / "ct", act, skip)
     import_circuit_tracer(tmp_path / "ct", tmp_path / "ours")
     m = read_manifest(tmp_path / "ours")
-    x = _rand(7, 32, D) * 3
+    x = rand(7, 32, D) * 3
     for i, rel in enumerate(m["dictionaries"]):
         sae = open_sae(tmp_path / "ours" / rel).sae
         assert (sae.cfg.hookpoint, sae.cfg.out_hookpoint) == (LLAMA.mlp_in_site(i), LLAMA.mlp_out_site(i))
-        torch.testing.assert_close(sae.reconstruct(x), _ct_plt_forward(layers[i], x, act), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae.reconstruct(x), ct_plt_forward(layers[i], x, act, K), rtol=1e-5, atol=1e-5)
 
 
 def test_gemma2_hooks_map_to_the_sandwich_sites(tmp_path):
@@ -175,54 +157,22 @@ def test_gemma2_hooks_map_to_the_sandwich_sites(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_gemma2(tmp_path_factory, embedded_folder) -> Path:
-    """A tiny random Gemma 2 (sandwich norms, RMSNorm scale 1 + weight) with random norm weights."""
-    import shutil
-
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-gemma2")
-    cfg = Gemma2Config(
-        vocab_size=49152,
-        hidden_size=D,
-        intermediate_size=16,
-        num_hidden_layers=L,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=4,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = Gemma2ForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("layernorm.weight"):
-                p.copy_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(embedded_folder / name, folder / name)
-    return folder
+    return make_tiny_gemma2(tmp_path_factory.mktemp("tiny-gemma2"), embedded_folder, D, L)
 
 
 @pytest.mark.parametrize("act", ["jumprelu", "relu"])
 def test_ln2_hook_normalized_folds_the_mlp_norms_scale(tmp_path, tiny_gemma2, act):
     """Gemma Scope transcoders read ln2.hook_normalized = x / rms(x) before the norm's 1 + weight; with --model the
     scale folds into the encoder and the transcoder reads saelab's pre_feedforward_layernorm output."""
-    from saelab.models import collect_activations, load_model
-
     layers = _ct_plt_folder(tmp_path / "ct", act, True, "google/gemma-2-2b", ("ln2.hook_normalized", "hook_mlp_out"))
     import_circuit_tracer(tmp_path / "ct", tmp_path / "ours", model=str(tiny_gemma2))
     m = read_manifest(tmp_path / "ours")
     assert m["model"] == {"spec": str(tiny_gemma2), "name": "google/gemma-2-2b"} and m["family"] == "gemma2"
-    lm = load_model(str(tiny_gemma2))
-    ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
     for i in range(L):
-        norm = f"model.layers.{i}.pre_feedforward_layernorm"
-        a = collect_activations(lm.model, ids, [norm + ":input", norm])
-        x, y = a[norm + ":input"].reshape(-1, D), a[norm].reshape(-1, D)
-        u = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # TL's hook_normalized / nnsight's _norm output
+        u, y = mlp_norm_io(tiny_gemma2, i)
         sae = open_sae(tmp_path / "ours" / m["dictionaries"][i]).sae
-        assert sae.cfg.hookpoint == norm
-        torch.testing.assert_close(sae.reconstruct(y), _ct_plt_forward(layers[i], u, act), rtol=1e-4, atol=1e-4)
+        assert sae.cfg.hookpoint == f"model.layers.{i}.pre_feedforward_layernorm"
+        torch.testing.assert_close(sae.reconstruct(y), ct_plt_forward(layers[i], u, act), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- bad input: one UserError, nothing written
@@ -306,9 +256,9 @@ def _clt_replacement(root: Path, sparsity="batchtopk") -> Path:
         extra={"clt_sparsity": sparsity},
     )
     sae = build_sae(cfg)
-    t = {"W_enc": _rand(1, L, D, S), "b_enc": _rand(2, L * S), "b_dec": _rand(3, L * D)}
-    t |= {f"W_dec_{i}": _rand(10 + i, S, L - i, D) for i in range(L)}
-    t["threshold"] = _rand(4, L).abs().repeat_interleave(S)
+    t = {"W_enc": rand(1, L, D, S), "b_enc": rand(2, L * S), "b_dec": rand(3, L * D)}
+    t |= {f"W_dec_{i}": rand(10 + i, S, L - i, D) for i in range(L)}
+    t["threshold"] = rand(4, L).abs().repeat_interleave(S)
     sae.load_folded(t)
     save_sae(sae, root / "clt", Provenance(model_spec=LLAMA_NAME, model_name=LLAMA_NAME, context=64))
     ins = [LLAMA.mlp_in_site(i) for i in range(L)]
@@ -347,12 +297,12 @@ def _ct_clt_folder(root: Path, thresholds=True, per_layer=True):
     root.mkdir(parents=True)
     layers = []
     for i in range(L):
-        t = {f"W_enc_{i}": _rand(i, S, D), f"b_enc_{i}": _rand(i + 20, S), f"b_dec_{i}": _rand(i + 30, D)}
+        t = {f"W_enc_{i}": rand(i, S, D), f"b_enc_{i}": rand(i + 20, S), f"b_dec_{i}": rand(i + 30, D)}
         if thresholds:
-            thr = torch.full((S,), 0.3 * (i + 1)) if per_layer else _rand(i + 40, S).abs()
+            thr = torch.full((S,), 0.3 * (i + 1)) if per_layer else rand(i + 40, S).abs()
             t[f"threshold_{i}"] = thr
         save_file(t, str(root / f"W_enc_{i}.safetensors"))
-        save_file({f"W_dec_{i}": _rand(i + 50, S, L - i, D)}, str(root / f"W_dec_{i}.safetensors"))
+        save_file({f"W_dec_{i}": rand(i + 50, S, L - i, D)}, str(root / f"W_dec_{i}.safetensors"))
         layers.append(t | load_file(str(root / f"W_dec_{i}.safetensors")))
     cfg = {"model_kind": "cross_layer_transcoder", "model_name": LLAMA_NAME}
     cfg |= {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
@@ -360,25 +310,12 @@ def _ct_clt_folder(root: Path, thresholds=True, per_layer=True):
     return layers
 
 
-def _ct_clt_forward(layers, xs):
-    """circuit-tracer CrossLayerTranscoder: features_l = jumprelu(einsum('bd,fd->bf', x_l, W_enc_l) + b_enc_l);
-    recon[t] = sum_{s <= t} features_s @ W_dec_s[:, t - s] + b_dec_t (compute_reconstruction's index_add)."""
-    feats = []
-    for i, t in enumerate(layers):
-        pre = torch.einsum("bd,fd->bf", xs[i], t[f"W_enc_{i}"]) + t[f"b_enc_{i}"]
-        feats.append(pre * (pre > t[f"threshold_{i}"]))
-    return [
-        sum(feats[s] @ layers[s][f"W_dec_{s}"][:, t - s] for s in range(t + 1)) + layers[t][f"b_dec_{t}"]
-        for t in range(len(layers))
-    ]
-
-
 def test_handwritten_clt_folder_imports_and_computes_circuit_tracers_forward(tmp_path):
     layers = _ct_clt_folder(tmp_path / "ct")
     import_circuit_tracer(tmp_path / "ct", tmp_path / "ours")
     sae = open_sae(tmp_path / "ours" / "clt").sae
-    xs = [_rand(100 + i, 32, D) * 2 for i in range(L)]
-    want = _ct_clt_forward(layers, xs)
+    xs = [rand(100 + i, 32, D) * 2 for i in range(L)]
+    want = ct_clt_forward(layers, xs)
     torch.testing.assert_close(sae.reconstruct(torch.cat(xs, -1)), torch.cat(want, -1), rtol=1e-5, atol=1e-5)
     lats = [sae.encode_layer(i, xs[i]) for i in range(L)]  # the raw-space API replacement models use
     for t in range(L):

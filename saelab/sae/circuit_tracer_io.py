@@ -217,11 +217,20 @@ def import_circuit_tracer(
 ) -> Path:
     """circuit-tracer folder `src` -> saelab replacement folder `out`: one SAE folder per layer (PLT) or one
     CLT folder, then replacement.json. Everything is read and checked before anything is written."""
-    src, out = Path(src), Path(out)
-    ct = read_ct(src)
+    src = Path(src)
+    origin = {"format": "circuit-tracer", "path": str(src)}
+    return replacement_from_ct(read_ct(src), out, model, context, overwrite, origin)
+
+
+def replacement_from_ct(
+    ct: CtSet, out: Path, model: str | None, context: int | None, overwrite: bool, origin: dict
+) -> Path:
+    """A CtSet -> replacement folder `out` (`model`: the model spec to record, and whose MLP norms fold into a
+    set reading ln2.hook_normalized; `origin`: what to record under imported_from)."""
+    out = Path(out)
     name, spec = ct.model_name or model, model or ct.model_name
     if not name:
-        raise UserError(f"{src}: config.yaml names no model_name; pass --model")
+        raise UserError(f"{origin.get('path')}: config.yaml names no model_name; pass --model")
     family = family_for_name(name)
     check_writable(out)
     refuse_nonempty(out, overwrite)
@@ -236,9 +245,9 @@ def import_circuit_tracer(
 
         saes, names = [ct_to_clt(ct, family)], ["clt"]
     for n, sae in zip(names, saes, strict=True):
-        refuse_non_finite(src / n, sae.state_dict())
+        refuse_non_finite(Path(origin.get("path", "")) / n, sae.state_dict())
     prov = Provenance(model_spec=spec, model_name=name, context=context or 1024)
-    origin = {"format": "circuit-tracer", "path": str(src), "model_kind": ct.kind, "activation": ct.activation}
+    origin = origin | {"model_kind": ct.kind, "activation": ct.activation}
     for n, sae in zip(names, saes, strict=True):
         save_sae(sae, out / n, prov, {"imported_from": origin})
     layers = list(range(ct.n_layers))
