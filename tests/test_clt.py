@@ -153,3 +153,128 @@ def test_memory_formula_counts_parameters():
     assert clt_train_bytes(30, 2048, 576, 576, 0) == 16 * p
     sae = make_clt()
     assert sum(q.numel() for q in sae.parameters()) == clt_params(L, N, D, D)
+
+
+# ---------------------------------------------------------------- training through the loop
+def _sites(model, layers) -> str:
+    from saelab.families import family_of
+
+    fam = family_of(model)
+    ins = [fam.mlp_in_site(l) for l in layers]
+    outs = [fam.mlp_out_site(l) for l in layers]
+    return "+".join(ins), "+".join(outs)
+
+
+def _heldout(model_dir, corpus, layers, tokens=2048):
+    """(x, y): concatenated raw MLP inputs and outputs of `layers` on held-out rows."""
+    from saelab.data import load_token_rows
+    from saelab.models import collect_activations, load_model
+
+    lm = load_model(str(model_dir))
+    ins, outs = _sites(lm.model, layers)
+    rows = load_token_rows(str(corpus), lm.tokenizer, 64)
+    ids = torch.from_numpy(rows.tokens[rows.heldout_rows[: tokens // 64]].astype("int64"))
+    acts = collect_activations(lm.model, ids, ins.split("+") + outs.split("+"))
+    x = torch.cat([acts[h][:, 1:].reshape(-1, acts[h].shape[-1]).float() for h in ins.split("+")], -1)
+    y = torch.cat([acts[h][:, 1:].reshape(-1, acts[h].shape[-1]).float() for h in outs.split("+")], -1)
+    return x, y, ins, outs
+
+
+def _fvu_per_layer(sae, x, y) -> list[float]:
+    pred = sae.reconstruct(x)
+    d = sae.d_site_out
+    out = []
+    for t in range(sae.n_layers):
+        yt, pt = y[:, t * d : (t + 1) * d], pred[:, t * d : (t + 1) * d]
+        out.append(((pt - yt).pow(2).sum() / (yt - yt.mean(0)).pow(2).sum()).item())
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory, embedded_folder):
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    cfg = GPT2Config(vocab_size=49152, n_embd=48, n_layer=3, n_head=4, n_positions=256, n_inner=96)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded_folder / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_clt_trains_through_the_loop_and_reopens(family, tmp_path, tiny_model_dir, tiny_gpt2_dir, text_corpus):
+    from conftest import train_cfg
+
+    from saelab.train.loop import train
+
+    model_dir = tiny_model_dir if family == "llama" else tiny_gpt2_dir
+    layers = [0, 1, 2]
+    x, y, ins, outs = _heldout(model_dir, text_corpus, layers)
+    pattern = f"{ins.split('+')[0].replace('.0.', '.{0,1,2}.')}->{outs.split('+')[0].replace('.0.', '.{0,1,2}.')}"
+    cfg = train_cfg(
+        tmp_path / "run", model_dir, text_corpus, arch="clt", hookpoints=[pattern], latents=64, k=[4], tokens=16384
+    )
+    (folder,) = train(cfg)
+    sae = open_sae(folder).sae
+    assert sae.cfg.hookpoint == ins and sae.cfg.out_hookpoint == outs
+    assert (sae.n_layers, sae.n_per_layer, sae.cfg.d_sae) == (3, 64, 192)  # --latents is per layer
+    untrained = make_clt(L=3, d=x.shape[1] // 3, n=64, k=4)
+    untrained.init_from_data(x, y)
+    trained_fvu, untrained_fvu = _fvu_per_layer(sae, x, y), _fvu_per_layer(untrained, x, y)
+    for t, (a, b) in enumerate(zip(trained_fvu, untrained_fvu)):
+        assert a < 0.95 * b, (t, a, b)  # 32 steps on a random model (a TopK transcoder per layer: FVU > 1)
+    # every layer's latents fire k per token; the saved folder gives the same outputs when reopened again
+    assert sae.encode_raw(x).values.gt(0).sum(1).float().mean() <= 3 * 4
+    again = open_sae(folder).sae
+    assert torch.equal(again.reconstruct(x), sae.reconstruct(x))
+
+
+def test_clt_resume_after_a_kill_is_exact(tmp_path, tiny_model_dir, text_corpus):
+    import subprocess
+    import sys
+
+    from conftest import kill_when_checkpointed
+
+    common = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--arch", "clt"]
+    common += ["--hookpoints", "model.layers.{0,1,2}.post_attention_layernorm->model.layers.{0,1,2}.mlp"]
+    common += ["--latents", "64", "--k", "4", "--tokens", "16384", "--batch-tokens", "512", "--context", "64"]
+    common += ["--buffer-batches", "4", "--checkpoint-every", "6000", "--threads", "1"]
+
+    def cli(args):
+        return subprocess.run([sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True, timeout=600)
+
+    full = cli(common + ["--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    killed = kill_when_checkpointed(
+        [sys.executable, "-m", "saelab", *common, "--out", str(tmp_path / "res")], tmp_path / "res"
+    )
+    assert killed == -9
+    resumed = cli(common + ["--out", str(tmp_path / "res"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at" in resumed.stdout
+    (name,) = [p.name for p in (tmp_path / "full").iterdir() if (p / "cfg.json").exists()]
+    a, b = open_sae(tmp_path / "full" / name).sae, open_sae(tmp_path / "res" / name).sae
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_a_clt_too_big_for_memory_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """The embedded model's config is on disk: 30 layers x 2^20 latents per layer is refused in
+    TrainingRun's checks, naming the estimate, before any weights load."""
+    from conftest import train_cfg
+
+    import saelab.train.sources as sources
+    from saelab.errors import UserError
+    from saelab.train.loop import TrainingRun
+
+    monkeypatch.setattr(sources, "open_inputs", lambda *a, **k: pytest.fail("the model loaded"))
+    pattern = "model.layers.{%s}.post_attention_layernorm->model.layers.{%s}.mlp" % (
+        (",".join(map(str, range(30))),) * 2
+    )
+    cfg = train_cfg(tmp_path / "big", "embedded", "builtin", arch="clt", hookpoints=[pattern], latents=2**20, k=[32])
+    with pytest.raises(UserError, match=r"--arch clt over 30 layers x 1048576 latents .* needs about"):
+        TrainingRun(cfg)

@@ -160,9 +160,10 @@ class CrossLayerTranscoder(SparseCoder):
     def sparsity(self) -> str:
         return self.cfg.extra.get("clt_sparsity", "topk")
 
-    @property
-    def scales_initial_code(self) -> bool:
-        return self.sparsity == "batchtopk"  # as BatchTopKSae: the batch-wide first code overshoots
+    # The first code overshoots: layer t's prediction sums the codes of t+1 source layers (and, BatchTopK,
+    # the batch-wide selection gives large rows many latents); scaling the encoders to the least-squares
+    # length keeps every selection (base.fit_initial_scale)
+    scales_initial_code = True
 
     @classmethod
     def folded_shapes(cls, cfg: SaeConfig) -> dict[str, tuple[int, ...]]:

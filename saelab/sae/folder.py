@@ -295,7 +295,9 @@ def check_fits(folders: list[SaeFolder], model) -> None:
     for f in folders:
         c = f.sae.cfg
         if multi_site(c):  # one dictionary over several equal-width sites (sae/crosscoder.py, sae/clt.py)
-            sides = [(crosscoder_sites(c), c.d_in)] + ([(c.out_hookpoint.split("+"), c.d_out)] if c.out_hookpoint else [])
+            sides = [(crosscoder_sites(c), c.d_in)] + (
+                [(c.out_hookpoint.split("+"), c.d_out)] if c.out_hookpoint else []
+            )
             for names, width in sides:
                 resolve_hookpoints(model, names)
                 w = hookpoint_widths(model, names)
