@@ -55,7 +55,7 @@ def _plt_replacement(root: Path, arch="jumprelu", skip=False, layers=range(L), f
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip")
 
 
-@pytest.mark.filterwarnings("ignore:circuit-tracer applies")
+@pytest.mark.filterwarnings("ignore:circuit-tracer 0.5.0")
 @pytest.mark.parametrize("arch,skip", [("jumprelu", False), ("relu", True), ("topk", False), ("batchtopk", True)])
 def test_plt_export_layout_and_round_trip_bit_exact(tmp_path, arch, skip):
     rep = _plt_replacement(tmp_path / "rep", arch, skip)
@@ -338,3 +338,40 @@ def test_clt_refusals(tmp_path):
     with pytest.raises(UserError, match="a topk CLT has no form there"):
         export_circuit_tracer(_clt_replacement(tmp_path / "rep", "topk"), tmp_path / "o")
     assert not (tmp_path / "ours").exists() and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- circuit-tracer itself, where it is installed
+
+
+@pytest.mark.parametrize("kind", ["plt-jumprelu-skip", "plt-relu", "clt"])
+def test_circuit_tracer_loads_the_exported_folder(tmp_path, kind):
+    """Only where circuit-tracer is installed (not a saelab dependency; docs/research/circuits.md records a
+    run with circuit-tracer 0.5.0): its own loader for an absolute path (load_transcoder_from_hub ->
+    caching.load_transcoders_from_cache) reads the exported folder and computes what saelab computes."""
+    pytest.importorskip("circuit_tracer")
+    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+
+    if kind == "clt":
+        rep = _clt_replacement(tmp_path / "rep")
+    else:
+        rep = _plt_replacement(tmp_path / "rep", kind.split("-")[1], kind.endswith("skip"))
+    export_circuit_tracer(rep, tmp_path / "ct")
+    tc, _ = load_transcoder_from_hub(str(tmp_path / "ct"), device=torch.device("cpu"), dtype=torch.float32)
+    assert (tc.feature_input_hook, tc.feature_output_hook) == ("mlp.hook_in", "mlp.hook_out")
+    xs = torch.stack([rand(70 + i, 16, D) * 2 for i in range(L)])  # [layers, positions, d]
+    with torch.no_grad():
+        if kind == "clt":
+            ours = open_sae(rep / "clt").sae.reconstruct(xs.transpose(0, 1).reshape(16, L * D))
+            theirs = tc.decode(tc.encode(xs))  # [layers, positions, d]
+            torch.testing.assert_close(ours, theirs.transpose(0, 1).reshape(16, L * D), rtol=1e-5, atol=1e-5)
+        else:
+            for i in range(L):
+                ours = open_sae(rep / f"layer_{i}").sae.reconstruct(xs[i])
+                torch.testing.assert_close(ours, tc[i](xs[i]), rtol=1e-5, atol=1e-5)
+    # and what circuit-tracer itself writes (to_safetensors; the config.yaml beside it) imports back, bit for bit
+    tc.to_safetensors(str(tmp_path / "ct2"))
+    (tmp_path / "ct2" / "config.yaml").write_text((tmp_path / "ct" / "config.yaml").read_text())
+    import_circuit_tracer(tmp_path / "ct2", tmp_path / "back")
+    for rel in read_manifest(tmp_path / "back")["dictionaries"]:
+        fa, fb = open_sae(rep / rel).sae.folded_state(), open_sae(tmp_path / "back" / rel).sae.folded_state()
+        assert all(torch.equal(fa[n], fb[n]) for n in fa if n != "threshold" or kind == "clt")

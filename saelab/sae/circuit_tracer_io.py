@@ -6,7 +6,8 @@ orientation differs). Activations, as circuit-tracer holds them:
 
   saelab relu      -> no threshold (F.relu)          jumprelu  -> activation_function.threshold
   saelab batchtopk -> JumpReLU at its inference threshold (as SAELens does; imports back as jumprelu)
-  saelab topk      -> `activation: topk`, `k` (PLT only). circuit-tracer's TopK keeps the k largest
+  saelab topk      -> `activation: topk`, `k` (PLT only), with a warning: circuit-tracer 0.5.0 loads it as
+                      ReLU, its GitHub main as TopK from the hub only. circuit-tracer's TopK keeps the k largest
                       pre-activations without a ReLU, saelab's zeroes negative ones: the two agree on every
                       row with at least k positive pre-activations
   anything else (gated, matryoshka, codebook, a skip CLT, a topk CLT): refused, naming it.
@@ -128,8 +129,9 @@ def plt_to_ct(src: Path, m: dict, family: Family) -> CtSet:
     act, k = _one(acts, "activation", src)
     if act == "topk":
         warnings.warn(
-            "circuit-tracer applies `activation: topk` only when it loads a set from the hub; read from a local "
-            "folder (load_transcoders_from_cache) the set loads as ReLU (docs/research/circuits.md)",
+            "circuit-tracer 0.5.0 (PyPI) has no TopK and loads this set as ReLU; its GitHub main applies "
+            "`activation: topk` only when it loads the set from the hub, a local folder still loads as ReLU "
+            "(docs/research/circuits.md)",
             stacklevel=2,
         )
     if act != "jumprelu":
