@@ -47,7 +47,7 @@ def register(sub) -> None:
         PullConfig,
         cmd_pull,
         help="download one SAE of a public release (Gemma Scope, Llama Scope, SAELens, EleutherAI "
-        "sparsify) into a saelab folder",
+        "sparsify) into a saelab folder, or a transcoder set circuit-tracer uses into a replacement folder",
         description="RELEASE is a name in saelab/sae/releases.json (repo, model, format, sae-ids, "
         "hookpoints). Needs internet unless --local points at a copy of the repo.",
     )

@@ -44,12 +44,14 @@ class ImportConfig:
 
 @dataclass
 class ExportConfig:
-    """`saelab export DIR... --format F --out DIR`: saelab folders in SAELens or sparsify layout."""
+    """`saelab export DIR... --format F --out DIR`: saelab folders in SAELens or sparsify layout, a replacement
+    folder in circuit-tracer's."""
 
     sae_dirs: list[str] = opt(help="saelab SAE folders (circuit-tracer: one replacement folder)", positional=True)
     format: str = opt(help="target layout", choices=("saelens", "sparsify", "circuit-tracer"))
     out: str = out_option(
-        "SAELens: the SAE folder (or a parent for several); sparsify: the run folder that gets one folder per hookpoint"
+        "SAELens: the SAE folder (or a parent for several); sparsify: the run folder that gets one folder per "
+        "hookpoint; circuit-tracer: the folder of config.yaml and the layer files"
     )
     prefix: str = opt(SPARSIFY_PREFIX, "stripped from hookpoints for sparsify folder names")
     overwrite: bool = overwrite_option("existing exported files")
