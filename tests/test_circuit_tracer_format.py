@@ -375,3 +375,23 @@ def test_circuit_tracer_loads_the_exported_folder(tmp_path, kind):
     for rel in read_manifest(tmp_path / "back")["dictionaries"]:
         fa, fb = open_sae(rep / rel).sae.folded_state(), open_sae(tmp_path / "back" / rel).sae.folded_state()
         assert all(torch.equal(fa[n], fb[n]) for n in fa if n != "threshold" or kind == "clt")
+
+
+def test_export_refuses_sites_and_mixtures_circuit_tracer_cannot_hold(tmp_path):
+    """An SAE (not a transcoder), a transcoder between sites circuit-tracer has no hook for, layers with
+    different activations: each refused with its reason before anything is written."""
+    rep = _plt_replacement(tmp_path / "rep")
+    for i, (hook, out_hook) in enumerate(
+        [(LLAMA.mlp_in_site(0), None), ("model.layers.0", LLAMA.mlp_out_site(0))]  # an SAE; a resid_post input
+    ):
+        sae = build_sae(SaeConfig(arch="relu", d_in=D, d_sae=S, hookpoint=hook, out_hookpoint=out_hook))
+        save_sae(sae, rep / "layer_0", Provenance(model_spec=LLAMA_NAME, model_name=LLAMA_NAME, context=64))
+        match = ["is not a transcoder", r"model\.layers\.0 \(layer 0\) is not a site circuit-tracer names"][i]
+        with pytest.raises(UserError, match=match):
+            export_circuit_tracer(rep, tmp_path / f"o{i}")
+    sae = build_sae(SaeConfig(arch="relu", d_in=D, d_sae=S, hookpoint=LLAMA.mlp_in_site(0)))
+    sae.cfg.out_hookpoint = LLAMA.mlp_out_site(0)
+    save_sae(sae, rep / "layer_0", Provenance(model_spec=LLAMA_NAME, model_name=LLAMA_NAME, context=64))
+    with pytest.raises(UserError, match="one activation for every layer"):  # relu at layer 0, jumprelu after
+        export_circuit_tracer(rep, tmp_path / "o2")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(3))
