@@ -179,6 +179,14 @@ FAMILIES = [GEMMA2, GEMMA, GPT2, NEOX, LLAMA]  # specific names first: "gemma-2"
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
 
+def family_named(name: str) -> Family:
+    """The family called `name` ("llama", "gemma2", ...): what a replacement manifest records."""
+    fam = next((f for f in FAMILIES if f.name == name), None)
+    if fam is None:
+        raise UserError(f"unknown model family {name!r} (known: {', '.join(f.name for f in FAMILIES)})")
+    return fam
+
+
 def family_for_name(model_name: str | None) -> Family:
     """The family of a TransformerLens / SAELens model name ("gpt2-small", "pythia-70m-deduped",
     "gemma-2-2b"); Llama's for any other name (Llama, Qwen, Mistral share its module names)."""

@@ -16,8 +16,9 @@ from saelab.cli import main
 from saelab.errors import UserError
 from saelab.families import LLAMA
 from saelab.sae import SaeConfig, build_sae
-from saelab.sae.circuit_tracer_io import export_circuit_tracer, import_circuit_tracer, read_manifest, write_manifest
+from saelab.sae.circuit_tracer_io import export_circuit_tracer, import_circuit_tracer
 from saelab.sae.folder import Provenance, open_sae, save_sae
+from saelab.sae.replacement import LayerPlan, read_manifest, write_replacement
 
 D, S, L, K = 8, 12, 3, 3
 LLAMA_NAME = "meta-llama/Llama-3.2-1B"
@@ -48,7 +49,8 @@ def _plt_replacement(root: Path, arch="jumprelu", skip=False, layers=range(L), f
         save_sae(sae, root / names[-1], Provenance(model_spec=LLAMA_NAME, model_name=LLAMA_NAME, context=64))
     ins = [fam.mlp_in_site(i) for i in layers]
     outs = [fam.mlp_out_site(i) for i in layers]
-    write_manifest(root, "plt", LLAMA_NAME, fam, list(layers), ins, outs, names)
+    plan = LayerPlan(tuple(layers), fam.name, len(layers), tuple(ins), tuple(outs))
+    write_replacement(root, "plt", plan, LLAMA_NAME, LLAMA_NAME, [root / n for n in names])
     return root
 
 
@@ -262,9 +264,9 @@ def _clt_replacement(root: Path, sparsity="batchtopk") -> Path:
     sae.load_folded(t)
     save_sae(sae, root / "clt", Provenance(model_spec=LLAMA_NAME, model_name=LLAMA_NAME, context=64))
     ins = [LLAMA.mlp_in_site(i) for i in range(L)]
-    write_manifest(
-        root, "clt", LLAMA_NAME, LLAMA, list(range(L)), ins, [LLAMA.mlp_out_site(i) for i in range(L)], ["clt"]
-    )
+    outs = [LLAMA.mlp_out_site(i) for i in range(L)]
+    plan = LayerPlan(tuple(range(L)), LLAMA.name, L, tuple(ins), tuple(outs))
+    write_replacement(root, "clt", plan, LLAMA_NAME, LLAMA_NAME, [root / "clt"])
     return root
 
 

@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from saelab.cli import main
 from saelab.errors import UserError
 from saelab.families import GEMMA2, LLAMA
-from saelab.sae.circuit_tracer_io import read_manifest
 from saelab.sae.folder import open_sae
 from saelab.sae.releases import PullConfig, find_release, pull_release
+from saelab.sae.replacement import read_manifest
 
 D, S, L = 8, 12, 3
 

@@ -12,8 +12,7 @@ orientation differs). Activations, as circuit-tracer holds them:
                       row with at least k positive pre-activations
   anything else (gated, matryoshka, codebook, a skip CLT, a topk CLT): refused, naming it.
 
-The replacement manifest (replacement.json) is written and read here by `write_manifest` / `read_manifest`
-until the replacement module of issue 28 (sae/replacement.py, open_replacement) takes it over.
+The replacement manifest (replacement.json) is read and written by sae/replacement.py, as for a --layers run.
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..families import FAMILIES, Family, family_for_name, family_of
+from ..families import Family, family_for_name, family_named, family_of
 from ..out_folder import check_writable, refuse_nonempty
-from ..storage import read_json, write_json
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
 from .foreign_circuit_tracer import (
@@ -40,52 +38,9 @@ from .foreign_circuit_tracer import (
     site_of_hook,
     write_ct,
 )
+from .replacement import LayerPlan, read_manifest, write_replacement
 
-REPLACEMENT = "replacement.json"
 SIDES = ("feature_input_hook", "feature_output_hook")
-
-
-# ---------------------------------------------------------------- replacement.json (until sae/replacement.py)
-
-
-def write_manifest(folder: Path, kind: str, model: str, family: Family, layers, ins, outs, dicts, name="") -> Path:
-    """replacement.json as ISSUE 28 section 2 lays it out; written last and atomically."""
-    write_json(
-        Path(folder) / REPLACEMENT,
-        {
-            "format": "saelab.replacement",
-            "version": 1,
-            "kind": kind,
-            "model": {"spec": model, "name": name or model},
-            "family": family.name,
-            "model_layers": len(layers),
-            "layers": list(layers),
-            "input_sites": list(ins),
-            "output_sites": list(outs),
-            "dictionaries": list(dicts),
-        },
-    )
-    return Path(folder) / REPLACEMENT
-
-
-def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / REPLACEMENT
-    if not path.exists():
-        raise UserError(f"{folder} has no {REPLACEMENT}: not a replacement folder (train one with --layers)")
-    m = read_json(path)
-    missing = {"kind", "family", "layers", "dictionaries"} - set(m if isinstance(m, dict) else {})
-    if missing or m.get("format") != "saelab.replacement":
-        raise UserError(f"{path} is not a saelab replacement manifest (missing {sorted(missing)} or format)")
-    if m["kind"] not in ("plt", "clt"):
-        raise UserError(f"{path}: unknown kind {m['kind']!r} (plt, clt)")
-    return m
-
-
-def family_named(name: str) -> Family:
-    fam = next((f for f in FAMILIES if f.name == name), None)
-    if fam is None:
-        raise UserError(f"unknown model family {name!r} (known: {', '.join(f.name for f in FAMILIES)})")
-    return fam
 
 
 # ---------------------------------------------------------------- export
@@ -256,5 +211,6 @@ def replacement_from_ct(
     ins = [site_of_hook(family, ct.input_hook, i, SIDES[0]) for i in layers]
     outs = [site_of_hook(family, ct.output_hook, i, SIDES[1]) for i in layers]
     kind = "plt" if ct.kind == PLT_KIND else "clt"
-    write_manifest(out, kind, spec, family, layers, ins, outs, names, name)
+    plan = LayerPlan(tuple(layers), family.name, len(layers), tuple(ins), tuple(outs))
+    write_replacement(out, kind, plan, spec, name, [out / n for n in names])
     return out

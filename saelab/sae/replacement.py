@@ -36,6 +36,22 @@ KINDS = ("plt", "clt")
 SEP = "+"  # a CLT's sites, joined (as a crosscoder's)
 
 
+@dataclass(frozen=True)
+class LayerPlan:
+    """What a replacement covers: its layers and their MLP sites (a --layers run's plan, an import's layout)."""
+
+    layers: tuple[int, ...]
+    family: str
+    model_layers: int
+    input_sites: tuple[str, ...]
+    output_sites: tuple[str, ...]
+
+    @property
+    def hookpoints(self) -> list[str]:
+        """One 'A->B' transcoder entry per layer, layer order (TrainConfig.hookpoints of the run)."""
+        return [f"{a}->{b}" for a, b in zip(self.input_sites, self.output_sites)]
+
+
 @dataclass
 class Replacement:
     """An opened, checked replacement folder: one transcoder per layer (plt) or one CLT over them all."""
@@ -63,7 +79,8 @@ class Replacement:
 
 
 def write_replacement(out: Path, kind: str, plan, model_spec: str, model_name: str, folders: list[Path]) -> Path:
-    """replacement.json of a --layers run (`plan`: train/layers.LayerPlan), atomically; the run's last file."""
+    """replacement.json for the dictionaries `folders` (inside `out`) covering `plan`, atomically: the last file
+    a --layers run or an import writes."""
     out = Path(out)
     manifest = {
         "format": FORMAT,
@@ -88,7 +105,7 @@ def is_replacement(path) -> bool:
 def open_replacement(path, device: str = "cpu") -> Replacement:
     """The replacement folder at `path`, every dictionary loaded and checked against replacement.json."""
     path = Path(path)
-    m = _read_manifest(path)
+    m = read_manifest(path)
     layers, ins, outs, dicts = m["layers"], m["input_sites"], m["output_sites"], m["dictionaries"]
     n = m["model_layers"]
     seen: set[int] = set()
@@ -115,7 +132,9 @@ def open_replacement(path, device: str = "cpu") -> Replacement:
     )
 
 
-def _read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> dict:
+    """replacement.json of `path`, its fields checked (the folders it names are checked by open_replacement)."""
+    path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a replacement folder (no such folder)")
     if not (path / MANIFEST).is_file():

@@ -11,27 +11,11 @@ PLT set); a multi-site type (--arch clt) joins them into one dictionary (sources
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from ..errors import UserError
+from ..sae.replacement import LayerPlan
 
 _SPELLING = "--layers takes all, a range 0-29, or a list 0,4,8"
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What a --layers run trains (and writes into replacement.json): layers and their MLP sites."""
-
-    layers: tuple[int, ...]
-    family: str
-    model_layers: int
-    input_sites: tuple[str, ...]
-    output_sites: tuple[str, ...]
-
-    @property
-    def hookpoints(self) -> list[str]:
-        """One 'A->B' transcoder entry per layer, layer order (TrainConfig.hookpoints of the run)."""
-        return [f"{a}->{b}" for a, b in zip(self.input_sites, self.output_sites)]
 
 
 def parse_layers(spec: str) -> list[int] | None:
