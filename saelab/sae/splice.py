@@ -34,6 +34,11 @@ def spliced(
     edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[None]:
     cfg = sae.cfg
+    if multi_site(cfg) and cfg.is_transcoder:
+        raise UserError(
+            "a cross-layer transcoder replaces every layer's MLP at once: splice it with `clt_spliced` (or "
+            "`sae.replacement.replaced` on its replacement folder; `saelab eval REPLACEMENT`), not one site"
+        )
     if multi_site(cfg):
         raise UserError(
             "a crosscoder cannot be spliced into one forward (it reads later sites to reconstruct earlier "
