@@ -150,7 +150,7 @@ def test_memory_formula_counts_parameters():
     # 30 layers x 2,048 latents on d=576: encoders 30*576*2048, decoders 2048*576*465, biases
     p = clt_params(30, 2048, 576, 576)
     assert p == 30 * 576 * 2048 + 30 * 2048 + 2048 * 576 * 465 + 30 * 576
-    assert clt_train_bytes(30, 2048, 576, 576, 0) == 16 * p
+    assert clt_train_bytes(30, 2048, 576, 576, 0) == 16 * p + 2**29
     sae = make_clt()
     assert sum(q.numel() for q in sae.parameters()) == clt_params(L, N, D, D)
 
