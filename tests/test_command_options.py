@@ -92,7 +92,7 @@ def test_old_flags_keep_their_spelling_default_and_grammar(capsys):
     assert default("serve-llm", "--max-body") == 1 << 20 and default("serve", "--port") == 8765
     assert default("steer", "--strengths") == [1.0] and action("steer", "--strengths").nargs == "+"
     assert action("steer", "--clamp").metavar == "LATENT=V" and action("steer", "sae").nargs == "?"
-    assert action("export", "--format").choices == ("saelens", "sparsify")
+    assert action("export", "--format").choices == ("saelens", "sparsify", "circuit-tracer")
     assert action("eval", "--dtype").choices == ("float32", "bfloat16", "float16")
     assert action("eval", "sae_dirs").nargs == "+" and not action("compare", "a").option_strings
     assert default("sweep", "--losses") == ["local", "e2e", "e2e+ds"]

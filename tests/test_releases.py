@@ -275,7 +275,7 @@ def test_unknown_release_and_sae_id_give_close_matches(tmp_path, capsys):
 
 def test_every_registry_entry_resolves():
     reg = registry()
-    assert {r.format for r in reg.values()} == {"gemma-scope", "llama-scope", "saelens", "sparsify"}
+    assert {r.format for r in reg.values()} == {"gemma-scope", "llama-scope", "saelens", "sparsify", "circuit-tracer"}
     for r in reg.values():
         for sae_id in r.ids:
             path, hook = r.resolve(sae_id)

@@ -47,7 +47,7 @@ def register(sub) -> None:
         PullConfig,
         cmd_pull,
         help="download one SAE of a public release (Gemma Scope, Llama Scope, SAELens, EleutherAI "
-        "sparsify) into a saelab folder",
+        "sparsify) into a saelab folder, or a transcoder set circuit-tracer uses into a replacement folder",
         description="RELEASE is a name in saelab/sae/releases.json (repo, model, format, sae-ids, "
         "hookpoints). Needs internet unless --local points at a copy of the repo.",
     )
@@ -56,11 +56,17 @@ def register(sub) -> None:
         "import",
         ImportConfig,
         cmd_import,
-        help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders",
+        help="convert SAELens / sparsify SAEs (folder or hub id) into saelab folders, a circuit-tracer folder into "
+        "a replacement folder",
         description="SRC is a SAELens folder (cfg.json + sae_weights.safetensors), a sparsify folder "
-        "(cfg.json + sae.safetensors) or a folder of such folders, or a Hugging Face hub "
+        "(cfg.json + sae.safetensors) or a folder of such folders, a circuit-tracer folder (config.yaml + "
+        "layer_*.safetensors or W_enc_*/W_dec_*.safetensors), or a Hugging Face hub "
         "id owner/repo[/sub/folder] (needs internet).",
     )
     add_config_command(
-        sub, "export", ExportConfig, cmd_export, help="write saelab SAE folders in SAELens or sparsify layout"
+        sub,
+        "export",
+        ExportConfig,
+        cmd_export,
+        help="write saelab SAE folders in SAELens or sparsify layout, or a replacement folder in circuit-tracer's",
     )

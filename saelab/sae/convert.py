@@ -1,5 +1,6 @@
-"""`saelab import` / `saelab export`: convert SAELens and sparsify folders into saelab folders and back.
-The format readers and writers live in foreign.py, foreign_saelens.py and foreign_sparsify.py; this module
+"""`saelab import` / `saelab export`: convert SAELens and sparsify folders into saelab folders and back, and
+circuit-tracer folders into replacement folders and back. The format readers and writers live in foreign.py,
+foreign_saelens.py, foreign_sparsify.py and foreign_circuit_tracer.py (with circuit_tracer_io.py); this module
 only moves folders."""
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from ..errors import UserError
 from ..option_checks import check_types
 from ..options import model_option, opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
+from .circuit_tracer_io import export_circuit_tracer, import_circuit_tracer
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
 from .foreign import detect_format, load_foreign, resolve_source, sae_folders
+from .foreign_circuit_tracer import CT_CONFIG
 from .foreign_layout import SPARSIFY_PREFIX
 from .foreign_saelens import export_saelens
 from .foreign_sparsify import export_sparsify
@@ -20,7 +23,8 @@ from .foreign_sparsify import export_sparsify
 
 @dataclass
 class ImportConfig:
-    """`saelab import SRC --out DIR`: SAELens / sparsify folders (or a hub id) into saelab folders."""
+    """`saelab import SRC --out DIR`: SAELens / sparsify folders (or a hub id) into saelab folders; a circuit-tracer
+    folder (config.yaml + layer files) into a replacement folder."""
 
     src: str = opt(help="foreign SAE folder, folder of them, or hub id owner/repo[/sub/folder]", positional=True)
     out: str = out_option("saelab SAE folder (one SAE) or parent folder (several)")
@@ -40,12 +44,14 @@ class ImportConfig:
 
 @dataclass
 class ExportConfig:
-    """`saelab export DIR... --format F --out DIR`: saelab folders in SAELens or sparsify layout."""
+    """`saelab export DIR... --format F --out DIR`: saelab folders in SAELens or sparsify layout, a replacement
+    folder in circuit-tracer's."""
 
-    sae_dirs: list[str] = opt(help="saelab SAE folders", positional=True)
-    format: str = opt(help="target layout", choices=("saelens", "sparsify"))
+    sae_dirs: list[str] = opt(help="saelab SAE folders (circuit-tracer: one replacement folder)", positional=True)
+    format: str = opt(help="target layout", choices=("saelens", "sparsify", "circuit-tracer"))
     out: str = out_option(
-        "SAELens: the SAE folder (or a parent for several); sparsify: the run folder that gets one folder per hookpoint"
+        "SAELens: the SAE folder (or a parent for several); sparsify: the run folder that gets one folder per "
+        "hookpoint; circuit-tracer: the folder of config.yaml and the layer files"
     )
     prefix: str = opt(SPARSIFY_PREFIX, "stripped from hookpoints for sparsify folder names")
     overwrite: bool = overwrite_option("existing exported files")
@@ -57,7 +63,10 @@ class ExportConfig:
 def import_folders(cfg: ImportConfig) -> list[Path]:
     """Convert every SAE under cfg.src (folder or hub id) into saelab folders under cfg.out."""
     cfg.validate()
-    folders = sae_folders(resolve_source(cfg.src))
+    root = resolve_source(cfg.src)
+    if (root / CT_CONFIG).exists():  # circuit-tracer: the whole folder is one replacement model
+        return [import_circuit_tracer(root, Path(cfg.out), cfg.model, cfg.context, cfg.overwrite)]
+    folders = sae_folders(root)
     out = Path(cfg.out)
     open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
     ours = [f for f in folders if detect_format(f) == "saelab"]
@@ -84,6 +93,10 @@ def export_folders(cfg: ExportConfig) -> list[Path]:
     """Write each saelab folder of cfg.sae_dirs in SAELens or sparsify layout under cfg.out."""
     cfg.validate()  # --format is one of its choices
     out = Path(cfg.out)
+    if cfg.format == "circuit-tracer":
+        if len(cfg.sae_dirs) != 1:
+            raise UserError(f"--format circuit-tracer exports one replacement folder; got {len(cfg.sae_dirs)}")
+        return [export_circuit_tracer(Path(cfg.sae_dirs[0]), out, cfg.overwrite)]
     open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
     loaded = [open_sae(Path(d)) for d in cfg.sae_dirs]
     written = []

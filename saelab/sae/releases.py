@@ -12,6 +12,9 @@ activations (norm scalings folded in, input centred by b_dec as every saelab SAE
                sqrt(d_model) / dataset_average_activation_norm.in and the output back by .out
   saelens      `cfg.json` + `sae_weights.safetensors` (foreign_saelens.py reads it)
   sparsify     `cfg.json` + `sae.safetensors` (foreign_sparsify.py reads it)
+  circuit-tracer  a whole transcoder set (PLT or CLT) in circuit-tracer's layout, or Gemma Scope's npz files
+               that circuit-tracer lists (`transcoders`); pulled as a replacement folder
+               (circuit_tracer_releases.py)
 
 The download (huggingface_hub, only the SAE's folder) is real code that tests replace by a local
 folder laid out like the repo (`root=`).
@@ -31,7 +34,7 @@ import torch
 
 from ..errors import UserError
 from ..option_checks import check_types
-from ..options import opt, out_option, overwrite_option
+from ..options import model_option, opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
 from ..storage import read_json, read_tensors
 from . import SaeConfig, SparseCoder, build_sae
@@ -39,7 +42,7 @@ from .folder import Provenance, refuse_non_finite, save_sae
 from .foreign import detect_format, load_foreign
 from .foreign_saelens import saelens_readers
 
-FORMATS = ("gemma-scope", "llama-scope", "saelens", "sparsify")
+FORMATS = ("gemma-scope", "llama-scope", "saelens", "sparsify", "circuit-tracer")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class Release:
     ids: list[str]
     id_pattern: str | None
     path: str
-    hookpoint: str
+    hookpoint: str  # circuit-tracer: "INPUT_HOOK->OUTPUT_HOOK" in circuit-tracer's names
+    transcoders: tuple[str, ...] | None = None  # circuit-tracer: one file per layer (Gemma Scope npz)
 
     def resolve(self, sae_id: str) -> tuple[str, str]:
         """sae-id -> (folder in the repo, our hookpoint); an unknown id fails with close matches."""
@@ -105,6 +109,7 @@ def registry(path: Path | None = None) -> dict[str, Release]:
             e.get("id_pattern"),
             e["path"],
             e["hookpoint"],
+            tuple(e["transcoders"]) if e.get("transcoders") else None,
         )
     return out
 
@@ -233,15 +238,20 @@ class PullConfig:
     """`saelab pull RELEASE --sae-id ID --out DIR` (or `--list`: the release's sae-ids)."""
 
     release: str = opt(help="release name, e.g. gemma-scope-2b-pt-res", positional=True)
-    sae_id: str | None = opt(None, "which SAE of the release, e.g. layer_20/width_16k/average_l0_71")
+    sae_id: str | None = opt(
+        None, "which SAE of the release, e.g. layer_20/width_16k/average_l0_71", shown="the only one, if one"
+    )
     out: str | None = out_option("saelab SAE folder to write", shown="none; needed unless --list")
     list: bool = opt(False, "list the release's sae-ids and exit")
     local: str | None = opt(None, "a local copy of the release repo to read instead of downloading")
+    # circuit-tracer releases reading ln2.hook_normalized (Gemma Scope): the model whose MLP norm weights fold
+    # into the encoders (loaded once)
+    model: str | None = model_option(None, shown="the release's model")
     overwrite: bool = overwrite_option("an existing --out folder")
 
     def validate(self) -> None:
         check_types(self)
-        if not self.list and (not self.sae_id or not self.out):
+        if not self.list and not self.out:
             raise UserError("give --sae-id and --out (or --list to see the sae-ids)")
 
 
@@ -251,9 +261,13 @@ def pull_release(cfg: PullConfig, registry_path: Path | None = None) -> Path:
     checked before anything is written. `registry_path`: a releases file other than the built-in one."""
     cfg.validate()
     release = find_release(cfg.release, registry_path)
-    sae_id = cfg.sae_id
+    sae_id = cfg.sae_id or (release.ids[0] if len(release.ids) == 1 else None)  # a release of one: no --sae-id
+    if sae_id is None:
+        raise UserError(f"give --sae-id: release {release.name} has several (`saelab pull {release.name} --list`)")
     sub, hookpoint = release.resolve(sae_id)
     out = Path(cfg.out)
+    if release.format == "circuit-tracer":  # a whole replacement model: a replacement folder, not an SAE folder
+        return _pull_circuit_tracer(release, cfg, sub)
     open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folder is written file by file
     folder = Path(cfg.local) / sub if cfg.local else download(release.repo, sub)
     if not folder.exists():
@@ -276,3 +290,20 @@ def pull_release(cfg: PullConfig, registry_path: Path | None = None) -> Path:
             }
         },
     )
+
+
+def _pull_circuit_tracer(release: Release, cfg: PullConfig, sub: str) -> Path:
+    from .circuit_tracer_io import replacement_from_ct
+    from .circuit_tracer_releases import download_release, read_release_set
+
+    if cfg.local:
+        folder = Path(cfg.local) / sub
+    elif sub not in ("", "."):
+        folder = download(release.repo, sub)
+    else:
+        folder = download_release(release.repo, list(release.transcoders or ()))
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist (release {release.name})")
+    ct = read_release_set(folder, release.model, list(release.transcoders or ()), release.hookpoint)
+    origin = {"format": "circuit-tracer", "release": release.name, "repo": release.repo, "path": str(folder)}
+    return replacement_from_ct(ct, Path(cfg.out), cfg.model or release.model, release.context, cfg.overwrite, origin)
