@@ -278,3 +278,28 @@ def test_a_clt_too_big_for_memory_is_refused_before_the_model_loads(tmp_path, mo
     cfg = train_cfg(tmp_path / "big", "embedded", "builtin", arch="clt", hookpoints=[pattern], latents=2**20, k=[32])
     with pytest.raises(UserError, match=r"--arch clt over 30 layers x 1048576 latents .* needs about"):
         TrainingRun(cfg)
+
+
+def test_batchtopk_clt_trains_and_what_a_clt_refuses(tmp_path, tiny_model_dir, text_corpus):
+    from conftest import train_cfg
+
+    from saelab.errors import UserError
+    from saelab.train.loop import train
+    from saelab.train.plan import resolve
+
+    pattern = "model.layers.{0,1}.post_attention_layernorm->model.layers.{0,1}.mlp"
+    kw = dict(arch="clt", hookpoints=[pattern], latents=32, k=[4], tokens=4096, clt_sparsity="batchtopk")
+    (folder,) = train(train_cfg(tmp_path / "run", tiny_model_dir, text_corpus, **kw))
+    sae = open_sae(folder).sae
+    assert sae.sparsity == "batchtopk" and (sae.threshold > 0).all()  # each layer's inference threshold (finalize)
+    x = torch.randn(256, sae.cfg.d_in)
+    assert 0 < sae.encode_raw(x).values.gt(0).sum() / 256 <= 2 * 32
+    for bad, match in (
+        (dict(init_from=str(folder)), "init-from"),
+        (dict(skip=True), "skip"),
+        (dict(hookpoints=["model.layers.{0,1}"]), "transcoder sites"),
+        (dict(clt_sparsity="jumprelu"), "clt-sparsity"),
+        (dict(loss="e2e"), "not supported"),
+    ):
+        with pytest.raises(UserError, match=match):
+            resolve(train_cfg(tmp_path / "bad", tiny_model_dir, text_corpus, **(kw | bad)))

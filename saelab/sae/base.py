@@ -74,6 +74,7 @@ class SparseCoder(nn.Module):
     type also declares, in its own class body, its `Options`, `capabilities` and `foreign` names (kind.py)."""
 
     uses_unit_norm_decoder = True
+    init_from_refused = ""  # why --init-from cannot start a run from a saved dictionary of this type ("": it can)
     scales_initial_code = False  # variable L0: fit_initial_scale shrinks the first code (penalty types, BatchTopK)
 
     def __init__(self, cfg: SaeConfig):

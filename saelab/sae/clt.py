@@ -107,7 +107,7 @@ class CltOptions(TypeOptions):
             )
         for bad, what in (
             (run.skip, "--skip (a CLT has no skip connection)"),
-            (run.init_from, "--init-from (a CLT starts fresh: its folder holds raw-space per-layer decoders)"),
+            (run.init_from, "--init-from (a CLT starts fresh)"),
             (run.model_b, "--model-b (a CLT reads one model)"),
         ):
             if bad:
@@ -133,6 +133,7 @@ class CrossLayerTranscoder(SparseCoder):
         one_process_why="the distributed activation stream hands each SAE one site, a CLT needs every layer's "
         "input and output in one batch",
     )
+    init_from_refused = "continuing a saved CLT is not supported yet (train one from scratch, or --resume a run)"
     foreign = ForeignNames(
         saelens="clt", saelab_only="cross-layer transcoder (one dictionary over every layer's MLP; no SAELens form)"
     )

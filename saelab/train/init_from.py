@@ -102,6 +102,9 @@ def adopt_dictionary(cfg) -> tuple[InitSource, object]:
     model loads. `cfg` itself is left as the user gave it."""
     src = open_init_source(cfg.init_from)
     c, path = src.folder.sae.cfg, src.folder.path
+    why = ARCHITECTURES[c.arch].init_from_refused
+    if why:
+        raise UserError(f"--init-from {path}: a {c.arch} dictionary cannot be a run's start: {why}")
     k_arch = uses_k(c.arch)
     several = [
         (n, v)
