@@ -17,6 +17,7 @@ import time
 import torch
 
 from saelab.sae import SaeConfig, build_sae
+from saelab.sae.clt_kernels import block_decode
 from saelab.train.members import new_member
 
 
@@ -101,6 +102,10 @@ def block(T: int, n: int, d: int, rows: int, k: int) -> None:
         M = torch.sparse_csr_tensor(crow, flat, torch.zeros(rows * k), (rows, n))
         return sum(torch.sparse.sampled_addmm(M, g[t], Wd[t].t(), beta=0).values() for t in range(T))
 
+    def block_both():
+        W.grad = vals.grad = None
+        block_decode(vals.reshape(-1), W, flat, crow[:-1]).backward(g)
+
     At = A.t().to_sparse_csr()
     for name, f in (
         ("embedding_bag forward", lambda: bag().detach()),
@@ -109,6 +114,7 @@ def block(T: int, n: int, d: int, rows: int, k: int) -> None:
         ("weight grad CSR^T x g_t (torch.sparse.mm)", lambda: [torch.sparse.mm(At, g[t]) for t in range(T)]),
         ("weight grad embedding_bag over g", wgrad_bag),
         ("value grad sampled_addmm", vgrad_sampled),
+        ("clt_kernels.block_decode forward + backward", block_both),
     ):
         print(f"{name:42s} {_timed(f):6.3f} s")
 
