@@ -52,7 +52,7 @@ def train_run(out: Path, arch: str, a) -> dict:
     cmd = [sys.executable, "-m", "saelab", "train", "--out", str(out), "--overwrite", "--layers", a.layers]
     cmd += ["--arch", arch, "--latents", str(a.latents), "--k", str(a.k), "--tokens", str(a.tokens)]
     cmd += ["--threads", str(a.threads), "--device", a.device, "--dtype", a.dtype, "--seed", "0"]
-    cmd += ["--batch-tokens", str(a.batch_tokens)]
+    cmd += ["--batch-tokens", str(a.batch_tokens), "--buffer-batches", str(a.buffer_batches)]
     if a.lm_batch_tokens:
         cmd += ["--lm-batch-tokens", str(a.lm_batch_tokens)]
     t = time.perf_counter()
@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--forward-tokens", type=int, default=16_384)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--lm-batch-tokens", type=int, default=None)
+    ap.add_argument(
+        "--buffer-batches", type=int, default=2, help="batches per shuffled chunk: the chunk holds all 60 sites"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
