@@ -129,9 +129,10 @@ class CrossLayerTranscoder(SparseCoder):
         transcoder=True,
         multi_site=True,
         latent_cache=True,  # one dictionary of L*n latents, each at its own layer (features/clt_features.py)
-        torchrun=(),
-        one_process_why="the distributed activation stream hands each SAE one site, a CLT needs every layer's "
-        "input and output in one batch",
+        # --distributed latents: each rank holds n/R latents of every layer (train/latent_shard.py), so memory
+        # and work are balanced (a split by layer would not be: layer 0's latents own L decoder blocks, the
+        # last layer's one); data and modules: not supported
+        torchrun=("latents",),
     )
     init_from_refused = "continuing a saved CLT is not supported yet (train one from scratch, or --resume a run)"
     foreign = ForeignNames(
@@ -221,6 +222,7 @@ class CrossLayerTranscoder(SparseCoder):
                 geometric_median(yt) if bias_init == "median" else yt.mean(0)
             )
         self.fit_initial_scale(x, y)
+        self.reductions.replicate(self.in_scale, self.out_scale, self.b_dec)
 
     def rescale_code(self, c: float) -> None:
         for w in self.W_enc:
@@ -245,20 +247,23 @@ class CrossLayerTranscoder(SparseCoder):
 
     def decode(self, lat: Latents) -> torch.Tensor:
         """Global Latents -> [rows, L*d_out] in the training space (b_dec included)."""
-        return decode_layers(self, split_layers(lat, self.n_layers, self.n_per_layer)) + self.b_dec
+        r = self.reductions  # a latent slice decodes its part; b_dec enters once
+        part = decode_layers(self, split_layers(lat, self.n_layers, self.n_per_layer))
+        return r.latent_sum(part) + r.shared(self.b_dec)
 
     def predict(self, x_in, lat):
         return self.decode(lat)
 
     def forward(self, x, dead=None, target=None) -> SaeOutput:
         x_in = self.encoder_input(x)
-        want_aux = dead is not None and target is not None and bool(dead.any())
+        r = self.reductions  # a latent slice: counts and decodes span every rank's latents, b_dec enters once
+        want_aux = dead is not None and target is not None and bool(r.latent_total(int(dead.sum())))
         codes, aux_codes = self.encode_layers(x_in, dead if want_aux else None)
-        recon = decode_layers(self, codes) + self.b_dec
+        recon = r.latent_sum(decode_layers(self, codes)) + r.shared(self.b_dec)
         aux = zero = recon.new_zeros(())
         if want_aux and any(a is not None for a in aux_codes):
             residual = target - recon.detach()
-            pred = decode_layers(self, aux_codes)
+            pred = r.latent_sum(decode_layers(self, aux_codes))
             denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
             aux = self.cfg.aux_coeff * (pred - residual).pow(2).sum() / denom
         return SaeOutput(recon, merge_layers(codes, self.n_per_layer), zero, aux, zero)
@@ -273,10 +278,10 @@ class CrossLayerTranscoder(SparseCoder):
         if self.sparsity != "batchtopk":
             return
         xs = self.encoder_input(x).view(x.shape[0], self.n_layers, self.d_site_in)
-        n_keep = self.cfg.k * x.shape[0]
+        n_keep = self.cfg.k * self.reductions.batch_rows(x.shape[0])
         for l in range(self.n_layers):
             pre = torch.addmm(self._site(l, self.b_enc, self.n_per_layer), xs[:, l], self.W_enc[l]).relu().reshape(-1)
-            top = pre.topk(min(n_keep + 1, pre.numel())).values
+            top = self.reductions.top_values(pre, n_keep + 1).sort(descending=True).values  # over a slice's ranks
             kept = top[:n_keep]
             kept = kept[kept > 0]
             if kept.numel():

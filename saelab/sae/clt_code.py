@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from .batchtopk import CANDIDATES_PER_K, batch_select
 from .clt_kernels import block_decode
 from .latents import Latents, gather_preacts, latents_of
-from .reductions import LOCAL
 
 # A layer's AuxK latents (default): 2k. The SAE default d_in / 2 (Gao et al. 2024) would decode 9x the
 # main code's latents at k 32 on d 576 through every later layer: a step with 1/7 of the latents dead
@@ -30,39 +29,42 @@ def encode_one_layer(sae, l: int, x: torch.Tensor, dead: torch.Tensor | None):
     n, k, rows_n = sae.n_per_layer, sae.cfg.k, x.shape[0]
     bias, W = sae.b_enc[l * n : (l + 1) * n], sae.W_enc[l]
     grad = torch.is_grad_enabled()
+    # `r`: one process, or (--distributed latents) this rank's slice of every layer (train/sharded_saes.py):
+    # the selections and dead-latent counts below then span the layer's latents on every rank
+    r = sae.reductions
     with torch.no_grad():
         pre = torch.addmm(bias, x, W)  # [rows, n]
     if sae.sparsity == "topk":
         with torch.no_grad():
-            cols = pre.topk(k, dim=1, sorted=False).indices  # [rows, k]
+            pick = r.row_topk(pre, k)  # [rows, k] local ids (a latent slice: its share of the layer's top-k)
         if grad:
-            rows = torch.arange(rows_n, device=x.device).repeat_interleave(k)
-            vals = gather_preacts(x, W, bias, pre, rows, cols.reshape(-1)).relu().view(rows_n, k)
+            vals = gather_preacts(x, W, bias, pre, pick.row_ids(), pick.cols.reshape(-1)).relu()
         else:
-            vals = pre.gather(1, cols).relu_()
-        lat = Latents(vals, cols, None, rows_n, n)
+            vals = pick.take(pre).relu_()
+        lat = pick.latents(vals, pick.cols, rows_n, n)
     else:  # batchtopk
         with torch.no_grad():
             if sae.training:
-                r = LOCAL
                 rows, cols, kept = batch_select(pre, k * rows_n, CANDIDATES_PER_K * k, r.top_values, r.any, rows_n)
                 if l == 0:
                     sae.threshold_steps += 1
-                if kept.numel():  # running mean of the smallest kept activation: the inference threshold
-                    sae.threshold[l] += (kept.min() - sae.threshold[l]) / sae.threshold_steps.clamp(1, 1000)
+                lo = r.min(kept.min() if kept.numel() else pre.new_tensor(float("inf")))
+                if torch.isfinite(lo):  # running mean of the smallest kept activation: the inference threshold
+                    sae.threshold[l] += (lo - sae.threshold[l]) / sae.threshold_steps.clamp(1, 1000)
             else:
                 rows, cols = (pre > sae.threshold[l]).nonzero(as_tuple=True)
         vals = gather_preacts(x, W, bias, pre, rows, cols).relu() if grad else pre[rows, cols].relu()
         lat = latents_of(vals, rows, cols, rows_n, n)
     aux = None
-    if dead is not None and bool(dead.any()):
+    n_dead = r.latent_total(int(dead.sum())) if dead is not None else 0  # over every rank: all take one branch
+    if n_dead:
         dcols = dead.nonzero().squeeze(1)
-        k_aux = min(sae.cfg.aux_k or AUX_K_PER_K * k, sae.d_site_in // 2, len(dcols))
+        k_aux = min(sae.cfg.aux_k or AUX_K_PER_K * k, sae.d_site_in // 2, n_dead)
         with torch.no_grad():
-            idx = dcols[pre[:, dcols].topk(k_aux, dim=1, sorted=False).indices]  # [rows, k_aux]
-        arows = torch.arange(rows_n, device=x.device).repeat_interleave(k_aux)
-        avals = gather_preacts(x, W, bias, pre, arows, idx.reshape(-1)).relu().view(rows_n, k_aux)
-        aux = Latents(avals, idx, None, rows_n, n)
+            pick = r.row_topk(pre[:, dcols], k_aux)
+        idx = dcols[pick.cols]  # [rows, k_aux] (a latent slice: its share, flat)
+        avals = gather_preacts(x, W, bias, pre, pick.row_ids(), idx.reshape(-1)).relu()
+        aux = pick.latents(avals, idx, rows_n, n)
     return lat, aux
 
 

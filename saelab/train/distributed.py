@@ -36,7 +36,7 @@ import torch.distributed as dist
 from ..activations.stream import ActivationStream, Chunk
 from ..errors import UserError
 from ..sae import ARCHITECTURES, SaeConfig, build_sae
-from .latent_shard import LATENT_DIM, check_latents_mode, gather_member, load_sharded, shard_member
+from .latent_shard import check_latents_mode, gather_member, latent_dim, load_sharded, shard_member
 from .members import Member, new_member
 from .parallel import SingleProcess
 from .row_split import RowSplit
@@ -177,8 +177,7 @@ class Distributed(SingleProcess):
             # The loss does not decompose into per-rank shares weighted by target variance
             raise UserError(
                 f"--arch {cfg.arch}: --distributed data would not give the single-process result "
-                f"for this dictionary; use --distributed modules (each rank trains whole SAEs on full "
-                f"batches) or one process"
+                f"for this dictionary; use --distributed {' or '.join(caps.torchrun)} or one process"
             )
         if cfg.distributed == "modules" and "modules" not in caps.torchrun:
             raise UserError(
@@ -263,7 +262,9 @@ class Distributed(SingleProcess):
         """Weighted sum of every rank's gradients (one flat buffer), and shared buffers averaged."""
         if self.mode == "latents":  # the replicated parameters (b_dec): each rank holds a share of the gradient
             for name, p in m.sae.named_parameters():
-                if name not in LATENT_DIM and p.grad is not None:
+                if latent_dim(m.sae, name) is None and p.requires_grad:
+                    if p.grad is None:  # a transcoder's b_dec (a CLT's) has no term off rank 0 (`shared`)
+                        p.grad = torch.zeros_like(p)
                     self.comm.all_reduce(p.grad, what="shared-parameter gradient sum")
             return
         if self.mode != "data":

@@ -12,6 +12,12 @@ A shard is an ordinary dictionary of its type on its slice, whose reductions ove
 decode sums: sae/reductions.py) are the collectives of sharded_saes.py; this file checks a
 configuration, slices full members into shards and gathers them back.
 
+A cross-layer transcoder (sae/clt.py; L layers of n latents) is split by latents too, not by layer: each
+rank holds the j-range [r n/R, (r+1) n/R) of EVERY layer (its columns of each W_enc.l, its rows of each
+W_dec.l, its entries of each layer's block of b_enc), an ordinary CLT of n/R latents per layer whose
+reductions take each layer's top-k over the ranks. Memory and work are then the same on every rank; a split
+by layer would not balance (layer 0's latents own L decoder blocks, the last layer's one).
+
 Saving and checkpoints gather the slices into one ordinary SAE (and Adam state) on rank 0, so the
 files are those of single-process training; resume slices the checkpoint again.
 """
@@ -25,12 +31,29 @@ from torch import nn
 
 from ..errors import UserError
 from ..sae import ARCHITECTURES, SparseCoder, build_sae
+from ..sae.clt import CrossLayerTranscoder
 from .checkpoint import load_checkpoint
 from .members import Member, new_member
 from .sharded_saes import LatentSplit
 
-# the dimension of each parameter (and its Adam moments) that indexes latents; others are replicated
+# the dimension of each parameter (and its Adam moments) that indexes latents, by its name before any '.';
+# others are replicated. A CLT: W_enc.l [d_in, n], b_enc [L*n] (L blocks of n), W_dec.l [L-l, n, d_out]
 LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+CLT_LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 1}
+
+
+def latent_layout(sae: SparseCoder) -> tuple[dict[str, int], int]:
+    """(each latent-indexed parameter's latent dimension, the latents per block): a latent dimension holds
+    equal blocks (an SAE's: one of d_sae; a CLT's b_enc and dead-latent counters: one per layer) and a rank
+    holds the same range of every block."""
+    if isinstance(sae, CrossLayerTranscoder):
+        return CLT_LATENT_DIM, sae.n_per_layer
+    return LATENT_DIM, sae.cfg.d_sae
+
+
+def latent_dim(sae: SparseCoder, name: str) -> int | None:
+    """The dimension of parameter `name` of `sae` that indexes latents; None: replicated (b_dec)."""
+    return latent_layout(sae)[0].get(name.split(".")[0])
 
 
 def check_latents_mode(cfg, world: int) -> None:
@@ -57,18 +80,22 @@ def check_latents_mode(cfg, world: int) -> None:
 # ------------------------------------------------------------ slicing and gathering members
 def shard_member(m: Member, comm, device: str) -> Member:
     """This rank's slice of a full member: weights, Adam moments, dead-latent counters."""
-    full = m.sae  # (d_sae divides by the processes: check_latents_mode, after --init-from's adoption)
-    per = full.cfg.d_sae // comm.world
+    full = m.sae  # (the latents divide by the processes: check_latents_mode, after --init-from's adoption)
+    dims, block = latent_layout(full)
+    per = block // comm.world
     off = comm.rank * per
-    sl = slice(off, off + per)
+    sl = slice(off, off + per)  # within each block (a CLT: within each layer)
     sae = latent_slice(full, sl).to(device)
     sae.reductions = LatentSplit(comm, off, per, full.cfg.d_sae, device)
     out = new_member(m.name, sae, m.lr, device, m.stats)
     for (name, p_full), p in zip(full.named_parameters(), sae.parameters()):
         st = m.opt.state.get(p_full)
         if st:
-            out.opt.state[p] = {k: v if k == "step" else _slice(name, v, sl).clone() for k, v in st.items()}
-    out.since_fired.copy_(m.since_fired[sl])
+            out.opt.state[p] = {
+                k: v if k == "step" else _slice(dims.get(name.split(".")[0]), block, v, sl).clone()
+                for k, v in st.items()
+            }
+    out.since_fired.copy_(_slice(0, block, m.since_fired, sl))
     return out
 
 
@@ -88,34 +115,46 @@ def gather_member(m: Member, comm) -> Member | None:
         return None
     full_cfg = dataclasses.replace(sae.cfg, d_sae=sae.reductions.latents, extra=dict(sae.cfg.extra))
     full = build_sae(full_cfg)
-    full.load_state_dict({k: _cat(k, [p[0][k] for p in parts]) for k in parts[0][0]})
+    dims, block = latent_layout(sae)  # a slice's blocks: each rank's part of every block, in rank order
+
+    def cat(name, vs):
+        return _cat(dims.get(name.split(".")[0]), block, vs)
+
+    full.load_state_dict({k: cat(k, [p[0][k] for p in parts]) for k in parts[0][0]})
     full = full.to(m.since_fired.device)
     out = new_member(m.name, full, m.lr, str(m.since_fired.device), m.stats)
     for i, (name, p) in enumerate(full.named_parameters()):
         st = parts[0][1][i]
         if st:
             out.opt.state[p] = {
-                k: v if k == "step" else _cat(name, [q[1][i][k] for q in parts]).to(p.device) for k, v in st.items()
+                k: v if k == "step" else cat(name, [q[1][i][k] for q in parts]).to(p.device) for k, v in st.items()
             }
-    out.since_fired.copy_(torch.cat([p[2] for p in parts]))
+    out.since_fired.copy_(_cat(0, block, [p[2] for p in parts]))
     return out
 
 
 def latent_slice(full: SparseCoder, sl: slice) -> SparseCoder:
-    """Latents `sl` of `full` as a dictionary of its own type: the latent-indexed parameters narrowed,
-    the others and every buffer (BatchTopK's threshold, Matryoshka's group bounds) copied. Built on
-    the meta device from the full configuration, so the type's own checks see the whole dictionary
-    (Matryoshka's groups span every latent) and no second full-size set of weights is allocated."""
+    """Latents `sl` (of every block: a CLT's of every layer) of `full` as a dictionary of its own type: the
+    latent-indexed parameters narrowed, the others and every buffer (BatchTopK's threshold, Matryoshka's
+    group bounds) copied. Built on the meta device from the full configuration, so the type's own checks
+    see the whole dictionary (Matryoshka's groups span every latent) and no second full-size set of
+    weights is allocated; a CLT from the slice's own (n/R latents per layer: its sizes follow d_sae)."""
+    dims, block = latent_layout(full)
+    cfg = dataclasses.replace(
+        full.cfg, d_sae=(sl.stop - sl.start) * (full.cfg.d_sae // block), extra=dict(full.cfg.extra)
+    )
     with torch.device("meta"):
-        sae = type(full)(dataclasses.replace(full.cfg, extra=dict(full.cfg.extra)))
-    sae.cfg = dataclasses.replace(full.cfg, d_sae=sl.stop - sl.start, extra=dict(full.cfg.extra))
+        sae = type(full)(cfg if isinstance(full, CrossLayerTranscoder) else dataclasses.replace(cfg, d_sae=block))
+    sae.cfg = cfg
     with torch.no_grad():
         for name, p in full.named_parameters():  # replaced in place: the order (Adam's state) is kept
             owner, _, leaf = name.rpartition(".")
             setattr(
                 sae.get_submodule(owner),
                 leaf,
-                nn.Parameter(_slice(name, p.detach(), sl).clone(), requires_grad=p.requires_grad),
+                nn.Parameter(
+                    _slice(dims.get(name.split(".")[0]), block, p.detach(), sl).clone(), requires_grad=p.requires_grad
+                ),
             )
         for name, b in full.named_buffers():
             owner, _, leaf = name.rpartition(".")
@@ -123,14 +162,19 @@ def latent_slice(full: SparseCoder, sl: slice) -> SparseCoder:
     return sae
 
 
-def _slice(name: str, v: torch.Tensor, sl: slice) -> torch.Tensor:
-    d = LATENT_DIM.get(name)
-    return v if d is None else v.narrow(d, sl.start, sl.stop - sl.start)
+def _slice(d: int | None, block: int, v: torch.Tensor, sl: slice) -> torch.Tensor:
+    """Entries `sl` of every `block`-long block of v's dimension d (None: v, replicated)."""
+    if d is None:
+        return v
+    return v.unflatten(d, (v.shape[d] // block, block)).narrow(d + 1, sl.start, sl.stop - sl.start).flatten(d, d + 1)
 
 
-def _cat(name: str, vs: list[torch.Tensor]) -> torch.Tensor:
-    d = LATENT_DIM.get(name)
-    return vs[0] if d is None else torch.cat(vs, d)
+def _cat(d: int | None, block: int, vs: list[torch.Tensor]) -> torch.Tensor:
+    """The inverse of _slice over the ranks: each rank's `block`-long part of every block, in rank order."""
+    if d is None:
+        return vs[0]
+    blocks = vs[0].shape[d] // block
+    return torch.cat([v.unflatten(d, (blocks, block)) for v in vs], d + 1).flatten(d, d + 1)
 
 
 def load_sharded(out, members: list[Member], comm, device: str) -> None:
