@@ -66,12 +66,16 @@ def clt_train_bytes(L: int, n: int, d_in: int, d_out: int, rows: int, chunk_rows
     per batch row: the concatenated raw inputs and targets and their scaled copies 2*L*(d_in+d_out); the
       target-major output, its [rows, L*d] copy, the error terms, the AuxK prediction and residual, their
       gradients and the largest source layer's decode 12*L*d_out; one layer's pre-activations and selection 4n;
-    per chunk row: every site L*(d_in+d_out); and 0.5 GiB for the runtime.
+    per chunk row: every site L*(d_in+d_out), three times over while a chunk is built (its parts, their
+    concatenation, the shuffled copy: docs/SCALE.md); and 0.5 GiB for the runtime.
     Measured peak (VmHWM) of a step, 30 layers x 1,024 latents, d 576: 7.3 GiB at 4,096 rows without AuxK,
-    8.7 GiB with 1/7 of the latents dead (AuxK), 6.1 GiB at 2,048 rows; this estimate: 9.1 and 7.0 GiB."""
+    8.7 GiB with 1/7 of the latents dead (AuxK), 6.1 GiB at 2,048 rows; this estimate: 9.1 and 7.0 GiB. A whole
+    run (`saelab train --layers all --arch clt --latents 1024 --k 16 --buffer-batches 2`, the model and its
+    token rows included) peaked at 11.6 GiB (bench/replacement_throughput.py); this estimate: 12.3 GiB (with
+    the chunk counted once it was 10.2 GiB, below the measurement)."""
     params = clt_params(L, n, d_in, d_out)
     per_row = 2 * L * (d_in + d_out) + 12 * L * d_out + 4 * n
-    return 4 * (4 * params + rows * per_row + chunk_rows * L * (d_in + d_out)) + 2**29
+    return 4 * (4 * params + rows * per_row + 3 * chunk_rows * L * (d_in + d_out)) + 2**29
 
 
 def clt_params(L: int, n: int, d_in: int, d_out: int) -> int:
