@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from replacement_helpers import random_transcoders, save_replacement
+from circuit_helpers import tiny_clt, tiny_plt
 from view_helpers import SMALL_EXAMPLES
 
 from saelab.cli import main
@@ -23,29 +23,24 @@ from saelab.features.latent_cache import LatentCache
 from saelab.features.steer import FeatureEdit, FeatureSteer, _cache_kwarg, steering_context
 from saelab.models import collect_activations, load_model
 from saelab.sae.clt import CrossLayerTranscoder
-from saelab.sae.folder import Provenance, open_sae
+from saelab.sae.folder import open_sae, save_sae
 from saelab.sae.replacement import open_replacement
-from saelab.sinks import SinkConfig
+from saelab.train.layers import layer_plan
 
 N, K, D = 32, 4, 64  # latents per layer, active per layer, the tiny llama's width
-
-
-def _prov(model_dir, corpus):
-    sink = SinkConfig(first_positions=1, mask_special=True, norm_factor=5.0)
-    return Provenance(model_spec=str(model_dir), model_name="tiny", corpus=str(corpus), context=64, sink=sink)
 
 
 @pytest.fixture(scope="module")
 def clt_run(tmp_path_factory, tiny_model_dir, text_corpus):
     """A random CLT over the tiny llama's 4 MLPs (decoders of norm 3 per target, so edits show), saved as a
     replacement folder of kind clt."""
-    plan, (clt,) = random_transcoders(tiny_model_dir, "clt", N, K, D)
-    L = len(plan.layers)
+    out = tiny_clt(tiny_model_dir, tmp_path_factory.mktemp("clt") / "run", N, K, bias=0.0, corpus=text_corpus)
+    f = open_sae(out / "clt")
+    L = f.sae.n_layers
     with torch.no_grad():
-        for l, w in enumerate(clt.W_dec):  # [L-l, n, d]: target t gets norm 3 / (1 + t - l), strongest at l
+        for l, w in enumerate(f.sae.W_dec):  # [L-l, n, d]: target t gets norm 3 / (1 + t - l), strongest at l
             w.div_(w.norm(dim=-1, keepdim=True)).mul_(3.0 / torch.arange(1, L - l + 1.0)[:, None, None])
-    out = tmp_path_factory.mktemp("clt") / "run"
-    save_replacement(out, tiny_model_dir, "clt", plan, [clt], _prov(tiny_model_dir, text_corpus))
+    save_sae(f.sae, out / "clt", f.provenance)
     return out
 
 
@@ -125,8 +120,8 @@ def test_the_clt_folder_itself_caches_the_same(cached, clt_run, tmp_path):
 
 
 def test_a_plt_replacement_folder_caches_each_layer(tmp_path, tiny_model_dir, text_corpus):
-    plan, saes = random_transcoders(tiny_model_dir, "plt", 16, 2, D)
-    save_replacement(tmp_path / "plt", tiny_model_dir, "plt", plan, saes, _prov(tiny_model_dir, text_corpus))
+    plan = layer_plan(str(tiny_model_dir), "all")
+    tiny_plt(tiny_model_dir, tmp_path / "plt", n=16, k=2, bias=0.0, corpus=text_corpus)
     assert main(["cache", str(tmp_path / "plt"), "--tokens", "1024", "--out", str(tmp_path / "c")]) == 0
     lc = LatentCache.open(tmp_path / "c")
     assert lc.sae_names == [f"layer{l}" for l in range(4)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from replacement_helpers import make_tiny_gpt2, random_replacement
+from circuit_helpers import make_tiny_gpt2, tiny_clt, tiny_plt
 
 from saelab.circuits.interventions import Edit, intervene
 from saelab.errors import UserError
@@ -22,7 +22,8 @@ def lm(tiny_model_dir):
 
 @pytest.fixture(scope="module", params=["plt", "clt"])
 def rep(request, tmp_path_factory, tiny_model_dir):
-    return open_replacement(random_replacement(tmp_path_factory.mktemp(request.param), tiny_model_dir, request.param))
+    build = tiny_plt if request.param == "plt" else tiny_clt
+    return open_replacement(build(tiny_model_dir, tmp_path_factory.mktemp(request.param) / "rep"))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_bad_edits_fail_before_any_forward(lm, rep):
 
 def test_gpt2_plt_no_edit_and_ablation(tmp_path, embedded_folder):
     model_dir = make_tiny_gpt2(tmp_path / "gpt2", embedded_folder)
-    rep = open_replacement(random_replacement(tmp_path / "plt", model_dir, "plt"))
+    rep = open_replacement(tiny_plt(model_dir, tmp_path / "plt"))
     gpt = load_model(str(model_dir))
     with torch.no_grad():
         clean = gpt.model(input_ids=IDS[None], use_cache=False).logits[0, -1]
@@ -184,3 +185,41 @@ def test_gpt2_plt_no_edit_and_ablation(tmp_path, embedded_folder):
         want = gpt.model(input_ids=IDS[None], use_cache=False).logits[0, -1]
     h.remove()
     assert torch.allclose(r.logits_after, want, atol=1e-5)  # the last layer: nothing downstream
+
+
+# ------------------------------------------------------------ freeze=True: the graph's direct edges
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, embedded_folder):
+    return make_tiny_gpt2(tmp_path_factory.mktemp("gpt2") / "model", embedded_folder)
+
+
+@pytest.mark.parametrize("family,kind", [("llama", "plt"), ("llama", "clt"), ("gpt2", "plt")])
+def test_frozen_ablation_changes_each_input_by_minus_the_graph_edge(family, kind, tiny_model_dir, gpt2_dir, tmp_path):
+    from saelab.circuits.attribution import attribute
+
+    model_dir = tiny_model_dir if family == "llama" else gpt2_dir
+    rep = open_replacement((tiny_plt if kind == "plt" else tiny_clt)(model_dir, tmp_path / kind))
+    net = load_model(str(model_dir))
+    graph = attribute(net.model, rep, IDS, progress=False)
+    adj, t = graph.adjacency, graph.target_index(0)
+    token = int(graph.target_tokens[0])
+    sel = graph.active_features[graph.selected_features]  # [n_sel, 3] node order
+    for node in adj[t, : graph.n_sel].abs().argsort(descending=True)[:3].tolist():
+        l, p, f = graph.feature(node)
+        r = intervene(net, rep, IDS, [(l, p, f, "ablate")], targets=[token], freeze=True)
+        scale = float(adj[t].abs().max())
+        assert float(r.target_input_change[0]) == pytest.approx(-float(adj[t, node]), abs=1e-4 * scale)
+        assert _value(r, l, p, f)[1] == 0.0
+        moved = r.after != r.before
+        assert moved.sum() == 1  # every other feature is frozen
+        # every feature node's pre-activation moves by minus its edge from the ablated feature
+        idx = [int(torch.nonzero((r.features == row).all(1))[0]) for row in sel]
+        assert torch.allclose(r.input_change[idx], -adj[: graph.n_sel, node], atol=1e-4 * float(adj.abs().max()))
+        # scale by 3: twice the edge (per unit: the edge / activation, times a change of 2 x activation)
+        r3 = intervene(net, rep, IDS, [(l, p, f, "scale", 3.0)], targets=[token], freeze=True)
+        assert float(r3.target_input_change[0]) == pytest.approx(2 * float(adj[t, node]), abs=2e-4 * scale)
+    assert torch.equal(intervene(net, rep, IDS, [], freeze=True).logits_after, r.logits_before)
+    with pytest.raises(UserError, match="needs mode 'replacement'"):
+        intervene(net, rep, IDS, [], mode="model", freeze=True)

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 import torch
+from circuit_helpers import make_tiny_gpt2, tiny_clt
 from conftest import train_cfg
-from replacement_helpers import make_tiny_gpt2, random_replacement
 
 from saelab.errors import UserError
 from saelab.evaluate.run import EvalConfig, evaluate
@@ -221,8 +221,8 @@ def test_eval_replacement_metrics_match_each_transcoders_own_eval(plt_run, tmp_p
 
 
 def _clt_folder(tmp_path, model_dir, n=32, k=4, corpus="builtin"):
-    """A random CLT over the tiny llama's 4 MLPs, saved as a replacement folder of kind clt."""
-    return random_replacement(tmp_path / "clt", model_dir, "clt", n, k, corpus=corpus)
+    """A random CLT over the tiny llama's 4 MLPs (no biases), saved as a replacement folder of kind clt."""
+    return tiny_clt(model_dir, tmp_path / "clt", n, k, bias=0.0, corpus=corpus)
 
 
 def test_clt_splice_is_causal_and_error_terms_give_the_clean_model(tmp_path, tiny_model_dir):

@@ -11,8 +11,10 @@ Two models to intervene on (`mode`):
   positions (sae/splice.py with error_term: steering's splice), every MLP stays the model's own.
 
 `freeze=True` (mode "replacement" only) also holds attention patterns, normalisation denominators and the
-unedited features at the clean run (circuits/frozen.py): then a target's change is the sum of the graph's
-direct edges from the edited features, times their change over their activation.
+unedited features at the clean run (circuits/frozen.py's frozen forward, the one the graph differentiates):
+then a target's input changes by the graph's direct edges from the edited features, each times the edit's
+change over the feature's activation (ablation: minus the edge), and `input_change` gives every listed
+feature's pre-activation change (the graph's feature rows) while its activation stays frozen.
 
 Edits name (model layer, position, feature id within that layer's dictionary): the graph's
 `active_features` coordinates. Bad edits fail with a UserError before any forward runs.
@@ -30,6 +32,8 @@ from ..errors import UserError
 from ..models import LoadedModel, first_tensor, module_at
 from ..sae.latents import from_dense
 from ..sae.splice import clt_output, clt_spliced, decode_dense, spliced
+from .coders import ReplacementCoders
+from .frozen import frozen_forward, record
 
 OPS = ("ablate", "scale", "clamp")
 MODES = ("replacement", "model")
@@ -65,6 +69,7 @@ class InterventionResult:
     features: torch.Tensor  # [n, 3] long (layer, position, id): every feature active before or after
     before: torch.Tensor  # [n] float32 its activation, clean
     after: torch.Tensor  # [n] ... with the edits (an edited feature: its edited value)
+    input_change: torch.Tensor | None = None  # [n] freeze=True: each feature's pre-activation change
 
     @property
     def target_change(self) -> torch.Tensor:
@@ -167,9 +172,9 @@ def intervene(
             raise UserError(f"target token {int(bad[0])} is not in the {vocab}-token vocabulary")
     with torch.no_grad():
         if freeze:
-            from .frozen_interventions import frozen_intervention
-
-            return frozen_intervention(model, replacement, ids, edits, targets)
+            logits0, logits1, feats, b, a, dx = _frozen_run(net, replacement, ids, edits)
+            targets = logits0.argmax().reshape(1) if targets is None else targets
+            return InterventionResult(mode, edits, logits0, logits1, targets, feats, b, a, dx)
         logits0, ins, outs = _clean_run(net, replacement, ids)
         before = _encode_all(replacement, ins)
         frozen = _frozen(replacement, before, ins, outs) if mode == "replacement" else None
@@ -281,6 +286,49 @@ def _feature_table(replacement, before: list[torch.Tensor], after: dict[int, tor
         b.append(d0[pos, fid].float())
         a.append(d1[pos, fid].float())
     return torch.cat(rows), torch.cat(b), torch.cat(a)
+
+
+# ------------------------------------------------------------ freeze=True
+
+
+def _frozen_run(net, replacement, ids, edits):
+    """Two frozen forwards (circuits/frozen.py) from the clean recording: MLP outputs = the clean leaves
+    (dictionary writes + errors), then with each edit's change x its decoders added to the layers it writes.
+    -> (last logits clean, edited, features [n, 3], before [n], after [n], pre-activation change [n])."""
+    rec = record(net, ids[0])
+    coders = ReplacementCoders(replacement)
+    n, n_layers = rec.n_pos, len(rec.mlp_in)
+    leaves = {l: (rec.mlp_out[l] - coders.skip(l, rec.mlp_in[l]))[None] for l in range(n_layers)}
+    feats = {l: coders.encode(l, rec.mlp_in[l]) for l in coders.layers}
+    edited = {l: leaves[l].clone() for l in range(n_layers)}
+    after: dict[tuple[int, int, int], float] = {}
+    for e in edits:
+        key = (e.layer, e.position, e.feature)
+        f = feats[e.layer]
+        hit = torch.nonzero((f.positions == e.position) & (f.ids == e.feature)).squeeze(1)
+        a = float(f.values[hit[0]]) if len(hit) else 0.0
+        new = float(e.apply(torch.tensor(after.get(key, a))))
+        for tgt in coders.write_layers(e.layer):
+            w = coders.write_vectors(e.layer, torch.tensor([e.feature]), tgt)[0]
+            edited[tgt][0, e.position] += (new - after.get(key, a)) * w
+        after[key] = new
+    runs = [frozen_forward(net, rec, coders, n, rec.resid0[None], lv) for lv in (leaves, edited)]
+    head = net.get_output_embeddings()
+    logits = [head(r.final[0, -1]).float() for r in runs]
+    table = torch.cat([torch.stack([torch.full_like(f.ids, l), f.positions, f.ids], 1) for l, f in feats.items()])
+    before = torch.cat([f.values for f in feats.values()])
+    extra = [k for k in after if not (table == torch.tensor(k)).all(1).any()]  # clamped up from 0
+    if extra:
+        table, before = torch.cat([table, torch.tensor(extra)]), torch.cat([before, torch.zeros(len(extra))])
+    values, dx = before.clone(), torch.zeros(len(table))
+    for k, v in after.items():
+        values[(table == torch.tensor(k)).all(1)] = v
+    for l in coders.layers:
+        m = table[:, 0] == l
+        pos, fid = table[m, 1], table[m, 2]
+        moved = runs[1].mlp_in[l][0, pos] - runs[0].mlp_in[l][0, pos]
+        dx[m] = (moved * coders.encoder_vectors(l, fid)).sum(-1)
+    return logits[0], logits[1], table, before, values, dx
 
 
 # ------------------------------------------------------------ checks

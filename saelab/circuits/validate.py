@@ -30,6 +30,7 @@ import torch
 from ..errors import UserError
 from ..models import LoadedModel
 from ..storage import write_figure, write_json
+from .attribution import attribute
 from .interventions import Edit, intervene
 from .prune import node_influence
 
@@ -135,8 +136,6 @@ def validate(
     """Compare predicted and measured ablation effects over the `n_features` most influential features of
     each prompt's graph. `prompts`: texts (tokenised with `tokenizer`, or the LoadedModel's, BOS first) or
     token id tensors [n_pos]; `out`: a folder for validation.json + validation.png."""
-    from .attribution import attribute  # TEMP until the core lands in main
-
     net = model.model if isinstance(model, LoadedModel) else model
     tok = tokenizer or (model.tokenizer if isinstance(model, LoadedModel) else None)
     if n_features < 1:
