@@ -99,3 +99,30 @@ def test_corpus_prompts_are_deterministic_and_distinct(embedded_folder):
     assert all(len(tok(p, add_special_tokens=False)["input_ids"]) in (14, 15, 16) for p in ps)
     with pytest.raises(UserError, match="built-in corpus gave"):
         corpus_prompts(tok, 50, pool=10)
+
+
+def test_validate_on_a_tiny_model_gives_finite_correlations_and_files(tiny_model_dir, tmp_path):
+    from circuit_helpers import tiny_plt
+
+    from saelab.circuits.validate import validate
+    from saelab.models import load_model
+    from saelab.sae.replacement import open_replacement
+
+    rep = open_replacement(tiny_plt(tiny_model_dir, tmp_path / "plt"))
+    lm = load_model(str(tiny_model_dir))
+    prompts = [
+        "def add(a, b):\n    return a +",
+        torch.randint(3, 2000, (10,), generator=torch.Generator().manual_seed(4)),
+    ]
+    report = validate(lm, rep, prompts, n_features=6, out=tmp_path / "v")
+    assert [len(p["features"]) for p in report.prompts] == [6, 6]
+    assert math.isfinite(report.pearson) and math.isfinite(report.spearman)
+    data = json.loads((tmp_path / "v" / "validation.json").read_text())
+    assert data["flagged"] == (report.pearson < 0.5) and data["prompts"][0]["prompt"].startswith("def add")
+    assert (tmp_path / "v" / "validation.png").stat().st_size > 1000
+    # the most influential features' effects: the graph predicts a real change, the ablation measures one
+    f = data["prompts"][1]["features"]
+    assert all(x["influence"] >= y["influence"] for x, y in zip(f, f[1:]))
+    assert max(abs(x["measured"]) for x in f) > 1e-4 and max(abs(x["predicted"]) for x in f) > 1e-4
+    with pytest.raises(UserError, match="at least one prompt"):
+        validate(lm, rep, [])
