@@ -95,7 +95,9 @@ def test_corpus_prompts_are_deterministic_and_distinct(embedded_folder):
 
     tok = AutoTokenizer.from_pretrained(embedded_folder)
     ps = corpus_prompts(tok, 20)
-    assert ps == corpus_prompts(tok, 20) and len(set(ps)) == 20
+    assert ps == corpus_prompts(tok, 20) and len(set(ps)) == 20 and corpus_prompts(tok, 5) == ps[:5]
+    assert any("def " in p or "self" in p or "    " in p for p in ps[:10])  # code as well as prose
+    assert sum(p.count(" the ") for p in ps[:10]) >= 2
     assert all(len(tok(p, add_special_tokens=False)["input_ids"]) in (14, 15, 16) for p in ps)
     with pytest.raises(UserError, match="built-in corpus gave"):
         corpus_prompts(tok, 50, pool=10)
@@ -119,6 +121,8 @@ def test_validate_on_a_tiny_model_gives_finite_correlations_and_files(tiny_model
     assert math.isfinite(report.pearson) and math.isfinite(report.spearman)
     data = json.loads((tmp_path / "v" / "validation.json").read_text())
     assert data["flagged"] == (report.pearson < 0.5) and data["prompts"][0]["prompt"].startswith("def add")
+    top = int(lm.model(input_ids=prompts[1][None]).logits[0, -1].argmax())
+    assert data["prompts"][1]["target_token"] == top and data["prompts"][1]["target"] == lm.tokenizer.decode([top])
     assert (tmp_path / "v" / "validation.png").stat().st_size > 1000
     # the most influential features' effects: the graph predicts a real change, the ablation measures one
     f = data["prompts"][1]["features"]

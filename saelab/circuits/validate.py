@@ -159,7 +159,10 @@ def validate(
             zero_positions=zero_positions,
             progress=False,
         )
-        rows.append(_validate_graph(net, replacement, graph, p if isinstance(p, str) else "", n_features, threshold))
+        row = _validate_graph(net, replacement, graph, p if isinstance(p, str) else "", n_features, threshold)
+        if tok is not None:
+            row["target"] = tok.decode([row["target_token"]])
+        rows.append(row)
         if progress:
             r = rows[-1]
             print(f"validate: prompt {i + 1}/{len(ids)}: Pearson {r['pearson']}, Spearman {r['spearman']}", flush=True)
@@ -295,20 +298,25 @@ def scatter_plot(report: ValidationReport, path: Path) -> None:
 # ------------------------------------------------------------ `saelab attribute --validate N`
 
 PROMPT_TOKENS = 16  # tokens of each corpus prompt (BOS included): short enough for 20 graphs on a laptop CPU
+STRIDE = 37  # coprime to the pool: a fixed order that mixes prose and code from the first prompts on
 
 
 def corpus_prompts(tokenizer, n: int, n_tokens: int = PROMPT_TOKENS, pool: int = 400) -> list[str]:
-    """`n` prompts from the built-in corpus, deterministic: from `pool` documents spread evenly (pydoc prose
-    first, then standard-library source), each a window of n_tokens - 1 tokens starting at a line a third
-    of the way in."""
+    """`n` prompts from the built-in corpus, deterministic and nested (the first n of any larger request),
+    alternating prose (pydoc topics) and code (the standard library's source): the first `pool` documents
+    visited in a fixed scattered order, each giving a window of n_tokens - 1 tokens (BOS makes n_tokens)
+    from a line a third of the way in."""
     from itertools import islice
+    from pydoc_data import topics
 
     from ..data import builtin_texts
 
     docs = list(islice(builtin_texts(), pool))
+    n_prose = min(len(topics.topics), len(docs))
+    kinds = [docs[:n_prose], docs[n_prose:]]
+    order = [kinds[j % 2][(j // 2 * STRIDE) % len(kinds[j % 2])] for j in range(2 * len(docs)) if kinds[j % 2]]
     out: list[str] = []
-    for i in np.linspace(0, len(docs) - 1, num=min(len(docs), 3 * n)).astype(int).tolist():
-        text = docs[i]
+    for text in order:
         start = text.find("\n", len(text) // 3) + 1
         ids = tokenizer(text[start : start + 50 * n_tokens], add_special_tokens=False)["input_ids"][: n_tokens - 1]
         prompt = tokenizer.decode(ids)
