@@ -130,3 +130,31 @@ def test_validate_on_a_tiny_model_gives_finite_correlations_and_files(tiny_model
     assert max(abs(x["measured"]) for x in f) > 1e-4 and max(abs(x["predicted"]) for x in f) > 1e-4
     with pytest.raises(UserError, match="at least one prompt"):
         validate(lm, rep, [])
+
+
+def test_validate_prompts_reads_the_attribute_options_and_writes_the_report(tiny_model_dir, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from circuit_helpers import tiny_clt
+
+    from saelab.circuits.validate import validate_prompts
+
+    rep = tiny_clt(tiny_model_dir, tmp_path / "clt")
+    cfg = SimpleNamespace(
+        replacement=str(rep),
+        model=None,
+        device="cpu",
+        dtype="float32",
+        out=str(tmp_path / "out"),
+        max_logits=5,
+        logit_prob=0.95,
+        max_feature_nodes=None,
+        batch_size=64,
+        zero_positions=1,
+    )
+    report = validate_prompts(cfg, 2, n_features=3)
+    assert len(report.prompts) == 2 and all(len(p["features"]) == 3 for p in report.prompts)
+    assert report.meta["kind"] == "clt" and "graph vs ablation over 2 prompt(s)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "validation.json").exists() and (tmp_path / "out" / "validation.png").exists()
+    with pytest.raises(UserError, match="at least 1"):
+        validate_prompts(cfg, 0)
