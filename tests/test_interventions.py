@@ -3,6 +3,7 @@ model through the splice, on tiny random llama / gpt2 models with random PLT set
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from circuit_helpers import make_tiny_gpt2, tiny_clt, tiny_plt
@@ -96,6 +97,8 @@ def test_model_mode_ablation_equals_a_manual_forward_hook(lm, rep, layer):
     assert torch.allclose(r.logits_after, want, atol=1e-5)
     assert (r.logits_after - r.logits_before).abs().max() > 1e-4
     assert _value(r, layer, 5, fid) == (a, 0.0)
+    same = intervene(lm, rep, IDS, [(torch.tensor(layer), np.int64(5), torch.tensor([fid]), "ablate")], mode="model")
+    assert torch.equal(same.logits_after, r.logits_after)
     # every feature before the edited layer, and the edited layer at other positions, is untouched
     f = r.features
     assert torch.equal(r.before[f[:, 0] < layer], r.after[f[:, 0] < layer])
@@ -153,6 +156,8 @@ def test_bad_edits_fail_before_any_forward(lm, rep):
             ((1, 5, 0, "clamp"), "clamp needs a value"),
             ((1, 5, 0, "scale", float("nan")), "finite"),
             ((1, 5), "an edit is"),
+            ((1.5, 5, 0, "ablate"), "layer must be an integer"),
+            ({"layer": 1, "position": 5, "feat": 0}, "unexpected keyword"),
         ):
             with pytest.raises(UserError, match=msg):
                 intervene(lm, rep, IDS, [(0, 1, 0, "ablate"), edit])

@@ -23,6 +23,7 @@ Edits name (model layer, position, feature id within that layer's dictionary): t
 from __future__ import annotations
 
 import math
+import operator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -113,17 +114,26 @@ class InterventionResult:
 def as_edit(e) -> Edit:
     """An Edit from an Edit, a (layer, position, feature[, op[, value]]) tuple or a dict of those fields."""
     if isinstance(e, Edit):
-        return e
+        return _normalised(e)
     if isinstance(e, dict):
         try:
-            return Edit(**e)
+            return _normalised(Edit(**e))
         except TypeError as err:
             raise UserError(f"edit {e!r}: {err}") from None
     if not isinstance(e, (tuple, list)) or not 3 <= len(e) <= 5:
         raise UserError(f"an edit is (layer, position, feature id, op, value); got {e!r}")
     if len(e) == 4 and e[3] in ("scale", "clamp"):
         raise UserError(f"edit {tuple(e)!r}: {e[3]} needs a value: (layer, position, feature, {e[3]!r}, value)")
-    return Edit(*e)
+    return _normalised(Edit(*e))
+
+
+def _normalised(e: Edit) -> Edit:
+    """Integer-like coordinates (numpy / one-element tensors) as ints and the value as a float, when they are."""
+    try:
+        fields = [operator.index(v) for v in (e.layer, e.position, e.feature)]
+        return Edit(*fields, e.op, float(e.value))
+    except (TypeError, ValueError):
+        return e  # check_edits names what is wrong
 
 
 def check_edits(replacement, edits, n_pos: int) -> list[Edit]:
