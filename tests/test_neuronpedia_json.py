@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from random_graph import TOKENIZER, ct_graph_code, ct_tokenizer, ct_inputs, random_graph, run_circuit_tracer
+from random_graph import TOKENIZER, ct_graph_code, ct_inputs, ct_tokenizer, random_graph, run_circuit_tracer
 
 from saelab.circuits.graph import save_graph
 from saelab.circuits.neuronpedia import (
