@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from random_graph import TOKENIZER, ct_graph_code, ct_inputs, ct_tokenizer, random_graph, run_circuit_tracer
 
 from saelab.circuits.graph import save_graph
@@ -114,3 +115,29 @@ json.dump({{}}, open(OUT, 'w'))
     )
     listed = json.loads((tmp_path / "ct" / INDEX).read_text())
     assert json.loads((tmp_path / "ours" / INDEX).read_text()) == listed
+
+
+def test_feature_error_id_collision(tmp_path):
+    """circuit-tracer names the error of layer L at P and the feature (layer 0, id L) at P both `0_L_P`."""
+    from saelab.circuits.prune import PruneResult
+
+    g = random_graph(n_layers=3, n_pos=5, n_active=14, seed=2)
+    g.active_features[g.selected_features[0]] = g.active_features.new_tensor([0, 2, 1])  # -> "0_1_2"
+    everything = PruneResult(torch.ones(g.n_nodes, dtype=torch.bool), g.adjacency != 0, torch.zeros(g.n_nodes))
+    doc = graph_json(g, everything, "s", "scan")
+    ids = [n["node_id"] for n in doc["nodes"]]
+    assert len(ids) == len(set(ids)) and "0_1_2" in ids and "0_1_2_error" in ids
+    error = next(n for n in doc["nodes"] if n["node_id"] == "0_1_2_error")
+    assert error["feature_type"] == "mlp reconstruction error" and (error["layer"], error["ctx_idx"]) == ("1", 2)
+    assert any(link["source"] == "0_1_2_error" for link in doc["links"])
+    p = tmp_path / "ours.json"
+    p.write_text(json.dumps(doc))
+    assert read_graph_json(p).nodes == doc["nodes"]
+    # circuit-tracer's file has the duplicate: the reader renames its error node the same way
+    for n in doc["nodes"]:
+        n["node_id"] = n["node_id"].removesuffix("_error")
+    doc["links"] = [link for link in doc["links"] if "_error" not in link["source"] + link["target"]]
+    p.write_text(json.dumps(doc))
+    v = read_graph_json(p)
+    assert sorted(n["node_id"] for n in v.nodes) == sorted(ids)
+    assert v.by_id["0_1_2"]["feature_type"] == FEATURE

@@ -42,13 +42,13 @@ class TargetSpec:
     ids: tuple[int, ...]
 
     def to_attribution(self):
-        from .attribution import AttributionTarget
+        from .targets import AttributionTarget
 
         if self.kind == "logit":
             return AttributionTarget.logit(*self.ids)
         if self.kind == "diff":
             return AttributionTarget.logit_diff(*self.ids)
-        return AttributionTarget.feature(*self.ids)
+        return AttributionTarget.of_feature(*self.ids)
 
 
 @dataclass
@@ -174,8 +174,8 @@ def check_model(rep: Replacement, model, spec: str, ids: torch.Tensor) -> None:
         raise UserError(f"the prompt's token id {int(ids.max())} is outside model {spec!r}'s {vocab} embeddings")
 
 
-def attribute_prompt(cfg: AttributeConfig, progress=None) -> Path:
-    """The graph of `cfg.prompt` written to `cfg.out`; returns that folder."""
+def attribute_prompt(cfg: AttributeConfig, progress: bool = True) -> Path:
+    """The graph of `cfg.prompt` written to `cfg.out`; returns that folder. `progress`: a bar on stderr."""
     t0 = time.time()
     folder = check_out(cfg)
     prep = prepare(cfg)
@@ -201,22 +201,24 @@ def attribute_prompt(cfg: AttributeConfig, progress=None) -> Path:
         batch_size=cfg.batch_size,
         zero_positions=cfg.zero_positions,
         progress=progress,
+        tokenizer=lm.tokenizer,
     )
     t_attr = time.time()
     graph = graph_to_cpu(graph)
+    graph.prompt = cfg.prompt
     pruned = prune_graph(graph, cfg.node_threshold, cfg.edge_threshold)
     replacement_score, completeness_score = graph_scores(graph)
     slug = cfg.slug or slugify(Path(cfg.out).resolve().name)
     rep = prep.replacement
     graph.meta = {
         "replacement": str(rep.path),
-        "model": prep.model_spec,
         "family": rep.family,
         "kind": rep.kind,
         "scan": f"saelab-{rep.path.name}",
         "vocab_size": int(lm.model.get_input_embeddings().weight.shape[0]),
         "zero_positions": cfg.zero_positions,
         **graph.meta,
+        "model": prep.model_spec,
         "slug": slug,
         "prune": {"node_threshold": cfg.node_threshold, "edge_threshold": cfg.edge_threshold},
         "scores": {"replacement": replacement_score, "completeness": completeness_score},
