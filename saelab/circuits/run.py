@@ -248,7 +248,10 @@ def summary(graph: Graph, pruned, json_path: Path, seconds: float) -> str:
     kinds = graph.node_kinds()
     kept = {k: int(sum(1 for i, m in enumerate(pruned.node_mask.tolist()) if m and kinds[i] == k)) for k in kinds}
     edges = int((pruned.edge_mask & pruned.node_mask[:, None] & pruned.node_mask[None, :]).sum())
-    targets = ", ".join(f"{lab!r} ({float(w):.2f})" for lab, w in zip(graph.target_labels, graph.target_weights))
+    targets = ", ".join(
+        f"{lab!r} ({float(w):.2f})" if int(t) >= 0 else f"{lab} ({float(w):.2f})"
+        for lab, t, w in zip(graph.target_labels, graph.target_tokens, graph.target_weights)
+    )
     s = graph.meta["scores"]
     return (
         f"saelab: attribution graph of {graph.n_pos} tokens -> {json_path.parent}\n"
