@@ -145,3 +145,9 @@ def test_prepare_resolves_the_targets(rep, tmp_path):
     cfg.target, cfg.target_feature = None, "3:-1:5"
     assert prepare(cfg).targets[0].ids == (3, len(p.tokens) - 1, 5)
     assert not (tmp_path / "g").exists()
+
+
+def test_max_feature_nodes_default_is_the_cores():
+    from saelab.circuits.attribution import MAX_FEATURE_NODES
+
+    assert AttributeConfig.__dataclass_fields__["max_feature_nodes"].default == MAX_FEATURE_NODES

@@ -73,3 +73,21 @@ def test_attribute_writes_a_graph_that_reads_back(rep, tmp_path, capsys):
         "graph.safetensors",
     ]
     assert [x["slug"] for x in json.loads((out / "graph-metadata.json").read_text())["graphs"]] == ["add-b"]
+
+
+def test_feature_target_and_max_feature_nodes(rep, tmp_path, capsys):
+    first = tmp_path / "all"
+    assert main(["attribute", str(rep), "--prompt", PROMPT, "--out", str(first), "--max-feature-nodes", "0"]) == 0
+    g = load_graph(first)
+    assert g.n_sel == g.active_features.shape[0]  # 0: every active feature
+    last = g.n_pos - 1
+    layer, pos, fid = next(f for f in g.active_features.tolist() if f[0] == 3 and f[1] == last)
+    out = tmp_path / "feat"
+    argv = ["attribute", str(rep), "--prompt", PROMPT, "--out", str(out), "--target-feature", f"3:-1:{fid}"]
+    assert main([*argv, "--max-feature-nodes", "5"]) == 0
+    h = load_graph(out)
+    assert h.target_labels == [f"L3/P{last}/F{fid}"] and h.target_tokens.tolist() == [-1] and h.n_sel == 5
+    v = read_graph_json(out)
+    target = next(n for n in v.nodes if n["feature_type"] == "logit")
+    assert target["feature"] == h.meta["vocab_size"] and target["is_target_logit"]
+    capsys.readouterr()

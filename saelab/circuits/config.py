@@ -14,6 +14,7 @@ from .neuronpedia import slugify
 
 FEATURE_TARGET = re.compile(r"(\d+):(-?\d+):(\d+)")
 MAX_TOKENS = 256
+MAX_FEATURE_NODES = 8192  # = attribution.MAX_FEATURE_NODES (tests/test_attribute_cli_checks.py checks)
 
 
 @dataclass(kw_only=True)
@@ -34,7 +35,9 @@ class AttributeConfig:
     )
     max_logits: int = opt(10, "top logits attributed when no target is given (at most)")
     logit_prob: float = opt(0.95, "... as many as cover this much of the next-token probability")
-    max_feature_nodes: int | None = opt(None, "feature nodes computed, most influential first (none: every active)")
+    max_feature_nodes: int = opt(
+        MAX_FEATURE_NODES, "feature nodes computed, most influential first (0: every active feature)"
+    )
     node_threshold: float = opt(0.8, "pruning: keep the nodes covering this fraction of the influence")
     edge_threshold: float = opt(0.98, "pruning: keep the edges covering this fraction of the influence")
     max_tokens: int = opt(
@@ -65,8 +68,8 @@ class AttributeConfig:
             raise UserError(
                 f"--slug {self.slug!r}: use lower-case letters, digits, - and _ (e.g. {slugify(self.slug)!r})"
             )
-        need_at_least(self, 1, "max_logits", "max_tokens", "batch_size", "max_feature_nodes", "threads")
-        need_at_least(self, 0, "zero_positions")
+        need_at_least(self, 1, "max_logits", "max_tokens", "batch_size", "threads")
+        need_at_least(self, 0, "zero_positions", "max_feature_nodes")
         if not 0.0 < self.logit_prob <= 1.0:
             raise UserError(f"--logit-prob must be in (0, 1], not {self.logit_prob}")
         for name in ("node_threshold", "edge_threshold"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,8 +175,9 @@ def check_model(rep: Replacement, model, spec: str, ids: torch.Tensor) -> None:
         raise UserError(f"the prompt's token id {int(ids.max())} is outside model {spec!r}'s {vocab} embeddings")
 
 
-def attribute_prompt(cfg: AttributeConfig, progress: bool = True) -> Path:
-    """The graph of `cfg.prompt` written to `cfg.out`; returns that folder. `progress`: a bar on stderr."""
+def attribute_prompt(cfg: AttributeConfig, progress: bool | Callable[[int, int], None] = True) -> Path:
+    """The graph of `cfg.prompt` written to `cfg.out`; returns that folder. `progress`: a bar on stderr (True),
+    none (False), or a callable(rows done, rows in all), as attribution.attribute takes it."""
     t0 = time.time()
     folder = check_out(cfg)
     prep = prepare(cfg)
@@ -197,7 +199,7 @@ def attribute_prompt(cfg: AttributeConfig, progress: bool = True) -> Path:
         targets=None if prep.targets is None else [t.to_attribution() for t in prep.targets],
         max_n_logits=cfg.max_logits,
         desired_logit_prob=cfg.logit_prob,
-        max_feature_nodes=cfg.max_feature_nodes,
+        max_feature_nodes=cfg.max_feature_nodes or None,
         batch_size=cfg.batch_size,
         zero_positions=cfg.zero_positions,
         progress=progress,
