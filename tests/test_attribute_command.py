@@ -91,3 +91,17 @@ def test_feature_target_and_max_feature_nodes(rep, tmp_path, capsys):
     target = next(n for n in v.nodes if n["feature_type"] == "logit")
     assert target["feature"] == h.meta["vocab_size"] and target["is_target_logit"]
     capsys.readouterr()
+
+
+def test_clt_replacement(tiny_model_dir, tmp_path, capsys):
+    from circuit_helpers import tiny_clt
+
+    clt = tiny_clt(tiny_model_dir, tmp_path / "clt", n=16)
+    base = ["attribute", str(clt), "--prompt", PROMPT, "--out", str(tmp_path / "g")]
+    assert main([*base, "--target-feature", "2:-1:16"]) == 2
+    assert "feature 16 is outside layer 2's 0..15" in capsys.readouterr().err
+    assert main([*base, "--target", " b"]) == 0
+    g = load_graph(tmp_path / "g")
+    assert (
+        g.meta["kind"] == "clt" and g.target_labels == [" b"] and set(g.active_features[:, 0].tolist()) <= {0, 1, 2, 3}
+    )

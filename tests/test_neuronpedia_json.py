@@ -91,7 +91,7 @@ def test_reader_refuses_what_is_not_a_graph_json(tmp_path):
 def test_same_json_as_circuit_tracer(tmp_path):
     from transformers import AutoTokenizer
 
-    g = random_graph(n_layers=3, n_pos=5, n_active=14, n_sel=11, n_targets=3, seed=7)
+    g = random_graph(n_layers=3, n_pos=5, n_active=14, n_sel=11, n_targets=3, seed=7, custom_targets=1)
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     g.token_strings = [tok.decode(t) for t in g.tokens]
     script = (
