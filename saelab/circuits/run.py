@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..model_pair import _local_tokenizer, _tokenizer_folder, _vocab_differs  # tokenizer on disk, no model
+from ..model_pair import local_tokenizer, tokenizer_folder, vocab_differs  # the tokenizer on disk, before a model loads
 from ..models import decoder_layers, load_model
 from ..out_folder import ATTRIBUTION_GRAPH, kind_of, open_out
 from ..sae.folder import check_fits
@@ -148,10 +148,10 @@ def prepare(cfg: AttributeConfig) -> Prepared:
     cfg.validate()
     rep = open_replacement(Path(cfg.replacement), cfg.device)
     spec = str(cfg.model or rep.model_spec)
-    tok = _local_tokenizer(_tokenizer_folder(spec))
+    tok = local_tokenizer(tokenizer_folder(spec))
     if cfg.model and spec != str(rep.model_spec):
-        theirs = _local_tokenizer(_tokenizer_folder(str(rep.model_spec)))
-        why = tok is not None and theirs is not None and _vocab_differs(tok, theirs)
+        theirs = local_tokenizer(tokenizer_folder(str(rep.model_spec)))
+        why = tok is not None and theirs is not None and vocab_differs(tok, theirs)
         if why:
             raise UserError(
                 f"{rep.path} was trained on model {rep.model_spec!r}, whose tokenizer is not the one of --model "
