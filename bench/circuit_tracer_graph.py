@@ -22,6 +22,9 @@ Writes into DIR:
   result.json        options, versions, token strings, logit target strings, replacement / completeness
                      scores, row-sum residuals, timings (wall and circuit-tracer's own phases), peak memory
   <slug>.json        the pruned Neuronpedia graph JSON (create_graph_files) and graph-metadata.json beside it
+With --attribute-only only result.json (times, memory, node counts: what bench/attribution_cost.py reads).
+Times: load, attribute (wall) and circuit-tracer's own phases (precompute, forward, logit / feature attribution),
+prune, scores, graph_files; memory: ru_maxrss of the process and VmHWM over attribute alone (reset before it).
 
 Pitfalls handled here (each would otherwise give a silently different or failed run):
   - the model folder is written by transformers 5 (`rope_parameters`, a GGUF `quantization_config`, tokenizer
@@ -82,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--slug", default="circuit-tracer-graph")
     p.add_argument("--no-files", action="store_true", help="skip create_graph_files (the Neuronpedia JSON)")
+    p.add_argument("--attribute-only", action="store_true", help="time attribute alone: result.json, no graph files")
     a = p.parse_args(argv)
     if not (Path(a.ct_folder) / "config.yaml").is_file():
         p.error(f"{a.ct_folder} has no config.yaml: not a circuit-tracer transcoder folder")
@@ -236,7 +240,6 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     from circuit_tracer import ReplacementModel, attribute
-    from circuit_tracer.graph import compute_graph_scores, prune_graph
     from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
 
     tmp = Path(tempfile.mkdtemp(prefix="ct-model-"))
@@ -270,23 +273,6 @@ def main(argv=None) -> int:
         attribute_s = time.perf_counter() - t1
         attribute_peak = hwm_mib() if hwm_reset else None
 
-        t2 = time.perf_counter()
-        pr = prune_graph(graph, a.node_threshold, a.edge_threshold)
-        prune_s = time.perf_counter() - t2
-        t3 = time.perf_counter()
-        replacement, completeness = compute_graph_scores(graph)
-        scores_s = time.perf_counter() - t3
-        files_s = None
-        if not a.no_files:
-            t4 = time.perf_counter()
-            from circuit_tracer.utils.create_graph_files import create_graph_files
-
-            create_graph_files(graph, a.slug, str(out), scan=graph.scan or str(ct_folder),
-                               node_threshold=a.node_threshold, edge_threshold=a.edge_threshold)  # fmt: skip
-            files_s = time.perf_counter() - t4
-
-        logits, inputs = row_inputs(model, graph, tokens)
-        write_outputs(out, a, model, graph, pr, logits, inputs)
         tok = model.tokenizer
         result = {
             "format": "circuit-tracer-graph",
@@ -304,35 +290,51 @@ def main(argv=None) -> int:
             "n_active": len(graph.active_features),
             "n_selected": len(graph.selected_features),
             "n_nodes": graph.adjacency_matrix.shape[0],
-            "pruned_nodes": int(pr.node_mask.sum()),
-            "pruned_edges": int(pr.edge_mask.sum()),
-            "replacement_score": replacement,
-            "completeness_score": completeness,
-            "row_sum_residual": row_residuals(graph, inputs),
-            "time_s": {
-                "load": load_s,
-                "attribute": attribute_s,
-                "prune": prune_s,
-                "scores": scores_s,
-                "graph_files": files_s,
-                "total": time.perf_counter() - t0,
-            }
-            | phases.phases,  # fmt: skip
-            "memory_mib": {
-                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "peak_rss_after_load": rss_load,
-                "attribute_peak_rss": attribute_peak,
-            },  # fmt: skip
+            "time_s": {"load": load_s, "attribute": attribute_s} | phases.phases,
+            "memory_mib": {"peak_rss_after_load": rss_load, "attribute_peak_rss": attribute_peak},
         }
+        if not a.attribute_only:
+            result |= after_attribution(a, model, graph, tokens, out, ct_folder, result["time_s"])
+        result["time_s"]["total"] = time.perf_counter() - t0
+        result["memory_mib"]["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (out / "result.json").write_text(json.dumps(result, indent=1))
-        print(json.dumps({k: result[k] for k in ("n_active", "n_selected", "replacement_score",
-                                                  "completeness_score", "time_s", "memory_mib")}))  # fmt: skip
+        keys = ("n_active", "n_selected", "replacement_score", "completeness_score", "time_s", "memory_mib")
+        print(json.dumps({k: result[k] for k in keys if k in result}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
-def write_outputs(out: Path, a, model, graph, pr, logits: torch.Tensor, inputs: torch.Tensor) -> None:
+def after_attribution(a, model, graph, tokens, out: Path, ct_folder: Path, times: dict) -> dict:
+    """prune_graph, compute_graph_scores, create_graph_files (timed into `times`), then the row inputs and
+    graph.safetensors. -> the result's entries they add."""
+    from circuit_tracer.graph import compute_graph_scores, prune_graph
+
+    t = time.perf_counter()
+    pr = prune_graph(graph, a.node_threshold, a.edge_threshold)
+    times["prune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    replacement, completeness = compute_graph_scores(graph)
+    times["scores"] = time.perf_counter() - t
+    if not a.no_files:
+        from circuit_tracer.utils.create_graph_files import create_graph_files
+
+        t = time.perf_counter()
+        create_graph_files(graph, a.slug, str(out), scan=graph.scan or str(ct_folder),
+                           node_threshold=a.node_threshold, edge_threshold=a.edge_threshold)  # fmt: skip
+        times["graph_files"] = time.perf_counter() - t
+    logits, inputs = row_inputs(model, graph, tokens)
+    write_outputs(out, graph, pr, logits, inputs)
+    return {
+        "pruned_nodes": int(pr.node_mask.sum()),
+        "pruned_edges": int(pr.edge_mask.sum()),
+        "replacement_score": replacement,
+        "completeness_score": completeness,
+        "row_sum_residual": row_residuals(graph, inputs),
+    }
+
+
+def write_outputs(out: Path, graph, pr, logits: torch.Tensor, inputs: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
     t = {

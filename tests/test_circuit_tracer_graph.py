@@ -200,6 +200,34 @@ def test_bad_folder_refused(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.filterwarnings("ignore:circuit-tracer 0.5.0")
+def test_attribution_cost_bench(tmp_path, tiny_llama):
+    """bench/attribution_cost.py on the tiny set: prompts of 6 and 9 tokens from the built-in corpus (BOS first,
+    one a prefix of the other), each run its own process with its time, peak RSS and feature counts; saelab's
+    runs too where saelab.circuits is in this checkout (then both count the same active features)."""
+    plt_set(tmp_path, tiny_llama, "topk", skip=False, b_dec=True)
+    impls = ["circuit-tracer"] + (["saelab"] if _saelab_attribute() else [])
+    cmd = [sys.executable, str(ROOT / "bench" / "attribution_cost.py"), str(tmp_path / "rep"), "--out",
+           str(tmp_path / "cost"), "--sizes", "6", "9", "--impls", *impls, "--max-feature-nodes", "20"]  # fmt: skip
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env=os.environ | {"SAELAB_CT_PYTHON": str(CT_PY)}
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = json.loads((tmp_path / "cost" / "attribution_cost.json").read_text())["runs"]
+    assert [(x["n_tokens"], x["impl"]) for x in runs] == [(n, i) for n in (6, 9) for i in impls]
+    for x in runs:
+        assert x["ok"], x
+        assert x["n_active"] > 0 and x["n_selected"] == min(20, x["n_active"]) and x["n_targets"] == 10
+        assert x["time_s"]["attribute"] > 0 and x["memory_mib"]["peak_rss"] >= x["memory_mib"]["attribute_peak_rss"] > 0
+    ct = [x for x in runs if x["impl"] == "circuit-tracer"]
+    assert ct[0]["n_active"] < ct[1]["n_active"] <= 8 * L * K  # more positions, more features; k per site
+    if "saelab" in impls:
+        for n in (6, 9):
+            assert len({x["n_active"] for x in runs if x["n_tokens"] == n}) == 1
+    md = (tmp_path / "cost" / "attribution_cost.md").read_text().splitlines()
+    assert len(md) == 2 + len(runs) and md[0].startswith("| tokens | impl |")
+
+
 def _saelab_attribute():
     """saelab's `attribute`, only from this checkout (an editable install elsewhere can supply saelab.circuits)."""
     try:
