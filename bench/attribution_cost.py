@@ -81,9 +81,14 @@ def worker(a) -> None:
         "n_active": len(g.active_features), "n_selected": len(g.selected_features), "n_targets": g.n_targets,
         "time_s": {"load": load_s, "attribute": attribute_s},
         "memory_mib": {"peak_rss_after_load": rss_load, "attribute_peak_rss": _hwm_mib() if reset else None,
-                       "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+                       "peak_rss": _peak_mib()},
         "exactness": g.meta.get("exactness"),
     }))  # fmt: skip
+
+
+def _peak_mib() -> float:
+    """The process's peak RSS: ru_maxrss, or VmHWM where the kernel has not folded the latest peak into it yet."""
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _hwm_mib())
 
 
 def _reset_hwm() -> bool:

@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         if not a.attribute_only:
             result |= after_attribution(a, model, graph, tokens, out, ct_folder, result["time_s"])
         result["time_s"]["total"] = time.perf_counter() - t0
-        result["memory_mib"]["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["memory_mib"]["peak_rss"] = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, hwm_mib())
         (out / "result.json").write_text(json.dumps(result, indent=1))
         keys = ("n_active", "n_selected", "replacement_score", "completeness_score", "time_s", "memory_mib")
         print(json.dumps({k: result[k] for k in keys if k in result}))

@@ -238,9 +238,12 @@ def _saelab_attribute():
 
 
 @pytest.mark.filterwarnings("ignore:circuit-tracer 0.5.0")
-@pytest.mark.parametrize("arch,skip,b_dec", [("relu", False, False), ("topk", True, True)])
-def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b_dec):
-    """saelab's `attribute` on the same replacement and tokens: the same nodes, values, edges and scores."""
+@pytest.mark.parametrize(
+    "arch,skip,b_dec,budget", [("relu", False, False, None), ("topk", True, True, None), ("topk", True, True, 40)]
+)
+def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b_dec, budget):
+    """saelab's `attribute` on the same replacement and tokens: the same nodes, values, edges and scores (with a
+    feature budget of 40 in batches of 4: chosen by influence over three re-rankings, the same features)."""
     attribute = _saelab_attribute()
     if attribute is None:
         pytest.skip("saelab.circuits.attribution is not in this checkout yet")
@@ -249,20 +252,23 @@ def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b
     from saelab.sae.replacement import open_replacement
 
     ct, _ = plt_set(tmp_path, tiny_llama, arch, skip=skip, b_dec=b_dec)
-    res, g = run_ct(ct, tiny_llama, tmp_path / "out", "--no-files")
+    extra = ["--max-feature-nodes", str(budget), "--batch-size", "4"] if budget else []
+    res, g = run_ct(ct, tiny_llama, tmp_path / "out", "--no-files", *extra)
     model = load_model(str(tiny_llama)).model
-    ours = attribute(model, open_replacement(tmp_path / "rep"), torch.tensor(TOKENS), batch_size=64)
+    rep = open_replacement(tmp_path / "rep")
+    ours = attribute(model, rep, torch.tensor(TOKENS), max_feature_nodes=budget, batch_size=4 if budget else 64)
     assert ours.tokens.tolist() == TOKENS and ours.n_layers == L
     assert ours.active_features.tolist() == g["active_features"].tolist()
     torch.testing.assert_close(ours.activation_values, g["activation_values"], rtol=1e-4, atol=1e-5)
     assert ours.selected_features.tolist() == g["selected_features"].tolist()
     assert ours.target_tokens.tolist() == g["logit_targets"].tolist()
     torch.testing.assert_close(ours.target_weights, g["logit_probabilities"], rtol=1e-4, atol=1e-6)
+    assert ours.adjacency.shape == g["adjacency"].shape
     scale = g["adjacency"].abs().max()
-    torch.testing.assert_close(ours.adjacency / scale, g["adjacency"] / scale, rtol=0, atol=1e-4)
-    rep, comp = graph_scores(ours)
-    assert rep == pytest.approx(res["replacement_score"], abs=1e-4)
-    assert comp == pytest.approx(res["completeness_score"], abs=1e-4)
+    torch.testing.assert_close(ours.adjacency / scale, g["adjacency"] / scale, rtol=0, atol=1e-5)
+    rep_score, comp_score = graph_scores(ours)
+    assert rep_score == pytest.approx(res["replacement_score"], abs=1e-4)
+    assert comp_score == pytest.approx(res["completeness_score"], abs=1e-4)
 
 
 if __name__ == "__main__":
