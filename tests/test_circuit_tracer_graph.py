@@ -77,6 +77,25 @@ def plt_set(root: Path, model: Path, arch: str, skip: bool, b_dec: bool) -> tupl
     return export_circuit_tracer(root / "rep", root / "ct"), weights
 
 
+def clt_set(root: Path, model: Path) -> Path:
+    """A random BatchTopK CLT over the tiny Llama's layers (circuit-tracer holds it as a JumpReLU CLT at its
+    per-layer threshold), exported. -> the circuit-tracer folder."""
+    g = torch.Generator().manual_seed(11)
+    cfg = SaeConfig(arch="clt", d_in=L * D, d_sae=L * S, d_out=L * D, k=K, extra={"clt_sparsity": "batchtopk"},
+                    hookpoint="+".join(map(LLAMA.mlp_in_site, range(L))),
+                    out_hookpoint="+".join(map(LLAMA.mlp_out_site, range(L))))  # fmt: skip
+    sae = build_sae(cfg)
+    t = {"W_enc": torch.randn(L, D, S, generator=g) * 0.3, "b_enc": torch.randn(L * S, generator=g) * 0.3,
+         "b_dec": torch.randn(L * D, generator=g) * 0.1, "threshold": torch.rand(L, generator=g).repeat_interleave(S) + 1}  # fmt: skip
+    t |= {f"W_dec_{i}": torch.randn(S, L - i, D, generator=g) * 0.1 for i in range(L)}
+    sae.load_folded(t)
+    save_sae(sae, root / "rep" / "clt", Provenance(model_spec=str(model), model_name=str(model), context=64))
+    plan = LayerPlan(tuple(range(L)), "llama", L, tuple(map(LLAMA.mlp_in_site, range(L))),
+                     tuple(map(LLAMA.mlp_out_site, range(L))))  # fmt: skip
+    write_replacement(root / "rep", "clt", plan, str(model), str(model), [root / "rep" / "clt"])
+    return export_circuit_tracer(root / "rep", root / "ct")
+
+
 def run_ct(ct: Path, model: Path, out: Path, *extra: str) -> tuple[dict, dict]:
     cmd = [str(CT_PY), str(SCRIPT), str(ct), "--model", str(model), "--out", str(out), "--threads", "2"]
     cmd += ["--tokens", ",".join(map(str, TOKENS)), *extra]
@@ -239,7 +258,8 @@ def _saelab_attribute():
 
 @pytest.mark.filterwarnings("ignore:circuit-tracer 0.5.0")
 @pytest.mark.parametrize(
-    "arch,skip,b_dec,budget", [("relu", False, False, None), ("topk", True, True, None), ("topk", True, True, 40)]
+    "arch,skip,b_dec,budget",
+    [("relu", False, False, None), ("topk", True, True, None), ("topk", True, True, 40), ("clt", False, True, None)],
 )
 def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b_dec, budget):
     """saelab's `attribute` on the same replacement and tokens: the same nodes, values, edges and scores (with a
@@ -251,13 +271,13 @@ def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b
     from saelab.models import load_model
     from saelab.sae.replacement import open_replacement
 
-    ct, _ = plt_set(tmp_path, tiny_llama, arch, skip=skip, b_dec=b_dec)
+    ct = clt_set(tmp_path, tiny_llama) if arch == "clt" else plt_set(tmp_path, tiny_llama, arch, skip, b_dec)[0]
     extra = ["--max-feature-nodes", str(budget), "--batch-size", "4"] if budget else []
     res, g = run_ct(ct, tiny_llama, tmp_path / "out", "--no-files", *extra)
     model = load_model(str(tiny_llama)).model
     rep = open_replacement(tmp_path / "rep")
     ours = attribute(model, rep, torch.tensor(TOKENS), max_feature_nodes=budget, batch_size=4 if budget else 64)
-    assert ours.tokens.tolist() == TOKENS and ours.n_layers == L
+    assert ours.tokens.tolist() == TOKENS and ours.n_layers == L and len(ours.active_features) > 20
     assert ours.active_features.tolist() == g["active_features"].tolist()
     torch.testing.assert_close(ours.activation_values, g["activation_values"], rtol=1e-4, atol=1e-5)
     assert ours.selected_features.tolist() == g["selected_features"].tolist()
