@@ -1,7 +1,9 @@
 """circuit-tracer's attribution graph of one prompt, the reference saelab's `attribute` is checked and timed against.
 
 Run with circuit-tracer's OWN interpreter (circuit-tracer 0.5 + nnsight 0.6, transformers 4.57; not a saelab
-dependency, so this file imports nothing from saelab):
+dependency, so this file imports nothing from saelab). circuit-tracer was installed there with --no-deps; its
+nnsight backend also needs `pip install "nnsight>=0.6,<0.7" "einops>=0.8"` in that venv (done 2026-12-06:
+nnsight 0.6.3, einops 0.8.2; torch and transformers untouched):
 
     HF_HUB_OFFLINE=1 /work/main/.cache/venvs/circuit-tracer/bin/python bench/circuit_tracer_graph.py \\
         CT_FOLDER --model MODEL_FOLDER (--prompt TEXT | --tokens 1,504,3) --out DIR \\

@@ -267,7 +267,7 @@ def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b
     attribute = _saelab_attribute()
     if attribute is None:
         pytest.skip("saelab.circuits.attribution is not in this checkout yet")
-    from saelab.circuits.prune import graph_scores
+    from saelab.circuits.prune import graph_scores, prune_graph
     from saelab.models import load_model
     from saelab.sae.replacement import open_replacement
 
@@ -289,6 +289,43 @@ def test_saelab_graph_equals_circuit_tracers(tmp_path, tiny_llama, arch, skip, b
     rep_score, comp_score = graph_scores(ours)
     assert rep_score == pytest.approx(res["replacement_score"], abs=1e-4)
     assert comp_score == pytest.approx(res["completeness_score"], abs=1e-4)
+    # saelab's pruning of circuit-tracer's own adjacency keeps exactly the nodes and edges circuit-tracer keeps
+    ours.adjacency = g["adjacency"].clone()
+    pr = prune_graph(ours)
+    assert torch.equal(pr.node_mask, g["node_mask"]) and torch.equal(pr.edge_mask, g["edge_mask"])
+    torch.testing.assert_close(pr.cumulative_scores, g["cumulative_scores"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:circuit-tracer 0.5.0")
+def test_saelab_graph_json_equals_circuit_tracers(tmp_path, tiny_llama):
+    """The Neuronpedia JSON saelab writes for circuit-tracer's adjacency and prune: the same node ids, node
+    fields and links as create_graph_files writes."""
+    if _saelab_attribute() is None:
+        pytest.skip("saelab.circuits is not in this checkout yet")
+    from saelab.circuits.neuronpedia import graph_json
+    from saelab.circuits.prune import prune_graph
+    from saelab.models import load_model
+    from saelab.sae.replacement import open_replacement
+
+    ct, _ = plt_set(tmp_path, tiny_llama, "topk", skip=True, b_dec=True)
+    _, g = run_ct(ct, tiny_llama, tmp_path / "out", "--slug", "g")
+    theirs = json.loads((tmp_path / "out" / "g.json").read_text())
+    ours = _saelab_attribute()(load_model(str(tiny_llama)).model, open_replacement(tmp_path / "rep"),
+                               torch.tensor(TOKENS), batch_size=64)  # fmt: skip
+    ours.adjacency = g["adjacency"].clone()
+    doc = graph_json(ours, prune_graph(ours), "g", "scan")
+    key = ("feature", "layer", "ctx_idx", "feature_type", "is_target_logit", "reverse_ctx_idx")
+    mine = {n["node_id"]: n for n in doc["nodes"]}
+    kinds = [n["feature_type"] for n in theirs["nodes"]]
+    assert kinds.count("cross layer transcoder") > 5 and kinds.count("mlp reconstruction error") > 0
+    assert set(mine) == {n["node_id"] for n in theirs["nodes"]}
+    for n in theirs["nodes"]:
+        assert {k: mine[n["node_id"]].get(k) for k in key} == {k: n.get(k) for k in key}, n["node_id"]
+        for k in ("influence", "activation", "token_prob"):
+            if n.get(k) is not None:
+                assert mine[n["node_id"]][k] == pytest.approx(n[k], rel=1e-4, abs=1e-6), (n["node_id"], k)
+    links = {(x["source"], x["target"]): x["weight"] for x in theirs["links"]}
+    assert {(x["source"], x["target"]): pytest.approx(x["weight"], rel=1e-5) for x in doc["links"]} == links
 
 
 if __name__ == "__main__":
