@@ -148,6 +148,10 @@ def test_prepare_resolves_the_targets(rep, tmp_path):
 
 
 def test_max_feature_nodes_default_is_the_cores():
-    from saelab.circuits.attribution import MAX_FEATURE_NODES
+    """The command and the library function compute the same number of feature rows unless told otherwise."""
+    import inspect
 
-    assert AttributeConfig.__dataclass_fields__["max_feature_nodes"].default == MAX_FEATURE_NODES
+    from saelab.circuits.attribution import attribute
+
+    library = inspect.signature(attribute).parameters["max_feature_nodes"].default
+    assert AttributeConfig.__dataclass_fields__["max_feature_nodes"].default == library == 7500

@@ -25,14 +25,12 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..sae.replacement import Replacement
 from .coders import LayerFeatures, ReplacementCoders
+from .config import MAX_FEATURE_NODES
 from .frozen import Recording, frozen_forward, record
 from .graph import Graph
 from .prune import partial_influences
 from .targets import AttributionTarget, Row, target_label, target_rows
 
-# Feature rows kept by default: the most influential 8,192 (circuit-tracer's rule), so a 64-token prompt's edge
-# rows stay near 1 GB (8,192 x (features + errors + tokens) floats) however many features fire.
-MAX_FEATURE_NODES = 8192
 GRAD_POSITIONS = 8192  # rows x positions in one batched backward: 8192 x 576 floats = 19 MB per layer
 
 

@@ -14,7 +14,9 @@ from .neuronpedia import slugify
 
 FEATURE_TARGET = re.compile(r"(\d+):(-?\d+):(\d+)")
 MAX_TOKENS = 256
-MAX_FEATURE_NODES = 8192  # = attribution.MAX_FEATURE_NODES (tests/test_attribute_cli_checks.py checks)
+# Feature rows computed by default: the most influential 7,500 (circuit-tracer's CLI default, so the two tools do
+# the same work), which keeps a 64-token prompt's edge rows near 1 GB however many features fire.
+MAX_FEATURE_NODES = 7500
 
 
 @dataclass(kw_only=True)
