@@ -148,9 +148,10 @@ def test_validate_prompts_reads_the_attribute_options_and_writes_the_report(tiny
         out=str(tmp_path / "out"),
         max_logits=5,
         logit_prob=0.95,
-        max_feature_nodes=None,
+        max_feature_nodes=0,
         batch_size=64,
         zero_positions=1,
+        threads=None,
     )
     report = validate_prompts(cfg, 2, n_features=3)
     assert len(report.prompts) == 2 and all(len(p["features"]) == 3 for p in report.prompts)

@@ -158,6 +158,7 @@ def validate(
             batch_size=batch_size,
             zero_positions=zero_positions,
             progress=False,
+            tokenizer=tok,
         )
         row = _validate_graph(net, replacement, graph, p if isinstance(p, str) else "", n_features, threshold)
         if tok is not None:
@@ -330,13 +331,16 @@ def corpus_prompts(tokenizer, n: int, n_tokens: int = PROMPT_TOKENS, pool: int =
 def validate_prompts(config, n: int, n_features: int = 10) -> ValidationReport:
     """`saelab attribute REPLACEMENT --validate N --out DIR`: validate the graphs of N built-in corpus prompts
     (corpus_prompts) and write DIR/validation.json + DIR/validation.png. `config`: the AttributeConfig (reads
-    replacement, model, device, dtype, out, max_logits, logit_prob, max_feature_nodes, batch_size,
-    zero_positions); the caller checks it and the --out folder first. Prints the summary line."""
+    replacement, model, device, dtype, threads, out, max_logits, logit_prob, max_feature_nodes (0: all),
+    batch_size, zero_positions); the caller checks it and the --out folder first (no --prompt needed).
+    Prints the summary line."""
     from ..models import load_model
     from ..sae.replacement import open_replacement
 
     if n < 1:
         raise UserError(f"--validate takes the number of prompts (at least 1), not {n}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     rep = open_replacement(Path(config.replacement), config.device)
     lm = load_model(str(config.model or rep.model_spec), config.device, config.dtype)
     prompts = corpus_prompts(lm.tokenizer, n)
@@ -347,7 +351,7 @@ def validate_prompts(config, n: int, n_features: int = 10) -> ValidationReport:
         n_features,
         max_n_logits=config.max_logits,
         desired_logit_prob=config.logit_prob,
-        max_feature_nodes=config.max_feature_nodes,
+        max_feature_nodes=config.max_feature_nodes or None,  # 0: every active feature
         batch_size=config.batch_size,
         zero_positions=config.zero_positions,
         out=config.out,
