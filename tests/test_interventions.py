@@ -126,7 +126,13 @@ def test_replacement_mode_propagates_through_the_dictionaries(lm, rep):
     top = rr.top_changed(5)
     assert top and all((t["layer"], t["position"], t["feature"]) != (0, 4, fid) for t in top)
     assert abs(top[0]["after"] - top[0]["before"]) >= abs(top[-1]["after"] - top[-1]["before"])
-    assert rr.to_json(lm.tokenizer)["targets"][0]["label"] == lm.tokenizer.decode([int(rr.targets[0])])
+    js = rr.to_json(lm.tokenizer, n_features=3)
+    assert (
+        js["targets"][0]["label"] == lm.tokenizer.decode([int(rr.targets[0])]) and len(js["top_changed_features"]) == 3
+    )
+    assert js["top_before"][0]["token"] == int(rr.logits_before.argmax()) and len(js["top_after"]) == 5
+    assert js["top_after"][0]["logit"] == pytest.approx(float(rr.logits_after.max()))
+    assert js["edits"] == [{"layer": 0, "position": 4, "feature": fid, "op": "clamp", "value": 2 * a + 1}]
 
 
 def test_scale_zero_is_ablation_and_targets_are_reported(lm, rep):

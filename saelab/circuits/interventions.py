@@ -98,8 +98,16 @@ class InterventionResult:
             for (l, p, f), b, a in zip(self.features[idx].tolist(), self.before[idx], self.after[idx])
         ]
 
-    def to_json(self, tokenizer=None, n_features: int = 20) -> dict:
+    def to_json(self, tokenizer=None, n_features: int = 20, n_logits: int = 5) -> dict:
+        """The targets' logits, the top `n_logits` next tokens before and after, and the `n_features` features
+        that moved most (what a page or a log shows)."""
         label = (lambda t: tokenizer.decode([t])) if tokenizer is not None else str
+
+        def top(logits: torch.Tensor) -> list[dict]:
+            p = torch.softmax(logits.double(), -1)
+            ids = logits.topk(min(n_logits, len(logits))).indices.tolist()
+            return [{"token": t, "label": label(t), "logit": float(logits[t]), "prob": float(p[t])} for t in ids]
+
         return {
             "mode": self.mode,
             "edits": [e.__dict__ for e in self.edits],
@@ -107,6 +115,8 @@ class InterventionResult:
                 {"token": int(t), "label": label(int(t)), "before": float(b), "after": float(b + d)}
                 for t, b, d in zip(self.targets.tolist(), self.logits_before[self.targets], self.target_change)
             ],
+            "top_before": top(self.logits_before),
+            "top_after": top(self.logits_after),
             "top_changed_features": self.top_changed(n_features),
         }
 
