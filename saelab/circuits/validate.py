@@ -285,7 +285,7 @@ def scatter_plot(report: ValidationReport, path: Path) -> None:
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888888", lw=0.8, ls="--")
     ax.axhline(0, color="#cccccc", lw=0.5)
     ax.axvline(0, color="#cccccc", lw=0.5)
-    ax.set_xlabel("predicted change of the top logit (graph, linear)")
+    ax.set_xlabel("predicted change of the top logit, demeaned (graph, linear)")
     ax.set_ylabel("measured change (ablation, replacement model)")
     title = f"{len(report.prompts)} prompts, {len(report.predicted)} features: Pearson {report.pearson:.2f}, "
     title += f"Spearman {report.spearman:.2f}"
