@@ -125,14 +125,24 @@ def _is_graph(folder: Path) -> bool:
         return False
 
 
+def _is_validation(folder: Path) -> bool:
+    try:  # circuits/validate.py writes validation.json with this format
+        return json.loads((folder / "validation.json").read_text()).get("format") == "saelab-validation"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # `saelab attribute`: the graph, its Neuronpedia JSON (<slug>.json) and circuit-tracer's index of them
 ATTRIBUTION_GRAPH = RunKind("attribution graph", ("graph.safetensors", "*.json"), _is_graph)
+# `saelab attribute --validate-prompts N`: graph predictions vs ablations over N corpus prompts
+GRAPH_VALIDATION = RunKind("graph validation", ("validation.json", "validation.png"), _is_validation)
 # what a folder can hold, the most specific first (a training run's SAE folders are SAE folders too)
 KINDS = (
     INTERPRETATION_RUN,
     LATENT_CACHE,
     ACTIVATION_CACHE,
     ATTRIBUTION_GRAPH,
+    GRAPH_VALIDATION,
     TRAINING_RUN,
     BENCH_REPORT,
     SAE_FOLDER,

@@ -52,12 +52,23 @@ class AttributeConfig:
     threads: int | None = threads_option()
     device: str = device_option()
     dtype: str = dtype_option()
-    # ---------------------------------------------------------------- --validate (helper B adds its options here)
+    # check the graphs against ablations instead of attributing --prompt (circuits/validate.py)
+    validate_prompts: int = opt(
+        0,
+        "validate the graphs of N built-in corpus prompts against ablations (validation.json + validation.png "
+        "in --out) instead of attributing --prompt",
+        metavar="N",
+    )
+    validate_features: int = opt(10, "with --validate-prompts: the top-influence features ablated per prompt")
 
     def validate(self) -> None:
         """Every check that needs no model, no tokenizer and no file."""
         check_types(self)
-        if not self.prompt or not self.prompt.strip():
+        need_at_least(self, 0, "validate_prompts")
+        need_at_least(self, 1, "validate_features")
+        if self.validate_prompts and self.prompt:
+            raise UserError("give --prompt (one graph) or --validate-prompts N (corpus prompts), not both")
+        if not self.validate_prompts and (not self.prompt or not self.prompt.strip()):
             raise UserError("--prompt is empty: give the text to attribute")
         given = [n for n in ("target", "target_diff", "target_feature") if getattr(self, n)]
         if len(given) > 1:

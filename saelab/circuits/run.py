@@ -20,7 +20,7 @@ import torch
 from ..errors import UserError
 from ..model_pair import local_tokenizer, tokenizer_folder, vocab_differs  # the tokenizer on disk, before a model loads
 from ..models import decoder_layers, load_model
-from ..out_folder import ATTRIBUTION_GRAPH, kind_of, open_out
+from ..out_folder import ATTRIBUTION_GRAPH, GRAPH_VALIDATION, kind_of, open_out
 from ..sae.folder import check_fits
 from ..sae.replacement import Replacement, open_replacement
 from .config import AttributeConfig
@@ -236,6 +236,23 @@ def attribute_prompt(cfg: AttributeConfig, progress: bool | Callable[[int, int],
     )
     print(summary(graph, pruned, json_path, time.time() - t0), file=sys.stderr)
     return out
+
+
+def validate_graphs(cfg: AttributeConfig) -> Path:
+    """`saelab attribute REPLACEMENT --validate-prompts N --out DIR`: the graphs of N built-in corpus prompts
+    checked against ablations (circuits/validate.py); DIR gets validation.json + validation.png."""
+    cfg.validate()
+    open_replacement(Path(cfg.replacement), cfg.device)  # a bad folder fails before any model loads
+    folder = open_out(cfg.out, GRAPH_VALIDATION, overwrite=cfg.overwrite)
+    out = Path(cfg.out)
+    if folder.replace and out.is_dir() and any(out.iterdir()) and kind_of(out) is not GRAPH_VALIDATION:
+        raise UserError(f"--out {out} holds files that are not a graph validation; choose a new or empty folder")
+    cfg.out = str(folder.prepare())
+
+    from .validate import validate_prompts  # imports the core; the checks above need none
+
+    validate_prompts(cfg, cfg.validate_prompts, cfg.validate_features)
+    return Path(cfg.out)
 
 
 def graph_to_cpu(graph: Graph) -> Graph:

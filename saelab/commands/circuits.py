@@ -14,14 +14,16 @@ circuit-tracer / Neuronpedia JSON. Examples:
   saelab attribute RUN --prompt "The capital of France is" --target " Paris" --out graphs/paris
   saelab attribute RUN --prompt "x = 1; y = x" --target-diff " +" " -" --out graphs/diff
   saelab attribute RUN --prompt "one two three" --target-feature 3:-1:1207 --out graphs/feat
+  saelab attribute RUN --validate-prompts 20 --out graphs/validation   # graph predictions vs ablations
 """
 
 
 def run_attribute(a) -> None:
     from ..circuits.config import AttributeConfig
-    from ..circuits.run import attribute_prompt
+    from ..circuits.run import attribute_prompt, validate_graphs
 
-    attribute_prompt(build_config(AttributeConfig, a, a.config))
+    cfg = build_config(AttributeConfig, a, a.config)
+    (validate_graphs if cfg.validate_prompts else attribute_prompt)(cfg)
 
 
 def register(sub) -> None:
