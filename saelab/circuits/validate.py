@@ -32,7 +32,7 @@ from ..models import LoadedModel
 from ..storage import write_figure, write_json
 from .attribution import attribute
 from .interventions import Edit, intervene
-from .prune import node_influence
+from .prune import graph_scores, node_influence
 
 THRESHOLD = 0.5
 JSON, PLOT = "validation.json", "validation.png"
@@ -68,10 +68,24 @@ class ValidationReport:
             f"graph vs ablation over {len(self.prompts)} prompt(s), {n} features: "
             f"Pearson {self.pearson:.3f}, Spearman {self.spearman:.3f}"
         )
+        scores = self.mean_scores()
+        if scores:
+            head += "; mean replacement score {:.3f}, completeness {:.3f}".format(
+                *(scores.get(k, {}).get("mean") or float("nan") for k in ("replacement_score", "completeness_score"))
+            )
         bad = [i for i, p in enumerate(self.prompts) if p["flagged"]]
         if self.flagged:
             return f"{head}; FLAGGED: {FLAG} (correlation < {self.threshold})"
         return head + (f"; {len(bad)} prompt(s) flagged individually" if bad else "")
+
+    def mean_scores(self) -> dict:
+        """The prompts' replacement and completeness scores: mean, min and max of each."""
+        out = {}
+        for key in ("replacement_score", "completeness_score"):
+            v = [p[key] for p in self.prompts if p.get(key) is not None]
+            if v:
+                out[key] = {"mean": _num(float(np.mean(v))), "min": _num(min(v)), "max": _num(max(v))}
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +96,7 @@ class ValidationReport:
             "threshold": self.threshold,
             "flagged": self.flagged,
             "message": self.message(),
+            "graph_scores": self.mean_scores(),
             "meta": self.meta,
             "prompts": self.prompts,
         }
@@ -207,7 +222,10 @@ def _validate_graph(net, replacement, graph, prompt: str, n_features: int, thres
     p = np.array([f["predicted"] for f in feats])
     m = np.array([f["measured"] for f in feats])
     r, rho = pearson(p, m), spearman(p, m)
+    replacement_score, completeness_score = graph_scores(graph)
     return {
+        "replacement_score": _num(replacement_score),
+        "completeness_score": _num(completeness_score),
         "prompt": prompt or graph.prompt,
         "tokens": graph.tokens.tolist(),
         "target": graph.target_labels[t],
