@@ -105,3 +105,26 @@ def test_clt_replacement(tiny_model_dir, tmp_path, capsys):
     assert (
         g.meta["kind"] == "clt" and g.target_labels == [" b"] and set(g.active_features[:, 0].tolist()) <= {0, 1, 2, 3}
     )
+
+
+def test_validate_prompts_writes_its_report_and_refuses_a_graph_folder(tmp_path, tiny_model_dir):
+    """`--validate-prompts N` checks N corpus prompts' graphs against ablations into its own folder kind; it
+    never writes into a graph folder, and --prompt with it is refused before anything loads."""
+    from saelab.circuits.config import AttributeConfig
+    from saelab.circuits.run import validate_graphs
+    from saelab.errors import UserError
+
+    rep = tiny_plt(tiny_model_dir, tmp_path / "rep")
+    out = tmp_path / "val"
+    assert main(["attribute", str(rep), "--validate-prompts", "2", "--validate-features", "3", "--out", str(out)]) == 0
+    report = json.loads((out / "validation.json").read_text())
+    assert report["format"] == "saelab-validation" and (out / "validation.png").exists()
+    assert len(report["prompts"]) == 2 and 0 <= report["graph_scores"]["replacement_score"]["mean"] <= 1
+    assert main(["attribute", str(rep), "--prompt", "a b c", "--out", str(tmp_path / "g")]) == 0
+    before = sorted(p.name for p in (tmp_path / "g").iterdir())
+    cfg = AttributeConfig(replacement=str(rep), validate_prompts=1, out=str(tmp_path / "g"), overwrite=True)
+    with pytest.raises(UserError, match="not a graph validation"):
+        validate_graphs(cfg)
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == before
+    assert main(["attribute", str(rep), "--validate-prompts", "1", "--prompt", "x", "--out", str(tmp_path / "z")]) != 0
+    assert not (tmp_path / "z").exists()

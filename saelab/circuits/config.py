@@ -22,7 +22,9 @@ MAX_FEATURE_NODES = 7500
 @dataclass(kw_only=True)
 class AttributeConfig:
     replacement: str = opt(help="replacement folder (a `saelab train --layers` run, or an import)", positional=True)
-    prompt: str = opt(help="the text to attribute (BOS is put first when the tokenizer has one)")
+    prompt: str | None = opt(
+        None, "the text to attribute (BOS is put first when the tokenizer has one); required unless --validate-prompts"
+    )
     out: str = out_option("graph folder: graph.safetensors + graph.json + <slug>.json (the Neuronpedia JSON)")
     overwrite: bool = overwrite_option("an existing graph folder")
     # targets: at most one of the three; none: the top logits (--max-logits, --logit-prob)
