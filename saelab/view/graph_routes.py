@@ -76,6 +76,7 @@ class GraphState:
     def __init__(self, app, root: Path, replacement=None, lm=None):
         self.app, self.root, self.replacement, self.lm = app, Path(root), replacement, lm
         self.lock = app.locks.setdefault(id(lm.model), threading.Lock()) if lm is not None else None
+        self.taken: set[str] = set()  # slugs of the graph jobs started (a queued job's file does not exist yet)
 
     def path(self, slug: str) -> Path:
         try:
@@ -116,8 +117,10 @@ class GraphState:
         self.need_model("an intervention")
         try:
             from ..circuits.interventions import intervene
-        except ImportError:
-            raise HTTPException(501, "interventions are not available: saelab.circuits.interventions is missing")
+        except ModuleNotFoundError:
+            raise HTTPException(
+                501, "interventions are not available: saelab.circuits.interventions is missing"
+            ) from None
         g = load_view_graph(self.path(slug))
         nodes = {n["node_id"]: n for n in g["nodes"]}
         edits = []
@@ -136,9 +139,10 @@ class GraphState:
     def start_compute(self, req: ComputeRequest):
         self.need_model("computing a graph")
         ids = encode_prompt(self.lm.tokenizer, req.prompt, max_tokens=MAX_GRAPH_TOKENS)[0]  # [n_pos]
-        slug = req.slug or _free_slug(self.root, req.prompt)
-        if not SLUG.match(slug) or slug in list_graph_files(self.root):
+        slug = req.slug or _free_slug(self.root, req.prompt, self.taken)
+        if not SLUG.match(slug) or slug in self.taken | set(list_graph_files(self.root)) or (self.root / slug).exists():
             raise UserError(f"graph name {slug!r} is taken or not [A-Za-z0-9._-] (up to 128 characters)")
+        self.taken.add(slug)
 
         def work(job) -> dict:
             def progress(*args, **kw):  # any progress call of the core: the message, and the cancel point
@@ -165,11 +169,11 @@ def compute_graph(model, replacement, tokens: torch.Tensor, prompt: str, out: Pa
     return write_graph_json(graph, out / f"{slug}.json", slug=slug)
 
 
-def _free_slug(root: Path, prompt: str) -> str:
+def _free_slug(root: Path, prompt: str, reserved: set[str]) -> str:
     import re
 
     base = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-")[:40].lower() or "graph"
-    taken, k, slug = list_graph_files(root), 2, base
+    taken, k, slug = reserved | set(list_graph_files(root)), 2, base
     while slug in taken or (Path(root) / slug).exists():
         slug, k = f"{base}-{k}", k + 1
     return slug
