@@ -428,3 +428,61 @@ def test_browser_draws_the_file_hover_pin_and_save(served, tmp_path):
         assert page.locator("#pinned li").count() == 2 and page.locator("#supernodes li").count() == 1
         assert errors == []
         browser.close()
+
+
+def test_saved_file_is_still_circuit_tracers_format(bare):
+    """The fixture and the file after Save parse with circuit-tracer's own schema (frontend/graph_models.py
+    Model), run in its virtualenv when it is installed: their viewer opens what the page saves."""
+    import os
+    import subprocess
+
+    ct = Path(os.environ["SAELAB_CACHE"]) / "venvs" / "circuit-tracer" / "bin" / "python"
+    if not ct.exists():
+        pytest.skip(f"circuit-tracer's virtualenv is absent ({ct})")
+    base, root = bare
+    code, _ = _post(f"{base}/api/graph/g1/state", {"pinnedIds": ["1_2_3"], "supernodes": [["sn", "1_2_3", "E_1_0"]]})
+    assert code == 200
+    check = (
+        "import sys; from circuit_tracer.frontend.graph_models import Model; "
+        "m = Model.model_validate_json(open(sys.argv[1]).read()); "
+        "print(len(m.nodes), len(m.links), m.qParams.pinnedIds, m.qParams.supernodes)"
+    )
+    out = subprocess.run([str(ct), "-c", check, str(root / "g1.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["11", "9", "['1_2_3']", "[['sn',", "'1_2_3',", "'E_1_0']]"]
+
+
+def big_graph(n_feat=40, seed=0) -> dict:
+    """Many features in one cell (the page wraps them onto extra lines) and random links between layers."""
+    import random
+
+    rnd = random.Random(seed)
+    g = graph_json("big")
+    extra = [_feature(layer, 100 + k, 3, 1.0, 0.5) for layer in (0, 1, 2) for k in range(n_feat)]
+    g["nodes"] += extra
+    for a in extra:
+        for b in rnd.sample(extra, 3):
+            if int(a["layer"]) < int(b["layer"]):
+                g["links"].append({"source": a["node_id"], "target": b["node_id"], "weight": rnd.uniform(-2, 2)})
+    return g
+
+
+def test_browser_draws_every_node_of_a_crowded_graph(tmp_path):
+    root = tmp_path / "graphs"
+    root.mkdir()
+    g = big_graph()
+    (root / "big.json").write_text(json.dumps(g))
+    with _serve([], graphs=root) as (base, _), _browser() as pw:
+        browser = _launch(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base + "/graph/big")
+        page.wait_for_selector("body[data-ready='1']")
+        drawn = page.locator("#graph .node").evaluate_all(
+            "es => es.map(e => [e.dataset.id, e.getBoundingClientRect().x, e.getBoundingClientRect().y])"
+        )
+        assert Counter(d[0] for d in drawn) == Counter(n["node_id"] for n in g["nodes"])
+        assert len({(round(x), round(y)) for _, x, y in drawn}) == len(drawn)  # no two nodes on one spot
+        pairs = page.locator("#graph .link").evaluate_all("es => es.map(e => [e.dataset.source, e.dataset.target])")
+        assert Counter(map(tuple, pairs)) == Counter((e["source"], e["target"]) for e in g["links"])
+        _shot(page, tmp_path, "graph_crowded")
+        browser.close()

@@ -12,9 +12,10 @@ body{max-width:none} .panel{border:1px solid #ddd;border-radius:6px;padding:.5em
 .layout{display:flex;gap:1em;align-items:flex-start} .layout>#graphbox{flex:1;overflow:auto;min-width:0}
 .side{width:360px;flex:none}
 #graph .link{fill:none;stroke-opacity:.55} #graph .link.hl{stroke-opacity:1}
-#graph .node{stroke:#333;stroke-width:1;cursor:pointer} #graph .node.pinned{stroke:#e0a000;stroke-width:3}
+#graph .node{stroke:#333;stroke-width:1;cursor:pointer} #graph .node.hover{stroke:#000;stroke-width:2.5}
+#graph .node.pinned{stroke:#e0a000;stroke-width:3}
 #graph .feature{fill:#d9ecff} #graph .error{fill:#ccc} #graph .embedding{fill:#ffe3b8} #graph .logit{fill:#c9f0c9}
-#graph .node.hover{stroke:#000;stroke-width:2.5} #graph text{font-size:11px;font-family:ui-monospace,monospace}
+#graph text{font-size:11px;font-family:ui-monospace,monospace}
 #graph .rowlabel{fill:#888} .err{color:#b00} .ok{color:#070}
 #pinned li,#supernodes li{margin:2px 0;font-size:.9em} #examples .ex{font-size:.8em}
 """

@@ -45,27 +45,38 @@ function draw() {
   const rows = [...new Set(G.nodes.map(rowKey))].sort((a, b) => a - b);
   const cells = {};
   for (const n of G.nodes) (cells[rowKey(n) + '|' + n.ctx_idx] ||= []).push(n);
-  const per = Array(nPos).fill(1);
-  for (const k in cells) { const p = +k.split('|')[1]; per[p] = Math.max(per[p], cells[k].length); }
-  const SP = 16, PAD = 8, RH = 60, LEFT = 60, TOP = 20;
+  const WRAP = 16;  // nodes side by side in a cell; more wrap onto extra lines inside the row
+  const per = Array(nPos).fill(1), lines = {};
+  for (const k in cells) {
+    const [r, p] = k.split('|').map(Number);
+    per[p] = Math.max(per[p], Math.min(WRAP, cells[k].length));
+    lines[r] = Math.max(lines[r] || 1, Math.ceil(cells[k].length / WRAP));
+  }
+  const SP = 16, LH = 14, PAD = 8, RH = 46, LEFT = 60, TOP = 20;
   const colW = per.map(c => Math.max(56, c * SP + 2 * PAD)), colX = [];
   colW.reduce((x, w, i) => (colX[i] = x, x + w), LEFT);
-  const width = colX[nPos - 1] + colW[nPos - 1] + 10, height = TOP + rows.length * RH + 50;
+  const rowTop = {};  // rows drawn top-down: logits first, embeddings last
+  rows.slice().reverse().reduce((y, r) => (rowTop[r] = y, y + RH + LH * (lines[r] - 1)), TOP);
+  const width = colX[nPos - 1] + colW[nPos - 1] + 10;
+  const height = rowTop[rows[0]] + RH + LH * (lines[rows[0]] - 1) + 40;
   svg.setAttribute('width', width); svg.setAttribute('height', height);
-  const rowY = r => TOP + (rows.length - 1 - rows.indexOf(r)) * RH + RH / 2;
+  const rowY = r => rowTop[r] + RH / 2;
   const pos = {};
   for (const k in cells) {
     const [r, p] = k.split('|').map(Number);
     const list = cells[k].slice().sort((a, b) => (+a.feature || 0) - (+b.feature || 0));
-    const x0 = colX[p] + (colW[p] - list.length * SP) / 2 + SP / 2;
-    list.forEach((n, i) => pos[n.node_id] = [x0 + i * SP, rowY(r)]);
+    list.forEach((n, i) => {
+      const line = Math.floor(i / WRAP), inLine = Math.min(WRAP, list.length - line * WRAP);
+      const x0 = colX[p] + (colW[p] - inLine * SP) / 2 + SP / 2;
+      pos[n.node_id] = [x0 + (i % WRAP) * SP, rowY(r) + line * LH];
+    });
   }
   for (const r of rows) {
     const label = r === -1 ? 'emb' : r === 1e9 ? 'logits' : 'L' + r;
     svg.appendChild(sv('text', {x: 4, y: rowY(r) + 4, class: 'rowlabel'}, label));
   }
   for (let p = 0; p < nPos; p++) {
-    const t = sv('text', {x: colX[p] + colW[p] / 2, y: height - 30, 'text-anchor': 'middle', class: 'col', 'data-pos': p}, tokenAt(p));
+    const t = sv('text', {x: colX[p] + colW[p] / 2, y: height - 16, 'text-anchor': 'middle', class: 'col', 'data-pos': p}, tokenAt(p));
     svg.appendChild(t);
   }
   const maxW = Math.max(1e-12, ...G.links.map(e => Math.abs(e.weight)));
