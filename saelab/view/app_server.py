@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..option_checks import check_types, need_at_least
 from ..options import dtype_option, opt, threads_option
 from ..sae.folder import open_sae
+from ..sae.replacement import open_replacement
 from .feature_store import FeatureStore
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -20,9 +21,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class ServeConfig:
     """`saelab serve SAE...`: the folders, one cache / explanations per SAE (or one for all), where to listen."""
 
-    sae: list[str] = opt(
-        default_factory=list, help="SAE folders (none: only the graph pages of --graphs)", positional=True
-    )
+    sae: list[str] = opt(help="SAE folders", positional=True)
     cache: list[str] | None = opt(None, "latent caches (one per SAE, or one holding them all)")
     tokens: int = opt(16384, "held-out tokens to cache when there is no --cache")
     explanations: list[str] | None = opt(
@@ -42,8 +41,6 @@ class ServeConfig:
         need_at_least(self, 1, "threads")
         if not 0 < self.port < 65536:
             raise UserError("--port must be in 1..65535")
-        if not self.sae and not self.graphs:
-            raise UserError("give SAE folders, or --graphs DIR for the graph pages")
         if self.graphs and not Path(self.graphs).is_dir():
             raise UserError(f"--graphs {self.graphs}: not a folder")
         if self.replacement and not self.graphs:
@@ -96,24 +93,15 @@ def serve_folders(cfg: ServeConfig) -> None:
         raise UserError("`saelab serve` needs the web extras: pip install 'saelab[view]' (fastapi, uvicorn)") from None
     from .web_app import serve
 
-    stores = open_stores(cfg) if cfg.sae else []
+    rep = open_replacement(Path(cfg.replacement)) if cfg.replacement else None  # a bad folder fails first
+    stores = open_stores(cfg)
     graph_opts = {}
     if cfg.graphs:
-        graph_opts = {"graphs": Path(cfg.graphs)} | open_replacement_model(cfg)
+        lm = rep.folders[0].open_model(dtype=cfg.dtype) if rep else None  # beside the served SAEs' models
+        graph_opts = {"graphs": Path(cfg.graphs), "replacement": rep, "lm": lm}
     if cfg.host not in LOOPBACK:
         print(f"saelab: warning: serving on {cfg.host}, reachable from other machines; there is no authentication")
     print(f"saelab: serving {len(stores)} SAE(s) on http://{cfg.host}:{cfg.port}/")
     if cfg.graphs:
         print(f"saelab: attribution graphs of {cfg.graphs} on http://{cfg.host}:{cfg.port}/graphs")
     serve(stores, cfg.host, cfg.port, **graph_opts)
-
-
-def open_replacement_model(cfg: ServeConfig) -> dict:
-    """--replacement: the opened (checked) replacement and its model -> create_app's `replacement`, `lm`;
-    {} without one. (Its model loads on its own, beside the served SAEs'.)"""
-    if not cfg.replacement:
-        return {}
-    from ..sae.replacement import open_replacement
-
-    rep = open_replacement(Path(cfg.replacement))
-    return {"replacement": rep, "lm": rep.folders[0].open_model(dtype=cfg.dtype)}
