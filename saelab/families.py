@@ -139,6 +139,38 @@ class Family:
         emb = model.get_output_embeddings()
         return emb.weight.detach().float() if emb is not None else None
 
+    # ------------------------------------------------------------ frozen norms (attribution graphs)
+    def is_norm(self, module: nn.Module) -> bool:
+        """Whether `module` is one of the model's normalisations (pre / post / final norms, q / k norms)."""
+        name = type(module).__name__
+        return isinstance(module, nn.LayerNorm) or name.endswith("RMSNorm") or name.endswith("LayerNorm")
+
+    def norm_denominator(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """[..., 1] what the norm `module` divides x [..., d] by: sqrt(mean(x^2) + eps) for an RMSNorm,
+        sqrt(var(x) + eps) for a LayerNorm."""
+        eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
+        x = x.float()
+        if self._centres(module):
+            x = x - x.mean(-1, keepdim=True)
+        return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+    def norm_with(self, module: nn.Module, x: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        """The norm's output with its denominator given (held at a recorded value): linear in x, which is how
+        an attribution graph freezes normalisation (Ameisen et al. 2025)."""
+        centre = self._centres(module)
+        if centre:
+            x = x - x.mean(-1, keepdim=True)
+        y = x / denominator
+        w = getattr(module, "weight", None)
+        if w is not None:
+            y = y * (w + (0.0 if centre else self.norm_offset))
+        b = getattr(module, "bias", None)
+        return y + b if b is not None else y
+
+    def _centres(self, module: nn.Module) -> bool:
+        name = type(module).__name__
+        return isinstance(module, nn.LayerNorm) or (name.endswith("LayerNorm") and self.norm == "layer")
+
     # ------------------------------------------------------------ TransformerLens names
     def tl_site(self, hook: str, base: str | None = None) -> str | None:
         """TransformerLens hook name (blocks.6.hook_resid_post) -> this family's hookpoint; None if `hook` is not
