@@ -4,8 +4,8 @@
 Node ids follow circuit-tracer: a feature `{layer}_{feature}_{pos}`, an MLP error node `0_{layer}_{pos}`, a
 token `E_{token id}_{pos}` (layer "E"), a logit `{n_layers + 1}_{token id}_{pos}` (feature_type "logit").
 
-`load_view_graph(path)` is the ONE place that reads a graph file for the page. Until helper A's reader
-(`saelab.circuits.neuronpedia.read_graph_json`) is in main it is a private loader here; swapping is one line.
+`load_view_graph(path)` is the one place that reads a graph file for the page: the circuits stage's reader
+(`saelab.circuits.neuronpedia.read_graph_json`), as a plain dict, its errors naming the file only.
 Listing: the `*.json` files in DIR and one folder below (where `saelab attribute --out DIR/NAME` writes
 `NAME/<slug>.json`), except saelab's `graph.json` meta and circuit-tracer's `graph-metadata.json`. A slug is
 a file name without `.json`, matched against that listing only, so no URL names a path.
@@ -18,6 +18,7 @@ import re
 import threading
 from pathlib import Path
 
+from ..circuits.neuronpedia import read_graph_json
 from ..errors import UserError
 from ..storage import write_json
 
@@ -29,43 +30,20 @@ _save_lock = threading.Lock()
 
 
 def load_view_graph(path: Path) -> dict:
-    """The graph at `path` as the page draws it: {"metadata", "qParams", "nodes", "links"}; a file that is
-    not a graph -> UserError naming the file and what is wrong."""
-    return _read_graph(Path(path))  # swap: return read_graph_json(path) as this dict, once A's reader lands
-
-
-def _read_graph(path: Path) -> dict:
-    name = path.name
+    """The graph at `path` as the page draws it: {"metadata", "qParams", "nodes", "links"}, read and checked by
+    the circuits stage's reader (circuits/neuronpedia.py); a file that is not a graph -> UserError naming the
+    file (by its name only: the page shows it) and what is wrong."""
+    path = Path(path)
     if path.stat().st_size > MAX_GRAPH_BYTES:
-        raise UserError(f"{name} is over {MAX_GRAPH_BYTES >> 20} MiB; not a graph file this page opens")
+        raise UserError(f"{path.name} is over {MAX_GRAPH_BYTES >> 20} MiB; not a graph file this page opens")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{name} is not a graph: not JSON ({e})") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("metadata", "nodes", "links")):
-        raise UserError(f"{name} is not a graph: a graph JSON has 'metadata', 'nodes' and 'links'")
-    meta, nodes, links = data["metadata"], data["nodes"], data["links"]
-    if not isinstance(meta, dict) or not isinstance(meta.get("prompt_tokens"), list):
-        raise UserError(f"{name} is not a graph: metadata.prompt_tokens is missing")
-    if not isinstance(nodes, list) or not isinstance(links, list):
-        raise UserError(f"{name} is not a graph: 'nodes' and 'links' must be lists")
-    ids = set()
-    for k, n in enumerate(nodes):
-        ok = isinstance(n, dict) and isinstance(n.get("node_id"), str) and isinstance(n.get("feature_type"), str)
-        if not ok or not isinstance(n.get("ctx_idx"), int) or "layer" not in n:
-            raise UserError(f"{name} is not a graph: node {k} lacks node_id / feature_type / layer / ctx_idx")
-        ids.add(n["node_id"])
-    for k, e in enumerate(links):
-        ok = isinstance(e, dict) and isinstance(e.get("weight"), int | float)
-        if not ok or e.get("source") not in ids or e.get("target") not in ids:
-            raise UserError(f"{name} is not a graph: link {k} does not join two of its nodes with a weight")
-    q = data.get("qParams") or {}
-    return {
-        "metadata": meta,
-        "qParams": {**q, "pinnedIds": _pinned(q.get("pinnedIds")), "supernodes": q.get("supernodes") or []},
-        "nodes": nodes,
-        "links": links,
-    }
+        g = read_graph_json(path)
+    except UserError as e:
+        raise UserError(str(e).replace(str(path), path.name)) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path.name} is not a graph: not UTF-8 text") from None
+    q = {**g.qParams, "pinnedIds": _pinned(g.qParams.get("pinnedIds")), "supernodes": g.qParams.get("supernodes") or []}
+    return {"metadata": g.metadata, "qParams": q, "nodes": g.nodes, "links": g.links}
 
 
 def _pinned(v) -> list[str]:

@@ -58,11 +58,13 @@ class ComputeRequest(BaseModel):
 
 
 def feature_of(node: dict) -> tuple[int, int, int] | None:
-    """(layer, position, feature id) of a feature node (id `{layer}_{feature}_{pos}`); None for error, token
-    and logit nodes."""
+    """(layer, position, feature id) of a feature node: saelab's `feature_layer` / `feature_id` fields, else its
+    id `{layer}_{feature}_{pos}`; None for error, token and logit nodes."""
     t = node["feature_type"]
     if t in ("embedding", "logit") or "error" in t:
         return None
+    if "feature_layer" in node and "feature_id" in node:
+        return int(node["feature_layer"]), int(node["ctx_idx"]), int(node["feature_id"])
     parts = node["node_id"].split("_")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         return None
