@@ -18,6 +18,7 @@ modules, they answer 400 / 501 with a one-line reason.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from fastapi import HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from ..circuits.neuronpedia import slugify
 from ..errors import UserError
 from ..features.steer import Cancelled, encode_prompt
 from ..models import layer_index
-from .graph_files import SLUG, graph_path, list_graph_files, load_view_graph, save_state, summary
+from .graph_files import graph_path, list_graph_files, load_view_graph, save_state, summary
 from .graph_page import GRAPH_HTML, GRAPHS_HTML
 
 MAX_PROMPT_CHARS = 2000
@@ -140,41 +142,49 @@ class GraphState:
     # ------------------------------------------------------------ graph jobs
     def start_compute(self, req: ComputeRequest):
         self.need_model("computing a graph")
-        ids = encode_prompt(self.lm.tokenizer, req.prompt, max_tokens=MAX_GRAPH_TOKENS)[0]  # [n_pos]
+        encode_prompt(self.lm.tokenizer, req.prompt, max_tokens=MAX_GRAPH_TOKENS)  # too long: a 4xx now
         slug = req.slug or _free_slug(self.root, req.prompt, self.taken)
-        if not SLUG.match(slug) or slug in self.taken | set(list_graph_files(self.root)) or (self.root / slug).exists():
-            raise UserError(f"graph name {slug!r} is taken or not [A-Za-z0-9._-] (up to 128 characters)")
+        if (
+            slugify(slug) != slug
+            or slug in self.taken | set(list_graph_files(self.root))
+            or (self.root / slug).exists()
+        ):
+            raise UserError(f"graph name {slug!r} is taken or not a slug (lower case letters, digits, '-', '_')")
         self.taken.add(slug)
 
         def work(job) -> dict:
-            def progress(*args, **kw):  # any progress call of the core: the message, and the cancel point
+            def progress(*args):  # a progress call of the stage: the message, and the point to cancel
                 if job.cancel.is_set():
                     raise Cancelled()
-                job.message = " ".join(str(a) for a in args) or str(kw)
+                if args:
+                    job.message = " ".join(str(a) for a in args)
 
-            with self.lock:
-                compute_graph(self.lm.model, self.replacement, ids, req.prompt, self.root / slug, slug, progress)
+            progress("loading the model and attributing")
+            out = self.root / slug  # did not exist when the job was queued; the name is reserved
+            compute_graph(self.replacement, req.prompt, out, slug, progress)
+            if job.cancel.is_set():  # cancelled while a stage without progress calls ran: no graph is left
+                shutil.rmtree(out, ignore_errors=True)
+                raise Cancelled()
             return {"slug": slug, "url": f"/graph/{slug}"}
 
         return self.app.submit(work, kind="graph", generations=1, message="queued")
 
 
-def compute_graph(model, replacement, tokens: torch.Tensor, prompt: str, out: Path, slug: str, progress) -> Path:
-    """The attribution graph of `tokens` written as `out/<slug>.json` (+ saelab's graph files); the core's
-    `attribute` and helper A's writer (issue 32). -> the JSON's path."""
-    from ..circuits.attribution import attribute
-    from ..circuits.neuronpedia import write_graph_json
-
-    graph = attribute(model, replacement, tokens, progress=progress)
-    out.mkdir(parents=True, exist_ok=False)
-    graph.save(out)
-    return write_graph_json(graph, out / f"{slug}.json", slug=slug)
+def compute_graph(replacement, prompt: str, out: Path, slug: str, progress) -> Path:
+    """The attribution graph of `prompt` written into the new folder `out` (graph.safetensors, graph.json,
+    `<slug>.json`) by the circuits stage's own function, with its checks (circuits/run.py, helper A's);
+    it loads the replacement's model itself. -> the folder."""
+    try:
+        from ..circuits.config import AttributeConfig
+        from ..circuits.run import attribute_prompt
+    except ModuleNotFoundError:
+        raise UserError("computing graphs is not available: saelab.circuits.run is missing") from None
+    cfg = AttributeConfig(replacement=str(replacement.path), prompt=prompt, out=str(out), slug=slug)
+    return attribute_prompt(cfg, progress=progress)
 
 
 def _free_slug(root: Path, prompt: str, reserved: set[str]) -> str:
-    import re
-
-    base = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-")[:40].lower() or "graph"
+    base = slugify(prompt)[:40].strip("-_") or "graph"
     taken, k, slug = reserved | set(list_graph_files(root)), 2, base
     while slug in taken or (Path(root) / slug).exists():
         slug, k = f"{base}-{k}", k + 1
