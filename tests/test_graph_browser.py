@@ -214,3 +214,35 @@ def test_a_graph_whose_ids_collide_still_opens(tiny_model_dir, tmp_path):
     path = write_graph_json(graph, prune_graph(graph), tmp_path / "g", "dog", "tiny-plt")
     assert [n["node_id"] for n in json.loads(path.read_text())["nodes"]].count("0_1_2") == 2  # the collision
     load_view_graph(path)
+
+
+def test_serve_command_with_graphs(served):
+    """`saelab serve SAE --graphs DIR` as a user runs it: a real process answers /api/graphs and /graph/g1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+
+    _, store, root = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "saelab.cli", "serve", str(store.sae_dir), "--tokens", "4096", "--graphs", str(root)]
+    proc = subprocess.Popen(cmd + ["--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body = None
+        for _ in range(600):
+            if proc.poll() is not None:
+                break
+            try:
+                code, body = _get(f"http://127.0.0.1:{port}/api/graphs")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        assert body is not None, proc.stdout.read() if proc.poll() is not None else "server did not start"
+        assert [r["slug"] for r in json.loads(body)["graphs"] if "error" not in r] == ["g1", "g2"]
+        assert _get(f"http://127.0.0.1:{port}/graph/g1")[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

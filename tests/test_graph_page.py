@@ -232,3 +232,14 @@ def test_saved_file_is_still_circuit_tracers_format(bare):
     out = subprocess.run([str(ct), "-c", check, str(root / "g1.json")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["11", "9", "['1_2_3']", "[['sn',", "'1_2_3',", "'E_1_0']]"]
+
+
+def test_serve_options_are_checked_before_anything_loads(tmp_path):
+    from saelab.errors import UserError
+    from saelab.view.app_server import ServeConfig
+
+    with pytest.raises(UserError, match="--graphs .*nope: not a folder"):
+        ServeConfig(sae=["S"], graphs=str(tmp_path / "nope")).validate()
+    with pytest.raises(UserError, match="--replacement is for the graph pages"):
+        ServeConfig(sae=["S"], replacement=str(tmp_path)).validate()
+    ServeConfig(sae=["S"], graphs=str(tmp_path)).validate()
