@@ -17,16 +17,28 @@ from view_helpers import make_sae_folder
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, text_corpus, tmp_path_factory):
+    """Layer 1's transcoder (from a tiny PLT set, explained) and a residual-stream SAE at layer 1 (also
+    explained, served first: its latents are not the graph's features and must not be used)."""
+    from circuit_helpers import tiny_plt
+
     from saelab.models import load_model
     from saelab.view.feature_store import FeatureStore
 
-    folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "l1_sae", tiny_model_dir, text_corpus)
-    (folder / "explanations.jsonl").write_text(json.dumps({"latent": 2, "explanation": EXPL}) + "\n")
+    resid = make_sae_folder(tmp_path_factory.mktemp("sae") / "resid_sae", tiny_model_dir, text_corpus)
+    (resid / "explanations.jsonl").write_text(
+        json.dumps({"latent": 2, "explanation": "residual, not a graph feature"}) + "\n"
+    )
+    plt = tiny_plt(tiny_model_dir, tmp_path_factory.mktemp("plt") / "plt", n=128, k=8, corpus=text_corpus)
+    l1 = plt / "layer1"
+    (l1 / "explanations.jsonl").write_text(json.dumps({"latent": 2, "explanation": EXPL}) + "\n")
     lm = load_model(str(tiny_model_dir))
-    store = FeatureStore.build(folder, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, progress=False)
+    stores = [
+        FeatureStore.build(d, tokens=4096, model=lm.model, tokenizer=lm.tokenizer, name=name, progress=False)
+        for d, name in ((resid, "resid_sae"), (l1, "l1_sae"))
+    ]
     root = write_graphs(tmp_path_factory.mktemp("g") / "graphs")
-    with serve([store], graphs=root) as (base, _):
-        yield base, store, root
+    with serve(stores, graphs=root) as (base, _):
+        yield base, stores[1], root
 
 
 def test_feature_nodes_get_the_served_explanation(served):

@@ -243,3 +243,30 @@ def test_serve_options_are_checked_before_anything_loads(tmp_path):
     with pytest.raises(UserError, match="--replacement is for the graph pages"):
         ServeConfig(sae=["S"], replacement=str(tmp_path)).validate()
     ServeConfig(sae=["S"], graphs=str(tmp_path)).validate()
+
+
+def test_graph_features_map_to_the_served_transcoder_of_their_layer(monkeypatch):
+    """A CLT over layers 2-5 with 10 latents per layer: layer 4's feature 7 is its latent 2 x 10 + 7; a
+    per-layer transcoder of layer 1 holds layer 1's; a residual-stream SAE is never used."""
+    from saelab.view.graph_routes import GraphState, feature_of
+
+    def store(name, clt, hookpoint=None, transcoder=True, layers=()):
+        cfg = types.SimpleNamespace(hookpoint=hookpoint, is_transcoder=transcoder)
+        return types.SimpleNamespace(name=name, clt=clt, model_layers=list(layers), model=None,
+                                     sae=types.SimpleNamespace(cfg=cfg, n_per_layer=10))  # fmt: skip
+
+    resid = store("resid", False, "model.layers.1", transcoder=False)
+    plt1 = store("plt1", False, "model.layers.1.post_attention_layernorm:output")
+    clt = store("clt", True, layers=range(2, 6))
+    app = types.SimpleNamespace(stores={s.name: s for s in (resid, plt1, clt)}, locks={})
+    import saelab.view.graph_routes as gr
+
+    monkeypatch.setattr(gr, "layer_index", lambda model, h: int(h.split(".")[2]))  # the stand-ins have no model
+    g = GraphState(app, Path("."))
+    assert g.store_of(4) == (clt, 20) and g.store_of(2) == (clt, 0)
+    assert g.store_of(1) == (plt1, 0) and g.store_of(0) == (None, 0) and g.store_of(6) == (None, 0)
+    node = {"node_id": "4_7_3", "feature_type": "cross layer transcoder", "ctx_idx": 3}
+    assert feature_of(node) == (4, 3, 7)
+    assert feature_of(node | {"feature_layer": 5, "feature_id": 9}) == (5, 3, 9)
+    assert feature_of({"node_id": "0_4_3", "feature_type": "mlp reconstruction error", "ctx_idx": 3}) is None
+    assert feature_of({"node_id": "E_12_3", "feature_type": "embedding", "ctx_idx": 3}) is None

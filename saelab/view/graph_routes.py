@@ -89,11 +89,13 @@ class GraphState:
             raise HTTPException(404, str(e)) from None
 
     def store_of(self, layer: int):
-        """The served SAE holding layer `layer`'s features -> (store, offset of the layer's features)."""
+        """The served transcoder of layer `layer` (a per-layer transcoder reading that layer's MLP input, or a
+        CLT over it; never an SAE of the residual stream, whose latents are not the graph's features) -> (store,
+        offset of the layer's features in it); the first served one wins."""
         for s in self.app.stores.values():
             if s.clt and layer in s.model_layers:
                 return s, s.model_layers.index(layer) * s.sae.n_per_layer
-            if not s.clt and layer_index(s.model, s.sae.cfg.hookpoint) == layer:
+            if not s.clt and s.sae.cfg.is_transcoder and layer_index(s.model, s.sae.cfg.hookpoint) == layer:
                 return s, 0
         return None, 0
 
