@@ -258,3 +258,46 @@ def test_serve_command_with_graphs(served):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_browser_runs_an_intervention(tmp_path, monkeypatch):
+    """Pin two features, check them, run "scale by 0": the page sends their (layer, position, id) edits and
+    shows the top logits before / after and the features that moved (a stand-in for circuits.interventions)."""
+    import sys
+    import types
+
+    import torch
+    from graph_fixture import FakeTok
+
+    calls = []
+
+    def intervene(model, replacement, tokens, edits, mode):
+        calls.append(edits)
+        before, after = torch.zeros(8), torch.zeros(8)
+        before[3], after[5] = 2.0, 3.0
+        moved = [{"layer": 3, "position": 3, "feature": 11, "before": 2.0, "after": 0.25}]
+        return types.SimpleNamespace(logits_before=before, logits_after=after, top_changed=lambda n: moved)
+
+    monkeypatch.setitem(sys.modules, "saelab.circuits.interventions", types.SimpleNamespace(intervene=intervene))
+    root = write_graphs(tmp_path / "graphs")
+    lm = types.SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=FakeTok())
+    with serve([], graphs=root, replacement="REPL", lm=lm) as (base, _), _browser() as pw:
+        browser = _launch(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base + "/graph/g1")
+        page.wait_for_selector("body[data-ready='1']")
+        page.click('#graph [data-id="1_2_3"]')  # no feature page served: a click pins
+        page.click('#graph [data-id="0_7_2"]')
+        page.check('#pinned li[data-id="1_2_3"] input')
+        page.check('#pinned li[data-id="0_7_2"] input')
+        page.select_option("#ivop", "scale")
+        page.fill("#ivvalue", "0")
+        page.click("#ivbtn")
+        page.wait_for_selector("#ivfeatures tr")
+        assert calls == [[(1, 3, 2, "scale", 0.0), (0, 2, 7, "scale", 0.0)]]
+        assert page.locator("#ivbefore tr").first.inner_text().split("\t")[0] == "t3"
+        assert page.locator("#ivafter tr").first.inner_text().split("\t")[0] == "t5"
+        assert page.locator("#ivfeatures tr.ingraph").inner_text().startswith("3_11_3")
+        assert page.locator("#iverr").inner_text() == ""
+        _shot(page, tmp_path, "graph_intervention")
+        browser.close()

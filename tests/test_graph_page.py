@@ -136,7 +136,9 @@ def test_intervene_calls_interventions_with_graph_edits(with_model, monkeypatch)
 
     def intervene(model, replacement, tokens, edits, mode):
         calls.append((replacement, tokens.tolist(), edits, mode))
-        return types.SimpleNamespace(logits_before=before, logits_after=after)
+        changed = [{"layer": 3, "position": 3, "feature": 11, "before": 2.0, "after": 0.5},
+                   {"layer": 2, "position": 3, "feature": 4, "before": 0.0, "after": 1.0}]  # fmt: skip
+        return types.SimpleNamespace(logits_before=before, logits_after=after, top_changed=lambda n: changed[:n])
 
     monkeypatch.setitem(sys.modules, "saelab.circuits.interventions", types.SimpleNamespace(intervene=intervene))
     edits = [{"node_id": "1_2_3", "op": "scale", "value": 2.5}, {"node_id": "0_7_2", "op": "clamp", "value": -1}]
@@ -147,6 +149,10 @@ def test_intervene_calls_interventions_with_graph_edits(with_model, monkeypatch)
     assert [r["id"] for r in body["before"][:3]] == [1, 6, 2] and [r["id"] for r in body["after"][:2]] == [6, 1]
     assert body["before"][0]["prob"] == pytest.approx(float(pb[1])) and body["after"][0]["token"] == "t6"
     assert body["before"][0]["prob_after"] == pytest.approx(float(pa[1]))
+    assert [(f["node_id"], f["in_graph"], f["after"]) for f in body["features"]] == [
+        ("3_11_3", True, 0.5),
+        ("2_4_3", False, 1.0),
+    ]
     for bad, code_want in (
         ({"edits": [{"node_id": "0_2_3", "op": "ablate"}]}, 400),  # an error node, not a feature
         ({"edits": [{"node_id": "E_1_0", "op": "ablate"}]}, 400),

@@ -10,14 +10,14 @@ _HEAD = '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>@TITL
 GRAPH_CSS = """
 body{max-width:none} .panel{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;margin:.6em 0}
 .layout{display:flex;gap:1em;align-items:flex-start} .layout>#graphbox{flex:1;overflow:auto;min-width:0}
-.side{width:360px;flex:none}
+.side{width:400px;flex:none}
 #graph .link{fill:none;stroke-opacity:.55} #graph .link.hl{stroke-opacity:1}
 #graph .node{stroke:#333;stroke-width:1;cursor:pointer} #graph .node.hover{stroke:#000;stroke-width:2.5}
 #graph .node.pinned{stroke:#e0a000;stroke-width:3}
 #graph .feature{fill:#d9ecff} #graph .error{fill:#ccc} #graph .embedding{fill:#ffe3b8} #graph .logit{fill:#c9f0c9}
 #graph text{font-size:11px;font-family:ui-monospace,monospace}
 #graph .rowlabel{fill:#888} .err{color:#b00} .ok{color:#070}
-#pinned li,#supernodes li{margin:2px 0;font-size:.9em} #examples .ex{font-size:.8em}
+#pinned li,#supernodes li{margin:2px 0;font-size:.9em} #ivbefore td,#ivafter td{white-space:nowrap;padding:1px 4px} #ivfeatures .ingraph{background:#eef5ff} #examples .ex{font-size:.8em}
 """
 
 GRAPH_HTML = (
@@ -41,7 +41,7 @@ negative. Hover a node for its explanation; click a feature to open its page; sh
 <p><select id="ivop"><option value="ablate">ablate</option><option value="scale">scale by</option>
 <option value="clamp">clamp to</option></select> <input id="ivvalue" size="6" value="0">
 <button id="ivbtn">Run</button> <span id="iverr" class="err"></span></p>
-<div class="layout"><table id="ivbefore"></table><table id="ivafter"></table></div></div>
+<div class="layout"><table id="ivbefore"></table><table id="ivafter"></table></div><table id="ivfeatures"></table></div>
 </div></div>
 <script>"""
     + GRAPH_JS

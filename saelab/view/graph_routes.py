@@ -139,7 +139,13 @@ class GraphState:
         tokens = graph_tokens(g, self.lm.tokenizer)
         with self.lock:
             r = intervene(self.lm.model, self.replacement, tokens, edits=edits, mode="replacement")
-        return {"edits": [list(e) for e in edits]} | top_logits(r.logits_before, r.logits_after, self.lm.tokenizer)
+        out = {"edits": [list(e) for e in edits]} | top_logits(r.logits_before, r.logits_after, self.lm.tokenizer)
+        changed = r.top_changed(N_SHOWN_LOGITS) if hasattr(r, "top_changed") else []  # downstream features
+        out["features"] = [
+            c | {"node_id": (i := f"{c['layer']}_{c['feature']}_{c['position']}"), "in_graph": i in nodes}
+            for c in changed
+        ]
+        return out
 
     # ------------------------------------------------------------ graph jobs
     def start_compute(self, req: ComputeRequest):

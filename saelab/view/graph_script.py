@@ -186,7 +186,7 @@ function logitTable(t, title, rows, key) {
   }
 }
 async function intervene() {
-  $('iverr').textContent = ''; $('ivbefore').replaceChildren(); $('ivafter').replaceChildren();
+  $('iverr').textContent = ''; for (const id of ['ivbefore', 'ivafter', 'ivfeatures']) $(id).replaceChildren();
   const ids = checkedIds().filter(id => byId[id] && kind(byId[id]) === 'feature');
   if (!ids.length) { $('iverr').textContent = 'check one or more pinned features'; return; }
   try {
@@ -194,6 +194,15 @@ async function intervene() {
     const r = await post(`/api/graph/${encodeURIComponent(slug)}/intervene`, {edits});
     logitTable($('ivbefore'), 'before', r.before, x => 'after ' + x.prob_after.toFixed(3));
     logitTable($('ivafter'), 'after', r.after, x => 'before ' + x.prob_before.toFixed(3));
+    const t = $('ivfeatures'); t.replaceChildren();
+    if (r.features.length) t.appendChild(el('caption', 'features that moved most'));
+    for (const f of r.features) {
+      const tr = el('tr', undefined, f.in_graph ? 'ingraph' : ''); tr.dataset.id = f.node_id;
+      tr.appendChild(el('td', f.node_id + (f.in_graph ? '' : ' (not in the graph)')));
+      tr.appendChild(el('td', `${f.before.toPrecision(3)} \u2192 ${f.after.toPrecision(3)}`));
+      if (f.in_graph) tr.addEventListener('mouseenter', () => hover(byId[f.node_id]));
+      t.appendChild(tr);
+    }
   } catch (e) { $('iverr').textContent = e.message; }
 }
 
