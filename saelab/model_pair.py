@@ -73,7 +73,7 @@ def check_b_widths(sites: list[tuple[str, str | None]], widths: dict[str, int], 
         )
 
 
-def _vocab_differs(tok_a, tok_b) -> str | None:
+def vocab_differs(tok_a, tok_b) -> str | None:
     va, vb = tok_a.get_vocab(), tok_b.get_vocab()
     if va == vb:
         return None
@@ -81,7 +81,7 @@ def _vocab_differs(tok_a, tok_b) -> str | None:
     return f"{len(va)} vs {len(vb)} tokens; e.g. {', '.join(f'{t!r}->{i}' for t, i in diff)} is in one only"
 
 
-def _tokenizer_folder(spec: str) -> Path | None:
+def tokenizer_folder(spec: str) -> Path | None:
     """Where a model on disk keeps its tokenizer (a folder, or the embedded model once dequantised)."""
     folder = cache_dir() / "models" / EMBEDDED_NAME if spec == EMBEDDED else Path(spec)
     if spec.endswith(".gguf") or not any((folder / f).exists() for f in _TOKENIZER_FILES):
@@ -97,7 +97,7 @@ def _same_files(a: Path | None, b: Path | None) -> bool:
     )
 
 
-def _local_tokenizer(folder: Path | None):
+def local_tokenizer(folder: Path | None):
     if folder is None:
         return None
     from transformers import AutoTokenizer
@@ -111,13 +111,13 @@ def _local_tokenizer(folder: Path | None):
 def check_same_tokenizer(spec_a: str, spec_b: str, tok_a=None, tok_b=None) -> None:
     """Both models must read the same token ids: the crosscoder sees one token row through both.
     Before loading: the tokenizers of local models (skipped when either is not on disk)."""
-    if tok_a is None and _same_files(_tokenizer_folder(spec_a), _tokenizer_folder(spec_b)):
+    if tok_a is None and _same_files(tokenizer_folder(spec_a), tokenizer_folder(spec_b)):
         return
-    tok_a = tok_a if tok_a is not None else _local_tokenizer(_tokenizer_folder(spec_a))
-    tok_b = tok_b if tok_b is not None else _local_tokenizer(_tokenizer_folder(spec_b))
+    tok_a = tok_a if tok_a is not None else local_tokenizer(tokenizer_folder(spec_a))
+    tok_b = tok_b if tok_b is not None else local_tokenizer(tokenizer_folder(spec_b))
     if tok_a is None or tok_b is None:
         return
-    why = _vocab_differs(tok_a, tok_b)
+    why = vocab_differs(tok_a, tok_b)
     if why:
         raise UserError(
             f"--model {spec_a} and --model-b {spec_b} have different tokenizers ({why}); model diffing "

@@ -116,8 +116,28 @@ SAE_FOLDER = RunKind(
     "SAE folder", ("cfg.json", "*.safetensors", "*.json", "*.png"), lambda folder: (folder / "cfg.json").exists()
 )
 DASHBOARD = RunKind("dashboard", (), _manifest_kind("saelab dashboard"))
+
+
+def _is_graph(folder: Path) -> bool:
+    try:  # circuits/graph.py writes graph.json with this format (out_folder is below circuits: no import)
+        return json.loads((folder / "graph.json").read_text()).get("format") == "saelab-graph"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# `saelab attribute`: the graph, its Neuronpedia JSON (<slug>.json) and circuit-tracer's index of them
+ATTRIBUTION_GRAPH = RunKind("attribution graph", ("graph.safetensors", "*.json"), _is_graph)
 # what a folder can hold, the most specific first (a training run's SAE folders are SAE folders too)
-KINDS = (INTERPRETATION_RUN, LATENT_CACHE, ACTIVATION_CACHE, TRAINING_RUN, BENCH_REPORT, SAE_FOLDER, DASHBOARD)
+KINDS = (
+    INTERPRETATION_RUN,
+    LATENT_CACHE,
+    ACTIVATION_CACHE,
+    ATTRIBUTION_GRAPH,
+    TRAINING_RUN,
+    BENCH_REPORT,
+    SAE_FOLDER,
+    DASHBOARD,
+)
 
 
 def kind_of(folder: Path) -> RunKind | None:

@@ -86,14 +86,23 @@ def run_circuit_tracer(script: str, tmp: Path, **inputs) -> dict:
     return json.loads((tmp / "out.json").read_text())
 
 
-def ct_graph_code(n_layers: int) -> str:
+def ct_tokenizer(tmp: Path) -> Path:
+    """The embedded model's tokenizer in a folder circuit-tracer's (older) transformers reads."""
+    folder = tmp / "tokenizer"
+    folder.mkdir(exist_ok=True)
+    (folder / "tokenizer.json").write_bytes((TOKENIZER / "tokenizer.json").read_bytes())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    return folder
+
+
+def ct_graph_code(n_layers: int, tokenizer: Path = TOKENIZER) -> str:
     """Code (in circuit-tracer's python) that builds its Graph `G` from IN (our graph's tensors)."""
     return f"""
 from circuit_tracer.graph import Graph
 from circuit_tracer.attribution.targets import LogitTarget
 from circuit_tracer.utils.tl_nnsight_mapping import UnifiedConfig
 cfg = UnifiedConfig(n_layers={n_layers}, d_model=8, d_head=2, n_heads=4, d_mlp=16, d_vocab=IN['vocab_size'],
-                    tokenizer_name={str(TOKENIZER)!r}, model_name='t', original_architecture='LlamaForCausalLM')
+                    tokenizer_name={str(tokenizer)!r}, model_name='t', original_architecture='LlamaForCausalLM')
 targets = [LogitTarget(s, int(v)) for s, v in zip(IN['labels'], IN['vocab_ids'].tolist())]
 G = Graph(input_string=IN['prompt'], input_tokens=IN['tokens'], active_features=IN['active_features'],
           adjacency_matrix=IN['adjacency'], cfg=cfg, selected_features=IN['selected_features'],

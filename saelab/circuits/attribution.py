@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..sae.replacement import Replacement
 from .coders import LayerFeatures, ReplacementCoders
+from .config import MAX_FEATURE_NODES
 from .frozen import Recording, frozen_forward, record
 from .graph import Graph
 from .prune import partial_influences
 from .targets import AttributionTarget, Row, target_label, target_rows
 
-GRAD_POSITIONS = 16384  # rows x positions in one batched backward: 16384 x 576 floats = 38 MB per layer
+GRAD_POSITIONS = 8192  # rows x positions in one batched backward: 8192 x 576 floats = 19 MB per layer
 
 
 class _Sources:
@@ -204,14 +205,16 @@ def attribute(
     targets: list[AttributionTarget] | None = None,
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
-    max_feature_nodes: int | None = None,
+    max_feature_nodes: int | None = MAX_FEATURE_NODES,
     batch_size: int = 256,
     zero_positions: int = 1,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     tokenizer=None,
 ) -> Graph:
     """The attribution graph of `tokens` [P] (one prompt) in `replacement`'s local replacement model.
-    `tokenizer` (optional) names the tokens and the logit targets."""
+    `tokenizer` (optional) names the tokens and the logit targets. `max_feature_nodes`: None = every active
+    feature. `progress`: a tqdm bar (True), none (False), or a callable(rows done, rows in all) -- the web
+    app's job reports and cancels through it (an exception raised there stops the computation)."""
     t0 = time.time()
     tokens = torch.as_tensor(tokens, dtype=torch.long).view(-1)
     if len(tokens) < 1:
@@ -222,9 +225,18 @@ def attribute(
     t_rows, t_tokens, t_specs, t_weights = target_rows(model, rec, coders, targets, max_n_logits, desired_logit_prob)
     compute = _RowComputer(model, rec, coders, src, batch_size)
     n_sel = src.n_active if max_feature_nodes is None else min(max_feature_nodes, src.n_active)
-    bar = tqdm(total=len(t_rows) + n_sel, desc="attribution rows", unit="row", disable=not progress)
-    target_edges = compute(t_rows, bar.update)
-    feature_rows, order = _feature_rows(compute, src, coders, target_edges, t_weights, n_sel, batch_size, bar.update)
+    total = len(t_rows) + n_sel
+    bar = tqdm(total=total, desc="attribution rows", unit="row", disable=progress is not True)
+    done = [0]
+
+    def step(n: int) -> None:
+        bar.update(n)
+        done[0] += n
+        if callable(progress):
+            progress(done[0], total)
+
+    target_edges = compute(t_rows, step)
+    feature_rows, order = _feature_rows(compute, src, coders, target_edges, t_weights, n_sel, batch_size, step)
     bar.close()
     selected = torch.sort(order).values
     graph = _assemble(src, selected, feature_rows, order, target_edges, rec, t_tokens, t_specs, t_weights)

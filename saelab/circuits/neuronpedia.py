@@ -13,6 +13,10 @@ Node ids: a feature `L_F_P` (layer, feature id, position), an error `0_L_P`, a t
 target `{n_layers + 1}_V_P` (P: the last position; a custom target's V is vocab_size + its index, circuit-
 tracer's virtual index). A feature's `feature` is circuit-tracer 0.5's Cantor pairing of (layer, feature id);
 we add `feature_layer` and `feature_id` (plain ints; extra keys that circuit-tracer's reader ignores).
+
+circuit-tracer's ids collide: the error of layer L at P and the feature (layer 0, id L) at P are both `0_L_P`
+(its viewer then keeps one of the two). We write such an error as `0_L_P_error`, and the reader renames the
+error node of a file that has the collision the same way (the links named by the id stay on the feature).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .prune import PruneResult
 FEATURE, ERROR, TOKEN, LOGIT = "cross layer transcoder", "mlp reconstruction error", "embedding", "logit"
 INDEX = "graph-metadata.json"  # circuit-tracer's list of the graphs in a folder
 RESERVED = {Path(META).stem, Path(INDEX).stem, "manifest"}
+ERROR_SUFFIX = "_error"  # an error node whose circuit-tracer id `0_L_P` is also a feature's (layer 0, id L, at P)
 SCHEMA_VERSION = 1
 
 
@@ -116,6 +121,10 @@ def graph_nodes(graph: Graph, node_mask, cumulative_scores, vocab_size: int | No
                 is_target_logit=t == 0,
                 clerp=f'Output "{graph.target_labels[t]}" (p={prob:.3f})',
             )
+    features = {n["node_id"] for n in nodes.values() if n["feature_type"] == FEATURE}
+    for n in nodes.values():
+        if n["feature_type"] == ERROR and n["node_id"] in features:
+            n["node_id"] += ERROR_SUFFIX
     return nodes
 
 
@@ -261,15 +270,21 @@ def read_graph_json(path) -> ViewGraph:
                 bad(f"node {i} has no {typ.__name__} {key!r}")
         if not isinstance(n.get("layer"), (str, int)):
             bad(f"node {n['node_id']} has no layer")
-        if n["node_id"] in by_id:
-            bad(f"node id {n['node_id']!r} appears twice")
         node = NODE_DEFAULTS | n | {"layer": str(n["layer"]), "jsNodeId": n.get("jsNodeId") or n["node_id"]}
+        twin = by_id.get(node["node_id"])
+        if twin is not None:  # circuit-tracer's feature / error collision: the error node is renamed
+            kinds = {twin["feature_type"], node["feature_type"]}
+            if kinds != {FEATURE, ERROR}:
+                bad(f"node id {node['node_id']!r} appears twice")
+            error = node if node["feature_type"] == ERROR else by_id.pop(twin["node_id"])
+            error["node_id"] += ERROR_SUFFIX
+            by_id[error["node_id"]] = error
         if node["feature_type"] == FEATURE and "feature_layer" not in node:
             parts = node["node_id"].split("_")
             if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
                 bad(f"feature node {node['node_id']!r} is not named LAYER_FEATURE_POSITION")
         nodes.append(node)
-        by_id[node["node_id"]] = node
+        by_id.setdefault(node["node_id"], node)
     links = []
     for i, link in enumerate(doc["links"]):
         if not isinstance(link, dict):

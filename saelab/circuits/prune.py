@@ -149,15 +149,26 @@ def partial_influences(
 
     rows [n_rows, n_cols]: the computed rows of the adjacency, columns in node order with the targets last;
     target_weights [n_targets]; row_to_node [n_rows]: the node (column index) each row belongs to. -> [n_cols]."""
-    normalized = rows.detach().clone().abs_()
-    normalized /= normalized.sum(dim=1, keepdim=True).clamp(min=1e-8)
-    influences = torch.zeros(rows.shape[1], device=rows.device, dtype=normalized.dtype)
-    prod = torch.zeros(rows.shape[1], device=rows.device, dtype=normalized.dtype)
+    rows = rows.detach()
+    scale = 1.0 / rows.abs().sum(dim=1).clamp(min=1e-8)  # row sums, one block of |rows| at a time
+    influences = torch.zeros(rows.shape[1], device=rows.device, dtype=rows.dtype)
+    prod = torch.zeros(rows.shape[1], device=rows.device, dtype=rows.dtype)
     prod[-len(target_weights) :] = target_weights.to(prod)
     index = row_to_node.to(rows.device).long()
     for _ in range(max_iter):
-        prod = prod[index] @ normalized
+        prod = _normalized_product(prod[index] * scale, rows)
         if not prod.any():
             return influences
         influences += prod
     raise RuntimeError(f"the partial influences did not vanish after {max_iter} steps: the computed rows form a cycle")
+
+
+def _normalized_product(weights: torch.Tensor, rows: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """weights @ |rows| without an [n_rows, n_cols] copy: |rows| is formed one block of rows at a time (the
+    rows of a 64-token graph are 1 GB)."""
+    out = torch.zeros(rows.shape[1], device=rows.device, dtype=rows.dtype)
+    for start in range(0, rows.shape[0], block):
+        w = weights[start : start + block]
+        if w.any():
+            out += w @ rows[start : start + block].abs()
+    return out

@@ -1,5 +1,5 @@
 """Subcommands of `saelab`, one module per stage (hookpoints, train, evaluate, study, interop, interpret,
-report, view, synthetic); each module has `register(subparsers)` and adds its own commands.
+report, view, circuits, synthetic); each module has `register(subparsers)` and adds its own commands.
 
 A command is a thin shell over its stage: its options are the fields of the stage's config dataclass
 (`add_config_command`, options.py; `--config FILE` included), it builds that config (`build_config`)
@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "saelab.commands.interpret",
     "saelab.commands.report",
     "saelab.commands.view",
+    "saelab.commands.circuits",
     "saelab.commands.synthetic",
 ]
 
