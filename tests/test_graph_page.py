@@ -276,3 +276,36 @@ def test_graph_features_map_to_the_served_transcoder_of_their_layer(monkeypatch)
     assert feature_of(node | {"feature_layer": 5, "feature_id": 9}) == (5, 3, 9)
     assert feature_of({"node_id": "0_4_3", "feature_type": "mlp reconstruction error", "ctx_idx": 3}) is None
     assert feature_of({"node_id": "E_12_3", "feature_type": "embedding", "ctx_idx": 3}) is None
+
+
+def test_compute_job_runs_the_circuits_stage(tiny_model_dir, tmp_path):
+    """A graph job end to end on a tiny random PLT set: `saelab attribute`'s stage function writes
+    DIR/<slug>/, the job reports its rows, and the new graph is listed and served."""
+    from circuit_helpers import tiny_plt
+
+    from saelab.models import load_model
+    from saelab.sae.replacement import open_replacement
+
+    rep = open_replacement(tiny_plt(tiny_model_dir, tmp_path / "plt", n=256, k=4))
+    root = tmp_path / "graphs"
+    root.mkdir()
+    lm = load_model(str(tiny_model_dir))
+    with serve([], graphs=root, replacement=rep, lm=lm) as (base, _):
+        code, body = _post(f"{base}/api/graphs/compute", {"prompt": "The cat sat on the", "slug": "cat"})
+        assert code == 202
+        for _ in range(600):
+            j = json.loads(_get(f"{base}/api/jobs/{body['job']}")[1])
+            if j["status"] in ("done", "error"):
+                break
+            time.sleep(0.1)
+        assert j["status"] == "done", j
+        assert j["result"]["url"] == "/graph/cat" and j["message"].startswith("attribution rows ")
+        done, total = map(int, j["message"].split()[-1].split("/"))
+        assert done == total > 0
+        assert {"cat.json", "graph.json", "graph.safetensors"} <= {p.name for p in (root / "cat").iterdir()}
+        rows = json.loads(_get(f"{base}/api/graphs")[1])["graphs"]
+        assert [r["slug"] for r in rows] == ["cat"] and rows[0]["n_nodes"] > 0
+        g = json.loads(_get(f"{base}/api/graph/cat")[1])
+        assert g["metadata"]["prompt_tokens"][1:] == ["The", " cat", " sat", " on", " the"]
+        code, body = _post(f"{base}/api/graphs/compute", {"prompt": "again", "slug": "cat"})
+        assert code == 400 and "taken" in body["detail"]

@@ -161,18 +161,23 @@ class GraphState:
         self.taken.add(slug)
 
         def work(job) -> dict:
-            def progress(*args):  # a progress call of the stage: the message, and the point to cancel
+            def progress(*args):  # the stage's progress(rows done, rows in all): the message, the point to cancel
                 if job.cancel.is_set():
                     raise Cancelled()
-                if args:
+                if len(args) == 2 and all(isinstance(a, int) for a in args):
+                    job.message = f"attribution rows {args[0]}/{args[1]}"
+                elif args:
                     job.message = " ".join(str(a) for a in args)
 
             progress("loading the model and attributing")
             out = self.root / slug  # did not exist when the job was queued; the name is reserved
-            compute_graph(self.replacement, req.prompt, out, slug, progress)
-            if job.cancel.is_set():  # cancelled while a stage without progress calls ran: no graph is left
-                shutil.rmtree(out, ignore_errors=True)
-                raise Cancelled()
+            try:
+                compute_graph(self.replacement, req.prompt, out, slug, progress)
+                if job.cancel.is_set():  # cancelled after the last progress call (pruning, writing)
+                    raise Cancelled()
+            except Cancelled:
+                shutil.rmtree(out, ignore_errors=True)  # whatever this job wrote there: no half graph is left
+                raise
             return {"slug": slug, "url": f"/graph/{slug}"}
 
         return self.app.submit(work, kind="graph", generations=1, message="queued")
