@@ -83,3 +83,19 @@ def _width(model_dir) -> int:
 
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     return cfg.get("hidden_size") or cfg.get("n_embd")
+
+
+def make_tiny_gpt2(folder: Path, embedded_folder: Path, n_layer: int = 3) -> Path:
+    """A random 64-wide GPT-2 with the embedded tokenizer, saved as a local model folder."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=49152, n_embd=64, n_layer=n_layer, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded_folder / name, folder / name)
+    return folder

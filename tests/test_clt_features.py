@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from circuit_helpers import tiny_clt, tiny_plt
 from view_helpers import SMALL_EXAMPLES
 
 from saelab.cli import main
@@ -21,45 +22,25 @@ from saelab.features.clt_features import own_decoders, summed_decoders
 from saelab.features.latent_cache import LatentCache
 from saelab.features.steer import FeatureEdit, FeatureSteer, _cache_kwarg, steering_context
 from saelab.models import collect_activations, load_model
-from saelab.sae import SaeConfig, build_sae
 from saelab.sae.clt import CrossLayerTranscoder
-from saelab.sae.folder import Provenance, open_sae, save_sae
-from saelab.sae.replacement import open_replacement, write_replacement
-from saelab.sinks import SinkConfig
+from saelab.sae.folder import open_sae, save_sae
+from saelab.sae.replacement import open_replacement
 from saelab.train.layers import layer_plan
 
 N, K, D = 32, 4, 64  # latents per layer, active per layer, the tiny llama's width
-
-
-def _prov(model_dir, corpus):
-    sink = SinkConfig(first_positions=1, mask_special=True, norm_factor=5.0)
-    return Provenance(model_spec=str(model_dir), model_name="tiny", corpus=str(corpus), context=64, sink=sink)
 
 
 @pytest.fixture(scope="module")
 def clt_run(tmp_path_factory, tiny_model_dir, text_corpus):
     """A random CLT over the tiny llama's 4 MLPs (decoders of norm 3 per target, so edits show), saved as a
     replacement folder of kind clt."""
-    plan = layer_plan(str(tiny_model_dir), "all")
-    L = len(plan.layers)
-    cfg = SaeConfig(
-        arch="clt",
-        d_in=L * D,
-        d_sae=L * N,
-        hookpoint="+".join(plan.input_sites),
-        d_out=L * D,
-        out_hookpoint="+".join(plan.output_sites),
-        k=K,
-        extra={"clt_sparsity": "topk"},
-    )
-    clt = build_sae(cfg)
-    clt.reset_parameters(torch.Generator().manual_seed(0))
+    out = tiny_clt(tiny_model_dir, tmp_path_factory.mktemp("clt") / "run", N, K, bias=0.0, corpus=text_corpus)
+    f = open_sae(out / "clt")
+    L = f.sae.n_layers
     with torch.no_grad():
-        for l, w in enumerate(clt.W_dec):  # [L-l, n, d]: target t gets norm 3 / (1 + t - l), strongest at l
+        for l, w in enumerate(f.sae.W_dec):  # [L-l, n, d]: target t gets norm 3 / (1 + t - l), strongest at l
             w.div_(w.norm(dim=-1, keepdim=True)).mul_(3.0 / torch.arange(1, L - l + 1.0)[:, None, None])
-    out = tmp_path_factory.mktemp("clt") / "run"
-    f = save_sae(clt.eval(), out / "clt", _prov(tiny_model_dir, text_corpus))
-    write_replacement(out, "clt", plan, str(tiny_model_dir), "tiny", [f])
+    save_sae(f.sae, out / "clt", f.provenance)
     return out
 
 
@@ -140,12 +121,7 @@ def test_the_clt_folder_itself_caches_the_same(cached, clt_run, tmp_path):
 
 def test_a_plt_replacement_folder_caches_each_layer(tmp_path, tiny_model_dir, text_corpus):
     plan = layer_plan(str(tiny_model_dir), "all")
-    folders = []
-    for l, (a, b) in enumerate(zip(plan.input_sites, plan.output_sites)):
-        sae = build_sae(SaeConfig("topk", d_in=D, d_sae=16, hookpoint=a, d_out=D, out_hookpoint=b, k=2))
-        sae.reset_parameters(torch.Generator().manual_seed(l))
-        folders.append(save_sae(sae.eval(), tmp_path / "plt" / f"layer{l}", _prov(tiny_model_dir, text_corpus)))
-    write_replacement(tmp_path / "plt", "plt", plan, str(tiny_model_dir), "tiny", folders)
+    tiny_plt(tiny_model_dir, tmp_path / "plt", n=16, k=2, bias=0.0, corpus=text_corpus)
     assert main(["cache", str(tmp_path / "plt"), "--tokens", "1024", "--out", str(tmp_path / "c")]) == 0
     lc = LatentCache.open(tmp_path / "c")
     assert lc.sae_names == [f"layer{l}" for l in range(4)]

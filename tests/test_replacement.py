@@ -11,14 +11,14 @@ import shutil
 
 import pytest
 import torch
+from circuit_helpers import make_tiny_gpt2, tiny_clt
 from conftest import train_cfg
 
 from saelab.errors import UserError
 from saelab.evaluate.run import EvalConfig, evaluate
 from saelab.models import load_model
-from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import open_sae, save_sae
-from saelab.sae.replacement import MANIFEST, open_replacement, replaced, write_replacement
+from saelab.sae.replacement import MANIFEST, open_replacement, replaced
 from saelab.train.config import TrainConfig
 from saelab.train.layers import layer_plan, parse_layers
 from saelab.train.loop import train
@@ -35,15 +35,7 @@ def layers_cfg(out, model, corpus, **kw):
 
 @pytest.fixture(scope="module")
 def tiny_gpt2_dir(tmp_path_factory, embedded_folder):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    cfg = GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(embedded_folder / name, folder / name)
-    return folder
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), embedded_folder)
 
 
 @pytest.fixture(scope="module")
@@ -229,27 +221,8 @@ def test_eval_replacement_metrics_match_each_transcoders_own_eval(plt_run, tmp_p
 
 
 def _clt_folder(tmp_path, model_dir, n=32, k=4, corpus="builtin"):
-    """A random CLT over the tiny llama's 4 MLPs, saved as a replacement folder of kind clt."""
-    plan = layer_plan(str(model_dir), "all")
-    L, d = len(plan.layers), 64
-    cfg = SaeConfig(
-        arch="clt",
-        d_in=L * d,
-        d_sae=L * n,
-        hookpoint="+".join(plan.input_sites),
-        d_out=L * d,
-        out_hookpoint="+".join(plan.output_sites),
-        k=k,
-        extra={"clt_sparsity": "topk"},
-    )
-    sae = build_sae(cfg)
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    from saelab.sae.folder import Provenance
-
-    out = tmp_path / "clt"
-    f = save_sae(sae, out / "clt", Provenance(model_spec=str(model_dir), corpus=str(corpus), context=64))
-    write_replacement(out, "clt", plan, str(model_dir), "tiny", [f])
-    return out
+    """A random CLT over the tiny llama's 4 MLPs (no biases), saved as a replacement folder of kind clt."""
+    return tiny_clt(model_dir, tmp_path / "clt", n, k, bias=0.0, corpus=corpus)
 
 
 def test_clt_splice_is_causal_and_error_terms_give_the_clean_model(tmp_path, tiny_model_dir):

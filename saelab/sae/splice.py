@@ -4,7 +4,10 @@
 reconstruction (an SAE) or prediction (a transcoder, which reads its input site during the same
 forward). Positions where `keep` is True (sinks, outliers) keep their clean activation. With
 `error_term=True` the reconstruction error is added back, so the output is exactly the model's
-own until a feature is edited (`edit` gets and returns dense latents) - what steering uses.
+own until a feature is edited (`edit` gets and returns dense latents) - what steering uses. With
+`frozen=(out, recon)` (a recorded run's output and reconstruction) the output is out + (the (edited)
+reconstruction - recon): the reconstruction plus the recorded error, bitwise the recorded output while
+nothing upstream changed: the local replacement model with frozen errors (circuits/interventions.py).
 
 `clt_spliced(model, clt, input_sites, output_sites)` puts a cross-layer transcoder (sae/clt.py) into the
 forward causally: layer l's latents are encoded from its MLP input in this forward, and its MLP output
@@ -32,6 +35,7 @@ def spliced(
     keep: torch.Tensor | None = None,
     error_term: bool = False,
     edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frozen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[None]:
     cfg = sae.cfg
     if multi_site(cfg) and cfg.is_transcoder:
@@ -51,7 +55,7 @@ def spliced(
         x = captured.pop("x") if cfg.is_transcoder else act
         shape = act.shape
         flat_x = x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
-        if edit is None and not error_term:
+        if edit is None and not error_term and frozen is None:
             new = sae.reconstruct(flat_x)
         else:
             with torch.no_grad():
@@ -67,7 +71,9 @@ def spliced(
                 else:
                     if edit is not None:
                         dense = edit(dense.view(*shape[:-1], -1)).reshape(-1, cfg.d_sae)
-                    new = (dense @ sae.W_dec + sae.b_dec) / sae.out_scale + sae.skip_raw(flat_x)
+                    new = decode_dense(sae, dense, flat_x)
+                    if frozen is not None:
+                        new = _frozen_error(new, *frozen)
         new = new.reshape(shape).to(act.dtype)
         if keep is not None:
             k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)
@@ -95,6 +101,7 @@ def clt_spliced(
     keep: torch.Tensor | None = None,
     error_term=False,
     edit: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    frozen: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Iterator[None]:
     """Every MLP output the CLT covers, replaced in one forward through its raw-space API (encode_layer,
     decode_layer, output_bias); `keep` [batch, seq] positions stay clean; `error_term`: the reconstruction
@@ -102,7 +109,9 @@ def clt_spliced(
     changes layer `layer`'s latents (local ids) as they are encoded (steering, features/clt_features.py);
     with `error_term` each MLP output t then gets act_t + sum_{l <= t} decode(edited_l - clean_l -> t), so
     an edit that changes nothing leaves the forward bitwise the model's own, and an edit at layer l writes
-    into every MLP output from l on and none before."""
+    into every MLP output from l on and none before. `frozen` (one (output, reconstruction) per CLT layer, of a
+    recorded run; not with `error_term`): each output is the (edited) reconstruction plus the recorded error,
+    as `spliced` does."""
     lats: dict[int, object] = {}  # CLT layer -> its latents (or their edit's change) in this forward
     dtype = next(clt.parameters()).dtype
 
@@ -129,9 +138,9 @@ def clt_spliced(
             for src in changed:
                 new = new + clt.decode_layer(src, lats[src], layer)
         else:
-            new = clt.output_bias(layer).to(dtype)
-            for src in range(layer + 1):
-                new = new + clt.decode_layer(src, lats[src], layer)
+            new = clt_output(clt, lats, layer).to(dtype)
+            if frozen is not None:
+                new = _frozen_error(new, *frozen[layer])
         new = new.reshape(shape).to(act.dtype)
         if keep is not None:
             k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)
@@ -149,6 +158,25 @@ def clt_spliced(
         for layer, site in enumerate(output_sites):
             stack.enter_context(patch_activation(model, site, lambda act, layer=layer: replace(layer, act)))
         yield
+
+
+def decode_dense(sae: SparseCoder, dense: torch.Tensor, flat_x: torch.Tensor) -> torch.Tensor:
+    """[rows, d_out] raw-space output of a one-site dictionary from dense latents [rows, d_sae] of raw inputs
+    flat_x (its skip included): what `spliced` writes when it decodes latents itself."""
+    return (dense @ sae.W_dec + sae.b_dec) / sae.out_scale + sae.skip_raw(flat_x)
+
+
+def clt_output(clt, lats: dict | list, layer: int) -> torch.Tensor:
+    """[rows, d_site_out] CLT layer `layer`'s raw-space output from the latents of layers <= layer (`lats[l]`)."""
+    new = clt.output_bias(layer)
+    for src in range(layer + 1):
+        new = new + clt.decode_layer(src, lats[src], layer)
+    return new
+
+
+def _frozen_error(new: torch.Tensor, out: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """new + (out - recon), computed as out + (new - recon): exactly `out` when new == recon."""
+    return out.reshape(new.shape).to(new.dtype) + (new - recon.reshape(new.shape).to(new.dtype))
 
 
 def _broadcast_keep(keep: torch.Tensor, shape) -> torch.Tensor:
