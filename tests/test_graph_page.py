@@ -309,3 +309,40 @@ def test_compute_job_runs_the_circuits_stage(tiny_model_dir, tmp_path):
         assert g["metadata"]["prompt_tokens"][1:] == ["The", " cat", " sat", " on", " the"]
         code, body = _post(f"{base}/api/graphs/compute", {"prompt": "again", "slug": "cat"})
         assert code == 400 and "taken" in body["detail"]
+
+
+def test_intervene_runs_circuits_interventions_on_a_computed_graph(tiny_model_dir, tmp_path):
+    """The page's intervention on a graph the circuits stage wrote equals circuits.interventions.intervene
+    called directly with the node's (layer, position, id): the same top tokens and probabilities."""
+    from circuit_helpers import tiny_plt
+
+    from saelab.circuits.attribution import attribute
+    from saelab.circuits.interventions import intervene
+    from saelab.circuits.neuronpedia import write_graph_json
+    from saelab.circuits.prune import prune_graph
+    from saelab.features.steer import encode_prompt
+    from saelab.models import load_model
+    from saelab.sae.replacement import open_replacement
+
+    rep = open_replacement(tiny_plt(tiny_model_dir, tmp_path / "plt", n=256, k=4))
+    lm = load_model(str(tiny_model_dir))
+    ids = encode_prompt(lm.tokenizer, "The cat sat on the")[0]
+    graph = attribute(lm.model, rep, ids, progress=False, tokenizer=lm.tokenizer)
+    root = tmp_path / "graphs"
+    path = write_graph_json(graph, prune_graph(graph), root / "cat", "cat", "tiny-plt")
+    nodes = json.loads(path.read_text())["nodes"]
+    feats = [n for n in nodes if n["feature_type"] == "cross layer transcoder"]
+    top = max(feats, key=lambda n: n["activation"])
+    layer, fid, pos = map(int, top["node_id"].split("_"))
+    with serve([], graphs=root, replacement=rep, lm=lm) as (base, _):
+        code, body = _post(f"{base}/api/graph/cat/intervene", {"edits": [{"node_id": top["node_id"], "op": "ablate"}]})
+        assert code == 200, body
+        code, bad = _post(f"{base}/api/graph/cat/intervene", {"edits": [{"node_id": "0_99999_1", "op": "ablate"}]})
+        assert code == 400 and "not a feature node" in bad["detail"]
+    r = intervene(lm.model, rep, ids, edits=[(layer, pos, fid, "ablate", 0.0)], mode="replacement")
+    pb, pa = r.logits_before.float().softmax(-1), r.logits_after.float().softmax(-1)
+    assert body["edits"] == [[layer, pos, fid, "ablate", 0.0]]
+    assert [x["id"] for x in body["before"]] == pb.topk(10).indices.tolist()
+    assert [x["id"] for x in body["after"]] == pa.topk(10).indices.tolist()
+    assert [x["prob"] for x in body["after"]] == pytest.approx(pa.topk(10).values.tolist(), rel=1e-5)
+    assert body["after"] != body["before"]  # the strongest feature's ablation moves the next-token distribution
