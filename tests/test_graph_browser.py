@@ -280,7 +280,9 @@ def test_browser_runs_an_intervention(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "saelab.circuits.interventions", types.SimpleNamespace(intervene=intervene))
     root = write_graphs(tmp_path / "graphs")
-    lm = types.SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=FakeTok())
+    model = torch.nn.Linear(1, 1)
+    model.get_input_embeddings = lambda: torch.nn.Embedding(4000, 1)
+    lm = types.SimpleNamespace(model=model, tokenizer=FakeTok())
     with serve([], graphs=root, replacement="REPL", lm=lm) as (base, _), _browser() as pw:
         browser = _launch(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 900})

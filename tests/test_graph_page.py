@@ -35,7 +35,9 @@ def bare(graphs):
 @pytest.fixture()
 def with_model(graphs):
     """Graph pages with a stand-in model (a fake tokenizer; the circuits calls are replaced in each test)."""
-    lm = types.SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=FakeTok())
+    model = torch.nn.Linear(1, 1)
+    model.get_input_embeddings = lambda: torch.nn.Embedding(4000, 1)  # the fixture's token ids are below 4000
+    lm = types.SimpleNamespace(model=model, tokenizer=FakeTok())
     with serve([], graphs=graphs, replacement="REPL", lm=lm) as (base, _):
         yield base, graphs
 
@@ -126,7 +128,7 @@ def test_intervene_and_compute_need_the_model(bare):
 
 
 def test_intervene_calls_interventions_with_graph_edits(with_model, monkeypatch):
-    base, _ = with_model
+    base, root = with_model
     monkeypatch.setitem(sys.modules, "saelab.circuits.interventions", None)  # the module is missing
     code, body = _post(f"{base}/api/graph/g1/intervene", {"edits": [{"node_id": "1_2_3", "op": "ablate"}]})
     assert code == 501 and "not available" in body["detail"]
@@ -160,6 +162,12 @@ def test_intervene_calls_interventions_with_graph_edits(with_model, monkeypatch)
         ({"edits": []}, 422),
     ):
         assert _post(f"{base}/api/graph/g1/intervene", bad)[0] == code_want, bad
+    g = graph_json("g9")
+    g["nodes"][0]["node_id"] = "E_99999_0"  # a token id this model's 4000-token vocabulary lacks
+    g["links"][-1]["source"] = "E_99999_0"
+    (root / "g9.json").write_text(json.dumps(g))
+    code, body = _post(f"{base}/api/graph/g9/intervene", {"edits": [{"node_id": "1_2_3", "op": "ablate"}]})
+    assert code == 400 and "has token id 99999; the served model has 4000 tokens" in body["detail"]
 
 
 def test_compute_job_progress_cancel_and_bound(with_model, monkeypatch):

@@ -100,7 +100,7 @@ class GraphState:
         return None, 0
 
     def annotated(self, slug: str) -> dict:
-        """The graph with, per feature node, its served explanation and feature page (when an SAE is served)."""
+        """The graph with, per feature node, its served explanation and feature page (when its transcoder is served)."""
         from urllib.parse import quote
 
         g = load_view_graph(self.path(slug))
@@ -137,6 +137,9 @@ class GraphState:
             layer, pos, fid = ref
             edits.append((layer, pos, fid, e.op, e.value))
         tokens = graph_tokens(g, self.lm.tokenizer)
+        vocab = self.lm.model.get_input_embeddings().weight.shape[0]
+        if int(tokens.max()) >= vocab:  # a graph of another model (its token nodes name ids this one lacks)
+            raise UserError(f"graph {slug!r} has token id {int(tokens.max())}; the served model has {vocab} tokens")
         with self.lock:
             r = intervene(self.lm.model, self.replacement, tokens, edits=edits, mode="replacement")
         out = {"edits": [list(e) for e in edits]} | top_logits(r.logits_before, r.logits_after, self.lm.tokenizer)
