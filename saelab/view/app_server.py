@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..option_checks import check_types, need_at_least
 from ..options import dtype_option, opt, threads_option
 from ..sae.folder import open_sae
+from ..sae.replacement import open_replacement
 from .feature_store import FeatureStore
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -26,6 +27,10 @@ class ServeConfig:
     explanations: list[str] | None = opt(
         None, "interpretation run folder or JSONL file, one per SAE", shown="SAE/explanations.jsonl if present"
     )
+    graphs: str | None = opt(None, "folder of attribution-graph JSON files (circuit-tracer / Neuronpedia) for /graphs")
+    replacement: str | None = opt(
+        None, "replacement folder: compute graphs and run interventions from the graph pages (with --graphs)"
+    )
     host: str = opt("127.0.0.1", "bind address (127.0.0.1: loopback only)")
     port: int = opt(8765, "port")
     dtype: str = dtype_option()
@@ -36,6 +41,10 @@ class ServeConfig:
         need_at_least(self, 1, "threads")
         if not 0 < self.port < 65536:
             raise UserError("--port must be in 1..65535")
+        if self.graphs and not Path(self.graphs).is_dir():
+            raise UserError(f"--graphs {self.graphs}: not a folder")
+        if self.replacement and not self.graphs:
+            raise UserError("--replacement is for the graph pages: give --graphs DIR too")
         _per_sae(self.cache, len(self.sae), "--cache")
         _per_sae(self.explanations, len(self.sae), "--explanations")
 
@@ -84,8 +93,15 @@ def serve_folders(cfg: ServeConfig) -> None:
         raise UserError("`saelab serve` needs the web extras: pip install 'saelab[view]' (fastapi, uvicorn)") from None
     from .web_app import serve
 
+    rep = open_replacement(Path(cfg.replacement)) if cfg.replacement else None  # a bad folder fails first
     stores = open_stores(cfg)
+    graph_opts = {}
+    if cfg.graphs:
+        lm = rep.folders[0].open_model(dtype=cfg.dtype) if rep else None  # beside the served SAEs' models
+        graph_opts = {"graphs": Path(cfg.graphs), "replacement": rep, "lm": lm}
     if cfg.host not in LOOPBACK:
         print(f"saelab: warning: serving on {cfg.host}, reachable from other machines; there is no authentication")
     print(f"saelab: serving {len(stores)} SAE(s) on http://{cfg.host}:{cfg.port}/")
-    serve(stores, cfg.host, cfg.port)
+    if cfg.graphs:
+        print(f"saelab: attribution graphs of {cfg.graphs} on http://{cfg.host}:{cfg.port}/graphs")
+    serve(stores, cfg.host, cfg.port, **graph_opts)

@@ -12,6 +12,8 @@ Routes
   GET  /api/jobs/{id}                    progress (generation i of n, token k of max) and, when done,
                                          the unsteered text and one steered text per strength
   POST /api/jobs/{id}/cancel             stops a queued or running job (status "cancelled")
+  /graphs, /graph/{slug}, /api/graph...  with `graphs`: the attribution-graph pages (graph_routes.py); their
+                                         graph jobs share the steering jobs' queue and bound (App.submit)
 
 Why it stays responsive: generations run in a worker thread and take the model's lock only for
 one forward at a time, so searches never wait and a fire-on-text request waits at most one token.
@@ -133,6 +135,8 @@ class Job:
     started: float = 0.0
     fetched: bool = False  # the finished state was read once
     cancel: threading.Event = field(default_factory=threading.Event)
+    kind: str = "steer"  # steer | graph (view/graph_routes.py: compute an attribution graph)
+    message: str = ""  # a graph job's progress in words
 
     @property
     def finished(self) -> bool:
@@ -148,6 +152,8 @@ class Job:
             "max_tokens": self.max_tokens,
             "result": self.result,
             "error": self.error,
+            "kind": self.kind,
+            "message": self.message,
         }
 
 
@@ -210,13 +216,37 @@ class App:
         steering.check()
         steering.check_sae(s.sae)
         encode_prompt(s.tok, req.prompt)  # too long / empty prompts fail now, as a 4xx
+
+        def work(job: Job) -> dict:
+            def progress(gen, n, k, m):
+                job.generation, job.tokens = gen, k
+
+            (r,) = run_steering(
+                steering,
+                s.model,
+                s.tok,
+                s.sae,
+                torch.from_numpy(s.max_act),
+                self.skip_first(s),
+                lock=self.lock(s),
+                on_token=progress,
+                cancel=job.cancel,
+            ).results
+            return r
+
+        return self.submit(work, generations=1 + len(req.strengths), max_tokens=req.max_new_tokens)
+
+    def submit(self, work, **fields) -> Job:
+        """The one job queue (steering and graph jobs): 429 beyond MAX_PENDING queued or running; a Job with
+        `fields`, then `work(job)` runs in the pool, sets progress on `job`, returns the result dict, and
+        stops with Cancelled when `job.cancel` is set; a UserError is shown as it is, anything else by type."""
         with self.jobs_lock:
             pending = sum(1 for j in self.jobs.values() if not j.finished)
             if pending >= MAX_PENDING:
                 raise HTTPException(
-                    429, f"{pending} steering jobs are already queued or running; wait for one to finish or cancel one"
+                    429, f"{pending} jobs are already queued or running; wait for one to finish or cancel one"
                 )
-            job = Job(id=str(next(self.ids)), generations=1 + len(req.strengths), max_tokens=req.max_new_tokens)
+            job = Job(id=str(next(self.ids)), **fields)
             self.jobs[job.id] = job
             self._prune()
 
@@ -226,21 +256,7 @@ class App:
                 return
             job.status, job.started = "running", time.time()
             try:
-
-                def progress(gen, n, k, m):
-                    job.generation, job.tokens = gen, k
-
-                (r,) = run_steering(
-                    steering,
-                    s.model,
-                    s.tok,
-                    s.sae,
-                    torch.from_numpy(s.max_act),
-                    self.skip_first(s),
-                    lock=self.lock(s),
-                    on_token=progress,
-                    cancel=job.cancel,
-                ).results
+                r = work(job)
                 job.result = {**r, "wall_s": time.time() - job.started}
                 job.generation, job.status = job.generations, "done"
             except Cancelled:
@@ -248,7 +264,7 @@ class App:
             except UserError as e:
                 job.error, job.status = str(e), "error"
             except Exception as e:  # reported to the page, not as a traceback
-                job.error, job.status = f"generation failed: {type(e).__name__}", "error"
+                job.error, job.status = f"{job.kind} job failed: {type(e).__name__}", "error"
 
         self.pool.submit(run)
         return job
@@ -261,7 +277,9 @@ class App:
             del self.jobs[j.id]
 
 
-def create_app(stores: list[FeatureStore]) -> FastAPI:
+def create_app(stores: list[FeatureStore], graphs=None, replacement=None, lm=None) -> FastAPI:
+    """The app over `stores`; with `graphs` (a folder) also the graph pages (view/graph_routes.py), which
+    compute graphs and run interventions with `replacement` and its loaded model `lm`."""
     state = App(stores)
     api = FastAPI(title="saelab", docs_url=None, redoc_url=None, openapi_url=None)
     api.state.saelab = state
@@ -362,10 +380,14 @@ def create_app(stores: list[FeatureStore]) -> FastAPI:
         j.cancel.set()
         return {"id": j.id, "status": j.status}
 
+    if graphs is not None:
+        from .graph_routes import add_graph_routes
+
+        add_graph_routes(api, state, graphs, replacement, lm)
     return api
 
 
-def serve(stores: list[FeatureStore], host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(stores: list[FeatureStore], host: str = "127.0.0.1", port: int = 8765, **graph_opts) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(stores), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(stores, **graph_opts), host=host, port=port, log_level="info")
