@@ -176,7 +176,7 @@ def test_compute_job_progress_cancel_and_bound(with_model, monkeypatch):
     base, root = with_model
     gate = threading.Event()
 
-    def compute(replacement, prompt, out, slug, progress):
+    def compute(replacement, prompt, out, slug, progress, lm=None):
         assert replacement == "REPL" and out == root / slug
         for k in range(400):
             progress(f"batch {k + 1}/400")

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..model_pair import local_tokenizer, tokenizer_folder, vocab_differs  # the tokenizer on disk, before a model loads
-from ..models import decoder_layers, load_model
+from ..models import LoadedModel, decoder_layers, load_model
 from ..out_folder import ATTRIBUTION_GRAPH, GRAPH_VALIDATION, kind_of, open_out
 from ..sae.folder import check_fits
 from ..sae.replacement import Replacement, open_replacement
@@ -175,15 +175,19 @@ def check_model(rep: Replacement, model, spec: str, ids: torch.Tensor) -> None:
         raise UserError(f"the prompt's token id {int(ids.max())} is outside model {spec!r}'s {vocab} embeddings")
 
 
-def attribute_prompt(cfg: AttributeConfig, progress: bool | Callable[[int, int], None] = True) -> Path:
+def attribute_prompt(
+    cfg: AttributeConfig, progress: bool | Callable[[int, int], None] = True, lm: LoadedModel | None = None
+) -> Path:
     """The graph of `cfg.prompt` written to `cfg.out`; returns that folder. `progress`: a bar on stderr (True),
-    none (False), or a callable(rows done, rows in all), as attribution.attribute takes it."""
+    none (False), or a callable(rows done, rows in all), as attribution.attribute takes it. `lm`: the model
+    already loaded (the web app's), checked against the replacement as a loaded one would be."""
     t0 = time.time()
     folder = check_out(cfg)
     prep = prepare(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    lm = load_model(prep.model_spec, device=cfg.device, dtype=cfg.dtype)
+    if lm is None:
+        lm = load_model(prep.model_spec, device=cfg.device, dtype=cfg.dtype)
     if prep.tokenizer is None:  # a hub / GGUF model: its tokenizer came with it
         prep.tokens = encode(lm.tokenizer, cfg.prompt, cfg.max_tokens, cfg.zero_positions)
         prep.targets = resolve_targets(cfg, lm.tokenizer, prep.replacement, prep.model_spec, len(prep.tokens))

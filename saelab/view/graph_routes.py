@@ -175,7 +175,7 @@ class GraphState:
             progress("loading the model and attributing")
             out = self.root / slug  # did not exist when the job was queued; the name is reserved
             try:
-                compute_graph(self.replacement, req.prompt, out, slug, progress)
+                compute_graph(self.replacement, req.prompt, out, slug, progress, self.lm)
                 if job.cancel.is_set():  # cancelled after the last progress call (pruning, writing)
                     raise Cancelled()
             except Cancelled:
@@ -186,17 +186,15 @@ class GraphState:
         return self.app.submit(work, kind="graph", generations=1, message="queued")
 
 
-def compute_graph(replacement, prompt: str, out: Path, slug: str, progress) -> Path:
+def compute_graph(replacement, prompt: str, out: Path, slug: str, progress, lm=None) -> Path:
     """The attribution graph of `prompt` written into the new folder `out` (graph.safetensors, graph.json,
-    `<slug>.json`) by the circuits stage's own function, with its checks (circuits/run.py, helper A's);
-    it loads the replacement's model itself. -> the folder."""
-    try:
-        from ..circuits.config import AttributeConfig
-        from ..circuits.run import attribute_prompt
-    except ModuleNotFoundError:
-        raise UserError("computing graphs is not available: saelab.circuits.run is missing") from None
+    `<slug>.json`) by the circuits stage's own function, with its checks (circuits/run.py), on the model
+    the app already holds (`lm`). -> the folder."""
+    from ..circuits.config import AttributeConfig
+    from ..circuits.run import attribute_prompt
+
     cfg = AttributeConfig(replacement=str(replacement.path), prompt=prompt, out=str(out), slug=slug)
-    return attribute_prompt(cfg, progress=progress)
+    return attribute_prompt(cfg, progress=progress, lm=lm)
 
 
 def _free_slug(root: Path, prompt: str, reserved: set[str]) -> str:
