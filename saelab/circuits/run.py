@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..features.steer import prompt_ids
 from ..model_pair import local_tokenizer, tokenizer_folder, vocab_differs  # the tokenizer on disk, before a model loads
 from ..models import LoadedModel, decoder_layers, load_model
 from ..out_folder import ATTRIBUTION_GRAPH, GRAPH_VALIDATION, kind_of, open_out
@@ -65,12 +66,9 @@ class Prepared:
 
 def encode(tokenizer, prompt: str, max_tokens: int, zero_positions: int) -> torch.Tensor:
     """[n_pos] the prompt's ids, BOS first when the tokenizer has one (as the dictionaries trained)."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids(tokenizer, prompt)
     if not ids:
         raise UserError("--prompt is empty after tokenisation: give the text to attribute")
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and ids[0] != bos:
-        ids = [bos] + ids
     if len(ids) > max_tokens:
         raise UserError(
             f"the prompt is {len(ids)} tokens; the limit is {max_tokens} (--max-tokens): {MEMORY_WHY}; "

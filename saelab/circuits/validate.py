@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..features.steer import prompt_ids
 from ..models import LoadedModel
 from ..storage import write_figure, write_json
 from .attribution import attribute
@@ -276,11 +277,7 @@ def _tokens(p, tok) -> torch.Tensor:
     if isinstance(p, str):
         if tok is None:
             raise UserError("text prompts need a tokenizer (pass a LoadedModel or tokenizer=)")
-        ids = tok(p, add_special_tokens=False)["input_ids"]
-        bos = getattr(tok, "bos_token_id", None)
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos] + ids
-        return torch.tensor(ids, dtype=torch.long)
+        return torch.tensor(prompt_ids(tok, p), dtype=torch.long)
     return torch.as_tensor(p, dtype=torch.long).reshape(-1)
 
 

@@ -149,6 +149,16 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """A prompt's token ids, BOS first when the tokenizer has one (like the training rows): what steering,
+    attribution graphs and their validation all feed the model."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and ids and ids[0] != bos:
+        ids = [bos] + ids
+    return ids
+
+
 def encode_prompt(tokenizer, prompt: str, chat: bool = False, max_tokens: int = 1024) -> torch.Tensor:
     """[1, T] ids; BOS first when the tokenizer has one (like the training rows)."""
     if chat and getattr(tokenizer, "chat_template", None):
@@ -156,10 +166,7 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False, max_tokens: int = 
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
     else:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        bos = tokenizer.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos] + ids
+        ids = prompt_ids(tokenizer, prompt)
     if len(ids) > max_tokens:
         raise UserError(f"the prompt is {len(ids)} tokens; the limit is {max_tokens}")
     if not ids:
