@@ -48,9 +48,10 @@ class _Sources:
             self.feats[layer], self.offsets[layer] = f, offset
             offset += len(f.ids)
             parts.append(torch.stack([torch.full_like(f.ids, layer), f.positions, f.ids], 1))
-        self.active = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
-        self.values = torch.cat([self.feats[l].values for l in coders.layers]) if parts else torch.zeros(0)
-        self.inputs = torch.cat([self.feats[l].inputs for l in coders.layers]) if parts else torch.zeros(0)
+        dev = rec.resid0.device  # everything per prompt lives on the model's device; edge rows on the host
+        self.active = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long, device=dev)
+        self.values = torch.cat([self.feats[l].values for l in coders.layers]) if parts else torch.zeros(0, device=dev)
+        self.inputs = torch.cat([self.feats[l].inputs for l in coders.layers]) if parts else torch.zeros(0, device=dev)
         self.n_active = offset
         self.error_offset = offset
         self.token_offset = offset + self.n_layers * self.n_pos
@@ -83,13 +84,14 @@ def _padded_writes(coders: ReplacementCoders, feats: dict[int, LayerFeatures], n
         counts = torch.bincount(f.positions, minlength=n_pos)
         kmax = int(counts.max())
         starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(len(f.ids)) - starts[f.positions]
-        slots = torch.full((n_pos, kmax), -1, dtype=torch.long)
-        slots[f.positions, slot] = torch.arange(len(f.ids))
+        dev = f.ids.device
+        slot = torch.arange(len(f.ids), device=dev) - starts[f.positions]
+        slots = torch.full((n_pos, kmax), -1, dtype=torch.long, device=dev)
+        slots[f.positions, slot] = torch.arange(len(f.ids), device=dev)
         per_target = {}
         for tgt in coders.write_layers(src):
             w = coders.write_vectors(src, f.ids, tgt) * f.values[:, None]
-            pad = torch.zeros(n_pos, kmax, w.shape[1])
+            pad = torch.zeros(n_pos, kmax, w.shape[1], device=dev)
             pad[f.positions, slot] = w
             per_target[tgt] = pad
         out[src] = (slots, per_target)
@@ -136,7 +138,7 @@ class _RowComputer:
         batch = max(1, min(self.batch_size, GRAD_POSITIONS // n))  # bounds a batch's gradients [batch, n, d]
         for start in range(0, len(idx), batch):
             chunk = idx[start : start + batch]
-            out[chunk] = self._batch(run, zero, [rows[i] for i in chunk], n)
+            out[chunk] = self._batch(run, zero, [rows[i] for i in chunk], n).cpu()
             progress(len(chunk))
 
     def _batch(self, run, zero, rows: list[Row], n: int) -> torch.Tensor:
@@ -145,7 +147,7 @@ class _RowComputer:
         outputs, grads = [], []
         for s in sites:
             t = run.final if s == L else run.mlp_in[s]
-            g = torch.zeros(B, *t.shape)
+            g = torch.zeros(B, *t.shape, device=t.device)
             for b, r in enumerate(rows):
                 if r.site == s:
                     g[b, 0, r.position] = r.vector
@@ -155,11 +157,12 @@ class _RowComputer:
         layers = list(range(min(top, L)))  # MLP outputs below the highest site can reach it
         inputs = [run.resid0] + [run.mlp_out[l] for l in layers]
         got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
-        G0 = got[0][:, 0] if got[0] is not None else torch.zeros(B, n, src.leaf[0].shape[1])
+        dev = run.resid0.device
+        G0 = got[0][:, 0] if got[0] is not None else torch.zeros(B, n, src.leaf[0].shape[1], device=dev)
         G = {l: (g[:, 0] if g is not None else None) for l, g in zip(layers, got[1:])}
-        row = torch.zeros(B, src.n_cols)
+        row = torch.zeros(B, src.n_cols, device=dev)
         row[:, src.token_offset : src.token_offset + n] = (G0 * self.rec.resid0[:n]).sum(-1)
-        rest = torch.zeros(B)
+        rest = torch.zeros(B, device=dev)
         for l, g in G.items():
             if g is None:
                 continue
@@ -263,7 +266,7 @@ def _feature_rows(compute, src, coders, target_edges, weights, n_sel, batch_size
 
     def row_of(i: int) -> Row:
         layer, pos, fid = src.active[i].tolist()
-        return Row(layer, pos, coders.encoder_vectors(layer, torch.tensor([fid]))[0])
+        return Row(layer, pos, coders.encoder_vectors(layer, torch.tensor([fid], device=src.active.device))[0])
 
     if n_sel == src.n_active:
         order = torch.arange(src.n_active)
@@ -301,11 +304,11 @@ def _assemble(src, selected, feature_rows, order, target_edges, rec, t_tokens, t
     adj[n_nodes - n_t :, : len(cols)] = target_edges[:, cols]
     return Graph(
         prompt="",
-        tokens=rec.tokens.clone(),
+        tokens=rec.tokens.cpu().clone(),
         token_strings=[],
         n_layers=src.n_layers,
-        active_features=src.active,
-        activation_values=src.values,
+        active_features=src.active.cpu(),
+        activation_values=src.values.cpu(),
         selected_features=selected,
         adjacency=adj,
         target_tokens=torch.tensor(t_tokens, dtype=torch.long),

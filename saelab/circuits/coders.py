@@ -106,7 +106,7 @@ class ReplacementCoders:
             g = ids + self._index[layer] * clt.n_per_layer
             return clt.decoder_vectors(g, self._index[target]).float()
         if target != layer:
-            return torch.zeros(len(ids), self._sae(layer).cfg.d_out)
+            return torch.zeros(len(ids), self._sae(layer).cfg.d_out, device=ids.device)
         sae = self._sae(layer)
         return (sae.W_dec[ids] / sae.out_scale).float()
 
@@ -139,7 +139,7 @@ class ReplacementCoders:
                 continue
             f = feats[src]
             w = self.write_vectors(src, f.ids, layer) * f.values[:, None]
-            part = torch.zeros(n_pos, w.shape[1]).index_add_(0, f.positions, w)
+            part = torch.zeros(n_pos, w.shape[1], device=w.device).index_add_(0, f.positions, w)
             out = part if out is None else out + part
         bias = self.output_bias(layer)
         return bias if out is None else out + bias

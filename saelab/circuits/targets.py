@@ -55,7 +55,7 @@ def salient_logits(logits: torch.Tensor, max_n: int, prob: float) -> tuple[torch
     """The top logits of the last position covering `prob` of the probability, at most `max_n`."""
     probs = torch.softmax(logits.double(), -1).float()
     top_p, top_i = probs.topk(min(max_n, len(probs)))
-    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), torch.tensor(prob))) + 1
+    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0).cpu(), torch.tensor(prob))) + 1
     return top_i[:cutoff], top_p[:cutoff]
 
 
@@ -89,7 +89,7 @@ def target_rows(model, rec, coders, targets, max_n_logits, desired_logit_prob):
                 raise UserError(f"target feature {t.layer}/{t.feature}: no such feature in the replacement")
             if not 0 <= t.position < rec.n_pos:
                 raise UserError(f"target position {t.position} is outside the prompt (0..{rec.n_pos - 1})")
-            vec = coders.encoder_vectors(t.layer, torch.tensor([t.feature]))[0]
+            vec = coders.encoder_vectors(t.layer, torch.tensor([t.feature], device=unembed.device))[0]
             rows.append(Row(t.layer, t.position, vec))
             tokens.append(-1)
             weights.append(1.0)
