@@ -31,6 +31,7 @@ from .graph import Graph
 from .prune import partial_influences
 from .targets import AttributionTarget, Row, target_label, target_rows
 
+ROUND_BATCHES = 8  # with max_feature_nodes: feature rows per re-ranking = 8 batches (circuit-tracer: 4 x 512)
 GRAD_POSITIONS = 8192  # rows x positions in one batched backward: 8192 x 576 floats = 19 MB per layer
 
 
@@ -105,7 +106,9 @@ def _site_input(run, row: Row, n_layers: int) -> torch.Tensor:
 
 
 class _RowComputer:
-    """Computes edge rows (all sources) for targets, grouped by prefix length and batched."""
+    """Computes edge rows (all sources) for targets in batches: rows sorted by site (layer) then position, both
+    descending, so a batch's backward starts at its highest layer and its forward covers only the positions
+    up to its last row's (a batch grows while rows x positions stays under GRAD_POSITIONS)."""
 
     def __init__(self, model, rec: Recording, coders: ReplacementCoders, src: _Sources, batch_size: int):
         self.model, self.rec, self.coders, self.src, self.batch_size = model, rec, coders, src, batch_size
@@ -113,33 +116,31 @@ class _RowComputer:
 
     def __call__(self, rows: list[Row], progress: Callable[[int], None]) -> torch.Tensor:
         out = torch.zeros(len(rows), self.src.n_cols)
-        by_prefix: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_prefix.setdefault(r.position + 1, []).append(i)
-        for n, idx in sorted(by_prefix.items()):
-            self._prefix(n, rows, idx, out, progress)
+        order = sorted(range(len(rows)), key=lambda i: (-rows[i].site, -rows[i].position))
+        start = 0
+        while start < len(order):
+            end, n = start, 0
+            while end < len(order) and end - start < self.batch_size:
+                grown = max(n, rows[order[end]].position + 1)
+                if end > start and (end - start + 1) * grown > GRAD_POSITIONS:
+                    break
+                n, end = grown, end + 1
+            chunk = order[start:end]
+            out[chunk] = self._prefix_batch(n, [rows[i] for i in chunk]).cpu()
+            progress(len(chunk))
+            start = end
         return out
 
-    def _prefix(self, n: int, rows: list[Row], idx: list[int], out: torch.Tensor, progress) -> None:
+    def _prefix_batch(self, n: int, rows: list[Row]) -> torch.Tensor:
+        """The rows of targets at positions < n, from one frozen forward over the first n tokens."""
         src, L = self.src, self.src.n_layers
         resid0 = self.rec.resid0[:n][None].clone().requires_grad_(True)
         leaves = {l: src.leaf[l][:n][None].clone().requires_grad_(True) for l in range(L)}
         run = frozen_forward(self.model, self.rec, self.coders, n, resid0, leaves)
         with torch.no_grad():  # the part of each input no source explains: model biases (a zero-leaf forward)
-            zero = frozen_forward(
-                self.model,
-                self.rec,
-                self.coders,
-                n,
-                torch.zeros_like(resid0),
-                {l: torch.zeros_like(v) for l, v in leaves.items()},
-            )
-        idx = sorted(idx, key=lambda i: -rows[i].site)  # a batch's backward starts at its highest site
-        batch = max(1, min(self.batch_size, GRAD_POSITIONS // n))  # bounds a batch's gradients [batch, n, d]
-        for start in range(0, len(idx), batch):
-            chunk = idx[start : start + batch]
-            out[chunk] = self._batch(run, zero, [rows[i] for i in chunk], n).cpu()
-            progress(len(chunk))
+            zeros = {l: torch.zeros_like(v) for l, v in leaves.items()}
+            zero = frozen_forward(self.model, self.rec, self.coders, n, torch.zeros_like(resid0), zeros)
+        return self._batch(run, zero, rows, n)
 
     def _batch(self, run, zero, rows: list[Row], n: int) -> torch.Tensor:
         src, L, B = self.src, self.src.n_layers, len(rows)
@@ -156,7 +157,7 @@ class _RowComputer:
         top = max(sites)
         layers = list(range(min(top, L)))  # MLP outputs below the highest site can reach it
         inputs = [run.resid0] + [run.mlp_out[l] for l in layers]
-        got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        got = torch.autograd.grad(outputs, inputs, grads, allow_unused=True, is_grads_batched=True)
         dev = run.resid0.device
         G0 = got[0][:, 0] if got[0] is not None else torch.zeros(B, n, src.leaf[0].shape[1], device=dev)
         G = {l: (g[:, 0] if g is not None else None) for l, g in zip(layers, got[1:])}
@@ -282,7 +283,7 @@ def _feature_rows(compute, src, coders, target_edges, weights, n_sel, batch_size
     while done - n_t < n_sel:
         infl = partial_influences(rows[:done], weights, row_to_node[:done])[: src.n_active]
         rank = torch.argsort(infl, descending=True)
-        pending = rank[~visited[rank]][: min(4 * batch_size, n_sel - (done - n_t))]
+        pending = rank[~visited[rank]][: min(ROUND_BATCHES * batch_size, n_sel - (done - n_t))]
         got = compute([row_of(i) for i in pending.tolist()], progress)
         rows[done : done + len(pending), : src.n_cols] = got
         row_to_node[done : done + len(pending)] = pending
@@ -300,7 +301,9 @@ def _assemble(src, selected, feature_rows, order, target_edges, rec, t_tokens, t
     adj = torch.zeros(n_nodes, n_nodes)
     pos_of = torch.empty(src.n_active, dtype=torch.long)
     pos_of[selected] = torch.arange(n_sel)
-    adj[pos_of[order]] = torch.cat([feature_rows[:, cols], torch.zeros(len(order), n_t)], 1)
+    dest = pos_of[order]
+    for b in range(0, len(order), 1024):  # in blocks: no second copy of the rows (1 GB for 64 tokens)
+        adj[dest[b : b + 1024], : len(cols)] = feature_rows[b : b + 1024][:, cols]
     adj[n_nodes - n_t :, : len(cols)] = target_edges[:, cols]
     return Graph(
         prompt="",
