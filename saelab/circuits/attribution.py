@@ -32,6 +32,7 @@ from .prune import partial_influences
 from .targets import AttributionTarget, Row, target_label, target_rows
 
 ROUND_BATCHES = 8  # with max_feature_nodes: feature rows per re-ranking = 8 batches (circuit-tracer: 4 x 512)
+TILE_LAYERS, TILE_POSITIONS = 8, 4
 GRAD_POSITIONS = 8192  # rows x positions in one batched backward: 8192 x 576 floats = 19 MB per layer
 
 
@@ -105,10 +106,16 @@ def _site_input(run, row: Row, n_layers: int) -> torch.Tensor:
     return t[row.position] if isinstance(run, Recording) else t[0, row.position]
 
 
+def _tile(row: Row) -> tuple[int, int, int, int]:
+    """Sort key of a row: tiles of TILE_LAYERS layers x TILE_POSITIONS positions, highest first, then layer and
+    position descending. A batch's backward starts at its highest layer and its forward covers the positions
+    up to its furthest row, so rows batched together should be close in both."""
+    return (-(row.site // TILE_LAYERS), -(row.position // TILE_POSITIONS), -row.site, -row.position)
+
+
 class _RowComputer:
-    """Computes edge rows (all sources) for targets in batches: rows sorted by site (layer) then position, both
-    descending, so a batch's backward starts at its highest layer and its forward covers only the positions
-    up to its last row's (a batch grows while rows x positions stays under GRAD_POSITIONS)."""
+    """Computes edge rows (all sources) for targets in batches of rows close in layer and position (`_tile`);
+    a batch grows while rows x positions stays under GRAD_POSITIONS."""
 
     def __init__(self, model, rec: Recording, coders: ReplacementCoders, src: _Sources, batch_size: int):
         self.model, self.rec, self.coders, self.src, self.batch_size = model, rec, coders, src, batch_size
@@ -116,7 +123,7 @@ class _RowComputer:
 
     def __call__(self, rows: list[Row], progress: Callable[[int], None]) -> torch.Tensor:
         out = torch.zeros(len(rows), self.src.n_cols)
-        order = sorted(range(len(rows)), key=lambda i: (-rows[i].site, -rows[i].position))
+        order = sorted(range(len(rows)), key=lambda i: _tile(rows[i]))
         start = 0
         while start < len(order):
             end, n = start, 0
