@@ -158,6 +158,39 @@ def test_browser_draws_every_node_of_a_crowded_graph(tmp_path):
         browser.close()
 
 
+def test_a_graph_of_150k_links_opens_with_its_strongest_5000(tmp_path):
+    """circuit-tracer's default pruning keeps 100k+ links (132,777 for docs/ATTRIBUTION.md's example): the page
+    opens (no `Math.max(...links)` past the call-argument limit), draws the 5,000 strongest, says so, and
+    ?links=N draws the N strongest exactly."""
+    import random
+
+    root = tmp_path / "graphs"
+    root.mkdir()
+    g = big_graph()
+    feats = [n["node_id"] for n in g["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    rnd = random.Random(1)
+    g["links"] += [
+        {"source": rnd.choice(feats), "target": rnd.choice(feats), "weight": rnd.uniform(-1, 1)} for _ in range(150_000)
+    ]
+    (root / "big.json").write_text(json.dumps(g))
+    strongest = sorted(g["links"], key=lambda e: abs(e["weight"]))
+    with serve([], graphs=root) as (base, _), _browser() as pw:
+        browser = _launch(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/graph/big")
+        page.wait_for_selector("body[data-ready='1']", timeout=120_000)
+        assert not errors
+        assert page.locator("#graph .link").count() == 5000
+        assert f"the 5000 strongest of {len(g['links'])} links" in page.locator("#prompt").inner_text()
+        page.goto(base + "/graph/big?links=7")
+        page.wait_for_selector("body[data-ready='1']", timeout=120_000)
+        pairs = page.locator("#graph .link").evaluate_all("es => es.map(e => [e.dataset.source, e.dataset.target])")
+        assert Counter(map(tuple, pairs)) == Counter((e["source"], e["target"]) for e in strongest[-7:])
+        browser.close()
+
+
 def test_a_graph_the_circuits_stage_wrote_is_drawn_node_for_node(tiny_model_dir, tmp_path):
     """attribute (the core) -> prune_graph -> write_graph_json (circuits/neuronpedia.py) on a tiny random PLT
     set: the page reads that file, its feature nodes map back to the graph's (layer, position, id), its

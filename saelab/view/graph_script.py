@@ -39,9 +39,18 @@ function describe(n) {
   return '(no explanation)';
 }
 
+const MAX_LINKS = 5000;  // SVG stays responsive; ?links=all (or ?links=N) draws more
+
+function linkLimit() {
+  const v = new URLSearchParams(location.search).get('links');
+  return v === 'all' ? Infinity : (parseInt(v, 10) > 0 ? parseInt(v, 10) : MAX_LINKS);
+}
+
 function draw() {
   const svg = $('graph'); svg.replaceChildren();
-  const nPos = Math.max(G.metadata.prompt_tokens.length, 1 + Math.max(0, ...G.nodes.map(n => n.ctx_idx)));
+  // reduce, not Math.max(...list): a graph pruned at circuit-tracer's defaults can hold 100k+ links, more
+  // arguments than a call may take
+  const nPos = Math.max(G.metadata.prompt_tokens.length, 1 + G.nodes.reduce((m, n) => Math.max(m, n.ctx_idx), 0));
   const rows = [...new Set(G.nodes.map(rowKey))].sort((a, b) => a - b);
   const cells = {};
   for (const n of G.nodes) (cells[rowKey(n) + '|' + n.ctx_idx] ||= []).push(n);
@@ -79,11 +88,11 @@ function draw() {
     const t = sv('text', {x: colX[p] + colW[p] / 2, y: height - 16, 'text-anchor': 'middle', class: 'col', 'data-pos': p}, tokenAt(p));
     svg.appendChild(t);
   }
-  const maxW = Math.max(1e-12, ...G.links.map(e => Math.abs(e.weight)));
+  const maxW = G.links.reduce((m, e) => Math.max(m, Math.abs(e.weight)), 1e-12);
   const gl = sv('g', {id: 'links'}), gn = sv('g', {id: 'nodes'});
   svg.appendChild(gl); svg.appendChild(gn);
   const order = G.links.map((e, i) => i).sort((a, b) => Math.abs(G.links[a].weight) - Math.abs(G.links[b].weight));
-  for (const i of order) {
+  for (const i of order.slice(-linkLimit())) {  // the strongest, drawn last (on top)
     const e = G.links[i], [x1, y1] = pos[e.source], [x2, y2] = pos[e.target];
     const line = sv('line', {x1, y1, x2, y2, class: 'link', 'data-source': e.source, 'data-target': e.target,
       stroke: e.weight >= 0 ? '#2166ac' : '#b2182b', 'stroke-width': (0.3 + 3.7 * Math.abs(e.weight) / maxW).toFixed(2)});
@@ -214,7 +223,9 @@ async function load() {
   pinned = G.qParams.pinnedIds.filter(id => byId[id]);
   supernodes = G.qParams.supernodes.map(s => [...s]);
   $('title').textContent = 'graph ' + G.slug;
-  $('prompt').textContent = (G.metadata.prompt || G.metadata.prompt_tokens.join('')) + `  (${G.nodes.length} nodes, ${G.links.length} links)`;
+  const shown = Math.min(G.links.length, linkLimit());
+  const links = shown < G.links.length ? `the ${shown} strongest of ${G.links.length} links; ?links=all draws every one` : `${G.links.length} links`;
+  $('prompt').textContent = (G.metadata.prompt || G.metadata.prompt_tokens.join('')) + `  (${G.nodes.length} nodes, ${links})`;
   draw();
   document.body.dataset.ready = '1';
 }
