@@ -13,19 +13,18 @@ import json
 import os
 import shutil
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from graph_fixture import serve
 from view_helpers import make_interpretation_run, make_sae_folder
 
 from saelab.features.steer import encode_prompt, generate
 from saelab.models import load_model
 from saelab.view.feature_store import FeatureStore
-from saelab.view.web_app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 XSS_EXPL = "<script>window.__pwned=1</script>cats and dogs"
@@ -34,23 +33,8 @@ XSS_EXPL = "<script>window.__pwned=1</script>cats and dogs"
 @contextlib.contextmanager
 def _uvicorn(stores):
     """A real uvicorn server on a free loopback port over `stores` -> its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(stores), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        th.join(timeout=10)
+    with serve(stores) as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")

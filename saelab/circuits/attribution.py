@@ -53,7 +53,6 @@ class _Sources:
         dev = rec.resid0.device  # everything per prompt lives on the model's device; edge rows on the host
         self.active = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long, device=dev)
         self.values = torch.cat([self.feats[l].values for l in coders.layers]) if parts else torch.zeros(0, device=dev)
-        self.inputs = torch.cat([self.feats[l].inputs for l in coders.layers]) if parts else torch.zeros(0, device=dev)
         self.n_active = offset
         self.error_offset = offset
         self.token_offset = offset + self.n_layers * self.n_pos
@@ -68,13 +67,9 @@ class _Sources:
             err = leaf - recon
             err[:zero_positions] = 0
             self.leaf[layer], self.errors[layer] = leaf, err
-            self.rest[layer] = leaf - err - _writes_without_bias(coders, layer, self.feats, self.n_pos)
+            writes = recon - coders.output_bias(layer)  # the features' own writes (no dictionary: 0)
+            self.rest[layer] = leaf - err - writes
         self.writes = _padded_writes(coders, self.feats, self.n_pos)
-
-
-def _writes_without_bias(coders, layer, feats, n_pos) -> torch.Tensor | float:
-    r = coders.reconstruction(layer, feats, n_pos)
-    return r - coders.output_bias(layer) if coders.has(layer) else 0.0
 
 
 def _padded_writes(coders: ReplacementCoders, feats: dict[int, LayerFeatures], n_pos: int) -> dict:

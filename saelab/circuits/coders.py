@@ -29,7 +29,6 @@ class LayerFeatures:
     positions: torch.Tensor  # [m] long
     ids: torch.Tensor  # [m] long, feature id within this layer's dictionary
     values: torch.Tensor  # [m] activation
-    inputs: torch.Tensor  # [m] pre-activation minus the encoder bias (x . encoder vector)
 
 
 class ReplacementCoders:
@@ -82,9 +81,7 @@ class ReplacementCoders:
         keep = (vals != 0) & (rows >= first_position)
         rows, ids, vals = rows[keep], ids[keep], vals[keep]
         order = torch.argsort(rows * self.n_features(layer) + ids)  # position-major, then id
-        rows, ids, vals = rows[order], ids[order], vals[order]
-        inputs = (x[rows] * self.encoder_vectors(layer, ids)).sum(-1)
-        return LayerFeatures(rows, ids, vals.float(), inputs)
+        return LayerFeatures(rows[order], ids[order], vals[order].float())
 
     @torch.no_grad()
     def encoder_vectors(self, layer: int, ids: torch.Tensor) -> torch.Tensor:

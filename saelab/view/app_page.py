@@ -7,6 +7,17 @@ so tokens, model text and explanations cannot become markup.
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
 from .render import CSS
 
+# what every page's script starts with: $ (by id), el (an element with text), api (fetch JSON, throw its detail)
+PAGE_JS = """const $ = id => document.getElementById(id);
+function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
+async function api(url, opts) {
+  const r = await fetch(url, opts);
+  const body = await r.json().catch(() => ({detail: r.statusText}));
+  if (!r.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
+  return body;
+}
+"""
+
 APP_HTML = (
     """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
 <style>"""
@@ -45,15 +56,9 @@ tokens <input id="ntok" size="4" value="30"> temperature <input id="temp" size="
 <div class="outputs" id="outputs"></div></div>
 
 <script>
-const $ = id => document.getElementById(id);
-function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
-async function api(url, opts) {
-  const r = await fetch(url, opts);
-  const body = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
-  return body;
-}
-const sae = () => $('sae').value;
+"""
+    + PAGE_JS
+    + """const sae = () => $('sae').value;
 const featureUrl = i => '/sae/' + encodeURIComponent(sae()) + '/feature/' + i;
 
 async function loadSaes() {

@@ -2,6 +2,7 @@
 script is graph_script.py. Vanilla JS + inline SVG, no external asset (the app runs offline). Every text from
 a graph file or the server is set with `textContent` / DOM nodes, never innerHTML."""
 
+from .app_page import PAGE_JS
 from .graph_script import GRAPH_JS
 from .render import CSS
 
@@ -60,15 +61,9 @@ GRAPHS_HTML = (
  placeholder="(from the prompt)"> <button id="computebtn">Compute</button> <button id="cancelbtn" disabled>Cancel</button></p>
 <p><span id="computestatus" class="muted"></span> <span id="computeerr" class="err"></span> <a id="computed"></a></p></div>
 <script>
-const $ = id => document.getElementById(id);
-function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
-async function api(url, opts) {
-  const r = await fetch(url, opts);
-  const body = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
-  return body;
-}
-async function list() {
+"""
+    + PAGE_JS
+    + """async function list() {
   const body = $('graphs').tBodies[0]; body.replaceChildren();
   try {
     const r = await api('/api/graphs');

@@ -1,5 +1,5 @@
-"""The graph page's script (graph_page.py embeds it): draws every node and link of the graph file as it is
-(the file is already pruned; the page prunes nothing), shows a hovered node's explanation / clerp and top
+"""The graph page's script (graph_page.py embeds it): draws every node of the graph file and its links (the
+file is already pruned; beyond 5,000 links only the strongest, unless ?links=all), shows a hovered node's explanation / clerp and top
 examples, pins nodes, groups them into supernodes, saves both into the file's qParams, and runs interventions.
 
 Layout: one row per layer present (token embeddings at the bottom, logits at the top), one column per token
@@ -7,17 +7,13 @@ position (its token string under it), a column as wide as its fullest cell. SVG 
 (nodes) and `data-source` / `data-target` (links) so a test can compare the drawing with the file.
 """
 
-GRAPH_JS = r"""
-const $ = id => document.getElementById(id);
+from .app_page import PAGE_JS
+
+GRAPH_JS = (
+    PAGE_JS
+    + r"""
 const SVG = 'http://www.w3.org/2000/svg';
-function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
 function sv(tag, attrs, text) { const e = document.createElementNS(SVG, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text !== undefined) e.textContent = text; return e; }
-async function api(url, opts) {
-  const r = await fetch(url, opts);
-  const body = await r.json().catch(() => ({detail: r.statusText}));
-  if (!r.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
-  return body;
-}
 const post = (url, obj) => api(url, {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(obj)});
 const slug = decodeURIComponent(location.pathname.split('/').pop());
 let G = null, byId = {}, pinned = [], supernodes = [], shown = null;
@@ -235,3 +231,4 @@ $('savebtn').addEventListener('click', save);
 $('ivbtn').addEventListener('click', intervene);
 load();
 """
+)
