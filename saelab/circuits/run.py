@@ -249,12 +249,11 @@ def validate_graphs(cfg: AttributeConfig) -> Path:
     out = Path(cfg.out)
     if folder.replace and out.is_dir() and any(out.iterdir()) and kind_of(out) is not GRAPH_VALIDATION:
         raise UserError(f"--out {out} holds files that are not a graph validation; choose a new or empty folder")
-    cfg.out = str(folder.prepare())
-
     from .validate import validate_prompts  # imports the core; the checks above need none
 
-    validate_prompts(cfg, cfg.validate_prompts, cfg.validate_features)
-    return Path(cfg.out)
+    # folder.prepare (which removes an old report) runs only once the new report is computed
+    validate_prompts(cfg, cfg.validate_prompts, cfg.validate_features, out_folder=folder.prepare)
+    return folder.path
 
 
 def graph_to_cpu(graph: Graph) -> Graph:

@@ -343,12 +343,13 @@ def corpus_prompts(tokenizer, n: int, n_tokens: int = PROMPT_TOKENS, pool: int =
     raise UserError(f"the built-in corpus gave {len(out)} prompts of {n_tokens} tokens, not {n}")
 
 
-def validate_prompts(config, n: int, n_features: int = 10) -> ValidationReport:
+def validate_prompts(config, n: int, n_features: int = 10, out_folder=None) -> ValidationReport:
     """`saelab attribute REPLACEMENT --validate N --out DIR`: validate the graphs of N built-in corpus prompts
     (corpus_prompts) and write DIR/validation.json + DIR/validation.png. `config`: the AttributeConfig (reads
     replacement, model, device, dtype, threads, out, max_logits, logit_prob, max_feature_nodes (0: all),
     batch_size, zero_positions); the caller checks it and the --out folder first (no --prompt needed).
-    Prints the summary line."""
+    `out_folder()` (default: config.out) gives the folder to write into; it is called only once every graph
+    is computed, so a folder being replaced keeps its old report until then. Prints the summary line."""
     from ..models import load_model
     from ..sae.replacement import open_replacement
 
@@ -369,9 +370,10 @@ def validate_prompts(config, n: int, n_features: int = 10) -> ValidationReport:
         max_feature_nodes=config.max_feature_nodes or None,  # 0: every active feature
         batch_size=config.batch_size,
         zero_positions=config.zero_positions,
-        out=config.out,
         progress=True,
     )
+    out = Path(out_folder() if out_folder is not None else config.out)
+    report.write(out)
     print(report.message())
-    print(f"wrote {Path(config.out) / JSON} and {Path(config.out) / PLOT}")
+    print(f"wrote {out / JSON} and {out / PLOT}")
     return report
