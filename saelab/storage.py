@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
@@ -138,6 +138,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} does not exist")
     try:
         return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); it is corrupt or truncated") from e
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header alone (nothing is loaded), so
+    sizes a config claims can be checked before anything that size is allocated."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); it is corrupt or truncated") from e
 

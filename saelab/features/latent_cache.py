@@ -72,6 +72,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..input_kind import require_kind
+from ..out_folder import LATENT_CACHE
 from ..storage import read_json, read_npy, read_tensors
 
 FORMAT_VERSION = 1
@@ -114,6 +116,7 @@ class LatentCache:
     @classmethod
     def open(cls, path) -> LatentCache:
         path = Path(path)
+        require_kind(path, LATENT_CACHE, "make one with `saelab cache SAE --out DIR`")
         m = read_json(path / MANIFEST)
         if m.get("format_version", 0) > FORMAT_VERSION:
             raise UserError(f"{path} uses cache format {m['format_version']}; this saelab reads up to {FORMAT_VERSION}")

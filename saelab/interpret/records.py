@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..input_kind import require_kind
+from ..out_folder import INTERPRETATION_RUN, kind_of
 from ..storage import read_json, read_jsonl  # noqa: F401  (read_jsonl: part of this module's API)
 from .scorers.base import PRIMARY
 
@@ -83,10 +85,7 @@ def repair_truncated(path: Path) -> None:
 class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
-        if not (self.path / "manifest.json").exists():
-            raise UserError(
-                f"{self.path} is not an interpretation run (no manifest.json); make one with `saelab explain`"
-            )
+        check_run_folder(self.path)
         self.manifest = read_json(self.path / "manifest.json")
         self.explanations = by_latent(read_jsonl(self.path / EXPLANATIONS))
         self.scores: dict[str, dict[int, dict]] = {}
@@ -101,6 +100,14 @@ class Run:
         rec = dict(self.explanations.get(j, {"latent": j, "status": "missing"}))
         rec["scores"] = {s: recs[j] for s, recs in self.scores.items() if j in recs}
         return rec
+
+
+def check_run_folder(path: Path) -> None:
+    """An interpretation run (or one written before runs recorded their kind: a manifest of no known kind);
+    anything else, a training run above all, is refused naming what it holds."""
+    held = kind_of(path)
+    if not (path / "manifest.json").exists() or (held and held is not INTERPRETATION_RUN):
+        require_kind(path, INTERPRETATION_RUN, "make one with `saelab explain CACHE --out RUN`")
 
 
 def load_run(path) -> Run:

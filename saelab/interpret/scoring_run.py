@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..features.latent_cache import LatentCache
+from ..input_kind import require_kind
 from ..out_folder import INTERPRETATION_RUN
 from ..storage import read_json, write_json
 from .config import ScoreConfig
@@ -68,8 +69,7 @@ def _open_score_run(cfg: ScoreConfig) -> _ScoreRun:
     """Check the inputs: the run folder, its explanations and examples, and the latent cache if it is needed."""
     cfg.validate()
     run = Path(cfg.run)
-    if not INTERPRETATION_RUN.holds(run):
-        raise UserError(f"{run} is not an interpretation run (no manifest.json); make one with `saelab explain`")
+    require_kind(run, INTERPRETATION_RUN, "make one with `saelab explain CACHE --out RUN`, then score RUN")
     manifest = read_json(run / "manifest.json")
     expl = by_latent(read_jsonl(run / EXPLANATIONS))
     todo = [j for j in sorted(expl) if expl[j]["status"] == "ok" and (not cfg.latents or j in cfg.latents)]

@@ -76,14 +76,15 @@ def import_folders(cfg: ImportConfig) -> list[Path]:
             f"needed; `saelab export` writes SAELens or sparsify)"
         )
     loaded = [(f, *load_foreign(f, norm_scaling_factor=cfg.norm_scaling_factor, prefix=cfg.prefix)) for f in folders]
-    for f, sae, _ in loaded:
+    provs = []
+    for f, sae, foreign_cfg in loaded:  # all parsed (and every cfg field checked) before anything is written
         refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported
+        provs.append(Provenance.from_cfg(foreign_cfg, f / "cfg.json"))
     written = []
-    for f, sae, foreign_cfg in loaded:  # all parsed before anything is written
-        prov = Provenance.from_cfg(foreign_cfg)
+    for (f, sae, foreign_cfg), prov in zip(loaded, provs):
         prov.model_spec = cfg.model or prov.model_spec
         prov.model_name = prov.model_name or prov.model_spec
-        prov.context = cfg.context or foreign_cfg["metadata"]["context_size"] or 256
+        prov.context = cfg.context or prov.context
         target = out if len(loaded) == 1 else out / f.name
         written.append(save_sae(sae, target, prov, {"imported_from": foreign_cfg["saelab"]["imported_from"]}))
     return written

@@ -27,11 +27,13 @@ import torch
 
 from ..data import TokenRows, load_token_rows
 from ..errors import UserError
+from ..input_kind import what_it_holds
 from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoints
 from ..option_checks import check_types
 from ..sinks import SinkConfig
-from ..storage import read_json, read_tensors, write_json, write_tensors
+from ..storage import read_json, read_tensors, tensor_shapes, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
+from .cfg_fields import cfg_bool, cfg_float, cfg_int, cfg_keys, cfg_str, need_object
 from .crosscoder import sites as crosscoder_sites
 from .foreign import load_foreign
 from .layout import CFG, FORMAT_VERSION, WEIGHTS, cfg_json
@@ -71,22 +73,37 @@ class Provenance:
         }
 
     @classmethod
-    def from_cfg(cls, cfg: dict) -> Provenance:
-        ours, meta = cfg.get("saelab", {}), cfg.get("metadata", {})
+    def from_cfg(cls, cfg: dict, path: Path | str = CFG) -> Provenance:
+        """The provenance recorded in a cfg.json, each field typed (a wrong one: a UserError naming it and `path`)."""
+        ours = need_object(path, cfg.get("saelab"), "saelab", optional=True)
+        meta = need_object(path, cfg.get("metadata"), "metadata", optional=True)
         objective = {k: ours[k] for k in ("loss", "kl_coeff", "downstream_coeff", "downstream_layers") if k in ours}
         return cls(
-            model_spec=ours.get("model_spec") or "embedded",
-            model_name=meta.get("model_name", ""),
-            corpus=ours.get("corpus") or "builtin",
-            text_field=ours.get("text_field", "text"),
-            context=int(meta.get("context_size") or 256),
-            heldout_fraction=float(ours.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION)),
-            data_fingerprint=ours.get("data_fingerprint"),
-            sink=SinkConfig(**ours["sink"]) if ours.get("sink") else SinkConfig(),
-            training_tokens=ours.get("training_tokens"),
+            model_spec=cfg_str(path, ours, "model_spec", "saelab.model_spec") or "embedded",
+            model_name=cfg_str(path, meta, "model_name", "metadata.model_name", ""),
+            corpus=cfg_str(path, ours, "corpus", "saelab.corpus") or "builtin",
+            text_field=cfg_str(path, ours, "text_field", "saelab.text_field", "text"),
+            context=cfg_int(path, meta, "context_size", "metadata.context_size", 0, minimum=0) or 256,
+            heldout_fraction=cfg_float(
+                path, ours, "heldout_fraction", "saelab.heldout_fraction", DEFAULT_HELDOUT_FRACTION, 0, 1
+            ),
+            data_fingerprint=cfg_str(path, ours, "data_fingerprint", "saelab.data_fingerprint"),
+            sink=_sink(path, ours.get("sink")),
+            training_tokens=cfg_int(path, ours, "training_tokens", "saelab.training_tokens", None, minimum=0),
             objective=objective or {"loss": "local"},
-            model_b=ours.get("model_b"),
+            model_b=cfg_str(path, ours, "model_b", "saelab.model_b"),
         )
+
+
+def _sink(path, d) -> SinkConfig:
+    """saelab.sink of a cfg.json: known keys of the right types only."""
+    d = need_object(path, d, "saelab.sink", optional=True)
+    cfg_keys(path, d, SinkConfig.__dataclass_fields__, "saelab.sink")
+    return SinkConfig(
+        first_positions=cfg_int(path, d, "first_positions", "saelab.sink.first_positions", 1, minimum=0),
+        mask_special=cfg_bool(path, d, "mask_special", "saelab.sink.mask_special", True),
+        norm_factor=cfg_float(path, d, "norm_factor", "saelab.sink.norm_factor", 5.0),
+    )
 
 
 @dataclass
@@ -142,6 +159,12 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not an SAE folder (expected a folder with {CFG} and {WEIGHTS})")
+    if not (folder / CFG).exists():
+        inside = sorted(p.name for p in folder.iterdir() if (p / CFG).is_file())
+        raise UserError(
+            f"{folder} {what_it_holds(folder)}, not an SAE folder (no {CFG})"
+            + (f"; its SAE folder(s): {', '.join(inside)}" if inside else "")
+        )
     cfg = read_json(folder / CFG)
     if not isinstance(cfg, dict):
         raise UserError(f"{folder / CFG} must hold an object, not a {type(cfg).__name__}")
@@ -149,28 +172,28 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     if not ours or not isinstance(ours, dict) or "config" not in ours:  # SAELens / sparsify folders (docs/SCALE.md)
         sae, cfg = load_foreign(folder, device)
         refuse_non_finite(folder / WEIGHTS, sae.state_dict())
-        return SaeFolder(folder, sae, Provenance.from_cfg(cfg), cfg)
+        return SaeFolder(folder, sae, Provenance.from_cfg(cfg, folder / CFG), cfg)
     if ours.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(
             f"{folder} uses SAE format version {ours['format_version']}; this saelab reads up to {FORMAT_VERSION}"
         )
     sae_cfg = _sae_config(folder / CFG, cfg)
+    shapes = tensor_shapes(folder / WEIGHTS)  # from the header: checked before cfg.json's sizes allocate anything
+    for name, shape in ARCHITECTURES[sae_cfg.arch].folded_shapes(sae_cfg).items():
+        if name not in shapes:
+            raise UserError(f"{folder / WEIGHTS} lacks tensor {name!r}")
+        if shapes[name] != shape:
+            raise UserError(f"{folder / WEIGHTS}: {name} has shape {shapes[name]}, cfg.json says {shape}")
     sae = build_sae(sae_cfg)
     tensors = read_tensors(folder / WEIGHTS)
     refuse_non_finite(folder / WEIGHTS, tensors)
-    expected = type(sae).folded_shapes(sae_cfg)
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise UserError(f"{folder / WEIGHTS} lacks tensor {name!r}")
-        if tuple(tensors[name].shape) != shape:
-            raise UserError(f"{folder / WEIGHTS}: {name} has shape {tuple(tensors[name].shape)}, cfg.json says {shape}")
     missing = sorted(set(sae.extra_state_tensors()) - set(tensors))
     if missing:
         raise UserError(
             f"{folder / WEIGHTS} lacks the {', '.join(f'`{m}`' for m in missing)} tensor(s) a {sae_cfg.arch} SAE needs"
         )
     sae.load_folded({k: v.to(torch.float32) for k, v in tensors.items()})
-    return SaeFolder(folder, sae.to(device).eval(), Provenance.from_cfg(cfg), cfg)
+    return SaeFolder(folder, sae.to(device).eval(), Provenance.from_cfg(cfg, folder / CFG), cfg)
 
 
 def _sae_config(path: Path, cfg: dict) -> SaeConfig:

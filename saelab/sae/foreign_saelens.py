@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..families import family_for_name
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
+from .cfg_fields import cfg_int, need_object
 from .foreign_layout import (
     SAELENS_TRANSCODERS,
     SAELENS_WEIGHTS,
@@ -37,7 +38,7 @@ from .layout import CFG
 from .registry import ARCHITECTURES, build_sae
 
 
-def saelens_meta(cfg: dict) -> dict:
+def saelens_meta(cfg: dict, path: Path | str = CFG) -> dict:
     """hook_name, model_name, context_size, ... from v6 `metadata` or v5 top-level keys."""
     keys = (
         "model_name",
@@ -48,7 +49,7 @@ def saelens_meta(cfg: dict) -> dict:
         "dataset_path",
         "hook_name_out",
     )
-    meta = dict(cfg.get("metadata") or {})
+    meta = dict(need_object(path, cfg.get("metadata"), "metadata", optional=True))
     for k in keys:
         if meta.get(k) is None and cfg.get(k) is not None:
             meta[k] = cfg[k]
@@ -76,7 +77,7 @@ def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
     topk, and the transcoders (ReLU, SAELens' `standard` form with another output site) as `standard`."""
     arch = cfg.get("architecture", "standard")
     fn = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    k = cfg.get("k") or need_object(path, cfg.get("activation_fn_kwargs"), "activation_fn_kwargs", True).get("k")
     name = "topk" if arch == "standard" and fn == "topk" else "standard" if arch in SAELENS_TRANSCODERS else arch
     readers = saelens_readers()
     if name not in readers or (arch == "standard" and fn not in ("relu", "topk")):
@@ -87,22 +88,23 @@ def _saelens_arch(cfg: dict, path: Path) -> tuple[str, int | None]:
     if name == "topk":
         if not k:
             raise UserError(f"{path}: a topk SAE needs `k` (or activation_fn_kwargs.k)")
-        if k != int(k):
+        if isinstance(k, float) and not k.is_integer():
             raise UserError(f"{path}: k={k} is not an integer; fractional k (batchtopk) is not supported")
-        return readers[name], int(k)
+        return readers[name], cfg_int(path, {"k": k}, "k")
     return readers[name], None
 
 
 def load_saelens(folder: Path, norm_scaling_factor: float | None, prefix: str) -> tuple[SparseCoder, dict]:
     path = folder / CFG
-    cfg = read_json(path)
+    cfg = need_object(path, read_json(path))
     arch, k = _saelens_arch(cfg, path)
     lens_arch = ARCHITECTURES[arch].foreign.saelens  # the SAELens form the quirks below belong to
-    meta = saelens_meta(cfg)
+    meta = saelens_meta(cfg, path)
     if cfg.get("reshape_activations", "none") not in ("none", None) or meta.get("hook_head_index") is not None:
         raise UserError(f"{path}: hook_z reshaping / per-head SAEs are not supported")
-    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-    d_out = int(cfg.get("d_out") or d_in)
+    d_in, d_sae = cfg_int(path, cfg, "d_in"), cfg_int(path, cfg, "d_sae")
+    d_out = cfg_int(path, cfg, "d_out", default=d_in)
+    cfg_int(path, meta, "context_size", "metadata.context_size", 0, minimum=0)
     if not meta.get("hook_name"):
         raise UserError(f"{path} names no hook_name (neither metadata.hook_name nor top-level hook_name)")
     model_name = meta.get("model_name")  # the family of the TransformerLens hook names

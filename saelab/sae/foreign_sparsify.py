@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..storage import read_json, read_tensors, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
+from .cfg_fields import cfg_int, need_object
 from .foreign_layout import SPARSIFY_PREFIX, SPARSIFY_WEIGHTS, f32, need_tensors, refuse_saelab_only
 from .layout import CFG
 from .registry import ARCHITECTURES, build_sae
@@ -28,15 +29,17 @@ def sparsify_reader() -> str:
 
 def load_sparsify(folder: Path, prefix: str) -> tuple[SparseCoder, dict]:
     path = folder / CFG
-    cfg = read_json(path)
+    cfg = need_object(path, read_json(path))
     if cfg.get("activation", "topk") != "topk":
         raise UserError(f"{path}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
     if cfg.get("embed_skip") or cfg.get("gram_lookup"):
         raise UserError(f"{path}: sparsify embedding skips / n-gram lookups are not supported")
     if "d_in" not in cfg or "k" not in cfg:
         raise UserError(f"{path} lacks `d_in` or `k`: not a sparsify config")
-    d_in, k = int(cfg["d_in"]), int(cfg["k"])
-    d_sae = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
+    d_in, k = cfg_int(path, cfg, "d_in"), cfg_int(path, cfg, "k")
+    d_sae = cfg_int(path, cfg, "num_latents", default=0, minimum=0) or d_in * cfg_int(
+        path, cfg, "expansion_factor", default=32
+    )
     wpath = folder / SPARSIFY_WEIGHTS
     t = f32(read_tensors(wpath))
     skip = bool(cfg.get("skip_connection"))  # W_skip [d_in, d_in], added as x @ W_skip.T

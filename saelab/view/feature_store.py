@@ -29,7 +29,7 @@ from ..features.cache_config import LatentCacheConfig
 from ..features.clt_features import clt_sites, is_clt, own_decoders, summed_decoders, writes
 from ..features.latent_cache import LatentCache
 from ..features.latent_cache_writer import write_latent_cache
-from ..interpret.records import Interpretation, interpretations
+from ..interpret.records import Interpretation, check_run_folder, interpretations
 from ..models import LoadedModel, layer_index
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
@@ -101,6 +101,8 @@ class FeatureStore:
     ) -> FeatureStore:
         sae_dir = Path(sae_dir)
         folder = open_sae(sae_dir)
+        if explanations is not None and Path(explanations).is_dir():
+            check_run_folder(Path(explanations))  # a training run given as --explanations: before any model loads
         sae, cfg_json = folder.sae, folder.cfg
         lm = (
             LoadedModel(model, tokenizer, folder.provenance.model_name)

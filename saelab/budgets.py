@@ -1,0 +1,42 @@
+"""Sizes checked before they allocate, and budgets checked before they start: what a command will hold in
+memory or write to disk, estimated from its options and compared with what the machine has, so a typo'd
+`--features 100000000000` or `--tokens 1000000000000` is one line naming the size, not an allocator crash
+after minutes of work or a disk filled to the last byte (docs/RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+from .option_checks import memory_bytes
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; one unit for messages that compare two sizes."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def need_memory(need: float, what: str, fix: str, device: str = "cpu") -> None:
+    """Refuse when `need` bytes (a lower bound of what `what` holds at once) exceed the device's memory."""
+    have = memory_bytes(device)
+    if have and need > have:
+        raise UserError(f"{what} needs at least {human_bytes(need)} of memory; {device} has {human_bytes(have)}. {fix}")
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that `path` (or its nearest existing parent) lives on."""
+    p = Path(path).absolute()
+    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    return shutil.disk_usage(existing).free
+
+
+def need_disk(path: Path, need: float, what: str, fix: str) -> None:
+    """Refuse before writing when `need` bytes will not fit in the free space where `path` goes."""
+    free = free_bytes(path)
+    if need > free:
+        raise UserError(f"{what} needs {human_bytes(need)} in {path}; only {human_bytes(free)} is free there. {fix}")
