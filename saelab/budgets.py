@@ -11,14 +11,25 @@ from pathlib import Path
 from .errors import UserError
 from .option_checks import memory_bytes
 
+MAX_TOKENS = 10**14  # a token budget above this is a typo: 100 trillion, several times any LM's pretraining set
+
+
+def need_sane_tokens(tokens: int, flag: str = "--tokens") -> None:
+    """A budget that could never finish (`"tokens": 1e300`) is refused up front, not started."""
+    if tokens > MAX_TOKENS:
+        raise UserError(
+            f"{flag} {tokens:.3g} is more than {MAX_TOKENS:.0e} tokens, a budget no run can finish; "
+            f"give the number of tokens to train on"
+        )
+
 
 def human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB'; one unit for messages that compare two sizes."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1024
-    return f"{n:.1f} PiB"
+    return f"{n:.3g} PiB"
 
 
 def need_memory(need: float, what: str, fix: str, device: str = "cpu") -> None:

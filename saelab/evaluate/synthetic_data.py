@@ -42,6 +42,7 @@ from ..activations.disk_cache import (
     shard_path,
     to_stored,
 )
+from ..budgets import need_disk, need_memory, need_sane_tokens
 from ..errors import UserError
 from ..option_checks import check_types, need_at_least, need_choice
 from ..options import opt, out_option, overwrite_option
@@ -80,6 +81,7 @@ class SyntheticConfig:
     def validate(self) -> None:
         check_types(self)
         need_at_least(self, 1, "features", "dim", "tokens", "shard_vectors", "correlation_groups")
+        need_sane_tokens(self.tokens)
         need_at_least(self, 2, "context")
         need_at_least(self, 0, "seed")
         need_at_least(self, 0.0, "zipf", "noise")
@@ -109,6 +111,18 @@ class SyntheticConfig:
                 f"--k-true {self.k_true} cannot be reached: with this hierarchy at most "
                 f"{self.max_expected_l0():.1f} features are active on average"
             )
+        need_memory(self.memory_bytes(), f"--features {self.features} x --dim {self.dim}", "Lower --features or --dim")
+
+    def memory_bytes(self) -> int:
+        """A lower bound of the peak: the true dictionary as it is made ([N, d] float64 twice, then float32),
+        one sub-batch's [4096, N] uniforms + firing mask (+ the copula's normals), one shard of vectors twice."""
+        mask = SUB_BATCH * self.features * (9 if self.correlation > 0 else 5)
+        return 20 * self.features * self.dim + mask + 8 * self.shard_vectors * self.dim
+
+    def disk_bytes(self) -> int:
+        """What the cache takes on disk: the vectors at --store-dtype, and the true directions (float32)."""
+        itemsize = 4 if self.store_dtype == "float32" else 2
+        return self.tokens * self.dim * itemsize + 4 * self.features * self.dim
 
     def hierarchy_shape(self) -> tuple[int, int]:
         """(parents, children per parent) of --hierarchy 'PxC'; (0, 0) without one."""
@@ -241,6 +255,7 @@ def draw(truth: SyntheticTruth, rows: int, g: torch.Generator) -> Sample:
 def write_synthetic(cfg: SyntheticConfig) -> Path:
     """Generate the truth and `cfg.tokens` vectors -> an activation cache folder (manifest last)."""
     cfg.validate()
+    need_disk(Path(cfg.out), cfg.disk_bytes(), f"--tokens {cfg.tokens} x --dim {cfg.dim}", "Lower --tokens")
     folder = open_out(cfg.out, ACTIVATION_CACHE, cfg.overwrite)  # a synthetic cache is an activation cache
     truth = make_truth(cfg)
     out = folder.prepare()  # --overwrite: an earlier cache's shards, manifest and truth go, nothing else

@@ -6,6 +6,7 @@ imports this module)."""
 
 from __future__ import annotations
 
+from ..budgets import need_memory, need_sane_tokens
 from ..errors import UserError
 from ..option_checks import (
     check_device,
@@ -32,6 +33,7 @@ def check_run(cfg) -> None:
         cfg, 1, "latents", "tokens", "batch_tokens", "buffer_batches", "checkpoint_every", "threads", "dead_tokens"
     )
     need_at_least(cfg, 0, "sink_first_positions", "seed", "downstream_layers")
+    need_sane_tokens(cfg.tokens)
     need_at_least(cfg, 0.0, "sink_norm_factor", "aux_coeff")
     need_positive(cfg, "dist_timeout")
     need_fraction(cfg, "warmup_fraction", "decay_fraction")
@@ -117,7 +119,15 @@ def check_dictionary(cfg) -> None:
 
 def _check_memory(cfg) -> None:
     """Up front, before any weights load: one batch's encoder activations ([batch_tokens, latents]
-    float32 per SAE per hookpoint pattern, a lower bound of what training holds) must fit the device."""
+    float32 per SAE per hookpoint pattern, a lower bound of what training holds) must fit the device, and
+    the rows' visiting order (one int64 per row of --tokens, built whole, twice while it is made:
+    activations/stream.py row_order) must fit the host."""
+    if not cfg.from_activations:
+        need_memory(
+            16 * (cfg.tokens // cfg.context),
+            f"--tokens {cfg.tokens:,} (the order of its {cfg.tokens // cfg.context:,} rows of --context {cfg.context})",
+            "Lower --tokens",
+        )
     need = 4 * cfg.batch_tokens * cfg.latents * len(cfg.sweep_values()) * len(cfg.hookpoints)
     have = memory_bytes(cfg.device)
     if have and need > have:
