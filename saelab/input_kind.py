@@ -11,7 +11,7 @@ from .out_folder import RunKind, kind_of
 
 
 def _a(name: str) -> str:
-    return ("an " if name[0] in "aeiou" else "a ") + name
+    return ("an " if name[0] in "aeiou" or name.startswith("SAE") else "a ") + name
 
 
 def what_it_holds(folder: Path) -> str:
@@ -24,7 +24,7 @@ def what_it_holds(folder: Path) -> str:
     held = kind_of(folder)
     if held:
         return f"holds {_a(held.name)}"
-    return "is empty" if not any(folder.iterdir()) else "holds no saelab output of a kind this saelab knows"
+    return "is empty" if not any(folder.iterdir()) else "holds nothing saelab wrote"
 
 
 def require_kind(folder: Path, kind: RunKind, hint: str, what: str = "") -> Path:
