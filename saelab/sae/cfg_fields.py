@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from ..sinks import SinkConfig
 
 _MISSING = object()
 
@@ -80,3 +81,14 @@ def cfg_keys(path: Path, d: dict, known, name: str) -> None:
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} in {name}; known: {', '.join(sorted(known))}")
+
+
+def sink_config(path, d) -> SinkConfig:
+    """saelab.sink of a cfg.json: known keys of the right types only."""
+    d = need_object(path, d, "saelab.sink", optional=True)
+    cfg_keys(path, d, SinkConfig.__dataclass_fields__, "saelab.sink")
+    return SinkConfig(
+        first_positions=cfg_int(path, d, "first_positions", "saelab.sink.first_positions", 1, minimum=0),
+        mask_special=cfg_bool(path, d, "mask_special", "saelab.sink.mask_special", True),
+        norm_factor=cfg_float(path, d, "norm_factor", "saelab.sink.norm_factor", 5.0),
+    )

@@ -33,7 +33,7 @@ from ..option_checks import check_types
 from ..sinks import SinkConfig
 from ..storage import read_json, read_tensors, tensor_shapes, write_json, write_tensors
 from .base import SaeConfig, SparseCoder
-from .cfg_fields import cfg_bool, cfg_float, cfg_int, cfg_keys, cfg_str, need_object
+from .cfg_fields import cfg_float, cfg_int, cfg_str, need_object, sink_config
 from .crosscoder import sites as crosscoder_sites
 from .foreign import load_foreign
 from .layout import CFG, FORMAT_VERSION, WEIGHTS, cfg_json
@@ -88,22 +88,11 @@ class Provenance:
                 path, ours, "heldout_fraction", "saelab.heldout_fraction", DEFAULT_HELDOUT_FRACTION, 0, 1
             ),
             data_fingerprint=cfg_str(path, ours, "data_fingerprint", "saelab.data_fingerprint"),
-            sink=_sink(path, ours.get("sink")),
+            sink=sink_config(path, ours.get("sink")),
             training_tokens=cfg_int(path, ours, "training_tokens", "saelab.training_tokens", None, minimum=0),
             objective=objective or {"loss": "local"},
             model_b=cfg_str(path, ours, "model_b", "saelab.model_b"),
         )
-
-
-def _sink(path, d) -> SinkConfig:
-    """saelab.sink of a cfg.json: known keys of the right types only."""
-    d = need_object(path, d, "saelab.sink", optional=True)
-    cfg_keys(path, d, SinkConfig.__dataclass_fields__, "saelab.sink")
-    return SinkConfig(
-        first_positions=cfg_int(path, d, "first_positions", "saelab.sink.first_positions", 1, minimum=0),
-        mask_special=cfg_bool(path, d, "mask_special", "saelab.sink.mask_special", True),
-        norm_factor=cfg_float(path, d, "norm_factor", "saelab.sink.norm_factor", 5.0),
-    )
 
 
 @dataclass
