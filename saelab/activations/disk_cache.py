@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..checksums import check_sha256, file_sha256
 from ..data import load_token_rows
 from ..errors import UserError
 from ..models import depth_order, glob_regex, hookpoint_widths, load_model, resolve_hookpoints
@@ -42,7 +43,6 @@ from ..options import (
 )
 from ..out_folder import ACTIVATION_CACHE, open_out
 from ..sinks import SinkConfig, special_ids
-from ..checksums import check_sha256, file_sha256
 from ..storage import read_json, read_npy, write_json, write_npy
 from .stream import ActivationStream, Chunk, lm_rows_for, to_device
 
