@@ -233,9 +233,11 @@ def tokenize_stream(
 
     for text in texts:
         for piece in pieces(text) if text else ():
+            if batch and chars + len(piece) > PIECE_CHARS:
+                flush()
             batch.append(piece)
             chars += len(piece)
-            if len(batch) >= 64 or chars >= PIECE_CHARS:
+            if len(batch) >= 64:
                 flush()
         if max_rows and n_rows >= max_rows:
             break

@@ -49,6 +49,7 @@ from .stream import ActivationStream, Chunk, lm_rows_for, to_device
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
 BLOCK = 256  # vectors read contiguously from one shard
+_write_npy = write_npy  # atomic, a full disk is one line (evaluate/synthetic_data.py writes its shards with it)
 
 
 @dataclass
