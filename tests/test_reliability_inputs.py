@@ -66,7 +66,10 @@ def _one_line(path: Path, n_chars: int) -> Path:
 def test_a_long_line_is_tokenised_in_short_calls_to_the_same_rows(tmp_path, tokenizer):
     """A 1 MB line: no tokenizer call gets more than PIECE_CHARS characters, and the rows are exactly
     those of tokenising the whole line at once (the pieces are cut before a space)."""
-    from saelab.data import PIECE_CHARS, source_texts, tokenize_stream
+    from saelab import data
+    from saelab.data import source_texts, tokenize_stream
+
+    piece_chars = getattr(data, "PIECE_CHARS", 1 << 18)
 
     p = _one_line(tmp_path / "long.txt", 1_000_000)
     calls = []
@@ -77,7 +80,7 @@ def test_a_long_line_is_tokenised_in_short_calls_to_the_same_rows(tmp_path, toke
 
     counting.bos_token_id, counting.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     rows = tokenize_stream(source_texts(str(p)), counting, 64)
-    assert max(calls) <= PIECE_CHARS and len(calls) >= 4
+    assert max(calls) <= piece_chars and len(calls) >= 4
     whole = tokenizer([p.read_text()], add_special_tokens=False)["input_ids"][0] + [tokenizer.eos_token_id]
     body = 64 - (tokenizer.bos_token_id is not None)
     n = len(whole) // body
@@ -100,7 +103,8 @@ def test_tokenising_a_large_corpus_shows_progress(tmp_path, tokenizer, monkeypat
 
 def test_ctrl_c_stops_tokenising_a_20mb_line(tmp_path, tiny_model_dir):
     """`saelab cache-activations` over a 20 MB corpus with no newline: progress shows within seconds and
-    Ctrl-C (SIGINT) ends the process within a few seconds with `saelab: interrupted` and nothing written."""
+    Ctrl-C (SIGINT) ends the process within a few seconds with `saelab: interrupted` and nothing written.
+    (Before: one tokenizer call over the whole line, no progress, and Ctrl-C waited for that call: 13 s.)"""
     p = _one_line(tmp_path / "big.txt", 20_000_000)
     out = tmp_path / "acts"
     cmd = [sys.executable, "-m", "saelab", "cache-activations", "--out", str(out), "--hookpoints", "model.layers.1"]
@@ -110,18 +114,21 @@ def test_ctrl_c_stops_tokenising_a_20mb_line(tmp_path, tiny_model_dir):
     with open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
         t0 = time.time()
-        while "tokenising" not in err_path.read_text() and time.time() - t0 < 60 and proc.poll() is None:
+        while "tokenising" not in err_path.read_text() and time.time() - t0 < 8 and proc.poll() is None:
             time.sleep(0.1)
-        assert "tokenising" in err_path.read_text(), err_path.read_text()[-2000:]
-        time.sleep(1.0)
+        time.sleep(1.0)  # tokenising is under way (the model loaded in about 4 s)
         proc.send_signal(signal.SIGINT)
         t1 = time.time()
         try:
-            rc = proc.wait(timeout=10)
+            rc = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            rc = None
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert rc == 130 and time.time() - t1 < 10
+                proc.wait()
+    assert rc == 130 and time.time() - t1 < 5, f"Ctrl-C did not stop it within 5 s (rc {rc})"
+    assert "tokenising big.txt" in err_path.read_text()  # progress was shown
     assert "saelab: interrupted" in err_path.read_text()
     assert not list((tmp_path / "cache").rglob("*.npy"))  # no token cache half-written
 
@@ -171,7 +178,7 @@ def test_sae_folder_without_checksums_still_loads(sae_folder):
     from saelab.sae.folder import open_sae
 
     cfg = json.loads((sae_folder / "cfg.json").read_text())
-    del cfg["saelab"]["checksums"]  # a folder written before checksums existed
+    cfg["saelab"].pop("checksums", None)  # a folder written before checksums existed
     (sae_folder / "cfg.json").write_text(json.dumps(cfg))
     _flip_lsb(sae_folder / "sae_weights.safetensors")
     assert open_sae(sae_folder).sae.cfg.d_sae == 32
