@@ -277,8 +277,9 @@ class CachedActivationStream:
             # a shard cut short (a half copy) is an error here, never vectors read past its end
             entry = next(s for s in self.m["shards"] if s["index"] == shard)
             vectors = entry["vectors"]
-            check_sha256(p, (entry.get("sha256") or {}).get(p.name), str(self.folder / MANIFEST))
-            self._maps[key] = read_npy(p, (vectors, self.m.get("widths", {}).get(hook)))
+            a = read_npy(p, (vectors, self.m.get("widths", {}).get(hook)))
+            check_sha256(p, (entry.get("sha256") or {}).get(p.name), str(self.folder / MANIFEST))  # once per open
+            self._maps[key] = a
         return self._maps[key]
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
