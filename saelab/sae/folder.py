@@ -159,9 +159,9 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
     sae_cfg = _sae_config(folder / CFG, cfg)
     sae = build_sae(sae_cfg)
     tensors = read_tensors(folder / WEIGHTS)  # a truncated file: "corrupt or truncated" here
+    refuse_non_finite(folder / WEIGHTS, tensors)  # NaN weights: named by tensor
     sums = ours.get("checksums")  # none in folders written before checksums: loaded unchecked
     check_sha256(folder / WEIGHTS, sums.get(WEIGHTS) if isinstance(sums, dict) else None, str(folder / CFG))
-    refuse_non_finite(folder / WEIGHTS, tensors)
     expected = type(sae).folded_shapes(sae_cfg)
     for name, shape in expected.items():
         if name not in tensors:
