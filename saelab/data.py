@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .storage import cache_dir, fingerprint, read_npy
+from .storage import cache_dir, fingerprint, read_npy, write_npy
 
 BUILTIN = "builtin"
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
@@ -324,10 +324,7 @@ def load_token_rows(
             finally:
                 if bar is not None:
                     bar.close()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}.npy")
-            np.save(tmp, arr)
-            tmp.replace(path)
+            write_npy(path, arr)  # atomic; a full disk is one line and leaves no temporary
         tokens = _open_rows(path)
     train, held = _split(len(tokens), heldout_fraction)
     return TokenRows(tokens, train, held, fp, source)
