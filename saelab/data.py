@@ -239,6 +239,8 @@ def tokenize_stream(
             chars += len(piece)
             if len(batch) >= 64:
                 flush()
+            if max_rows and n_rows >= max_rows:
+                break  # enough rows: the rest of a long document is not tokenised
         if max_rows and n_rows >= max_rows:
             break
     if batch:
