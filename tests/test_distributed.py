@@ -157,7 +157,7 @@ def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, ho
     rc = kill_when_checkpointed(
         _launcher(2)
         + base
-        + ["--hookpoints", "model.layers.1", "--dist-timeout", "15", "--tokens", "65536", "--out", str(tmp_path / "d")],
+        + ["--hookpoints", "model.layers.1", "--dist-timeout", "10", "--tokens", "65536", "--out", str(tmp_path / "d")],
         tmp_path / "d",
         env={"OMP_NUM_THREADS": "1"},
         timeout=300,
@@ -169,7 +169,7 @@ def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, ho
     assert rc != 0
     assert time.time() - t < 200  # bounded by --dist-timeout, not a hang
     if how:  # the waiting rank times out and says what happened; torchrun then stops the stuck one
-        assert "lost the other ranks" in stderr and "--dist-timeout 15" in stderr, stderr[-3000:]
+        assert "lost the other ranks" in stderr and "--dist-timeout 10" in stderr, stderr[-3000:]
     else:  # torchrun sees the dead rank and stops the others, naming the root cause
         assert "rank      : 1" in stderr and "SIGKILL" in stderr, stderr[-3000:]
 
