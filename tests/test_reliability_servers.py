@@ -44,6 +44,14 @@ def _serve(local, **kw):
 
 @pytest.fixture()
 def server(local):
+    s = _serve(local)
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+@pytest.fixture()
+def impatient_server(local):
     s = _serve(local, request_timeout=1.0)
     yield s
     s.shutdown()
@@ -79,12 +87,12 @@ def test_serve_llm_has_a_real_listen_backlog(server):
     "sent",
     [
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n",  # headers never finished
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mess",  # body held
+        b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"mess',  # body held
         b"",  # connected, sends nothing
     ],
 )
-def test_a_held_slow_connection_is_closed_after_the_timeout(server, sent):
-    c = _raw(server, sent)
+def test_a_held_slow_connection_is_closed_after_the_timeout(impatient_server, sent):
+    c = _raw(impatient_server, sent)
     t0 = time.time()
     try:
         got = c.recv(4096)  # today: nothing ever comes, the client's 10 s timeout raises
