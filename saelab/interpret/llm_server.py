@@ -49,7 +49,6 @@ from ..option_checks import check_types, need_at_least
 from ..options import model_option, opt, threads_option
 from .local_client import LocalClient
 
-
 BACKLOG = 128  # pending connections the kernel queues before refusing (http.server's default is 5)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CLIENT_GONE = (ConnectionError, TimeoutError)  # BrokenPipe, ConnectionReset/Aborted, a socket timeout
