@@ -64,7 +64,6 @@ chunk's files are on disk, so a kill loses at most the chunk in flight.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -74,7 +73,7 @@ import torch
 from ..errors import UserError
 from ..input_kind import require_kind
 from ..out_folder import LATENT_CACHE
-from ..storage import read_json, read_npy, read_tensors
+from ..storage import read_json, read_npy, read_tensors, write_npy
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -87,9 +86,7 @@ def dict_dirname(name: str) -> str:
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    write_npy(path, arr)  # atomic; a disk-full write leaves no temporary file behind
 
 
 # ====================================================================== reading
