@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .commands import COMMAND_MODULES, parse_args, show_defaults
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except UserError as e:
         print(f"saelab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk in a write not made through storage.py (a log line, a third-party save)
+        from .storage import DISK_FULL, disk_full_message
+
+        if e.errno not in DISK_FULL:
+            raise
+        folder = os.path.dirname(e.filename) if isinstance(e.filename, str) else getattr(args, "out", None) or "."
+        print(f"saelab: error: {disk_full_message(folder)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("saelab: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ into train and held-out rows is a fixed permutation, the same for every run and 
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 import sysconfig
@@ -23,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .storage import cache_dir, fingerprint, read_npy
+from .storage import cache_dir, fingerprint, read_npy, write_npy
 
 BUILTIN = "builtin"
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 SPLIT_SEED = 1234
+PIECE_CHARS = 1 << 18  # characters per tokenizer call (~0.1 s): see `pieces`
 
 
 @dataclass
@@ -63,7 +65,7 @@ def builtin_texts() -> Iterator[str]:
 
 def _file_texts(path: Path, text_field: str) -> Iterator[str]:
     if path.suffix in (".txt", ".md"):
-        yield _utf8_text(path)
+        yield from _utf8_pieces(path)
     elif path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f):
@@ -72,30 +74,78 @@ def _file_texts(path: Path, text_field: str) -> Iterator[str]:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise UserError(f"{path}:{i + 1} is not valid JSON: {e}") from e
+                    if not isinstance(rec, dict):
+                        raise UserError(
+                            f"{path}:{i + 1} holds a JSON {type(rec).__name__}, not an object with a "
+                            f"{text_field!r} field (one JSON object per line)"
+                        )
                     if text_field not in rec:
                         raise UserError(f"{path}:{i + 1} has no {text_field!r} field (set --text-field)")
-                    yield rec[text_field]
+                    yield _need_text(rec[text_field], f"{path}:{i + 1}", text_field)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
         if text_field not in table.column_names:
             raise UserError(f"{path} has no column {text_field!r}; columns: {table.column_names}")
-        yield from table.column(text_field).to_pylist()
+        for i, value in enumerate(table.column(text_field).to_pylist()):
+            yield _need_text(value, f"{path} row {i}", text_field)
 
 
-def _utf8_text(path: Path) -> str:
-    """A text file's contents; a binary file (NUL bytes, or over 1% of it not UTF-8) is refused."""
-    data = path.read_bytes()
-    text = data.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-    nul = b"\x00" in data
-    if nul or bad > 0.01 * max(len(text), 1):
-        raise UserError(
-            f"corpus file {path} is not UTF-8 text ({bad} undecodable byte sequence(s)"
-            f"{', NUL bytes' if nul else ''}); is it a binary file?"
-        )
-    return text
+def _need_text(value, where: str, text_field: str) -> str:
+    """A record's text, or a UserError naming the line (a number or a list is not a document)."""
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field {text_field!r} is a {type(value).__name__} ({str(value)[:40]}), not a string")
+    return value
+
+
+class Continued(str):
+    """A piece of a document that goes on in the next text: no EOS after it (see `pieces`)."""
+
+
+def _cut(text: str) -> int:
+    """Where to end a piece of at most PIECE_CHARS: before the last space of its second half (a
+    byte-level BPE attaches the space to the next word, so the pieces' tokens are the whole text's),
+    else at PIECE_CHARS (a text without spaces)."""
+    cut = text.rfind(" ", PIECE_CHARS // 2, PIECE_CHARS)
+    return cut if cut > 0 else PIECE_CHARS
+
+
+def pieces(text: str) -> Iterator[str]:
+    """A document in pieces of at most PIECE_CHARS (the last one a plain str, the others `Continued`),
+    so one tokenizer call stays short: progress moves and Ctrl-C stops it within a fraction of a second."""
+    while len(text) > PIECE_CHARS:
+        cut = _cut(text)
+        yield Continued(text[:cut])
+        text = text[cut:]
+    yield text
+
+
+def _utf8_pieces(path: Path) -> Iterator[str]:
+    """A text file read and decoded in pieces (a 20 MB file with no newline is never one string); a
+    binary file (NUL bytes, or over 1% of a piece not UTF-8) is refused."""
+    replace = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ignore = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+    carry = ""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(PIECE_CHARS)
+            text = replace.decode(data, final=not data)
+            bad = text.count("\ufffd") - ignore.decode(data, final=not data).count("\ufffd")
+            nul = b"\x00" in data
+            if nul or bad > 0.01 * max(len(text), 1):
+                raise UserError(
+                    f"corpus file {path} is not UTF-8 text ({bad} undecodable byte sequence(s)"
+                    f"{', NUL bytes' if nul else ''}); is it a binary file?"
+                )
+            carry += text
+            while len(carry) > PIECE_CHARS:
+                cut = _cut(carry)
+                yield Continued(carry[:cut])
+                carry = carry[cut:]
+            if not data:
+                break
+    yield carry
 
 
 def _open_rows(path: Path) -> np.ndarray:
@@ -123,8 +173,8 @@ def _hf_texts(name: str, text_field: str, split: str = "train") -> Iterator[str]
     name = name.removeprefix("hf:")
     path, _, config = (name, "", "") if Path(name).exists() else name.partition(":")
     ds = datasets.load_dataset(path, config or None, split=split, streaming=True)
-    for rec in ds:
-        yield rec[text_field]
+    for i, rec in enumerate(ds):
+        yield _need_text(rec[text_field], f"{name} record {i}", text_field)
 
 
 def source_texts(source: str, text_field: str = "text") -> Iterator[str]:
@@ -148,39 +198,71 @@ def source_texts(source: str, text_field: str = "text") -> Iterator[str]:
         raise UserError(f"corpus {source!r} is not a file, a folder, `builtin`, or a dataset name (hf:NAME)")
 
 
-def tokenize_stream(texts: Iterator[str], tokenizer, context: int, max_rows: int | None = None) -> np.ndarray:
-    """Join documents with EOS and cut into rows of `context` tokens (BOS first when it exists)."""
+def tokenize_stream(
+    texts: Iterator[str], tokenizer, context: int, max_rows: int | None = None, progress=None
+) -> np.ndarray:
+    """Join documents with EOS and cut into rows of `context` tokens (BOS first when it exists).
+    Long documents are tokenised in pieces (`pieces`) and each tokenizer call gets at most about
+    PIECE_CHARS characters; `progress` (a tqdm bar) advances by the UTF-8 bytes tokenised."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     body = context - (1 if bos is not None else 0)
-    rows: list[np.ndarray] = []
-    buf: list[int] = []
+    rows: list[np.ndarray] = []  # [n, body] blocks
+    n_rows = 0
+    rest = np.zeros(0, dtype=np.int64)  # tokens not yet in a row
     batch: list[str] = []
+    chars = 0
 
     def flush():
+        nonlocal rest, n_rows, chars
         enc = tokenizer(batch, add_special_tokens=False)["input_ids"]
-        for ids in enc:
-            buf.extend(ids)
-            if eos is not None:
-                buf.append(eos)
+        parts = [rest]
+        for text, ids in zip(batch, enc):
+            parts.append(np.asarray(ids, dtype=np.int64))
+            if eos is not None and not isinstance(text, Continued):
+                parts.append(np.array([eos], dtype=np.int64))
+        if progress is not None:
+            progress.update(sum(len(t.encode("utf-8")) for t in batch))
         batch.clear()
-        while len(buf) >= body:
-            row = buf[:body]
-            del buf[:body]
-            rows.append(np.asarray(([bos] if bos is not None else []) + row, dtype=np.int32))
+        chars = 0
+        ids = np.concatenate(parts)
+        n = len(ids) // body
+        if n:
+            rows.append(ids[: n * body].reshape(n, body))
+            n_rows += n
+        rest = ids[n * body :]
 
     for text in texts:
-        if text:
-            batch.append(text)
-        if len(batch) >= 64:
-            flush()
-            if max_rows and len(rows) >= max_rows:
-                break
+        for piece in pieces(text) if text else ():
+            if batch and chars + len(piece) > PIECE_CHARS:
+                flush()
+            batch.append(piece)
+            chars += len(piece)
+            if len(batch) >= 64:
+                flush()
+            if max_rows and n_rows >= max_rows:
+                break  # enough rows: the rest of a long document is not tokenised
+        if max_rows and n_rows >= max_rows:
+            break
     if batch:
         flush()
     if not rows:
         raise UserError("the corpus produced no complete row of tokens: it is empty or shorter than one context")
-    arr = np.stack(rows[:max_rows] if max_rows else rows)
-    return arr
+    arr = np.concatenate(rows)[:max_rows] if max_rows else np.concatenate(rows)
+    if bos is not None:
+        arr = np.concatenate([np.full((len(arr), 1), bos, dtype=arr.dtype), arr], axis=1)
+    return arr.astype(np.int32)
+
+
+def _progress(source: str):
+    """A tokenising progress bar (stderr) for a local corpus of 1 MB or more, or a dataset; else None."""
+    from tqdm.auto import tqdm
+
+    p = Path(source)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES] if p.is_dir() else []
+    size = sum(f.stat().st_size for f in files) if files else None
+    if source == BUILTIN or (size is not None and size < 1 << 20):
+        return None
+    return tqdm(total=size, unit="B", unit_scale=True, desc=f"tokenising {p.name or source}", file=sys.stderr)
 
 
 def check_source(source: str) -> None:
@@ -238,11 +320,13 @@ def load_token_rows(
                 warnings.warn(f"{e}; re-tokenising", stacklevel=2)
                 path.unlink()
         if not path.exists():
-            arr = tokenize_stream(source_texts(source, text_field), tokenizer, context, max_rows)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}.npy")
-            np.save(tmp, arr)
-            tmp.replace(path)
+            bar = _progress(source)
+            try:
+                arr = tokenize_stream(source_texts(source, text_field), tokenizer, context, max_rows, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            write_npy(path, arr)  # atomic; a full disk is one line and leaves no temporary
         tokens = _open_rows(path)
     train, held = _split(len(tokens), heldout_fraction)
     return TokenRows(tokens, train, held, fp, source)

@@ -6,9 +6,11 @@ crash or a kill never leaves a half-written file where a good one used to be.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,7 +35,36 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic(path: Path, write) -> None:
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no space left; disk quota exceeded
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def disk_full_message(folder: Path, needed: int | None = None) -> str:
+    """One line for a write that found the disk full (ENOSPC / EDQUOT): the folder, the space left there,
+    the space the write needed (when known), and that the run can be continued once there is room."""
+    folder = Path(folder)
+    there = next((q for q in (folder, *folder.parents) if q.exists()), Path("."))
+    try:
+        free = f"{_size(shutil.disk_usage(there).free)} free"
+    except OSError:
+        free = "free space unknown"
+    need = f", the file being written needs {_size(needed)}" if needed else ""
+    return (
+        f"disk full writing in {folder} ({free}{need}); free some space (or choose another folder) and rerun: "
+        f"a cache resumes where it stopped, a training run with --resume"
+    )
+
+
+def _atomic(path: Path, write, nbytes: int | None = None) -> None:
+    """`write(tmp)` then rename to `path`; a disk-full write is a UserError naming the folder and the
+    space (`nbytes`: what the file holds, when known) and leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -42,9 +73,11 @@ def _atomic(path: Path, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise UserError(disk_full_message(path.parent, nbytes)) from e
         raise
 
 
@@ -128,7 +161,21 @@ def read_npy(path: Path, shape: tuple | None = None):
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), nbytes)
+
+
+def write_npy(path: Path, arr) -> None:
+    """A .npy, atomically (fsync, rename): a crash or a full disk never leaves a half file or a temporary."""
+    import numpy as np
+
+    def w(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic(path, w, arr.nbytes)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

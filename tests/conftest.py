@@ -112,11 +112,12 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_when_checkpointed(
-    cmd: list[str], run_dir, env: dict | None = None, timeout: float = 600, pick_pid=None, sig: int = 9
+    cmd: list[str], run_dir, env: dict | None = None, timeout: float = 600, pick_pid=None, sig: int = 9, after=None
 ) -> int:
     """Start `cmd` in its own process group and, as soon as a checkpoint appears in `run_dir`, send
     `sig` (SIGKILL) to the whole group, or to the one process `pick_pid(launcher_pid)` names: a crash
-    from outside, so production code carries no test hooks. -> the launcher's return code."""
+    from outside, so production code carries no test hooks. `after(picked_pid)`, if given, runs once the
+    signal is sent, while the launcher runs on. -> the launcher's return code."""
     import signal
     import subprocess
     import time
@@ -139,7 +140,10 @@ def kill_when_checkpointed(
             raise AssertionError("no checkpoint appeared")
         time.sleep(0.002)
     if pick_pid:
-        os.kill(pick_pid(proc.pid), sig)
+        picked = pick_pid(proc.pid)
+        os.kill(picked, sig)
+        if after:
+            after(picked)
     else:  # torchrun's workers may sit in their own process groups: signal every descendant
         for pid in [proc.pid] + descendants(proc.pid):
             try:

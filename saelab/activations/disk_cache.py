@@ -15,7 +15,6 @@ then shuffles them together: random reads, memory bounded by one chunk.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..checksums import check_sha256, file_sha256
 from ..data import load_token_rows
 from ..errors import UserError
 from ..models import depth_order, glob_regex, hookpoint_widths, load_model, resolve_hookpoints
@@ -43,12 +43,13 @@ from ..options import (
 )
 from ..out_folder import ACTIVATION_CACHE, open_out
 from ..sinks import SinkConfig, special_ids
-from ..storage import read_json, read_npy, write_json
+from ..storage import read_json, read_npy, write_json, write_npy
 from .stream import ActivationStream, Chunk, lm_rows_for, to_device
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
 BLOCK = 256  # vectors read contiguously from one shard
+_write_npy = write_npy  # atomic, a full disk is one line (evaluate/synthetic_data.py writes its shards with it)
 
 
 @dataclass
@@ -120,16 +121,6 @@ def shard_path(folder: Path, i: int, hook: str) -> Path:
     return Path(folder) / f"shard_{i:05d}.{_safe(hook)}.npy"
 
 
-def _write_npy(path: Path, a: np.ndarray) -> None:
-    """Atomic: write to a temporary name, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, a)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_cache(cfg: CacheConfig) -> Path:
     """LM forward over `cfg.tokens` training positions -> sharded activations + manifest."""
     cfg.validate()
@@ -191,11 +182,15 @@ def write_cache(cfg: CacheConfig) -> Path:
     t0 = time.time()
     bar = tqdm(total=stream.total_lm_tokens, unit="tok", unit_scale=True, desc="cache")
     for chunk in stream.chunks():
+        sums = {}
         for h, a in chunk.acts.items():
-            _write_npy(shard_path(out, chunk.index, h), to_stored(a, cfg.store_dtype))
+            path = shard_path(out, chunk.index, h)
+            write_npy(path, to_stored(a, cfg.store_dtype))
+            sums[path.name] = file_sha256(path)  # checked when a training run first maps the shard
         manifest["shards"].append(
             {
                 "index": chunk.index,
+                "sha256": sums,
                 "vectors": int(chunk.acts[hooks[0]].shape[0]),
                 "lm_tokens": chunk.lm_tokens,
                 "excluded": chunk.excluded,
@@ -280,8 +275,11 @@ class CachedActivationStream:
             if not p.exists():
                 raise UserError(f"activation cache {self.folder} lacks {p.name}; the cache is damaged, rebuild it")
             # a shard cut short (a half copy) is an error here, never vectors read past its end
-            vectors = next(s["vectors"] for s in self.m["shards"] if s["index"] == shard)
-            self._maps[key] = read_npy(p, (vectors, self.m.get("widths", {}).get(hook)))
+            entry = next(s for s in self.m["shards"] if s["index"] == shard)
+            vectors = entry["vectors"]
+            a = read_npy(p, (vectors, self.m.get("widths", {}).get(hook)))
+            check_sha256(p, (entry.get("sha256") or {}).get(p.name), str(self.folder / MANIFEST))  # once per open
+            self._maps[key] = a
         return self._maps[key]
 
     def _epoch_order(self, epoch: int) -> np.ndarray:

@@ -64,7 +64,6 @@ chunk's files are on disk, so a kill loses at most the chunk in flight.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -72,7 +71,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..storage import read_json, read_npy, read_tensors
+from ..storage import read_json, read_npy, read_tensors, write_npy
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -85,9 +84,7 @@ def dict_dirname(name: str) -> str:
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    write_npy(path, arr)  # atomic; a disk-full write leaves no temporary file behind
 
 
 # ====================================================================== reading

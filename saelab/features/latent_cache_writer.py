@@ -175,18 +175,28 @@ def _open_run(cfg: LatentCacheConfig, plan: _Plan, folder, loaded_model: LoadedM
     out = folder.prepare()  # --overwrite: the old cache's files go now, not before the checks above
     mpath = out / MANIFEST
     manifest = read_json(mpath) if mpath.exists() else None
-    if manifest is None:
-        save_npy(out / "tokens.npy", np.asarray(data.rows.tokens[row_ids], dtype=np.int32))
-        save_npy(out / "row_ids.npy", row_ids)
+    if manifest is None:  # written first: a run stopped below (a full disk) is this cache, resumed by a rerun
         manifest = _new_manifest(plan, data, dicts, hookpoints, len(row_ids), cfg)
-        for d in dicts:
-            (out / "dicts" / dict_dirname(d.name)).mkdir(parents=True, exist_ok=True)
-            if d.decoder is not None:
-                write_tensors(out / "dicts" / dict_dirname(d.name) / "decoder.safetensors", {"W_dec": d.decoder})
-            if d.decoder_norms is not None:
-                write_tensors(out / "dicts" / dict_dirname(d.name) / DECODER_NORMS, {"norms": d.decoder_norms})
         write_json(mpath, manifest)
+    _write_inputs(out, data.rows.tokens, row_ids, dicts)
     return CacheRun(cfg, out, lm, dicts, hookpoints, plan.sink, context, len(row_ids), manifest)
+
+
+def _write_inputs(out: Path, tokens, row_ids: np.ndarray, dicts: list[Dictionary]) -> None:
+    """The cached rows and the dictionaries' decoders, each unless a stopped run already wrote it
+    (every file is written atomically: one that exists is whole)."""
+    files = {"tokens.npy": lambda p: save_npy(p, np.asarray(tokens[row_ids], dtype=np.int32))}
+    files["row_ids.npy"] = lambda p: save_npy(p, row_ids)
+    for d in dicts:
+        sub = Path("dicts") / dict_dirname(d.name)
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        if d.decoder is not None:
+            files[str(sub / "decoder.safetensors")] = lambda p, d=d: write_tensors(p, {"W_dec": d.decoder})
+        if d.decoder_norms is not None:
+            files[str(sub / DECODER_NORMS)] = lambda p, d=d: write_tensors(p, {"norms": d.decoder_norms})
+    for name, write in files.items():
+        if not (out / name).exists():
+            write(out / name)
 
 
 def write_latent_cache(

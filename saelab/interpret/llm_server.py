@@ -20,6 +20,12 @@ temperature / top_logprobs of the wrong type or range, max_tokens over the serve
 (refused from its Content-Length, before it is read), and 500 only for the server's own faults.
 A request whose client disconnects is dropped from the queue, and a generation whose clients have
 all gone stops at the next token.
+
+Connections (issue 33): the listen backlog is BACKLOG (128, not http.server's 5, so a burst of clients
+is queued, not reset); a connection that sends nothing for --request-timeout seconds (a held slow
+client, an idle keep-alive) is closed, so it cannot hold a thread for ever; a client that goes away
+mid-request (an aborted body, a reset, a broken pipe) is one quiet line on stderr, not a traceback;
+JSON nested too deeply to parse (RecursionError) is a 400 like any other malformed body.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import math
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -42,9 +49,28 @@ from ..option_checks import check_types, need_at_least
 from ..options import model_option, opt, threads_option
 from .local_client import LocalClient
 
+BACKLOG = 128  # pending connections the kernel queues before refusing (http.server's default is 5)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CLIENT_GONE = (ConnectionError, TimeoutError)  # BrokenPipe, ConnectionReset/Aborted, a socket timeout
+
 
 class BadRequest(Exception):
     pass
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a real backlog and one quiet line (not a traceback) for a client that left."""
+
+    request_queue_size = BACKLOG
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        err = sys.exc_info()[1]
+        if isinstance(err, CLIENT_GONE):
+            host, port = client_address[:2]
+            print(f"saelab: serve-llm: client {host}:{port} went away ({type(err).__name__})", file=sys.stderr)
+        else:
+            super().handle_error(request, client_address)
 
 
 class _Batcher:
@@ -111,10 +137,18 @@ def _number(req: dict, key: str, kind, default, lo, hi):
 
 
 def make_handler(
-    client: LocalClient, batcher: _Batcher, model_id: str, max_tokens_cap: int = 1024, max_body: int = 1 << 20
+    client: LocalClient,
+    batcher: _Batcher,
+    model_id: str,
+    max_tokens_cap: int = 1024,
+    max_body: int = 1 << 20,
+    request_timeout: float = 60.0,
 ):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # the socket's timeout: a read (request line, headers, body) or a write that waits longer raises,
+        # and the connection is closed (waiting for the model is not a socket read, so it never times out)
+        timeout = request_timeout
 
         def log_message(self, fmt, *args):  # quiet: one line per request would flood long runs
             pass
@@ -152,10 +186,15 @@ def make_handler(
                         "request_too_large",
                     )
                     return
+                data = self.rfile.read(n)
+                if len(data) < n:  # the client stopped sending and closed: nobody to answer
+                    raise ConnectionAbortedError(f"body cut off after {len(data)} of {n} bytes")
                 try:
-                    req = json.loads(self.rfile.read(n) or b"{}")
+                    req = json.loads(data or b"{}")
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise BadRequest(f"body is not valid JSON: {e}") from e
+                except RecursionError:
+                    raise BadRequest("body is not valid JSON: nested too deeply") from None
                 if not isinstance(req, dict):
                     raise BadRequest(f"body must be a JSON object, not {type(req).__name__}")
                 self._send(200, self._complete(req))
@@ -163,6 +202,9 @@ def make_handler(
                 self._error(400, str(e))
             except ClientGone:
                 self.close_connection = True
+            except CLIENT_GONE:
+                self.close_connection = True
+                raise  # the server's handle_error: one quiet line
             except Exception as e:
                 self._error(500, f"{type(e).__name__}: {e}", "server_error")
 
@@ -280,14 +322,17 @@ def make_server(
     client: LocalClient | None = None,
     max_tokens_cap: int = 1024,
     max_body: int = 1 << 20,
+    request_timeout: float = 60.0,
 ) -> ThreadingHTTPServer:
     if max_tokens_cap < 1 or max_body < 1 or batch_size < 1 or batch_wait < 0:
         raise UserError("--max-tokens-cap, --max-body and --batch-size must be >= 1, --batch-wait >= 0")
+    if not (math.isfinite(request_timeout) and request_timeout > 0):
+        raise UserError(f"--request-timeout must be a positive number of seconds, got {request_timeout}")
     client = client or LocalClient(model, batch_size=batch_size)
     batcher = _Batcher(client, batch_size, batch_wait)
     model_id = client.lm.name
-    server = ThreadingHTTPServer((host, port), make_handler(client, batcher, model_id, max_tokens_cap, max_body))
-    server.daemon_threads = True
+    handler = make_handler(client, batcher, model_id, max_tokens_cap, max_body, request_timeout)
+    server = _Server((host, port), handler)
     server.model_id = model_id  # type: ignore[attr-defined]
     return server
 
@@ -303,6 +348,7 @@ class LlmServerConfig:
     batch_wait: float = opt(0.01, "seconds to wait for more requests to batch")
     max_tokens_cap: int = opt(1024, "largest max_tokens a request may ask for; more is a 400")
     max_body: int = opt(1 << 20, "largest request body in bytes, refused with 413 before it is read")
+    request_timeout: float = opt(60.0, "seconds a connection may send nothing before it is closed")
     threads: int | None = threads_option()
 
     def validate(self) -> None:
@@ -315,6 +361,8 @@ class LlmServerConfig:
 def serve(cfg: LlmServerConfig) -> None:
     """Serve until Ctrl-C (make_server checks the limits)."""
     cfg.validate()
+    if cfg.host not in LOOPBACK:
+        print(f"saelab: warning: serving on {cfg.host}, reachable from other machines; there is no authentication")
     server = make_server(
         cfg.model,
         cfg.host,
@@ -323,6 +371,7 @@ def serve(cfg: LlmServerConfig) -> None:
         cfg.batch_wait,
         max_tokens_cap=cfg.max_tokens_cap,
         max_body=cfg.max_body,
+        request_timeout=cfg.request_timeout,
     )
     h, p = server.server_address[:2]
     print(f"saelab: serving {server.model_id} (OpenAI-compatible) at http://{h}:{p}/v1  (Ctrl-C to stop)", flush=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..checksums import check_sha256, file_sha256
 from ..data import TokenRows, load_token_rows
 from ..errors import UserError
 from ..models import LoadedModel, hookpoint_widths, load_model, resolve_hookpoints
@@ -131,8 +132,9 @@ def save_sae(sae: SparseCoder, folder: Path, provenance: Provenance, extra: dict
     """Write the folder (weights with the input scaling folded in, then cfg.json, each atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    block = provenance.to_block() | (extra or {})
     write_tensors(folder / WEIGHTS, sae.folded_state())
+    # the weights' sha256, checked by open_sae (last: never an older folder's value passed in `extra`)
+    block = provenance.to_block() | (extra or {}) | {"checksums": {WEIGHTS: file_sha256(folder / WEIGHTS)}}
     write_json(folder / CFG, cfg_json(sae, provenance.model_name, provenance.context, block))
     return folder
 
@@ -156,8 +158,10 @@ def open_sae(folder: Path, device: str = "cpu") -> SaeFolder:
         )
     sae_cfg = _sae_config(folder / CFG, cfg)
     sae = build_sae(sae_cfg)
-    tensors = read_tensors(folder / WEIGHTS)
-    refuse_non_finite(folder / WEIGHTS, tensors)
+    tensors = read_tensors(folder / WEIGHTS)  # a truncated file: "corrupt or truncated" here
+    refuse_non_finite(folder / WEIGHTS, tensors)  # NaN weights: named by tensor
+    sums = ours.get("checksums")  # none in folders written before checksums: loaded unchecked
+    check_sha256(folder / WEIGHTS, sums.get(WEIGHTS) if isinstance(sums, dict) else None, str(folder / CFG))
     expected = type(sae).folded_shapes(sae_cfg)
     for name, shape in expected.items():
         if name not in tensors:

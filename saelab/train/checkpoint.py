@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..checksums import tensors_sha256
 from ..errors import UserError
 from ..storage import read_tensors, write_tensors
 
@@ -27,6 +28,7 @@ def save_checkpoint(folder: Path, members: list, meta: dict) -> Path:
                 tensors[f"{m.name}/opt/{i}/{k}"] = v.detach().cpu() if torch.is_tensor(v) else torch.tensor(v)
         tensors[f"{m.name}/since_fired"] = m.since_fired.cpu()
     path = Path(folder) / CHECKPOINT
+    meta = meta | {"tensors_sha256": tensors_sha256(tensors)}  # checked by load_checkpoint
     write_tensors(path, tensors, metadata={"saelab": json.dumps(meta)})
     return path
 
@@ -44,6 +46,12 @@ def read_checkpoint_meta(folder: Path) -> dict:
 
 def load_checkpoint(folder: Path, members: list) -> None:
     tensors = read_tensors(Path(folder) / CHECKPOINT)
+    expected = read_checkpoint_meta(folder).get("tensors_sha256")  # none in checkpoints written before
+    if expected is not None and tensors_sha256(tensors) != expected:
+        raise UserError(
+            f"checkpoint {Path(folder) / CHECKPOINT} is corrupt: its tensors' sha256 differs from the one recorded "
+            f"in it when it was written (a damaged disk or copy); delete it to start over"
+        )
     for m in members:
         prefix = f"{m.name}/sae/"
         sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

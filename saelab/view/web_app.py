@@ -46,6 +46,7 @@ from ..features.steering import MAX_STRENGTHS, SteeringRequest, run_steering, si
 from ..models import collect_activations
 from .app_page import APP_HTML
 from .feature_store import FeatureStore
+from .json_guard import guard_json
 from .render import feature_page
 
 MAX_TEXT_CHARS = 4000
@@ -283,6 +284,7 @@ def create_app(stores: list[FeatureStore], graphs=None, replacement=None, lm=Non
     state = App(stores)
     api = FastAPI(title="saelab", docs_url=None, redoc_url=None, openapi_url=None)
     api.state.saelab = state
+    api.add_middleware(guard_json)  # inside limit_body: NaN / Infinity / too deep -> 400
     api.add_middleware(limit_body)
 
     @api.exception_handler(UserError)
