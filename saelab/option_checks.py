@@ -94,6 +94,15 @@ def need_at_least(cfg, lo, *names: str) -> None:
                 raise UserError(f"option {flag(n)} must be >= {lo}, got {v}")
 
 
+def need_at_most(cfg, hi, *names: str) -> None:
+    """Each named field (every item of a list field; None skipped) is <= hi: a bound on work that would
+    otherwise run without end (steer --max-new-tokens 100000000)."""
+    for n in names:
+        for v in _values(cfg, n):
+            if v > hi:
+                raise UserError(f"option {flag(n)} must be <= {hi}, got {v}")
+
+
 def need_positive(cfg, *names: str) -> None:
     for n in names:
         for v in _values(cfg, n):

@@ -300,13 +300,17 @@ def test_explain_score_report_resume(cache, tmp_path, chat_model_dir):
     assert n == {"embedding": 1, "surprisal": 0}
     assert len(load_run(run).scores["embedding"]) == 3
 
-    # generate mode on a random model: unparseable answers are counted, never guessed
-    score(
-        ScoreConfig(
-            run=str(run), scorers=["fuzzing"], judge_mode="generate", batch_examples=5, llm=str(chat_model_dir)
-        ),
-        progress=False,
-    )
+    # generate mode on a random model: unparseable answers are counted, never guessed; a scorer that failed
+    # every latent is an error (issue 33), its records kept
+    try:
+        score(
+            ScoreConfig(
+                run=str(run), scorers=["fuzzing"], judge_mode="generate", batch_examples=5, llm=str(chat_model_dir)
+            ),
+            progress=False,
+        )
+    except UserError as e:
+        assert "score fuzzing: every latent failed" in str(e) and "usable answers" in str(e)
     fz = load_run(run).scores["fuzzing"][lat[0]]
     assert fz["mode"] == "generate"
     if not fz["ok"]:
@@ -360,7 +364,10 @@ def test_llm_explainer_records_failures_and_successes(cache, tmp_path, chat_mode
         llm=str(chat_model_dir),
         batch_latents=2,
     )
-    explain(cfg, _small_cfg(n_explain=6), progress=False)
+    try:
+        explain(cfg, _small_cfg(n_explain=6), progress=False)
+    except UserError as e:  # both replies unusable: an error (issue 33), the failures recorded
+        assert "explain: every latent failed (2 of 2" in str(e)
     r = load_run(run)
     for j in lat:
         rec = r.explanations[j]

@@ -78,6 +78,21 @@ def heldout_selection(rows: TokenRows, tokens: int) -> np.ndarray:
     return held[:n]
 
 
+def say_short_budget(rows: TokenRows, budget: EvalBudget) -> None:
+    """One line on stderr when --tokens / --ce-tokens ask for more held-out tokens than the split has:
+    `eval --tokens 1000000000000` measured on the 5,670 there are and said nothing."""
+    import sys
+
+    have = len(rows.heldout_rows) * rows.tokens.shape[1]
+    for name, want in (("--tokens", budget.tokens), ("--ce-tokens", budget.ce_tokens)):
+        if want > have:
+            print(
+                f"saelab: {name} {want:,}: the held-out split has {have:,} tokens; measuring on those "
+                f"(a larger corpus or --heldout-fraction at training gives more)",
+                file=sys.stderr,
+            )
+
+
 def batches(rows: TokenRows, sel: np.ndarray, batch_rows: int, device: str):
     for i in range(0, len(sel), batch_rows):
         yield torch.from_numpy(np.asarray(rows.tokens[sel[i : i + batch_rows]], dtype=np.int64)).to(device)

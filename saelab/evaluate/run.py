@@ -33,7 +33,7 @@ from ..sae.replacement import is_replacement
 from ..storage import write_json
 from .crosscoder import crosscoder_metrics, crosscoder_report
 from .later_layers import later_layer_metrics
-from .metrics import EvalBudget, measure
+from .metrics import EvalBudget, measure, say_short_budget
 from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .plots import density_plot
 from .replacement import evaluate_replacement
@@ -114,9 +114,11 @@ def _evaluate(cfg: EvalConfig, later_layers: bool, quiet: bool) -> list[SaeMetri
     pair = _model_pair(folders, cfg.model, cfg.device, cfg.dtype)  # model diffing: both models, as one module
     data = open_shared_data(folders, cfg.device, cfg.model, cfg.corpus, dtype=cfg.dtype, loaded_model=pair)
     if crosscoders:
+        say_short_budget(data.rows, EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens))
         _eval_crosscoders(cfg, folders, targets, data, quiet)
         return []
     budget = EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens)
+    say_short_budget(data.rows, budget)
     saes = [(f.sae, f.provenance.sink) for f in folders]
     lm, rows = data.lm, data.rows
     t0 = time.time()

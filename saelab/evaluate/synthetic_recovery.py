@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..option_checks import check_types
+from ..option_checks import check_types, need_at_least
 from ..options import opt
 from ..sae.folder import SaeFolder, open_sae
 from .synthetic_data import HOOK, SyntheticTruth, draw, load_truth
@@ -96,7 +96,10 @@ class RecoveryConfig:
     threshold: float = opt(0.9, "decoder cosine at which a true feature counts as recovered")
 
     def validate(self) -> None:
-        check_types(self)  # the ranges: recovery_report
+        check_types(self)  # recovery_report checks its ranges too (a library call); here before any folder opens
+        need_at_least(self, 1, "samples")
+        if not -1 <= self.threshold <= 1:
+            raise UserError(f"option --threshold is a cosine in [-1, 1], got {self.threshold}")
 
 
 def recovery_reports(cfg: RecoveryConfig) -> list[dict]:

@@ -51,7 +51,8 @@ class LatentCacheConfig:
         if self.split not in SPLITS:
             raise UserError(f"--split must be heldout-first, heldout or train, not {self.split!r}")
         need_at_least(self, 1, "threads")
-        need_at_least(self, 0, "neuron_k")
+        need_at_least(self, 0, "neuron_k", "sink_first_positions", "sink_norm_factor")
+        need_at_least(self, 2, "context")
         if not self.sinks and (self.sink_first_positions is not None or self.sink_norm_factor is not None):
             raise UserError("--no-sinks cannot be combined with --sink-first-positions / --sink-norm-factor")
         check_dtype(self.dtype)

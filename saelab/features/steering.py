@@ -37,6 +37,9 @@ from .steer import (
 DEFAULT_STRENGTH = 1.0  # clamp to 1 x max activation: docs/research/view.md "Steering defaults"
 SWEEP = (0.5, 1.0, 2.0, 4.0)  # the strength sweep of the web app and `saelab steer --sweep`
 MAX_STRENGTHS = 8
+# generation is token by token with the full prompt re-run: without a bound, --max-new-tokens 100000000 never
+# ends; 4096 is far past where steered text stays readable (the web app allows 200)
+MAX_NEW_TOKENS = 4096
 
 
 @dataclass
@@ -65,8 +68,16 @@ class SteeringRequest:
 
     def check(self) -> None:
         """What can be checked before the SAE loads."""
-        if self.max_new_tokens < 1:
-            raise UserError("--max-new-tokens must be positive")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise UserError(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):  # -1 ran greedy, silently
+            raise UserError(f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0 (0: every token), got {self.top_k}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if not math.isfinite(self.scale):
+            raise UserError(f"--scale must be a finite number, got {self.scale}")
         if self.contrastive and self.edits:
             raise UserError(
                 "steer either by SAE features (--clamp/--add) or by a contrastive direction "
@@ -161,7 +172,7 @@ class SteerConfig:
 
     def validate(self) -> None:
         check_types(self)
-        need_at_least(self, 1, "threads")
+        need_at_least(self, 1, "threads", "tokens")
         self.request()
 
 

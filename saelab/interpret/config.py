@@ -49,7 +49,7 @@ class ClientOptions:
     def check_client(self) -> None:
         check_types(self)
         need_at_least(self, 1, "concurrency", "batch_size", "threads")
-        need_at_least(self, 0, "max_retries")
+        need_at_least(self, 0, "max_retries", "price_in", "price_out")
         need_positive(self, "timeout")
         check_device(self.device)
 
@@ -84,6 +84,11 @@ class ExplainConfig(ClientOptions, _ExplainFields):  # the explain options first
             raise UserError(f"--explainer must be llm or stats, not {self.explainer!r}")
         if self.batch_latents < 1:
             raise UserError("--batch-latents must be positive")
+        # n_explain -1 left every latent "skipped" (too few examples); a negative count is never meant
+        need_at_least(self, 1, "n_latents", "window", "n_explain")
+        need_at_least(self, 0, "n_score_activating", "n_score_random", "n_score_hard", "seed", "peak_index")
+        if self.peak_index is not None and self.peak_index >= self.window:
+            raise UserError(f"option --peak-index must be < --window ({self.window}), got {self.peak_index}")
         if self.explain_sampling not in ("top", "quantiles"):
             raise UserError("--explain-sampling must be top or quantiles")
 
@@ -123,3 +128,5 @@ class ScoreConfig(ClientOptions, _ScoreFields):  # the score options first, then
             raise UserError(f"unknown scorer {bad[0] if bad else '(none)'}; choose from {', '.join(SCORERS)}")
         if self.judge_mode not in ("auto", "logprob", "generate"):
             raise UserError("--judge-mode must be auto, logprob or generate")
+        need_at_least(self, 1, "batch_examples")
+        need_positive(self, "steer_scale")  # 0 or less steers nowhere or against the latent: no intervention score

@@ -21,7 +21,7 @@ from ..out_folder import INTERPRETATION_RUN, open_out
 from ..storage import read_json, write_json
 from .config import ExplainConfig
 from .examples import ExampleConfig, ExampleSampler
-from .pipeline import SubjectModels, stop_if_down
+from .pipeline import SubjectModels, refuse_all_failed, stop_if_down
 from .records import EXAMPLES, EXPLANATIONS, ExplanationRecord, append_jsonl, by_latent, read_jsonl, repair_truncated
 
 
@@ -203,6 +203,8 @@ def explain(cfg: ExplainConfig, example_cfg: ExampleConfig | None = None, progre
     _explain_all(run, client, expl, progress)
     recs = by_latent(read_jsonl(run.out / EXPLANATIONS))
     counts = {s: sum(1 for j in run.chosen if recs.get(j, {}).get("status") == s) for s in ("ok", "failed", "skipped")}
+    chosen = [recs[j] for j in run.chosen if j in recs]
+    refuse_all_failed("explain", chosen, lambda r: r.get("status") == "ok", run.out / EXPLANATIONS)
     if progress:
         print(
             f"saelab: {counts['ok']} explained, {counts['failed']} failed, {counts['skipped']} skipped (too few "

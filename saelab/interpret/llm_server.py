@@ -354,6 +354,8 @@ class LlmServerConfig:
     def validate(self) -> None:
         check_types(self)
         need_at_least(self, 1, "threads")
+        if not 0 <= self.port < 65536:  # before the model loads (saelab/interpret/llm_server.py: issue 33 D)
+            raise UserError(f"option --port must be in 0..65535 (0: any free port), got {self.port}")
 
 
 def serve(cfg: LlmServerConfig) -> None:

@@ -53,3 +53,18 @@ def stop_if_down(client, what: str, bar) -> None:
             f"{what} stopped early: {down}. Records so far are kept; start the server (or fix "
             f"--base-url) and rerun the same command: failed latents are tried again"
         )
+
+
+def refuse_all_failed(what: str, records: list[dict], good, path) -> None:
+    """A run in which no latent succeeded and some failed is an error, not a success (exit 2, one line):
+    `explain --timeout 0.001` failed every latent and exited 0. `records`: this run's latest record per latent;
+    `good(record)`: it succeeded. Latents skipped for too few examples are not failures. The records stay:
+    a rerun tries the failed latents again."""
+    failed = [r for r in records if not good(r) and r.get("status") != "skipped"]
+    if not failed or any(good(r) for r in records):
+        return
+    errors = sorted({str(r.get("error") or "no answer") for r in failed})
+    raise UserError(
+        f"{what}: every latent failed ({len(failed)} of {len(records)}; first error: {errors[0][:200]}); "
+        f"the records are in {path}; fix the cause and rerun the same command to try them again"
+    )

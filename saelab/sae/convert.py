@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..option_checks import check_types
+from ..option_checks import check_types, need_at_least, need_positive
 from ..options import model_option, opt, out_option, overwrite_option
 from ..out_folder import SAE_FOLDER, open_out
 from .circuit_tracer_io import export_circuit_tracer, import_circuit_tracer
@@ -40,6 +40,8 @@ class ImportConfig:
 
     def validate(self) -> None:
         check_types(self)
+        need_at_least(self, 2, "context")
+        need_positive(self, "norm_scaling_factor")
 
 
 @dataclass

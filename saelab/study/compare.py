@@ -88,6 +88,7 @@ class CompareConfig:
     def validate(self) -> None:
         check_types(self)
         need_at_least(self, 1, "threads")
+        need_at_least(self, 0, "tokens")
 
 
 def compare_folders(cfg: CompareConfig) -> dict:

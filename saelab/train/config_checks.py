@@ -34,7 +34,7 @@ def check_run(cfg) -> None:
     )
     need_at_least(cfg, 0, "sink_first_positions", "seed", "downstream_layers")
     need_sane_tokens(cfg.tokens)
-    need_at_least(cfg, 0.0, "sink_norm_factor", "aux_coeff")
+    need_at_least(cfg, 0.0, "sink_norm_factor", "aux_coeff", "sparsity_coeff")
     need_positive(cfg, "dist_timeout")
     need_fraction(cfg, "warmup_fraction", "decay_fraction")
     if cfg.warmup_fraction + cfg.decay_fraction > 1:

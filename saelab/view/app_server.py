@@ -38,7 +38,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         check_types(self)
-        need_at_least(self, 1, "threads")
+        need_at_least(self, 1, "threads", "tokens")
         if not 0 < self.port < 65536:
             raise UserError("--port must be in 1..65535")
         if self.graphs and not Path(self.graphs).is_dir():

@@ -64,7 +64,7 @@ class DashboardConfig:
 
     def validate(self) -> None:
         check_types(self)
-        need_at_least(self, 1, "threads")
+        need_at_least(self, 1, "threads", "tokens")
         latent_list(self.latents)  # the syntax, before anything opens
 
 

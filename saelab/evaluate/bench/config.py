@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UserError
-from ...option_checks import check_device, check_types, need_at_least
+from ...option_checks import check_device, check_types, need_at_least, need_positive
 from ...options import device_option, opt, out_option, overwrite_option, threads_option
 from . import registry
 from .dictionaries import check_baselines
@@ -55,6 +55,8 @@ class BenchConfig:
         if self.tokens < 1 or self.ce_tokens < 0:
             raise UserError("--tokens must be positive and --ce-tokens non-negative")
         need_at_least(self, 1, "threads")
+        need_at_least(self, 0, "seed")
+        need_positive(self, "task_scale")
         if self.tasks and "probing" not in self.chosen_metrics(has_interp):
             raise UserError("--tasks adds a probing task; include `probing` in --metrics")
         if not self.sae_dirs:

@@ -19,7 +19,7 @@ from ...out_folder import BENCH_REPORT, open_out
 from ...sae.folder import open_sae, open_shared_data, shared_provenance, unique_names
 from ...sinks import excluded_positions, special_ids
 from ...storage import write_json
-from ..metrics import batches
+from ..metrics import EvalBudget, batches, say_short_budget
 from . import registry
 from .config import BenchConfig
 from .dictionaries import neuron_dictionary, pca_dictionary, random_dictionary, residual_dictionary, sae_dictionary
@@ -97,6 +97,7 @@ def _model_pass(b: BenchState, fit_tokens: int) -> None:
     t0 = time.time()
     data = open_shared_data(b.folders, b.cfg.device)
     b.lm, b.rows = data.lm, data.rows
+    say_short_budget(data.rows, EvalBudget(tokens=b.cfg.tokens, ce_tokens=b.cfg.ce_tokens))
     _add_baselines(b, data.lm, data.rows, fit_tokens)
     b.wall["load"] = time.time() - t0
 
