@@ -4,9 +4,7 @@ replace or resume. Every writer (training, the activation and latent caches, exp
 
     folder = open_out(out, LATENT_CACHE, overwrite=cfg.overwrite, identity=ident, inputs=[sae])
     if folder.resume: ...        # the same kind of run with the same settings: carry on
-    folder.prepare()             # lock; --overwrite: move aside what this run's kind wrote; mkdir
-    ...                          # the run
-    folder.done()                # completed: the moved-aside files go, the lock is released
+    folder.prepare(); ...; folder.done()   # lock, move aside what --overwrite replaces; the run; completed
 
 open_out only checks (touches nothing): the kind, the settings, `"out": ""`, an input inside what would
 be replaced, a live writer's lock, and (`need_bytes`) the free disk space. prepare() takes the folder's
@@ -14,11 +12,11 @@ lock (out_lock.py: a second writer is refused with the first one's PID and comma
 it, and moves what --overwrite replaces into `<out>/.replaced-<time>/`, listing it; a run that fails or
 is interrupted puts those files back at exit (kill -9: they stay there, and the next open_out says so).
 
-A kind is recognised by its own files (`RunKind.holds`), so a refusal names what the folder holds:
-"holds a training run, not a latent cache" (another kind: refused even with --overwrite, which
-never removes another kind's files) versus "holds a latent cache made with other settings" (the
-same kind: --overwrite replaces it). Files of no kind we know are left alone by --overwrite, and so are
-folders no manifest says are ours: a training run's SAE folders are the ones its manifest lists."""
+A kind is recognised by its own files (`RunKind.holds`), so a refusal names what the folder holds: "holds a
+training run, not a latent cache" (another kind: refused even with --overwrite, which never removes another
+kind's files) versus "holds a latent cache made with other settings" (the same kind: --overwrite replaces
+it). --overwrite leaves files of no kind we know, and folders no manifest lists (a training run's SAE
+folders are the ones its manifest lists)."""
 
 from __future__ import annotations
 
@@ -34,6 +32,7 @@ from pathlib import Path
 
 from . import out_lock
 from .errors import UserError
+from .out_space import check_space
 
 MANIFEST = "manifest.json"
 REPLACED = ".replaced-"  # <out>/.replaced-<time>-<pid>/: what --overwrite replaces, until the run completes
@@ -199,19 +198,6 @@ def check_writable(path: Path, what: str = "--out") -> None:
         raise UserError(f"{what} {path}: {parent} is not a writable folder (read-only or no permission)")
 
 
-def check_space(path: Path, need_bytes: int, what: str = "--out") -> None:
-    """Refuse a run whose estimated output (`need_bytes`) is more than the free space where `path` lives."""
-    if not need_bytes:
-        return
-    parent = next((q for q in (Path(path), *Path(path).parents) if q.exists()), Path("."))
-    free = shutil.disk_usage(parent).free
-    if need_bytes > free:
-        raise UserError(
-            f"{what} {path} needs about {_size(need_bytes)} of disk space but {parent} has {_size(free)} free; "
-            f"free some space, lower the budget, or choose another {what}"
-        )
-
-
 def refuse_nonempty(path: Path, overwrite: bool, what: str = "--out", hint: str = "") -> None:
     """A folder with anything in it is replaced only with --overwrite (`hint`: what else the user may do)."""
     path = Path(path)
@@ -249,30 +235,35 @@ class OutFolder:
     inputs: tuple = ()
     aside: Path | None = None  # where what --overwrite replaced waits until done()
     moved: list[str] = field(default_factory=list)
+    keep: bool = False  # the caller resumes the run there (`train --resume`: its own checks): lock only
 
-    def prepare(self) -> Path:
+    def prepare(self, move_aside: bool = True) -> Path:
         """Lock the folder, check it again under the lock (another run may have written it since open_out),
-        move aside what this kind wrote there before (only with --overwrite, only its own files); mkdir."""
+        move aside what this kind wrote there before (only with --overwrite, only its own files); mkdir.
+        `move_aside=False`: lock only (a writer that replaces its files one by one: import, export, pull)."""
         self.path.mkdir(parents=True, exist_ok=True)
         out_lock.acquire(self.path, self.what)
         try:
-            now = _decide(self.path, self.kind, self.overwrite, self.identity, self.what, self.names, self.inputs)
+            args = (self.path, self.kind, self.overwrite, self.identity, self.what, self.names, self.inputs)
+            now = self if self.keep else _decide(*args)
             if now.resume != self.resume:
                 raise UserError(f"{self.what} {self.path} was changed by another run since the checks; run again")
         except UserError:
             out_lock.release(self.path)
             raise
-        entries = self.kind.own_entries(self.path, self.names) if now.replace else []
+        entries = self.kind.own_entries(self.path, self.names) if now.replace and move_aside else []
         if entries and not self.moved:
             self.aside = self.path / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
             self.aside.mkdir()
+            _PENDING.append(self)
             for p in entries:
                 os.rename(p, self.aside / p.name)
                 self.moved.append(p.name)
-            _PENDING.append(self)
+            kept = [p.name for p in _entries(self.path)]
             print(
                 f"saelab: --overwrite replaces {', '.join(self.moved)} in {self.path} (kept in {self.aside.name} "
-                f"until this run completes)",
+                f"until this run completes)"
+                + (f"; leaves {', '.join(kept)} (not this {self.kind.name}'s)" if kept else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -313,6 +304,21 @@ class OutFolder:
         out_lock.release(self.path)
 
 
+def hold(path, what: str = "--out") -> Path:
+    """Lock `path` (made if missing) for a writer that checked it with the kindless forms (storage.py:
+    refuse_overwrite / refuse_replacing) and writes file by file; finish(path) or exit releases it."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    out_lock.acquire(Path(path), what)
+    return Path(path)
+
+
+def finish(path) -> None:
+    """The run writing `path` (prepared in this process) completed: OutFolder.done() by the folder's path."""
+    held = [f for f in _PENDING if f.path == Path(path)]
+    for f in held or [OutFolder(Path(path), SAE_FOLDER)]:
+        f.done()
+
+
 @atexit.register
 def _restore_unfinished() -> None:
     for folder in list(_PENDING):
@@ -328,15 +334,20 @@ def open_out(
     names: tuple[str, ...] | None = None,
     inputs=(),
     need_bytes: int = 0,
+    resume: bool = False,
 ) -> OutFolder:
     """Check an output folder before any work, touching nothing (see the module docstring). `identity`:
     the settings of this run (compared with the manifest's `kind.identity_key`; equal -> resume); `names`:
     what this run writes when narrower than the kind's outputs (a bench of some metrics); `inputs`: the
     folders this run reads (never the --out, never inside what --overwrite replaces); `need_bytes`: the
-    estimated size of what it writes (refused when the disk has less free)."""
+    estimated size of what it writes (refused when the disk has less free); `resume`: the caller resumes
+    the run there (its own checks), so only the lock and the space are checked here."""
     check_writable(path, what)
     path = Path(path)
-    folder = _decide(path, kind, overwrite, identity, what, names, tuple(inputs))
+    if resume:
+        folder = OutFolder(path, kind, resume=True, what=what, keep=True)
+    else:
+        folder = _decide(path, kind, overwrite, identity, what, names, tuple(inputs))
     if path.is_dir():
         out_lock.check_free(path, what)
         stale = sorted(p.name for p in path.glob(REPLACED + "*"))
@@ -383,14 +394,6 @@ def _decide(path: Path, kind: RunKind, overwrite: bool, identity, what: str, nam
                     f"choose another {what}"
                 )
     return folder
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _a(name: str) -> str:

@@ -241,7 +241,8 @@ def draw(truth: SyntheticTruth, rows: int, g: torch.Generator) -> Sample:
 def write_synthetic(cfg: SyntheticConfig) -> Path:
     """Generate the truth and `cfg.tokens` vectors -> an activation cache folder (manifest last)."""
     cfg.validate()
-    folder = open_out(cfg.out, ACTIVATION_CACHE, cfg.overwrite)  # a synthetic cache is an activation cache
+    size = (cfg.tokens + cfg.features) * cfg.dim * (4 if cfg.store_dtype == "float32" else 2)  # shards + truth
+    folder = open_out(cfg.out, ACTIVATION_CACHE, cfg.overwrite, need_bytes=size)  # a synthetic activation cache
     truth = make_truth(cfg)
     out = folder.prepare()  # --overwrite: an earlier cache's shards, manifest and truth go, nothing else
     config = asdict(cfg)
@@ -301,6 +302,7 @@ def write_synthetic(cfg: SyntheticConfig) -> Path:
         "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy")),
     }
     write_json(out / MANIFEST, manifest)
+    folder.done()
     return out
 
 

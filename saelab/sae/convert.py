@@ -68,7 +68,7 @@ def import_folders(cfg: ImportConfig) -> list[Path]:
         return [import_circuit_tracer(root, Path(cfg.out), cfg.model, cfg.context, cfg.overwrite)]
     folders = sae_folders(root)
     out = Path(cfg.out)
-    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
+    folder = open_out(out, SAE_FOLDER, cfg.overwrite, inputs=folders)  # the folders are written file by file
     ours = [f for f in folders if detect_format(f) == "saelab"]
     if ours:
         raise UserError(
@@ -79,6 +79,7 @@ def import_folders(cfg: ImportConfig) -> list[Path]:
     for f, sae, _ in loaded:
         refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported
     written = []
+    folder.prepare(move_aside=False)  # the lock: one writer at a time
     for f, sae, foreign_cfg in loaded:  # all parsed before anything is written
         prov = Provenance.from_cfg(foreign_cfg)
         prov.model_spec = cfg.model or prov.model_spec
@@ -86,6 +87,7 @@ def import_folders(cfg: ImportConfig) -> list[Path]:
         prov.context = cfg.context or foreign_cfg["metadata"]["context_size"] or 256
         target = out if len(loaded) == 1 else out / f.name
         written.append(save_sae(sae, target, prov, {"imported_from": foreign_cfg["saelab"]["imported_from"]}))
+    folder.done()
     return written
 
 
@@ -97,9 +99,10 @@ def export_folders(cfg: ExportConfig) -> list[Path]:
         if len(cfg.sae_dirs) != 1:
             raise UserError(f"--format circuit-tracer exports one replacement folder; got {len(cfg.sae_dirs)}")
         return [export_circuit_tracer(Path(cfg.sae_dirs[0]), out, cfg.overwrite)]
-    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
+    folder = open_out(out, SAE_FOLDER, cfg.overwrite, inputs=cfg.sae_dirs)  # written file by file
     loaded = [open_sae(Path(d)) for d in cfg.sae_dirs]
     written = []
+    folder.prepare(move_aside=False)  # the lock: one writer at a time
     for f in loaded:
         if cfg.format == "sparsify":
             written.append(export_sparsify(f.sae, out, cfg.prefix))
@@ -107,4 +110,5 @@ def export_folders(cfg: ExportConfig) -> list[Path]:
             p = f.provenance
             target = out if len(loaded) == 1 else out / f.name
             written.append(export_saelens(f.sae, target, p.model_name, p.context, p.corpus))
+    folder.done()
     return written
