@@ -256,10 +256,11 @@ class OutFolder:
             self.aside = self.path / f"{REPLACED}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
             self.aside.mkdir()
             _PENDING.append(self)
+            out_lock.exit_on_sigterm()  # a kill (SIGTERM) puts the files back too
             for p in entries:
                 os.rename(p, self.aside / p.name)
                 self.moved.append(p.name)
-            kept = [p.name for p in _entries(self.path)]
+            kept = sorted(p.name for p in _entries(self.path))
             print(
                 f"saelab: --overwrite replaces {', '.join(self.moved)} in {self.path} (kept in {self.aside.name} "
                 f"until this run completes)"
@@ -314,8 +315,7 @@ def hold(path, what: str = "--out") -> Path:
 
 def finish(path) -> None:
     """The run writing `path` (prepared in this process) completed: OutFolder.done() by the folder's path."""
-    held = [f for f in _PENDING if f.path == Path(path)]
-    for f in held or [OutFolder(Path(path), SAE_FOLDER)]:
+    for f in [f for f in _PENDING if f.path == Path(path)] or [OutFolder(Path(path), SAE_FOLDER)]:
         f.done()
 
 

@@ -13,7 +13,9 @@ import atexit
 import fcntl
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import UserError
@@ -26,8 +28,8 @@ def command_line() -> str:
     """This process's command as the user typed it (`saelab train ...`), cut to 300 characters."""
     argv = list(sys.argv) or ["python"]
     head = os.path.basename(argv[0])
-    words = ["saelab", *argv[1:]] if head in ("saelab", "__main__.py", "cli.py") else [head, *argv[1:]]
-    text = shlex.join(words)
+    head = {"saelab": "saelab", "__main__.py": "saelab", "-c": "python -c ..."}.get(head, head)
+    text = " ".join([head, shlex.join(argv[1:])]).strip()
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -109,6 +111,17 @@ def release(folder: Path) -> None:
 
 def holds(folder: Path) -> bool:
     return _key(folder) in _HELD
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a scheduler's stop) exit through Python, so the atexit handlers run: the lock
+    goes and what --overwrite moved aside is put back. Left alone when the program set its own handler."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 @atexit.register
