@@ -121,11 +121,13 @@ def test_out_empty_string_is_the_current_folder_and_refused(tmp_path, monkeypatc
     assert (other / "cfg.json").exists()
 
 
-def test_out_empty_string_in_a_train_config_refused(tmp_path, monkeypatch, capsys):
+def test_out_empty_string_in_a_train_config_refused(tmp_path, monkeypatch, capsys, tiny_model_dir, text_corpus):
     monkeypatch.chdir(tmp_path)
     other = _sae_folder(tmp_path / "someone-elses-sae")
     cfg = tmp_path / "train.json"
-    cfg.write_text(json.dumps({"out": "", "overwrite": True, "model": "embedded", "corpus": "x.txt"}))
+    opts = {"out": "", "overwrite": True, "model": str(tiny_model_dir), "corpus": str(text_corpus), "tokens": 1024}
+    opts |= {"hookpoints": ["model.layers.1"], "latents": 64, "k": [4], "batch_tokens": 512, "context": 64}
+    cfg.write_text(json.dumps(opts))
     assert main(["train", "--config", str(cfg)]) == 2
     assert "is the current folder" in capsys.readouterr().err
     assert (other / "cfg.json").exists()
