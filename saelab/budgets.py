@@ -44,10 +44,3 @@ def free_bytes(path: Path) -> int:
     p = Path(path).absolute()
     existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
     return shutil.disk_usage(existing).free
-
-
-def need_disk(path: Path, need: float, what: str, fix: str) -> None:
-    """Refuse before writing when `need` bytes will not fit in the free space where `path` goes."""
-    free = free_bytes(path)
-    if need > free:
-        raise UserError(f"{what} needs {human_bytes(need)} in {path}; only {human_bytes(free)} is free there. {fix}")

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 from .out_folder import check_writable, refuse_nonempty, refuse_replacing_names
+from .out_lock import check_free
 
 
 def cache_dir() -> Path:
@@ -213,6 +214,7 @@ def refuse_overwrite(path: Path, overwrite: bool, what: str = "output") -> None:
     The kindless form of out_folder.open_out, for writers not yet given a RunKind."""
     check_writable(path, what)
     refuse_nonempty(path, overwrite, what, " (or --resume to continue a run)")
+    check_free(path, what)  # never while another process writes it (out_lock.py)
 
 
 def read_jsonl(path: Path) -> list[dict]:

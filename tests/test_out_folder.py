@@ -25,7 +25,7 @@ from saelab.out_folder import (
 def _training_run(folder):
     (folder / "sae-a").mkdir(parents=True)
     (folder / "sae-a" / "cfg.json").write_text("{}")
-    (folder / "manifest.json").write_text(json.dumps({"command": "train"}))
+    (folder / "manifest.json").write_text(json.dumps({"command": "train", "saes": {"sae-a": {}}}))
     (folder / "train_log.jsonl").write_text("{}\n")
     return folder
 
@@ -67,6 +67,7 @@ def test_other_settings_need_overwrite_which_removes_only_this_kinds_files(tmp_p
     folder = open_out(cache, LATENT_CACHE, True, identity="other")
     assert folder.replace and not folder.resume
     folder.prepare()
+    folder.done()  # the run completed: what it replaced is gone
     assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
 
 
@@ -90,7 +91,9 @@ def test_files_of_no_known_kind(tmp_path):
     (out / "shard_00000.x.npy").write_bytes(b"old")
     with pytest.raises(UserError, match="already exists and is not empty; pass --overwrite to replace it$"):
         open_out(out, ACTIVATION_CACHE, False)
-    open_out(out, ACTIVATION_CACHE, True).prepare()
+    folder = open_out(out, ACTIVATION_CACHE, True)
+    folder.prepare()
+    folder.done()
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     with pytest.raises(UserError, match="or --resume to continue a run"):
         open_out(out, TRAINING_RUN, False)
@@ -114,7 +117,9 @@ def test_a_report_beside_other_files_refuses_only_its_own(tmp_path):
     (out / "core.json").write_text("{}")
     with pytest.raises(UserError, match="already holds core.json; pass --overwrite to replace the bench report"):
         open_out(out, BENCH_REPORT, False, names=names)
-    open_out(out, BENCH_REPORT, True, names=names).prepare()
+    folder = open_out(out, BENCH_REPORT, True, names=names)
+    folder.prepare()
+    folder.done()
     assert (out / "core.json").exists()  # rewritten by the bench, not removed first
 
 

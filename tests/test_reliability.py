@@ -767,8 +767,8 @@ def test_train_overwrite_removes_only_what_training_writes(tmp_path, tiny_model_
 
     run = tmp_path / "run"
     (run / "old-sae").mkdir(parents=True)
-    (run / "old-sae" / "cfg.json").write_text("{}")  # an SAE folder of the earlier run
-    (run / "manifest.json").write_text("{}")
+    (run / "old-sae" / "cfg.json").write_text("{}")  # an SAE folder of the earlier run (its manifest lists it)
+    (run / "manifest.json").write_text('{"command": "train", "saes": {"old-sae": {}}}')
     (run / "train_log.jsonl").write_text('{"tokens": 1}\n')
     (run / "notes.txt").write_text("mine")  # not the run's: kept
     (run / "data").mkdir()

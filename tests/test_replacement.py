@@ -310,7 +310,9 @@ def test_overwrite_of_a_replacement_folder_removes_its_replacement_files(plt_run
     (dst / "replacement_metrics.json").write_text("{}")
     (dst / "notes.txt").write_text("mine")
     assert kind_of(dst) is TRAINING_RUN
-    open_out(dst, TRAINING_RUN, overwrite=True).prepare()
+    folder = open_out(dst, TRAINING_RUN, overwrite=True)
+    folder.prepare()
+    folder.done()
     assert sorted(p.name for p in dst.iterdir()) == ["notes.txt"]
 
 

@@ -41,7 +41,7 @@ from ..options import (
     overwrite_option,
     threads_option,
 )
-from ..out_folder import ACTIVATION_CACHE, open_out
+from ..out_folder import ACTIVATION_CACHE, check_space, open_out
 from ..sinks import SinkConfig, special_ids
 from ..storage import read_json, read_npy, write_json, write_npy
 from .stream import ActivationStream, Chunk, lm_rows_for, to_device
@@ -152,7 +152,9 @@ def write_cache(cfg: CacheConfig) -> Path:
         special_ids(lm.tokenizer),
         cfg.device,
     )
-    out = folder.prepare()  # --overwrite: an earlier cache's shards and manifest go, nothing else
+    per_token = sum(widths[h] for h in hooks) * (4 if cfg.store_dtype == "float32" else 2)
+    check_space(cfg.out, stream.total_lm_tokens * per_token)  # the shards, before the folder is touched
+    out = folder.prepare()  # --overwrite: an earlier cache's shards and manifest go (moved aside), nothing else
     manifest = {
         "kind": "saelab activation cache",
         "format_version": CACHE_FORMAT,
@@ -209,6 +211,7 @@ def write_cache(cfg: CacheConfig) -> Path:
         "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy")),
     }
     write_json(out / MANIFEST, manifest)
+    folder.done()
     return out
 
 

@@ -237,6 +237,7 @@ def attribute_prompt(
         graph, pruned, out, slug, graph.meta["scan"], node_threshold=cfg.node_threshold, extra_metadata=extra
     )
     print(summary(graph, pruned, json_path, time.time() - t0), file=sys.stderr)
+    folder.done()
     return out
 
 
@@ -253,6 +254,7 @@ def validate_graphs(cfg: AttributeConfig) -> Path:
 
     # folder.prepare (which removes an old report) runs only once the new report is computed
     validate_prompts(cfg, cfg.validate_prompts, cfg.validate_features, out_folder=folder.prepare)
+    folder.done()
     return folder.path
 
 

@@ -42,7 +42,7 @@ from ..activations.disk_cache import (
     shard_path,
     to_stored,
 )
-from ..budgets import need_disk, need_memory, need_sane_tokens
+from ..budgets import need_memory, need_sane_tokens
 from ..errors import UserError
 from ..option_checks import check_types, need_at_least, need_choice
 from ..options import opt, out_option, overwrite_option
@@ -255,8 +255,9 @@ def draw(truth: SyntheticTruth, rows: int, g: torch.Generator) -> Sample:
 def write_synthetic(cfg: SyntheticConfig) -> Path:
     """Generate the truth and `cfg.tokens` vectors -> an activation cache folder (manifest last)."""
     cfg.validate()
-    need_disk(Path(cfg.out), cfg.disk_bytes(), f"--tokens {cfg.tokens} x --dim {cfg.dim}", "Lower --tokens")
-    folder = open_out(cfg.out, ACTIVATION_CACHE, cfg.overwrite)  # a synthetic cache is an activation cache
+    folder = open_out(
+        cfg.out, ACTIVATION_CACHE, cfg.overwrite, need_bytes=cfg.disk_bytes()
+    )  # a synthetic activation cache
     truth = make_truth(cfg)
     out = folder.prepare()  # --overwrite: an earlier cache's shards, manifest and truth go, nothing else
     config = asdict(cfg)
@@ -316,6 +317,7 @@ def write_synthetic(cfg: SyntheticConfig) -> Path:
         "bytes": sum(p.stat().st_size for p in out.glob("shard_*.npy")),
     }
     write_json(out / MANIFEST, manifest)
+    folder.done()
     return out
 
 

@@ -216,12 +216,15 @@ def write_latent_cache(
     `sink`: these sink rules instead of the config's; `loaded_model`: that model, already loaded."""
     cfg.validate()
     plan = _plan(cfg, sink)
-    folder = open_out(cfg.out, LATENT_CACHE, cfg.overwrite, plan.identity)
+    folder = open_out(
+        cfg.out, LATENT_CACHE, cfg.overwrite, plan.identity, inputs=plan.sae_dirs, need_bytes=_size(cfg, plan)
+    )
     if folder.resume and _already_complete(folder.path, progress):
         return folder.path
     run = _open_run(cfg, plan, folder, loaded_model)
     collect(run, progress)
     finalise(run)
+    folder.done()
     if progress:
         n = len(run.dicts)
         print(
@@ -229,3 +232,10 @@ def write_latent_cache(
             f"tokens ({run.manifest['tokens_per_s']:.0f} tokens/s) in {run.out}"
         )
     return run.out
+
+
+def _size(cfg: LatentCacheConfig, plan: _Plan) -> int:
+    """A lower bound of the cache's size: the tokens (int32 + the excluded mask) and, for a dictionary of
+    known k (TopK), k entries a token (an int32 position and a float32 value each)."""
+    ks = [getattr(getattr(f.sae, "cfg", None), "k", 0) for f in plan.folders]
+    return cfg.tokens * (5 + 8 * sum(k for k in ks if isinstance(k, int)))

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..features.latent_cache import LatentCache
-from ..out_folder import INTERPRETATION_RUN, open_out
+from ..out_folder import INTERPRETATION_RUN, OutFolder, open_out
 from ..storage import read_json, write_json
 from .config import ExplainConfig
 from .examples import ExampleConfig, ExampleSampler
@@ -67,6 +67,7 @@ class _ExplainRun:
     chosen: list[int]
     out: Path
     manifest: dict
+    folder: OutFolder | None = None  # done() once every latent asked was tried: the lock goes
 
     def save(self) -> None:
         write_json(self.out / "manifest.json", self.manifest)
@@ -95,7 +96,8 @@ def _open_explain_run(cfg: ExplainConfig, examples: ExampleConfig) -> _ExplainRu
     """Check the inputs, then open the run folder: a new run, the same run resumed (its latents grow by
     the ones asked now), or with --overwrite a run made with other settings replaced."""
     cache, name, chosen, identity = _check_explain(cfg, examples)
-    out = open_out(cfg.out, INTERPRETATION_RUN, cfg.overwrite, identity).prepare()
+    folder = open_out(cfg.out, INTERPRETATION_RUN, cfg.overwrite, identity, inputs=(cfg.cache,))
+    out = folder.prepare()  # the folder's lock: a second explain into it is refused
     mpath = out / "manifest.json"
     manifest = read_json(mpath) if mpath.exists() else {"identity": identity, "latents": [], "wall_s": 0.0}
     manifest["latents"] = sorted(set(manifest["latents"]) | set(chosen))
@@ -111,7 +113,7 @@ def _open_explain_run(cfg: ExplainConfig, examples: ExampleConfig) -> _ExplainRu
             "versions": _versions(),
         }
     )
-    run = _ExplainRun(cfg, examples, cache, name, chosen, out, manifest)
+    run = _ExplainRun(cfg, examples, cache, name, chosen, out, manifest, folder)
     run.save()
     return run
 
@@ -201,6 +203,7 @@ def explain(cfg: ExplainConfig, example_cfg: ExampleConfig | None = None, progre
     run.manifest["explainer"] = expl.describe()
     run.save()
     _explain_all(run, client, expl, progress)
+    run.folder.done()
     recs = by_latent(read_jsonl(run.out / EXPLANATIONS))
     counts = {s: sum(1 for j in run.chosen if recs.get(j, {}).get("status") == s) for s in ("ok", "failed", "skipped")}
     chosen = [recs[j] for j in run.chosen if j in recs]

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import UserError
 from ..option_checks import check_types
 from ..options import opt, out_option, overwrite_option
+from ..out_folder import finish, hold
 from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
 from .scorers.base import DESCRIPTIONS, PRIMARY
@@ -200,7 +201,7 @@ def write_report(cfg: ReportConfig, quiet: bool = False) -> Path:
     loaded = [load_run(r) for r in cfg.runs]
     out = Path(cfg.out) if cfg.out else (loaded[0].path if len(loaded) == 1 else loaded[0].path / "compare")
     refuse_replacing(out, ("report.md", "report.json"), cfg.overwrite, "report")
-    out.mkdir(parents=True, exist_ok=True)
+    hold(out)  # the folder's lock (made if missing): no other writer while the report is written
     summaries = [summarise(r) for r in loaded]
     labels = [s["label"] for s in summaries]
     for sm, r in zip(summaries, loaded):  # two runs with one label (e.g. a copied run): add the folder
@@ -228,4 +229,5 @@ def write_report(cfg: ReportConfig, quiet: bool = False) -> Path:
     if not quiet:
         print(md)
         print(f"saelab: report written to {out / 'report.md'}")
+    finish(out)
     return out

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..features.latent_cache import LatentCache
 from ..input_kind import require_kind
-from ..out_folder import INTERPRETATION_RUN
+from ..out_folder import INTERPRETATION_RUN, finish, hold
 from ..storage import read_json, write_json
 from .config import ScoreConfig
 from .examples import ExampleConfig, ExampleSampler, LatentExamples
@@ -157,11 +157,13 @@ def score(cfg: ScoreConfig, progress: bool = True) -> dict[str, int]:
     run = _open_score_run(cfg)
     models = SubjectModels(run.manifest["model_spec"], cfg.device)
     judge, objs = _make_scorers(run, models)
+    hold(run.path, "run")  # the run folder's lock: no explain or second score writes it meanwhile
     scored = _score_all(run, judge, objs, progress)
     if judge is not None:
         manifest = read_json(run.path / "manifest.json")
         manifest["judge_usage"] = judge.usage.to_dict()
         write_json(run.path / "manifest.json", manifest)
+    finish(run.path)
     for s in objs:  # a scorer that failed every latent (a judge down, a NaN steering) is an error, not a score
         recs = by_latent(read_jsonl(scores_path(run.path, s)))
         refuse_all_failed(

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..families import Family, family_for_name, family_named, family_of
-from ..out_folder import check_writable, refuse_nonempty
+from ..out_folder import check_writable, finish, hold, refuse_nonempty
 from . import SaeConfig, SparseCoder, build_sae
 from .folder import Provenance, open_sae, refuse_non_finite, save_sae
 from .foreign_circuit_tracer import (
@@ -114,7 +114,10 @@ def export_circuit_tracer(src: Path, out: Path, overwrite: bool = False) -> Path
         from .circuit_tracer_clt import clt_to_ct
 
         ct = clt_to_ct(src, m, family)
-    return write_ct(ct, out)
+    hold(out)  # the folder's lock: one writer at a time
+    written = write_ct(ct, out)
+    finish(out)
+    return written
 
 
 # ---------------------------------------------------------------- import
@@ -205,6 +208,7 @@ def replacement_from_ct(
         refuse_non_finite(Path(origin.get("path", "")) / n, sae.state_dict())
     prov = Provenance(model_spec=spec, model_name=name, context=context or 1024)
     origin = origin | {"model_kind": ct.kind, "activation": ct.activation}
+    hold(out)  # the folder's lock: one writer at a time
     for n, sae in zip(names, saes, strict=True):
         save_sae(sae, out / n, prov, {"imported_from": origin})
     layers = list(range(ct.n_layers))
@@ -213,4 +217,5 @@ def replacement_from_ct(
     kind = "plt" if ct.kind == PLT_KIND else "clt"
     plan = LayerPlan(tuple(layers), family.name, len(layers), tuple(ins), tuple(outs))
     write_replacement(out, kind, plan, spec, name, [out / n for n in names])
+    finish(out)
     return out

@@ -70,7 +70,7 @@ def import_folders(cfg: ImportConfig) -> list[Path]:
         return [import_circuit_tracer(root, Path(cfg.out), cfg.model, cfg.context, cfg.overwrite)]
     folders = sae_folders(root)
     out = Path(cfg.out)
-    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
+    folder = open_out(out, SAE_FOLDER, cfg.overwrite, inputs=folders)  # the folders are written file by file
     ours = [f for f in folders if detect_format(f) == "saelab"]
     if ours:
         raise UserError(
@@ -83,12 +83,14 @@ def import_folders(cfg: ImportConfig) -> list[Path]:
         refuse_non_finite(f, sae.state_dict())  # NaN/inf weights are never imported
         provs.append(Provenance.from_cfg(foreign_cfg, f / "cfg.json"))
     written = []
+    folder.prepare(move_aside=False)  # the lock: one writer at a time
     for (f, sae, foreign_cfg), prov in zip(loaded, provs):
         prov.model_spec = cfg.model or prov.model_spec
         prov.model_name = prov.model_name or prov.model_spec
         prov.context = cfg.context or prov.context
         target = out if len(loaded) == 1 else out / f.name
         written.append(save_sae(sae, target, prov, {"imported_from": foreign_cfg["saelab"]["imported_from"]}))
+    folder.done()
     return written
 
 
@@ -100,9 +102,10 @@ def export_folders(cfg: ExportConfig) -> list[Path]:
         if len(cfg.sae_dirs) != 1:
             raise UserError(f"--format circuit-tracer exports one replacement folder; got {len(cfg.sae_dirs)}")
         return [export_circuit_tracer(Path(cfg.sae_dirs[0]), out, cfg.overwrite)]
-    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folders are written file by file
+    folder = open_out(out, SAE_FOLDER, cfg.overwrite, inputs=cfg.sae_dirs)  # written file by file
     loaded = [open_sae(Path(d)) for d in cfg.sae_dirs]
     written = []
+    folder.prepare(move_aside=False)  # the lock: one writer at a time
     for f in loaded:
         if cfg.format == "sparsify":
             written.append(export_sparsify(f.sae, out, cfg.prefix))
@@ -110,4 +113,5 @@ def export_folders(cfg: ExportConfig) -> list[Path]:
             p = f.provenance
             target = out if len(loaded) == 1 else out / f.name
             written.append(export_saelens(f.sae, target, p.model_name, p.context, p.corpus))
+    folder.done()
     return written

@@ -268,14 +268,15 @@ def pull_release(cfg: PullConfig, registry_path: Path | None = None) -> Path:
     out = Path(cfg.out)
     if release.format == "circuit-tracer":  # a whole replacement model: a replacement folder, not an SAE folder
         return _pull_circuit_tracer(release, cfg, sub)
-    open_out(out, SAE_FOLDER, cfg.overwrite)  # checked only: the folder is written file by file
+    target = open_out(out, SAE_FOLDER, cfg.overwrite)  # the folder is written file by file
     folder = Path(cfg.local) / sub if cfg.local else download(release.repo, sub)
     if not folder.exists():
         raise UserError(f"{folder} does not exist (release {release.name}, sae-id {sae_id})")
     sae, original = load_release_folder(release, folder, hookpoint)
     refuse_non_finite(folder, sae.state_dict())
     prov = Provenance(model_spec=release.model, model_name=release.model, context=release.context)
-    return save_sae(
+    target.prepare(move_aside=False)  # the lock: one writer at a time
+    written = save_sae(
         sae.eval(),
         out,
         prov,
@@ -290,6 +291,8 @@ def pull_release(cfg: PullConfig, registry_path: Path | None = None) -> Path:
             }
         },
     )
+    target.done()
+    return written
 
 
 def _pull_circuit_tracer(release: Release, cfg: PullConfig, sub: str) -> Path:

@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import UserError
 from ..option_checks import check_types, need_at_least
 from ..options import corpus_option, model_option, opt, out_option, overwrite_option, threads_option
+from ..out_folder import finish, hold
 from ..storage import read_json, refuse_overwrite, write_figure, write_json
 
 
@@ -161,7 +162,9 @@ def run_scaling(cfg: ScalingConfig) -> dict:
         m = read_manifest(cache)
         if m["lm_tokens"] < max(cfg.tokens):
             raise UserError(f"--cache {cache} holds {m['lm_tokens']:,} tokens; the grid needs {max(cfg.tokens):,}")
+        hold(out)  # the folder's lock: no other writer while the grid runs
     else:
+        hold(out)
         cache = out / "activations"
         write_cache(
             CacheConfig(
@@ -240,4 +243,5 @@ def run_scaling(cfg: ScalingConfig) -> dict:
         out / "scaling.png",
         f"{lm.name} {cfg.hookpoint}, TopK k={cfg.k}, held-out FVU on {cfg.eval_tokens:,} tokens",
     )
+    finish(out)
     return result

@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..evaluate.run import EvalE2EConfig, evaluate_e2e
 from ..option_checks import check_types
 from ..options import opt
+from ..out_folder import finish, hold
 from ..sae.registry import uses_k
 from ..storage import read_json, write_json
 from ..train.config import LOSSES, TrainConfig
@@ -156,7 +157,7 @@ def run_sweep(
         "versions": versions(),
         "runs": dict((old or {}).get("runs", {})),
     }
-    out.mkdir(parents=True, exist_ok=True)
+    hold(out)  # the sweep folder's lock: a second sweep into it is refused (each run folder has its own)
     write_json(out / SWEEP_FILE, record)
     for i, r in enumerate(runs):
         status = run_status(r)
@@ -181,6 +182,7 @@ def run_sweep(
             "wall_s_this_invocation": time.time() - t,
         }
         write_json(out / SWEEP_FILE, record)
+    finish(out)
     return record
 
 

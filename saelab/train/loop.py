@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..out_folder import TRAINING_RUN, open_out
+from ..out_folder import TRAINING_RUN, check_space, open_out
 from ..sae.folder import Provenance, save_sae
 from ..sae.replacement import write_replacement
 from ..storage import trim_jsonl
@@ -61,7 +61,7 @@ class TrainingRun:
         self.parallel.check(cfg)
         # --resume continues this folder's run (checked below); otherwise the folder must be new, empty, or
         # (with --overwrite) a training run, whose own files alone are removed before the first batch
-        self.folder = None if cfg.resume else open_out(self.out, TRAINING_RUN, cfg.overwrite)
+        self.folder = open_out(self.out, TRAINING_RUN, cfg.overwrite, inputs=_inputs(cfg), resume=cfg.resume)
         precheck(cfg, self.patterns)
         self.resume_meta = read_checkpoint_meta(self.out) if cfg.resume else None
         if self.resume_meta:
@@ -75,14 +75,15 @@ class TrainingRun:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         inputs = open_inputs(cfg, self.patterns, par.wrap_stream)
-        if par.is_main:
-            self.folder.prepare() if self.folder else self.out.mkdir(parents=True, exist_ok=True)
-        par.barrier()
         everyone = (
             members_from_dictionary(cfg, self.init, inputs.sites, inputs.widths)
             if self.init
             else build_members(cfg, inputs.sites, inputs.widths)
         )
+        if par.is_main:  # the SAE folders (weights) and the checkpoint (weights + two Adam moments): 4 copies
+            check_space(self.out, 4 * sum(p.numel() * p.element_size() for m in everyone for p in m.sae.parameters()))
+            self.folder.prepare()  # the folder's lock; --overwrite: what the last run wrote is moved aside
+        par.barrier()
         self.identity = resume_identity(cfg, [m.name for m in everyone], inputs.data["fingerprint"], par.describe())
         members = par.own(everyone)
         objective = make_objective(cfg, inputs.lm.model if inputs.lm else None, members, inputs.sink, inputs.special)
@@ -276,6 +277,7 @@ class TrainingRun:
             if self.plan.layers:  # a replacement folder (sae/replacement.py): its manifest is the last file written
                 kind = "clt" if cfg.kind.capabilities.multi_site else "plt"
                 write_replacement(self.out, kind, self.plan.layers, cfg.model, inputs.model_name, folders)
+            self.folder.done()  # completed: what --overwrite replaced goes, the lock is released
         par.barrier()
         par.close()
         print(
@@ -290,6 +292,11 @@ def train(cfg: TrainConfig) -> list[Path]:
     """Train every SAE of `cfg` (in this process, or as one rank of a torchrun job) -> SAE folders."""
     plan = resolve(cfg)  # torchrun's rules (Distributed) then see --init-from's adopted options
     return TrainingRun(plan, parallel_for(plan.config)).run()
+
+
+def _inputs(cfg: TrainConfig) -> tuple[str, ...]:
+    """The folders a run reads (an activation cache, an SAE to start from): never inside what it replaces."""
+    return tuple(p for p in (cfg.from_activations, cfg.init_from) if p and Path(p).exists())
 
 
 def _postfix(members: list[Member], batch: Batch) -> str:

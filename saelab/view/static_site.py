@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..option_checks import check_types, need_at_least
 from ..options import LATENTS_HELP, latent_list, opt, out_option, overwrite_option, threads_option
+from ..out_folder import finish, hold
 from ..sae.folder import open_sae
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
@@ -104,6 +105,7 @@ def write_dashboard(
 ) -> Path:
     out = Path(out)
     check_out(out, overwrite)
+    hold(out)  # the folder's lock: no other writer while the pages are written
     t0 = time.time()
     (out / "features").mkdir(parents=True, exist_ok=True)
     latents = list(range(store.d_sae)) if latents is None else latents
@@ -144,4 +146,5 @@ def write_dashboard(
             "wall_s": time.time() - t0,
         },
     )
+    finish(out)
     return out

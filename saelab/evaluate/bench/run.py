@@ -15,7 +15,7 @@ import torch
 
 from ...errors import UserError
 from ...models import collect_activations
-from ...out_folder import BENCH_REPORT, open_out
+from ...out_folder import BENCH_REPORT, finish, open_out
 from ...sae.folder import open_sae, open_shared_data, shared_provenance, unique_names
 from ...sinks import excluded_positions, special_ids
 from ...storage import write_json
@@ -129,4 +129,5 @@ def bench(
         t0 = time.time()
         b.done(m.name, {"metric": m.name, **m.compute(b)}, t0)
     _summarise(b, t_start)
+    finish(b.out)  # the folder's lock goes
     return b.results
