@@ -185,6 +185,16 @@ def test_explain_and_score_with_every_latent_failed_exit_2(interp_cache, tmp_pat
     def broken(self, ex, explanation):
         raise RuntimeError("steering produced NaN")
 
+    from saelab.interpret.scorers.intervention import InterventionScorer
+
+    with monkeypatch.context() as m:  # two scorers that each failed every latent: one line naming both
+        m.setattr(SurprisalScorer, "score", broken)
+        m.setattr(InterventionScorer, "score", broken)
+        assert main(["score", str(run), "--scorers", "surprisal", "intervention"]) == 2
+    err = _message_lines(capsys)
+    assert len(err) == 1 and "score surprisal: every latent failed" in err[0], err
+    assert "score intervention: every latent failed" in err[0], err
+
     with monkeypatch.context() as m:
         m.setattr(SurprisalScorer, "score", broken)
         assert main(score) == 2

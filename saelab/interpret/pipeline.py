@@ -55,16 +55,23 @@ def stop_if_down(client, what: str, bar) -> None:
         )
 
 
-def refuse_all_failed(what: str, records: list[dict], good, path) -> None:
-    """A run in which no latent succeeded and some failed is an error, not a success (exit 2, one line):
+def all_failed(what: str, records: list[dict], good, path) -> str | None:
+    """The one line saying that no latent succeeded and some failed (None when any succeeded):
     `explain --timeout 0.001` failed every latent and exited 0. `records`: this run's latest record per latent;
     `good(record)`: it succeeded. Latents skipped for too few examples are not failures. The records stay:
     a rerun tries the failed latents again."""
     failed = [r for r in records if not good(r) and r.get("status") != "skipped"]
     if not failed or any(good(r) for r in records):
-        return
+        return None
     errors = sorted({str(r.get("error") or "no answer") for r in failed})
-    raise UserError(
+    return (
         f"{what}: every latent failed ({len(failed)} of {len(records)}; first error: {errors[0][:200]}); "
         f"the records are in {path}; fix the cause and rerun the same command to try them again"
     )
+
+
+def refuse_all_failed(what: str, records: list[dict], good, path) -> None:
+    """A run in which no latent succeeded and some failed is an error, not a success (exit 2, one line)."""
+    message = all_failed(what, records, good, path)
+    if message:
+        raise UserError(message)

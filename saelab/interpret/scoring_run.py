@@ -20,7 +20,7 @@ from ..out_folder import INTERPRETATION_RUN, finish, hold
 from ..storage import read_json, write_json
 from .config import ScoreConfig
 from .examples import ExampleConfig, ExampleSampler, LatentExamples
-from .pipeline import SubjectModels, refuse_all_failed, stop_if_down
+from .pipeline import SubjectModels, all_failed, stop_if_down
 from .records import EXAMPLES, EXPLANATIONS, append_jsonl, by_latent, read_jsonl, repair_truncated, scores_path
 from .scorers import JUDGED, SCORERS
 
@@ -164,9 +164,11 @@ def score(cfg: ScoreConfig, progress: bool = True) -> dict[str, int]:
         manifest["judge_usage"] = judge.usage.to_dict()
         write_json(run.path / "manifest.json", manifest)
     finish(run.path)
-    for s in objs:  # a scorer that failed every latent (a judge down, a NaN steering) is an error, not a score
+    failed = []  # every scorer that failed every latent (a judge down, a NaN steering): an error, not a score
+    for s in objs:
         recs = by_latent(read_jsonl(scores_path(run.path, s)))
-        refuse_all_failed(
-            f"score {s}", [recs[j] for j in run.todo if j in recs], lambda r: r.get("ok"), scores_path(run.path, s)
-        )
+        latest = [recs[j] for j in run.todo if j in recs]
+        failed.append(all_failed(f"score {s}", latest, lambda r: r.get("ok"), scores_path(run.path, s)))
+    if any(failed):
+        raise UserError("; ".join(m for m in failed if m))
     return scored
