@@ -24,7 +24,9 @@ class ClientOptions:
         None, "model: for local a model spec (none: embedded), for openai/anthropic the served model name"
     )
     base_url: str | None = opt(
-        None, "OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (none: $OPENAI_BASE_URL)"
+        None,
+        "server URL: openai: an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (none: $OPENAI_BASE_URL); "
+        "anthropic: a Messages API base, without /v1 (none: $ANTHROPIC_BASE_URL, else Anthropic's)",
     )
     concurrency: int = opt(4, "parallel requests to an HTTP server")
     timeout: float = opt(60.0, "seconds per HTTP request")

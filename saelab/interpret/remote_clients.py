@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -185,7 +186,14 @@ def _logsumexp(xs: list[float]) -> float:
 
 class AnthropicClient(_RemoteClient):
     """Claude via the `anthropic` package (needs ANTHROPIC_API_KEY; no log-probabilities, so the
-    judged scorers parse generated answers)."""
+    judged scorers parse generated answers).
+
+    The request carries only what the installed SDK's `messages.create` accepts: SDK 2.x has no
+    `temperature` (passing it raised TypeError on every call), 0.x had one, so it is sent when the
+    signature has it and the reply's sampling is the server's otherwise (`describe()` says which). An
+    empty system prompt is left out, not sent as null. A model that refuses an assistant prefill (a
+    400 naming prefill) gets the request again without it, and the rest of the run sends none: the
+    explainer's parser reads a reply with or without its `[EXPLANATION]:` marker."""
 
     name = "anthropic"
     supports_logprobs = False
@@ -206,6 +214,7 @@ class AnthropicClient(_RemoteClient):
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise UserError("the anthropic client needs ANTHROPIC_API_KEY in the environment")
+        self.base_url = base_url
         self.client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=self.timeout, max_retries=0)
         self.retryable = (
             anthropic.APIConnectionError,
@@ -213,34 +222,66 @@ class AnthropicClient(_RemoteClient):
             anthropic.RateLimitError,
             anthropic.InternalServerError,
         )
+        self._bad_request = anthropic.BadRequestError
+        self.sends_temperature = _accepts(self.client.messages.create, "temperature")
+        self.prefill_refused = False  # set once the model answered a prefill with a 400
 
     def describe(self) -> dict:
-        return {"client": "anthropic", "model": self.model}
+        return {
+            "client": "anthropic",
+            "model": self.model,
+            "base_url": self.base_url,
+            "temperature_sent": self.sends_temperature,  # False: this SDK has no temperature (server default)
+        }
+
+    def _request(self, system: str, msgs: list, max_tokens: int, temperature: float):
+        kw = dict(model=self.model, messages=msgs, max_tokens=max_tokens)
+        if system:
+            kw["system"] = system
+        if self.sends_temperature and temperature is not None:
+            kw["temperature"] = temperature
+        return self.client.messages.create(**kw)
+
+    def _call(self, system: str, msgs: list, prefill: str | None, max_tokens: int, temperature: float):
+        """-> (reply, the prefill it continues or None)."""
+        if prefill and not self.prefill_refused:
+            try:
+                return self._request(
+                    system, [*msgs, {"role": "assistant", "content": prefill}], max_tokens, temperature
+                ), prefill
+            except self._bad_request as e:
+                if "prefill" not in str(e).lower():
+                    raise
+                with self._lock:
+                    self.prefill_refused = True
+        return self._request(system, msgs, max_tokens, temperature), None
 
     def _one(self, messages, max_tokens, temperature, prefill) -> Completion:
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         msgs = [m for m in messages if m["role"] != "system"]
-        if prefill:
-            msgs = msgs + [{"role": "assistant", "content": prefill}]
-
-        def call():
-            return self.client.messages.create(
-                model=self.model, system=system or None, messages=msgs, max_tokens=max_tokens, temperature=temperature
-            )
-
-        r, err, retries = self._with_retries(call)
+        r, err, retries = self._with_retries(lambda: self._call(system, msgs, prefill, max_tokens, temperature))
         text, pt, ct = None, 0, 0
         if r is not None:
+            r, continued = r
             pt, ct = _usage(r, "input_tokens"), _usage(r, "output_tokens")
             try:
                 text = "".join(getattr(b, "text", "") or "" for b in r.content)
             except (AttributeError, TypeError):
                 text, err = None, "malformed reply (no content)"
             text, err = checked_reply(text, err, max_tokens)
-            if err is None and prefill:
-                text = prefill + text
+            if err is None and continued:
+                text = continued + text
         self._account(pt, ct, failed=err is not None, retries=retries, cost=self._cost(pt, ct))
         return Completion(text, pt, ct, err)
 
     def generate(self, prompts, max_tokens=64, temperature=0.0, prefill=None) -> list[Completion]:
         return self._map(lambda m: self._one(m, max_tokens, temperature, prefill), prompts)
+
+
+def _accepts(fn, keyword: str) -> bool:
+    """Does `fn` take `keyword` (by name, or through **kwargs)?"""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
