@@ -262,3 +262,100 @@ def test_cli_explain_with_client_anthropic_gets_explanations(api, cache, tmp_pat
 
 
 # ---------------------------------------------------------------- --resume across an upgrade
+RESUME_KW = dict(tokens=8192, checkpoint_every=2048, buffer_batches=2)
+
+
+def _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
+    """A run stopped (as by a kill) right after its first checkpoint; returns its folder."""
+    from saelab.train.loop import TrainingRun
+
+    real = TrainingRun._checkpoint
+
+    def killed(self, members, pos):
+        real(self, members, pos)
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(TrainingRun, "_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, **RESUME_KW)).run()
+    return run
+
+
+def _as_older_saelab(run, hashed_options) -> None:
+    """Rewrite the checkpoint's meta as a saelab that stored only the hash would have: `identity` over
+    hashed_options(the options it had), no `resume_identity`."""
+    from saelab.storage import fingerprint, read_tensors, write_tensors
+    from saelab.train.checkpoint import CHECKPOINT, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(run)
+    s = meta.pop("resume_identity")
+    meta["identity"] = fingerprint(hashed_options(s["config"]), s["members"], s["data"], s["parallel"])
+    write_tensors(run / CHECKPOINT, read_tensors(run / CHECKPOINT), {"saelab": json.dumps(meta)})
+
+
+def _defaults_left_out(config: dict) -> dict:
+    """The rule: the options that differ from their default (a field with no default always counts)."""
+    import dataclasses
+
+    from saelab.train.config import TrainConfig
+
+    d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    d |= {
+        f.name: f.default_factory()
+        for f in dataclasses.fields(TrainConfig)
+        if f.default_factory is not dataclasses.MISSING
+    }
+    return {k: v for k, v in config.items() if k not in d or json.loads(json.dumps(d[k], default=str)) != v}
+
+
+def test_resume_of_a_checkpoint_written_before_an_option_existed(
+    tmp_path, tiny_model_dir, text_corpus, monkeypatch, capsys
+):
+    """A checkpoint holding only the hash, written by a saelab that lacked --sink-norm-factor: it resumes
+    while that option is at its default (the hash leaves default options out), and is refused otherwise."""
+    from saelab.train.loop import TrainingRun
+
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch)
+    lacking = lambda c: _defaults_left_out({k: v for k, v in c.items() if k != "sink_norm_factor"})  # noqa: E731
+    _as_older_saelab(run, lacking)
+    with pytest.raises(UserError, match="written by a different configuration"):
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, sink_norm_factor=4.0, **RESUME_KW)).run()
+    with pytest.raises(UserError, match="written by a different configuration"):  # a recorded option changed
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, lr=[1e-3], **RESUME_KW)).run()
+    capsys.readouterr()
+    TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, **RESUME_KW)).run()
+    assert "resuming at 2,048 tokens" in capsys.readouterr().out
+    assert read_json(run / "manifest.json")["lm_tokens"] == 8192
+
+
+def test_resume_of_a_checkpoint_whose_hash_covers_every_option(
+    tmp_path, tiny_model_dir, text_corpus, monkeypatch, capsys
+):
+    """What saelab wrote before the rule (a hash over every option) still resumes when no option was added."""
+    from saelab.train.loop import TrainingRun
+
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch)
+    _as_older_saelab(run, lambda c: c)
+    with pytest.raises(UserError, match="written by a different configuration"):
+        TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, k=[16], **RESUME_KW)).run()
+    capsys.readouterr()
+    TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, **RESUME_KW)).run()
+    assert "resuming at 2,048 tokens" in capsys.readouterr().out
+
+
+def test_identity_hash_leaves_default_options_out():
+    """The stored hash does not move when an option at its default appears or disappears, and does when
+    a value differs; the dict beside it keeps every option (so --resume can name each difference)."""
+    from saelab.train.config import TrainConfig
+    from saelab.train.resume_identity import identity_hash, resume_identity
+
+    h, stored = resume_identity(TrainConfig(out="o", k=[8], hookpoints=["a"]), ["a-topk"], "data", {})
+    assert stored["config"]["sink_norm_factor"] == 5.0 and "buffer_batches" in stored["config"]
+    older = json.loads(json.dumps(stored))
+    del older["config"]["sink_norm_factor"]
+    assert identity_hash(older, TrainConfig) == h
+    h4, _ = resume_identity(TrainConfig(out="o", k=[8], hookpoints=["a"], sink_norm_factor=4.0), ["a-topk"], "data", {})
+    h16, _ = resume_identity(TrainConfig(out="o", k=[16], hookpoints=["a"]), ["a-topk"], "data", {})
+    assert len({h, h4, h16}) == 3

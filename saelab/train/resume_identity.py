@@ -2,8 +2,11 @@
 which option differs, and so a checkpoint written before an option existed still resumes while
 that option is at its default.
 
-Checkpoint meta holds both `identity` (one hash, what saelab wrote before this module; still written
-so older saelab versions keep reading new checkpoints) and `resume_identity` (the dict below).
+Checkpoint meta holds both `identity` (one hash, all that saelab wrote before this module) and
+`resume_identity` (the dict below, every option with its value). The hash covers only the options
+that differ from their default, so an option added later, left at its default, leaves the hash as it
+was: a checkpoint that holds only a hash resumes across the upgrade too. A hash-only checkpoint from a
+saelab that hashed every option (before this rule) still resumes when nothing was added since.
 """
 
 from __future__ import annotations
@@ -39,12 +42,22 @@ def resume_options(cfg) -> dict:
 
 
 def resume_identity(cfg, names: list[str], data_fingerprint: str, parallel: dict) -> tuple[str, dict]:
-    """(the hash older checkpoints hold, the dict newer ones hold too)."""
-    c = resume_options(cfg)
-    return (
-        fingerprint(c, names, data_fingerprint, parallel),
-        _json({"config": c, "members": names, "data": data_fingerprint, "parallel": parallel}),
-    )
+    """(the hash, the dict): what a checkpoint stores as `identity` and `resume_identity`."""
+    stored = _json({"config": resume_options(cfg), "members": names, "data": data_fingerprint, "parallel": parallel})
+    return identity_hash(stored, type(cfg)), stored
+
+
+def identity_hash(stored: dict, cls) -> str:
+    """The hash of a `resume_identity` dict over the options that differ from their default in `cls`
+    (an option added later, at its default, does not change it)."""
+    defaults = _defaults(cls)
+    options = {k: v for k, v in stored["config"].items() if k not in defaults or v != defaults[k]}
+    return fingerprint(options, stored["members"], stored["data"], stored["parallel"])
+
+
+def every_option_hash(stored: dict) -> str:
+    """The hash saelab wrote before it left default options out: over every option."""
+    return fingerprint(stored["config"], stored["members"], stored["data"], stored["parallel"])
 
 
 def _defaults(cls) -> dict:
@@ -106,7 +119,7 @@ def check_resume_identity(meta: dict, cfg, identity: tuple[str, dict], out) -> N
         raise UserError(old_message)
     stored = meta.get("resume_identity")
     if stored is None:  # written before the options were stored: only the hash can say
-        if meta.get("identity") != identity[0]:
+        if meta.get("identity") not in (identity[0], every_option_hash(identity[1])):
             raise UserError(old_message)
         return
     check_options(meta, cfg, out)
