@@ -1,8 +1,9 @@
 """The Anthropic client against a loopback server that speaks the Messages API (POST /v1/messages),
 the installed `anthropic` SDK pointed at it with base_url, as test_interpret_http.py tests the
-OpenAI-compatible path against `saelab serve-llm`. The server checks requests as the API does (key
-and version headers, known fields only, a string system prompt, alternating turns) and answers a
-reply derived from the prompt, so a test can tell which explanation came from which request.
+OpenAI-compatible path against `saelab serve-llm`. The server checks requests as the API does (the
+key, as x-api-key or bearer, and the version header; known fields only; a string system prompt;
+alternating turns) and answers a reply derived from the prompt, so a test can tell which explanation
+came from which request.
 
 And --resume across an upgrade: the checkpoint's fingerprint leaves options at their default out."""
 
@@ -78,8 +79,9 @@ class MessagesAPI:
                 mode, _, rest = self.path.lstrip("/").partition("/")
                 if rest != "v1/messages":
                     return self._error(404, "not_found_error", f"no route {self.path}")
-                if self.headers.get("x-api-key") != KEY or not self.headers.get("anthropic-version"):
-                    return self._error(401, "authentication_error", "invalid x-api-key or no anthropic-version")
+                key = self.headers.get("x-api-key") or self.headers.get("authorization", "").removeprefix("Bearer ")
+                if key != KEY or not self.headers.get("anthropic-version"):  # SDK 2.x sends the key as a bearer token
+                    return self._error(401, "authentication_error", "invalid API key or no anthropic-version")
                 try:
                     body = json.loads(raw)
                 except ValueError:
