@@ -50,8 +50,8 @@ def test_auxk_revives_planted_dead_topk_latents(arch):
         assert not _fires(sae, x[:8192], killed).any()  # dead on the training rows
         train_local(sae.train(), x, steps=300, dead=dead, init=False)
         revived[coeff] = int(_fires(sae, held, killed).sum())
-    print(arch, revived)
-    # without AuxK a latent outside every top k gets no gradient: none comes back
+    # measured {0.0: 0, 1/32: 16} for each of the three: without AuxK a latent outside every top k gets no
+    # gradient, so none comes back
     assert revived[0.0] <= 1, revived
     assert revived[1 / 32] >= 12, revived
 
@@ -110,7 +110,7 @@ def test_whole_pipeline_on_a_trained_folder(tmp_path, tiny_model_dir, text_corpu
     _cli("eval", folder, "--tokens", 4096, "--ce-tokens", 1024)
     m = json.loads((folder / "metrics.json").read_text())["metrics"]
     assert m["l0"] == pytest.approx(K, abs=0.01)
-    assert m["fvu"] < 0.5 and abs(m["fvu"] - train_fvu) < 0.5 * train_fvu + 0.02, (m["fvu"], train_fvu)
+    assert m["fvu"] < 0.5 and abs(m["fvu"] - train_fvu) < 0.25 * train_fvu + 0.02, (m["fvu"], train_fvu)
 
     # eval -> cache: the cached activations are the trained SAE's on the cached tokens
     cache_dir = tmp_path / "cache"
@@ -118,7 +118,7 @@ def test_whole_pipeline_on_a_trained_folder(tmp_path, tiny_model_dir, text_corpu
     lc = LatentCache.open(cache_dir)
     (name,) = lc.sae_names
     fires, mx = lc.fire_counts(name), lc.max_activation(name)
-    assert lc.d_sae(name) == LATENTS and (fires > 0).sum() > LATENTS // 2  # trained: most latents alive
+    assert lc.d_sae(name) == LATENTS and (fires > 0).sum() >= 0.9 * LATENTS  # trained: measured 128/128 alive
     lat = [int(j) for j in np.argsort(-fires, kind="stable")[:2]]
     lm = load_model(str(tiny_model_dir))
     for j in lat:
@@ -149,9 +149,14 @@ def test_whole_pipeline_on_a_trained_folder(tmp_path, tiny_model_dir, text_corpu
     auc = {j: recs.scores["embedding"][j]["metrics"]["auc"] for j in lat}
     capsys.readouterr()
     _cli("report", interp)
-    assert f"{len(lat)} explained" in capsys.readouterr().out
+    md = capsys.readouterr().out
     (summary,) = json.loads((interp / "report.json").read_text())["runs"]
-    assert sorted(summary["scorers"]["embedding"]["values"]["auc"]) == pytest.approx(sorted(auc.values()))
+    assert (summary["latents"], summary["explained"], summary["dictionary"]) == (len(lat), len(lat), name)
+    emb = summary["scorers"]["embedding"]
+    assert sorted(emb["latents"]) == sorted(lat) and emb["values"]["auc"] == pytest.approx(
+        [auc[j] for j in emb["latents"]]
+    )
+    assert f"| auc | {np.mean(list(auc.values())):.3f} ± " in md
 
     # report -> dashboard: each page shows the run's explanation and AUC
     dash = tmp_path / "dash"
