@@ -538,7 +538,8 @@ def test_test_this_feature_on_your_own_text(server):
         v1 = DEFAULT_STRENGTH * float(store.max_act[5])
         assert rows[SWEEP.index(1.0) + 1].startswith(f"\u00d71: clamp \u2192 {float(f'{v1:.3g}'):g}"[:14])
         # the home page's status line (issue 31): generations, tokens and time, the bar full
-        assert page.locator("#steerstate").inner_text().startswith(f"done: {1 + len(SWEEP)} generations of up to 30 tokens")
+        done = page.locator("#steerstate").inner_text()
+        assert done.startswith(f"done: {1 + len(SWEEP)} generations of up to 30 tokens")
         assert page.locator("#steerbar").evaluate("b => b.style.width") == "100.0%"
         assert errors == []
         browser.close()
