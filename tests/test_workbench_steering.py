@@ -33,6 +33,7 @@ def app(tiny_model_dir, text_corpus, tmp_path_factory):
     lm = load_model(str(tiny_model_dir))
     store = FeatureStore.build(folder, tokens=2048, model=lm.model, tokenizer=lm.tokenizer, progress=False)
     store.max_act[DEAD] = 0.0
+    assert int(store.max_act.argmax()) != DEAD
     with serve([store]) as (base, api):
         yield base, api, store
 
@@ -73,7 +74,8 @@ def test_degenerate_catches_repeated_sentences_and_very_short_text():
 def test_a_relative_edit_of_a_feature_that_never_fired_warns(app, tmp_path, capsys, monkeypatch):
     base, _, store = app
     max_acts = torch.from_numpy(store.max_act.copy())
-    edits = [FeatureEdit(DEAD, "clamp", 4.0, relative=True), FeatureEdit(3, "clamp", 1.0, relative=True)]
+    live = int(store.max_act.argmax())
+    edits = [FeatureEdit(DEAD, "clamp", 4.0, relative=True), FeatureEdit(live, "clamp", 1.0, relative=True)]
     (w,) = never_fired(edits, max_acts)
     assert w.startswith(f"feature {DEAD} never fired on the cached tokens (max activation 0): 4x its max")
     assert never_fired([FeatureEdit(DEAD, "clamp", 4.0)], max_acts) == []  # an absolute value does steer
@@ -98,7 +100,7 @@ def test_a_relative_edit_of_a_feature_that_never_fired_warns(app, tmp_path, caps
         time.sleep(0.1)
     assert j["status"] == "done" and j["result"]["warnings"][0].startswith(f"feature {DEAD} never fired")
     assert 'id="neverfired"' in _get(f"{base}/sae/steer_sae/feature/{DEAD}")[1]
-    assert 'id="neverfired"' not in _get(f"{base}/sae/steer_sae/feature/3")[1]
+    assert 'id="neverfired"' not in _get(f"{base}/sae/steer_sae/feature/{live}")[1]
     # `saelab steer` says it before generating, and --json keeps it (its cache's max of DEAD read as 0)
     import saelab.view.steer_run as steer_run
 
