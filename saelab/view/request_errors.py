@@ -76,12 +76,12 @@ def sentence(errors: list[dict]) -> str:
     return _one(errors[0]) + more
 
 
-def _answer(request: Request, status: int, detail: str, headers=None):
+def _answer(request: Request, status: int, detail, headers=None):
     """JSON for the API, a small HTML page for a person's browser."""
     if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
     title = "Not found" if status == 404 else f"Error {status}"
-    page = ERROR_PAGE.replace("@TITLE@", title).replace("@DETAIL@", html.escape(detail))
+    page = ERROR_PAGE.replace("@TITLE@", title).replace("@DETAIL@", html.escape(str(detail)))
     return HTMLResponse(page, status_code=status)
 
 
@@ -99,7 +99,7 @@ def add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return _answer(request, exc.status_code, str(exc.detail), exc.headers)
+        return _answer(request, exc.status_code, exc.detail, exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
