@@ -540,6 +540,6 @@ def test_test_this_feature_on_your_own_text(server):
         # the home page's status line (issue 31): generations, tokens and time, the bar full
         done = page.locator("#steerstate").inner_text()
         assert done.startswith(f"done: {1 + len(SWEEP)} generations of up to 30 tokens")
-        assert page.locator("#steerbar").evaluate("b => b.style.width") == "100.0%"
+        assert page.locator("#steerbar").evaluate("b => b.style.width") == "100%"
         assert errors == []
         browser.close()

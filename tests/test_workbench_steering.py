@@ -15,25 +15,34 @@ from pathlib import Path
 import pytest
 import torch
 from graph_fixture import serve
-from view_helpers import make_sae_folder
 
 from saelab.cli import main
 from saelab.features.steer import FeatureEdit, degenerate
 from saelab.features.steering import SWEEP, SteeringRequest, never_fired, run_steering
 from saelab.models import load_model
+from saelab.sae import SaeConfig, build_sae
+from saelab.sae.folder import Provenance, save_sae
+from saelab.sinks import SinkConfig
 from saelab.view.feature_store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
-DEAD = 5  # the latent whose max activation the tests set to 0 (as if it never fired on the cached tokens)
+DEAD = 5  # a latent that never fires: its encoder column 0, its bias -100
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, text_corpus, tmp_path_factory):
-    folder = make_sae_folder(tmp_path_factory.mktemp("sae") / "steer_sae", tiny_model_dir, text_corpus)
+    folder = tmp_path_factory.mktemp("sae") / "steer_sae"
+    sae = build_sae(SaeConfig("topk", d_in=64, d_sae=128, hookpoint="model.layers.1", k=8))  # as make_sae_folder
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+        sae.W_enc[:, DEAD] = 0.0
+        sae.b_enc[DEAD] = -100.0
+    sink = SinkConfig(first_positions=1, mask_special=True, norm_factor=5.0)
+    save_sae(sae.eval(), folder, Provenance(str(tiny_model_dir), "tiny", str(text_corpus), context=64, sink=sink))
     lm = load_model(str(tiny_model_dir))
     store = FeatureStore.build(folder, tokens=2048, model=lm.model, tokenizer=lm.tokenizer, progress=False)
-    store.max_act[DEAD] = 0.0
-    assert int(store.max_act.argmax()) != DEAD
+    assert store.max_act[DEAD] == 0 and store.max_act.max() > 0
     with serve([store]) as (base, api):
         yield base, api, store
 
@@ -71,7 +80,7 @@ def test_degenerate_catches_repeated_sentences_and_very_short_text():
         assert degenerate(fluent, 30) is None, fluent
 
 
-def test_a_relative_edit_of_a_feature_that_never_fired_warns(app, tmp_path, capsys, monkeypatch):
+def test_a_relative_edit_of_a_feature_that_never_fired_warns(app, tmp_path, capsys):
     base, _, store = app
     max_acts = torch.from_numpy(store.max_act.copy())
     live = int(store.max_act.argmax())
@@ -101,20 +110,7 @@ def test_a_relative_edit_of_a_feature_that_never_fired_warns(app, tmp_path, caps
     assert j["status"] == "done" and j["result"]["warnings"][0].startswith(f"feature {DEAD} never fired")
     assert 'id="neverfired"' in _get(f"{base}/sae/steer_sae/feature/{DEAD}")[1]
     assert 'id="neverfired"' not in _get(f"{base}/sae/steer_sae/feature/{live}")[1]
-    # `saelab steer` says it before generating, and --json keeps it (its cache's max of DEAD read as 0)
-    import saelab.view.steer_run as steer_run
-
-    class DeadCache:
-        def __init__(self, lc):
-            self.lc = lc
-
-        def max_activation(self, name):
-            m = self.lc.max_activation(name).copy()
-            m[DEAD] = 0.0
-            return m
-
-    real = steer_run.ensure_cache
-    monkeypatch.setattr(steer_run, "ensure_cache", lambda *a, **kw: (lambda lc, n: (DeadCache(lc), n))(*real(*a, **kw)))
+    # `saelab steer` says it before generating, and --json keeps it
     out = tmp_path / "steer.json"
     args = ["steer", str(store.sae_dir), "--prompt", "Hi", "--clamp", f"{DEAD}=2x", "--max-new-tokens", "2"]
     assert main(args + ["--tokens", "2048", "--json", str(out)]) == 0
@@ -215,11 +211,12 @@ def test_browser_feature_panel_has_progress_cancel_and_enter(app):
         page.press("#steerprompt", "Enter")  # again, to the end: the bar full, the home page's status line
         page.wait_for_function("document.getElementById('steerstate').textContent.startsWith('done')", timeout=60000)
         assert page.locator("#steerstate").inner_text().startswith(f"done: {1 + len(SWEEP)} generations of up to 30")
-        assert page.locator("#steerbar").evaluate("b => b.style.width") == "100.0%"
+        assert page.locator("#steerbar").evaluate("b => b.style.width") == "100%"
         assert page.locator("#steerout p.steered").count() == 1 + len(SWEEP)
 
         page.goto(base + "/")
         page.wait_for_selector("#sae option", state="attached")
+        assert page.locator("#value").input_value() == "1"  # the default strength, not the placeholder @DEFAULT@
         page.fill("#latent", "abc")
         page.press("#latent", "Enter")
         page.wait_for_function("document.getElementById('steererr').textContent.length > 0")
@@ -227,7 +224,10 @@ def test_browser_feature_panel_has_progress_cancel_and_enter(app):
         page.fill("#latent", "3")
         page.fill("#ntok", "4")
         page.press("#prompt", "Enter")
-        page.wait_for_function("document.getElementById('steerstatus').textContent.startsWith('done')", timeout=60000)
+        page.wait_for_function(
+            "/^(done|error)/.test(document.getElementById('steerstatus').textContent)", timeout=60000
+        )
+        assert page.locator("#steerstatus").inner_text().startswith("done"), page.locator("#steererr").inner_text()
         assert page.locator("#steererr").inner_text() == "" and page.locator(".variant").count() == len(SWEEP)
         assert errors == []
         browser.close()

@@ -20,11 +20,12 @@ async function api(url, opts) {
 """
 
 APP_HTML = (
-    """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
+    (
+        """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
 <style>"""
-    + CSS
-    + PROGRESS_CSS
-    + """
+        + CSS
+        + PROGRESS_CSS
+        + """
 .panel{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
 .fire{display:inline-block;margin:2px;padding:2px 3px;border-radius:3px;cursor:default}
 .outputs{display:flex;gap:1em} .outputs>div{flex:1;min-width:0} .outputs pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;min-height:3em}
@@ -57,9 +58,9 @@ tokens <input id="ntok" size="4" value="30"> temperature <input id="temp" size="
 
 <script>
 """
-    + PAGE_JS
-    + STEER_JS
-    + """const sae = () => $('sae').value;
+        + PAGE_JS
+        + STEER_JS
+        + """const sae = () => $('sae').value;
 const featureUrl = i => '/sae/' + encodeURIComponent(sae()) + '/feature/' + i;
 
 async function loadSaes() {
@@ -150,7 +151,9 @@ $('firebtn').addEventListener('click', fire);
 $('steerbtn').addEventListener('click', steer);
 enterStarts($('steerbtn'), ...['prompt', 'latent', 'value', 'ntok', 'temp', 'seed'].map($));
 loadSaes();
-</script></body></html>""".replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}")
+</script></body></html>"""
+    )  # the whole page: the placeholders are in its HTML and its script
+    .replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}")
     .replace("@SWEEP_TEXT@", " ".join(f"{x:g}&times;" for x in SWEEP))
     .replace("@SWEEP@", ", ".join(f"{x:g}" for x in SWEEP))
 )
