@@ -537,6 +537,9 @@ def test_test_this_feature_on_your_own_text(server):
         assert rows[0] == "unsteered: Once upon a time" + clean.replace("\n", "\u21b5")
         v1 = DEFAULT_STRENGTH * float(store.max_act[5])
         assert rows[SWEEP.index(1.0) + 1].startswith(f"\u00d71: clamp \u2192 {float(f'{v1:.3g}'):g}"[:14])
-        assert page.locator("#steerstate").inner_text() == "done"
+        # the home page's status line (issue 31): generations, tokens and time, the bar full
+        done = page.locator("#steerstate").inner_text()
+        assert done.startswith(f"done: {1 + len(SWEEP)} generations of up to 30 tokens")
+        assert page.locator("#steerbar").evaluate("b => b.style.width") == "100%"
         assert errors == []
         browser.close()

@@ -290,10 +290,17 @@ def steer_compare(
     return {"unsteered": clean, "steered": steered}
 
 
-def degenerate(text: str) -> str | None:
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+SHORT_WORDS = 3  # a continuation of fewer words, when at least SHORT_ASKED tokens were asked for, is "very short"
+SHORT_ASKED = 8
+
+
+def degenerate(text: str, max_new_tokens: int | None = None) -> str | None:
     """Why a continuation is not usable text, or None: empty; mostly whitespace (a run of newlines);
     mostly symbols; one short pattern repeated (`.com.com.com`, `\\n\\nThe\\n\\nThe`); a few words
-    repeated. Shown next to steered outputs so a too-strong edit is flagged, not trusted."""
+    repeated; a sentence repeated (`I love cats. I love cats.`); very short (under SHORT_WORDS words when
+    `max_new_tokens`, if given, asked for SHORT_ASKED or more: the model stopped at once). Shown next to
+    steered outputs so a too-strong edit is flagged, not trusted."""
     body = text.strip()
     if not body:
         return "empty (only whitespace)" if text else "empty"
@@ -310,6 +317,14 @@ def degenerate(text: str) -> str | None:
     words = text.split()
     if len(words) >= 8 and len(set(words)) / len(words) < 0.3:
         return f"repetitive ({len(set(words))} distinct words of {len(words)})"
+    sentences = [" ".join(x.lower().split()) for x in _SENTENCE_END.split(body) if x.strip()]
+    counts = {x: sentences.count(x) for x in sentences}
+    repeated = sum(c for c in counts.values() if c > 1)
+    if repeated and repeated >= 0.5 * len(sentences):  # the last, cut-off sentence counts as one more
+        top = max(counts, key=counts.get)
+        return f"repeats the sentence {top!r} ({counts[top]} times)"
+    if len(words) < SHORT_WORDS and (max_new_tokens is None or max_new_tokens >= SHORT_ASKED):
+        return f"very short ({len(words)} word{'s' if len(words) > 1 else ''})"
     return None
 
 

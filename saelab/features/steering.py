@@ -179,7 +179,21 @@ class SteerConfig:
 @dataclass
 class SteeringResult:
     steering: str  # what was steered, in words
-    results: list[dict] = field(default_factory=list)  # per prompt: {prompt, unsteered, steered}
+    results: list[dict] = field(default_factory=list)  # per prompt: {prompt, unsteered, steered, sweep, warnings}
+    warnings: list[str] = field(default_factory=list)  # edits that change nothing (never_fired)
+
+
+def never_fired(edits: list[FeatureEdit], max_acts: torch.Tensor | None) -> list[str]:
+    """One sentence per relative edit of a latent that never fired on the cached tokens (max activation 0):
+    a multiple of 0 is 0, so clamping or adding it leaves the model as it was; said, never silently run."""
+    if max_acts is None:
+        return []
+    return [
+        f"feature {e.latent} never fired on the cached tokens (max activation 0): {e.value:g}x its max activation "
+        f"is 0, so this {e.op} does not steer; give an absolute value instead"
+        for e in edits
+        if e.relative and not float(max_acts[e.latent]) > 0
+    ]
 
 
 def sink_positions(cfg_json: dict | None) -> int:
@@ -204,7 +218,7 @@ def run_steering(
     forward; `on_token(generation, n_generations, tokens_done, max_new_tokens)` reports progress
     within a prompt, `on_result(steering, result)` each prompt as it finishes; `cancel` stops it.
     A result: {prompt, unsteered, steered (the first strength's text), sweep: [{strength, edits:
-    [{latent, op, value}], text, degenerate}]}."""
+    [{latent, op, value}], text, degenerate}], warnings: [a sentence per edit that changes nothing]}."""
     request.check()
     request.check_sae(sae)
     variants = []  # (strength, steer, [{latent, op, value}], words)
@@ -235,7 +249,7 @@ def run_steering(
                 )
             )
     what = variants[0][3] if len(variants) == 1 else "; ".join(f"x{x:g}: {w}" for x, _, _, w in variants)
-    out = SteeringResult(what)
+    out = SteeringResult(what, warnings=never_fired(request.edits, max_acts))
     for prompt in request.prompts:
         texts = generate_variants(
             model,
@@ -253,10 +267,16 @@ def run_steering(
             on_token=on_token,
         )
         sweep = [
-            {"strength": x, "edits": used, "steering": w, "text": t, "degenerate": degenerate(t)}
+            {
+                "strength": x,
+                "edits": used,
+                "steering": w,
+                "text": t,
+                "degenerate": degenerate(t, request.max_new_tokens),
+            }
             for (x, _, used, w), t in zip(variants, texts[1:])
         ]
-        r = {"prompt": prompt, "unsteered": texts[0], "steered": texts[1], "sweep": sweep}
+        r = {"prompt": prompt, "unsteered": texts[0], "steered": texts[1], "sweep": sweep, "warnings": out.warnings}
         out.results.append(r)
         if on_result:
             on_result(what, r)

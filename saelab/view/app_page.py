@@ -6,6 +6,7 @@ so tokens, model text and explanations cannot become markup.
 
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
 from .render import CSS
+from .steer_panel import PROGRESS_CSS, STEER_JS
 
 # what every page's script starts with: $ (by id), el (an element with text), api (fetch JSON, throw its detail)
 PAGE_JS = """const $ = id => document.getElementById(id);
@@ -19,16 +20,16 @@ async function api(url, opts) {
 """
 
 APP_HTML = (
-    """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
+    (
+        """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab</title>
 <style>"""
-    + CSS
-    + """
+        + CSS
+        + PROGRESS_CSS
+        + """
 .panel{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
-#progress{width:300px;height:10px;background:#eee;display:inline-block;vertical-align:middle}
-#progressbar{height:10px;width:0;background:#3b8ee8}
 .fire{display:inline-block;margin:2px;padding:2px 3px;border-radius:3px;cursor:default}
 .outputs{display:flex;gap:1em} .outputs>div{flex:1;min-width:0} .outputs pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;min-height:3em}
-.prompt{color:#777} .nl{color:#aaa} .warn{color:#b60;font-size:.9em}
+.prompt{color:#777} .nl{color:#aaa}
 .err{color:#b00}
 </style></head><body>
 <h1>saelab</h1>
@@ -52,13 +53,14 @@ APP_HTML = (
 <label title="one steered text per multiple of the value, same seed"><input type="checkbox" id="sweep" checked> sweep @SWEEP_TEXT@</label>
 tokens <input id="ntok" size="4" value="30"> temperature <input id="temp" size="4" value="0"> seed <input id="seed" size="4" value="0">
 <button id="steerbtn">Generate</button> <button id="cancelbtn" disabled>Cancel</button></p>
-<p><span id="progress"><span id="progressbar" style="display:block"></span></span> <span id="steerstatus" class="muted"></span> <span id="steererr" class="err"></span></p>
-<div class="outputs" id="outputs"></div></div>
+<p><span id="progress" class="progress"><span id="progressbar"></span></span> <span id="steerstatus" class="muted"></span> <span id="steererr" class="err"></span></p>
+<div id="steerwarn"></div><div class="outputs" id="outputs"></div></div>
 
 <script>
 """
-    + PAGE_JS
-    + """const sae = () => $('sae').value;
+        + PAGE_JS
+        + STEER_JS
+        + """const sae = () => $('sae').value;
 const featureUrl = i => '/sae/' + encodeURIComponent(sae()) + '/feature/' + i;
 
 async function loadSaes() {
@@ -105,7 +107,6 @@ async function fire() {
 }
 
 const SWEEP = [@SWEEP@];
-let currentJob = null;
 function showText(pre, prompt, text) {  // the prompt echoed (muted), newlines visible as a symbol
   pre.replaceChildren(el('span', prompt, 'prompt'));
   const cont = el('span', undefined, 'cont');
@@ -116,46 +117,43 @@ function output(title, id) {
   const d = el('div'); d.appendChild(el('h3', title)); const pre = el('pre'); if (id) pre.id = id; d.appendChild(pre);
   $('outputs').appendChild(d); return [d, pre];
 }
-async function steer() {
-  $('steererr').textContent = ''; $('steerstatus').textContent = ''; $('outputs').replaceChildren();
-  $('progressbar').style.width = '0'; $('steerbtn').disabled = true;
-  try {
-    const req = {sae: sae(), prompt: $('prompt').value, max_new_tokens: parseInt($('ntok').value), seed: parseInt($('seed').value),
-                 temperature: parseFloat($('temp').value), strengths: $('sweep').checked ? SWEEP : [1],
-                 edits: [{latent: parseInt($('latent').value), op: $('op').value, value: parseFloat($('value').value), relative: $('relative').checked}]};
-    const {job} = await api('/api/steer', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(req)});
-    currentJob = job; $('cancelbtn').disabled = false;
-    while (true) {
-      const j = await api('/api/jobs/' + job);
-      const frac = (j.generation + (j.status === 'running' ? j.tokens / Math.max(1, j.max_tokens) : 0)) / Math.max(1, j.generations);
-      $('progressbar').style.width = Math.min(300, 300 * frac) + 'px';
-      $('steerstatus').textContent = j.status === 'running' ? `running: generation ${Math.min(j.generation + 1, j.generations)}/${j.generations}, token ${j.tokens}/${j.max_tokens}`
-        : j.status === 'done' ? `done: ${j.generations} generations of up to ${j.max_tokens} tokens in ${j.result.wall_s.toFixed(1)} s` : j.status;
-      if (j.status === 'done') {
-        showText(output('unsteered', 'unsteered')[1], j.result.prompt, j.result.unsteered);
-        j.result.sweep.forEach((v, k) => {
-          const used = v.edits.map(e => `${e.op} ${e.latent} ${e.op === 'add' ? '+' : '\\u2192'} ${e.value.toPrecision(3)}`).join(', ');
-          const [d, pre] = output(`\\u00d7${v.strength}: ${used}`, k === 0 ? 'steered' : undefined);
-          d.className = 'variant'; showText(pre, j.result.prompt, v.text);
-          if (v.degenerate) d.appendChild(el('p', 'degenerate: ' + v.degenerate, 'warn'));
-        });
-        break;
-      }
-      if (j.status === 'error') throw new Error(j.error);
-      if (j.status === 'cancelled') break;
-      await new Promise(r => setTimeout(r, 250));
-    }
-  } catch (e) { $('steererr').textContent = e.message; $('steerstatus').textContent = 'error'; $('progressbar').style.width = '0'; }
-  currentJob = null; $('cancelbtn').disabled = true; $('steerbtn').disabled = false;
+function wholeNumber(id, what) {  // a number field read as the server would, refused in words before any request
+  const text = $(id).value.trim();
+  if (!/^\\d+$/.test(text)) throw new Error(`${what} must be a whole number, 0 or more; got ${JSON.stringify(text)}`);
+  return parseInt(text);
 }
-async function cancelSteer() { if (currentJob) await api('/api/jobs/' + currentJob + '/cancel', {method: 'POST'}).catch(() => {}); }
-$('cancelbtn').addEventListener('click', cancelSteer);
+function finiteNumber(id, what) {
+  const text = $(id).value.trim(), x = Number(text);
+  if (!text || !Number.isFinite(x)) throw new Error(`${what} must be a number; got ${JSON.stringify(text)}`);
+  return x;
+}
+async function steer() {
+  $('steererr').textContent = ''; $('outputs').replaceChildren(); $('steerwarn').replaceChildren();
+  try {
+    const req = {sae: sae(), prompt: $('prompt').value, max_new_tokens: wholeNumber('ntok', 'the number of tokens'), seed: wholeNumber('seed', 'the seed'),
+                 temperature: finiteNumber('temp', 'the temperature'), strengths: $('sweep').checked ? SWEEP : [1],
+                 edits: [{latent: wholeNumber('latent', 'the feature id'), op: $('op').value, value: finiteNumber('value', 'the value'), relative: $('relative').checked}]};
+    const j = await steerJob(req, {bar: $('progressbar'), status: $('steerstatus'), cancel: $('cancelbtn'), button: $('steerbtn')});
+    if (!j) return;
+    for (const w of j.result.warnings || []) $('steerwarn').appendChild(el('p', w, 'warn'));
+    showText(output('unsteered', 'unsteered')[1], j.result.prompt, j.result.unsteered);
+    j.result.sweep.forEach((v, k) => {
+      const used = v.edits.map(e => `${e.op} ${e.latent} ${e.op === 'add' ? '+' : '\\u2192'} ${e.value.toPrecision(3)}`).join(', ');
+      const [d, pre] = output(`\\u00d7${v.strength}: ${used}`, k === 0 ? 'steered' : undefined);
+      d.className = 'variant'; showText(pre, j.result.prompt, v.text);
+      if (v.degenerate) d.appendChild(el('p', 'degenerate: ' + v.degenerate, 'warn'));
+    });
+  } catch (e) { $('steererr').textContent = e.message; $('steerstatus').textContent = 'error'; }
+}
 $('searchbtn').addEventListener('click', search);
 $('q').addEventListener('keydown', e => { if (e.key === 'Enter') search(); });
 $('firebtn').addEventListener('click', fire);
 $('steerbtn').addEventListener('click', steer);
+enterStarts($('steerbtn'), ...['prompt', 'latent', 'value', 'ntok', 'temp', 'seed'].map($));
 loadSaes();
-</script></body></html>""".replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}")
+</script></body></html>"""
+    )  # the whole page: the placeholders are in its HTML and its script
+    .replace("@DEFAULT@", f"{DEFAULT_STRENGTH:g}")
     .replace("@SWEEP_TEXT@", " ".join(f"{x:g}&times;" for x in SWEEP))
     .replace("@SWEEP@", ", ".join(f"{x:g}" for x in SWEEP))
 )

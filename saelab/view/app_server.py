@@ -4,6 +4,8 @@ then runs the web app (web_app.py) until stopped."""
 
 from __future__ import annotations
 
+import errno
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,20 @@ def open_stores(cfg: ServeConfig) -> list[FeatureStore]:
     return stores
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program listens on before any folder or model loads (uvicorn would find out
+    only after the loading). SO_REUSEADDR as uvicorn sets it, so a port left in TIME_WAIT counts as free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use (another server?); choose another --port") from None
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve_folders(cfg: ServeConfig) -> None:
     """Open the stores and serve them (needs the web extras: fastapi, uvicorn)."""
     try:
@@ -93,6 +109,8 @@ def serve_folders(cfg: ServeConfig) -> None:
         raise UserError("`saelab serve` needs the web extras: pip install 'saelab[view]' (fastapi, uvicorn)") from None
     from .web_app import serve
 
+    cfg.validate()
+    check_port(cfg.host, cfg.port)  # before anything loads
     rep = open_replacement(Path(cfg.replacement)) if cfg.replacement else None  # a bad folder fails first
     stores = open_stores(cfg)
     graph_opts = {}

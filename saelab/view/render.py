@@ -13,6 +13,7 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from markupsafe import Markup
 
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
+from .steer_panel import PROGRESS_CSS, STEER_JS
 
 CSS = (
     """
@@ -80,11 +81,15 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 {% if live %}<h2>Test this feature on your own text</h2>
 <textarea id="trytext" rows="2">{{ f.top[0].tokens|join("") if f.top else "" }}</textarea><br><button id="trybtn">Show activations</button>
 <span id="tryerr" class="err"></span><div id="trytokens" class="ex"></div>
-<h2>Steer with this feature</h2>
+<h2>Steer with this feature</h2><style>{{ progress_css }}</style>
 <p>Prompt <input id="steerprompt" size="50" value="My favourite thing is"> <button id="steerbtn">Generate</button>
-<span class="muted">clamp to {{ strength }} &times; max activation, and {{ sweep|join("×, ") }}× of that (same seed, 30 tokens)</span>
-<span id="steerstate" class="muted"></span></p><div id="steerout"></div>
-<script>
+<button id="steercancel" disabled>Cancel</button>
+<span class="muted">clamp to {{ strength }} &times; max activation, and {{ sweep|join("×, ") }}× of that (same seed, 30 tokens)</span></p>
+{% if not f.max_act > 0 %}<p class="warn" id="neverfired">this feature never fired on the cached tokens (max activation 0):
+a multiple of its max activation is 0, so clamping it does not steer</p>{% endif %}
+<p><span class="progress"><span id="steerbar"></span></span> <span id="steerstate" class="muted"></span>
+<span id="steererr" class="err"></span></p><div id="steerwarn"></div><div id="steerout"></div>
+<script>{{ steer_js }}
 document.getElementById('trybtn').addEventListener('click', async () => {
   const out = document.getElementById('trytokens'), err = document.getElementById('tryerr'); out.replaceChildren(); err.textContent = '';
   const r = await fetch('/api/fire', {method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -99,33 +104,26 @@ document.getElementById('trybtn').addEventListener('click', async () => {
   }
 });
 document.getElementById('steerbtn').addEventListener('click', async () => {  // the app's steering job, this feature
-  const out = document.getElementById('steerout'), st = document.getElementById('steerstate'); out.replaceChildren(); st.textContent = '';
+  const $ = id => document.getElementById(id), out = $('steerout');
+  out.replaceChildren(); $('steerwarn').replaceChildren(); $('steererr').textContent = '';
   try {
-    const post = await fetch('/api/steer', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({
-      sae: {{ f.sae|tojson }}, prompt: document.getElementById('steerprompt').value, max_new_tokens: 30,
-      strengths: {{ sweep|tojson }}, edits: [{latent: {{ f.id }}, op: 'clamp', value: {{ strength|tojson }}, relative: true}]})});
-    const body = await post.json().catch(() => ({detail: post.statusText}));
-    if (!post.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
-    while (true) {
-      const j = await (await fetch('/api/jobs/' + body.job)).json();
-      st.textContent = j.status === 'running' ? `generation ${Math.min(j.generation + 1, j.generations)}/${j.generations}, token ${j.tokens}/${j.max_tokens}` : j.status;
-      if (j.status === 'error') throw new Error(j.error);
-      if (j.status === 'cancelled') return;
-      if (j.status === 'done') {
-        const rows = [['unsteered', j.result.unsteered]].concat(j.result.sweep.map(v =>
-          [`\\u00d7${v.strength}: clamp \\u2192 ${v.edits[0].value.toPrecision(3)}` + (v.degenerate ? ` (degenerate: ${v.degenerate})` : ''), v.text]));
-        for (const [head, text] of rows) {
-          const p = document.createElement('p'); p.className = 'steered';
-          const h = document.createElement('b'); h.textContent = head + ': '; p.appendChild(h);
-          const pr = document.createElement('span'); pr.className = 'muted'; pr.textContent = j.result.prompt; p.appendChild(pr);
-          p.appendChild(document.createTextNode(text.replace(/\\n/g, '\\u21b5'))); out.appendChild(p);
-        }
-        return;
+    const j = await steerJob({sae: {{ f.sae|tojson }}, prompt: $('steerprompt').value, max_new_tokens: 30,
+      strengths: {{ sweep|tojson }}, edits: [{latent: {{ f.id }}, op: 'clamp', value: {{ strength|tojson }}, relative: true}]},
+      {bar: $('steerbar'), status: $('steerstate'), cancel: $('steercancel'), button: $('steerbtn')});
+    if (j) {
+      for (const w of j.result.warnings || []) { const p = document.createElement('p'); p.className = 'warn'; p.textContent = w; $('steerwarn').appendChild(p); }
+      const rows = [['unsteered', j.result.unsteered]].concat(j.result.sweep.map(v =>
+        [`\\u00d7${v.strength}: clamp \\u2192 ${v.edits[0].value.toPrecision(3)}` + (v.degenerate ? ` (degenerate: ${v.degenerate})` : ''), v.text]));
+      for (const [head, text] of rows) {
+        const p = document.createElement('p'); p.className = 'steered';
+        const h = document.createElement('b'); h.textContent = head + ': '; p.appendChild(h);
+        const pr = document.createElement('span'); pr.className = 'muted'; pr.textContent = j.result.prompt; p.appendChild(pr);
+        p.appendChild(document.createTextNode(text.replace(/\\n/g, '\\u21b5'))); out.appendChild(p);
       }
-      await new Promise(r => setTimeout(r, 250));
     }
-  } catch (e) { st.textContent = 'error: ' + e.message; }
+  } catch (e) { $('steererr').textContent = e.message; }
 });
+enterStarts(document.getElementById('steerbtn'), document.getElementById('steerprompt'));
 addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, .range .ex').forEach(ex => {
   ex.style.cursor = 'pointer'; ex.title = 'test this example as your own text';
   ex.addEventListener('click', () => {  // an example opens in the box above, with this feature's activations
@@ -247,6 +245,8 @@ def _env() -> Environment:
         hist_svg=hist_svg,
         writes_svg=writes_svg,
         log10=math.log10,
+        steer_js=Markup(STEER_JS),  # our own constant script and style (steer_panel.py)
+        progress_css=Markup(PROGRESS_CSS),
     )
     return env
 

@@ -6,13 +6,14 @@ It lives in view/ because the max activations come from the feature pages' cache
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from ..features.steering import SteerConfig, SteeringResult, run_steering, sink_positions
+from ..features.steering import SteerConfig, SteeringResult, never_fired, run_steering, sink_positions
 from ..models import load_model
 from ..sae.folder import check_fits, open_sae
 from ..storage import write_json
@@ -35,6 +36,8 @@ def steer(cfg: SteerConfig, on_result: Callable[[str, dict], None] | None = None
             lm = folder.open_model(dtype=cfg.dtype)
         lc, name = ensure_cache(Path(cfg.sae), sae.cfg.d_sae, cfg.cache, cfg.tokens, loaded_model=lm)
         max_acts = torch.from_numpy(lc.max_activation(name).copy())
+        for w in never_fired(req.edits, max_acts):  # said before the generation, not after it
+            print(f"saelab: warning: {w}", file=sys.stderr)
     if lm is None:
         lm = folder.open_model(model=cfg.model, dtype=cfg.dtype) if folder else load_model(model_spec, dtype=cfg.dtype)
     if folder:
@@ -51,6 +54,7 @@ def steer(cfg: SteerConfig, on_result: Callable[[str, dict], None] | None = None
                 "temperature": cfg.temperature,
                 "max_new_tokens": cfg.max_new_tokens,
                 "results": res.results,
+                "warnings": res.warnings,
             },
         )
     return res

@@ -26,7 +26,6 @@ first beyond MAX_JOBS).
 
 from __future__ import annotations
 
-import html
 import itertools
 import threading
 import time
@@ -35,10 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
 from ..features.steer import Cancelled, FeatureEdit, encode_prompt
@@ -48,6 +46,7 @@ from .app_page import APP_HTML
 from .feature_store import FeatureStore
 from .json_guard import guard_json
 from .render import feature_page
+from .request_errors import add_error_handlers
 
 MAX_TEXT_CHARS = 4000
 MAX_FIRE_TOKENS = 256
@@ -55,10 +54,6 @@ MAX_NEW_TOKENS = 200
 MAX_JOBS = 64  # finished jobs kept (unfetched ones are dropped last)
 MAX_PENDING = 4  # queued + running steering jobs; one more -> 429
 MAX_BODY_BYTES = 64 * 1024
-ERROR_PAGE = (
-    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>saelab: @TITLE@</title></head><body>'
-    '<h1>@TITLE@</h1><p id="detail">@DETAIL@</p><p><a href="/">back to the app</a></p></body></html>'
-)
 
 
 class BodyTooLarge(HTTPException):
@@ -287,13 +282,7 @@ def create_app(stores: list[FeatureStore], graphs=None, replacement=None, lm=Non
     api.add_middleware(guard_json)  # inside limit_body: NaN / Infinity / too deep -> 400
     api.add_middleware(limit_body)
 
-    @api.exception_handler(UserError)
-    async def user_error(request: Request, exc: UserError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @api.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+    add_error_handlers(api)  # one-line details: a bad feature id is a sentence, not pydantic's list
 
     @api.get("/", response_class=HTMLResponse)
     async def home():
@@ -325,17 +314,6 @@ def create_app(stores: list[FeatureStore], graphs=None, replacement=None, lm=Non
         if not 0 <= i < s.d_sae:
             raise HTTPException(404, f"feature {i} does not exist: {name} has features 0..{s.d_sae - 1}")
         return s, s.view(i)
-
-    @api.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        """JSON for the API, a small HTML page for a person's browser (never a file, never a traceback)."""
-        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        title = "Not found" if exc.status_code == 404 else f"Error {exc.status_code}"
-        return HTMLResponse(
-            ERROR_PAGE.replace("@TITLE@", title).replace("@DETAIL@", html.escape(str(exc.detail))),
-            status_code=exc.status_code,
-        )
 
     @api.get("/sae/{name}/feature/{i}", response_class=HTMLResponse)
     def feature_html(name: str, i: int):
