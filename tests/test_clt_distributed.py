@@ -119,5 +119,5 @@ def test_clt_torchrun_modes(monkeypatch, tmp_path):
         with pytest.raises(UserError, match="--distributed latents"):
             Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed=mode, **kw))
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(UserError, match="--latents 64 is not divisible by the 3 processes"):
+    with pytest.raises(UserError, match="--dict-size 64 is not divisible by the 3 processes"):
         Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", **kw))

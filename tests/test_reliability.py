@@ -56,7 +56,7 @@ TRAIN_BAD = [  # (config values, words the message must hold)
     ({"overwrite": "false"}, "--overwrite must be a boolean"),
     ({"resume": "no"}, "--resume must be a boolean"),
     ({"mask_special": 1}, "--mask-special must be a boolean"),
-    ({"latents": "512"}, "--latents must be an integer"),
+    ({"latents": "512"}, "--dict-size must be an integer"),
     ({"tokens": 20000.5}, "--tokens must be an integer"),
     ({"lr": "fast"}, "--lr must be a number"),
     ({"lr": [1e-3, None]}, "--lr must be a number"),
@@ -145,8 +145,8 @@ def test_cache_activations_config_file_fuzz(work, tmp_path, capsys, values, expe
 
 SCALING_BAD = [
     ({"overwrite": "false"}, "--overwrite must be a boolean"),
-    ({"latents": "512"}, "--latents must be an integer"),
-    ({"latents": [512]}, "at least two --latents"),
+    ({"latents": "512"}, "--dict-size must be an integer"),
+    ({"latents": [512]}, "at least two --dict-size"),
     ({"tokens": [1.5, 2]}, "--tokens must be an integer"),
     ({"k": 0}, "--k must be >= 1"),
     ({"lr": "fast"}, "--lr must be a number"),
