@@ -128,3 +128,85 @@ def test_steering_examples_use_a_measured_strength():
                 strengths += [(name, float(x)) for x in re.findall(r"--clamp (?:\d+=)(\d*\.?\d+)x", line)]
     assert {n for n, _ in strengths} >= {"README.md", "steer --help", "VIEW.md"}
     assert [s for s in strengths if s[1] >= max(SWEEP)] == []
+
+
+# ------------------------------------------------------------------------------------------ item 8
+INFO = {"kind": "sae", "source": "/runs/k/sae", "hookpoint": "model.layers.1", "d_sae": 64, "dir": "d0"}
+
+
+def _run(folder: Path, auc: dict[int, float], info: dict | None = INFO, cache: str = "/c") -> str:
+    """An interpretation run folder as explain + score write it: explanations and embedding scores."""
+    folder.mkdir(parents=True)
+    manifest = {"kind": "saelab-interpretation-run", "label": folder.name, "cache": cache, "dictionary": "sae"}
+    manifest |= {"latents": sorted(auc), "explainer": {"explainer": "stats"}}
+    if info is not None:
+        manifest["dictionary_info"] = info
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    expl = [{"latent": j, "status": "ok", "explanation": f"x{j}", "seconds": 0.1} for j in auc]
+    scores = [{"latent": j, "ok": True, "mode": "m", "seconds": 0.1, "metrics": {"auc": v}} for j, v in auc.items()]
+    (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in expl))
+    (folder / "scores_embedding.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores))
+    return str(folder)
+
+
+def _two_runs():
+    """Run A scores every shared latent 0.02 above run B; the latents themselves spread from 0.5 to 0.95,
+    so two unpaired samples cannot tell a 0.02 difference, while the pairs can. Each run has 5 of its own."""
+    import numpy as np
+
+    base = np.random.default_rng(1).uniform(0.5, 0.95, 45)
+    a = {j: float(base[j]) + 0.02 for j in range(35)}  # 0-29 shared, 30-34 A's own
+    b = {j: float(base[j]) for j in [*range(30), *range(40, 45)]}  # 40-44 B's own
+    return a, b
+
+
+def test_report_pairs_the_latents_two_runs_share(tmp_path, capsys):
+    import numpy as np
+
+    a, b = _two_runs()
+    out = tmp_path / "cmp"
+    assert main(["report", _run(tmp_path / "A", a), _run(tmp_path / "B", b), "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    (c,) = json.loads((out / "report.json").read_text())["comparisons"]
+    assert c["by"] == "paired" and c["same_dictionary"] and c["paired"]["n"] == 30
+    assert c["diff"] == pytest.approx(0.02, abs=1e-12)
+    assert c["lo"] == pytest.approx(0.02, abs=1e-12) and c["hi"] == pytest.approx(0.02, abs=1e-12)
+    rest_a, rest_b = [a[j] for j in range(30, 35)], [b[j] for j in range(40, 45)]
+    u = c["unpaired"]
+    assert (u["n_a"], u["n_b"]) == (5, 5)
+    assert u["diff"] == pytest.approx(np.mean(rest_a) - np.mean(rest_b)) and u["lo"] < u["diff"] < u["hi"]
+    md = (out / "report.md").read_text()
+    assert md in shown
+    assert "| embedding | auc | A | B | 30 shared, paired | 0.020 | [0.020, 0.020] | yes |" in md
+    assert "| embedding | auc | A | B | 5 vs 5 (the rest), unpaired |" in md
+
+
+def test_report_does_not_pair_runs_over_different_dictionaries(tmp_path):
+    """SAE latents vs neurons (or another SAE): latent 5 of one is not latent 5 of the other."""
+    import numpy as np
+
+    from saelab.interpret.report import ReportConfig, write_report
+
+    a, b = _two_runs()
+    neurons = INFO | {"kind": "neurons", "source": "model"}
+    runs = [_run(tmp_path / "A", a), _run(tmp_path / "B", b, info=neurons)]
+    out = write_report(ReportConfig(runs=runs, out=str(tmp_path / "cmp")), quiet=True)
+    (c,) = json.loads((out / "report.json").read_text())["comparisons"]
+    assert c["by"] == "unpaired" and not c["same_dictionary"] and c["paired"]["n"] == 0
+    assert (c["unpaired"]["n_a"], c["unpaired"]["n_b"]) == (35, 35)
+    assert c["diff"] == pytest.approx(np.mean(list(a.values())) - np.mean(list(b.values())))
+    assert c["lo"] < 0.02 < c["hi"] and c["lo"] < 0  # unpaired, the 0.02 is lost in the latents' spread
+    assert "35 vs 35 (different dictionaries), unpaired" in (out / "report.md").read_text()
+
+
+def test_same_dictionary_without_recorded_info_is_the_same_cache_and_name(tmp_path):
+    from saelab.interpret.report_compare import compare_metric, same_dictionary
+
+    assert same_dictionary({"dictionary": "s", "cache": "/c"}, {"dictionary": "s", "cache": "/c"})
+    assert not same_dictionary({"dictionary": "s", "cache": "/c"}, {"dictionary": "s", "cache": "/d"})
+    assert not same_dictionary({"dictionary": "s"}, {"dictionary": "s"})
+    assert same_dictionary({"dictionary_info": INFO}, {"dictionary_info": INFO | {"dir": "other", "n_shards": 3}})
+    # one shared latent has no interval: it is compared with the rest, unpaired
+    c = compare_metric({1: 0.6, 2: 0.7, 3: 0.8}, {1: 0.5, 5: 0.6, 6: 0.7}, paired=True)
+    assert c["by"] == "unpaired" and c["paired"]["n"] == 0 and (c["unpaired"]["n_a"], c["unpaired"]["n_b"]) == (3, 3)
+    assert c["diff"] == pytest.approx(0.1)
