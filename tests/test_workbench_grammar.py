@@ -119,14 +119,14 @@ def test_steering_examples_use_a_measured_strength():
     from saelab.features.steering import SWEEP
 
     assert "7 of 18 at the old 4x default" in (ROOT / "docs" / "VIEW.md").read_text()
-    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
     texts["steer --help"] = _help("steer")
     strengths = []
     for name, text in texts.items():
         for line in text.splitlines():
             if "saelab steer" in line:
                 strengths += [(name, float(x)) for x in re.findall(r"--clamp (?:\d+=)(\d*\.?\d+)x", line)]
-    assert {n for n, _ in strengths} >= {"README.md", "steer --help", "VIEW.md"}
+    assert {n for n, _ in strengths} >= {"README.md", "steer --help", "docs/VIEW.md"}
     assert [s for s in strengths if s[1] >= max(SWEEP)] == []
 
 
