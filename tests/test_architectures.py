@@ -448,7 +448,7 @@ def _gated_skip_torchrun(tiny_model_dir, text_corpus):
         str(tiny_model_dir),
         "--corpus",
         str(text_corpus),
-        "--latents",
+        "--dict-size",
         "128",
         "--tokens",
         "4096",

@@ -192,7 +192,7 @@ def test_command_line_values_checked_before_the_model(work, capsys):
         "train",
         "--out",
         run,
-        "--latents",
+        "--dict-size",
         "64",
         "--k",
         "4",
@@ -231,7 +231,7 @@ def test_out_in_a_read_only_folder(work, capsys):
     ro.chmod(0o555)
     try:
         _fails_cleanly(
-            ["train", "--out", str(ro / "run"), "--latents", "64", "--k", "4"], work, capsys, "not a writable folder"
+            ["train", "--out", str(ro / "run"), "--dict-size", "64", "--k", "4"], work, capsys, "not a writable folder"
         )
     finally:
         ro.chmod(0o755)
@@ -363,7 +363,7 @@ def test_npy_corpus_with_negative_or_damaged_ids(tmp_path, capsys):
             str(neg),
             "--context",
             "4",
-            "--latents",
+            "--dict-size",
             "64",
             "--k",
             "4",
