@@ -194,6 +194,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         h = m["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {shown})")
         h = h.replace("%", "%%")  # argparse formats help with %
         names = [flag(f.name, cls), *m.get("old_spellings", ())]
+        if "flag" in m and "metavar" not in kw:  # --dict-size DICT_SIZE, not the field's LATENTS
+            kw["metavar"] = _flag_key(f).upper()
         if len(names) > 1:
             kw["action"] = OldSpelling  # the later spellings still work, with a notice
         if t is bool:
