@@ -15,7 +15,14 @@ import typing
 from .errors import UserError
 
 
-def flag(name: str) -> str:
+def flag(name: str, cfg=None) -> str:
+    """The option that sets field `name`: --name, or, given its config `cfg` (a dataclass or an instance),
+    the flag its field declares with `opt(..., flag=...)` (TrainConfig.latents, a dictionary size, is
+    --dict-size: `--latents` elsewhere is a list of latent ids)."""
+    if cfg is not None:
+        f = next((f for f in dataclasses.fields(cfg) if f.name == name), None)
+        if f is not None and "flag" in f.metadata:
+            return f.metadata["flag"]
     return "--" + name.replace("_", "-")
 
 
@@ -63,7 +70,7 @@ def check_types(cfg, where: str | None = None) -> None:
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         t, v = hints[f.name], getattr(cfg, f.name)
-        name = f"{where} {f.name}" if where else f.name
+        name = f"{where} {f.name}" if where else f"option {flag(f.name, cfg)}"
         if typing.get_origin(t) in (typing.Union, types.UnionType):
             if v is None:
                 continue
@@ -77,7 +84,7 @@ def check_types(cfg, where: str | None = None) -> None:
             choices = f.metadata.get("choices")
             if choices and v not in choices:  # a config file's value, as argparse checks the flag's
                 raise UserError(
-                    f"unknown {flag(f.name) if not where else name} {v!r}; choose from {', '.join(choices)}"
+                    f"unknown {flag(f.name, cfg) if not where else name} {v!r}; choose from {', '.join(choices)}"
                 )
 
 
@@ -91,7 +98,7 @@ def need_at_least(cfg, lo, *names: str) -> None:
     for n in names:
         for v in _values(cfg, n):
             if v < lo:
-                raise UserError(f"option {flag(n)} must be >= {lo}, got {v}")
+                raise UserError(f"option {flag(n, cfg)} must be >= {lo}, got {v}")
 
 
 def need_at_most(cfg, hi, *names: str) -> None:
@@ -100,27 +107,27 @@ def need_at_most(cfg, hi, *names: str) -> None:
     for n in names:
         for v in _values(cfg, n):
             if v > hi:
-                raise UserError(f"option {flag(n)} must be <= {hi}, got {v}")
+                raise UserError(f"option {flag(n, cfg)} must be <= {hi}, got {v}")
 
 
 def need_positive(cfg, *names: str) -> None:
     for n in names:
         for v in _values(cfg, n):
             if not v > 0:
-                raise UserError(f"option {flag(n)} must be > 0, got {v}")
+                raise UserError(f"option {flag(n, cfg)} must be > 0, got {v}")
 
 
 def need_fraction(cfg, *names: str) -> None:
     for n in names:
         for v in _values(cfg, n):
             if not 0 <= v <= 1:
-                raise UserError(f"option {flag(n)} must be between 0 and 1, got {v}")
+                raise UserError(f"option {flag(n, cfg)} must be between 0 and 1, got {v}")
 
 
 def need_choice(cfg, name: str, choices) -> None:
     v = getattr(cfg, name)
     if v not in choices:
-        raise UserError(f"unknown {flag(name)} {v!r}; choose from {', '.join(choices)}")
+        raise UserError(f"unknown {flag(name, cfg)} {v!r}; choose from {', '.join(choices)}")
 
 
 _DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")

@@ -29,6 +29,7 @@ def opt(
     choices=None,
     metavar: str | None = None,
     old_spellings: tuple[str, ...] = (),
+    flag: str | None = None,
     shown: str | None = None,
     shared: str | None = None,
 ):
@@ -37,7 +38,9 @@ def opt(
 
     The keywords shape only the command line (see add_dataclass_options): `positional` (a plain argument,
     not --x: a list takes one or more, an optional scalar may be left out), `choices`, `metavar`,
-    `old_spellings` (earlier flag names that still work, with a notice: OldSpelling), `shown` (what the
+    `old_spellings` (earlier flag names that still work, with a notice: OldSpelling), `flag` (the option's
+    name when it is not --field-name: a field whose name means something else in other commands, e.g.
+    TrainConfig.latents, a dictionary size, is --dict-size, since --latents elsewhere lists latent ids), `shown` (what the
     default means, in --help, when the value itself does not say it: `opt(None, "...", shown="FIRST/pareto")`),
     `shared` (the name of the shared declaration below that made the field: tests check they agree)."""
     if not help:
@@ -47,6 +50,7 @@ def opt(
         "choices": choices and tuple(choices),
         "metavar": metavar,
         "old_spellings": tuple(old_spellings),
+        "flag": flag,
         "shown": shown,
         "shared": shared,
     }
@@ -189,16 +193,30 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
             continue
         h = m["help"] + (" (required)" if default is _NO_DEFAULT else f" (default: {shown})")
         h = h.replace("%", "%%")  # argparse formats help with %
-        names = [flag(f.name), *m.get("old_spellings", ())]
+        names = [flag(f.name, cls), *m.get("old_spellings", ())]
+        if "flag" in m and "metavar" not in kw:  # --dict-size DICT_SIZE, not the field's LATENTS
+            kw["metavar"] = _flag_key(f).upper()
         if len(names) > 1:
             kw["action"] = OldSpelling  # the later spellings still work, with a notice
         if t is bool:
-            action = parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=h)
+            action = parser.add_argument(
+                *names, action=argparse.BooleanOptionalAction, default=None, help=h, dest=f.name
+            )
         elif origin is list:
-            action = parser.add_argument(*names, nargs="+", type=args[0], default=None, help=h, **kw)
+            action = parser.add_argument(*names, nargs="+", type=args[0], default=None, help=h, dest=f.name, **kw)
         else:
-            action = parser.add_argument(*names, type=t, default=None, help=h, **kw)
+            action = parser.add_argument(*names, type=t, default=None, help=h, dest=f.name, **kw)
         action.config_field = (cls, f.name)
+
+
+def _flag_key(f: dataclasses.Field) -> str | None:
+    """The config-file key of a field declared with its own flag (`dict_size` for --dict-size), else None."""
+    return f.metadata["flag"].removeprefix("--").replace("-", "_") if "flag" in f.metadata else None
+
+
+def config_keys(cls) -> set[str]:
+    """Every key a config file may hold for `cls`: its field names and the keys of their own flags."""
+    return {f.name for f in dataclasses.fields(cls)} | {k for f in dataclasses.fields(cls) if (k := _flag_key(f))}
 
 
 def add_config_command(sub, name: str, cls, fn, help: str, description: str | None = None):
@@ -226,6 +244,10 @@ def build_config(cls, ns: argparse.Namespace, config_file: str | None, other_key
             raise UserError(f"config file {p} is not valid: {e}") from e
         if not isinstance(values, dict):
             raise UserError(f"config file {p} must hold an object of option values, not a {type(values).__name__}")
+        for f in dataclasses.fields(cls):  # a field with its own flag takes that name as a key too: dict_size
+            alias = _flag_key(f)
+            if alias in values:
+                values[f.name] = values.pop(alias)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names - set(other_keys)
         values = {k: v for k, v in values.items() if k in names}
@@ -242,7 +264,7 @@ def build_config(cls, ns: argparse.Namespace, config_file: str | None, other_key
         if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise UserError(f"missing required option(s): {', '.join(flag(n) for n in missing)}")
+        raise UserError(f"missing required option(s): {', '.join(flag(n, cls) for n in missing)}")
     cfg = cls(**values)
     check_types(cfg)
     if hasattr(cfg, "validate"):

@@ -172,7 +172,7 @@ def test_cache_and_train_commands(tmp_path, tiny_model_dir, text_corpus):
         str(tiny_model_dir),
         "--hookpoints",
         "model.layers.0->model.layers.1",
-        "--latents",
+        "--dict-size",
         "128",
         "--k",
         "8",

@@ -146,7 +146,7 @@ def test_default_groups_nest_to_the_dictionary():
 def test_arch_options_refused_before_model_loads(tmp_path):
     bad = [
         (dict(arch="topk", groups=[128, 128]), "--groups applies to --arch matryoshka"),
-        (dict(arch="matryoshka", groups=[100, 100]), "sum to 200, not --latents 256"),
+        (dict(arch="matryoshka", groups=[100, 100]), "sum to 200, not --dict-size 256"),
         (dict(arch="matryoshka", groups=[256, 0]), "positive"),
         (dict(arch="matryoshka", loss="e2e"), "--loss local only"),
         (dict(arch="topk", jumprelu_init_fire=0.05), "--jumprelu-init-fire applies to --arch jumprelu"),
@@ -448,7 +448,7 @@ def _gated_skip_torchrun(tiny_model_dir, text_corpus):
         str(tiny_model_dir),
         "--corpus",
         str(text_corpus),
-        "--latents",
+        "--dict-size",
         "128",
         "--tokens",
         "4096",

@@ -15,7 +15,7 @@ def test_config_file_then_command_line(tmp_path):
     (tmp_path / "c.toml").write_text('out = "runs/x"\nk = [8, 16]\nlatents = 512\nlr = [0.001]\n')
     p = argparse.ArgumentParser()
     add_dataclass_options(p, TrainConfig)
-    cfg = build_config(TrainConfig, p.parse_args(["--latents", "1024"]), str(tmp_path / "c.toml"))
+    cfg = build_config(TrainConfig, p.parse_args(["--dict-size", "1024"]), str(tmp_path / "c.toml"))
     assert cfg.k == [8, 16] and cfg.latents == 1024 and cfg.out == "runs/x" and cfg.learning_rates == [0.001]
     (tmp_path / "bad.json").write_text(json.dumps({"out": "x", "latentz": 5}))
     try:
@@ -27,7 +27,7 @@ def test_config_file_then_command_line(tmp_path):
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
-    rc = main(["train", "--out", str(tmp_path / "o"), "--k", "9999", "--latents", "64"])
+    rc = main(["train", "--out", str(tmp_path / "o"), "--k", "9999", "--dict-size", "64"])
     err = capsys.readouterr().err
     assert rc == 2 and "larger than the dictionary" in err and "Traceback" not in err
     rc = main(["eval", str(tmp_path / "missing")])

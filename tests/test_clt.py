@@ -250,7 +250,7 @@ def test_clt_trains_through_the_loop_and_reopens(family, tmp_path, tiny_model_di
     (folder,) = train(cfg)
     sae = open_sae(folder).sae
     assert sae.cfg.hookpoint == ins and sae.cfg.out_hookpoint == outs
-    assert (sae.n_layers, sae.n_per_layer, sae.cfg.d_sae) == (3, 64, 192)  # --latents is per layer
+    assert (sae.n_layers, sae.n_per_layer, sae.cfg.d_sae) == (3, 64, 192)  # --dict-size is per layer
     untrained = make_clt(L=3, d=x.shape[1] // 3, n=64, k=4)
     untrained.init_from_data(x, y)
     trained_fvu, untrained_fvu = _fvu_per_layer(sae, x, y), _fvu_per_layer(untrained, x, y)
@@ -270,7 +270,7 @@ def test_clt_resume_after_a_kill_is_exact(tmp_path, tiny_model_dir, text_corpus)
 
     common = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--arch", "clt"]
     common += ["--hookpoints", "model.layers.{0,1,2}.post_attention_layernorm->model.layers.{0,1,2}.mlp"]
-    common += ["--latents", "64", "--k", "4", "--tokens", "16384", "--batch-tokens", "512", "--context", "64"]
+    common += ["--dict-size", "64", "--k", "4", "--tokens", "16384", "--batch-tokens", "512", "--context", "64"]
     common += ["--buffer-batches", "4", "--checkpoint-every", "6000", "--threads", "1"]
 
     def cli(args):

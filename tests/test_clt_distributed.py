@@ -17,7 +17,7 @@ from saelab.storage import read_json, read_tensors
 SITES = "model.layers.{0,1,2}.post_attention_layernorm->model.layers.{0,1,2}.mlp"
 # 3 layers x 256 latents, k 4 per layer, 512-token batches: many latents stay unfired, so with
 # --dead-tokens 512 every layer's AuxK (its own global top-k over the layer's dead latents) runs
-ARGS = ["--arch", "clt", "--hookpoints", SITES, "--latents", "256", "--k", "4", "--tokens", "8192"]
+ARGS = ["--arch", "clt", "--hookpoints", SITES, "--dict-size", "256", "--k", "4", "--tokens", "8192"]
 ARGS += ["--batch-tokens", "512", "--context", "64", "--buffer-batches", "4", "--lr", "2e-3", "--threads", "1"]
 ARGS += ["--checkpoint-every", "4096", "--dead-tokens", "512", "--distributed", "latents"]
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -119,5 +119,5 @@ def test_clt_torchrun_modes(monkeypatch, tmp_path):
         with pytest.raises(UserError, match="--distributed latents"):
             Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed=mode, **kw))
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(UserError, match="--latents 64 is not divisible by the 3 processes"):
+    with pytest.raises(UserError, match="--dict-size 64 is not divisible by the 3 processes"):
         Distributed(train_cfg(tmp_path / "o", "embedded", "builtin", distributed="latents", **kw))

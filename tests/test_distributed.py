@@ -14,7 +14,7 @@ from conftest import descendants, kill_when_checkpointed
 from saelab.sae.folder import load_sae
 
 COMMON = [
-    "--latents",
+    "--dict-size",
     "256",
     "--k",
     "8",

@@ -51,7 +51,7 @@ def test_train_and_eval_on_the_real_model(tmp_path):
             "train",
             "--hookpoints",
             "model.layers.3",
-            "--latents",
+            "--dict-size",
             "1152",
             "--k",
             "32",

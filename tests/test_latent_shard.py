@@ -138,7 +138,7 @@ def test_latent_sharding_refuses_before_any_process_group(monkeypatch, tmp_path)
     cfg = train_cfg(tmp_path / "o", "embedded", "builtin", latents=1000, distributed="latents")
     with pytest.raises(
         UserError,
-        match="--latents 1000 is not divisible by the 3 processes; use a multiple of 3 "
+        match="--dict-size 1000 is not divisible by the 3 processes; use a multiple of 3 "
         r"\(e.g. 1002\)",
     ):
         Distributed(cfg)

@@ -56,7 +56,7 @@ TRAIN_BAD = [  # (config values, words the message must hold)
     ({"overwrite": "false"}, "--overwrite must be a boolean"),
     ({"resume": "no"}, "--resume must be a boolean"),
     ({"mask_special": 1}, "--mask-special must be a boolean"),
-    ({"latents": "512"}, "--latents must be an integer"),
+    ({"latents": "512"}, "--dict-size must be an integer"),
     ({"tokens": 20000.5}, "--tokens must be an integer"),
     ({"lr": "fast"}, "--lr must be a number"),
     ({"lr": [1e-3, None]}, "--lr must be a number"),
@@ -145,8 +145,8 @@ def test_cache_activations_config_file_fuzz(work, tmp_path, capsys, values, expe
 
 SCALING_BAD = [
     ({"overwrite": "false"}, "--overwrite must be a boolean"),
-    ({"latents": "512"}, "--latents must be an integer"),
-    ({"latents": [512]}, "at least two --latents"),
+    ({"latents": "512"}, "--dict-size must be an integer"),
+    ({"latents": [512]}, "at least two --dict-size"),
     ({"tokens": [1.5, 2]}, "--tokens must be an integer"),
     ({"k": 0}, "--k must be >= 1"),
     ({"lr": "fast"}, "--lr must be a number"),
@@ -192,7 +192,7 @@ def test_command_line_values_checked_before_the_model(work, capsys):
         "train",
         "--out",
         run,
-        "--latents",
+        "--dict-size",
         "64",
         "--k",
         "4",
@@ -231,7 +231,7 @@ def test_out_in_a_read_only_folder(work, capsys):
     ro.chmod(0o555)
     try:
         _fails_cleanly(
-            ["train", "--out", str(ro / "run"), "--latents", "64", "--k", "4"], work, capsys, "not a writable folder"
+            ["train", "--out", str(ro / "run"), "--dict-size", "64", "--k", "4"], work, capsys, "not a writable folder"
         )
     finally:
         ro.chmod(0o755)
@@ -363,7 +363,7 @@ def test_npy_corpus_with_negative_or_damaged_ids(tmp_path, capsys):
             str(neg),
             "--context",
             "4",
-            "--latents",
+            "--dict-size",
             "64",
             "--k",
             "4",

@@ -233,7 +233,7 @@ def test_kindless_writers_are_refused_while_a_folder_is_written(tmp_path):
 def test_two_trains_half_a_second_apart(tmp_path, tiny_model_dir, text_corpus):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "saelab", "train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus)]
-    base += ["--out", str(out), "--hookpoints", "model.layers.1", "--latents", "256", "--k", "8", "--tokens", "8192"]
+    base += ["--out", str(out), "--hookpoints", "model.layers.1", "--dict-size", "256", "--k", "8", "--tokens", "8192"]
     base += ["--batch-tokens", "512", "--context", "64", "--threads", "1"]
     procs = []
     for seed in (1, 2):

@@ -286,7 +286,7 @@ def test_disk_full_during_train_is_one_line(tmp_path, tiny_model_dir, text_corpu
     monkeypatch.setattr(storage, "save_file", lambda *a, **k: (_ for _ in ()).throw(ENOSPC))
     out = tmp_path / "run"
     argv = ["train", "--out", str(out), "--model", str(tiny_model_dir), "--corpus", str(text_corpus)]
-    argv += ["--hookpoints", "model.layers.1", "--latents", "64", "--k", "4", "--tokens", "4096"]
+    argv += ["--hookpoints", "model.layers.1", "--dict-size", "64", "--k", "4", "--tokens", "4096"]
     argv += ["--batch-tokens", "512", "--context", "64", "--checkpoint-every", "1024", "--threads", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

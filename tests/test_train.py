@@ -89,7 +89,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_c
         str(text_corpus),
         "--hookpoints",
         "model.layers.2",
-        "--latents",
+        "--dict-size",
         "256",
         "--k",
         "8",

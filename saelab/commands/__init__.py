@@ -15,6 +15,7 @@ in options.py. tests/test_cli_grammar.py."""
 import argparse as _argparse
 import contextlib
 import io
+import os
 import sys
 
 # the option grammar lives in options.py, next to the config dataclasses that use it; named here too
@@ -39,39 +40,73 @@ def parse_args(parser, argv: list[str] | None = None):
     """`parser.parse_args`, except that positional arguments written after a multi-value option are not
     swallowed by it: `saelab serve --cache C SAE` reads as `saelab serve --cache C -- SAE`. When the
     plain parse fails, the fewest trailing values of an option (the last option first) that make it
-    succeed are taken as positionals; when none does, the plain parse's own error is shown."""
+    succeed are taken as positionals; when none does, the plain parse's own error is shown. When it
+    works but leaves an optional positional empty, `_claim_optional_positional` looks for it."""
 
     def attempt(args):
+        """(namespace, what the parse wrote to stderr) of a parse that works, else None."""
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                ns = parser.parse_args(args)
+                return parser.parse_args(args), err.getvalue()
         except SystemExit as e:
             if e.code == 0:  # --help
                 raise
             return None
-        sys.stderr.write(err.getvalue())  # warnings of a parse that worked (e.g. a deprecated spelling)
-        return ns
+
+    def accept(parsed):
+        sys.stderr.write(parsed[1])  # warnings of the parse taken (e.g. a deprecated spelling), once
+        return parsed[0]
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        ns = attempt(argv)
-        if ns is not None:
-            return ns
+        parsed = attempt(argv)
+        if parsed is not None:
+            return accept(_claim_optional_positional(parser, argv, parsed, attempt))
         # the value runs of options (an option and the plain words after it), last run first; from each,
         # move its last k words (never all of them) behind a `--`: `--latents 1 2 CACHE --out R`
         # -> `--latents 1 2 --out R -- CACHE`
-        starts = [i for i, t in enumerate(argv) if t.startswith("-")]
-        for i in reversed(starts):
-            j = i + 1
-            while j < len(argv) and not argv[j].startswith("-"):
-                j += 1
+        for i, j in reversed(_value_runs(argv)):
             for k in range(1, j - i - 1):
                 moved = argv[j - k : j]
-                ns = attempt(argv[: j - k] + argv[j:] + ["--"] + moved)
-                if ns is not None:
-                    return ns
+                parsed = attempt(argv[: j - k] + argv[j:] + ["--"] + moved)
+                if parsed is not None:
+                    return accept(parsed)
     return parser.parse_args(argv)
+
+
+def _value_runs(argv: list[str]) -> list[tuple[int, int]]:
+    """(i, j) of each option argv[i] and the plain words after it, argv[i + 1 : j]."""
+    runs = []
+    for i in (i for i, t in enumerate(argv) if t.startswith("-")):
+        j = i + 1
+        while j < len(argv) and not argv[j].startswith("-"):
+            j += 1
+        runs.append((i, j))
+    return runs
+
+
+def _claim_optional_positional(parser, argv: list[str], parsed, attempt):
+    """A parse that worked but left the command's one optional positional empty while the last word of a
+    multi-value option names an existing file or folder: that word is the positional (`steer --prompt x
+    SAE` is `steer SAE --prompt x`, not the prompts "x" and "SAE" with no SAE). A prompt that is the path
+    of an existing file or folder is not one anyone writes; the option keeps at least one word."""
+    ns = parsed[0]
+    sub = next((a for a in parser._actions if isinstance(a, _argparse._SubParsersAction)), None)
+    sp = sub.choices.get(getattr(ns, sub.dest, None)) if sub else None
+    empty = [
+        a
+        for a in (sp._actions if sp else [])
+        if not a.option_strings and a.nargs == "?" and getattr(ns, a.dest) is None
+    ]
+    if len(empty) != 1:
+        return parsed
+    for i, j in reversed(_value_runs(argv)):
+        if j - i > 2 and os.path.exists(argv[j - 1]):
+            fixed = attempt(argv[: j - 1] + argv[j:] + ["--", argv[j - 1]])
+            if fixed is not None and getattr(fixed[0], empty[0].dest) == argv[j - 1]:
+                return fixed
+    return parsed
 
 
 def show_defaults(parser) -> None:

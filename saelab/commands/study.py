@@ -4,21 +4,15 @@ Braun et al. 2024 from evaluated folders), compare (decoder geometry of two dict
 
 from __future__ import annotations
 
-import dataclasses
-
-from ..options import add_config_command, add_dataclass_options, build_config
-
-
-def _names(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+from ..options import add_config_command, add_dataclass_options, build_config, config_keys
 
 
 def cmd_sweep(a) -> None:
     from ..study.sweep import SweepConfig, sweep
     from ..train.config import TrainConfig
 
-    cfg = build_config(SweepConfig, a, a.config, other_keys=_names(TrainConfig))  # one --config file for both
-    base = build_config(TrainConfig, a, a.config, other_keys=_names(SweepConfig), out=a.out)
+    cfg = build_config(SweepConfig, a, a.config, other_keys=config_keys(TrainConfig))  # one --config file for both
+    base = build_config(TrainConfig, a, a.config, other_keys=config_keys(SweepConfig), out=a.out)
     rec = sweep(base, cfg)
     print(f"\nsweep done: {len(rec['runs'])} run(s) in {base.out}; next: saelab pareto {base.out}")
 

@@ -51,7 +51,8 @@ def register(sub) -> None:
         CacheConfig,
         cmd_cache,
         help="run the LM once and store hookpoint activations on disk",
-        description="Writes sharded float32 .npy activations (memory-mappable; sinks/outliers left "
+        description="Writes sharded .npy activations (float32, or half precision with --store-dtype "
+        "float16|bfloat16: half the disk, read back as float32; memory-mappable; sinks/outliers left "
         "out as in training) and manifest.json. Train from it with "
         "`saelab train --from-activations DIR` (no LM needed).",
     )

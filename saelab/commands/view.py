@@ -9,7 +9,8 @@ from ..options import add_config_command, build_config
 
 STEER_HELP = """Generate from a prompt with features clamped or added, next to the unsteered model (same seed).
 Examples:
-  saelab steer RUN/SAE --prompt "I went to the" --clamp 1234=8x        (8 x the feature's max activation)
+  saelab steer RUN/SAE --prompt "I went to the" --clamp 1234=1x        (1 x the feature's max activation)
+  saelab steer RUN/SAE --prompt "I went to the" --clamp 1234=1x --sweep   (0.5x 1x 2x 4x side by side)
   saelab steer RUN/SAE --prompt "Hello" --add 77=20 --clamp 5=0          (add 20 to 77; switch 5 off)
   saelab steer --model embedded --hookpoint model.layers.6 --prompt "I think" \\
       --positive "I love this" "What a joy" --negative "I hate this" "What a pain" --scale 4

@@ -347,5 +347,5 @@ def synthetic_summary(folder: Path) -> str:
     return (
         f"{folder}: {m['vectors']:,} vectors of {c['features']} true features in {c['dim']} dims "
         f"(L0 {m['synthetic']['realised_l0']:.2f}); train with `saelab train --from-activations {folder} "
-        f"--model {MODEL} --hookpoints {HOOK} --context {m['context']} --latents N --k K`"
+        f"--model {MODEL} --hookpoints {HOOK} --context {m['context']} --dict-size N --k K`"
     )

@@ -1,6 +1,7 @@
 """`saelab report RUN [RUN ...]`: score distributions per scorer (table + PNG histograms),
 explanation failures and costs, and, for several runs (e.g. SAE latents vs neurons), a side-by-side
-comparison with the difference of means and its 95% bootstrap interval."""
+comparison with the difference of means and its 95% bootstrap interval, paired by latent where the runs
+share latents (report_compare.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..options import opt, out_option, overwrite_option
 from ..out_folder import finish, hold
 from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
+from .report_compare import compare_runs, comparison_markdown
 from .scorers.base import DESCRIPTIONS, PRIMARY
 
 
@@ -65,16 +67,6 @@ def summarise(run: Run) -> dict:
             "latents": [r["latent"] for r in good],
         }
     return out
-
-
-def _bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    a = np.array([x for x in a if x is not None and not math.isnan(x)])
-    b = np.array([x for x in b if x is not None and not math.isnan(x)])
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    d = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(n)]
-    return float(a.mean() - b.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
 def _fmt(x: float, p: int = 3) -> str:
@@ -161,16 +153,7 @@ def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -
                     f"{_fmt(st['median'])} | {st['n']} | {d['failed']} | {d['failed_examples']} | "
                     f"{_fmt(d['seconds_per_latent'], 2)} |"
                 )
-    if comparisons:
-        L += ["", "## Comparison (difference of means, 95% bootstrap interval)", ""]
-        L.append("| scorer | metric | A | B | mean A - mean B | 95% interval | A higher? |")
-        L.append("|---|---|---|---|---|---|---|")
-        for c in comparisons:
-            verdict = "yes" if c["lo"] > 0 else ("no (B higher)" if c["hi"] < 0 else "not significant")
-            L.append(
-                f"| {c['scorer']} | {c['metric']} | {c['a']} | {c['b']} | {_fmt(c['diff'])} | "
-                f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {verdict} |"
-            )
+    L += comparison_markdown(comparisons)
     fails = [(sm["label"], f) for sm in summaries for f in sm["explain_failures"]]
     if fails:
         L += ["", "## Explanation failures (distinct reasons)", ""] + [f"- {n}: {f}" for n, f in fails]
@@ -207,18 +190,11 @@ def write_report(cfg: ReportConfig, quiet: bool = False) -> Path:
     for sm, r in zip(summaries, loaded):  # two runs with one label (e.g. a copied run): add the folder
         if labels.count(sm["label"]) > 1:
             sm["label"] = f"{sm['label']} ({r.path.name})"
-    comparisons = []
-    if len(summaries) >= 2:
-        a = summaries[0]
-        for b in summaries[1:]:
-            for s in sorted(set(a["scorers"]) & set(b["scorers"])):
-                for m in PRIMARY.get(s, []):
-                    d, lo, hi = _bootstrap_diff(
-                        a["scorers"][s]["values"].get(m, []), b["scorers"][s]["values"].get(m, [])
-                    )
-                    comparisons.append(
-                        {"scorer": s, "metric": m, "a": a["label"], "b": b["label"], "diff": d, "lo": lo, "hi": hi}
-                    )
+    comparisons = [  # the first run against each other one: paired by latent where they share latents
+        row
+        for b, rb in zip(summaries[1:], loaded[1:])
+        for row in compare_runs(summaries[0], b, loaded[0].manifest, rb.manifest, PRIMARY)
+    ]
     plots = _plots(summaries, out)
     md = markdown(summaries, comparisons, plots)
     write_text(out / "report.md", md)

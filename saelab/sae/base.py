@@ -111,7 +111,7 @@ class SparseCoder(nn.Module):
 
     @classmethod
     def latents_for(cls, per_site: int, hookpoint: str) -> int:
-        """d_sae of a dictionary at `hookpoint` trained with `--latents per_site` (a CLT: per layer)."""
+        """d_sae of a dictionary at `hookpoint` trained with `--dict-size per_site` (a CLT: per layer)."""
         return per_site
 
     @classmethod

@@ -70,7 +70,7 @@ def clt_train_bytes(L: int, n: int, d_in: int, d_out: int, rows: int, chunk_rows
     concatenation, the shuffled copy: docs/SCALE.md); and 0.5 GiB for the runtime.
     Measured peak (VmHWM) of a step, 30 layers x 1,024 latents, d 576: 7.3 GiB at 4,096 rows without AuxK,
     8.7 GiB with 1/7 of the latents dead (AuxK), 6.1 GiB at 2,048 rows; this estimate: 9.1 and 7.0 GiB. A whole
-    run (`saelab train --layers all --arch clt --latents 1024 --k 16 --buffer-batches 2`, the model and its
+    run (`saelab train --layers all --arch clt --dict-size 1024 --k 16 --buffer-batches 2`, the model and its
     token rows included) peaked at 11.6 GiB (bench/replacement_throughput.py); this estimate: 12.3 GiB (with
     the chunk counted once it was 10.2 GiB, below the measurement)."""
     params = clt_params(L, n, d_in, d_out)
@@ -90,7 +90,7 @@ def check_clt_memory(L: int, n: int, d_in: int, d_out: int, rows: int, chunk_row
         raise UserError(
             f"--arch clt over {L} layers x {n} latents (d {d_in}->{d_out}, {clt_params(L, n, d_in, d_out):,} "
             f"parameters) needs about {need / 2**30:.1f} GiB to train with {rows:,} rows per batch and a "
-            f"{chunk_rows:,}-row activation chunk; {device} has {have / 2**30:.1f} GiB. Lower --latents, the "
+            f"{chunk_rows:,}-row activation chunk; {device} has {have / 2**30:.1f} GiB. Lower --dict-size, the "
             f"number of layers, --batch-tokens or --buffer-batches"
         )
 

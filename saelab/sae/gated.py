@@ -48,7 +48,7 @@ class GatedOptions(TypeOptions):
     gated_init_fire: float | None = start_option(
         None,
         "gated: each gate's bias starts where the gate opens on this fraction of the first batch: initial "
-        "L0 = fraction x --latents (none: 0.01; 0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)",
+        "L0 = fraction x --dict-size (none: 0.01; 0.5 is about SAELens' zero biases; docs/DICTIONARIES.md)",
     )
 
     def check(self, run) -> None:

@@ -34,7 +34,7 @@ class JumpReLUOptions(TypeOptions):
     jumprelu_init_fire: float | None = start_option(
         None,
         "jumprelu: each latent's threshold starts at the quantile of its first-batch pre-activations above "
-        "which it fires on this fraction of tokens: initial L0 = fraction x --latents (none: 0.1, docs/DICTIONARIES.md)",
+        "which it fires on this fraction of tokens: initial L0 = fraction x --dict-size (none: 0.1, docs/DICTIONARIES.md)",
     )
     jumprelu_threshold_lr: float | None = opt(
         None,

@@ -38,7 +38,7 @@ def default_groups(d_sae: int) -> list[int]:
 @dataclass
 class MatryoshkaOptions(TypeOptions):
     groups: list[int] | None = opt(
-        None, "matryoshka: latent group sizes, summing to --latents (none: prefixes at latents/4, /2, 1)"
+        None, "matryoshka: latent group sizes, summing to --dict-size (none: prefixes at latents/4, /2, 1)"
     )
 
     def check(self, run) -> None:
@@ -48,7 +48,7 @@ class MatryoshkaOptions(TypeOptions):
             raise UserError("--groups needs positive group sizes")
         if sum(self.groups) != run.latents:
             raise UserError(
-                f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, not --latents {run.latents}"
+                f"--groups {' '.join(map(str, self.groups))} sum to {sum(self.groups)}, not --dict-size {run.latents}"
             )
 
     def sae_fields(self, fresh: bool) -> dict:

@@ -32,7 +32,12 @@ from ..storage import read_json, refuse_overwrite, write_figure, write_json
 class ScalingConfig:
     out: str = out_option("folder for the grid's runs, scaling.json and scaling.png")
     hookpoint: str = opt("model.layers.6", "one site (module name)")
-    latents: list[int] = opt(default_factory=lambda: [512, 1024, 2048, 4096], help="dictionary sizes of the grid")
+    latents: list[int] = opt(
+        default_factory=lambda: [512, 1024, 2048, 4096],
+        help="dictionary sizes of the grid",
+        flag="--dict-size",
+        old_spellings=("--latents",),
+    )
     tokens: list[int] = opt(default_factory=lambda: [16384, 32768, 65536], help="training-token budgets of the grid")
     k: int = opt(32, "TopK active latents (the same for every grid point)")
     model: str = model_option()
@@ -40,7 +45,7 @@ class ScalingConfig:
     context: int = opt(256, "tokens per row fed to the LM")
     batch_tokens: int = opt(4096, "tokens per optimiser step (and per LM forward batch)")
     eval_tokens: int = opt(16384, "held-out tokens for the FVU of every grid point")
-    lr: float | None = opt(None, "learning rate (none: training's 2e-3 / sqrt(latents / 2^14))")
+    lr: float | None = opt(None, "learning rate (none: training's 2e-3 / sqrt(dict size / 2^14))")
     cache: str | None = opt(None, "reuse this activation cache (same model, hookpoint, context; >= max tokens)")
     seed: int = opt(0, "random seed (data order, initialisation)")
     threads: int | None = threads_option()
@@ -55,9 +60,9 @@ class ScalingConfig:
         if self.lr is not None and self.lr <= 0:
             raise UserError("--lr must be positive")
         if len(self.latents) < 2 or len(self.tokens) < 2:
-            raise UserError("a scaling grid needs at least two --latents and two --tokens values")
+            raise UserError("a scaling grid needs at least two --dict-size and two --tokens values")
         if any(n < self.k for n in self.latents):
-            raise UserError(f"every --latents value must be >= --k {self.k}")
+            raise UserError(f"every --dict-size value must be >= --k {self.k}")
         if self.batch_tokens < self.context:
             raise UserError(
                 f"--batch-tokens ({self.batch_tokens}) must hold at least one row of --context ({self.context})"

@@ -59,7 +59,9 @@ class TrainConfig:
     )
     text_field: str = opt("text", "field holding the text in JSON lines / parquet / hf corpora")
     arch: str = opt("topk", " | ".join(ARCHITECTURES) + " (docs/DICTIONARIES.md)")
-    latents: int = opt(4608, "dictionary size")
+    latents: int = opt(
+        4608, "dictionary size: the number of latents", flag="--dict-size", old_spellings=("--latents",)
+    )  # --dict-size: `--latents` is a list of latent ids in explain / score / dashboard
     k: list[int] = opt(
         default_factory=lambda: [32],
         help="active latents; one SAE per k ("
@@ -88,7 +90,8 @@ class TrainConfig:
         "keeps it busy while the SAE steps stay --batch-tokens. The data is the same",
     )
     lr: list[float] | None = opt(
-        None, "learning rates, one SAE per value (none: 2e-3 / sqrt(latents / 2^14); a tenth of that for --loss kl+mse)"
+        None,
+        "learning rates, one SAE per value (none: 2e-3 / sqrt(dict size / 2^14); a tenth of that for --loss kl+mse)",
     )
     warmup_fraction: float = opt(0.05, "fraction of steps with linear learning-rate warmup")
     decay_fraction: float = opt(0.2, "linear decay to 0 over the last fraction of steps")
@@ -109,7 +112,7 @@ class TrainConfig:
     distributed: str = opt(
         "data",
         "torchrun jobs: data (rows split, gradients all-reduced) | modules (SAEs split) | "
-        "latents (each SAE's latents split; topk, batchtopk, matryoshka; --latents "
+        "latents (each SAE's latents split; topk, batchtopk, matryoshka; --dict-size "
         "divisible by the processes)",
     )
     dist_timeout: float = opt(300.0, "torchrun jobs: seconds to wait for a stalled or dead rank before failing")

@@ -106,7 +106,7 @@ def check_dictionary(cfg) -> None:
             raise UserError("--k needs positive values")
         bad = [k for k in cfg.k if k > cfg.latents]
         if bad:
-            raise UserError(f"k={bad[0]} is larger than the dictionary (--latents {cfg.latents})")
+            raise UserError(f"k={bad[0]} is larger than the dictionary (--dict-size {cfg.latents})")
     elif any(c < 0 for c in cfg.sparsity_coeff):
         raise UserError("--sparsity-coeff must be >= 0")
     if not cfg.hookpoints:
@@ -135,7 +135,7 @@ def _check_memory(cfg) -> None:
             f"--batch-tokens {cfg.batch_tokens} needs at least {need / 2**30:.1f} GiB for one batch of "
             f"encoder activations ({len(cfg.sweep_values()) * len(cfg.hookpoints)} SAE(s) x "
             f"{cfg.latents} latents x 4 bytes per token); {cfg.device} has {have / 2**30:.1f} GiB. "
-            f"Lower --batch-tokens (or --latents)"
+            f"Lower --batch-tokens (or --dict-size)"
         )
 
 

@@ -72,7 +72,7 @@ def check_latents_mode(cfg, world: int) -> None:
         )
     if cfg.latents % world:
         raise UserError(
-            f"--distributed latents: --latents {cfg.latents} is not divisible by the {world} processes; "
+            f"--distributed latents: --dict-size {cfg.latents} is not divisible by the {world} processes; "
             f"use a multiple of {world} (e.g. {cfg.latents - cfg.latents % world + world})"
         )
 
