@@ -55,7 +55,7 @@ def main():
     base = [
         "--model",
         a.model,
-        "--latents",
+        "--dict-size",
         str(a.latents),
         "--k",
         "32",

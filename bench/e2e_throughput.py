@@ -53,7 +53,7 @@ def main() -> None:
                 a.corpus,
                 "--hookpoints",
                 a.hookpoint,
-                "--latents",
+                "--dict-size",
                 str(a.latents),
                 "--k",
                 *map(str, a.k),

@@ -27,7 +27,7 @@ for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
     shutil.copy(Path(tok) / f, out / f)
 print("tiny model ->", out)
 PY
-C="--model $W/model --corpus builtin --hookpoints model.layers.1 --latents 256 --k 8 --batch-tokens 1024 --context 64"
+C="--model $W/model --corpus builtin --hookpoints model.layers.1 --dict-size 256 --k 8 --batch-tokens 1024 --context 64"
 $SL train $C --tokens 32768 --checkpoint-every 8192 --device "$DEV" --out "$W/local"
 # resume: a run stopped after its first checkpoint, continued on the device (SKIP_RESUME=1 skips it)
 if [ -z "${SKIP_RESUME:-}" ]; then

@@ -13,6 +13,6 @@ python -c "
 from saelab.models import load_model; from saelab.data import load_token_rows
 lm = load_model('embedded'); load_token_rows('builtin', lm.tokenizer, 256, vocab_size=lm.model.config.vocab_size)"
 timeout "${LIMIT_S:-480}" python bench/replacement_throughput.py --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bfloat16}" \
-  --tokens "${TOKENS:-4194304}" --latents "${LATENTS:-4096}" --k "${K:-16}" \
+  --tokens "${TOKENS:-4194304}" --dict-size "${LATENTS:-4096}" --k "${K:-16}" \
   --lm-batch-tokens "${LM_BATCH:-65536}" --forward-tokens "${FWD_TOKENS:-262144}" --out "$OUT" 2>"$OUT/stderr.log" \
   || { echo "replacement bench failed or ran out of time; see $OUT/stderr.log"; tail -20 "$OUT/stderr.log"; exit 1; }

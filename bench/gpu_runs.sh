@@ -25,7 +25,7 @@ print('corpus rows', r.tokens.shape)"
 
 (
   timeout "$(left)" $SL sweep --out "$W/e2e_sweep_l15_1m" --model embedded --corpus builtin --hookpoints model.layers.15 \
-    --latents 2304 --k 16 32 64 --tokens 1000000 --batch-tokens 2048 --context 256 --lr 3e-3 --device cuda \
+    --dict-size 2304 --k 16 32 64 --tokens 1000000 --batch-tokens 2048 --context 256 --lr 3e-3 --device cuda \
     --threads "$T" --checkpoint-every 250000 --losses local e2e e2e+ds --eval-tokens 32768 --eval-ce-tokens 8192
   echo "sweep exit $?"
   $SL pareto "$W/e2e_sweep_l15_1m" --out "$W/e2e_pareto_1m"
@@ -34,7 +34,7 @@ print('corpus rows', r.tokens.shape)"
 (
   SAE="$W/interp_sae/model.layers.6-topk-k32"
   NEUR="neurons:model.layers.6.mlp.down_proj:input"
-  timeout "$(left)" $SL train --model embedded --corpus builtin --hookpoints model.layers.6 --latents 2304 --k 32 \
+  timeout "$(left)" $SL train --model embedded --corpus builtin --hookpoints model.layers.6 --dict-size 2304 --k 32 \
     --tokens 1000000 --device cuda --threads "$T" --out "$W/interp_sae"
   timeout "$(left)" $SL cache "$SAE" --neurons model.layers.6.mlp.down_proj:input --neuron-k 32 --tokens 204800 \
     --threads "$T" --out "$W/interp_cache"

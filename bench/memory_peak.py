@@ -77,7 +77,7 @@ def main() -> None:
                 "-m",
                 "saelab.cli",
                 "train",
-                "--latents",
+                "--dict-size",
                 str(L),
                 "--k",
                 "32",

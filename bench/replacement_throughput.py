@@ -50,7 +50,7 @@ def bare_forward_tps(model, rows, n_tokens: int, batch_rows: int, hook: str, dev
 def train_run(out: Path, arch: str, a) -> dict:
     """`saelab train --layers all` in a child process; its manifest (tok/s, wall, peak RSS)."""
     cmd = [sys.executable, "-m", "saelab", "train", "--out", str(out), "--overwrite", "--layers", a.layers]
-    cmd += ["--arch", arch, "--latents", str(a.latents), "--k", str(a.k), "--tokens", str(a.tokens)]
+    cmd += ["--arch", arch, "--dict-size", str(a.latents), "--k", str(a.k), "--tokens", str(a.tokens)]
     cmd += ["--threads", str(a.threads), "--device", a.device, "--dtype", a.dtype, "--seed", "0"]
     cmd += ["--batch-tokens", str(a.batch_tokens), "--buffer-batches", str(a.buffer_batches)]
     if a.lm_batch_tokens:

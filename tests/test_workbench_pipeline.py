@@ -97,7 +97,7 @@ def test_whole_pipeline_on_a_trained_folder(tmp_path, tiny_model_dir, text_corpu
     # train: 256 steps of 256 tokens
     run = tmp_path / "train"
     _cli(
-        "train", "--model", tiny_model_dir, "--corpus", text_corpus, "--hookpoints", SITE, "--latents", LATENTS,
+        "train", "--model", tiny_model_dir, "--corpus", text_corpus, "--hookpoints", SITE, "--dict-size", LATENTS,
         "--k", K, "--tokens", 65536, "--batch-tokens", 256, "--context", 64, "--buffer-batches", 4,
         "--lr", 3e-3, "--threads", 2, "--out", run,
     )  # fmt: skip

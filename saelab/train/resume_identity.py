@@ -84,11 +84,11 @@ def option_differences(stored: dict, cfg) -> list[str]:
         if name not in stored:
             if name not in defaults or value != defaults[name]:
                 ok = f"resumes only at its default {_show(defaults[name])}" if name in defaults else "no default"
-                diffs.append(f"{flag(name)} not recorded (an older saelab: {ok}; now {_show(value)})")
+                diffs.append(f"{flag(name, cfg)} not recorded (an older saelab: {ok}; now {_show(value)})")
         elif stored[name] != value:
-            diffs.append(f"{flag(name)} {_show(stored[name])} (now {_show(value)})")
+            diffs.append(f"{flag(name, cfg)} {_show(stored[name])} (now {_show(value)})")
     diffs += [
-        f"{flag(name)} {_show(v)} (an option this saelab no longer has)"
+        f"{flag(name, cfg)} {_show(v)} (an option this saelab no longer has)"
         for name, v in stored.items()
         if name not in now
     ]
