@@ -8,7 +8,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export SAELAB_CACHE=${SAELAB_CACHE:-$PWD/.cache}
 OUT=${OUT:-runs/quickstart}
-saelab train --hookpoints model.layers.6 --arch topk --latents 4608 --k 32 --tokens "${TOKENS:-500000}" \
+saelab train --hookpoints model.layers.6 --arch topk --dict-size 4608 --k 32 --tokens "${TOKENS:-500000}" \
   --out "$OUT" --overwrite
 saelab eval "$OUT"/model.layers.6-topk-k32 --tokens "${EVAL_TOKENS:-50000}" --ce-tokens "${CE_TOKENS:-8192}" --overwrite
 echo
