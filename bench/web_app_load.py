@@ -34,6 +34,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 from saelab.features.steering import DEFAULT_STRENGTH, SWEEP
 
@@ -125,7 +126,7 @@ def steer_request(name: str, latent: int, tokens: int) -> dict:
 
 def load(port: int, name: str, clients: int, rounds: int, steer_jobs: int, steer_tokens: int, pid=None) -> dict:
     """`clients` fire-on-text threads and one steering thread released together -> the summary (module doc)."""
-    status, _, _, top = call(port, "GET", f"/api/search?sae={name}&q=&limit=1")  # the densest feature
+    status, _, _, top = call(port, "GET", f"/api/search?sae={quote(name)}&q=&limit=1")  # the densest feature
     if status != "200" or not top["results"]:
         raise SystemExit(f"GET /api/search answered {status}: {top}")
     latent = top["results"][0]["id"]
