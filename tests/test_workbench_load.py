@@ -58,9 +58,9 @@ def test_20_fire_clients_and_a_steering_job_all_answered(served):
 
 
 def test_steering_beyond_the_bound_is_a_documented_429_while_fire_stays_200(served):
-    """6 steering requests in a row (60 new tokens x 5 generations each): the app holds at most 4 pending."""
+    """6 steering requests in a row (120 new tokens x 5 generations each): the app holds at most 4 pending."""
     bench, p, port, name = served
-    res = bench.load(port, name, clients=20, rounds=2, steer_jobs=6, steer_tokens=60, pid=p.pid)
+    res = bench.load(port, name, clients=20, rounds=2, steer_jobs=6, steer_tokens=120, pid=p.pid)
     assert res["answers"]["fire"] == {"200": 40}, res
     assert (res["five_xx"], res["undocumented"]) == (0, {}), res
     assert res["steer_accepted"] + res["steer_refused_429"] == 6, res
