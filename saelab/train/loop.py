@@ -80,6 +80,7 @@ class TrainingRun:
             if self.init
             else build_members(cfg, inputs.sites, inputs.widths)
         )
+        par.barrier()  # every rank has checked --out (open_out refuses a locked folder) before rank 0 locks it
         if par.is_main:  # the SAE folders (weights) and the checkpoint (weights + two Adam moments): 4 copies
             check_space(self.out, 4 * sum(p.numel() * p.element_size() for m in everyone for p in m.sae.parameters()))
             self.folder.prepare()  # the folder's lock; --overwrite: what the last run wrote is moved aside
