@@ -57,23 +57,24 @@ def cfg_float(path: Path, d: dict, key: str, name: str = "", default=_MISSING, l
     return float(v)
 
 
-def cfg_str(path: Path, d: dict, key: str, name: str = "", default=None):
-    """d[key] as a string; `default` when missing or null."""
+def _typed(path: Path, d: dict, key: str, name: str, default, kind: type, what: str):
+    """d[key] when it is a `kind`; `default` when missing or null; else one line naming the field."""
     v = d.get(key)
     if v is None:
         return default
-    if not isinstance(v, str):
-        raise UserError(f"{path}: {name or key} must be a string, got {_show(v)}")
+    if not isinstance(v, kind):
+        raise UserError(f"{path}: {name or key} must be {what}, got {_show(v)}")
     return v
+
+
+def cfg_str(path: Path, d: dict, key: str, name: str = "", default=None):
+    """d[key] as a string; `default` when missing or null."""
+    return _typed(path, d, key, name, default, str, "a string")
 
 
 def cfg_bool(path: Path, d: dict, key: str, name: str = "", default=None):
-    v = d.get(key)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise UserError(f"{path}: {name or key} must be true or false, got {_show(v)}")
-    return v
+    """d[key] as a boolean; `default` when missing or null."""
+    return _typed(path, d, key, name, default, bool, "true or false")
 
 
 def cfg_keys(path: Path, d: dict, known, name: str) -> None:
