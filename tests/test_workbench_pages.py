@@ -85,8 +85,7 @@ def test_whitespace_tokens_are_visible_everywhere(store, tmp_path):
 def _logit_rows(html: str, table: str) -> list[tuple[str, float, float]]:
     body = re.search(rf'<table id="{table}" class="logits">(.*?)</table>', html, re.S).group(1)
     rows = re.findall(
-        r'<span class="pill">(.*?)</span></td>\s*<td class="logitval">([-+0-9.]+)</td><td><div class="bar[^"]*" '
-        r'style="width:([0-9.]+)px">',
+        r'<tr><td><span class="pill">(.*?)</span><td class="lv">([-+0-9.]+)<td><i class="bar[^"]*" style="width:([0-9.]+)px">',
         body,
         re.S,
     )

@@ -34,7 +34,7 @@ tr:nth-child(even){background:#f6f6f6}
 .pill{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre}
 input,textarea,select,button{font-size:1em} textarea{width:100%}
 .bar{height:8px;background:#e99} .bar.up{background:#7aa5e8} .err{color:#b00}
-.logitval{font-family:ui-monospace,monospace;text-align:right;color:#444}
+i.bar{display:block} .lv{font-family:ui-monospace,monospace;text-align:right;color:#444} #histogram rect{fill:#e8743b}
 """
 )
 
@@ -75,11 +75,11 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 {{ hist_svg(f.hist) | safe }}
 </div><div>
 <h2>Promoted tokens</h2>
-{% if f.promoted %}{% set lmax = logit_scale(f) %}<table id="promoted" class="logits">{% for t in f.promoted %}<tr class="logit"><td><span class="pill">{{ token_label(t.token) }}</span></td>
-<td class="logitval">{{ "%+.2f"|format(t.logit) }}</td><td><div class="bar up" style="width:{{ (100 * t.logit|abs / lmax)|round(1) }}px"></div></td></tr>{% endfor %}</table>
+{% if f.promoted %}{% set lmax = logit_scale(f) %}<table id="promoted" class="logits">{% for t in f.promoted %}
+<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i class="bar up" style="width:{{ (100 * t.logit|abs / lmax)|round(1) }}px"></i>{% endfor %}</table>
 <h2>Suppressed tokens</h2>
-<table id="suppressed" class="logits">{% for t in f.suppressed %}<tr class="logit"><td><span class="pill">{{ token_label(t.token) }}</span></td>
-<td class="logitval">{{ "%+.2f"|format(t.logit) }}</td><td><div class="bar" style="width:{{ (100 * t.logit|abs / lmax)|round(1) }}px"></div></td></tr>{% endfor %}</table>
+<table id="suppressed" class="logits">{% for t in f.suppressed %}
+<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i class="bar" style="width:{{ (100 * t.logit|abs / lmax)|round(1) }}px"></i>{% endfor %}</table>
 <p class="muted">{{ f.logit_note or "decoder direction through the final norm and unembedding" }}</p>
 {% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
 </div><div>
@@ -216,9 +216,9 @@ def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
         return '<p class="muted">no activations</p>'
     top, left = max(counts), 40
     bw = width / len(counts)
-    bars = "".join(
+    bars = "".join(  # the fill is the stylesheet's (#histogram rect): not repeated per bar
         f'<rect x="{left + i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
-        f'height="{height * c / top:.1f}" fill="#e8743b"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
+        f'height="{height * c / top:.1f}"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
         for i, c in enumerate(counts)
     )
     axes = (
