@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..interpret.examples import SETS
 from ..interpret.records import EXAMPLES, EXPLANATIONS
 
@@ -37,8 +39,9 @@ def run_folder(explanations) -> Path | None:
 
 
 def read_example_sets(explanations, d_sae: int) -> dict[int, dict[str, list]]:
-    """latent -> {set: its first N_SHOWN records} from the run's examples.jsonl ({} without one; a line cut
-    by an interrupted run is skipped)."""
+    """latent -> {set: its first N_SHOWN examples as (token ids, activations, peak)} from the run's
+    examples.jsonl (arrays, not lists of Python numbers: a run of many latents stays small in memory;
+    {} without the file; a line cut by an interrupted run is skipped)."""
     run = run_folder(explanations)
     path = run / EXAMPLES if run is not None else None
     if path is None or not path.exists():
@@ -52,7 +55,13 @@ def read_example_sets(explanations, d_sae: int) -> dict[int, dict[str, list]]:
                 continue
             j = rec.get("latent") if isinstance(rec, dict) else None
             if isinstance(j, int) and 0 <= j < d_sae:
-                out[j] = {k: list(rec.get(k) or [])[:N_SHOWN] for k in SETS}
+                out[j] = {
+                    k: [
+                        (np.asarray(ids, np.int32), np.asarray(acts, np.float32), int(peak))
+                        for _row, _start, ids, acts, peak, _q in list(rec.get(k) or [])[:N_SHOWN]
+                    ]
+                    for k in SETS
+                }
     return out
 
 
@@ -61,12 +70,9 @@ def shown_sets(sets: dict[str, list] | None, token_str, example_cls) -> list[dic
     shown = []
     for k in SETS:
         exs = []
-        for _row, _start, tokens, acts, peak, _q in (sets or {}).get(k, []):
-            exs.append(
-                example_cls(
-                    [token_str(int(t)) for t in tokens], [float(a) for a in acts], int(peak), max(acts or [0.0])
-                )
-            )
+        for ids, acts, peak in (sets or {}).get(k, []):
+            value = float(acts.max()) if len(acts) else 0.0
+            exs.append(example_cls([token_str(int(t)) for t in ids], acts.tolist(), peak, value))
         if exs:
             shown.append({"kind": k, "label": LABELS[k], "examples": exs})
     return shown
