@@ -33,8 +33,8 @@ tr:nth-child(even){background:#f6f6f6}
 .cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}
 .pill{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre}
 input,textarea,select,button{font-size:1em} textarea{width:100%}
-.bar{height:8px;background:#e99} .bar.up{background:#7aa5e8} .err{color:#b00}
-i.bar{display:block} .lv{font-family:ui-monospace,monospace;text-align:right;color:#444} #histogram rect{fill:#e8743b}
+.bar{height:8px;background:#e99} .err{color:#b00}
+.logits i{display:block;height:8px;background:#e99} .logits.up i{background:#7aa5e8} .lv{font-family:ui-monospace,monospace;text-align:right;color:#444} #histogram rect{fill:#e8743b}
 """
 )
 
@@ -75,11 +75,11 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 {{ hist_svg(f.hist) | safe }}
 </div><div>
 <h2>Promoted tokens</h2>
-{% if f.promoted %}{% set lmax = logit_scale(f) %}<table id="promoted" class="logits">{% for t in f.promoted %}
-<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i class="bar up" style="width:{{ (100 * t.logit|abs / lmax)|round(1) }}px"></i>{% endfor %}</table>
+{% if f.promoted %}{% set lmax = logit_scale(f) %}<table id="promoted" class="logits up">{% for t in f.promoted %}
+<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i style="width:{{ (100 * t.logit|abs / lmax)|round|int }}px"></i>{% endfor %}</table>
 <h2>Suppressed tokens</h2>
 <table id="suppressed" class="logits">{% for t in f.suppressed %}
-<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i class="bar" style="width:{{ (100 * t.logit|abs / lmax)|round(1) }}px"></i>{% endfor %}</table>
+<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i style="width:{{ (100 * t.logit|abs / lmax)|round|int }}px"></i>{% endfor %}</table>
 <p class="muted">{{ f.logit_note or "decoder direction through the final norm and unembedding" }}</p>
 {% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
 </div><div>
