@@ -5,7 +5,7 @@ so tokens, model text and explanations cannot become markup.
 """
 
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
-from .render import CSS
+from .render import CSS, TOKEN_JS
 from .steer_panel import PROGRESS_CSS, STEER_JS
 
 # what every page's script starts with: $ (by id), el (an element with text), api (fetch JSON, throw its detail)
@@ -36,10 +36,13 @@ APP_HTML = (
 <p>SAE: <select id="sae"></select> <span id="saeinfo" class="muted"></span></p>
 
 <div class="panel"><h2>Search features</h2>
-<input id="q" size="40" placeholder="explanation words or a token">
+<input id="q" size="40" placeholder="explanation words, a token, or a feature id (26, #26)">
 <select id="by"><option value="text">by explanation</option><option value="token">by token</option></select>
 <button id="searchbtn">Search</button> <span id="searcherr" class="err"></span>
-<table id="results"><tbody></tbody></table></div>
+<p class="muted">An empty search lists every feature, best interpretation score first, then by density.</p>
+<table id="results"><tbody></tbody></table>
+<p><button id="searchprev" disabled>&larr; previous</button> <span id="searchcount" class="muted"></span>
+<button id="searchnext" disabled>next &rarr;</button></p></div>
 
 <div class="panel"><h2>Which features fire on this text</h2>
 <textarea id="firetext" rows="3">The cat sat on the mat.</textarea><br>
@@ -59,6 +62,7 @@ tokens <input id="ntok" size="4" value="30"> temperature <input id="temp" size="
 <script>
 """
         + PAGE_JS
+        + TOKEN_JS
         + STEER_JS
         + """const sae = () => $('sae').value;
 const featureUrl = i => '/sae/' + encodeURIComponent(sae()) + '/feature/' + i;
@@ -70,20 +74,27 @@ async function loadSaes() {
   $('sae').addEventListener('change', show); show();
 }
 
-async function search() {
-  $('searcherr').textContent = '';
+const PAGE = 50;
+let searchAt = 0;
+async function search(offset = 0) {  // one page of results; previous / next move through the rest
+  $('searcherr').textContent = ''; $('searchcount').textContent = '';
   const body = $('results').tBodies[0]; body.replaceChildren();
+  $('searchprev').disabled = $('searchnext').disabled = true;
   try {
-    const r = await api(`/api/search?sae=${encodeURIComponent(sae())}&by=${$('by').value}&q=${encodeURIComponent($('q').value)}`);
+    const r = await api(`/api/search?sae=${encodeURIComponent(sae())}&by=${$('by').value}&q=${encodeURIComponent($('q').value)}&offset=${offset}&limit=${PAGE}`);
+    searchAt = r.offset;
     if (!r.results.length) body.appendChild(el('tr')).appendChild(el('td', 'no matches', 'muted'));
     for (const f of r.results) {
       const tr = el('tr'); const a = el('a', 'feature ' + f.id); a.href = featureUrl(f.id); a.className = 'result';
       tr.appendChild(el('td')).appendChild(a);
       tr.appendChild(el('td', f.explanation || ''));
-      const td = el('td'); for (const t of f.top_tokens) td.appendChild(el('span', t, 'pill')); tr.appendChild(td);
-      tr.appendChild(el('td', 'density ' + f.density.toPrecision(3), 'muted'));
+      const td = el('td'); for (const t of f.top_tokens) td.appendChild(el('span', tokLabel(t), 'pill')); tr.appendChild(td);
+      tr.appendChild(el('td', (f.score != null ? `score ${f.score.toFixed(3)}, ` : '') + 'density ' + f.density.toPrecision(3), 'muted'));
       body.appendChild(tr);
     }
+    if (r.results.length) $('searchcount').textContent = `${r.offset + 1}-${r.offset + r.results.length} of ${r.total}`;
+    $('searchprev').disabled = r.offset === 0;
+    $('searchnext').disabled = r.offset + r.results.length >= r.total;
   } catch (e) { $('searcherr').textContent = e.message; }
 }
 
@@ -93,7 +104,7 @@ async function fire() {
     const r = await api('/api/fire', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({sae: sae(), text: $('firetext').value})});
     const mx = Math.max(1e-9, ...r.tokens.map(t => t.features.length ? t.features[0].act : 0));
     for (const t of r.tokens) {
-      const s = el('span', t.token.replace(/\\n/g, '\\u21b5'), 'fire tok');
+      const s = el('span', tokLabel(t.token), 'fire tok');
       const top = t.features[0];
       s.style.background = top ? `rgba(255,120,0,${(0.1 + 0.9 * top.act / mx).toFixed(2)})` : '';
       s.title = t.features.map(f => `#${f.id} ${f.act.toFixed(2)}`).join('\\n');
@@ -145,8 +156,10 @@ async function steer() {
     });
   } catch (e) { $('steererr').textContent = e.message; $('steerstatus').textContent = 'error'; }
 }
-$('searchbtn').addEventListener('click', search);
-$('q').addEventListener('keydown', e => { if (e.key === 'Enter') search(); });
+$('searchbtn').addEventListener('click', () => search(0));
+$('q').addEventListener('keydown', e => { if (e.key === 'Enter') search(0); });
+$('searchprev').addEventListener('click', () => search(Math.max(0, searchAt - PAGE)));
+$('searchnext').addEventListener('click', () => search(searchAt + PAGE));
 $('firebtn').addEventListener('click', fire);
 $('steerbtn').addEventListener('click', steer);
 enterStarts($('steerbtn'), ...['prompt', 'latent', 'value', 'ntok', 'temp', 'seed'].map($));

@@ -8,7 +8,8 @@ an interpretation run (interpret/records.py `interpretations`, checked against t
 
 Per feature (`view(i)`): firing density, activation histogram, top activating examples and
 examples from equal-width activation ranges (tokens with this feature's activation at each
-position), the tokens its decoder direction most promotes / suppresses through the final norm
+position; each example's whole line as context), an interpretation run's example sets
+(example_sets.py), the tokens its decoder direction most promotes / suppresses through the final norm
 and the unembedding (as the model's family defines them, families.py), the explanation and
 scores when an interpretation record exists, and the nearest features by decoder cosine. A cross-layer
 transcoder's latent (features/clt_features.py) also shows its encoder layer and its decoder norm into
@@ -33,11 +34,13 @@ from ..interpret.records import Interpretation, check_run_folder, interpretation
 from ..models import LoadedModel, layer_index
 from ..sae.folder import open_sae
 from ..storage import cache_dir, fingerprint
+from .example_sets import read_example_sets, shown_sets
+from .feature_search import headline_score, search_page
 
 N_TOP = 10  # top activating examples
 N_RANGES = 4  # activation ranges (equal width in (0, max])
 N_PER_RANGE = 3
-WINDOW_BEFORE, WINDOW_AFTER = 20, 6
+LINE_BEFORE, LINE_AFTER = 24, 8  # an example's context: its whole line, at most this many tokens either side
 N_LOGITS = 10
 N_NEAREST = 6
 HIST_BINS = 24
@@ -68,10 +71,12 @@ class FeatureStore:
         tokenizer,
         model,
         explanations: dict[int, Interpretation],
+        example_sets: dict[int, dict] | None = None,
     ):
         self.name, self.sae_dir, self.sae, self.cfg_json = name, Path(sae_dir), sae, cfg_json
         self.cache, self.dict_name, self.tok, self.model = cache, dict_name, tokenizer, model
         self.explanations = explanations
+        self.example_sets = example_sets or {}  # latent -> an interpretation run's example sets (example_sets.py)
         self.d_sae = sae.cfg.d_sae
         self.freq = cache.firing_frequency(dict_name).astype(np.float64)  # [d_sae]
         self.max_act = cache.max_activation(dict_name).astype(np.float32)  # [d_sae]
@@ -126,6 +131,7 @@ class FeatureStore:
             tokenizer,
             model,
             interpretations(explanations, sae_dir, sae.cfg.d_sae) if explanations is not None else {},
+            read_example_sets(explanations, sae.cfg.d_sae),
         )
 
     @torch.no_grad()
@@ -231,6 +237,7 @@ class FeatureStore:
             "density": float(self.freq[i]),
             "max_act": float(self.max_act[i]),
             "explanation": self.explanation(i),
+            "score": headline_score(self.explanations.get(i)),
             "top_tokens": self.top_tokens[i],
             "promoted": self._token_list(self.promoted, i, 5),
         }
@@ -241,9 +248,20 @@ class FeatureStore:
         ids, vals = pair
         return [{"token": self.token_str(int(t)), "logit": float(v)} for t, v in zip(ids[i, :n], vals[i, :n])]
 
+    def line_window(self, r: int, p: int) -> tuple[int, int]:
+        """[a, b) of the line that holds position p of cache row r: from the token after the last newline
+        before p to the first token after p that holds a newline (included), at most LINE_BEFORE tokens
+        before p and LINE_AFTER after (a paragraph of web text is one long line)."""
+        toks = self.cache.tokens[r]
+        a, b = p, p + 1
+        while a > 0 and p - a < LINE_BEFORE and "\n" not in self.token_str(int(toks[a - 1])):
+            a -= 1
+        while b < len(toks) and b - p <= LINE_AFTER and "\n" not in self.token_str(int(toks[b - 1])):
+            b += 1
+        return a, b
+
     def _example(self, rows, pos, vals, r: int, p: int, v: float) -> ShownExample:
-        ctx = self.cache.tokens.shape[1]
-        a, b = max(0, p - WINDOW_BEFORE), min(ctx, p + WINDOW_AFTER + 1)
+        a, b = self.line_window(r, p)  # the whole line as context
         lo, hi = np.searchsorted(rows, r, "left"), np.searchsorted(rows, r, "right")  # records sorted by (row, pos)
         acts = np.zeros(b - a, dtype=np.float32)
         for pp, vv in zip(pos[lo:hi], vals[lo:hi]):
@@ -303,6 +321,7 @@ class FeatureStore:
             "explanation": self.explanation(i),
             "scores": [asdict(sc) for sc in rec.scores] if rec else [],
             "explained_by": rec.run if rec else None,
+            "example_sets": shown_sets(self.example_sets.get(i), self.token_str, ShownExample),
             "nearest": [
                 {
                     "id": int(j),
@@ -315,35 +334,9 @@ class FeatureStore:
         }
 
     def search(self, query: str, by: str = "text", limit: int = 50) -> list[dict]:
-        """Features whose explanation contains every word of `query` (by=text), or whose top
-        activating / promoted tokens contain `query` (by=token); strongest matches first. An empty
-        query lists the features by firing density, densest first."""
-        q = query.strip().lower()
-        if by not in ("text", "token"):
-            raise UserError(f"search by {by!r}: use 'text' or 'token'")
-        if not q:
-            return [self.summary(int(i)) for i in np.argsort(-self.freq, kind="stable")[:limit]]
-        hits = []
-        if by == "text":
-            words = q.split()
-            for i, rec in self.explanations.items():
-                e = (rec.explanation or "").lower()
-                if e and all(w in e for w in words) and 0 <= i < self.d_sae:
-                    hits.append((0 if self.freq[i] > 0 else 1, -e.count(words[0]), i))
-        elif by == "token":
-            for i in range(self.d_sae):
-                toks, ptoks = self._search_top[i], self._search_prom[i]
-                rank = next((r for r, t in enumerate(toks) if t == q), None)
-                if rank is None and q in ptoks:
-                    rank = 10 + ptoks.index(q)
-                if rank is None:
-                    rank = next((20 + r for r, t in enumerate(toks) if q in t), None)
-                if rank is not None:
-                    hits.append((rank, -float(self.max_act[i]), i))
-        else:
-            raise UserError(f"search by {by!r}: use 'text' or 'token'")
-        hits.sort()
-        return [self.summary(i) for *_, i in hits[:limit]]
+        """The first `limit` features matching `query` (view/feature_search.py: an id, explanation words
+        with by=text, a token with by=token; an empty query lists them by score, then density)."""
+        return search_page(self, query, by, 0, limit)["results"]
 
 
 def ensure_cache(

@@ -34,14 +34,22 @@ tr:nth-child(even){background:#f6f6f6}
 .pill{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre}
 input,textarea,select,button{font-size:1em} textarea{width:100%}
 .bar{height:8px;background:#e99} .err{color:#b00}
+.logits i{display:block;height:8px;background:#e99} .logits.up i{background:#7aa5e8} .lv{font-family:ui-monospace,monospace;text-align:right;color:#444} #histogram rect{fill:#e8743b}
 """
 )
+
+# tokLabel(t): a token as `token_label` shows it, for the pages' scripts (search results, fire-on-text)
+TOKEN_JS = r"""function tokLabel(t) {  // newlines, tabs, CRs as symbols; a token of only spaces as open boxes
+  const s = t.replace(/\n/g, '\u21b5').replace(/\t/g, '\u21e5').replace(/\r/g, '\u240d');
+  return s.trim() ? s : ([...s].map(() => '\u2423').join('') || '\u2205');
+}
+"""
 
 FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{{ f.sae }} feature {{ f.id }}</title>{{ style() }}</head><body>
 <p><a href="{{ home }}" id="home">&larr; index</a>{% set prev = link(f.id - 1) if f.id > 0 else none %}{% set next = link(f.id + 1) if f.id + 1 < f.d_sae else none %}
 {% if prev %} &middot; <a href="{{ prev }}" id="prev">&larr; feature {{ f.id - 1 }}</a>{% endif %}{% if next %} &middot; <a href="{{ next }}" id="next">feature {{ f.id + 1 }} &rarr;</a>{% endif %}
-<span class="muted">(arrow keys)</span></p>
+{% if prev or next %}<span class="muted" id="arrowkeys">(arrow keys)</span>{% endif %}</p>
 <script>document.addEventListener('keydown', e => { if (e.target.closest('input,textarea,select')) return;
 const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'ArrowRight' ? 'next' : ''); if (a) location.href = a.href; });</script>
 <h1 id="title">{{ f.sae }} &middot; feature {{ f.id }}</h1>
@@ -67,15 +75,17 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 {{ hist_svg(f.hist) | safe }}
 </div><div>
 <h2>Promoted tokens</h2>
-{% if f.promoted %}<div id="promoted">{% for t in f.promoted %}<span class="pill" title="{{ '%.2f'|format(t.logit) }}">{{ t.token }}</span> {% endfor %}</div>
+{% if f.promoted %}{% set lmax = logit_scale(f) %}<table id="promoted" class="logits up">{% for t in f.promoted %}
+<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i style="width:{{ (100 * t.logit|abs / lmax)|round|int }}px"></i>{% endfor %}</table>
 <h2>Suppressed tokens</h2>
-<div id="suppressed">{% for t in f.suppressed %}<span class="pill" title="{{ '%.2f'|format(t.logit) }}">{{ t.token }}</span> {% endfor %}</div>
+<table id="suppressed" class="logits">{% for t in f.suppressed %}
+<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i style="width:{{ (100 * t.logit|abs / lmax)|round|int }}px"></i>{% endfor %}</table>
 <p class="muted">{{ f.logit_note or "decoder direction through the final norm and unembedding" }}</p>
 {% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
 </div><div>
 <h2>Nearest features</h2>
 <table id="nearest">{% for n in f.nearest %}{% set url = link(n.id) %}<tr><td>{% if url %}<a href="{{ url }}">{{ n.id }}</a>{% else %}<span title="not in this dashboard">{{ n.id }}</span>{% endif %}</td><td>{{ "%.3f"|format(n.cos) }}</td>
-<td>{{ n.explanation or "" }}{% for t in n.top_tokens %} <span class="pill">{{ t }}</span>{% endfor %}</td></tr>{% endfor %}</table>
+<td>{{ n.explanation or "" }}{% for t in n.top_tokens %} <span class="pill">{{ token_label(t) }}</span>{% endfor %}</td></tr>{% endfor %}</table>
 <p class="muted">cosine of decoder directions</p>
 </div></div>
 {% if live %}<h2>Test this feature on your own text</h2>
@@ -89,7 +99,7 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 a multiple of its max activation is 0, so clamping it does not steer</p>{% endif %}
 <p><span class="progress"><span id="steerbar"></span></span> <span id="steerstate" class="muted"></span>
 <span id="steererr" class="err"></span></p><div id="steerwarn"></div><div id="steerout"></div>
-<script>{{ steer_js }}
+<script>{{ steer_js }}{{ token_js }}
 document.getElementById('trybtn').addEventListener('click', async () => {
   const out = document.getElementById('trytokens'), err = document.getElementById('tryerr'); out.replaceChildren(); err.textContent = '';
   const r = await fetch('/api/fire', {method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -98,7 +108,7 @@ document.getElementById('trybtn').addEventListener('click', async () => {
   if (!r.ok) { err.textContent = typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail); return; }
   const mx = Math.max(1e-9, body.max_act, ...body.tokens.map(t => t.act));  // this feature's own scale
   for (const t of body.tokens) {
-    const b = document.createElement('b'); b.textContent = t.token.replace(/\\n/g, '\\u21b5'); b.title = t.act.toFixed(3);
+    const b = document.createElement('b'); b.textContent = tokLabel(t.token); b.title = t.act.toFixed(3);
     if (t.act > 0) b.className = 's' + (1 + Math.min(8, Math.floor(8 * t.act / mx)));
     out.appendChild(b);
   }
@@ -124,11 +134,11 @@ document.getElementById('steerbtn').addEventListener('click', async () => {  // 
   } catch (e) { $('steererr').textContent = e.message; }
 });
 enterStarts(document.getElementById('steerbtn'), document.getElementById('steerprompt'));
-addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, .range .ex').forEach(ex => {
+addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, .range .ex, .exset .ex').forEach(ex => {
   ex.style.cursor = 'pointer'; ex.title = 'test this example as your own text';
   ex.addEventListener('click', () => {  // an example opens in the box above, with this feature's activations
     document.getElementById('trytext').value = [...ex.childNodes].slice(1).map(n => n.textContent).join('')
-      .replace(/\\u21b5/g, '\\n').replace(/\\u21e5/g, '\\t');
+      .replace(/\\u21b5/g, '\\n').replace(/\\u21e5/g, '\\t').replace(/\\u240d/g, '\\r').replace(/\\u2423/g, ' ').replace(/\\u2205/g, '');
     document.getElementById('trybtn').click(); document.getElementById('trytext').scrollIntoView();
   });
 }));
@@ -139,12 +149,15 @@ addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, 
 <h2>Activations in ({{ "%.3g"|format(r.lo) }}, {{ "%.3g"|format(r.hi) }}] &middot; {{ r.count }} positions</h2>
 <div class="range">{% for e in r.examples %}{{ example(e, f.max_act) }}{% endfor %}</div>
 {% endif %}{% endfor %}
+{% if f.example_sets %}<h2>Examples of the interpretation run</h2>{% for st in f.example_sets %}
+<h3>{{ st.kind }}: {{ st.label }}</h3><div class="exset" id="set-{{ st.kind }}">{% for e in st.examples %}{{ example(e, f.max_act) }}{% endfor %}</div>
+{% endfor %}{% endif %}
 </body></html>"""
 
 MACROS = """{% macro example(e, mx) -%}
 <div class="ex"><span class="val">{{ "%.2f"|format(e.value) }}</span>{% for t in e.tokens -%}
 {% set a = e.acts[loop.index0] %}{% set pk = loop.index0 == e.peak %}{% if a > 0 or pk -%}
-<b class="{% if a > 0 %}s{{ level(a, mx) }}{% endif %}{% if pk %} peak{% endif %}" title="{{ '%.3f'|format(a) }}">{{ visible(t) }}</b>
+<b class="{% if a > 0 %}s{{ level(a, mx) }}{% endif %}{% if pk %} peak{% endif %}" title="{{ '%.3f'|format(a) }}">{{ token_label(t) }}</b>
 {%- else %}{{ visible(t) }}{% endif %}
 {%- endfor %}</div>
 {%- endmacro %}"""
@@ -152,18 +165,23 @@ MACROS = """{% macro example(e, mx) -%}
 INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ name }} features</title>
 {{ style() }}</head><body>
 <h1>{{ name }}</h1>
-<p class="muted">{{ d_sae }} features at {{ hookpoint }} &middot; {{ n_positions }} cached positions &middot; {{ n_explained }} explained</p>
+<p class="muted" id="counts">{% if rows|length < d_sae %}{{ rows|length }} of {{ d_sae }}{% else %}{{ d_sae }}{% endif %} features at {{ hookpoint }} &middot; {{ n_positions }} cached positions &middot; {{ n_explained }} explained</p>
 <img src="density.png" alt="feature density histogram" style="max-width:520px">
-<p><input id="q" placeholder="filter by explanation or token" size="40"></p>
-<table id="features"><thead><tr><th>feature</th><th>density</th><th>max</th><th>explanation</th><th>top tokens</th></tr></thead><tbody>
-{% for s in rows %}<tr><td><a href="features/{{ s.id }}.html">{{ s.id }}</a></td><td>{{ "%.3g"|format(s.density) }}</td><td>{{ "%.3g"|format(s.max_act) }}</td>
-<td>{{ s.explanation or "" }}</td><td>{% for t in s.top_tokens %}<span class="pill">{{ t }}</span>{% endfor %}</td></tr>
+<p><input id="q" placeholder="filter by explanation or token; 26 or #26 + Enter opens feature 26" size="50"></p>
+<table id="features"><thead><tr><th>feature</th><th>density</th><th>max</th><th>score</th><th>explanation</th><th>top tokens</th></tr></thead><tbody>
+{% for s in rows %}<tr data-id="{{ s.id }}"><td><a href="features/{{ s.id }}.html">{{ s.id }}</a></td><td>{{ "%.3g"|format(s.density) }}</td><td>{{ "%.3g"|format(s.max_act) }}</td>
+<td>{{ "%.3f"|format(s.score) if s.score is not none else "" }}</td><td>{{ s.explanation or "" }}</td><td>{% for t in s.top_tokens %}<span class="pill">{{ token_label(t) }}</span>{% endfor %}</td></tr>
 {% endfor %}</tbody></table>
 <script>
-document.getElementById('q').addEventListener('input', e => {
-  const q = e.target.value.toLowerCase();
+const byId = q => { const m = /^#?(\\d+)$/.exec(q.trim()); return m ? document.querySelector(`#features tr[data-id="${+m[1]}"]`) : null; };
+document.getElementById('q').addEventListener('input', e => {  // an id shows that feature; text filters the rows
+  const q = e.target.value.toLowerCase(), hit = byId(q);
   for (const tr of document.querySelectorAll('#features tbody tr'))
-    tr.style.display = tr.textContent.toLowerCase().includes(q) ? '' : 'none';
+    tr.style.display = (hit ? tr === hit : tr.textContent.toLowerCase().includes(q)) ? '' : 'none';
+});
+document.getElementById('q').addEventListener('keydown', e => {  // Enter on an id opens its page
+  const hit = e.key === 'Enter' && byId(e.target.value);
+  if (hit) location.href = hit.querySelector('a').href;
 });
 </script></body></html>"""
 
@@ -171,6 +189,18 @@ document.getElementById('q').addEventListener('input', e => {
 def visible(t: str) -> str:
     """Whitespace a reader can see: newlines and tabs as symbols (still escaped by Jinja)."""
     return t.replace("\n", "\u21b5").replace("\t", "\u21e5")
+
+
+def token_label(t: str) -> str:
+    """A token shown on its own (a pill, a highlighted token): newlines, tabs and carriage returns as
+    symbols, and a token of only spaces as open boxes, so no token is a blank box."""
+    s = visible(t).replace("\r", "\u240d")
+    return s if s.strip() else ("".join("\u2423" for _ in s) or "\u2205")
+
+
+def logit_scale(f: dict) -> float:
+    """The largest |logit effect| among a feature's promoted and suppressed tokens: both bar lists share it."""
+    return max([abs(t["logit"]) for t in f["promoted"] + f["suppressed"]] + [1e-9])
 
 
 def level(v: float, mx: float) -> int:
@@ -186,9 +216,9 @@ def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
         return '<p class="muted">no activations</p>'
     top, left = max(counts), 40
     bw = width / len(counts)
-    bars = "".join(
+    bars = "".join(  # the fill is the stylesheet's (#histogram rect): not repeated per bar
         f'<rect x="{left + i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
-        f'height="{height * c / top:.1f}" fill="#e8743b"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
+        f'height="{height * c / top:.1f}"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
         for i, c in enumerate(counts)
     )
     axes = (
@@ -241,11 +271,14 @@ def _env() -> Environment:
     env.globals.update(
         css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
         visible=visible,
+        token_label=token_label,
+        logit_scale=logit_scale,
         level=level,
         hist_svg=hist_svg,
         writes_svg=writes_svg,
         log10=math.log10,
-        steer_js=Markup(STEER_JS),  # our own constant script and style (steer_panel.py)
+        steer_js=Markup(STEER_JS),
+        token_js=Markup(TOKEN_JS),  # our own constant script and style (steer_panel.py)
         progress_css=Markup(PROGRESS_CSS),
     )
     return env

@@ -3,7 +3,8 @@
 Routes
   GET  /                                 the app page (search, fire-on-text, steering playground)
   GET  /api/saes                         served SAEs
-  GET  /api/search?sae=&q=&by=text|token features by explanation words or by token
+  GET  /api/search?sae=&q=&by=text|token&offset=&limit=  one page of features by id, explanation words or
+                                         token (an empty q: by score, then density) and the total
   GET  /sae/{name}/feature/{i}           a feature's dashboard page (HTML)
   GET  /api/sae/{name}/feature/{i}       the same as JSON
   POST /api/fire {sae, text}             per token, the features that fire most
@@ -43,6 +44,7 @@ from ..features.steer import Cancelled, FeatureEdit, encode_prompt
 from ..features.steering import MAX_STRENGTHS, SteeringRequest, run_steering, sink_positions
 from ..models import collect_activations
 from .app_page import APP_HTML
+from .feature_search import MAX_LIMIT, search_page
 from .feature_store import FeatureStore
 from .json_guard import guard_json
 from .render import feature_page
@@ -305,9 +307,10 @@ def create_app(stores: list[FeatureStore], graphs=None, replacement=None, lm=Non
         sae: str,
         q: str = Query("", max_length=200),
         by: str = Query("text", pattern="^(text|token)$"),
-        limit: int = Query(50, ge=1, le=500),
+        limit: int = Query(50, ge=1, le=MAX_LIMIT),
+        offset: int = Query(0, ge=0, le=10**9),
     ):
-        return {"results": state.store(sae).search(q, by, limit)}
+        return search_page(state.store(sae), q, by, offset, limit)
 
     def _view(name: str, i: int) -> tuple[FeatureStore, dict]:
         s = state.store(name)
@@ -329,6 +332,7 @@ def create_app(stores: list[FeatureStore], graphs=None, replacement=None, lm=Non
         for key in ("top",):
             v[key] = [e.__dict__ for e in v[key]]
         v["ranges"] = [{**r, "examples": [e.__dict__ for e in r["examples"]]} for r in v["ranges"]]
+        v["example_sets"] = [{**r, "examples": [e.__dict__ for e in r["examples"]]} for r in v["example_sets"]]
         return v
 
     @api.post("/api/fire")
