@@ -2,6 +2,42 @@
 
 Data flows text -> tokens -> activations -> dictionary (SAE) -> evaluation; each stage lives in
 its own module (data, models, sae, train, evaluate) and writes its own artefact on disk.
+
+The public Python API is the names in `__all__` (`saelab.load`, `saelab.Model`, ...), defined in
+saelab/api/ and imported on first use, so `import saelab` stays cheap (no torch). Everything else is
+private and may change between versions.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name -> the module defining it (imported when the name is first used)
+_PUBLIC: dict[str, str] = {
+    "load": "saelab.api.dictionary",
+    "Dictionary": "saelab.api.dictionary",
+    "Reconstruction": "saelab.api.dictionary",
+    "Model": "saelab.api.model",
+    "RunOutput": "saelab.api.model",
+}
+
+__all__ = list(_PUBLIC)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .api.dictionary import Dictionary, Reconstruction, load  # noqa: F401
+    from .api.model import Model, RunOutput  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'saelab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later uses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
