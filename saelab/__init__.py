@@ -8,10 +8,8 @@ saelab/api/ and imported on first use, so `import saelab` stays cheap (no torch)
 private and may change between versions.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -31,13 +29,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .api.model import Model, RunOutput  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'saelab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    value = getattr(_importlib.import_module(_PUBLIC[name]), name)
     globals()[name] = value  # later uses skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted([*_PUBLIC, "__version__"])  # the public names only (tab completion in notebooks)
