@@ -11,15 +11,19 @@ import sys
 
 import pytest
 import torch
+from ct_helpers import ct_plt_forward, rand
 from view_helpers import make_sae_folder
 
 import saelab
 from saelab.errors import UserError
+from saelab.families import LLAMA
 from saelab.features.steer import FeatureEdit, FeatureSteer, encode_prompt, steering_context
 from saelab.features.steering import SteeringRequest, run_steering, sink_positions
 from saelab.models import collect_activations
 from saelab.sae import SaeConfig, build_sae
+from saelab.sae.circuit_tracer_io import import_circuit_tracer
 from saelab.sae.folder import Provenance, save_sae
+from saelab.sae.foreign_circuit_tracer import PLT_KIND, CtLayer, CtSet, write_ct
 from saelab.sae.foreign_saelens import export_saelens
 from saelab.sae.splice import spliced
 
@@ -98,6 +102,25 @@ def test_load_saelens_folder_and_release(setup, tmp_path, monkeypatch):
     assert calls == [("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.3.hook_resid_pre")]
     assert r.hookpoint == "transformer.h.3:input" and r.provenance.model_spec == "gpt2"
     torch.testing.assert_close(r.forward(x).recon, d.forward(x).recon, atol=1e-5, rtol=1e-5)
+
+
+def test_load_circuit_tracer_folder_as_saelab_import_does(tmp_path):
+    n, d, layers = 12, 8, 3
+    ts = [
+        {"W_enc": rand(i, n, d), "W_dec": rand(i + 10, n, d), "b_enc": rand(i + 20, n), "b_dec": rand(i + 30, d)}
+        for i in range(layers)
+    ]
+    ct = CtSet(PLT_KIND, "meta-llama/Llama-3.2-1B", "mlp.hook_in", "mlp.hook_out", [CtLayer(**t) for t in ts])
+    write_ct(ct, tmp_path / "ct")
+    with pytest.raises(UserError, match="holds 3 dictionaries; pick one with sae_id=: layer_0, layer_1, layer_2"):
+        saelab.load(tmp_path / "ct")
+    t = saelab.load(tmp_path / "ct", sae_id="layer_1")
+    assert (t.hookpoint, t.out_hookpoint) == (LLAMA.mlp_in_site(1), LLAMA.mlp_out_site(1)) and t.is_transcoder
+    x = rand(7, 5, d)
+    torch.testing.assert_close(t.forward(x).recon, ct_plt_forward(ts[1], x, "relu"), atol=1e-5, rtol=1e-5)
+    import_circuit_tracer(tmp_path / "ct", tmp_path / "imported")  # `saelab import`: the same transcoder
+    same = saelab.load(tmp_path / "imported", sae_id="layer_1")
+    assert all(torch.equal(a, b) for a, b in zip(same.module.state_dict().values(), t.module.state_dict().values()))
 
 
 def test_encode_decode_forward_agree_with_the_module(setup):

@@ -1,7 +1,8 @@
 """`saelab.load(...) -> Dictionary`: any dictionary on disk (or a public release) as one typed object.
 
 `load` finds the folder and hands it to the loader that owns the format: `sae.folder.open_sae` for a
-saelab, SAELens or sparsify folder (foreign.py converts the foreign ones), `sae.releases` for a release
+saelab, SAELens or sparsify folder (foreign.py converts the foreign ones), `sae.circuit_tracer_io` for a
+circuit-tracer folder (converted in memory as `saelab import` converts it), `sae.releases` for a release
 of releases.json read straight from the hub, `sae.foreign.resolve_source` for a hub id. A run folder
 (a training run, a sweep, a replacement folder) holding one dictionary loads it; holding several, the
 error lists them and `sae_id` picks one. Nothing is loaded twice and nothing here is a second loader.
@@ -21,12 +22,16 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..families import family_for_name
 from ..sae.base import SaeConfig, SparseCoder
+from ..sae.circuit_tracer_io import ct_dictionaries
 from ..sae.folder import Provenance, SaeFolder, open_sae, refuse_non_finite
 from ..sae.foreign import resolve_source, sae_folders
-from ..sae.foreign_circuit_tracer import CT_CONFIG
+from ..sae.foreign_circuit_tracer import CT_CONFIG, NORMALIZED, read_ct
 from ..sae.latents import from_dense
 from ..sae.layout import CFG, cfg_json
+
+CT_CONTEXT = 1024  # circuit-tracer records no context length: what `saelab import` records for its folders
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,7 @@ def load(path_or_release: str | Path, sae_id: str | None = None, device: str = "
     """Load a dictionary: a folder, a run folder, a public release, or a hub id.
 
     - an SAE folder written by saelab (training, `import`, `pull`), SAELens or sparsify (`cfg.json` inside);
+    - a circuit-tracer folder (`config.yaml`): `sae_id` "layer_3" (a transcoder set) or "clt";
     - a folder holding several (a training run, a sweep, a replacement folder, sparsify's per-hookpoint
       layout): the one there is, else `sae_id` names the sub-folder (the error lists them);
     - a release name of `saelab pull --list`'s registry (e.g. "gemma-scope-2b-pt-res") with its `sae_id`:
@@ -212,21 +218,44 @@ def _load_path(p: Path, sae_id: str | None, device: str) -> Dictionary:
             raise UserError(f"{p} is one dictionary; sae_id {sae_id!r} is for a folder holding several")
         return Dictionary(open_sae(p, device))
     if (p / CT_CONFIG).exists():
-        raise UserError(
-            f"{p} is a circuit-tracer folder: `saelab import {p} --out DIR` makes it a replacement folder, "
-            f"then saelab.load(DIR, sae_id='layer_0') (or 'clt') loads one of its dictionaries"
-        )
+        return _load_circuit_tracer(p, sae_id, device)
     found = {f.relative_to(p).as_posix(): f for f in _dictionary_folders(p)}
+    name = _pick(p, list(found), sae_id)
+    return Dictionary(open_sae(found[name], device), name)
+
+
+def _pick(where: Path, names: list[str], sae_id: str | None) -> str:
+    """The one name, or `sae_id` among several; the error lists them."""
     if sae_id is None:
-        if len(found) == 1:
-            ((name, f),) = found.items()
-            return Dictionary(open_sae(f, device), name)
-        raise UserError(f"{p} holds {len(found)} dictionaries; pick one with sae_id=: {', '.join(found)}")
-    if sae_id not in found:
-        close = difflib.get_close_matches(sae_id, list(found), n=3, cutoff=0.4)
+        if len(names) == 1:
+            return names[0]
+        raise UserError(f"{where} holds {len(names)} dictionaries; pick one with sae_id=: {', '.join(names)}")
+    if sae_id not in names:
+        close = difflib.get_close_matches(sae_id, names, n=3, cutoff=0.4)
         hint = f" (closest: {', '.join(close)})" if close else ""
-        raise UserError(f"{p} has no dictionary {sae_id!r}{hint}; it holds: {', '.join(found)}")
-    return Dictionary(open_sae(found[sae_id], device), sae_id)
+        raise UserError(f"{where} has no dictionary {sae_id!r}{hint}; it holds: {', '.join(names)}")
+    return sae_id
+
+
+def _load_circuit_tracer(p: Path, sae_id: str | None, device: str) -> Dictionary:
+    """One transcoder of a circuit-tracer folder (`layer_{l}` of a transcoder set, or `clt`), converted in
+    memory as `saelab import` converts it (sae/circuit_tracer_io.py), on the sites of its model's family."""
+    ct = read_ct(p)
+    if not ct.model_name:
+        raise UserError(f"{p / CT_CONFIG} names no model_name: `saelab import {p} --model M --out DIR` instead")
+    if ct.input_hook == NORMALIZED:
+        raise UserError(
+            f"{p} reads {NORMALIZED} (the MLP norm's output before its weight): `saelab import {p} --model "
+            f"{ct.model_name} --out DIR` folds the norm into the encoders; then saelab.load(DIR, sae_id=...)"
+        )
+    ct, saes, names = ct_dictionaries(ct, family_for_name(ct.model_name), None)
+    name = _pick(p, names, sae_id)
+    sae = saes[names.index(name)]
+    refuse_non_finite(p / name, sae.state_dict())
+    prov = Provenance(model_spec=ct.model_name, model_name=ct.model_name, context=CT_CONTEXT)
+    origin = {"format": "circuit-tracer", "path": str(p), "model_kind": ct.kind, "activation": ct.activation}
+    cfg = cfg_json(sae, ct.model_name, CT_CONTEXT, prov.to_block() | {"imported_from": origin})
+    return Dictionary(SaeFolder(p, sae.to(device).eval(), prov, cfg), name)
 
 
 def _dictionary_folders(root: Path) -> list[Path]:
