@@ -25,7 +25,8 @@ from saelab.sae.circuit_tracer_io import import_circuit_tracer
 from saelab.sae.folder import Provenance, save_sae
 from saelab.sae.foreign_circuit_tracer import PLT_KIND, CtLayer, CtSet, write_ct
 from saelab.sae.foreign_saelens import export_saelens
-from saelab.sae.splice import spliced
+from saelab.sae.releases import PullConfig, pull_release
+from saelab.sae.splice import clt_spliced, spliced
 
 TEXTS = ["The quick brown fox jumps over the lazy dog", "Sparse dictionaries"]
 
@@ -51,6 +52,7 @@ def test_every_public_name_imports_and_is_documented():
         assert (obj.__doc__ or "").strip(), f"saelab.{name} has no docstring"
         if inspect.isclass(obj):  # its public methods and properties too
             for member, value in vars(obj).items():
+                value = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
                 if not member.startswith("_") and (callable(value) or isinstance(value, property)):
                     assert (value.__doc__ or "").strip(), f"saelab.{name}.{member} has no docstring"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -62,6 +64,7 @@ def test_load_saelab_folder_run_folders_and_sae_id(setup, tmp_path):
     src = root / "tiny_sae"
     assert d.path == src and d.hookpoint == "model.layers.1" and (d.d_in, d.d_sae, d.d_out) == (64, 128, 64)
     assert d.config.arch == "topk" and d.provenance.context == 64 and not d.is_transcoder
+    assert saelab.Model.load(d).spec == d.provenance.model_spec  # the model it was trained on
     one = tmp_path / "run1"
     shutil.copytree(src, one / "model.layers.1-topk")
     got = saelab.load(one)
@@ -102,6 +105,14 @@ def test_load_saelens_folder_and_release(setup, tmp_path, monkeypatch):
     assert calls == [("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.3.hook_resid_pre")]
     assert r.hookpoint == "transformer.h.3:input" and r.provenance.model_spec == "gpt2"
     torch.testing.assert_close(r.forward(x).recon, d.forward(x).recon, atol=1e-5, rtol=1e-5)
+    # the same release pulled with `saelab pull` (from a local copy of the repo) loads to the same weights
+    shutil.copytree(tmp_path / "saelens", tmp_path / "repo" / "blocks.3.hook_resid_pre")
+    cfg = PullConfig(
+        "gpt2-small-res-jb", "blocks.3.hook_resid_pre", str(tmp_path / "pulled"), local=str(tmp_path / "repo")
+    )
+    pulled = saelab.load(pull_release(cfg))
+    assert pulled.hookpoint == r.hookpoint and pulled.provenance.model_spec == "gpt2"
+    assert all(torch.equal(a, b) for a, b in zip(pulled.module.state_dict().values(), r.module.state_dict().values()))
 
 
 def test_load_circuit_tracer_folder_as_saelab_import_does(tmp_path):
@@ -225,3 +236,38 @@ def test_run_returns_the_requested_activations_and_features(setup, tmp_path):
     save_sae(wide.eval(), tmp_path / "wide", Provenance(model_name="tiny", context=64))
     with pytest.raises(UserError, match="does not match the model's model.layers.1"):
         model.run(TEXTS, features=[saelab.load(tmp_path / "wide")])
+
+
+def test_multi_site_dictionaries_splice_run_and_steer(setup, tmp_path):
+    model, _, _ = setup
+    ins, outs = [LLAMA.mlp_in_site(i) for i in range(4)], [LLAMA.mlp_out_site(i) for i in range(4)]
+    cfg = SaeConfig("clt", 256, 64, "+".join(ins), 256, "+".join(outs), k=4, extra={"clt_sparsity": "topk"})
+    clt = build_sae(cfg)
+    clt.reset_parameters(torch.Generator().manual_seed(5))
+    save_sae(clt.eval(), tmp_path / "clt", Provenance(model_name="tiny", context=64))
+    d = saelab.load(tmp_path / "clt")
+    ids, _ = model.tokenize(TEXTS[0])
+    with clt_spliced(model.torch_model, d.module, ins, outs):
+        want = model.torch_model(input_ids=ids).logits
+    with model.splice(d):
+        out = model.run(ids, activations=ins, features=[d])
+    assert torch.equal(out.logits, want)
+    # the latents the spliced CLT read: layer l's encoded from its MLP input in this (spliced) forward
+    torch.testing.assert_close(out.features["clt"], d.encode(torch.cat([out.activations[s] for s in ins], -1)))
+    clean = collect_activations(model.torch_model, ids, ins)
+    alone = d.encode(torch.cat([clean[s] for s in ins], -1))
+    assert torch.equal(out.features["clt"][..., :16], alone[..., :16])  # layer 0 reads before any splice
+    assert not torch.allclose(out.features["clt"][..., 16:], alone[..., 16:])  # later layers: the spliced inputs
+    with model.steer(d, clamp={20: 5.0}):  # latent 20: layer 1's 4th, written into MLP outputs 1..3
+        steered = model.run(ids).logits
+    st = FeatureSteer([FeatureEdit(20, "clamp", 5.0)], skip_first=1)
+    with steering_context(model.torch_model, d.module, st)():
+        assert torch.equal(steered, model.torch_model(input_ids=ids).logits)
+    xc = build_sae(SaeConfig("crosscoder", 128, 32, "model.layers.1+model.layers.2", k=4))
+    save_sae(xc.eval(), tmp_path / "xc", Provenance(model_name="tiny", context=64))
+    xd = saelab.load(tmp_path / "xc")
+    got = model.run(ids, activations=["model.layers.1", "model.layers.2"], features=[xd])
+    both = torch.cat([got.activations["model.layers.1"], got.activations["model.layers.2"]], -1)
+    assert torch.equal(got.features["xc"], xd.encode(both))
+    with pytest.raises(UserError, match="crosscoder cannot be spliced"), model.splice(xd):
+        pass

@@ -123,7 +123,11 @@ class Dictionary:
     @property
     def device(self) -> torch.device:
         """Where its weights are."""
-        return self.module.W_enc.device
+        return self._weight.device
+
+    @property
+    def _weight(self) -> torch.Tensor:
+        return next(self.module.parameters())  # (a CLT's W_enc is a list of per-layer tensors)
 
     def __repr__(self) -> str:
         c = self.config
@@ -135,7 +139,7 @@ class Dictionary:
         if not isinstance(acts, torch.Tensor) or acts.dim() < 1 or acts.shape[-1] != self.d_in:
             got = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
             raise UserError(f"{self.name}: expected activations [..., {self.d_in}], got {got}")
-        return acts.reshape(-1, self.d_in).to(device=self.device, dtype=self.module.W_enc.dtype)
+        return acts.reshape(-1, self.d_in).to(device=self.device, dtype=self._weight.dtype)
 
     @torch.no_grad()
     def encode(self, acts: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ class Dictionary:
         sae = self.module
         if self.config.skip and acts is None:
             raise UserError(f"{self.name} is a skip transcoder: decode(latents, acts) needs its input too")
-        flat = latents.reshape(-1, self.d_sae).to(device=self.device, dtype=sae.W_enc.dtype)
+        flat = latents.reshape(-1, self.d_sae).to(device=self.device, dtype=self._weight.dtype)
         out = sae.decode(from_dense(flat)) / sae.out_scale
         if acts is not None:
             out = out + sae.skip_raw(self._rows(acts))
