@@ -8,6 +8,7 @@ import inspect
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,8 @@ def setup(tiny_model_dir, text_corpus, tmp_path_factory):
 
 def test_import_saelab_does_not_import_torch():
     code = "import sys, saelab; assert 'torch' not in sys.modules, 'torch imported'; print(sorted(saelab.__all__))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert out.returncode == 0, out.stderr
     assert "Model" in out.stdout and "load" in out.stdout
 
@@ -83,6 +85,9 @@ def test_load_saelab_folder_run_folders_and_sae_id(setup, tmp_path):
         saelab.load(src, sae_id="a")
     with pytest.raises(UserError, match="does not exist"):
         saelab.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: no dictionary in it"):
+        saelab.load(tmp_path / "empty")
     with pytest.raises(UserError, match="close name: gpt2-small-res-jb"):
         saelab.load("gpt2-small-res-j")
 
@@ -99,7 +104,7 @@ def test_load_saelens_folder_and_release(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(
         "saelab.sae.releases.download", lambda repo, sub: calls.append((repo, sub)) or tmp_path / "saelens"
     )
-    with pytest.raises(UserError, match="holds 12 dictionaries; give sae_id="):
+    with pytest.raises(UserError, match=r"gpt2-small-res-jb: give sae_id= \(e.g. blocks.0.hook_resid_pre, "):
         saelab.load("gpt2-small-res-jb")
     r = saelab.load("gpt2-small-res-jb", sae_id="blocks.3.hook_resid_pre")
     assert calls == [("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.3.hook_resid_pre")]

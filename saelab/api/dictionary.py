@@ -23,6 +23,7 @@ import torch
 
 from ..errors import UserError
 from ..families import family_for_name
+from ..input_kind import what_it_holds
 from ..sae.base import SaeConfig, SparseCoder
 from ..sae.circuit_tracer_io import ct_dictionaries
 from ..sae.folder import Provenance, SaeFolder, open_sae, refuse_non_finite
@@ -269,7 +270,9 @@ def _dictionary_folders(root: Path) -> list[Path]:
     except UserError:
         deeper = [f for sub in sorted(root.iterdir()) if sub.is_dir() for f in _subfolders(sub)]
         if not deeper:
-            raise
+            raise UserError(
+                f"{root} {what_it_holds(root)}: no dictionary in it (a folder with {CFG}, or folders of them)"
+            ) from None
         return deeper
 
 
@@ -288,8 +291,9 @@ def _load_release(release, sae_id: str | None, device: str) -> Dictionary:
         )
     sae_id = sae_id or (release.ids[0] if len(release.ids) == 1 else None)
     if sae_id is None:
-        shown = ", ".join(release.ids[:5]) + (", ..." if len(release.ids) > 5 else "")
-        raise UserError(f"release {release.name} holds {len(release.ids)} dictionaries; give sae_id= (e.g. {shown})")
+        shown = ", ".join(release.ids[:3]) + (", ..." if len(release.ids) > 3 else "")
+        form = f"e.g. {shown}" if release.ids else f"ids look like {release.id_pattern}"
+        raise UserError(f"release {release.name}: give sae_id= ({form}; `saelab pull {release.name} --list`)")
     sub, hookpoint = release.resolve(sae_id)
     folder = rel.download(release.repo, sub)
     sae, original = rel.load_release_folder(release, folder, hookpoint)
