@@ -39,7 +39,9 @@ def test_a_resolved_kl_mse_run_trains_with_the_budget_batch(tmp_path, tiny_model
 def test_a_budget_too_small_to_help_is_refused_before_anything_loads(tmp_path, tiny_model_dir, text_corpus):
     too_few = (MIN_FINETUNE_STEPS - 1) * 64
     with pytest.raises(UserError, match=r"optimiser step.*raise --tokens to at least 768"):
-        resolve(train_cfg(tmp_path / "a", tiny_model_dir, text_corpus, loss="kl+mse", tokens=too_few, batch_tokens=None))
+        resolve(
+            train_cfg(tmp_path / "a", tiny_model_dir, text_corpus, loss="kl+mse", tokens=too_few, batch_tokens=None)
+        )
     # a given --batch-tokens that leaves too few steps: the message says which to lower
     with pytest.raises(UserError, match=r"is 4 optimiser step\(s\).*lower --batch-tokens.*<= 170"):
         resolve(train_cfg(tmp_path / "b", tiny_model_dir, text_corpus, loss="kl+mse", tokens=2048, batch_tokens=512))
