@@ -145,6 +145,19 @@ def _subcommands() -> dict:
     return sub.choices
 
 
+# Run before the wheel is installed: the dependencies import, saelab does not (the .pth exposes no source tree)
+BEFORE = """
+import torch
+try:
+    import saelab
+except ModuleNotFoundError:
+    print("no saelab")
+else:
+    print(saelab.__file__)
+"""
+
+# Run by the fresh virtualenv's python from a folder outside the checkout. (The SAE loads through the existing
+# loader, sae.folder.open_sae; the public `saelab.load` of issue 29 part A can replace it once it lands.)
 CHECK = """
 import importlib.metadata, sys
 from pathlib import Path
@@ -181,8 +194,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(dist, tmp_path):
     for d in deps:  # (the editable install lives here as an import hook in a .pth, which the line below never runs)
         assert not (d / "saelab").exists() and not (d / "saelab.py").exists(), f"{d} holds saelab itself"
     (purelib / "_saelab_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
-    before = "import torch\ntry:\n    import saelab\nexcept ModuleNotFoundError:\n    print('no saelab')\nelse:\n    print(saelab.__file__)"
-    assert _run([py, "-c", before], elsewhere).stdout.strip() == "no saelab"
+    assert _run([py, "-c", BEFORE], elsewhere).stdout.strip() == "no saelab"
 
     _run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index", wheel], elsewhere)
     helped = _run([bin_dir / "saelab", "--help"], elsewhere).stdout
