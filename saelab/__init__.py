@@ -5,7 +5,13 @@ its own module (data, models, sae, train, evaluate) and writes its own artefact 
 
 The public Python API is the names in `__all__` (`saelab.load`, `saelab.Model`, ...), defined in
 saelab/api/ and imported on first use, so `import saelab` stays cheap (no torch). Everything else is
-private and may change between versions.
+private and may change between versions. For example:
+
+    sae = saelab.load("runs/quickstart")              # an SAE folder, a run folder, a release, a hub id
+    model = saelab.Model.load(sae)                    # the model it was trained on
+    out = model.run(["The cat sat on the mat"], features=[sae])   # out.features[sae.name]: [1, seq, d_sae]
+    with model.steer(sae, clamp={123: 8.0}):          # latent 123 held at 8.0 after the first position
+        print(model.generate("The cat sat", max_new_tokens=20))
 """
 
 import importlib as _importlib
