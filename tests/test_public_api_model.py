@@ -237,6 +237,8 @@ def test_run_returns_the_requested_activations_and_features(setup, tmp_path):
     assert set(model.run(TEXTS[1], activations=["model.layers.*"]).activations) == {
         f"model.layers.{i}" for i in range(4)
     }
+    with pytest.raises(UserError, match="reads at most 256"):
+        model.run("word " * 300)
     wide = build_sae(SaeConfig("relu", d_in=32, d_sae=16, hookpoint="model.layers.1"))
     save_sae(wide.eval(), tmp_path / "wide", Provenance(model_name="tiny", context=64))
     with pytest.raises(UserError, match="does not match the model's model.layers.1"):

@@ -135,6 +135,9 @@ class Model:
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
         n = max(map(len, rows))
+        limit = getattr(self.torch_model.config, "max_position_embeddings", None)
+        if limit and n > limit:
+            raise UserError(f"a text is {n} tokens; {self.name} reads at most {limit}")
         ids = torch.tensor([r + [pad or 0] * (n - len(r)) for r in rows], dtype=torch.long, device=self.device)
         mask = torch.tensor([[True] * len(r) + [False] * (n - len(r)) for r in rows], device=self.device)
         return ids, mask
