@@ -26,6 +26,7 @@ from saelab.sae.circuit_tracer_io import import_circuit_tracer
 from saelab.sae.folder import Provenance, save_sae
 from saelab.sae.foreign_circuit_tracer import PLT_KIND, CtLayer, CtSet, write_ct
 from saelab.sae.foreign_saelens import export_saelens
+from saelab.sae.foreign_sparsify import export_sparsify
 from saelab.sae.releases import PullConfig, pull_release
 from saelab.sae.splice import clt_spliced, spliced
 
@@ -99,6 +100,10 @@ def test_load_saelens_folder_and_release(setup, tmp_path, monkeypatch):
     assert theirs.cfg_json["saelab"]["imported_from"]["format"] == "saelens"
     x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(theirs.encode(x), d.encode(x), atol=1e-5, rtol=1e-5)
+    export_sparsify(d.module, tmp_path / "sparsify")  # sparsify's run layout: one folder per hookpoint
+    sp = saelab.load(tmp_path / "sparsify")
+    assert sp.cfg_json["saelab"]["imported_from"]["format"] == "sparsify" and sp.hookpoint == d.hookpoint
+    torch.testing.assert_close(sp.encode(x), d.encode(x), atol=1e-5, rtol=1e-5)
     # a release of releases.json read straight from the hub (here: the hub replaced by that folder)
     calls = []
     monkeypatch.setattr(
