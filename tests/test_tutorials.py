@@ -2,7 +2,8 @@
 
 Each notebook's first code cell is its parameters cell (tagged `parameters`, as papermill expects). The test
 runs the notebook in a fresh kernel (nbclient) with a cell inserted after it that sets the tiny budgets
-below, on the tiny random Llama of conftest.py and the pydoc corpus, in a temporary folder. Every name an
+below, on the tiny random Llama of conftest.py and the pydoc corpus, in a temporary folder; the four kernels
+run side by side. Every name an
 override sets must exist in the parameters cell (a renamed parameter would otherwise quietly run the
 notebook's real budget). A second test parses the code cells: `saelab` is used only through the names of
 `saelab.__all__` (and the public attributes of its classes), never through a module of the package.
@@ -41,23 +42,49 @@ def test_every_tutorial_has_a_budget_and_a_parameters_cell():
         assert not missing, f"{path.name}: its parameters cell sets no {sorted(missing)}"
 
 
+@pytest.fixture(scope="module")
+def executed(tiny_model_dir, text_corpus, tmp_path_factory) -> dict[str, BaseException | None]:
+    """Every tutorial run at once, each in its own kernel and folder: {notebook: the error it raised, or None}.
+    (The kernels start and import torch side by side: the file takes the time of the slowest notebook.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(path: Path) -> BaseException | None:
+        try:
+            _execute(path, tiny_model_dir, text_corpus, tmp_path_factory.mktemp(path.stem))
+        except BaseException as e:  # noqa: BLE001 - reported by the test of this notebook
+            return e
+        return None
+
+    with ThreadPoolExecutor(max_workers=len(TUTORIALS)) as pool:
+        return dict(zip([p.name for p in TUTORIALS], pool.map(run, TUTORIALS)))
+
+
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_runs(path, tiny_model_dir, text_corpus, tmp_path):
+def test_tutorial_runs(path, executed):
+    if executed[path.name] is not None:
+        raise executed[path.name]
+
+
+def _execute(path: Path, model: Path, corpus: Path, where: Path) -> None:
+    """Run the notebook in a fresh kernel in `where`, its parameters overridden by the tiny budget."""
+    import asyncio
+
     from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell
 
     book = _read(path)
     assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), "outputs committed"
-    values = {"MODEL": str(tiny_model_dir), "CORPUS": str(text_corpus), **OVERRIDES[path.name]}
-    lines = ["import os, sys, torch", f"assert os.path.realpath(sys.executable) == {os.path.realpath(sys.executable)!r}"]
-    lines += ["torch.set_num_threads(2)"] + [f"{k} = {v!r}" for k, v in values.items()]
+    values = {"MODEL": str(model), "CORPUS": str(corpus), **OVERRIDES[path.name]}
+    lines = [
+        "import os, sys, torch",
+        f"assert os.path.realpath(sys.executable) == {os.path.realpath(sys.executable)!r}",
+    ]
+    lines += ["torch.set_num_threads(1)"] + [f"{k} = {v!r}" for k, v in values.items()]
     first = next(i for i, c in enumerate(book.cells) if c.cell_type == "code")
     book.cells.insert(first + 1, new_code_cell("\n".join(lines)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    client = NotebookClient(book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=env)  # the kernel: this interpreter (checked above), importing this checkout's saelab
-    printed = "".join(o.get("text", "") for c in book.cells for o in c.get("outputs", []))
-    assert "Traceback" not in printed
+    client = NotebookClient(book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(where)}})
+    asyncio.run(client.async_execute(env=env))  # the kernel: this interpreter (checked above), this checkout's saelab
 
 
 def test_tutorials_use_only_public_names():
@@ -98,7 +125,9 @@ def private_uses(code: str) -> list[str]:
             if node.module != "saelab":
                 found.append((node.lineno, f"from {node.module} import (a private module)"))
             else:
-                found += [(node.lineno, f"saelab.{a.name} is not public") for a in node.names if a.name not in saelab.__all__]
+                found += [
+                    (node.lineno, f"saelab.{a.name} is not public") for a in node.names if a.name not in saelab.__all__
+                ]
     for node in ast.walk(tree):
         chain = _chain(node)
         if not chain or chain[0] not in aliases or len(chain) < 2 or isinstance(getattr(node, "ctx", None), ast.Del):
