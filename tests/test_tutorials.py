@@ -94,6 +94,19 @@ def test_tutorials_use_only_public_names():
             pytest.fail(f"{path.name}: {problem}")
 
 
+def test_tutorials_are_ruff_clean():
+    """The notebooks' code keeps the repository's lint and format rules (ruff reads .ipynb cells)."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed: scripts/setup.sh installs it with the [test] extra")
+    for args in (["check"], ["format", "--check"]):
+        r = subprocess.run([ruff, *args, *map(str, TUTORIALS)], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, f"ruff {' '.join(args)} docs/tutorials:\n{r.stdout[-3000:]}{r.stderr[-1000:]}"
+
+
 def test_the_public_name_check_catches_private_uses():
     code = (
         "import saelab\nimport saelab.models\nfrom saelab.sae import folder\nfrom saelab import load, nope\n"
