@@ -2,11 +2,11 @@
 
 Each notebook's first code cell is its parameters cell (tagged `parameters`, as papermill expects). The test
 runs the notebook in a fresh kernel (nbclient) with a cell inserted after it that sets the tiny budgets
-below, on the tiny random Llama of conftest.py and the pydoc corpus, in a temporary folder; the four kernels
-run side by side. Every name an
-override sets must exist in the parameters cell (a renamed parameter would otherwise quietly run the
-notebook's real budget). A second test parses the code cells: `saelab` is used only through the names of
-`saelab.__all__` (and the public attributes of its classes), never through a module of the package.
+below, on the tiny random Llama of conftest.py and the pydoc corpus, in a temporary folder (the four kernels
+side by side), and checks what it printed. Every name an override sets must exist in the parameters cell (a
+renamed parameter would otherwise quietly run the notebook's real budget). Another test parses the code
+cells: `saelab` is used only through the names of `saelab.__all__` (and the public attributes of its
+classes), never through a module of the package; and ruff keeps the cells to the repository's style.
 """
 
 from __future__ import annotations
@@ -32,10 +32,26 @@ OVERRIDES = {  # notebook -> its tiny budget (MODEL and CORPUS are set for every
     | dict(KS=[4, 16], METRICS=["core"], BASELINES=["residual"], BENCH_TOKENS=512, CE_TOKENS=64),
     "04_load_a_release.ipynb": TINY,
 }
+PRINTED = {  # notebook -> lines its run prints (what the cells compute, not only that they ran)
+    "01_train_and_evaluate.ipynb": [
+        "trained 1 SAE(s)",
+        "Dictionary('model.layers.1-topk-k4', topk, 64 -> 128 latents, model.layers.1)",
+        "L0 4.0 latents per token, 128 latents in all",
+        "keep_error=True gives the model's own logits: True",
+    ],
+    "02_find_explain_steer.ipynb": ["100% of latents fired", "explained, 0 failed", "everywhere: True"],
+    "03_compare_with_bench.ipynb": ["model.layers.1-topk-k16 16.0", "# saelab bench: model.layers.1"],
+    "04_load_a_release.ipynb": [
+        "['cfg.json', 'sae_weights.safetensors']",
+        '"architecture": "topk"',
+        "Dictionary('saelens', topk, 64 -> 128 latents, model.layers.1)",
+        "latents (2, 14, 128), L0 4.0",
+    ],
+}
 
 
 def test_every_tutorial_has_a_budget_and_a_parameters_cell():
-    assert [p.name for p in TUTORIALS] == sorted(OVERRIDES)
+    assert [p.name for p in TUTORIALS] == sorted(OVERRIDES) == sorted(PRINTED)
     for path in TUTORIALS:
         params = _parameters(_read(path))
         missing = {"MODEL", "CORPUS", *OVERRIDES[path.name]} - params
@@ -43,17 +59,16 @@ def test_every_tutorial_has_a_budget_and_a_parameters_cell():
 
 
 @pytest.fixture(scope="module")
-def executed(tiny_model_dir, text_corpus, tmp_path_factory) -> dict[str, BaseException | None]:
-    """Every tutorial run at once, each in its own kernel and folder: {notebook: the error it raised, or None}.
-    (The kernels start and import torch side by side: the file takes the time of the slowest notebook.)"""
+def executed(tiny_model_dir, text_corpus, tmp_path_factory) -> dict[str, str | BaseException]:
+    """Every tutorial run at once, each in its own kernel and folder: {notebook: what it printed (stdout), or
+    the error it raised}. The kernels start and import torch side by side: the time of the slowest one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def run(path: Path) -> BaseException | None:
+    def run(path: Path) -> str | BaseException:
         try:
-            _execute(path, tiny_model_dir, text_corpus, tmp_path_factory.mktemp(path.stem))
+            return _execute(path, tiny_model_dir, text_corpus, tmp_path_factory.mktemp(path.stem))
         except BaseException as e:  # noqa: BLE001 - reported by the test of this notebook
             return e
-        return None
 
     with ThreadPoolExecutor(max_workers=len(TUTORIALS)) as pool:
         return dict(zip([p.name for p in TUTORIALS], pool.map(run, TUTORIALS)))
@@ -61,12 +76,16 @@ def executed(tiny_model_dir, text_corpus, tmp_path_factory) -> dict[str, BaseExc
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
 def test_tutorial_runs(path, executed):
-    if executed[path.name] is not None:
-        raise executed[path.name]
+    printed = executed[path.name]
+    if isinstance(printed, BaseException):
+        raise printed
+    for line in PRINTED[path.name]:
+        assert line in printed, f"{path.name} did not print {line!r}; it printed:\n{printed[-3000:]}"
 
 
-def _execute(path: Path, model: Path, corpus: Path, where: Path) -> None:
-    """Run the notebook in a fresh kernel in `where`, its parameters overridden by the tiny budget."""
+def _execute(path: Path, model: Path, corpus: Path, where: Path) -> str:
+    """Run the notebook in a fresh kernel in `where`, its parameters overridden by the tiny budget; -> its stdout
+    and the text of its displayed values."""
     import asyncio
 
     from nbclient import NotebookClient
@@ -85,6 +104,10 @@ def _execute(path: Path, model: Path, corpus: Path, where: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     client = NotebookClient(book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(where)}})
     asyncio.run(client.async_execute(env=env))  # the kernel: this interpreter (checked above), this checkout's saelab
+    outs = [o for c in book.cells for o in c.get("outputs", [])]
+    return "".join(
+        o.get("text", "") if o.get("name") == "stdout" else o.get("data", {}).get("text/plain", "") for o in outs
+    )
 
 
 def test_tutorials_use_only_public_names():
