@@ -2,6 +2,57 @@
 
 Data flows text -> tokens -> activations -> dictionary (SAE) -> evaluation; each stage lives in
 its own module (data, models, sae, train, evaluate) and writes its own artefact on disk.
+
+The public Python API is the names in `__all__`, defined in saelab/api/ and imported here lazily (on
+first use), so `import saelab` and `saelab --help` stay cheap: torch loads only when a name is used.
+Everything else is private and may change.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> the module of saelab/api/ that defines it
+_PUBLIC = {
+    # stages over their config dataclasses (api/stages.py) and their results (api/results.py, api/latents.py)
+    "train": "saelab.api.stages",
+    "evaluate": "saelab.api.stages",
+    "bench": "saelab.api.stages",
+    "cache_activations": "saelab.api.stages",
+    "cache_features": "saelab.api.stages",
+    "explain": "saelab.api.stages",
+    "score": "saelab.api.stages",
+    "TrainConfig": "saelab.api.stages",
+    "CacheConfig": "saelab.api.stages",
+    "EvalConfig": "saelab.api.stages",
+    "EvalE2EConfig": "saelab.api.stages",
+    "BenchConfig": "saelab.api.stages",
+    "LatentCacheConfig": "saelab.api.stages",
+    "ExplainConfig": "saelab.api.stages",
+    "ScoreConfig": "saelab.api.stages",
+    "TrainResult": "saelab.api.results",
+    "EvalResult": "saelab.api.results",
+    "BenchResult": "saelab.api.results",
+    "InterpretationRun": "saelab.api.results",
+    "LatentCache": "saelab.api.latents",
+    "TopExample": "saelab.api.latents",
+    "LogitEffects": "saelab.api.latents",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module on first use (then cached in this module's globals)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'saelab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
