@@ -11,6 +11,10 @@ Everything else is private and may change.
 from __future__ import annotations
 
 import importlib
+import inspect
+
+from . import evaluate as _evaluate_package  # docstring-only packages: nothing heavy loads
+from . import train as _train_package
 
 __version__ = "0.1.0"
 
@@ -42,6 +46,48 @@ _PUBLIC = {
 }
 
 __all__ = ["__version__", *_PUBLIC]
+
+
+class _StageAndPackage:
+    """`saelab.train` and `saelab.evaluate` name both a public stage function and an internal package
+    (saelab/train/, saelab/evaluate/). Calling this runs the stage (api/stages.py; its docstring,
+    signature and annotations are the function's); any other attribute is the package's, so
+    `import saelab.train.loop as loop` keeps working. The packages are imported above, before this
+    replaces them here, so a later submodule import never rebinds the name."""
+
+    __slots__ = ("_stage", "_package")
+
+    def __init__(self, stage: str, package):
+        self._stage, self._package = stage, package
+
+    @property
+    def __wrapped__(self):
+        return getattr(importlib.import_module("saelab.api.stages"), self._stage)
+
+    def __call__(self, *args, **kwargs):
+        return self.__wrapped__(*args, **kwargs)
+
+    @property
+    def __doc__(self) -> str | None:  # noqa: PLE0307 - the stage's docstring
+        return self.__wrapped__.__doc__
+
+    @property
+    def __annotations__(self) -> dict:
+        return self.__wrapped__.__annotations__
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.__wrapped__)
+
+    def __getattr__(self, name: str):
+        return getattr(self._package, name)
+
+    def __repr__(self) -> str:
+        return f"<function saelab.{self._stage} (stage; the package is saelab/{self._stage}/)>"
+
+
+train = _StageAndPackage("train", _train_package)
+evaluate = _StageAndPackage("evaluate", _evaluate_package)
 
 
 def __getattr__(name: str):
