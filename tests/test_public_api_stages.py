@@ -77,26 +77,41 @@ def test_train_from_python_writes_what_the_cli_writes(trained):
     assert df["fvu"][0] == pytest.approx(res.metrics[folder.name]["fvu"])
 
 
-def test_evaluate_returns_what_metrics_json_holds(trained, tmp_path):
+def test_evaluate_returns_what_metrics_json_holds(trained):
     import saelab
-    from saelab.cli import main
 
-    res, cli = trained
+    res = trained[0]
     folder = res.dictionaries[0]
     ev = saelab.evaluate(saelab.EvalConfig(sae_dirs=[str(folder)], tokens=1024, ce_tokens=64), quiet=True)
     on_disk = json.loads((folder / "metrics.json").read_text())
     assert ev.files == [folder / "metrics.json"] and ev.records == [on_disk]
     assert ev.metrics[0]["fvu"] == on_disk["metrics"]["fvu"] and 0 < ev.metrics[0]["fvu"] < 2
-    # the CLI on the CLI-trained twin (same weights) measures the same numbers
-    out = tmp_path / "cli_metrics.json"
-    argv = ["eval", str(cli / folder.name), "--tokens", "1024", "--ce-tokens", "64", "--out", str(out)]
-    assert main(argv) == 0
-    cli_metrics = json.loads(out.read_text())["metrics"]
-    for key in ("fvu", "mse", "l0", "dead_fraction", "kl", "ce_increase"):
-        assert cli_metrics[key] == pytest.approx(ev.metrics[0][key], rel=1e-5, abs=1e-7), key
     df = ev.to_pandas()
     assert {"sae", "fvu", "l0", "kl", "ce_increase"} <= set(df.columns) and len(df) == 1
     assert "l0_histogram" not in df.columns and df["l0"][0] == ev.metrics[0]["l0"]
+
+
+def test_evaluate_e2e_prints_what_the_command_printed(trained, capsys):
+    """`saelab eval-e2e` on the CLI-trained twin (same weights) and `evaluate(EvalE2EConfig)` on the API-trained
+    folder: the same report, the same numbers."""
+    import saelab
+    from saelab.cli import main
+
+    res, cli = trained
+    folder = res.dictionaries[0]
+    argv = ["eval-e2e", str(cli / folder.name), "--tokens", "512", "--ce-tokens", "64", "--overwrite"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    cfg = saelab.EvalE2EConfig(sae_dirs=[str(folder)], tokens=512, ce_tokens=64, overwrite=True)
+    ev = saelab.evaluate(cfg)
+    assert capsys.readouterr().out.replace(str(folder), str(cli / folder.name)) == printed
+    assert "later-layer FVU (block:FVU)" in printed and f"FVU {ev.metrics[0]['fvu']:.4f}" in printed
+    on_disk = json.loads((cli / folder.name / "metrics.json").read_text())["metrics"]
+    assert ev.records == [json.loads((folder / "metrics.json").read_text())]
+    assert ev.metrics[0]["later_fvu"].keys() == on_disk["later_fvu"].keys() == {"model.layers.2", "model.layers.3"}
+    for block, v in on_disk["later_fvu"].items():
+        assert ev.metrics[0]["later_fvu"][block] == pytest.approx(v, rel=1e-5)
+    assert "later_fvu.model.layers.3" in ev.to_pandas().columns
 
 
 def test_bench_result_holds_the_metric_files(trained, tmp_path):
