@@ -11,7 +11,6 @@ Everything else is private and may change.
 from __future__ import annotations
 
 import importlib
-import inspect
 
 from . import evaluate as _evaluate_package  # docstring-only packages: nothing heavy loads
 from . import train as _train_package
@@ -76,7 +75,9 @@ class _StageAndPackage:
         return self.__wrapped__.__annotations__
 
     @property
-    def __signature__(self) -> inspect.Signature:
+    def __signature__(self):
+        import inspect
+
         return inspect.signature(self.__wrapped__)
 
     def __getattr__(self, name: str):

@@ -69,6 +69,7 @@ class LatentCache:
     # ------------------------------------------------------------ what the cache holds
     @property
     def path(self) -> Path:
+        """The cache folder."""
         return self.reader.path
 
     @property
