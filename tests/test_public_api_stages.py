@@ -153,6 +153,24 @@ def cache(trained, tmp_path_factory):
     return saelab.cache_features(cfg, progress=False)
 
 
+def test_cache_command_writes_the_same_cache(trained, cache, tmp_path):
+    from saelab.cli import main
+    from saelab.storage import read_tensors
+
+    res, cli = trained
+    out = tmp_path / "cli_cache"
+    argv = ["cache", str(cli / res.dictionaries[0].name), "--tokens", str(CTX * 40), "--batch-rows", "8"]
+    assert main(argv + ["--out", str(out)]) == 0
+    for name in ("tokens.npy", "row_ids.npy", "excluded.npy"):
+        assert np.array_equal(np.load(out / name), np.load(cache.path / name)), name
+    (info,) = json.loads((out / "manifest.json").read_text())["dictionaries"].values()
+    files = sorted(p.relative_to(cache.path) for p in (cache.path / "dicts").rglob("*.safetensors"))
+    assert files == sorted(p.relative_to(out) for p in (out / "dicts").rglob("*.safetensors")) and len(files) >= 3
+    for f in files:
+        a, b = read_tensors(cache.path / f), read_tensors(out / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+
+
 def _records_from_files(path, latent: int):
     """(rows, positions, values) of one latent, read straight from its shard file (the format's own words)."""
     from safetensors.numpy import load_file
@@ -206,7 +224,7 @@ def test_latent_cache_object_reads_the_cache_files(cache):
         cache.density(cache.d_sae())
 
 
-def test_explain_and_score_return_the_jsonl_records(cache, tmp_path):
+def test_explain_and_score_return_the_jsonl_records(cache, tmp_path, capsys):
     import saelab
 
     fires = cache.reader.fire_counts(cache.dictionaries[0])
@@ -224,6 +242,21 @@ def test_explain_and_score_return_the_jsonl_records(cache, tmp_path):
     lines = [json.loads(x) for x in (run_dir / "scores_embedding.jsonl").read_text().splitlines()]
     assert scored.scored == {"embedding": 2} and scored.scores == {"embedding": {r["latent"]: r for r in lines}}
     assert scored.explanations == run.explanations
+    # the commands on the same cache write the same records (less their timings) and say what they scored
+    from saelab.cli import main
+
+    cli_run = tmp_path / "cli_run"
+    argv = ["explain", str(cache.path), "--latents", *map(str, latents), "--explainer", "stats", "--out", str(cli_run)]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in small.items()]
+    assert main(argv) == 0 and main(["score", str(cli_run), "--scorers", "embedding"]) == 0
+    assert f"saelab: scored embedding: 2 latents -> {cli_run}" in capsys.readouterr().out
+    cli = saelab.InterpretationRun.open(cli_run)
+
+    def untimed(recs: dict) -> dict:
+        return {j: {k: v for k, v in r.items() if k != "seconds"} for j, r in recs.items()}
+
+    assert untimed(cli.explanations) == untimed(scored.explanations)
+    assert untimed(cli.scores["embedding"]) == untimed(scored.scores["embedding"])
     df = scored.to_pandas()
     assert list(df["latent"]) == latents
     assert {"status", "explanation", "fire_count", "embedding.ok", "embedding.auc"} <= set(df.columns)
