@@ -5,10 +5,10 @@ data-hi="3.21">` (24 counts and the top edge instead of 24 SVG bars with their h
 lists as one JSON block `<script type="application/json" id="logits">` of [token label, effect] pairs
 (render.logit_data), and a cross-layer latent's writes as `<svg id="writes-chart" data-norms=".."
 data-layers="..">`. PAGE_JS draws them (the SVG the pages used to inline: a rect with a hover title per
-bin, both axes; the logit rows: token, value, bar on the scale both lists share), titles the nearest
-features not in a subset dashboard, and binds the arrow keys to the previous / next feature. A static
-dashboard writes it once as OUT/page.js (one file the browser caches; a `<script src>` loads from the
-disk too); the web app inlines it.
+bin, both axes; the logit rows: token, value, bar on the scale both lists share), shades each example's
+firing tokens from the line's data (render.example), titles the nearest features not in a subset
+dashboard, and binds the arrow keys to the previous / next feature. A static dashboard writes it once as
+OUT/page.js (one file the browser caches; a `<script src>` loads from the disk too); the web app inlines it.
 """
 
 from __future__ import annotations
@@ -66,6 +66,14 @@ if (lg) {
     cell().appendChild(document.createElement('i')).style.width = (100 * Math.abs(v) / lmax).toFixed(1) + 'px';
   }
 }
+document.querySelectorAll('.ex[data-f]').forEach(ex => {  // each firing token: shade, activation, peak mark
+  const [p, s, a] = ex.dataset.f.split(';'), acts = a.split(',');
+  ex.querySelectorAll('b').forEach((b, k) => {
+    b.title = (+acts[k]).toFixed(3);
+    if (s[k] !== '0') b.className = 's' + s[k];
+    if (p !== '' && k === +p) b.classList.add('peak');
+  });
+});
 document.querySelectorAll('#nearest .na').forEach(s => { s.title = 'not in this dashboard'; });
 document.addEventListener('keydown', e => {  // arrow keys: the previous / next feature, outside text boxes
   if (e.target.closest('input,textarea,select')) return;

@@ -154,14 +154,6 @@ addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, 
 {% endfor %}{% endif %}
 {{ script() }}</body></html>"""
 
-MACROS = """{% macro example(e, mx) -%}
-<div class="ex"><i>{{ "%.2f"|format(e.value) }}</i>{% for t in e.tokens -%}
-{% set a = e.acts[loop.index0] %}{% set pk = loop.index0 == e.peak %}{% if a > 0 or pk -%}
-<b class="{% if a > 0 %}s{{ level(a, mx) }}{% endif %}{% if pk %} peak{% endif %}" title={{ '%.3f'|format(a) }}>{{ token_label(t) }}</b>
-{%- else %}{{ visible(t) }}{% endif %}
-{%- endfor %}</div>
-{%- endmacro %}"""
-
 INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ name }} features</title>
 {{ style() }}</head><body>
 <h1>{{ name }}</h1>
@@ -216,16 +208,40 @@ def level(v: float, mx: float) -> int:
     return 1 if mx <= 0 else 1 + min(8, int(8 * v / mx))
 
 
+def _text(s: str) -> str:
+    """Escaped for an element's text: `&`, `<` and `>` (quotes are text there; `&#34;` would be 5 bytes)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def example(e, mx: float) -> Markup:
+    """One example line: its value, then its tokens as text, each token that fires (and the peak) in a bare
+    `<b>`. Their shade, activation (the hover title) and the peak mark come as one datum of the line for the
+    page script, `data-f=P;SHADES;ACTS`: P which `<b>` is the peak (empty: none), SHADES one digit per `<b>`
+    (its class s1..s9, 0: none), ACTS the activations to 3 decimals (`.058`). Tokens are text: `&`, `<`, `>`
+    escaped."""
+    parts, shades, acts, peak = [], [], [], ""
+    for k, (t, a) in enumerate(zip(e.tokens, e.acts)):
+        if a > 0 or k == e.peak:
+            peak = len(shades) if k == e.peak else peak
+            shades.append(str(level(a, mx)) if a > 0 else "0")
+            acts.append(f"{a:.3f}".removeprefix("0"))
+            parts.append(f"<b>{_text(token_label(t))}</b>")
+        else:
+            parts.append(_text(visible(t)))
+    data = f" data-f={peak};{''.join(shades)};{','.join(acts)}" if shades else ""
+    return Markup(f"<p class=ex{data}><i>{e.value:.2f}</i>{''.join(parts)}</p>")
+
+
 def _env() -> Environment:
     env = Environment(
-        loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
+        loader=DictLoader({"feature.html": FEATURE, "index.html": INDEX}),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     env.globals.update(
         css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
         visible=visible,
         token_label=token_label,
-        level=level,
+        example=example,
         hist_chart=hist_chart,
         writes_chart=writes_chart,
         logit_data=logit_data,
