@@ -478,6 +478,25 @@ def _charts_drawn(page, v: dict) -> None:
     ]
 
 
+def test_page_script_draws_a_clt_latents_writes_chart():
+    """A cross-layer latent's writes chart: the page carries the decoder norms and layers, page.js draws a bar
+    per layer (height in proportion to its norm, hover title `layer L: norm`), the top norm and both layers."""
+    from saelab.view.page_script import PAGE_JS, writes_chart
+
+    targets = [{"layer": 3, "norm": 2.0}, {"layer": 4, "norm": 0.5}, {"layer": 5, "norm": 1.25}]
+    with _browser() as pw:
+        browser = _launch(pw)
+        page = browser.new_page()
+        page.set_content(f"<body>{writes_chart({'targets': targets})}<script>{PAGE_JS}</script></body>")
+        bars = page.eval_on_selector_all(
+            "#writes-chart rect", "rs => rs.map(r => [+r.getAttribute('height'), r.querySelector('title').textContent])"
+        )
+        assert bars == [[70.0, "layer 3: 2"], [17.5, "layer 4: 0.5"], [43.8, "layer 5: 1.25"]]
+        labels = page.eval_on_selector_all("#writes-chart text", "ts => ts.map(t => t.textContent)")
+        assert labels == ["2", "0", "3", "layer", "5"]
+        browser.close()
+
+
 def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
     """cache -> explain -> score -> serve / dashboard: the explanation text and the embedding AUC with its
     chance level are on the feature page in Chromium, and the page's columns are laid out side by side."""
