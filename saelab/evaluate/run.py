@@ -60,6 +60,7 @@ class EvalConfig:
     overwrite: bool = overwrite_option("an existing metrics file")
 
     def validate(self) -> None:
+        """The checks that need no folder or model: option types and ranges (a UserError names the option)."""
         check_types(self)
         need_at_least(self, 1, "threads")
 
@@ -77,6 +78,7 @@ class EvalE2EConfig:
     overwrite: bool = overwrite_option("existing metrics.json files")
 
     def validate(self) -> None:
+        """The checks that need no folder or model: option types and ranges (a UserError names the option)."""
         check_types(self)
         need_at_least(self, 1, "threads")
 
