@@ -75,6 +75,9 @@ def test_train_from_python_writes_what_the_cli_writes(trained):
     df = res.to_pandas()
     assert list(df["dictionary"]) == [folder.name] and {"folder", "fvu", "l0"} <= set(df.columns)
     assert df["fvu"][0] == pytest.approx(res.metrics[folder.name]["fvu"])
+    curves = res.curves()
+    assert curves["tokens"].tolist() == [r["tokens"] for r in log(res.out)] and curves["tokens"].iloc[-1] == 2048
+    assert curves["fvu"].tolist() == [r["saes"][folder.name]["fvu"] for r in log(res.out)]
 
 
 def test_evaluate_returns_what_metrics_json_holds(trained):

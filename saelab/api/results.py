@@ -63,6 +63,18 @@ class TrainResult:
         ]
         return _pandas().DataFrame(rows)
 
+    def curves(self) -> pandas.DataFrame:
+        """The training curves (train_log.jsonl): one row per logged point and dictionary: `tokens` (LM tokens
+        seen), `steps`, `wall_s` (s), `dictionary`, then its smoothed statistics at that point."""
+        from ..storage import read_jsonl
+
+        rows = [
+            {"tokens": rec["tokens"], "steps": rec["steps"], "wall_s": rec["wall_s"], "dictionary": name, **stats}
+            for rec in read_jsonl(self.out / "train_log.jsonl")
+            for name, stats in rec["saes"].items()
+        ]
+        return _pandas().DataFrame(rows)
+
 
 @dataclass
 class EvalResult:
