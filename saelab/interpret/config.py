@@ -81,6 +81,7 @@ class _ExplainFields:
 @dataclass(kw_only=True)
 class ExplainConfig(ClientOptions, _ExplainFields):  # the explain options first, then the client's (--help order)
     def validate(self) -> None:
+        """Option values and the client's, before the cache opens (a UserError names the option)."""
         self.check_client()
         if self.explainer not in ("llm", "stats"):
             raise UserError(f"--explainer must be llm or stats, not {self.explainer!r}")
@@ -124,6 +125,7 @@ class _ScoreFields:
 @dataclass(kw_only=True)
 class ScoreConfig(ClientOptions, _ScoreFields):  # the score options first, then the client's (--help order)
     def validate(self) -> None:
+        """Scorer names, option values and the client's, before the run opens (a UserError names the option)."""
         self.check_client()
         bad = [s for s in self.scorers if s not in SCORERS]
         if bad or not self.scorers:
