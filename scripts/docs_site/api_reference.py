@@ -1,0 +1,80 @@
+"""MkDocs hook: the API reference page (reference/api.md), one mkdocstrings entry per name in `saelab.__all__`.
+
+`saelab` re-exports its public names lazily (a module `__getattr__`), which a static reader such as griffe
+cannot follow; so the page is written at build time from `saelab.__all__` itself: each name is resolved,
+and documented where it is defined (`::: saelab.api.model.Model`) under its public spelling
+(`saelab.Model`). A name added to `__all__` is on the page at the next build, and a public name without a
+docstring, or one that is neither a class nor a function, is a warning (a failed `mkdocs build --strict`)."""
+
+from __future__ import annotations
+
+import html
+import importlib
+import inspect
+
+from mkdocs.plugins import get_plugin_logger
+from mkdocs.structure.files import File, Files
+
+PAGE = "reference/api.md"
+log = get_plugin_logger(__name__)
+
+INTRO = """# API reference
+
+The public Python API is exactly what `saelab.__all__` lists, used as `import saelab` then `saelab.NAME`.
+Everything else in the package (every module under `saelab.` and the names in it) is private: it may
+change or move in any release without notice. Importing `saelab` is cheap: each name below is imported
+(with torch) the first time it is used.
+
+This page is generated from `saelab.__all__` and the docstrings each time the site is built.
+"""
+
+
+def on_files(files: Files, config) -> Files:
+    files.append(File.generated(config, PAGE, content=api_markdown(importlib.import_module("saelab"))))
+    return files
+
+
+def public_objects(package) -> list[tuple[str, object, str]]:
+    """(public name, object, the dotted path where it is defined) for each name in `package.__all__`."""
+    out = []
+    for name in getattr(package, "__all__", []):
+        obj = getattr(package, name)
+        module = inspect.getmodule(obj)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)) or module is None:
+            log.warning(f"saelab.{name} is a {type(obj).__name__}: the API page documents classes and functions")
+            continue
+        if not inspect.getdoc(obj):
+            log.warning(f"saelab.{name} has no docstring: every public name is documented")
+        out.append((name, obj, f"{module.__name__}.{obj.__qualname__}"))
+    return out
+
+
+def api_markdown(package) -> str:
+    objects = public_objects(package)
+    lines = [INTRO]
+    if not objects:
+        return "\n".join(lines + ["`saelab.__all__` is empty in this version: there are no public names yet.", ""])
+    sections = [
+        ("Functions", [o for o in objects if inspect.isfunction(o[1])]),
+        ("Classes", [o for o in objects if inspect.isclass(o[1])]),
+    ]
+    lines.append('<table class="api-index"><thead><tr><th>name</th><th>summary</th></tr></thead><tbody>')
+    for _, members in sections:
+        for name, obj, path in members:
+            summary = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
+            lines.append(f'<tr><td><a href="#{path}"><code>saelab.{name}</code></a></td>')
+            lines.append(f"<td>{html.escape(summary)}</td></tr>")
+    lines += ["</tbody></table>", ""]
+    for title, members in sections:
+        if not members:
+            continue
+        lines += [f"## {title}", ""]
+        for name, _, path in members:
+            lines += [
+                f"::: {path}",
+                "    options:",
+                f"      heading: saelab.{name}",
+                f"      toc_label: saelab.{name}",
+                "",
+            ]
+    return "\n".join(lines)
