@@ -8,6 +8,7 @@ docstring, or one that is neither a class nor a function, is a warning (a failed
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib
 import inspect
@@ -43,10 +44,38 @@ def public_objects(package) -> list[tuple[str, object, str]]:
         if not (inspect.isclass(obj) or inspect.isfunction(obj)) or module is None:
             log.warning(f"saelab.{name} is a {type(obj).__name__}: the API page documents classes and functions")
             continue
-        if not inspect.getdoc(obj):
-            log.warning(f"saelab.{name} has no docstring: every public name is documented")
+        if not _own_doc(obj):
+            log.warning(f"saelab.{name} ({inspect.getsourcefile(obj)}) has no docstring of its own: every public name needs one")
         out.append((name, obj, f"{module.__name__}.{obj.__qualname__}"))
     return out
+
+
+def _own_doc(obj) -> str:
+    """The docstring the author wrote: not one inherited, nor the signature `@dataclass` writes in its place."""
+    doc = inspect.getdoc(obj) if inspect.isfunction(obj) else obj.__dict__.get("__doc__")
+    if doc and dataclasses.is_dataclass(obj) and doc.startswith(f"{obj.__name__}("):
+        return ""
+    return inspect.cleandoc(doc) if doc else ""
+
+
+def _fields_table(cls) -> list[str]:
+    """A dataclass's fields as a table: name, type, default as the code computes it, and the option help the
+    CLI shows (`metadata["help"]`). The signature griffe would print shows each default as the source
+    expression (`opt(...)` calls), which says nothing to a reader, so config classes show this instead."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        kind = f.type if isinstance(f.type, str) else inspect.formatannotation(f.type)
+        cells = [f"<code>{f.name}</code>", f"<code>{html.escape(kind)}</code>", f"<code>{html.escape(default)}</code>"]
+        cells.append(html.escape(str(f.metadata.get("help", ""))))
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "<thead><tr><th>field</th><th>type</th><th>default</th><th>meaning</th></tr></thead>"
+    return ["<p><strong>Fields</strong></p>", f'<table class="api-fields">{head}<tbody>', *rows, "</tbody></table>", ""]
 
 
 def api_markdown(package) -> str:
@@ -61,7 +90,7 @@ def api_markdown(package) -> str:
     lines.append('<table class="api-index"><thead><tr><th>name</th><th>summary</th></tr></thead><tbody>')
     for _, members in sections:
         for name, obj, path in members:
-            summary = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
+            summary = _own_doc(obj).split("\n\n")[0].replace("\n", " ")
             lines.append(f'<tr><td><a href="#{path}"><code>saelab.{name}</code></a></td>')
             lines.append(f"<td>{html.escape(summary)}</td></tr>")
     lines += ["</tbody></table>", ""]
@@ -69,12 +98,8 @@ def api_markdown(package) -> str:
         if not members:
             continue
         lines += [f"## {title}", ""]
-        for name, _, path in members:
-            lines += [
-                f"::: {path}",
-                "    options:",
-                f"      heading: saelab.{name}",
-                f"      toc_label: saelab.{name}",
-                "",
-            ]
+        for name, obj, path in members:
+            fields = dataclasses.is_dataclass(obj)
+            lines += [f"::: {path}", "    options:", f"      heading: saelab.{name}", f"      toc_label: saelab.{name}"]
+            lines += ["      show_signature: false", ""] + _fields_table(obj) if fields else [""]
     return "\n".join(lines)
