@@ -166,3 +166,23 @@ def test_api_page_entries_and_undocumented_names(caplog):
     assert len(warned) == 1 and "saelab.Bare" in warned[0] and "no docstring" in warned[0]
     package.__all__ = []
     assert "no public names yet" in hook.api_markdown(package)
+
+
+def test_lists_render_as_on_github():
+    fix = _hook("github_lists").github_lists
+    text = "Options:\n- `--k`: sparsity\n  - nested two spaces\n  wrapped text\n- `--lr`\n\nIn\n2024. Then text\n```\nx:\n- code\n```"
+    assert fix(text.split("\n")) == [
+        "Options:",
+        "",  # a list straight after a paragraph
+        "- `--k`: sparsity",
+        "    - nested two spaces",  # GitHub's two-space nesting, four here
+        "  wrapped text",
+        "- `--lr`",
+        "",
+        "In",
+        "2024. Then text",  # only "1." may interrupt a paragraph
+        "```",
+        "x:",
+        "- code",  # fenced code is left alone
+        "```",
+    ]

@@ -45,7 +45,9 @@ def public_objects(package) -> list[tuple[str, object, str]]:
             log.warning(f"saelab.{name} is a {type(obj).__name__}: the API page documents classes and functions")
             continue
         if not _own_doc(obj):
-            log.warning(f"saelab.{name} ({inspect.getsourcefile(obj)}) has no docstring of its own: every public name needs one")
+            log.warning(
+                f"saelab.{name} ({inspect.getsourcefile(obj)}) has no docstring of its own: every public name needs one"
+            )
         out.append((name, obj, f"{module.__name__}.{obj.__qualname__}"))
     return out
 
