@@ -152,7 +152,8 @@ def _documented_function(x: int) -> int:
 def test_api_page_entries_and_undocumented_names(caplog):
     hook = _hook("api_reference")
     package = types.ModuleType("fake")
-    package.__all__ = ["double", "Documented", "Bare"]
+    package.__all__ = ["__version__", "double", "Documented", "Bare", "sub"]
+    package.__version__, package.sub = "1.0", types.ModuleType("fake.sub")  # a subpackage shadowing a name
     package.double, package.Documented, package.Bare = _documented_function, _Documented, _Bare
     with caplog.at_level(logging.WARNING):
         md = hook.api_markdown(package)
@@ -163,7 +164,8 @@ def test_api_page_entries_and_undocumented_names(caplog):
     assert "<code>[&#x27;a&#x27;]</code>" in md  # a default_factory's value, not the lambda's source
     assert md.index("## Functions") < md.index("::: " + here + "._documented_function") < md.index("## Classes")
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 1 and "saelab.Bare" in warned[0] and "no docstring" in warned[0]
+    assert len(warned) == 2 and "saelab.Bare" in warned[0] and "no docstring" in warned[0]
+    assert "saelab.sub is the module fake.sub" in warned[1] and "__version__" not in md
     package.__all__ = []
     assert "no public names yet" in hook.api_markdown(package)
 

@@ -39,8 +39,16 @@ def public_objects(package) -> list[tuple[str, object, str]]:
     """(public name, object, the dotted path where it is defined) for each name in `package.__all__`."""
     out = []
     for name in getattr(package, "__all__", []):
+        if name.startswith("__") and name.endswith("__"):  # `__version__` and the like: not API to document
+            continue
         obj = getattr(package, name)
         module = inspect.getmodule(obj)
+        if inspect.ismodule(obj):
+            log.warning(
+                f"saelab.{name} is the module {obj.__name__}: a subpackage of that name, once imported, hides the "
+                f"lazy public name (saelab.{name}(...) then fails); give one of the two another name"
+            )
+            continue
         if not (inspect.isclass(obj) or inspect.isfunction(obj)) or module is None:
             log.warning(f"saelab.{name} is a {type(obj).__name__}: the API page documents classes and functions")
             continue
@@ -63,7 +71,8 @@ def _own_doc(obj) -> str:
 def _fields_table(cls) -> list[str]:
     """A dataclass's fields as a table: name, type, default as the code computes it, and the option help the
     CLI shows (`metadata["help"]`). The signature griffe would print shows each default as the source
-    expression (`opt(...)` calls), which says nothing to a reader, so config classes show this instead."""
+    expression (`opt(...)` calls), which says nothing to a reader, so config classes (those whose fields
+    carry option help) show this instead; other dataclasses keep their signature."""
     rows = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -101,7 +110,7 @@ def api_markdown(package) -> str:
             continue
         lines += [f"## {title}", ""]
         for name, obj, path in members:
-            fields = dataclasses.is_dataclass(obj)
+            fields = dataclasses.is_dataclass(obj) and any("help" in f.metadata for f in dataclasses.fields(obj))
             lines += [f"::: {path}", "    options:", f"      heading: saelab.{name}", f"      toc_label: saelab.{name}"]
             lines += ["      show_signature: false", ""] + _fields_table(obj) if fields else [""]
     return "\n".join(lines)
