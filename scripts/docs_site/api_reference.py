@@ -86,7 +86,7 @@ def _fields_table(cls) -> list[str]:
         cells.append(html.escape(str(f.metadata.get("help", ""))))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "<thead><tr><th>field</th><th>type</th><th>default</th><th>meaning</th></tr></thead>"
-    return ["<p><strong>Fields</strong></p>", f'<table class="api-fields">{head}<tbody>', *rows, "</tbody></table>", ""]
+    return ["<p><strong>Fields</strong></p>", f"<table>{head}<tbody>", *rows, "</tbody></table>", ""]
 
 
 def api_markdown(package) -> str:
@@ -98,13 +98,13 @@ def api_markdown(package) -> str:
         ("Functions", [o for o in objects if inspect.isfunction(o[1])]),
         ("Classes", [o for o in objects if inspect.isclass(o[1])]),
     ]
-    lines.append('<table class="api-index"><thead><tr><th>name</th><th>summary</th></tr></thead><tbody>')
+    lines += ["| name | summary |", "|---|---|"]  # Markdown: the summaries' `code` renders
     for _, members in sections:
         for name, obj, path in members:
-            summary = _own_doc(obj).split("\n\n")[0].replace("\n", " ")
-            lines.append(f'<tr><td><a href="#{path}"><code>saelab.{name}</code></a></td>')
-            lines.append(f"<td>{html.escape(summary)}</td></tr>")
-    lines += ["</tbody></table>", ""]
+            summary = _own_doc(obj).split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
+            link = f'<a href="#{path}"><code style="white-space: nowrap">saelab.{name}</code></a>'
+            lines.append(f"| {link} | {summary} |")
+    lines.append("")
     for title, members in sections:
         if not members:
             continue

@@ -13,6 +13,7 @@ import html
 from mkdocs.structure.files import File, Files
 
 PAGE = "reference/cli.md"
+NOWRAP = ' style="white-space: nowrap"'  # a command or option on one line; the help column wraps
 USAGE_WIDTH = 100  # columns of the usage blocks: fixed, so the page does not depend on the builder's terminal
 
 
@@ -33,10 +34,10 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
         "every subcommand, every option and its default, exactly as `saelab COMMAND --help` prints them.",
         "What each command is for, with worked examples, is in [Commands](../COMMANDS.md).",
         "",
-        '<table class="cli-index"><thead><tr><th>command</th><th>what it does</th></tr></thead><tbody>',
+        "<table><thead><tr><th>command</th><th>what it does</th></tr></thead><tbody>",
     ]
     for path, _, summary in commands:
-        lines.append(f'<tr><td><a href="#{_anchor(path)}"><code>{html.escape(path)}</code></a></td>')
+        lines.append(f'<tr><td{NOWRAP}><a href="#{_anchor(path)}"><code>{html.escape(path)}</code></a></td>')
         lines.append(f"<td>{html.escape(summary or '')}</td></tr>")
     lines += ["</tbody></table>", ""]
     for path, sub, summary in commands:
@@ -79,11 +80,11 @@ def _command_section(path: str, parser: argparse.ArgumentParser, summary: str | 
         lines.append(f"<p><strong>{html.escape(group.title or 'options')}</strong></p>")
         if group.description:
             lines.append(f"<p>{html.escape(group.description)}</p>")
-        lines.append('<table class="cli-options"><tbody>')
+        lines.append("<table><tbody>")
         for action in rows:
             invocation = html.escape(fmt._format_action_invocation(action))
             helptext = html.escape(fmt._expand_help(action)) if action.help else ""
-            lines.append(f"<tr><td><code>{invocation}</code></td><td>{helptext}</td></tr>")
+            lines.append(f"<tr><td{NOWRAP}><code>{invocation}</code></td><td>{helptext}</td></tr>")
         lines += ["</tbody></table>", ""]
     if parser.epilog:
         lines += [html.escape(parser.epilog), ""]
