@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+from . import __version__
 from .commands import COMMAND_MODULES, parse_args, show_defaults
 from .errors import UserError
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="saelab",
         description="Sparse dictionaries for language models: train, evaluate, interpret, steer, compare.",
     )
+    p.add_argument("--version", action="version", version=f"saelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -175,7 +175,7 @@ def test_short_finetune_lowers_kl_and_records_its_source(tmp_path, setup, tiny_m
             init_from=str(src),
             loss="kl+mse",
             tokens=1024,
-            batch_tokens=256,
+            batch_tokens=64,  # 16 steps of one row: a kl+mse run refuses fewer than 12 (finetune_budget.py)
             lr=[1e-2],
             k=[32],
             latents=4608,

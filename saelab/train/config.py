@@ -28,6 +28,7 @@ from ..options import (
 from ..sae import ARCHITECTURES, uses_k
 from ..sae.kind import LOSSES, TypeOptions
 from . import config_checks
+from .finetune_budget import default_batch_tokens
 from .type_options import with_type_options
 
 FINETUNE_LR_SHARE = 0.1  # a KL+MSE fine-tune's learning rate, as a share of the scratch rate (learning_rates)
@@ -81,7 +82,11 @@ class TrainConfig:
         "least-squares fit of B from A (Paulo et al. 2025)",
     )
     tokens: int = opt(1_000_000, "training tokens (LM positions, before sink masking)")
-    batch_tokens: int = opt(4096, "tokens per optimiser step")
+    batch_tokens: int | None = opt(
+        None,
+        "tokens per optimiser step (none: 4096; a --loss kl+mse fine-tune takes about 48 steps: --tokens / 48 "
+        "in whole --context rows, at most 4096; docs/E2E.md)",
+    )
     context: int = opt(256, "tokens per row fed to the LM")
     buffer_batches: int = opt(8, "LM batches mixed in the shuffling buffer")
     lm_batch_tokens: int | None = opt(
@@ -167,6 +172,14 @@ class TrainConfig:
         # 1M-token layer-6 TopK k = 32 SAE, 49k fine-tune tokens (docs/research/e2e.md): lr 3e-4 cut the CE
         # increase by 28% (FVU +3.7%), 1e-4 by 18%, while 1e-3 made KL and FVU worse within 16k tokens.
         return [scratch * FINETUNE_LR_SHARE if self.loss == "kl+mse" else scratch]
+
+    @property
+    def step_tokens(self) -> int:
+        """--batch-tokens, or its default for this loss and budget (finetune_budget.py). A resolved run's
+        config (train/plan.py) holds the value itself."""
+        if self.batch_tokens is not None:
+            return self.batch_tokens
+        return default_batch_tokens(self.loss, self.tokens, self.context)
 
     @property
     def kl_weight(self) -> float:

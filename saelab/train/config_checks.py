@@ -22,6 +22,7 @@ from ..option_checks import (
 from ..sae import ARCHITECTURES, uses_k
 from ..sae.kind import LOSSES
 from .compile_check import check_compile
+from .finetune_budget import check_finetune_budget
 from .layers import parse_layers
 from .type_options import option_default, type_option_owners
 
@@ -48,15 +49,18 @@ def check_run(cfg) -> None:
     check_dtype(cfg.dtype, cfg.device)
     if cfg.context < 2:
         raise UserError("--context must be at least 2")
-    if cfg.lm_batch_tokens is not None and cfg.lm_batch_tokens < cfg.batch_tokens:
+    bt = cfg.step_tokens  # --batch-tokens or its default for this loss and budget
+    if cfg.lm_batch_tokens is not None and cfg.lm_batch_tokens < bt:
         raise UserError(
             f"--lm-batch-tokens ({cfg.lm_batch_tokens}) must be at least --batch-tokens "
-            f"({cfg.batch_tokens}): the LM batch holds whole SAE batches"
+            f"({bt}): the LM batch holds whole SAE batches"
         )
-    if cfg.batch_tokens < cfg.context:
-        raise UserError(f"--batch-tokens ({cfg.batch_tokens}) must hold at least one row of --context ({cfg.context})")
-    if cfg.tokens < cfg.batch_tokens:
-        raise UserError(f"--tokens ({cfg.tokens}) is smaller than one batch (--batch-tokens {cfg.batch_tokens})")
+    if bt < cfg.context:
+        raise UserError(f"--batch-tokens ({bt}) must hold at least one row of --context ({cfg.context})")
+    if cfg.tokens < bt:
+        raise UserError(f"--tokens ({cfg.tokens}) is smaller than one batch (--batch-tokens {bt})")
+    if cfg.loss == "kl+mse":
+        check_finetune_budget(cfg.tokens, bt, cfg.context, given=cfg.batch_tokens is not None)
     if cfg.bias_init not in ("median", "mean"):
         raise UserError("--bias-init must be median or mean")
     if not 0 < cfg.heldout_fraction < 1:
@@ -128,11 +132,11 @@ def _check_memory(cfg) -> None:
             f"--tokens {cfg.tokens:,} (the order of its {cfg.tokens // cfg.context:,} rows of --context {cfg.context})",
             "Lower --tokens",
         )
-    need = 4 * cfg.batch_tokens * cfg.latents * len(cfg.sweep_values()) * len(cfg.hookpoints)
+    need = 4 * cfg.step_tokens * cfg.latents * len(cfg.sweep_values()) * len(cfg.hookpoints)
     have = memory_bytes(cfg.device)
     if have and need > have:
         raise UserError(
-            f"--batch-tokens {cfg.batch_tokens} needs at least {need / 2**30:.1f} GiB for one batch of "
+            f"--batch-tokens {cfg.step_tokens} needs at least {need / 2**30:.1f} GiB for one batch of "
             f"encoder activations ({len(cfg.sweep_values()) * len(cfg.hookpoints)} SAE(s) x "
             f"{cfg.latents} latents x 4 bytes per token); {cfg.device} has {have / 2**30:.1f} GiB. "
             f"Lower --batch-tokens (or --dict-size)"

@@ -43,6 +43,7 @@ def resolve(cfg: TrainConfig) -> TrainingPlan:
     """The checked, frozen plan of `cfg`; `cfg` itself is not modified."""
     cfg = dataclasses.replace(cfg)  # the caller's object stays theirs (check_types normalises values)
     cfg.check_run()
+    cfg.batch_tokens = cfg.step_tokens  # its default depends on the loss and budget (finetune_budget.py)
     init = layers = None
     if cfg.layers is not None:  # the family's MLP sites of those layers (their range checked from the config)
         layers = layer_plan(cfg.model, cfg.layers)

@@ -17,6 +17,7 @@ import json
 from ..errors import UserError
 from ..option_checks import flag
 from ..storage import fingerprint
+from .finetune_budget import default_batch_tokens
 
 # Options that may change between a run and its resume: where and how fast it runs, or how often it
 # checkpoints, never what it computes.
@@ -38,7 +39,22 @@ def resume_options(cfg) -> dict:
     c = cfg.to_dict()
     for k in FREE_OPTIONS:
         c.pop(k)
-    return c
+    return defaults_as_none(c)
+
+
+def defaults_as_none(options: dict) -> dict:
+    """--batch-tokens at the default its loss and budget give is stored as not given (None), as it was
+    when the default was a constant: a checkpoint from before, or from a run that spelled the default
+    out, resumes alike (finetune_budget.default_batch_tokens)."""
+    keys = ("batch_tokens", "loss", "tokens", "context")
+    if all(k in options for k in keys) and options["batch_tokens"] is not None:
+        try:
+            auto = default_batch_tokens(options["loss"], int(options["tokens"]), int(options["context"]))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return options
+        if options["batch_tokens"] == auto:
+            return options | {"batch_tokens": None}
+    return options
 
 
 def resume_identity(cfg, names: list[str], data_fingerprint: str, parallel: dict) -> tuple[str, dict]:
@@ -55,9 +71,13 @@ def identity_hash(stored: dict, cls) -> str:
     return fingerprint(options, stored["members"], stored["data"], stored["parallel"])
 
 
-def every_option_hash(stored: dict) -> str:
-    """The hash saelab wrote before it left default options out: over every option."""
-    return fingerprint(stored["config"], stored["members"], stored["data"], stored["parallel"])
+def every_option_hash(stored: dict, batch_tokens: int | None = None) -> str:
+    """The hash saelab wrote before it left default options out: over every option (--batch-tokens
+    as the number it was then, never None)."""
+    config = stored["config"]
+    if config.get("batch_tokens") is None and batch_tokens is not None:
+        config = config | {"batch_tokens": batch_tokens}
+    return fingerprint(config, stored["members"], stored["data"], stored["parallel"])
 
 
 def _defaults(cls) -> dict:
@@ -79,6 +99,7 @@ def option_differences(stored: dict, cfg) -> list[str]:
     option the checkpoint does not record (written by a saelab that lacked it) matches only at its
     default; an option this saelab no longer has cannot be honoured, so it differs."""
     now, defaults = _json(resume_options(cfg)), _defaults(type(cfg))
+    stored = defaults_as_none(stored)
     diffs = []
     for name, value in now.items():
         if name not in stored:
@@ -119,7 +140,7 @@ def check_resume_identity(meta: dict, cfg, identity: tuple[str, dict], out) -> N
         raise UserError(old_message)
     stored = meta.get("resume_identity")
     if stored is None:  # written before the options were stored: only the hash can say
-        if meta.get("identity") not in (identity[0], every_option_hash(identity[1])):
+        if meta.get("identity") not in (identity[0], every_option_hash(identity[1], cfg.step_tokens)):
             raise UserError(old_message)
         return
     check_options(meta, cfg, out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from ..sae.crosscoder import SEP
 from ..sae.registry import kind_of
 from ..sinks import SinkConfig, special_ids
 from ..storage import cache_dir, fingerprint
+from .finetune_budget import MIN_FINETUNE_STEPS
 
 
 class SiteActs(dict):
@@ -302,6 +304,13 @@ def finetune_split(cfg, rows_per_batch: int, n_rows: int) -> int:
         raise UserError(
             f"--finetune-fraction {cfg.finetune_fraction} of {steps} batch(es) leaves no local "
             f"training; raise --tokens or lower the fraction"
+        )
+    if ft < MIN_FINETUNE_STEPS:  # the phase keeps the run's batch: say when it is too short to help
+        print(
+            f"saelab: note: --finetune-fraction {cfg.finetune_fraction} gives the kl+mse phase {ft} step(s) of "
+            f"{rows_per_batch * cfg.context:,} tokens; fewer than {MIN_FINETUNE_STEPS} barely move the dictionary. "
+            f"Lower --batch-tokens, or fine-tune afterwards with --init-from ... --loss kl+mse (docs/E2E.md)",
+            file=sys.stderr,
         )
     return (steps - ft) * rows_per_batch
 
