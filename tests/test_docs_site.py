@@ -114,6 +114,7 @@ def _fake_config(repo_url: str | None = None):
     )
 
 
+@needs_mkdocs
 def test_links_out_of_docs_name_the_repository_file(caplog):
     hook = _hook("repo_links")
     page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri="research/x.md"))
@@ -149,6 +150,7 @@ def _documented_function(x: int) -> int:
     return 2 * x
 
 
+@needs_mkdocs
 def test_api_page_entries_and_undocumented_names(caplog):
     hook = _hook("api_reference")
     package = types.ModuleType("fake")
