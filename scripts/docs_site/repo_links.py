@@ -36,7 +36,7 @@ def on_files(files: Files, config) -> Files:
     rels = [p.relative_to(docs) for p in folders]
     _listed.update(r.as_posix() for r in rels if not any(part.startswith((".", "_")) for part in r.parts))
     for rel in sorted(_listed):
-        lines = [f"# docs/{rel}/", "", "Result files kept beside the pages that quote them.", ""]
+        lines = [f"# docs/{rel}/", "", "The files of this folder of the repository, as they are.", ""]
         for entry in sorted((docs / rel).iterdir()):
             sub = f"{rel}/{entry.name}"
             if entry.name.startswith(".") or (entry.is_dir() and sub not in _listed):
