@@ -156,25 +156,24 @@ else:
     print(saelab.__file__)
 """
 
-# Run by the fresh virtualenv's python from a folder outside the checkout. (The SAE loads through the existing
-# loader, sae.folder.open_sae; the public `saelab.load` of issue 29 part A can replace it once it lands.)
+# Run by the fresh virtualenv's python from a folder outside the checkout; the SAE loads through the public API.
 CHECK = """
 import importlib.metadata, sys
 from pathlib import Path
-import torch
 import saelab
-from saelab.sae.folder import open_sae
+assert "torch" not in sys.modules  # `import saelab` stays cheap in the installed wheel too
+import torch
 from saelab.sae.releases import registry
 
 site, folder, expected = map(Path, sys.argv[1:])
 assert "site-packages" in saelab.__file__ and Path(saelab.__file__).resolve().is_relative_to(site), saelab.__file__
 assert saelab.__version__ == importlib.metadata.version("saelab"), saelab.__version__
 assert len(registry()) > 0  # releases.json, read through importlib.resources from the installed wheel
-f = open_sae(folder)
+d = saelab.load(folder)
 x, want = torch.load(expected)
-got = f.sae.reconstruct(x)
+got = d.forward(x).recon
 assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
-print("loaded", f.sae.cfg.arch, f.sae.cfg.d_in, f.sae.cfg.d_sae, tuple(got.shape))
+print("loaded", d.config.arch, d.d_in, d.d_sae, tuple(got.shape))
 """
 
 

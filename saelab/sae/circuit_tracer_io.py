@@ -172,6 +172,20 @@ def ct_to_plt(ct: CtSet, family: Family) -> list[SparseCoder]:
     return saes
 
 
+def ct_dictionaries(ct: CtSet, family: Family, model: str | None) -> tuple[CtSet, list[SparseCoder], list[str]]:
+    """A CtSet's dictionaries -> (the set, folded when it reads ln2.hook_normalized and `model` gives the MLP
+    norms; its dictionaries; their names: layer_{l} per PLT layer, or clt). Hooks checked before any work."""
+    site_of_hook(family, ct.output_hook, 0, SIDES[1])  # a hook saelab cannot map: refused before any work
+    if ct.input_hook == NORMALIZED and model:
+        ct = fold_norm(ct, mlp_norms(model, family, ct.n_layers))
+    site_of_hook(family, ct.input_hook, 0, SIDES[0])
+    if ct.kind == PLT_KIND:
+        return ct, ct_to_plt(ct, family), [f"layer_{i}" for i in range(ct.n_layers)]
+    from .circuit_tracer_clt import ct_to_clt
+
+    return ct, [ct_to_clt(ct, family)], ["clt"]
+
+
 def import_circuit_tracer(
     src: Path, out: Path, model: str | None = None, context: int | None = None, overwrite: bool = False
 ) -> Path:
@@ -194,16 +208,7 @@ def replacement_from_ct(
     family = family_for_name(name)
     check_writable(out)
     refuse_nonempty(out, overwrite)
-    site_of_hook(family, ct.output_hook, 0, SIDES[1])  # a hook saelab cannot map: refused before any work
-    if ct.input_hook == NORMALIZED and model:
-        ct = fold_norm(ct, mlp_norms(model, family, ct.n_layers))
-    site_of_hook(family, ct.input_hook, 0, SIDES[0])
-    if ct.kind == PLT_KIND:
-        saes, names = ct_to_plt(ct, family), [f"layer_{i}" for i in range(ct.n_layers)]
-    else:
-        from .circuit_tracer_clt import ct_to_clt
-
-        saes, names = [ct_to_clt(ct, family)], ["clt"]
+    ct, saes, names = ct_dictionaries(ct, family, model)
     for n, sae in zip(names, saes, strict=True):
         refuse_non_finite(Path(origin.get("path", "")) / n, sae.state_dict())
     prov = Provenance(model_spec=spec, model_name=name, context=context or 1024)
