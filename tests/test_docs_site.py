@@ -62,9 +62,12 @@ def _page(site: Path, path: str) -> str:
 def test_api_page_documents_every_public_name(site):
     import saelab
 
+    documented = _hook("api_reference").documented  # a proxy (`__wrapped__`) is documented as its function
     page = _page(site, "reference/api")
     for name in getattr(saelab, "__all__", []):
-        obj = getattr(saelab, name)
+        if name.startswith("__"):
+            continue
+        obj = documented(getattr(saelab, name))
         where = f"{inspect.getmodule(obj).__name__}.{obj.__qualname__}"
         assert f'id="{where}"' in page, f"saelab.{name} ({where}) is not rendered on the API page"
         assert f"saelab.{name}" in page
@@ -154,13 +157,15 @@ def _documented_function(x: int) -> int:
 def test_api_page_entries_and_undocumented_names(caplog):
     hook = _hook("api_reference")
     package = types.ModuleType("fake")
-    package.__all__ = ["__version__", "double", "Documented", "Bare", "sub"]
+    package.__all__ = ["__version__", "double", "Documented", "Bare", "sub", "proxy"]
     package.__version__, package.sub = "1.0", types.ModuleType("fake.sub")  # a subpackage shadowing a name
+    package.proxy = types.SimpleNamespace(__wrapped__=_documented_function)  # stands for the function
     package.double, package.Documented, package.Bare = _documented_function, _Documented, _Bare
     with caplog.at_level(logging.WARNING):
         md = hook.api_markdown(package)
     here = __name__
     assert f"::: {here}._documented_function\n    options:\n      heading: saelab.double" in md
+    assert f"::: {here}._documented_function\n    options:\n      heading: saelab.proxy" in md
     assert f"::: {here}._Documented\n" in md and "show_signature: false" in md
     assert "<td><code>d_in</code></td><td><code>int</code></td><td><code>8</code></td><td>input width</td>" in md
     assert "<code>[&#x27;a&#x27;]</code>" in md  # a default_factory's value, not the lambda's source

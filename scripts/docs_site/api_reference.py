@@ -41,7 +41,7 @@ def public_objects(package) -> list[tuple[str, object, str]]:
     for name in getattr(package, "__all__", []):
         if name.startswith("__") and name.endswith("__"):  # `__version__` and the like: not API to document
             continue
-        obj = getattr(package, name)
+        obj = documented(getattr(package, name))
         module = inspect.getmodule(obj)
         if inspect.ismodule(obj):
             log.warning(
@@ -58,6 +58,17 @@ def public_objects(package) -> list[tuple[str, object, str]]:
             )
         out.append((name, obj, f"{module.__name__}.{obj.__qualname__}"))
     return out
+
+
+def documented(obj):
+    """What a public name documents: itself, or for a wrapper (an object with `__wrapped__`, as
+    functools.wraps and proxies set it) the function it stands for."""
+    if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj):
+        return obj
+    try:
+        return inspect.unwrap(obj)
+    except ValueError:  # a cycle of __wrapped__
+        return obj
 
 
 def _own_doc(obj) -> str:
