@@ -4,6 +4,8 @@
     python bench/dashboard_size.py --sae SAE_DIR --cache CACHE [--n 200] [--out /tmp/dash]
 
 Run it with PYTHONPATH pointing at two checkouts (before / after) over the same --cache to compare.
+The shared style.css and page.js are written once per dashboard and reported apart (style_bytes, script_bytes).
+Result: bench/dashboard_size.result.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main() -> None:
                 "mb_per_1000_features": round(size / len(pages) * 1000 / 1e6, 2),
                 "index_bytes": (out / "index.html").stat().st_size,
                 "style_bytes": (out / "style.css").stat().st_size,
+                # the shared script, written once per dashboard (absent before the pages carried numbers)
+                "script_bytes": (out / "page.js").stat().st_size if (out / "page.js").exists() else 0,
             }
         )
     )

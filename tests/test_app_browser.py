@@ -433,6 +433,70 @@ def _columns_side_by_side(page) -> None:
     assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"], boxes
 
 
+def _charts_drawn(page, v: dict) -> None:
+    """The shared page script drew the page's numbers as the feature view `v` has them: a bar per histogram
+    bin, its height in proportion to its count, its hover title (bin edges, count) and the count axis label;
+    the promoted and suppressed rows (token, value, bar on one scale); each firing token of the first example
+    shaded by its activation, titled with it, the peak outlined."""
+    from saelab.view.render import level, token_label
+
+    counts, edges = v["hist"]["counts"], v["hist"]["edges"]
+    bars = page.eval_on_selector_all(
+        "#histogram rect", "rs => rs.map(r => [+r.getAttribute('height'), r.querySelector('title').textContent])"
+    )
+    top = max(counts)
+    assert len(bars) == len(counts) == 24
+    for (h, title), c, lo, hi in zip(bars, counts, edges, edges[1:]):
+        assert h == pytest.approx(90 * c / top, abs=0.051) and title == f"({lo:.3g}, {hi:.3g}]: {c}"
+    assert page.locator("#histogram .ycount").text_content() == f"{top:,}"
+    assert page.locator("#histogram text", has_text="activation").count() == 1
+    rows = page.eval_on_selector_all(
+        "#promoted tr, #suppressed tr",
+        "trs => trs.map(tr => [tr.cells[0].textContent, tr.cells[1].textContent,"
+        " parseFloat(getComputedStyle(tr.cells[2].firstChild).width)])",
+    )
+    want = v["promoted"] + v["suppressed"]
+    lmax = max(abs(t["logit"]) for t in want)
+    assert len(rows) == len(want) == 20
+    for (tok, val, width), w in zip(rows, want):
+        assert tok == token_label(w["token"]) and float(val) == pytest.approx(w["logit"], abs=0.006)
+        assert width == pytest.approx(100 * abs(w["logit"]) / lmax, abs=0.15)
+    e, mx = v["top"][0], v["max_act"]
+    on = [k for k, a in enumerate(e.acts) if a > 0 or k == e.peak]
+    shown = page.eval_on_selector_all(
+        "#top .ex:first-child b", "bs => bs.map(b => [b.className, b.title, b.textContent])"
+    )
+    assert shown == [
+        [
+            " ".join(
+                c for c in (f"s{level(e.acts[k], mx)}" if e.acts[k] > 0 else "", "peak" if k == e.peak else "") if c
+            ),
+            f"{e.acts[k]:.3f}",
+            token_label(e.tokens[k]),
+        ]
+        for k in on
+    ]
+
+
+def test_page_script_draws_a_clt_latents_writes_chart():
+    """A cross-layer latent's writes chart: the page carries the decoder norms and layers, page.js draws a bar
+    per layer (height in proportion to its norm, hover title `layer L: norm`), the top norm and both layers."""
+    from saelab.view.page_script import PAGE_JS, writes_chart
+
+    targets = [{"layer": 3, "norm": 2.0}, {"layer": 4, "norm": 0.5}, {"layer": 5, "norm": 1.25}]
+    with _browser() as pw:
+        browser = _launch(pw)
+        page = browser.new_page()
+        page.set_content(f"<body>{writes_chart({'targets': targets})}<script>{PAGE_JS}</script></body>")
+        bars = page.eval_on_selector_all(
+            "#writes-chart rect", "rs => rs.map(r => [+r.getAttribute('height'), r.querySelector('title').textContent])"
+        )
+        assert bars == [[70.0, "layer 3: 2"], [17.5, "layer 4: 0.5"], [43.8, "layer 5: 1.25"]]
+        labels = page.eval_on_selector_all("#writes-chart text", "ts => ts.map(t => t.textContent)")
+        assert labels == ["2", "0", "3", "layer", "5"]
+        browser.close()
+
+
 def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
     """cache -> explain -> score -> serve / dashboard: the explanation text and the embedding AUC with its
     chance level are on the feature page in Chromium, and the page's columns are laid out side by side."""
@@ -455,6 +519,9 @@ def test_browser_shows_a_runs_explanation_and_score(run_server, tmp_path):
             row = page.locator("#scores tr.score").first.inner_text()
             assert row.split("\t")[:4] == ["embedding", "auc", want_auc, "0.50"], row
             _columns_side_by_side(page)
+            _charts_drawn(page, store.view(j))  # the app's inline script and the dashboard's page.js from disk
+            for na in page.locator("#nearest .na").all():  # a subset dashboard: neighbours it did not write
+                assert na.get_attribute("title") == "not in this dashboard"
         _shot(page, tmp_path, "feature_with_run")
         page.goto(base + "/")
         page.wait_for_selector("#sae option", state="attached")

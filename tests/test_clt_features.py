@@ -8,6 +8,7 @@ latent changes the MLP output of every layer from its own on, by exactly its dec
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -194,6 +195,9 @@ def test_feature_page_shows_encoder_layer_and_decoder_norms(explained, cached, c
         assert v["max_act"] == pytest.approx(float(vals.max())) and v["fires"] == len(vals)
         html = feature_page(v, link=lambda j: f"{j}.html", home="index.html")
         assert 'id="writes-chart"' in html and html.count('class="write"') == 4 - layer
+        shown = re.search(r'id="writes-chart" [^>]*data-norms="([^"]+)" data-layers="([^"]+)"', html)  # page.js draws
+        assert [float(x) for x in shown.group(1).split(",")] == pytest.approx(norms[g, layer:].tolist(), rel=1e-5)
+        assert [int(x) for x in shown.group(2).split(",")] == list(range(layer, 4))
         assert f"writes to layers\n {layer}..3, strongest at {layer}" in html
     # explain -> page: the page shows the run's explanation
     from saelab.interpret.records import load_run

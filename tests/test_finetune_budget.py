@@ -43,7 +43,7 @@ def test_a_budget_too_small_to_help_is_refused_before_anything_loads(tmp_path, t
             train_cfg(tmp_path / "a", tiny_model_dir, text_corpus, loss="kl+mse", tokens=too_few, batch_tokens=None)
         )
     # a given --batch-tokens that leaves too few steps: the message says which to lower
-    with pytest.raises(UserError, match=r"is 4 optimiser step\(s\).*lower --batch-tokens.*<= 170"):
+    with pytest.raises(UserError, match=r"is 4 optimiser step\(s\).*lower --batch-tokens.*<= 128, whole rows"):
         resolve(train_cfg(tmp_path / "b", tiny_model_dir, text_corpus, loss="kl+mse", tokens=2048, batch_tokens=512))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     # enough steps at one row each: trains

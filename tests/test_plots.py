@@ -45,9 +45,17 @@ def test_eval_density_plot_leaves_out_a_flat_l0_panel(tmp_path, monkeypatch):
 
 
 def test_feature_histogram_has_a_count_axis():
-    from saelab.view.render import hist_svg
+    """The page carries the histogram's numbers (every count and the top edge, exactly) and the shared page
+    script draws its count axis, activation axis and a bar per bin (drawn in Chromium:
+    test_app_browser._charts_drawn checks the 24 bars' heights, hover titles and the count label)."""
+    import re
+
+    from saelab.view.page_script import PAGE_JS, hist_chart
 
     counts, edges = np.histogram([0.1, 0.2, 0.2, 0.9] * 300, bins=24, range=(0, 1.0))
-    svg = hist_svg({"counts": counts.tolist(), "edges": edges.tolist()})
-    assert 'class="ycount"' in svg and f">{int(counts.max()):,}</text>" in svg and ">count</text>" in svg
-    assert svg.count("<rect") == 24 and ">activation</text>" in svg
+    svg = hist_chart({"counts": counts.tolist(), "edges": edges.tolist()})
+    got = re.search(r'<svg id="histogram" [^>]*data-counts="([0-9,]+)" data-hi="([^"]+)"></svg>', svg)
+    assert [int(c) for c in got.group(1).split(",")] == counts.tolist() and float(got.group(2)) == edges[-1]
+    assert "'ycount'" in PAGE_JS and "'count');" in PAGE_JS and "'activation'" in PAGE_JS
+    assert "<rect" not in svg  # 24 numbers, not 24 SVG bars with their titles
+    assert hist_chart({"counts": [0] * 24, "edges": edges.tolist()}) == '<p class="muted">no activations</p>'

@@ -70,9 +70,12 @@ def test_whitespace_tokens_are_visible_everywhere(store, tmp_path):
     finally:
         store.top_tokens[j], store.top_tokens[0] = saved
     index, page = (out / "index.html").read_text(), (out / "features" / "0.html").read_text()
-    for html in (index, page):
-        assert not BLANK_PILL.search(html)
-        assert '<span class="pill">\u2423</span>' in html and '<span class="pill">\u21b5</span>' in html
+    assert not BLANK_PILL.search(index) and not BLANK_PILL.search(page)
+    assert '<span class="pill">\u2423</span>' in index and '<span class="pill">\u21b5</span>' in index
+    nearest = re.search(r'<table id="nearest">(.*?)</table>', page, re.S).group(1)  # pills there are <b>
+    assert not re.search(r"<b>\s*</b>", nearest) and "<b>\u2423</b><b>\u21b5</b><b>\u21e5</b>" in nearest
+    logits = _logit_data(page)  # the logit lists' pills: the labels the page script shows
+    assert all(tok.strip() for rows in logits.values() for tok, _ in rows)
     # the app: search results and fire-on-text show tokens through tokLabel, which is token_label in JS
     assert "el('span', tokLabel(t), 'pill')" in APP_HTML and "el('span', tokLabel(t.token), 'fire tok')" in APP_HTML
     if shutil.which("node"):
@@ -82,30 +85,55 @@ def test_whitespace_tokens_are_visible_everywhere(store, tmp_path):
         assert got == [token_label(t) for t in cases]
 
 
-def _logit_rows(html: str, table: str) -> list[tuple[str, float, float]]:
-    body = re.search(rf'<table id="{table}" class="logits[^"]*">(.*?)</table>', html, re.S).group(1)
-    rows = re.findall(
-        r'<tr><td><span class="pill">(.*?)</span><td class="lv">([-+0-9.]+)<td><i style="width:([0-9]+)px">',
-        body,
-        re.S,
-    )
-    return [(t, float(v), float(w)) for t, v, w in rows]
+def _logit_data(html: str) -> dict:
+    """The logit lists as the page carries them for its script: {promoted: [[label, effect]], suppressed}."""
+    block = re.search(r'<script type="application/json" id="logits">(.*?)</script>', html, re.S).group(1)
+    return json.loads(block)
 
 
 def test_logit_effects_are_bars_with_their_values(store):
-    from markupsafe import escape
-
+    """The page carries every promoted / suppressed token with its effect; the shared page script draws the
+    rows (token, value as %+.2f, a bar on the scale both lists share): checked drawn in Chromium by
+    test_app_browser._charts_drawn, here the numbers it draws from."""
     v = store.view(5)
+    v["promoted"][0]["token"] = "</script><b>x"  # a token is text in the JSON block, never markup
     html = feature_page(v, link=lambda j: None, home="/")
-    prom, supp = _logit_rows(html, "promoted"), _logit_rows(html, "suppressed")
-    assert len(prom) == len(supp) == 10
-    top = max(abs(t["logit"]) for t in v["promoted"] + v["suppressed"])
-    for rows, want in ((prom, v["promoted"]), (supp, v["suppressed"])):
-        for (tok, val, width), w in zip(rows, want):
-            assert tok == str(escape(token_label(w["token"])))
-            assert val == pytest.approx(w["logit"], abs=0.006)  # the value is on the page, not only on hover
-            assert width == pytest.approx(100 * abs(w["logit"]) / top, abs=0.51)  # whole pixels
-    assert prom[0][1] > 0 > supp[0][1] and max(w for *_, w in prom + supp) == 100
+    assert "</script><b>x" not in html
+    got = _logit_data(html)
+    assert len(got["promoted"]) == len(got["suppressed"]) == 10
+    for rows, want in ((got["promoted"], v["promoted"]), (got["suppressed"], v["suppressed"])):
+        for (tok, val), w in zip(rows, want):
+            assert tok == token_label(w["token"])
+            assert val == pytest.approx(w["logit"], rel=1e-3, abs=1e-9)  # a 100 px bar within 0.1 px
+    assert got["promoted"][0][1] > 0 > got["suppressed"][0][1]
+
+
+def test_example_lines_carry_each_firing_tokens_shade_activation_and_peak(store):
+    """Each example line is its tokens as text with a bare <b> per firing token (and the peak); the line's
+    datum `data-f` gives each <b> its shade class (render.level), its activation (the hover title) and the peak
+    mark, which the page script applies (drawn in Chromium: test_app_browser._charts_drawn)."""
+    from saelab.view.render import example, level, visible
+
+    v = store.view(7)
+    checked = 0
+    for e in v["top"] + [x for r in v["ranges"] for x in r["examples"]]:
+        html = str(example(e, v["max_act"]))
+        m = re.fullmatch(r"<p class=ex(?: data-f=(\d*);(\d+);([0-9.,]+))?><i>([0-9.]+)</i>(.*)</p>", html)
+        assert m and float(m.group(4)) == pytest.approx(e.value, abs=0.005)
+        on = [k for k, a in enumerate(e.acts) if a > 0 or k == e.peak]
+        assert m.group(2) == "".join(str(level(e.acts[k], v["max_act"])) if e.acts[k] > 0 else "0" for k in on)
+        assert [float(a) for a in m.group(3).split(",")] == pytest.approx([e.acts[k] for k in on], abs=5e-4)
+        assert int(m.group(1)) == on.index(e.peak)
+        bold = re.findall(r"<b>(.*?)</b>", m.group(5))
+        assert bold == [str(escape_text(token_label(e.tokens[k]))) for k in on]
+        plain = re.sub(r"<b>.*?</b>", "", m.group(5))
+        assert plain == "".join(escape_text(visible(t)) for k, t in enumerate(e.tokens) if k not in on)
+        checked += len(on)
+    assert checked > 5
+
+
+def escape_text(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def test_examples_have_their_whole_line_as_context(store):
@@ -203,12 +231,17 @@ def test_subset_header_counts_its_features_and_arrows_need_neighbours(store, tmp
     assert re.search(r'id="counts">128 features at ', (full / "index.html").read_text())
 
 
-def test_dashboard_size_per_thousand_features_is_bounded(store, tmp_path):
-    """A regression bound, not the issue's target: the first dashboards took 52 MB per 1,000 features and the
-    issue asks for 5.2 MB; this random tiny SAE (a feature fires on 6% of tokens, so most example tokens are
-    shaded markup) measured 12.4 MB with every file of the folder counted. The 10x is not reached yet."""
+TARGET_BYTES_PER_PAGE = 5_200  # issue 31: 10x below the first dashboards' 52 MB per 1,000 features
+
+
+def test_dashboard_feature_pages_stay_under_the_size_target(store, tmp_path):
+    """The bytes per feature page of a fixed tiny dashboard (every feature of the random 128-feature SAE)
+    stay under the issue's target of 5.2 MB per 1,000 features (the first version: 52 MB; bench/dashboard_size.py
+    measures a trained SAE). The page carries numbers, the shared page.js draws them: a page that inlines its
+    histogram as SVG again, or its logit bars, goes over."""
     out = write_dashboard(store, tmp_path / "d", progress=False)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    per_1000 = size * 1000 / store.d_sae
-    print(f"dashboard: {size} bytes for {store.d_sae} features, {per_1000 / 1e6:.2f} MB per 1,000")
-    assert per_1000 < 13.5e6
+    pages = list((out / "features").glob("*.html"))
+    per_page = sum(p.stat().st_size for p in pages) / len(pages)
+    print(f"dashboard: {per_page:.0f} bytes per feature page, {per_page / 1e3:.2f} MB per 1,000")
+    assert len(pages) == store.d_sae and (out / "page.js").stat().st_size > 1000
+    assert per_page <= TARGET_BYTES_PER_PAGE

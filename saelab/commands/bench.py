@@ -8,13 +8,9 @@ from ..options import add_config_command, build_config
 
 
 def cmd_bench(a) -> None:
-    from ..evaluate.bench.config import BenchConfig
-    from ..evaluate.bench.run import bench
-    from ..interpret.bench_summary import autointerp_summary
+    from ..api.stages import BenchConfig, bench
 
-    cfg = build_config(BenchConfig, a, a.config)
-    # the interpretation run is read (and checked) before any model loads; evaluation does not import interpret
-    bench(cfg, interp_summary=autointerp_summary(cfg.interp) if cfg.interp else None)
+    bench(build_config(BenchConfig, a, a.config))  # --interp is summarised there, before any model loads
 
 
 def register(sub) -> None:

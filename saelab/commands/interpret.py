@@ -11,25 +11,21 @@ from . import latent_list
 
 
 def cmd_cache(a) -> None:
-    from ..features.cache_config import LatentCacheConfig
-    from ..features.latent_cache_writer import write_latent_cache
+    from ..api.stages import LatentCacheConfig, cache_features
 
-    write_latent_cache(build_config(LatentCacheConfig, a, a.config))
+    cache_features(build_config(LatentCacheConfig, a, a.config))
 
 
 def cmd_explain(a) -> None:
-    from ..interpret.config import ExplainConfig
-    from ..interpret.explain_run import explain
+    from ..api.stages import ExplainConfig, explain
 
     explain(build_config(ExplainConfig, a, a.config, latents=latent_list(a.latents)))
 
 
 def cmd_score(a) -> None:
-    from ..interpret.config import ScoreConfig
-    from ..interpret.scoring_run import score
+    from ..api.stages import ScoreConfig, score
 
-    n = score(build_config(ScoreConfig, a, a.config, latents=latent_list(a.latents)))
-    print("saelab: scored " + ", ".join(f"{k}: {v} latents" for k, v in n.items()) + f" -> {a.run}")
+    score(build_config(ScoreConfig, a, a.config, latents=latent_list(a.latents)))
 
 
 def _latents_command(sub, name: str, cls, fn, help: str, description: str):

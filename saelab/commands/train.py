@@ -1,32 +1,21 @@
-"""Training-stage commands: train, cache-activations (hookpoints: commands/hookpoints.py)."""
+"""Training-stage commands: train, cache-activations (hookpoints: commands/hookpoints.py); each calls its
+stage function in the Python API (api/stages.py)."""
 
 from __future__ import annotations
-
-import time
-from pathlib import Path
 
 from ..options import add_config_command, build_config
 
 
 def cmd_train(a) -> None:
-    from ..train.config import TrainConfig
-    from ..train.loop import train
+    from ..api.stages import TrainConfig, train
 
-    cfg = build_config(TrainConfig, a, a.config)
-    t = time.time()
-    folders = train(cfg)  # one process, or this rank's share under torchrun
-    print(
-        f"\ntrained {len(folders)} SAE(s) in {time.time() - t:.0f} s; run manifest: {Path(cfg.out) / 'manifest.json'}"
-    )
-    for f in folders:
-        print(f"  {f}")
+    train(build_config(TrainConfig, a, a.config))  # one process, or this rank's share under torchrun
 
 
 def cmd_cache(a) -> None:
-    from ..activations.disk_cache import CacheConfig, cache_summary, write_cache
+    from ..api.stages import CacheConfig, cache_activations
 
-    cfg = build_config(CacheConfig, a, a.config)
-    print(cache_summary(write_cache(cfg)))
+    cache_activations(build_config(CacheConfig, a, a.config))
 
 
 def register(sub) -> None:

@@ -36,6 +36,7 @@ from .later_layers import later_layer_metrics
 from .metrics import EvalBudget, measure, say_short_budget
 from .model_diff import is_model_diff, model_diff_analysis, model_diff_plot
 from .plots import density_plot
+from .replacement import METRICS as REPLACEMENT_METRICS
 from .replacement import evaluate_replacement
 from .results import SaeMetrics, format_report
 
@@ -59,6 +60,7 @@ class EvalConfig:
     overwrite: bool = overwrite_option("an existing metrics file")
 
     def validate(self) -> None:
+        """The checks that need no folder or model: option types and ranges (a UserError names the option)."""
         check_types(self)
         need_at_least(self, 1, "threads")
 
@@ -76,6 +78,7 @@ class EvalE2EConfig:
     overwrite: bool = overwrite_option("existing metrics.json files")
 
     def validate(self) -> None:
+        """The checks that need no folder or model: option types and ranges (a UserError names the option)."""
         check_types(self)
         need_at_least(self, 1, "threads")
 
@@ -97,11 +100,21 @@ def evaluate_e2e(cfg: EvalE2EConfig) -> list[SaeMetrics]:
     return _evaluate(EvalConfig(**{f: getattr(cfg, f) for f in fields}), later_layers=True, quiet=True)
 
 
+def metrics_files(cfg: EvalConfig | EvalE2EConfig) -> list[Path]:
+    """Where evaluating `cfg` writes: `cfg.out`, else each folder's metrics.json (a replacement folder: its
+    replacement_metrics.json)."""
+    if getattr(cfg, "out", None):
+        return [Path(cfg.out)]
+    if any(is_replacement(d) for d in cfg.sae_dirs):
+        return [Path(cfg.sae_dirs[0]) / REPLACEMENT_METRICS]
+    return [Path(d) / "metrics.json" for d in cfg.sae_dirs]
+
+
 def _evaluate(cfg: EvalConfig, later_layers: bool, quiet: bool) -> list[SaeMetrics]:
     """Check -> open the folders and their shared data -> measure in shared passes -> write each record."""
     _check(cfg, later_layers)
     folders = [open_sae(Path(d), cfg.device) for d in cfg.sae_dirs]  # corrupt/missing files fail before the model
-    targets = [Path(cfg.out)] if cfg.out else [Path(d) / "metrics.json" for d in cfg.sae_dirs]
+    targets = metrics_files(cfg)
     for t in targets:
         if t.exists() and not cfg.overwrite:
             raise UserError(f"{t} exists; pass --overwrite to replace it")

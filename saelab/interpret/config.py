@@ -84,6 +84,7 @@ class ExplainConfig(ClientOptions, _ExplainFields):  # the explain options first
     baseline) from their top and sampled activating examples; writes an interpretation run folder."""
 
     def validate(self) -> None:
+        """Option values and the client's, before the cache opens (a UserError names the option)."""
         self.check_client()
         if self.explainer not in ("llm", "stats"):
             raise UserError(f"--explainer must be llm or stats, not {self.explainer!r}")
@@ -130,6 +131,7 @@ class ScoreConfig(ClientOptions, _ScoreFields):  # the score options first, then
     scorers (embedding, surprisal, detection, fuzzing, intervention); scores are written beside them."""
 
     def validate(self) -> None:
+        """Scorer names, option values and the client's, before the run opens (a UserError names the option)."""
         self.check_client()
         bad = [s for s in self.scorers if s not in SCORERS]
         if bad or not self.scorers:

@@ -160,10 +160,13 @@ class TrainConfig:
     )
 
     def to_dict(self) -> dict:
+        """Every option as plain JSON values (what the run manifest records)."""
         return asdict(self)
 
     @property
     def learning_rates(self) -> list[float]:
+        """The learning rates trained (one dictionary per value): `lr` as given, else 2e-3 / sqrt(latents / 2^14)
+        (a tenth of it for a kl+mse fine-tune)."""
         if isinstance(self.lr, (int, float)):
             return [float(self.lr)]
         # 1/sqrt(latents / 2^14) scaling (Gao et al. 2024) with base 2e-3, ten times their 2e-4: our

@@ -35,7 +35,8 @@ def check_finetune_budget(tokens: int, batch_tokens: int, context: int, given: b
         return
     need = MIN_FINETUNE_STEPS * context
     how = (
-        f"lower --batch-tokens (at least {MIN_FINETUNE_STEPS} steps: --batch-tokens <= {tokens // MIN_FINETUNE_STEPS})"
+        f"lower --batch-tokens (at least {MIN_FINETUNE_STEPS} steps: --batch-tokens <= "
+        f"{tokens // MIN_FINETUNE_STEPS // context * context}, whole rows of --context {context})"
         if given and tokens >= need
         else f"raise --tokens to at least {need:,} ({MIN_FINETUNE_STEPS} steps of one --context {context} row)"
     )

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..families import family_of
 from ..features.cache_config import LatentCacheConfig
 from ..features.clt_features import clt_sites, is_clt, own_decoders, summed_decoders, writes
 from ..features.latent_cache import LatentCache
 from ..features.latent_cache_writer import write_latent_cache
+from ..features.logit_lens import logit_lens
 from ..interpret.records import Interpretation, check_run_folder, interpretations
 from ..models import LoadedModel, layer_index
 from ..sae.folder import open_sae
@@ -134,26 +134,13 @@ class FeatureStore:
             read_example_sets(explanations, sae.cfg.d_sae),
         )
 
-    @torch.no_grad()
     def _logits(self) -> None:
-        """Promoted / suppressed tokens of every decoder direction through final norm + unembedding."""
-        self.promoted = self.suppressed = None
-        fam = family_of(self.model)
-        U = fam.unembedding(self.model)  # [vocab, d_model]
-        # [d_sae, d_out]; a CLT latent: its decoders summed over every target layer (the direct path,
-        # features/clt_features.py)
-        W = summed_decoders(self.sae) if self.clt else self.sae.W_dec.detach()
-        if U is None or U.shape[1] != W.shape[1]:
-            return  # a site whose width is not the residual stream's: no logit lens
-        norm = fam.final_norm_fn(self.model)  # the family's final norm on directions (Gemma: 1 + weight)
-        top_v, top_i, bot_v, bot_i = [], [], [], []
-        for s in range(0, W.shape[0], 512):
-            lg = norm(W[s : s + 512]) @ U.T  # [chunk, vocab]
-            t = lg.topk(N_LOGITS, dim=1)
-            b = lg.topk(N_LOGITS, dim=1, largest=False)
-            top_v.append(t.values), top_i.append(t.indices), bot_v.append(b.values), bot_i.append(b.indices)
-        self.promoted = (torch.cat(top_i), torch.cat(top_v))
-        self.suppressed = (torch.cat(bot_i), torch.cat(bot_v))
+        """Promoted / suppressed tokens of every decoder direction through final norm + unembedding
+        (features/logit_lens.py); a CLT latent: its decoders summed over every target layer (the direct
+        path, features/clt_features.py)."""
+        W = summed_decoders(self.sae) if self.clt else self.sae.W_dec.detach()  # [d_sae, d_out]
+        lens = logit_lens(self.model, W, N_LOGITS)
+        self.promoted, self.suppressed = lens if lens is not None else (None, None)
 
     @torch.no_grad()
     def _nearest(self) -> None:

@@ -1,18 +1,21 @@
 """HTML for feature pages and the index, shared by the static dashboards and the web app.
 
 Jinja2 with autoescaping on for every template: model text, tokens and explanations are data,
-never markup (a `<script>` token shows as the text `<script>`). Pages are self-contained (inline
-CSS, inline SVG histogram), so a dashboard folder opens offline from the disk.
+never markup (a `<script>` token shows as the text `<script>`). A feature page carries its charts as
+numbers (the histogram's counts, the logit effects) that one shared script draws (page_script.py); a
+static dashboard links its one style.css and page.js, the web app inlines both. Either opens offline.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 from jinja2 import DictLoader, Environment, select_autoescape
 from markupsafe import Markup
 
 from ..features.steering import DEFAULT_STRENGTH, SWEEP
+from .page_script import hist_chart, page_script, writes_chart
 from .steer_panel import PROGRESS_CSS, STEER_JS
 
 CSS = (
@@ -28,13 +31,14 @@ tr:nth-child(even){background:#f6f6f6}
 """
     + "".join(f".s{k}{{background:rgba(255,120,0,{0.1 + 0.9 * (k - 1) / 8:.2f})}}" for k in range(1, 10))
     + """
-.val{display:inline-block;width:4.5em;color:#666;font-family:ui-monospace,monospace}
+.ex>i{display:inline-block;width:4.5em;color:#666;font-style:normal}
 .muted{color:#777} .expl{font-size:1.1em;background:#eef5ff;padding:.4em .6em;border-radius:4px}
 .cols{display:flex;gap:2em;flex-wrap:wrap} .cols>div{flex:1;min-width:250px}
-.pill{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre}
+.pill,#nearest b{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-family:ui-monospace,monospace;white-space:pre;font-weight:normal}
+#nearest b{margin-left:4px}
 input,textarea,select,button{font-size:1em} textarea{width:100%}
 .bar{height:8px;background:#e99} .err{color:#b00}
-.logits i{display:block;height:8px;background:#e99} .logits.up i{background:#7aa5e8} .lv{font-family:ui-monospace,monospace;text-align:right;color:#444} #histogram rect{fill:#e8743b}
+.logits i{display:block;height:8px;background:#e99} .logits.up i{background:#7aa5e8} .lv{font-family:ui-monospace,monospace;text-align:right;color:#444} #histogram rect{fill:#e8743b} #writes-chart rect{fill:#3b7de8}
 """
 )
 
@@ -50,14 +54,12 @@ FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <p><a href="{{ home }}" id="home">&larr; index</a>{% set prev = link(f.id - 1) if f.id > 0 else none %}{% set next = link(f.id + 1) if f.id + 1 < f.d_sae else none %}
 {% if prev %} &middot; <a href="{{ prev }}" id="prev">&larr; feature {{ f.id - 1 }}</a>{% endif %}{% if next %} &middot; <a href="{{ next }}" id="next">feature {{ f.id + 1 }} &rarr;</a>{% endif %}
 {% if prev or next %}<span class="muted" id="arrowkeys">(arrow keys)</span>{% endif %}</p>
-<script>document.addEventListener('keydown', e => { if (e.target.closest('input,textarea,select')) return;
-const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'ArrowRight' ? 'next' : ''); if (a) location.href = a.href; });</script>
 <h1 id="title">{{ f.sae }} &middot; feature {{ f.id }}</h1>
 <p class="muted">hookpoint {{ f.hookpoint }} &middot; {{ f.d_sae }} features</p>
 {% if f.clt %}<div id="writes"><h2>Writes to layers</h2>
 <p id="writes-summary">encoder at layer {{ f.clt.layer }} (latent {{ f.clt.local }} of that layer); writes to layers
  {{ f.clt.targets[0].layer }}..{{ f.clt.targets[-1].layer }}{% if f.clt.strongest is not none %}, strongest at {{ f.clt.strongest }}{% endif %}</p>
-{{ writes_svg(f.clt) | safe }}
+{{ writes_chart(f.clt) }}
 <table id="writes-table"><tr><th>layer</th><th>decoder norm</th><th></th></tr>{% for t in f.clt.targets %}
 <tr class="write"><td>{{ t.layer }}</td><td class="norm">{{ "%.4g"|format(t.norm) }}</td><td><div class="bar" style="width:{{ (120 * t.rel)|round(1) }}px"></div></td></tr>{% endfor %}</table>
 <p class="muted">raw-space norm of its decoder into each layer's MLP output (a cross-layer transcoder latent)</p></div>{% endif %}
@@ -72,20 +74,18 @@ const a = document.getElementById(e.key === 'ArrowLeft' ? 'prev' : e.key === 'Ar
 <p id="density">fires on {{ f.fires }} of {{ f.n_positions }} positions
  ({{ "%.4g"|format(100 * f.density) }}%{% if f.density > 0 %}, log10 {{ "%.2f"|format(log10(f.density)) }}{% endif %});
  max {{ "%.3g"|format(f.max_act) }}, mean {{ "%.3g"|format(f.mean_act) }}</p>
-{{ hist_svg(f.hist) | safe }}
+{{ hist_chart(f.hist) }}
 </div><div>
 <h2>Promoted tokens</h2>
-{% if f.promoted %}{% set lmax = logit_scale(f) %}<table id="promoted" class="logits up">{% for t in f.promoted %}
-<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i style="width:{{ (100 * t.logit|abs / lmax)|round|int }}px"></i>{% endfor %}</table>
+{% if f.promoted %}<table id="promoted" class="logits up"></table>
 <h2>Suppressed tokens</h2>
-<table id="suppressed" class="logits">{% for t in f.suppressed %}
-<tr><td><span class="pill">{{ token_label(t.token) }}</span><td class="lv">{{ "%+.2f"|format(t.logit) }}<td><i style="width:{{ (100 * t.logit|abs / lmax)|round|int }}px"></i>{% endfor %}</table>
+<table id="suppressed" class="logits"></table>{{ logit_data(f) }}
 <p class="muted">{{ f.logit_note or "decoder direction through the final norm and unembedding" }}</p>
 {% else %}<p class="muted">not available (the SAE's output width is not the residual stream's)</p>{% endif %}
 </div><div>
 <h2>Nearest features</h2>
-<table id="nearest">{% for n in f.nearest %}{% set url = link(n.id) %}<tr><td>{% if url %}<a href="{{ url }}">{{ n.id }}</a>{% else %}<span title="not in this dashboard">{{ n.id }}</span>{% endif %}</td><td>{{ "%.3f"|format(n.cos) }}</td>
-<td>{{ n.explanation or "" }}{% for t in n.top_tokens %} <span class="pill">{{ token_label(t) }}</span>{% endfor %}</td></tr>{% endfor %}</table>
+<table id="nearest">{% for n in f.nearest %}{% set url = link(n.id) %}
+<tr><td>{% if url %}<a href="{{ url }}">{{ n.id }}</a>{% else %}<span class=na>{{ n.id }}</span>{% endif %}<td>{{ "%.3f"|format(n.cos) }}<td>{{ n.explanation or "" }}{% for t in n.top_tokens %}<b>{{ token_label(t) }}</b>{% endfor %}{% endfor %}</table>
 <p class="muted">cosine of decoder directions</p>
 </div></div>
 {% if live %}<h2>Test this feature on your own text</h2>
@@ -152,15 +152,7 @@ addEventListener('DOMContentLoaded', () => document.querySelectorAll('#top .ex, 
 {% if f.example_sets %}<h2>Examples of the interpretation run</h2>{% for st in f.example_sets %}
 <h3>{{ st.kind }}: {{ st.label }}</h3><div class="exset" id="set-{{ st.kind }}">{% for e in st.examples %}{{ example(e, f.max_act) }}{% endfor %}</div>
 {% endfor %}{% endif %}
-</body></html>"""
-
-MACROS = """{% macro example(e, mx) -%}
-<div class="ex"><span class="val">{{ "%.2f"|format(e.value) }}</span>{% for t in e.tokens -%}
-{% set a = e.acts[loop.index0] %}{% set pk = loop.index0 == e.peak %}{% if a > 0 or pk -%}
-<b class="{% if a > 0 %}s{{ level(a, mx) }}{% endif %}{% if pk %} peak{% endif %}" title="{{ '%.3f'|format(a) }}">{{ token_label(t) }}</b>
-{%- else %}{{ visible(t) }}{% endif %}
-{%- endfor %}</div>
-{%- endmacro %}"""
+{{ script() }}</body></html>"""
 
 INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ name }} features</title>
 {{ style() }}</head><body>
@@ -198,9 +190,17 @@ def token_label(t: str) -> str:
     return s if s.strip() else ("".join("\u2423" for _ in s) or "\u2205")
 
 
-def logit_scale(f: dict) -> float:
-    """The largest |logit effect| among a feature's promoted and suppressed tokens: both bar lists share it."""
-    return max([abs(t["logit"]) for t in f["promoted"] + f["suppressed"]] + [1e-9])
+def logit_data(f: dict) -> Markup:
+    """The promoted and suppressed tokens as JSON for PAGE_JS: each its label as `token_label` shows it (no
+    blank pill) and its effect to 4 significant digits (a 100 px bar is off by < 0.1 px). Safe in a script
+    element: `<`, `>`, `&` are escaped as JSON's \\u003c etc., so a token `</script>` stays text."""
+    data = {
+        k: [[token_label(t["token"]), float(f"{t['logit']:.4g}")] for t in f[k]] for k in ("promoted", "suppressed")
+    }
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    for ch in "<>&":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return Markup('<script type="application/json" id="logits">') + Markup(text) + Markup("</script>")
 
 
 def level(v: float, mx: float) -> int:
@@ -208,74 +208,43 @@ def level(v: float, mx: float) -> int:
     return 1 if mx <= 0 else 1 + min(8, int(8 * v / mx))
 
 
-def hist_svg(h: dict, width: int = 320, height: int = 90) -> str:
-    """Inline SVG bar chart of an activation histogram with both axes: positions per bin (y, 0 to the
-    largest count) and activation (x, 0 to the max). Numbers only go in; no user text."""
-    counts, edges = h["counts"], h["edges"]
-    if not counts or max(counts) == 0:
-        return '<p class="muted">no activations</p>'
-    top, left = max(counts), 40
-    bw = width / len(counts)
-    bars = "".join(  # the fill is the stylesheet's (#histogram rect): not repeated per bar
-        f'<rect x="{left + i * bw:.1f}" y="{height - height * c / top:.1f}" width="{bw - 1:.1f}" '
-        f'height="{height * c / top:.1f}"><title>({edges[i]:.3g}, {edges[i + 1]:.3g}]: {c}</title></rect>'
-        for i, c in enumerate(counts)
-    )
-    axes = (
-        f'<path d="M{left - 2} 0V{height}H{left + width}" stroke="#999" fill="none"/>'
-        f'<text class="ycount" x="{left - 4}" y="9" font-size="10" text-anchor="end">{top:,}</text>'
-        f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
-        f'<text x="0" y="{height // 2 + 4}" font-size="10">count</text>'
-        f'<text x="{left}" y="{height + 13}" font-size="11">0</text>'
-        f'<text x="{left + width // 2}" y="{height + 13}" font-size="10" text-anchor="middle">activation</text>'
-        f'<text x="{left + width}" y="{height + 13}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>'
-    )
-    return (
-        f'<svg id="histogram" width="{left + width}" height="{height + 16}" role="img" '
-        f'aria-label="activation histogram: positions per activation bin">{bars}{axes}</svg>'
-    )
+def _text(s: str) -> str:
+    """Escaped for an element's text: `&`, `<` and `>` (quotes are text there; `&#34;` would be 5 bytes)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def writes_svg(clt: dict, width: int = 320, height: int = 70) -> str:
-    """Inline SVG bar chart of a cross-layer transcoder latent's decoder norm into each layer it writes to
-    (x: layer, y: norm, 0 to the largest). Numbers only go in; no user text."""
-    ts = clt["targets"]
-    top = max((t["norm"] for t in ts), default=0.0)
-    if top <= 0:
-        return '<p class="muted">every decoder norm is 0</p>'
-    left, bw = 40, width / len(ts)
-    bars = "".join(
-        f'<rect x="{left + i * bw:.1f}" y="{height - height * t["norm"] / top:.1f}" width="{max(bw - 1, 1):.1f}" '
-        f'height="{height * t["norm"] / top:.1f}" fill="#3b7de8"><title>layer {t["layer"]}: {t["norm"]:.4g}</title></rect>'
-        for i, t in enumerate(ts)
-    )
-    axes = (
-        f'<path d="M{left - 2} 0V{height}H{left + width}" stroke="#999" fill="none"/>'
-        f'<text x="{left - 4}" y="9" font-size="10" text-anchor="end">{top:.3g}</text>'
-        f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
-        f'<text x="{left}" y="{height + 13}" font-size="11">{ts[0]["layer"]}</text>'
-        f'<text x="{left + width // 2}" y="{height + 13}" font-size="10" text-anchor="middle">layer</text>'
-        f'<text x="{left + width}" y="{height + 13}" font-size="11" text-anchor="end">{ts[-1]["layer"]}</text>'
-    )
-    return (
-        f'<svg id="writes-chart" width="{left + width}" height="{height + 16}" role="img" '
-        f'aria-label="decoder norm into each layer">{bars}{axes}</svg>'
-    )
+def example(e, mx: float) -> Markup:
+    """One example line: its value, then its tokens as text, each token that fires (and the peak) in a bare
+    `<b>`. Their shade, activation (the hover title) and the peak mark come as one datum of the line for the
+    page script, `data-f=P;SHADES;ACTS`: P which `<b>` is the peak (empty: none), SHADES one digit per `<b>`
+    (its class s1..s9, 0: none), ACTS the activations to 3 decimals (`.058`). Tokens are text: `&`, `<`, `>`
+    escaped."""
+    parts, shades, acts, peak = [], [], [], ""
+    for k, (t, a) in enumerate(zip(e.tokens, e.acts)):
+        if a > 0 or k == e.peak:
+            peak = len(shades) if k == e.peak else peak
+            shades.append(str(level(a, mx)) if a > 0 else "0")
+            acts.append(f"{a:.3f}".removeprefix("0"))
+            parts.append(f"<b>{_text(token_label(t))}</b>")
+        else:
+            parts.append(_text(visible(t)))
+    data = f" data-f={peak};{''.join(shades)};{','.join(acts)}" if shades else ""
+    return Markup(f"<p class=ex{data}><i>{e.value:.2f}</i>{''.join(parts)}</p>")
 
 
 def _env() -> Environment:
     env = Environment(
-        loader=DictLoader({"feature.html": MACROS + FEATURE, "index.html": INDEX}),
+        loader=DictLoader({"feature.html": FEATURE, "index.html": INDEX}),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     env.globals.update(
         css=Markup(CSS),  # our own constant stylesheet: escaping it breaks `.cols>div`
         visible=visible,
         token_label=token_label,
-        logit_scale=logit_scale,
-        level=level,
-        hist_svg=hist_svg,
-        writes_svg=writes_svg,
+        example=example,
+        hist_chart=hist_chart,
+        writes_chart=writes_chart,
+        logit_data=logit_data,
         log10=math.log10,
         steer_js=Markup(STEER_JS),
         token_js=Markup(TOKEN_JS),  # our own constant script and style (steer_panel.py)
@@ -296,12 +265,21 @@ def _style(css_href: str | None):
     )
 
 
-def feature_page(view: dict, link, home: str, css_href: str | None = None, live: bool = False) -> str:
+def feature_page(
+    view: dict, link, home: str, css_href: str | None = None, live: bool = False, js_href: str | None = None
+) -> str:
     """`link(j)` -> URL of feature j's page (None: not shown, no link); `home` -> URL of the index;
-    `css_href`: URL of a shared stylesheet (None: inline); `live`: served by the web app (adds
-    "test this feature on your own text", which needs the model)."""
+    `css_href` / `js_href`: URLs of the shared stylesheet and page script (None: inline); `live`: served by
+    the web app (adds "test this feature on your own text", which needs the model)."""
     return ENV.get_template("feature.html").render(
-        f=view, link=link, home=home, style=_style(css_href), live=live, strength=DEFAULT_STRENGTH, sweep=list(SWEEP)
+        f=view,
+        link=link,
+        home=home,
+        style=_style(css_href),
+        script=lambda: page_script(js_href),
+        live=live,
+        strength=DEFAULT_STRENGTH,
+        sweep=list(SWEEP),
     )
 
 

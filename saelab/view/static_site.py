@@ -4,6 +4,8 @@ OUT/index.html             every feature (density, max, explanation, top tokens)
 OUT/features/<i>.html      one page per feature (so 50,000 features never make one page); tokens with no
                            activation are plain text, the others one <b> with a shade class
 OUT/style.css              the one stylesheet every page links (shared, not repeated per page)
+OUT/page.js                the one script every feature page links: it draws the histogram and logit bars
+                           from the numbers in the page (view/page_script.py)
 OUT/density.png            histogram of log10 firing density over features
 OUT/features.json          the index rows as data (id, density, max_act, explanation, top_tokens, promoted)
 OUT/manifest.json          what was shown: SAE folder, cache, tokens, explanations, wall time
@@ -25,6 +27,7 @@ from ..out_folder import finish, hold
 from ..sae.folder import open_sae
 from ..storage import read_json, refuse_replacing, write_json, write_text
 from .feature_store import FeatureStore
+from .page_script import PAGE_JS
 from .render import CSS, feature_page, index_page
 
 OUTPUTS = ("index.html", "features", "density.png", "features.json", "manifest.json")
@@ -116,9 +119,11 @@ def write_dashboard(
             link=lambda j: f"{j}.html" if j in written else None,
             home="../index.html",
             css_href="../style.css",
+            js_href="../page.js",
         )
         write_text(out / "features" / f"{i}.html", html)
     write_text(out / "style.css", CSS)
+    write_text(out / "page.js", PAGE_JS)
     rows = [store.summary(i) for i in latents]
     write_text(
         out / "index.html",
