@@ -54,6 +54,9 @@ _write_npy = write_npy  # atomic, a full disk is one line (evaluate/synthetic_da
 
 @dataclass
 class CacheConfig:
+    """`saelab cache-activations` / `saelab.cache_activations`: run the model once over `tokens` tokens and
+    store the activations at `hookpoints` on disk (shards + manifest.json), for `train --from-activations`."""
+
     out: str = out_option("cache folder (shards + manifest.json)")
     hookpoints: list[str] = opt(help="module names or globs (as in `train`)")
     model: str = model_option()

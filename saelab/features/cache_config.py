@@ -15,6 +15,9 @@ SPLITS = ("heldout-first", "heldout", "train")
 
 @dataclass(kw_only=True)
 class LatentCacheConfig:
+    """`saelab cache` / `saelab.cache_features`: the active latents of SAE folders (and/or MLP neurons) over
+    `tokens` tokens of their corpus, written as a latent cache (what explain, score and the views read)."""
+
     sae_dirs: list[str] = opt(
         default_factory=list,
         help="SAE folders (saelab format); they must share model, corpus, context",

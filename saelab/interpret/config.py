@@ -80,6 +80,9 @@ class _ExplainFields:
 
 @dataclass(kw_only=True)
 class ExplainConfig(ClientOptions, _ExplainFields):  # the explain options first, then the client's (--help order)
+    """`saelab explain` / `saelab.explain`: explain latents of a latent cache with an LLM (or the statistical
+    baseline) from their top and sampled activating examples; writes an interpretation run folder."""
+
     def validate(self) -> None:
         """Option values and the client's, before the cache opens (a UserError names the option)."""
         self.check_client()
@@ -124,6 +127,9 @@ class _ScoreFields:
 
 @dataclass(kw_only=True)
 class ScoreConfig(ClientOptions, _ScoreFields):  # the score options first, then the client's (--help order)
+    """`saelab score` / `saelab.score`: score the explanations of an interpretation run with the chosen
+    scorers (embedding, surprisal, detection, fuzzing, intervention); scores are written beside them."""
+
     def validate(self) -> None:
         """Scorer names, option values and the client's, before the run opens (a UserError names the option)."""
         self.check_client()

@@ -120,7 +120,6 @@ class _GatherPreacts(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None, None, None
 
 
-@torch.compiler.disable  # --compile: dynamo cannot trace the sparse backward (sparse_coo_tensor); run it eager
 def gather_preacts(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -134,4 +133,19 @@ def gather_preacts(
     `b_enc` may be any differentiable [d_sae] bias (e.g. one that folds in input centring).
     `dense_above`: the fraction of rows x d_sae selected above which the backward goes dense
     (DENSE_BACKWARD_ABOVE for a variable selection; the default 1.0 never does)."""
-    return _GatherPreacts.apply(x, W_enc, b_enc, rows, cols, pre[rows, cols], dense_above)
+    return _gather(x, W_enc, b_enc, rows, cols, pre[rows, cols], dense_above)
+
+
+def _gather_eager(x, W_enc, b_enc, rows, cols, picked, dense_above):
+    return _GatherPreacts.apply(x, W_enc, b_enc, rows, cols, picked, dense_above)
+
+
+_gather = _gather_eager  # read at call time, so --compile can swap in the dynamo-disabled version
+
+
+def keep_sparse_backward_eager() -> None:
+    """--compile: dynamo cannot trace the sparse backward (sparse_coo_tensor), so it runs eager. Done
+    here, when a run compiles, not with a decorator at import: `torch.compiler.disable` imports
+    torch._dynamo, about 2 s of every command's start-up (`saelab --help` included)."""
+    global _gather
+    _gather = torch.compiler.disable(_gather_eager)

@@ -38,6 +38,10 @@ __all__ = ["FINETUNE_LR_SHARE", "LOSSES", "TrainConfig"]
 @dataclass
 @with_type_options(after="sparsity_coeff")
 class TrainConfig:
+    """`saelab train` / `saelab.train`: which dictionaries (hookpoints, type, `latents` = --dict-size, k or
+    sparsity), trained on what (model, corpus or an activation cache, `tokens`) and how (batch, learning rate,
+    schedule, device). One field per command-line option; one dictionary per (hookpoint, k or sparsity, lr)."""
+
     out: str = out_option("run folder: one SAE folder per trained SAE")
     hookpoints: list[str] = opt(
         default_factory=lambda: ["model.layers.6"],

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..sae.latents import keep_sparse_backward_eager
 from ..sinks import SinkConfig, excluded_positions
 from .e2e_forward import CleanPass, SitePlan, check_head, clean_pass, kl_to_clean, layer_name, plan_site, spliced_pass
 from .members import Member
@@ -68,6 +69,7 @@ class LocalObjective(RunSchedule):
         self._loss = torch.compile(sae_loss, dynamic=True) if compile else sae_loss
         if compile:  # a sweep (--k 16 32 64 x sites) compiles a graph per distinct SAE; past the limit
             # dynamo would silently run the rest eager
+            keep_sparse_backward_eager()
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     def record(self) -> dict:

@@ -25,6 +25,9 @@ def _metrics_help() -> str:
 
 @dataclass(kw_only=True)
 class BenchConfig:
+    """`saelab bench` / `saelab.bench`: the offline evaluation suite (core metrics, sparse probing,
+    absorption, ...) over SAE folders of one site, with baselines (neurons, PCA, ...) run as dictionaries."""
+
     sae_dirs: list[str] = opt(help="SAE folders at one site of one model", positional=True)
     out: str = out_option("report folder (JSON per metric, report.md/html, bench.png)")
     metrics: list[str] | None = opt(None, _metrics_help())
