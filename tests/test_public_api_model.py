@@ -175,9 +175,21 @@ def test_splice_equals_sae_splice(setup):
     clean = model.run(ids).logits
     with spliced(model.torch_model, d.module):
         want = model.torch_model(input_ids=ids).logits
-    with model.splice(d):
+    with model.splice(d, skip_first=0):  # every position, the sink included
         got = model.run(ids).logits
     assert torch.equal(got, want) and not torch.allclose(got, clean)
+    # the default keeps the sink positions the dictionary was trained without (as `saelab eval` does)
+    skip = sink_positions(d.cfg_json)
+    assert skip == 1
+    keep = torch.zeros(ids.shape, dtype=torch.bool)
+    keep[:, :skip] = True
+    with spliced(model.torch_model, d.module, keep=keep):
+        want_kept = model.torch_model(input_ids=ids).logits
+    with model.splice(d):
+        got_kept = model.run(ids).logits
+        again = model.run(ids).logits  # each run is a new sequence: position 0 is the sink again
+    assert torch.equal(got_kept, want_kept) and torch.equal(again, want_kept)
+    assert torch.equal(got_kept[:, 0], clean[:, 0]) and not torch.allclose(got_kept, got)
     with model.splice([d], keep_error=True):  # the error term kept: the model's own output
         assert torch.equal(model.run(ids).logits, clean)
     assert torch.equal(model.run(ids).logits, clean)  # the hooks are gone after the block

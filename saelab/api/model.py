@@ -22,7 +22,16 @@ import torch
 
 from ..errors import UserError
 from ..features.clt_features import clt_sites, is_clt
-from ..features.steer import FeatureEdit, FeatureSteer, check_edits, encode_prompt, prompt_ids, steering_context
+from ..features.steer import (
+    FeatureEdit,
+    FeatureSteer,
+    SinkKeep,
+    _PositionCounter,
+    check_edits,
+    encode_prompt,
+    prompt_ids,
+    steering_context,
+)
 from ..features.steer import generate as generate_ids
 from ..features.steering import MAX_NEW_TOKENS, sink_positions
 from ..models import (
@@ -73,7 +82,7 @@ class Model:
         self._lm = loaded
         self.spec: str = spec
         """What it was loaded from (as given to `Model.load`)."""
-        self._steers: list[FeatureSteer] = []  # active steers: their position counters restart per forward
+        self._counters: list[_PositionCounter] = []  # open steers and splices: positions restart per sequence
         self._edited: dict[int, torch.Tensor] = {}  # id(dictionary) -> the edited latents of the last forward
         self._fits: weakref.WeakSet = weakref.WeakSet()  # dictionaries already checked against the model
 
@@ -153,24 +162,40 @@ class Model:
             self._fits.add(d)
 
     @contextmanager
-    def splice(self, dictionaries: Dictionary | Sequence[Dictionary], keep_error: bool = False) -> Iterator[Model]:
+    def splice(
+        self, dictionaries: Dictionary | Sequence[Dictionary], keep_error: bool = False, skip_first: int | None = None
+    ) -> Iterator[Model]:
         """Inside the block, each dictionary's output replaces the activation at its site in every forward
         (an SAE: its reconstruction; a transcoder: its prediction of `out_hookpoint`; a cross-layer
         transcoder: every layer's MLP output, causally). `keep_error=True` adds the reconstruction error
-        back, so outputs equal the model's own until a feature is edited. Every position is replaced
-        (the sink included). Crosscoders cannot be spliced into one forward (a clear error)."""
+        back, so outputs equal the model's own until a feature is edited. The first `skip_first` positions
+        of each sequence keep the model's own activation (default: the sink positions the dictionary was
+        trained without, usually 1, as `saelab eval` measures; 0 replaces every position; a cross-layer
+        transcoder replaces every position). Crosscoders cannot be spliced into one forward (a clear error)."""
         dicts = [dictionaries] if isinstance(dictionaries, Dictionary) else list(dictionaries)
+        if skip_first is not None and skip_first < 0:
+            raise UserError(f"skip_first must be >= 0, got {skip_first}")
         for d in dicts:
             self._check(d)
+        keeps = []
         with ExitStack() as stack:
             for d in dicts:
                 sae = d.module
                 if is_clt(sae):
                     ins, outs = clt_sites(sae)
                     stack.enter_context(clt_spliced(self.torch_model, sae, ins, outs, error_term=keep_error))
-                else:
-                    stack.enter_context(spliced(self.torch_model, sae, error_term=keep_error))
-            yield self
+                    continue
+                skip = sink_positions(d.cfg_json) if skip_first is None else skip_first
+                keep = SinkKeep(skip) if skip else None
+                if keep is not None:
+                    keeps.append(keep)
+                    self._counters.append(keep)
+                stack.enter_context(spliced(self.torch_model, sae, keep=keep, error_term=keep_error))
+            try:
+                yield self
+            finally:
+                for keep in keeps:
+                    self._counters.remove(keep)
 
     @contextmanager
     def steer(
@@ -203,17 +228,17 @@ class Model:
             return out
 
         edit = steer if is_clt(dictionary.module) else noted
-        self._steers.append(steer)
+        self._counters.append(steer)
         try:
             with steering_context(self.torch_model, dictionary.module, edit)():
                 yield self
         finally:
-            self._steers.remove(steer)
+            self._counters.remove(steer)
             self._edited.pop(key, None)
 
     def _reset(self) -> None:
-        """A new sequence starts: the open steers count positions from 0 again."""
-        for s in self._steers:
+        """A new sequence starts: the open steers and splices count positions from 0 again."""
+        for s in self._counters:
             s.reset()
 
     # ------------------------------------------------------------ running

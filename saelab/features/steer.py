@@ -97,6 +97,15 @@ class _PositionCounter:
         return p >= self.skip_first
 
 
+class SinkKeep(_PositionCounter):
+    """The `keep` of `spliced` as a function of the sequence: bool [T], True at the first `skip_first`
+    positions of a sequence (the sink positions a dictionary was trained without keep the model's own
+    activation), counted across KV steps."""
+
+    def __call__(self, t: int, device) -> torch.Tensor:
+        return ~self.mask(t, device)
+
+
 class FeatureSteer(_PositionCounter):
     """The `edit` for `spliced`: dense latents [batch, T, d_sae] -> edited latents."""
 

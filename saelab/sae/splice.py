@@ -32,7 +32,7 @@ from .registry import multi_site
 def spliced(
     model,
     sae: SparseCoder,
-    keep: torch.Tensor | None = None,
+    keep: torch.Tensor | Callable[[int, torch.device], torch.Tensor] | None = None,
     error_term: bool = False,
     edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
     frozen: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -75,7 +75,9 @@ def spliced(
                     if frozen is not None:
                         new = _frozen_error(new, *frozen)
         new = new.reshape(shape).to(act.dtype)
-        if keep is not None:
+        if callable(keep):  # per sequence position ([T] bool, e.g. features.steer.SinkKeep): [B, T, d] acts
+            new = torch.where(keep(shape[-2], act.device)[:, None], act, new)
+        elif keep is not None:
             k = keep[..., None] if keep.shape == shape[:-1] else _broadcast_keep(keep, shape)
             new = torch.where(k, act, new)
         return new
