@@ -54,11 +54,17 @@ _PUBLIC: dict[str, str] = {
     "LatentCache": "saelab.api.latents",
     "TopExample": "saelab.api.latents",
     "LogitEffects": "saelab.api.latents",
+    # attribution graphs through a replacement model (api/circuits.py)
+    "attribute": "saelab.api.circuits",
+    "validate_attribution": "saelab.api.circuits",
+    "AttributeConfig": "saelab.api.circuits",
+    "Graph": "saelab.api.circuits",
 }
 
 __all__ = list(_PUBLIC)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .api.circuits import AttributeConfig, Graph, attribute, validate_attribution  # noqa: F401
     from .api.dictionary import Dictionary, Reconstruction, load  # noqa: F401
     from .api.latents import LatentCache, LogitEffects, TopExample  # noqa: F401
     from .api.model import Model, RunOutput  # noqa: F401

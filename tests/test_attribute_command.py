@@ -13,6 +13,7 @@ from saelab.circuits.graph import load_graph
 from saelab.circuits.neuronpedia import read_graph_json
 from saelab.circuits.prune import graph_scores, prune_graph
 from saelab.cli import main
+from saelab.errors import UserError
 
 PROMPT = "def add(a, b): return a +"
 
@@ -128,3 +129,22 @@ def test_validate_prompts_writes_its_report_and_refuses_a_graph_folder(tmp_path,
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == before
     assert main(["attribute", str(rep), "--validate-prompts", "1", "--prompt", "x", "--out", str(tmp_path / "z")]) != 0
     assert not (tmp_path / "z").exists()
+
+
+def test_the_python_stage_writes_the_graph_the_command_writes(rep, tmp_path):
+    """`saelab.attribute(AttributeConfig(...))` (the public API) and `saelab attribute` are one
+    implementation: the same graph, node for node and edge for edge, and the Graph it returns is the one
+    on disk."""
+    import saelab
+
+    assert main(["attribute", str(rep), "--prompt", PROMPT, "--out", str(tmp_path / "cli"), "--threads", "2"]) == 0
+    cfg = saelab.AttributeConfig(replacement=str(rep), prompt=PROMPT, out=str(tmp_path / "api"), threads=2)
+    g = saelab.attribute(cfg, progress=False)
+    cli, disk = load_graph(tmp_path / "cli"), load_graph(tmp_path / "api")
+    for x in (g, disk):
+        assert x.token_strings == cli.token_strings and x.target_labels == cli.target_labels
+        assert x.active_features.equal(cli.active_features) and x.selected_features.equal(cli.selected_features)
+        assert x.adjacency.allclose(cli.adjacency, atol=1e-6)
+    assert isinstance(g, saelab.Graph) and (tmp_path / "api" / "api.json").exists()
+    with pytest.raises(UserError, match="validate_attribution"):
+        saelab.attribute(saelab.AttributeConfig(replacement=str(rep), validate_prompts=1, out=str(tmp_path / "v")))

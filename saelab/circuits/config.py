@@ -21,6 +21,10 @@ MAX_FEATURE_NODES = 7500
 
 @dataclass(kw_only=True)
 class AttributeConfig:
+    """The options of `saelab attribute` (each field is its flag): the replacement folder, the prompt, the
+    targets (top logits by default, a logit difference or a feature), the graph's size and pruning, and where
+    it is written. `saelab.attribute(cfg)` runs it."""
+
     replacement: str = opt(help="replacement folder (a `saelab train --layers` run, or an import)", positional=True)
     prompt: str | None = opt(
         None, "the text to attribute (BOS is put first when the tokenizer has one); required unless --validate-prompts"

@@ -35,6 +35,11 @@ KINDS = ("feature", "error", "token", "target")
 
 @dataclass
 class Graph:
+    """An attribution graph (`saelab attribute`, `saelab.attribute`): the prompt's nodes in a fixed order
+    (selected features, then error nodes per (layer, position), then tokens, then targets) and the direct
+    effect of every node on every other (`adjacency[target, source]`, logit units for the targets). Saved
+    as graph.safetensors + graph.json (docs/FORMATS.md); `load_graph(folder)` reads one back."""
+
     prompt: str
     tokens: torch.Tensor  # [n_pos] long: the prompt's token ids, as the model saw them
     token_strings: list[str]  # [n_pos] each token decoded
@@ -51,34 +56,42 @@ class Graph:
     # ------------------------------------------------------------ sizes and node indices
     @property
     def n_sel(self) -> int:
+        """Feature nodes (the selected features)."""
         return int(self.selected_features.shape[0])
 
     @property
     def n_pos(self) -> int:
+        """Prompt positions (tokens)."""
         return int(self.tokens.shape[0])
 
     @property
     def n_targets(self) -> int:
+        """Target nodes (logits, a logit difference, or a feature)."""
         return int(self.target_weights.shape[0])
 
     @property
     def n_errors(self) -> int:
+        """Error nodes: one per (model layer, position)."""
         return self.n_layers * self.n_pos
 
     @property
     def n_nodes(self) -> int:
+        """All nodes: features, errors, tokens, targets."""
         return self.n_sel + self.n_errors + self.n_pos + self.n_targets
 
     @property
     def error_start(self) -> int:
+        """The index of the first error node."""
         return self.n_sel
 
     @property
     def token_start(self) -> int:
+        """The index of the first token node."""
         return self.n_sel + self.n_errors
 
     @property
     def target_start(self) -> int:
+        """The index of the first target node."""
         return self.token_start + self.n_pos
 
     def error_index(self, layer: int, pos: int) -> int:
@@ -88,11 +101,13 @@ class Graph:
         return self.n_sel + layer * self.n_pos + pos
 
     def token_index(self, pos: int) -> int:
+        """The node of the token at position `pos`."""
         if not 0 <= pos < self.n_pos:
             raise IndexError(f"no token node at position {pos} (the prompt has {self.n_pos} tokens)")
         return self.token_start + pos
 
     def target_index(self, i: int) -> int:
+        """The node of target `i` (target_labels order)."""
         if not 0 <= i < self.n_targets:
             raise IndexError(f"no target {i} (the graph has {self.n_targets})")
         return self.target_start + i

@@ -19,11 +19,10 @@ circuit-tracer / Neuronpedia JSON. Examples:
 
 
 def run_attribute(a) -> None:
-    from ..circuits.config import AttributeConfig
-    from ..circuits.run import attribute_prompt, validate_graphs
+    from ..api.circuits import AttributeConfig, attribute, validate_attribution
 
     cfg = build_config(AttributeConfig, a, a.config)
-    (validate_graphs if cfg.validate_prompts else attribute_prompt)(cfg)
+    (validate_attribution if cfg.validate_prompts else attribute)(cfg)
 
 
 def register(sub) -> None:
