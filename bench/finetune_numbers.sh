@@ -13,7 +13,7 @@ FRACTION=${FRACTION:-0.05}
 BATCH=${BATCH:-}  # empty: the kl+mse default (about 48 steps; saelab/train/finetune_budget.py)
 LR=${LR:-}        # empty: the kl+mse default (a tenth of the scratch rate)
 T=${THREADS:-2}
-EVAL=${EVAL:-"--tokens 32768 --ce-tokens 32768"}
+EVAL=${EVAL:-"--tokens 16384 --ce-tokens 16384"}  # what docs/E2E.md measured with; more CE tokens, less noise
 [ $# -gt 0 ] || { echo "usage: bash bench/finetune_numbers.sh SAE_DIR [SAE_DIR ...]" >&2; exit 2; }
 mkdir -p "$OUT"
 for src in "$@"; do
