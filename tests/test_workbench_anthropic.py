@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_chat_model, train_cfg
+from test_train import RESUME_KW, _interrupted  # one way to stop a run after its first checkpoint
 
 from saelab.errors import UserError
 from saelab.storage import read_json
@@ -264,27 +265,6 @@ def test_cli_explain_with_client_anthropic_gets_explanations(api, cache, tmp_pat
 
 
 # ---------------------------------------------------------------- --resume across an upgrade
-RESUME_KW = dict(tokens=8192, checkpoint_every=2048, buffer_batches=2)
-
-
-def _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
-    """A run stopped (as by a kill) right after its first checkpoint; returns its folder."""
-    from saelab.train.loop import TrainingRun
-
-    real = TrainingRun._checkpoint
-
-    def killed(self, members, pos):
-        real(self, members, pos)
-        raise KeyboardInterrupt
-
-    run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(TrainingRun, "_checkpoint", killed)
-        with pytest.raises(KeyboardInterrupt):
-            TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, **RESUME_KW)).run()
-    return run
-
-
 def _as_older_saelab(run, hashed_options) -> None:
     """Rewrite the checkpoint's meta as a saelab that stored only the hash would have: `identity` over
     hashed_options(the options it had), no `resume_identity`."""
@@ -319,7 +299,7 @@ def test_resume_of_a_checkpoint_written_before_an_option_existed(
     while that option is at its default (the hash leaves default options out), and is refused otherwise."""
     from saelab.train.loop import TrainingRun
 
-    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch)
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **RESUME_KW)
     lacking = lambda c: _defaults_left_out({k: v for k, v in c.items() if k != "sink_norm_factor"})  # noqa: E731
     _as_older_saelab(run, lacking)
     with pytest.raises(UserError, match="written by a different configuration"):
@@ -338,7 +318,7 @@ def test_resume_of_a_checkpoint_whose_hash_covers_every_option(
     """What saelab wrote before the rule (a hash over every option) still resumes when no option was added."""
     from saelab.train.loop import TrainingRun
 
-    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch)
+    run = _interrupted(tmp_path, tiny_model_dir, text_corpus, monkeypatch, **RESUME_KW)
     _as_older_saelab(run, lambda c: c)
     with pytest.raises(UserError, match="written by a different configuration"):
         TrainingRun(train_cfg(run, tiny_model_dir, text_corpus, resume=True, k=[16], **RESUME_KW)).run()
