@@ -7,8 +7,11 @@ above a random one and a dictionary within noise of itself. Pure numpy / torch, 
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
+from test_bench import _absorption_case
 
+from saelab.evaluate.bench import absorption as ab
 from saelab.evaluate.bench import report
 from saelab.evaluate.bench.bootstrap import (
     bootstrap_means,
@@ -19,6 +22,7 @@ from saelab.evaluate.bench.bootstrap import (
     percentile_interval,
 )
 from saelab.evaluate.bench.encode import Encoded
+from saelab.evaluate.bench.logreg import fit_logreg
 from saelab.evaluate.bench.probing import probe_task, summarise
 from saelab.evaluate.bench.probing_noise import probing_noise
 from saelab.evaluate.bench.tasks import Task, split_rows
@@ -180,3 +184,43 @@ def test_noise_block_and_tables_for_one_quantity():
     assert abs(p["ci_low"] + 10) < 1e-9 and abs(p["ci_high"] + 10) < 1e-9  # b - a is 10 on every example
     titles = [t for t, _, _ in noise_tables("Core", block)]
     assert len(titles) == 2 and titles[1].startswith("Core, fvu: paired differences")
+
+
+def test_absorption_intervals_are_around_its_means_and_tell_absorbing_from_not():
+    """The same words through an absorbing and a non-absorbing dictionary: each interval holds its mean
+    absorption rate (a mean over letters, not over words), the absorbing one is clearly higher, and the
+    report shows the comparison."""
+    values, res = {}, {}
+    for absorbing in (True, False):
+        x, y, z, dirs, _ = _absorption_case(absorbing)
+        train = torch.from_numpy(split_rows(len(y), 0))
+        probe = fit_logreg(x[train], y[train], n_classes=3)
+        name = "absorbing" if absorbing else "clean"
+        values[name] = []
+        args = (probe, ["a", "b", "c"], x[~train], y[~train], z[train], y[train], z[~train], dirs, x[train].mean(0))
+        res[name] = ab.dictionary_absorption(name, "sae", *args, 0, values[name])
+    noise = ab.absorption_noise(values)
+    for name, r in res.items():
+        iv = noise["intervals"]["absorption rate"][name]
+        assert iv["value"] == pytest.approx(r.mean_absorption_rate, abs=1e-6)
+        assert iv["n"] == sum(le.n_test for le in r.letters)
+        assert iv["ci_low"] <= iv["value"] <= iv["ci_high"]
+        fr = noise["intervals"]["absorption fraction"][name]
+        assert fr["value"] == pytest.approx(r.mean_absorption_fraction, abs=1e-6)
+    assert noise["intervals"]["absorption rate"]["clean"]["ci_high"] == 0.0
+    assert noise["intervals"]["absorption rate"]["absorbing"]["ci_low"] > 0.05  # ~0.1: a third of one letter's words
+    (p,) = noise["comparisons"]["absorption rate"]
+    assert (p["a"], p["b"]) == ("absorbing", "clean") and not p["within_noise"] and p["difference"] > 0.05
+    tables = ab.tables(
+        {
+            "probe_accuracy": 1.0,
+            "chance": 0.3,
+            "n_words": 1,
+            "letters": ["a"],
+            "weak": False,
+            "dictionaries": [],
+            "noise": noise,
+        }
+    )
+    assert [t[0].split(":")[0] for t in tables[1:]] == ["Absorption", "Absorption, absorption rate"]
+    assert ab.absorption_noise({}) is None

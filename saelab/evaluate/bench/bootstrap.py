@@ -127,6 +127,24 @@ def noise_block(
     return out
 
 
+def series_noise(
+    values: dict[tuple[str, str], list[np.ndarray]],
+    weights=None,
+    compare: list[str] | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict | None:
+    """A metric's noise block from its per-example values: `values[(quantity, dictionary)]` = one array
+    per stratum, every series holding the same examples in the same order (so comparisons are paired);
+    None when there is no example."""
+    series = list(values)
+    if not series or not any(len(v) for v in values[series[0]]):
+        return None
+    strata = [np.stack([values[s][i] for s in series], 1) for i in range(len(values[series[0]]))]  # [n_s, m]
+    point, boot, n = bootstrap_means(strata, weights, resamples, seed)
+    return noise_block(point, boot, n, series, compare, seed=seed)
+
+
 def _cell(iv: dict) -> str:
     return f"{fmt(iv['value'])} [{fmt(iv['ci_low'])}, {fmt(iv['ci_high'])}]"
 

@@ -7,9 +7,7 @@ probed on the same test examples of a sub-task, so the comparisons are paired.""
 
 from __future__ import annotations
 
-import numpy as np
-
-from .bootstrap import RESAMPLES, bootstrap_means, noise_block
+from .bootstrap import RESAMPLES, series_noise
 
 COMPARE_KS = (1, 5)  # the ks whose dictionaries are compared pairwise in the report
 
@@ -17,17 +15,8 @@ COMPARE_KS = (1, 5)  # the ks whose dictionaries are compared pairwise in the re
 def probing_noise(correct: list[dict], names: list[str], ks, seed: int = 0, resamples: int = RESAMPLES) -> dict | None:
     """`correct[task][dictionary]` = per sub-task {k: 0/1 correctness on its held-out examples} (probing.py
     `probe_task`); quantities are "k=<k>", one series per dictionary."""
-    series = [(f"k={k}", n) for k in ks for n in names]
-    strata, weights = [], []
-    for task in correct:
-        if not task:
-            continue
-        subs = len(task[names[0]])
-        for s in range(subs):
-            strata.append(np.stack([task[n][s][q.removeprefix("k=")] for q, n in series], 1))  # [n_test, m]
-            weights.append(1.0 / subs)
-    if not strata:
-        return None
-    point, boot, n = bootstrap_means(strata, weights, resamples, seed)  # each task weighs 1
+    tasks = [t for t in correct if t]
+    values = {(f"k={k}", n): [s[str(k)] for t in tasks for s in t[n]] for k in ks for n in names}
+    weights = [1.0 / len(t[names[0]]) for t in tasks for _ in t[names[0]]]  # each task weighs 1
     compare = [f"k={k}" for k in COMPARE_KS if k in ks] or [f"k={ks[0]}"]
-    return noise_block(point, boot, n, series, compare, seed=seed)
+    return series_noise(values, weights, compare, resamples, seed)
