@@ -20,6 +20,7 @@ from saelab.evaluate.bench.bootstrap import (
     noise_tables,
     paired_difference,
     percentile_interval,
+    series_noise,
 )
 from saelab.evaluate.bench.encode import Encoded
 from saelab.evaluate.bench.logreg import fit_logreg
@@ -224,3 +225,16 @@ def test_absorption_intervals_are_around_its_means_and_tell_absorbing_from_not()
     )
     assert [t[0].split(":")[0] for t in tables[1:]] == ["Absorption", "Absorption, absorption rate"]
     assert ab.absorption_noise({}) is None
+
+
+def test_strata_too_small_to_vary_are_marked_unreliable_not_exact():
+    """Four strata of one example each: every resample equals the point value, so the interval has zero
+    width; the block says so and the report refuses a verdict instead of calling the difference real."""
+    values = {("rate", "a"): [np.ones(1), np.zeros(1)] * 2, ("rate", "b"): [np.zeros(1)] * 4}
+    noise = series_noise(values)
+    assert noise["intervals"]["rate"]["a"]["ci_low"] == noise["intervals"]["rate"]["a"]["ci_high"] == 0.5
+    assert not noise["reliable"] and noise["smallest_stratum"] == 1
+    (title, _, rows), (_, _, pairs) = noise_tables("Absorption", noise)
+    assert "UNRELIABLE: a stratum has only 1 examples" in title and pairs[0][-1] == "too few examples"
+    big = series_noise({("rate", "a"): [np.ones(6)], ("rate", "b"): [np.zeros(6)]})
+    assert big["reliable"] and noise_tables("x", big)[1][2][0][-1] == "a higher"

@@ -28,6 +28,7 @@ from .metric import Table, fmt
 LEVEL = 0.9  # two-sided interval level
 RESAMPLES = 1000
 POWER = 0.8  # the power at which the minimum detectable difference is stated
+MIN_STRATUM = 5  # below this many examples in a stratum its resamples barely vary: intervals are too narrow
 
 
 @dataclass
@@ -99,9 +100,12 @@ def noise_block(
     compare: list[str] | None = None,
     level: float = LEVEL,
     seed: int = 0,
+    smallest: int | None = None,
 ) -> dict:
     """The JSON a metric reports for its noise. `series[j]` = (quantity, dictionary) of column j;
-    dictionaries are compared pairwise on each quantity in `compare` (default: the first)."""
+    dictionaries are compared pairwise on each quantity in `compare` (default: the first). `smallest`:
+    the fewest examples in a stratum; under MIN_STRATUM the block is marked unreliable (a stratum of one
+    example never varies, so the intervals would look exact)."""
     lo, hi = percentile_interval(boot, level)
     quantities = list(dict.fromkeys(q for q, _ in series))
     col = {s: j for j, s in enumerate(series)}
@@ -109,6 +113,8 @@ def noise_block(
         "level": level,
         "resamples": len(boot),
         "seed": seed,
+        "reliable": smallest is None or smallest >= MIN_STRATUM,
+        "smallest_stratum": smallest,
         "intervals": {q: {} for q in quantities},
         "min_detectable_difference": {},
         "comparisons": {},
@@ -142,11 +148,18 @@ def series_noise(
         return None
     strata = [np.stack([values[s][i] for s in series], 1) for i in range(len(values[series[0]]))]  # [n_s, m]
     point, boot, n = bootstrap_means(strata, weights, resamples, seed)
-    return noise_block(point, boot, n, series, compare, seed=seed)
+    smallest = min(len(s) for s in strata if len(s))
+    return noise_block(point, boot, n, series, compare, seed=seed, smallest=smallest)
 
 
 def _cell(iv: dict) -> str:
     return f"{fmt(iv['value'])} [{fmt(iv['ci_low'])}, {fmt(iv['ci_high'])}]"
+
+
+def _verdict(p: dict, reliable: bool) -> str:
+    if not reliable:
+        return "too few examples"
+    return "within noise" if p["within_noise"] else ("a higher" if p["difference"] > 0 else "a lower")
 
 
 def noise_tables(what: str, noise: dict) -> list[Table]:
@@ -158,10 +171,16 @@ def noise_tables(what: str, noise: dict) -> list[Table]:
     n = next(iter(noise["intervals"][qs[0]].values()))["n"] if qs else 0
     rows = [[d] + [_cell(noise["intervals"][q][d]) if d in noise["intervals"][q] else None for q in qs] for d in names]
     rows.append(["min detectable difference"] + [noise["min_detectable_difference"][q] for q in qs])
+    reliable = noise.get("reliable", True)
+    warn = (
+        ""
+        if reliable
+        else f" -- UNRELIABLE: a stratum has only {noise['smallest_stratum']} examples, the intervals are too narrow"
+    )
     out = [
         (
             f"{what}: {pct} bootstrap intervals over the {n} test examples ({noise['resamples']} resamples; "
-            f"the minimum detectable difference is at {round(100 * POWER)}% power)",
+            f"the minimum detectable difference is at {round(100 * POWER)}% power){warn}",
             ["dictionary"] + qs,
             rows,
         )
@@ -178,7 +197,7 @@ def noise_tables(what: str, noise: dict) -> list[Table]:
                             p["b"],
                             p["difference"],
                             f"[{fmt(p['ci_low'])}, {fmt(p['ci_high'])}]",
-                            "within noise" if p["within_noise"] else ("a higher" if p["difference"] > 0 else "a lower"),
+                            _verdict(p, reliable),
                         ]
                         for p in pairs
                     ],
