@@ -11,10 +11,12 @@ import pytest
 import torch
 from test_bench import _absorption_case
 
+from saelab.data import load_token_rows
 from saelab.evaluate.bench import absorption as ab
 from saelab.evaluate.bench import report
 from saelab.evaluate.bench.bootstrap import (
     bootstrap_means,
+    bootstrap_ratios,
     min_detectable_difference,
     noise_block,
     noise_tables,
@@ -22,11 +24,15 @@ from saelab.evaluate.bench.bootstrap import (
     percentile_interval,
     series_noise,
 )
+from saelab.evaluate.bench.core import core_noise
 from saelab.evaluate.bench.encode import Encoded
 from saelab.evaluate.bench.logreg import fit_logreg
 from saelab.evaluate.bench.probing import probe_task, summarise
 from saelab.evaluate.bench.probing_noise import probing_noise
 from saelab.evaluate.bench.tasks import Task, split_rows
+from saelab.evaluate.metrics import EvalBudget, measure
+from saelab.models import load_model
+from saelab.sae import SaeConfig, build_sae
 
 REPS = 200
 NOMINAL = (0.83, 0.96)  # 90% +- ~3 binomial standard deviations over 200 repetitions
@@ -238,3 +244,39 @@ def test_strata_too_small_to_vary_are_marked_unreliable_not_exact():
     assert "UNRELIABLE: a stratum has only 1 examples" in title and pairs[0][-1] == "too few examples"
     big = series_noise({("rate", "a"): [np.ones(6)], ("rate", "b"): [np.zeros(6)]})
     assert big["reliable"] and noise_tables("x", big)[1][2][0][-1] == "a higher"
+
+
+def test_ratio_interval_covers_a_planted_per_token_mean_resampled_by_row():
+    """Rows of varying length whose tokens share a row effect (as tokens of one text do): the ratio
+    sum(err) / sum(tokens) resampled by row covers the planted per-token mean at its nominal rate."""
+    rng = np.random.default_rng(5)
+    hits = []
+    for r in range(REPS):
+        n_tok = rng.integers(5, 60, 120)
+        row_mean = 0.3 + rng.normal(0, 0.1, 120)  # the row effect: tokens of a row are correlated
+        err = np.array([rng.normal(m, 0.2, t).sum() for m, t in zip(row_mean, n_tok)])
+        point, boot, n = bootstrap_ratios(err, n_tok, resamples=300, seed=r)
+        lo, hi = percentile_interval(boot)
+        hits.append(lo[0] <= 0.3 <= hi[0])
+    assert NOMINAL[0] <= np.mean(hits) <= NOMINAL[1], np.mean(hits)
+    assert n == 120
+
+
+def test_core_noise_point_values_are_the_reported_fvu_and_cosine(tiny_model_dir, text_corpus):
+    """The per-row sums that `measure` hands out add up to the FVU and cosine it reports, for two SAEs
+    read on the same rows (a k=64 and a k=8 one), and they cover every evaluated token."""
+    lm = load_model(str(tiny_model_dir))
+    rows = load_token_rows(str(text_corpus), lm.tokenizer, 64)
+    saes = []
+    for seed in (0, 1):
+        sae = build_sae(SaeConfig("topk", d_in=64, d_sae=256, hookpoint="model.layers.1", k=8 if seed else 64))
+        sae.reset_parameters(torch.Generator().manual_seed(seed))
+        saes.append((sae.eval(), {}))
+    per_row: list = []
+    res, _ = measure(lm.model, lm.tokenizer, saes, rows, EvalBudget(tokens=1024, ce_tokens=0), "cpu", per_row)
+    noise = core_noise(per_row, ["wide", "narrow"], resamples=300)
+    for name, r in zip(("wide", "narrow"), res):
+        assert noise["intervals"]["fvu"][name]["value"] == pytest.approx(r.fvu, rel=1e-4)
+        assert noise["intervals"]["cosine"][name]["value"] == pytest.approx(r.cosine, rel=1e-4)
+        assert noise["intervals"]["fvu"][name]["n"] == len(per_row[0]["n"]) and sum(per_row[0]["n"]) == r.eval_tokens
+    assert noise["reliable"] and set(noise["comparisons"]) == {"fvu"}

@@ -63,6 +63,22 @@ def bootstrap_means(
     return point, boot, sum(len(strata[i]) for i in keep)
 
 
+def bootstrap_ratios(
+    num: np.ndarray, den: np.ndarray, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(point [m], resampled [resamples, m], units n) of sum(num) / sum(den) per column, the units (rows of
+    num, den: [n, m]) resampled with replacement: a ratio of sums (FVU = squared error / variance, a mean
+    over tokens resampled by row) is not a mean of per-unit values."""
+    num = np.asarray(num, dtype=np.float64).reshape(len(num), -1)
+    den = np.asarray(den, dtype=np.float64).reshape(len(den), -1)
+    n = len(num)
+    if not n:
+        raise ValueError("bootstrap_ratios: no units")
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)  # [B, n]
+    safe = lambda a, b: a / np.where(b == 0, np.nan, b)  # noqa: E731
+    return safe(num.sum(0), den.sum(0)), safe(counts @ num, counts @ den), n
+
+
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of resampled statistics [B, ...] along the first axis."""
     a = (1 - level) / 2
