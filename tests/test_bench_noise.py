@@ -170,12 +170,13 @@ def test_probing_reports_intervals_around_its_mean_accuracy_and_paired_verdicts(
     assert set(noise["comparisons"]) == {"k=1", "k=5"}
     assert 0 < noise["min_detectable_difference"]["k=1"] < 0.2
 
+    iv0 = noise["intervals"]["k=1"]["planted"]
     md = report.markdown(
         {"site": "s", "model": "m", "corpus": "c", "wall_s": {}, "dictionaries": [], "notes": []},
         {"probing": {"ks": list(ks), "dictionaries": [], "noise": noise}},
         None,
     )
-    assert "## Sparse probing, mean accuracy: 90% bootstrap intervals" in md
+    assert f"## Sparse probing, mean accuracy: 90% bootstrap intervals over the {iv0['n']} held-out examples" in md
     iv = noise["intervals"]["k=1"]["planted"]
     assert f"| planted | {iv['value']:.3f} [{iv['ci_low']:.3f}, {iv['ci_high']:.3f}] |" in md
     assert "| planted | copy | 0.000 | [0.000, 0.000] | within noise |" in md
@@ -279,4 +280,4 @@ def test_core_noise_point_values_are_the_reported_fvu_and_cosine(tiny_model_dir,
         assert noise["intervals"]["fvu"][name]["value"] == pytest.approx(r.fvu, rel=1e-4)
         assert noise["intervals"]["cosine"][name]["value"] == pytest.approx(r.cosine, rel=1e-4)
         assert noise["intervals"]["fvu"][name]["n"] == len(per_row[0]["n"]) and sum(per_row[0]["n"]) == r.eval_tokens
-    assert noise["reliable"] and set(noise["comparisons"]) == {"fvu"}
+    assert noise["reliable"] and set(noise["comparisons"]) == {"fvu"} and noise["unit"] == "held-out rows"

@@ -268,7 +268,7 @@ def absorption_noise(values: dict[str, list[dict]], seed: int = 0) -> dict | Non
         for q in ("absorption rate", "absorption fraction")
         for d, per in values.items()
     }
-    return series_noise(series, seed=seed)
+    return series_noise(series, seed=seed, unit="held-out words the probe gets right")
 
 
 def compute(b: BenchState) -> dict:

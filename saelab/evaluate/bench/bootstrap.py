@@ -117,6 +117,7 @@ def noise_block(
     level: float = LEVEL,
     seed: int = 0,
     smallest: int | None = None,
+    unit: str = "test examples",
 ) -> dict:
     """The JSON a metric reports for its noise. `series[j]` = (quantity, dictionary) of column j;
     dictionaries are compared pairwise on each quantity in `compare` (default: the first). `smallest`:
@@ -129,6 +130,7 @@ def noise_block(
         "level": level,
         "resamples": len(boot),
         "seed": seed,
+        "unit": unit,
         "reliable": smallest is None or smallest >= MIN_STRATUM,
         "smallest_stratum": smallest,
         "intervals": {q: {} for q in quantities},
@@ -155,6 +157,7 @@ def series_noise(
     compare: list[str] | None = None,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    unit: str = "test examples",
 ) -> dict | None:
     """A metric's noise block from its per-example values: `values[(quantity, dictionary)]` = one array
     per stratum, every series holding the same examples in the same order (so comparisons are paired);
@@ -165,7 +168,7 @@ def series_noise(
     strata = [np.stack([values[s][i] for s in series], 1) for i in range(len(values[series[0]]))]  # [n_s, m]
     point, boot, n = bootstrap_means(strata, weights, resamples, seed)
     smallest = min(len(s) for s in strata if len(s))
-    return noise_block(point, boot, n, series, compare, seed=seed, smallest=smallest)
+    return noise_block(point, boot, n, series, compare, seed=seed, smallest=smallest, unit=unit)
 
 
 def _cell(iv: dict) -> str:
@@ -195,7 +198,7 @@ def noise_tables(what: str, noise: dict) -> list[Table]:
     )
     out = [
         (
-            f"{what}: {pct} bootstrap intervals over the {n} test examples ({noise['resamples']} resamples; "
+            f"{what}: {pct} bootstrap intervals over the {n} {noise.get('unit', 'test examples')} ({noise['resamples']} resamples; "
             f"the minimum detectable difference is at {round(100 * POWER)}% power){warn}",
             ["dictionary"] + qs,
             rows,

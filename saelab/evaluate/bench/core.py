@@ -47,13 +47,13 @@ def core_noise(per_row: list[dict], names: list[str], seed: int = 0, resamples: 
     num = np.stack([r["err"] for r in per_row] + [r["cos"] for r in per_row], 1)  # [rows, 2 * SAEs]
     den = np.stack([r["var"] for r in per_row] + [r["n"] for r in per_row], 1)
     point, boot, n = bootstrap_ratios(num, den, resamples, seed)
-    return noise_block(point, boot, n, series, seed=seed, smallest=n)
+    return noise_block(point, boot, n, series, seed=seed, smallest=n, unit="held-out rows")
 
 
 def tables(core: dict) -> list[Table]:
     rows = [[r["dictionary"]] + [r.get(c) for c in COLUMNS] for r in core["dictionaries"]]
     out = [("Core (held-out reconstruction and splice; SAEs only)", ["dictionary"] + COLUMNS, rows)]
-    return out + (noise_tables("Core (units: held-out rows)", core["noise"]) if core.get("noise") else [])
+    return out + (noise_tables("Core", core["noise"]) if core.get("noise") else [])
 
 
 def panel(ax, core: dict, l0s: dict) -> None:

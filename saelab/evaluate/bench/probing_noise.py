@@ -19,4 +19,4 @@ def probing_noise(correct: list[dict], names: list[str], ks, seed: int = 0, resa
     values = {(f"k={k}", n): [s[str(k)] for t in tasks for s in t[n]] for k in ks for n in names}
     weights = [1.0 / len(t[names[0]]) for t in tasks for _ in t[names[0]]]  # each task weighs 1
     compare = [f"k={k}" for k in COMPARE_KS if k in ks] or [f"k={ks[0]}"]
-    return series_noise(values, weights, compare, resamples, seed)
+    return series_noise(values, weights, compare, resamples, seed, "held-out examples")
