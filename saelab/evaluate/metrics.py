@@ -17,7 +17,7 @@ whoever opened the rows (`SaeFolder.open_data`: the split the SAE was trained wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ class PassStats:
 
     site_means: dict[str, torch.Tensor]
     firing: list[torch.Tensor]
+    rows: list[dict[str, np.ndarray]] = field(default_factory=list)  # per SAE, per held-out row (_row_sums)
 
 
 # Each SAE comes with the sink rule it was trained with: a SinkConfig, or a cfg.json dict to read it from.
@@ -125,6 +126,7 @@ def reconstruction_metrics(
             sum_y=0.0,
             sumsq_y=0.0,
             l0=[],
+            rows=[],
             excluded=0,
             total=0,
             fires=torch.zeros(s.cfg.d_sae, device=device),
@@ -153,7 +155,9 @@ def reconstruction_metrics(
             a["sumsq_y"] += y.pow(2).sum().item()
             a["n"] += y.shape[0]
             a["elems"] += y.numel()
-            a["cos"] += F.cosine_similarity(y_hat, y, dim=-1).sum().item()
+            cos = F.cosine_similarity(y_hat, y, dim=-1)
+            a["cos"] += cos.sum().item()
+            a["rows"].append(_row_sums(keep, (y_hat - y).pow(2).sum(-1), cos, y))
             a["l0"].append(lat.l0_per_row())
             a["fires"] += lat.fire_counts().float()
             a["excluded"] += int(drop.sum())
@@ -187,7 +191,33 @@ def reconstruction_metrics(
             )
         )
         firing.append(freq)
-    return results, PassStats({h: site_sum[h] / site_n[h] for h in site_sum}, firing)
+    per_row = [_row_arrays(a["rows"], a["sum_y"] / max(a["n"], 1)) for a in acc]
+    return results, PassStats({h: site_sum[h] / site_n[h] for h in site_sum}, firing, per_row)
+
+
+def _row_sums(keep: torch.Tensor, err: torch.Tensor, cos: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per row of the batch (keep: [b, T]; the rest over its kept positions): summed squared error, cosine,
+    count, |y|^2 and y, from which a bootstrap over rows recomputes FVU and cosine (bench/core.py)."""
+    r = keep.nonzero(as_tuple=True)[0]
+    z = lambda *shape: torch.zeros(keep.shape[0], *shape, dtype=torch.float64, device=y.device)  # noqa: E731
+    return {
+        "err": z().index_add_(0, r, err.double()),
+        "cos": z().index_add_(0, r, cos.double()),
+        "n": z().index_add_(0, r, torch.ones_like(err, dtype=torch.float64)),
+        "sumsq": z().index_add_(0, r, y.double().pow(2).sum(-1)),
+        "sum_y": z(y.shape[-1]).index_add_(0, r, y.double()),
+    }
+
+
+def _row_arrays(parts: list[dict], mean: torch.Tensor) -> dict[str, np.ndarray]:
+    """[rows] arrays: err, var (sum over the row of |y - global mean|^2: their total is FVU's denominator),
+    cos (summed) and n."""
+    if not parts:
+        return {k: np.zeros(0) for k in ("err", "var", "cos", "n")}
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    m = mean.double().to(cat["sum_y"].device) if torch.is_tensor(mean) else torch.zeros(cat["sum_y"].shape[1])
+    var = cat["sumsq"] - 2 * cat["sum_y"] @ m + cat["n"] * m.pow(2).sum()
+    return {k: v.cpu().numpy() for k, v in (("err", cat["err"]), ("var", var), ("cos", cat["cos"]), ("n", cat["n"]))}
 
 
 def _relative_bias(a: dict, n: int) -> float | None:
@@ -289,11 +319,20 @@ def downstream_metrics(
 
 
 def measure(
-    model, tokenizer, saes: list[Sinked], rows: TokenRows, budget: EvalBudget, device: str = "cpu"
+    model,
+    tokenizer,
+    saes: list[Sinked],
+    rows: TokenRows,
+    budget: EvalBudget,
+    device: str = "cpu",
+    per_row: list | None = None,
 ) -> tuple[list[SaeMetrics], list[torch.Tensor]]:
     """All metrics of each SAE (downstream ones when `budget.ce_tokens` > 0), and each SAE's per-latent
-    firing frequency [d_sae] on the reconstruction tokens."""
+    firing frequency [d_sae] on the reconstruction tokens; `per_row`, when given, receives each SAE's
+    per-row sums (PassStats.rows: the bench's bootstrap over rows)."""
     results, stats = reconstruction_metrics(model, tokenizer, saes, rows, budget, device)
+    if per_row is not None:
+        per_row.extend(stats.rows)
     if budget.ce_tokens > 0:
         for r, d in zip(results, downstream_metrics(model, tokenizer, saes, rows, stats.site_means, budget, device)):
             r.downstream = d

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ...errors import UserError
+from .bootstrap import noise_tables, series_noise
 from .encode import encode_task
 from .logreg import Probe, accuracy, fit_logreg
 from .metric import BenchState, Metric, Table, by_l0, fmt
@@ -70,6 +71,7 @@ class AbsorptionReport:
     letters: list[str]
     weak: bool  # the probe is too weak for the metric to mean much (accuracy < 0.5)
     dictionaries: list[AbsorptionResult]
+    noise: dict | None = None  # bootstrap over the held-out words (bootstrap.py; None: no sparse dictionary)
 
 
 def vocabulary_words(tokenizer, seed: int = 0, per_letter: int = PER_LETTER) -> tuple[list[int], list[int], list[str]]:
@@ -122,8 +124,10 @@ def letter_absorption(
     p: torch.Tensor,
     directions: torch.Tensor,
     mean: torch.Tensor,
+    values: dict | None = None,
 ) -> LetterAbsorption:
-    """x, z: site activations and codes of held-out words of this letter that the probe gets right."""
+    """x, z: site activations and codes of held-out words of this letter that the probe gets right;
+    `values`, when given, receives each word's absorbed (0/1) and fraction (the bootstrap's input)."""
     cos = directions @ p  # [d_lat]
     aligned = cos >= MIN_COS
     proj = (z * cos).clamp_min(0) * aligned  # [n, d_lat] positive projections of aligned latents
@@ -137,6 +141,8 @@ def letter_absorption(
     carried = proj[:, ~is_main].max(1).values >= CARRY * own if (~is_main).any() else torch.zeros_like(silent)
     absorbed = silent & carried
     n = len(x)
+    if values is not None:
+        values.update({"absorption rate": absorbed.float().numpy(), "absorption fraction": frac.float().numpy()})
     return LetterAbsorption(
         letter, n, len(main), main, float(absorbed.float().mean()) if n else 0.0, float(frac.mean()) if n else 0.0
     )
@@ -160,8 +166,10 @@ def dictionary_absorption(
     directions: torch.Tensor,
     mean: torch.Tensor,
     seed: int = 0,
+    values: list | None = None,
 ) -> AbsorptionResult:
-    """Absorption of one sparse dictionary (codes z, unit decoder directions [d_lat, d])."""
+    """Absorption of one sparse dictionary (codes z, unit decoder directions [d_lat, d]); `values`, when
+    given, receives per letter its words' values (`letter_absorption`)."""
     dirs = probe.raw_directions()
     dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
     pred = probe.predict(x_te)
@@ -169,7 +177,10 @@ def dictionary_absorption(
     for li, c in enumerate(letters):
         main = main_latents(z_tr, y_tr == li, seed)
         right = (y_te == li) & (pred == li)
-        per.append(letter_absorption(c, main, x_te[right], z_te[right], dirs[li], directions, mean))
+        v: dict = {}
+        per.append(letter_absorption(c, main, x_te[right], z_te[right], dirs[li], directions, mean, v))
+        if values is not None:
+            values.append(v)
     per_ok = [r for r in per if r.n_test]
     mean_of = lambda f: float(np.mean([f(r) for r in per_ok])) if per_ok else None  # noqa: E731
     return AbsorptionResult(
@@ -218,9 +229,10 @@ def run_absorption(lm, dicts, site: str, sink, cfg) -> AbsorptionReport:
     x = enc.site[site]
     probe, acc = first_letter_probe(x[tr], y[tr], x[~tr], y[~tr], len(letters))
     chance = float(np.bincount(y[~tr].numpy()).max() / max(int((~tr).sum()), 1))
-    results = []
+    results, values = [], {}
     for d in dicts:
         if d in sparse:
+            values[d.name] = []
             z = enc.codes[d.name]
             results.append(
                 dictionary_absorption(
@@ -236,11 +248,27 @@ def run_absorption(lm, dicts, site: str, sink, cfg) -> AbsorptionReport:
                     d.directions,
                     x[tr].mean(0),
                     seed,
+                    values[d.name],
                 )
             )
         else:
             results.append(AbsorptionResult(d.name, d.kind, False, None, None, None))
-    return AbsorptionReport(acc, chance, int(len(y)), letters, acc < 0.5, results)
+    return AbsorptionReport(acc, chance, int(len(y)), letters, acc < 0.5, results, absorption_noise(values, seed))
+
+
+def absorption_noise(values: dict[str, list[dict]], seed: int = 0) -> dict | None:
+    """Intervals of the mean absorption rate and fraction: each letter's held-out words are a stratum
+    (every letter weighs 1, as in the means); every sparse dictionary reads the same words (paired)."""
+    if not values:
+        return None
+    first = next(iter(values.values()))
+    letters = [i for i, v in enumerate(first) if len(v["absorption rate"])]  # as the means: letters with words
+    series = {
+        (q, d): [per[i][q] for i in letters]
+        for q in ("absorption rate", "absorption fraction")
+        for d, per in values.items()
+    }
+    return series_noise(series, seed=seed, unit="held-out words the probe gets right")
 
 
 def compute(b: BenchState) -> dict:
@@ -269,7 +297,8 @@ def tables(ab: dict) -> list[Table]:
         f"{ab['n_words']} words, {len(ab['letters'])} letters"
         + (" -- WEAK: the site encodes first letters too weakly for this metric to mean much" if ab["weak"] else "")
     )
-    return [(head, ["dictionary", "applicable", "absorption rate", "absorption fraction", "split features"], rows)]
+    out = [(head, ["dictionary", "applicable", "absorption rate", "absorption fraction", "split features"], rows)]
+    return out + (noise_tables("Absorption", ab["noise"]) if ab.get("noise") else [])
 
 
 def panel(ax, ab: dict, l0s: dict) -> None:

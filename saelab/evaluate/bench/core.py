@@ -4,8 +4,11 @@ folders' shared held-out rows. Baselines are not measured here."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..metrics import EvalBudget, measure
 from ..results import DESCRIPTIONS
+from .bootstrap import RESAMPLES, bootstrap_ratios, noise_block, noise_tables
 from .metric import BenchState, Metric, Table, by_l0
 
 COLUMNS = ["l0", "fvu", "cosine", "dead_fraction", "ce_increase", "kl", "ce_recovered_zero"]
@@ -13,6 +16,7 @@ COLUMNS = ["l0", "fvu", "cosine", "dead_fraction", "ce_increase", "kl", "ce_reco
 
 def compute(b: BenchState) -> dict:
     cfg = b.cfg
+    per_row: list[dict] = []
     res, _ = measure(
         b.lm.model,
         b.lm.tokenizer,
@@ -20,6 +24,7 @@ def compute(b: BenchState) -> dict:
         b.rows,
         EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens),
         cfg.device,
+        per_row,
     )
     for n, m in zip(b.names, res):
         b.l0[n] = m.l0
@@ -28,12 +33,27 @@ def compute(b: BenchState) -> dict:
         "ce_tokens": cfg.ce_tokens,
         "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(b.names, res)],
         "descriptions": DESCRIPTIONS,
+        "noise": core_noise(per_row, b.names, cfg.seed),
     }
+
+
+def core_noise(per_row: list[dict], names: list[str], seed: int = 0, resamples: int = RESAMPLES) -> dict | None:
+    """FVU and cosine with their bootstrap over held-out rows (tokens of a row are not independent, so the
+    row is the unit): per SAE the `measure` per-row sums (evaluate/metrics.py PassStats.rows), all SAEs on
+    the same rows (paired). KL / CE are not resampled (their pass keeps no per-row sums)."""
+    if not per_row or not len(per_row[0]["n"]):
+        return None
+    series = [(q, n) for q in ("fvu", "cosine") for n in names]
+    num = np.stack([r["err"] for r in per_row] + [r["cos"] for r in per_row], 1)  # [rows, 2 * SAEs]
+    den = np.stack([r["var"] for r in per_row] + [r["n"] for r in per_row], 1)
+    point, boot, n = bootstrap_ratios(num, den, resamples, seed)
+    return noise_block(point, boot, n, series, seed=seed, smallest=n, unit="held-out rows")
 
 
 def tables(core: dict) -> list[Table]:
     rows = [[r["dictionary"]] + [r.get(c) for c in COLUMNS] for r in core["dictionaries"]]
-    return [("Core (held-out reconstruction and splice; SAEs only)", ["dictionary"] + COLUMNS, rows)]
+    out = [("Core (held-out reconstruction and splice; SAEs only)", ["dictionary"] + COLUMNS, rows)]
+    return out + (noise_tables("Core", core["noise"]) if core.get("noise") else [])
 
 
 def panel(ax, core: dict, l0s: dict) -> None:

@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .bootstrap import noise_tables
 from .dictionaries import Dictionary
 from .encode import Encoded, encode_task
 from .logreg import accuracy, fit_logreg, top_mean_difference
 from .metric import BenchState, Metric, Table
+from .probing_noise import probing_noise
 from .task_files import file_task
 from .tasks import Task, builtin_tasks
 
@@ -61,8 +63,11 @@ def subtasks(labels: np.ndarray, n_classes: int, seed: int = 0) -> list[tuple[st
     return out
 
 
-def probe_codes(z: torch.Tensor, y: np.ndarray, train: np.ndarray, ks=KS) -> tuple[dict[str, float], list[int]]:
-    """Held-out accuracy of a probe on the top-k latents for each k, and the top 5 latents."""
+def probe_codes(
+    z: torch.Tensor, y: np.ndarray, train: np.ndarray, ks=KS, correct: dict | None = None
+) -> tuple[dict[str, float], list[int]]:
+    """Held-out accuracy of a probe on the top-k latents for each k, and the top 5 latents; `correct`,
+    when given, receives k -> the probe's 0/1 correctness on each held-out example (the bootstrap's input)."""
     yt = torch.from_numpy(y)
     tr, te = torch.from_numpy(train), torch.from_numpy(~train)
     z_tr, z_te, y_tr, y_te = z[tr], z[te], yt[tr], yt[te]
@@ -70,7 +75,10 @@ def probe_codes(z: torch.Tensor, y: np.ndarray, train: np.ndarray, ks=KS) -> tup
     acc = {}
     for k in ks:
         cols = order[:k]
-        acc[str(k)] = accuracy(fit_logreg(z_tr[:, cols], y_tr), z_te[:, cols], y_te)
+        probe = fit_logreg(z_tr[:, cols], y_tr)
+        acc[str(k)] = accuracy(probe, z_te[:, cols], y_te)
+        if correct is not None:
+            correct[str(k)] = (probe.predict(z_te[:, cols].float()) == y_te).numpy()
     return acc, order[:5].tolist()
 
 
@@ -80,8 +88,11 @@ def ceiling(x: torch.Tensor, y: np.ndarray, train: np.ndarray) -> float:
     return accuracy(fit_logreg(x[tr], yt[tr], l2=1e-2), x[te], yt[te])
 
 
-def probe_task(task: Task, enc: Encoded, dicts: list[Dictionary], ks=KS, seed: int = 0) -> list[ProbeTask]:
-    """One ProbeTask per dictionary (same order as `dicts`)."""
+def probe_task(
+    task: Task, enc: Encoded, dicts: list[Dictionary], ks=KS, seed: int = 0, correct: dict | None = None
+) -> list[ProbeTask]:
+    """One ProbeTask per dictionary (same order as `dicts`); `correct`, when given, receives dictionary
+    name -> [per sub-task: k -> 0/1 correctness on its held-out examples] (probing_noise.py)."""
     labels, train = task.labels[enc.keep], task.train[enc.keep]
     subs = subtasks(labels, len(task.classes), seed)
     ceilings: dict[str, float] = {}
@@ -90,7 +101,10 @@ def probe_task(task: Task, enc: Encoded, dicts: list[Dictionary], ks=KS, seed: i
         z = enc.codes[d.name]
         accs, tops = [], {}
         for cls, idx, y in subs:
-            a, top = probe_codes(z[torch.from_numpy(idx)], y, train[idx], ks)
+            c = {}
+            a, top = probe_codes(z[torch.from_numpy(idx)], y, train[idx], ks, c)
+            if correct is not None:
+                correct.setdefault(d.name, []).append(c)
             accs.append(a)
             tops[task.classes[int(cls)]] = top
         if d.site not in ceilings:
@@ -127,9 +141,11 @@ def compute(b: BenchState) -> dict:
     if b.user_task:
         tasks.append(file_task(b.lm.tokenizer, cfg.tasks, *b.user_task, seed=cfg.seed))
     per: dict[str, list] = {d.name: [] for d in b.dicts}
+    correct: list[dict] = []  # per task: dictionary -> per sub-task correctness (the bootstrap's input)
     for task in tasks:
         enc = encode_task(b.lm.model, b.lm.tokenizer, task, b.dicts, b.site, b.sink, device=cfg.device)
-        for d, r in zip(b.dicts, probe_task(task, enc, b.dicts, KS, cfg.seed)):
+        correct.append({})
+        for d, r in zip(b.dicts, probe_task(task, enc, b.dicts, KS, cfg.seed, correct[-1])):
             per[d.name].append(r)
         if task.level == "token":  # L0 of each dictionary on real tokens (dense bases: their width)
             for d in b.dicts:
@@ -141,6 +157,7 @@ def compute(b: BenchState) -> dict:
             {"task": t.name, "level": t.level, "classes": t.classes, "description": t.description} for t in tasks
         ],
         "dictionaries": [asdict(summarise(d, per[d.name], KS)) for d in b.dicts],
+        "noise": probing_noise(correct, [d.name for d in b.dicts], KS, cfg.seed),
     }
 
 
@@ -160,6 +177,8 @@ def tables(probing: dict) -> list[Table]:
         if k in ks:
             rows = [[r["dictionary"]] + [t["accuracy"][str(k)] for t in r["tasks"]] for r in res]
             out.append((f"Sparse probing per task, k={k}", ["dictionary"] + names, rows))
+    if probing.get("noise"):
+        out += noise_tables("Sparse probing, mean accuracy", probing["noise"])
     return out
 
 
