@@ -107,3 +107,11 @@ def test_builtin_ood_split_never_shares_rows_files_or_tokens_with_its_fit_side()
         assert all("/" not in t.files[r] for r in test_rows), FAMILIES[1]  # a top-level module
         for c in range(len(t.classes)):  # every class on both sides
             assert (t.labels[fit] == c).any() and (t.labels[test] == c).any(), (name, c)
+
+
+def test_a_test_family_row_equal_to_a_fit_family_row_is_on_neither_side():
+    from saelab.evaluate.bench.tasks import _families
+
+    ids = np.array([[1, 2], [3, 4], [1, 2], [5, 6], [3, 4]])
+    fam = _families(ids, np.array([0, 0, 1, 1, 0]))
+    assert fam.tolist() == [0, 0, -1, 1, 0]  # row 2 repeats fit row 0; row 4 is itself a fit row

@@ -28,7 +28,7 @@ from .task_files import file_task
 from .tasks import FAMILIES, Task, builtin_tasks
 
 KS = (1, 2, 5, 10, 20)
-MIN_OOD = 4  # examples per class on each side of an out-of-distribution split, or the task has none
+MIN_OOD = 10  # examples per class on each side of an out-of-distribution split, or the task has none (noise)
 
 
 @dataclass
