@@ -100,3 +100,21 @@ def top_mean_difference(z: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tenso
     (Gurnee et al. 2023; SAEBench's sparse probing): indices, largest difference first."""
     diff = (z[y == 1].float().mean(0) - z[y == 0].float().mean(0)).abs()
     return diff.topk(min(k, z.shape[1])).indices
+
+
+def diff_of_means_accuracy(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor) -> float:
+    """Held-out accuracy of the difference-of-means direction, the supervised baseline with no weights
+    fitted and no sparsity: u = mean(x | y=1) - mean(x | y=0) on the training rows, examples scored by
+    x . u and cut at the threshold that classifies the training rows best (one number fitted)."""
+    u = x_tr[y_tr == 1].double().mean(0) - x_tr[y_tr == 0].double().mean(0)
+    s_tr, s_te = x_tr.double() @ u, x_te.double() @ u
+    s, order = s_tr.sort()
+    y = y_tr[order].double()
+    # cut after i sorted rows (i = 0..n): below -> 0, above -> 1; correct = zeros below + ones above
+    zeros_below = torch.cat([torch.zeros(1, dtype=y.dtype), (1 - y).cumsum(0)])
+    ones_above = y.sum() - torch.cat([torch.zeros(1, dtype=y.dtype), y.cumsum(0)])
+    i = int((zeros_below + ones_above).argmax())
+    lo = s[i - 1] if i > 0 else s[0] - 1
+    hi = s[i] if i < len(s) else s[-1] + 1
+    pred = (s_te > (lo + hi) / 2).long()
+    return float((pred == y_te).float().mean())

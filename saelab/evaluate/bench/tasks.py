@@ -14,6 +14,12 @@ Every example is a row of `LENGTH` tokens (BOS + 63 text tokens). Constructions:
                    code token (name, keyword, number, operator) outside any string.
 Sequence-level tasks are mean-pooled over non-sink positions; token-level tasks read one position.
 Examples are split into train/test by row (70/30, seed), so no context is shared across the split.
+
+Out of distribution (code_vs_prose, token_type, inside_string): each row also has a family, the part of
+the stdlib its file lies in: FIT_FAMILY (a package's folder: asyncio/, email/, ...) or TEST_FAMILY (a
+top-level module, Lib/*.py). `Task.ood_split` fits on the first and tests on the second, the shift where
+dense probes are reported to beat SAE probes (DeepMind 2025); a test-family row whose tokens equal a
+fit-family row's is left out of both sides. stdlib_package has none: its label is the package.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ LENGTH = 64
 BUILTIN_TASKS = ("code_vs_prose", "stdlib_package", "token_type", "inside_string")
 PACKAGES = ("asyncio", "email", "xml", "multiprocessing", "unittest", "http")
 TOKEN_CLASSES = ("keyword", "name", "number", "string", "comment", "operator")
+FAMILIES = ("packages", "top-level modules")  # family 0 fits the out-of-distribution probe, family 1 tests it
 _SKIP = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip"}
 
 
@@ -49,11 +56,30 @@ class Task:
     rows: np.ndarray  # [examples] which row an example reads
     positions: np.ndarray | None  # [examples] token position (token level), None for sequence level
     train_rows: np.ndarray  # bool [rows]: rows of the training split
+    family: np.ndarray | None = None  # [rows] 0 / 1 (FAMILIES), -1: duplicate of a family-0 row; None: no OOD split
+    files: np.ndarray | None = None  # [rows] the stdlib file each row comes from (relative path)
 
     @property
     def train(self) -> np.ndarray:
         """bool [examples]: examples of the training split."""
         return self.train_rows[self.rows]
+
+    def ood_split(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(fit, test) bool [examples] of the out-of-distribution split (FAMILIES); None when the task has none."""
+        if self.family is None:
+            return None
+        fam = self.family[self.rows]
+        return fam == 0, fam == 1
+
+
+def _family(path: Path) -> int:
+    return 1 if path.parent == Path(sysconfig.get_paths()["stdlib"]) else 0
+
+
+def _families(ids: np.ndarray, family: np.ndarray) -> np.ndarray:
+    """`family` with test-family rows whose tokens equal a fit-family row's set to -1 (in neither side)."""
+    seen = {r.tobytes() for r, f in zip(ids, family) if f == 0}
+    return np.array([-1 if f == 1 and r.tobytes() in seen else f for r, f in zip(ids, family)], dtype=np.int64)
 
 
 def split_rows(n_rows: int, seed: int, train_fraction: float = 0.7) -> np.ndarray:
@@ -88,16 +114,29 @@ def _row(tokenizer, text: str) -> list[int] | None:
 
 
 def _sequence_task(
-    name, classes, description, rows_by_class: list[list[list[int]]], per_class: int, seed: int, eos: int
+    name,
+    classes,
+    description,
+    rows_by_class: list[list[list[int]]],
+    per_class: int,
+    seed: int,
+    eos: int,
+    files_by_class: list[list[Path]] | None = None,
 ) -> Task:
+    """`files_by_class` (the file of each row) gives the task its out-of-distribution families."""
     rng = np.random.default_rng(seed)
-    ids, labels = [], []
+    ids, labels, files = [], [], []
     for c, rows in enumerate(rows_by_class):
         pick = rng.permutation(len(rows))[:per_class]
         ids += [rows[i] for i in pick]
         labels += [c] * len(pick)
+        files += [files_by_class[c][i] for i in pick] if files_by_class else []
     arr = np.asarray(ids, dtype=np.int64)
     n = len(arr)
+    ood = {}
+    if files_by_class:
+        fam = _families(arr, np.array([_family(f) for f in files]))
+        ood = {"family": fam, "files": np.array([_relative(f) for f in files])}
     return Task(
         name,
         "sequence",
@@ -109,11 +148,16 @@ def _sequence_task(
         np.arange(n),
         None,
         split_rows(n, seed),
+        **ood,
     )
 
 
+def _relative(path: Path) -> str:
+    return str(path.relative_to(sysconfig.get_paths()["stdlib"]))
+
+
 def code_vs_prose(tokenizer, per_class: int = 300, seed: int = 0) -> Task:
-    prose, code = [], []
+    prose, code, prose_files, code_files = [], [], [], []
     files = _stdlib_files()
     for i in np.random.default_rng(seed).permutation(len(files)):  # files in a seeded order, until enough
         if min(len(prose), len(code)) >= 2 * per_class:
@@ -132,11 +176,17 @@ def code_vs_prose(tokenizer, per_class: int = 300, seed: int = 0) -> Task:
                 continue
             if (i + node.lineno) % 2:  # each definition gives one side only
                 prose.append(doc)
+                prose_files.append(files[i])
             else:
                 body = node.body[0]
                 src = lines[node.lineno - 1 : body.lineno - 1] + lines[body.end_lineno : node.end_lineno]
                 code.append("\n".join(ln for ln in src if not ln.strip().startswith("#")))
-    rows = [[r for r in (_row(tokenizer, t) for t in texts) if r] for texts in (prose, code)]
+                code_files.append(files[i])
+    kept = [
+        [(r, f) for r, f in ((_row(tokenizer, t), f) for t, f in zip(texts, fs)) if r]
+        for texts, fs in ((prose, prose_files), (code, code_files))
+    ]
+    rows = [[r for r, _ in k] for k in kept]
     return _sequence_task(
         "code_vs_prose",
         ["prose", "code"],
@@ -145,6 +195,7 @@ def code_vs_prose(tokenizer, per_class: int = 300, seed: int = 0) -> Task:
         per_class,
         seed,
         tokenizer.eos_token_id,
+        [[f for _, f in k] for k in kept],
     )
 
 
@@ -200,7 +251,7 @@ def _python_spans(text: str) -> list[tuple[int, int, str]]:
 
 
 def _token_windows(tokenizer, n_windows: int, seed: int):
-    """Windows of stdlib source: (row ids, per position (class, inside-string flag) or None)."""
+    """Windows of stdlib source: (row ids, per position (class, inside-string flag) or None, file)."""
     files = _stdlib_files()
     rng = np.random.default_rng(seed)
     for fi in rng.permutation(len(files)):
@@ -224,7 +275,7 @@ def _token_windows(tokenizer, n_windows: int, seed: int):
                 continue
             s, e, cls = spans[j]
             info.append((cls, cls == "string" and first > s))
-        yield [tokenizer.bos_token_id] + ids[s0 : s0 + LENGTH - 1], info
+        yield [tokenizer.bos_token_id] + ids[s0 : s0 + LENGTH - 1], info, files[fi]
         n_windows -= 1
         if not n_windows:
             return
@@ -233,13 +284,15 @@ def _token_windows(tokenizer, n_windows: int, seed: int):
 def token_tasks(tokenizer, per_class: int = 300, n_windows: int = 160, seed: int = 0) -> list[Task]:
     """token_type and inside_string, from the same windows (one model pass serves both)."""
     windows = list(_token_windows(tokenizer, n_windows, seed))
-    ids = np.asarray([w for w, _ in windows], dtype=np.int64)
+    ids = np.asarray([w for w, _, _ in windows], dtype=np.int64)
     n = len(ids)
     train = split_rows(n, seed)
+    family = _families(ids, np.array([_family(f) for _, _, f in windows]))
+    files = np.array([_relative(f) for _, _, f in windows])
     rng = np.random.default_rng(seed)
     cands_type = {c: [] for c in TOKEN_CLASSES}
     cands_str = {0: [], 1: []}
-    for r, (_, info) in enumerate(windows):
+    for r, (_, info, _) in enumerate(windows):
         for pos, item in enumerate(info):
             if item is None:
                 continue
@@ -269,6 +322,8 @@ def token_tasks(tokenizer, per_class: int = 300, n_windows: int = 160, seed: int
             np.asarray(rows),
             np.asarray(pos),
             train,
+            family,
+            files,
         )
 
     return [
