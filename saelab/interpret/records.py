@@ -4,6 +4,7 @@ RUN/manifest.json          what was run: cache, dictionary, latents, example con
                            client, scorers and their settings, package versions, wall times
 RUN/explanations.jsonl     one ExplanationRecord per latent (status ok | failed | skipped)
 RUN/scores_SCORER.jsonl    one ScoreResult (scorers/base.py) per latent and scorer
+RUN/validity_SCORER.jsonl  the same with another latent's explanation (`score --validity`, validity.py)
 
 A crash loses at most the latent in flight: a truncated last line is ignored when reading, and a
 rerun skips every latent that already has a record. `load_run(run).latent(j)` merges the files into
@@ -91,6 +92,9 @@ class Run:
         self.scores: dict[str, dict[int, dict]] = {}
         for p in sorted(self.path.glob("scores_*.jsonl")):
             self.scores[p.stem.removeprefix("scores_")] = by_latent(read_jsonl(p))
+        self.validity: dict[str, dict[int, dict]] = {}  # scorer -> shuffled-explanation results
+        for p in sorted(self.path.glob("validity_*.jsonl")):
+            self.validity[p.stem.removeprefix("validity_")] = by_latent(read_jsonl(p))
 
     @property
     def name(self) -> str:
