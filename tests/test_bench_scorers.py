@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from saelab.interpret.scorers.base import ScoreResult, auc
-from saelab.interpret.validity import donors, right_vs_wrong, run_validity, scorer_validity
+from saelab.interpret.validity import donors, planted_token_latents, right_vs_wrong, run_validity, scorer_validity
 
 WINDOW = 16
 
@@ -55,43 +55,28 @@ def test_interval_covers_a_planted_auc_at_its_nominal_rate():
         assert 0.88 <= hits / 200 <= 0.99, (d, hits)
 
 
-def _planted(tokenizer, text: str, n_latents: int = 8, n_act: int = 10, n_neg: int = 10):
-    """Latents that fire exactly on one word each: windows of the corpus holding the word (activation 1 on
-    it) and windows without it; -> (list of LatentExamples, {latent: "the token 'word'"})."""
-    from saelab.interpret.examples import Example, LatentExamples
-
-    ids = np.array(tokenizer(text, add_special_tokens=False).input_ids[: 1500 * WINDOW])
-    wins = ids[: len(ids) // WINDOW * WINDOW].reshape(-1, WINDOW)  # [windows, WINDOW]
-    held = {}
-    for t in np.unique(wins):
-        piece = tokenizer.decode([int(t)])
-        if piece.startswith(" ") and piece[1:].isalpha() and len(piece) >= 7:
-            rows = np.where((wins == t).any(1))[0]
-            if 2 * n_act <= len(rows) <= len(wins) // 3:
-                held[int(t)] = (piece.strip(), rows)
-    chosen = sorted(held, key=lambda t: -len(held[t][1]))[:n_latents]
-    assert len(chosen) == n_latents, "the corpus has too few frequent words"
-    out, expl = [], {}
-    rng = np.random.default_rng(0)
-    for j, t in enumerate(chosen):
-        word, rows = held[t]
-        neg = rng.permutation(np.setdiff1d(np.arange(len(wins)), rows))[:n_neg]
-
-        def ex(r, kind, t=t):
-            toks = wins[r].tolist()
-            acts = [float(x == t) for x in toks]
-            return Example(int(r), 0, toks, acts, acts.index(1.0) if kind == "activating" else -1, kind)
-
-        out.append(LatentExamples(j, [], [ex(r, "activating") for r in rows[:n_act]], [ex(r, "random") for r in neg]))
-        expl[j] = f"the token {word!r}"
-    return out, expl
-
-
 @pytest.fixture(scope="module")
 def planted(tiny_model_dir, text_corpus):
     from transformers import AutoTokenizer
 
-    return _planted(AutoTokenizer.from_pretrained(tiny_model_dir), text_corpus.read_text())
+    text = text_corpus.read_text()[:60000]
+    return planted_token_latents(AutoTokenizer.from_pretrained(tiny_model_dir), text, window=WINDOW)
+
+
+def test_planted_latents_fire_exactly_on_their_word(planted, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, expl = planted
+    assert len(examples) == 8 and len(set(expl.values())) == 8
+    for ex in examples:
+        word = expl[ex.latent].removeprefix("the token ").strip("'")
+        assert len(ex.activating) == 10 and len(ex.random) == 10
+        t = ex.activating[0].tokens[ex.activating[0].peak]  # the planted token
+        assert tok.decode([t]) == " " + word
+        for e in ex.activating + ex.random:
+            on = [x == t for x in e.tokens]
+            assert [a == 1.0 for a in e.acts] == on and any(on) == e.activating
 
 
 def test_embedding_scorer_tells_planted_explanations_from_shuffled(planted, tiny_model_dir):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .examples import LatentExamples
+from .examples import Example, LatentExamples
 
 # the metric compared per scorer: the first of these a result has (judges in generate mode have no AUC)
 VALIDITY_METRICS = {
@@ -95,3 +95,38 @@ def scorer_validity(scorer, examples: list[LatentExamples], explanations: dict[i
     right = {j: scorer.score(by[j], explanations[j]).to_dict() for j in give}
     wrong = {j: scorer.score(by[j], explanations[d]).to_dict() for j, d in give.items()}
     return run_validity(right, wrong, scorer.name) | {"donors": give}
+
+
+def planted_token_latents(
+    tokenizer, text: str, n_latents: int = 8, window: int = 16, n_act: int = 10, n_neg: int = 10, seed: int = 0
+) -> tuple[list[LatentExamples], dict[int, str]]:
+    """Latents with a known meaning, to check a scorer on: latent j fires (activation 1) exactly on one
+    word of `text` (a whole-word token, the most frequent ones that are in at most a third of the windows),
+    scored on `n_act` windows holding it and `n_neg` random windows without it; its explanation is
+    "the token 'word'". -> (examples, {latent: explanation})."""
+    ids = np.array(tokenizer(text, add_special_tokens=False).input_ids)
+    wins = ids[: len(ids) // window * window].reshape(-1, window)  # [windows, window]
+    held = {}
+    for t in np.unique(wins):
+        piece = tokenizer.decode([int(t)])
+        if piece.startswith(" ") and piece[1:].isalpha() and len(piece) >= 7:
+            rows = np.where((wins == t).any(1))[0]
+            if 2 * n_act <= len(rows) <= len(wins) // 3:
+                held[int(t)] = (piece.strip(), rows)
+    chosen = sorted(held, key=lambda t: (-len(held[t][1]), t))[:n_latents]
+    if len(chosen) < n_latents:
+        raise ValueError(f"the text has {len(chosen)} words frequent enough for {n_latents} planted latents")
+    rng = np.random.default_rng(seed)
+    out, expl = [], {}
+    for j, t in enumerate(chosen):
+        word, rows = held[t]
+        neg = rng.permutation(np.setdiff1d(np.arange(len(wins)), rows))[:n_neg]
+
+        def ex(r, kind, t=t):
+            toks = wins[r].tolist()
+            acts = [float(x == t) for x in toks]
+            return Example(int(r), 0, toks, acts, acts.index(1.0) if kind == "activating" else -1, kind)
+
+        out.append(LatentExamples(j, [], [ex(r, "activating") for r in rows[:n_act]], [ex(r, "random") for r in neg]))
+        expl[j] = f"the token {word!r}"
+    return out, expl
