@@ -171,6 +171,14 @@ def test_score_validity_and_report_label(planted, tiny_model_dir, tmp_path):
     rep = json.loads((run / "report.json").read_text())["runs"][0]["scorers"]
     assert rep["embedding"]["validity"]["verdict"] == "tells right from wrong"
     assert rep["surprisal"]["validity"]["auc"] == 0.5 and rep["surprisal"]["validity"]["verdict"] == "at chance"
+    # the pages (records.interpretations) carry each scorer's verdict beside its score
+    from saelab.interpret.records import interpretations
+
+    pages = interpretations(run, tmp_path, 8)
+    assert {s.scorer: s.validity for s in pages[0].scores} == {
+        "embedding": "tells right from wrong",
+        "surprisal": "at chance",
+    }
     # the bench report's autointerp table carries the verdict
     rows = {row[0]: row[-1] for row in tables(autointerp_summary(run))[0][2]}
     assert rows["surprisal"].endswith("at chance") and rows["embedding"].endswith("tells right from wrong")
