@@ -129,7 +129,7 @@ LATENT_CACHE = RunKind(
 )
 INTERPRETATION_RUN = RunKind(
     "interpretation run",
-    (MANIFEST, "explanations.jsonl", "examples.jsonl", "scores_*.jsonl", "report.md", "report.json", "hist_*.png"),
+    (MANIFEST, "explanations.jsonl", "examples.jsonl", "scores_*.jsonl", "validity_*.jsonl", "report.*", "hist_*.png"),
     _manifest_kind("saelab-interpretation-run"),
     identity_key="identity",
     overwrite_resumes=True,

@@ -20,6 +20,8 @@ def autointerp_summary(run_dir: str | Path) -> dict:
     for name, sc in s["scorers"].items():
         prim = [m for m in PRIMARY.get(name, []) if m in sc["metrics"]] or list(sc["metrics"])[:1]
         scorers[name] = {"scored": sc["scored"], "failed": sc["failed"], "primary": {m: sc["metrics"][m] for m in prim}}
+        if "validity" in sc:  # right-vs-wrong AUC and verdict (`score --validity`)
+            scorers[name]["validity"] = {k: sc["validity"][k] for k in ("auc", "ci_low", "ci_high", "n", "verdict")}
     return {
         "run": s["run"],
         "label": s["label"],

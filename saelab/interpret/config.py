@@ -123,6 +123,10 @@ class _ScoreFields:
     batch_examples: int = opt(10, "examples per prompt in generate mode")
     steer_scale: float = opt(2.0, "intervention: steering = scale x max activation x decoder row")
     latents: list[int] | None = opt(None, LATENTS_HELP + " (none: every explained latent)")
+    validity: bool = opt(
+        False,
+        "also score each latent with another latent's explanation, so the report can say if a scorer is at chance",
+    )
 
 
 @dataclass(kw_only=True)

@@ -4,6 +4,7 @@ RUN/manifest.json          what was run: cache, dictionary, latents, example con
                            client, scorers and their settings, package versions, wall times
 RUN/explanations.jsonl     one ExplanationRecord per latent (status ok | failed | skipped)
 RUN/scores_SCORER.jsonl    one ScoreResult (scorers/base.py) per latent and scorer
+RUN/validity_SCORER.jsonl  the same with another latent's explanation (`score --validity`, validity.py)
 
 A crash loses at most the latent in flight: a truncated last line is ignored when reading, and a
 rerun skips every latent that already has a record. `load_run(run).latent(j)` merges the files into
@@ -27,6 +28,7 @@ from ..input_kind import require_kind
 from ..out_folder import INTERPRETATION_RUN, kind_of
 from ..storage import read_json, read_jsonl  # noqa: F401  (read_jsonl: part of this module's API)
 from .scorers.base import PRIMARY
+from .validity import run_validity
 
 RECORD_VERSION = 1
 EXPLANATIONS = "explanations.jsonl"
@@ -91,6 +93,9 @@ class Run:
         self.scores: dict[str, dict[int, dict]] = {}
         for p in sorted(self.path.glob("scores_*.jsonl")):
             self.scores[p.stem.removeprefix("scores_")] = by_latent(read_jsonl(p))
+        self.validity: dict[str, dict[int, dict]] = {}  # scorer -> shuffled-explanation results
+        for p in sorted(self.path.glob("validity_*.jsonl")):
+            self.validity[p.stem.removeprefix("validity_")] = by_latent(read_jsonl(p))
 
     @property
     def name(self) -> str:
@@ -128,6 +133,7 @@ class ScoreSummary:
     chance: float | None = None  # the metric's chance level (AUC 0.5)
     metrics: dict = field(default_factory=dict)
     error: str | None = None
+    validity: str | None = None  # the scorer's verdict on this run (`score --validity`): e.g. "at chance"
 
 
 @dataclass
@@ -142,7 +148,7 @@ class Interpretation:
     run: str = ""  # the run's label
 
 
-def summarise_score(scorer: str, rec: dict) -> ScoreSummary:
+def summarise_score(scorer: str, rec: dict, validity: str | None = None) -> ScoreSummary:
     metrics = {
         k: float(v)
         for k, v in (rec.get("metrics") or {}).items()
@@ -157,6 +163,7 @@ def summarise_score(scorer: str, rec: dict) -> ScoreSummary:
         CHANCE.get(metric),
         metrics,
         rec.get("error"),
+        validity,
     )
 
 
@@ -193,13 +200,14 @@ def interpretations(path, sae_dir: Path, d_sae: int) -> dict[int, Interpretation
     if folder is not None:
         run = load_run(folder)
         check_dictionary(run, sae_dir, d_sae)
+        verdict = {s: run_validity(run.scores[s], v, s)["verdict"] for s, v in run.validity.items() if s in run.scores}
         return {
             j: Interpretation(
                 j,
                 r.get("status", "missing"),
                 r.get("explanation"),
                 r.get("explainer", ""),
-                [summarise_score(s, by[j]) for s, by in sorted(run.scores.items()) if j in by],
+                [summarise_score(s, by[j], verdict.get(s)) for s, by in sorted(run.scores.items()) if j in by],
                 run.name,
             )
             for j, r in run.explanations.items()

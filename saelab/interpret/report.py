@@ -19,6 +19,7 @@ from ..storage import refuse_replacing, write_figure, write_json, write_text
 from .records import Run, load_run
 from .report_compare import compare_runs, comparison_markdown
 from .scorers.base import DESCRIPTIONS, PRIMARY
+from .validity import run_validity
 
 
 def _stats(vals: list[float]) -> dict:
@@ -66,7 +67,41 @@ def summarise(run: Run) -> dict:
             "values": {m: [r["metrics"].get(m) for r in good] for m in PRIMARY.get(s, [])},
             "latents": [r["latent"] for r in good],
         }
+        if s in run.validity:  # `score --validity`: own explanation vs another latent's
+            out["scorers"][s]["validity"] = run_validity(by, run.validity[s], s)
     return out
+
+
+def validity_markdown(summaries: list[dict]) -> list[str]:
+    """The scorer-validity section: per run and scorer, how often a latent's own explanation outscores
+    another latent's (right-vs-wrong AUC, 95% bootstrap interval over latents)."""
+    rows = [
+        (sm["label"], s, d["validity"]) for sm in summaries for s, d in sorted(sm["scorers"].items()) if "validity" in d
+    ]
+    if not rows:
+        return []
+    L = ["", "## Scorer validity (own explanation vs another latent's, on the same examples)", ""]
+    L.append(
+        "| run | scorer | metric | latents | mean own | mean shuffled | right-vs-wrong AUC | 95% interval | verdict |"
+    )
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for label, s, v in rows:
+        L.append(
+            f"| {label} | {s} | {v['metric']} | {v['n']} | {_fmt(v['mean_right'])} | {_fmt(v['mean_wrong'])} | "
+            f"{_fmt(v['auc'])} | [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}] | {v['verdict']} |"
+        )
+    L.append("")
+    L.append(
+        "A scorer **at chance** (its interval covers 0.5) does not tell these latents' explanations from shuffled "
+        "ones: its scores above measure the scorer, not the explanations."
+    )
+    return L
+
+
+def _tag(d: dict) -> str:
+    """' (at chance)' after a scorer whose validity check failed, so no reader takes its numbers at face value."""
+    v = d.get("validity", {}).get("verdict")
+    return f" ({v})" if v in ("at chance", "below chance") else ""
 
 
 def _fmt(x: float, p: int = 3) -> str:
@@ -149,10 +184,11 @@ def markdown(summaries: list[dict], comparisons: list[dict], plots: list[str]) -
                 ):
                     continue
                 L.append(
-                    f"| {sm['label']} | {s} | {'/'.join(d['modes'])} | {m} | {_fmt(st['mean'])} ± {_fmt(st['sem'])} | "
+                    f"| {sm['label']} | {s}{_tag(d)} | {'/'.join(d['modes'])} | {m} | {_fmt(st['mean'])} ± {_fmt(st['sem'])} | "
                     f"{_fmt(st['median'])} | {st['n']} | {d['failed']} | {d['failed_examples']} | "
                     f"{_fmt(d['seconds_per_latent'], 2)} |"
                 )
+    L += validity_markdown(summaries)
     L += comparison_markdown(comparisons)
     fails = [(sm["label"], f) for sm in summaries for f in sm["explain_failures"]]
     if fails:

@@ -23,6 +23,7 @@ from .examples import ExampleConfig, ExampleSampler, LatentExamples
 from .pipeline import SubjectModels, all_failed, stop_if_down
 from .records import EXAMPLES, EXPLANATIONS, append_jsonl, by_latent, read_jsonl, repair_truncated, scores_path
 from .scorers import JUDGED, SCORERS
+from .validity import donors, validity_path
 
 
 def build_scorer(
@@ -59,6 +60,7 @@ class _ScoreRun:
     stored: dict[int, dict]
     todo: list[int]  # explained latents to score
     cache: LatentCache | None
+    donors: dict[int, int]  # --validity: latent -> the latent whose explanation is its wrong one (else empty)
 
     @property
     def name(self) -> str:
@@ -84,7 +86,9 @@ def _open_score_run(cfg: ScoreConfig) -> _ScoreRun:
             + "; score the others with --scorers detection fuzzing embedding surprisal"
         )
     cache = LatentCache.open(manifest["cache"]) if need_cache else None
-    return _ScoreRun(cfg, run, manifest, expl, stored, todo, cache)
+    # the donors are drawn over every explained latent, so a run scored in parts gets the same pairs
+    give = donors([j for j in expl if expl[j]["status"] == "ok"]) if cfg.validity else {}
+    return _ScoreRun(cfg, run, manifest, expl, stored, todo, cache, give)
 
 
 def _make_scorers(run: _ScoreRun, models: SubjectModels):
@@ -106,35 +110,47 @@ def _make_scorers(run: _ScoreRun, models: SubjectModels):
     return judge, objs
 
 
-def _score_latent(run: _ScoreRun, j: int, ex: LatentExamples, objs: dict, done: dict[str, set]) -> dict[str, int]:
-    """Each scorer that has no good record for latent j scores it; a failure is recorded, the run goes on."""
+def _score_one(obj, ex: LatentExamples, explanation: str) -> dict:
+    """One scorer's result record; a failure is recorded, the run goes on."""
+    try:
+        return obj.score(ex, explanation).to_dict()
+    except (KeyboardInterrupt, UserError):
+        raise
+    except Exception as e:  # one latent's failure is recorded; the run goes on
+        from .scorers.base import ScoreResult
+
+        return ScoreResult.failure(obj.name, ex.latent, f"{type(e).__name__}: {e}").to_dict()
+
+
+def _score_latent(
+    run: _ScoreRun, j: int, ex: LatentExamples, objs: dict, done: dict[str, set], done_v: dict[str, set]
+) -> dict[str, int]:
+    """Each scorer that has no good record for latent j scores it (and, with --validity, scores it with its
+    donor's explanation too, into validity_SCORER.jsonl)."""
     scored = {}
     for s, obj in objs.items():
-        if j in done[s]:
-            continue
-        try:
-            r = obj.score(ex, run.explanations[j]["explanation"])
-        except (KeyboardInterrupt, UserError):
-            raise
-        except Exception as e:  # one latent's failure is recorded; the run goes on
-            from .scorers.base import ScoreResult
-
-            r = ScoreResult.failure(s, j, f"{type(e).__name__}: {e}")
-        append_jsonl(scores_path(run.path, s), r.to_dict())
-        scored[s] = 1
+        if j not in done[s]:
+            append_jsonl(scores_path(run.path, s), _score_one(obj, ex, run.explanations[j]["explanation"]))
+            scored[s] = 1
+        if j in run.donors and j not in done_v[s]:
+            d = run.donors[j]
+            rec = _score_one(obj, ex, run.explanations[d]["explanation"]) | {"donor": d}
+            append_jsonl(validity_path(run.path, s), rec)
+            scored[s] = 1
     return scored
 
 
 def _score_all(run: _ScoreRun, judge, objs: dict, progress: bool) -> dict[str, int]:
     """Every latent some scorer has not scored well yet; -> {scorer: latents scored now}."""
-    done = {}
+    done, done_v = {}, {}
     for s in objs:  # a failed result (an LLM outage, unusable replies) is scored again
-        repair_truncated(scores_path(run.path, s))
-        done[s] = {j for j, r in by_latent(read_jsonl(scores_path(run.path, s))).items() if r.get("ok")}
+        for d, path in ((done, scores_path(run.path, s)), (done_v, validity_path(run.path, s))):
+            repair_truncated(path)
+            d[s] = {j for j, r in by_latent(read_jsonl(path)).items() if r.get("ok")}
     sampler = ExampleSampler(run.cache, run.name, ExampleConfig(**run.manifest["examples"])) if run.cache else None
     scored = {s: 0 for s in objs}
     bar = tqdm(
-        [j for j in run.todo if any(j not in done[s] for s in objs)],
+        [j for j in run.todo if any(j not in done[s] or (j in run.donors and j not in done_v[s]) for s in objs)],
         desc=f"score {run.path.name}",
         unit="latent",
         disable=not progress,
@@ -146,7 +162,7 @@ def _score_all(run: _ScoreRun, judge, objs: dict, progress: bool) -> dict[str, i
                 f"latent {j}: the examples drawn now differ from those recorded at explanation time; "
                 f"the cache {run.manifest['cache']} changed since `saelab explain` ran"
             )
-        for s in _score_latent(run, j, ex, objs, done):
+        for s in _score_latent(run, j, ex, objs, done, done_v):
             scored[s] += 1
         stop_if_down(judge, "score", bar)
     return scored

@@ -66,7 +66,7 @@ FEATURE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 {% if f.explanation %}<p class="expl" id="explanation">{{ f.explanation }}</p>
 {% else %}<p class="muted" id="explanation">no explanation yet</p>{% endif %}
 {% if f.scores %}<table id="scores"><tr><th>scorer</th><th>metric</th><th>value</th><th>chance</th></tr>
-{% for s in f.scores %}<tr class="score"><td>{{ s.scorer }}</td>{% if s.ok %}<td>{{ s.metric }}</td><td class="scoreval">{{ "%.3f"|format(s.value) }}</td>
+{% for s in f.scores %}<tr class="score"><td>{{ s.scorer }}{% if s.validity in ("at chance", "below chance") %} <span class="muted" title="this scorer did not tell the run's explanations from shuffled ones (saelab score --validity)">({{ s.validity }})</span>{% endif %}</td>{% if s.ok %}<td>{{ s.metric }}</td><td class="scoreval">{{ "%.3f"|format(s.value) }}</td>
 <td class="muted">{{ "%.2f"|format(s.chance) if s.chance is not none else "" }}</td>{% else %}<td colspan="3" class="muted">failed: {{ s.error or "no result" }}</td>{% endif %}</tr>
 {% endfor %}</table>{% if f.explained_by %}<p class="muted">from interpretation run {{ f.explained_by }}</p>{% endif %}{% endif %}
 <div class="cols"><div>

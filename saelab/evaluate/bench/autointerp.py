@@ -12,14 +12,27 @@ def compute(b: BenchState) -> dict:
 
 
 def tables(ai: dict) -> list[Table]:
-    rows = [[s, v["scored"], m, st["mean"]] for s, v in ai["scorers"].items() for m, st in v["primary"].items()]
+    rows = [
+        [s, v["scored"], m, st["mean"], _validity(v.get("validity"))]
+        for s, v in ai["scorers"].items()
+        for m, st in v["primary"].items()
+    ]
     return [
         (
             f"Autointerp ({ai['label']}: {ai['explained']}/{ai['latents']} latents explained)",
-            ["scorer", "scored", "metric", "mean"],
+            ["scorer", "scored", "metric", "mean", "own vs shuffled explanation (AUC, 95% CI)"],
             rows,
         )
     ]
+
+
+def _validity(v: dict | None) -> str:
+    """The scorer's right-vs-wrong AUC (`saelab score --validity`); a scorer at chance says so."""
+    if not v:
+        return "not checked"
+    if v["verdict"] == "n/a":
+        return f"n/a (n={v['n']})"
+    return f"{v['auc']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}], n={v['n']}: {v['verdict']}"
 
 
 def panel(ax, ai: dict, l0s: dict) -> None:
