@@ -13,7 +13,7 @@ COLUMNS = ["l0", "fvu", "cosine", "dead_fraction", "ce_increase", "kl", "ce_reco
 
 def compute(b: BenchState) -> dict:
     cfg = b.cfg
-    res, _ = measure(
+    res, firing = measure(
         b.lm.model,
         b.lm.tokenizer,
         [(f.sae, f.provenance.sink) for f in b.folders],
@@ -21,8 +21,9 @@ def compute(b: BenchState) -> dict:
         EvalBudget(tokens=cfg.tokens, ce_tokens=cfg.ce_tokens),
         cfg.device,
     )
-    for n, m in zip(b.names, res):
+    for n, m, f in zip(b.names, res, firing):
         b.l0[n] = m.l0
+        b.firing[n] = (f, m.eval_tokens)  # diagnostics reads them
     return {
         "tokens": cfg.tokens,
         "ce_tokens": cfg.ce_tokens,
