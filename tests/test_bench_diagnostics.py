@@ -88,8 +88,10 @@ def planted_folder(tmp_path, tiny_model_dir, corpus):
 
 def test_bench_diagnoses_the_planted_latents(tmp_path, tiny_model_dir, text_corpus):
     folder = planted_folder(tmp_path, tiny_model_dir, text_corpus)
-    kw = dict(sae_dirs=[str(folder)], tokens=512, ce_tokens=0)
-    with_core = bench(BenchConfig(out=str(tmp_path / "a"), metrics=["core", "diagnostics"], **kw), quiet=True)
+    kw = dict(sae_dirs=[str(folder)], tokens=512, ce_tokens=0, task_scale=0.05)
+    with_core = bench(
+        BenchConfig(out=str(tmp_path / "a"), metrics=["core", "absorption", "diagnostics"], **kw), quiet=True
+    )
     alone = bench(BenchConfig(out=str(tmp_path / "b"), metrics=["diagnostics"], **kw), quiet=True)
     d = json.loads((tmp_path / "a" / "diagnostics.json").read_text())
     r = d["dictionaries"][0]
@@ -101,12 +103,24 @@ def test_bench_diagnoses_the_planted_latents(tmp_path, tiny_model_dir, text_corp
     # the same numbers as core's (its firing pass is reused) and as the pass run without core
     core = with_core["core"]["dictionaries"][0]
     assert r["dead_fraction"] == core["dead_fraction"] and r["dense_fraction"] == core["dense_fraction"]
-    assert alone["diagnostics"]["dictionaries"] == with_core["diagnostics"]["dictionaries"]
+    assert r["absorption_by_band"] and alone["diagnostics"]["dictionaries"][0]["absorption_by_band"] is None
+    assert {k: v for k, v in alone["diagnostics"]["dictionaries"][0].items() if k != "absorption_by_band"} == {
+        k: v for k, v in r.items() if k != "absorption_by_band"
+    }
+    # every letter absorption measured lands in exactly one band, and a band's rate is its letters' mean
+    letters = {x["letter"]: x for x in with_core["absorption"]["dictionaries"][0]["letters"] if x["n_test"]}
+    assert sorted("".join(b["letters"] for b in r["absorption_by_band"])) == sorted(letters)
+    for b in r["absorption_by_band"]:
+        assert b["band"] in dg.band_order()
+        assert b["absorption_rate"] == pytest.approx(
+            sum(letters[c]["absorption_rate"] for c in b["letters"]) / len(b["letters"])
+        )
     md = (tmp_path / "a" / "report.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| planted | 128 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "4 (3.1%)" and cells[3] == "n/a"
     assert cells[4] == "2 (1.6%)" and cells[6] == "2"
     assert cells[5].startswith(("5: 1.000", "9: 1.000")) and fmt(r["decoder_norms"]["median"]) in cells[7]
+    assert "## Absorption by frequency band of each letter's main latent" in md
     assert "## What the diagnostics mean" in md and "robust z > 3.5" in md
     assert any("ultra-rare" in n for n in json.loads((tmp_path / "a" / "bench.json").read_text())["notes"])
