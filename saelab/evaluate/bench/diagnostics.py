@@ -50,7 +50,8 @@ MEANINGS = [
     (
         "decoder-norm outliers",
         "latents whose decoder row is far larger or smaller than the rest (robust z > 3.5): a large one can dominate "
-        "reconstructions and steering, a tiny one writes almost nothing; on a unit-norm decoder there are none",
+        "reconstructions and steering, a tiny one writes almost nothing; where every row has one norm (TopK and other "
+        "unit-norm decoders, rescaled or not) the report says normalised",
     ),
     (
         "absorption by band",
@@ -166,8 +167,9 @@ def compute(b: BenchState) -> dict:
         )
     if n_tokens < math.ceil(1 / ULTRA_RARE):
         b.notes.append(
-            f"diagnostics: ultra-rare latents (< {ULTRA_RARE:g}) need at least {math.ceil(1 / ULTRA_RARE):,} "
-            f"held-out tokens (--tokens); {n_tokens:,} were read, so they are n/a"
+            f"diagnostics: ultra-rare latents (< {ULTRA_RARE:g}) need at least {math.ceil(1 / ULTRA_RARE):,} held-out "
+            f"non-sink tokens (below that one firing is already >= {ULTRA_RARE:g}); {n_tokens:,} were read, so they "
+            f"are n/a (--tokens counts positions before sinks are dropped: ask for ~5% more)"
         )
     return {
         "tokens": n_tokens,
