@@ -161,7 +161,7 @@ def compute(b: BenchState) -> dict:
             {
                 "dictionary": n,
                 **firing_diagnostics(freq, tokens),
-                "decoder_norms": norm_outliers(f.sae.W_dec.detach().float().norm(dim=1)),
+                "decoder_norms": norm_outliers(f.sae.W_dec.detach().float().flatten(1).norm(dim=1)),  # [d_sae]
                 "absorption_by_band": absorption_by_band(absorbed[n], freq) if n in absorbed else None,
             }
         )
