@@ -17,7 +17,7 @@ COLUMNS = ["l0", "fvu", "cosine", "dead_fraction", "ce_increase", "kl", "ce_reco
 def compute(b: BenchState) -> dict:
     cfg = b.cfg
     per_row: list[dict] = []
-    res, _ = measure(
+    res, firing = measure(
         b.lm.model,
         b.lm.tokenizer,
         [(f.sae, f.provenance.sink) for f in b.folders],
@@ -26,8 +26,9 @@ def compute(b: BenchState) -> dict:
         cfg.device,
         per_row,
     )
-    for n, m in zip(b.names, res):
+    for n, m, f in zip(b.names, res, firing):
         b.l0[n] = m.l0
+        b.firing[n] = (f, m.eval_tokens)  # diagnostics reads them
     return {
         "tokens": cfg.tokens,
         "ce_tokens": cfg.ce_tokens,

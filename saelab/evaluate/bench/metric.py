@@ -44,6 +44,7 @@ class BenchState:
     wall: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     l0: dict[str, float | None] = field(default_factory=dict)
+    firing: dict = field(default_factory=dict)  # SAE name -> (firing frequency [d_sae], tokens read): core's pass
 
     @property
     def sink(self):

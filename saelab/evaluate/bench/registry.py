@@ -5,13 +5,14 @@ see metric.py) and one line here."""
 
 from __future__ import annotations
 
-from . import absorption, autointerp, core, probing, synthetic
+from . import absorption, autointerp, core, diagnostics, probing, synthetic
 from .metric import Metric
 
 METRICS: list[Metric] = [
     core.METRIC,
     probing.METRIC,
     absorption.METRIC,
+    diagnostics.METRIC,
     autointerp.METRIC,
     synthetic.METRIC,
 ]
