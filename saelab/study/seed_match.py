@@ -1,0 +1,129 @@
+"""The numbers behind `saelab seeds` (pure torch, no model): which latent of dictionary B matches each
+latent of dictionary A, how well (decoder cosine, activation correlation on shared tokens) and the
+matched fraction by frequency band.
+
+A latent of A is matched when its nearest decoder direction in B has cosine >= a threshold (0.7,
+Paulo & Belrose 2025) and, where activations were measured, the two latents' activations correlate
+>= a threshold on the same tokens: two directions can agree while the latents fire on different
+tokens (an encoder that learned another feature), and the correlation catches that. Bands are the
+density of A's latent (fraction of tokens it fires on) in decades, because rare latents are where
+seeds disagree most and one overall fraction hides it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# (label, lowest density, highest density): a latent falls in the first band whose [low, high) holds it
+BANDS = (
+    ("dead", 0.0, 1e-12),
+    ("<1e-4", 1e-12, 1e-4),
+    ("1e-4..1e-3", 1e-4, 1e-3),
+    ("1e-3..1e-2", 1e-3, 1e-2),
+    ("1e-2..1e-1", 1e-2, 1e-1),
+    (">=1e-1", 1e-1, math.inf),
+)
+
+
+def best_matches(da: torch.Tensor, db: torch.Tensor, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each unit row of da [na, d]: (max cosine to the unit rows of db [nb, d], index of that row)."""
+    cos, idx = torch.empty(da.shape[0]), torch.empty(da.shape[0], dtype=torch.long)
+    for s in range(0, da.shape[0], block):
+        sim = da[s : s + block] @ db.T
+        v = sim.max(1)
+        cos[s : s + block], idx[s : s + block] = v.values, v.indices
+    return cos, idx
+
+
+class CodeMoments:
+    """Running sums of one dictionary's dense codes over tokens: count, sum, sum of squares and firing
+    counts per latent (float64: sums over a million tokens)."""
+
+    def __init__(self, d: int):
+        self.n = 0
+        self.s1 = torch.zeros(d, dtype=torch.float64)
+        self.s2 = torch.zeros(d, dtype=torch.float64)
+        self.fires = torch.zeros(d, dtype=torch.float64)
+
+    def add(self, codes: torch.Tensor) -> None:  # codes [tokens, d]
+        c = codes.double()
+        self.n += c.shape[0]
+        self.s1 += c.sum(0)
+        self.s2 += c.pow(2).sum(0)
+        self.fires += (c > 0).sum(0)
+
+    def density(self) -> torch.Tensor:
+        return self.fires / max(self.n, 1)
+
+
+class PairMoments:
+    """Sum over tokens of a_i * b_match(i) for each latent i of A and its matched latent of B."""
+
+    def __init__(self, idx: torch.Tensor):
+        self.idx = idx
+        self.sxy = torch.zeros(idx.shape[0], dtype=torch.float64)
+
+    def add(self, codes_a: torch.Tensor, codes_b: torch.Tensor) -> None:  # [tokens, d_a], [tokens, d_b]
+        self.sxy += (codes_a.double() * codes_b[:, self.idx].double()).sum(0)
+
+    def correlation(self, a: CodeMoments, b: CodeMoments) -> torch.Tensor:
+        """Pearson correlation per latent of A with its match [d_a]; NaN where either never varies."""
+        n, j = a.n, self.idx
+        cov = n * self.sxy - a.s1 * b.s1[j]
+        var_a, var_b = n * a.s2 - a.s1.pow(2), n * b.s2[j] - b.s1[j].pow(2)
+        ok = (var_a > 1e-12 * n * n) & (var_b > 1e-12 * n * n)
+        r = torch.full_like(cov, math.nan)
+        r[ok] = (cov[ok] / (var_a[ok] * var_b[ok]).sqrt()).clamp(-1, 1)
+        return r.float()
+
+
+def band_of(density: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(label, bool mask [d]) per frequency band."""
+    return [(label, (density >= lo) & (density < hi)) for label, lo, hi in BANDS]
+
+
+def matched_mask(
+    cos: torch.Tensor, corr: torch.Tensor | None, cos_threshold: float, corr_threshold: float
+) -> torch.Tensor:
+    """Bool [d_a]: decoder cosine >= its threshold and (when measured) correlation >= its threshold
+    (a latent whose correlation is undefined, one that never fires, is not matched)."""
+    m = cos >= cos_threshold
+    if corr is not None:
+        m &= torch.nan_to_num(corr, nan=-2.0) >= corr_threshold
+    return m
+
+
+def _part(cos: torch.Tensor, corr: torch.Tensor | None, keep: torch.Tensor, thr: float, cthr: float) -> dict:
+    n = int(keep.sum())
+    out: dict = {"n": n}
+    if not n:
+        return out
+    c = cos[keep]
+    out["frac_matched_decoder"] = int((c >= thr).sum()) / n
+    out["median_cosine"] = float(c.median())
+    if corr is not None:
+        r = corr[keep]
+        out["frac_matched"] = int(matched_mask(c, r, thr, cthr).sum()) / n
+        ok = ~torch.isnan(r)
+        out["median_correlation"] = float(r[ok].median()) if ok.any() else None
+    else:
+        out["frac_matched"] = out["frac_matched_decoder"]
+    return out
+
+
+def stability(
+    cos: torch.Tensor,
+    corr: torch.Tensor | None = None,
+    density: torch.Tensor | None = None,
+    cos_threshold: float = 0.7,
+    corr_threshold: float = 0.7,
+) -> dict:
+    """Matched fractions of A's latents: over all alive latents (all latents without a density) and,
+    with a density, per band. `frac_matched` needs both criteria, `frac_matched_decoder` the cosine only."""
+    alive = torch.ones_like(cos, dtype=torch.bool) if density is None else density > 0
+    res = {"all": _part(cos, corr, alive, cos_threshold, corr_threshold)}
+    if density is not None:
+        res["bands"] = {label: _part(cos, corr, m, cos_threshold, corr_threshold) for label, m in band_of(density)}
+    return res
