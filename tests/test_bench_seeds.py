@@ -68,8 +68,9 @@ def test_correlation_and_bands_against_numpy():
     dens = ma.density().float()
     assert dens.tolist() == pytest.approx([f / n for f in fires])
     cos = torch.ones(d)
-    res = stability(cos, r, dens, corr_threshold=0.7)
+    res = stability(cos, r, dens, corr_threshold=0.7, tokens=n)
     assert [v["n"] for v in res["bands"].values()] == [1, 1, 1, 1, 1, 1]
+    assert [v.get("median_fires") for v in res["bands"].values()] == [0, 1, 10, 100, 1000, 10000]
     assert res["all"]["n"] == 5  # alive latents only
     want = float((r[1:] >= 0.7).float().mean())
     assert res["all"]["frac_matched"] == pytest.approx(want) and res["all"]["frac_matched_decoder"] == 1.0
@@ -116,7 +117,7 @@ def test_seeds_command_on_a_tiny_model(tmp_path, tiny_model_dir, text_corpus, ca
     same = by[("a", "copy")]
     assert r["tokens"] > 0 and same["all"]["n"] == 80 and same["bands"]["dead"]["n"] == 16  # alive latents only
     assert same["all"]["frac_matched"] == 1.0 and same["all"]["median_correlation"] == pytest.approx(1.0, abs=1e-5)
-    assert sum(v["n"] for v in same["bands"].values()) == 96
+    assert sum(v["n"] for v in same["bands"].values()) == 96 and "dead: 16" in printed
     sh = by[("a", "shuffled")]["all"]
     assert sh["frac_matched_decoder"] == 1.0 and sh["frac_matched"] < 0.3  # decoders agree, activations do not
 

@@ -57,10 +57,12 @@ def cmd_seeds(a) -> None:
     need = "decoder cosine" + (" and activation correlation" if r["corr_threshold"] is not None else "")
     print(f"{r['site']}: fraction of A's latents matched in B ({need}), {r['tokens']} tokens")
     for p in r["pairs"]:
-        bands = "  ".join(
-            f"{k} {100 * v['frac_matched']:.0f}% (n={v['n']})" for k, v in p.get("bands", {}).items() if v["n"]
+        bands = p.get("bands", {})
+        shown = "  ".join(
+            f"{k} {100 * v['frac_matched']:.0f}% (n={v['n']})" for k, v in bands.items() if v["n"] and k != "dead"
         )
-        print(f"  {p['a']} -> {p['b']}: {100 * p['all'].get('frac_matched', 0.0):.1f}%  {bands}".rstrip())
+        dead = f"  dead: {bands['dead']['n']}" if bands else ""
+        print(f"  {p['a']} -> {p['b']}: {100 * p['all'].get('frac_matched', 0.0):.1f}%  {shown}{dead}".rstrip())
     print(f"mean over pairs {100 * r['mean_frac_matched']:.1f}%; wrote {Path(r['out']) / 'seeds.json'}")
 
 

@@ -95,11 +95,20 @@ def matched_mask(
     return m
 
 
-def _part(cos: torch.Tensor, corr: torch.Tensor | None, keep: torch.Tensor, thr: float, cthr: float) -> dict:
+def _part(
+    cos: torch.Tensor,
+    corr: torch.Tensor | None,
+    keep: torch.Tensor,
+    thr: float,
+    cthr: float,
+    fires: torch.Tensor | None = None,
+) -> dict:
     n = int(keep.sum())
     out: dict = {"n": n}
     if not n:
         return out
+    if fires is not None:
+        out["median_fires"] = float(fires[keep].median())
     c = cos[keep]
     out["frac_matched_decoder"] = int((c >= thr).sum()) / n
     out["median_cosine"] = float(c.median())
@@ -119,11 +128,16 @@ def stability(
     density: torch.Tensor | None = None,
     cos_threshold: float = 0.7,
     corr_threshold: float = 0.7,
+    tokens: int | None = None,
 ) -> dict:
     """Matched fractions of A's latents: over all alive latents (all latents without a density) and,
-    with a density, per band. `frac_matched` needs both criteria, `frac_matched_decoder` the cosine only."""
+    with a density, per band. `frac_matched` needs both criteria, `frac_matched_decoder` the cosine only;
+    with the number of tokens the density was measured on, each part says its latents' median fires."""
     alive = torch.ones_like(cos, dtype=torch.bool) if density is None else density > 0
-    res = {"all": _part(cos, corr, alive, cos_threshold, corr_threshold)}
+    fires = None if density is None or tokens is None else (density * tokens).round()
+    res = {"all": _part(cos, corr, alive, cos_threshold, corr_threshold, fires)}
     if density is not None:
-        res["bands"] = {label: _part(cos, corr, m, cos_threshold, corr_threshold) for label, m in band_of(density)}
+        res["bands"] = {
+            label: _part(cos, corr, m, cos_threshold, corr_threshold, fires) for label, m in band_of(density)
+        }
     return res

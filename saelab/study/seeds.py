@@ -76,26 +76,26 @@ def seed_stability(cfg: SeedsConfig) -> dict:
         tokens_used = moments[0].n
         if tokens_used == 0:
             raise UserError("no held-out token is kept by every dictionary (all are sink positions)")
-    rows = []
+    rows, labels = [], _labels(folders)
     for i, j in pairs:
         cos, idx = found[(i, j)]
         corr = cross[(i, j)].correlation(moments[i], moments[j]) if moments else None
         dens = moments[i].density().float() if moments else None
         rows.append(
             {
-                "a": _label(folders[i]),
-                "b": _label(folders[j]),
+                "a": labels[i],
+                "b": labels[j],
                 "a_path": str(folders[i].path),
                 "b_path": str(folders[j].path),
             }
-            | stability(cos, corr, dens, cfg.cos_threshold, cfg.corr_threshold)
+            | stability(cos, corr, dens, cfg.cos_threshold, cfg.corr_threshold, tokens_used)
         )
     result = {
         "site": _site(folders[0]),
         "model": folders[0].provenance.model_name,
         "out": str(out_dir),
         "folders": [str(f.path) for f in folders],
-        "labels": [_label(f) for f in folders],
+        "labels": labels,
         "tokens": tokens_used,
         "cos_threshold": cfg.cos_threshold,
         "corr_threshold": cfg.corr_threshold if cfg.tokens else None,
@@ -113,6 +113,8 @@ DESCRIPTIONS = {
     "and whose activations correlate >= corr_threshold with that latent on the same tokens",
     "frac_matched_decoder": "the same with the decoder cosine only",
     "bands": "A's latents by density (fraction of tokens they fire on), in decades; 'all' counts alive latents",
+    "median_fires": "median number of tokens a band's latents fired on: a correlation over a handful of fires is "
+    "noise, so rare bands need more --tokens",
 }
 
 
@@ -145,9 +147,15 @@ def _site(f: SaeFolder) -> str:
     return f.sae.cfg.out_hookpoint or f.sae.cfg.hookpoint
 
 
-def _label(f: SaeFolder) -> str:
-    c = f.sae.cfg
-    return f"{f.name} ({c.arch}" + (f", k={c.k})" if c.k else ")")
+def _labels(folders: list[SaeFolder]) -> list[str]:
+    """Folder name, arch and k; the parent folder's name too where names repeat (run/model.layers.6-topk-k32)."""
+    names = [f.name for f in folders]
+    out = []
+    for f in folders:
+        c = f.sae.cfg
+        name = f"{f.path.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name
+        out.append(f"{name} ({c.arch}" + (f", k={c.k})" if c.k else ")"))
+    return out
 
 
 def _open_group(paths: list[str]) -> list[SaeFolder]:
