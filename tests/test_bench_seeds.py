@@ -111,7 +111,7 @@ def test_seeds_command_on_a_tiny_model(tmp_path, tiny_model_dir, text_corpus, ca
 
     assert main(["seeds", a, copy, shuffled, "--tokens", "1024", "--out", str(tmp_path / "s")]) == 0
     printed = capsys.readouterr().out
-    assert "activation correlation" in printed and "a (relu) -> copy (relu): 100.0%" in printed
+    assert "activation correlation" in printed and "a (relu) -> copy (relu): 100.0% (decoder alone 100.0%)" in printed
     r = read_json(tmp_path / "s" / "seeds.json")
     by = {(p["a"].split()[0], p["b"].split()[0]): p for p in r["pairs"]}
     same = by[("a", "copy")]

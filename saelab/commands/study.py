@@ -62,7 +62,11 @@ def cmd_seeds(a) -> None:
             f"{k} {100 * v['frac_matched']:.0f}% (n={v['n']})" for k, v in bands.items() if v["n"] and k != "dead"
         )
         dead = f"  dead: {bands['dead']['n']}" if bands else ""
-        print(f"  {p['a']} -> {p['b']}: {100 * p['all'].get('frac_matched', 0.0):.1f}%  {shown}{dead}".rstrip())
+        al = p["all"]
+        both = f"{100 * al.get('frac_matched', 0.0):.1f}%"
+        if bands:  # the cosine alone too: over few fires a correlation is noise
+            both += f" (decoder alone {100 * al.get('frac_matched_decoder', 0.0):.1f}%)"
+        print(f"  {p['a']} -> {p['b']}: {both}  {shown}{dead}".rstrip())
     print(f"mean over pairs {100 * r['mean_frac_matched']:.1f}%; wrote {Path(r['out']) / 'seeds.json'}")
 
 
