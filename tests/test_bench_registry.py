@@ -83,5 +83,6 @@ def test_the_registry_decides_names_and_defaults(monkeypatch, drawn):
         "absorption",
         "autointerp",
         "synthetic",
+        "seeds",
         "toy",
     ]

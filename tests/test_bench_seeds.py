@@ -8,10 +8,10 @@ import torch
 
 from saelab.cli import main
 from saelab.errors import UserError
+from saelab.evaluate.seed_match import CodeMoments, PairMoments, best_matches, stability
 from saelab.sae import SaeConfig, build_sae
 from saelab.sae.folder import Provenance, save_sae
 from saelab.storage import read_json
-from saelab.study.seed_match import CodeMoments, PairMoments, best_matches, stability
 from saelab.study.seeds import SeedsConfig, seed_stability
 
 
@@ -135,3 +135,25 @@ def test_seeds_refusals(tmp_path, tiny_model_dir, text_corpus):
         seed_stability(SeedsConfig(folders=[a, a], tokens=0))
     with pytest.raises(UserError, match="cos"):
         seed_stability(SeedsConfig(folders=[a, wrong], cos_threshold=1.5))
+
+
+def test_bench_metric_seeds(tmp_path, tiny_model_dir, text_corpus):
+    g = torch.Generator().manual_seed(0)
+    w = _unit(96, 64, g)
+    perm = torch.randperm(96, generator=g)
+    a = _sae(tmp_path, "a", w, w, tiny_model_dir, text_corpus)
+    copy = _sae(tmp_path, "copy", w[perm], w[perm], tiny_model_dir, text_corpus)
+    rand = _unit(96, 64, g)
+    other = _sae(tmp_path, "other", rand, rand, tiny_model_dir, text_corpus)
+    out = tmp_path / "bench"
+    argv = ["bench", a, copy, other, "--out", str(out), "--metrics", "seeds", "--tokens", "512", "--ce-tokens", "0"]
+    assert main(argv) == 0
+    js = read_json(out / "seeds.json")
+    by = {(p["a"], p["b"]): p["all"] for p in js["pairs"]}
+    assert js["tokens"] > 0 and len(by) == 6 and by[("a", "copy")]["frac_matched"] == 1.0
+    assert by[("a", "other")]["frac_matched"] < 0.05
+    md = (out / "report.md").read_text()
+    assert "## Seeds" in md and "| a | copy | 1.000 | 1.000 |" in md
+    one = tmp_path / "one"
+    assert main(["bench", a, "--out", str(one), "--metrics", "seeds", "--tokens", "256", "--ce-tokens", "0"]) == 0
+    assert read_json(one / "seeds.json")["pairs"] == [] and "needs two or more" in (one / "report.md").read_text()

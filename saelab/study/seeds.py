@@ -1,7 +1,8 @@
 """`saelab seeds A B C ...`: seed stability of a group of dictionaries at one site. For every ordered
 pair (A, B): the fraction of A's alive latents matched by a latent of B (nearest decoder direction
 with cosine >= --cos-threshold and, on the same held-out tokens, activation correlation >=
---corr-threshold), overall and by A's frequency band (seed_match.py has the numbers).
+--corr-threshold), overall and by A's frequency band (evaluate/seed_match.py has the numbers;
+`saelab bench --metrics seeds` reports the same over the bench's SAE folders).
 
 Seeds of one configuration give how reproducible its features are (Paulo & Belrose 2025 find ~30%
 shared for some settings); the same command over different architectures or sparsities says how far
@@ -16,18 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..evaluate.metrics import batches, heldout_selection, sae_sink_mask
-from ..models import collect_activations
+from ..evaluate.seed_match import DESCRIPTIONS, SeedGroup
 from ..option_checks import check_types, need_at_least, need_fraction
 from ..options import corpus_option, model_option, opt, out_option, overwrite_option, threads_option
 from ..sae.folder import SaeFolder, open_sae, open_shared_data
-from ..sinks import special_ids
 from ..storage import write_json
-from .compare import unit_decoder
-from .seed_match import CodeMoments, PairMoments, best_matches, stability
 
 
 @dataclass
@@ -67,29 +63,15 @@ def seed_stability(cfg: SeedsConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     folders = _open_group(cfg.folders)
-    units = [unit_decoder(f.sae) for f in folders]
-    pairs = [(i, j) for i in range(len(folders)) for j in range(len(folders)) if i != j]
-    found = {p: best_matches(units[p[0]], units[p[1]]) for p in pairs}  # (cosine, index in B) per latent of A
-    moments, cross, tokens_used = None, None, 0
+    labels = _labels(folders)
+    group = SeedGroup([(f.sae, f.provenance.sink) for f in folders], labels, cfg.cos_threshold, cfg.corr_threshold)
     if cfg.tokens:
-        moments, cross = _measure(cfg, folders, {p: found[p][1] for p in pairs})
-        tokens_used = moments[0].n
-        if tokens_used == 0:
-            raise UserError("no held-out token is kept by every dictionary (all are sink positions)")
-    rows, labels = [], _labels(folders)
-    for i, j in pairs:
-        cos, idx = found[(i, j)]
-        corr = cross[(i, j)].correlation(moments[i], moments[j]) if moments else None
-        dens = moments[i].density().float() if moments else None
-        rows.append(
-            {
-                "a": labels[i],
-                "b": labels[j],
-                "a_path": str(folders[i].path),
-                "b_path": str(folders[j].path),
-            }
-            | stability(cos, corr, dens, cfg.cos_threshold, cfg.corr_threshold, tokens_used)
-        )
+        data = open_shared_data(folders, model=cfg.model, corpus=cfg.corpus)
+        group.measure(data.lm.model, data.lm.tokenizer, data.rows, cfg.tokens, cfg.batch_rows)
+    rows = group.pairs()
+    for r, (i, j) in zip(rows, group.order):
+        r["a_path"], r["b_path"] = str(folders[i].path), str(folders[j].path)
+    tokens_used = group.tokens
     result = {
         "site": _site(folders[0]),
         "model": folders[0].provenance.model_name,
@@ -106,41 +88,6 @@ def seed_stability(cfg: SeedsConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "seeds.json", result)
     return result
-
-
-DESCRIPTIONS = {
-    "frac_matched": "fraction of A's latents whose nearest decoder direction in B has cosine >= cos_threshold "
-    "and whose activations correlate >= corr_threshold with that latent on the same tokens",
-    "frac_matched_decoder": "the same with the decoder cosine only",
-    "bands": "A's latents by density (fraction of tokens they fire on), in decades; 'all' counts alive latents",
-    "median_fires": "median number of tokens a band's latents fired on: a correlation over a handful of fires is "
-    "noise, so rare bands need more --tokens",
-}
-
-
-@torch.no_grad()
-def _measure(
-    cfg: SeedsConfig, folders: list[SaeFolder], match: dict[tuple[int, int], torch.Tensor]
-) -> tuple[list[CodeMoments], dict[tuple[int, int], PairMoments]]:
-    """One pass over held-out rows: every dictionary's dense codes on the tokens no one leaves out."""
-    data = open_shared_data(folders, model=cfg.model, corpus=cfg.corpus)
-    special = special_ids(data.lm.tokenizer)
-    saes = [f.sae for f in folders]
-    hooks = sorted({h for s in saes for h in (s.cfg.hookpoint, s.cfg.out_hookpoint) if h})
-    moments = [CodeMoments(s.cfg.d_sae) for s in saes]
-    cross = {p: PairMoments(idx) for p, idx in match.items()}
-    sel = heldout_selection(data.rows, cfg.tokens)
-    for ids in tqdm(list(batches(data.rows, sel, cfg.batch_rows, "cpu")), desc="seeds", leave=False):
-        acts = collect_activations(data.lm.model, ids, hooks)
-        drop = torch.zeros(ids.shape, dtype=torch.bool)
-        for f in folders:
-            drop |= sae_sink_mask(f.sae, f.provenance.sink, acts, ids, special)
-        codes = [s.encode_raw(acts[s.cfg.hookpoint][~drop].float()).to_dense() for s in saes]
-        for m, c in zip(moments, codes):
-            m.add(c)
-        for (i, j), pm in cross.items():
-            pm.add(codes[i], codes[j])
-    return moments, cross
 
 
 def _site(f: SaeFolder) -> str:

@@ -5,7 +5,7 @@ see metric.py) and one line here."""
 
 from __future__ import annotations
 
-from . import absorption, autointerp, core, probing, synthetic
+from . import absorption, autointerp, core, probing, seeds, synthetic
 from .metric import Metric
 
 METRICS: list[Metric] = [
@@ -14,6 +14,7 @@ METRICS: list[Metric] = [
     absorption.METRIC,
     autointerp.METRIC,
     synthetic.METRIC,
+    seeds.METRIC,
 ]
 
 

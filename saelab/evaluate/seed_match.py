@@ -1,4 +1,4 @@
-"""The numbers behind `saelab seeds` (pure torch, no model): which latent of dictionary B matches each
+"""The numbers behind `saelab seeds` and `saelab bench --metrics seeds`: which latent of dictionary B matches each
 latent of dictionary A, how well (decoder cosine, activation correlation on shared tokens) and the
 matched fraction by frequency band.
 
@@ -15,6 +15,14 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
+
+from ..data import TokenRows
+from ..errors import UserError
+from ..models import collect_activations
+from ..sae import SparseCoder
+from ..sinks import SinkConfig, special_ids
+from .metrics import batches, heldout_selection, sae_sink_mask
 
 # (label, lowest density, highest density): a latent falls in the first band whose [low, high) holds it
 BANDS = (
@@ -25,6 +33,22 @@ BANDS = (
     ("1e-2..1e-1", 1e-2, 1e-1),
     (">=1e-1", 1e-1, math.inf),
 )
+
+
+DESCRIPTIONS = {
+    "frac_matched": "fraction of A's latents whose nearest decoder direction in B has cosine >= cos_threshold "
+    "and whose activations correlate >= corr_threshold with that latent on the same tokens",
+    "frac_matched_decoder": "the same with the decoder cosine only",
+    "bands": "A's latents by density (fraction of tokens they fire on), in decades; 'all' counts alive latents",
+    "median_fires": "median number of tokens a band's latents fired on: a correlation over a handful of fires is "
+    "noise, so rare bands need more --tokens",
+}
+
+
+def unit_decoder(sae: SparseCoder) -> torch.Tensor:
+    """Decoder rows as unit vectors [d_sae, d_out] (saved weights are in raw activation space)."""
+    w = sae.W_dec.detach().float()
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def best_matches(da: torch.Tensor, db: torch.Tensor, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,3 +165,51 @@ def stability(
             label: _part(cos, corr, m, cos_threshold, corr_threshold, fires) for label, m in band_of(density)
         }
     return res
+
+
+class SeedGroup:
+    """Every ordered pair of a group of dictionaries at one site: decoder matches at once, activation
+    moments from `measure` (one model pass, every dictionary read on the tokens none of them leaves out),
+    then `pairs()`: one row of `stability` numbers per pair."""
+
+    def __init__(self, saes: list[tuple[SparseCoder, SinkConfig | dict]], labels: list[str], cos_thr, corr_thr):
+        self.saes, self.labels, self.cos_thr, self.corr_thr = saes, labels, cos_thr, corr_thr
+        units = [unit_decoder(s) for s, _ in saes]
+        self.order = [(i, j) for i in range(len(saes)) for j in range(len(saes)) if i != j]
+        self.found = {p: best_matches(units[p[0]], units[p[1]]) for p in self.order}  # (cosine, index in B)
+        self.moments: list[CodeMoments] | None = None
+        self.cross: dict[tuple[int, int], PairMoments] = {}
+        self.tokens = 0
+
+    @torch.no_grad()
+    def measure(self, model, tokenizer, rows: TokenRows, tokens: int, batch_rows: int, device: str = "cpu") -> None:
+        special = special_ids(tokenizer)
+        saes = [s for s, _ in self.saes]
+        hooks = sorted({h for s in saes for h in (s.cfg.hookpoint, s.cfg.out_hookpoint) if h})
+        self.moments = [CodeMoments(s.cfg.d_sae) for s in saes]
+        self.cross = {p: PairMoments(self.found[p][1]) for p in self.order}
+        sel = heldout_selection(rows, tokens)
+        for ids in tqdm(list(batches(rows, sel, batch_rows, device)), desc="seeds", leave=False):
+            acts = collect_activations(model, ids, hooks)
+            drop = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+            for s, sink in self.saes:
+                drop |= sae_sink_mask(s, sink, acts, ids, special)
+            codes = [s.encode_raw(acts[s.cfg.hookpoint][~drop].float()).to_dense().cpu() for s in saes]
+            for m, c in zip(self.moments, codes):
+                m.add(c)
+            for (i, j), pm in self.cross.items():
+                pm.add(codes[i], codes[j])
+        self.tokens = self.moments[0].n
+        if self.tokens == 0:
+            raise UserError("no held-out token is kept by every dictionary (all are sink positions)")
+
+    def pairs(self) -> list[dict]:
+        out = []
+        for i, j in self.order:
+            cos, _ = self.found[(i, j)]
+            m = self.moments
+            corr = self.cross[(i, j)].correlation(m[i], m[j]) if m else None
+            dens = m[i].density().float() if m else None
+            row = {"a": self.labels[i], "b": self.labels[j]}
+            out.append(row | stability(cos, corr, dens, self.cos_thr, self.corr_thr, self.tokens if m else None))
+        return out
