@@ -84,5 +84,6 @@ def test_the_registry_decides_names_and_defaults(monkeypatch, drawn):
         "diagnostics",
         "autointerp",
         "synthetic",
+        "seeds",
         "toy",
     ]

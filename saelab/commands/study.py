@@ -1,8 +1,10 @@
 """Study commands over many SAEs: sweep (grid of loss type x k / coefficient), pareto (the plots of
-Braun et al. 2024 from evaluated folders), compare (decoder geometry of two dictionaries), scaling
-(latents x tokens grid with power-law fits). Training itself is `saelab train` (commands/train.py)."""
+Braun et al. 2024 from evaluated folders), compare (decoder geometry of two dictionaries), seeds (latents
+matched across seeds), scaling (latents x tokens grid with power-law fits). Training itself is `saelab train` (commands/train.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..options import add_config_command, add_dataclass_options, build_config, config_keys
 
@@ -48,6 +50,26 @@ def cmd_compare(a) -> None:
     print(f"alive: A {r['alive_a']}/{r['d_sae_a']}, B {r['alive_b']}/{r['d_sae_b']}")
 
 
+def cmd_seeds(a) -> None:
+    from ..study.seeds import SeedsConfig, seed_stability
+
+    r = seed_stability(build_config(SeedsConfig, a, a.config))
+    need = "decoder cosine" + (" and activation correlation" if r["corr_threshold"] is not None else "")
+    print(f"{r['site']}: fraction of A's latents matched in B ({need}), {r['tokens']} tokens")
+    for p in r["pairs"]:
+        bands = p.get("bands", {})
+        shown = "  ".join(
+            f"{k} {100 * v['frac_matched']:.0f}% (n={v['n']})" for k, v in bands.items() if v["n"] and k != "dead"
+        )
+        dead = f"  dead: {bands['dead']['n']}" if bands else ""
+        al = p["all"]
+        both = f"{100 * al.get('frac_matched', 0.0):.1f}%"
+        if bands:  # the cosine alone too: over few fires a correlation is noise
+            both += f" (decoder alone {100 * al.get('frac_matched_decoder', 0.0):.1f}%)"
+        print(f"  {p['a']} -> {p['b']}: {both}  {shown}{dead}".rstrip())
+    print(f"mean over pairs {100 * r['mean_frac_matched']:.1f}%; wrote {Path(r['out']) / 'seeds.json'}")
+
+
 def cmd_scaling(a) -> None:
     from ..study.scaling import ScalingConfig, run_scaling
 
@@ -63,6 +85,7 @@ def register(sub) -> None:
     from ..study.compare import CompareConfig
     from ..study.pareto import ParetoConfig
     from ..study.scaling import ScalingConfig
+    from ..study.seeds import SeedsConfig
     from ..study.sweep import SweepConfig
     from ..train.config import TrainConfig
 
@@ -91,6 +114,17 @@ def register(sub) -> None:
         CompareConfig,
         cmd_compare,
         help="decoder geometry of SAE A against SAE B (max cosine per alive latent)",
+    )
+    add_config_command(
+        sub,
+        "seeds",
+        SeedsConfig,
+        cmd_seeds,
+        help="seed stability: fraction of latents matched between dictionaries at one site, by frequency band",
+        description="For every ordered pair (A, B) of the folders: the fraction of A's alive latents whose nearest "
+        "decoder direction in B has cosine >= --cos-threshold and whose activations correlate >= --corr-threshold "
+        "with it on the same held-out tokens, overall and by A's density band. Seeds of one configuration, or "
+        "different architectures / sparsities at one site.",
     )
     add_config_command(
         sub,

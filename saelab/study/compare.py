@@ -19,17 +19,11 @@ import torch
 
 from ..errors import UserError
 from ..evaluate.metrics import EvalBudget, reconstruction_metrics
+from ..evaluate.seed_match import unit_decoder
 from ..option_checks import check_types, need_at_least
 from ..options import corpus_option, model_option, opt, out_option, overwrite_option, threads_option
-from ..sae import SparseCoder
 from ..sae.folder import SaeFolder, open_sae, open_shared_data
 from ..storage import write_figure, write_json
-
-
-def unit_decoder(sae: SparseCoder) -> torch.Tensor:
-    """Decoder rows as unit vectors [d_sae, d_out] (saved weights are in raw activation space)."""
-    w = sae.W_dec.detach().float()
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def max_cosines(a: torch.Tensor, b: torch.Tensor | None = None, block: int = 4096) -> torch.Tensor:

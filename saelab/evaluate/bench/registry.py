@@ -5,7 +5,7 @@ see metric.py) and one line here."""
 
 from __future__ import annotations
 
-from . import absorption, autointerp, core, diagnostics, probing, synthetic
+from . import absorption, autointerp, core, diagnostics, probing, seeds, synthetic
 from .metric import Metric
 
 METRICS: list[Metric] = [
@@ -15,6 +15,7 @@ METRICS: list[Metric] = [
     diagnostics.METRIC,
     autointerp.METRIC,
     synthetic.METRIC,
+    seeds.METRIC,
 ]
 
 
