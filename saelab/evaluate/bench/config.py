@@ -10,6 +10,7 @@ from ...option_checks import check_device, check_types, need_at_least, need_posi
 from ...options import device_option, opt, out_option, overwrite_option, threads_option
 from . import registry
 from .dictionaries import check_baselines
+from .steering_concepts import CONCEPTS, check_concepts
 
 
 def _metrics_help() -> str:
@@ -38,6 +39,7 @@ class BenchConfig:
     ce_tokens: int = opt(1024, "held-out tokens for core KL / CE (full forwards)")
     task_scale: float = opt(1.0, "multiplies the examples of the built-in tasks")
     seed: int = opt(0, "seed of task sampling and splits")
+    steer_concepts: list[str] | None = opt(None, f"steering metric's concepts: {' '.join(CONCEPTS)}", shown="all")
     threads: int | None = threads_option()
     device: str = device_option()
     overwrite: bool = overwrite_option("an existing report in --out")
@@ -62,6 +64,10 @@ class BenchConfig:
         need_positive(self, "task_scale")
         if self.tasks and "probing" not in self.chosen_metrics(has_interp):
             raise UserError("--tasks adds a probing task; include `probing` in --metrics")
+        if self.steer_concepts:
+            check_concepts(self.steer_concepts)
+            if "steering" not in self.chosen_metrics(has_interp):
+                raise UserError("--steer-concepts chooses the steering metric's concepts; include `steering` in --metrics")
         if not self.sae_dirs:
             raise UserError("bench needs at least one SAE folder")
         check_device(self.device)
