@@ -67,7 +67,9 @@ class BenchConfig:
         if self.steer_concepts:
             check_concepts(self.steer_concepts)
             if "steering" not in self.chosen_metrics(has_interp):
-                raise UserError("--steer-concepts chooses the steering metric's concepts; include `steering` in --metrics")
+                raise UserError(
+                    "--steer-concepts chooses the steering metric's concepts; include `steering` in --metrics"
+                )
         if not self.sae_dirs:
             raise UserError("bench needs at least one SAE folder")
         check_device(self.device)

@@ -80,7 +80,10 @@ def _vectors(b: BenchState, concepts, snips, skip: int):
     site = b.folders[0].sae.cfg.out_hookpoint or b.folders[0].sae.cfg.hookpoint
     jsite = judge_site(lm.model, site)
     rows, owner, fit = _split(snips, lm.tokenizer)
-    enc = {n: (f.sae.cfg.hookpoint, lambda x, s=f.sae: s.encode_raw(x.float()).to_dense()) for n, f in zip(b.names, b.folders)}
+    enc = {
+        n: (f.sae.cfg.hookpoint, lambda x, s=f.sae: s.encode_raw(x.float()).to_dense())
+        for n, f in zip(b.names, b.folders)
+    }
     x, norms = pooled(lm.model, rows, [site, jsite], skip, enc, dev)
     owner = np.array(owner)
     dirs, feats, judges = {}, {}, {}
@@ -116,7 +119,18 @@ def _generate(b: BenchState, concepts, site, norm, dirs, feats, skip):
         lat = [feats[c][n][0] if c else None for c, _ in pairs]
         val = [s * norm * scale / float(sae.W_dec[feats[c][n][0]].detach().norm()) if c else 0.0 for c, s in pairs]
         dev = sae.W_dec.device
-        collect(n, steered(model, sae, prompts, lambda: feature_steer(lat, val, skip, dev), len(pairs), NEW_TOKENS, eos))
+        collect(
+            n,
+            steered(
+                model,
+                sae,
+                prompts,
+                lambda lat=lat, val=val, dev=dev: feature_steer(lat, val, skip, dev),
+                len(pairs),
+                NEW_TOKENS,
+                eos,
+            ),
+        )
     deltas = torch.stack([dirs[c] * s * norm if c else torch.zeros_like(next(iter(dirs.values()))) for c, s in pairs])
     dev = next(model.parameters()).device
     collect(
