@@ -297,7 +297,8 @@ def tables(js: dict) -> list[Table]:
     examples = []
     for c in js["concepts"]:
         for m in c["methods"]:
-            p = m["points"][-1]
+            at = m["matched"]["strength"]
+            p = next((q for q in m["points"] if q["strength"] == at), m["points"][-1])
             examples.append([c["concept"], m["method"], p["strength"], _short(p["texts"][0])])
     return [
         (matched_title, head, rows),
@@ -313,7 +314,8 @@ def tables(js: dict) -> list[Table]:
             per,
         ),
         (
-            f"Steering: the first prompt's text at each method's strongest setting (prompt {js['prompts'][0]!r})",
+            f"Steering: the first prompt's text at each method's matched strength (else its strongest; prompt "
+            f"{js['prompts'][0]!r})",
             ["concept", "method", "strength", "text"],
             examples,
         ),

@@ -24,7 +24,9 @@ import torch
 from ...features.steer import FeatureEdit, FeatureSteer, _cache_kwarg, direction_steer, prompt_ids, steering_context
 
 NEUTRAL = ("I think that", "The best way to", "Yesterday,", "Here is")
-STRENGTHS = (0.25, 0.5, 1.0, 2.0)  # multiples of the site's mean activation norm (0: the unsteered zero row)
+# multiples of the site's mean activation norm (0: the unsteered zero row); dense below 0.5, where greedy text of
+# the embedded model leaves 2x the unsteered perplexity (measured: docs/EVAL.md), and 1.0 to show the breakdown
+STRENGTHS = (0.125, 0.25, 0.375, 0.5, 1.0)
 NEW_TOKENS = 24
 
 
