@@ -323,16 +323,25 @@ def tables(js: dict) -> list[Table]:
 
 
 def panel(ax, js: dict, l0s: dict) -> None:
-    """Mean concept score (judges above chance) against perplexity, one line per method over its strengths."""
+    """Mean concept score (judges above chance) against perplexity, one line per method over its strengths
+    (labelled with the strength)."""
     valid = [c for c in js["concepts"] if not c["judge"]["at_chance"]] or js["concepts"]
     for i, s in enumerate(js["summary"]):
         pts = [next(m for m in c["methods"] if m["method"] == s["method"])["points"] for c in valid]
         xs = np.exp(np.mean([[math.log(p["perplexity"]) for p in ps] for ps in pts], 0))
         ys = np.mean([[p["concept_score"] for p in ps] for ps in pts], 0)
         ax.plot(xs, ys, "o-", color=f"C{i}", label=s["method"], ms=3)
+        for x, y, p in zip(xs, ys, pts[0]):
+            if p["strength"]:
+                ax.annotate(f"{p['strength']:g}", (x, y), fontsize=5, color=f"C{i}")
     base = js["baseline"]["perplexity"]
     ax.axvline(js["fluency_factor"] * base, ls="--", lw=0.8, color="grey", label=f"{js['fluency_factor']:g}x unsteered")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=20))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("perplexity (clean model)")
     ax.set_ylabel("concept score")
     ax.set_title("steering: concept vs fluency")
