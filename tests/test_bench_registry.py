@@ -85,5 +85,6 @@ def test_the_registry_decides_names_and_defaults(monkeypatch, drawn):
         "autointerp",
         "synthetic",
         "seeds",
+        "steering",
         "toy",
     ]
