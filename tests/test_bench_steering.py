@@ -97,6 +97,9 @@ def test_matched_fluency_picks_the_best_strength_within_the_perplexity_factor_an
     pts = [_pt(0.0, 0.2, 10.0, 0.0), _pt(0.5, 0.5, 19.9, 0.0), _pt(1.0, 0.9, 20.1, 0.0), _pt(2.0, 0.95, 12.0, 0.75)]
     assert st.matched(pts, base) == {"concept_score": 0.5, "strength": 0.5, "perplexity": 19.9}
     assert st.matched(pts[2:], base)["concept_score"] is None  # none fluent enough
+    # digits and markup are what the numbers / html concepts look like: not counted as broken; repeats are
+    assert not st.broken("0x0023: 0x0041, 1927868237 * 89869747") and not st.broken("<td>%s</td><tr>")
+    assert st.broken("the the the the the the the the the the") and st.broken("")
     concepts = [
         {
             "unsteered_score": 0.2,

@@ -11,9 +11,9 @@ the steering vectors came from. "Rest" is every other concept's snippets plus pr
 
 The summary is the concept score at matched fluency: per concept and method, the best mean concept score
 among its strengths (the unsteered text, strength 0, included) whose perplexity is at most FLUENCY_FACTOR
-times the unsteered generations' and whose generations are no more often degenerate (features/steer.py
-`degenerate`: repeats, symbols, empty) than max(the unsteered ones', half). Concepts whose judge is at
-chance (held-out accuracy < JUDGE_MIN) are reported but left out of the means."""
+times the unsteered generations' and whose generations are no more often degenerate (`broken`: features/steer.py
+`degenerate`, repeats, empty, ..., but not "mostly symbols or digits") than max(the unsteered ones', half).
+Concepts whose judge is at chance (held-out accuracy < JUDGE_MIN) are reported but left out of the means."""
 
 from __future__ import annotations
 
@@ -144,8 +144,15 @@ def _generate(b: BenchState, concepts, site, norm, dirs, feats, skip):
     return base, gens
 
 
+def broken(text: str) -> bool:
+    """`degenerate` text (repeats, empty, whitespace, very short), except "mostly symbols or digits": that is what
+    the numbers and markup concepts look like, so it says what the text is about, not how fluent it is."""
+    why = degenerate(text, NEW_TOKENS)
+    return why is not None and not why.startswith("mostly symbols")
+
+
 def _point(strength, scores, nll, texts) -> dict:
-    degen = [degenerate(t, NEW_TOKENS) is not None for t in texts]
+    degen = [broken(t) for t in texts]
     return {
         "strength": strength,
         "concept_score": float(np.mean(scores)),
