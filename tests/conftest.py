@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,25 @@ def train_cfg(out, model, corpus, **kw):
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def cli(args) -> subprocess.CompletedProcess:
+    """`saelab ARGS` run in this process, as a CompletedProcess (return code, stdout, stderr): the same code
+    as `python -m saelab.cli ARGS` without a new interpreter importing torch and transformers (several seconds
+    on 2 busy cores). For runs a test does not kill and that need no torchrun. `--threads` sets torch's
+    thread count for the whole process: restored afterwards, so later tests keep theirs."""
+    import contextlib
+    import io
+
+    from saelab.cli import main
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def descendants(pid: int) -> list[int]:
