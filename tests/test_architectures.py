@@ -478,21 +478,16 @@ def _gated_skip_torchrun(tiny_model_dir, text_corpus):
     return base, env, torchrun
 
 
-def test_gated_refuses_inexact_data_parallel(tmp_path, tiny_model_dir, text_corpus):
+def test_gated_refuses_inexact_data_parallel(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
     """Data-parallel training of a gated SAE did not give the single-process weights (its L1 term is
     a mean over each rank's rows; measured: W_enc differed), so it is refused with a clear error.
-    (A skip transcoder alone matches one process: tests/test_distributed.py.)"""
-    import subprocess
-
-    base, env, torchrun = _gated_skip_torchrun(tiny_model_dir, text_corpus)
-    r = subprocess.run(
-        torchrun + ["-m", "saelab.cli", *base, "--out", str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=env,
-    )
-    assert r.returncode != 0 and "--distributed modules" in r.stderr, r.stderr[-2000:]
+    (A skip transcoder alone matches one process: tests/test_distributed.py.) The refusal comes before
+    any process group forms, so one rank's view of a 2-process job (WORLD_SIZE=2) shows what torchrun prints."""
+    base, _, _ = _gated_skip_torchrun(tiny_model_dir, text_corpus)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no RANK / MASTER_ADDR: reaching the process group would crash
+    r = cli([*base, "--out", tmp_path / "data"])
+    assert r.returncode == 2 and "--distributed modules" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "data").exists()
 
 
 def test_hookpoint_order_is_rank_independent(tiny_model_dir):
