@@ -90,6 +90,28 @@ def _run(nproc, args, out, env):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_checkpoint(args) -> None:
+    """`saelab ARGS` in this process, stopped by an exception right after its first checkpoint is on disk."""
+    import saelab.train.loop as loop
+
+    save = loop.save_checkpoint
+
+    def save_then_stop(*a, **kw):
+        save(*a, **kw)
+        raise _Stop
+
+    loop.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(_Stop):
+            cli(args)
+    finally:
+        loop.save_checkpoint = save
+
+
 def test_batchtopk_shards_match_one_process_at_the_checkpoint(tmp_path, tiny_model_dir, text_corpus):
     """BatchTopK: the global (k x rows)-th largest value from per-rank candidates; after 8 steps (the
     first checkpoint, gathered from 2 ranks) weights, Adam moments and the running inference threshold
@@ -99,8 +121,12 @@ def test_batchtopk_shards_match_one_process_at_the_checkpoint(tmp_path, tiny_mod
     ckpts = []
     for nproc in (1, 2):
         out = tmp_path / str(nproc)
-        rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(out)], out, env={"OMP_NUM_THREADS": "1"})
-        assert rc != 0
+        if nproc == 1:  # one process (this one), stopped once its first checkpoint is written
+            _stop_after_first_checkpoint(args + ["--out", out])
+        else:
+            rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(out)], out, env={"OMP_NUM_THREADS": "1"})
+            assert rc != 0
+        assert not list(out.glob("*/cfg.json"))  # stopped before the end
         ckpts.append(read_tensors(tmp_path / str(nproc) / "checkpoint.safetensors"))
     one, two = ckpts
     assert set(one) == set(two)
