@@ -67,7 +67,9 @@ def test_train_and_eval_on_the_real_model(tmp_path):
     cfg = json.loads((folder / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["d_in"] == 576 and cfg["k"] == 32
     assert cfg["metadata"]["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    r = cli(["eval", str(folder), "--tokens", "8192", "--ce-tokens", "1024"])
+    # 512 CE positions (2 rows) keep every margin: measured CE +2.60 sinks clean vs +4.54 every position spliced,
+    # 59% recovered vs the mean (1024 positions: +2.98 vs +4.76, 54%)
+    r = cli(["eval", str(folder), "--tokens", "8192", "--ce-tokens", "512"])
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((folder / "metrics.json").read_text())["metrics"]
     assert m["fvu"] < 0.6 and m["l0"] == pytest.approx(32, abs=0.5)
