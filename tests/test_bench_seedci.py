@@ -2,6 +2,8 @@
 --seeds N` (train/seeds.py) and seed groups in the bench (seed_identity.py, seed_groups.py, seed_stats.py)."""
 
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -142,16 +144,32 @@ def _run(tmp_path, tiny_model_dir, text_corpus, name, **kw):
     return train(cfg, quiet=True)
 
 
+def _at_k(run: Path, out: Path, k: int) -> list[Path]:
+    """A copy of a run folder as if trained at another k (TopK's k changes no weight shape): the run
+    manifest's --k and each folder's cfg.json k, nothing else."""
+    shutil.copytree(run, out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["config"]["k"] = [k]
+    (out / "manifest.json").write_text(json.dumps(m))
+    folders = [out / name for name in m["saes"]]
+    for f in folders:
+        cfg = json.loads((f / "cfg.json").read_text())
+        cfg["k"] = cfg["saelab"]["config"]["k"] = k
+        (f / "cfg.json").write_text(json.dumps(cfg))
+    return folders
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir, text_corpus):
     """`--seeds 2` (seeds 3, 4), a plain `--seed 5` run of the same configuration elsewhere (the lead's way),
-    and the same configuration at another k."""
+    and seed 3's run as if trained at another k."""
     tmp = tmp_path_factory.mktemp("seedci")
+    seeds = _run(tmp, tiny_model_dir, text_corpus, "topk", seed=3, seeds=2)
     return SimpleNamespace(
         tmp=tmp,
-        seeds=_run(tmp, tiny_model_dir, text_corpus, "topk", seed=3, seeds=2),
+        seeds=seeds,
         plain=_run(tmp, tiny_model_dir, text_corpus, "topk-seed5", seed=5),
-        other_k=_run(tmp, tiny_model_dir, text_corpus, "topk-k4", k=[4], seed=3),
+        other_k=SimpleNamespace(dictionaries=_at_k(tmp / "topk" / "seed-3", tmp / "topk-k4", 4)),
     )
 
 
@@ -241,3 +259,17 @@ def test_two_groups_are_compared_by_the_welch_rule(monkeypatch):
     assert (gap["within_noise"], close["within_noise"]) == (False, True) and gap["difference"] == pytest.approx(-0.1)
     verdicts = {r[0]: r[-1] for title, _, rows in seed_groups.tables(js) if "Welch" in title for r in rows}
     assert verdicts == {"core fvu": "a lower", "probing fvu": "within noise", "probing ood fvu": "within noise"}
+
+
+def test_an_option_at_its_default_groups_with_a_manifest_that_lacks_it(runs, tmp_path):
+    """A run written by an older saelab (its manifest lacks an option now at its default) is the same
+    configuration; a non-default value of that option is not."""
+    ref = open_sae(runs.seeds.dictionaries[0])
+    for value, same in ((None, True), ("mean", False)):
+        run = tmp_path / f"old-{value}"
+        shutil.copytree(runs.seeds.dictionaries[1].parent, run)
+        m = json.loads((run / "manifest.json").read_text())
+        m["config"].pop("bias_init") if value is None else m["config"].update(bias_init=value)
+        (run / "manifest.json").write_text(json.dumps(m))
+        f = open_sae(run / runs.seeds.dictionaries[1].name)
+        assert (training_identity(f.path, f.cfg)[0] == training_identity(ref.path, ref.cfg)[0]) is same

@@ -6,7 +6,8 @@ learning rate, steps, --init-from) and, when the folder sits in its run folder, 
 Left out: the seed itself, where the run was written (--out), --seeds (a `--seeds N` run trains plain
 runs), the options a resume may change (resume_identity.FREE_OPTIONS: threads, device, checkpoints, ...),
 and the run's lists of hookpoints / k / sparsity / lr (one run trains several dictionaries: each folder's
-own values are in its cfg.json). So folders trained by `saelab train --seeds 3` and by three plain
+own values are in its cfg.json). An option at its default and an option the manifest lacks (a run from an
+older saelab) are the same. So folders trained by `saelab train --seeds 3` and by three plain
 `saelab train --seed S --out ...` commands group alike: grouping reads configurations, never folder names.
 A folder without a saelab block (SAELens, sparsify) has no identity and is never grouped."""
 
@@ -17,7 +18,8 @@ import os
 from pathlib import Path
 
 from ..storage import read_json
-from .resume_identity import FREE_OPTIONS, defaults_as_none
+from .config import TrainConfig
+from .resume_identity import FREE_OPTIONS, _defaults, defaults_as_none
 
 RUN_IGNORED = (*FREE_OPTIONS, "seed", "seeds", "out", "hookpoints", "layers", "k", "sparsity_coeff", "lr")
 SAE_IGNORED = ("seed", "train_stats", "checksums", "saelab_version", "format_version")
@@ -51,12 +53,15 @@ def training_identity(folder: Path, cfg_json: dict) -> tuple[str | None, bool]:
     if not isinstance(ours, dict) or "config" not in ours or ours.get("training_tokens") is None:
         return None, False
     ident = {
-        "cfg": {k: v for k, v in cfg_json.items() if k != "saelab"},
+        "cfg": {k: v for k, v in cfg_json.items() if k not in ("saelab", "device")},  # device: where it ran
         "saelab": _norm({k: v for k, v in ours.items() if k not in SAE_IGNORED}),
     }
     run = run_config(folder)
     if run is not None:
-        ident["run"] = _norm(defaults_as_none({k: v for k, v in run.items() if k not in RUN_IGNORED}))
+        # an option at its default counts as not given: a run from a saelab that lacked it groups alike
+        defaults = _defaults(TrainConfig)
+        given = {k: v for k, v in run.items() if k not in RUN_IGNORED and not (k in defaults and v == defaults[k])}
+        ident["run"] = _norm(defaults_as_none(given))
     return json.dumps(ident, sort_keys=True, default=str), run is not None
 
 
