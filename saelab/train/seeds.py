@@ -10,6 +10,7 @@ and one with no run yet starts fresh."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def train_seeds(cfg: TrainConfig, quiet: bool = False) -> list[Path]:
     folders: list[Path] = []
     plan = plan_seeds(cfg)
     for i, (c, action) in enumerate(plan):
-        if not quiet:
+        if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 says it
             print(f"saelab: seed {c.seed} ({i + 1} of {len(plan)}): {action} -> {c.out}", flush=True)
         if action == "done":
             saes = (read_manifest(Path(c.out)) or {}).get("saes", {})
