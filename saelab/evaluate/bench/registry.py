@@ -5,7 +5,7 @@ see metric.py) and one line here."""
 
 from __future__ import annotations
 
-from . import absorption, autointerp, core, diagnostics, probing, seeds, synthetic
+from . import absorption, autointerp, core, diagnostics, probing, seed_groups, seeds, synthetic
 from .metric import Metric
 
 METRICS: list[Metric] = [
@@ -16,6 +16,7 @@ METRICS: list[Metric] = [
     autointerp.METRIC,
     synthetic.METRIC,
     seeds.METRIC,
+    seed_groups.METRIC,  # last: it reads the values the others computed
 ]
 
 
