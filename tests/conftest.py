@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,33 @@ def train_cfg(out, model, corpus, **kw):
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def cli(args) -> subprocess.CompletedProcess:
+    """`saelab ARGS` run in this process, as a CompletedProcess (return code, stdout, stderr): the same code
+    as `python -m saelab.cli ARGS` without a new interpreter importing torch and transformers (several seconds
+    on 2 busy cores). For runs a test does not kill and that need no torchrun. The process is left as a
+    subprocess leaves it: torch's thread count (`--threads` sets it for the whole process) and the global
+    random states (training seeds them) are restored, so the tests after it see what they saw before."""
+    import contextlib
+    import io
+    import random
+
+    import numpy as np
+
+    from saelab.cli import main
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def descendants(pid: int) -> list[int]:

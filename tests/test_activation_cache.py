@@ -3,15 +3,12 @@ stream visits every vector once per epoch, training from it learns without loadi
 cache that does not fit the run is refused before anything is written."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from conftest import train_cfg
+from conftest import cli, train_cfg
 
 from saelab.activations.disk_cache import CacheConfig, CachedActivationStream, read_manifest, shard_path, write_cache
 from saelab.activations.stream import ActivationStream
@@ -134,16 +131,10 @@ def test_a_cache_that_does_not_fit_is_refused(tmp_path, cache, tiny_model_dir, e
 
 
 def test_cache_and_train_commands(tmp_path, tiny_model_dir, text_corpus):
-    def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "saelab.cli", *args],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ),
-            timeout=600,
-        )
+    def run(*args):  # in this process: no interpreter and torch start-up per call
+        return cli(args)
 
-    r = cli(
+    r = run(
         "cache-activations",
         "--model",
         str(tiny_model_dir),
@@ -164,7 +155,7 @@ def test_cache_and_train_commands(tmp_path, tiny_model_dir, text_corpus):
     )
     assert r.returncode == 0, r.stderr
     assert read_manifest(tmp_path / "c")["hookpoints"] == [f"model.layers.{i}" for i in range(4)]
-    r = cli(
+    r = run(
         "train",
         "--from-activations",
         str(tmp_path / "c"),
@@ -189,7 +180,7 @@ def test_cache_and_train_commands(tmp_path, tiny_model_dir, text_corpus):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "t" / "model.layers.0__to__model.layers.1-topk-k8" / "cfg.json").exists()
-    r = cli(
+    r = run(
         "cache-activations",
         "--model",
         str(tiny_model_dir),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import train_cfg
+from conftest import cli, train_cfg
 
 from saelab.errors import UserError
 from saelab.sae import SaeConfig, build_sae
@@ -478,21 +478,16 @@ def _gated_skip_torchrun(tiny_model_dir, text_corpus):
     return base, env, torchrun
 
 
-def test_gated_refuses_inexact_data_parallel(tmp_path, tiny_model_dir, text_corpus):
+def test_gated_refuses_inexact_data_parallel(tmp_path, tiny_model_dir, text_corpus, monkeypatch):
     """Data-parallel training of a gated SAE did not give the single-process weights (its L1 term is
     a mean over each rank's rows; measured: W_enc differed), so it is refused with a clear error.
-    (A skip transcoder alone matches one process: tests/test_distributed.py.)"""
-    import subprocess
-
-    base, env, torchrun = _gated_skip_torchrun(tiny_model_dir, text_corpus)
-    r = subprocess.run(
-        torchrun + ["-m", "saelab.cli", *base, "--out", str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=env,
-    )
-    assert r.returncode != 0 and "--distributed modules" in r.stderr, r.stderr[-2000:]
+    (A skip transcoder alone matches one process: tests/test_distributed.py.) The refusal comes before
+    any process group forms, so one rank's view of a 2-process job (WORLD_SIZE=2) shows what torchrun prints."""
+    base, _, _ = _gated_skip_torchrun(tiny_model_dir, text_corpus)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no RANK / MASTER_ADDR: reaching the process group would crash
+    r = cli([*base, "--out", tmp_path / "data"])
+    assert r.returncode == 2 and "--distributed modules" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "data").exists()
 
 
 def test_hookpoint_order_is_rank_independent(tiny_model_dir):
@@ -516,20 +511,19 @@ def test_gated_and_skip_train_module_parallel(tmp_path, tiny_model_dir, text_cor
     elementwise atol 2e-4) and W_enc by up to 7e-4 relative; the other SAE of the same run (another
     lr, so the result of training on anything else) differs by 0.026 (b_dec) to 3.1 relative."""
     import subprocess
-    import sys
 
     base, env, torchrun = _gated_skip_torchrun(tiny_model_dir, text_corpus)
-    outs = {}
-    for n, launcher in ((1, [sys.executable]), (2, torchrun)):
-        outs[n] = tmp_path / f"n{n}"
-        r = subprocess.run(
-            launcher + ["-m", "saelab.cli", *base, "--distributed", "modules", "--out", str(outs[n])],
-            capture_output=True,
-            text=True,
-            timeout=400,
-            env=env,
-        )
-        assert r.returncode == 0, r.stderr[-3000:]
+    outs = {n: tmp_path / f"n{n}" for n in (1, 2)}
+    r = cli([*base, "--distributed", "modules", "--out", outs[1]])  # one process: this one
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run(
+        torchrun + ["-m", "saelab.cli", *base, "--distributed", "modules", "--out", str(outs[2])],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
     names = sorted(p.name for p in outs[1].iterdir() if p.is_dir())
     assert len(names) == 2
     runs = [json.loads((outs[n] / "manifest.json").read_text()) for n in (1, 2)]

@@ -72,11 +72,11 @@ def test_a_metric_registered_in_a_test_runs_through_saelab_bench(tmp_path, tiny_
 
 def test_the_registry_decides_names_and_defaults(monkeypatch, drawn):
     cfg = BenchConfig(sae_dirs=["x"], out="o")
-    assert cfg.chosen_metrics(False) == ["core", "probing", "absorption", "diagnostics"]
-    assert cfg.chosen_metrics(True) == ["core", "probing", "absorption", "diagnostics", "autointerp"]
+    assert cfg.chosen_metrics(False) == ["core", "probing", "absorption", "diagnostics", "seed_groups"]
+    assert cfg.chosen_metrics(True) == ["core", "probing", "absorption", "diagnostics", "autointerp", "seed_groups"]
     default_toy = [m if m.name != "toy" else Metric(**{**m.__dict__, "default": True}) for m in registry.METRICS]
     monkeypatch.setattr(registry, "METRICS", default_toy)
-    assert cfg.chosen_metrics(False) == ["core", "probing", "absorption", "diagnostics", "toy"]
+    assert cfg.chosen_metrics(False) == ["core", "probing", "absorption", "diagnostics", "seed_groups", "toy"]
     assert [m.name for m in registry.all_metrics()] == [
         "core",
         "probing",
@@ -86,5 +86,6 @@ def test_the_registry_decides_names_and_defaults(monkeypatch, drawn):
         "synthetic",
         "seeds",
         "steering",
+        "seed_groups",
         "toy",
     ]

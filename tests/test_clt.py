@@ -263,20 +263,16 @@ def test_clt_trains_through_the_loop_and_reopens(family, tmp_path, tiny_model_di
 
 
 def test_clt_resume_after_a_kill_is_exact(tmp_path, tiny_model_dir, text_corpus):
-    import subprocess
     import sys
 
-    from conftest import kill_when_checkpointed
+    from conftest import cli, kill_when_checkpointed
 
     common = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus), "--arch", "clt"]
     common += ["--hookpoints", "model.layers.{0,1,2}.post_attention_layernorm->model.layers.{0,1,2}.mlp"]
     common += ["--dict-size", "64", "--k", "4", "--tokens", "16384", "--batch-tokens", "512", "--context", "64"]
     common += ["--buffer-batches", "4", "--checkpoint-every", "6000", "--threads", "1"]
 
-    def cli(args):
-        return subprocess.run([sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True, timeout=600)
-
-    full = cli(common + ["--out", str(tmp_path / "full")])
+    full = cli(common + ["--out", tmp_path / "full"])  # the runs not killed: in this process
     assert full.returncode == 0, full.stderr
     killed = kill_when_checkpointed(
         [sys.executable, "-m", "saelab", *common, "--out", str(tmp_path / "res")], tmp_path / "res"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import kill_when_checkpointed, train_cfg
+from conftest import cli, kill_when_checkpointed, train_cfg
 
 from saelab.errors import UserError
 from saelab.sae.folder import open_sae
@@ -29,9 +29,12 @@ def _launch(nproc):
 
 
 def _run(nproc, args, out):
-    r = subprocess.run(
-        _launch(nproc) + args + ["--out", str(out)], capture_output=True, text=True, env={**os.environ, **ENV}
-    )
+    if nproc == 1:  # one process: this one
+        r = cli(args + ["--out", out])
+    else:
+        r = subprocess.run(
+            _launch(nproc) + args + ["--out", str(out)], capture_output=True, text=True, env={**os.environ, **ENV}
+        )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

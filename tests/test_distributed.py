@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import descendants, kill_when_checkpointed
+from conftest import cli, descendants, kill_when_checkpointed
 
 from saelab.sae.folder import load_sae
 
@@ -76,11 +76,25 @@ def base(tiny_model_dir, text_corpus):
     return ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus)] + COMMON
 
 
+BOTH = ["--hookpoints", "model.layers.1", "model.layers.2"]
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, base):
+    """The one-process reference (in this process: the same code as `python -m saelab.cli`, no start-up)."""
     out = tmp_path_factory.mktemp("single") / "run"
-    r = _run(base + ["--hookpoints", "model.layers.1", "model.layers.2", "--out", str(out)])
+    r = cli(base + BOTH + ["--out", out])
     assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_parallel(tmp_path_factory, base):
+    """A 2-process data-parallel run of both SAEs: compared with one process, and the uninterrupted reference
+    of the killed-and-resumed 2-process run."""
+    out = tmp_path_factory.mktemp("dp") / "run"
+    r = _run(base + BOTH + ["--out", str(out)], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
     return out
 
 
@@ -91,10 +105,8 @@ def _compare(a, b, atol):
             torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=atol, msg=f"{name}/{k}")
 
 
-def test_data_parallel_matches_single_process(tmp_path, base, single):
-    out = tmp_path / "dp"
-    r = _run(base + ["--hookpoints", "model.layers.1", "model.layers.2", "--out", str(out)], nproc=2)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_data_parallel_matches_single_process(single, data_parallel):
+    out = data_parallel
     _compare(single, out, atol=2e-4)
     from saelab.storage import read_json
 
@@ -106,28 +118,24 @@ def test_data_parallel_matches_single_process(tmp_path, base, single):
 def test_module_parallel_matches_single_process(tmp_path, base, single):
     out = tmp_path / "mp"
     r = _run(
-        base + ["--hookpoints", "model.layers.1", "model.layers.2", "--distributed", "modules", "--out", str(out)],
+        base + BOTH + ["--distributed", "modules", "--out", str(out)],
         nproc=2,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     _compare(single, out, atol=1e-5)
 
 
-def test_killed_distributed_run_resumes_and_world_size_is_checked(tmp_path, base):
-    args = base + ["--hookpoints", "model.layers.1", "--out", str(tmp_path / "full")]
-    assert _run(args, nproc=2).returncode == 0
-    killed = base + ["--hookpoints", "model.layers.1", "--out", str(tmp_path / "res")]
+def test_killed_distributed_run_resumes_and_world_size_is_checked(tmp_path, base, data_parallel):
+    killed = base + BOTH + ["--out", str(tmp_path / "res")]
     rc = kill_when_checkpointed(_launcher(2) + killed, tmp_path / "res", env={"OMP_NUM_THREADS": "1"})
     assert rc != 0 and (tmp_path / "res" / "checkpoint.safetensors").exists()
-    r = _run(killed + ["--resume"], nproc=1)
+    r = cli(killed + ["--resume"])  # one process (this one: the same check as a 1-process launch)
     assert r.returncode == 2 and "written by 2 processes" in r.stderr and "--nproc_per_node" in r.stderr
     r = _run(killed + ["--resume", "--distributed", "modules"], nproc=2)
     assert r.returncode != 0 and "--nproc_per_node" in r.stderr
     r = _run(killed + ["--resume"], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
-    a, b = _weights(tmp_path / "full" / "model.layers.1-topk-k8"), _weights(tmp_path / "res" / "model.layers.1-topk-k8")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-6)
+    _compare(data_parallel, tmp_path / "res", atol=1e-6)  # the uninterrupted 2-process run, both SAEs
 
 
 def _continue_once_told_to_stop(pid: int, timeout: float = 120) -> None:
@@ -175,7 +183,7 @@ def test_dead_or_stuck_rank_ends_the_job_with_a_clear_message(tmp_path, base, ho
 
 
 def test_data_parallel_from_the_activation_cache(tmp_path, tiny_model_dir, text_corpus):
-    r = _run(
+    r = cli(
         [
             "cache-activations",
             "--model",
@@ -206,7 +214,7 @@ def test_data_parallel_from_the_activation_cache(tmp_path, tiny_model_dir, text_
         "--hookpoints",
         "model.layers.1",
     ] + COMMON
-    assert _run(args + ["--out", str(tmp_path / "one")]).returncode == 0
+    assert cli(args + ["--out", tmp_path / "one"]).returncode == 0
     r = _run(args + ["--out", str(tmp_path / "two")], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _weights(tmp_path / "one" / "model.layers.1-topk-k8"), _weights(tmp_path / "two" / "model.layers.1-topk-k8")
@@ -230,8 +238,8 @@ def test_data_parallel_matches_single_process_for_every_type(tmp_path, base, cas
     this test fails for them, as the selection differs wherever one rank's rows are denser."""
     args = base + ["--hookpoints", "model.layers.1", "--tokens", "4096"] + DP_CASES[case]
     outs = {n: tmp_path / f"n{n}" for n in (1, 2)}
-    for n, out in outs.items():
-        r = _run(args + ["--out", str(out)], nproc=n)
+    for n, out in outs.items():  # the one-process reference in this process
+        r = cli(args + ["--out", out]) if n == 1 else _run(args + ["--out", str(out)], nproc=n)
         assert r.returncode == 0, r.stderr[-3000:]
     (name,) = [p.name for p in outs[1].iterdir() if (p / "cfg.json").exists()]
     (a, _), (b, _) = load_sae(outs[1] / name), load_sae(outs[2] / name)

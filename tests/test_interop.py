@@ -3,13 +3,11 @@ sparsify's `encoder.weight`/`W_dec` layout), load into SAEs that compute what th
 computes, and export back byte-for-byte equal tensors and equal configs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli
 from safetensors.torch import load_file, save_file
 
 from saelab.errors import UserError
@@ -292,9 +290,7 @@ def test_hub_source_resolves_through_snapshot_download(tmp_path):
 
 
 def _cli(args):
-    return subprocess.run(
-        [sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True, env=dict(os.environ), timeout=300
-    )
+    return cli(args)  # in this process: no interpreter and torch start-up per call
 
 
 def test_import_export_commands_on_a_real_model(tmp_path, tiny_model_dir):

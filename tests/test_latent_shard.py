@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import kill_when_checkpointed, train_cfg
+from conftest import cli, kill_when_checkpointed, train_cfg
 
 from saelab.errors import UserError
 from saelab.sae.folder import load_sae
@@ -57,7 +57,7 @@ def _launch(nproc):
 def test_two_latent_shards_match_one_process_and_resume(tmp_path, tiny_model_dir, text_corpus):
     args = ["train", "--model", str(tiny_model_dir), "--corpus", str(text_corpus)] + ARGS
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(_launch(1) + args + ["--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    r = cli(args + ["--out", tmp_path / "one"])  # one process: this one
     assert r.returncode == 0, r.stderr[-3000:]
     # 2 ranks, killed after the first checkpoint, then resumed: the result must still be the 1-process one
     two = args + ["--out", str(tmp_path / "two")]
@@ -83,8 +83,33 @@ def test_two_latent_shards_match_one_process_and_resume(tmp_path, tiny_model_dir
 
 
 def _run(nproc, args, out, env):
-    r = subprocess.run(_launch(nproc) + args + ["--out", str(out)], capture_output=True, text=True, env=env)
+    if nproc == 1:  # one process: this one
+        r = cli(args + ["--out", out])
+    else:
+        r = subprocess.run(_launch(nproc) + args + ["--out", str(out)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_checkpoint(args) -> None:
+    """`saelab ARGS` in this process, stopped by an exception right after its first checkpoint is on disk."""
+    import saelab.train.loop as loop
+
+    save = loop.save_checkpoint
+
+    def save_then_stop(*a, **kw):
+        save(*a, **kw)
+        raise _Stop
+
+    loop.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(_Stop):
+            cli(args)
+    finally:
+        loop.save_checkpoint = save
 
 
 def test_batchtopk_shards_match_one_process_at_the_checkpoint(tmp_path, tiny_model_dir, text_corpus):
@@ -96,8 +121,12 @@ def test_batchtopk_shards_match_one_process_at_the_checkpoint(tmp_path, tiny_mod
     ckpts = []
     for nproc in (1, 2):
         out = tmp_path / str(nproc)
-        rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(out)], out, env={"OMP_NUM_THREADS": "1"})
-        assert rc != 0
+        if nproc == 1:  # one process (this one), stopped once its first checkpoint is written
+            _stop_after_first_checkpoint(args + ["--out", out])
+        else:
+            rc = kill_when_checkpointed(_launch(nproc) + args + ["--out", str(out)], out, env={"OMP_NUM_THREADS": "1"})
+            assert rc != 0
+        assert not list(out.glob("*/cfg.json"))  # stopped before the end
         ckpts.append(read_tensors(tmp_path / str(nproc) / "checkpoint.safetensors"))
     one, two = ckpts
     assert set(one) == set(two)

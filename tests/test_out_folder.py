@@ -185,7 +185,7 @@ def test_later_stage_commands_are_built_from_their_dataclasses(tmp_path):
         ["S1", "S2"],
         ["pca"],
         20_000,
-        ["core", "probing", "absorption", "diagnostics"],
+        ["core", "probing", "absorption", "diagnostics", "seed_groups"],
     )
     toml = tmp_path / "c.toml"
     toml.write_text('tokens = 512\nsplit = "train"\n')

@@ -547,12 +547,20 @@ def test_a_dead_server_stops_the_client_early(fake_llm):
     assert capped.usage.retries == 4 and fake_llm.requests == 3 + 4
 
 
-def test_explain_and_score_stop_on_a_dead_server_and_retry_failed_latents(fake_llm, interp_cache, tmp_path, capsys):
+def test_explain_and_score_stop_on_a_dead_server_and_retry_failed_latents(
+    fake_llm, interp_cache, tmp_path, capsys, monkeypatch
+):
     """An outage: explain stops early with a clear message (exit 2), its failed latents are tried
     again by the rerun against a working server; the same for score's judged scorers."""
     from test_interpret import _active_latents
 
+    from saelab.interpret import remote_clients
     from saelab.interpret.records import load_run
+
+    init = remote_clients._RemoteClient.__init__  # the same retries without the default 1 s backoff's sleeps
+    monkeypatch.setattr(
+        remote_clients._RemoteClient, "__init__", lambda self, *a, **kw: init(self, *a, **kw | {"backoff": 0.01})
+    )
 
     cache = interp_cache
     name = cache.sae_names[0]

@@ -1,13 +1,11 @@
 """Training on a tiny random Llama: it learns, trains many SAEs per forward, resumes exactly,
 and refuses bad input before doing expensive work."""
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import kill_when_checkpointed, train_cfg
+from conftest import cli, kill_when_checkpointed, train_cfg
 
 from saelab.data import load_token_rows
 from saelab.errors import UserError
@@ -70,16 +68,6 @@ def test_other_architectures_learn(tmp_path, tiny_model_dir, text_corpus, arch, 
         assert r["l0"] == pytest.approx(8, rel=0.15)
 
 
-def _cli(args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "saelab.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_corpus):
     common = [
         "train",
@@ -108,7 +96,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_c
         "--threads",
         "1",
     ]
-    full = _cli(common + ["--out", str(tmp_path / "full")])
+    full = cli(common + ["--out", tmp_path / "full"])  # the runs not killed: in this process
     assert full.returncode == 0, full.stderr
     killed = kill_when_checkpointed(
         [sys.executable, "-m", "saelab", *common, "--out", str(tmp_path / "res")], tmp_path / "res"
@@ -116,7 +104,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, text_c
     assert killed == -9  # SIGKILL from outside as soon as the first checkpoint is on disk
     assert (tmp_path / "res" / "checkpoint.safetensors").exists()
     assert not list((tmp_path / "res").glob("*/cfg.json"))
-    resumed = _cli(common + ["--out", str(tmp_path / "res"), "--resume"])
+    resumed = cli(common + ["--out", tmp_path / "res", "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at" in resumed.stdout
     name = "model.layers.2-topk-k8"

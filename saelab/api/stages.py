@@ -50,9 +50,13 @@ def train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
     """`saelab train`: train one dictionary per (hookpoint, k or sparsity value, lr) from one LM forward
     (or from an activation cache) into the run folder `cfg.out` (one process, or this rank's share under
     torchrun). Returns the run: its dictionary folders and each one's final training statistics.
-    `quiet`: no summary line (the training loop's own progress still shows)."""
+    `quiet`: no summary line (the training loop's own progress still shows). With `cfg.seeds` (N): N runs
+    differing only in the seed, in `cfg.out`/seed-<S>/ (train/seeds.py); `metrics` are then keyed
+    "seed-<S>/<dictionary>" and `manifest` is {"seeds": {S: that run's manifest}}."""
     from ..train.loop import train as run_training
 
+    if cfg.seeds:
+        return _train_seeds(cfg, quiet)
     t = time.time()
     folders = run_training(cfg)
     manifest_path = Path(cfg.out) / "manifest.json"
@@ -63,6 +67,24 @@ def train(cfg: TrainConfig, quiet: bool = False) -> TrainResult:
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}  # rank 0 writes it
     final = {name: rec.get("final", {}) for name, rec in manifest.get("saes", {}).items()}
     return TrainResult(Path(cfg.out), [Path(f) for f in folders], final, manifest)
+
+
+def _train_seeds(cfg: TrainConfig, quiet: bool) -> TrainResult:
+    from ..train.seeds import seed_configs, train_seeds
+
+    t = time.time()
+    folders = train_seeds(cfg, quiet)
+    final, manifests = {}, {}
+    for c in seed_configs(cfg):
+        path = Path(c.out) / "manifest.json"
+        manifests[c.seed] = read_json(path) if path.is_file() else {}  # rank 0 writes it
+        for name, rec in manifests[c.seed].get("saes", {}).items():
+            final[f"{Path(c.out).name}/{name}"] = rec.get("final", {})
+    if not quiet:
+        print(f"\ntrained {cfg.seeds} seed(s), {len(folders)} SAE(s), in {time.time() - t:.0f} s under {cfg.out}")
+        for f in folders:
+            print(f"  {f}")
+    return TrainResult(Path(cfg.out), folders, final, {"seeds": manifests})
 
 
 def cache_activations(cfg: CacheConfig, quiet: bool = False) -> Path:

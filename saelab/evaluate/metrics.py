@@ -232,13 +232,21 @@ def _relative_bias(a: dict, n: int) -> float | None:
     return (a["yh_sq"] - n * float(m_hat @ m_hat)) / cov if cov else None
 
 
-def _ce_kl(logits: torch.Tensor, ids: torch.Tensor, clean_logp: torch.Tensor | None):
-    """Summed next-token CE over positions 0..T-2, and summed KL to the clean distribution."""
+def _ce_kl(logits: torch.Tensor, ids: torch.Tensor, clean_logp: torch.Tensor | None, rows: dict | None = None):
+    """Summed next-token CE over positions 0..T-2, and summed KL to the clean distribution. `rows`, when
+    given, receives the same sums per row of the batch ("ce", "kl": [b] float64; the totals are reduced as
+    before, so `saelab eval`'s numbers do not move when the bench asks for rows)."""
     logp = logits[:, :-1].float().log_softmax(-1)
-    ce = -logp.gather(-1, ids[:, 1:, None]).sum().item()
+    tok = -logp.gather(-1, ids[:, 1:, None])  # [b, T-1, 1]
+    ce = tok.sum().item()
     kl = 0.0
     if clean_logp is not None:
         kl = F.kl_div(logp, clean_logp, log_target=True, reduction="sum").item()
+    if rows is not None:
+        rows["ce"] = tok[..., 0].double().sum(-1).cpu().numpy()
+        if clean_logp is not None:
+            per = F.kl_div(logp, clean_logp, log_target=True, reduction="none").sum(-1)  # [b, T-1]
+            rows["kl"] = per.double().sum(-1).cpu().numpy()
     return ce, kl, logp
 
 
@@ -258,9 +266,19 @@ def downstream_metrics(
     means: dict[str, torch.Tensor],
     budget: EvalBudget,
     device: str = "cpu",
+    per_row: list | None = None,
 ) -> list[Downstream]:
-    """Per SAE: KL / CE with it spliced in, against zero- and mean-ablation of its output site."""
+    """Per SAE: KL / CE with it spliced in, against zero- and mean-ablation of its output site. `per_row`,
+    when given, receives per SAE the per-row sums behind them (`_ce_rows`: the bench's bootstrap over rows)."""
     special = special_ids(tokenizer)
+    rec: dict | None = None if per_row is None else {}
+
+    def part(key):  # what _ce_kl fills with this batch's per-row sums under `key` (None: not asked)
+        if rec is None:
+            return None
+        rec.setdefault(key, []).append({})
+        return rec[key][-1]
+
     sel = heldout_selection(rows, budget.ce_tokens)
     sites = sorted({_out_site(s) for s, _ in saes})
     clean_sum, n_pred = 0.0, 0
@@ -274,17 +292,19 @@ def downstream_metrics(
         finally:
             for hd in handles:
                 hd.remove()
-        ce, _, clean_logp = _ce_kl(logits, ids, None)
+        ce, _, clean_logp = _ce_kl(logits, ids, None, part("clean"))
         del logits
         clean_sum += ce
         n_pred += ids.shape[0] * (ids.shape[1] - 1)
         masks = {}
-        for (sae, sink), s in zip(saes, sae_sums):
+        for i, ((sae, sink), s) in enumerate(zip(saes, sae_sums)):
             drop = sae_sink_mask(sae, sink, store, ids, special)
             masks.setdefault(_out_site(sae), drop)
             for key, keep in (("", drop), ("_all", None)):
                 with spliced(model, sae, keep=keep):
-                    ce_s, kl_s, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, clean_logp)
+                    ce_s, kl_s, _ = _ce_kl(
+                        model(input_ids=ids, use_cache=False).logits, ids, clean_logp, None if key else part(i)
+                    )
                 s["ce" + key] += ce_s
                 s["kl" + key] += kl_s
         for h in sites:
@@ -292,7 +312,7 @@ def downstream_metrics(
             for name, value in (("zero", 0.0), ("mean", means[h])):
                 fn = lambda a, v=value, d=drop: torch.where(d, a, (torch.zeros_like(a) + v).to(a.dtype))
                 with patch_activation(model, h, fn):
-                    ce_a, _, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, None)
+                    ce_a, _, _ = _ce_kl(model(input_ids=ids, use_cache=False).logits, ids, None, part((h, name)))
                 site_sums[h][name] += ce_a
     n = max(n_pred, 1)
     clean = clean_sum / n
@@ -315,6 +335,29 @@ def downstream_metrics(
                 ce_eval_tokens=n,
             )
         )
+    if rec is not None:
+        per_row.extend(_ce_rows(rec, [_out_site(s) for s, _ in saes], sel, rows.tokens.shape[1] - 1))
+    return out
+
+
+def _ce_rows(rec: dict, sites: list[str], sel, predicted: int) -> list[dict[str, np.ndarray]]:
+    """Per SAE, [rows] arrays of the CE pass's rows: summed CE of the clean model, with the SAE spliced
+    (sinks kept clean), with its output site zero- and mean-ablated, KL to clean, and predictions n. Each
+    downstream number is a ratio of their totals (CE recovered = sum(zero - sae) / sum(zero - clean))."""
+    cat = lambda key, f="ce": np.concatenate([d[f] for d in rec[key]]) if key in rec else np.zeros(0)  # noqa: E731
+    out = []
+    for i, h in enumerate(sites):
+        clean = cat("clean")
+        out.append(
+            {
+                "ce_clean": clean,
+                "ce_sae": cat(i),
+                "kl": cat(i, "kl"),
+                "ce_zero": cat((h, "zero")),
+                "ce_mean": cat((h, "mean")),
+                "n_pred": np.full(len(clean), float(predicted)),
+            }
+        )
     return out
 
 
@@ -329,13 +372,18 @@ def measure(
 ) -> tuple[list[SaeMetrics], list[torch.Tensor]]:
     """All metrics of each SAE (downstream ones when `budget.ce_tokens` > 0), and each SAE's per-latent
     firing frequency [d_sae] on the reconstruction tokens; `per_row`, when given, receives each SAE's
-    per-row sums (PassStats.rows: the bench's bootstrap over rows)."""
+    per-row sums (PassStats.rows, plus the CE pass's `_ce_rows` under their own keys: the bench's
+    bootstrap over rows)."""
     results, stats = reconstruction_metrics(model, tokenizer, saes, rows, budget, device)
     if per_row is not None:
         per_row.extend(stats.rows)
     if budget.ce_tokens > 0:
-        for r, d in zip(results, downstream_metrics(model, tokenizer, saes, rows, stats.site_means, budget, device)):
+        ce_rows: list | None = None if per_row is None else []
+        down = downstream_metrics(model, tokenizer, saes, rows, stats.site_means, budget, device, ce_rows)
+        for r, d in zip(results, down):
             r.downstream = d
+        for p, c in zip(per_row or [], ce_rows or []):
+            p.update(c)
     return results, stats.firing
 
 

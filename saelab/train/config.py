@@ -115,6 +115,11 @@ class TrainConfig:
     heldout_fraction: float = opt(0.05, "fraction of corpus rows held out for evaluation")
     checkpoint_every: int = opt(250_000, "tokens between checkpoints")
     seed: int = opt(0, "random seed (data order, initialisation)")
+    seeds: int | None = opt(
+        None,
+        "train N runs that differ only in --seed (seed, seed+1, ...), one after another, into OUT/seed-<S>/ "
+        "(each a normal run folder: --resume continues each; `saelab bench` groups them)",
+    )
     threads: int | None = threads_option()
     device: str = device_option()
     dtype: str = dtype_option()

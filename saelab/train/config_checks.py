@@ -34,6 +34,7 @@ def check_run(cfg) -> None:
         cfg, 1, "latents", "tokens", "batch_tokens", "buffer_batches", "checkpoint_every", "threads", "dead_tokens"
     )
     need_at_least(cfg, 0, "sink_first_positions", "seed", "downstream_layers")
+    need_at_least(cfg, 1, "seeds")
     need_sane_tokens(cfg.tokens)
     need_at_least(cfg, 0.0, "sink_norm_factor", "aux_coeff", "sparsity_coeff")
     need_positive(cfg, "dist_timeout")

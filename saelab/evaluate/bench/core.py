@@ -35,13 +35,14 @@ def compute(b: BenchState) -> dict:
         "dictionaries": [{"dictionary": n, **m.to_dict()} for n, m in zip(b.names, res)],
         "descriptions": DESCRIPTIONS,
         "noise": core_noise(per_row, b.names, cfg.seed),
+        "ce_noise": ce_noise(per_row, b.names, cfg.seed),
     }
 
 
 def core_noise(per_row: list[dict], names: list[str], seed: int = 0, resamples: int = RESAMPLES) -> dict | None:
     """FVU and cosine with their bootstrap over held-out rows (tokens of a row are not independent, so the
     row is the unit): per SAE the `measure` per-row sums (evaluate/metrics.py PassStats.rows), all SAEs on
-    the same rows (paired). KL / CE are not resampled (their pass keeps no per-row sums)."""
+    the same rows (paired). KL and CE: `ce_noise`, over the CE pass's own (fewer) rows."""
     if not per_row or not len(per_row[0]["n"]):
         return None
     series = [(q, n) for q in ("fvu", "cosine") for n in names]
@@ -51,10 +52,32 @@ def core_noise(per_row: list[dict], names: list[str], seed: int = 0, resamples: 
     return noise_block(point, boot, n, series, seed=seed, smallest=n, unit="held-out rows")
 
 
+def ce_noise(per_row: list[dict], names: list[str], seed: int = 0, resamples: int = RESAMPLES) -> dict | None:
+    """CE recovered (zero ablation), KL and CE increase with their bootstrap over the CE pass's held-out rows
+    (--ce-tokens of them; metrics.py `_ce_rows`). Each is a ratio of per-row sums, resampled as one:
+    CE recovered = sum(ce_zero - ce_sae) / sum(ce_zero - ce_clean), KL = sum(kl) / sum(n), CE increase =
+    sum(ce_sae - ce_clean) / sum(n), so the point value is `saelab eval`'s. All SAEs on the same rows (paired)."""
+    if not per_row or not len(per_row[0].get("n_pred", ())):
+        return None
+    quantities = {
+        "ce_recovered_zero": lambda r: (r["ce_zero"] - r["ce_sae"], r["ce_zero"] - r["ce_clean"]),
+        "kl": lambda r: (r["kl"], r["n_pred"]),
+        "ce_increase": lambda r: (r["ce_sae"] - r["ce_clean"], r["n_pred"]),
+    }
+    series = [(q, n) for q in quantities for n in names]
+    parts = [f(r) for f in quantities.values() for r in per_row]
+    num, den = np.stack([p[0] for p in parts], 1), np.stack([p[1] for p in parts], 1)  # [rows, 3 * SAEs]
+    point, boot, n = bootstrap_ratios(num, den, resamples, seed)
+    return noise_block(
+        point, boot, n, series, ["ce_recovered_zero", "kl"], seed=seed, smallest=n, unit="held-out rows of the CE pass"
+    )
+
+
 def tables(core: dict) -> list[Table]:
     rows = [[r["dictionary"]] + [r.get(c) for c in COLUMNS] for r in core["dictionaries"]]
     out = [("Core (held-out reconstruction and splice; SAEs only)", ["dictionary"] + COLUMNS, rows)]
-    return out + (noise_tables("Core", core["noise"]) if core.get("noise") else [])
+    out += noise_tables("Core", core["noise"]) if core.get("noise") else []
+    return out + (noise_tables("Core, splice", core["ce_noise"]) if core.get("ce_noise") else [])
 
 
 def panel(ax, core: dict, l0s: dict) -> None:

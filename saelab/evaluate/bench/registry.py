@@ -5,7 +5,7 @@ see metric.py) and one line here."""
 
 from __future__ import annotations
 
-from . import absorption, autointerp, core, diagnostics, probing, seeds, steering, synthetic
+from . import absorption, autointerp, core, diagnostics, probing, seed_groups, seeds, steering, synthetic
 from .metric import Metric
 
 METRICS: list[Metric] = [
@@ -17,6 +17,7 @@ METRICS: list[Metric] = [
     synthetic.METRIC,
     seeds.METRIC,
     steering.METRIC,
+    seed_groups.METRIC,  # last: it reads the values the others computed
 ]
 
 
