@@ -19,6 +19,7 @@ NEGATIVE_MEANS_SOMETHING = {
     ("steer", "--strengths"): "a multiplier of every edit: negative steers away from the feature",
     ("steer", "--scale"): "the contrastive direction's multiplier: negative steers toward the negative prompts",
     ("synthetic-recovery", "--threshold"): "a cosine, in [-1, 1]",
+    ("seeds", "--corr-threshold"): "a correlation, in [-1, 1]: -1 matches on the decoder cosine alone",
 }
 # what each command needs besides its numeric option to get as far as its option checks
 EXTRA = {
