@@ -28,7 +28,7 @@ import textwrap
 import numpy as np
 
 from ...errors import UserError
-from .tasks import _read, _stdlib_files
+from .tasks import _parsed, _stdlib_files
 
 PROSE = "prose"  # the extra negative pool (not a concept)
 CONCEPTS: dict[str, tuple[str, str]] = {  # name -> (what it is, the prompting method's instruction)
@@ -101,12 +101,10 @@ def candidates(need: int | None = None) -> dict[str, tuple[str, ...]]:
     for path in _stdlib_files():
         if need and all(len(out[c]) >= need for c in CONCEPTS):
             break
-        text = _read(path)
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError):
+        parsed = _parsed(path)
+        if parsed is None:
             continue
-        lines = text.splitlines()
+        tree, lines = parsed
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 3:
                 out["python_code"][_code_of(node, lines)] = None

@@ -108,6 +108,15 @@ def _read(p: Path) -> str:
         return ""
 
 
+def _parsed(p: Path) -> tuple[ast.Module, list[str]] | None:
+    """A stdlib file's syntax tree and lines; None for a file that does not parse (or read)."""
+    text = _read(p)
+    try:
+        return ast.parse(text), text.splitlines()
+    except (SyntaxError, ValueError):
+        return None
+
+
 def _row(tokenizer, text: str) -> list[int] | None:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [tokenizer.bos_token_id] + ids[: LENGTH - 1] if len(ids) >= LENGTH - 1 else None
@@ -162,12 +171,10 @@ def code_vs_prose(tokenizer, per_class: int = 300, seed: int = 0) -> Task:
     for i in np.random.default_rng(seed).permutation(len(files)):  # files in a seeded order, until enough
         if min(len(prose), len(code)) >= 2 * per_class:
             break
-        text = _read(files[i])
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError):
+        parsed = _parsed(files[i])
+        if parsed is None:
             continue
-        lines = text.splitlines()
+        tree, lines = parsed
         for node in ast.walk(tree):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
